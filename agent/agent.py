@@ -1,0 +1,376 @@
+"""The agent process: one object that owns every listener and background task.
+
+`Agent.run()` starts everything under one asyncio.TaskGroup — the HTTP API, the DNS server, the
+server role's leader duties, anti-entropy — so start-up and shutdown are one story: cancel the
+group (SIGINT/SIGTERM, or `/v1/agent/leave`) and everything stops, in order, with nothing left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from proconsul.catalog import commands as c
+from proconsul.catalog.store import CRITICAL, PASSING, StateStore
+
+from .checks import CheckManager
+from .config import AgentConfig, finalize, load_config
+from .events import EventBuffer
+from .local import SERF_CHECK_ID, LocalState, service_row
+from .server import ServerRole
+from .version import CONSUL_COMPAT_VERSION, PROTOCOL, VERSION
+
+log = logging.getLogger("proconsul.agent")
+
+
+class AgentError(Exception):
+    """The agent cannot start or carry out an operation; the message says why."""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.started = time.time()
+        self.store: StateStore | None = None
+        self.server: ServerRole | None = None
+        if config.server:
+            self.store = StateStore(config.datacenter)
+            self.server = ServerRole(self.store, address=self.rpc_address, rng=self.rng)
+        if self.server is None:
+            raise AgentError("client agents need the consensus component: run with --server or --dev for now")
+        self.backend = self.server
+        self.node = {
+            "ID": config.node_id,
+            "Node": config.node_name,
+            "Address": config.advertise,
+            "Datacenter": config.datacenter,
+            "TaggedAddresses": {"lan": config.advertise, "lan_ipv4": config.advertise,
+                                "wan": config.advertise, "wan_ipv4": config.advertise},
+            "Meta": dict(config.node_meta, **{"consul-network-segment": ""}),
+        }
+        self.local = LocalState(self.node, self.backend.apply, self._read_own_node,
+                                check_update_interval=config.check_update_interval,
+                                sync_interval=config.sync_interval,
+                                data_dir=None if config.dev else config.data_dir, rng=self.rng)
+        self.checks = CheckManager(self._check_result, self.rng)
+        self.checks.context["agent"] = self
+        self.events = EventBuffer(config.node_name)
+        self.http_mounts: list[Callable[[web.Application], None]] = []
+        self.listeners: list[Callable[[Agent, asyncio.Event], Any]] = []  # extra components (DNS, …)
+        self.http_port: int | None = None
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._local_changed = asyncio.Event()
+        self._config_services: set[str] = set()
+        self._config_checks: set[str] = set()
+        _load_components(self)
+
+    # ------------------------------------------------------------------ identity & status
+    @property
+    def rpc_address(self) -> str:
+        return f"{self.config.advertise}:{self.config.server_port}"
+
+    def known_leader(self) -> bool:
+        return bool(self.server and self.server.replicator.leader)
+
+    def last_contact(self) -> float:
+        return self.server.replicator.last_contact() if self.server else 0.0
+
+    def leader_address(self) -> str:
+        return self.server.replicator.leader if self.server else ""
+
+    def peer_addresses(self) -> list[str]:
+        return self.server.replicator.peers() if self.server else []
+
+    def datacenters(self) -> list[str]:
+        return [self.config.datacenter]
+
+    def loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def members(self, wan: bool = False) -> list[dict[str, Any]]:
+        cfg = self.config
+        tags = {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": cfg.node_id,
+                "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": VERSION, "port": str(cfg.server_port),
+                "segment": ""}
+        if cfg.server:
+            tags["expect"] = str(cfg.bootstrap_expect)
+        name = f"{cfg.node_name}.{cfg.datacenter}" if wan else cfg.node_name
+        return [{"Name": name, "Addr": cfg.advertise, "Port": cfg.serf_wan_port if wan else cfg.serf_lan_port,
+                 "Tags": tags, "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": PROTOCOL,
+                 "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4}]
+
+    def self_info(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "Config": {"Datacenter": cfg.datacenter, "PrimaryDatacenter": cfg.datacenter, "NodeName": cfg.node_name,
+                       "NodeID": cfg.node_id, "Server": cfg.server, "Revision": "proconsul",
+                       "Version": CONSUL_COMPAT_VERSION, "BuildDate": "", "ProconsulVersion": VERSION},
+            "DebugConfig": {"Datacenter": cfg.datacenter, "NodeName": cfg.node_name, "ServerMode": cfg.server,
+                            "DevMode": cfg.dev, "DNSDomain": cfg.domain, "DNSPort": cfg.dns_port,
+                            "HTTPPort": cfg.http_port, "ServerPort": cfg.server_port,
+                            "ClientAddrs": [cfg.client_addr], "BindAddr": cfg.bind_addr,
+                            "DataDir": cfg.data_dir, "EnableScriptChecks": cfg.enable_script_checks,
+                            "ConnectEnabled": cfg.connect_enabled, "UIConfig": {"Enabled": cfg.ui_enabled}},
+            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Member": self.members()[0],
+            "Stats": {"agent": {"check_monitors": "0", "checks": str(len(self.local.checks())),
+                                "services": str(len(self.local.services()))},
+                      "build": {"version": VERSION, "prerelease": "", "revision": "proconsul"},
+                      "consul": {"server": str(cfg.server).lower(), "leader": str(self.known_leader()).lower(),
+                                 "known_datacenters": "1"},
+                      "raft": {"last_log_index": str(self.store.last_index if self.store else 0)}},
+            "Meta": dict(cfg.node_meta),
+        }
+
+    # ------------------------------------------------------------------ services & checks
+    async def register_service(self, defn: dict[str, Any], *, replace_existing_checks: bool = False,
+                               persist: bool = True) -> None:
+        sid = defn["ID"]
+        row = service_row(defn, self.config.datacenter)
+        checks = defn.get("Checks") or []
+        if replace_existing_checks:
+            wanted = {self._service_check_id(sid, i, len(checks), chk) for i, chk in enumerate(checks)}
+            for row_chk in list(self.local.service_checks(sid)):
+                if row_chk["CheckID"] not in wanted and not row_chk["CheckID"].startswith("_service_maintenance:"):
+                    await self.deregister_check(row_chk["CheckID"])
+        self.local.add_service(row, persist=persist)
+        for i, chk in enumerate(checks):
+            chk = dict(chk, ServiceID=sid)
+            chk["CheckID"] = self._service_check_id(sid, i, len(checks), chk)
+            if not chk.get("Name"):
+                chk["Name"] = f"Service '{row['Service']}' check"
+            await self.register_check(chk, persist=persist)
+        self._notify_local()
+
+    @staticmethod
+    def _service_check_id(sid: str, i: int, n: int, chk: dict[str, Any]) -> str:
+        if chk.get("CheckID"):
+            return chk["CheckID"]
+        return f"service:{sid}" if n == 1 else f"service:{sid}:{i + 1}"
+
+    async def deregister_service(self, sid: str) -> bool:
+        for chk in self.local.service_checks(sid):
+            self.checks.stop(chk["CheckID"])
+        ok = self.local.remove_service(sid)
+        self._notify_local()
+        return ok
+
+    async def register_check(self, defn: dict[str, Any], *, persist: bool = True) -> None:
+        cid = defn.get("CheckID") or defn.get("Name")
+        if defn.get("Kind") == "script" and not (self.config.enable_script_checks
+                                                 or self.config.enable_local_script_checks):
+            from .http_util import BadRequest
+
+            raise BadRequest("Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
+                             "or 'enable_local_script_checks' to true")
+        status = defn.get("Status") or CRITICAL
+        row = {"Node": self.config.node_name, "CheckID": cid, "Name": defn.get("Name") or cid, "Status": status,
+               "Notes": defn.get("Notes") or "", "Output": "", "ServiceID": defn.get("ServiceID") or "",
+               "ServiceName": "", "ServiceTags": [], "Type": defn.get("Kind") or "",
+               "Interval": defn.get("Interval") or "", "Timeout": defn.get("Timeout") or "", "ExposedPort": 0,
+               "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0}
+        self.local.add_check(row, defn, persist=persist)
+        self.checks.start(cid, defn, self.local.check(cid)["Status"])
+        self._notify_local()
+
+    async def deregister_check(self, cid: str) -> bool:
+        self.checks.stop(cid)
+        ok = self.local.remove_check(cid)
+        self._notify_local()
+        return ok
+
+    def update_ttl_check(self, cid: str, status: str, output: str) -> None:
+        runner = self.checks.runner(cid)
+        if runner is not None and hasattr(runner, "touch"):
+            runner.touch()
+        self.local.update_check(cid, status, output)
+        self._notify_local()
+
+    def _check_result(self, cid: str, status: str, output: str) -> None:
+        self.local.update_check(cid, status, output)
+        self._notify_local()
+
+    def _notify_local(self) -> None:
+        self._local_changed.set()
+        self._local_changed = asyncio.Event()
+
+    async def local_changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._local_changed.wait(), max(timeout, 0))
+
+    # ------------------------------------------------------------------ config (re)loading
+    async def load_services_from_config(self) -> None:
+        """Register the services and checks in config files; a reload replaces the previous set."""
+        from .definitions import DefinitionError, check_definition, service_definition
+
+        services, checks = [], []
+        try:
+            for i, raw in enumerate(self.config.services):
+                services.append(service_definition(raw, f"services[{i}]"))
+            for i, raw in enumerate(self.config.checks):
+                checks.append(check_definition(raw, f"checks[{i}]"))
+        except DefinitionError as e:
+            raise AgentError(f"invalid service or check in config: {e}") from None
+        new_services = {s["ID"] for s in services}
+        for sid in self._config_services - new_services:
+            await self.deregister_service(sid)
+        for s in services:
+            await self.register_service(s, replace_existing_checks=True, persist=False)
+        new_checks = {chk.get("CheckID") or chk["Name"] for chk in checks}
+        for cid in self._config_checks - new_checks:
+            await self.deregister_check(cid)
+        for chk in checks:
+            await self.register_check(chk, persist=False)
+        self._config_services, self._config_checks = new_services, new_checks
+
+    async def reload(self) -> None:
+        """Re-read config files (services, checks, log level) as Consul's `reload` does."""
+        base = AgentConfig(**{k: v for k, v in vars(self.config).items()
+                              if k not in ("services", "checks", "config_files", "config_dirs")})
+        base.services, base.checks = [], []
+        try:
+            fresh = finalize(load_config(self.config.config_files, self.config.config_dirs, base))
+        except ValueError as e:
+            raise AgentError(f"reload failed, keeping the running configuration: {e}") from None
+        self.config.services, self.config.checks = fresh.services, fresh.checks
+        self.config.log_level = fresh.log_level
+        logging.getLogger("proconsul").setLevel(_log_level(fresh.log_level))
+        await self.load_services_from_config()
+        log.info("configuration reloaded: %d services, %d checks from config files",
+                 len(fresh.services), len(fresh.checks))
+
+    async def _restore_persisted(self) -> None:
+        services, checks = self.local.load()
+        for row in services:
+            self.local.add_service(row)
+        for row, defn in checks:
+            try:
+                self.local.add_check(row, defn)
+            except KeyError:
+                continue
+            self.checks.start(row["CheckID"], defn, row["Status"])
+        if services or checks:
+            log.info("restored %d services and %d checks registered before the restart", len(services), len(checks))
+
+    # ------------------------------------------------------------------ membership (single agent for now)
+    def request_leave(self) -> None:
+        log.info("leave requested: shutting down gracefully")
+        self._stop.set()
+
+    async def force_leave(self, node: str) -> None:
+        from .http_util import BadRequest
+
+        raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
+
+    async def join(self, address: str, wan: bool = False) -> None:
+        from .http_util import BadRequest
+
+        raise BadRequest("joining other agents needs the consensus component (clustering is not built yet)")
+
+    # ------------------------------------------------------------------ catalog plumbing
+    async def _read_own_node(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        _, ns = await self.backend.query("catalog.node_services", {"node": self.config.node_name})
+        _, checks = await self.backend.query("health.node", {"node": self.config.node_name})
+        if ns is None:
+            return None, [], checks
+        return ns["Node"], ns["Services"], checks
+
+    async def _leader_reconcile(self) -> None:
+        """What a Consul leader does for its own member: node, serfHealth, the `consul` service."""
+        cfg = self.config
+        await self.backend.apply(c.Register(
+            node=self.node,
+            service={"ID": "consul", "Service": "consul", "Port": cfg.server_port, "Address": "",
+                     "Meta": {"raft_version": "3", "serf_protocol_current": "2", "version": VERSION}},
+            checks=[{"CheckID": SERF_CHECK_ID, "Name": "Serf Health Status", "Status": PASSING,
+                     "Output": "Agent alive and reachable", "Type": ""}]))
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> None:
+        """Run until stopped: listeners and background work under one TaskGroup."""
+        from .http_app import build_app
+
+        cfg = self.config
+        app = build_app(self)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, cfg.client_addr, cfg.http_port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as e:
+                raise AgentError(f"cannot listen for HTTP on {cfg.client_addr}:{cfg.http_port}: {e.strerror}") from None
+            self.http_port = _bound_port(site)
+            await self._leader_reconcile()
+            await self._restore_persisted()
+            await self.load_services_from_config()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.local.run(self._stop), name="anti-entropy")
+                if self.server is not None:
+                    tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
+                for start in self.listeners:
+                    tg.create_task(start(self, self._stop), name=getattr(start, "__name__", "listener"))
+                log.info("agent running: node=%s datacenter=%s http=%s:%s server=%s dev=%s", cfg.node_name,
+                         cfg.datacenter, cfg.client_addr, self.http_port, cfg.server, cfg.dev)
+                self.ready.set()
+                await self._stop.wait()
+                log.info("shutting down")
+        finally:
+            self.checks.stop_all()
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here; we need the real port for port 0
+    for sock in getattr(server, "sockets", []) or []:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return sock.getsockname()[1]
+    raise AgentError("HTTP listener has no socket")
+
+
+def _log_level(name: str) -> int:
+    return {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+            "warning": logging.WARNING, "error": logging.ERROR}.get(name, logging.INFO)
+
+
+def _load_components(agent: Agent) -> None:
+    """Attach optional components (DNS, UI, Connect) that register listeners or HTTP routes."""
+    import importlib
+
+    for module_name in ("proconsul.dns.service", "proconsul.ui.serve", "proconsul.agent.connect_api"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        module.attach(agent)
+
+
+async def run_agent(config: AgentConfig) -> None:
+    """Run an agent in the current event loop, stopping cleanly on SIGINT/SIGTERM; SIGHUP reloads."""
+    agent = Agent(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, agent.stop)
+
+    def _hup() -> None:
+        task = loop.create_task(agent.reload())
+        task.add_done_callback(lambda t: t.cancelled() or not t.exception()
+                               or log.error("%s", t.exception()))
+
+    loop.add_signal_handler(signal.SIGHUP, _hup)
+    await agent.run()

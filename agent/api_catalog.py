@@ -1,0 +1,144 @@
+"""/v1/catalog/*: the cluster-wide catalog of nodes and services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from proconsul.catalog import commands as c
+
+from .definitions import DefinitionError, check_definition
+from .http_util import (
+    BadRequest,
+    NotFoundHTTP,
+    blocking_params,
+    check_common,
+    field_type,
+    json_body,
+    json_response,
+    node_meta_filter,
+    want_dict,
+)
+
+routes = web.RouteTableDef()
+
+
+async def run_query(request: web.Request, name: str, args: dict[str, Any]) -> web.Response:
+    """Run a named read (blocking if asked) and answer with Consul's headers."""
+    check_common(request)
+    b = blocking_params(request)
+    idx, result = await request.app["agent"].backend.query(name, args, b.index, b.wait,
+                                                            "stale" in request.query)
+    return json_response(request, result, index=idx)
+
+
+def _tags(request: web.Request) -> list[str] | None:
+    return list(request.query.getall("tag", [])) or None
+
+
+@routes.get("/v1/catalog/datacenters")
+async def datacenters(request: web.Request) -> web.Response:
+    return json_response(request, request.app["agent"].datacenters())
+
+
+@routes.get("/v1/catalog/nodes")
+async def nodes(request: web.Request) -> web.Response:
+    return await run_query(request, "catalog.nodes", {"node_meta": node_meta_filter(request)})
+
+
+@routes.get("/v1/catalog/services")
+async def services(request: web.Request) -> web.Response:
+    return await run_query(request, "catalog.services", {"node_meta": node_meta_filter(request)})
+
+
+@routes.get("/v1/catalog/service/{name}")
+async def service(request: web.Request) -> web.Response:
+    return await run_query(request, "catalog.service", {
+        "name": request.match_info["name"], "tags": _tags(request), "node_meta": node_meta_filter(request)})
+
+
+@routes.get("/v1/catalog/connect/{name}")
+async def connect_service(request: web.Request) -> web.Response:
+    return await run_query(request, "catalog.service", {
+        "name": request.match_info["name"], "tags": _tags(request), "node_meta": node_meta_filter(request),
+        "connect": True})
+
+
+@routes.get("/v1/catalog/node/{node}")
+async def node(request: web.Request) -> web.Response:
+    return await run_query(request, "catalog.node", {"node": request.match_info["node"]})
+
+
+@routes.get("/v1/catalog/node-services/{node}")
+async def node_services(request: web.Request) -> web.Response:
+    check_common(request)
+    b = blocking_params(request)
+    idx, result = await request.app["agent"].backend.query(
+        "catalog.node_services", {"node": request.match_info["node"]}, b.index, b.wait, "stale" in request.query)
+    if result is None:
+        raise NotFoundHTTP(f"Node not found: {request.match_info['node']!r}")
+    return json_response(request, result, index=idx)
+
+
+def _register_command(body: dict[str, Any], datacenter: str) -> c.Register:
+    """Consul's RegisterRequest body → a Register command, with field-naming errors."""
+    for name in ("Node", "Address", "ID", "Datacenter"):
+        field_type(body, name, str, "Register")
+    for name in ("TaggedAddresses", "NodeMeta", "Service", "Check"):
+        field_type(body, name, dict, "Register")
+    field_type(body, "Checks", list, "Register")
+    if not body.get("Node"):
+        raise BadRequest("Must provide node (Register.Node)")
+    dc = body.get("Datacenter") or datacenter
+    if dc.lower() != datacenter:
+        raise BadRequest(f"No path to datacenter {dc!r}")
+    node = {"ID": body.get("ID") or "", "Node": body["Node"], "Address": body.get("Address") or "",
+            "Datacenter": datacenter, "TaggedAddresses": body.get("TaggedAddresses") or {},
+            "Meta": body.get("NodeMeta") or {}}
+    svc = body.get("Service")
+    if svc is not None:
+        if not svc.get("Service"):
+            raise BadRequest("Must provide service name (Register.Service.Service)")
+        svc = dict(svc)
+        svc.setdefault("ID", svc["Service"])
+    checks = []
+    raw_checks = ([body["Check"]] if body.get("Check") else []) + list(body.get("Checks") or [])
+    for i, chk in enumerate(raw_checks):
+        if not isinstance(chk, dict):
+            raise BadRequest(f"Register.Checks[{i}] must be an object")
+        chk = dict(chk)
+        if not (chk.get("CheckID") or chk.get("Name")):
+            raise BadRequest(f"Register.Checks[{i}]: must provide CheckID or Name")
+        status = chk.get("Status") or "critical"
+        if status not in ("passing", "warning", "critical", "maintenance"):
+            raise BadRequest(f"Register.Checks[{i}].Status {status!r} must be passing, warning or critical")
+        chk["Status"] = status
+        chk.setdefault("CheckID", chk.get("Name"))
+        if chk.get("Definition"):
+            try:
+                check_definition(dict(chk["Definition"], Name=chk.get("Name") or chk["CheckID"]))
+            except DefinitionError as e:
+                raise BadRequest(str(e)) from None
+        checks.append(chk)
+    return c.Register(node=node, service=svc, checks=checks, skip_node_update=bool(body.get("SkipNodeUpdate")))
+
+
+@routes.put("/v1/catalog/register")
+async def register(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    body = want_dict(await json_body(request), "Register body")
+    result = await agent.backend.apply(_register_command(body, agent.config.datacenter))
+    return json_response(request, bool(result))
+
+
+@routes.put("/v1/catalog/deregister")
+async def deregister(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    body = want_dict(await json_body(request), "Deregister body")
+    for name in ("Node", "ServiceID", "CheckID"):
+        field_type(body, name, str, "Deregister")
+    if not body.get("Node"):
+        raise BadRequest("Must provide node (Deregister.Node)")
+    result = await agent.backend.apply(c.Deregister(node=body["Node"], service_id=body.get("ServiceID") or "",
+                                                    check_id=body.get("CheckID") or ""))
+    return json_response(request, bool(result))

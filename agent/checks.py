@@ -1,0 +1,181 @@
+"""Check runners: one asyncio task (or timer) per check, owned by a CheckManager.
+
+A runner produces results; the manager passes them through the check's status filter
+(success_before_passing / failures_before_warning / failures_before_critical) and records them in
+the local state, which syncs them to the catalog. Runners are cancelled cleanly on deregister or
+reload. Kinds with their own module register themselves in RUNNERS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from proconsul.catalog.store import CRITICAL, PASSING, WARNING
+
+log = logging.getLogger("proconsul.checks")
+
+ResultSink = Callable[[str, str, str], None]  # (check id, status, output)
+
+
+class Runner(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class StatusFilter:
+    """Consul's thresholds: a status counts only after N consecutive results of its kind."""
+
+    def __init__(self, defn: dict[str, Any], initial: str) -> None:
+        self.success_before_passing = int(defn.get("SuccessBeforePassing") or 0)
+        self.failures_before_warning = int(defn.get("FailuresBeforeWarning") or 0)
+        self.failures_before_critical = int(defn.get("FailuresBeforeCritical") or 0)
+        if self.failures_before_warning == 0 and self.failures_before_critical:
+            self.failures_before_warning = self.failures_before_critical
+        self.successes = 0
+        self.failures = 0
+        self.current = initial
+
+    def feed(self, status: str) -> str:
+        """The status to record after one raw result (may be the previous status)."""
+        if status == PASSING:
+            self.successes += 1
+            self.failures = 0
+            if self.successes >= self.success_before_passing:
+                self.current = PASSING
+            return self.current
+        self.successes = 0
+        self.failures += 1
+        if status == WARNING:
+            if self.failures >= self.failures_before_warning:
+                self.current = WARNING
+            return self.current
+        if self.failures >= self.failures_before_critical:
+            self.current = CRITICAL
+        elif self.failures >= self.failures_before_warning:
+            self.current = WARNING
+        return self.current
+
+
+class TTLRunner:
+    """Critical with "TTL expired" unless updated within TTL; every update re-arms the timer."""
+
+    def __init__(self, check_id: str, defn: dict[str, Any], sink: ResultSink) -> None:
+        self.check_id = check_id
+        self.ttl = float(defn["TTLSeconds"])
+        self._sink = sink
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.ttl, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        log.info("check %s: TTL of %ss expired without an update, marking critical", self.check_id, self.ttl)
+        self._sink(self.check_id, CRITICAL, "TTL expired")
+
+    def touch(self) -> None:
+        self._arm()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class IntervalRunner:
+    """Base for checks that probe on an interval: jittered first run, never two probes at once."""
+
+    def __init__(self, check_id: str, defn: dict[str, Any], sink: ResultSink, rng: random.Random) -> None:
+        self.check_id = check_id
+        self.defn = defn
+        self.interval = float(defn["IntervalSeconds"])
+        self.timeout = float(defn.get("TimeoutSeconds") or min(10.0, self.interval))
+        self._sink = sink
+        self._rng = rng
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"check:{self.check_id}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _loop(self) -> None:
+        await asyncio.sleep(self._rng.random() * self.interval)  # spread first runs over one interval
+        while True:
+            try:
+                status, output = await asyncio.wait_for(self.probe(), self.timeout + 1.0)
+            except TimeoutError:
+                status, output = CRITICAL, f"Timed out ({self.timeout:g}s) running check"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a probe bug must not kill the runner
+                log.exception("check %s: probe failed", self.check_id)
+                status, output = CRITICAL, f"check failed: {e}"
+            self._sink(self.check_id, status, output)
+            await asyncio.sleep(self.interval)
+
+    async def probe(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+# kind -> factory(check_id, definition, sink, rng, manager) -> Runner. Modules for other kinds add theirs.
+RunnerFactory = Callable[[str, dict[str, Any], ResultSink, random.Random, "CheckManager"], Runner]
+RUNNERS: dict[str, RunnerFactory] = {
+    "ttl": lambda cid, d, sink, rng, mgr: TTLRunner(cid, d, sink),
+}
+
+
+class CheckManager:
+    def __init__(self, sink: ResultSink, rng: random.Random | None = None) -> None:
+        self._sink = sink
+        self._rng = rng or random.Random()
+        self._runners: dict[str, Runner] = {}
+        self._filters: dict[str, StatusFilter] = {}
+        self.context: dict[str, Any] = {}  # shared services for runners (e.g. the agent, for alias checks)
+
+    def start(self, check_id: str, defn: dict[str, Any], initial_status: str) -> None:
+        """(Re)start the runner for a check; kinds without a runner (maintenance) get none."""
+        self.stop(check_id)
+        factory = RUNNERS.get(defn.get("Kind", ""))
+        if factory is None:
+            return
+        self._filters[check_id] = StatusFilter(defn, initial_status)
+        runner = factory(check_id, defn, self._result, self._rng, self)
+        self._runners[check_id] = runner
+        runner.start()
+
+    def stop(self, check_id: str) -> None:
+        runner = self._runners.pop(check_id, None)
+        self._filters.pop(check_id, None)
+        if runner is not None:
+            runner.stop()
+
+    def stop_all(self) -> None:
+        for cid in list(self._runners):
+            self.stop(cid)
+
+    def runner(self, check_id: str) -> Runner | None:
+        return self._runners.get(check_id)
+
+    def _result(self, check_id: str, status: str, output: str) -> None:
+        f = self._filters.get(check_id)
+        if f is None:
+            return
+        self._sink(check_id, f.feed(status), output)
+
+    @property
+    def running(self) -> int:
+        return len(self._runners)

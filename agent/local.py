@@ -1,0 +1,336 @@
+"""The agent's local state: the services and checks registered with this agent, and anti-entropy.
+
+The agent owns these. Every change is pushed to the catalog at once; a periodic full sync repairs
+drift both ways (re-registers what is missing or different, removes what the catalog holds for this
+node that the agent does not own). An output-only check change is written at most once per
+`check_update_interval`, as Consul does, to spare the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proconsul.catalog import commands as c
+from proconsul.catalog.store import CRITICAL, PASSING
+
+log = logging.getLogger("proconsul.local")
+
+NODE_MAINT_ID = "_node_maintenance"
+SERVICE_MAINT_PREFIX = "_service_maintenance:"
+SERF_CHECK_ID = "serfHealth"
+CONSUL_SERVICE_ID = "consul"
+DEFAULT_NODE_MAINT_REASON = "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
+DEFAULT_SERVICE_MAINT_REASON = ("Maintenance mode is enabled for this service, but no reason was provided. "
+                                "This is a default message.")
+
+Applier = Callable[[c.Command], Awaitable[Any]]
+# Reads this node's catalog entry: (node row or None, its services, its checks).
+NodeReader = Callable[[], Awaitable[tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]]]
+
+
+@dataclass
+class _Entry:
+    row: dict[str, Any]
+    definition: dict[str, Any] = field(default_factory=dict)
+    in_sync: bool = False
+    deferred_until: float = 0.0  # output-only changes wait until this time (monotonic)
+    persist: bool = True
+
+
+def service_row(defn: dict[str, Any], datacenter: str) -> dict[str, Any]:
+    """Consul's AgentService shape for a normalized service definition."""
+    return {
+        "ID": defn["ID"],
+        "Service": defn["Name"],
+        "Tags": list(defn.get("Tags") or []),
+        "Meta": dict(defn.get("Meta") or {}),
+        "Port": int(defn.get("Port") or 0),
+        "Address": defn.get("Address") or "",
+        "TaggedAddresses": defn.get("TaggedAddresses") or {},
+        "Weights": defn.get("Weights") or {"Passing": 1, "Warning": 1},
+        "EnableTagOverride": bool(defn.get("EnableTagOverride", False)),
+        "Kind": defn.get("Kind") or "",
+        "Proxy": defn.get("Proxy") or {},
+        "Connect": defn.get("Connect") or {},
+        "SocketPath": defn.get("SocketPath") or "",
+        "Datacenter": datacenter,
+    }
+
+
+class LocalState:
+    def __init__(self, node: dict[str, Any], apply: Applier, read_node: NodeReader, *,
+                 check_update_interval: float = 300.0, sync_interval: float = 60.0,
+                 data_dir: str | None = None, rng: random.Random | None = None) -> None:
+        self.node = node  # {"ID", "Node", "Address", "TaggedAddresses", "Meta", "Datacenter"}
+        self._apply = apply
+        self._read_node = read_node
+        self.check_update_interval = check_update_interval
+        self.sync_interval = sync_interval
+        self._services: dict[str, _Entry] = {}
+        self._checks: dict[str, _Entry] = {}
+        self._wake = asyncio.Event()
+        self._rng = rng or random.Random()
+        self._state_file = Path(data_dir) / "local-state.json" if data_dir else None
+        self.synced = asyncio.Event()  # set after every completed sync round (tests wait on it)
+        self.sync_rounds = 0
+
+    # ------------------------------------------------------------------ reads
+    def services(self) -> dict[str, dict[str, Any]]:
+        return {sid: e.row for sid, e in self._services.items()}
+
+    def service(self, sid: str) -> dict[str, Any] | None:
+        e = self._services.get(sid)
+        return e.row if e else None
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        return {cid: e.row for cid, e in self._checks.items()}
+
+    def check(self, cid: str) -> dict[str, Any] | None:
+        e = self._checks.get(cid)
+        return e.row if e else None
+
+    def check_definition(self, cid: str) -> dict[str, Any] | None:
+        e = self._checks.get(cid)
+        return e.definition if e else None
+
+    def service_checks(self, sid: str) -> list[dict[str, Any]]:
+        return [e.row for e in self._checks.values() if e.row["ServiceID"] == sid]
+
+    def node_checks(self) -> list[dict[str, Any]]:
+        return [e.row for e in self._checks.values() if not e.row["ServiceID"]]
+
+    def in_maintenance(self) -> bool:
+        return NODE_MAINT_ID in self._checks
+
+    # ------------------------------------------------------------------ writes
+    def add_service(self, row: dict[str, Any], *, persist: bool = True) -> None:
+        self._services[row["ID"]] = _Entry(row, persist=persist)
+        # Service checks carry the service's name and tags.
+        for e in self._checks.values():
+            if e.row["ServiceID"] == row["ID"]:
+                e.row["ServiceName"], e.row["ServiceTags"] = row["Service"], list(row["Tags"])
+                e.in_sync = False
+        self._changed()
+
+    def remove_service(self, sid: str) -> bool:
+        if self._services.pop(sid, None) is None:
+            return False
+        for cid in [cid for cid, e in self._checks.items() if e.row["ServiceID"] == sid]:
+            del self._checks[cid]
+        self._changed()
+        return True
+
+    def add_check(self, row: dict[str, Any], definition: dict[str, Any], *, persist: bool = True) -> None:
+        sid = row.get("ServiceID") or ""
+        if sid:
+            svc = self._services.get(sid)
+            if svc is None:
+                raise KeyError(sid)
+            row["ServiceName"], row["ServiceTags"] = svc.row["Service"], list(svc.row["Tags"])
+        prev = self._checks.get(row["CheckID"])
+        if prev is not None and definition.get("Status") is None:
+            row["Status"], row["Output"] = prev.row["Status"], prev.row["Output"]  # re-register keeps status
+        self._checks[row["CheckID"]] = _Entry(row, definition, persist=persist)
+        self._changed()
+
+    def remove_check(self, cid: str) -> bool:
+        if self._checks.pop(cid, None) is None:
+            return False
+        self._changed()
+        return True
+
+    def update_check(self, cid: str, status: str, output: str) -> bool:
+        """Record a check result. A status change syncs at once; an output-only change is deferred."""
+        e = self._checks.get(cid)
+        if e is None:
+            return False
+        if e.row["Status"] == status and e.row["Output"] == output:
+            return True
+        status_changed = e.row["Status"] != status
+        e.row["Status"], e.row["Output"] = status, output
+        if status_changed or self.check_update_interval <= 0:
+            e.deferred_until = 0.0
+            e.in_sync = False
+            self._wake.set()
+        elif e.in_sync:
+            # Output only: leave the catalog copy until the interval passes (with Consul's jitter).
+            e.in_sync = False
+            e.deferred_until = time.monotonic() + self.check_update_interval * (0.5 + self._rng.random() / 2)
+            self._wake.set()
+        return True
+
+    def set_service_maintenance(self, sid: str, enable: bool, reason: str = "") -> bool:
+        if sid not in self._services:
+            return False
+        cid = SERVICE_MAINT_PREFIX + sid
+        if enable:
+            if cid not in self._checks:
+                self.add_check(_maint_check(self.node["Node"], cid, "Service Maintenance Mode",
+                                            reason or DEFAULT_SERVICE_MAINT_REASON, sid), {"Kind": "maintenance"})
+        else:
+            self.remove_check(cid)
+        return True
+
+    def set_node_maintenance(self, enable: bool, reason: str = "") -> None:
+        if enable:
+            if NODE_MAINT_ID not in self._checks:
+                self.add_check(_maint_check(self.node["Node"], NODE_MAINT_ID, "Node Maintenance Mode",
+                                            reason or DEFAULT_NODE_MAINT_REASON, ""), {"Kind": "maintenance"})
+        else:
+            self.remove_check(NODE_MAINT_ID)
+
+    def _changed(self) -> None:
+        self._mark_dirty()
+        self.save()
+
+    def _mark_dirty(self) -> None:
+        # Cheap and always correct: the next round compares everything with the catalog.
+        self._full_next = True
+        self._wake.set()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> None:
+        """Write persisted services and checks atomically (outside dev mode), as Consul does."""
+        if self._state_file is None:
+            return
+        data = {
+            "services": [e.row for e in self._services.values() if e.persist],
+            "checks": [{"row": e.row, "definition": e.definition} for e in self._checks.values() if e.persist],
+        }
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_file)
+
+    def load(self) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], dict[str, Any]]]]:
+        """Services and (check row, definition) pairs saved by an earlier run of this agent."""
+        if self._state_file is None or not self._state_file.exists():
+            return [], []
+        try:
+            data = json.loads(self._state_file.read_text())
+            return list(data["services"]), [(x["row"], x["definition"]) for x in data["checks"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("ignoring unreadable saved local state %s: %s", self._state_file, e)
+            return [], []
+
+    # ------------------------------------------------------------------ anti-entropy
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sync at once on every change and fully every `sync_interval` (jittered), until `stop`."""
+        self._full_next = True
+        next_full = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            full = self._full_next or now >= next_full
+            try:
+                if full:
+                    self._full_next = False
+                    await self.sync_full()
+                    next_full = time.monotonic() + self.sync_interval * (1 + self._rng.random() * 0.25)
+                else:
+                    await self.sync_changes()
+            except Exception as e:  # the servers may be unreachable: retry soon, never die
+                log.warning("anti-entropy sync failed, retrying: %s", e)
+                self._full_next = True
+                await _wait_or_stop(stop, 1.0 + self._rng.random())
+                continue
+            self.sync_rounds += 1
+            self.synced.set()
+            self._wake.clear()
+            deferred = [e.deferred_until for e in self._checks.values() if not e.in_sync and e.deferred_until]
+            timeout = max(0.0, min([next_full, *deferred]) - time.monotonic())
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+
+    async def sync_full(self) -> None:
+        """Compare everything with the catalog and repair both ways."""
+        remote_node, remote_services, remote_checks = await self._read_node()
+        remote_svc = {s["ID"]: s for s in remote_services}
+        remote_chk = {x["CheckID"]: x for x in remote_checks}
+        if remote_node is None or any(remote_node.get(k) != v for k, v in self._node_body().items()):
+            await self._apply(c.Register(node=self._node_body()))
+        for sid in remote_svc:
+            if sid not in self._services and sid != CONSUL_SERVICE_ID:
+                log.info("anti-entropy: removing service %s from the catalog: this agent does not own it", sid)
+                await self._apply(c.Deregister(node=self.node["Node"], service_id=sid))
+        for cid in remote_chk:
+            if cid not in self._checks and cid != SERF_CHECK_ID:
+                log.info("anti-entropy: removing check %s from the catalog: this agent does not own it", cid)
+                await self._apply(c.Deregister(node=self.node["Node"], check_id=cid))
+        for sid, e in self._services.items():
+            e.in_sync = sid in remote_svc and _service_matches(e.row, remote_svc[sid])
+        now = time.monotonic()
+        for cid, e in self._checks.items():
+            remote = remote_chk.get(cid)
+            if remote is not None and e.deferred_until > now and remote["Status"] == e.row["Status"]:
+                continue  # output-only change still inside check_update_interval
+            e.in_sync = remote is not None and _check_matches(e.row, remote)
+        await self.sync_changes(force_deferred=False)
+
+    async def sync_changes(self, force_deferred: bool = False) -> None:
+        """Push services and checks that are out of sync."""
+        now = time.monotonic()
+        for sid, e in list(self._services.items()):
+            if e.in_sync:
+                continue
+            checks = [ce for ce in self._checks.values() if ce.row["ServiceID"] == sid]
+            await self._apply(c.Register(node=self._node_body(), service=e.row,
+                                         checks=[ce.row for ce in checks], skip_node_update=True))
+            e.in_sync = True
+            for ce in checks:
+                ce.in_sync, ce.deferred_until = True, 0.0
+        for e in list(self._checks.values()):
+            if e.in_sync or (e.deferred_until > now and not force_deferred):
+                continue
+            if e.row["ServiceID"] and e.row["ServiceID"] not in self._services:
+                continue
+            await self._apply(c.Register(node=self._node_body(), checks=[e.row], skip_node_update=True))
+            e.in_sync, e.deferred_until = True, 0.0
+
+    def _node_body(self) -> dict[str, Any]:
+        return dict(self.node)
+
+
+def _maint_check(node: str, cid: str, name: str, notes: str, sid: str) -> dict[str, Any]:
+    return {"Node": node, "CheckID": cid, "Name": name, "Status": CRITICAL, "Notes": notes, "Output": "",
+            "ServiceID": sid, "ServiceName": "", "ServiceTags": [], "Type": "maintenance", "Interval": "",
+            "Timeout": "", "ExposedPort": 0, "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0}
+
+
+_SERVICE_COMPARE = ("Service", "Tags", "Meta", "Port", "Address", "TaggedAddresses", "Weights",
+                    "EnableTagOverride", "Kind", "Proxy", "Connect")
+_CHECK_COMPARE = ("Name", "Status", "Notes", "Output", "ServiceID", "Type")
+
+
+def _service_matches(local: dict[str, Any], remote: dict[str, Any]) -> bool:
+    return all(local.get(k) == remote.get(k) for k in _SERVICE_COMPARE)
+
+
+def _check_matches(local: dict[str, Any], remote: dict[str, Any]) -> bool:
+    return all(local.get(k) == remote.get(k) for k in _CHECK_COMPARE)
+
+
+async def _wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+__all__ = ["LocalState", "service_row", "PASSING", "CRITICAL"]

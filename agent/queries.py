@@ -1,0 +1,207 @@
+"""Named read queries over the state store, answering in Consul's JSON shapes.
+
+A query is what a server runs for a read RPC: a name, its arguments (plain data, so a client agent
+can forward them over RPC unchanged), the tables whose changes can alter its answer (for blocking
+queries), and a function from the store to `(index, result)`. Results are Consul's response bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proconsul.catalog import store as st
+from proconsul.catalog.store import StateStore
+
+Args = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    name: str
+    run: Callable[[StateStore, Args], tuple[int, Any]]
+    tables: tuple[str, ...]
+    kv_arg: str | None = None  # argument naming the KV key or prefix the query watches
+    kv_prefix: bool = False
+
+
+class UnknownQuery(LookupError):
+    """A read RPC named a query this server does not have."""
+
+
+def service_node(node: dict[str, Any], svc: dict[str, Any]) -> dict[str, Any]:
+    """Consul's ServiceNode: a service instance flattened with its node (/v1/catalog/service)."""
+    return {
+        "ID": node["ID"],
+        "Node": node["Node"],
+        "Address": node["Address"],
+        "Datacenter": node["Datacenter"],
+        "TaggedAddresses": node["TaggedAddresses"],
+        "NodeMeta": node["Meta"],
+        "ServiceKind": svc["Kind"],
+        "ServiceID": svc["ID"],
+        "ServiceName": svc["Service"],
+        "ServiceTags": svc["Tags"],
+        "ServiceAddress": svc["Address"],
+        "ServiceTaggedAddresses": svc["TaggedAddresses"],
+        "ServiceWeights": svc["Weights"],
+        "ServiceMeta": svc["Meta"],
+        "ServicePort": svc["Port"],
+        "ServiceSocketPath": svc["SocketPath"],
+        "ServiceEnableTagOverride": svc["EnableTagOverride"],
+        "ServiceProxy": svc["Proxy"],
+        "ServiceConnect": svc["Connect"],
+        "Namespace": "default",
+        "CreateIndex": svc["CreateIndex"],
+        "ModifyIndex": svc["ModifyIndex"],
+    }
+
+
+def _meta_ok(node: dict[str, Any], node_meta: list[list[str]] | None) -> bool:
+    if not node_meta:
+        return True
+    meta = node["Meta"]
+    return all(meta.get(k) == v for k, v in node_meta)
+
+
+def _tags_ok(svc: dict[str, Any], tags: list[str] | None) -> bool:
+    if not tags:
+        return True
+    have = {t.lower() for t in svc["Tags"]}
+    return all(t.lower() in have for t in tags)
+
+
+def _catalog_nodes(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, nodes = s.list_nodes()
+    return idx, [n for n in nodes if _meta_ok(n, a.get("node_meta"))]
+
+
+def _catalog_services(s: StateStore, a: Args) -> tuple[int, Any]:
+    if not a.get("node_meta"):
+        return s.list_services()
+    out: dict[str, dict[str, None]] = {}
+    for name in s.service_names():
+        _, pairs = s.service_instances(name)
+        for node, svc in pairs:
+            if _meta_ok(node, a["node_meta"]):
+                tags = out.setdefault(svc["Service"], {})
+                tags.update(dict.fromkeys(svc["Tags"]))
+    return s.table_index(st.SERVICES), {k: list(v) for k, v in sorted(out.items())}
+
+
+def _catalog_service(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, pairs = s.connect_instances(a["name"]) if a.get("connect") else s.service_instances(a["name"])
+    return idx, [service_node(n, v) for n, v in pairs
+                 if _tags_ok(v, a.get("tags")) and _meta_ok(n, a.get("node_meta"))]
+
+
+def _catalog_node(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, (node, svcs) = s.node_services(a["node"])
+    if node is None:
+        return idx, None
+    return idx, {"Node": node, "Services": {v["ID"]: v for v in svcs}}
+
+
+def _catalog_node_services(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, (node, svcs) = s.node_services(a["node"])
+    if node is None:
+        return idx, None
+    return idx, {"Node": node, "Services": svcs}
+
+
+def _health_node(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.node_checks(a["node"])
+
+
+def _health_checks(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, checks = s.service_checks(a["name"])
+    if a.get("node_meta"):
+        checks = [c for c in checks if _meta_ok(s.get_node(c["Node"])[1] or {"Meta": {}}, a["node_meta"])]
+    return idx, checks
+
+
+def _health_service(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, entries = s.health_service(a["name"], connect=bool(a.get("connect")))
+    tags, node_meta, passing = a.get("tags"), a.get("node_meta"), a.get("passing")
+    out = []
+    for node, svc, checks in entries:
+        if not _tags_ok(svc, tags) or not _meta_ok(node, node_meta):
+            continue
+        if passing and any(c["Status"] != st.PASSING for c in checks):
+            continue
+        out.append({"Node": node, "Service": svc, "Checks": checks})
+    return idx, out
+
+
+def _health_state(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, checks = s.checks_in_state(a["state"])
+    if a.get("node_meta"):
+        checks = [c for c in checks if _meta_ok(s.get_node(c["Node"])[1] or {"Meta": {}}, a["node_meta"])]
+    return idx, checks
+
+
+def _kv_get(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, row = s.kv_get(a["key"])
+    return idx, [row] if row is not None else None
+
+
+def _kv_list(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, rows = s.kv_list(a["key"])
+    return idx, rows or None
+
+
+def _kv_keys(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, keys = s.kv_keys(a["key"], a.get("separator") or "")
+    return idx, keys or None
+
+
+def _session_info(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, row = s.session_get(a["id"])
+    return idx, [row] if row is not None else []
+
+
+def _session_list(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.session_list()
+
+
+def _session_node(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.node_sessions(a["node"])
+
+
+def _table_list(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.table_list(a["table"])
+
+
+def _table_get(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.table_get(a["table"], a["key"])
+
+
+_CATALOG = (st.NODES, st.SERVICES, st.CHECKS)
+
+QUERIES: dict[str, Query] = {q.name: q for q in (
+    Query("catalog.nodes", _catalog_nodes, (st.NODES,)),
+    Query("catalog.services", _catalog_services, (st.SERVICES, st.NODES)),
+    Query("catalog.service", _catalog_service, _CATALOG),
+    Query("catalog.node", _catalog_node, (st.NODES, st.SERVICES)),
+    Query("catalog.node_services", _catalog_node_services, (st.NODES, st.SERVICES)),
+    Query("health.node", _health_node, (st.NODES, st.CHECKS)),
+    Query("health.checks", _health_checks, _CATALOG),
+    Query("health.service", _health_service, _CATALOG),
+    Query("health.state", _health_state, (st.NODES, st.CHECKS)),
+    Query("kv.get", _kv_get, (st.KVS,), kv_arg="key"),
+    Query("kv.list", _kv_list, (st.KVS,), kv_arg="key", kv_prefix=True),
+    Query("kv.keys", _kv_keys, (st.KVS,), kv_arg="key", kv_prefix=True),
+    Query("session.info", _session_info, (st.SESSIONS,)),
+    Query("session.list", _session_list, (st.SESSIONS,)),
+    Query("session.node", _session_node, (st.SESSIONS,)),
+    Query("table.list", _table_list, st.SIMPLE_TABLES),
+    Query("table.get", _table_get, st.SIMPLE_TABLES),
+)}
+
+
+def get_query(name: str) -> Query:
+    q = QUERIES.get(name)
+    if q is None:
+        raise UnknownQuery(f"unknown query {name!r}")
+    return q

@@ -1,0 +1,203 @@
+"""The server role: the state store as a replicated state machine, blocking reads, leader duties.
+
+Writes go through a `Replicator` (a single-node log in dev mode today; Raft in a cluster), which
+hands committed commands to the store's `apply`. Reads run named queries (agent/queries.py) against
+the local store and block, without polling, until the answer's index passes the caller's.
+Leader-only work — session TTLs, tombstone reaping — happens by proposing commands, with times
+stamped here so that `apply` stays deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from proconsul.catalog import commands as c
+from proconsul.catalog.errors import CatalogError
+from proconsul.catalog.store import StateStore
+
+from .queries import get_query
+from .watch import ChangeNotifier
+
+log = logging.getLogger("proconsul.server")
+
+MAX_WAIT = 600.0
+DEFAULT_WAIT = 300.0
+SESSION_TTL_MULTIPLIER = 2.0  # Consul invalidates a session after twice its TTL without renewal
+TOMBSTONE_TTL = 15 * 60.0
+
+
+class NotLeaderError(Exception):
+    """A write reached a server that is not the leader and could not be forwarded."""
+
+
+class Replicator(Protocol):
+    """What the server role needs of its log: Raft in a cluster, a local counter in dev mode."""
+
+    async def propose(self, cmd: c.Command) -> Any: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader(self) -> str: ...
+
+    def peers(self) -> list[str]: ...
+
+    def last_contact(self) -> float: ...
+
+
+class LocalReplicator:
+    """A single-voter log kept in memory: commits at once. The dev agent's replicator."""
+
+    def __init__(self, store: StateStore, address: str) -> None:
+        self._store = store
+        self._address = address
+        self._index = store.last_index
+
+    async def propose(self, cmd: c.Command) -> Any:
+        # Round-trip through the wire encoding so dev mode exercises the same bytes Raft carries.
+        self._index = max(self._index, self._store.last_index) + 1
+        return self._store.apply_bytes(self._index, c.encode(cmd))
+
+    @property
+    def is_leader(self) -> bool:
+        return True
+
+    @property
+    def leader(self) -> str:
+        return self._address
+
+    def peers(self) -> list[str]:
+        return [self._address]
+
+    def last_contact(self) -> float:
+        return 0.0
+
+
+class ServerRole:
+    """One server's view of the catalog, with the leader duties that keep it tidy."""
+
+    def __init__(self, store: StateStore, replicator: Replicator | None = None, *,
+                 address: str = "127.0.0.1:8300", rng: random.Random | None = None) -> None:
+        self.store = store
+        self.notifier = ChangeNotifier()
+        store.subscribe(self.notifier.on_change)
+        self.replicator: Replicator = replicator or LocalReplicator(store, address)
+        self._rng = rng or random.Random()
+        self._session_timers: dict[str, asyncio.TimerHandle] = {}
+        self._index_times: deque[tuple[float, int]] = deque(maxlen=4096)
+
+    # ------------------------------------------------------------------ writes
+    async def apply(self, cmd: c.Command) -> Any:
+        """Stamp the leader's time into the command, replicate it, and return the FSM's result."""
+        if any(f.name == "now" for f in dataclasses.fields(cmd)):
+            cmd = dataclasses.replace(cmd, now=time.time())
+        result = await self.replicator.propose(cmd)
+        if isinstance(result, CatalogError):
+            raise result
+        return result
+
+    # ------------------------------------------------------------------ reads
+    async def query(self, name: str, args: dict[str, Any], min_index: int = 0,
+                    wait: float = DEFAULT_WAIT, stale: bool = False) -> tuple[int, Any]:
+        """Run a named query; with `min_index`, block until its index passes it or `wait` ends."""
+        q = get_query(name)
+        idx, result = q.run(self.store, args)
+        if min_index <= 0:
+            return idx, result
+        deadline = asyncio.get_running_loop().time() + min(wait, MAX_WAIT)
+        kv_key = args.get(q.kv_arg) if q.kv_arg else None
+        while idx <= min_index:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            await self.notifier.wait(q.tables, remaining, kv_key=kv_key, kv_prefix=q.kv_prefix)
+            idx, result = q.run(self.store, args)
+        return idx, result
+
+    # ------------------------------------------------------------------ sessions (leader duty)
+    async def session_create(self, session: dict[str, Any]) -> str:
+        sid = session.get("ID") or _uuid(self._rng)
+        result = await self.apply(c.SessionCreate(session=dict(session, ID=sid)))
+        self._arm_session_timer(sid, session.get("TTL") or "")
+        return result
+
+    async def session_destroy(self, sid: str) -> bool:
+        self._disarm_session_timer(sid)
+        return await self.apply(c.SessionDestroy(id=sid))
+
+    async def session_renew(self, sid: str) -> dict[str, Any] | None:
+        """Reset a session's TTL timer; None when there is no such session."""
+        _, sess = self.store.session_get(sid)
+        if sess is None:
+            return None
+        self._arm_session_timer(sid, sess.get("TTL") or "")
+        return sess
+
+    def _arm_session_timer(self, sid: str, ttl: str) -> None:
+        from .duration import parse_duration
+
+        self._disarm_session_timer(sid)
+        if not ttl:
+            return
+        seconds = parse_duration(ttl) * SESSION_TTL_MULTIPLIER
+        loop = asyncio.get_running_loop()
+        self._session_timers[sid] = loop.call_later(seconds, self._session_expired, sid)
+
+    def _disarm_session_timer(self, sid: str) -> None:
+        handle = self._session_timers.pop(sid, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _session_expired(self, sid: str) -> None:
+        self._session_timers.pop(sid, None)
+        log.info("session %s expired: TTL passed without renewal, invalidating it", sid)
+        task = asyncio.get_running_loop().create_task(self.apply(c.SessionDestroy(id=sid)))
+        task.add_done_callback(_log_task_error)
+
+    def rearm_sessions(self) -> None:
+        """On becoming leader: every session with a TTL gets a fresh full timer (as Consul does)."""
+        _, sessions = self.store.session_list()
+        for sess in sessions:
+            self._arm_session_timer(sess["ID"], sess.get("TTL") or "")
+
+    # ------------------------------------------------------------------ tombstones (leader duty)
+    async def reap_tombstones(self, now: float | None = None) -> int:
+        """Drop KV tombstones older than TOMBSTONE_TTL; called periodically on the leader."""
+        now = time.time() if now is None else now
+        self._index_times.append((now, self.store.last_index))
+        cutoff = 0
+        for t, idx in self._index_times:
+            if now - t >= TOMBSTONE_TTL:
+                cutoff = idx
+        if cutoff <= 0:
+            return 0
+        return await self.apply(c.TombstoneReap(index=cutoff))
+
+    async def run_leader_duties(self, stop: asyncio.Event, period: float = 60.0) -> None:
+        while not stop.is_set():
+            if self.replicator.is_leader:
+                try:
+                    await self.reap_tombstones()
+                except Exception:  # keep the loop alive; the next round retries
+                    log.exception("tombstone reaping failed")
+            try:
+                await asyncio.wait_for(stop.wait(), period)
+            except TimeoutError:
+                pass
+
+
+def _uuid(rng: random.Random) -> str:
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background write failed: %s", task.exception())

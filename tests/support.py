@@ -1,0 +1,140 @@
+"""Test support: start real agent processes, find free ports, wait for conditions with a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+PROCONSUL = [sys.executable, "-m", "proconsul.agent.cli"]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port found")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail with `message` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as e:  # the condition may raise until the thing it waits for exists
+            last_exc = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_exc})"
+                                                                               if last_exc else ""))
+
+
+class AgentProcess:
+    """A real `proconsul agent` child process with its own ports and data dir."""
+
+    def __init__(self, workdir: Path, *, dev: bool = True, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.dev = dev
+        self.http_port = free_port()
+        self.dns_port = free_port()
+        self.server_port = free_port()
+        self.extra_args = list(args or [])
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "agent.log"
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    def command(self) -> list[str]:
+        cmd = [*PROCONSUL, "agent", "--http-port", str(self.http_port), "--dns-port", str(self.dns_port),
+               "--server-port", str(self.server_port)]
+        if self.dev:
+            cmd.append("--dev")
+        return cmd + self.extra_args
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                     env=env, start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.get("/v1/status/leader")[1] not in ("", None)
+            except (OSError, urllib.error.URLError):
+                return False
+
+        wait_for(up, timeout, message=f"agent on {self.addr} to answer")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                timeout: float = 30.0) -> tuple[int, Any, dict[str, str]]:
+        """(status, decoded JSON or text, headers) for one HTTP call to the agent."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, payload, headers = resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            status, payload, headers = e.code, e.read(), dict(e.headers)
+        ctype = headers.get("Content-Type", "")
+        if "json" in ctype and payload:
+            return status, json.loads(payload), headers
+        return status, payload.decode(errors="replace"), headers
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        status, body, _ = self.request("GET", path, **kw)
+        return status, body
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        status, out, _ = self.request("PUT", path, body, **kw)
+        return status, out
