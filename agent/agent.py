@@ -25,6 +25,7 @@ from .checks import CheckManager
 from .config import AgentConfig, finalize, load_config
 from .events import EventBuffer
 from .local import SERF_CHECK_ID, LocalState, service_row
+from .read_cache import ReadCache
 from .server import ServerRole
 from .version import CONSUL_COMPAT_VERSION, PROTOCOL, VERSION
 
@@ -48,6 +49,7 @@ class Agent:
         if self.server is None:
             raise AgentError("client agents need the consensus component: run with --server or --dev for now")
         self.backend = self.server
+        self.read_cache = ReadCache(self.store) if self.store is not None else None
         self.node = {
             "ID": config.node_id,
             "Node": config.node_name,
@@ -131,6 +133,28 @@ class Agent:
                       "raft": {"last_log_index": str(self.store.last_index if self.store else 0)}},
             "Meta": dict(cfg.node_meta),
         }
+
+    def metrics(self) -> dict[str, Any]:
+        import resource
+
+        def gauge(name: str, value: float) -> dict[str, Any]:
+            return {"Name": name, "Value": value, "Labels": {}}
+
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        gauges = [
+            gauge("proconsul.runtime.max_rss_bytes", rss_kb * 1024),
+            gauge("proconsul.agent.services", len(self.local.services())),
+            gauge("proconsul.agent.checks", len(self.local.checks())),
+            gauge("proconsul.agent.check_runners", self.checks.running),
+        ]
+        if self.server is not None:
+            gauges += [gauge("proconsul.http.blocking_queries", self.server.notifier.waiting),
+                       gauge("proconsul.raft.applied_index", self.server.store.last_index)]
+        if self.read_cache is not None:
+            gauges += [gauge("proconsul.http.read_cache.hits", self.read_cache.hits),
+                       gauge("proconsul.http.read_cache.misses", self.read_cache.misses)]
+        return {"Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime()),
+                "Gauges": gauges, "Points": [], "Counters": [], "Samples": []}
 
     # ------------------------------------------------------------------ services & checks
     async def register_service(self, defn: dict[str, Any], *, replace_existing_checks: bool = False,
@@ -301,6 +325,7 @@ class Agent:
         from .http_app import build_app
 
         cfg = self.config
+        _raise_fd_limit()
         app = build_app(self)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -331,6 +356,19 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _raise_fd_limit() -> None:
+    """Many blocking queries mean many sockets: lift the soft descriptor limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            log.warning("could not raise the open-files limit above %d", soft)
 
 
 def _bound_port(site: web.TCPSite) -> int:

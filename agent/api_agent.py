@@ -247,3 +247,9 @@ async def force_leave(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     await request.app["agent"].join(request.match_info["address"], wan=flag(request, "wan"))
     return web.Response(status=200)
+
+
+@routes.get("/v1/agent/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Consul's metrics shape (Gauges/Counters/Samples) with the agent's own figures."""
+    return json_response(request, request.app["agent"].metrics())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,22 +14,64 @@ from .http_util import (
     NotFoundHTTP,
     blocking_params,
     check_common,
+    consul_headers,
+    dumps,
     field_type,
     json_body,
     json_response,
     node_meta_filter,
     want_dict,
 )
+from .queries import get_query
+from .read_cache import Entry
 
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+READ_TABLES = "proconsul.read_tables"
+
+
+def cached_read(handler: Handler) -> Handler:
+    """Serve a read from the agent's response cache when the same path and query are still valid."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        cache = request.app["agent"].read_cache
+        qs = request.query_string
+        if cache is None or "index=" in qs or "pretty" in qs:
+            return await handler(request)
+        key = request.path_qs
+        hit = cache.get(key)
+        if hit is not None:
+            return web.Response(body=hit.body, status=hit.status, headers=hit.headers,
+                                content_type="application/json")
+        response = await handler(request)
+        tables = request.get(READ_TABLES)
+        if tables is not None and isinstance(response, web.Response) and response.status < 300:
+            headers = tuple((k, v) for k, v in response.headers.items() if k.startswith("X-Consul-"))
+            cache.put(key, Entry(tables[0], tables[1], response.status, response.body, headers))
+        return response
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
 
 
 async def run_query(request: web.Request, name: str, args: dict[str, Any]) -> web.Response:
-    """Run a named read (blocking if asked) and answer with Consul's headers."""
+    """Run a named read (blocking if asked) and answer with Consul's headers.
+
+    Plain JSON bodies come from the backend's encoded-response cache when it has one.
+    """
     check_common(request)
     b = blocking_params(request)
-    idx, result = await request.app["agent"].backend.query(name, args, b.index, b.wait,
-                                                            "stale" in request.query)
+    agent = request.app["agent"]
+    backend = agent.backend
+    stale = "stale" in request.query
+    if agent.read_cache is not None and not b.index:
+        tables = get_query(name).tables
+        request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
+    if "pretty" not in request.query and hasattr(backend, "query_encoded"):
+        idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, stale)
+        return web.Response(body=body, content_type="application/json", headers=consul_headers(request, idx))
+    idx, result = await backend.query(name, args, b.index, b.wait, stale)
     return json_response(request, result, index=idx)
 
 
@@ -42,22 +85,26 @@ async def datacenters(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/catalog/nodes")
+@cached_read
 async def nodes(request: web.Request) -> web.Response:
     return await run_query(request, "catalog.nodes", {"node_meta": node_meta_filter(request)})
 
 
 @routes.get("/v1/catalog/services")
+@cached_read
 async def services(request: web.Request) -> web.Response:
     return await run_query(request, "catalog.services", {"node_meta": node_meta_filter(request)})
 
 
 @routes.get("/v1/catalog/service/{name}")
+@cached_read
 async def service(request: web.Request) -> web.Response:
     return await run_query(request, "catalog.service", {
         "name": request.match_info["name"], "tags": _tags(request), "node_meta": node_meta_filter(request)})
 
 
 @routes.get("/v1/catalog/connect/{name}")
+@cached_read
 async def connect_service(request: web.Request) -> web.Response:
     return await run_query(request, "catalog.service", {
         "name": request.match_info["name"], "tags": _tags(request), "node_meta": node_meta_filter(request),
@@ -65,6 +112,7 @@ async def connect_service(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/catalog/node/{node}")
+@cached_read
 async def node(request: web.Request) -> web.Response:
     return await run_query(request, "catalog.node", {"node": request.match_info["node"]})
 

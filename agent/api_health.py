@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .api_catalog import _tags, run_query
+from .api_catalog import _tags, cached_read, run_query
 from .http_util import BadRequest, flag, node_meta_filter
 
 routes = web.RouteTableDef()
@@ -13,17 +13,20 @@ STATES = ("any", "passing", "warning", "critical")
 
 
 @routes.get("/v1/health/node/{node}")
+@cached_read
 async def node(request: web.Request) -> web.Response:
     return await run_query(request, "health.node", {"node": request.match_info["node"]})
 
 
 @routes.get("/v1/health/checks/{name}")
+@cached_read
 async def checks(request: web.Request) -> web.Response:
     return await run_query(request, "health.checks", {"name": request.match_info["name"],
                                                       "node_meta": node_meta_filter(request)})
 
 
 @routes.get("/v1/health/service/{name}")
+@cached_read
 async def service(request: web.Request) -> web.Response:
     return await run_query(request, "health.service", {
         "name": request.match_info["name"], "tags": _tags(request), "passing": flag(request, "passing"),
@@ -31,6 +34,7 @@ async def service(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/health/connect/{name}")
+@cached_read
 async def connect(request: web.Request) -> web.Response:
     return await run_query(request, "health.service", {
         "name": request.match_info["name"], "tags": _tags(request), "passing": flag(request, "passing"),
@@ -38,6 +42,7 @@ async def connect(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/health/state/{state}")
+@cached_read
 async def state(request: web.Request) -> web.Response:
     s = request.match_info["state"]
     if s not in STATES:

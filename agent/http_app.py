@@ -7,17 +7,19 @@ from typing import Any
 from aiohttp import web
 
 from . import api_agent, api_catalog, api_health, api_kv, api_session, api_status
-from .http_util import error_middleware
+from .http_util import error_boundary
 
 ROUTE_MODULES = [api_agent, api_catalog, api_health, api_kv, api_session, api_status]
 MAX_BODY = 8 << 20
 
 
 def build_app(agent: Any) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY)
     app["agent"] = agent
     for module in ROUTE_MODULES:
-        app.add_routes(module.routes)
+        for route in module.routes:
+            assert isinstance(route, web.RouteDef)
+            app.router.add_route(route.method, route.path, error_boundary(route.handler), **route.kwargs)
     for mount in agent.http_mounts:
         mount(app)
     return app

@@ -65,25 +65,36 @@ def status_for(exc: BaseException) -> tuple[int, str]:
     return 500, "internal error"
 
 
-@web.middleware
-async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception as exc:
-        status, message = status_for(exc)
-        if status >= 500:
-            log.error("%s %s failed: %s", request.method, request.path, exc, exc_info=status == 500
-                      and message == "internal error")
-        return web.Response(status=status, text=message + "\n", content_type="text/plain")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_boundary(handler: Handler) -> Handler:
+    """Wrap a route handler so every error leaves as a status and a one-line message (via status_for).
+
+    Applied to each route when the app is built rather than as aiohttp middleware, which would
+    build a wrapper per request on the hot path.
+    """
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            status, message = status_for(exc)
+            if status >= 500:
+                log.error("%s %s failed: %s", request.method, request.path, exc,
+                          exc_info=message == "internal error")
+            return web.Response(status=status, text=message + "\n", content_type="text/plain")
+
+    guarded.__name__ = getattr(handler, "__name__", "handler")
+    guarded.__doc__ = handler.__doc__
+    return guarded
 
 
 # ---------------------------------------------------------------------- responses
 def dumps(data: Any, pretty: bool = False) -> bytes:
-    opts = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
-    return orjson.dumps(data, default=_default, option=opts)
+    return orjson.dumps(data, default=_default, option=orjson.OPT_INDENT_2 if pretty else 0)
 
 
 def _default(obj: Any) -> Any:

@@ -14,9 +14,11 @@ import dataclasses
 import logging
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgpack
 from proconsul.catalog import commands as c
 from proconsul.catalog.errors import CatalogError
 from proconsul.catalog.store import StateStore
@@ -30,6 +32,7 @@ MAX_WAIT = 600.0
 DEFAULT_WAIT = 300.0
 SESSION_TTL_MULTIPLIER = 2.0  # Consul invalidates a session after twice its TTL without renewal
 TOMBSTONE_TTL = 15 * 60.0
+ENCODED_CACHE_SIZE = 1024
 
 
 class NotLeaderError(Exception):
@@ -92,6 +95,7 @@ class ServerRole:
         self._rng = rng or random.Random()
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
         self._index_times: deque[tuple[float, int]] = deque(maxlen=4096)
+        self._encoded: OrderedDict[tuple[str, bytes], tuple[int, int, bytes]] = OrderedDict()
 
     # ------------------------------------------------------------------ writes
     async def apply(self, cmd: c.Command) -> Any:
@@ -120,6 +124,27 @@ class ServerRole:
             await self.notifier.wait(q.tables, remaining, kv_key=kv_key, kv_prefix=q.kv_prefix)
             idx, result = q.run(self.store, args)
         return idx, result
+
+    async def query_encoded(self, name: str, args: dict[str, Any], encode: Callable[[Any], bytes],
+                            min_index: int = 0, wait: float = DEFAULT_WAIT, stale: bool = False
+                            ) -> tuple[int, Any, bytes]:
+        """Like `query`, but also returns the encoded body, cached until the query's tables change.
+
+        The cache is keyed by query and arguments and is valid while the highest index of the tables
+        the query reads is the one it was computed at, so a hit can never be stale.
+        """
+        q = get_query(name)
+        key = (name, _args_key(args))
+        hit = self._encoded.get(key)
+        if hit is not None and hit[0] == self.store.table_index(*q.tables) and hit[1] > min_index:
+            self._encoded.move_to_end(key)
+            return hit[1], None, hit[2]
+        idx, result = await self.query(name, args, min_index, wait, stale)
+        body = encode(result)
+        self._encoded[key] = (self.store.table_index(*q.tables), idx, body)
+        if len(self._encoded) > ENCODED_CACHE_SIZE:
+            self._encoded.popitem(last=False)
+        return idx, result, body
 
     # ------------------------------------------------------------------ sessions (leader duty)
     async def session_create(self, session: dict[str, Any]) -> str:
@@ -191,6 +216,10 @@ class ServerRole:
                 await asyncio.wait_for(stop.wait(), period)
             except TimeoutError:
                 pass
+
+
+def _args_key(args: dict[str, Any]) -> bytes:
+    return msgpack.packb(sorted(args.items()), use_bin_type=True)
 
 
 def _uuid(rng: random.Random) -> str:

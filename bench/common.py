@@ -1,0 +1,145 @@
+"""Shared benchmark plumbing: peers as child processes, wrk runs, alternating arms, medians.
+
+Every benchmark runs its arms alternately (A B A B …, at least 3 rounds), prints each arm's median
+and the ratio against the peer measured in the same run, and exits 0 (../shared/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from support import AgentProcess, free_port, wait_for  # noqa: E402
+
+__all__ = ["AgentProcess", "free_port", "wait_for", "Arm", "alternate", "wrk", "need", "rss_mb", "report",
+           "Background", "http_json"]
+
+
+def need(binary: str, package: str) -> str:
+    """The path of `binary`, installing its Debian package when root; exits 0 with a note if missing."""
+    path = shutil.which(binary)
+    if path:
+        return path
+    if os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path = shutil.which(binary)
+        if path:
+            return path
+    print(f"SKIPPED: {binary} is missing; install the Debian package {package!r}")
+    sys.exit(0)
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    v = float(m.group(1))
+    return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
+
+
+def wrk(url: str, connections: int = 16, duration: float = 8.0, threads: int = 1,
+        script: str | None = None, extra: list[str] | None = None) -> WrkResult:
+    cmd = [need("wrk", "wrk"), f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    cmd += (extra or []) + [url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    dist = out.split("Latency Distribution", 1)[-1]
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", dist, re.M).group(1))
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", dist, re.M).group(1))
+    errs = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errs += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errs += sum(int(x) for x in m.groups())
+    return WrkResult(rps, p50, p99, errs)
+
+
+@dataclass
+class Arm:
+    name: str
+    run: Callable[[], dict[str, float]]
+    results: list[dict[str, float]] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        return statistics.median(r[key] for r in self.results)
+
+
+def alternate(arms: list[Arm], rounds: int = 3) -> None:
+    for i in range(rounds):
+        for arm in arms:
+            r = arm.run()
+            arm.results.append(r)
+            print(f"  round {i + 1} {arm.name:<28} " + "  ".join(f"{k}={v:,.2f}" for k, v in r.items()), flush=True)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Background:
+    """A child process for the benchmark's lifetime (a peer server or a target)."""
+
+    def __init__(self, cmd: list[str], **kw: Any) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True, **kw)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def http_json(method: str, url: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def report(name: str, data: dict[str, Any]) -> None:
+    """Print the summary and keep a JSON copy under bench/results/ (not committed)."""
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    data = dict(data, date=stamp, machine=f"{os.cpu_count()} cores, {os.uname().machine}")
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+    print(json.dumps(data, indent=2))
