@@ -177,6 +177,16 @@ def _table_get(s: StateStore, a: Args) -> tuple[int, Any]:
     return s.table_get(a["table"], a["key"])
 
 
+def _config_list(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, rows = s.table_list("config_entries")
+    kind = a.get("kind")
+    return idx, sorted((r for r in rows if not kind or r["Kind"] == kind), key=lambda r: (r["Kind"], r["Name"]))
+
+
+def _config_get(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.table_get("config_entries", f"{a['kind']}/{a['name']}")
+
+
 _CATALOG = (st.NODES, st.SERVICES, st.CHECKS)
 
 QUERIES: dict[str, Query] = {q.name: q for q in (
@@ -195,6 +205,8 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("session.info", _session_info, (st.SESSIONS,)),
     Query("session.list", _session_list, (st.SESSIONS,)),
     Query("session.node", _session_node, (st.SESSIONS,)),
+    Query("config.list", _config_list, ("config_entries",)),
+    Query("config.get", _config_get, ("config_entries",)),
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
 )}
