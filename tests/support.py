@@ -83,6 +83,12 @@ class AgentProcess:
         return cmd + self.extra_args
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start the process and wait until it answers with a known leader."""
+        self.start_background()
+        self.wait_ready(timeout)
+
+    def start_background(self) -> None:
+        """Start the process without waiting (for clusters whose members need each other to be ready)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
@@ -90,6 +96,7 @@ class AgentProcess:
                                      env=env, start_new_session=True)
         log.close()
 
+    def wait_ready(self, timeout: float = 20.0) -> None:
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
