@@ -15,6 +15,7 @@ from .http_util import (
     check_common,
     dumps,
     field_type,
+    filter_rows,
     flag,
     json_body,
     json_response,
@@ -45,7 +46,7 @@ async def members(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/services")
 async def services(request: web.Request) -> web.Response:
     check_common(request)
-    return json_response(request, request.app["agent"].local.services())
+    return json_response(request, filter_rows(request, request.app["agent"].local.services()))
 
 
 def _content_hash(svc: dict[str, Any]) -> str:
@@ -74,7 +75,7 @@ async def service(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/checks")
 async def checks(request: web.Request) -> web.Response:
     check_common(request)
-    return json_response(request, request.app["agent"].local.checks())
+    return json_response(request, filter_rows(request, request.app["agent"].local.checks()))
 
 
 @routes.put("/v1/agent/service/register")

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
 from proconsul.catalog import commands as c
 
 from .definitions import DefinitionError, check_definition
@@ -17,6 +18,7 @@ from .http_util import (
     consul_headers,
     dumps,
     field_type,
+    filter_rows,
     json_body,
     json_response,
     node_meta_filter,
@@ -68,10 +70,16 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any]) -> we
     if agent.read_cache is not None and not b.index:
         tables = get_query(name).tables
         request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
-    if "pretty" not in request.query and hasattr(backend, "query_encoded"):
+    filtered = bool(request.query.get("filter"))
+    if not filtered and "pretty" not in request.query and hasattr(backend, "query_encoded"):
         idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, stale)
         return web.Response(body=body, content_type="application/json", headers=consul_headers(request, idx))
     idx, result = await backend.query(name, args, b.index, b.wait, stale)
+    if filtered:
+        if isinstance(result, dict) and "Services" in result:  # node-services: the filter applies to services
+            result = dict(result, Services=filter_rows(request, result["Services"]))
+        else:
+            result = filter_rows(request, result)
     return json_response(request, result, index=idx)
 
 

@@ -11,9 +11,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
 from proconsul.catalog.errors import CatalogError, Conflict, InvalidRequest, NotFound, UnknownCommand
 
 from .duration import DurationError, parse_duration
+from .filter import FilterError, Predicate, compile_filter
 from .server import DEFAULT_WAIT, MAX_WAIT, NotLeaderError
 
 log = logging.getLogger("proconsul.http")
@@ -177,7 +179,30 @@ def check_common(request: web.Request) -> None:
     if dc and dc.lower() != request.app["agent"].config.datacenter:
         raise HTTPError(f"No path to datacenter: {dc!r}", 500)
     if q.get("filter"):
-        raise BadRequest("filter expressions are not supported yet; see docs/api-compatibility.md")
+        row_filter(request)  # parse now: a bad expression is a 400 before any work is done
+
+
+def row_filter(request: web.Request) -> Predicate | None:
+    """The request's `?filter=` expression compiled to a predicate (None when absent)."""
+    expr = request.query.get("filter", "")
+    if not expr:
+        return None
+    try:
+        return compile_filter(expr)
+    except FilterError as e:
+        raise BadRequest(f"Failed to create boolean expression evaluator: {e}") from None
+
+
+def filter_rows(request: web.Request, data: Any) -> Any:
+    """Apply `?filter=` to a list of rows or a map of rows; other shapes pass through."""
+    pred = row_filter(request)
+    if pred is None:
+        return data
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if pred(v)}
+    if isinstance(data, list):
+        return [row for row in data if pred(row)]
+    return data
 
 
 def node_meta_filter(request: web.Request) -> list[list[str]] | None:
