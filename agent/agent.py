@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import CRITICAL, PASSING, StateStore
 

@@ -7,6 +7,7 @@ import binascii
 from typing import Any
 
 from aiohttp import web
+
 from proconsul.catalog import commands as c
 
 from .http_util import (

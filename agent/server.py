@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgpack
+
 from proconsul.catalog import commands as c
 from proconsul.catalog.errors import CatalogError
 from proconsul.catalog.store import StateStore
