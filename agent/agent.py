@@ -94,6 +94,12 @@ class Agent:
     def peer_addresses(self) -> list[str]:
         return self.server.replicator.peers() if self.server else []
 
+    async def consistent_read(self) -> None:
+        """Wait until this server may answer a linearizable read (Raft's ReadIndex on a cluster)."""
+        read_index = getattr(self.server.replicator if self.server else None, "read_index", None)
+        if read_index is not None:
+            await read_index()
+
     def datacenters(self) -> list[str]:
         return [self.config.datacenter]
 

@@ -109,6 +109,14 @@ class TableDelete(Command):
 
 
 @dataclass(slots=True)
+class Restore(Command):
+    """Replace the whole state with a snapshot (operator restore), applied identically everywhere."""
+
+    TYPE: ClassVar[str] = "restore"
+    state: bytes
+
+
+@dataclass(slots=True)
 class Batch(Command):
     """Several commands applied as one log entry (e.g. the CA's roots and config together)."""
 
@@ -119,7 +127,7 @@ class Batch(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c
     for c in (Register, Deregister, KVOp, Txn, SessionCreate, SessionDestroy, TombstoneReap, TableSet,
-              TableDelete, Batch)
+              TableDelete, Restore, Batch)
 }
 
 

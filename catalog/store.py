@@ -92,6 +92,7 @@ class StateStore:
         self._tomb_sorted: list[str] = []
         self._sessions: dict[str, dict[str, Any]] = {}
         self._lock_delay: dict[str, float] = {}  # key -> time (leader's clock) until which acquire fails
+        self._kv_floor = 0  # index of the last operator restore: no KV prefix index goes below it
         self._tables: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in SIMPLE_TABLES}
 
     # ------------------------------------------------------------------ notification
@@ -166,6 +167,9 @@ class StateStore:
                 return self._table_set(ch, cmd)
             case c.TableDelete():
                 return self._table_delete(ch, cmd)
+            case c.Restore():
+                self._restore_at(cmd.state, ch)
+                return True
             case c.Batch():
                 return [self._dispatch(ch, sub) for sub in cmd.commands]
         raise InvalidRequest(f"unsupported command {type(cmd).__name__}")
@@ -546,7 +550,7 @@ class StateStore:
         idx = max((r["ModifyIndex"] for r in rows), default=0)
         for k in self._keys_with_prefix(self._tomb_sorted, prefix):
             idx = max(idx, self._tombstones[k])
-        return idx or self.table_index(KVS)
+        return max(idx, self._kv_floor) or self.table_index(KVS)
 
     def kv_keys(self, prefix: str, separator: str = "") -> tuple[int, list[str]]:
         keys = self._keys_with_prefix(self._kv_sorted, prefix)
@@ -772,9 +776,25 @@ class StateStore:
             "tombstones": self._tombstones,
             "sessions": list(self._sessions.values()),
             "lock_delay": self._lock_delay,
+            "kv_floor": self._kv_floor,
             "tables": self._tables,
         }
         return msgpack.packb(state, use_bin_type=True)
+
+    def _restore_at(self, data: bytes, ch: Changes) -> None:
+        """An operator restore through the log: the snapshot's state, every table changed at this index
+        (so blocking queries wake and indexes never go backwards)."""
+        listeners = self._listeners
+        self._listeners = []
+        try:
+            self.restore(data)
+        finally:
+            self._listeners = listeners
+        ch.tables |= {NODES, SERVICES, CHECKS, KVS, SESSIONS, *SIMPLE_TABLES}
+        ch.services |= set(self._by_name)
+        ch.kv_keys.extend(self._kv_sorted)
+        self._kv_floor = ch.index
+        self._lock_delay.clear()
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot; listeners hear that every table changed."""
@@ -805,6 +825,7 @@ class StateStore:
         for s in state["sessions"]:
             self._sessions[s["ID"]] = s
         self._lock_delay = dict(state["lock_delay"])
+        self._kv_floor = state.get("kv_floor", 0)
         for t in SIMPLE_TABLES:
             self._tables[t] = dict(state["tables"].get(t, {}))
         ch = Changes(self.last_index, tables={NODES, SERVICES, CHECKS, KVS, SESSIONS, *SIMPLE_TABLES},
