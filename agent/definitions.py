@@ -134,7 +134,12 @@ def service_definition(raw: Any, what: str = "Service") -> dict[str, Any]:
     if not svc["ID"]:
         svc["ID"] = svc["Name"]
     checks: list[dict[str, Any]] = []
-    if svc.get("Check") is not None:
+    if isinstance(svc.get("Check"), list):  # HCL gives a `check { … }` block as a list of one object
+        blocks = svc.pop("Check")
+        if len(blocks) == 1:
+            svc["Check"] = blocks[0]
+        else:
+            svc["Checks"] = list(svc.get("Checks") or []) + blocks
         checks.append(check_definition(svc.pop("Check"), f"{what}.Check"))
     else:
         svc.pop("Check", None)

@@ -1,0 +1,89 @@
+"""The CLI's HTTP client: where the agent is, one call, and errors that read as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_ADDR = "127.0.0.1:8500"
+
+
+class CLIError(Exception):
+    """Anything the CLI reports as `Error: <message>` with exit status 1."""
+
+
+def resolve_addr(flag: str | None) -> str:
+    """--http-addr, else PROCONSUL_HTTP_ADDR, else CONSUL_HTTP_ADDR, else 127.0.0.1:8500; as a base URL."""
+    raw = flag or os.environ.get("PROCONSUL_HTTP_ADDR") or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_ADDR
+    raw = raw.strip()
+    if not raw.startswith(("http://", "https://")):
+        raw = "http://" + raw
+    parsed = urllib.parse.urlsplit(raw)
+    if not parsed.hostname:
+        raise CLIError(f"invalid agent address {raw!r}: use host:port, e.g. 127.0.0.1:8500")
+    return raw.rstrip("/")
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    @property
+    def index(self) -> int:
+        return int(self.headers.get("X-Consul-Index", "0") or 0)
+
+
+class Client:
+    def __init__(self, addr: str | None = None, timeout: float = 30.0) -> None:
+        self.base = resolve_addr(addr)
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
+             raw: bytes | None = None, ok404: bool = False) -> Response:
+        url = self.base + urllib.parse.quote(path, safe="/:@")
+        if params:
+            query = [(k, "" if v is True else str(v)) for k, v in params.items() if v not in (None, False)]
+            if query:
+                url += "?" + urllib.parse.urlencode(query).replace("=&", "&").rstrip("=")
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(url, data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return Response(resp.status, resp.read(), dict(resp.headers))
+        except urllib.error.HTTPError as e:
+            payload = e.read()
+            if e.code == 404 and ok404:
+                return Response(404, payload, dict(e.headers))
+            message = payload.decode(errors="replace").strip().splitlines()
+            raise CLIError(f"{method} {path}: {e.code} {message[0] if message else e.reason}") from None
+        except urllib.error.URLError as e:
+            reason = e.reason
+            if isinstance(reason, ConnectionRefusedError):
+                text = "connection refused"
+            elif isinstance(reason, socket.timeout | TimeoutError):
+                text = "timed out"
+            else:
+                text = str(getattr(reason, "strerror", None) or reason)
+            raise CLIError(f"cannot reach the agent at {self.base}: {text}") from None
+        except (TimeoutError, ConnectionError) as e:
+            raise CLIError(f"cannot reach the agent at {self.base}: {e}") from None
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return self.call("GET", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Response:
+        return self.call("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Response:
+        return self.call("DELETE", path, **kw)
