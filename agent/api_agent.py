@@ -17,6 +17,7 @@ from .http_util import (
     field_type,
     filter_rows,
     flag,
+    fold_keys,
     json_body,
     json_response,
     want_dict,
@@ -146,7 +147,7 @@ async def check_fail(request: web.Request) -> web.Response:
 
 @routes.put("/v1/agent/check/update/{id}")
 async def check_update(request: web.Request) -> web.Response:
-    body = want_dict(await json_body(request), "CheckUpdate")
+    body = fold_keys(want_dict(await json_body(request), "CheckUpdate"), ("Status", "Output"))
     field_type(body, "Status", str, "CheckUpdate")
     field_type(body, "Output", str, "CheckUpdate")
     status = body.get("Status") or ""

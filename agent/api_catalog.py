@@ -19,6 +19,7 @@ from .http_util import (
     dumps,
     field_type,
     filter_rows,
+    fold_keys,
     json_body,
     json_response,
     node_meta_filter,
@@ -136,8 +137,23 @@ async def node_services(request: web.Request) -> web.Response:
     return json_response(request, result, index=idx)
 
 
+REGISTER_FIELDS = ("ID", "Node", "Address", "Datacenter", "TaggedAddresses", "NodeMeta", "Service", "Check",
+                   "Checks", "SkipNodeUpdate")
+SERVICE_FIELDS = ("ID", "Service", "Tags", "Address", "TaggedAddresses", "Meta", "Port", "Weights",
+                  "EnableTagOverride", "Kind", "Proxy", "Connect", "SocketPath")
+CHECK_FIELDS = ("Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName", "ServiceTags",
+                "Type", "Definition", "Interval", "Timeout", "ExposedPort")
+
+
 def _register_command(body: dict[str, Any], datacenter: str) -> c.Register:
     """Consul's RegisterRequest body → a Register command, with field-naming errors."""
+    body = fold_keys(body, REGISTER_FIELDS)
+    if isinstance(body.get("Service"), dict):
+        body["Service"] = fold_keys(body["Service"], SERVICE_FIELDS)
+    if isinstance(body.get("Check"), dict):
+        body["Check"] = fold_keys(body["Check"], CHECK_FIELDS)
+    if isinstance(body.get("Checks"), list):
+        body["Checks"] = [fold_keys(x, CHECK_FIELDS) if isinstance(x, dict) else x for x in body["Checks"]]
     for name in ("Node", "Address", "ID", "Datacenter"):
         field_type(body, name, str, "Register")
     for name in ("TaggedAddresses", "NodeMeta", "Service", "Check"):
@@ -190,7 +206,8 @@ async def register(request: web.Request) -> web.Response:
 @routes.put("/v1/catalog/deregister")
 async def deregister(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    body = want_dict(await json_body(request), "Deregister body")
+    body = fold_keys(want_dict(await json_body(request), "Deregister body"), ("Node", "ServiceID", "CheckID",
+                                                                             "Datacenter"))
     for name in ("Node", "ServiceID", "CheckID"):
         field_type(body, name, str, "Deregister")
     if not body.get("Node"):

@@ -17,6 +17,7 @@ from .http_util import (
     check_common,
     consul_headers,
     flag,
+    fold_keys,
     json_body,
     json_response,
     uint_param,
@@ -126,10 +127,12 @@ def _txn_op(i: int, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict) or len(raw) != 1:
         raise BadRequest(f"Txn[{i}] must be an object with exactly one of KV, Node, Service, Check")
     kind, op = next(iter(raw.items()))
+    kind = "KV" if isinstance(kind, str) and kind.lower() == "kv" else kind
     if kind != "KV":
         raise BadRequest(f"Txn[{i}].{kind}: only KV operations are supported in transactions so far")
     if not isinstance(op, dict):
         raise BadRequest(f"Txn[{i}].KV must be an object")
+    op = fold_keys(op, ("Verb", "Key", "Value", "Flags", "Index", "Session"))
     verb = op.get("Verb")
     if verb not in TXN_KV_VERBS:
         raise BadRequest(f"Txn[{i}].KV.Verb {verb!r} is not a KV verb ({', '.join(sorted(TXN_KV_VERBS))})")

@@ -8,7 +8,16 @@ from aiohttp import web
 
 from .api_catalog import run_query
 from .duration import DurationError, parse_duration
-from .http_util import BadRequest, NotFoundHTTP, check_common, field_type, json_body, json_response, want_dict
+from .http_util import (
+    BadRequest,
+    NotFoundHTTP,
+    check_common,
+    field_type,
+    fold_keys,
+    json_body,
+    json_response,
+    want_dict,
+)
 
 routes = web.RouteTableDef()
 
@@ -32,7 +41,8 @@ async def create(request: web.Request) -> web.Response:
     check_common(request)
     agent = request.app["agent"]
     body = await json_body(request, required=False) or {}
-    body = want_dict(body, "Session")
+    body = fold_keys(want_dict(body, "Session"), ("Name", "Node", "Behavior", "TTL", "ID", "LockDelay", "Checks",
+                                                  "NodeChecks", "ServiceChecks"))
     for name in ("Name", "Node", "Behavior", "TTL", "ID"):
         field_type(body, name, str, "Session")
     for name in ("Checks", "NodeChecks", "ServiceChecks"):

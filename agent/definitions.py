@@ -140,6 +140,7 @@ def service_definition(raw: Any, what: str = "Service") -> dict[str, Any]:
             svc["Check"] = blocks[0]
         else:
             svc["Checks"] = list(svc.get("Checks") or []) + blocks
+    if svc.get("Check") is not None:
         checks.append(check_definition(svc.pop("Check"), f"{what}.Check"))
     else:
         svc.pop("Check", None)

@@ -250,6 +250,18 @@ async def json_body(request: web.Request, *, required: bool = True, max_bytes: i
         raise BadRequest(f"Request decode failed: invalid JSON: {e}") from None
 
 
+def fold_keys(obj: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Match keys to Consul's field names case-insensitively, as Go's JSON decoder does
+    (py-consul sends `name`, `lockdelay`, …). Unknown keys are kept as they are."""
+    table = {n.lower(): n for n in names}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        name = table.get(k.lower(), k) if isinstance(k, str) else k
+        if name not in out or k == name:
+            out[name] = v
+    return out
+
+
 def want_dict(obj: Any, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise BadRequest(f"Request decode failed: {what} must be a JSON object")

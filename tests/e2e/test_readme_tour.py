@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
 from support import REPO, wait_for

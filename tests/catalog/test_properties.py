@@ -1,0 +1,100 @@
+"""Property tests: commands survive their wire encoding; snapshot→restore preserves every query."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proconsul.agent.queries import QUERIES
+from proconsul.catalog import commands as c
+from proconsul.catalog.errors import CatalogError
+from proconsul.catalog.store import StateStore
+
+REPO = Path(__file__).resolve().parents[2]
+names = st.sampled_from(["web", "db", "api", "cache"])
+nodes = st.sampled_from(["n1", "n2", "n3"])
+keys = st.sampled_from(["a", "a/b", "a/c", "b/x", "b/y/z"])
+statuses = st.sampled_from(["passing", "warning", "critical"])
+
+register = st.builds(
+    lambda n, s, port, tags, st_: c.Register(
+        node={"Node": n, "Address": f"10.0.0.{len(n)}", "Meta": {"rack": n[-1]}},
+        service={"Service": s, "ID": f"{s}-{n}", "Port": port, "Tags": tags},
+        checks=[{"CheckID": f"chk-{s}", "ServiceID": f"{s}-{n}", "Status": st_},
+                {"CheckID": "serfHealth", "Status": "passing"}]),
+    nodes, names, st.integers(1, 65535), st.lists(st.sampled_from(["v1", "v2", "prod"]), max_size=2, unique=True),
+    statuses)
+kvop = st.builds(lambda verb, k, v, f, i: c.KVOp(verb=verb, key=k, value=v, flags=f, index=i),
+                 st.sampled_from(["set", "cas", "delete", "delete-cas", "delete-tree"]), keys, st.binary(max_size=8),
+                 st.integers(0, 5), st.integers(0, 6))
+session = st.builds(lambda n, i: c.SessionCreate(session={"ID": f"s{i}", "Node": n}), nodes, st.integers(0, 3))
+lock = st.builds(lambda k, i: c.KVOp(verb="lock", key=k, value=b"l", session=f"s{i}"), keys, st.integers(0, 3))
+dereg = st.builds(lambda n, s: c.Deregister(node=n, service_id=f"{s}-{n}" if s else ""), nodes,
+                  st.one_of(st.none(), names))
+table = st.builds(lambda k: c.TableSet(table="config_entries", key=f"service-defaults/{k}",
+                                       row={"Kind": "service-defaults", "Name": k}), names)
+commands = st.one_of(register, kvop, session, lock, dereg, table)
+
+
+@given(commands)
+def test_every_command_round_trips_through_msgpack(cmd: c.Command) -> None:
+    assert c.decode(c.encode(cmd)) == cmd
+
+
+def query_args(store: StateStore) -> list[tuple[str, dict]]:
+    out = []
+    for name in ("web", "db", "api", "cache", "missing"):
+        out += [("catalog.service", {"name": name}), ("catalog.service", {"name": name, "tags": ["v1"]}),
+                ("health.service", {"name": name, "passing": True}), ("health.service", {"name": name}),
+                ("health.checks", {"name": name}), ("catalog.service", {"name": name, "connect": True})]
+    for n in ("n1", "n2", "n3", "nx"):
+        out += [("catalog.node", {"node": n}), ("catalog.node_services", {"node": n}), ("health.node", {"node": n}),
+                ("session.node", {"node": n})]
+    for k in ("", "a", "a/", "b/", "zz"):
+        out += [("kv.get", {"key": k}), ("kv.list", {"key": k}), ("kv.keys", {"key": k, "separator": "/"})]
+    for state in ("any", "passing", "critical"):
+        out.append(("health.state", {"state": state}))
+    out += [("catalog.nodes", {}), ("catalog.nodes", {"node_meta": [["rack", "1"]]}), ("catalog.services", {}),
+            ("catalog.services", {"node_meta": [["rack", "2"]]}), ("session.list", {}),
+            ("config.list", {"kind": "service-defaults"}), ("config.get", {"kind": "service-defaults", "name": "web"})]
+    for i in range(4):
+        out.append(("session.info", {"id": f"s{i}"}))
+    assert {q for q, _ in out} >= set(QUERIES) - {"table.list", "table.get"}, "a query is not covered"
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(commands, max_size=40))
+def test_snapshot_restore_preserves_every_query(cmds: list[c.Command]) -> None:
+    s = StateStore()
+    for i, cmd in enumerate(cmds, start=1):
+        try:
+            s.apply(i, cmd)
+        except CatalogError:
+            pass
+    restored = StateStore()
+    restored.restore(s.snapshot())
+    assert restored.last_index == s.last_index
+    for name, args in query_args(s):
+        assert QUERIES[name].run(restored, args) == QUERIES[name].run(s, args), (name, args)
+
+
+def test_pure_cores_do_not_touch_clocks_randomness_or_io() -> None:
+    """TigerBeetle's rule (DESIGN.md §6): catalog/ and consensus/ import no clock, RNG or I/O module."""
+    banned = {"time", "random", "datetime", "socket", "asyncio", "os", "threading", "subprocess"}
+    offenders = []
+    for folder in ("catalog", "consensus"):
+        for path in (REPO / folder).glob("*.py"):
+            if folder == "consensus" and path.name in ("storage.py", "transport.py", "node.py"):
+                continue  # the I/O shells around the pure Raft core
+            for node in ast.walk(ast.parse(path.read_text())):
+                mods = []
+                if isinstance(node, ast.Import):
+                    mods = [a.name.split(".")[0] for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    mods = [node.module.split(".")[0]]
+                offenders += [f"{path.name}: {m}" for m in mods if m in banned]
+    assert not offenders, offenders
