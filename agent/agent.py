@@ -358,7 +358,7 @@ class Agent:
                 await self._stop.wait()
                 log.info("shutting down")
         finally:
-            self.checks.stop_all()
+            await self.checks.close()
             await runner.cleanup()
 
     def stop(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from proconsul.catalog.store import CRITICAL, PASSING, WARNING
@@ -145,6 +145,7 @@ class CheckManager:
         self._runners: dict[str, Runner] = {}
         self._filters: dict[str, StatusFilter] = {}
         self.context: dict[str, Any] = {}  # shared services for runners (e.g. the agent, for alias checks)
+        self.closers: list[Callable[[], Awaitable[None]]] = []  # shared resources to close at shutdown
 
     def start(self, check_id: str, defn: dict[str, Any], initial_status: str) -> None:
         """(Re)start the runner for a check; kinds without a runner (maintenance) get none."""
@@ -167,6 +168,13 @@ class CheckManager:
         for cid in list(self._runners):
             self.stop(cid)
 
+    async def close(self) -> None:
+        """Stop every runner and close shared resources (the HTTP checks' connection pool)."""
+        self.stop_all()
+        closers, self.closers = self.closers, []
+        for close in closers:
+            await close()
+
     def runner(self, check_id: str) -> Runner | None:
         return self._runners.get(check_id)
 
@@ -179,3 +187,11 @@ class CheckManager:
     @property
     def running(self) -> int:
         return len(self._runners)
+
+
+def _load_kinds() -> None:
+    """Import the modules that register the other kinds of check in RUNNERS."""
+    from . import check_alias, check_h2, check_http, check_net, check_script  # noqa: F401
+
+
+_load_kinds()
