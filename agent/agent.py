@@ -239,6 +239,20 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._local_changed.wait(), max(timeout, 0))
 
+    async def reap_critical_services(self, stop: asyncio.Event) -> None:
+        """Deregister services whose check stayed critical past deregister_critical_service_after."""
+        from .local import REAP_INTERVAL
+
+        while not stop.is_set():
+            for sid in self.local.services_to_reap(time.monotonic()):
+                log.info("service %s: a check has been critical longer than its deregister_critical_service_after;"
+                         " deregistering it", sid)
+                await self.deregister_service(sid)
+            try:
+                await asyncio.wait_for(stop.wait(), REAP_INTERVAL)
+            except TimeoutError:
+                pass
+
     # ------------------------------------------------------------------ config (re)loading
     async def load_services_from_config(self) -> None:
         """Register the services and checks in config files; a reload replaces the previous set."""
@@ -348,6 +362,7 @@ class Agent:
             await self.load_services_from_config()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")
+                tg.create_task(self.reap_critical_services(self._stop), name="reaper")
                 if self.server is not None:
                     tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
                 for start in self.listeners:

@@ -75,7 +75,6 @@ def agent(
         cfg = AgentConfig(dev=dev)
         if dev:
             cfg.node_name = "dev"
-            cfg.sync_interval = 30.0
         cfg = load_config(config_file or [], config_dir or [], cfg)
         if server:
             cfg.server = True

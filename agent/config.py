@@ -273,6 +273,10 @@ def merge_file_data(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.default_intention_policy = value
         elif key == "check_update_interval":
             cfg.check_update_interval = _dur(key, value, src)
+        elif key == "ae_interval":  # Consul's internal knob for the anti-entropy full-sync period
+            cfg.sync_interval = _dur(key, value, src)
+            if cfg.sync_interval < 1:
+                raise ConfigError(f"{src}: ae_interval must be at least 1s")
         elif key == "leave_on_terminate":
             cfg.leave_on_terminate = _bool(key, value, src)
         else:

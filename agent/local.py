@@ -28,6 +28,8 @@ NODE_MAINT_ID = "_node_maintenance"
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
 SERF_CHECK_ID = "serfHealth"
 CONSUL_SERVICE_ID = "consul"
+MIN_REAP_AFTER = 60.0  # Consul's floor for deregister_critical_service_after
+REAP_INTERVAL = 30.0  # how often the agent looks for services to reap (Consul's period)
 DEFAULT_NODE_MAINT_REASON = "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
 DEFAULT_SERVICE_MAINT_REASON = ("Maintenance mode is enabled for this service, but no reason was provided. "
                                 "This is a default message.")
@@ -44,6 +46,7 @@ class _Entry:
     in_sync: bool = False
     deferred_until: float = 0.0  # output-only changes wait until this time (monotonic)
     persist: bool = True
+    critical_since: float | None = None  # monotonic time the check last turned critical
 
 
 def service_row(defn: dict[str, Any], datacenter: str) -> dict[str, Any]:
@@ -108,6 +111,16 @@ class LocalState:
     def node_checks(self) -> list[dict[str, Any]]:
         return [e.row for e in self._checks.values() if not e.row["ServiceID"]]
 
+    def services_to_reap(self, now: float) -> list[str]:
+        """Services with a check critical for longer than its DeregisterCriticalServiceAfter."""
+        out = []
+        for e in self._checks.values():
+            after = e.definition.get("DeregisterAfterSeconds")
+            sid = e.row["ServiceID"]
+            if after and sid and e.critical_since is not None and now - e.critical_since >= max(after, MIN_REAP_AFTER):
+                out.append(sid)
+        return sorted(set(out))
+
     def in_maintenance(self) -> bool:
         return NODE_MAINT_ID in self._checks
 
@@ -139,7 +152,10 @@ class LocalState:
         prev = self._checks.get(row["CheckID"])
         if prev is not None and definition.get("Status") is None:
             row["Status"], row["Output"] = prev.row["Status"], prev.row["Output"]  # re-register keeps status
-        self._checks[row["CheckID"]] = _Entry(row, definition, persist=persist)
+        entry = _Entry(row, definition, persist=persist)
+        if row["Status"] == CRITICAL:
+            entry.critical_since = prev.critical_since if prev and prev.critical_since else time.monotonic()
+        self._checks[row["CheckID"]] = entry
         self._changed()
 
     def remove_check(self, cid: str) -> bool:
@@ -157,6 +173,10 @@ class LocalState:
             return True
         status_changed = e.row["Status"] != status
         e.row["Status"], e.row["Output"] = status, output
+        if status_changed:
+            e.critical_since = time.monotonic() if status == CRITICAL else None
+            if e.persist:
+                self.save()  # a restart resumes from the last status, as Consul's check state does
         if status_changed or self.check_update_interval <= 0:
             e.deferred_until = 0.0
             e.in_sync = False
