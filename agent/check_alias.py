@@ -11,30 +11,19 @@ from typing import Any
 
 from proconsul.catalog.store import CRITICAL, aggregate_status
 
-from .checks import RUNNERS, CheckManager, ResultSink
+from .checks import RUNNERS, CheckManager, ResultSink, TaskRunner
 
 log = logging.getLogger("proconsul.checks")
 WAIT = 60.0
 
 
-class AliasRunner:
+class AliasRunner(TaskRunner):
     def __init__(self, check_id: str, defn: dict[str, Any], sink: ResultSink, rng: random.Random,
                  manager: CheckManager) -> None:
-        self.check_id = check_id
+        super().__init__(check_id, sink, rng)
         self.agent = manager.context["agent"]
         self.service = defn.get("AliasService") or ""
         self.node = defn.get("AliasNode") or self.agent.config.node_name
-        self._sink = sink
-        self._rng = rng
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"alias:{self.check_id}")
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     def verdict(self, checks: list[dict[str, Any]], services: list[str]) -> tuple[str, str]:
         checks = [c for c in checks if c["CheckID"] != self.check_id]  # never mirror ourselves

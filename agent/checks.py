@@ -92,14 +92,11 @@ class TTLRunner:
             self._timer = None
 
 
-class IntervalRunner:
-    """Base for checks that probe on an interval: jittered first run, never two probes at once."""
+class TaskRunner:
+    """Base for runners that are one asyncio task (`_loop`), cancelled on stop."""
 
-    def __init__(self, check_id: str, defn: dict[str, Any], sink: ResultSink, rng: random.Random) -> None:
+    def __init__(self, check_id: str, sink: ResultSink, rng: random.Random) -> None:
         self.check_id = check_id
-        self.defn = defn
-        self.interval = float(defn["IntervalSeconds"])
-        self.timeout = float(defn.get("TimeoutSeconds") or min(10.0, self.interval))
         self._sink = sink
         self._rng = rng
         self._task: asyncio.Task[None] | None = None
@@ -111,6 +108,19 @@ class IntervalRunner:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class IntervalRunner(TaskRunner):
+    """Base for checks that probe on an interval: jittered first run, never two probes at once."""
+
+    def __init__(self, check_id: str, defn: dict[str, Any], sink: ResultSink, rng: random.Random) -> None:
+        super().__init__(check_id, sink, rng)
+        self.defn = defn
+        self.interval = float(defn["IntervalSeconds"])
+        self.timeout = float(defn.get("TimeoutSeconds") or min(10.0, self.interval))
 
     async def _loop(self) -> None:
         await asyncio.sleep(self._rng.random() * self.interval)  # spread first runs over one interval
