@@ -1,0 +1,27 @@
+"""Benchmarks are not tests, but they must keep working: run one briefly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian wrk; make bench installs it)")
+def test_blocking_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "blocking_bench.py"), "--watchers", "50",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=120, cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((REPO / "bench" / "results" / "blocking_queries.json").read_text())
+    assert result["watchers"] == 50 and result["all_returned_s_worst"] < 5
+
+
+def test_run_all_refuses_unknown_names() -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "run_all.py"), "nope"], capture_output=True, text=True)
+    assert out.returncode != 0 and "unknown benchmark" in out.stderr
