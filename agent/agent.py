@@ -67,7 +67,9 @@ class Agent:
         self.checks = CheckManager(self._check_result, self.rng)
         self.checks.context["agent"] = self
         self.events = EventBuffer(config.node_name)
-        self.http_mounts: list[Callable[[web.Application], None]] = []
+        self.http_routes: list[web.RouteTableDef] = []  # routes of optional components (Connect, UI)
+        self.connect: Any = None
+        self.dns_handler: Any = None
         self.listeners: list[Callable[[Agent, asyncio.Event], Any]] = []  # extra components (DNS, …)
         self.http_port: int | None = None
         self.ready = asyncio.Event()

@@ -1,8 +1,8 @@
 """/v1/config: Consul's configuration entries (service-defaults, proxy-defaults, service-intentions, …).
 
 Entries are stored whole in the replicated `config_entries` table under "<Kind>/<Name>". Kinds whose
-meaning the agent implements are validated by their owner (service-intentions by connect/);
-the others are stored as given, as Consul would, so tooling that writes them keeps working.
+meaning the agent implements are validated (service-intentions by connect/); the others are stored
+as given, as Consul would, so tooling that writes them keeps working.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.catalog import commands as c
+from proconsul.connect import intentions
+from proconsul.connect.errors import InvalidIntention
 
 from .api_catalog import run_query
 from .http_util import BadRequest, NotFoundHTTP, check_common, json_body, json_response, uint_param, want_dict
@@ -26,9 +28,16 @@ KINDS = ("service-defaults", "proxy-defaults", "service-router", "service-splitt
 FIXED_NAMES = {"proxy-defaults": "global", "mesh": "mesh"}
 TABLE = "config_entries"
 
-# Kind → function that validates and normalizes an entry (raising a component error), set by owners.
+def _service_intentions(entry: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return intentions.validate_config_entry(entry)
+    except InvalidIntention as e:
+        raise BadRequest(f"Invalid service-intentions entry: {e}") from None
+
+
+# Kind → function that validates and normalizes an entry of that kind.
 Validator = Callable[[dict[str, Any]], dict[str, Any]]
-VALIDATORS: dict[str, Validator] = {}
+VALIDATORS: dict[str, Validator] = {"service-intentions": _service_intentions}
 
 
 def _fold_keys(entry: dict[str, Any]) -> dict[str, Any]:

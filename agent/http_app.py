@@ -17,9 +17,14 @@ def build_app(agent: Any) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app["agent"] = agent
     for module in ROUTE_MODULES:
-        for route in module.routes:
-            assert isinstance(route, web.RouteDef)
-            app.router.add_route(route.method, route.path, error_boundary(route.handler), **route.kwargs)
-    for mount in agent.http_mounts:
-        mount(app)
+        add_routes(app, module.routes)
+    for routes in agent.http_routes:
+        add_routes(app, routes)
     return app
+
+
+def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
+    """Register routes, each behind the one error boundary (errors → statuses in one place)."""
+    for route in routes:
+        assert isinstance(route, web.RouteDef)
+        app.router.add_route(route.method, route.path, error_boundary(route.handler), **route.kwargs)

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from proconsul.catalog.errors import CatalogError, Conflict, InvalidRequest, NotFound, UnknownCommand
+from proconsul.connect.errors import ConnectError
 
 from .duration import DurationError, parse_duration
 from .filter import FilterError, Predicate, compile_filter
@@ -58,11 +59,7 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 400, str(exc)
     if isinstance(exc, NotLeaderError):
         return 500, "No cluster leader"
-    try:
-        from proconsul.connect.errors import ConnectError  # optional until Connect lands
-    except ImportError:  # pragma: no cover - the connect component is always installed with the agent
-        ConnectError = ()  # type: ignore[assignment]  # noqa: N806
-    if ConnectError and isinstance(exc, ConnectError):
+    if isinstance(exc, ConnectError):
         return 400, str(exc)
     return 500, "internal error"
 

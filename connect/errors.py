@@ -1,0 +1,23 @@
+"""Connect's errors: one small tree; the agent maps every ConnectError to HTTP 400."""
+
+from __future__ import annotations
+
+
+class ConnectError(Exception):
+    """Base of every error Connect raises for input it refuses."""
+
+
+class InvalidSpiffeID(ConnectError):
+    """A SPIFFE URI that is malformed or not of the expected kind."""
+
+
+class InvalidCSR(ConnectError):
+    """A certificate signing request that does not parse, is not signed, or asks for the wrong identity."""
+
+
+class InvalidCAConfig(ConnectError):
+    """A CA configuration whose key or certificate is unusable, or that does not match."""
+
+
+class InvalidIntention(ConnectError):
+    """An intention or service-intentions entry with a missing or wrong field."""
