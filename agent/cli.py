@@ -651,6 +651,17 @@ def snapshot_inspect(file: Annotated[str, typer.Argument(help="A snapshot file."
     _run(body)
 
 
+def _add_connect_commands() -> None:
+    from .cli_connect import connect_app, intention_app, tls_app
+
+    app.add_typer(intention_app, name="intention")
+    app.add_typer(connect_app, name="connect")
+    app.add_typer(tls_app, name="tls")
+
+
+_add_connect_commands()
+
+
 def main() -> None:
     app()
 

@@ -5,40 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import AgentProcess, wait_for
-
-CLI = [sys.executable, "-m", "proconsul.agent.cli"]
-
-
-def run(agent: AgentProcess | None, *args: str, stdin: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ)
-    full_env.pop("PROCONSUL_HTTP_ADDR", None)
-    full_env.pop("CONSUL_HTTP_ADDR", None)
-    if agent is not None:
-        full_env["PROCONSUL_HTTP_ADDR"] = agent.addr
-    full_env.update(env or {})
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, input=stdin, env=full_env, timeout=60)
-
-
-def ok(agent: AgentProcess | None, *args: str, **kw) -> str:
-    res = run(agent, *args, **kw)
-    assert res.returncode == 0, f"{args}: {res.stderr}"
-    return res.stdout
-
-
-def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode == 1, res
-    assert "Traceback" not in res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
+from support import AgentProcess, ok, one_line_error, run, wait_for
 
 
 def test_version_and_help() -> None:
