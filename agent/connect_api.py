@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proconsul.catalog import commands as c
 from proconsul.connect import ca
@@ -46,6 +47,8 @@ from .http_util import (
 log = logging.getLogger("proconsul.connect")
 routes = web.RouteTableDef()
 ENTRY_PREFIX = "service-intentions/"
+DECISION_CACHE = 8192
+JSON_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
 
 
 def _now() -> dt.datetime:
@@ -70,6 +73,10 @@ class Connect:
         self._leaves: dict[str, dict[str, Any]] = {}
         self._leaf_changed: dict[str, asyncio.Event] = {}
         self._leaf_index = 0
+        # (target, client URI) -> encoded decision, for one (config_entries index, trust domain).
+        self._decisions: dict[tuple[str, str], bytes] = {}
+        self._decisions_key = -1
+        self._raw_decisions: dict[bytes, bytes] = {}
 
     # ------------------------------------------------------------------ CA state
     def config(self) -> dict[str, Any] | None:
@@ -231,6 +238,31 @@ class Connect:
                 self.leaf(service)
 
     # ------------------------------------------------------------------ intentions
+    def authorize_body(self, target: str, uri: str) -> bytes:
+        """The encoded /v1/agent/connect/authorize answer, cached per (target, URI) until the intentions
+        or the CA (its trust domain) change."""
+        key = self.store.table_index("config_entries", "ca_config")  # the trust domain lives in ca_config
+        if key != self._decisions_key:
+            self._decisions, self._raw_decisions, self._decisions_key = {}, {}, key
+        body = self._decisions.get((target, uri))
+        if body is None:
+            allowed, reason = ixns.authorize(self.intentions(), target, uri, self.trust_domain,
+                                             self.agent.config.intention_default_allow)
+            body = dumps({"Authorized": allowed, "Reason": reason})
+            if len(self._decisions) < DECISION_CACHE:
+                self._decisions[(target, uri)] = body
+        return body
+
+    def authorize_raw(self, raw: bytes) -> bytes | None:
+        """A cached answer for exactly these request bytes, if still valid."""
+        if self.store.table_index("config_entries", "ca_config") != self._decisions_key:
+            return None
+        return self._raw_decisions.get(raw)
+
+    def remember_raw(self, raw: bytes, answer: bytes) -> None:
+        if len(raw) <= 1024 and len(self._raw_decisions) < DECISION_CACHE:
+            self._raw_decisions[raw] = answer
+
     def intentions(self) -> list[dict[str, Any]]:
         """Every intention (legacy shape), rebuilt only when config entries changed."""
         idx = self.store.table_index("config_entries")
@@ -340,19 +372,25 @@ async def leaf(request: web.Request) -> web.Response:
 @routes.post("/v1/agent/connect/authorize")
 async def authorize(request: web.Request) -> web.Response:
     conn = _connect(request)
+    raw = await request.read()
+    hit = conn.authorize_raw(raw)  # proxies send the same few bodies again and again
+    if hit is not None:
+        return web.Response(body=hit, headers=JSON_HEADERS)
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"Request decode failed: invalid JSON: {e}") from None
-    body = fold_keys(want_dict(body, "AuthorizeRequest"), ("Target", "ClientCertURI", "ClientCertSerial"))
+    body = want_dict(body, "AuthorizeRequest")
+    if "Target" not in body or "ClientCertURI" not in body:
+        body = fold_keys(body, ("Target", "ClientCertURI", "ClientCertSerial"))
     target, uri = body.get("Target"), body.get("ClientCertURI")
     if not isinstance(target, str) or not target:
         raise BadRequest("Target service must be specified")
     if not isinstance(uri, str) or not uri:
         raise BadRequest("ClientCertURI must be specified")
-    allowed, reason = ixns.authorize(conn.intentions(), target, uri, conn.trust_domain,
-                                     request.app["agent"].config.intention_default_allow)
-    return web.Response(body=dumps({"Authorized": allowed, "Reason": reason}), content_type="application/json")
+    answer = conn.authorize_body(target, uri)
+    conn.remember_raw(raw, answer)
+    return web.Response(body=answer, headers=JSON_HEADERS)
 
 
 # ---------------------------------------------------------------------- intentions (legacy API)
