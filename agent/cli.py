@@ -20,7 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .cli_client import Client, CLIError
+from .cli_client import Client, CLIError, Format, HttpAddr
 from .config import AgentConfig, ConfigError, finalize, load_config
 from .version import CONSUL_COMPAT_VERSION, VERSION
 
@@ -130,9 +130,6 @@ def _refuse_unsupported(cfg: AgentConfig) -> None:
 
 
 # ---------------------------------------------------------------------- shared options and output
-HttpAddr = Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address (default: "
-                                             "$PROCONSUL_HTTP_ADDR, $CONSUL_HTTP_ADDR, 127.0.0.1:8500).")]
-Format = Annotated[str, typer.Option("--format", help="Output: 'table' for people, 'json' for scripts.")]
 
 
 def _client(addr: str | None) -> Client:

@@ -9,9 +9,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 DEFAULT_ADDR = "127.0.0.1:8500"
+
+# The options every command that talks to an agent shares.
+HttpAddr = Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address (default: "
+                                             "$PROCONSUL_HTTP_ADDR, $CONSUL_HTTP_ADDR, 127.0.0.1:8500).")]
+Format = Annotated[str, typer.Option("--format", help="Output: 'table' for people, 'json' for scripts.")]
 
 
 class CLIError(Exception):

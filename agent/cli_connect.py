@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli_client import CLIError
+from .cli_client import CLIError, Format, HttpAddr
 
 intention_app = typer.Typer(help="Create, inspect and test service-to-service intentions.", no_args_is_help=True)
 connect_app = typer.Typer(help="Connect: the service mesh's certificate authority.", no_args_is_help=True)
@@ -61,7 +61,7 @@ def intention_create(
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing intention for the pair.")] = False,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="key=value metadata (repeatable).")] = None,
     file: Annotated[str | None, typer.Option("--file", help="JSON file of one intention or a list of them.")] = None,
-    http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None,
+    http_addr: HttpAddr = None,
 ) -> None:
     """Create an intention, e.g. `proconsul intention create --deny web db`."""
     cli = _cli()
@@ -99,7 +99,7 @@ def intention_create(
 def intention_delete(
     source: Annotated[str, typer.Argument(help="Source service, or the intention's ID.")],
     destination: Annotated[str | None, typer.Argument(help="Destination service.")] = None,
-    http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None,
+    http_addr: HttpAddr = None,
 ) -> None:
     """Delete an intention by SOURCE DESTINATION, or by ID."""
     cli = _cli()
@@ -117,8 +117,8 @@ def intention_delete(
 def intention_get(
     source: Annotated[str, typer.Argument(help="Source service, or the intention's ID.")],
     destination: Annotated[str | None, typer.Argument(help="Destination service.")] = None,
-    http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    http_addr: HttpAddr = None,
+    fmt: Format = "table",
 ) -> None:
     """Show one intention."""
     cli = _cli()
@@ -137,8 +137,8 @@ def intention_get(
 
 @intention_app.command("list")
 def intention_list(
-    http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    http_addr: HttpAddr = None,
+    fmt: Format = "table",
 ) -> None:
     """List every intention, most specific first."""
     cli = _cli()
@@ -159,7 +159,7 @@ def intention_list(
 def intention_check(
     source: Annotated[str, typer.Argument(help="Source service.")],
     destination: Annotated[str, typer.Argument(help="Destination service.")],
-    http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None,
+    http_addr: HttpAddr = None,
 ) -> None:
     """Would SOURCE be allowed to connect to DESTINATION? Prints Allowed (exit 0) or Denied (exit 2)."""
     cli = _cli()
@@ -180,8 +180,8 @@ def intention_match(
     name: Annotated[str, typer.Argument(help="Service name.")],
     source: Annotated[bool, typer.Option("--source", help="Intentions with NAME as source.")] = False,
     destination: Annotated[bool, typer.Option("--destination", help="…as destination (default).")] = False,
-    http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    http_addr: HttpAddr = None,
+    fmt: Format = "table",
 ) -> None:
     """List the intentions that apply to NAME, most specific first."""
     cli = _cli()
@@ -201,8 +201,7 @@ def intention_match(
 
 
 @ca_app.command("get-config")
-def ca_get_config(http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None
-                  ) -> None:
+def ca_get_config(http_addr: HttpAddr = None) -> None:
     """Print the Connect CA configuration as JSON."""
     cli = _cli()
     cli._run(lambda: cli._print_json(cli._client(http_addr).get("/v1/connect/ca/configuration").json()))
@@ -211,7 +210,7 @@ def ca_get_config(http_addr: Annotated[str | None, typer.Option("--http-addr", h
 @ca_app.command("set-config")
 def ca_set_config(
     config_file: Annotated[str, typer.Option("--config-file", help="JSON file with Provider and Config.")],
-    http_addr: Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address.")] = None,
+    http_addr: HttpAddr = None,
 ) -> None:
     """Change the CA configuration; a new PrivateKey/RootCert rotates the root (cross-signed)."""
     cli = _cli()
