@@ -371,7 +371,7 @@ class StateStore:
         for members in self._by_name.values():
             tags: dict[str, None] = {}
             display = None
-            for nkey, sid in members:
+            for nkey, sid in sorted(members):  # a stable order, the same after a snapshot restore
                 svc = self._services[nkey][sid]
                 display = display or svc["Service"]
                 for t in svc["Tags"]:
