@@ -30,6 +30,7 @@ class DNSConfig:
     a_record_limit: int = 0
     udp_answer_limit: int = 3
     enable_truncate: bool = False
+    node_meta_txt: bool = True  # enable_additional_node_meta_txt
     soa_min_ttl: int = 0
     soa_refresh: int = 3600
     soa_retry: int = 600
@@ -310,6 +311,8 @@ def _merge_dns(dns: DNSConfig, value: Any, src: str) -> None:
             dns.service_ttl = {str(sk): _dur(f"{name}.{sk}", sv, src) for sk, sv in v.items()}
         elif k in ("only_passing", "allow_stale", "enable_truncate"):
             setattr(dns, k, _bool(name, v, src))
+        elif k == "enable_additional_node_meta_txt":
+            dns.node_meta_txt = _bool(name, v, src)
         elif k in ("a_record_limit", "udp_answer_limit"):
             setattr(dns, k, _int(name, v, src))
         elif k == "max_stale":

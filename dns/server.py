@@ -1,11 +1,12 @@
-"""The DNS server's asyncio front: UDP and TCP listeners, the wire cache, and recursors.
+"""The DNS server's asyncio front: the query handler, UDP and TCP listeners, and recursors.
 
-A repeated question costs one dictionary lookup and a 2-byte ID patch: the cache is keyed by the
-query packet after its ID (so name case, type, flags and EDNS options are all part of the key) and
-is emptied whenever the catalog changes. Each key keeps a few differently shuffled answers and
-rotates through them, keeping Consul's per-response shuffle without recomputing. Malformed packets
-are answered with FORMERR when they carry a header and dropped when they do not; nothing a peer
-sends can stop the listener.
+`DNSHandler` turns query bytes into response bytes (sans-I/O apart from `recurse`), answering from
+the wire cache when it can and from the pure core (answer.py) when it cannot. The UDP listener
+reads its socket directly from the event loop's reader callback and drains it in batches, so a
+cached answer costs one `recvfrom`, a dictionary lookup, an ID patch and one `sendto` — no
+transport or protocol objects in between. Nothing a peer sends can stop the listener: packets too
+short for a header are dropped, unparseable ones get FORMERR, a bug answering one question gets
+SERVFAIL and a log line.
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 
-from dnslib import RCODE, DNSError, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from .answer import Answerer, CatalogView
+from .cache import WireCache
+from .errors import BadRecursor, ListenError, ViewUnavailable
 
 log = logging.getLogger("proconsul.dns")
 
-VARIANTS = 4  # differently shuffled answers kept per question
-MAX_CACHE = 20_000
+RECV_SIZE = 4096  # queries are small; a longer datagram is cut and answered FORMERR
+BATCH = 256  # datagrams handled per wake-up before yielding to the rest of the event loop
+MAX_SEND_BACKLOG = 1024  # answers waiting for a full socket buffer to drain; beyond this they are dropped
+MAX_RELAYS = 512  # questions in flight to recursors; beyond this the answer is SERVFAIL at once
+MAX_TCP_CLIENTS = 512
 TCP_IDLE = 30.0
-MAX_TCP_MESSAGE = 65535
+RCVBUF = 4 << 20
 
 
 def error_reply(packet: bytes, rcode: int) -> bytes | None:
@@ -34,19 +42,34 @@ def error_reply(packet: bytes, rcode: int) -> bytes | None:
         return None
     ident, flags = struct.unpack(">HH", packet[:4])
     opcode = (flags >> 11) & 0xF
-    rd = flags & 0x0100
-    out_flags = 0x8000 | (opcode << 11) | rd | (rcode & 0xF)
+    out_flags = 0x8000 | (opcode << 11) | (flags & 0x0100) | (rcode & 0xF)
     return struct.pack(">HHHHHH", ident, out_flags, 0, 0, 0, 0)
 
 
 def _name_ok(name: object) -> bool:
     """RFC 1035 limits: labels of at most 63 bytes, names of at most 255 on the wire."""
     labels = getattr(name, "label", ())
-    return all(len(lab) <= 63 for lab in labels) and sum(len(lab) + 1 for lab in labels) + 1 <= 255
+    return all(0 < len(lab) <= 63 for lab in labels) and sum(len(lab) + 1 for lab in labels) + 1 <= 255
+
+
+def parse_recursor(text: str) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address -> (host, port); port 53 by default."""
+    text = text.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            raise BadRecursor(f"recursor {text!r}: expected [address]:port")
+        host, port = text[1:end], text[end + 2:] or "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadRecursor(f"recursor {text!r}: expected host or host:port with a port from 1 to 65535")
+    return host, int(port)
 
 
 class DNSHandler:
-    """Turns query bytes into response bytes (or a recursion request); shared by UDP and TCP."""
+    """Query bytes in, response bytes out (or "relay this to a recursor"); shared by UDP and TCP."""
 
     def __init__(self, answerer: Answerer, view: CatalogView, recursors: list[tuple[str, int]],
                  recursor_timeout: float = 2.0, rng: random.Random | None = None) -> None:
@@ -55,73 +78,102 @@ class DNSHandler:
         self.recursors = recursors
         self.recursor_timeout = recursor_timeout
         self.rng = rng or random.Random()
-        # question bytes after the ID -> [next turn, answer bytes after the ID, …] (VARIANTS answers when full)
-        self.cache: dict[bytes, list] = {}
-        self.stats = {"queries": 0, "cache_hits": 0, "formerr": 0, "dropped": 0, "recursed": 0}
+        self.udp_cache = WireCache()
+        self.tcp_cache = WireCache()
+        self.stats = {"answered": 0, "formerr": 0, "dropped": 0, "servfail": 0, "recursed": 0}
+        view.watch(self.invalidate)
 
-    def invalidate(self) -> None:
-        """The catalog changed: every cached answer may be wrong now."""
-        self.cache.clear()
-
-    def cached(self, packet: bytes) -> bytes | None:
-        entry = self.cache.get(packet[2:])
-        if entry is None or len(entry) <= VARIANTS:
-            return None
-        turn = entry[0] = entry[0] % VARIANTS + 1
-        self.stats["cache_hits"] += 1
-        return packet[:2] + entry[turn]
+    def invalidate(self, services: set[str] | None) -> None:
+        """The catalog changed: drop the cached answers it may have made wrong."""
+        self.udp_cache.invalidate(services)
+        self.tcp_cache.invalidate(services)
 
     def handle(self, packet: bytes, udp: bool) -> tuple[bytes | None, bool]:
-        """(response or None to drop, whether to relay to a recursor instead)."""
+        """(response or None to drop, whether to relay the packet to a recursor instead)."""
         packet = bytes(packet)
-        self.stats["queries"] += 1
-        hit = self.cached(packet) if udp else None
+        cache = self.udp_cache if udp else self.tcp_cache
+        hit = cache.get(packet)
         if hit is not None:
             return hit, False
-        try:
-            request = DNSRecord.parse(packet)
-        except (DNSError, ValueError, IndexError, KeyError, struct.error, UnicodeError, TypeError):
-            reply = error_reply(packet, RCODE.FORMERR)
-            self.stats["formerr" if reply else "dropped"] += 1
-            return reply, False
-        if request.header.qr:  # a response, not a question: never answer those
+        if len(packet) < 12 or packet[2] & 0x80:  # no header, or a response: never answer those
             self.stats["dropped"] += 1
             return None, False
-        if not all(_name_ok(q.qname) for q in request.questions):
+        try:
+            request = DNSRecord.parse(packet)
+            ok = all(_name_ok(q.qname) for q in request.questions)
+        except Exception:  # dnslib raises several types on bad input; all of them mean FORMERR
+            ok = False
+        if not ok:
             self.stats["formerr"] += 1
             return error_reply(packet, RCODE.FORMERR), False
+        key = packet[2:]
+        opt = [r for r in request.ar if r.rtype == QTYPE.OPT]
+        if opt and (opt[0].rdata or len(request.ar) > 1):
+            # Options such as cookies differ per packet: key on the question with a bare OPT record.
+            canon = DNSRecord(request.header, questions=request.questions,
+                              ar=[EDNS0(udp_len=opt[0].rclass, ext_rcode=(opt[0].ttl >> 24) & 0xFF,
+                                        version=(opt[0].ttl >> 16) & 0xFF,
+                                        flags="do" if opt[0].ttl & 0x8000 else "")] * len(opt))
+            canon.header.ar = len(opt)
+            key = bytes(canon.pack())[2:]
+            hit = cache.lookup_key(key, packet[:2])
+            if hit is not None:
+                return hit, False
         try:
             outcome = self.answerer.answer(request, self.view, self.rng, udp, bool(self.recursors))
+            if outcome.recurse:
+                return None, True
+            assert outcome.response is not None
             data = bytes(outcome.response.pack())
+        except ViewUnavailable as e:
+            log.warning("DNS: catalog view unavailable: %s", e)
+            self.stats["servfail"] += 1
+            return error_reply(packet, RCODE.SERVFAIL), False
         except Exception:  # a bug answering one question must not take the listener down
             log.exception("failed to answer a DNS question")
+            self.stats["servfail"] += 1
             return error_reply(packet, RCODE.SERVFAIL), False
-        if outcome.recurse:
-            return None, True
-        if udp and len(self.cache) < MAX_CACHE:
-            entry = self.cache.setdefault(packet[2:], [0])
-            if len(entry) <= VARIANTS:
-                entry.append(data[2:])
+        self.stats["answered"] += 1
+        if outcome.cacheable:
+            cache.add(key, data, outcome.depends, outcome.shuffled)
         return data, False
 
-    async def recurse(self, packet: bytes) -> bytes:
-        """Relay a question to the recursors in order; SERVFAIL when none answers in time."""
+    async def recurse(self, packet: bytes, tcp: bool = False) -> bytes | None:
+        """Relay a question to the recursors in order (over the client's transport); SERVFAIL when none
+        answers within the timeout."""
         self.stats["recursed"] += 1
-        loop = asyncio.get_running_loop()
         for host, port in self.recursors:
-            fut: asyncio.Future[bytes] = loop.create_future()
-            transport = None
             try:
-                transport, _ = await loop.create_datagram_endpoint(lambda f=fut: _OneAnswer(f, packet[:2]),
-                                                                   remote_addr=(host, port))
-                transport.sendto(packet)
-                return await asyncio.wait_for(fut, self.recursor_timeout)
-            except (TimeoutError, OSError) as e:
+                exchange = _exchange_tcp if tcp else _exchange_udp
+                return await asyncio.wait_for(exchange(host, port, packet), self.recursor_timeout)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError) as e:
                 log.warning("recursor %s:%d did not answer: %s", host, port, e or "timeout")
-            finally:
-                if transport is not None:
-                    transport.close()
-        return error_reply(packet, RCODE.SERVFAIL) or b""
+        reply = error_reply(packet, RCODE.SERVFAIL)
+        if reply is not None:  # recursion is available, it just failed
+            reply = reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]
+        return reply
+
+
+async def _exchange_udp(host: str, port: int, packet: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[bytes] = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _OneAnswer(fut, packet[:2]), remote_addr=(host, port))
+    try:
+        transport.sendto(packet)
+        return await fut
+    finally:
+        transport.close()
+
+
+async def _exchange_tcp(host: str, port: int, packet: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(struct.pack(">H", len(packet)) + packet)
+        await writer.drain()
+        (length,) = struct.unpack(">H", await reader.readexactly(2))
+        return await reader.readexactly(length)
+    finally:
+        writer.close()
 
 
 class _OneAnswer(asyncio.DatagramProtocol):
@@ -140,73 +192,189 @@ class _OneAnswer(asyncio.DatagramProtocol):
             self.fut.set_exception(exc)
 
 
-class UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: DNSHandler) -> None:
+class UDPServer:
+    """The UDP listener: a non-blocking socket read from the loop's reader callback, in batches."""
+
+    def __init__(self, handler: DNSHandler, sock: socket.socket) -> None:
         self.handler = handler
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backlog: deque[tuple[bytes, object]] = deque()
+        self._relays: set[asyncio.Task[None]] = set()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._sendto = transport.sendto  # type: ignore[attr-defined]
-        self._cache = self.handler.cache
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        # The hot path, inlined: one lookup, rotate among the shuffled answers, patch in the ID.
-        entry = self._cache.get(data[2:])
-        if entry is not None and len(entry) > VARIANTS:
-            turn = entry[0] = entry[0] % VARIANTS + 1
-            self._sendto(data[:2] + entry[turn], addr)
-            return
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop.remove_writer(self.sock.fileno())
+        for task in self._relays:
+            task.cancel()
+        self.sock.close()
+
+    def _readable(self) -> None:
+        # The hot path, inlined: a cached answer is one lookup and an ID patch.
+        recv = self.sock.recvfrom
+        get = self.handler.udp_cache.ready.get
+        send = self.sock.sendto
+        for _ in range(BATCH):
+            try:
+                data, addr = recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ECONNREFUSED surfacing from an earlier ICMP error
+                log.debug("DNS UDP receive error: %s", e)
+                continue
+            rotation = get(data[2:])
+            if rotation is not None:
+                out = data[:2] + next(rotation)
+                try:
+                    send(out, addr)
+                except (BlockingIOError, InterruptedError):
+                    self._defer(out, addr)
+                except OSError as e:
+                    log.debug("DNS UDP send error: %s", e)
+            else:
+                self.datagram_received(data, addr)
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        """Answer one datagram (the slow path: a cache miss, a recursion or bad input)."""
         response, recurse = self.handler.handle(data, udp=True)
         if recurse:
-            asyncio.get_running_loop().create_task(self._relay(data, addr))
+            self._relay(data, addr)
         elif response is not None:
-            self.transport.sendto(response, addr)  # type: ignore[union-attr]
+            self.sendto(response, addr)
 
-    async def _relay(self, data: bytes, addr: tuple[str, int]) -> None:
-        answer = await self.handler.recurse(data)
-        if answer and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(answer, addr)
+    def sendto(self, data: bytes, addr: object) -> None:
+        if self._backlog:
+            self._defer(data, addr)
+            return
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._defer(data, addr)
+        except OSError as e:
+            log.debug("DNS UDP send error: %s", e)
 
-    def error_received(self, exc: Exception) -> None:  # ICMP errors from clients that went away
-        log.debug("DNS UDP error: %s", exc)
+    def _defer(self, data: bytes, addr: object) -> None:
+        if len(self._backlog) >= MAX_SEND_BACKLOG:
+            return  # the socket buffer is full and so is our backlog: shed load like a busy server
+        if not self._backlog and self._loop is not None:
+            self._loop.add_writer(self.sock.fileno(), self._writable)
+        self._backlog.append((data, addr))
 
-
-async def serve_tcp_client(handler: DNSHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Length-prefixed queries on one connection until the client closes or idles out."""
-    try:
-        while True:
+    def _writable(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
             try:
-                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
-                (length,) = struct.unpack(">H", head)
-                packet = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
-            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
                 return
-            response, recurse = handler.handle(packet, udp=False)
-            if recurse:
-                response = await handler.recurse(packet)
-            if response:
-                writer.write(struct.pack(">H", len(response)) + response)
-                await writer.drain()
-    except ConnectionError:
-        return
-    finally:
-        writer.close()
+            except OSError as e:
+                log.debug("DNS UDP send error: %s", e)
+            self._backlog.popleft()
+        if self._loop is not None:
+            self._loop.remove_writer(self.sock.fileno())
+
+    def _relay(self, data: bytes, addr: object) -> None:
+        if len(self._relays) >= MAX_RELAYS or self._loop is None:
+            reply = error_reply(data, RCODE.SERVFAIL)
+            if reply is not None:
+                self.sendto(reply, addr)
+            return
+        task = self._loop.create_task(self._relay_one(data, addr))
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+
+    async def _relay_one(self, data: bytes, addr: object) -> None:
+        answer = await self.handler.recurse(data)
+        if answer and self.sock.fileno() >= 0:
+            self.sendto(answer, addr)
+
+
+class TCPServer:
+    """Length-prefixed queries on each connection until the client closes or idles out."""
+
+    def __init__(self, handler: DNSHandler) -> None:
+        self.handler = handler
+        self.clients = 0
+
+    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= MAX_TCP_CLIENTS:
+            writer.close()
+            return
+        self.clients += 1
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                    (length,) = struct.unpack(">H", head)
+                    packet = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    return
+                response, recurse = self.handler.handle(packet, udp=False)
+                if recurse:
+                    response = await self.handler.recurse(packet, tcp=True)
+                if response:
+                    writer.write(struct.pack(">H", len(response)) + response)
+                    await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            self.clients -= 1
+            writer.close()
+
+
+def bind_sockets(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """Bind UDP and TCP on host:port (the same port for both when `port` is 0); ListenError if taken."""
+    try:
+        family = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen for DNS on {host}:{port}: {e.strerror} (check client_addr)") from None
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        udp.setblocking(False)
+        udp.bind((host, port))
+        try:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        except OSError:
+            pass
+        bound = udp.getsockname()[1]
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.setblocking(False)
+        tcp.bind((host, bound))
+        tcp.listen(128)
+    except OSError as e:
+        udp.close()
+        tcp.close()
+        raise ListenError(f"cannot listen for DNS on {host}:{port}: {e.strerror} "
+                          "(choose another --dns-port, or -1 to disable DNS)") from None
+    return udp, tcp
 
 
 async def serve(handler: DNSHandler, host: str, port: int, stop: asyncio.Event,
                 on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve UDP and TCP on host:port until `stop` is set."""
+    """Serve UDP and TCP on host:port until `stop` is set, then close both sockets."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(handler), local_addr=(host, port))
-    bound = transport.get_extra_info("sockname")[1]
-    tcp = await asyncio.start_server(lambda r, w: serve_tcp_client(handler, r, w), host, bound)
-    if on_ready is not None:
-        on_ready(bound)
-    log.info("DNS listening on %s:%d (UDP and TCP)", host, bound)
+    udp_sock, tcp_sock = bind_sockets(host, port)
+    bound = udp_sock.getsockname()[1]
+    udp = UDPServer(handler, udp_sock)
+    tcp = TCPServer(handler)
+    server = None
     try:
+        server = await asyncio.start_server(tcp.serve_client, sock=tcp_sock)
+        udp.start(loop)
+        if on_ready is not None:
+            on_ready(bound)
+        log.info("DNS listening on %s:%d (UDP and TCP)", host, bound)
         await stop.wait()
     finally:
-        transport.close()
-        tcp.close()
-        await tcp.wait_closed()
+        udp.close()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        else:
+            tcp_sock.close()

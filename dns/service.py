@@ -1,19 +1,41 @@
-"""Attach the DNS server to an agent: settings from its config, a view over its state store.
+"""Attach the DNS server to an agent: settings from its config, a read view over its state store.
 
 The view reads the agent's own state store (servers and dev agents), so a lookup never waits on
-the network; the wire cache is emptied by the store's change notification, so an answer reflects a
-health change as soon as the change is applied.
+the network. The store's change notification drives the wire cache: a change to one service's
+instances or checks drops that service's cached answers (and the few answers that depend on the
+whole catalog), so a health change is visible as soon as it is applied.
+
+Client agents (no local store) arrive with clustering; they will get a view over a local copy
+kept fresh by blocking queries to a server, with the same `CatalogView` interface.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from proconsul.catalog.store import CRITICAL, PASSING, StateStore, aggregate_status
+from proconsul.catalog.store import CHECKS, NODES, PASSING, SERVICES, StateStore, aggregate_status
 
 from .answer import Answerer, DNSSettings, Instance, Node
-from .server import DNSHandler, serve
+from .errors import DNSServiceError, ListenError
+from .server import DNSHandler, parse_recursor, serve
+
+log = logging.getLogger("proconsul.dns")
+
+_CATALOG_TABLES = frozenset({NODES, SERVICES, CHECKS})
+MAX_MEMO = 10_000
+
+
+def _str_map(value: Any) -> dict[str, str]:
+    """Tagged addresses as tag -> address (service ones are {"Address", "Port"} objects in Consul)."""
+    out: dict[str, str] = {}
+    for k, v in (value or {}).items():
+        addr = v.get("Address") if isinstance(v, dict) else v
+        if isinstance(addr, str) and addr:
+            out[str(k)] = addr
+    return out
 
 
 class StoreView:
@@ -22,36 +44,98 @@ class StoreView:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.datacenter = store.datacenter
+        self._by_address: dict[str, list[tuple[str, str]]] | None = None
+        # (lower name, connect) -> instances, kept until a change touches that service (any change: connect)
+        self._instances: dict[tuple[str, bool], tuple[Instance, ...]] = {}
+        self._callbacks: list[Callable[[set[str] | None], None]] = []
+        store.subscribe(self._changed)
+
+    def watch(self, callback: Callable[[set[str] | None], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _changed(self, changes: Any) -> None:
+        if not _CATALOG_TABLES & changes.tables:
+            return  # KV, sessions, intentions…: nothing DNS answers from
+        self._by_address = None
+        services = set(changes.services) if changes.services else None
+        if services is None:
+            self._instances.clear()
+        else:
+            for key in [k for k in self._instances if k[1] or k[0] in services]:
+                del self._instances[key]
+        for cb in self._callbacks:
+            cb(services)
+
+    def index(self) -> int:
+        return self.store.table_index(NODES, SERVICES, CHECKS)
 
     def service_instances(self, name: str, connect: bool = False) -> list[Instance]:
-        _, entries = self.store.health_service(name, connect=connect)
+        key = (name.lower(), connect)
+        cached = self._instances.get(key)
+        if cached is None:
+            if len(self._instances) >= MAX_MEMO:  # questions for ever-new names must not grow it forever
+                self._instances.clear()
+            cached = self._instances[key] = tuple(self._read_instances(name, connect))
+        return list(cached)
+
+    def _read_instances(self, name: str, connect: bool) -> list[Instance]:
+        if connect:
+            _, pairs = self.store.service_instances(name)
+            # Sidecars name their destination as registered; DNS names are case-insensitive.
+            canonical = pairs[0][1]["Service"] if pairs else name
+            _, entries = self.store.health_service(canonical, connect=True)
+        else:
+            _, entries = self.store.health_service(name)
         out = []
         for node, svc, checks in entries:
             weights = svc.get("Weights") or {}
-            out.append(Instance(node=node["Node"], node_address=node["Address"], service_address=svc["Address"],
-                                port=svc["Port"], tags=tuple(svc["Tags"]), status=aggregate_status(checks),
-                                weight_passing=int(weights.get("Passing", 1)),
-                                weight_warning=int(weights.get("Warning", 1))))
+            out.append(Instance(
+                node=node["Node"], node_address=node["Address"], service_address=svc.get("Address") or "",
+                port=int(svc.get("Port") or 0), tags=tuple(svc.get("Tags") or ()),
+                status=aggregate_status(checks), weight_passing=int(weights.get("Passing", 1)),
+                weight_warning=int(weights.get("Warning", 1)), node_tagged=_str_map(node.get("TaggedAddresses")),
+                service_tagged=_str_map(svc.get("TaggedAddresses"))))
         return out
 
     def node(self, name: str) -> Node | None:
         _, row = self.store.get_node(name)
         if row is None:
             return None
-        _, checks = self.store.node_checks(name)
-        node_level = [c for c in checks if not c["ServiceID"]]
-        return Node(row["Node"], row["Address"], aggregate_status(node_level) if node_level else PASSING)
+        return Node(row["Node"], row["Address"], _str_map(row.get("TaggedAddresses")),
+                    {str(k): str(v) for k, v in (row.get("Meta") or {}).items()})
 
     def names_for_address(self, address: str) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        _, nodes = self.store.list_nodes()
-        for n in nodes:
-            if n["Address"] == address:
-                out.append(("node", n["Node"]))
-        for name in self.store.service_names():
-            _, pairs = self.store.service_instances(name)
-            if any(s["Address"] == address for _, s in pairs):
-                out.append(("service", pairs[0][1]["Service"]))
+        if self._by_address is None:
+            self._by_address = self._address_index()
+        return self._by_address.get(address, [])
+
+    def _address_index(self) -> dict[str, list[tuple[str, str]]]:
+        """address -> [("node", name)…, ("service", name)…], rebuilt after a catalog change."""
+        nodes: dict[str, list[tuple[str, str]]] = {}
+        services: dict[str, list[tuple[str, str]]] = {}
+        _, rows = self.store.list_nodes()
+        for n in rows:
+            for addr in {n["Address"], *_str_map(n.get("TaggedAddresses")).values()}:
+                nodes.setdefault(addr, []).append(("node", n["Node"]))
+        for lname in self.store.service_names():
+            _, pairs = self.store.service_instances(lname)
+            for _, s in pairs:
+                if s.get("Address"):
+                    entry = ("service", s["Service"])
+                    lst = services.setdefault(s["Address"], [])
+                    if entry not in lst:
+                        lst.append(entry)
+        out = dict(nodes)
+        for addr, lst in services.items():
+            out[addr] = out.get(addr, []) + lst
+        return out
+
+    def nameservers(self) -> list[Node]:
+        _, entries = self.store.health_service("consul")
+        out = []
+        for node, _, checks in entries:
+            if aggregate_status(checks) == PASSING:
+                out.append(Node(node["Node"], node["Address"], _str_map(node.get("TaggedAddresses"))))
         return out
 
 
@@ -60,36 +144,33 @@ def settings_from_config(cfg: Any) -> DNSSettings:
     return DNSSettings(
         domain=cfg.domain, alt_domain=cfg.alt_domain, node_ttl=int(d.node_ttl),
         service_ttl={k.lower(): int(v) for k, v in d.service_ttl.items()}, only_passing=d.only_passing,
-        a_record_limit=d.a_record_limit, udp_answer_limit=d.udp_answer_limit, soa_min_ttl=d.soa_min_ttl,
-        soa_refresh=d.soa_refresh, soa_retry=d.soa_retry, soa_expire=d.soa_expire, ns_address=cfg.advertise)
-
-
-def parse_recursor(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if sep and port.isdigit() and host and not text.count(":") > 1 or text.startswith("["):
-        return host.strip("[]"), int(port)
-    return text, 53
+        a_record_limit=d.a_record_limit, udp_answer_limit=d.udp_answer_limit,
+        enable_truncate=d.enable_truncate, node_meta_txt=getattr(d, "node_meta_txt", True),
+        soa_min_ttl=d.soa_min_ttl, soa_refresh=d.soa_refresh, soa_retry=d.soa_retry, soa_expire=d.soa_expire)
 
 
 def attach(agent: Any) -> None:
     """Add the DNS listener to the agent (servers and dev agents, which hold a state store)."""
+    from proconsul.agent.agent import AgentError
+
     cfg = agent.config
     if cfg.dns_port < 0 or agent.store is None:
         return
-    handler = DNSHandler(Answerer(settings_from_config(cfg)), StoreView(agent.store),
-                         [parse_recursor(r) for r in cfg.recursors], cfg.dns.recursor_timeout)
-    agent.store.subscribe(lambda _changes: handler.invalidate())
+    try:
+        recursors = [parse_recursor(r) for r in cfg.recursors]
+    except DNSServiceError as e:
+        raise AgentError(f"invalid recursors setting: {e}") from None
+    handler = DNSHandler(Answerer(settings_from_config(cfg)), StoreView(agent.store), recursors,
+                         cfg.dns.recursor_timeout)
     agent.dns_handler = handler
 
     async def dns_listener(agent: Any, stop: asyncio.Event) -> None:
-        from proconsul.agent.agent import AgentError
-
         try:
             await serve(handler, cfg.client_addr, cfg.dns_port, stop)
-        except OSError as e:
-            raise AgentError(f"cannot listen for DNS on {cfg.client_addr}:{cfg.dns_port}: {e.strerror}") from None
+        except ListenError as e:
+            raise AgentError(str(e)) from None
 
     agent.listeners.append(dns_listener)
 
 
-__all__ = ["attach", "StoreView", "CRITICAL"]
+__all__ = ["attach", "StoreView", "settings_from_config"]

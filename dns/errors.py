@@ -1,0 +1,19 @@
+"""The DNS component's errors: one small tree, so the agent can translate them in one place."""
+
+from __future__ import annotations
+
+
+class DNSServiceError(Exception):
+    """Base of every error the DNS component raises on purpose."""
+
+
+class ListenError(DNSServiceError):
+    """The UDP or TCP listener could not be bound (the message names the address and the fix)."""
+
+
+class ViewUnavailable(DNSServiceError):
+    """The catalog view cannot answer right now (a remote-backed view with no data yet): SERVFAIL."""
+
+
+class BadRecursor(DNSServiceError, ValueError):
+    """A `recursors` entry is not `host`, `host:port`, `[v6]` or `[v6]:port`."""
