@@ -71,6 +71,7 @@ class RaftConfig:
     max_msg_bytes: int = 1 << 20  # batching: payload bytes per AppendEntries (at least one entry is sent)
     max_inflight: int = 64  # pipelining: unacknowledged AppendEntries per follower
     max_apply_entries: int = 4096  # committed entries per Ready
+    max_uncommitted_bytes: int = 0  # flow control: refuse proposals beyond this much uncommitted data (0: off)
     snapshot_retry_ticks: int = 0  # re-probe a follower whose InstallSnapshot went unanswered (0: 2x election)
 
     def __post_init__(self) -> None:
@@ -148,6 +149,7 @@ class RaftCore:
         self.votes: dict[str, bool] = {}
         self.pending_conf_index = 0
         self.lead_transferee = ""
+        self.uncommitted_bytes = 0
         self.msgs: list[Message] = []
         self._reads: dict[bytes, tuple[int, set[str]]] = {}  # ReadIndex in flight: ctx -> (index, acks)
         self._reads_waiting_commit: list[bytes] = []
@@ -173,7 +175,12 @@ class RaftCore:
         return HardState(self.term, self.vote, self.log.committed)
 
     def promotable(self) -> bool:
-        return self.id in self.config.voters and self.log.pending_snapshot is None
+        """May this server campaign? Voters may; so may a server that its own uncommitted change
+        removed but that the committed configuration still lists (Ongaro's thesis §4.2.2: it may be
+        needed to commit that change). Its own vote then does not count."""
+        if self.log.pending_snapshot is not None:
+            return False
+        return self.id in self.config.voters or self.id in self.config_at(self.log.committed).voters
 
     def config_at(self, index: int) -> Configuration:
         """The configuration in effect at log index `index` (latest CONF entry at or before it)."""
@@ -210,6 +217,12 @@ class RaftCore:
         self._check_can_propose()
         first = self.log.last_index + 1
         entries = [Entry(self.term, first + i, EntryType.NORMAL, d) for i, d in enumerate(datas)]
+        size = sum(e.size() for e in entries)
+        limit = self.cfg.max_uncommitted_bytes
+        if limit and self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
+            raise ProposalDropped(f"too much uncommitted data ({self.uncommitted_bytes} bytes, limit {limit}): "
+                                  "followers are not keeping up; retry shortly")
+        self.uncommitted_bytes += size
         self._append(entries)
         return [e.index for e in entries]
 
@@ -382,6 +395,7 @@ class RaftCore:
         self.votes = {}
         self.prs = {}
         self.pending_conf_index = 0
+        self.uncommitted_bytes = 0
         self._dropped_reads.extend(self._reads)
         self._dropped_reads.extend(self._reads_waiting_commit)
         self._reads = {}
@@ -526,7 +540,16 @@ class RaftCore:
         q = self.config.quorum()
         if len(matches) < q:
             return False
-        return self.log.maybe_commit(matches[q - 1], self.term)
+        old = self.log.committed
+        if not self.log.maybe_commit(matches[q - 1], self.term):
+            return False
+        if self.uncommitted_bytes:
+            for i in range(max(old + 1, self.log.first_index), self.log.committed + 1):
+                e = self.log.entry(i)
+                if e.type == EntryType.NORMAL and e.term == self.term:
+                    self.uncommitted_bytes -= e.size()
+            self.uncommitted_bytes = max(0, self.uncommitted_bytes)
+        return True
 
     def _on_commit(self) -> None:
         """The leader's commit index moved: tell followers, release reads, step down if removed."""

@@ -60,9 +60,5 @@ class DataDirLocked(StorageError):
     """Another process (or another storage object) holds the data directory's lock."""
 
 
-class TransportError(RaftError):
-    """A frame was malformed, oversized or truncated; the connection that carried it is closed."""
-
-
 class NodeStopped(RaftError):
     """The node was stopped while the request waited."""
