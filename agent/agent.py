@@ -19,16 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.catalog import commands as c
-from proconsul.catalog.store import CRITICAL, PASSING, StateStore
+from proconsul.catalog.store import CRITICAL, StateStore
 
 from .checks import CheckManager
+from .cluster import Cluster, ClusterError
 from .config import AgentConfig, finalize, load_config
 from .events import EventBuffer
-from .local import SERF_CHECK_ID, LocalState, service_row
+from .local import LocalState, service_row
 from .read_cache import ReadCache
-from .server import ServerRole
-from .version import CONSUL_COMPAT_VERSION, PROTOCOL, VERSION
+from .remote import RemoteBackend
+from .server import ServerRole, StartingReplicator
+from .version import CONSUL_COMPAT_VERSION, VERSION
 
 log = logging.getLogger("proconsul.agent")
 
@@ -46,10 +47,10 @@ class Agent:
         self.server: ServerRole | None = None
         if config.server:
             self.store = StateStore(config.datacenter)
-            self.server = ServerRole(self.store, address=self.rpc_address, rng=self.rng)
-        if self.server is None:
-            raise AgentError("client agents need the consensus component: run with --server or --dev for now")
-        self.backend = self.server
+            # Until Raft is up (Cluster.start), this server has no leader and serves nothing locally.
+            self.server = ServerRole(self.store, StartingReplicator(), address=self.rpc_address, rng=self.rng)
+        self.cluster = Cluster(self)
+        self.backend: Any = self.server if self.server is not None else RemoteBackend(self.cluster)
         self.read_cache = ReadCache(self.store) if self.store is not None else None
         self.node = {
             "ID": config.node_id,
@@ -75,6 +76,7 @@ class Agent:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._local_changed = asyncio.Event()
+        self._leaving = False
         self._config_services: set[str] = set()
         self._config_checks: set[str] = set()
         _load_components(self)
@@ -85,16 +87,36 @@ class Agent:
         return f"{self.config.advertise}:{self.config.server_port}"
 
     def known_leader(self) -> bool:
-        return bool(self.server and self.server.replicator.leader)
+        if self.server is None:
+            return self.backend.known_leader
+        return bool(self.server.replicator.leader)
 
     def last_contact(self) -> float:
-        return self.server.replicator.last_contact() if self.server else 0.0
+        if self.server is None:
+            return self.backend.last_contact
+        return self.server.replicator.last_contact()
 
-    def leader_address(self) -> str:
-        return self.server.replicator.leader if self.server else ""
+    def is_leader(self) -> bool:
+        return self.server is not None and self.server.replicator.is_leader
 
-    def peer_addresses(self) -> list[str]:
-        return self.server.replicator.peers() if self.server else []
+    async def wait_leadership(self, stop: asyncio.Event, poll: float = 0.25) -> bool:
+        """Wait until this server leads (True) or `stop` is set (False)."""
+        while not stop.is_set():
+            if self.is_leader():
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll)
+        return False
+
+    async def leader_address(self) -> str:
+        if self.server is None:
+            return str(await self.cluster.call_any_server("status.leader", {}, timeout=5.0))
+        return self.server.replicator.leader
+
+    async def peer_addresses(self) -> list[str]:
+        if self.server is None:
+            return list(await self.cluster.call_any_server("status.peers", {}, timeout=5.0))
+        return self.server.replicator.peers()
 
     async def consistent_read(self) -> None:
         """Wait until this server may answer a linearizable read (Raft's ReadIndex on a cluster)."""
@@ -109,16 +131,12 @@ class Agent:
         return asyncio.get_running_loop().time()
 
     def members(self, wan: bool = False) -> list[dict[str, Any]]:
+        rows = self.cluster.member_rows()
+        if not wan:
+            return rows
         cfg = self.config
-        tags = {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": cfg.node_id,
-                "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": VERSION, "port": str(cfg.server_port),
-                "segment": ""}
-        if cfg.server:
-            tags["expect"] = str(cfg.bootstrap_expect)
-        name = f"{cfg.node_name}.{cfg.datacenter}" if wan else cfg.node_name
-        return [{"Name": name, "Addr": cfg.advertise, "Port": cfg.serf_wan_port if wan else cfg.serf_lan_port,
-                 "Tags": tags, "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": PROTOCOL,
-                 "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4}]
+        return [dict(r, Name=f"{r['Name']}.{cfg.datacenter}", Port=cfg.serf_wan_port) for r in rows
+                if r["Name"] == cfg.node_name and cfg.server]
 
     def self_info(self) -> dict[str, Any]:
         cfg = self.config
@@ -133,13 +151,14 @@ class Agent:
                             "DataDir": cfg.data_dir, "EnableScriptChecks": cfg.enable_script_checks,
                             "ConnectEnabled": cfg.connect_enabled, "UIConfig": {"Enabled": cfg.ui_enabled}},
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
-            "Member": self.members()[0],
+            "Member": next(r for r in self.members() if r["Name"] == cfg.node_name),
             "Stats": {"agent": {"check_monitors": "0", "checks": str(len(self.local.checks())),
                                 "services": str(len(self.local.services()))},
                       "build": {"version": VERSION, "prerelease": "", "revision": "proconsul"},
                       "consul": {"server": str(cfg.server).lower(), "leader": str(self.known_leader()).lower(),
                                  "known_datacenters": "1"},
-                      "raft": {"last_log_index": str(self.store.last_index if self.store else 0)}},
+                      "raft": {k: str(v) for k, v in self.cluster.raft.stats().items()} if self.cluster.raft
+                      and self.cluster.raft.core else {}},
             "Meta": dict(cfg.node_meta),
         }
 
@@ -311,18 +330,30 @@ class Agent:
 
     # ------------------------------------------------------------------ membership (single agent for now)
     def request_leave(self) -> None:
-        log.info("leave requested: shutting down gracefully")
+        log.info("leave requested: leaving the cluster and shutting down")
+        self._leaving = True
         self._stop.set()
 
     async def force_leave(self, node: str) -> None:
         from .http_util import BadRequest
 
-        raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
+        if not self.cluster.members.force_leave(node, self.loop_time()):
+            raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
+        log.info("force-leave: member %s marked left", node)
+        self.cluster._on_members([node])
 
     async def join(self, address: str, wan: bool = False) -> None:
         from .http_util import BadRequest
+        from .lan import JoinError
 
-        raise BadRequest("joining other agents needs the consensus component (clustering is not built yet)")
+        if wan:
+            raise BadRequest("WAN join needs federation, which is not built yet")
+        if self.cluster.gossip is None:
+            raise BadRequest("this agent has no LAN gossip listener (serf_lan port is -1)")
+        try:
+            await self.cluster.gossip.join([address])
+        except JoinError as e:
+            raise BadRequest(str(e)) from None
 
     # ------------------------------------------------------------------ catalog plumbing
     async def _read_own_node(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -331,16 +362,6 @@ class Agent:
         if ns is None:
             return None, [], checks
         return ns["Node"], ns["Services"], checks
-
-    async def _leader_reconcile(self) -> None:
-        """What a Consul leader does for its own member: node, serfHealth, the `consul` service."""
-        cfg = self.config
-        await self.backend.apply(c.Register(
-            node=self.node,
-            service={"ID": "consul", "Service": "consul", "Port": cfg.server_port, "Address": "",
-                     "Meta": {"raft_version": "3", "serf_protocol_current": "2", "version": VERSION}},
-            checks=[{"CheckID": SERF_CHECK_ID, "Name": "Serf Health Status", "Status": PASSING,
-                     "Output": "Agent alive and reachable", "Type": ""}]))
 
     # ------------------------------------------------------------------ running
     async def run(self) -> None:
@@ -359,10 +380,16 @@ class Agent:
             except OSError as e:
                 raise AgentError(f"cannot listen for HTTP on {cfg.client_addr}:{cfg.http_port}: {e.strerror}") from None
             self.http_port = _bound_port(site)
-            await self._leader_reconcile()
+            try:
+                await self.cluster.start()
+            except ClusterError as e:
+                raise AgentError(str(e)) from None
+            if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
+                await self.cluster.reconcile()
             await self._restore_persisted()
             await self.load_services_from_config()
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")
                 tg.create_task(self.reap_critical_services(self._stop), name="reaper")
                 if self.server is not None:
@@ -376,6 +403,8 @@ class Agent:
                 log.info("shutting down")
         finally:
             await self.checks.close()
+            leave = self._leaving or (self.config.leave_on_terminate and not self.config.dev)
+            await self.cluster.stop(leave=leave)
             await runner.cleanup()
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ from .http_util import (
     NotFoundHTTP,
     blocking_params,
     check_common,
+    consistency_mode,
     consul_headers,
     dumps,
     field_type,
@@ -37,9 +38,12 @@ def cached_read(handler: Handler) -> Handler:
     """Serve a read from the agent's response cache when the same path and query are still valid."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        cache = request.app["agent"].read_cache
+        agent = request.app["agent"]
+        cache = agent.read_cache
         qs = request.query_string
-        if cache is None or "index=" in qs or "pretty" in qs:
+        # Only answers this server may give from its own store: the leader's, or anyone's when stale.
+        if (cache is None or "index=" in qs or "pretty" in qs or "consistent" in request.query
+                or not ("stale" in request.query or agent.is_leader())):
             return await handler(request)
         key = request.path_qs
         hit = cache.get(key)
@@ -67,7 +71,7 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any]) -> we
     b = blocking_params(request)
     agent = request.app["agent"]
     backend = agent.backend
-    stale = "stale" in request.query
+    stale = consistency_mode(request)
     if agent.read_cache is not None and not b.index:
         tables = get_query(name).tables
         request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
@@ -131,7 +135,7 @@ async def node_services(request: web.Request) -> web.Response:
     check_common(request)
     b = blocking_params(request)
     idx, result = await request.app["agent"].backend.query(
-        "catalog.node_services", {"node": request.match_info["node"]}, b.index, b.wait, "stale" in request.query)
+        "catalog.node_services", {"node": request.match_info["node"]}, b.index, b.wait, consistency_mode(request))
     if result is None:
         raise NotFoundHTTP(f"Node not found: {request.match_info['node']!r}")
     return json_response(request, result, index=idx)

@@ -15,6 +15,7 @@ from .http_util import (
     TooLarge,
     blocking_params,
     check_common,
+    consistency_mode,
     consul_headers,
     flag,
     fold_keys,
@@ -51,7 +52,7 @@ async def get(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
     key = _key(request)
     b = blocking_params(request)
-    stale = "stale" in request.query
+    stale = consistency_mode(request)
     if "keys" in request.query:
         idx, keys = await agent.backend.query("kv.keys", {"key": key, "separator": request.query.get("separator", "")},
                                               b.index, b.wait, stale)

@@ -13,12 +13,12 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/status/leader")
 async def leader(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].leader_address())
+    return json_response(request, await request.app["agent"].leader_address())
 
 
 @routes.get("/v1/status/peers")
 async def peers(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].peer_addresses())
+    return json_response(request, await request.app["agent"].peer_addresses())
 
 
 @routes.put("/v1/event/fire/{name}")

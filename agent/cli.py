@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_client import Client, CLIError, Format, HttpAddr
-from .config import AgentConfig, ConfigError, finalize, load_config
+from .config import AgentConfig, ConfigError, _dur, finalize, load_config
 from .version import CONSUL_COMPAT_VERSION, VERSION
 
 app = typer.Typer(
@@ -61,7 +61,8 @@ def agent(
     server_port: Annotated[int | None, typer.Option("--server-port", help="Server RPC port (8300).")] = None,
     serf_lan_port: Annotated[int | None, typer.Option("--serf-lan-port", help="LAN membership port (8301).")] = None,
     serf_wan_port: Annotated[int | None, typer.Option("--serf-wan-port", help="WAN membership port (8302).")] = None,
-    retry_join: Annotated[list[str] | None, typer.Option("--retry-join", help="Address of an agent to join (repeatable).")] = None,
+    retry_join: Annotated[list[str] | None, typer.Option("--retry-join", help="Address of an agent to join, HOST[:LAN-PORT] (repeatable).")] = None,
+    retry_interval: Annotated[str, typer.Option("--retry-interval", help="Wait between join attempts (30s).")] = "",
     config_file: Annotated[list[str] | None, typer.Option("--config-file", help="JSON or HCL config file (repeatable).")] = None,
     config_dir: Annotated[list[str] | None, typer.Option("--config-dir", help="Directory of .json/.hcl config files (repeatable).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="trace, debug, info, warn or error.")] = "",
@@ -94,6 +95,8 @@ def agent(
                 setattr(cfg, attr, port)
         if retry_join:
             cfg.retry_join.extend(retry_join)
+        if retry_interval:
+            cfg.retry_interval = _dur("retry_interval", retry_interval, "--retry-interval")
         if enable_script_checks:
             cfg.enable_script_checks = True
         if recursor:
@@ -120,13 +123,11 @@ def agent(
 
 
 def _refuse_unsupported(cfg: AgentConfig) -> None:
-    """Flags the agent cannot honour yet fail loudly: none are silently ignored."""
-    if not cfg.dev and not cfg.server:
-        raise ConfigError("client agents (no --server) need clustering, which is not built yet: use --dev or --server")
-    if cfg.retry_join:
-        raise ConfigError("--retry-join needs clustering, which is not built yet: run a single --server or --dev agent")
-    if cfg.server and cfg.bootstrap_expect > 1:
-        raise ConfigError("--bootstrap-expect above 1 needs clustering, which is not built yet")
+    """Combinations the agent cannot honour fail loudly: none are silently ignored."""
+    if cfg.dev and cfg.retry_join:
+        raise ConfigError("--dev agents run alone: drop --retry-join, or run --server/client agents to cluster")
+    if not cfg.server and cfg.bootstrap_expect:
+        raise ConfigError("--bootstrap-expect only applies to servers: add --server")
 
 
 # ---------------------------------------------------------------------- shared options and output
@@ -223,6 +224,85 @@ def reload(http_addr: HttpAddr = None) -> None:
 def leave(http_addr: HttpAddr = None) -> None:
     """Make the agent leave the cluster gracefully and shut down."""
     _run(lambda: (_client(http_addr).put("/v1/agent/leave"), typer.echo("Graceful leave complete")))
+
+
+@app.command()
+def join(addresses: Annotated[list[str], typer.Argument(help="HOST[:LAN-PORT] of agents to join.")],
+         http_addr: HttpAddr = None) -> None:
+    """Make the agent join a cluster through one or more of its members' LAN addresses."""
+
+    def body() -> None:
+        client = _client(http_addr)
+        for addr in addresses:
+            client.put(f"/v1/agent/join/{addr}")
+        typer.echo(f"Successfully joined cluster by contacting {len(addresses)} node(s).")
+
+    _run(body)
+
+
+@app.command("force-leave")
+def force_leave(node: Annotated[str, typer.Argument(help="Name of a failed member.")],
+                http_addr: HttpAddr = None) -> None:
+    """Mark a failed member as left, so the leader removes it from the catalog."""
+    _run(lambda: (_client(http_addr).put(f"/v1/agent/force-leave/{node}"),
+                  typer.echo(f"Member {node} marked as left")))
+
+
+# ---------------------------------------------------------------------- operator raft
+operator_app = typer.Typer(help="Cluster operations for operators.", no_args_is_help=True)
+raft_app = typer.Typer(help="Inspect and change the Raft configuration of the servers.", no_args_is_help=True)
+operator_app.add_typer(raft_app, name="raft")
+app.add_typer(operator_app, name="operator")
+
+
+@raft_app.command("list-peers")
+def raft_list_peers(http_addr: HttpAddr = None, fmt: Format = "table",
+                    stale: Annotated[bool, typer.Option("--stale", help="Ask any server, not only the leader.")] = False
+                    ) -> None:
+    """List the Raft servers: node, ID, address, state (leader/follower), voter."""
+    _check_format(fmt)
+
+    def body() -> None:
+        data = _client(http_addr).get("/v1/operator/raft/configuration", params={"stale": stale}).json()
+        if fmt == "json":
+            return _print_json(data)
+        _table(None, ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"],
+               [[srv["Node"], srv["ID"], srv["Address"], "leader" if srv["Leader"] else "follower",
+                 str(srv["Voter"]).lower(), srv.get("ProtocolVersion", "3")] for srv in data["Servers"]])
+
+    _run(body)
+
+
+@raft_app.command("remove-peer")
+def raft_remove_peer(
+    peer_id: Annotated[str, typer.Option("--id", help="Raft ID of the server to remove.")] = "",
+    address: Annotated[str, typer.Option("--address", help="HOST:PORT (server port) of the server to remove.")] = "",
+    http_addr: HttpAddr = None,
+) -> None:
+    """Remove a server from the Raft configuration (for a server that is gone for good)."""
+    if bool(peer_id) == bool(address):
+        raise fail("give exactly one of --id or --address")
+
+    def body() -> None:
+        _client(http_addr).delete("/v1/operator/raft/peer", params={"id": peer_id or None,
+                                                                   "address": address or None})
+        typer.echo(f"Removed peer with {'id' if peer_id else 'address'} {peer_id or address!r}")
+
+    _run(body)
+
+
+@raft_app.command("transfer-leader")
+def raft_transfer_leader(
+    peer_id: Annotated[str, typer.Option("--id", help="Raft ID of the new leader (default: the most caught-up voter).")] = "",
+    http_addr: HttpAddr = None,
+) -> None:
+    """Hand leadership to another voter."""
+
+    def body() -> None:
+        _client(http_addr).call("POST", "/v1/operator/raft/transfer-leader", params={"id": peer_id or None})
+        typer.echo("Success")
+
+    _run(body)
 
 
 # ---------------------------------------------------------------------- catalog

@@ -76,6 +76,12 @@ class AgentConfig:
     check_update_interval: float = 300.0
     sync_interval: float = 60.0
     leave_on_terminate: bool = False
+    enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
+    retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
+    gossip_interval: float = 1.0  # LAN push-pull period
+    suspect_after: float = 5.0  # a member whose heartbeat stalls this long is failed
+    raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader
+    raft_election_ticks: int = 8
     config_files: list[str] = field(default_factory=list)
     config_dirs: list[str] = field(default_factory=list)
 
@@ -278,6 +284,10 @@ def merge_file_data(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.sync_interval = _dur(key, value, src)
             if cfg.sync_interval < 1:
                 raise ConfigError(f"{src}: ae_interval must be at least 1s")
+        elif key == "enable_debug":
+            cfg.enable_debug = _bool(key, value, src)
+        elif key == "retry_interval":
+            cfg.retry_interval = _dur(key, value, src)
         elif key == "leave_on_terminate":
             cfg.leave_on_terminate = _bool(key, value, src)
         elif key in NOT_YET:
@@ -342,6 +352,31 @@ def load_config(files: list[str], dirs: list[str], base: AgentConfig | None = No
     return cfg
 
 
+def _persistent_node_id(cfg: AgentConfig) -> str:
+    """Outside dev mode the node ID lives in `<data_dir>/node-id`, so a restart keeps its identity
+    (its Raft server ID) as Consul's does; a new one is written on first start."""
+    if cfg.dev or not cfg.data_dir:
+        return str(uuid.uuid4())
+    path = Path(cfg.data_dir) / "node-id"
+    try:
+        text = path.read_text().strip()
+        uuid.UUID(text)
+        return text
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot use the node ID in {path}: {e}") from None
+    node_id = str(uuid.uuid4())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(node_id + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write the node ID to {path}: {e.strerror or e}") from None
+    return node_id
+
+
 def finalize(cfg: AgentConfig) -> AgentConfig:
     """Fill derived defaults and refuse combinations the agent cannot run with."""
     if cfg.dev:
@@ -350,7 +385,7 @@ def finalize(cfg: AgentConfig) -> AgentConfig:
     if not cfg.node_name:
         cfg.node_name = os.uname().nodename.split(".")[0] or "proconsul"
     if not cfg.node_id:
-        cfg.node_id = str(uuid.uuid4())
+        cfg.node_id = _persistent_node_id(cfg)
     else:
         try:
             uuid.UUID(cfg.node_id)

@@ -226,7 +226,9 @@ class Connect:
         """Re-issue cached leaves as soon as the active root changes, waking blocked leaf queries."""
         index = 0
         while not stop.is_set():
-            waiter = asyncio.ensure_future(self.agent.backend.query("table.list", {"table": "ca_roots"}, index, 300))
+            # Stale: a server watches its own replica (this also works while there is no leader).
+            waiter = asyncio.ensure_future(self.agent.backend.query("table.list", {"table": "ca_roots"}, index, 300,
+                                                                    "stale"))
             stopper = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
@@ -521,8 +523,20 @@ def attach(agent: Any) -> None:
         return
 
     async def connect_duties(agent: Any, stop: asyncio.Event) -> None:
-        await agent.connect.bootstrap()
-        await agent.connect.watch_roots(stop)
+        async def bootstrap_when_leader() -> None:
+            # The first leader creates the CA (through Raft); bootstrap() is a no-op once it exists.
+            while not stop.is_set():
+                if await agent.wait_leadership(stop):
+                    try:
+                        await agent.connect.bootstrap()
+                        return
+                    except Exception as e:  # leadership moved mid-way: the next leader retries
+                        log.warning("Connect CA bootstrap did not complete: %s", e)
+                        await asyncio.sleep(0.5)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(bootstrap_when_leader())
+            tg.create_task(agent.connect.watch_roots(stop))
 
     agent.listeners.append(connect_duties)
 

@@ -6,10 +6,21 @@ from typing import Any
 
 from aiohttp import web
 
-from . import api_agent, api_catalog, api_config, api_health, api_kv, api_session, api_snapshot, api_status
+from . import (
+    api_agent,
+    api_catalog,
+    api_config,
+    api_health,
+    api_kv,
+    api_operator,
+    api_session,
+    api_snapshot,
+    api_status,
+)
 from .http_util import error_boundary
 
-ROUTE_MODULES = [api_agent, api_catalog, api_config, api_health, api_kv, api_session, api_snapshot, api_status]
+ROUTE_MODULES = [api_agent, api_catalog, api_config, api_health, api_kv, api_operator, api_session, api_snapshot,
+                 api_status]
 MAX_BODY = 8 << 20
 
 

@@ -14,9 +14,12 @@ from aiohttp import web
 
 from proconsul.catalog.errors import CatalogError, Conflict, InvalidRequest, NotFound, UnknownCommand
 from proconsul.connect.errors import ConnectError
+from proconsul.consensus.errors import LeadershipLost, RaftError
 
+from .cluster import ClusterError
 from .duration import DurationError, parse_duration
 from .filter import FilterError, Predicate, compile_filter
+from .rpc import NoLeader, RPCError
 from .server import DEFAULT_WAIT, MAX_WAIT, NotLeaderError
 
 log = logging.getLogger("proconsul.http")
@@ -57,8 +60,14 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 409, str(exc)
     if isinstance(exc, CatalogError):
         return 400, str(exc)
-    if isinstance(exc, NotLeaderError):
+    if isinstance(exc, NotLeaderError | NoLeader):
         return 500, "No cluster leader"
+    if isinstance(exc, ClusterError):
+        return 400, str(exc)
+    if isinstance(exc, LeadershipLost):
+        return 500, f"leadership lost while committing log: {exc}"
+    if isinstance(exc, RaftError | RPCError):
+        return 500, str(exc)
     if isinstance(exc, ConnectError):
         return 400, str(exc)
     return 500, "internal error"

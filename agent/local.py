@@ -251,6 +251,8 @@ class LocalState:
         self._full_next = True
         next_full = 0.0
         while not stop.is_set():
+            # Clear before syncing: a change made while a sync awaits the servers must wake the next round.
+            self._wake.clear()
             now = time.monotonic()
             full = self._full_next or now >= next_full
             try:
@@ -267,7 +269,6 @@ class LocalState:
                 continue
             self.sync_rounds += 1
             self.synced.set()
-            self._wake.clear()
             deferred = [e.deferred_until for e in self._checks.values() if not e.in_sync and e.deferred_until]
             timeout = max(0.0, min([next_full, *deferred]) - time.monotonic())
             waiter = asyncio.ensure_future(self._wake.wait())

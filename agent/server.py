@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgpack
@@ -23,6 +23,7 @@ import msgpack
 from proconsul.catalog import commands as c
 from proconsul.catalog.errors import CatalogError
 from proconsul.catalog.store import StateStore
+from proconsul.consensus.errors import NotLeader, ProposalDropped
 
 from .queries import get_query
 from .watch import ChangeNotifier
@@ -38,6 +39,10 @@ ENCODED_CACHE_SIZE = 1024
 
 class NotLeaderError(Exception):
     """A write reached a server that is not the leader and could not be forwarded."""
+
+
+LEADER_HOLD = 7.0  # how long a call waits for a leader to appear (Consul's rpc_hold_timeout)
+Forward = Callable[..., Awaitable[Any]]
 
 
 class Replicator(Protocol):
@@ -84,6 +89,27 @@ class LocalReplicator:
         return 0.0
 
 
+class StartingReplicator:
+    """The replicator before Raft has started: no leader, no writes (calls wait, then fail)."""
+
+    async def propose(self, cmd: c.Command) -> Any:
+        raise NotLeader()
+
+    @property
+    def is_leader(self) -> bool:
+        return False
+
+    @property
+    def leader(self) -> str:
+        return ""
+
+    def peers(self) -> list[str]:
+        return []
+
+    def last_contact(self) -> float:
+        return 0.0
+
+
 class ServerRole:
     """One server's view of the catalog, with the leader duties that keep it tidy."""
 
@@ -93,6 +119,7 @@ class ServerRole:
         self.notifier = ChangeNotifier()
         store.subscribe(self.notifier.on_change)
         self.replicator: Replicator = replicator or LocalReplicator(store, address)
+        self.forward: Forward | None = None  # (leader address, method, args) -> result; set by the cluster
         self._rng = rng or random.Random()
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
         self._index_times: deque[tuple[float, int]] = deque(maxlen=4096)
@@ -100,18 +127,81 @@ class ServerRole:
 
     # ------------------------------------------------------------------ writes
     async def apply(self, cmd: c.Command) -> Any:
-        """Stamp the leader's time into the command, replicate it, and return the FSM's result."""
-        if any(f.name == "now" for f in dataclasses.fields(cmd)):
-            cmd = dataclasses.replace(cmd, now=time.time())
-        result = await self.replicator.propose(cmd)
-        if isinstance(result, CatalogError):
-            raise result
-        return result
+        """Replicate a command and return the FSM's result; on a follower, forward it to the leader,
+        which stamps its time into the command (so `apply` is deterministic on every server)."""
+
+        async def here() -> Any:
+            stamped = cmd
+            if any(f.name == "now" for f in dataclasses.fields(cmd)):
+                stamped = dataclasses.replace(cmd, now=time.time())
+            result = await self.replicator.propose(stamped)
+            if isinstance(result, CatalogError):
+                raise result
+            return result
+
+        return await self.on_leader(here, "catalog.apply", {"cmd": c.encode(cmd)})
+
+    async def on_leader(self, here: Callable[[], Awaitable[Any]], method: str, args: dict[str, Any],
+                        timeout: float | None = None, idempotent: bool = False) -> Any:
+        """Run `here()` if this server leads, else forward `method(args)` to the leader over RPC.
+
+        While there is no leader (an election), or leadership moves under the call, retry for up
+        to LEADER_HOLD seconds, then fail with "No cluster leader". A write whose outcome is
+        unknown (leadership lost after it was appended, or the connection to the leader broke
+        after the call was sent) is not retried — a second copy could apply twice — and the caller
+        hears so; reads (`idempotent`) are retried.
+        """
+        from .rpc import NoLeader, RPCNotSent, RPCUnavailable
+
+        retry: tuple[type[BaseException], ...] = (NotLeader, ProposalDropped, NoLeader, RPCNotSent)
+        if idempotent:
+            retry += (RPCUnavailable,)
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_HOLD
+        while True:
+            rep = self.replicator
+            try:
+                if rep.is_leader:
+                    return await here()
+                if rep.leader and self.forward is not None:
+                    return await self.forward(rep.leader, method, args, timeout)
+            except retry as e:
+                log.debug("%s: leader moved or unreachable (%s); retrying", method, e)
+            if loop.time() >= deadline:
+                raise NotLeaderError("No cluster leader")
+            await asyncio.sleep(0.05 + self._rng.random() * 0.05)
 
     # ------------------------------------------------------------------ reads
+    def serves_locally(self, mode: str | bool) -> bool:
+        """Whether a read in this consistency mode may be answered from this server's store as is."""
+        return mode in ("stale", True) or (mode in ("leader", False) and self.replicator.is_leader)
+
     async def query(self, name: str, args: dict[str, Any], min_index: int = 0,
-                    wait: float = DEFAULT_WAIT, stale: bool = False) -> tuple[int, Any]:
-        """Run a named query; with `min_index`, block until its index passes it or `wait` ends."""
+                    wait: float = DEFAULT_WAIT, stale: str | bool = "leader") -> tuple[int, Any]:
+        """Run a named query; with `min_index`, block until its index passes it or `wait` ends.
+
+        `stale` is the consistency mode: "leader" (default: the leader answers; a follower forwards),
+        "stale" (any server answers from its own store), "consistent" (the leader confirms it still
+        leads with a ReadIndex round first). True/False mean "stale"/"leader".
+        """
+        mode = "stale" if stale is True else "leader" if stale is False else stale
+        if self.serves_locally(mode):
+            return await self._query_here(name, args, min_index, wait)
+
+        async def here() -> tuple[int, Any]:
+            if mode == "consistent":
+                read_index = getattr(self.replicator, "read_index", None)
+                if read_index is not None:
+                    await read_index()
+            return await self._query_here(name, args, min_index, wait)
+
+        result = await self.on_leader(here, "catalog.query", {"name": name, "args": args, "index": min_index,
+                                                               "wait": wait, "mode": mode},
+                                      timeout=min(wait, MAX_WAIT) + 30.0, idempotent=True)
+        return result[0], result[1]
+
+    async def _query_here(self, name: str, args: dict[str, Any], min_index: int, wait: float) -> tuple[int, Any]:
         q = get_query(name)
         idx, result = q.run(self.store, args)
         if min_index <= 0:
@@ -127,13 +217,16 @@ class ServerRole:
         return idx, result
 
     async def query_encoded(self, name: str, args: dict[str, Any], encode: Callable[[Any], bytes],
-                            min_index: int = 0, wait: float = DEFAULT_WAIT, stale: bool = False
+                            min_index: int = 0, wait: float = DEFAULT_WAIT, stale: str | bool = "leader"
                             ) -> tuple[int, Any, bytes]:
         """Like `query`, but also returns the encoded body, cached until the query's tables change.
 
         The cache is keyed by query and arguments and is valid while the highest index of the tables
         the query reads is the one it was computed at, so a hit can never be stale.
         """
+        if not self.serves_locally(stale):
+            idx, result = await self.query(name, args, min_index, wait, stale)
+            return idx, result, encode(result)
         q = get_query(name)
         key = (name, _args_key(args))
         hit = self._encoded.get(key)
@@ -148,23 +241,34 @@ class ServerRole:
         return idx, result, body
 
     # ------------------------------------------------------------------ sessions (leader duty)
+    # Session TTL timers live on the leader, so these three run there (forwarded from followers).
     async def session_create(self, session: dict[str, Any]) -> str:
-        sid = session.get("ID") or _uuid(self._rng)
-        result = await self.apply(c.SessionCreate(session=dict(session, ID=sid)))
-        self._arm_session_timer(sid, session.get("TTL") or "")
-        return result
+        async def here() -> str:
+            sid = session.get("ID") or _uuid(self._rng)
+            result = await self.apply(c.SessionCreate(session=dict(session, ID=sid)))
+            self._arm_session_timer(sid, session.get("TTL") or "")
+            return result
+
+        return await self.on_leader(here, "session.create", {"session": session})
 
     async def session_destroy(self, sid: str) -> bool:
-        self._disarm_session_timer(sid)
-        return await self.apply(c.SessionDestroy(id=sid))
+        async def here() -> bool:
+            self._disarm_session_timer(sid)
+            return await self.apply(c.SessionDestroy(id=sid))
+
+        return await self.on_leader(here, "session.destroy", {"id": sid})
 
     async def session_renew(self, sid: str) -> dict[str, Any] | None:
         """Reset a session's TTL timer; None when there is no such session."""
-        _, sess = self.store.session_get(sid)
-        if sess is None:
-            return None
-        self._arm_session_timer(sid, sess.get("TTL") or "")
-        return sess
+
+        async def here() -> dict[str, Any] | None:
+            _, sess = self.store.session_get(sid)
+            if sess is None:
+                return None
+            self._arm_session_timer(sid, sess.get("TTL") or "")
+            return sess
+
+        return await self.on_leader(here, "session.renew", {"id": sid})
 
     def _arm_session_timer(self, sid: str, ttl: str) -> None:
         from .duration import parse_duration
@@ -186,6 +290,11 @@ class ServerRole:
         log.info("session %s expired: TTL passed without renewal, invalidating it", sid)
         task = asyncio.get_running_loop().create_task(self.apply(c.SessionDestroy(id=sid)))
         task.add_done_callback(_log_task_error)
+
+    def disarm_sessions(self) -> None:
+        """On losing leadership: the new leader owns the timers now."""
+        for sid in list(self._session_timers):
+            self._disarm_session_timer(sid)
 
     def rearm_sessions(self) -> None:
         """On becoming leader: every session with a TTL gets a fresh full timer (as Consul does)."""

@@ -80,7 +80,7 @@ class RaftNode:
     def __init__(self, node_id: str, fsm: FSM, storage: Storage | None = None, *, bind: str | None = None,
                  options: NodeOptions | None = None, rng: random.Random | None = None,
                  server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None,
-                 advertise: str | None = None) -> None:
+                 advertise: str | None = None, transport_options: dict[str, Any] | None = None) -> None:
         self.id = node_id
         self.fsm = fsm
         self.storage: Storage = storage if storage is not None else MemoryStorage()
@@ -90,7 +90,7 @@ class RaftNode:
         if bind is not None:
             self.transport = Transport(node_id, bind, self._on_message, self._resolve,
                                        rng=random.Random(self.rng.getrandbits(64)), server_ssl=server_ssl,
-                                       client_ssl=client_ssl, advertise=advertise)
+                                       client_ssl=client_ssl, advertise=advertise, **(transport_options or {}))
         self.core: RaftCore | None = None
         self.leader_changed = asyncio.Event()
         self._listeners: list[Callable[[str], None]] = []

@@ -79,8 +79,11 @@ class Transport:
                  resolve: Callable[[str], str | None], *, rng: random.Random | None = None,
                  server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME, queue_size: int = 4096, backoff_base: float = 0.05,
-                 backoff_max: float = 2.0, dial_timeout: float = 2.0, advertise: str | None = None) -> None:
+                 backoff_max: float = 2.0, dial_timeout: float = 2.0, advertise: str | None = None,
+                 listen: bool = True, preamble: bytes = b"") -> None:
         self.node_id = node_id
+        self.listen = listen  # False: someone else owns the port and hands us connections (serve_connection)
+        self.preamble = preamble  # bytes written before the hello on every outbound connection (a mux tag)
         self.bind = bind
         self.advertise = advertise
         self.on_message = on_message
@@ -113,6 +116,9 @@ class Transport:
 
     async def start(self) -> None:
         host, port = split_addr(self.bind)
+        if not self.listen:
+            self.port = port
+            return
         self._server = await asyncio.start_server(self._serve, host, port, ssl=self.server_ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -186,7 +192,7 @@ class Transport:
                                             server_hostname=host if self.client_ssl else None),
                     self.dial_timeout)
                 self._writers.add(writer)
-                writer.write(encode_hello(self.node_id, self.address))
+                writer.write(self.preamble + encode_hello(self.node_id, self.address))
                 peer.connected = True
                 failures = 0
                 while True:
@@ -224,6 +230,11 @@ class Transport:
         if n == 0 or n > self.max_frame:
             raise DecodeError(f"frame of {n} bytes (max {self.max_frame})")
         return await reader.readexactly(n)
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read Raft frames from one inbound connection until it closes (for a listener that muxes
+        several protocols on one port and has already consumed its tag)."""
+        await self._serve(reader, writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -329,6 +329,17 @@ class TCPServer:
 
 def bind_sockets(host: str, port: int) -> tuple[socket.socket, socket.socket]:
     """Bind UDP and TCP on host:port (the same port for both when `port` is 0); ListenError if taken."""
+    for _ in range(20 if port == 0 else 1):
+        try:
+            return _bind_pair(host, port)
+        except ListenError:
+            if port != 0:
+                raise
+    # With port 0 the kernel's free UDP port may be taken for TCP: a few tries find one free for both.
+    return _bind_pair(host, port)
+
+
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
     try:
         family = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]
     except socket.gaierror as e:

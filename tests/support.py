@@ -62,6 +62,7 @@ class AgentProcess:
         self.http_port = free_port()
         self.dns_port = free_port()
         self.server_port = free_port()
+        self.serf_lan_port = free_port()
         self.extra_args = list(args or [])
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,7 +78,7 @@ class AgentProcess:
 
     def command(self) -> list[str]:
         cmd = [*PROCONSUL, "agent", "--http-port", str(self.http_port), "--dns-port", str(self.dns_port),
-               "--server-port", str(self.server_port)]
+               "--server-port", str(self.server_port), "--serf-lan-port", str(self.serf_lan_port)]
         if self.dev:
             cmd.append("--dev")
         return cmd + self.extra_args
@@ -175,3 +176,59 @@ def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("Error: ")
     return lines[0]
+
+
+# ---------------------------------------------------------------------- clusters of real server processes
+class ServerCluster:
+    """N `proconsul agent --server --bootstrap-expect N` processes that find each other by retry-join."""
+
+    def __init__(self, workdir: Path, n: int = 3, *, extra_args: list[str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        config = self.workdir / "debug.json"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config.write_text('{"enable_debug": true}')
+        lan = [free_port() for _ in range(n)]
+        self.servers: list[AgentProcess] = []
+        for i in range(n):
+            args = ["--server", "--bootstrap-expect", str(n), "--node", f"s{i}", "--data-dir",
+                    str(self.workdir / f"s{i}" / "data"), "--retry-interval", "1s", "--config-file", str(config)]
+            for j in range(n):
+                if j != i:
+                    args += ["--retry-join", f"127.0.0.1:{lan[j]}"]
+            a = AgentProcess(self.workdir / f"s{i}", dev=False, args=args + list(extra_args or []))
+            a.serf_lan_port = lan[i]
+            self.servers.append(a)
+
+    def start(self, timeout: float = 30.0) -> None:
+        for a in self.servers:
+            a.start_background()
+        for a in self.servers:
+            a.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for a in self.servers:
+            a.stop()
+
+    def running(self) -> list[AgentProcess]:
+        return [a for a in self.servers if a.proc is not None and a.proc.poll() is None]
+
+    def leader(self, timeout: float = 15.0, among: list[AgentProcess] | None = None) -> AgentProcess:
+        """The server that says it leads, once all running servers agree on it."""
+        def agreed() -> AgentProcess | None:
+            group = among or self.running()
+            seen = set()
+            for a in group:
+                try:
+                    seen.add(a.get("/v1/status/leader")[1])
+                except OSError:
+                    return None
+            if len(seen) != 1 or "" in seen:
+                return None
+            addr = seen.pop()
+            return next((a for a in self.running() if addr.endswith(f":{a.server_port}")), None)
+
+        return wait_for(agreed, timeout, message="the servers to agree on a leader")
+
+    def followers(self) -> list[AgentProcess]:
+        lead = self.leader()
+        return [a for a in self.running() if a is not lead]

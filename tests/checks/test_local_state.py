@@ -41,7 +41,7 @@ def test_anti_entropy_repairs_both_ways(tmp_path: Path) -> None:
 
 def test_services_and_checks_survive_a_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    args = ["--server", "--data-dir", str(data), "--node", "dev"]
+    args = ["--server", "--bootstrap-expect", "1", "--data-dir", str(data), "--node", "dev"]
     agent = AgentProcess(tmp_path / "a", dev=False, args=args)
     agent.start()
     agent.put("/v1/agent/service/register", {"Name": "keep", "Port": 7, "Check": {"TTL": "60s"}})

@@ -83,8 +83,9 @@ def test_errors_are_one_line(shared_dev_agent: AgentProcess, tmp_path: Path) -> 
 
 
 def test_agent_flags_it_cannot_honour_fail_clearly(tmp_path: Path) -> None:
-    res = run(None, "agent", "--server", "--bootstrap-expect", "3", "--data-dir", str(tmp_path))
-    assert "bootstrap-expect" in one_line_error(res)
+    res = run(None, "agent", "--bootstrap-expect", "3", "--data-dir", str(tmp_path))
+    assert "--bootstrap-expect only applies to servers" in one_line_error(res)
+    assert "--dev agents run alone" in one_line_error(run(None, "agent", "--dev", "--retry-join", "127.0.0.1"))
     assert "data_dir is required" in one_line_error(run(None, "agent", "--server"))
     (tmp_path / "bad.json").write_text('{"no_such_key": 1}')
     assert "unknown config key 'no_such_key'" in one_line_error(

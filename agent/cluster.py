@@ -1,0 +1,531 @@
+"""Clustering: the catalog replicated with our Raft, server RPC, LAN membership and the leader's duties.
+
+On a server, the state store is the FSM of a `RaftNode` (`FileStorage` under `<data_dir>/raft`,
+or an in-memory log in dev mode — the same code path). The server port carries Raft and RPC
+(`rpc.ServerPort`); the LAN port carries gossip (`lan.LANGossip`). What Consul's servers do, ours do:
+
+- **bootstrap_expect**: once that many servers of the datacenter are alive in the LAN pool, and
+  none of them reports Raft state of its own, each bootstraps Raft with the same configuration.
+  A server that has state never bootstraps again, so a restart rejoins its cluster and a
+  bootstrapped cluster never forms a second one.
+- **the leader's reconcile**: every member of the pool is a catalog node with a `serfHealth`
+  check (passing while alive, critical once gossip says it is failed; a member that left is
+  deregistered); servers get the `consul` service; alive servers missing from the Raft
+  configuration are added as voters, servers that left are removed.
+- **RPC**: followers and client agents forward writes and default/consistent reads to the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from proconsul.catalog import commands as c
+from proconsul.catalog.store import CRITICAL, PASSING, StateStore
+from proconsul.consensus.errors import RaftError
+from proconsul.consensus.node import NodeOptions, RaftNode, Server
+from proconsul.consensus.storage import FileStorage, MemoryStorage
+
+from .lan import LANGossip
+from .membership import ALIVE, FAILED, LEFT, STATUS_CODES, Member, MemberList
+from .rpc import (
+    MUX_RAFT,
+    NoLeader,
+    RPCNotSent,
+    RPCPool,
+    RPCServer,
+    RPCUnavailable,
+    ServerPort,
+    register_error,
+)
+from .version import PROTOCOL, VERSION
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger("proconsul.cluster")
+
+SERF_CHECK_ID = "serfHealth"
+RECONCILE_INTERVAL = 5.0
+FORWARD_TIMEOUT_SLACK = 30.0  # an RPC waits the query's own wait plus this much
+
+
+class ClusterError(Exception):
+    """Clustering cannot start or carry out an operation; the message says why."""
+
+
+register_error(ClusterError)
+
+
+class CatalogFSM:
+    """The state store as Raft's state machine: committed entries are encoded catalog commands."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def apply(self, index: int, data: bytes) -> Any:
+        return self.store.apply_bytes(index, data)
+
+    def snapshot(self) -> bytes:
+        return self.store.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.store.restore(data)
+
+
+class RaftReplicator:
+    """The server role's `Replicator` over a `RaftNode`."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    async def propose(self, cmd: c.Command) -> Any:
+        return await self.node.propose(c.encode(cmd))
+
+    async def read_index(self) -> None:
+        await self.node.read_index()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.is_leader
+
+    @property
+    def leader(self) -> str:
+        return self.node.leader_addr if self.node.leader_id else ""
+
+    def peers(self) -> list[str]:
+        return [s.address for s in self.node.configuration() if s.voter] if self.node.core else []
+
+    def last_contact(self) -> float:
+        lc = self.node.last_contact
+        return 0.0 if lc == float("inf") else lc
+
+
+class Cluster:
+    """Everything that makes an agent part of a cluster; one per agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        cfg = agent.config
+        self.agent = agent
+        self.config = cfg
+        self.rng = random.Random(agent.rng.getrandbits(64))
+        self.pool = RPCPool()
+        self.rpc = RPCServer()
+        self.raft: RaftNode | None = None
+        self.port: ServerPort | None = None
+        self.members = MemberList(Member(cfg.node_name, cfg.advertise, cfg.serf_lan_port, self._tags(),
+                                         incarnation=int(time.time())), fail_after=cfg.suspect_after)
+        self.gossip: LANGossip | None = None
+        self._membership_changed = asyncio.Event()
+        self._bootstrapped = False
+        self._register_methods()
+
+    def _tags(self) -> dict[str, str]:
+        cfg = self.config
+        tags = {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": cfg.node_id,
+                "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": VERSION, "port": str(cfg.server_port),
+                "segment": ""}
+        if cfg.server:
+            tags["expect"] = str(cfg.bootstrap_expect)
+        return tags
+
+    @property
+    def rpc_address(self) -> str:
+        return f"{self.config.advertise}:{self.config.server_port}"
+
+    # ------------------------------------------------------------------ start / stop
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.server:
+            await self._start_server()
+        if cfg.serf_lan_port >= 0:
+            self.gossip = LANGossip(self.members, cfg.datacenter, cfg.bind_addr, cfg.serf_lan_port,
+                                    retry_join=cfg.retry_join, interval=cfg.gossip_interval,
+                                    retry_interval=cfg.retry_interval, rng=self.rng, on_change=self._on_members)
+            try:
+                port = await self.gossip.start()
+            except OSError as e:
+                raise ClusterError(f"cannot listen for LAN gossip on {cfg.bind_addr}:{cfg.serf_lan_port}: "
+                                   f"{e.strerror or e}") from None
+            if port != cfg.serf_lan_port:
+                self.members = self.gossip.members  # same object; port 0 resolved below
+                cfg.serf_lan_port = port
+                self._refresh_self()
+            if cfg.retry_join:
+                with contextlib.suppress(Exception):
+                    await self.gossip.join(cfg.retry_join)
+
+    async def _start_server(self) -> None:
+        cfg = self.config
+        server = self.agent.server
+        assert server is not None
+        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft)
+        try:
+            bound = await self.port.start()
+        except OSError as e:
+            raise ClusterError(f"cannot listen for server RPC on {cfg.bind_addr}:{cfg.server_port}: "
+                               f"{e.strerror or e}") from None
+        if bound != cfg.server_port:
+            cfg.server_port = bound
+            self._refresh_self()
+        if cfg.dev:
+            storage: Any = MemoryStorage()
+        else:
+            try:
+                storage = FileStorage(Path(cfg.data_dir) / "raft")
+            except RaftError as e:
+                raise ClusterError(str(e)) from None
+        options = NodeOptions(tick_interval=cfg.raft_tick, election_ticks=cfg.raft_election_ticks)
+        self.raft = RaftNode(cfg.node_id, CatalogFSM(server.store), storage, bind=f"{cfg.bind_addr}:{bound}",
+                             options=options, rng=random.Random(self.rng.getrandbits(64)),
+                             advertise=self.rpc_address, transport_options={"listen": False, "preamble": MUX_RAFT})
+        await self.raft.start()
+        server.replicator = RaftReplicator(self.raft)
+        server.forward = self.forward
+        self.raft.on_leader_change(self._leader_changed)
+        if self.has_raft_state():
+            self._bootstrapped = True
+            log.info("raft: resuming with the state in %s (term %d, last index %d)",
+                     cfg.data_dir or "memory", self.raft.term, self.raft.last_index)
+        elif cfg.bootstrap_expect == 1:
+            await self._bootstrap([Server(cfg.node_id, self.rpc_address)])
+        elif cfg.bootstrap_expect == 0:
+            log.warning("no bootstrap_expect set: this server waits to be added to an existing cluster "
+                        "(pass --bootstrap-expect N to form a new one)")
+        if {s.id for s in self.raft.configuration() if s.voter} == {cfg.node_id}:
+            with contextlib.suppress(TimeoutError):
+                await self.raft.wait_for_leader(5.0)  # a lone voter elects itself at once
+
+    async def _serve_raft(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.raft is not None and self.raft.transport is not None:
+            await self.raft.transport.serve_connection(reader, writer)
+
+    def _refresh_self(self) -> None:
+        from dataclasses import replace
+
+        seen = self.members._seen[self.members.me_name]
+        seen.member = replace(seen.member, port=self.config.serf_lan_port, tags=self._tags())
+
+    async def stop(self, leave: bool) -> None:
+        if self.gossip is not None:
+            await self.gossip.stop(leave)
+        if self.raft is not None:
+            if leave and self.raft.is_leader and len(self.raft.configuration()) > 1:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.raft.transfer_leadership(), 3.0)
+            await self.raft.stop()
+        if self.port is not None:
+            await self.port.stop()
+        await self.pool.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            if self.gossip is not None:
+                tg.create_task(self.gossip.run(stop), name="lan-gossip")
+            if self.raft is not None:
+                tg.create_task(self._bootstrap_loop(stop), name="bootstrap-expect")
+                tg.create_task(self._reconcile_loop(stop), name="leader-reconcile")
+
+    # ------------------------------------------------------------------ status
+    def has_raft_state(self) -> bool:
+        return self.raft is not None and (self.raft.last_index > 0 or self.raft.term > 0)
+
+    def is_leader(self) -> bool:
+        return self.raft is not None and self.raft.is_leader
+
+    def leader_address(self) -> str:
+        return self.raft.leader_addr if self.raft is not None and self.raft.leader_id else ""
+
+    def server_members(self) -> list[Member]:
+        return [m for m in self.members.alive(servers_only=True) if m.tags.get("dc") == self.config.datacenter]
+
+    def member_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for m, status in self.members.members():
+            rows.append({"Name": m.name, "Addr": m.addr, "Port": m.port, "Tags": dict(m.tags),
+                         "Status": STATUS_CODES[status], "ProtocolMin": 1, "ProtocolMax": 5,
+                         "ProtocolCur": PROTOCOL, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4})
+        return rows
+
+    def raft_configuration(self) -> dict[str, Any]:
+        if self.raft is None or self.raft.core is None:
+            raise ClusterError("this agent is not a server")
+        leader = self.raft.leader_id
+        servers = [{"ID": s.id, "Node": self._node_name(s.id), "Address": s.address, "Leader": s.id == leader,
+                    "ProtocolVersion": "3", "Voter": s.voter, "LastIndex": self.raft.last_index
+                    if s.id == self.raft.id else 0} for s in self.raft.configuration()]
+        return {"Servers": servers, "Index": self.raft.commit_index}
+
+    def _node_name(self, server_id: str) -> str:
+        for m, _ in self.members.members():
+            if m.tags.get("id") == server_id:
+                return m.name
+        return server_id if server_id != self.config.node_id else self.config.node_name
+
+    async def operator_call(self, method: str, args: dict[str, Any]) -> Any:
+        """An operator RPC from this agent's HTTP API: served here on a server (which forwards to
+        the leader as needed), sent to a server from a client agent."""
+        if self.raft is None:
+            return await self.call_any_server(method, args, timeout=30.0)
+        return await self.rpc.methods[method](args)
+
+    def partition(self, names: list[str]) -> None:
+        """Fault injection: drop Raft and gossip traffic to and from these members (empty: heal)."""
+        ids = {m.tags.get("id", "") for m, _ in self.members.members() if m.name in names}
+        if self.raft is not None and self.raft.transport is not None:
+            self.raft.transport.unblock_all()
+            for sid in ids - {""}:
+                self.raft.transport.block(sid)
+        if self.gossip is not None:
+            self.gossip.blocked = set(names)
+        log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")
+
+    # ------------------------------------------------------------------ forwarding
+    async def forward(self, address: str, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        return await self.pool.call(address, method, args, timeout)
+
+    async def call_any_server(self, method: str, args: dict[str, Any], timeout: float | None = None,
+                              idempotent: bool = True) -> Any:
+        """A client agent's call: try the alive servers in random order until one answers. A call
+        that was sent but got no answer is tried again elsewhere only if it is `idempotent`."""
+        servers = self.server_members()
+        self.rng.shuffle(servers)
+        if not servers:
+            raise NoLeader("No known Consul servers")
+        last: Exception | None = None
+        for m in servers:
+            try:
+                return await self.pool.call(m.rpc_address, method, args, timeout)
+            except RPCUnavailable as e:
+                if not idempotent and not isinstance(e, RPCNotSent):
+                    raise
+                last = e
+                log.info("server %s did not answer (%s); trying another", m.name, e)
+        raise NoLeader(f"No server answered: {last}")
+
+    # ------------------------------------------------------------------ bootstrap
+    async def _bootstrap(self, servers: list[Server]) -> None:
+        assert self.raft is not None
+        await self.raft.bootstrap(servers)
+        self._bootstrapped = True
+        log.info("raft: bootstrapped a new cluster of %d server(s): %s", len(servers),
+                 ", ".join(s.id for s in servers))
+
+    async def _bootstrap_loop(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        while not stop.is_set() and not self._bootstrapped and cfg.bootstrap_expect > 1:
+            try:
+                await self._maybe_bootstrap()
+            except Exception as e:
+                log.warning("bootstrap check failed: %s", e)
+            if self._bootstrapped or self.has_raft_state():
+                self._bootstrapped = True
+                break
+            self._membership_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._membership_changed.wait(), 1.0)
+
+    async def _maybe_bootstrap(self) -> None:
+        cfg = self.config
+        servers = self.server_members()
+        if len(servers) < cfg.bootstrap_expect:
+            return
+        expects = {m.tags.get("expect") for m in servers}
+        if expects != {str(cfg.bootstrap_expect)}:
+            log.error("servers disagree on bootstrap_expect (%s): not bootstrapping", ", ".join(sorted(
+                str(e) for e in expects)))
+            return
+        if self.has_raft_state():
+            return
+        for m in servers:
+            if m.name == cfg.node_name:
+                continue
+            try:
+                state = await self.pool.call(m.rpc_address, "raft.state", {}, timeout=5.0)
+            except Exception as e:
+                log.info("bootstrap: cannot ask %s about its raft state yet: %s", m.name, e)
+                return
+            if state.get("has_state"):
+                log.info("bootstrap: server %s already has raft state; waiting to be added to its cluster", m.name)
+                self._bootstrapped = True
+                return
+        await self._bootstrap([Server(m.tags["id"], m.rpc_address) for m in sorted(servers, key=lambda m: m.name)])
+
+    # ------------------------------------------------------------------ leader reconcile
+    def _on_members(self, names: list[str]) -> None:
+        self._membership_changed.set()
+
+    def _leader_changed(self, leader_id: str) -> None:
+        server = self.agent.server
+        if server is None or self.raft is None:
+            return
+        if self.raft.is_leader:
+            log.info("raft: this server (%s) is the leader, term %d", self.config.node_name, self.raft.term)
+            server.rearm_sessions()
+            self._membership_changed.set()
+        else:
+            server.disarm_sessions()
+            if leader_id:
+                log.info("raft: the leader is %s", self._node_name(leader_id))
+
+    async def _reconcile_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.is_leader():
+                try:
+                    await self.reconcile()
+                except (RaftError, NoLeader) as e:
+                    log.info("reconcile interrupted: %s", e)
+                except Exception:
+                    log.exception("reconcile failed")
+            self._membership_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._membership_changed.wait(), RECONCILE_INTERVAL)
+
+    async def reconcile(self) -> None:
+        """Make the catalog and the Raft configuration agree with the LAN pool (leader only)."""
+        server = self.agent.server
+        assert server is not None and self.raft is not None
+        store = server.store
+        cfg = self.config
+        for m, status in self.members.members():
+            if m.tags.get("dc") != cfg.datacenter:
+                continue
+            _, node = store.get_node(m.name)
+            if status == LEFT:
+                if node is not None:
+                    log.info("member %s left: deregistering its node", m.name)
+                    await server.apply(c.Deregister(node=m.name))
+                continue
+            want = PASSING if status == ALIVE else CRITICAL
+            output = "Agent alive and reachable" if status == ALIVE else "Agent not live or unreachable"
+            _, checks = store.node_checks(m.name)
+            serf = next((chk for chk in checks if chk["CheckID"] == SERF_CHECK_ID), None)
+            if node is not None and serf is not None and serf["Status"] == want and (
+                    not m.is_server or self._has_consul_service(store, m.name)):
+                continue
+            if status == FAILED:
+                log.warning("member %s is failed: marking its serfHealth critical", m.name)
+            await server.apply(c.Register(
+                node=node or {"ID": m.tags.get("id", ""), "Node": m.name, "Address": m.addr,
+                              "Datacenter": cfg.datacenter, "TaggedAddresses": {"lan": m.addr, "wan": m.addr},
+                              "Meta": {"consul-network-segment": ""}},
+                service={"ID": "consul", "Service": "consul", "Port": int(m.tags.get("port", "8300")),
+                         "Address": "", "Meta": {"raft_version": "3", "serf_protocol_current": "2",
+                                                 "version": m.tags.get("build", "")}} if m.is_server else None,
+                checks=[{"CheckID": SERF_CHECK_ID, "Name": "Serf Health Status", "Status": want,
+                         "Output": output, "Type": ""}],
+                skip_node_update=node is not None))
+        await self._reconcile_raft()
+
+    @staticmethod
+    def _has_consul_service(store: StateStore, node: str) -> bool:
+        _, (_, services) = store.node_services(node)
+        return any(s["ID"] == "consul" for s in services)
+
+    async def _reconcile_raft(self) -> None:
+        assert self.raft is not None
+        conf = {s.id: s for s in self.raft.configuration()}
+        for m, status in self.members.members():
+            sid = m.tags.get("id", "")
+            if not m.is_server or m.tags.get("dc") != self.config.datacenter or not sid:
+                continue
+            if status == ALIVE and sid not in conf:
+                log.info("adding server %s (%s) to the raft configuration as a voter", m.name, m.rpc_address)
+                await self.raft.add_voter(sid, m.rpc_address)
+            elif status == LEFT and sid in conf and sid != self.raft.id:
+                log.info("removing server %s from the raft configuration: it left", m.name)
+                await self.raft.remove_server(sid)
+
+    # ------------------------------------------------------------------ RPC methods
+    def _register_methods(self) -> None:
+        reg = self.rpc.register
+        reg("catalog.apply", self._rpc_apply)
+        reg("catalog.query", self._rpc_query)
+        reg("session.create", self._rpc_session_create)
+        reg("session.destroy", self._rpc_session_destroy)
+        reg("session.renew", self._rpc_session_renew)
+        reg("status.leader", self._rpc_status_leader)
+        reg("status.peers", self._rpc_status_peers)
+        reg("raft.state", self._rpc_raft_state)
+        reg("operator.raft_configuration", self._rpc_raft_configuration)
+        reg("operator.raft_remove_peer", self._rpc_raft_remove_peer)
+        reg("operator.raft_transfer_leader", self._rpc_raft_transfer)
+
+    def _server(self) -> Any:
+        if self.agent.server is None:
+            raise ClusterError("this agent is not a server")
+        return self.agent.server
+
+    async def _rpc_apply(self, args: dict[str, Any]) -> Any:
+        return await self._server().apply(c.decode(args["cmd"]))
+
+    async def _rpc_query(self, args: dict[str, Any]) -> Any:
+        server = self._server()
+        idx, result = await server.query(args["name"], args["args"], args.get("index", 0),
+                                         args.get("wait", 300.0), args.get("mode", "leader"))
+        rep = server.replicator
+        return [idx, result, bool(rep.leader), rep.last_contact()]
+
+    async def _rpc_session_create(self, args: dict[str, Any]) -> Any:
+        return await self._server().session_create(args["session"])
+
+    async def _rpc_session_destroy(self, args: dict[str, Any]) -> Any:
+        return await self._server().session_destroy(args["id"])
+
+    async def _rpc_session_renew(self, args: dict[str, Any]) -> Any:
+        return await self._server().session_renew(args["id"])
+
+    async def _rpc_status_leader(self, args: dict[str, Any]) -> Any:
+        return self.leader_address()
+
+    async def _rpc_status_peers(self, args: dict[str, Any]) -> Any:
+        return self._server().replicator.peers()
+
+    async def _rpc_raft_state(self, args: dict[str, Any]) -> Any:
+        return {"has_state": self.has_raft_state(), "leader": self.leader_address()}
+
+    async def _rpc_raft_configuration(self, args: dict[str, Any]) -> Any:
+        return await self.on_leader("operator.raft_configuration", args, self.raft_configuration)
+
+    async def _rpc_raft_remove_peer(self, args: dict[str, Any]) -> Any:
+        return await self.on_leader("operator.raft_remove_peer", args, lambda: self.remove_peer(**args))
+
+    async def _rpc_raft_transfer(self, args: dict[str, Any]) -> Any:
+        return await self.on_leader("operator.raft_transfer_leader", args, lambda: self.transfer_leader(**args))
+
+    async def on_leader(self, method: str, args: dict[str, Any], local: Any) -> Any:
+        """Run `local()` here if this server leads, else forward the call to the leader."""
+        if self.raft is None:
+            return await self.call_any_server(method, args)
+        if self.raft.is_leader or args.get("stale"):
+            result = local()
+            return await result if asyncio.iscoroutine(result) else result
+        leader = self.leader_address()
+        if not leader:
+            raise NoLeader("No cluster leader")
+        return await self.pool.call(leader, method, args)
+
+    async def remove_peer(self, id: str = "", address: str = "", **_: Any) -> str:
+        assert self.raft is not None
+        conf = self.raft.configuration()
+        match = [s for s in conf if (id and s.id == id) or (address and s.address == address)]
+        if not match:
+            raise ClusterError(f"no server with {'id ' + repr(id) if id else 'address ' + repr(address)} "
+                               "in the raft configuration")
+        await self.raft.remove_server(match[0].id)
+        log.info("removed server %s (%s) from the raft configuration", match[0].id, match[0].address)
+        return match[0].id
+
+    async def transfer_leader(self, id: str = "", **_: Any) -> str:
+        assert self.raft is not None
+        if id and id not in {s.id for s in self.raft.configuration() if s.voter}:
+            raise ClusterError(f"no voter with id {id!r} in the raft configuration")
+        try:
+            return await self.raft.transfer_leadership(id or None)
+        except RaftError as e:
+            raise ClusterError(f"leadership transfer failed: {e}") from None

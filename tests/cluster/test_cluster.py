@@ -1,0 +1,282 @@
+"""Real clusters: three `proconsul agent --server` processes (and a client agent) on 127.0.0.1.
+
+Bootstrap by bootstrap_expect and retry-join, replication, forwarding from followers and clients,
+the operator API and CLI, kill -9 of the leader, restart with data, partitions, and a linearizability
+check of a client history recorded under those faults.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from linearizability import Op, check
+from support import AgentProcess, ServerCluster, free_port, ok, wait_for
+
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    c = ServerCluster(tmp_path, 3)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_servers_bootstrap_replicate_and_report(cluster: ServerCluster) -> None:
+    lead = cluster.leader()
+    f1, f2 = cluster.followers()
+    for a in cluster.servers:
+        assert sorted(a.get("/v1/status/peers")[1]) == sorted(f"127.0.0.1:{s.server_port}" for s in cluster.servers)
+    # A write through a follower is forwarded to the leader and replicated everywhere.
+    assert f1.put("/v1/kv/greeting", "hello") == (200, True)
+    for a in cluster.servers:
+        wait_for(lambda a=a: a.get("/v1/kv/greeting?raw&stale")[1] == '"hello"', message=f"{a.addr} replica")
+    assert f2.get("/v1/kv/greeting?raw&consistent")[1] == '"hello"'
+    status, _, headers = f2.request("GET", "/v1/kv/greeting?stale")
+    assert status == 200 and headers["X-Consul-KnownLeader"] == "true"
+    assert headers["X-Consul-Effective-Consistency"] == "stale"
+    # The operator API, asked of a follower, answers for the cluster.
+    conf = f1.get("/v1/operator/raft/configuration")[1]
+    assert sorted(s["Node"] for s in conf["Servers"]) == ["s0", "s1", "s2"]
+    leaders = [s for s in conf["Servers"] if s["Leader"]]
+    assert len(leaders) == 1 and leaders[0]["Address"] == f"127.0.0.1:{lead.server_port}"
+    assert all(s["Voter"] for s in conf["Servers"])
+    # Every server is a catalog node with a passing serfHealth and the consul service.
+    def registered() -> bool:
+        checks = lead.get("/v1/health/checks/consul")[1] or []
+        nodes = lead.get("/v1/health/service/consul?passing")[1] or []
+        return len(nodes) == 3 and not checks
+    wait_for(registered, message="three healthy consul instances")
+    # Sessions (TTL timers live on the leader) work through a follower.
+    sid = f2.put("/v1/session/create", {"TTL": "30s", "Name": "s"})[1]["ID"]
+    assert f1.put(f"/v1/session/renew/{sid}")[1][0]["ID"] == sid
+    assert f1.put(f"/v1/kv/lock?acquire={sid}", "x") == (200, True)
+    # The CLI against a follower: list-peers, then hand leadership to a chosen follower.
+    table = ok(f2, "operator", "raft", "list-peers")
+    assert "leader" in table and "follower" in table and "s0" in table
+    peers = json.loads(ok(f2, "operator", "raft", "list-peers", "--format", "json"))["Servers"]
+    target = next(s for s in peers if s["Address"] == f"127.0.0.1:{f1.server_port}")
+    assert "Success" in ok(f2, "operator", "raft", "transfer-leader", "--id", target["ID"])
+    assert cluster.leader() is f1
+    assert f2.get("/v1/kv/greeting?raw")[1] == '"hello"'  # default reads follow the new leader
+
+
+def test_kill_leader_failover_restart_keeps_every_acknowledged_write(cluster: ServerCluster) -> None:
+    lead = cluster.leader()
+    follower = cluster.followers()[0]
+    acked = {}
+    for i in range(50):
+        assert follower.put(f"/v1/kv/k{i}", i)[0] == 200
+        acked[f"k{i}"] = i
+    lead.stop(signal.SIGKILL)
+    t0 = time.monotonic()
+    new_lead = cluster.leader(timeout=15.0)
+    failover = time.monotonic() - t0
+    assert new_lead is not lead
+    assert failover < 6.0, f"a new leader took {failover:.1f}s"
+    for i in range(50, 80):  # the surviving majority keeps accepting writes
+        assert follower.put(f"/v1/kv/k{i}", i)[0] == 200
+        acked[f"k{i}"] = i
+    lead.start_background()  # same data dir: it resumes its log and rejoins without bootstrapping
+    lead.wait_ready(30)
+    def caught_up() -> bool:
+        rows = lead.get("/v1/kv/?recurse&stale")[1]
+        return isinstance(rows, list) and len(rows) == len(acked)
+    wait_for(caught_up, 20.0, message="the restarted server to catch up")
+    for a in cluster.servers:
+        rows = {r["Key"]: json.loads(base64.b64decode(r["Value"])) for r in
+                a.get("/v1/kv/?recurse&consistent")[1]}
+        assert rows == acked
+    assert "bootstrapped a new cluster" not in lead.log().split("agent running")[-1]
+    assert len(lead.get("/v1/status/peers")[1]) == 3
+
+
+def test_client_agent_forwards_and_is_marked_critical_when_it_dies(cluster: ServerCluster, tmp_path: Path) -> None:
+    s0 = cluster.servers[0]
+    client = AgentProcess(tmp_path / "c1", dev=False, args=[
+        "--node", "c1", "--data-dir", str(tmp_path / "c1" / "data"), "--retry-interval", "1s",
+        "--retry-join", f"127.0.0.1:{cluster.servers[1].serf_lan_port}"])
+    client.start(30)
+    try:
+        assert client.put("/v1/agent/service/register", {"Name": "web", "Port": 80})[0] == 200
+        wait_for(lambda: [e["Node"]["Node"] for e in s0.get("/v1/health/service/web")[1]] == ["c1"],
+                 message="the client's service in the servers' catalog")
+        assert client.put("/v1/kv/from-client", "x") == (200, True)
+        assert client.get("/v1/kv/from-client?raw")[1] == '"x"'
+        members = {m["Name"]: m for m in client.get("/v1/agent/members")[1]}
+        assert {"s0", "s1", "s2", "c1"} <= set(members)
+        assert sorted(client.get("/v1/status/peers")[1]) == sorted(
+            f"127.0.0.1:{s.server_port}" for s in cluster.servers)
+        def serf(status: str) -> bool:
+            checks = s0.get("/v1/health/node/c1")[1] or []
+            return any(c["CheckID"] == "serfHealth" and c["Status"] == status for c in checks)
+        wait_for(lambda: serf("passing"), message="c1 serfHealth passing")
+        client.stop(signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_for(lambda: serf("critical"), 20.0, message="c1 serfHealth critical after kill -9")
+        assert time.monotonic() - t0 < 12.0
+        assert s0.get("/v1/health/service/web?passing")[1] == []
+    finally:
+        client.stop()
+
+
+# ---------------------------------------------------------------------- linearizability under faults
+class Recorder:
+    """Clients doing put / get(consistent) / cas on a few keys against random servers, recording ops."""
+
+    def __init__(self, servers: list[AgentProcess], keys: list[str], seed: int) -> None:
+        self.servers = servers
+        self.keys = keys
+        self.rng = random.Random(seed)
+        self.ops: list[Op] = []
+        self.via: list[int] = []  # which server each op went to (for the failure report)
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    def _http(self, a: AgentProcess, method: str, path: str, body: bytes | None) -> tuple[int, bytes, dict]:
+        req = urllib.request.Request(a.url + path, data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=3.0) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def client(self, cid: int) -> None:
+        try:
+            self._client(cid)
+        except BaseException as e:  # a crashed client would silently shorten the history
+            self.errors.append(e)
+            raise
+
+    def _client(self, cid: int) -> None:
+        rng = random.Random(self.rng.random() + cid)
+        seq = 0
+        last: dict[str, tuple[str | None, int]] = {}
+        avoid: dict[int, float] = {}  # like a real client, stay away from a server that just failed us
+        while not self.stop.is_set():
+            now = time.monotonic()
+            choices = [i for i in range(len(self.servers)) if avoid.get(i, 0.0) < now] or list(range(len(self.servers)))
+            i = rng.choice(choices)
+            key = rng.choice(self.keys)
+            seq += 1
+            kind = rng.choice(["put", "get", "get", "cas"])
+            if kind == "cas" and key not in last:
+                kind = "get"
+            if not self._one(cid, i, kind, key, f"c{cid}-{seq}", last):
+                avoid[i] = time.monotonic() + 2.0
+
+    def _one(self, cid: int, via: int, kind: str, key: str, value: str,
+             last: dict[str, tuple[str | None, int]]) -> bool:
+        """One operation, recorded; False when the server failed to answer it."""
+        a = self.servers[via]
+        expect, index = last.get(key, (None, 0))
+        start = time.monotonic()
+        try:
+            if kind == "get":
+                status, body, _ = self._http(a, "GET", f"/v1/kv/{key}?consistent", None)
+                if status not in (200, 404):
+                    return False  # a failed read has no effect and tells nothing
+                result = None
+                if status == 200:
+                    row = json.loads(body)[0]
+                    result = base64.b64decode(row["Value"]).decode()
+                    last[key] = (result, row["ModifyIndex"])
+                else:
+                    last[key] = (None, 0)
+                self._add(via, Op(cid, "get", key, None, None, start, time.monotonic(), result))
+                return True
+            path = f"/v1/kv/{key}" + (f"?cas={index}" if kind == "cas" else "")
+            status, body, _ = self._http(a, "PUT", path, value.encode())
+            if _never_applied(status, body):
+                return False
+            if status != 200:
+                self._add(via, Op(cid, kind, key, value, expect, start, None, None))
+                return False
+            result = json.loads(body) is True if kind == "cas" else True
+            self._add(via, Op(cid, kind, key, value, expect if kind == "cas" else None, start, time.monotonic(),
+                              result))
+            return True
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, ConnectionRefusedError):
+                return False  # never sent: the server is down
+            unknown = True
+        except (OSError, TimeoutError):
+            unknown = True
+        if unknown and kind != "get":  # the write may or may not have happened
+            self._add(via, Op(cid, kind, key, value, expect if kind == "cas" else None, start, None, None))
+        return False
+
+    def _add(self, via: int, op: Op) -> None:
+        with self.lock:
+            self.ops.append(op)
+            self.via.append(via)
+
+
+def _never_applied(status: int, body: bytes) -> bool:
+    """A 500 "No cluster leader" means the write was never proposed (the agent only says so then);
+    any other failure leaves the outcome unknown."""
+    return status == 500 and body.startswith(b"No cluster leader")
+
+
+def test_history_is_linearizable_through_kill_restart_and_partition(cluster: ServerCluster, tmp_path: Path) -> None:
+    rec = Recorder(cluster.servers, ["x", "y", "z"], seed=int(time.time()))
+    threads = [threading.Thread(target=rec.client, args=(i,), daemon=True) for i in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(rec.ops) > 100, 20.0, message="some history")
+        lead = cluster.leader()
+        lead.stop(signal.SIGKILL)
+        cluster.leader(timeout=15.0)
+        n = len(rec.ops)
+        wait_for(lambda: len(rec.ops) > n + 50, 20.0, message="progress without the old leader")
+        lead.start_background()
+        lead.wait_ready(30)
+        # Cut a follower off for longer than an election timeout (pre-vote keeps it from disrupting
+        # anyone when it comes back), then cut off the leader itself: the majority elects another,
+        # and the old leader must not answer a consistent read or acknowledge a write meanwhile.
+        for victim in (cluster.followers()[0], cluster.leader()):
+            others = [a for a in cluster.servers if a is not victim]
+            names = [f"s{cluster.servers.index(a)}" for a in others]
+            assert victim.put("/v1/agent/debug/partition", {"Block": names})[0] == 200
+            cut = time.monotonic()
+            n = len(rec.ops)
+            wait_for(lambda n=n, cut=cut: len(rec.ops) > n + 50 and time.monotonic() - cut > 2.5, 20.0,
+                     message="progress with a server partitioned away")
+            assert victim.put("/v1/agent/debug/partition", {"Block": []})[0] == 200
+            n = len(rec.ops)
+            wait_for(lambda n=n: len(rec.ops) > n + 50, 20.0, message="progress after healing")
+    finally:
+        rec.stop.set()
+        for t in threads:
+            t.join(15)
+    assert not rec.errors, rec.errors
+    completed = [op for op in rec.ops if op.complete is not None]
+    assert sum(op.kind != "get" for op in completed) > 50
+    unknown = sum(op.complete is None for op in rec.ops)
+    result = check(rec.ops, timeout=60.0)
+    if not result.ok:
+        (tmp_path / "history.json").write_text(json.dumps([dict(op.__dict__, via=v) for op, v in
+                                                           zip(rec.ops, rec.via, strict=True)]))
+    assert result.ok, (f"not linearizable on key {result.key} ({len(rec.ops)} ops, {unknown} with unknown "
+                       f"outcome; history in {tmp_path / 'history.json'}): {result.reason}")
+
+
+def test_debug_endpoints_are_off_by_default(dev_agent: AgentProcess) -> None:
+    status, body = dev_agent.put("/v1/agent/debug/partition", {"Block": []})
+    assert status == 403 and "enable_debug" in body
+    assert free_port() > 0
