@@ -180,7 +180,8 @@ class Cluster:
                 storage = FileStorage(Path(cfg.data_dir) / "raft")
             except RaftError as e:
                 raise ClusterError(str(e)) from None
-        options = NodeOptions(tick_interval=cfg.raft_tick, election_ticks=cfg.raft_election_ticks)
+        options = NodeOptions(tick_interval=cfg.raft_tick, election_ticks=cfg.raft_election_ticks,
+                              snapshot_threshold=cfg.raft_snapshot_threshold, trailing_logs=cfg.raft_trailing_logs)
         self.raft = RaftNode(cfg.node_id, CatalogFSM(server.store), storage, bind=f"{cfg.bind_addr}:{bound}",
                              options=options, rng=random.Random(self.rng.getrandbits(64)),
                              advertise=self.rpc_address, transport_options={"listen": False, "preamble": MUX_RAFT})

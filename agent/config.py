@@ -82,6 +82,8 @@ class AgentConfig:
     suspect_after: float = 5.0  # a member whose heartbeat stalls this long is failed
     raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader
     raft_election_ticks: int = 8
+    raft_snapshot_threshold: int = 8192  # applied entries between snapshots
+    raft_trailing_logs: int = 1024  # entries kept behind a snapshot for slightly slow followers
     config_files: list[str] = field(default_factory=list)
     config_dirs: list[str] = field(default_factory=list)
 
@@ -284,6 +286,11 @@ def merge_file_data(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.sync_interval = _dur(key, value, src)
             if cfg.sync_interval < 1:
                 raise ConfigError(f"{src}: ae_interval must be at least 1s")
+        elif key in ("raft_snapshot_threshold", "raft_trailing_logs"):
+            n = _int(key, value, src)
+            if n < 1:
+                raise ConfigError(f"{src}: {key} must be at least 1")
+            setattr(cfg, key, n)
         elif key == "enable_debug":
             cfg.enable_debug = _bool(key, value, src)
         elif key == "retry_interval":

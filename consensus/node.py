@@ -437,6 +437,8 @@ class RaftNode:
                 if not (early and m.type in LEADER_EARLY):
                     self.transport.send(m)
         if rd.snapshot is not None:
+            log.info("raft server %s: installing a snapshot from the leader at index %d (term %d, %d bytes)",
+                     self.id, rd.snapshot.index, rd.snapshot.term, len(rd.snapshot.data))
             self.fsm.restore(rd.snapshot.data)
             self._applied = self._snapshot_index = rd.snapshot.index
             for index in [i for i in self._proposals if i <= rd.snapshot.index]:

@@ -182,16 +182,17 @@ def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
 class ServerCluster:
     """N `proconsul agent --server --bootstrap-expect N` processes that find each other by retry-join."""
 
-    def __init__(self, workdir: Path, n: int = 3, *, extra_args: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, n: int = 3, *, extra_args: list[str] | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.workdir = Path(workdir)
-        config = self.workdir / "debug.json"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config.write_text('{"enable_debug": true}')
+        config_path = self.workdir / "cluster.json"
+        config_path.write_text(json.dumps({"enable_debug": True, **(config or {})}))
         lan = [free_port() for _ in range(n)]
         self.servers: list[AgentProcess] = []
         for i in range(n):
             args = ["--server", "--bootstrap-expect", str(n), "--node", f"s{i}", "--data-dir",
-                    str(self.workdir / f"s{i}" / "data"), "--retry-interval", "1s", "--config-file", str(config)]
+                    str(self.workdir / f"s{i}" / "data"), "--retry-interval", "1s", "--config-file", str(config_path)]
             for j in range(n):
                 if j != i:
                     args += ["--retry-join", f"127.0.0.1:{lan[j]}"]

@@ -103,6 +103,39 @@ def test_kill_leader_failover_restart_keeps_every_acknowledged_write(cluster: Se
     assert len(lead.get("/v1/status/peers")[1]) == 3
 
 
+def test_lagging_follower_gets_a_snapshot_and_a_rolling_restart_keeps_the_data(tmp_path: Path) -> None:
+    # Small snapshot settings so a follower that misses a few hundred entries must be sent a snapshot.
+    cluster = ServerCluster(tmp_path, 3, config={"raft_snapshot_threshold": 64, "raft_trailing_logs": 16})
+    cluster.start()
+    try:
+        lead = cluster.leader()
+        lagging = cluster.followers()[0]
+        lagging.stop()
+        for i in range(300):
+            assert lead.put(f"/v1/kv/snap/k{i}", i)[0] == 200
+        lagging.start_background()
+        lagging.wait_ready(30)
+        want = lead.request("GET", "/v1/kv/snap/k299?consistent")[2]["X-Consul-Index"]
+        wait_for(lambda: int(lagging.request("GET", "/v1/kv/snap/k299?stale")[2]["X-Consul-Index"]) >= int(want),
+                 20.0, message="the lagging follower to install the snapshot and catch up")
+        assert len(lagging.get("/v1/kv/snap/?recurse&stale")[1]) == 300
+        assert "installing a snapshot from the leader" in lagging.log(), "caught up without InstallSnapshot"
+        # Rolling restart: one server at a time, waiting for a leader in between; nothing is lost.
+        for a in cluster.servers:
+            a.stop()
+            cluster.leader(timeout=20.0)
+            assert cluster.running()[0].put(f"/v1/kv/rolling/{a.workdir.name}", "ok")[0] == 200
+            a.start_background()
+            a.wait_ready(30)
+        lead = cluster.leader(timeout=20.0)
+        rows = lead.get("/v1/kv/?recurse&consistent")[1]
+        assert len([r for r in rows if r["Key"].startswith("snap/")]) == 300
+        assert sorted(r["Key"] for r in rows if r["Key"].startswith("rolling/")) == ["rolling/s0", "rolling/s1",
+                                                                                    "rolling/s2"]
+    finally:
+        cluster.stop()
+
+
 def test_client_agent_forwards_and_is_marked_critical_when_it_dies(cluster: ServerCluster, tmp_path: Path) -> None:
     s0 = cluster.servers[0]
     client = AgentProcess(tmp_path / "c1", dev=False, args=[
