@@ -7,7 +7,7 @@ from aiohttp import web
 from proconsul.catalog import commands as c
 
 from . import snapshot
-from .http_util import BadRequest, HTTPError, check_common, consul_headers
+from .http_util import BadRequest, check_common, consul_headers
 
 routes = web.RouteTableDef()
 
@@ -18,13 +18,10 @@ MAX_SNAPSHOT = 1 << 30
 async def save(request: web.Request) -> web.Response:
     check_common(request)
     agent = request.app["agent"]
-    if agent.store is None:
-        raise HTTPError("snapshots are taken on servers; this agent has no state store", 500)
-    await agent.consistent_read()
-    store = agent.store
-    data = snapshot.write(store.snapshot(), store.last_index, agent.config.datacenter)
-    return web.Response(body=data, content_type="application/octet-stream",
-                        headers=consul_headers(request, store.last_index))
+    # Taken by the leader after a ReadIndex round (forwarded from followers and client agents), or
+    # by whichever server is asked with ?stale — as Consul does.
+    index, data = await agent.cluster.operator_call("snapshot.save", {"stale": "stale" in request.query})
+    return web.Response(body=data, content_type="application/octet-stream", headers=consul_headers(request, index))
 
 
 @routes.put("/v1/snapshot")

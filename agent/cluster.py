@@ -456,6 +456,7 @@ class Cluster:
         reg("operator.raft_configuration", self._rpc_raft_configuration)
         reg("operator.raft_remove_peer", self._rpc_raft_remove_peer)
         reg("operator.raft_transfer_leader", self._rpc_raft_transfer)
+        reg("snapshot.save", self._rpc_snapshot_save)
 
     def _server(self) -> Any:
         if self.agent.server is None:
@@ -498,6 +499,17 @@ class Cluster:
 
     async def _rpc_raft_transfer(self, args: dict[str, Any]) -> Any:
         return await self.on_leader("operator.raft_transfer_leader", args, lambda: self.transfer_leader(**args))
+
+    async def _rpc_snapshot_save(self, args: dict[str, Any]) -> Any:
+        async def here() -> list[Any]:
+            from . import snapshot
+
+            if not args.get("stale"):
+                await self.agent.consistent_read()
+            store = self._server().store
+            return [store.last_index, snapshot.write(store.snapshot(), store.last_index, self.config.datacenter)]
+
+        return await self.on_leader("snapshot.save", args, here)
 
     async def on_leader(self, method: str, args: dict[str, Any], local: Any) -> Any:
         """Run `local()` here if this server leads, else forward the call to the leader."""

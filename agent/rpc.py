@@ -30,7 +30,7 @@ log = logging.getLogger("proconsul.rpc")
 MUX_RPC = b"\x00"
 MUX_RAFT = b"\x01"
 LENGTH = struct.Struct(">I")
-MAX_FRAME = 16 << 20
+MAX_FRAME = 64 << 20  # as the Raft transport's: a snapshot restore travels as one command
 DIAL_TIMEOUT = 2.0
 
 

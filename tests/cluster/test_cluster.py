@@ -148,6 +148,13 @@ def test_client_agent_forwards_and_is_marked_critical_when_it_dies(cluster: Serv
                  message="the client's service in the servers' catalog")
         assert client.put("/v1/kv/from-client", "x") == (200, True)
         assert client.get("/v1/kv/from-client?raw")[1] == '"x"'
+        # A snapshot asked of a client agent is taken by the leader and restores through the log.
+        snap = tmp_path / "backup.snap"
+        ok(client, "snapshot", "save", str(snap))
+        assert json.loads(ok(client, "snapshot", "inspect", str(snap), "--format", "json"))["Counts"]["KV"] >= 1
+        assert client.put("/v1/kv/from-client", "changed") == (200, True)
+        ok(client, "snapshot", "restore", str(snap))
+        assert s0.get("/v1/kv/from-client?raw&consistent")[1] == '"x"'
         members = {m["Name"]: m for m in client.get("/v1/agent/members")[1]}
         assert {"s0", "s1", "s2", "c1"} <= set(members)
         assert sorted(client.get("/v1/status/peers")[1]) == sorted(
