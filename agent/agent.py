@@ -49,7 +49,10 @@ class Agent:
             self.store = StateStore(config.datacenter)
             # Until Raft is up (Cluster.start), this server has no leader and serves nothing locally.
             self.server = ServerRole(self.store, StartingReplicator(), address=self.rpc_address, rng=self.rng)
-        self.cluster = Cluster(self)
+        try:
+            self.cluster = Cluster(self)
+        except ClusterError as e:
+            raise AgentError(str(e)) from None
         self.backend: Any = self.server if self.server is not None else RemoteBackend(self.cluster)
         self.read_cache = ReadCache(self.store) if self.store is not None else None
         self.node = {

@@ -43,6 +43,7 @@ from .rpc import (
     ServerPort,
     register_error,
 )
+from .rpc_tls import TLSConfigError, rpc_tls
 from .version import PROTOCOL, VERSION
 
 if TYPE_CHECKING:
@@ -114,7 +115,11 @@ class Cluster:
         self.agent = agent
         self.config = cfg
         self.rng = random.Random(agent.rng.getrandbits(64))
-        self.pool = RPCPool()
+        try:
+            self.tls = rpc_tls(cfg)
+        except TLSConfigError as e:
+            raise ClusterError(str(e)) from None
+        self.pool = RPCPool(self.tls.client, self.tls.server_hostname)
         self.rpc = RPCServer()
         self.raft: RaftNode | None = None
         self.port: ServerPort | None = None
@@ -164,7 +169,7 @@ class Cluster:
         cfg = self.config
         server = self.agent.server
         assert server is not None
-        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft)
+        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft, self.tls.server)
         try:
             bound = await self.port.start()
         except OSError as e:
@@ -184,7 +189,9 @@ class Cluster:
                               snapshot_threshold=cfg.raft_snapshot_threshold, trailing_logs=cfg.raft_trailing_logs)
         self.raft = RaftNode(cfg.node_id, CatalogFSM(server.store), storage, bind=f"{cfg.bind_addr}:{bound}",
                              options=options, rng=random.Random(self.rng.getrandbits(64)),
-                             advertise=self.rpc_address, transport_options={"listen": False, "preamble": MUX_RAFT})
+                             advertise=self.rpc_address, client_ssl=self.tls.client,
+                             transport_options={"listen": False, "preamble": MUX_RAFT,
+                                                "server_hostname": self.tls.server_hostname})
         await self.raft.start()
         server.replicator = RaftReplicator(self.raft)
         server.forward = self.forward

@@ -40,6 +40,25 @@ class DNSConfig:
 
 
 @dataclass
+class TLSSettings:
+    """TLS for the server port (Raft and RPC): Consul's `tls.internal_rpc` / legacy top-level keys."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    verify_incoming: bool = False
+    verify_outgoing: bool = False
+    verify_server_hostname: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.verify_outgoing)
+
+
+TLS_KEYS = ("ca_file", "cert_file", "key_file", "verify_incoming", "verify_outgoing", "verify_server_hostname")
+
+
+@dataclass
 class AgentConfig:
     dev: bool = False
     server: bool = False
@@ -76,6 +95,7 @@ class AgentConfig:
     check_update_interval: float = 300.0
     sync_interval: float = 60.0
     leave_on_terminate: bool = False
+    tls: TLSSettings = field(default_factory=TLSSettings)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
     gossip_interval: float = 1.0  # LAN push-pull period
@@ -286,6 +306,18 @@ def merge_file_data(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.sync_interval = _dur(key, value, src)
             if cfg.sync_interval < 1:
                 raise ConfigError(f"{src}: ae_interval must be at least 1s")
+        elif key in TLS_KEYS:
+            _merge_tls(cfg.tls, {key: value}, src, "")
+        elif key == "tls":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{src}: tls must be an object")
+            for section in ("defaults", "internal_rpc"):  # internal_rpc wins over defaults
+                if section in value:
+                    _merge_tls(cfg.tls, value[section], src, f"tls.{section}.")
+            for section in value:
+                if section not in ("defaults", "internal_rpc"):
+                    raise ConfigError(f"{src}: tls.{section} is not supported yet (TLS covers the server port "
+                                      "only: use tls.defaults or tls.internal_rpc)")
         elif key in ("raft_snapshot_threshold", "raft_trailing_logs"):
             n = _int(key, value, src)
             if n < 1:
@@ -303,10 +335,24 @@ def merge_file_data(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             raise ConfigError(f"{src}: unknown config key {key!r}")
 
 
-NOT_YET = {"acl": "no ACL system yet", "tls": "agent listeners are plain HTTP/DNS for now",
+NOT_YET = {"acl": "no ACL system yet",
            "encrypt": "no gossip encryption yet", "telemetry": "metrics are served at /v1/agent/metrics only",
-           "auto_encrypt": "needs agent TLS", "verify_incoming": "needs agent TLS", "verify_outgoing": "needs agent TLS",
+           "auto_encrypt": "agent certificates are provisioned by hand (proconsul tls cert create)",
            "primary_datacenter": "no federation yet", "retry_join_wan": "no federation yet"}
+
+
+def _merge_tls(tls: TLSSettings, value: Any, src: str, prefix: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: {prefix.rstrip('.') or 'tls'} must be an object")
+    for k, v in value.items():
+        if k in ("ca_file", "cert_file", "key_file"):
+            if not isinstance(v, str):
+                raise ConfigError(f"{src}: {prefix}{k} must be a file path")
+            setattr(tls, k, v)
+        elif k in ("verify_incoming", "verify_outgoing", "verify_server_hostname"):
+            setattr(tls, k, _bool(prefix + k, v, src))
+        else:
+            raise ConfigError(f"{src}: {prefix}{k} is not supported (known: {', '.join(TLS_KEYS)})")
 
 
 def _check_obj(key: str, item: Any, src: str) -> dict[str, Any]:

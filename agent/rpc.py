@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -160,8 +161,10 @@ class RPCServer:
 class RPCConnection:
     """One multiplexed client connection to a server's RPC port."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
         self.address = address
+        self.tls = tls
+        self.server_hostname = server_hostname
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -179,9 +182,10 @@ class RPCConnection:
                 return
             host, _, port = self.address.rpartition(":")
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host.strip("[]"), int(port)), DIAL_TIMEOUT)
-            except (OSError, TimeoutError, ValueError) as e:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    host.strip("[]"), int(port), ssl=self.tls,
+                    server_hostname=(self.server_hostname or host.strip("[]")) if self.tls else None), DIAL_TIMEOUT)
+            except (OSError, TimeoutError, ValueError, ssl.SSLError) as e:
                 raise RPCNotSent(f"cannot reach server {self.address}: {e or 'timeout'}") from None
             writer.write(MUX_RPC)
             self._reader, self._writer = reader, writer
@@ -247,13 +251,15 @@ class RPCConnection:
 class RPCPool:
     """One connection per server address, opened on first use and re-opened after it breaks."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
         self._conns: dict[str, RPCConnection] = {}
+        self.tls = tls
+        self.server_hostname = server_hostname
 
     async def call(self, address: str, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
         conn = self._conns.get(address)
         if conn is None:
-            conn = self._conns[address] = RPCConnection(address)
+            conn = self._conns[address] = RPCConnection(address, self.tls, self.server_hostname)
         return await conn.call(method, args, timeout)
 
     async def close(self) -> None:
@@ -266,7 +272,9 @@ class ServerPort:
     """The listener on the server port: reads the mux byte and hands the connection on."""
 
     def __init__(self, bind: str, port: int, rpc: RPCServer,
-                 raft: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None) -> None:
+                 raft: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls  # when set, every connection is TLS (the mux byte comes inside it)
         self.bind = bind
         self.port = port
         self.rpc = rpc
@@ -275,7 +283,8 @@ class ServerPort:
         self._conns: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, self.bind, self.port)
+        self._server = await asyncio.start_server(self._accept, self.bind, self.port, ssl=self.tls,
+                                                  ssl_handshake_timeout=10.0 if self.tls else None)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

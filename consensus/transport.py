@@ -80,10 +80,11 @@ class Transport:
                  server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME, queue_size: int = 4096, backoff_base: float = 0.05,
                  backoff_max: float = 2.0, dial_timeout: float = 2.0, advertise: str | None = None,
-                 listen: bool = True, preamble: bytes = b"") -> None:
+                 listen: bool = True, preamble: bytes = b"", server_hostname: str | None = None) -> None:
         self.node_id = node_id
         self.listen = listen  # False: someone else owns the port and hands us connections (serve_connection)
         self.preamble = preamble  # bytes written before the hello on every outbound connection (a mux tag)
+        self.server_hostname = server_hostname  # the name to check on peers' certificates (default: their host)
         self.bind = bind
         self.advertise = advertise
         self.on_message = on_message
@@ -189,7 +190,8 @@ class Transport:
                 self.stats["dials"] += 1
                 _, writer = await asyncio.wait_for(
                     asyncio.open_connection(host, port, ssl=self.client_ssl,
-                                            server_hostname=host if self.client_ssl else None),
+                                            server_hostname=(self.server_hostname or host) if self.client_ssl
+                                            else None),
                     self.dial_timeout)
                 self._writers.add(writer)
                 writer.write(self.preamble + encode_hello(self.node_id, self.address))
