@@ -100,6 +100,29 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
 Method = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
+class CoalescingWriter:
+    """Frames written during one event-loop turn leave in one `write` (one send syscall) — under
+    load many calls and answers share a connection, and a syscall per frame is most of their cost."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._buf: list[bytes] = []
+
+    def write(self, frame: bytes) -> None:
+        if not self._buf:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._buf.append(frame)
+
+    def _flush(self) -> None:
+        data, self._buf = b"".join(self._buf), []
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.drain()
+
+
 class RPCServer:
     """Dispatches RPC calls to registered methods: `methods[name](args) -> result`."""
 
@@ -113,13 +136,14 @@ class RPCServer:
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         calls: set[asyncio.Task[Any]] = set()
+        out = CoalescingWriter(writer)
         try:
             while True:
                 frame = await read_frame(reader)
                 if (type(frame) is not list or len(frame) != 3 or type(frame[0]) is not int
                         or type(frame[1]) is not str or type(frame[2]) is not dict):
                     raise ValueError("not an RPC request frame")
-                task = asyncio.get_running_loop().create_task(self._call(writer, *frame))
+                task = asyncio.get_running_loop().create_task(self._call(out, *frame))
                 calls.add(task)
                 task.add_done_callback(calls.discard)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -132,7 +156,7 @@ class RPCServer:
                 task.cancel()
             writer.close()
 
-    async def _call(self, writer: asyncio.StreamWriter, seq: int, name: str, args: dict[str, Any]) -> None:
+    async def _call(self, out: CoalescingWriter, seq: int, name: str, args: dict[str, Any]) -> None:
         self.stats["calls"] += 1
         method = self.methods.get(name)
         error: list[str] | None = None
@@ -152,10 +176,8 @@ class RPCServer:
             frame = pack([seq, error, result])
         except (TypeError, ValueError) as exc:
             frame = pack([seq, ["RPCError", f"result of {name} cannot be encoded: {exc}"], None])
-        if not writer.is_closing():
-            writer.write(frame)
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.drain()
+        out.write(frame)
+        await out.drain()
 
 
 class RPCConnection:
@@ -167,6 +189,7 @@ class RPCConnection:
         self.server_hostname = server_hostname
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._out: CoalescingWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._seq = 0
         self._reader_task: asyncio.Task[None] | None = None
@@ -188,7 +211,7 @@ class RPCConnection:
             except (OSError, TimeoutError, ValueError, ssl.SSLError) as e:
                 raise RPCNotSent(f"cannot reach server {self.address}: {e or 'timeout'}") from None
             writer.write(MUX_RPC)
-            self._reader, self._writer = reader, writer
+            self._reader, self._writer, self._out = reader, writer, CoalescingWriter(writer)
             self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader, writer))
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -220,13 +243,13 @@ class RPCConnection:
     async def call(self, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
         if not self.alive:
             await self._connect()
-        assert self._writer is not None
+        assert self._out is not None
         self._seq += 1
         seq = self._seq
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
         try:
-            self._writer.write(pack([seq, method, args]))
+            self._out.write(pack([seq, method, args]))
         except (ConnectionError, OSError) as e:
             self._pending.pop(seq, None)
             raise RPCNotSent(f"server {self.address}: {e}") from None
