@@ -14,7 +14,6 @@ import contextlib
 import logging
 import random
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -70,10 +69,6 @@ class NodeOptions:
     max_inflight: int = 64
     max_uncommitted_bytes: int = 64 << 20  # proposals beyond this much uncommitted data raise ProposalDropped
     conf_change_timeout: float = 10.0
-    # Storage calls that recently took less than this run inline on the event loop: on a fast disk
-    # the hand-off to a worker thread and back costs more than the fsync itself. Slower calls (or a
-    # disk that turns slow) go to the executor, so the loop never stalls for long.
-    inline_io_below: float = 0.0005
 
     def raft_config(self) -> RaftConfig:
         return RaftConfig(election_ticks=self.election_ticks, heartbeat_ticks=self.heartbeat_ticks,
@@ -118,8 +113,7 @@ class RaftNode:
         self._fatal: BaseException | None = None
         self._sync_storage = isinstance(self.storage, MemoryStorage)
         self._io_future: asyncio.Future[Any] | None = None
-        self._io_cost = 1.0  # moving average of a storage call's duration, seconds (start pessimistic)
-        self._io_calls = 0
+
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -330,23 +324,10 @@ class RaftNode:
         half-done write behind when stop() then closes the storage."""
         if self._sync_storage:
             return fn(*args)
-        self._io_calls += 1
-        if self._io_cost < self.options.inline_io_below and self._io_calls % 64:
-            t0 = time.perf_counter()
-            result = fn(*args)
-            self._io_cost = 0.8 * self._io_cost + 0.2 * (time.perf_counter() - t0)
-            return result
-        fut = asyncio.get_running_loop().run_in_executor(None, self._timed, fn, *args)
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
         self._io_future = fut
         return await asyncio.shield(fut)
 
-    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn` (in a worker thread) and fold its duration into the moving average."""
-        t0 = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self._io_cost = 0.8 * self._io_cost + 0.2 * (time.perf_counter() - t0)
 
     def _resolve(self, server_id: str) -> str | None:
         return self.core.config.address(server_id) if self.core else None
