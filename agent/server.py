@@ -26,6 +26,7 @@ from proconsul.catalog.store import StateStore
 from proconsul.consensus.errors import NotLeader, ProposalDropped
 
 from .queries import get_query
+from .rpc import NoLeader, RPCNotSent, RPCUnavailable
 from .watch import ChangeNotifier
 
 log = logging.getLogger("proconsul.server")
@@ -43,6 +44,9 @@ class NotLeaderError(Exception):
 
 LEADER_HOLD = 7.0  # how long a call waits for a leader to appear (Consul's rpc_hold_timeout)
 Forward = Callable[..., Awaitable[Any]]
+# Failures after which a call is safe to try again: nothing was proposed (or it is a read).
+_RETRY: tuple[type[BaseException], ...] = (NotLeader, ProposalDropped, NoLeader, RPCNotSent)
+_RETRY_IDEMPOTENT = (*_RETRY, RPCUnavailable)
 
 
 class Replicator(Protocol):
@@ -151,12 +155,12 @@ class ServerRole:
         after the call was sent) is not retried — a second copy could apply twice — and the caller
         hears so; reads (`idempotent`) are retried.
         """
-        from .rpc import NoLeader, RPCNotSent, RPCUnavailable
-
-        retry: tuple[type[BaseException], ...] = (NotLeader, ProposalDropped, NoLeader, RPCNotSent)
-        if idempotent:
-            retry += (RPCUnavailable,)
-
+        if self.replicator.is_leader:  # the common case on the leader: no retry bookkeeping
+            try:
+                return await here()
+            except (NotLeader, ProposalDropped):
+                pass  # leadership moved between the check and the proposal: take the slow path
+        retry = _RETRY_IDEMPOTENT if idempotent else _RETRY
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEADER_HOLD
         while True:
