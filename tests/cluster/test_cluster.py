@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from linearizability import Op, check
-from support import AgentProcess, ServerCluster, free_port, ok, wait_for
+from support import AgentProcess, ServerCluster, free_port, ok, one_line_error, run, wait_for
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -71,6 +71,18 @@ def test_servers_bootstrap_replicate_and_report(cluster: ServerCluster) -> None:
     assert "Success" in ok(f2, "operator", "raft", "transfer-leader", "--id", target["ID"])
     assert cluster.leader() is f1
     assert f2.get("/v1/kv/greeting?raw")[1] == '"hello"'  # default reads follow the new leader
+    # A server that is gone for good: once gossip calls it failed, the operator removes it from Raft.
+    gone = next(a for a in cluster.servers if a is not f1)
+    gone.stop()
+    name = f"s{cluster.servers.index(gone)}"
+    wait_for(lambda: {m["Name"]: m["Status"] for m in f1.get("/v1/agent/members")[1]}.get(name) == 4, 20.0,
+             message=f"{name} to be failed")
+    assert "Removed peer" in ok(f1, "operator", "raft", "remove-peer", "--address", f"127.0.0.1:{gone.server_port}")
+    servers = f1.get("/v1/operator/raft/configuration")[1]["Servers"]
+    assert sorted(srv["Node"] for srv in servers) == sorted(f"s{cluster.servers.index(a)}" for a in cluster.running())
+    assert f1.put("/v1/kv/after-removal", "ok") == (200, True)  # 2 of 2 voters now
+    assert "no server with address" in one_line_error(run(f1, "operator", "raft", "remove-peer", "--address",
+                                                          "127.0.0.1:1"))
 
 
 def test_kill_leader_failover_restart_keeps_every_acknowledged_write(cluster: ServerCluster) -> None:
