@@ -464,6 +464,7 @@ class Cluster:
         reg("operator.raft_remove_peer", self._rpc_raft_remove_peer)
         reg("operator.raft_transfer_leader", self._rpc_raft_transfer)
         reg("snapshot.save", self._rpc_snapshot_save)
+        reg("dns.query", self._rpc_dns_query)
 
     def _server(self) -> Any:
         if self.agent.server is None:
@@ -506,6 +507,19 @@ class Cluster:
 
     async def _rpc_raft_transfer(self, args: dict[str, Any]) -> Any:
         return await self.on_leader("operator.raft_transfer_leader", args, lambda: self.transfer_leader(**args))
+
+    async def _rpc_dns_query(self, args: dict[str, Any]) -> Any:
+        """A client agent's DNS question, answered from this server's replica (stale, as Consul's DNS)."""
+        handler = self.agent.dns_handler
+        packet = args.get("packet")
+        if handler is None or not hasattr(handler, "answerer") or not isinstance(packet, bytes):
+            raise ClusterError("this server does not answer DNS (dns port -1)" if handler is None
+                               else "dns.query needs a packet")
+        response, recurse = handler.handle(packet, bool(args.get("udp", True)))
+        return None if recurse else response
+
+    async def dns_forward(self, packet: bytes, udp: bool) -> bytes | None:
+        return await self.call_any_server("dns.query", {"packet": packet, "udp": udp}, timeout=5.0)
 
     async def _rpc_snapshot_save(self, args: dict[str, Any]) -> Any:
         async def here() -> list[Any]:

@@ -142,16 +142,22 @@ class DNSHandler:
         """Relay a question to the recursors in order (over the client's transport); SERVFAIL when none
         answers within the timeout."""
         self.stats["recursed"] += 1
-        for host, port in self.recursors:
-            try:
-                exchange = _exchange_tcp if tcp else _exchange_udp
-                return await asyncio.wait_for(exchange(host, port, packet), self.recursor_timeout)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError) as e:
-                log.warning("recursor %s:%d did not answer: %s", host, port, e or "timeout")
-        reply = error_reply(packet, RCODE.SERVFAIL)
-        if reply is not None:  # recursion is available, it just failed
-            reply = reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]
-        return reply
+        return await relay_to_recursors(self.recursors, self.recursor_timeout, packet, tcp)
+
+
+async def relay_to_recursors(recursors: list[tuple[str, int]], timeout: float, packet: bytes,
+                             tcp: bool = False) -> bytes | None:
+    """Ask the recursors in order (over the client's transport); SERVFAIL when none answers in time."""
+    for host, port in recursors:
+        try:
+            exchange = _exchange_tcp if tcp else _exchange_udp
+            return await asyncio.wait_for(exchange(host, port, packet), timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as e:
+            log.warning("recursor %s:%d did not answer: %s", host, port, e or "timeout")
+    reply = error_reply(packet, RCODE.SERVFAIL)
+    if reply is not None:  # recursion is available, it just failed
+        reply = reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]
+    return reply
 
 
 async def _exchange_udp(host: str, port: int, packet: bytes) -> bytes:

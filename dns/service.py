@@ -20,6 +20,7 @@ from proconsul.catalog.store import CHECKS, NODES, PASSING, SERVICES, StateStore
 
 from .answer import Answerer, DNSSettings, Instance, Node
 from .errors import DNSServiceError, ListenError
+from .forward import ForwardingHandler
 from .server import DNSHandler, parse_recursor, serve
 
 log = logging.getLogger("proconsul.dns")
@@ -154,14 +155,19 @@ def attach(agent: Any) -> None:
     from proconsul.agent.agent import AgentError
 
     cfg = agent.config
-    if cfg.dns_port < 0 or agent.store is None:
+    if cfg.dns_port < 0:
         return
     try:
         recursors = [parse_recursor(r) for r in cfg.recursors]
     except DNSServiceError as e:
         raise AgentError(f"invalid recursors setting: {e}") from None
-    handler = DNSHandler(Answerer(settings_from_config(cfg)), StoreView(agent.store), recursors,
-                         cfg.dns.recursor_timeout)
+    handler: Any
+    if agent.store is None:  # a client agent: a server answers for our domains
+        handler = ForwardingHandler([cfg.domain, cfg.alt_domain], agent.cluster.dns_forward, recursors,
+                                    cfg.dns.recursor_timeout)
+    else:
+        handler = DNSHandler(Answerer(settings_from_config(cfg)), StoreView(agent.store), recursors,
+                             cfg.dns.recursor_timeout)
     agent.dns_handler = handler
 
     async def dns_listener(agent: Any, stop: asyncio.Event) -> None:

@@ -11,6 +11,7 @@ import base64
 import json
 import random
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -160,6 +161,16 @@ def test_client_agent_forwards_and_is_marked_critical_when_it_dies(cluster: Serv
                  message="the client's service in the servers' catalog")
         assert client.put("/v1/kv/from-client", "x") == (200, True)
         assert client.get("/v1/kv/from-client?raw")[1] == '"x"'
+        # The client answers DNS for our domain through a server, and refuses other names (no recursor).
+        def dig(*args: str) -> str:
+            return subprocess.run(["dig", "@127.0.0.1", "-p", str(client.dns_port), "+time=3", "+tries=1", *args],
+                                  capture_output=True, text=True, timeout=20).stdout
+        wait_for(lambda: "80 c1.node.dc1.mesh." in dig("web.service.mesh", "SRV", "+short"),
+                 message="the client's DNS to answer through a server")
+        assert "127.0.0.1" in dig("c1.node.mesh", "A", "+short")
+        assert "status: NXDOMAIN" in dig("nope.service.mesh", "A")
+        assert "status: REFUSED" in dig("example.com", "A")
+        assert "status: NOERROR" in dig("web.service.mesh", "SRV", "+tcp")
         # A snapshot asked of a client agent is taken by the leader and restores through the log.
         snap = tmp_path / "backup.snap"
         ok(client, "snapshot", "save", str(snap))
