@@ -67,7 +67,8 @@ class Agent:
         self.local = LocalState(self.node, self.backend.apply, self._read_own_node,
                                 check_update_interval=config.check_update_interval,
                                 sync_interval=config.sync_interval,
-                                data_dir=None if config.dev else config.data_dir, rng=self.rng)
+                                data_dir=None if config.dev else config.data_dir, rng=self.rng,
+                                cluster_size=lambda: len(self.members()))
         self.checks = CheckManager(self._check_result, self.rng)
         self.checks.context["agent"] = self
         self.events = EventBuffer(config.node_name)
@@ -222,8 +223,9 @@ class Agent:
 
     async def register_check(self, defn: dict[str, Any], *, persist: bool = True) -> None:
         cid = defn.get("CheckID") or defn.get("Name")
-        if defn.get("Kind") == "script" and not (self.config.enable_script_checks
-                                                 or self.config.enable_local_script_checks):
+        # Consul: enable_local_script_checks admits scripts from config files only (persist=False), never the API.
+        if defn.get("Kind") == "script" and not (self.config.enable_script_checks or (
+                self.config.enable_local_script_checks and not persist)):
             from .http_util import BadRequest
 
             raise BadRequest("Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
@@ -246,14 +248,17 @@ class Agent:
 
     def update_ttl_check(self, cid: str, status: str, output: str) -> None:
         runner = self.checks.runner(cid)
-        if runner is not None and hasattr(runner, "touch"):
-            runner.touch()
-        self.local.update_check(cid, status, output)
-        self._notify_local()
+        if not hasattr(runner, "set_status"):
+            from .http_util import NotFoundHTTP
+
+            raise NotFoundHTTP(f'CheckID "{cid}" does not have associated TTL')
+        output = runner.set_status(status, output)  # re-arms the TTL, cuts the output to OutputMaxSize
+        if self.local.update_check(cid, status, output, ttl_update=True):
+            self._notify_local()
 
     def _check_result(self, cid: str, status: str, output: str) -> None:
-        self.local.update_check(cid, status, output)
-        self._notify_local()
+        if self.local.update_check(cid, status, output):
+            self._notify_local()
 
     def _notify_local(self) -> None:
         self._local_changed.set()
@@ -321,13 +326,19 @@ class Agent:
     async def _restore_persisted(self) -> None:
         services, checks = self.local.load()
         for row in services:
-            self.local.add_service(row)
+            self.local.add_service(row, write=False)
         for row, defn in checks:
+            if defn.get("Kind") == "script" and not self.config.enable_script_checks:
+                log.error("not restoring script check %s: script checks are disabled on this agent "
+                          "(enable_script_checks)", row.get("CheckID"))
+                continue
             try:
-                self.local.add_check(row, defn)
+                self.local.add_check(row, defn, write=False)
             except KeyError:
                 continue
             self.checks.start(row["CheckID"], defn, row["Status"])
+        if self.local.migrated:
+            self.local.save()
         if services or checks:
             log.info("restored %d services and %d checks registered before the restart", len(services), len(checks))
 

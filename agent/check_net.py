@@ -16,6 +16,7 @@ from typing import Any
 from proconsul.catalog.store import CRITICAL, PASSING
 
 from .checks import RUNNERS, CheckManager, IntervalRunner, ResultSink
+from .duration import format_duration
 
 
 def _split(target: str) -> tuple[str, int]:
@@ -40,10 +41,11 @@ class TCPRunner(IntervalRunner):
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, ssl=self.tls,
-                                        server_hostname=self.defn.get("TLSServerName") or (self.host if self.tls else None)),
+                                        server_hostname=(self.defn.get("TLSServerName") or self.host)
+                                        if self.tls else None),
                 self.timeout)
         except TimeoutError:
-            return CRITICAL, f"dial tcp {self.target}: i/o timeout"
+            return CRITICAL, f"dial tcp {self.target}: i/o timeout after {format_duration(self.timeout)}"
         except (OSError, ssl.SSLError) as e:
             return CRITICAL, f"dial tcp {self.target}: {e.strerror or e}"
         writer.close()
@@ -51,7 +53,7 @@ class TCPRunner(IntervalRunner):
             await writer.wait_closed()
         except (OSError, ssl.SSLError):
             pass
-        return PASSING, f"TCP connect {self.target}: Success"
+        return PASSING, f"{'TCP+TLS' if self.tls else 'TCP'} connect {self.target}: Success"
 
 
 class _UDPProbe(asyncio.DatagramProtocol):
@@ -87,11 +89,11 @@ class UDPRunner(IntervalRunner):
         try:
             transport.sendto(self.PAYLOAD)
             await asyncio.wait_for(done, self.timeout)
-            return PASSING, f"UDP {self.target}: got a reply"
+            return PASSING, f"UDP connect {self.target}: Success (got a reply)"
         except TimeoutError:
-            return PASSING, f"UDP {self.target}: no reply and no error within {self.timeout:g}s"
+            return PASSING, f"UDP connect {self.target}: Success (no reply and no error within the timeout)"
         except OSError as e:
-            return CRITICAL, f"UDP {self.target}: {e.strerror or e}"
+            return CRITICAL, f"read udp {self.target}: {e.strerror or e}"
         finally:
             transport.close()
 

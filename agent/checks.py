@@ -16,7 +16,11 @@ from typing import Any, Protocol
 
 from proconsul.catalog.store import CRITICAL, PASSING, WARNING
 
+from .duration import format_duration
+
 log = logging.getLogger("proconsul.checks")
+DEFAULT_OUTPUT_MAX = 4096  # Consul's checks.DefaultBufSize
+DEFAULT_TIMEOUT = 10.0  # Consul's default probe timeout (script checks: 30 s)
 
 ResultSink = Callable[[str, str, str], None]  # (check id, status, output)
 
@@ -28,47 +32,55 @@ class Runner(Protocol):
 
 
 class StatusFilter:
-    """Consul's thresholds: a status counts only after N consecutive results of its kind."""
+    """Consul's StatusHandler: success_before_passing / failures_before_warning / failures_before_critical.
 
-    def __init__(self, defn: dict[str, Any], initial: str) -> None:
+    Warning counts as a success, as in Consul. The counters start at their thresholds, so the first
+    result after (re)registration is recorded as it is; after that a status must repeat enough times in a
+    row. A result held back by a threshold records nothing, not even its output.
+    """
+
+    def __init__(self, defn: dict[str, Any]) -> None:
         self.success_before_passing = int(defn.get("SuccessBeforePassing") or 0)
-        self.failures_before_warning = int(defn.get("FailuresBeforeWarning") or 0)
         self.failures_before_critical = int(defn.get("FailuresBeforeCritical") or 0)
-        if self.failures_before_warning == 0 and self.failures_before_critical:
-            self.failures_before_warning = self.failures_before_critical
-        self.successes = 0
-        self.failures = 0
-        self.current = initial
+        # Consul: FailuresBeforeWarning defaults to FailuresBeforeCritical.
+        self.failures_before_warning = int(defn.get("FailuresBeforeWarning") or self.failures_before_critical)
+        self.successes = self.success_before_passing
+        self.failures = self.failures_before_critical
 
-    def feed(self, status: str) -> str:
-        """The status to record after one raw result (may be the previous status)."""
-        if status == PASSING:
+    def feed(self, status: str) -> str | None:
+        """The status to record after one raw result, or None to record nothing."""
+        if status in (PASSING, WARNING):
             self.successes += 1
             self.failures = 0
-            if self.successes >= self.success_before_passing:
-                self.current = PASSING
-            return self.current
+            return status if self.successes >= self.success_before_passing else None
         self.successes = 0
         self.failures += 1
-        if status == WARNING:
-            if self.failures >= self.failures_before_warning:
-                self.current = WARNING
-            return self.current
         if self.failures >= self.failures_before_critical:
-            self.current = CRITICAL
-        elif self.failures >= self.failures_before_warning:
-            self.current = WARNING
-        return self.current
+            return CRITICAL
+        if self.failures >= self.failures_before_warning:
+            return WARNING
+        return None
+
+
+def truncate_output(output: str, limit: int) -> str:
+    """Consul's cut for outputs reported through the API (TTL updates): the head, and a note."""
+    if len(output) <= limit:
+        return output
+    return f"{output[:limit]} ... (captured {limit} of {len(output)} bytes)"
 
 
 class TTLRunner:
     """Critical with "TTL expired" unless updated within TTL; every update re-arms the timer."""
 
+    uses_thresholds = False  # Consul's TTL checks report straight to the local state
+
     def __init__(self, check_id: str, defn: dict[str, Any], sink: ResultSink) -> None:
         self.check_id = check_id
         self.ttl = float(defn["TTLSeconds"])
+        self.output_max = int(defn.get("OutputMaxSize") or DEFAULT_OUTPUT_MAX)
         self._sink = sink
         self._timer: asyncio.TimerHandle | None = None
+        self.last_output = ""
 
     def start(self) -> None:
         self._arm()
@@ -81,7 +93,17 @@ class TTLRunner:
     def _expired(self) -> None:
         self._timer = None
         log.info("check %s: TTL of %ss expired without an update, marking critical", self.check_id, self.ttl)
-        self._sink(self.check_id, CRITICAL, "TTL expired")
+        output = "TTL expired"
+        if self.last_output:
+            output += f" (last output before timeout follows): {self.last_output}"
+        self._sink(self.check_id, CRITICAL, output)
+
+    def set_status(self, status: str, output: str) -> str:
+        """An update from the application: re-arm the timer; returns the (possibly truncated) output."""
+        output = truncate_output(output, self.output_max)
+        self.last_output = output
+        self._arm()
+        return output
 
     def touch(self) -> None:
         self._arm()
@@ -94,6 +116,8 @@ class TTLRunner:
 
 class TaskRunner:
     """Base for runners that are one asyncio task (`_loop`), cancelled on stop."""
+
+    uses_thresholds = True  # results pass through the check's StatusFilter
 
     def __init__(self, check_id: str, sink: ResultSink, rng: random.Random) -> None:
         self.check_id = check_id
@@ -114,21 +138,29 @@ class TaskRunner:
 
 
 class IntervalRunner(TaskRunner):
-    """Base for checks that probe on an interval: jittered first run, never two probes at once."""
+    """Base for checks that probe on an interval: jittered first run, never two probes at once.
+
+    As in Consul, the next probe starts `interval` after the previous one finished, and a probe that
+    outlives its timeout is abandoned and reported critical, so a hanging target delays only itself.
+    """
+
+    default_timeout = DEFAULT_TIMEOUT
 
     def __init__(self, check_id: str, defn: dict[str, Any], sink: ResultSink, rng: random.Random) -> None:
         super().__init__(check_id, sink, rng)
         self.defn = defn
         self.interval = float(defn["IntervalSeconds"])
-        self.timeout = float(defn.get("TimeoutSeconds") or min(10.0, self.interval))
+        self.timeout = float(defn.get("TimeoutSeconds") or self.default_timeout)
 
     async def _loop(self) -> None:
         await asyncio.sleep(self._rng.random() * self.interval)  # spread first runs over one interval
         while True:
             try:
-                status, output = await asyncio.wait_for(self.probe(), self.timeout + 1.0)
+                # The probe bounds itself by `timeout`; this is the backstop if it does not.
+                async with asyncio.timeout(self.timeout + 1.0):
+                    status, output = await self.probe()
             except TimeoutError:
-                status, output = CRITICAL, f"Timed out ({self.timeout:g}s) running check"
+                status, output = CRITICAL, f"Timed out ({format_duration(self.timeout)}) running check"
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a probe bug must not kill the runner
@@ -157,13 +189,13 @@ class CheckManager:
         self.context: dict[str, Any] = {}  # shared services for runners (e.g. the agent, for alias checks)
         self.closers: list[Callable[[], Awaitable[None]]] = []  # shared resources to close at shutdown
 
-    def start(self, check_id: str, defn: dict[str, Any], initial_status: str) -> None:
+    def start(self, check_id: str, defn: dict[str, Any], initial_status: str = "") -> None:
         """(Re)start the runner for a check; kinds without a runner (maintenance) get none."""
         self.stop(check_id)
         factory = RUNNERS.get(defn.get("Kind", ""))
         if factory is None:
             return
-        self._filters[check_id] = StatusFilter(defn, initial_status)
+        self._filters[check_id] = StatusFilter(defn)
         runner = factory(check_id, defn, self._result, self._rng, self)
         self._runners[check_id] = runner
         runner.start()
@@ -192,7 +224,12 @@ class CheckManager:
         f = self._filters.get(check_id)
         if f is None:
             return
-        self._sink(check_id, f.feed(status), output)
+        if not getattr(self._runners.get(check_id), "uses_thresholds", True):
+            self._sink(check_id, status, output)  # TTL expiry and aliases bypass the thresholds, as in Consul
+            return
+        recorded = f.feed(status)
+        if recorded is not None:
+            self._sink(check_id, recorded, output)
 
     @property
     def running(self) -> int:

@@ -9,6 +9,7 @@ so the rest of the agent sees one canonical dict. Errors name the field and what
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from .duration import DurationError, parse_duration
 
@@ -38,6 +39,13 @@ CHECK_KINDS = (
     ("os_service", "OSService"),
 )
 INTERVAL_KINDS = {"script", "http", "tcp", "udp", "grpc", "h2ping", "docker", "os_service"}
+# Kinds Consul knows that this agent cannot run: refused at registration rather than left critical forever.
+UNSUPPORTED_KINDS = {
+    "docker": "Docker checks are not supported by Proconsul; run the command with a script check "
+              "(Args: [\"docker\", \"exec\", …]) instead",
+    "os_service": "OS service checks are not supported by Proconsul; use a script check "
+                  "(Args: [\"systemctl\", \"is-active\", \"--quiet\", …]) instead",
+}
 
 
 def _fold(name: str) -> str:
@@ -186,6 +194,10 @@ def check_definition(raw: Any, what: str = "Check") -> dict[str, Any]:
     if status and status not in ("passing", "warning", "critical"):
         raise DefinitionError(f"{what}.Status {status!r} must be passing, warning or critical")
     kinds = [(kind, key) for kind, key in CHECK_KINDS if chk.get(key)]
+    if chk.get("DockerContainerID"):  # a Docker check is Args run inside the container
+        kinds = [(kind, key) for kind, key in kinds if kind != "script"]
+    if chk.get("AliasService") and chk.get("AliasNode"):  # one alias: a service on that node
+        kinds = [(kind, key) for kind, key in kinds if key != "AliasNode"]
     if len(kinds) > 1:
         names = ", ".join(key for _, key in kinds)
         raise DefinitionError(f"{what} has more than one check type ({names}); give exactly one")
@@ -214,10 +226,13 @@ def check_definition(raw: Any, what: str = "Check") -> dict[str, Any]:
             chk["IntervalSeconds"] = 1.0  # Consul raises intervals below its minimum to 1s
     if kind == "ttl" and chk["TTLSeconds"] <= 0:
         raise DefinitionError(f"{what}.TTL must be positive")
-    if kind == "http" and not chk["HTTP"].startswith(("http://", "https://")):
-        raise DefinitionError(f"{what}.HTTP {chk['HTTP']!r} must be an http:// or https:// URL")
-    if kind in ("tcp", "udp") and not _host_port(chk[kinds[0][1]]):
-        raise DefinitionError(f"{what}.{kinds[0][1]} {chk[kinds[0][1]]!r} must be host:port")
+    if kind == "ttl" and chk.get("IntervalSeconds"):
+        raise DefinitionError(f"{what}: Interval and TTL cannot both be given (a TTL check has no interval)")
+    if kind == "alias" and chk.get("IntervalSeconds"):
+        raise DefinitionError(f"{what}.Interval must not be set for an alias check (it follows the aliased health)")
+    if kind in UNSUPPORTED_KINDS:
+        raise DefinitionError(f"{what}.{kinds[0][1]}: {UNSUPPORTED_KINDS[kind]}")
+    _check_target(chk, kind, kinds[0][1], what)
     if not chk.get("Name"):
         chk["Name"] = chk.get("CheckID") or ""
     return chk
@@ -225,4 +240,29 @@ def check_definition(raw: Any, what: str = "Check") -> dict[str, Any]:
 
 def _host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536 and not any(c in host for c in "/ "))
+
+
+def _check_target(chk: dict[str, Any], kind: str, field: str, what: str) -> None:
+    """Refuse targets no probe could ever reach because of their form (not whether they answer now)."""
+    target = chk.get(field)
+    if kind == "http":
+        try:
+            url = urlsplit(target)
+            port = url.port
+        except ValueError as e:
+            raise DefinitionError(f"{what}.HTTP {target!r} is not a valid URL: {e}") from None
+        if url.scheme not in ("http", "https"):
+            raise DefinitionError(f"{what}.HTTP {target!r} must be an http:// or https:// URL")
+        if not url.hostname:
+            raise DefinitionError(f"{what}.HTTP {target!r} has no host (e.g. http://127.0.0.1:8080/health)")
+        if port == 0:
+            raise DefinitionError(f"{what}.HTTP {target!r}: port 0 cannot be dialled")
+    elif kind in ("tcp", "udp", "h2ping"):
+        if not _host_port(target):
+            raise DefinitionError(f"{what}.{field} {target!r} must be host:port (port 1-65535)")
+    elif kind == "grpc":
+        hostport, _, _service = target.partition("/")
+        if not _host_port(hostport):
+            raise DefinitionError(f"{what}.GRPC {target!r} must be host:port or host:port/service (port 1-65535)")

@@ -4,13 +4,23 @@ The agent owns these. Every change is pushed to the catalog at once; a periodic 
 drift both ways (re-registers what is missing or different, removes what the catalog holds for this
 node that the agent does not own). An output-only check change is written at most once per
 `check_update_interval`, as Consul does, to spare the servers.
+
+Persistence (outside dev mode) follows Consul's layout idea — one small file per entry, so a write
+costs the same with ten services or ten thousand: under `<data_dir>/local/`, `services/<h>.json`
+and `checks/<h>.json` (written atomically and fsynced at registration, removed at
+deregistration) and `check-state/<h>.json` (a check's last status and output: written on every
+status change and every TTL update; a TTL check's saved state is used only while its TTL has not
+run out, as Consul's check state files). `<h>` is a hash of the ID, which may hold any character.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -20,19 +30,29 @@ from pathlib import Path
 from typing import Any
 
 from proconsul.catalog import commands as c
-from proconsul.catalog.store import CRITICAL, PASSING
+from proconsul.catalog.store import CRITICAL, PASSING, WARNING
 
 log = logging.getLogger("proconsul.local")
 
 NODE_MAINT_ID = "_node_maintenance"
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
 SERF_CHECK_ID = "serfHealth"
+MAINTENANCE = "maintenance"
 CONSUL_SERVICE_ID = "consul"
 MIN_REAP_AFTER = 60.0  # Consul's floor for deregister_critical_service_after
 REAP_INTERVAL = 30.0  # how often the agent looks for services to reap (Consul's period)
 DEFAULT_NODE_MAINT_REASON = "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
 DEFAULT_SERVICE_MAINT_REASON = ("Maintenance mode is enabled for this service, but no reason was provided. "
                                 "This is a default message.")
+
+
+def ae_scale(interval: float, nodes: int) -> float:
+    """Consul's aeScale: the full-sync period grows with the log of the cluster size past 128 nodes."""
+    threshold = 128
+    if nodes <= threshold:
+        return interval
+    return interval * (math.ceil(math.log2(nodes) - math.log2(threshold)) + 1)
+
 
 Applier = Callable[[c.Command], Awaitable[Any]]
 # Reads this node's catalog entry: (node row or None, its services, its checks).
@@ -72,7 +92,8 @@ def service_row(defn: dict[str, Any], datacenter: str) -> dict[str, Any]:
 class LocalState:
     def __init__(self, node: dict[str, Any], apply: Applier, read_node: NodeReader, *,
                  check_update_interval: float = 300.0, sync_interval: float = 60.0,
-                 data_dir: str | None = None, rng: random.Random | None = None) -> None:
+                 data_dir: str | None = None, rng: random.Random | None = None,
+                 cluster_size: Callable[[], int] = lambda: 1) -> None:
         self.node = node  # {"ID", "Node", "Address", "TaggedAddresses", "Meta", "Datacenter"}
         self._apply = apply
         self._read_node = read_node
@@ -81,8 +102,12 @@ class LocalState:
         self._services: dict[str, _Entry] = {}
         self._checks: dict[str, _Entry] = {}
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # replaced after each change: waiters see every change once
         self._rng = rng or random.Random()
-        self._state_file = Path(data_dir) / "local-state.json" if data_dir else None
+        self._cluster_size = cluster_size
+        self._dir = Path(data_dir) / "local" if data_dir else None
+        self._legacy_file = Path(data_dir) / "local-state.json" if data_dir else None
+        self.migrated = False
         self.synced = asyncio.Event()  # set after every completed sync round (tests wait on it)
         self.sync_rounds = 0
 
@@ -121,28 +146,39 @@ class LocalState:
                 out.append(sid)
         return sorted(set(out))
 
+    def service_health(self, sid: str) -> tuple[int, str, list[dict[str, Any]]]:
+        """Consul's agentHealthService: (HTTP code, aggregated status, checks) over the service's checks
+        and the node's; maintenance outranks everything (503), then critical (503), warning (429)."""
+        checks = self.service_checks(sid) + self.node_checks()
+        status = aggregated_status(checks)
+        return HEALTH_CODES[status], status, [_api_check(x) for x in checks]
+
     def in_maintenance(self) -> bool:
         return NODE_MAINT_ID in self._checks
 
     # ------------------------------------------------------------------ writes
-    def add_service(self, row: dict[str, Any], *, persist: bool = True) -> None:
+    def add_service(self, row: dict[str, Any], *, persist: bool = True, write: bool = True) -> None:
         self._services[row["ID"]] = _Entry(row, persist=persist)
         # Service checks carry the service's name and tags.
         for e in self._checks.values():
             if e.row["ServiceID"] == row["ID"]:
                 e.row["ServiceName"], e.row["ServiceTags"] = row["Service"], list(row["Tags"])
                 e.in_sync = False
-        self._changed()
+        if persist and write:
+            self._write("services", row["ID"], row, durable=True)
+        self._mark_dirty()
 
     def remove_service(self, sid: str) -> bool:
         if self._services.pop(sid, None) is None:
             return False
         for cid in [cid for cid, e in self._checks.items() if e.row["ServiceID"] == sid]:
-            del self._checks[cid]
-        self._changed()
+            self.remove_check(cid)
+        self._unlink("services", sid)
+        self._mark_dirty()
         return True
 
-    def add_check(self, row: dict[str, Any], definition: dict[str, Any], *, persist: bool = True) -> None:
+    def add_check(self, row: dict[str, Any], definition: dict[str, Any], *, persist: bool = True,
+                  write: bool = True) -> None:
         sid = row.get("ServiceID") or ""
         if sid:
             svc = self._services.get(sid)
@@ -156,35 +192,47 @@ class LocalState:
         if row["Status"] == CRITICAL:
             entry.critical_since = prev.critical_since if prev and prev.critical_since else time.monotonic()
         self._checks[row["CheckID"]] = entry
-        self._changed()
+        if persist and write:
+            self._write("checks", row["CheckID"], {"row": row, "definition": definition}, durable=True)
+            self._save_state(entry)
+        self._mark_dirty()
 
     def remove_check(self, cid: str) -> bool:
-        if self._checks.pop(cid, None) is None:
+        e = self._checks.pop(cid, None)
+        if e is None:
             return False
-        self._changed()
+        if e.persist:
+            self._unlink("checks", cid)
+            self._unlink("check-state", cid)
+        self._mark_dirty()
         return True
 
-    def update_check(self, cid: str, status: str, output: str) -> bool:
-        """Record a check result. A status change syncs at once; an output-only change is deferred."""
+    def update_check(self, cid: str, status: str, output: str, *, ttl_update: bool = False) -> bool:
+        """Record a check result; True if the check changed. A status change syncs at once; an
+        output-only change waits up to `check_update_interval` (Consul's deferred check sync)."""
         e = self._checks.get(cid)
         if e is None:
             return False
         if e.row["Status"] == status and e.row["Output"] == output:
-            return True
+            if ttl_update and e.persist:
+                self._save_state(e)  # a TTL update moves the saved expiry on
+            return False
         status_changed = e.row["Status"] != status
         e.row["Status"], e.row["Output"] = status, output
+        self._notify()
         if status_changed:
             e.critical_since = time.monotonic() if status == CRITICAL else None
-            if e.persist:
-                self.save()  # a restart resumes from the last status, as Consul's check state does
+        if e.persist and (status_changed or ttl_update):
+            self._save_state(e)  # a restart resumes from the last status
         if status_changed or self.check_update_interval <= 0:
             e.deferred_until = 0.0
             e.in_sync = False
             self._wake.set()
         elif e.in_sync:
-            # Output only: leave the catalog copy until the interval passes (with Consul's jitter).
+            # Output only: leave the catalog copy for d/2 + rand(d), as Consul's DeferCheck.
             e.in_sync = False
-            e.deferred_until = time.monotonic() + self.check_update_interval * (0.5 + self._rng.random() / 2)
+            d = self.check_update_interval
+            e.deferred_until = time.monotonic() + d / 2 + self._rng.random() * d
             self._wake.set()
         return True
 
@@ -208,42 +256,117 @@ class LocalState:
         else:
             self.remove_check(NODE_MAINT_ID)
 
-    def _changed(self) -> None:
-        self._mark_dirty()
-        self.save()
-
     def _mark_dirty(self) -> None:
         # Cheap and always correct: the next round compares everything with the catalog.
         self._full_next = True
         self._wake.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait until a service or check changes (registration, status, output); False on timeout."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     # ------------------------------------------------------------------ persistence
-    def save(self) -> None:
-        """Write persisted services and checks atomically (outside dev mode), as Consul does."""
-        if self._state_file is None:
+    def _path(self, kind: str, key: str) -> Path | None:
+        if self._dir is None:
+            return None
+        return self._dir / kind / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+    def _write(self, kind: str, key: str, data: Any, *, durable: bool) -> None:
+        """Atomic replace; `durable` also fsyncs (registrations), state updates need only survive a crash
+        of this process, which the page cache already guarantees."""
+        path = self._path(kind, key)
+        if path is None:
             return
-        data = {
-            "services": [e.row for e in self._services.values() if e.persist],
-            "checks": [{"row": e.row, "definition": e.definition} for e in self._checks.values() if e.persist],
-        }
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state_file)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _unlink(self, kind: str, key: str) -> None:
+        path = self._path(kind, key)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _save_state(self, e: _Entry) -> None:
+        state: dict[str, Any] = {"CheckID": e.row["CheckID"], "Status": e.row["Status"], "Output": e.row["Output"]}
+        ttl = e.definition.get("TTLSeconds")
+        if ttl:
+            state["Expires"] = time.time() + float(ttl)
+        self._write("check-state", e.row["CheckID"], state, durable=False)
+
+    def save(self) -> None:
+        """Write every persisted entry again (the per-entry files are normally written as they change)."""
+        for e in self._services.values():
+            if e.persist:
+                self._write("services", e.row["ID"], e.row, durable=True)
+        for e in self._checks.values():
+            if e.persist:
+                self._write("checks", e.row["CheckID"], {"row": e.row, "definition": e.definition}, durable=True)
+                self._save_state(e)
 
     def load(self) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], dict[str, Any]]]]:
-        """Services and (check row, definition) pairs saved by an earlier run of this agent."""
-        if self._state_file is None or not self._state_file.exists():
+        """Services and (check row, definition) pairs saved by an earlier run of this agent, each check
+        with its last saved status (a TTL check's only while its TTL has not run out)."""
+        if self._dir is None:
+            return [], []
+        services = [d for d in self._read_dir("services") if isinstance(d, dict) and d.get("ID")]
+        checks = [(d["row"], d["definition"]) for d in self._read_dir("checks")
+                  if isinstance(d, dict) and isinstance(d.get("row"), dict) and isinstance(d.get("definition"), dict)]
+        legacy_services, legacy_checks = self._load_legacy()
+        self.migrated = bool(legacy_services or legacy_checks)  # the caller saves them in the new layout
+        services += legacy_services
+        checks += legacy_checks
+        states = {d.get("CheckID"): d for d in self._read_dir("check-state") if isinstance(d, dict)}
+        now = time.time()
+        for row, _defn in checks:
+            st = states.get(row.get("CheckID"))
+            if st is None or st.get("Status") not in ("passing", "warning", "critical"):
+                continue
+            if "Expires" in st and float(st["Expires"]) < now:
+                continue  # the TTL ran out while the agent was down: start from the initial status
+            row["Status"], row["Output"] = st["Status"], st.get("Output", "")
+        return services, checks
+
+    def _read_dir(self, kind: str) -> list[Any]:
+        assert self._dir is not None
+        out = []
+        folder = self._dir / kind
+        if not folder.is_dir():
+            return out
+        for path in sorted(folder.glob("*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                log.error("ignoring unreadable saved local state %s: %s", path, e)
+        return out
+
+    def _load_legacy(self) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], dict[str, Any]]]]:
+        """The single local-state.json of earlier builds: read once, then replaced by the per-entry files."""
+        if self._legacy_file is None or not self._legacy_file.exists():
             return [], []
         try:
-            data = json.loads(self._state_file.read_text())
+            data = json.loads(self._legacy_file.read_text())
             return list(data["services"]), [(x["row"], x["definition"]) for x in data["checks"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.error("ignoring unreadable saved local state %s: %s", self._state_file, e)
+            log.error("ignoring unreadable saved local state %s: %s", self._legacy_file, e)
             return [], []
+        finally:
+            with contextlib.suppress(OSError):
+                self._legacy_file.rename(self._legacy_file.with_suffix(".json.migrated"))
 
     # ------------------------------------------------------------------ anti-entropy
     async def run(self, stop: asyncio.Event) -> None:
@@ -259,7 +382,9 @@ class LocalState:
                 if full:
                     self._full_next = False
                     await self.sync_full()
-                    next_full = time.monotonic() + self.sync_interval * (1 + self._rng.random() * 0.25)
+                    # Consul: interval + a random stagger of up to interval × the cluster-size factor
+                    period = ae_scale(self.sync_interval, self._cluster_size())
+                    next_full = time.monotonic() + self.sync_interval + self._rng.random() * period
                 else:
                     await self.sync_changes()
             except Exception as e:  # the servers may be unreachable: retry soon, never die
@@ -326,6 +451,30 @@ class LocalState:
 
     def _node_body(self) -> dict[str, Any]:
         return dict(self.node)
+
+
+HEALTH_CODES = {PASSING: 200, WARNING: 429, CRITICAL: 503, MAINTENANCE: 503}
+
+
+def aggregated_status(checks: list[dict[str, Any]]) -> str:
+    """Consul's api.HealthChecks.AggregatedStatus: maintenance, else the worst status (passing if none)."""
+    seen = set()
+    for chk in checks:
+        cid = chk["CheckID"]
+        if cid == NODE_MAINT_ID or cid.startswith(SERVICE_MAINT_PREFIX):
+            return MAINTENANCE
+        seen.add(chk["Status"])
+    for status in (CRITICAL, WARNING):
+        if status in seen:
+            return status
+    return PASSING
+
+
+def _api_check(row: dict[str, Any]) -> dict[str, Any]:
+    """A check as Consul's api.HealthCheck in the agent health endpoints."""
+    keys = ("Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName", "ServiceTags",
+            "Type", "Interval", "Timeout", "ExposedPort", "Definition", "CreateIndex", "ModifyIndex")
+    return {k: row.get(k) for k in keys}
 
 
 def _maint_check(node: str, cid: str, name: str, notes: str, sid: str) -> dict[str, Any]:

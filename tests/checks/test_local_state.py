@@ -46,7 +46,7 @@ def test_services_and_checks_survive_a_restart(tmp_path: Path) -> None:
     agent.start()
     agent.put("/v1/agent/service/register", {"Name": "keep", "Port": 7, "Check": {"TTL": "60s"}})
     agent.put("/v1/agent/check/pass/service:keep")
-    assert (data / "local-state.json").exists()
+    assert list((data / "local" / "services").glob("*.json")) and list((data / "local" / "checks").glob("*.json"))
     agent.stop(signal.SIGKILL)
     again = AgentProcess(tmp_path / "b", dev=False, args=args)
     again.http_port, again.dns_port, again.server_port = agent.http_port, agent.dns_port, agent.server_port

@@ -188,7 +188,7 @@ def test_alias_check_mirrors_a_service(agent: AgentProcess) -> None:
     agent.put("/v1/agent/check/warn/backend-ttl")
     expect(agent, "alias-1", "warning")
     agent.put("/v1/agent/service/deregister/backend")
-    assert "not found" in expect(agent, "alias-1", "critical")["Output"]
+    assert "could not be found" in expect(agent, "alias-1", "critical")["Output"]
     agent.put("/v1/agent/check/deregister/alias-1")
 
 
@@ -223,8 +223,13 @@ def test_a_hanging_target_does_not_block_others(agent: AgentProcess) -> None:
 
 
 def test_status_filter_thresholds() -> None:
-    f = StatusFilter({"SuccessBeforePassing": 2, "FailuresBeforeWarning": 1, "FailuresBeforeCritical": 3}, "critical")
+    # Consul's StatusHandler: counters start at the thresholds (the first result after registration is
+    # recorded as it is); a warning counts as a success; a held-back result records nothing (None).
+    f = StatusFilter({"SuccessBeforePassing": 2, "FailuresBeforeWarning": 1, "FailuresBeforeCritical": 3})
     assert [f.feed(s) for s in ["passing", "passing", "critical", "critical", "critical", "passing", "passing"]] == [
-        "critical", "passing", "warning", "warning", "critical", "critical", "passing"]
-    plain = StatusFilter({}, "critical")
+        "passing", "passing", "warning", "warning", "critical", None, "passing"]
+    only_critical = StatusFilter({"FailuresBeforeCritical": 2})  # warning threshold defaults to it
+    assert [only_critical.feed(s) for s in ["passing", "critical", "critical", "warning"]] == [
+        "passing", None, "critical", "warning"]
+    plain = StatusFilter({})
     assert [plain.feed(s) for s in ["passing", "warning", "critical"]] == ["passing", "warning", "critical"]
