@@ -42,8 +42,9 @@ def cached_read(handler: Handler) -> Handler:
         cache = agent.read_cache
         qs = request.query_string
         # Only answers this server may give from its own store: the leader's, or anyone's when stale.
-        if (cache is None or "index=" in qs or "pretty" in qs or "consistent" in request.query
-                or not ("stale" in request.query or agent.is_leader())):
+        # (Substring tests first: parsing the query string costs more than the cache hit itself.)
+        if (cache is None or "index=" in qs or "pretty" in qs or ("consistent" in qs and "consistent" in request.query)
+                or not (agent.is_leader() or ("stale" in qs and "stale" in request.query))):
             return await handler(request)
         key = request.path_qs
         hit = cache.get(key)
