@@ -22,7 +22,8 @@ from aiohttp import web
 from proconsul.catalog.store import CRITICAL, StateStore
 
 from .checks import CheckManager
-from .cluster import Cluster, ClusterError
+from .cluster import Cluster
+from .cluster_errors import ClusterError
 from .config import AgentConfig, finalize, load_config
 from .events import EventBuffer
 from .local import LocalState, service_row

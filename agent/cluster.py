@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proconsul.catalog import commands as c
-from proconsul.catalog.store import CRITICAL, PASSING, StateStore
+from proconsul.catalog.store import CRITICAL, StateStore
 from proconsul.consensus.errors import RaftError
 from proconsul.consensus.node import NodeOptions, RaftNode, Server
 from proconsul.consensus.storage import FileStorage, MemoryStorage
 
+from .cluster_errors import ClusterError
+from .endpoints import ServerEndpoints
 from .lan import LANGossip
-from .membership import ALIVE, FAILED, LEFT, STATUS_CODES, Member, MemberList
+from .membership import STATUS_CODES, Member, MemberList
+from .reconcile import catalog_plan, raft_plan
 from .rpc import (
     MUX_RAFT,
     NoLeader,
@@ -41,7 +44,6 @@ from .rpc import (
     RPCServer,
     RPCUnavailable,
     ServerPort,
-    register_error,
 )
 from .rpc_tls import TLSConfigError, rpc_tls
 from .version import PROTOCOL, VERSION
@@ -51,16 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proconsul.cluster")
 
-SERF_CHECK_ID = "serfHealth"
 RECONCILE_INTERVAL = 5.0
 FORWARD_TIMEOUT_SLACK = 30.0  # an RPC waits the query's own wait plus this much
-
-
-class ClusterError(Exception):
-    """Clustering cannot start or carry out an operation; the message says why."""
-
-
-register_error(ClusterError)
 
 
 class CatalogFSM:
@@ -128,7 +122,7 @@ class Cluster:
         self.gossip: LANGossip | None = None
         self._membership_changed = asyncio.Event()
         self._bootstrapped = False
-        self._register_methods()
+        ServerEndpoints(self).register(self.rpc)
 
     def _tags(self) -> dict[str, str]:
         cfg = self.config
@@ -399,138 +393,30 @@ class Cluster:
         server = self.agent.server
         assert server is not None and self.raft is not None
         store = server.store
-        cfg = self.config
-        for m, status in self.members.members():
-            if m.tags.get("dc") != cfg.datacenter:
-                continue
-            _, node = store.get_node(m.name)
-            if status == LEFT:
-                if node is not None:
-                    log.info("member %s left: deregistering its node", m.name)
-                    await server.apply(c.Deregister(node=m.name))
-                continue
-            want = PASSING if status == ALIVE else CRITICAL
-            output = "Agent alive and reachable" if status == ALIVE else "Agent not live or unreachable"
-            _, checks = store.node_checks(m.name)
-            serf = next((chk for chk in checks if chk["CheckID"] == SERF_CHECK_ID), None)
-            if node is not None and serf is not None and serf["Status"] == want and (
-                    not m.is_server or self._has_consul_service(store, m.name)):
-                continue
-            if status == FAILED:
-                log.warning("member %s is failed: marking its serfHealth critical", m.name)
-            await server.apply(c.Register(
-                node=node or {"ID": m.tags.get("id", ""), "Node": m.name, "Address": m.addr,
-                              "Datacenter": cfg.datacenter, "TaggedAddresses": {"lan": m.addr, "wan": m.addr},
-                              "Meta": {"consul-network-segment": ""}},
-                service={"ID": "consul", "Service": "consul", "Port": int(m.tags.get("port", "8300")),
-                         "Address": "", "Meta": {"raft_version": "3", "serf_protocol_current": "2",
-                                                 "version": m.tags.get("build", "")}} if m.is_server else None,
-                checks=[{"CheckID": SERF_CHECK_ID, "Name": "Serf Health Status", "Status": want,
-                         "Output": output, "Type": ""}],
-                skip_node_update=node is not None))
-        await self._reconcile_raft()
 
-    @staticmethod
-    def _has_consul_service(store: StateStore, node: str) -> bool:
-        _, (_, services) = store.node_services(node)
-        return any(s["ID"] == "consul" for s in services)
+        def lookup(name: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], bool]:
+            _, (node, services) = store.node_services(name)
+            _, checks = store.node_checks(name)
+            return node, checks, any(s["ID"] == "consul" for s in services)
 
-    async def _reconcile_raft(self) -> None:
-        assert self.raft is not None
-        conf = {s.id: s for s in self.raft.configuration()}
-        for m, status in self.members.members():
-            sid = m.tags.get("id", "")
-            if not m.is_server or m.tags.get("dc") != self.config.datacenter or not sid:
-                continue
-            if status == ALIVE and sid not in conf:
-                log.info("adding server %s (%s) to the raft configuration as a voter", m.name, m.rpc_address)
-                await self.raft.add_voter(sid, m.rpc_address)
-            elif status == LEFT and sid in conf and sid != self.raft.id:
-                log.info("removing server %s from the raft configuration: it left", m.name)
-                await self.raft.remove_server(sid)
-
-    # ------------------------------------------------------------------ RPC methods
-    def _register_methods(self) -> None:
-        reg = self.rpc.register
-        reg("catalog.apply", self._rpc_apply)
-        reg("catalog.query", self._rpc_query)
-        reg("session.create", self._rpc_session_create)
-        reg("session.destroy", self._rpc_session_destroy)
-        reg("session.renew", self._rpc_session_renew)
-        reg("status.leader", self._rpc_status_leader)
-        reg("status.peers", self._rpc_status_peers)
-        reg("raft.state", self._rpc_raft_state)
-        reg("operator.raft_configuration", self._rpc_raft_configuration)
-        reg("operator.raft_remove_peer", self._rpc_raft_remove_peer)
-        reg("operator.raft_transfer_leader", self._rpc_raft_transfer)
-        reg("snapshot.save", self._rpc_snapshot_save)
-        reg("dns.query", self._rpc_dns_query)
-
-    def _server(self) -> Any:
-        if self.agent.server is None:
-            raise ClusterError("this agent is not a server")
-        return self.agent.server
-
-    async def _rpc_apply(self, args: dict[str, Any]) -> Any:
-        return await self._server().apply(c.decode(args["cmd"]))
-
-    async def _rpc_query(self, args: dict[str, Any]) -> Any:
-        server = self._server()
-        idx, result = await server.query(args["name"], args["args"], args.get("index", 0),
-                                         args.get("wait", 300.0), args.get("mode", "leader"))
-        rep = server.replicator
-        return [idx, result, bool(rep.leader), rep.last_contact()]
-
-    async def _rpc_session_create(self, args: dict[str, Any]) -> Any:
-        return await self._server().session_create(args["session"])
-
-    async def _rpc_session_destroy(self, args: dict[str, Any]) -> Any:
-        return await self._server().session_destroy(args["id"])
-
-    async def _rpc_session_renew(self, args: dict[str, Any]) -> Any:
-        return await self._server().session_renew(args["id"])
-
-    async def _rpc_status_leader(self, args: dict[str, Any]) -> Any:
-        return self.leader_address()
-
-    async def _rpc_status_peers(self, args: dict[str, Any]) -> Any:
-        return self._server().replicator.peers()
-
-    async def _rpc_raft_state(self, args: dict[str, Any]) -> Any:
-        return {"has_state": self.has_raft_state(), "leader": self.leader_address()}
-
-    async def _rpc_raft_configuration(self, args: dict[str, Any]) -> Any:
-        return await self.on_leader("operator.raft_configuration", args, self.raft_configuration)
-
-    async def _rpc_raft_remove_peer(self, args: dict[str, Any]) -> Any:
-        return await self.on_leader("operator.raft_remove_peer", args, lambda: self.remove_peer(**args))
-
-    async def _rpc_raft_transfer(self, args: dict[str, Any]) -> Any:
-        return await self.on_leader("operator.raft_transfer_leader", args, lambda: self.transfer_leader(**args))
-
-    async def _rpc_dns_query(self, args: dict[str, Any]) -> Any:
-        """A client agent's DNS question, answered from this server's replica (stale, as Consul's DNS)."""
-        handler = self.agent.dns_handler
-        packet = args.get("packet")
-        if handler is None or not hasattr(handler, "answerer") or not isinstance(packet, bytes):
-            raise ClusterError("this server does not answer DNS (dns port -1)" if handler is None
-                               else "dns.query needs a packet")
-        response, recurse = handler.handle(packet, bool(args.get("udp", True)))
-        return None if recurse else response
+        members = self.members.members()
+        for cmd in catalog_plan(members, lookup, self.config.datacenter):
+            if isinstance(cmd, c.Deregister):
+                log.info("member %s left: deregistering its node", cmd.node)
+            elif cmd.checks and cmd.checks[0]["Status"] == CRITICAL:
+                log.warning("member %s is failed: marking its serfHealth critical", cmd.node["Node"])
+            await server.apply(cmd)
+        for change in raft_plan(members, {s.id for s in self.raft.configuration()}, self.raft.id,
+                                self.config.datacenter):
+            if change.action == "add_voter":
+                log.info("adding server %s (%s) to the raft configuration as a voter", change.name, change.address)
+                await self.raft.add_voter(change.server_id, change.address)
+            else:
+                log.info("removing server %s from the raft configuration: it left", change.name)
+                await self.raft.remove_server(change.server_id)
 
     async def dns_forward(self, packet: bytes, udp: bool) -> bytes | None:
         return await self.call_any_server("dns.query", {"packet": packet, "udp": udp}, timeout=5.0)
-
-    async def _rpc_snapshot_save(self, args: dict[str, Any]) -> Any:
-        async def here() -> list[Any]:
-            from . import snapshot
-
-            if not args.get("stale"):
-                await self.agent.consistent_read()
-            store = self._server().store
-            return [store.last_index, snapshot.write(store.snapshot(), store.last_index, self.config.datacenter)]
-
-        return await self.on_leader("snapshot.save", args, here)
 
     async def on_leader(self, method: str, args: dict[str, Any], local: Any) -> Any:
         """Run `local()` here if this server leads, else forward the call to the leader."""

@@ -16,7 +16,7 @@ from proconsul.catalog.errors import CatalogError, Conflict, InvalidRequest, Not
 from proconsul.connect.errors import ConnectError
 from proconsul.consensus.errors import LeadershipLost, RaftError
 
-from .cluster import ClusterError
+from .cluster_errors import ClusterError
 from .duration import DurationError, parse_duration
 from .filter import FilterError, Predicate, compile_filter
 from .rpc import NoLeader, RPCError
