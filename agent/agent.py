@@ -355,7 +355,7 @@ class Agent:
         if not self.cluster.members.force_leave(node, self.loop_time()):
             raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
         log.info("force-leave: member %s marked left", node)
-        self.cluster._on_members([node])
+        self.cluster.membership_changed([node])
 
     async def join(self, address: str, wan: bool = False) -> None:
         from .http_util import BadRequest

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,8 @@ class Cluster:
         self.members = MemberList(Member(cfg.node_name, cfg.advertise, cfg.serf_lan_port, self._tags(),
                                          incarnation=int(time.time())), fail_after=cfg.suspect_after)
         self.gossip: LANGossip | None = None
-        self._membership_changed = asyncio.Event()
+        self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
+        self._reconcile_wanted = asyncio.Event()
         self._bootstrapped = False
         ServerEndpoints(self).register(self.rpc)
 
@@ -145,33 +147,31 @@ class Cluster:
         if cfg.serf_lan_port >= 0:
             self.gossip = LANGossip(self.members, cfg.datacenter, cfg.bind_addr, cfg.serf_lan_port,
                                     retry_join=cfg.retry_join, interval=cfg.gossip_interval,
-                                    retry_interval=cfg.retry_interval, rng=self.rng, on_change=self._on_members)
-            try:
-                port = await self.gossip.start()
-            except OSError as e:
-                raise ClusterError(f"cannot listen for LAN gossip on {cfg.bind_addr}:{cfg.serf_lan_port}: "
-                                   f"{e.strerror or e}") from None
-            if port != cfg.serf_lan_port:
-                self.members = self.gossip.members  # same object; port 0 resolved below
-                cfg.serf_lan_port = port
-                self._refresh_self()
+                                    retry_interval=cfg.retry_interval, rng=self.rng, on_change=self.membership_changed)
+            await self._listen("LAN gossip", self.gossip.start, "serf_lan_port")
             if cfg.retry_join:
                 with contextlib.suppress(Exception):
                     await self.gossip.join(cfg.retry_join)
+
+    async def _listen(self, what: str, start: Callable[[], Awaitable[int]], port_attr: str) -> int:
+        """Start a listener; a port of 0 becomes the bound one (in the config and our member tags)."""
+        cfg = self.config
+        try:
+            bound = await start()
+        except OSError as e:
+            raise ClusterError(f"cannot listen for {what} on {cfg.bind_addr}:{getattr(cfg, port_attr)}: "
+                               f"{e.strerror or e}") from None
+        if bound != getattr(cfg, port_attr):
+            setattr(cfg, port_attr, bound)
+            self._refresh_self()
+        return bound
 
     async def _start_server(self) -> None:
         cfg = self.config
         server = self.agent.server
         assert server is not None
         self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft, self.tls.server)
-        try:
-            bound = await self.port.start()
-        except OSError as e:
-            raise ClusterError(f"cannot listen for server RPC on {cfg.bind_addr}:{cfg.server_port}: "
-                               f"{e.strerror or e}") from None
-        if bound != cfg.server_port:
-            cfg.server_port = bound
-            self._refresh_self()
+        bound = await self._listen("server RPC", self.port.start, "server_port")
         if cfg.dev:
             storage: Any = MemoryStorage()
         else:
@@ -208,10 +208,7 @@ class Cluster:
             await self.raft.transport.serve_connection(reader, writer)
 
     def _refresh_self(self) -> None:
-        from dataclasses import replace
-
-        seen = self.members._seen[self.members.me_name]
-        seen.member = replace(seen.member, port=self.config.serf_lan_port, tags=self._tags())
+        self.members.update_me(self.config.serf_lan_port, self._tags())
 
     async def stop(self, leave: bool) -> None:
         if self.gossip is not None:
@@ -321,6 +318,7 @@ class Cluster:
     async def _bootstrap_loop(self, stop: asyncio.Event) -> None:
         cfg = self.config
         while not stop.is_set() and not self._bootstrapped and cfg.bootstrap_expect > 1:
+            self._bootstrap_wanted.clear()
             try:
                 await self._maybe_bootstrap()
             except Exception as e:
@@ -328,9 +326,8 @@ class Cluster:
             if self._bootstrapped or self.has_raft_state():
                 self._bootstrapped = True
                 break
-            self._membership_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._membership_changed.wait(), 1.0)
+                await asyncio.wait_for(self._bootstrap_wanted.wait(), 1.0)
 
     async def _maybe_bootstrap(self) -> None:
         cfg = self.config
@@ -359,8 +356,9 @@ class Cluster:
         await self._bootstrap([Server(m.tags["id"], m.rpc_address) for m in sorted(servers, key=lambda m: m.name)])
 
     # ------------------------------------------------------------------ leader reconcile
-    def _on_members(self, names: list[str]) -> None:
-        self._membership_changed.set()
+    def membership_changed(self, names: list[str]) -> None:
+        self._bootstrap_wanted.set()
+        self._reconcile_wanted.set()
 
     def _leader_changed(self, leader_id: str) -> None:
         server = self.agent.server
@@ -369,7 +367,7 @@ class Cluster:
         if self.raft.is_leader:
             log.info("raft: this server (%s) is the leader, term %d", self.config.node_name, self.raft.term)
             server.rearm_sessions()
-            self._membership_changed.set()
+            self._reconcile_wanted.set()
         else:
             server.disarm_sessions()
             if leader_id:
@@ -377,6 +375,7 @@ class Cluster:
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._reconcile_wanted.clear()  # before the round: news during it wakes the next one
             if self.is_leader():
                 try:
                     await self.reconcile()
@@ -384,9 +383,8 @@ class Cluster:
                     log.info("reconcile interrupted: %s", e)
                 except Exception:
                     log.exception("reconcile failed")
-            self._membership_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._membership_changed.wait(), RECONCILE_INTERVAL)
+                await asyncio.wait_for(self._reconcile_wanted.wait(), RECONCILE_INTERVAL)
 
     async def reconcile(self) -> None:
         """Make the catalog and the Raft configuration agree with the LAN pool (leader only)."""

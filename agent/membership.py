@@ -129,6 +129,11 @@ class MemberList:
                 changed.append(m.name)
         return changed
 
+    def update_me(self, port: int, tags: dict[str, str]) -> None:
+        """Our own port or tags changed (a port bound as 0): the news travels with the next heartbeat."""
+        seen = self._seen[self.me_name]
+        seen.member = replace(seen.member, port=port, tags=dict(tags))
+
     def leave(self) -> Member:
         """Mark ourselves left (the news to spread before shutting down)."""
         seen = self._seen[self.me_name]
