@@ -104,14 +104,18 @@ class Agent:
     def is_leader(self) -> bool:
         return self.server is not None and self.server.replicator.is_leader
 
-    async def wait_leadership(self, stop: asyncio.Event, poll: float = 0.25) -> bool:
+    async def wait_leadership(self, stop: asyncio.Event) -> bool:
         """Wait until this server leads (True) or `stop` is set (False)."""
-        while not stop.is_set():
-            if self.is_leader():
-                return True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll)
-        return False
+        if self.is_leader():
+            return True
+        leading = asyncio.ensure_future(self.cluster.leading.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({leading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leading.cancel()
+            stopping.cancel()
+        return self.is_leader() and not stop.is_set()
 
     async def leader_address(self) -> str:
         if self.server is None:

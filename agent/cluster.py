@@ -123,6 +123,7 @@ class Cluster:
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
         self._reconcile_wanted = asyncio.Event()
+        self.leading = asyncio.Event()  # set while this server is the leader
         self._bootstrapped = False
         ServerEndpoints(self).register(self.rpc)
 
@@ -365,10 +366,12 @@ class Cluster:
         if server is None or self.raft is None:
             return
         if self.raft.is_leader:
+            self.leading.set()
             log.info("raft: this server (%s) is the leader, term %d", self.config.node_name, self.raft.term)
             server.rearm_sessions()
             self._reconcile_wanted.set()
         else:
+            self.leading.clear()
             server.disarm_sessions()
             if leader_id:
                 log.info("raft: the leader is %s", self._node_name(leader_id))
