@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proconsul.catalog import commands as c
 
@@ -49,12 +50,12 @@ def cached_read(handler: Handler) -> Handler:
         key = request.path_qs
         hit = cache.get(key)
         if hit is not None:
-            return web.Response(body=hit.body, status=hit.status, headers=hit.headers,
-                                content_type="application/json")
+            return web.Response(body=hit.body, status=hit.status, headers=hit.headers)
         response = await handler(request)
         tables = request.get(READ_TABLES)
         if tables is not None and isinstance(response, web.Response) and response.status < 300:
-            headers = tuple((k, v) for k, v in response.headers.items() if k.startswith("X-Consul-"))
+            headers = CIMultiDict((k, v) for k, v in response.headers.items()
+                                  if k.startswith("X-Consul-") or k == "Content-Type")
             cache.put(key, Entry(tables[0], tables[1], response.status, response.body, headers))
         return response
 

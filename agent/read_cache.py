@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from multidict import CIMultiDict
+
 from proconsul.catalog.store import StateStore
 
 DEFAULT_SIZE = 4096
@@ -21,7 +23,7 @@ class Entry:
     tables_index: int
     status: int
     body: bytes
-    headers: tuple[tuple[str, str], ...]
+    headers: CIMultiDict[str]  # with Content-Type: a hit builds its response without parsing anything
 
 
 class ReadCache:
