@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proconsul.catalog import commands as c
+from proconsul.catalog.store import Changes
 from proconsul.connect import ca
 from proconsul.connect import intentions as ixns
 from proconsul.connect.errors import InvalidCAConfig, InvalidIntention
@@ -48,6 +49,7 @@ log = logging.getLogger("proconsul.connect")
 routes = web.RouteTableDef()
 ENTRY_PREFIX = "service-intentions/"
 DECISION_CACHE = 8192
+DECISION_TABLES = frozenset({"config_entries", "ca_config"})  # intentions; the trust domain
 JSON_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
 
 
@@ -73,10 +75,16 @@ class Connect:
         self._leaves: dict[str, dict[str, Any]] = {}
         self._leaf_changed: dict[str, asyncio.Event] = {}
         self._leaf_index = 0
-        # (target, client URI) -> encoded decision, for one (config_entries index, trust domain).
+        # (target, client URI) -> encoded decision, and request bytes -> decision; both dropped by the
+        # store's change notification when intentions or the CA (its trust domain) change, so a hit
+        # costs one dict lookup and can never be stale.
         self._decisions: dict[tuple[str, str], bytes] = {}
-        self._decisions_key = -1
         self._raw_decisions: dict[bytes, bytes] = {}
+        self.store.subscribe(self._on_store_change)
+
+    def _on_store_change(self, changes: Changes) -> None:
+        if not changes.tables.isdisjoint(DECISION_TABLES):
+            self._decisions, self._raw_decisions = {}, {}
 
     # ------------------------------------------------------------------ CA state
     def config(self) -> dict[str, Any] | None:
@@ -243,9 +251,6 @@ class Connect:
     def authorize_body(self, target: str, uri: str) -> bytes:
         """The encoded /v1/agent/connect/authorize answer, cached per (target, URI) until the intentions
         or the CA (its trust domain) change."""
-        key = self.store.table_index("config_entries", "ca_config")  # the trust domain lives in ca_config
-        if key != self._decisions_key:
-            self._decisions, self._raw_decisions, self._decisions_key = {}, {}, key
         body = self._decisions.get((target, uri))
         if body is None:
             allowed, reason = ixns.authorize(self.intentions(), target, uri, self.trust_domain,
@@ -256,9 +261,7 @@ class Connect:
         return body
 
     def authorize_raw(self, raw: bytes) -> bytes | None:
-        """A cached answer for exactly these request bytes, if still valid."""
-        if self.store.table_index("config_entries", "ca_config") != self._decisions_key:
-            return None
+        """A cached answer for exactly these request bytes (the cache only holds valid ones)."""
         return self._raw_decisions.get(raw)
 
     def remember_raw(self, raw: bytes, answer: bytes) -> None:
