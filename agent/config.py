@@ -94,7 +94,7 @@ class AgentConfig:
     default_intention_policy: str = ""
     check_update_interval: float = 300.0
     sync_interval: float = 60.0
-    leave_on_terminate: bool = False
+    leave_on_terminate: bool | None = None  # None: Consul's default — true for clients, false for servers
     tls: TLSSettings = field(default_factory=TLSSettings)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
@@ -435,6 +435,8 @@ def finalize(cfg: AgentConfig) -> AgentConfig:
     if cfg.dev:
         cfg.server = True
         cfg.bootstrap_expect = cfg.bootstrap_expect or 1
+    if cfg.leave_on_terminate is None:
+        cfg.leave_on_terminate = not cfg.server
     if not cfg.node_name:
         cfg.node_name = os.uname().nodename.split(".")[0] or "proconsul"
     if not cfg.node_id:

@@ -149,6 +149,24 @@ def test_lagging_follower_gets_a_snapshot_and_a_rolling_restart_keeps_the_data(t
         cluster.stop()
 
 
+def test_a_client_stopped_with_sigterm_leaves_and_its_node_is_deregistered(cluster: ServerCluster,
+                                                                          tmp_path: Path) -> None:
+    s0 = cluster.servers[0]
+    client = AgentProcess(tmp_path / "c2", dev=False, args=[
+        "--node", "c2", "--data-dir", str(tmp_path / "c2" / "data"), "--retry-interval", "1s",
+        "--retry-join", f"127.0.0.1:{s0.serf_lan_port}"])
+    client.start(30)
+    try:
+        def nodes() -> set[str]:
+            return {n["Node"] for n in s0.get("/v1/catalog/nodes")[1]}
+        wait_for(lambda: "c2" in nodes(), message="c2 registered")
+        assert client.stop(signal.SIGTERM) == 0  # leave_on_terminate defaults to true for clients
+        wait_for(lambda: "c2" not in nodes(), 15.0, message="c2 deregistered after leaving")
+        assert {m["Name"]: m["Status"] for m in s0.get("/v1/agent/members")[1]}["c2"] == 3  # left
+    finally:
+        client.stop()
+
+
 def test_client_agent_forwards_and_is_marked_critical_when_it_dies(cluster: ServerCluster, tmp_path: Path) -> None:
     s0 = cluster.servers[0]
     client = AgentProcess(tmp_path / "c1", dev=False, args=[
