@@ -393,6 +393,9 @@ class Agent:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
+            # What this agent owns comes back before anything can ask for it (HTTP, DNS, the cluster).
+            await self._restore_persisted()
+            await self.load_services_from_config()
             site = web.TCPSite(runner, cfg.client_addr, cfg.http_port, reuse_address=True)
             try:
                 await site.start()
@@ -405,8 +408,6 @@ class Agent:
                 raise AgentError(str(e)) from None
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
-            await self._restore_persisted()
-            await self.load_services_from_config()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")
