@@ -103,7 +103,12 @@ class StateStore:
 
     def table_index(self, *tables: str) -> int:
         """The highest index at which any of `tables` changed (at least 1, as Consul's headers)."""
-        return max([self._index.get(t, 0) for t in tables] + [1])
+        index, best = self._index, 1  # a loop, not max() over a new list: this runs on every cached read
+        for t in tables:
+            v = index.get(t, 0)
+            if v > best:
+                best = v
+        return best
 
     def service_index(self, name: str) -> int:
         idx = self._service_index.get(name.lower())
