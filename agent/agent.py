@@ -49,7 +49,7 @@ class Agent:
         if config.server:
             self.store = StateStore(config.datacenter)
             # Until Raft is up (Cluster.start), this server has no leader and serves nothing locally.
-            self.server = ServerRole(self.store, StartingReplicator(), address=self.rpc_address, rng=self.rng)
+            self.server = ServerRole(self.store, StartingReplicator(), rng=self.rng)
         try:
             self.cluster = Cluster(self)
         except ClusterError as e:
@@ -87,10 +87,6 @@ class Agent:
         _load_components(self)
 
     # ------------------------------------------------------------------ identity & status
-    @property
-    def rpc_address(self) -> str:
-        return f"{self.config.advertise}:{self.config.server_port}"
-
     def known_leader(self) -> bool:
         if self.server is None:
             return self.backend.known_leader

@@ -73,15 +73,15 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any]) -> we
     b = blocking_params(request)
     agent = request.app["agent"]
     backend = agent.backend
-    stale = consistency_mode(request)
+    mode = consistency_mode(request)
     if agent.read_cache is not None and not b.index:
         tables = get_query(name).tables
         request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
     filtered = bool(request.query.get("filter"))
     if not filtered and "pretty" not in request.query and hasattr(backend, "query_encoded"):
-        idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, stale)
+        idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, mode)
         return web.Response(body=body, content_type="application/json", headers=consul_headers(request, idx))
-    idx, result = await backend.query(name, args, b.index, b.wait, stale)
+    idx, result = await backend.query(name, args, b.index, b.wait, mode)
     if filtered:
         if isinstance(result, dict) and "Services" in result:  # node-services: the filter applies to services
             result = dict(result, Services=filter_rows(request, result["Services"]))

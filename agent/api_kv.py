@@ -52,19 +52,19 @@ async def get(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
     key = _key(request)
     b = blocking_params(request)
-    stale = consistency_mode(request)
+    mode = consistency_mode(request)
     if "keys" in request.query:
         idx, keys = await agent.backend.query("kv.keys", {"key": key, "separator": request.query.get("separator", "")},
-                                              b.index, b.wait, stale)
+                                              b.index, b.wait, mode)
         if keys is None:
             return web.Response(status=404, headers=consul_headers(request, idx))
         return json_response(request, keys, index=idx)
     if flag(request, "recurse"):
-        idx, rows = await agent.backend.query("kv.list", {"key": key}, b.index, b.wait, stale)
+        idx, rows = await agent.backend.query("kv.list", {"key": key}, b.index, b.wait, mode)
     else:
         if not key:
             raise BadRequest("Missing key name")
-        idx, rows = await agent.backend.query("kv.get", {"key": key}, b.index, b.wait, stale)
+        idx, rows = await agent.backend.query("kv.get", {"key": key}, b.index, b.wait, mode)
     if not rows:
         return web.Response(status=404, headers=consul_headers(request, idx))
     if "raw" in request.query:

@@ -47,6 +47,7 @@ from .rpc import (
     ServerPort,
 )
 from .rpc_tls import TLSConfigError, rpc_tls
+from .server import ServerRole
 from .version import PROTOCOL, VERSION
 
 if TYPE_CHECKING:
@@ -419,17 +420,22 @@ class Cluster:
     async def dns_forward(self, packet: bytes, udp: bool) -> bytes | None:
         return await self.call_any_server("dns.query", {"packet": packet, "udp": udp}, timeout=5.0)
 
-    async def on_leader(self, method: str, args: dict[str, Any], local: Any) -> Any:
-        """Run `local()` here if this server leads, else forward the call to the leader."""
-        if self.raft is None:
-            return await self.call_any_server(method, args)
-        if self.raft.is_leader or args.get("stale"):
-            result = local()
-            return await result if asyncio.iscoroutine(result) else result
-        leader = self.leader_address()
-        if not leader:
-            raise NoLeader("No cluster leader")
-        return await self.pool.call(leader, method, args)
+    async def on_leader(self, method: str, args: dict[str, Any], local: Callable[[], Any], *,
+                        idempotent: bool = False) -> Any:
+        """An operator call: with `stale` answered here, otherwise by the leader — through the server
+        role's one leader-or-forward mechanism (which waits out elections)."""
+        if args.get("stale"):
+            return await _maybe_await(local())
+
+        async def here() -> Any:
+            return await _maybe_await(local())
+
+        return await self.server().on_leader(here, method, args, idempotent=idempotent)
+
+    def server(self) -> ServerRole:
+        if self.agent.server is None:
+            raise ClusterError("this agent is not a server")
+        return self.agent.server
 
     async def remove_peer(self, id: str = "", address: str = "", **_: Any) -> str:
         assert self.raft is not None
@@ -450,3 +456,7 @@ class Cluster:
             return await self.raft.transfer_leadership(id or None)
         except RaftError as e:
             raise ClusterError(f"leadership transfer failed: {e}") from None
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value

@@ -39,9 +39,7 @@ class ServerEndpoints:
         reg("dns.query", self._rpc_dns_query)
 
     def server(self) -> Any:
-        if self.cluster.agent.server is None:
-            raise ClusterError("this agent is not a server")
-        return self.cluster.agent.server
+        return self.cluster.server()
 
     async def _rpc_apply(self, args: dict[str, Any]) -> Any:
         return await self.server().apply(c.decode(args["cmd"]))
@@ -72,7 +70,8 @@ class ServerEndpoints:
         return {"has_state": self.cluster.has_raft_state(), "leader": self.cluster.leader_address()}
 
     async def _rpc_raft_configuration(self, args: dict[str, Any]) -> Any:
-        return await self.cluster.on_leader("operator.raft_configuration", args, self.cluster.raft_configuration)
+        return await self.cluster.on_leader("operator.raft_configuration", args, self.cluster.raft_configuration,
+                                            idempotent=True)
 
     async def _rpc_raft_remove_peer(self, args: dict[str, Any]) -> Any:
         return await self.cluster.on_leader("operator.raft_remove_peer", args, lambda: self.cluster.remove_peer(**args))
@@ -99,4 +98,4 @@ class ServerEndpoints:
             store = self.server().store
             return [store.last_index, snapshot.write(store.snapshot(), store.last_index, self.cluster.config.datacenter)]
 
-        return await self.cluster.on_leader("snapshot.save", args, here)
+        return await self.cluster.on_leader("snapshot.save", args, here, idempotent=True)

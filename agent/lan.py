@@ -23,6 +23,7 @@ log = logging.getLogger("proconsul.lan")
 
 DIAL_TIMEOUT = 2.0
 EXCHANGE_TIMEOUT = 5.0
+MAX_GOSSIP_FRAME = 4 << 20  # a member list of ~20,000 members; the LAN port is unauthenticated
 
 
 class JoinError(Exception):
@@ -128,7 +129,7 @@ class LANGossip:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), DIAL_TIMEOUT)
         try:
             writer.write(pack(self._message()))
-            reply = await asyncio.wait_for(read_frame(reader), EXCHANGE_TIMEOUT)
+            reply = await asyncio.wait_for(read_frame(reader, MAX_GOSSIP_FRAME), EXCHANGE_TIMEOUT)
             self._take(reply)
         finally:
             writer.close()
@@ -137,7 +138,7 @@ class LANGossip:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            msg = await asyncio.wait_for(read_frame(reader), EXCHANGE_TIMEOUT)
+            msg = await asyncio.wait_for(read_frame(reader, MAX_GOSSIP_FRAME), EXCHANGE_TIMEOUT)
             try:
                 self._take(msg)
             except MembershipError as e:

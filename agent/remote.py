@@ -44,8 +44,7 @@ class RemoteBackend:
         return await self._call("catalog.apply", {"cmd": c.encode(cmd)})
 
     async def query(self, name: str, args: dict[str, Any], min_index: int = 0, wait: float = DEFAULT_WAIT,
-                    stale: str | bool = "leader") -> tuple[int, Any]:
-        mode = "stale" if stale is True else "leader" if stale is False else stale
+                    mode: str = "leader") -> tuple[int, Any]:
         idx, result, known, contact = await self._call(
             "catalog.query", {"name": name, "args": args, "index": min_index, "wait": wait, "mode": mode},
             timeout=min(wait, MAX_WAIT) + 30.0, idempotent=True)

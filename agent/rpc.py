@@ -90,10 +90,10 @@ def pack(obj: Any) -> bytes:
     return LENGTH.pack(len(payload)) + payload
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
+async def read_frame(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -> Any:
     (n,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
-    if n == 0 or n > MAX_FRAME:
-        raise ValueError(f"frame of {n} bytes (max {MAX_FRAME})")
+    if n == 0 or n > max_frame:
+        raise ValueError(f"frame of {n} bytes (max {max_frame})")
     return msgpack.unpackb(await reader.readexactly(n), raw=False, strict_map_key=False)
 
 
@@ -187,7 +187,6 @@ class RPCConnection:
         self.address = address
         self.tls = tls
         self.server_hostname = server_hostname
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._out: CoalescingWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -211,7 +210,7 @@ class RPCConnection:
             except (OSError, TimeoutError, ValueError, ssl.SSLError) as e:
                 raise RPCNotSent(f"cannot reach server {self.address}: {e or 'timeout'}") from None
             writer.write(MUX_RPC)
-            self._reader, self._writer, self._out = reader, writer, CoalescingWriter(writer)
+            self._writer, self._out = writer, CoalescingWriter(writer)
             self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader, writer))
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -177,19 +177,18 @@ class ServerRole:
             await asyncio.sleep(0.05 + self._rng.random() * 0.05)
 
     # ------------------------------------------------------------------ reads
-    def serves_locally(self, mode: str | bool) -> bool:
+    def serves_locally(self, mode: str) -> bool:
         """Whether a read in this consistency mode may be answered from this server's store as is."""
-        return mode in ("stale", True) or (mode in ("leader", False) and self.replicator.is_leader)
+        return mode == "stale" or (mode == "leader" and self.replicator.is_leader)
 
     async def query(self, name: str, args: dict[str, Any], min_index: int = 0,
-                    wait: float = DEFAULT_WAIT, stale: str | bool = "leader") -> tuple[int, Any]:
+                    wait: float = DEFAULT_WAIT, mode: str = "leader") -> tuple[int, Any]:
         """Run a named query; with `min_index`, block until its index passes it or `wait` ends.
 
-        `stale` is the consistency mode: "leader" (default: the leader answers; a follower forwards),
+        `mode` is the consistency mode: "leader" (default: the leader answers; a follower forwards),
         "stale" (any server answers from its own store), "consistent" (the leader confirms it still
-        leads with a ReadIndex round first). True/False mean "stale"/"leader".
+        leads with a ReadIndex round first).
         """
-        mode = "stale" if stale is True else "leader" if stale is False else stale
         if self.serves_locally(mode):
             return await self._query_here(name, args, min_index, wait)
 
@@ -221,15 +220,15 @@ class ServerRole:
         return idx, result
 
     async def query_encoded(self, name: str, args: dict[str, Any], encode: Callable[[Any], bytes],
-                            min_index: int = 0, wait: float = DEFAULT_WAIT, stale: str | bool = "leader"
+                            min_index: int = 0, wait: float = DEFAULT_WAIT, mode: str = "leader"
                             ) -> tuple[int, Any, bytes]:
         """Like `query`, but also returns the encoded body, cached until the query's tables change.
 
         The cache is keyed by query and arguments and is valid while the highest index of the tables
         the query reads is the one it was computed at, so a hit can never be stale.
         """
-        if not self.serves_locally(stale):
-            idx, result = await self.query(name, args, min_index, wait, stale)
+        if not self.serves_locally(mode):
+            idx, result = await self.query(name, args, min_index, wait, mode)
             return idx, result, encode(result)
         q = get_query(name)
         key = (name, _args_key(args))
@@ -237,7 +236,7 @@ class ServerRole:
         if hit is not None and hit[0] == self.store.table_index(*q.tables) and hit[1] > min_index:
             self._encoded.move_to_end(key)
             return hit[1], None, hit[2]
-        idx, result = await self.query(name, args, min_index, wait, stale)
+        idx, result = await self.query(name, args, min_index, wait, mode)
         body = encode(result)
         self._encoded[key] = (self.store.table_index(*q.tables), idx, body)
         if len(self._encoded) > ENCODED_CACHE_SIZE:

@@ -31,27 +31,24 @@ class ForwardingHandler:
         self.stats = {"forwarded": 0, "formerr": 0, "dropped": 0, "servfail": 0, "recursed": 0}
 
     def handle(self, packet: bytes, udp: bool) -> tuple[bytes | None, bool]:
-        """Every well-formed question is answered asynchronously (`recurse`)."""
-        packet = bytes(packet)
-        if len(packet) < 12 or packet[2] & 0x80:
+        """Every question is answered asynchronously (`recurse`, which parses it once)."""
+        if len(packet) < 12 or packet[2] & 0x80:  # no header, or a response: never answer those
             self.stats["dropped"] += 1
             return None, False
-        try:
-            DNSRecord.parse(packet)
-        except Exception:  # dnslib raises several types on bad input; all of them mean FORMERR
-            self.stats["formerr"] += 1
-            return error_reply(packet, RCODE.FORMERR), False
         return None, True
 
-    def ours(self, packet: bytes) -> bool:
-        try:
-            name = str(DNSRecord.parse(packet).q.qname).lower()
-        except Exception:
-            return True  # let the server give the exact error
+    def _ours(self, name: str) -> bool:
+        name = name.lower()
         return any(name == d or name.endswith("." + d) for d in self.domains + REVERSE_ZONES)
 
     async def recurse(self, packet: bytes, tcp: bool = False) -> bytes | None:
-        if self.ours(packet):
+        packet = bytes(packet)
+        try:
+            name = str(DNSRecord.parse(packet).q.qname)
+        except Exception:  # dnslib raises several types on bad input; all of them mean FORMERR
+            self.stats["formerr"] += 1
+            return error_reply(packet, RCODE.FORMERR)
+        if self._ours(name):
             self.stats["forwarded"] += 1
             try:
                 answer = await self.forward(packet, not tcp)

@@ -230,6 +230,13 @@ class ServerCluster:
 
         return wait_for(agreed, timeout, message="the servers to agree on a leader")
 
+    def client(self, name: str, via: int = 0) -> AgentProcess:
+        """A client agent (not started) that joins through server `via`'s LAN port."""
+        workdir = self.workdir / name
+        return AgentProcess(workdir, dev=False, args=[
+            "--node", name, "--data-dir", str(workdir / "data"), "--retry-interval", "1s",
+            "--retry-join", f"127.0.0.1:{self.servers[via].serf_lan_port}"])
+
     def followers(self) -> list[AgentProcess]:
         lead = self.leader()
         return [a for a in self.running() if a is not lead]

@@ -149,12 +149,9 @@ def test_lagging_follower_gets_a_snapshot_and_a_rolling_restart_keeps_the_data(t
         cluster.stop()
 
 
-def test_a_client_stopped_with_sigterm_leaves_and_its_node_is_deregistered(cluster: ServerCluster,
-                                                                          tmp_path: Path) -> None:
+def test_a_client_stopped_with_sigterm_leaves_and_its_node_is_deregistered(cluster: ServerCluster) -> None:
     s0 = cluster.servers[0]
-    client = AgentProcess(tmp_path / "c2", dev=False, args=[
-        "--node", "c2", "--data-dir", str(tmp_path / "c2" / "data"), "--retry-interval", "1s",
-        "--retry-join", f"127.0.0.1:{s0.serf_lan_port}"])
+    client = cluster.client("c2", via=0)
     client.start(30)
     try:
         def nodes() -> set[str]:
@@ -169,9 +166,7 @@ def test_a_client_stopped_with_sigterm_leaves_and_its_node_is_deregistered(clust
 
 def test_client_agent_forwards_and_is_marked_critical_when_it_dies(cluster: ServerCluster, tmp_path: Path) -> None:
     s0 = cluster.servers[0]
-    client = AgentProcess(tmp_path / "c1", dev=False, args=[
-        "--node", "c1", "--data-dir", str(tmp_path / "c1" / "data"), "--retry-interval", "1s",
-        "--retry-join", f"127.0.0.1:{cluster.servers[1].serf_lan_port}"])
+    client = cluster.client("c1", via=1)
     client.start(30)
     try:
         assert client.put("/v1/agent/service/register", {"Name": "web", "Port": 80})[0] == 200
