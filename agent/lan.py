@@ -23,6 +23,10 @@ log = logging.getLogger("proconsul.lan")
 
 DIAL_TIMEOUT = 2.0
 EXCHANGE_TIMEOUT = 5.0
+# What one exchange with a peer can raise: unreachable, died mid-frame (IncompleteReadError is an
+# EOFError), too slow, or not speaking our protocol (msgpack's errors are ValueErrors).
+PEER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, TimeoutError, MembershipError, ValueError,
+                                               TypeError)
 MAX_GOSSIP_FRAME = 4 << 20  # a member list of ~20,000 members; the LAN port is unauthenticated
 
 
@@ -89,7 +93,10 @@ class LANGossip:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.round()
+            try:
+                await self.round()
+            except Exception:  # a bug in one round must not take membership (and the agent) down
+                log.exception("gossip round failed")
             delay = self.interval * (0.75 + self.rng.random() / 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -101,8 +108,8 @@ class LANGossip:
             target = self.rng.choice(peers)
             try:
                 await self._push_pull(target.addr, target.port)
-            except (OSError, TimeoutError, MembershipError, ValueError) as e:
-                log.debug("gossip with %s failed: %s", target.name, e)
+            except PEER_ERRORS as e:  # a peer that died mid-exchange or answered garbage: try another next round
+                log.debug("gossip with %s failed: %s", target.name, e or type(e).__name__)
         elif self.retry_join and self._now() >= self._next_join:
             try:
                 await self.join(self.retry_join)
@@ -118,7 +125,7 @@ class LANGossip:
                 host, port = parse_join_address(text)
                 await self._push_pull(host, port)
                 ok += 1
-            except (OSError, TimeoutError, MembershipError, ValueError, JoinError) as e:
+            except (*PEER_ERRORS, JoinError) as e:
                 errors.append(f"{text}: {e or type(e).__name__}")
         if not ok:
             raise JoinError("could not join any of " + "; ".join(errors))
