@@ -14,7 +14,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -77,6 +77,9 @@ class Agent:
         self.connect: Any = None
         self.dns_handler: Any = None
         self.listeners: list[Callable[[Agent, asyncio.Event], Any]] = []  # extra components (DNS, …)
+        # Components' sockets, bound before the cluster and HTTP start: a port in use is one clear
+        # error at start-up, and an agent that answers HTTP has every listener up.
+        self.binders: list[Callable[[], Awaitable[None]]] = []
         self.http_port: int | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -392,18 +395,20 @@ class Agent:
             # What this agent owns comes back before anything can ask for it (HTTP, DNS, the cluster).
             await self._restore_persisted()
             await self.load_services_from_config()
-            site = web.TCPSite(runner, cfg.client_addr, cfg.http_port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as e:
-                raise AgentError(f"cannot listen for HTTP on {cfg.client_addr}:{cfg.http_port}: {e.strerror}") from None
-            self.http_port = _bound_port(site)
+            for bind in self.binders:
+                await bind()
             try:
                 await self.cluster.start()
             except ClusterError as e:
                 raise AgentError(str(e)) from None
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
+            site = web.TCPSite(runner, cfg.client_addr, cfg.http_port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as e:
+                raise AgentError(f"cannot listen for HTTP on {cfg.client_addr}:{cfg.http_port}: {e.strerror}") from None
+            self.http_port = _bound_port(site)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")

@@ -373,10 +373,12 @@ def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
 
 
 async def serve(handler: DNSHandler, host: str, port: int, stop: asyncio.Event,
-                on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve UDP and TCP on host:port until `stop` is set, then close both sockets."""
+                on_ready: Callable[[int], None] | None = None,
+                sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
+    """Serve UDP and TCP on host:port (or on already bound `sockets`) until `stop` is set, then close
+    both sockets."""
     loop = asyncio.get_running_loop()
-    udp_sock, tcp_sock = bind_sockets(host, port)
+    udp_sock, tcp_sock = sockets or bind_sockets(host, port)
     bound = udp_sock.getsockname()[1]
     udp = UDPServer(handler, udp_sock)
     tcp = TCPServer(handler)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from proconsul.catalog.store import CHECKS, NODES, PASSING, SERVICES, StateStore
 from .answer import Answerer, DNSSettings, Instance, Node
 from .errors import DNSServiceError, ListenError
 from .forward import ForwardingHandler
-from .server import DNSHandler, parse_recursor, serve
+from .server import DNSHandler, bind_sockets, parse_recursor, serve
 
 log = logging.getLogger("proconsul.dns")
 
@@ -170,12 +171,18 @@ def attach(agent: Any) -> None:
                              cfg.dns.recursor_timeout)
     agent.dns_handler = handler
 
-    async def dns_listener(agent: Any, stop: asyncio.Event) -> None:
+    sockets: list[tuple[socket.socket, socket.socket]] = []
+
+    async def bind_dns() -> None:
         try:
-            await serve(handler, cfg.client_addr, cfg.dns_port, stop)
+            sockets.append(bind_sockets(cfg.client_addr, cfg.dns_port))
         except ListenError as e:
             raise AgentError(str(e)) from None
 
+    async def dns_listener(agent: Any, stop: asyncio.Event) -> None:
+        await serve(handler, cfg.client_addr, cfg.dns_port, stop, sockets=sockets.pop())
+
+    agent.binders.append(bind_dns)  # bound before the agent answers HTTP, so "ready" means DNS is up too
     agent.listeners.append(dns_listener)
 
 

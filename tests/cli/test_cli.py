@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,11 @@ def test_agent_flags_it_cannot_honour_fail_clearly(tmp_path: Path) -> None:
     assert "--bootstrap-expect only applies to servers" in one_line_error(res)
     assert "--dev agents run alone" in one_line_error(run(None, "agent", "--dev", "--retry-join", "127.0.0.1"))
     assert "data_dir is required" in one_line_error(run(None, "agent", "--server"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:  # a port in use: one line, no traceback
+        taken.bind(("127.0.0.1", 0))
+        msg = one_line_error(run(None, "agent", "--dev", "--http-port", "0", "--server-port", "0",
+                                 "--serf-lan-port", "0", "--dns-port", str(taken.getsockname()[1])))
+        assert "cannot listen for DNS" in msg and "already in use" in msg
     (tmp_path / "bad.json").write_text('{"no_such_key": 1}')
     assert "unknown config key 'no_such_key'" in one_line_error(
         run(None, "agent", "--dev", "--config-file", str(tmp_path / "bad.json")))
