@@ -19,18 +19,18 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api.read_cache import ReadCache
+from proconsul.agent.checks.kinds import standard_kinds
+from proconsul.agent.checks.manager import CheckManager
+from proconsul.agent.cluster.cluster import Cluster
+from proconsul.agent.cluster.errors import ClusterError
+from proconsul.agent.cluster.remote import RemoteBackend
+from proconsul.agent.cluster.server import ServerRole, StartingReplicator
+from proconsul.agent.config.load import AgentConfig, finalize, load_config
+from proconsul.agent.local.events import EventBuffer
+from proconsul.agent.local.state import LocalState, service_row
+from proconsul.agent.version import CONSUL_COMPAT_VERSION, VERSION
 from proconsul.catalog.store import CRITICAL, StateStore
-
-from .checks import CheckManager
-from .cluster import Cluster
-from .cluster_errors import ClusterError
-from .config import AgentConfig, finalize, load_config
-from .events import EventBuffer
-from .local import LocalState, service_row
-from .read_cache import ReadCache
-from .remote import RemoteBackend
-from .server import ServerRole, StartingReplicator
-from .version import CONSUL_COMPAT_VERSION, VERSION
 
 log = logging.getLogger("proconsul.agent")
 
@@ -54,7 +54,7 @@ class Agent:
             self.cluster = Cluster(self)
         except ClusterError as e:
             raise AgentError(str(e)) from None
-        self.backend: Any = self.server if self.server is not None else RemoteBackend(self.cluster)
+        self.backend: Any = self.server if self.server is not None else RemoteBackend(self.cluster.call_any_server)
         self.read_cache = ReadCache(self.store) if self.store is not None else None
         self.node = {
             "ID": config.node_id,
@@ -70,7 +70,7 @@ class Agent:
                                 sync_interval=config.sync_interval,
                                 data_dir=None if config.dev else config.data_dir, rng=self.rng,
                                 cluster_size=lambda: len(self.members()))
-        self.checks = CheckManager(self._check_result, self.rng)
+        self.checks = CheckManager(self._check_result, standard_kinds(), self.rng)
         self.checks.context["agent"] = self
         self.events = EventBuffer(config.node_name)
         self.http_routes: list[web.RouteTableDef] = []  # routes of optional components (Connect, UI)
@@ -230,7 +230,7 @@ class Agent:
         # Consul: enable_local_script_checks admits scripts from config files only (persist=False), never the API.
         if defn.get("Kind") == "script" and not (self.config.enable_script_checks or (
                 self.config.enable_local_script_checks and not persist)):
-            from .http_util import BadRequest
+            from proconsul.agent.api.params import BadRequest
 
             raise BadRequest("Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
                              "or 'enable_local_script_checks' to true")
@@ -253,7 +253,7 @@ class Agent:
     def update_ttl_check(self, cid: str, status: str, output: str) -> None:
         runner = self.checks.runner(cid)
         if not hasattr(runner, "set_status"):
-            from .http_util import NotFoundHTTP
+            from proconsul.agent.api.params import NotFoundHTTP
 
             raise NotFoundHTTP(f'CheckID "{cid}" does not have associated TTL')
         output = runner.set_status(status, output)  # re-arms the TTL, cuts the output to OutputMaxSize
@@ -274,7 +274,7 @@ class Agent:
 
     async def reap_critical_services(self, stop: asyncio.Event) -> None:
         """Deregister services whose check stayed critical past deregister_critical_service_after."""
-        from .local import REAP_INTERVAL
+        from proconsul.agent.local.state import REAP_INTERVAL
 
         while not stop.is_set():
             for sid in self.local.services_to_reap(time.monotonic()):
@@ -289,7 +289,7 @@ class Agent:
     # ------------------------------------------------------------------ config (re)loading
     async def load_services_from_config(self) -> None:
         """Register the services and checks in config files; a reload replaces the previous set."""
-        from .definitions import DefinitionError, check_definition, service_definition
+        from proconsul.agent.local.definitions import DefinitionError, check_definition, service_definition
 
         services, checks = [], []
         try:
@@ -353,7 +353,7 @@ class Agent:
         self._stop.set()
 
     async def force_leave(self, node: str) -> None:
-        from .http_util import BadRequest
+        from proconsul.agent.api.params import BadRequest
 
         if not self.cluster.members.force_leave(node, self.loop_time()):
             raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
@@ -361,8 +361,8 @@ class Agent:
         self.cluster.membership_changed([node])
 
     async def join(self, address: str, wan: bool = False) -> None:
-        from .http_util import BadRequest
-        from .lan import JoinError
+        from proconsul.agent.api.params import BadRequest
+        from proconsul.agent.cluster.lan import JoinError
 
         if wan:
             raise BadRequest("WAN join needs federation, which is not built yet")
@@ -384,7 +384,7 @@ class Agent:
     # ------------------------------------------------------------------ running
     async def run(self) -> None:
         """Run until stopped: listeners and background work under one TaskGroup."""
-        from .http_app import build_app
+        from proconsul.agent.api.app import build_app
 
         cfg = self.config
         _raise_fd_limit()
@@ -474,7 +474,7 @@ def _load_components(agent: Agent) -> None:
     """Attach optional components (DNS, UI, Connect) that register listeners or HTTP routes."""
     import importlib
 
-    for module_name in ("proconsul.dns.service", "proconsul.ui.serve", "proconsul.agent.connect_api"):
+    for module_name in ("proconsul.dns.service", "proconsul.ui.serve", "proconsul.agent.connect.service"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

@@ -26,7 +26,7 @@ CHILD = r'''
 import json, sys, time, statistics
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import StateStore
-from proconsul.agent.queries import QUERIES
+from proconsul.catalog.queries import QUERIES
 
 def rss():
     for line in open("/proc/self/status"):

@@ -18,10 +18,9 @@ The datacenter may also be spelled `<dc>.dc`. An unknown datacenter is NXDOMAIN,
 from __future__ import annotations
 
 import ipaddress
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from dnslib import (
     AAAA,
@@ -57,6 +56,12 @@ _T_A, _T_AAAA, _T_SRV, _T_ANY, _T_CNAME, _T_TXT = QTYPE.A, QTYPE.AAAA, QTYPE.SRV
 _T_SOA, _T_NS, _T_PTR, _T_OPT = QTYPE.SOA, QTYPE.NS, QTYPE.PTR, QTYPE.OPT
 _T_AXFR, _T_IXFR = QTYPE.AXFR, QTYPE.IXFR
 _KINDS = frozenset({"service", "connect", "node", "addr", "query", "ingress", "virtual"})
+
+
+class Shuffler(Protocol):
+    """The randomness the answerer needs, passed in (a seeded `random.Random` in tests and simulations)."""
+
+    def shuffle(self, x: list[Any]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +220,7 @@ class Answerer:
                          for d in domains]
 
     # ------------------------------------------------------------------ entry point
-    def answer(self, request: DNSRecord, view: CatalogView, rng: random.Random, udp: bool,
+    def answer(self, request: DNSRecord, view: CatalogView, rng: Shuffler, udp: bool,
                have_recursors: bool) -> Outcome:
         h = request.header
         reply = DNSRecord(DNSHeader(id=h.id, qr=1, opcode=h.opcode, aa=1, rd=h.rd, ra=int(have_recursors)))
@@ -279,7 +284,7 @@ class Answerer:
 
     # ------------------------------------------------------------------ name forms
     def _dispatch(self, reply: DNSRecord, q: DNSQuestion, head: list[str], zone: str, view: CatalogView,
-                  rng: random.Random, cap: int) -> Outcome:
+                  rng: Shuffler, cap: int) -> Outcome:
         qtype = q.qtype
         if qtype in (_T_AXFR, _T_IXFR):
             reply.header.rcode = RCODE.NOTIMP
@@ -379,7 +384,7 @@ class Answerer:
         return status == PASSING or (status == WARNING and not self.s.only_passing)
 
     def _service(self, reply: DNSRecord, q: DNSQuestion, name: str, tag: str, connect: bool, zone: str,
-                 view: CatalogView, rng: random.Random, cap: int) -> Outcome:
+                 view: CatalogView, rng: Shuffler, cap: int) -> Outcome:
         depends = CATALOG if connect else name.lower()
         instances = [i for i in view.service_instances(name, connect) if self._healthy(i.status)]
         if tag:

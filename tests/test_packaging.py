@@ -49,7 +49,7 @@ def test_every_module_imports_from_the_wheel(tmp_path: Path) -> None:
         for path in sorted((REPO / folder).rglob("*.py")):
             rel = path.relative_to(REPO / folder).with_suffix("")
             modules.append(".".join(["proconsul", pkg, *rel.parts]))
-    assert "proconsul.agent.cli" in modules and "proconsul.catalog.store" in modules
+    assert "proconsul.agent.cli.main" in modules and "proconsul.catalog.store" in modules
     out = subprocess.run([sys.executable, "-c", CHILD, str(unpacked), json.dumps(modules)], capture_output=True,
                          text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr

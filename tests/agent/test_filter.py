@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proconsul.agent.filter import FilterError, apply_filter, compile_filter
+from proconsul.catalog.filter import FilterError, apply_filter, compile_filter
 
 ROWS = [
     {"Service": {"Service": "web", "Tags": ["v1", "prod"], "Meta": {"env": "prod"}, "Port": 80,

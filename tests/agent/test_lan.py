@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from proconsul.agent.lan import JoinError, LANGossip
-from proconsul.agent.membership import Member, MemberList
+from proconsul.agent.cluster.lan import JoinError, LANGossip
+from proconsul.agent.cluster.membership import Member, MemberList
 
 
 async def _peer(behaviour: bytes) -> tuple[asyncio.Server, int]:

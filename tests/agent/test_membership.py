@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proconsul.agent.membership import ALIVE, FAILED, LEFT, Member, MemberList, MembershipError
+from proconsul.agent.cluster.membership import ALIVE, FAILED, LEFT, Member, MemberList, MembershipError
 
 
 def member(name: str, hb: int = 0, inc: int = 0, status: str = ALIVE, role: str = "node") -> Member:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proconsul.agent.membership import ALIVE, FAILED, LEFT, Member
-from proconsul.agent.reconcile import catalog_plan, raft_plan
+from proconsul.agent.cluster.membership import ALIVE, FAILED, LEFT, Member
+from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
 from proconsul.catalog import commands as c
 
 

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from proconsul.agent import snapshot
+from proconsul.agent.cluster import snapshot
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import StateStore
 

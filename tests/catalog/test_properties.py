@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proconsul.agent.queries import QUERIES
 from proconsul.catalog import commands as c
 from proconsul.catalog.errors import CatalogError
+from proconsul.catalog.queries import QUERIES
 from proconsul.catalog.store import StateStore
 
 REPO = Path(__file__).resolve().parents[2]

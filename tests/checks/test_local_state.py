@@ -9,7 +9,7 @@ from pathlib import Path
 
 from support import AgentProcess, wait_for
 
-from proconsul.agent.local import MIN_REAP_AFTER, LocalState
+from proconsul.agent.local.state import MIN_REAP_AFTER, LocalState
 
 
 def catalog_services(agent: AgentProcess) -> set[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import AgentProcess, free_port, wait_for
 
-from proconsul.agent.checks import StatusFilter
+from proconsul.agent.checks.manager import StatusFilter
 
 
 def status_of(agent: AgentProcess, check_id: str) -> str:

@@ -1,0 +1,257 @@
+"""/v1/agent/*: this agent's own services, checks, membership and lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from aiohttp import web
+
+from proconsul.agent.api.params import (
+    BadRequest,
+    NotFoundHTTP,
+    blocking_params,
+    check_common,
+    dumps,
+    field_type,
+    filter_rows,
+    flag,
+    fold_keys,
+    json_body,
+    json_response,
+    want_dict,
+)
+from proconsul.agent.local.definitions import DefinitionError, check_definition, service_definition
+
+routes = web.RouteTableDef()
+
+
+def _unknown_service(sid: str) -> NotFoundHTTP:
+    return NotFoundHTTP(f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.')
+
+
+def _unknown_check(cid: str) -> NotFoundHTTP:
+    return NotFoundHTTP(f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.')
+
+
+@routes.get("/v1/agent/self")
+async def self_(request: web.Request) -> web.Response:
+    return json_response(request, request.app["agent"].self_info())
+
+
+@routes.get("/v1/agent/members")
+async def members(request: web.Request) -> web.Response:
+    return json_response(request, request.app["agent"].members(wan=flag(request, "wan")))
+
+
+@routes.get("/v1/agent/services")
+async def services(request: web.Request) -> web.Response:
+    check_common(request)
+    return json_response(request, filter_rows(request, request.app["agent"].local.services()))
+
+
+def _content_hash(svc: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps(svc)).hexdigest()[:16]
+
+
+@routes.get("/v1/agent/service/{id}")
+async def service(request: web.Request) -> web.Response:
+    """One local service with its ContentHash; `?hash=` blocks until the service changes."""
+    agent = request.app["agent"]
+    sid = request.match_info["id"]
+    b = blocking_params(request)
+    svc = agent.local.service(sid)
+    want = request.query.get("hash")
+    if want and svc is not None:
+        deadline = agent.loop_time() + b.wait
+        while svc is not None and _content_hash(svc) == want and agent.loop_time() < deadline:
+            await agent.local_changed(deadline - agent.loop_time())
+            svc = agent.local.service(sid)
+    if svc is None:
+        raise _unknown_service(sid)
+    h = _content_hash(svc)
+    return json_response(request, dict(svc, ContentHash=h), headers={"X-Consul-ContentHash": h})
+
+
+@routes.get("/v1/agent/checks")
+async def checks(request: web.Request) -> web.Response:
+    check_common(request)
+    return json_response(request, filter_rows(request, request.app["agent"].local.checks()))
+
+
+@routes.put("/v1/agent/service/register")
+async def register_service(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    body = await json_body(request)
+    try:
+        defn = service_definition(body, "Service")
+    except DefinitionError as e:
+        raise BadRequest(str(e)) from None
+    await agent.register_service(defn, replace_existing_checks=flag(request, "replace-existing-checks"))
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/service/deregister/{id}")
+async def deregister_service(request: web.Request) -> web.Response:
+    sid = request.match_info["id"]
+    if not await request.app["agent"].deregister_service(sid):
+        raise _unknown_service(sid)
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/check/register")
+async def register_check(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    body = await json_body(request)
+    try:
+        defn = check_definition(body, "Check")
+    except DefinitionError as e:
+        raise BadRequest(str(e)) from None
+    if defn.get("ServiceID") and agent.local.service(defn["ServiceID"]) is None:
+        raise BadRequest(f'ServiceID "{defn["ServiceID"]}" does not exist')
+    await agent.register_check(defn)
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/check/deregister/{id}")
+async def deregister_check(request: web.Request) -> web.Response:
+    cid = request.match_info["id"]
+    if not await request.app["agent"].deregister_check(cid):
+        raise _unknown_check(cid)
+    return web.Response(status=200)
+
+
+async def _ttl_update(request: web.Request, status: str, output: str) -> web.Response:
+    agent = request.app["agent"]
+    cid = request.match_info["id"]
+    if agent.local.check(cid) is None:
+        raise _unknown_check(cid)
+    agent.update_ttl_check(cid, status, output)
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/check/pass/{id}")
+async def check_pass(request: web.Request) -> web.Response:
+    return await _ttl_update(request, "passing", request.query.get("note", ""))
+
+
+@routes.put("/v1/agent/check/warn/{id}")
+async def check_warn(request: web.Request) -> web.Response:
+    return await _ttl_update(request, "warning", request.query.get("note", ""))
+
+
+@routes.put("/v1/agent/check/fail/{id}")
+async def check_fail(request: web.Request) -> web.Response:
+    return await _ttl_update(request, "critical", request.query.get("note", ""))
+
+
+@routes.put("/v1/agent/check/update/{id}")
+async def check_update(request: web.Request) -> web.Response:
+    body = fold_keys(want_dict(await json_body(request), "CheckUpdate"), ("Status", "Output"))
+    field_type(body, "Status", str, "CheckUpdate")
+    field_type(body, "Output", str, "CheckUpdate")
+    status = body.get("Status") or ""
+    if status not in ("passing", "warning", "critical"):
+        raise BadRequest(f"Invalid check status: {status!r} (use passing, warning or critical)")
+    return await _ttl_update(request, status, body.get("Output") or "")
+
+
+def _enable_param(request: web.Request) -> bool:
+    raw = request.query.get("enable")
+    if raw is None or raw == "":
+        raise BadRequest("Missing value for enable")
+    if raw.lower() not in ("true", "false"):
+        raise BadRequest(f"Invalid value for enable: {raw!r} (use true or false)")
+    return raw.lower() == "true"
+
+
+@routes.put("/v1/agent/service/maintenance/{id}")
+async def service_maintenance(request: web.Request) -> web.Response:
+    enable = _enable_param(request)
+    sid = request.match_info["id"]
+    if not request.app["agent"].local.set_service_maintenance(sid, enable, request.query.get("reason", "")):
+        raise NotFoundHTTP(f"No service registered with ID {sid!r}")
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/maintenance")
+async def node_maintenance(request: web.Request) -> web.Response:
+    enable = _enable_param(request)
+    request.app["agent"].local.set_node_maintenance(enable, request.query.get("reason", ""))
+    return web.Response(status=200)
+
+
+def _aggregate(agent: Any, sid: str) -> tuple[str, dict[str, Any]]:
+    from proconsul.catalog.store import aggregate_status
+
+    svc = agent.local.service(sid)
+    checks = agent.local.service_checks(sid) + agent.local.node_checks()
+    return aggregate_status(checks), {"ID": svc["ID"], "Service": svc, "AggregatedStatus": None}
+
+
+_HEALTH_STATUS = {"passing": 200, "warning": 429, "critical": 503, "maintenance": 503}
+
+
+def _health_response(request: web.Request, entries: list[tuple[str, dict[str, Any]]], single: bool
+                     ) -> web.Response:
+    worst = "passing"
+    from proconsul.catalog.store import _SEVERITY
+
+    body = []
+    for status, entry in entries:
+        entry["AggregatedStatus"] = status
+        body.append(entry)
+        if _SEVERITY[status] > _SEVERITY[worst]:
+            worst = status
+    if "format" in request.query and request.query["format"] == "text":
+        return web.Response(status=_HEALTH_STATUS[worst], text=worst)
+    return json_response(request, body[0] if single else body, status=_HEALTH_STATUS[worst])
+
+
+@routes.get("/v1/agent/health/service/id/{id}")
+async def health_by_id(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    sid = request.match_info["id"]
+    if agent.local.service(sid) is None:
+        raise NotFoundHTTP(f"ServiceId {sid} not found")
+    return _health_response(request, [_aggregate(agent, sid)], single=True)
+
+
+@routes.get("/v1/agent/health/service/name/{name}")
+async def health_by_name(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    name = request.match_info["name"]
+    ids = [sid for sid, svc in agent.local.services().items() if svc["Service"] == name]
+    if not ids:
+        raise NotFoundHTTP(f"ServiceName {name} Not Found")
+    return _health_response(request, [_aggregate(agent, sid) for sid in ids], single=False)
+
+
+@routes.put("/v1/agent/reload")
+async def reload(request: web.Request) -> web.Response:
+    await request.app["agent"].reload()
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/leave")
+async def leave(request: web.Request) -> web.Response:
+    request.app["agent"].request_leave()
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/force-leave/{node}")
+async def force_leave(request: web.Request) -> web.Response:
+    await request.app["agent"].force_leave(request.match_info["node"])
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/join/{address}")
+async def join(request: web.Request) -> web.Response:
+    await request.app["agent"].join(request.match_info["address"], wan=flag(request, "wan"))
+    return web.Response(status=200)
+
+
+@routes.get("/v1/agent/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Consul's metrics shape (Gauges/Counters/Samples) with the agent's own figures."""
+    return json_response(request, request.app["agent"].metrics())

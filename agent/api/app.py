@@ -1,0 +1,39 @@
+"""The aiohttp application: every /v1 route, the error middleware, and the UI mount."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proconsul.agent.api import agent as api_agent
+from proconsul.agent.api import catalog as api_catalog
+from proconsul.agent.api import config as api_config
+from proconsul.agent.api import health as api_health
+from proconsul.agent.api import kv as api_kv
+from proconsul.agent.api import operator as api_operator
+from proconsul.agent.api import session as api_session
+from proconsul.agent.api import snapshot as api_snapshot
+from proconsul.agent.api import status as api_status
+from proconsul.agent.api.params import error_boundary
+
+ROUTE_MODULES = [api_agent, api_catalog, api_config, api_health, api_kv, api_operator, api_session, api_snapshot,
+                 api_status]
+MAX_BODY = 8 << 20
+
+
+def build_app(agent: Any) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app["agent"] = agent
+    for module in ROUTE_MODULES:
+        add_routes(app, module.routes)
+    for routes in agent.http_routes:
+        add_routes(app, routes)
+    return app
+
+
+def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
+    """Register routes, each behind the one error boundary (errors → statuses in one place)."""
+    for route in routes:
+        assert isinstance(route, web.RouteDef)
+        app.router.add_route(route.method, route.path, error_boundary(route.handler), **route.kwargs)

@@ -1,0 +1,102 @@
+"""/v1/session/*: sessions for locks and leader election."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proconsul.agent.api.catalog import run_query
+from proconsul.agent.api.params import (
+    BadRequest,
+    NotFoundHTTP,
+    check_common,
+    field_type,
+    fold_keys,
+    json_body,
+    json_response,
+    want_dict,
+)
+from proconsul.agent.config.duration import DurationError, parse_duration
+
+routes = web.RouteTableDef()
+
+MIN_TTL, MAX_TTL = 10.0, 86400.0
+
+
+def _lock_delay_ns(v: Any) -> int:
+    """Consul's LockDelay: a duration string, or a number (seconds when small, else nanoseconds)."""
+    if isinstance(v, bool):
+        raise BadRequest("Session.LockDelay must be a duration such as \"15s\"")
+    if isinstance(v, int | float):
+        return int(v * 1_000_000_000) if v < 1000 else int(v)
+    try:
+        return int(parse_duration(v) * 1_000_000_000)
+    except DurationError as e:
+        raise BadRequest(f"Session.LockDelay: {e}") from None
+
+
+@routes.put("/v1/session/create")
+async def create(request: web.Request) -> web.Response:
+    check_common(request)
+    agent = request.app["agent"]
+    body = await json_body(request, required=False) or {}
+    body = fold_keys(want_dict(body, "Session"), ("Name", "Node", "Behavior", "TTL", "ID", "LockDelay", "Checks",
+                                                  "NodeChecks", "ServiceChecks"))
+    for name in ("Name", "Node", "Behavior", "TTL", "ID"):
+        field_type(body, name, str, "Session")
+    for name in ("Checks", "NodeChecks", "ServiceChecks"):
+        field_type(body, name, list, "Session")
+    sess: dict[str, Any] = {
+        "Name": body.get("Name") or "",
+        "Node": body.get("Node") or agent.config.node_name,
+        "Behavior": body.get("Behavior") or "release",
+        "TTL": body.get("TTL") or "",
+        "LockDelay": _lock_delay_ns(body["LockDelay"]) if "LockDelay" in body else 15_000_000_000,
+    }
+    if sess["Behavior"] not in ("release", "delete"):
+        raise BadRequest(f"Session.Behavior {sess['Behavior']!r} must be \"release\" or \"delete\"")
+    for name in ("Checks", "NodeChecks", "ServiceChecks"):
+        if name in body and body[name] is not None:
+            sess[name] = body[name]
+    if sess["TTL"]:
+        try:
+            ttl = parse_duration(sess["TTL"])
+        except DurationError as e:
+            raise BadRequest(f"Session.TTL: {e}") from None
+        if not MIN_TTL <= ttl <= MAX_TTL:
+            raise BadRequest(f"Invalid Session TTL '{sess['TTL']}', must be between [10s=24h0m0s]")
+    sid = await agent.backend.session_create(sess)
+    return json_response(request, {"ID": sid})
+
+
+@routes.put("/v1/session/destroy/{id}")
+async def destroy(request: web.Request) -> web.Response:
+    check_common(request)
+    await request.app["agent"].backend.session_destroy(request.match_info["id"])
+    return json_response(request, True)
+
+
+@routes.put("/v1/session/renew/{id}")
+async def renew(request: web.Request) -> web.Response:
+    check_common(request)
+    sid = request.match_info["id"]
+    sess = await request.app["agent"].backend.session_renew(sid)
+    if sess is None:
+        raise NotFoundHTTP(f"Session id '{sid}' not found")
+    return json_response(request, [sess])
+
+
+@routes.get("/v1/session/info/{id}")
+async def info(request: web.Request) -> web.Response:
+    return await run_query(request, "session.info", {"id": request.match_info["id"]})
+
+
+@routes.get("/v1/session/node/{node}")
+async def node(request: web.Request) -> web.Response:
+    return await run_query(request, "session.node", {"node": request.match_info["node"]})
+
+
+@routes.get("/v1/session/list")
+async def list_(request: web.Request) -> web.Response:
+    return await run_query(request, "session.list", {})

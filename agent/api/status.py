@@ -1,0 +1,52 @@
+"""/v1/status/* and /v1/event/*: cluster status and user events."""
+
+from __future__ import annotations
+
+import base64
+
+from aiohttp import web
+
+from proconsul.agent.api.params import BadRequest, blocking_params, check_common, json_response
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/status/leader")
+async def leader(request: web.Request) -> web.Response:
+    return json_response(request, await request.app["agent"].leader_address())
+
+
+@routes.get("/v1/status/peers")
+async def peers(request: web.Request) -> web.Response:
+    return json_response(request, await request.app["agent"].peer_addresses())
+
+
+@routes.put("/v1/event/fire/{name}")
+async def fire(request: web.Request) -> web.Response:
+    check_common(request)
+    name = request.match_info["name"]
+    if not name:
+        raise BadRequest("Missing name")
+    payload = await request.read()
+    if len(payload) > 100 * 1024:
+        raise BadRequest(f"Payload too large: {len(payload)} bytes (limit 102400)")
+    q = request.query
+    event = request.app["agent"].events.fire(name, payload, q.get("node", ""), q.get("service", ""),
+                                             q.get("tag", ""))
+    return json_response(request, _event_json(event))
+
+
+def _event_json(e: dict) -> dict:
+    out = dict(e)
+    out["Payload"] = base64.b64encode(e["Payload"]).decode() if e["Payload"] else None
+    return out
+
+
+@routes.get("/v1/event/list")
+async def list_events(request: web.Request) -> web.Response:
+    check_common(request)
+    events = request.app["agent"].events
+    b = blocking_params(request)
+    name = request.query.get("name", "")
+    idx, items = await events.list(name, b.index, b.wait)
+    return json_response(request, [_event_json(e) for e in items], index=idx)

@@ -1,0 +1,459 @@
+"""Clustering: the catalog replicated with our Raft, server RPC, LAN membership and the leader's duties.
+
+On a server, the state store is the FSM of a `RaftNode` (`FileStorage` under `<data_dir>/raft`,
+or an in-memory log in dev mode — the same code path). The server port carries Raft and RPC
+(`rpc.ServerPort`); the LAN port carries gossip (`lan.LANGossip`). What Consul's servers do, ours do:
+
+- **bootstrap_expect**: once that many servers of the datacenter are alive in the LAN pool, and
+  none of them reports Raft state of its own, each bootstraps Raft with the same configuration.
+  A server that has state never bootstraps again, so a restart rejoins its cluster and a
+  bootstrapped cluster never forms a second one.
+- **the leader's reconcile**: every member of the pool is a catalog node with a `serfHealth`
+  check (passing while alive, critical once gossip says it is failed; a member that left is
+  deregistered); servers get the `consul` service; alive servers missing from the Raft
+  configuration are added as voters, servers that left are removed.
+- **RPC**: followers and client agents forward writes and default/consistent reads to the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from proconsul.agent.cluster.endpoints import ServerEndpoints
+from proconsul.agent.cluster.errors import ClusterError
+from proconsul.agent.cluster.host import ClusterHost
+from proconsul.agent.cluster.lan import LANGossip
+from proconsul.agent.cluster.membership import STATUS_CODES, Member, MemberList
+from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
+from proconsul.agent.cluster.rpc import (
+    MUX_RAFT,
+    NoLeader,
+    RPCNotSent,
+    RPCPool,
+    RPCServer,
+    RPCUnavailable,
+    ServerPort,
+)
+from proconsul.agent.cluster.rpc_tls import TLSConfigError, rpc_tls
+from proconsul.agent.cluster.server import ServerRole
+from proconsul.agent.version import PROTOCOL, VERSION
+from proconsul.catalog import commands as c
+from proconsul.catalog.store import CRITICAL, StateStore
+from proconsul.consensus.errors import RaftError
+from proconsul.consensus.node import NodeOptions, RaftNode, Server
+from proconsul.consensus.storage import FileStorage, MemoryStorage
+
+log = logging.getLogger("proconsul.cluster")
+
+RECONCILE_INTERVAL = 5.0
+FORWARD_TIMEOUT_SLACK = 30.0  # an RPC waits the query's own wait plus this much
+
+
+class CatalogFSM:
+    """The state store as Raft's state machine: committed entries are encoded catalog commands."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def apply(self, index: int, data: bytes) -> Any:
+        return self.store.apply_bytes(index, data)
+
+    def snapshot(self) -> bytes:
+        return self.store.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.store.restore(data)
+
+
+class RaftReplicator:
+    """The server role's `Replicator` over a `RaftNode`."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    async def propose(self, cmd: c.Command) -> Any:
+        return await self.node.propose(c.encode(cmd))
+
+    async def read_index(self) -> None:
+        await self.node.read_index()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.is_leader
+
+    @property
+    def leader(self) -> str:
+        return self.node.leader_addr if self.node.leader_id else ""
+
+    def peers(self) -> list[str]:
+        return [s.address for s in self.node.configuration() if s.voter] if self.node.core else []
+
+    def last_contact(self) -> float:
+        lc = self.node.last_contact
+        return 0.0 if lc == float("inf") else lc
+
+
+class Cluster:
+    """Everything that makes an agent part of a cluster; one per agent."""
+
+    def __init__(self, host: ClusterHost) -> None:
+        cfg = host.config
+        self.host = host
+        self.config = cfg
+        self.rng = random.Random(host.rng.getrandbits(64))
+        try:
+            self.tls = rpc_tls(cfg)
+        except TLSConfigError as e:
+            raise ClusterError(str(e)) from None
+        self.pool = RPCPool(self.tls.client, self.tls.server_hostname)
+        self.rpc = RPCServer()
+        self.raft: RaftNode | None = None
+        self.port: ServerPort | None = None
+        self.members = MemberList(Member(cfg.node_name, cfg.advertise, cfg.serf_lan_port, self._tags(),
+                                         incarnation=int(time.time())), fail_after=cfg.suspect_after)
+        self.gossip: LANGossip | None = None
+        self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
+        self._reconcile_wanted = asyncio.Event()
+        self.leading = asyncio.Event()  # set while this server is the leader
+        self._bootstrapped = False
+        ServerEndpoints(self).register(self.rpc)
+
+    def _tags(self) -> dict[str, str]:
+        cfg = self.config
+        tags = {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": cfg.node_id,
+                "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": VERSION, "port": str(cfg.server_port),
+                "segment": ""}
+        if cfg.server:
+            tags["expect"] = str(cfg.bootstrap_expect)
+        return tags
+
+    @property
+    def rpc_address(self) -> str:
+        return f"{self.config.advertise}:{self.config.server_port}"
+
+    # ------------------------------------------------------------------ start / stop
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.server:
+            await self._start_server()
+        if cfg.serf_lan_port >= 0:
+            self.gossip = LANGossip(self.members, cfg.datacenter, cfg.bind_addr, cfg.serf_lan_port,
+                                    retry_join=cfg.retry_join, interval=cfg.gossip_interval,
+                                    retry_interval=cfg.retry_interval, rng=self.rng, on_change=self.membership_changed)
+            await self._listen("LAN gossip", self.gossip.start, "serf_lan_port")
+            if cfg.retry_join:
+                with contextlib.suppress(Exception):
+                    await self.gossip.join(cfg.retry_join)
+
+    async def _listen(self, what: str, start: Callable[[], Awaitable[int]], port_attr: str) -> int:
+        """Start a listener; a port of 0 becomes the bound one (in the config and our member tags)."""
+        cfg = self.config
+        try:
+            bound = await start()
+        except OSError as e:
+            raise ClusterError(f"cannot listen for {what} on {cfg.bind_addr}:{getattr(cfg, port_attr)}: "
+                               f"{e.strerror or e}") from None
+        if bound != getattr(cfg, port_attr):
+            setattr(cfg, port_attr, bound)
+            self._refresh_self()
+        return bound
+
+    async def _start_server(self) -> None:
+        cfg = self.config
+        server = self.host.server
+        assert server is not None
+        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft, self.tls.server)
+        bound = await self._listen("server RPC", self.port.start, "server_port")
+        if cfg.dev:
+            storage: Any = MemoryStorage()
+        else:
+            try:
+                storage = FileStorage(Path(cfg.data_dir) / "raft")
+            except RaftError as e:
+                raise ClusterError(str(e)) from None
+        options = NodeOptions(tick_interval=cfg.raft_tick, election_ticks=cfg.raft_election_ticks,
+                              snapshot_threshold=cfg.raft_snapshot_threshold, trailing_logs=cfg.raft_trailing_logs)
+        self.raft = RaftNode(cfg.node_id, CatalogFSM(server.store), storage, bind=f"{cfg.bind_addr}:{bound}",
+                             options=options, rng=random.Random(self.rng.getrandbits(64)),
+                             advertise=self.rpc_address, client_ssl=self.tls.client,
+                             transport_options={"listen": False, "preamble": MUX_RAFT,
+                                                "server_hostname": self.tls.server_hostname})
+        await self.raft.start()
+        server.replicator = RaftReplicator(self.raft)
+        server.forward = self.forward
+        self.raft.on_leader_change(self._leader_changed)
+        if self.has_raft_state():
+            self._bootstrapped = True
+            log.info("raft: resuming with the state in %s (term %d, last index %d)",
+                     cfg.data_dir or "memory", self.raft.term, self.raft.last_index)
+        elif cfg.bootstrap_expect == 1:
+            await self._bootstrap([Server(cfg.node_id, self.rpc_address)])
+        elif cfg.bootstrap_expect == 0:
+            log.warning("no bootstrap_expect set: this server waits to be added to an existing cluster "
+                        "(pass --bootstrap-expect N to form a new one)")
+        if {s.id for s in self.raft.configuration() if s.voter} == {cfg.node_id}:
+            with contextlib.suppress(TimeoutError):
+                await self.raft.wait_for_leader(5.0)  # a lone voter elects itself at once
+
+    async def _serve_raft(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.raft is not None and self.raft.transport is not None:
+            await self.raft.transport.serve_connection(reader, writer)
+
+    def _refresh_self(self) -> None:
+        self.members.update_me(self.config.serf_lan_port, self._tags())
+
+    async def stop(self, leave: bool) -> None:
+        if self.gossip is not None:
+            await self.gossip.stop(leave)
+        if self.raft is not None:
+            if leave and self.raft.is_leader and len(self.raft.configuration()) > 1:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.raft.transfer_leadership(), 3.0)
+            await self.raft.stop()
+        if self.port is not None:
+            await self.port.stop()
+        await self.pool.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            if self.gossip is not None:
+                tg.create_task(self.gossip.run(stop), name="lan-gossip")
+            if self.raft is not None:
+                tg.create_task(self._bootstrap_loop(stop), name="bootstrap-expect")
+                tg.create_task(self._reconcile_loop(stop), name="leader-reconcile")
+
+    # ------------------------------------------------------------------ status
+    def has_raft_state(self) -> bool:
+        return self.raft is not None and (self.raft.last_index > 0 or self.raft.term > 0)
+
+    def is_leader(self) -> bool:
+        return self.raft is not None and self.raft.is_leader
+
+    def leader_address(self) -> str:
+        return self.raft.leader_addr if self.raft is not None and self.raft.leader_id else ""
+
+    def server_members(self) -> list[Member]:
+        return [m for m in self.members.alive(servers_only=True) if m.tags.get("dc") == self.config.datacenter]
+
+    def member_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for m, status in self.members.members():
+            rows.append({"Name": m.name, "Addr": m.addr, "Port": m.port, "Tags": dict(m.tags),
+                         "Status": STATUS_CODES[status], "ProtocolMin": 1, "ProtocolMax": 5,
+                         "ProtocolCur": PROTOCOL, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4})
+        return rows
+
+    def raft_configuration(self) -> dict[str, Any]:
+        if self.raft is None or self.raft.core is None:
+            raise ClusterError("this agent is not a server")
+        leader = self.raft.leader_id
+        servers = [{"ID": s.id, "Node": self._node_name(s.id), "Address": s.address, "Leader": s.id == leader,
+                    "ProtocolVersion": "3", "Voter": s.voter, "LastIndex": self.raft.last_index
+                    if s.id == self.raft.id else 0} for s in self.raft.configuration()]
+        return {"Servers": servers, "Index": self.raft.commit_index}
+
+    def _node_name(self, server_id: str) -> str:
+        for m, _ in self.members.members():
+            if m.tags.get("id") == server_id:
+                return m.name
+        return server_id if server_id != self.config.node_id else self.config.node_name
+
+    async def operator_call(self, method: str, args: dict[str, Any]) -> Any:
+        """An operator RPC from this agent's HTTP API: served here on a server (which forwards to
+        the leader as needed), sent to a server from a client agent."""
+        if self.raft is None:
+            return await self.call_any_server(method, args, timeout=30.0)
+        return await self.rpc.methods[method](args)
+
+    def partition(self, names: list[str]) -> None:
+        """Fault injection: drop Raft and gossip traffic to and from these members (empty: heal)."""
+        ids = {m.tags.get("id", "") for m, _ in self.members.members() if m.name in names}
+        if self.raft is not None and self.raft.transport is not None:
+            self.raft.transport.unblock_all()
+            for sid in ids - {""}:
+                self.raft.transport.block(sid)
+        if self.gossip is not None:
+            self.gossip.blocked = set(names)
+        log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")
+
+    # ------------------------------------------------------------------ forwarding
+    async def forward(self, address: str, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        return await self.pool.call(address, method, args, timeout)
+
+    async def call_any_server(self, method: str, args: dict[str, Any], timeout: float | None = None,
+                              idempotent: bool = True) -> Any:
+        """A client agent's call: try the alive servers in random order until one answers. A call
+        that was sent but got no answer is tried again elsewhere only if it is `idempotent`."""
+        servers = self.server_members()
+        self.rng.shuffle(servers)
+        if not servers:
+            raise NoLeader("No known Consul servers")
+        last: Exception | None = None
+        for m in servers:
+            try:
+                return await self.pool.call(m.rpc_address, method, args, timeout)
+            except RPCUnavailable as e:
+                if not idempotent and not isinstance(e, RPCNotSent):
+                    raise
+                last = e
+                log.info("server %s did not answer (%s); trying another", m.name, e)
+        raise NoLeader(f"No server answered: {last}")
+
+    # ------------------------------------------------------------------ bootstrap
+    async def _bootstrap(self, servers: list[Server]) -> None:
+        assert self.raft is not None
+        await self.raft.bootstrap(servers)
+        self._bootstrapped = True
+        log.info("raft: bootstrapped a new cluster of %d server(s): %s", len(servers),
+                 ", ".join(s.id for s in servers))
+
+    async def _bootstrap_loop(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        while not stop.is_set() and not self._bootstrapped and cfg.bootstrap_expect > 1:
+            self._bootstrap_wanted.clear()
+            try:
+                await self._maybe_bootstrap()
+            except Exception as e:
+                log.warning("bootstrap check failed: %s", e)
+            if self._bootstrapped or self.has_raft_state():
+                self._bootstrapped = True
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bootstrap_wanted.wait(), 1.0)
+
+    async def _maybe_bootstrap(self) -> None:
+        cfg = self.config
+        servers = self.server_members()
+        if len(servers) < cfg.bootstrap_expect:
+            return
+        expects = {m.tags.get("expect") for m in servers}
+        if expects != {str(cfg.bootstrap_expect)}:
+            log.error("servers disagree on bootstrap_expect (%s): not bootstrapping", ", ".join(sorted(
+                str(e) for e in expects)))
+            return
+        if self.has_raft_state():
+            return
+        for m in servers:
+            if m.name == cfg.node_name:
+                continue
+            try:
+                state = await self.pool.call(m.rpc_address, "raft.state", {}, timeout=5.0)
+            except Exception as e:
+                log.info("bootstrap: cannot ask %s about its raft state yet: %s", m.name, e)
+                return
+            if state.get("has_state"):
+                log.info("bootstrap: server %s already has raft state; waiting to be added to its cluster", m.name)
+                self._bootstrapped = True
+                return
+        await self._bootstrap([Server(m.tags["id"], m.rpc_address) for m in sorted(servers, key=lambda m: m.name)])
+
+    # ------------------------------------------------------------------ leader reconcile
+    def membership_changed(self, names: list[str]) -> None:
+        self._bootstrap_wanted.set()
+        self._reconcile_wanted.set()
+
+    def _leader_changed(self, leader_id: str) -> None:
+        server = self.host.server
+        if server is None or self.raft is None:
+            return
+        if self.raft.is_leader:
+            self.leading.set()
+            log.info("raft: this server (%s) is the leader, term %d", self.config.node_name, self.raft.term)
+            server.rearm_sessions()
+            self._reconcile_wanted.set()
+        else:
+            self.leading.clear()
+            server.disarm_sessions()
+            if leader_id:
+                log.info("raft: the leader is %s", self._node_name(leader_id))
+
+    async def _reconcile_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._reconcile_wanted.clear()  # before the round: news during it wakes the next one
+            if self.is_leader():
+                try:
+                    await self.reconcile()
+                except (RaftError, NoLeader) as e:
+                    log.info("reconcile interrupted: %s", e)
+                except Exception:
+                    log.exception("reconcile failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_wanted.wait(), RECONCILE_INTERVAL)
+
+    async def reconcile(self) -> None:
+        """Make the catalog and the Raft configuration agree with the LAN pool (leader only)."""
+        server = self.host.server
+        assert server is not None and self.raft is not None
+        store = server.store
+
+        def lookup(name: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], bool]:
+            _, (node, services) = store.node_services(name)
+            _, checks = store.node_checks(name)
+            return node, checks, any(s["ID"] == "consul" for s in services)
+
+        members = self.members.members()
+        for cmd in catalog_plan(members, lookup, self.config.datacenter):
+            if isinstance(cmd, c.Deregister):
+                log.info("member %s left: deregistering its node", cmd.node)
+            elif cmd.checks and cmd.checks[0]["Status"] == CRITICAL:
+                log.warning("member %s is failed: marking its serfHealth critical", cmd.node["Node"])
+            await server.apply(cmd)
+        for change in raft_plan(members, {s.id for s in self.raft.configuration()}, self.raft.id,
+                                self.config.datacenter):
+            if change.action == "add_voter":
+                log.info("adding server %s (%s) to the raft configuration as a voter", change.name, change.address)
+                await self.raft.add_voter(change.server_id, change.address)
+            else:
+                log.info("removing server %s from the raft configuration: it left", change.name)
+                await self.raft.remove_server(change.server_id)
+
+    async def dns_forward(self, packet: bytes, udp: bool) -> bytes | None:
+        return await self.call_any_server("dns.query", {"packet": packet, "udp": udp}, timeout=5.0)
+
+    async def on_leader(self, method: str, args: dict[str, Any], local: Callable[[], Any], *,
+                        idempotent: bool = False) -> Any:
+        """An operator call: with `stale` answered here, otherwise by the leader — through the server
+        role's one leader-or-forward mechanism (which waits out elections)."""
+        if args.get("stale"):
+            return await _maybe_await(local())
+
+        async def here() -> Any:
+            return await _maybe_await(local())
+
+        return await self.server().on_leader(here, method, args, idempotent=idempotent)
+
+    def server(self) -> ServerRole:
+        if self.host.server is None:
+            raise ClusterError("this agent is not a server")
+        return self.host.server
+
+    async def remove_peer(self, id: str = "", address: str = "", **_: Any) -> str:
+        assert self.raft is not None
+        conf = self.raft.configuration()
+        match = [s for s in conf if (id and s.id == id) or (address and s.address == address)]
+        if not match:
+            raise ClusterError(f"no server with {'id ' + repr(id) if id else 'address ' + repr(address)} "
+                               "in the raft configuration")
+        await self.raft.remove_server(match[0].id)
+        log.info("removed server %s (%s) from the raft configuration", match[0].id, match[0].address)
+        return match[0].id
+
+    async def transfer_leader(self, id: str = "", **_: Any) -> str:
+        assert self.raft is not None
+        if id and id not in {s.id for s in self.raft.configuration() if s.voter}:
+            raise ClusterError(f"no voter with id {id!r} in the raft configuration")
+        try:
+            return await self.raft.transfer_leadership(id or None)
+        except RaftError as e:
+            raise ClusterError(f"leadership transfer failed: {e}") from None
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value

@@ -1,0 +1,98 @@
+"""The server's RPC methods (what followers, client agents and operators call on the server port).
+
+Each takes the call's argument map and returns something msgpack can carry; errors cross the wire
+by kind (see `rpc.py`). Writes and leader-only work go through the server role or the cluster,
+which forward to the leader as needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proconsul.agent.cluster.errors import ClusterError
+from proconsul.agent.cluster.host import ClusterOps
+from proconsul.agent.cluster.rpc import RPCServer
+from proconsul.catalog import commands as c
+
+
+class ServerEndpoints:
+    def __init__(self, cluster: ClusterOps) -> None:
+        self.cluster = cluster
+
+    def register(self, rpc: RPCServer) -> None:
+        reg = rpc.register
+        reg("catalog.apply", self._rpc_apply)
+        reg("catalog.query", self._rpc_query)
+        reg("session.create", self._rpc_session_create)
+        reg("session.destroy", self._rpc_session_destroy)
+        reg("session.renew", self._rpc_session_renew)
+        reg("status.leader", self._rpc_status_leader)
+        reg("status.peers", self._rpc_status_peers)
+        reg("raft.state", self._rpc_raft_state)
+        reg("operator.raft_configuration", self._rpc_raft_configuration)
+        reg("operator.raft_remove_peer", self._rpc_raft_remove_peer)
+        reg("operator.raft_transfer_leader", self._rpc_raft_transfer)
+        reg("snapshot.save", self._rpc_snapshot_save)
+        reg("dns.query", self._rpc_dns_query)
+
+    def server(self) -> Any:
+        return self.cluster.server()
+
+    async def _rpc_apply(self, args: dict[str, Any]) -> Any:
+        return await self.server().apply(c.decode(args["cmd"]))
+
+    async def _rpc_query(self, args: dict[str, Any]) -> Any:
+        server = self.server()
+        idx, result = await server.query(args["name"], args["args"], args.get("index", 0),
+                                         args.get("wait", 300.0), args.get("mode", "leader"))
+        rep = server.replicator
+        return [idx, result, bool(rep.leader), rep.last_contact()]
+
+    async def _rpc_session_create(self, args: dict[str, Any]) -> Any:
+        return await self.server().session_create(args["session"])
+
+    async def _rpc_session_destroy(self, args: dict[str, Any]) -> Any:
+        return await self.server().session_destroy(args["id"])
+
+    async def _rpc_session_renew(self, args: dict[str, Any]) -> Any:
+        return await self.server().session_renew(args["id"])
+
+    async def _rpc_status_leader(self, args: dict[str, Any]) -> Any:
+        return self.cluster.leader_address()
+
+    async def _rpc_status_peers(self, args: dict[str, Any]) -> Any:
+        return self.server().replicator.peers()
+
+    async def _rpc_raft_state(self, args: dict[str, Any]) -> Any:
+        return {"has_state": self.cluster.has_raft_state(), "leader": self.cluster.leader_address()}
+
+    async def _rpc_raft_configuration(self, args: dict[str, Any]) -> Any:
+        return await self.cluster.on_leader("operator.raft_configuration", args, self.cluster.raft_configuration,
+                                            idempotent=True)
+
+    async def _rpc_raft_remove_peer(self, args: dict[str, Any]) -> Any:
+        return await self.cluster.on_leader("operator.raft_remove_peer", args, lambda: self.cluster.remove_peer(**args))
+
+    async def _rpc_raft_transfer(self, args: dict[str, Any]) -> Any:
+        return await self.cluster.on_leader("operator.raft_transfer_leader", args, lambda: self.cluster.transfer_leader(**args))
+
+    async def _rpc_dns_query(self, args: dict[str, Any]) -> Any:
+        """A client agent's DNS question, answered from this server's replica (stale, as Consul's DNS)."""
+        handler = self.cluster.host.dns_handler
+        packet = args.get("packet")
+        if handler is None or not hasattr(handler, "answerer") or not isinstance(packet, bytes):
+            raise ClusterError("this server does not answer DNS (dns port -1)" if handler is None
+                               else "dns.query needs a packet")
+        response, recurse = handler.handle(packet, bool(args.get("udp", True)))
+        return None if recurse else response
+
+    async def _rpc_snapshot_save(self, args: dict[str, Any]) -> Any:
+        async def here() -> list[Any]:
+            from proconsul.agent.cluster import snapshot
+
+            if not args.get("stale"):
+                await self.cluster.host.consistent_read()
+            store = self.server().store
+            return [store.last_index, snapshot.write(store.snapshot(), store.last_index, self.cluster.host.config.datacenter)]
+
+        return await self.cluster.on_leader("snapshot.save", args, here, idempotent=True)

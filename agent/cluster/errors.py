@@ -1,0 +1,12 @@
+"""The clustering error every part of it raises (kept apart so endpoints and the cluster share it)."""
+
+from __future__ import annotations
+
+from proconsul.agent.cluster.rpc import register_error
+
+
+class ClusterError(Exception):
+    """Clustering cannot start or carry out an operation; the message says why."""
+
+
+register_error(ClusterError)  # crosses RPC as itself, so a client agent shows the server's reason
