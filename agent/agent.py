@@ -230,7 +230,7 @@ class Agent:
         # Consul: enable_local_script_checks admits scripts from config files only (persist=False), never the API.
         if defn.get("Kind") == "script" and not (self.config.enable_script_checks or (
                 self.config.enable_local_script_checks and not persist)):
-            from proconsul.agent.api.params import BadRequest
+            from proconsul.agent.api.errors import BadRequest
 
             raise BadRequest("Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
                              "or 'enable_local_script_checks' to true")
@@ -253,7 +253,7 @@ class Agent:
     def update_ttl_check(self, cid: str, status: str, output: str) -> None:
         runner = self.checks.runner(cid)
         if not hasattr(runner, "set_status"):
-            from proconsul.agent.api.params import NotFoundHTTP
+            from proconsul.agent.api.errors import NotFoundHTTP
 
             raise NotFoundHTTP(f'CheckID "{cid}" does not have associated TTL')
         output = runner.set_status(status, output)  # re-arms the TTL, cuts the output to OutputMaxSize
@@ -353,7 +353,7 @@ class Agent:
         self._stop.set()
 
     async def force_leave(self, node: str) -> None:
-        from proconsul.agent.api.params import BadRequest
+        from proconsul.agent.api.errors import BadRequest
 
         if not self.cluster.members.force_leave(node, self.loop_time()):
             raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
@@ -361,7 +361,7 @@ class Agent:
         self.cluster.membership_changed([node])
 
     async def join(self, address: str, wan: bool = False) -> None:
-        from proconsul.agent.api.params import BadRequest
+        from proconsul.agent.api.errors import BadRequest
         from proconsul.agent.cluster.lan import JoinError
 
         if wan:

@@ -7,20 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.agent.api.params import (
-    BadRequest,
-    NotFoundHTTP,
-    blocking_params,
-    check_common,
-    dumps,
-    field_type,
-    filter_rows,
-    flag,
-    fold_keys,
-    json_body,
-    json_response,
-    want_dict,
-)
+from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
+from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.params import blocking_params, check_common, filter_rows, flag
+from proconsul.agent.api.responses import dumps, json_response
 from proconsul.agent.local.definitions import DefinitionError, check_definition, service_definition
 
 routes = web.RouteTableDef()

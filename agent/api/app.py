@@ -15,7 +15,7 @@ from proconsul.agent.api import operator as api_operator
 from proconsul.agent.api import session as api_session
 from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
-from proconsul.agent.api.params import error_boundary
+from proconsul.agent.api.errors import error_boundary
 
 ROUTE_MODULES = [api_agent, api_catalog, api_config, api_health, api_kv, api_operator, api_session, api_snapshot,
                  api_status]

@@ -8,23 +8,17 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
+from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
 from proconsul.agent.api.params import (
-    BadRequest,
-    NotFoundHTTP,
     blocking_params,
     check_common,
     consistency_mode,
-    consul_headers,
-    dumps,
-    field_type,
     filter_rows,
-    fold_keys,
-    json_body,
-    json_response,
     node_meta_filter,
-    want_dict,
 )
 from proconsul.agent.api.read_cache import Entry
+from proconsul.agent.api.responses import consul_headers, dumps, json_response
 from proconsul.agent.local.definitions import DefinitionError, check_definition
 from proconsul.catalog import commands as c
 from proconsul.catalog.queries import get_query

@@ -12,16 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.catalog import run_query
-from proconsul.agent.api.params import (
-    BadRequest,
-    NotFoundHTTP,
-    check_common,
-    json_body,
-    json_response,
-    uint_param,
-    want_dict,
-)
+from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.params import check_common, uint_param
+from proconsul.agent.api.responses import json_response
 from proconsul.catalog import commands as c
 from proconsul.connect import intentions
 from proconsul.connect.errors import InvalidIntention

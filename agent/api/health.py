@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from proconsul.agent.api.catalog import _tags, cached_read, run_query
-from proconsul.agent.api.params import BadRequest, flag, node_meta_filter
+from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.params import flag, node_meta_filter
 
 routes = web.RouteTableDef()
 

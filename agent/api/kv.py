@@ -8,19 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.agent.api.params import (
-    BadRequest,
-    TooLarge,
-    blocking_params,
-    check_common,
-    consistency_mode,
-    consul_headers,
-    flag,
-    fold_keys,
-    json_body,
-    json_response,
-    uint_param,
-)
+from proconsul.agent.api.body import fold_keys, json_body
+from proconsul.agent.api.errors import BadRequest, TooLarge
+from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
+from proconsul.agent.api.responses import consul_headers, json_response
 from proconsul.catalog import commands as c
 
 routes = web.RouteTableDef()

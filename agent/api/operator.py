@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proconsul.agent.api.params import (
-    BadRequest,
-    HTTPError,
-    check_common,
-    fold_keys,
-    json_body,
-    json_response,
-)
+from proconsul.agent.api.body import fold_keys, json_body
+from proconsul.agent.api.errors import BadRequest, HTTPError
+from proconsul.agent.api.params import check_common
+from proconsul.agent.api.responses import json_response
 
 routes = web.RouteTableDef()
 

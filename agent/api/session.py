@@ -6,17 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
-from proconsul.agent.api.params import (
-    BadRequest,
-    NotFoundHTTP,
-    check_common,
-    field_type,
-    fold_keys,
-    json_body,
-    json_response,
-    want_dict,
-)
+from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.params import check_common
+from proconsul.agent.api.responses import json_response
 from proconsul.agent.config.duration import DurationError, parse_duration
 
 routes = web.RouteTableDef()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proconsul.agent.api.params import BadRequest, check_common, consul_headers
+from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.params import check_common
+from proconsul.agent.api.responses import consul_headers
 from proconsul.agent.cluster import snapshot
 from proconsul.catalog import commands as c
 

@@ -6,7 +6,9 @@ import base64
 
 from aiohttp import web
 
-from proconsul.agent.api.params import BadRequest, blocking_params, check_common, json_response
+from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.params import blocking_params, check_common
+from proconsul.agent.api.responses import json_response
 
 routes = web.RouteTableDef()
 

@@ -22,20 +22,10 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proconsul.agent.api.params import (
-    BadRequest,
-    HTTPError,
-    NotFoundHTTP,
-    blocking_params,
-    check_common,
-    consul_headers,
-    dumps,
-    fold_keys,
-    json_body,
-    json_response,
-    uint_param,
-    want_dict,
-)
+from proconsul.agent.api.body import fold_keys, json_body, want_dict
+from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
+from proconsul.agent.api.params import blocking_params, check_common, uint_param
+from proconsul.agent.api.responses import consul_headers, dumps, json_response
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import Changes

@@ -1,0 +1,97 @@
+"""Errors the HTTP API raises on purpose, and the one place every component's errors become HTTP statuses.
+
+Handlers never build error responses themselves: they raise (an HTTPError, or a component's own error
+type) and `error_boundary`, applied to every route when the app is built, turns it into a status and a
+one-line plain-text message with `status_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proconsul.agent.cluster.errors import ClusterError
+from proconsul.agent.cluster.rpc import NoLeader, RPCError
+from proconsul.agent.cluster.server import NotLeaderError
+from proconsul.catalog.errors import CatalogError, Conflict, InvalidRequest, NotFound, UnknownCommand
+from proconsul.connect.errors import ConnectError
+from proconsul.consensus.errors import LeadershipLost, RaftError
+
+log = logging.getLogger("proconsul.http")
+
+
+class HTTPError(Exception):
+    """An error a handler raises on purpose: becomes `status` with a one-line plain-text body."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(HTTPError):
+    status = 400
+
+
+class NotFoundHTTP(HTTPError):
+    status = 404
+
+
+class TooLarge(HTTPError):
+    status = 413
+
+
+def status_for(exc: BaseException) -> tuple[int, str]:
+    """The one place errors of every component become HTTP statuses and messages."""
+    if isinstance(exc, HTTPError):
+        return exc.status, str(exc)
+    if isinstance(exc, InvalidRequest | UnknownCommand):
+        return 400, str(exc)
+    if isinstance(exc, NotFound):
+        return 404, str(exc)
+    if isinstance(exc, Conflict):
+        return 409, str(exc)
+    if isinstance(exc, CatalogError):
+        return 400, str(exc)
+    if isinstance(exc, NotLeaderError | NoLeader):
+        return 500, "No cluster leader"
+    if isinstance(exc, ClusterError):
+        return 400, str(exc)
+    if isinstance(exc, LeadershipLost):
+        return 500, f"leadership lost while committing log: {exc}"
+    if isinstance(exc, RaftError | RPCError):
+        return 500, str(exc)
+    if isinstance(exc, ConnectError):
+        return 400, str(exc)
+    return 500, "internal error"
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_boundary(handler: Handler) -> Handler:
+    """Wrap a route handler so every error leaves as a status and a one-line message (via status_for).
+
+    Applied to each route when the app is built rather than as aiohttp middleware, which would
+    build a wrapper per request on the hot path.
+    """
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            status, message = status_for(exc)
+            if status >= 500:
+                log.error("%s %s failed: %s", request.method, request.path, exc,
+                          exc_info=message == "internal error")
+            return web.Response(status=status, text=message + "\n", content_type="text/plain")
+
+    guarded.__name__ = getattr(handler, "__name__", "handler")
+    guarded.__doc__ = handler.__doc__
+    return guarded
