@@ -474,7 +474,7 @@ def _load_components(agent: Agent) -> None:
     """Attach optional components (DNS, UI, Connect) that register listeners or HTTP routes."""
     import importlib
 
-    for module_name in ("proconsul.dns.service", "proconsul.ui.serve", "proconsul.agent.connect.service"):
+    for module_name in ("proconsul.dns.service", "proconsul.ui.serve", "proconsul.agent.api.connect"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

@@ -1,4 +1,4 @@
-"""Connect's errors: one small tree; the agent maps every ConnectError to HTTP 400."""
+"""Connect's errors: one small tree; the agent maps them to HTTP statuses in one place (agent/api/errors.py)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ class InvalidCAConfig(ConnectError):
 
 class InvalidIntention(ConnectError):
     """An intention or service-intentions entry with a missing or wrong field."""
+
+
+class CANotReady(ConnectError):
+    """The CA has no configuration or active root yet (the first leader has not created it)."""
+
+
+class ConcurrentChange(ConnectError):
+    """A check-and-set write lost to another writer more times than it retries; the caller may retry."""

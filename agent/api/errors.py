@@ -16,7 +16,7 @@ from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
 from proconsul.agent.cluster.server import NotLeaderError
 from proconsul.catalog.errors import CatalogError, Conflict, InvalidRequest, NotFound, UnknownCommand
-from proconsul.connect.errors import ConnectError
+from proconsul.connect.errors import CANotReady, ConcurrentChange, ConnectError
 from proconsul.consensus.errors import LeadershipLost, RaftError
 
 log = logging.getLogger("proconsul.http")
@@ -65,6 +65,10 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 500, f"leadership lost while committing log: {exc}"
     if isinstance(exc, RaftError | RPCError):
         return 500, str(exc)
+    if isinstance(exc, CANotReady):
+        return 500, str(exc)
+    if isinstance(exc, ConcurrentChange):
+        return 409, str(exc)
     if isinstance(exc, ConnectError):
         return 400, str(exc)
     return 500, "internal error"

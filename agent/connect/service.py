@@ -13,33 +13,28 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import random
 import secrets
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from proconsul.agent.api.body import fold_keys, json_body, want_dict
-from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
-from proconsul.agent.api.params import blocking_params, check_common, uint_param
-from proconsul.agent.api.responses import consul_headers, dumps, json_response
 from proconsul.agent.config.duration import DurationError, parse_duration
+from proconsul.agent.config.load import AgentConfig
 from proconsul.catalog import commands as c
-from proconsul.catalog.store import Changes
+from proconsul.catalog.store import Changes, StateStore
 from proconsul.connect import ca
 from proconsul.connect import intentions as ixns
-from proconsul.connect.errors import InvalidCAConfig, InvalidIntention
+from proconsul.connect.errors import CANotReady, ConcurrentChange, InvalidCAConfig
 from proconsul.connect.spiffe import ServiceID, trust_domain_for
 
 log = logging.getLogger("proconsul.connect")
-routes = web.RouteTableDef()
 ENTRY_PREFIX = "service-intentions/"
 DECISION_CACHE = 8192
 DECISION_TABLES = frozenset({"config_entries", "ca_config"})  # intentions; the trust domain
-JSON_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
 
 
 def _now() -> dt.datetime:
@@ -54,12 +49,31 @@ def _iso(t: float | None = None) -> str:
     return dt.datetime.fromtimestamp(t if t is not None else time.time(), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class Backend(Protocol):
+    """The agent's way to the replicated state: the server role (or, on a client agent, RPC to one)."""
+
+    async def apply(self, cmd: c.Command) -> Any: ...
+
+    async def query(self, name: str, args: dict[str, Any], min_index: int = 0, wait: float = 300.0,
+                    mode: str = "leader") -> tuple[int, Any]: ...
+
+
+class ConnectHost(Protocol):
+    """What Connect needs of the agent that runs it."""
+
+    config: AgentConfig
+    rng: random.Random
+    store: StateStore | None
+    backend: Backend
+
+
 class Connect:
     """Connect's state for one agent: CA views, the leaf cache and the intention index."""
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: ConnectHost) -> None:
+        assert agent.store is not None, "Connect runs where the catalog is (servers and dev agents)"
         self.agent = agent
-        self.store = agent.store
+        self.store: StateStore = agent.store
         self._ixn_cache: tuple[int, list[dict[str, Any]]] | None = None
         self._leaves: dict[str, dict[str, Any]] = {}
         self._leaf_changed: dict[str, asyncio.Event] = {}
@@ -88,7 +102,7 @@ class Connect:
         for r in rows:
             if r["Active"]:
                 return ca.Root({k: v for k, v in r.items() if k != "SigningKey"}, r["SigningKey"])
-        raise HTTPError("the CA has no active root yet", 500)
+        raise CANotReady("the CA has no active root yet")
 
     @property
     def trust_domain(self) -> str:
@@ -124,17 +138,16 @@ class Connect:
         log.info("Connect CA initialised: trust domain %s, root %s", td, root.row["ID"])
 
     async def set_config(self, body: dict[str, Any]) -> None:
-        """PUT /v1/connect/ca/configuration: update settings, rotating the root when the key changes."""
+        """Update the CA settings (keys as Consul spells them), rotating the root when the key changes."""
         cur = self.config()
         if cur is None:
-            raise HTTPError("the CA is not initialised yet", 500)
-        body = fold_keys(body, ("Provider", "Config", "ForceWithoutCrossSigning", "State"))
+            raise CANotReady("the CA is not initialised yet")
         provider = body.get("Provider") or "consul"
         if provider != "consul":
-            raise BadRequest(f"Provider {provider!r} is not supported: only the built-in \"consul\" provider")
+            raise InvalidCAConfig(f"Provider {provider!r} is not supported: only the built-in \"consul\" provider")
         new_cfg = body.get("Config") or {}
         if not isinstance(new_cfg, dict):
-            raise BadRequest("Config must be an object")
+            raise InvalidCAConfig("Config must be an object")
         merged = dict(cur["Config"])
         for k, v in new_cfg.items():
             merged[k] = v
@@ -142,14 +155,14 @@ class Connect:
             try:
                 ttl = parse_duration(merged["LeafCertTTL"]) if isinstance(merged["LeafCertTTL"], str) else None
             except DurationError as e:
-                raise BadRequest(f"Config.LeafCertTTL: {e}") from None
+                raise InvalidCAConfig(f"Config.LeafCertTTL: {e}") from None
             if ttl is None or not 3600 <= ttl <= 365 * 86400:
-                raise BadRequest("Config.LeafCertTTL must be a duration between 1h and 8760h")
+                raise InvalidCAConfig("Config.LeafCertTTL must be a duration between 1h and 8760h")
         old = self.active_root()
         new_root: ca.Root | None = None
         if new_cfg.get("PrivateKey") or new_cfg.get("RootCert"):
             if not (new_cfg.get("PrivateKey") and new_cfg.get("RootCert")):
-                raise BadRequest("Config.PrivateKey and Config.RootCert must be given together")
+                raise InvalidCAConfig("Config.PrivateKey and Config.RootCert must be given together")
             new_root = ca.root_from_config(new_cfg["PrivateKey"], new_cfg["RootCert"])
             if new_root.row["ID"] == old.row["ID"]:
                 new_root = None
@@ -172,7 +185,7 @@ class Connect:
                                cas=cur["ModifyIndex"]))
         results = await self.agent.backend.apply(c.Batch(commands=cmds))
         if results[-1] is False:
-            raise HTTPError("the CA configuration changed concurrently; retry", 409)
+            raise ConcurrentChange("the CA configuration changed concurrently; retry")
 
     # ------------------------------------------------------------------ leaves (agent cache)
     def sign(self, csr_pem: str, service: str | None) -> dict[str, Any]:
@@ -244,7 +257,7 @@ class Connect:
         if body is None:
             allowed, reason = ixns.authorize(self.intentions(), target, uri, self.trust_domain,
                                              self.agent.config.intention_default_allow)
-            body = dumps({"Authorized": allowed, "Reason": reason})
+            body = orjson.dumps({"Authorized": allowed, "Reason": reason})
             if len(self._decisions) < DECISION_CACHE:
                 self._decisions[(target, uri)] = body
         return body
@@ -281,7 +294,7 @@ class Connect:
                                                            cas=entry["ModifyIndex"] if entry else 0))
             if ok:
                 return ixn
-        raise HTTPError("intentions changed concurrently; retry", 409)
+        raise ConcurrentChange("intentions changed concurrently; retry")
 
     async def remove(self, pred: Any) -> bool:
         removed = False
@@ -307,220 +320,17 @@ class Connect:
         return next((i for i in self.intentions() if i["SourceName"] == source and i["DestinationName"] == destination),
                     None)
 
+    # ------------------------------------------------------------------ leader duties
+    async def run_duties(self, wait_leadership: Callable[[asyncio.Event], Awaitable[bool]],
+                         stop: asyncio.Event) -> None:
+        """While the agent runs: the first leader creates the CA; leaves follow root rotations."""
 
-def _connect(request: web.Request) -> Connect:
-    conn = request.app["agent"].connect
-    if conn is None:
-        raise HTTPError("Connect must be enabled on a server or dev agent for this endpoint", 500)
-    return conn
-
-
-def _intention_body(raw: Any) -> dict[str, Any]:
-    body = fold_keys(want_dict(raw, "Intention"), (
-        "ID", "SourceName", "DestinationName", "SourceNS", "DestinationNS", "SourceType", "Action", "Permissions",
-        "Description", "Meta", "SourcePartition", "DestinationPartition"))
-    try:
-        return ixns.validate(body)
-    except InvalidIntention as e:
-        raise BadRequest(f"Invalid intention: {e}") from None
-
-
-# ---------------------------------------------------------------------- CA endpoints
-@routes.get("/v1/connect/ca/roots")
-@routes.get("/v1/agent/connect/ca/roots")
-async def ca_roots(request: web.Request) -> web.Response:
-    check_common(request)
-    conn = _connect(request)
-    b = blocking_params(request)
-    if b.index:
-        await request.app["agent"].backend.query("table.list", {"table": "ca_roots"}, b.index, b.wait)
-    idx, body = conn.roots_body()
-    return json_response(request, body, index=idx)
-
-
-@routes.get("/v1/connect/ca/configuration")
-async def ca_config_get(request: web.Request) -> web.Response:
-    check_common(request)
-    cfg = _connect(request).config()
-    if cfg is None:
-        raise NotFoundHTTP("the CA is not initialised yet")
-    return json_response(request, cfg, index=cfg["ModifyIndex"])
-
-
-@routes.put("/v1/connect/ca/configuration")
-async def ca_config_put(request: web.Request) -> web.Response:
-    check_common(request)
-    await _connect(request).set_config(want_dict(await json_body(request), "CAConfiguration"))
-    return web.Response(status=200)
-
-
-@routes.get("/v1/agent/connect/ca/leaf/{service}")
-async def leaf(request: web.Request) -> web.Response:
-    check_common(request)
-    b = blocking_params(request)
-    cert = await _connect(request).leaf_blocking(request.match_info["service"], b.index, b.wait)
-    body = {k: v for k, v in cert.items() if k not in ("RootID", "Jitter")}
-    return json_response(request, body, index=cert["ModifyIndex"])
-
-
-@routes.post("/v1/agent/connect/authorize")
-async def authorize(request: web.Request) -> web.Response:
-    conn = _connect(request)
-    raw = await request.read()
-    hit = conn.authorize_raw(raw)  # proxies send the same few bodies again and again
-    if hit is not None:
-        return web.Response(body=hit, headers=JSON_HEADERS)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"Request decode failed: invalid JSON: {e}") from None
-    body = want_dict(body, "AuthorizeRequest")
-    if "Target" not in body or "ClientCertURI" not in body:
-        body = fold_keys(body, ("Target", "ClientCertURI", "ClientCertSerial"))
-    target, uri = body.get("Target"), body.get("ClientCertURI")
-    if not isinstance(target, str) or not target:
-        raise BadRequest("Target service must be specified")
-    if not isinstance(uri, str) or not uri:
-        raise BadRequest("ClientCertURI must be specified")
-    answer = conn.authorize_body(target, uri)
-    conn.remember_raw(raw, answer)
-    return web.Response(body=answer, headers=JSON_HEADERS)
-
-
-# ---------------------------------------------------------------------- intentions (legacy API)
-@routes.get("/v1/connect/intentions")
-async def list_intentions(request: web.Request) -> web.Response:
-    check_common(request)
-    conn = _connect(request)
-    b = blocking_params(request)
-    if b.index:
-        await request.app["agent"].backend.query("config.list", {"kind": "service-intentions"}, b.index, b.wait)
-    return json_response(request, conn.intentions(), index=conn.store.table_index("config_entries"))
-
-
-@routes.post("/v1/connect/intentions")
-async def create_intention(request: web.Request) -> web.Response:
-    check_common(request)
-    conn = _connect(request)
-    ixn = _intention_body(await json_body(request))
-    if conn.exact(ixn["SourceName"], ixn["DestinationName"]) is not None:
-        raise BadRequest(f"duplicate intention found: {ixn['SourceName']} => {ixn['DestinationName']}")
-    now = _iso()
-    ixn.update(ID=str(uuid.uuid4()), CreatedAt=now, UpdatedAt=now)
-    await conn.upsert(ixn)
-    return json_response(request, {"ID": ixn["ID"]})
-
-
-def _exact_params(request: web.Request) -> tuple[str, str]:
-    src, dst = request.query.get("source", ""), request.query.get("destination", "")
-    if not src or not dst:
-        raise BadRequest("required query parameters 'source' and 'destination' are missing")
-    return src, dst
-
-
-@routes.get("/v1/connect/intentions/exact")
-async def get_exact(request: web.Request) -> web.Response:
-    check_common(request)
-    ixn = _connect(request).exact(*_exact_params(request))
-    if ixn is None:
-        raise NotFoundHTTP("Intention not found")
-    return json_response(request, ixn, index=ixn["ModifyIndex"])
-
-
-@routes.put("/v1/connect/intentions/exact")
-async def put_exact(request: web.Request) -> web.Response:
-    check_common(request)
-    conn = _connect(request)
-    src, dst = _exact_params(request)
-    raw = want_dict(await json_body(request), "Intention")
-    ixn = _intention_body(dict(raw, SourceName=src, DestinationName=dst))
-    prev = conn.exact(src, dst)
-    now = _iso()
-    ixn.update(ID=prev["ID"] if prev else str(uuid.uuid4()), CreatedAt=prev["CreatedAt"] if prev else now,
-               UpdatedAt=now)
-    await conn.upsert(ixn)
-    return json_response(request, True)
-
-
-@routes.delete("/v1/connect/intentions/exact")
-async def delete_exact(request: web.Request) -> web.Response:
-    check_common(request)
-    src, dst = _exact_params(request)
-    await _connect(request).remove(lambda i: i["SourceName"] == src and i["DestinationName"] == dst)
-    return json_response(request, True)
-
-
-@routes.get("/v1/connect/intentions/match")
-async def match(request: web.Request) -> web.Response:
-    check_common(request)
-    by = request.query.get("by", "")
-    names = request.query.getall("name", [])
-    if not names:
-        raise BadRequest("required query parameter 'name' is missing")
-    conn = _connect(request)
-    try:
-        out = {n: ixns.match(conn.intentions(), by, n) for n in names}
-    except InvalidIntention as e:
-        raise BadRequest(str(e)) from None
-    return json_response(request, out, index=conn.store.table_index("config_entries"))
-
-
-@routes.get("/v1/connect/intentions/check")
-async def check(request: web.Request) -> web.Response:
-    check_common(request)
-    src, dst = _exact_params(request)
-    allowed, _ = ixns.decide(_connect(request).intentions(), src, dst,
-                             request.app["agent"].config.intention_default_allow)
-    return json_response(request, {"Allowed": allowed})
-
-
-@routes.get("/v1/connect/intentions/{id}")
-async def get_by_id(request: web.Request) -> web.Response:
-    check_common(request)
-    ixn = _connect(request).find(request.match_info["id"])
-    if ixn is None:
-        raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
-    return json_response(request, ixn, index=ixn["ModifyIndex"])
-
-
-@routes.put("/v1/connect/intentions/{id}")
-async def put_by_id(request: web.Request) -> web.Response:
-    check_common(request)
-    conn = _connect(request)
-    prev = conn.find(request.match_info["id"])
-    if prev is None:
-        raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
-    ixn = _intention_body(await json_body(request))
-    ixn.update(ID=prev["ID"], CreatedAt=prev["CreatedAt"], UpdatedAt=_iso())
-    if (ixn["SourceName"], ixn["DestinationName"]) != (prev["SourceName"], prev["DestinationName"]):
-        await conn.remove(lambda i: i["ID"] == prev["ID"])
-    await conn.upsert(ixn)
-    return json_response(request, True)
-
-
-@routes.delete("/v1/connect/intentions/{id}")
-async def delete_by_id(request: web.Request) -> web.Response:
-    check_common(request)
-    ixn_id = request.match_info["id"]
-    if not await _connect(request).remove(lambda i: i["ID"] == ixn_id):
-        raise NotFoundHTTP(f"Intention with ID {ixn_id!r} not found")
-    return json_response(request, True)
-
-
-def attach(agent: Any) -> None:
-    """Wire Connect into an agent: routes always; CA state and leader duties on servers."""
-    agent.connect = Connect(agent) if agent.store is not None and agent.config.connect_enabled else None
-    agent.http_routes.append(routes)
-    if agent.connect is None:
-        return
-
-    async def connect_duties(agent: Any, stop: asyncio.Event) -> None:
         async def bootstrap_when_leader() -> None:
             # The first leader creates the CA (through Raft); bootstrap() is a no-op once it exists.
             while not stop.is_set():
-                if await agent.wait_leadership(stop):
+                if await wait_leadership(stop):
                     try:
-                        await agent.connect.bootstrap()
+                        await self.bootstrap()
                         return
                     except Exception as e:  # leadership moved mid-way: the next leader retries
                         log.warning("Connect CA bootstrap did not complete: %s", e)
@@ -528,9 +338,9 @@ def attach(agent: Any) -> None:
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(bootstrap_when_leader())
-            tg.create_task(agent.connect.watch_roots(stop))
-
-    agent.listeners.append(connect_duties)
+            tg.create_task(self.watch_roots(stop))
 
 
-__all__ = ["attach", "Connect", "InvalidCAConfig", "consul_headers", "uint_param"]
+def iso_time(t: float | None = None) -> str:
+    """Consul's timestamp format (RFC 3339 with microseconds, UTC)."""
+    return _iso(t)

@@ -1,0 +1,238 @@
+"""Connect's HTTP API: CA roots and configuration, leaf certificates, authorize, and the legacy intentions API.
+
+Thin handlers over `proconsul.agent.connect.service.Connect`, which holds the state and decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proconsul.agent.api.body import fold_keys, json_body, want_dict
+from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
+from proconsul.agent.api.params import blocking_params, check_common
+from proconsul.agent.api.responses import json_response
+from proconsul.agent.connect.service import Connect, iso_time
+from proconsul.connect import intentions as ixns
+from proconsul.connect.errors import InvalidIntention
+
+routes = web.RouteTableDef()
+JSON_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+
+
+def _connect(request: web.Request) -> Connect:
+    conn = request.app["agent"].connect
+    if conn is None:
+        raise HTTPError("Connect must be enabled on a server or dev agent for this endpoint", 500)
+    return conn
+
+
+def _intention_body(raw: Any) -> dict[str, Any]:
+    body = fold_keys(want_dict(raw, "Intention"), (
+        "ID", "SourceName", "DestinationName", "SourceNS", "DestinationNS", "SourceType", "Action", "Permissions",
+        "Description", "Meta", "SourcePartition", "DestinationPartition"))
+    try:
+        return ixns.validate(body)
+    except InvalidIntention as e:
+        raise BadRequest(f"Invalid intention: {e}") from None
+
+
+# ---------------------------------------------------------------------- CA endpoints
+@routes.get("/v1/connect/ca/roots")
+@routes.get("/v1/agent/connect/ca/roots")
+async def ca_roots(request: web.Request) -> web.Response:
+    check_common(request)
+    conn = _connect(request)
+    b = blocking_params(request)
+    if b.index:
+        await request.app["agent"].backend.query("table.list", {"table": "ca_roots"}, b.index, b.wait)
+    idx, body = conn.roots_body()
+    return json_response(request, body, index=idx)
+
+
+@routes.get("/v1/connect/ca/configuration")
+async def ca_config_get(request: web.Request) -> web.Response:
+    check_common(request)
+    cfg = _connect(request).config()
+    if cfg is None:
+        raise NotFoundHTTP("the CA is not initialised yet")
+    return json_response(request, cfg, index=cfg["ModifyIndex"])
+
+
+@routes.put("/v1/connect/ca/configuration")
+async def ca_config_put(request: web.Request) -> web.Response:
+    check_common(request)
+    body = want_dict(await json_body(request), "CAConfiguration")
+    await _connect(request).set_config(fold_keys(body, ("Provider", "Config", "ForceWithoutCrossSigning", "State")))
+    return web.Response(status=200)
+
+
+@routes.get("/v1/agent/connect/ca/leaf/{service}")
+async def leaf(request: web.Request) -> web.Response:
+    check_common(request)
+    b = blocking_params(request)
+    cert = await _connect(request).leaf_blocking(request.match_info["service"], b.index, b.wait)
+    body = {k: v for k, v in cert.items() if k not in ("RootID", "Jitter")}
+    return json_response(request, body, index=cert["ModifyIndex"])
+
+
+@routes.post("/v1/agent/connect/authorize")
+async def authorize(request: web.Request) -> web.Response:
+    conn = _connect(request)
+    raw = await request.read()
+    hit = conn.authorize_raw(raw)  # proxies send the same few bodies again and again
+    if hit is not None:
+        return web.Response(body=hit, headers=JSON_HEADERS)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"Request decode failed: invalid JSON: {e}") from None
+    body = want_dict(body, "AuthorizeRequest")
+    if "Target" not in body or "ClientCertURI" not in body:
+        body = fold_keys(body, ("Target", "ClientCertURI", "ClientCertSerial"))
+    target, uri = body.get("Target"), body.get("ClientCertURI")
+    if not isinstance(target, str) or not target:
+        raise BadRequest("Target service must be specified")
+    if not isinstance(uri, str) or not uri:
+        raise BadRequest("ClientCertURI must be specified")
+    answer = conn.authorize_body(target, uri)
+    conn.remember_raw(raw, answer)
+    return web.Response(body=answer, headers=JSON_HEADERS)
+
+
+# ---------------------------------------------------------------------- intentions (legacy API)
+@routes.get("/v1/connect/intentions")
+async def list_intentions(request: web.Request) -> web.Response:
+    check_common(request)
+    conn = _connect(request)
+    b = blocking_params(request)
+    if b.index:
+        await request.app["agent"].backend.query("config.list", {"kind": "service-intentions"}, b.index, b.wait)
+    return json_response(request, conn.intentions(), index=conn.store.table_index("config_entries"))
+
+
+@routes.post("/v1/connect/intentions")
+async def create_intention(request: web.Request) -> web.Response:
+    check_common(request)
+    conn = _connect(request)
+    ixn = _intention_body(await json_body(request))
+    if conn.exact(ixn["SourceName"], ixn["DestinationName"]) is not None:
+        raise BadRequest(f"duplicate intention found: {ixn['SourceName']} => {ixn['DestinationName']}")
+    now = iso_time()
+    ixn.update(ID=str(uuid.uuid4()), CreatedAt=now, UpdatedAt=now)
+    await conn.upsert(ixn)
+    return json_response(request, {"ID": ixn["ID"]})
+
+
+def _exact_params(request: web.Request) -> tuple[str, str]:
+    src, dst = request.query.get("source", ""), request.query.get("destination", "")
+    if not src or not dst:
+        raise BadRequest("required query parameters 'source' and 'destination' are missing")
+    return src, dst
+
+
+@routes.get("/v1/connect/intentions/exact")
+async def get_exact(request: web.Request) -> web.Response:
+    check_common(request)
+    ixn = _connect(request).exact(*_exact_params(request))
+    if ixn is None:
+        raise NotFoundHTTP("Intention not found")
+    return json_response(request, ixn, index=ixn["ModifyIndex"])
+
+
+@routes.put("/v1/connect/intentions/exact")
+async def put_exact(request: web.Request) -> web.Response:
+    check_common(request)
+    conn = _connect(request)
+    src, dst = _exact_params(request)
+    raw = want_dict(await json_body(request), "Intention")
+    ixn = _intention_body(dict(raw, SourceName=src, DestinationName=dst))
+    prev = conn.exact(src, dst)
+    now = iso_time()
+    ixn.update(ID=prev["ID"] if prev else str(uuid.uuid4()), CreatedAt=prev["CreatedAt"] if prev else now,
+               UpdatedAt=now)
+    await conn.upsert(ixn)
+    return json_response(request, True)
+
+
+@routes.delete("/v1/connect/intentions/exact")
+async def delete_exact(request: web.Request) -> web.Response:
+    check_common(request)
+    src, dst = _exact_params(request)
+    await _connect(request).remove(lambda i: i["SourceName"] == src and i["DestinationName"] == dst)
+    return json_response(request, True)
+
+
+@routes.get("/v1/connect/intentions/match")
+async def match(request: web.Request) -> web.Response:
+    check_common(request)
+    by = request.query.get("by", "")
+    names = request.query.getall("name", [])
+    if not names:
+        raise BadRequest("required query parameter 'name' is missing")
+    conn = _connect(request)
+    try:
+        out = {n: ixns.match(conn.intentions(), by, n) for n in names}
+    except InvalidIntention as e:
+        raise BadRequest(str(e)) from None
+    return json_response(request, out, index=conn.store.table_index("config_entries"))
+
+
+@routes.get("/v1/connect/intentions/check")
+async def check(request: web.Request) -> web.Response:
+    check_common(request)
+    src, dst = _exact_params(request)
+    allowed, _ = ixns.decide(_connect(request).intentions(), src, dst,
+                             request.app["agent"].config.intention_default_allow)
+    return json_response(request, {"Allowed": allowed})
+
+
+@routes.get("/v1/connect/intentions/{id}")
+async def get_by_id(request: web.Request) -> web.Response:
+    check_common(request)
+    ixn = _connect(request).find(request.match_info["id"])
+    if ixn is None:
+        raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
+    return json_response(request, ixn, index=ixn["ModifyIndex"])
+
+
+@routes.put("/v1/connect/intentions/{id}")
+async def put_by_id(request: web.Request) -> web.Response:
+    check_common(request)
+    conn = _connect(request)
+    prev = conn.find(request.match_info["id"])
+    if prev is None:
+        raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
+    ixn = _intention_body(await json_body(request))
+    ixn.update(ID=prev["ID"], CreatedAt=prev["CreatedAt"], UpdatedAt=iso_time())
+    if (ixn["SourceName"], ixn["DestinationName"]) != (prev["SourceName"], prev["DestinationName"]):
+        await conn.remove(lambda i: i["ID"] == prev["ID"])
+    await conn.upsert(ixn)
+    return json_response(request, True)
+
+
+@routes.delete("/v1/connect/intentions/{id}")
+async def delete_by_id(request: web.Request) -> web.Response:
+    check_common(request)
+    ixn_id = request.match_info["id"]
+    if not await _connect(request).remove(lambda i: i["ID"] == ixn_id):
+        raise NotFoundHTTP(f"Intention with ID {ixn_id!r} not found")
+    return json_response(request, True)
+
+
+def attach(agent: Any) -> None:
+    """Wire Connect into an agent: routes always; CA state and leader duties on servers."""
+    agent.connect = Connect(agent) if agent.store is not None and agent.config.connect_enabled else None
+    agent.http_routes.append(routes)
+    if agent.connect is not None:
+        connect = agent.connect
+
+        async def connect_duties(agent: Any, stop: asyncio.Event) -> None:
+            await connect.run_duties(agent.wait_leadership, stop)
+
+        agent.listeners.append(connect_duties)
