@@ -26,7 +26,8 @@ from proconsul.agent.cluster.cluster import Cluster
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.remote import RemoteBackend
 from proconsul.agent.cluster.server import ServerRole, StartingReplicator
-from proconsul.agent.config.load import AgentConfig, finalize, load_config
+from proconsul.agent.config.load import finalize, load_config
+from proconsul.agent.config.model import AgentConfig
 from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.version import CONSUL_COMPAT_VERSION, VERSION

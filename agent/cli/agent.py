@@ -10,7 +10,9 @@ from typing import Annotated
 import typer
 
 from proconsul.agent.cli.output import fail
-from proconsul.agent.config.load import AgentConfig, ConfigError, _dur, finalize, load_config
+from proconsul.agent.config.load import finalize, load_config
+from proconsul.agent.config.model import AgentConfig, ConfigError
+from proconsul.agent.config.values import as_duration
 
 
 def _setup_logging(level: str) -> None:
@@ -70,7 +72,7 @@ def agent(
         if retry_join:
             cfg.retry_join.extend(retry_join)
         if retry_interval:
-            cfg.retry_interval = _dur("retry_interval", retry_interval, "--retry-interval")
+            cfg.retry_interval = as_duration("retry_interval", retry_interval, "--retry-interval")
         if enable_script_checks:
             cfg.enable_script_checks = True
         if recursor:

@@ -13,7 +13,8 @@ services_app = typer.Typer(help="Register and deregister services with the local
 
 
 def _service_definitions(path: str) -> list[dict[str, Any]]:
-    from proconsul.agent.config.load import ConfigError, load_file
+    from proconsul.agent.config.files import load_file
+    from proconsul.agent.config.model import ConfigError
     from proconsul.agent.local.definitions import DefinitionError, service_definition
 
     try:

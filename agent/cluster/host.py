@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from proconsul.agent.cluster.server import ServerRole
-from proconsul.agent.config.load import AgentConfig
+from proconsul.agent.config.model import AgentConfig
 
 
 class ClusterHost(Protocol):

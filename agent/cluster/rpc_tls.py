@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from proconsul.agent.config.load import AgentConfig
+from proconsul.agent.config.model import AgentConfig
 
 
 class TLSConfigError(Exception):

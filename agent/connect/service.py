@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import orjson
 
 from proconsul.agent.config.duration import DurationError, parse_duration
-from proconsul.agent.config.load import AgentConfig
+from proconsul.agent.config.model import AgentConfig
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import Changes, StateStore
 from proconsul.connect import ca
