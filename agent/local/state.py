@@ -5,7 +5,7 @@ drift both ways (re-registers what is missing or different, removes what the cat
 node that the agent does not own). An output-only check change is written at most once per
 `check_update_interval`, as Consul does, to spare the servers.
 
-Persistence (outside dev mode) follows Consul's layout idea — one small file per entry, so a write
+Persistence (outside dev mode, `persist.py`) follows Consul's layout idea — one small file per entry, so a write
 costs the same with ten services or ten thousand: under `<data_dir>/local/`, `services/<h>.json`
 and `checks/<h>.json` (written atomically and fsynced at registration, removed at
 deregistration) and `check-state/<h>.json` (a check's last status and output: written on every
@@ -16,19 +16,15 @@ run out, as Consul's check state files). `<h>` is a hash of the ID, which may ho
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from proconsul.agent.local.persist import EntryFiles
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import CRITICAL, PASSING, WARNING
 
@@ -105,8 +101,7 @@ class LocalState:
         self._changed = asyncio.Event()  # replaced after each change: waiters see every change once
         self._rng = rng or random.Random()
         self._cluster_size = cluster_size
-        self._dir = Path(data_dir) / "local" if data_dir else None
-        self._legacy_file = Path(data_dir) / "local-state.json" if data_dir else None
+        self._files = EntryFiles(data_dir)
         self.migrated = False
         self.synced = asyncio.Event()  # set after every completed sync round (tests wait on it)
         self.sync_rounds = 0
@@ -165,7 +160,7 @@ class LocalState:
                 e.row["ServiceName"], e.row["ServiceTags"] = row["Service"], list(row["Tags"])
                 e.in_sync = False
         if persist and write:
-            self._write("services", row["ID"], row, durable=True)
+            self._files.write("services", row["ID"], row, durable=True)
         self._mark_dirty()
 
     def remove_service(self, sid: str) -> bool:
@@ -173,7 +168,7 @@ class LocalState:
             return False
         for cid in [cid for cid, e in self._checks.items() if e.row["ServiceID"] == sid]:
             self.remove_check(cid)
-        self._unlink("services", sid)
+        self._files.unlink("services", sid)
         self._mark_dirty()
         return True
 
@@ -193,7 +188,7 @@ class LocalState:
             entry.critical_since = prev.critical_since if prev and prev.critical_since else time.monotonic()
         self._checks[row["CheckID"]] = entry
         if persist and write:
-            self._write("checks", row["CheckID"], {"row": row, "definition": definition}, durable=True)
+            self._files.write("checks", row["CheckID"], {"row": row, "definition": definition}, durable=True)
             self._save_state(entry)
         self._mark_dirty()
 
@@ -202,8 +197,8 @@ class LocalState:
         if e is None:
             return False
         if e.persist:
-            self._unlink("checks", cid)
-            self._unlink("check-state", cid)
+            self._files.unlink("checks", cid)
+            self._files.unlink("check-state", cid)
         self._mark_dirty()
         return True
 
@@ -275,62 +270,36 @@ class LocalState:
             return False
 
     # ------------------------------------------------------------------ persistence
-    def _path(self, kind: str, key: str) -> Path | None:
-        if self._dir is None:
-            return None
-        return self._dir / kind / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
-
-    def _write(self, kind: str, key: str, data: Any, *, durable: bool) -> None:
-        """Atomic replace; `durable` also fsyncs (registrations), state updates need only survive a crash
-        of this process, which the page cache already guarantees."""
-        path = self._path(kind, key)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def _unlink(self, kind: str, key: str) -> None:
-        path = self._path(kind, key)
-        if path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
     def _save_state(self, e: _Entry) -> None:
         state: dict[str, Any] = {"CheckID": e.row["CheckID"], "Status": e.row["Status"], "Output": e.row["Output"]}
         ttl = e.definition.get("TTLSeconds")
         if ttl:
             state["Expires"] = time.time() + float(ttl)
-        self._write("check-state", e.row["CheckID"], state, durable=False)
+        self._files.write("check-state", e.row["CheckID"], state, durable=False)
 
     def save(self) -> None:
         """Write every persisted entry again (the per-entry files are normally written as they change)."""
         for e in self._services.values():
             if e.persist:
-                self._write("services", e.row["ID"], e.row, durable=True)
+                self._files.write("services", e.row["ID"], e.row, durable=True)
         for e in self._checks.values():
             if e.persist:
-                self._write("checks", e.row["CheckID"], {"row": e.row, "definition": e.definition}, durable=True)
+                self._files.write("checks", e.row["CheckID"], {"row": e.row, "definition": e.definition}, durable=True)
                 self._save_state(e)
 
     def load(self) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], dict[str, Any]]]]:
         """Services and (check row, definition) pairs saved by an earlier run of this agent, each check
         with its last saved status (a TTL check's only while its TTL has not run out)."""
-        if self._dir is None:
+        if not self._files.enabled:
             return [], []
-        services = [d for d in self._read_dir("services") if isinstance(d, dict) and d.get("ID")]
-        checks = [(d["row"], d["definition"]) for d in self._read_dir("checks")
+        services = [d for d in self._files.read_dir("services") if isinstance(d, dict) and d.get("ID")]
+        checks = [(d["row"], d["definition"]) for d in self._files.read_dir("checks")
                   if isinstance(d, dict) and isinstance(d.get("row"), dict) and isinstance(d.get("definition"), dict)]
-        legacy_services, legacy_checks = self._load_legacy()
+        legacy_services, legacy_checks = self._files.load_legacy()
         self.migrated = bool(legacy_services or legacy_checks)  # the caller saves them in the new layout
         services += legacy_services
         checks += legacy_checks
-        states = {d.get("CheckID"): d for d in self._read_dir("check-state") if isinstance(d, dict)}
+        states = {d.get("CheckID"): d for d in self._files.read_dir("check-state") if isinstance(d, dict)}
         now = time.time()
         for row, _defn in checks:
             st = states.get(row.get("CheckID"))
@@ -340,33 +309,6 @@ class LocalState:
                 continue  # the TTL ran out while the agent was down: start from the initial status
             row["Status"], row["Output"] = st["Status"], st.get("Output", "")
         return services, checks
-
-    def _read_dir(self, kind: str) -> list[Any]:
-        assert self._dir is not None
-        out = []
-        folder = self._dir / kind
-        if not folder.is_dir():
-            return out
-        for path in sorted(folder.glob("*.json")):
-            try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, ValueError) as e:
-                log.error("ignoring unreadable saved local state %s: %s", path, e)
-        return out
-
-    def _load_legacy(self) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], dict[str, Any]]]]:
-        """The single local-state.json of earlier builds: read once, then replaced by the per-entry files."""
-        if self._legacy_file is None or not self._legacy_file.exists():
-            return [], []
-        try:
-            data = json.loads(self._legacy_file.read_text())
-            return list(data["services"]), [(x["row"], x["definition"]) for x in data["checks"]]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.error("ignoring unreadable saved local state %s: %s", self._legacy_file, e)
-            return [], []
-        finally:
-            with contextlib.suppress(OSError):
-                self._legacy_file.rename(self._legacy_file.with_suffix(".json.migrated"))
 
     # ------------------------------------------------------------------ anti-entropy
     async def run(self, stop: asyncio.Event) -> None:
