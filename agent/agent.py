@@ -28,6 +28,7 @@ from proconsul.agent.cluster.remote import RemoteBackend
 from proconsul.agent.cluster.server import ServerRole, StartingReplicator
 from proconsul.agent.config.load import finalize, load_config
 from proconsul.agent.config.model import AgentConfig
+from proconsul.agent.local import sidecar
 from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.version import CONSUL_COMPAT_VERSION, VERSION
@@ -158,7 +159,8 @@ class Agent:
                             "HTTPPort": cfg.http_port, "ServerPort": cfg.server_port,
                             "ClientAddrs": [cfg.client_addr], "BindAddr": cfg.bind_addr,
                             "DataDir": cfg.data_dir, "EnableScriptChecks": cfg.enable_script_checks,
-                            "ConnectEnabled": cfg.connect_enabled, "UIConfig": {"Enabled": cfg.ui_enabled}},
+                            "ConnectEnabled": cfg.connect_enabled, "UIConfig": {"Enabled": cfg.ui_enabled},
+                            "DefaultIntentionPolicy": "allow" if cfg.intention_default_allow else "deny"},
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": next(r for r in self.members() if r["Name"] == cfg.node_name),
             "Stats": {"agent": {"check_monitors": "0", "checks": str(len(self.local.checks())),
@@ -196,6 +198,23 @@ class Agent:
     # ------------------------------------------------------------------ services & checks
     async def register_service(self, defn: dict[str, Any], *, replace_existing_checks: bool = False,
                                persist: bool = True) -> None:
+        """Register a service (and, for a Connect.SidecarService, its sidecar proxy) with this agent."""
+        sidecar_defn = self._sidecar_for(defn)
+        await self._register_one(defn, replace_existing_checks=replace_existing_checks, persist=persist)
+        if sidecar_defn is not None:
+            await self._register_one(sidecar_defn, replace_existing_checks=True, persist=persist)
+
+    def _sidecar_for(self, defn: dict[str, Any]) -> dict[str, Any] | None:
+        """The expanded sidecar registration of a service definition, checked before anything is written."""
+        current = self.local.service(sidecar.sidecar_id(defn["ID"]))
+        used = {s["Port"] for s in self.local.services().values()
+                if s.get("Kind") == "connect-proxy" and s is not current}
+        return sidecar.expand(defn, used_ports=used, min_port=self.config.sidecar_min_port,
+                              max_port=self.config.sidecar_max_port,
+                              current_port=current["Port"] if current and sidecar.is_sidecar_of(current, defn["ID"])
+                              else None)
+
+    async def _register_one(self, defn: dict[str, Any], *, replace_existing_checks: bool, persist: bool) -> None:
         sid = defn["ID"]
         row = service_row(defn, self.config.datacenter)
         checks = defn.get("Checks") or []
@@ -220,6 +239,10 @@ class Agent:
         return f"service:{sid}" if n == 1 else f"service:{sid}:{i + 1}"
 
     async def deregister_service(self, sid: str) -> bool:
+        """Deregister a service; a sidecar its SidecarService registered goes with it (as in Consul)."""
+        proxy = self.local.service(sidecar.sidecar_id(sid))
+        if proxy is not None and sidecar.is_sidecar_of(proxy, sid):
+            await self.deregister_service(proxy["ID"])
         for chk in self.local.service_checks(sid):
             self.checks.stop(chk["CheckID"])
         ok = self.local.remove_service(sid)
@@ -303,8 +326,11 @@ class Agent:
         new_services = {s["ID"] for s in services}
         for sid in self._config_services - new_services:
             await self.deregister_service(sid)
-        for s in services:
-            await self.register_service(s, replace_existing_checks=True, persist=False)
+        try:
+            for s in services:
+                await self.register_service(s, replace_existing_checks=True, persist=False)
+        except DefinitionError as e:
+            raise AgentError(f"invalid service in config: {e}") from None
         new_checks = {chk.get("CheckID") or chk["Name"] for chk in checks}
         for cid in self._config_checks - new_checks:
             await self.deregister_check(cid)

@@ -176,6 +176,9 @@ async def match(request: web.Request) -> web.Response:
     if not names:
         raise BadRequest("required query parameter 'name' is missing")
     conn = _connect(request)
+    b = blocking_params(request)
+    if b.index:  # proxies follow their intentions with blocking queries
+        await request.app["agent"].backend.query("config.list", {"kind": "service-intentions"}, b.index, b.wait)
     try:
         out = {n: ixns.match(conn.intentions(), by, n) for n in names}
     except InvalidIntention as e:

@@ -15,6 +15,7 @@ from aiohttp import web
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
 from proconsul.agent.cluster.server import NotLeaderError
+from proconsul.agent.local.definitions import DefinitionError
 from proconsul.catalog.errors import CatalogError, Conflict, InvalidRequest, NotFound, UnknownCommand
 from proconsul.connect.errors import CANotReady, ConcurrentChange, ConnectError
 from proconsul.consensus.errors import LeadershipLost, RaftError
@@ -65,6 +66,8 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 500, f"leadership lost while committing log: {exc}"
     if isinstance(exc, RaftError | RPCError):
         return 500, str(exc)
+    if isinstance(exc, DefinitionError):
+        return 400, str(exc)
     if isinstance(exc, CANotReady):
         return 500, str(exc)
     if isinstance(exc, ConcurrentChange):

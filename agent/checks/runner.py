@@ -18,6 +18,7 @@ from proconsul.catalog.store import CRITICAL
 log = logging.getLogger("proconsul.checks")
 DEFAULT_OUTPUT_MAX = 4096  # Consul's checks.DefaultBufSize
 DEFAULT_TIMEOUT = 10.0  # Consul's default probe timeout (script checks: 30 s)
+FIRST_RUN_SPREAD = 2.0  # seconds over which the first probes of new checks are spread
 
 ResultSink = Callable[[str, str, str], None]  # (check id, status, output)
 
@@ -85,7 +86,10 @@ class IntervalRunner(TaskRunner):
         self.timeout = float(defn.get("TimeoutSeconds") or self.default_timeout)
 
     async def _loop(self) -> None:
-        await asyncio.sleep(self._rng.random() * self.interval)  # spread first runs over one interval
+        # Spread first runs so an agent restart does not probe everything at once — over at most
+        # FIRST_RUN_SPREAD seconds (Consul spreads over a whole interval: a new 10s check would then
+        # stay critical for up to 10 s, holding a fresh sidecar out of `?passing` answers).
+        await asyncio.sleep(self._rng.random() * min(self.interval, FIRST_RUN_SPREAD))
         while True:
             try:
                 # The probe bounds itself by `timeout`; this is the backstop if it does not.

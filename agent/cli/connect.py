@@ -43,3 +43,21 @@ def ca_set_config(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(connect_app, name="connect")
+
+
+@connect_app.command("proxy")
+def proxy(
+    sidecar_for: Annotated[str, typer.Option("-sidecar-for", "--sidecar-for",
+                                             help="ID of the service whose sidecar proxy to run.")] = "",
+    proxy_id: Annotated[str, typer.Option("-proxy-id", "--proxy-id", help="ID of the connect-proxy registration.")] = "",
+    http_addr: Annotated[str, typer.Option("-http-addr", "--http-addr", help="The local agent's HTTP address.")] = "",
+    token: Annotated[str, typer.Option("-token", "--token", help="ACL token (or CONSUL_HTTP_TOKEN).")] = "",
+    admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind",
+                                            help="Metrics/stats listener HOST:PORT, or off.")] = "127.0.0.1:19000",
+    log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
+) -> None:
+    """Run the built-in sidecar proxy: mTLS in front of the service, upstream listeners for its dependencies."""
+    from proconsul.connect.proxy.cli import Options, execute
+
+    raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
+                                     admin_bind=admin_bind, log_level=log_level)))

@@ -47,7 +47,8 @@ def _bootstrap(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
 
 
 PORTS = {"http": "http_port", "https": "https_port", "dns": "dns_port", "server": "server_port",
-         "serf_lan": "serf_lan_port", "serf_wan": "serf_wan_port", "grpc": "grpc_port"}
+         "serf_lan": "serf_lan_port", "serf_wan": "serf_wan_port", "grpc": "grpc_port",
+         "sidecar_min_port": "sidecar_min_port", "sidecar_max_port": "sidecar_max_port"}
 
 
 def _ports(cfg: AgentConfig, key: str, value: Any, src: str) -> None:

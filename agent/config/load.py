@@ -78,4 +78,7 @@ def finalize(cfg: AgentConfig) -> AgentConfig:
         port = getattr(cfg, port_attr)
         if not (-1 <= port <= 65535):
             raise ConfigError(f"{port_attr.replace('_port', '')} port {port} is out of range (0-65535, -1 = off)")
+    if not 1 <= cfg.sidecar_min_port <= cfg.sidecar_max_port <= 65535:
+        raise ConfigError(f"ports.sidecar_min_port ({cfg.sidecar_min_port}) must be ≤ ports.sidecar_max_port "
+                          f"({cfg.sidecar_max_port}), both within 1-65535")
     return cfg

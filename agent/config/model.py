@@ -66,6 +66,8 @@ class AgentConfig:
     serf_lan_port: int = 8301
     serf_wan_port: int = 8302
     grpc_port: int = -1
+    sidecar_min_port: int = 21000  # Connect sidecar_service ports are taken from this range
+    sidecar_max_port: int = 21255
     retry_join: list[str] = field(default_factory=list)
     log_level: str = "info"
     enable_script_checks: bool = False

@@ -109,8 +109,15 @@ def service_definition(raw: Any, what: str = "Service") -> dict[str, Any]:
     _type(svc, "Kind", (str,), what, "a string")
     _type(svc, "Port", (int,), what, "a number")
     _type(svc, "EnableTagOverride", (bool,), what, "a boolean")
+    for block in ("Proxy", "Connect"):
+        if block in svc:
+            svc[block] = _single(svc[block])
     _type(svc, "Proxy", (dict,), what, "an object")
     _type(svc, "Connect", (dict,), what, "an object")
+    if svc.get("Proxy") is not None:
+        svc["Proxy"] = proxy_block(svc["Proxy"], f"{what}.Proxy")
+    if svc.get("Connect") is not None:
+        svc["Connect"] = connect_block(svc["Connect"], f"{what}.Connect")
     if svc.get("Port") is not None and not 0 <= svc["Port"] <= 65535:
         raise DefinitionError(f"{what}.Port {svc['Port']} is out of range (0-65535)")
     tags = svc.get("Tags")
@@ -136,8 +143,13 @@ def service_definition(raw: Any, what: str = "Service") -> dict[str, Any]:
         svc["Weights"] = {"Passing": passing, "Warning": warning}
     if svc.get("Kind") == "connect-proxy":
         proxy = svc.get("Proxy") or {}
-        if not (proxy.get("DestinationServiceName") or proxy.get("destination_service_name")):
+        if not proxy.get("DestinationServiceName"):
             raise DefinitionError(f"{what}.Proxy.DestinationServiceName is required for a connect-proxy")
+        if svc.get("Port") is None and not svc.get("SocketPath"):
+            raise DefinitionError(f"{what}.Port is required for a connect-proxy (its public mTLS listener)")
+        proxy.setdefault("DestinationServiceID", proxy["DestinationServiceName"])
+    elif (svc.get("Connect") or {}).get("SidecarService") is not None and svc.get("Kind"):
+        raise DefinitionError(f"{what}.Connect.SidecarService cannot be used with Kind {svc['Kind']!r}")
     svc.setdefault("ID", svc["Name"])
     if not svc["ID"]:
         svc["ID"] = svc["Name"]
@@ -266,3 +278,105 @@ def _check_target(chk: dict[str, Any], kind: str, field: str, what: str) -> None
         hostport, _, _service = target.partition("/")
         if not _host_port(hostport):
             raise DefinitionError(f"{what}.GRPC {target!r} must be host:port or host:port/service (port 1-65535)")
+
+
+# ---------------------------------------------------------------------- Connect: proxy and sidecar blocks
+PROXY_FIELDS = (
+    "DestinationServiceName", "DestinationServiceID", "LocalServiceAddress", "LocalServicePort",
+    "LocalServiceSocketPath", "Mode", "TransparentProxy", "Config", "Upstreams", "MeshGateway", "Expose",
+    "AccessLogs",
+)
+UPSTREAM_FIELDS = (
+    "DestinationType", "DestinationNamespace", "DestinationPartition", "DestinationPeer", "DestinationName",
+    "Datacenter", "LocalBindAddress", "LocalBindPort", "LocalBindSocketPath", "LocalBindSocketMode", "Config",
+    "MeshGateway", "CentrallyConfigured",
+)
+CONNECT_FIELDS = ("Native", "SidecarService")
+_PROXY_KEYS = _lookup(PROXY_FIELDS)
+_UPSTREAM_KEYS = _lookup(UPSTREAM_FIELDS)
+_CONNECT_KEYS = _lookup(CONNECT_FIELDS)
+_MESH_GATEWAY_MODES = ("", "none", "local", "remote")
+
+
+def _single(value: Any) -> Any:
+    """HCL gives a block as a list of one object; Consul means the object."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        return value[0]
+    return value
+
+
+def _mesh_gateway(raw: Any, what: str) -> dict[str, Any]:
+    raw = _single(raw) or {}
+    if not isinstance(raw, dict):
+        raise DefinitionError(f"{what} must be an object with Mode")
+    mode = str(raw.get("Mode", raw.get("mode", "")) or "")
+    if mode not in _MESH_GATEWAY_MODES:
+        raise DefinitionError(f"{what}.Mode {mode!r} must be one of none, local, remote")
+    return {"Mode": mode} if mode else {}
+
+
+def upstream_block(raw: Any, what: str) -> dict[str, Any]:
+    raw = _single(raw)
+    if not isinstance(raw, dict):
+        raise DefinitionError(f"{what} must be an object")
+    up = canonical(raw, _UPSTREAM_KEYS, what)
+    _type(up, "DestinationName", (str,), what, "a string")
+    if not up.get("DestinationName"):
+        raise DefinitionError(f"{what}.DestinationName is required")
+    dtype = up.get("DestinationType") or "service"
+    if dtype not in ("service", "prepared_query"):
+        raise DefinitionError(f"{what}.DestinationType must be \"service\" or \"prepared_query\"")
+    _type(up, "LocalBindPort", (int,), what, "a number")
+    port = up.get("LocalBindPort")
+    if not up.get("LocalBindSocketPath") and (port is None or not 1 <= port <= 65535):
+        raise DefinitionError(f"{what}.LocalBindPort is required (1-65535)")
+    up["DestinationType"] = dtype
+    up["MeshGateway"] = _mesh_gateway(up.get("MeshGateway"), f"{what}.MeshGateway")
+    cfg = _single(up.get("Config"))
+    if cfg is not None and not isinstance(cfg, dict):
+        raise DefinitionError(f"{what}.Config must be an object")
+    if cfg is not None:
+        up["Config"] = cfg
+    return up
+
+
+def proxy_block(raw: Any, what: str) -> dict[str, Any]:
+    """A connect-proxy's Proxy block in Consul's PascalCase (snake_case accepted, as in config files)."""
+    raw = _single(raw)
+    if not isinstance(raw, dict):
+        raise DefinitionError(f"{what} must be an object")
+    proxy = canonical(raw, _PROXY_KEYS, what)
+    _type(proxy, "DestinationServiceName", (str,), what, "a string")
+    _type(proxy, "DestinationServiceID", (str,), what, "a string")
+    _type(proxy, "LocalServiceAddress", (str,), what, "a string")
+    _type(proxy, "LocalServicePort", (int,), what, "a number")
+    cfg = _single(proxy.get("Config"))
+    if cfg is not None and not isinstance(cfg, dict):
+        raise DefinitionError(f"{what}.Config must be an object")
+    if cfg is not None:
+        proxy["Config"] = cfg
+    ups = proxy.get("Upstreams")
+    if ups is not None:
+        if isinstance(ups, dict):
+            ups = [ups]
+        if not isinstance(ups, list):
+            raise DefinitionError(f"{what}.Upstreams must be a list of upstreams")
+        proxy["Upstreams"] = [upstream_block(u, f"{what}.Upstreams[{i}]") for i, u in enumerate(ups)]
+    else:
+        proxy["Upstreams"] = []
+    proxy["MeshGateway"] = _mesh_gateway(proxy.get("MeshGateway"), f"{what}.MeshGateway")
+    proxy.setdefault("Mode", "")
+    proxy["Expose"] = _single(proxy.get("Expose")) or {}
+    return proxy
+
+
+def connect_block(raw: Any, what: str) -> dict[str, Any]:
+    """A service's Connect block: Native, or a SidecarService (a nested service definition)."""
+    conn = canonical(raw, _CONNECT_KEYS, what)
+    _type(conn, "Native", (bool,), what, "a boolean")
+    sidecar = _single(conn.get("SidecarService"))
+    if sidecar is not None:
+        if not isinstance(sidecar, dict):
+            raise DefinitionError(f"{what}.SidecarService must be an object")
+        conn["SidecarService"] = sidecar  # expanded into its own registration by agent/local/sidecar.py
+    return conn

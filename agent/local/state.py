@@ -79,7 +79,8 @@ def service_row(defn: dict[str, Any], datacenter: str) -> dict[str, Any]:
         "EnableTagOverride": bool(defn.get("EnableTagOverride", False)),
         "Kind": defn.get("Kind") or "",
         "Proxy": defn.get("Proxy") or {},
-        "Connect": defn.get("Connect") or {},
+        # A SidecarService is expanded into its own registration; the parent keeps the rest (Native).
+        "Connect": {k: v for k, v in (defn.get("Connect") or {}).items() if k != "SidecarService"},
         "SocketPath": defn.get("SocketPath") or "",
         "Datacenter": datacenter,
     }

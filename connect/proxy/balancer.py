@@ -1,0 +1,154 @@
+"""Which upstream instance gets the next connection (pure: time and randomness are arguments).
+
+An `UpstreamPool` holds the healthy instances of one upstream (from the agent's `?passing` view),
+picks one by round robin, least requests or at random, and does passive outlier detection: an
+instance that fails `max_failures` connects (or, in HTTP mode, 5xx answers) in a row is ejected for
+`base_ejection` × the number of times it was ejected in a row, never more than
+`max_ejection_percent` of the pool at once; it comes back by itself when its time is up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from proconsul.connect.proxy.config import OutlierSettings
+
+
+class Rng(Protocol):
+    def random(self) -> float: ...
+
+    def randrange(self, stop: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One place to send a connection: a sidecar's public mTLS listener (or a native service)."""
+
+    id: str  # node/service-id: stable across health updates
+    address: str
+    port: int
+    service: str  # the destination service whose identity the peer must present
+    datacenter: str = ""
+
+
+@dataclass(slots=True)
+class _State:
+    instance: Instance
+    active: int = 0  # connections or requests in flight
+    failures: int = 0  # consecutive failures
+    ejections: int = 0  # consecutive ejections (reset by a success after coming back)
+    ejected_until: float = 0.0
+
+
+@dataclass(slots=True)
+class PoolStats:
+    picks: int = 0
+    ejections: int = 0
+    no_instance: int = 0
+    ejected_now: list[str] = field(default_factory=list)
+
+
+class NoHealthyInstance(Exception):
+    """The upstream has no instance to send to (none passing, or all ejected)."""
+
+
+class UpstreamPool:
+    def __init__(self, name: str, policy: str = "round_robin", outlier: OutlierSettings | None = None) -> None:
+        self.name = name
+        self.policy = policy
+        self.outlier = outlier or OutlierSettings()
+        self._states: dict[str, _State] = {}
+        self._order: list[str] = []
+        self._next = 0
+        self.stats = PoolStats()
+
+    # ------------------------------------------------------------------ membership
+    def set_instances(self, instances: list[Instance]) -> None:
+        """Replace the healthy set; instances that stay keep their counters and ejection."""
+        states = {}
+        for inst in instances:
+            prev = self._states.get(inst.id)
+            if prev is not None:
+                prev.instance = inst
+                states[inst.id] = prev
+            else:
+                states[inst.id] = _State(inst)
+        self._states = states
+        self._order = sorted(states)
+        self._next %= max(1, len(self._order))
+
+    def instances(self) -> list[Instance]:
+        return [self._states[i].instance for i in self._order]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    # ------------------------------------------------------------------ picking
+    def _available(self, now: float, exclude: set[str]) -> list[str]:
+        return [i for i in self._order if i not in exclude and self._states[i].ejected_until <= now]
+
+    def pick(self, now: float, rng: Rng, exclude: set[str] | None = None) -> Instance:
+        """The instance for the next connection; `exclude` holds those this attempt already tried."""
+        exclude = exclude or set()
+        ready = self._available(now, exclude)
+        if not ready:
+            self.stats.no_instance += 1
+            raise NoHealthyInstance(f"upstream {self.name!r} has no healthy instance"
+                                    + (" (all ejected after failures)" if self._order and not exclude else ""))
+        if self.policy == "least_request":
+            # Fewest in flight; ties go to a random one of them (two random choices would do too).
+            low = min(self._states[i].active for i in ready)
+            best = [i for i in ready if self._states[i].active == low]
+            chosen = best[rng.randrange(len(best))] if len(best) > 1 else best[0]
+        elif self.policy == "random":
+            chosen = ready[rng.randrange(len(ready))]
+        else:
+            # Round robin over the whole order, skipping what is not ready, so ejection keeps the rhythm.
+            n = len(self._order)
+            chosen = ready[0]
+            for step in range(n):
+                cand = self._order[(self._next + step) % n]
+                if cand in ready:
+                    chosen = cand
+                    self._next = (self._next + step + 1) % n
+                    break
+        self.stats.picks += 1
+        return self._states[chosen].instance
+
+    # ------------------------------------------------------------------ outcomes
+    def started(self, inst: Instance) -> None:
+        st = self._states.get(inst.id)
+        if st is not None:
+            st.active += 1
+
+    def finished(self, inst: Instance) -> None:
+        st = self._states.get(inst.id)
+        if st is not None and st.active > 0:
+            st.active -= 1
+
+    def succeeded(self, inst: Instance) -> None:
+        st = self._states.get(inst.id)
+        if st is not None:
+            st.failures = 0
+            st.ejections = 0
+
+    def failed(self, inst: Instance, now: float) -> bool:
+        """Record a failure; True if it ejected the instance."""
+        st = self._states.get(inst.id)
+        if st is None:
+            return False
+        st.failures += 1
+        if st.failures < self.outlier.max_failures or st.ejected_until > now:
+            return False
+        ejected = sum(1 for s in self._states.values() if s.ejected_until > now)
+        if (ejected + 1) * 100 > self.outlier.max_ejection_percent * len(self._states):
+            return False  # ejecting it would take out more of the pool than allowed
+        st.ejections += 1
+        st.failures = 0
+        st.ejected_until = now + self.outlier.base_ejection * st.ejections
+        self.stats.ejections += 1
+        return True
+
+    def ejected(self, now: float) -> list[str]:
+        return [i for i in self._order if self._states[i].ejected_until > now]

@@ -1,0 +1,129 @@
+"""Running a proxy from the command line: `proconsul connect proxy` and `python -m proconsul.connect.proxy`.
+
+Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`), with our
+`-admin-bind` for the metrics listener (Envoy's admin port habit: 127.0.0.1:19000). Errors are one
+line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
+from proconsul.connect.proxy.proxy import Proxy, ProxyError
+
+log = logging.getLogger("proconsul.proxy")
+DEFAULT_ADMIN = "127.0.0.1:19000"
+
+
+class ProxyCLIError(Exception):
+    """A one-line reason the proxy command cannot run."""
+
+
+@dataclass
+class Options:
+    http_addr: str = ""
+    proxy_id: str = ""
+    sidecar_for: str = ""
+    token: str = ""
+    admin_bind: str = DEFAULT_ADMIN  # "" or "off": no admin listener
+    log_level: str = "info"
+
+
+def http_address(flag: str) -> str:
+    return flag or os.environ.get("PROCONSUL_HTTP_ADDR") or os.environ.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"
+
+
+async def sidecar_proxy_id(api: AgentAPI, service_id: str) -> str:
+    """The ID of the one connect-proxy registered on this agent for `service_id` (Consul's -sidecar-for)."""
+    services = await api.services()
+    found = [s["ID"] for s in services.values() if s.get("Kind") == "connect-proxy"
+             and (s.get("Proxy") or {}).get("DestinationServiceID") == service_id]
+    if not found:
+        raise ProxyCLIError(f"No sidecar proxy registered for {service_id!r} on this agent: register the service "
+                            "with connect { sidecar_service {} }")
+    if len(found) > 1:
+        raise ProxyCLIError(f"More than one sidecar proxy registered for {service_id!r} ({', '.join(sorted(found))}):"
+                            " pick one with -proxy-id")
+    return found[0]
+
+
+def _admin(bind: str) -> tuple[str, int]:
+    if bind in ("", "off"):
+        return "", -1
+    host, _, port = bind.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ProxyCLIError(f"-admin-bind {bind!r} must be HOST:PORT (or \"off\")") from None
+
+
+async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
+    """Run one proxy until `stop` (or SIGINT/SIGTERM when `stop` is not given)."""
+    if bool(opts.proxy_id) == bool(opts.sidecar_for):
+        raise ProxyCLIError("give exactly one of -sidecar-for SERVICE-ID or -proxy-id PROXY-ID")
+    host, port = _admin(opts.admin_bind)
+    api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        proxy_id = opts.proxy_id or await sidecar_proxy_id(api, opts.sidecar_for)
+        await Proxy(api, proxy_id, admin_address=host, admin_port=port).run(stop)
+    except AgentAPIError as e:
+        raise ProxyCLIError(str(e)) from None
+    except ProxyError as e:
+        raise ProxyCLIError(str(e)) from None
+    finally:
+        await api.close()
+
+
+def setup_logging(level: str) -> None:
+    levels = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "warning": logging.WARNING, "error": logging.ERROR}
+    if level.lower() not in levels:
+        raise ProxyCLIError(f"-log-level {level!r} must be one of trace, debug, info, warn, error")
+    logging.basicConfig(level=levels[level.lower()], stream=sys.stderr,
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+
+
+def execute(opts: Options) -> int:
+    """Run the proxy in a fresh event loop (uvloop when present); the process exit status."""
+    try:
+        setup_logging(opts.log_level)
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            pass
+        asyncio.run(run(opts))
+        return 0
+    except ProxyCLIError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m proconsul.connect.proxy", prefix_chars="-",
+                                description="Run a Connect sidecar proxy for a service registered with the local agent.")
+    for names, dest, help_ in (
+            (("-sidecar-for", "--sidecar-for"), "sidecar_for", "ID of the service whose sidecar this is"),
+            (("-proxy-id", "--proxy-id"), "proxy_id", "ID of the connect-proxy registration"),
+            (("-http-addr", "--http-addr"), "http_addr", "the local agent's HTTP address"),
+            (("-token", "--token"), "token", "ACL token"),
+            (("-admin-bind", "--admin-bind"), "admin_bind", f"metrics/stats listener (default {DEFAULT_ADMIN}; off)"),
+            (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error")):
+        p.add_argument(*names, dest=dest, default=getattr(Options(), dest), help=help_)
+    args = p.parse_args(argv)
+    sys.exit(execute(Options(**vars(args))))

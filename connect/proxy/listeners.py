@@ -1,0 +1,236 @@
+"""The proxy's two kinds of listener (L4: any TCP protocol passes through).
+
+- **Public listener** (`InboundSide`): mTLS with the service's leaf; a client must present a leaf
+  chaining to the current roots, and its SPIFFE ID is decided by the local intentions before a
+  single byte reaches the application. A refused connection is closed right after the handshake and
+  logged with source, destination and the deciding intention.
+- **Upstream listener** (`UpstreamSide`): plain TCP on a local port for the application; each new
+  connection picks a healthy instance of the destination, dials its sidecar with mTLS, checks that
+  the server presented *that* service's SPIFFE ID (not just any mesh member), and on a connect
+  failure tries the next instance (bounded attempts, within the retry budget).
+
+Both record golden metrics, and inbound connections are registered by source so that an intention
+that turns to deny can close the connections it no longer allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
+from proconsul.connect.proxy.config import Upstream
+from proconsul.connect.proxy.forward import Side
+from proconsul.connect.proxy.metrics import Link
+from proconsul.connect.proxy.tls import peer_uri, sni_name
+
+if TYPE_CHECKING:
+    from proconsul.connect.proxy.runtime import Runtime
+
+log = logging.getLogger("proconsul.proxy")
+
+
+class RefusedConnection(Exception):
+    """An upstream sidecar presented an identity other than the destination's."""
+
+
+class InboundSide(Side):
+    """The mTLS side of an inbound connection (from another service's sidecar)."""
+
+    __slots__ = ("rt", "uri", "source", "link", "app", "started")
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__()
+        self.rt = rt
+        self.uri = ""
+        self.source = ""
+        self.link: Link | None = None
+        self.app: Side | None = None
+        self.started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        rt = self.rt
+        self.started = time.monotonic()
+        self.uri = peer_uri(transport.get_extra_info("ssl_object")) or ""
+        policy = rt.policy
+        if policy is None:
+            self._refuse("unknown", "intentions are not loaded yet")
+            return
+        decision = policy.connection(self.uri)
+        self.source = decision.source
+        if not decision.allowed:
+            self._refuse(decision.source, decision.reason)
+            return
+        self.link = link = rt.metrics.inbound_link(decision.source)
+        link.connections += 1
+        link.active += 1
+        self.on_bytes = self._count_in
+        rt.inbound_opened(self)
+        transport.pause_reading()
+        rt.spawn(self._connect_app())
+
+    def _count_in(self, n: int) -> None:
+        assert self.link is not None
+        self.link.bytes_in += n
+
+    def _refuse(self, source: str, reason: str) -> None:
+        self.rt.refused(source or self.uri or "unknown", reason)
+        self.abort()
+
+    async def _connect_app(self) -> None:
+        rt = self.rt
+        cfg = rt.config
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(cfg.local_connect_timeout):
+                _, app = await loop.create_connection(Side, cfg.local_address, cfg.local_port)
+        except (OSError, TimeoutError) as e:
+            if self.link is not None:
+                self.link.failed += 1
+            log.warning("inbound from %s: cannot reach the local application at %s:%d: %s", self.source,
+                        cfg.local_address, cfg.local_port, e or "timed out")
+            self.abort()
+            return
+        if self.closed:
+            app.close()
+            return
+        self.app = app
+        link = self.link
+        if link is not None:
+            link.latency.observe(time.monotonic() - self.started)
+
+            def out(n: int) -> None:
+                link.bytes_out += n
+            app.on_bytes = out
+        app.join(self)
+
+    def abort(self) -> None:
+        super().abort()
+        if self.app is not None:
+            self.app.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.link is not None:
+            self.link.active -= 1
+        self.rt.inbound_closed(self)
+
+
+class _UpstreamTLS(Side):
+    """The mTLS side of an outbound connection (to the destination's sidecar)."""
+
+
+class UpstreamSide(Side):
+    """The application's side of an outbound connection, accepted on an upstream's local port."""
+
+    __slots__ = ("rt", "upstream", "link", "instance", "started")
+
+    def __init__(self, rt: Runtime, upstream: Upstream) -> None:
+        super().__init__()
+        self.rt = rt
+        self.upstream = upstream
+        self.link: Link = rt.metrics.upstream_link(upstream.destination_name)
+        self.instance: Instance | None = None
+        self.started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.started = time.monotonic()
+        self.rt.budget.request(self.started)
+        self.link.active += 1
+        transport.pause_reading()
+        link = self.link
+
+        def out(n: int) -> None:
+            link.bytes_out += n
+        self.on_bytes = out
+        self.rt.spawn(self._dial())
+
+    async def _dial(self) -> None:
+        rt, up = self.rt, self.upstream
+        pool = rt.pools.get(up.key)
+        tried: set[str] = set()
+        attempts = 1 + rt.config.retry.num_retries
+        last_error = "no attempt made"
+        for attempt in range(attempts):
+            if self.closed:
+                return
+            if attempt and not rt.budget.try_retry(time.monotonic()):
+                last_error += "; retry budget exhausted"
+                break
+            try:
+                if pool is None:
+                    raise NoHealthyInstance(f"upstream {up.destination_name!r} is not known yet")
+                inst = pool.pick(time.monotonic(), rt.rng, tried)
+            except NoHealthyInstance as e:
+                last_error = str(e)
+                break
+            tried.add(inst.id)
+            if attempt:
+                self.link.retries += 1
+            pool.started(inst)
+            try:
+                remote = await self._connect(inst)
+            except (OSError, TimeoutError, ssl.SSLError, RefusedConnection) as e:
+                pool.finished(inst)
+                last_error = f"{inst.address}:{inst.port}: {e or 'timed out'}"
+                if pool.failed(inst, time.monotonic()):
+                    log.warning("upstream %s: ejected instance %s after %d failures in a row", up.destination_name,
+                                inst.id, rt.config.outlier.max_failures)
+                continue
+            pool.succeeded(inst)
+            if self.closed:
+                pool.finished(inst)
+                remote.close()
+                return
+            self._joined(remote, inst, pool)
+            return
+        self.link.failed += 1
+        log.warning("upstream %s: connection from the application failed: %s", up.destination_name, last_error)
+        self.abort()
+
+    def _joined(self, remote: Side, inst: Instance, pool: UpstreamPool) -> None:
+        self.instance = inst
+        link = self.link
+        link.connections += 1
+        link.latency.observe(time.monotonic() - self.started)
+
+        def inbound(n: int) -> None:
+            link.bytes_in += n
+        remote.on_bytes = inbound
+        remote.on_close = lambda _side: pool.finished(inst)
+        self.join(remote)
+
+    async def _connect(self, inst: Instance) -> Side:
+        rt, up = self.rt, self.upstream
+        loop = asyncio.get_running_loop()
+        ctx = rt.client_ctx
+        if ctx is None:
+            raise RefusedConnection("no leaf certificate yet")
+        async with asyncio.timeout(up.connect_timeout):
+            transport, remote = await loop.create_connection(
+                _UpstreamTLS, inst.address, inst.port, ssl=ctx,
+                server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter, rt.trust_domain),
+                ssl_handshake_timeout=up.connect_timeout)
+        uri = peer_uri(transport.get_extra_info("ssl_object")) or ""
+        if not rt.is_identity_of(uri, inst.service):
+            transport.abort()
+            raise RefusedConnection(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
+        return remote
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.link.active -= 1
+
+
+def inbound_factory(rt: Runtime) -> Callable[[], InboundSide]:
+    return lambda: InboundSide(rt)
+
+
+def upstream_factory(rt: Runtime, upstream: Upstream) -> Callable[[], UpstreamSide]:
+    return lambda: UpstreamSide(rt, upstream)

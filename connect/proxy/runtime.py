@@ -1,0 +1,126 @@
+"""The proxy's live state, shared by its listeners: what the watches last learned, and the counters.
+
+Everything here is replaced whole when the agent says something changed (a new policy object, new
+TLS contexts, a new healthy set), so a connection in progress always sees one consistent view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from proconsul.connect.errors import InvalidSpiffeID
+from proconsul.connect.proxy.authz import IntentionPolicy
+from proconsul.connect.proxy.balancer import UpstreamPool
+from proconsul.connect.proxy.budget import RetryBudget
+from proconsul.connect.proxy.config import ProxyConfig
+from proconsul.connect.proxy.metrics import ProxyMetrics
+from proconsul.connect.spiffe import parse_service
+
+
+class OpenConnection(Protocol):
+    """What the runtime needs of an open inbound connection to close it when it is no longer allowed."""
+
+    uri: str
+
+    def abort(self) -> None: ...
+
+log = logging.getLogger("proconsul.proxy")
+RECENT_REFUSALS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    time: float  # unix time
+    source: str
+    destination: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Time": self.time, "Source": self.source, "Destination": self.destination, "Reason": self.reason}
+
+
+class Runtime:
+    def __init__(self, config: ProxyConfig, *, datacenter: str, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.datacenter = datacenter
+        self.rng = rng or random.Random()
+        self.trust_domain = ""
+        self.policy: IntentionPolicy | None = None
+        self.client_ctx: ssl.SSLContext | None = None
+        self.pools: dict[str, UpstreamPool] = {
+            u.key: UpstreamPool(u.destination_name, u.lb_policy, config.outlier) for u in config.upstreams}
+        self.metrics = ProxyMetrics(config.service)
+        self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
+        self.refusals: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
+        self.revoked = 0  # open connections closed because an intention turned to deny
+        self._inbound: dict[str, set[OpenConnection]] = {}  # by client certificate URI
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ tasks
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("proxy task failed: %r", task.exception(), exc_info=task.exception())
+
+    async def cancel_tasks(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ identities and refusals
+    def is_identity_of(self, uri: str, service: str) -> bool:
+        """Whether `uri` is `service`'s SPIFFE ID in our trust domain (any datacenter: failover may cross)."""
+        try:
+            ident = parse_service(uri)
+        except InvalidSpiffeID:
+            return False
+        return ident.trust_domain == self.trust_domain and ident.service == service
+
+    def refused(self, source: str, reason: str) -> None:
+        self.metrics.inbound_link(source).refused += 1
+        self.refusals.append(Refusal(time.time(), source, self.config.service, reason))
+        log.warning("refused connection from %s to %s: %s", source, self.config.service, reason)
+
+    # ------------------------------------------------------------------ open inbound connections
+    def inbound_opened(self, side: OpenConnection) -> None:
+        self._inbound.setdefault(side.uri, set()).add(side)
+
+    def inbound_closed(self, side: OpenConnection) -> None:
+        sides = self._inbound.get(side.uri)
+        if sides is not None:
+            sides.discard(side)
+            if not sides:
+                del self._inbound[side.uri]
+
+    def set_policy(self, policy: IntentionPolicy) -> None:
+        """New intentions: new connections are decided by them at once, and (beyond Consul, which lets
+        open connections run on) connections they no longer allow are closed."""
+        self.policy = policy
+        for uri, sides in list(self._inbound.items()):
+            decision = policy.connection(uri)
+            if decision.allowed:
+                continue
+            for side in list(sides):
+                self.revoked += 1
+                log.warning("closing open connection from %s to %s: %s", decision.source, self.config.service,
+                            decision.reason)
+                self.refusals.append(Refusal(time.time(), decision.source, self.config.service,
+                                             "open connection closed: " + decision.reason))
+                side.abort()
+
+    def inbound_count(self) -> int:
+        return sum(len(s) for s in self._inbound.values())
