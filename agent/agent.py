@@ -416,7 +416,8 @@ class Agent:
         cfg = self.config
         _raise_fd_limit()
         app = build_app(self)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # On shutdown, requests still running after 1 s (parked blocking queries) are cut: clients retry.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             # What this agent owns comes back before anything can ask for it (HTTP, DNS, the cluster).

@@ -169,12 +169,36 @@ def _session_node(s: StateStore, a: Args) -> tuple[int, Any]:
     return s.node_sessions(a["node"])
 
 
+SECRET_FIELDS = ("SigningKey",)  # never leaves a server: the CA's private keys live in ca_roots rows
+
+
+def _public(row: Any) -> Any:
+    if isinstance(row, dict) and any(f in row for f in SECRET_FIELDS):
+        return {k: v for k, v in row.items() if k not in SECRET_FIELDS}
+    return row
+
+
 def _table_list(s: StateStore, a: Args) -> tuple[int, Any]:
-    return s.table_list(a["table"])
+    idx, rows = s.table_list(a["table"])
+    return idx, [_public(r) for r in rows]
 
 
 def _table_get(s: StateStore, a: Args) -> tuple[int, Any]:
-    return s.table_get(a["table"], a["key"])
+    idx, row = s.table_get(a["table"], a["key"])
+    return idx, _public(row)
+
+
+def public_roots(rows: list[dict[str, Any]], trust_domain: str) -> dict[str, Any]:
+    """Consul's CA roots body (`ActiveRootID`, `TrustDomain`, `Roots`), without any signing key."""
+    rows = sorted(rows, key=lambda r: r["CreateIndex"])
+    return {"ActiveRootID": next((r["ID"] for r in rows if r["Active"]), ""), "TrustDomain": trust_domain,
+            "Roots": [_public(r) for r in rows]}
+
+
+def _connect_roots(s: StateStore, a: Args) -> tuple[int, Any]:
+    _, rows = s.table_list("ca_roots")
+    _, cfg = s.table_get("ca_config", "config")
+    return s.table_index("ca_roots", "ca_config"), public_roots(rows, cfg["TrustDomain"] if cfg else "")
 
 
 def _config_list(s: StateStore, a: Args) -> tuple[int, Any]:
@@ -207,6 +231,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("session.node", _session_node, (st.SESSIONS,)),
     Query("config.list", _config_list, ("config_entries",)),
     Query("config.get", _config_get, ("config_entries",)),
+    Query("connect.roots", _connect_roots, ("ca_roots", "ca_config")),
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
 )}

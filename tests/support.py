@@ -35,6 +35,29 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     raise RuntimeError("no free port found")
 
 
+def free_port_block(n: int = 16) -> int:
+    """The first of `n` consecutive ports free right now, below the ephemeral range (so client sockets do
+    not take them), chosen at random so parallel test workers rarely meet."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block found")
+
+
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
              message: str = "condition") -> T:
     """Poll `condition` until it returns something truthy; fail with `message` after `timeout`."""
@@ -65,6 +88,10 @@ class AgentProcess:
         self.serf_lan_port = free_port()
         self.extra_args = list(args or [])
         self.env = env
+        # Sidecar proxies get ports from a block of this agent's own, not Consul's shared 21000-21255,
+        # so agents of tests running side by side never hand out the same port.
+        self.sidecar_min_port = free_port_block()
+        self.sidecar_max_port = self.sidecar_min_port + 15
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "agent.log"
 
@@ -81,7 +108,11 @@ class AgentProcess:
                "--server-port", str(self.server_port), "--serf-lan-port", str(self.serf_lan_port)]
         if self.dev:
             cmd.append("--dev")
-        return cmd + self.extra_args
+        ports = self.workdir / "test-sidecar-ports.json"
+        ports.parent.mkdir(parents=True, exist_ok=True)
+        ports.write_text(json.dumps({"ports": {"sidecar_min_port": self.sidecar_min_port,
+                                               "sidecar_max_port": self.sidecar_max_port}}))
+        return cmd + ["--config-file", str(ports)] + self.extra_args
 
     def start(self, timeout: float = 20.0) -> None:
         """Start the process and wait until it answers with a known leader."""

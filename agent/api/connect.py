@@ -1,6 +1,7 @@
 """Connect's HTTP API: CA roots and configuration, leaf certificates, authorize, and the legacy intentions API.
 
-Thin handlers over `proconsul.agent.connect.service.Connect`, which holds the state and decisions.
+Thin handlers over the agent's Connect (`agent/connect/`): on servers it reads the local replica, on client
+agents its copies of the servers' state (forwarding writes and CSRs to a server).
 """
 
 from __future__ import annotations
@@ -17,18 +18,33 @@ from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common
 from proconsul.agent.api.responses import json_response
-from proconsul.agent.connect.service import Connect, iso_time
+from proconsul.agent.cluster.rpc import register_error
+from proconsul.agent.connect.base import ConnectBase, iso_time
+from proconsul.agent.connect.client import ClientConnect
+from proconsul.agent.connect.service import Connect
 from proconsul.connect import intentions as ixns
-from proconsul.connect.errors import InvalidIntention
+from proconsul.connect.errors import (
+    CANotReady,
+    ConcurrentChange,
+    InvalidCAConfig,
+    InvalidCSR,
+    InvalidIntention,
+)
 
 routes = web.RouteTableDef()
 JSON_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
 
 
-def _connect(request: web.Request) -> Connect:
+for _err in (CANotReady, ConcurrentChange, InvalidCAConfig, InvalidCSR, InvalidIntention):
+    register_error(_err)  # a client agent shows the server's reason, with the same status
+
+
+async def _connect(request: web.Request) -> ConnectBase:
     conn = request.app["agent"].connect
     if conn is None:
-        raise HTTPError("Connect must be enabled on a server or dev agent for this endpoint", 500)
+        raise HTTPError("Connect is disabled on this agent (connect { enabled = false })", 500)
+    if isinstance(conn, ClientConnect):
+        await conn.loaded()
     return conn
 
 
@@ -47,10 +63,10 @@ def _intention_body(raw: Any) -> dict[str, Any]:
 @routes.get("/v1/agent/connect/ca/roots")
 async def ca_roots(request: web.Request) -> web.Response:
     check_common(request)
-    conn = _connect(request)
+    conn = await _connect(request)
     b = blocking_params(request)
     if b.index:
-        await request.app["agent"].backend.query("table.list", {"table": "ca_roots"}, b.index, b.wait)
+        await conn.wait_roots(b.index, b.wait)
     idx, body = conn.roots_body()
     return json_response(request, body, index=idx)
 
@@ -58,7 +74,8 @@ async def ca_roots(request: web.Request) -> web.Response:
 @routes.get("/v1/connect/ca/configuration")
 async def ca_config_get(request: web.Request) -> web.Response:
     check_common(request)
-    cfg = _connect(request).config()
+    conn = await _connect(request)
+    cfg = await conn.refresh_config() if isinstance(conn, ClientConnect) else conn.config()
     if cfg is None:
         raise NotFoundHTTP("the CA is not initialised yet")
     return json_response(request, cfg, index=cfg["ModifyIndex"])
@@ -68,7 +85,7 @@ async def ca_config_get(request: web.Request) -> web.Response:
 async def ca_config_put(request: web.Request) -> web.Response:
     check_common(request)
     body = want_dict(await json_body(request), "CAConfiguration")
-    await _connect(request).set_config(fold_keys(body, ("Provider", "Config", "ForceWithoutCrossSigning", "State")))
+    await (await _connect(request)).set_config(fold_keys(body, ("Provider", "Config", "ForceWithoutCrossSigning", "State")))
     return web.Response(status=200)
 
 
@@ -76,14 +93,14 @@ async def ca_config_put(request: web.Request) -> web.Response:
 async def leaf(request: web.Request) -> web.Response:
     check_common(request)
     b = blocking_params(request)
-    cert = await _connect(request).leaf_blocking(request.match_info["service"], b.index, b.wait)
+    cert = await (await _connect(request)).leaf_blocking(request.match_info["service"], b.index, b.wait)
     body = {k: v for k, v in cert.items() if k not in ("RootID", "Jitter")}
     return json_response(request, body, index=cert["ModifyIndex"])
 
 
 @routes.post("/v1/agent/connect/authorize")
 async def authorize(request: web.Request) -> web.Response:
-    conn = _connect(request)
+    conn = await _connect(request)
     raw = await request.read()
     hit = conn.authorize_raw(raw)  # proxies send the same few bodies again and again
     if hit is not None:
@@ -109,17 +126,17 @@ async def authorize(request: web.Request) -> web.Response:
 @routes.get("/v1/connect/intentions")
 async def list_intentions(request: web.Request) -> web.Response:
     check_common(request)
-    conn = _connect(request)
+    conn = await _connect(request)
     b = blocking_params(request)
     if b.index:
-        await request.app["agent"].backend.query("config.list", {"kind": "service-intentions"}, b.index, b.wait)
-    return json_response(request, conn.intentions(), index=conn.store.table_index("config_entries"))
+        await conn.wait_intentions(b.index, b.wait)
+    return json_response(request, conn.intentions(), index=conn.intentions_index())
 
 
 @routes.post("/v1/connect/intentions")
 async def create_intention(request: web.Request) -> web.Response:
     check_common(request)
-    conn = _connect(request)
+    conn = await _connect(request)
     ixn = _intention_body(await json_body(request))
     if conn.exact(ixn["SourceName"], ixn["DestinationName"]) is not None:
         raise BadRequest(f"duplicate intention found: {ixn['SourceName']} => {ixn['DestinationName']}")
@@ -139,7 +156,7 @@ def _exact_params(request: web.Request) -> tuple[str, str]:
 @routes.get("/v1/connect/intentions/exact")
 async def get_exact(request: web.Request) -> web.Response:
     check_common(request)
-    ixn = _connect(request).exact(*_exact_params(request))
+    ixn = (await _connect(request)).exact(*_exact_params(request))
     if ixn is None:
         raise NotFoundHTTP("Intention not found")
     return json_response(request, ixn, index=ixn["ModifyIndex"])
@@ -148,7 +165,7 @@ async def get_exact(request: web.Request) -> web.Response:
 @routes.put("/v1/connect/intentions/exact")
 async def put_exact(request: web.Request) -> web.Response:
     check_common(request)
-    conn = _connect(request)
+    conn = await _connect(request)
     src, dst = _exact_params(request)
     raw = want_dict(await json_body(request), "Intention")
     ixn = _intention_body(dict(raw, SourceName=src, DestinationName=dst))
@@ -164,7 +181,10 @@ async def put_exact(request: web.Request) -> web.Response:
 async def delete_exact(request: web.Request) -> web.Response:
     check_common(request)
     src, dst = _exact_params(request)
-    await _connect(request).remove(lambda i: i["SourceName"] == src and i["DestinationName"] == dst)
+    conn = await _connect(request)
+    ixn = conn.exact(src, dst)
+    if ixn is not None:
+        await conn.remove_ids([ixn["ID"]])
     return json_response(request, True)
 
 
@@ -175,22 +195,22 @@ async def match(request: web.Request) -> web.Response:
     names = request.query.getall("name", [])
     if not names:
         raise BadRequest("required query parameter 'name' is missing")
-    conn = _connect(request)
+    conn = await _connect(request)
     b = blocking_params(request)
     if b.index:  # proxies follow their intentions with blocking queries
-        await request.app["agent"].backend.query("config.list", {"kind": "service-intentions"}, b.index, b.wait)
+        await conn.wait_intentions(b.index, b.wait)
     try:
         out = {n: ixns.match(conn.intentions(), by, n) for n in names}
     except InvalidIntention as e:
         raise BadRequest(str(e)) from None
-    return json_response(request, out, index=conn.store.table_index("config_entries"))
+    return json_response(request, out, index=conn.intentions_index())
 
 
 @routes.get("/v1/connect/intentions/check")
 async def check(request: web.Request) -> web.Response:
     check_common(request)
     src, dst = _exact_params(request)
-    allowed, _ = ixns.decide(_connect(request).intentions(), src, dst,
+    allowed, _ = ixns.decide((await _connect(request)).intentions(), src, dst,
                              request.app["agent"].config.intention_default_allow)
     return json_response(request, {"Allowed": allowed})
 
@@ -198,7 +218,7 @@ async def check(request: web.Request) -> web.Response:
 @routes.get("/v1/connect/intentions/{id}")
 async def get_by_id(request: web.Request) -> web.Response:
     check_common(request)
-    ixn = _connect(request).find(request.match_info["id"])
+    ixn = (await _connect(request)).find(request.match_info["id"])
     if ixn is None:
         raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
     return json_response(request, ixn, index=ixn["ModifyIndex"])
@@ -207,14 +227,14 @@ async def get_by_id(request: web.Request) -> web.Response:
 @routes.put("/v1/connect/intentions/{id}")
 async def put_by_id(request: web.Request) -> web.Response:
     check_common(request)
-    conn = _connect(request)
+    conn = await _connect(request)
     prev = conn.find(request.match_info["id"])
     if prev is None:
         raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
     ixn = _intention_body(await json_body(request))
     ixn.update(ID=prev["ID"], CreatedAt=prev["CreatedAt"], UpdatedAt=iso_time())
     if (ixn["SourceName"], ixn["DestinationName"]) != (prev["SourceName"], prev["DestinationName"]):
-        await conn.remove(lambda i: i["ID"] == prev["ID"])
+        await conn.remove_ids([prev["ID"]])
     await conn.upsert(ixn)
     return json_response(request, True)
 
@@ -223,19 +243,30 @@ async def put_by_id(request: web.Request) -> web.Response:
 async def delete_by_id(request: web.Request) -> web.Response:
     check_common(request)
     ixn_id = request.match_info["id"]
-    if not await _connect(request).remove(lambda i: i["ID"] == ixn_id):
+    if not await (await _connect(request)).remove_ids([ixn_id]):
         raise NotFoundHTTP(f"Intention with ID {ixn_id!r} not found")
     return json_response(request, True)
 
 
 def attach(agent: Any) -> None:
-    """Wire Connect into an agent: routes always; CA state and leader duties on servers."""
-    agent.connect = Connect(agent) if agent.store is not None and agent.config.connect_enabled else None
+    """Wire Connect into an agent: its routes, and the Connect that reads the local replica (servers) or
+    follows the servers (client agents), with its background duties."""
     agent.http_routes.append(routes)
-    if agent.connect is not None:
-        connect = agent.connect
+    if not agent.config.connect_enabled:
+        agent.connect = None
+        return
+    if agent.store is not None:
+        server = Connect(agent)
+        server.register_rpc(agent.cluster.rpc.register)
+        agent.connect = server
+    else:
+        async def call_server(method: str, args: dict[str, Any]) -> Any:
+            return await agent.cluster.call_any_server(method, args, timeout=30.0,
+                                                       idempotent=method == "connect.sign")
+        agent.connect = ClientConnect(agent, call_server)
+    connect = agent.connect
 
-        async def connect_duties(agent: Any, stop: asyncio.Event) -> None:
-            await connect.run_duties(agent.wait_leadership, stop)
+    async def connect_duties(agent: Any, stop: asyncio.Event) -> None:
+        await connect.run_duties(agent.wait_leadership, stop)
 
-        agent.listeners.append(connect_duties)
+    agent.listeners.append(connect_duties)

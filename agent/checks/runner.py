@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from proconsul.agent.config.duration import format_duration
-from proconsul.catalog.store import CRITICAL
+from proconsul.catalog.store import CRITICAL, PASSING
 
 log = logging.getLogger("proconsul.checks")
 DEFAULT_OUTPUT_MAX = 4096  # Consul's checks.DefaultBufSize
 DEFAULT_TIMEOUT = 10.0  # Consul's default probe timeout (script checks: 30 s)
 FIRST_RUN_SPREAD = 2.0  # seconds over which the first probes of new checks are spread
+EARLY_RETRY = 1.0  # seconds between probes of a new check that has not passed yet (within its first interval)
 
 ResultSink = Callable[[str, str, str], None]  # (check id, status, output)
 
@@ -90,6 +91,8 @@ class IntervalRunner(TaskRunner):
         # FIRST_RUN_SPREAD seconds (Consul spreads over a whole interval: a new 10s check would then
         # stay critical for up to 10 s, holding a fresh sidecar out of `?passing` answers).
         await asyncio.sleep(self._rng.random() * min(self.interval, FIRST_RUN_SPREAD))
+        loop = asyncio.get_running_loop()
+        started, passed = loop.time(), False
         while True:
             try:
                 # The probe bounds itself by `timeout`; this is the backstop if it does not.
@@ -103,7 +106,12 @@ class IntervalRunner(TaskRunner):
                 log.exception("check %s: probe failed", self.check_id)
                 status, output = CRITICAL, f"check failed: {e}"
             self._sink(self.check_id, status, output)
-            await asyncio.sleep(self.interval)
+            passed = passed or status == PASSING
+            # Until its first pass, and only within its first interval, a new check probes every
+            # second: a service (or sidecar) that comes up just after registering is seen at once,
+            # not an interval later; one that stays down is then probed at the normal pace.
+            early = not passed and loop.time() - started < self.interval
+            await asyncio.sleep(min(EARLY_RETRY, self.interval) if early else self.interval)
 
     async def probe(self) -> tuple[str, str]:
         raise NotImplementedError

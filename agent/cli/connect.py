@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from proconsul.agent.cli.client import CLIError, HttpAddr
-from proconsul.agent.cli.output import client, print_json, run
+from proconsul.agent.cli.client import CLIError, Format, HttpAddr
+from proconsul.agent.cli.output import check_format, client, print_json, run, table
 
 connect_app = typer.Typer(help="Connect: the service mesh's certificate authority.", no_args_is_help=True)
 ca_app = typer.Typer(help="Read and change the Connect CA's configuration.", no_args_is_help=True)
@@ -61,3 +61,50 @@ def proxy(
 
     raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
                                      admin_bind=admin_bind, log_level=log_level)))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds else "-"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@connect_app.command("proxy-stats")
+def proxy_stats(
+    admin_addr: Annotated[str, typer.Option("-admin-addr", "--admin-addr",
+                                            help="The proxy's admin listener (its -admin-bind).")] = "127.0.0.1:19000",
+    fmt: Format = "table",
+) -> None:
+    """Golden metrics of a running sidecar proxy: per inbound source and per upstream."""
+    import urllib.request
+
+    check_format(fmt)
+
+    def body() -> None:
+        try:
+            with urllib.request.urlopen(f"http://{admin_addr}/stats", timeout=5) as resp:
+                stats = json.loads(resp.read())
+        except OSError as e:
+            raise CLIError(f"cannot read proxy stats from {admin_addr}: {getattr(e, 'reason', e)}") from None
+        if fmt == "json":
+            return print_json(stats)
+        rows = []
+        for direction, links in (("inbound from", stats["Inbound"]), ("upstream to", stats["Upstreams"])):
+            for peer, s in links.items():
+                rows.append([direction, peer, s["Connections"], s["Active"], s["Refused"], s["Failed"],
+                             s["Requests"] or "-", f"{s['SuccessRate'] * 100:.1f}%", _ms(s["LatencyP50"]),
+                             _ms(s["LatencyP99"]), _bytes(s["BytesIn"]), _bytes(s["BytesOut"])])
+        table(f"proxy {stats['ProxyID']} for {stats['Service']} (public port {stats['PublicPort']})",
+              ["Direction", "Peer", "Conns", "Open", "Refused", "Failed", "Requests", "Success", "p50", "p99",
+               "Bytes in", "Bytes out"], rows)
+        for name, inst in stats["UpstreamInstances"].items():
+            ejected = ", ".join(inst["Ejected"]) or "none"
+            typer.echo(f"upstream {name}: {inst['Healthy']} healthy instance(s), ejected: {ejected}")
+
+    run(body)

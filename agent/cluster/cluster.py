@@ -325,8 +325,7 @@ class Cluster:
             if self._bootstrapped or self.has_raft_state():
                 self._bootstrapped = True
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._bootstrap_wanted.wait(), 1.0)
+            await _wait_either(self._bootstrap_wanted, stop, 1.0)
 
     async def _maybe_bootstrap(self) -> None:
         cfg = self.config
@@ -384,8 +383,7 @@ class Cluster:
                     log.info("reconcile interrupted: %s", e)
                 except Exception:
                     log.exception("reconcile failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconcile_wanted.wait(), RECONCILE_INTERVAL)
+            await _wait_either(self._reconcile_wanted, stop, RECONCILE_INTERVAL)
 
     async def reconcile(self) -> None:
         """Make the catalog and the Raft configuration agree with the LAN pool (leader only)."""
@@ -457,3 +455,13 @@ class Cluster:
 
 async def _maybe_await(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) else value
+
+
+async def _wait_either(wanted: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    """Until `wanted` or `stop` is set, or `timeout` passes (a loop's pause that never delays shutdown)."""
+    waiters = {asyncio.ensure_future(wanted.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,124 +1,108 @@
-"""Connect in the agent: the CA's replicated state, leaf certificates, authorize, and intentions.
+"""Connect on a server (and a dev agent): the CA's replicated state, signing, and intention storage.
 
 CA state lives in the replicated tables (`ca_config` row "config", `ca_roots` one row per root,
-with the signing key kept out of API answers). The leader creates the first root; a configuration
-change with a new key (or key size) rotates to a new root that the old one cross-signs. Intentions
-are stored as `service-intentions` config entries (as Consul ≥ 1.9 does) and served through both
-the legacy `/v1/connect/intentions` API and `/v1/config`. Decisions are the pure functions of
-`proconsul.connect.intentions`, over an index rebuilt only when the config entries change.
+with the signing key kept out of every API answer and RPC reply). The leader creates the first root;
+a configuration change with a new key (or key size) rotates to a new root that the old one
+cross-signs. Intentions are stored as `service-intentions` config entries (as Consul ≥ 1.9 does) and
+served through both the legacy `/v1/connect/intentions` API and `/v1/config`. Client agents reach
+these operations over RPC (`connect.*`, registered by `register_rpc`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-import random
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
-
-import orjson
+from typing import Any
 
 from proconsul.agent.config.duration import DurationError, parse_duration
-from proconsul.agent.config.model import AgentConfig
+from proconsul.agent.connect.base import ConnectBase, ConnectHost, intentions_of, iso_time, now_utc
 from proconsul.catalog import commands as c
+from proconsul.catalog.queries import public_roots
 from proconsul.catalog.store import Changes, StateStore
 from proconsul.connect import ca
 from proconsul.connect import intentions as ixns
 from proconsul.connect.errors import CANotReady, ConcurrentChange, InvalidCAConfig
-from proconsul.connect.spiffe import ServiceID, trust_domain_for
+from proconsul.connect.spiffe import trust_domain_for
 
 log = logging.getLogger("proconsul.connect")
 ENTRY_PREFIX = "service-intentions/"
-DECISION_CACHE = 8192
-DECISION_TABLES = frozenset({"config_entries", "ca_config"})  # intentions; the trust domain
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+DECISION_TABLES = frozenset({"config_entries", "ca_config", "ca_roots"})  # intentions; the trust domain
 
 
 def _serial() -> int:
     return secrets.randbits(63) | 1
 
 
-def _iso(t: float | None = None) -> str:
-    return dt.datetime.fromtimestamp(t if t is not None else time.time(), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class Backend(Protocol):
-    """The agent's way to the replicated state: the server role (or, on a client agent, RPC to one)."""
-
-    async def apply(self, cmd: c.Command) -> Any: ...
-
-    async def query(self, name: str, args: dict[str, Any], min_index: int = 0, wait: float = 300.0,
-                    mode: str = "leader") -> tuple[int, Any]: ...
-
-
-class ConnectHost(Protocol):
-    """What Connect needs of the agent that runs it."""
-
-    config: AgentConfig
-    rng: random.Random
-    store: StateStore | None
-    backend: Backend
-
-
-class Connect:
-    """Connect's state for one agent: CA views, the leaf cache and the intention index."""
+class Connect(ConnectBase):
+    """Connect where the catalog is: reads come from the local replica, writes go through Raft."""
 
     def __init__(self, agent: ConnectHost) -> None:
-        assert agent.store is not None, "Connect runs where the catalog is (servers and dev agents)"
-        self.agent = agent
+        super().__init__(agent)
+        assert agent.store is not None, "server-side Connect runs where the catalog is"
         self.store: StateStore = agent.store
         self._ixn_cache: tuple[int, list[dict[str, Any]]] | None = None
-        self._leaves: dict[str, dict[str, Any]] = {}
-        self._leaf_changed: dict[str, asyncio.Event] = {}
-        self._leaf_index = 0
-        # (target, client URI) -> encoded decision, and request bytes -> decision; both dropped by the
-        # store's change notification when intentions or the CA (its trust domain) change, so a hit
-        # costs one dict lookup and can never be stale.
-        self._decisions: dict[tuple[str, str], bytes] = {}
-        self._raw_decisions: dict[bytes, bytes] = {}
+        self._roots_cache: tuple[int, dict[str, Any]] | None = None
         self.store.subscribe(self._on_store_change)
 
     def _on_store_change(self, changes: Changes) -> None:
         if not changes.tables.isdisjoint(DECISION_TABLES):
-            self._decisions, self._raw_decisions = {}, {}
+            self.forget_decisions()
 
-    # ------------------------------------------------------------------ CA state
+    # ------------------------------------------------------------------ reads
     def config(self) -> dict[str, Any] | None:
         return self.store.table_get("ca_config", "config")[1]
 
-    def roots(self) -> tuple[int, list[dict[str, Any]]]:
-        idx, rows = self.store.table_list("ca_roots")
-        return idx, sorted(rows, key=lambda r: r["CreateIndex"])
+    def _trust_domain(self) -> str:
+        cfg = self.config()
+        return cfg["TrustDomain"] if cfg else ""
+
+    def roots_body(self) -> tuple[int, dict[str, Any]]:
+        idx = self.store.table_index("ca_roots", "ca_config")
+        if self._roots_cache is None or self._roots_cache[0] != idx:
+            _, rows = self.store.table_list("ca_roots")
+            self._roots_cache = (idx, public_roots(rows, self._trust_domain()))
+        return self._roots_cache
 
     def active_root(self) -> ca.Root:
-        _, rows = self.roots()
+        _, rows = self.store.table_list("ca_roots")
         for r in rows:
             if r["Active"]:
                 return ca.Root({k: v for k, v in r.items() if k != "SigningKey"}, r["SigningKey"])
         raise CANotReady("the CA has no active root yet")
 
-    @property
-    def trust_domain(self) -> str:
-        cfg = self.config()
-        return cfg["TrustDomain"] if cfg else ""
-
-    def roots_body(self) -> tuple[int, dict[str, Any]]:
-        idx, rows = self.roots()
-        public = [{k: v for k, v in r.items() if k != "SigningKey"} for r in rows]
-        active = next((r["ID"] for r in rows if r["Active"]), "")
-        return idx, {"ActiveRootID": active, "TrustDomain": self.trust_domain, "Roots": public}
-
     def leaf_ttl(self) -> float:
         cfg = self.config() or {}
         raw = (cfg.get("Config") or {}).get("LeafCertTTL") or "72h"
         return parse_duration(raw) if isinstance(raw, str) else float(raw)
+
+    def intentions(self) -> list[dict[str, Any]]:
+        """Every intention (legacy shape), rebuilt only when config entries changed."""
+        idx = self.store.table_index("config_entries")
+        if self._ixn_cache is None or self._ixn_cache[0] != idx:
+            _, rows = self.store.table_list("config_entries")
+            self._ixn_cache = (idx, intentions_of(rows))
+        return self._ixn_cache[1]
+
+    def intentions_index(self) -> int:
+        return self.store.table_index("config_entries")
+
+    async def wait_roots(self, min_index: int, wait: float) -> None:
+        await self.agent.backend.query("table.list", {"table": "ca_roots"}, min_index, wait)
+
+    async def wait_intentions(self, min_index: int, wait: float) -> None:
+        await self.agent.backend.query("config.list", {"kind": "service-intentions"}, min_index, wait)
+
+    # ------------------------------------------------------------------ the CA
+    def sign(self, csr_pem: str, service: str | None) -> dict[str, Any]:
+        """What a server does for ConnectCA.Sign: check the CSR and sign it with the active root."""
+        root = self.active_root()
+        return ca.sign_leaf(csr_pem, root, self._trust_domain(), now_utc(), _serial(), self.leaf_ttl(), service)
+
+    async def sign_csr(self, csr_pem: str, service: str) -> dict[str, Any]:
+        return self.sign(csr_pem, service)
 
     async def bootstrap(self) -> None:
         """On the leader: create the cluster's first root if there is none (idempotent)."""
@@ -126,7 +110,7 @@ class Connect:
             return
         cluster_id = str(uuid.uuid4())
         td = trust_domain_for(cluster_id)
-        root = ca.generate_root(td, _now(), _serial())
+        root = ca.generate_root(td, now_utc(), _serial())
         settings = dict(self.agent.config.connect_ca_config or {})
         config = {"Provider": "consul", "ClusterID": cluster_id, "TrustDomain": td,
                   "Config": {"LeafCertTTL": settings.get("leaf_cert_ttl", "72h"), "RotationPeriod": "2160h",
@@ -167,18 +151,19 @@ class Connect:
             if new_root.row["ID"] == old.row["ID"]:
                 new_root = None
         elif int(merged.get("PrivateKeyBits", 256)) != int(cur["Config"].get("PrivateKeyBits", 256)):
-            new_root = ca.generate_root(self.trust_domain, _now(), _serial(), bits=int(merged["PrivateKeyBits"]))
+            new_root = ca.generate_root(self._trust_domain(), now_utc(), _serial(),
+                                        bits=int(merged["PrivateKeyBits"]))
         merged.pop("PrivateKey", None)  # never stored in the visible configuration
         cmds: list[c.Command] = []
         if new_root is not None:
             force = bool(body.get("ForceWithoutCrossSigning"))
-            inter = [] if force else [ca.cross_sign(new_root, old, _now(), _serial())]
+            inter = [] if force else [ca.cross_sign(new_root, old, now_utc(), _serial())]
             row = dict(new_root.row, IntermediateCerts=inter, SigningKey=new_root.key_pem)
-            _, rows = self.roots()
+            _, rows = self.store.table_list("ca_roots")
             for r in rows:
                 if r["Active"]:
                     cmds.append(c.TableSet(table="ca_roots", key=r["ID"], row=dict(r, Active=False,
-                                                                                  RotatedOutAt=_iso())))
+                                                                                  RotatedOutAt=iso_time())))
             cmds.append(c.TableSet(table="ca_roots", key=row["ID"], row=row))
             log.info("Connect CA root rotation: %s -> %s (cross-signed: %s)", old.row["ID"], row["ID"], not force)
         cmds.append(c.TableSet(table="ca_config", key="config", row=dict(cur, Config=merged, Provider=provider),
@@ -187,101 +172,7 @@ class Connect:
         if results[-1] is False:
             raise ConcurrentChange("the CA configuration changed concurrently; retry")
 
-    # ------------------------------------------------------------------ leaves (agent cache)
-    def sign(self, csr_pem: str, service: str | None) -> dict[str, Any]:
-        """What a server does for ConnectCA.Sign: check the CSR and sign it with the active root."""
-        root = self.active_root()
-        return ca.sign_leaf(csr_pem, root, self.trust_domain, _now(), _serial(), self.leaf_ttl(), service)
-
-    def _issue(self, service: str) -> dict[str, Any]:
-        key = ca.generate_key()
-        uri = ServiceID(self.trust_domain, "default", self.agent.config.datacenter, service).uri
-        csr = ca.make_csr(uri, key, service)
-        leaf = self.sign(csr, service)
-        self._leaf_index = max(self._leaf_index + 1, self.store.table_index("ca_roots"))
-        return dict(leaf, PrivateKeyPEM=ca.key_pem(key), Namespace="default", Partition="default",
-                    Kind="", CreateIndex=self._leaf_index, ModifyIndex=self._leaf_index,
-                    RootID=self.active_root().row["ID"], Jitter=self.agent.rng.random())
-
-    def _fresh(self, leaf: dict[str, Any] | None) -> bool:
-        if leaf is None or leaf["RootID"] != self.active_root().row["ID"]:
-            return False
-        return not ca.leaf_needs_renewal(leaf["CertPEM"], _now(), leaf["Jitter"])
-
-    def leaf(self, service: str) -> dict[str, Any]:
-        cur = self._leaves.get(service)
-        if not self._fresh(cur):
-            cur = self._leaves[service] = self._issue(service)
-            ev = self._leaf_changed.pop(service, None)
-            if ev is not None:
-                ev.set()
-        return cur  # type: ignore[return-value]
-
-    async def leaf_blocking(self, service: str, min_index: int, wait: float) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + wait
-        leaf = self.leaf(service)
-        while min_index and leaf["ModifyIndex"] <= min_index:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
-            ev = self._leaf_changed.setdefault(service, asyncio.Event())
-            try:
-                await asyncio.wait_for(ev.wait(), min(remaining, 60.0))
-            except TimeoutError:
-                pass
-            leaf = self.leaf(service)  # also renews a leaf that aged past its renewal point
-        return leaf
-
-    async def watch_roots(self, stop: asyncio.Event) -> None:
-        """Re-issue cached leaves as soon as the active root changes, waking blocked leaf queries."""
-        index = 0
-        while not stop.is_set():
-            # Stale: a server watches its own replica (this also works while there is no leader).
-            waiter = asyncio.ensure_future(self.agent.backend.query("table.list", {"table": "ca_roots"}, index, 300,
-                                                                    "stale"))
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if waiter not in done:
-                waiter.cancel()
-                return
-            index = waiter.result()[0]
-            for service in list(self._leaves):
-                self.leaf(service)
-
-    # ------------------------------------------------------------------ intentions
-    def authorize_body(self, target: str, uri: str) -> bytes:
-        """The encoded /v1/agent/connect/authorize answer, cached per (target, URI) until the intentions
-        or the CA (its trust domain) change."""
-        body = self._decisions.get((target, uri))
-        if body is None:
-            allowed, reason = ixns.authorize(self.intentions(), target, uri, self.trust_domain,
-                                             self.agent.config.intention_default_allow)
-            body = orjson.dumps({"Authorized": allowed, "Reason": reason})
-            if len(self._decisions) < DECISION_CACHE:
-                self._decisions[(target, uri)] = body
-        return body
-
-    def authorize_raw(self, raw: bytes) -> bytes | None:
-        """A cached answer for exactly these request bytes (the cache only holds valid ones)."""
-        return self._raw_decisions.get(raw)
-
-    def remember_raw(self, raw: bytes, answer: bytes) -> None:
-        if len(raw) <= 1024 and len(self._raw_decisions) < DECISION_CACHE:
-            self._raw_decisions[raw] = answer
-
-    def intentions(self) -> list[dict[str, Any]]:
-        """Every intention (legacy shape), rebuilt only when config entries changed."""
-        idx = self.store.table_index("config_entries")
-        if self._ixn_cache is None or self._ixn_cache[0] != idx:
-            _, rows = self.store.table_list("config_entries")
-            flat = []
-            for row in rows:
-                if row["Kind"] == "service-intentions":
-                    flat.extend(ixns.from_config_entry(row))
-            self._ixn_cache = (idx, ixns.sort_by_precedence(flat))
-        return self._ixn_cache[1]
-
+    # ------------------------------------------------------------------ intention writes
     async def upsert(self, ixn: dict[str, Any], replace_id: str | None = None) -> dict[str, Any]:
         """Add or replace one intention in its destination's config entry (CAS, retried)."""
         for _ in range(5):
@@ -296,9 +187,11 @@ class Connect:
                 return ixn
         raise ConcurrentChange("intentions changed concurrently; retry")
 
-    async def remove(self, pred: Any) -> bool:
+    async def remove_ids(self, ids: list[str]) -> bool:
+        """Remove the intentions with these IDs; False if none of them existed."""
         removed = False
-        for ixn in [i for i in self.intentions() if pred(i)]:
+        wanted = set(ids)
+        for ixn in [i for i in self.intentions() if i["ID"] in wanted]:
             for _ in range(5):
                 key = ENTRY_PREFIX + ixn["DestinationName"]
                 _, entry = self.store.table_get("config_entries", key)
@@ -313,14 +206,45 @@ class Connect:
                     break
         return removed
 
-    def find(self, ixn_id: str) -> dict[str, Any] | None:
-        return next((i for i in self.intentions() if i["ID"] == ixn_id), None)
+    # ------------------------------------------------------------------ RPC for client agents
+    def register_rpc(self, register: Callable[[str, Callable[[dict[str, Any]], Awaitable[Any]]], None]) -> None:
+        """Serve client agents' Connect calls on the server port (CSR signing and the writes)."""
 
-    def exact(self, source: str, destination: str) -> dict[str, Any] | None:
-        return next((i for i in self.intentions() if i["SourceName"] == source and i["DestinationName"] == destination),
-                    None)
+        async def sign(args: dict[str, Any]) -> Any:
+            return self.sign(str(args["csr"]), str(args["service"]))
+
+        async def set_config(args: dict[str, Any]) -> Any:
+            await self.set_config(dict(args["config"]))
+            return True
+
+        async def upsert(args: dict[str, Any]) -> Any:
+            return await self.upsert(dict(args["intention"]), args.get("replace_id") or None)
+
+        async def remove(args: dict[str, Any]) -> Any:
+            return await self.remove_ids([str(i) for i in args["ids"]])
+
+        register("connect.sign", sign)
+        register("connect.set_config", set_config)
+        register("connect.upsert", upsert)
+        register("connect.remove", remove)
 
     # ------------------------------------------------------------------ leader duties
+    async def watch_roots(self, stop: asyncio.Event) -> None:
+        """Re-issue cached leaves as soon as the active root changes, waking blocked leaf queries."""
+        index = 0
+        while not stop.is_set():
+            # Stale: a server watches its own replica (this also works while there is no leader).
+            waiter = asyncio.ensure_future(self.agent.backend.query("table.list", {"table": "ca_roots"}, index, 300,
+                                                                    "stale"))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if waiter not in done:
+                waiter.cancel()
+                return
+            index = waiter.result()[0]
+            await self.refresh_leaves()
+
     async def run_duties(self, wait_leadership: Callable[[asyncio.Event], Awaitable[bool]],
                          stop: asyncio.Event) -> None:
         """While the agent runs: the first leader creates the CA; leaves follow root rotations."""
@@ -339,8 +263,3 @@ class Connect:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(bootstrap_when_leader())
             tg.create_task(self.watch_roots(stop))
-
-
-def iso_time(t: float | None = None) -> str:
-    """Consul's timestamp format (RFC 3339 with microseconds, UTC)."""
-    return _iso(t)

@@ -387,8 +387,9 @@ class LocalState:
         for e in list(self._checks.values()):
             if e.in_sync or (e.deferred_until > now and not force_deferred):
                 continue
-            if e.row["ServiceID"] and e.row["ServiceID"] not in self._services:
-                continue
+            sid = e.row["ServiceID"]
+            if sid and (sid not in self._services or not self._services[sid].in_sync):
+                continue  # pushed with its service (registered while this round ran: the next round)
             await self._apply(c.Register(node=self._node_body(), checks=[e.row], skip_node_update=True))
             e.in_sync, e.deferred_until = True, 0.0
 

@@ -111,14 +111,26 @@ class Proxy:
         self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
         log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
                  cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
+        try:
+            await self._run_tasks(cfg, stop)
+        except BaseExceptionGroup as eg:  # a task's ProxyError (a port in use) is the one line to show
+            fatal = [e for e in eg.exceptions if isinstance(e, ProxyError)]
+            if fatal:
+                raise fatal[0] from None
+            raise
+
+    async def _run_tasks(self, cfg: ProxyConfig, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.api.watch("/v1/agent/connect/ca/roots", {}, self._on_roots, stop))
-            tg.create_task(self.api.watch(f"/v1/agent/connect/ca/leaf/{cfg.service}", {}, self._on_leaf, stop))
-            tg.create_task(self.api.watch("/v1/connect/intentions/match",
-                                          {"by": "destination", "name": cfg.service}, self._on_intentions, stop))
-            for up in cfg.upstreams:
-                tg.create_task(self._watch_upstream(up, stop))
-            tg.create_task(self._serve(stop))
+            watches = [
+                tg.create_task(self.api.watch("/v1/agent/connect/ca/roots", {}, self._on_roots, stop)),
+                tg.create_task(self.api.watch(f"/v1/agent/connect/ca/leaf/{cfg.service}", {}, self._on_leaf, stop)),
+                tg.create_task(self.api.watch("/v1/connect/intentions/match",
+                                              {"by": "destination", "name": cfg.service}, self._on_intentions, stop)),
+            ]
+            watches += [tg.create_task(self._watch_upstream(up, stop)) for up in cfg.upstreams]
+            await tg.create_task(self._serve(stop))
+            for w in watches:  # a blocking query may be parked for a minute: stop now
+                w.cancel()
 
     async def _watch_upstream(self, up: Upstream, stop: asyncio.Event) -> None:
         assert self.rt is not None
@@ -274,6 +286,8 @@ class Proxy:
             "ProxyID": rt.config.proxy_id, "PublicPort": self.public_port, "TrustDomain": rt.trust_domain,
             "OpenInbound": rt.inbound_count(), "RevokedConnections": rt.revoked,
             "RetryBudgetRefused": rt.budget.refused,
+            "LeafSerial": (self._leaf or {}).get("SerialNumber", ""),
+            "RootIDs": [r["ID"] for r in (self._roots or {}).get("Roots") or []],
             "UpstreamInstances": {p.name: {"Healthy": len(p), "Ejected": p.ejected(now)}
                                   for p in rt.pools.values()},
         })

@@ -1,0 +1,176 @@
+"""Test support for the mesh: real sidecar proxy processes and real backends (HTTP, websocket, TCP echo).
+
+Backends run in a thread with their own event loop, on free 127.0.0.1 ports; each HTTP backend answers
+with its own name and counts the requests it saw, so tests can tell where traffic went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from support import CLI, AgentProcess, free_port, wait_for
+
+
+class Backends:
+    """HTTP (+ websocket echo at /ws) and raw TCP echo servers in one background event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runners: list[web.AppRunner] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self.hits: dict[str, int] = {}
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def http(self, name: str, status: int = 200) -> int:
+        """An HTTP backend answering `name` (and echoing websockets at /ws); returns its port."""
+        port = free_port()
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            self.hits[name] = self.hits.get(name, 0) + 1
+            if request.path == "/ws":
+                ws = web.WebSocketResponse()
+                await ws.prepare(request)
+                async for msg in ws:
+                    await ws.send_str(msg.data)
+                return ws
+            body = await request.read()
+            return web.Response(status=status, text=json.dumps({"backend": name, "path": request.path,
+                                                                 "body": len(body)}),
+                                content_type="application/json")
+
+        async def start() -> None:
+            app = web.Application(client_max_size=64 << 20)
+            app.router.add_route("*", "/{tail:.*}", handler)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            self._runners.append(runner)
+
+        self._call(start())
+        return port
+
+    def tcp_echo(self) -> int:
+        port = free_port()
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.t = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.t.write(data)  # type: ignore[attr-defined]
+
+        async def start() -> None:
+            self._servers.append(await self.loop.create_server(Echo, "127.0.0.1", port))
+
+        self._call(start())
+        return port
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for r in self._runners:
+                await r.cleanup()
+            for s in self._servers:
+                s.close()
+
+        self._call(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class ProxyProcess:
+    """`proconsul connect proxy -sidecar-for SERVICE` as a child process, with its admin port."""
+
+    def __init__(self, agent: AgentProcess, workdir: Path, *, sidecar_for: str = "", proxy_id: str = "") -> None:
+        self.agent = agent
+        self.admin_port = free_port()
+        name = sidecar_for or proxy_id
+        self.log_path = Path(workdir) / f"proxy-{name}.log"
+        self.args = ["-sidecar-for", sidecar_for] if sidecar_for else ["-proxy-id", proxy_id]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> ProxyProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*CLI, "connect", "proxy", *self.args, "-http-addr", self.agent.addr,
+                                      "-admin-bind", f"127.0.0.1:{self.admin_port}", "-log-level", "debug"],
+                                     stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                     start_new_session=True)
+        log.close()
+        wait_for(self.ready, timeout, message=f"proxy {self.args[1]} to be ready")
+        return self
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def admin(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            data = r.read()
+        return json.loads(data) if path != "/metrics" else data.decode()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def passing_instances(agent: AgentProcess, service: str) -> int:
+    status, body = agent.get(f"/v1/health/connect/{service}?passing")
+    return len(body) if status == 200 else 0
+
+
+def wait_passing(agent: AgentProcess, service: str, n: int = 1, timeout: float = 15.0) -> None:
+    wait_for(lambda: passing_instances(agent, service) >= n, timeout,
+             message=f"{n} passing sidecar(s) of {service}")
+
+
+def exchange(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+    """Send `payload` on a new connection and read until as many bytes came back (or the peer closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.status, json.loads(r.read())
+
+
+__all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys"]
