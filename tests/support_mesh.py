@@ -32,16 +32,23 @@ class Backends:
         self._runners: list[web.AppRunner] = []
         self._servers: list[asyncio.AbstractServer] = []
         self.hits: dict[str, int] = {}
+        self.status: dict[str, int] = {}
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     def http(self, name: str, status: int = 200) -> int:
-        """An HTTP backend answering `name` (and echoing websockets at /ws); returns its port."""
+        """An HTTP backend answering `name` (and echoing websockets at /ws); returns its port.
+
+        `/slow?ms=N` answers after N ms; the answer carries the request's headers; the status is
+        `self.status[name]` at the time of the request (tests flip it)."""
         port = free_port()
+        self.status[name] = status
 
         async def handler(request: web.Request) -> web.StreamResponse:
             self.hits[name] = self.hits.get(name, 0) + 1
+            if request.path == "/slow":
+                await asyncio.sleep(int(request.query.get("ms", "1000")) / 1000)
             if request.path == "/ws":
                 ws = web.WebSocketResponse()
                 await ws.prepare(request)
@@ -49,9 +56,9 @@ class Backends:
                     await ws.send_str(msg.data)
                 return ws
             body = await request.read()
-            return web.Response(status=status, text=json.dumps({"backend": name, "path": request.path,
-                                                                 "body": len(body)}),
-                                content_type="application/json")
+            return web.Response(status=self.status[name], text=json.dumps({
+                "backend": name, "path": request.path, "body": len(body),
+                "headers": {k.lower(): v for k, v in request.headers.items()}}), content_type="application/json")
 
         async def start() -> None:
             app = web.Application(client_max_size=64 << 20)

@@ -47,7 +47,7 @@ class Upstream:
     destination_type: str = "service"
     datacenter: str = ""
     connect_timeout: float = 5.0
-    protocol: str = "tcp"
+    protocol: str = "tcp"  # "" until resolved: Config.protocol, then service-defaults, then proxy-defaults
     lb_policy: str = "round_robin"
     request_timeout: float = 15.0  # L7: whole request, headers to end of response
 
@@ -119,7 +119,7 @@ def _int(value: Any, what: str, default: int, lo: int, hi: int) -> int:
 
 def _protocol(value: Any, what: str, default: str) -> str:
     p = str(value or default).lower()
-    if p not in PROTOCOLS:
+    if p and p not in PROTOCOLS:
         raise ProxyConfigError(f"{what} {p!r} is not one of {', '.join(PROTOCOLS)}")
     return p
 
@@ -152,8 +152,7 @@ def parse_upstream(raw: Any, i: int, proxy_config: dict[str, Any]) -> Upstream:
         datacenter=str(_get(raw, "Datacenter", "datacenter", default="")),
         connect_timeout=_duration(_get(cfg, "connect_timeout_ms", "ConnectTimeoutMs"),
                                   f"{what}.Config.connect_timeout_ms", 5.0),
-        protocol=_protocol(_get(cfg, "protocol", "Protocol"), f"{what}.Config.protocol",
-                           str(_get(proxy_config, "protocol", default="tcp"))),
+        protocol=_protocol(_get(cfg, "protocol", "Protocol"), f"{what}.Config.protocol", ""),
         lb_policy=lb,
         request_timeout=_duration(_get(cfg, "request_timeout_ms", "RequestTimeoutMs"),
                                   f"{what}.Config.request_timeout_ms", 15.0),
@@ -231,7 +230,7 @@ def from_registration(svc: Any) -> ProxyConfig:
                           or "127.0.0.1"),
         local_port=local_port,
         upstreams=parsed,
-        protocol=_protocol(_get(cfg, "protocol", "Protocol"), "Proxy.Config.protocol", "tcp"),
+        protocol=_protocol(_get(cfg, "protocol", "Protocol"), "Proxy.Config.protocol", ""),
         local_connect_timeout=_duration(_get(cfg, "local_connect_timeout_ms"), "Proxy.Config.local_connect_timeout_ms",
                                         5.0),
         local_request_timeout=_duration(_get(cfg, "local_request_timeout_ms"), "Proxy.Config.local_request_timeout_ms",
@@ -240,3 +239,16 @@ def from_registration(svc: Any) -> ProxyConfig:
         outlier=parse_outlier(cfg),
         retry=parse_retry(cfg),
     )
+
+
+def with_protocols(cfg: ProxyConfig, service_protocols: dict[str, str], default_protocol: str) -> ProxyConfig:
+    """Fill protocols the registration does not set, as Consul resolves them: a service's
+    `service-defaults` Protocol, else `proxy-defaults` (global) Config.protocol, else tcp."""
+    from dataclasses import replace
+
+    def pick(explicit: str, service: str) -> str:
+        chosen = explicit or service_protocols.get(service, "") or default_protocol or "tcp"
+        return chosen if chosen in PROTOCOLS else "tcp"
+
+    return replace(cfg, protocol=pick(cfg.protocol, cfg.service),
+                   upstreams=tuple(replace(u, protocol=pick(u.protocol, u.destination_name)) for u in cfg.upstreams))

@@ -19,11 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.connect.proxy import listeners
+from proconsul.connect.proxy import http, listeners
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.authz import IntentionPolicy
 from proconsul.connect.proxy.balancer import Instance
-from proconsul.connect.proxy.config import ProxyConfig, ProxyConfigError, Upstream, from_registration
+from proconsul.connect.proxy.config import (
+    ProxyConfig,
+    ProxyConfigError,
+    Upstream,
+    from_registration,
+    with_protocols,
+)
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
 
@@ -108,6 +114,7 @@ class Proxy:
             raise ProxyError(f"proxy registration {self.proxy_id!r}: {e}") from None
         if cfg is None:
             return
+        cfg = with_protocols(cfg, *await self._protocols(cfg))
         self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
         log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
                  cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
@@ -117,6 +124,25 @@ class Proxy:
             fatal = [e for e in eg.exceptions if isinstance(e, ProxyError)]
             if fatal:
                 raise fatal[0] from None
+            raise
+
+    async def _protocols(self, cfg: ProxyConfig) -> tuple[dict[str, str], str]:
+        """Protocols from the `service-defaults` of this service and its upstreams, and `proxy-defaults`."""
+        out: dict[str, str] = {}
+        for name in {cfg.service, *(u.destination_name for u in cfg.upstreams)}:
+            entry = await self._config_entry("service-defaults", name)
+            if entry and entry.get("Protocol"):
+                out[name] = str(entry["Protocol"]).lower()
+        defaults = await self._config_entry("proxy-defaults", "global") or {}
+        return out, str((defaults.get("Config") or {}).get("protocol", "")).lower()
+
+    async def _config_entry(self, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            body, _ = await self.api.get(f"/v1/config/{kind}/{name}")
+            return body
+        except AgentAPIError as e:
+            if e.status == 404:
+                return None
             raise
 
     async def _run_tasks(self, cfg: ProxyConfig, stop: asyncio.Event) -> None:
@@ -210,14 +236,25 @@ class Proxy:
         cfg = rt.config
         assert self._server_ctx is not None
         try:
-            server = await loop.create_server(listeners.inbound_factory(rt), cfg.bind_address, cfg.bind_port,
-                                              ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
-                                              ssl_handshake_timeout=cfg.handshake_timeout)
+            if cfg.protocol == "http":
+                server = await asyncio.start_server(
+                    lambda r, w: http.serve_inbound(rt, r, w), cfg.bind_address, cfg.bind_port,
+                    ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
+                    ssl_handshake_timeout=cfg.handshake_timeout)
+            else:
+                server = await loop.create_server(listeners.inbound_factory(rt), cfg.bind_address, cfg.bind_port,
+                                                  ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
+                                                  ssl_handshake_timeout=cfg.handshake_timeout)
             self._servers["public"] = server
             self.public_port = server.sockets[0].getsockname()[1]
             for up in cfg.upstreams:
-                server = await loop.create_server(listeners.upstream_factory(rt, up), up.local_bind_address,
-                                                  up.local_bind_port, reuse_address=True, backlog=1024)
+                if up.protocol == "http":
+                    server = await asyncio.start_server(
+                        lambda r, w, up=up: http.serve_upstream(rt, up, r, w), up.local_bind_address,
+                        up.local_bind_port, reuse_address=True, backlog=1024)
+                else:
+                    server = await loop.create_server(listeners.upstream_factory(rt, up), up.local_bind_address,
+                                                      up.local_bind_port, reuse_address=True, backlog=1024)
                 self._servers[up.key] = server
                 self.upstream_ports[up.destination_name] = server.sockets[0].getsockname()[1]
             if self.admin_port >= 0:
@@ -235,6 +272,7 @@ class Proxy:
         finally:
             await self._close_listeners()
             await rt.cancel_tasks()
+            rt.http_connections.close()
 
     async def _close_listeners(self) -> None:
         for server in self._servers.values():

@@ -21,6 +21,7 @@ from proconsul.connect.proxy.authz import IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
 from proconsul.connect.proxy.budget import RetryBudget
 from proconsul.connect.proxy.config import ProxyConfig
+from proconsul.connect.proxy.h1 import InstanceConnections
 from proconsul.connect.proxy.metrics import ProxyMetrics
 from proconsul.connect.spiffe import parse_service
 
@@ -53,6 +54,7 @@ class Runtime:
         self.datacenter = datacenter
         self.rng = rng or random.Random()
         self.trust_domain = ""
+        self.http_connections = InstanceConnections()  # HTTP mode: kept-alive mTLS connections upstream
         self.policy: IntentionPolicy | None = None
         self.client_ctx: ssl.SSLContext | None = None
         self.pools: dict[str, UpstreamPool] = {
@@ -80,6 +82,11 @@ class Runtime:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def service_uri(self) -> str:
+        """This proxy's own SPIFFE ID (its service's identity)."""
+        return f"spiffe://{self.trust_domain}/ns/default/dc/{self.datacenter}/svc/{self.config.service}"
 
     # ------------------------------------------------------------------ identities and refusals
     def is_identity_of(self, uri: str, service: str) -> bool:

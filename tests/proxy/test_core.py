@@ -10,7 +10,12 @@ from proconsul.connect.intentions import validate
 from proconsul.connect.proxy.authz import IntentionPolicy
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.budget import RetryBudget
-from proconsul.connect.proxy.config import OutlierSettings, ProxyConfigError, from_registration
+from proconsul.connect.proxy.config import (
+    OutlierSettings,
+    ProxyConfigError,
+    from_registration,
+    with_protocols,
+)
 from proconsul.connect.proxy.metrics import Histogram
 
 TD = "11111111-2222-3333-4444-555555555555.mesh"
@@ -40,9 +45,20 @@ def test_config_from_a_sidecar_registration() -> None:
     assert (cfg.service, cfg.bind_port, cfg.local_address, cfg.local_port) == ("web", 21000, "127.0.0.1", 8080)
     assert cfg.protocol == "http"
     db, cache = cfg.upstreams
-    assert (db.destination_name, db.local_bind_port, db.connect_timeout, db.protocol) == ("db", 15432, 0.25, "http")
+    assert (db.destination_name, db.local_bind_port, db.connect_timeout, db.protocol) == ("db", 15432, 0.25, "")
     assert (cache.destination_name, cache.datacenter) == ("cache", "dc2")
     assert (cfg.outlier.max_failures, cfg.outlier.base_ejection) == (3, 10.0)
+
+
+def test_protocols_resolve_as_consuls() -> None:
+    cfg = from_registration(registration(Upstreams=[
+        {"DestinationName": "db", "LocalBindPort": 1}, {"DestinationName": "api", "LocalBindPort": 2},
+        {"DestinationName": "raw", "LocalBindPort": 3, "Config": {"protocol": "tcp"}}]))
+    out = with_protocols(cfg, {"db": "http", "raw": "http"}, "")
+    assert out.protocol == "tcp"  # nothing says otherwise
+    assert [u.protocol for u in out.upstreams] == ["http", "tcp", "tcp"]  # explicit beats service-defaults
+    out = with_protocols(cfg, {"web": "grpc"}, "http")
+    assert out.protocol == "grpc" and [u.protocol for u in out.upstreams] == ["http", "http", "tcp"]
 
 
 @pytest.mark.parametrize(("change", "field"), [
