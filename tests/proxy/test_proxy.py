@@ -122,10 +122,10 @@ def test_deny_takes_effect_within_a_second_and_closes_open_connections(mesh: Mes
             assert open_conn.recv(100) == b""
         except ConnectionResetError:
             pass
-        refusals = mesh.proxies["echo"].admin("/refusals")
-        assert any(r["Source"] == "web" and "web => echo" in r["Reason"] and "deny" in r["Reason"] for r in refusals)
-        assert "refused connection from web to echo: Matched L4 intention: web => echo" in \
-            mesh.proxies["echo"].log()
+        wait_for(lambda: any(r["Source"] == "web" and "web => echo" in r["Reason"] and "deny" in r["Reason"]
+                             for r in mesh.proxies["echo"].admin("/refusals")), 3, message="the refusal recorded")
+        wait_for(lambda: "refused connection from web to echo: Matched L4 intention: web => echo" in
+                 mesh.proxies["echo"].log(), 3, message="the refusal logged with its intention")
     finally:
         open_conn.close()
         mesh.intention("web", "echo", "allow")
