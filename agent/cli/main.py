@@ -20,6 +20,7 @@ from proconsul.agent.cli import (
     services,
     snapshot,
     tls,
+    troubleshoot,
 )
 
 app = typer.Typer(
@@ -30,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (agent, members, operator, catalog, services, kv, snapshot, intention, connect, tls):
+for _group in (agent, members, operator, catalog, services, kv, snapshot, intention, connect, tls, troubleshoot):
     _group.register(app)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -275,3 +276,19 @@ def test_client_agent_proxies(tmp_path: Path) -> None:
         client.stop()
         cluster.stop()
         backends.close()
+
+
+def test_troubleshoot_names_the_first_broken_link(mesh: Mesh) -> None:
+    ok = run(mesh.agent, "troubleshoot", "upstream", "web", "db")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "✓ intention" in ok.stdout and "Every link from web to db is in place" in ok.stdout
+    missing = run(mesh.agent, "troubleshoot", "upstream", "web", "cache")
+    assert missing.returncode == 1 and "✗ upstream declared" in missing.stdout and "db, echo" in missing.stdout
+    mesh.intention("web", "db", "deny")
+    try:
+        denied = run(mesh.agent, "troubleshoot", "upstream", "web", "db", "--format", "json")
+        assert denied.returncode == 1
+        last = json.loads(denied.stdout)[-1]
+        assert last["Step"] == "intention" and not last["OK"] and "web => db (precedence 9, deny)" in last["Detail"]
+    finally:
+        mesh.intention("web", "db", "allow")
