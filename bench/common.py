@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from support import AgentProcess, free_port, wait_for  # noqa: E402
 
 __all__ = ["AgentProcess", "free_port", "wait_for", "Arm", "alternate", "wrk", "need", "rss_mb", "report",
-           "Background", "http_json"]
+           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "CpuMeter"]
 
 
 def need(binary: str, package: str) -> str:
@@ -65,12 +65,12 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, connections: int = 16, duration: float = 8.0, threads: int = 1,
-        script: str | None = None, extra: list[str] | None = None) -> WrkResult:
+        script: str | None = None, extra: list[str] | None = None, cpus: int | None = None) -> WrkResult:
     cmd = [need("wrk", "wrk"), f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
     if script:
         cmd += ["-s", script]
     cmd += (extra or []) + [url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    out = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     dist = out.split("Latency Distribution", 1)[-1]
     p50 = _ms(re.search(r"^\s*50%\s+(\S+)", dist, re.M).group(1))
@@ -109,6 +109,59 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a peer may fork workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of these processes (and their threads), in seconds, from /proc/<pid>/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class CpuMeter:
+    """CPU seconds used by a set of root processes (with descendants) between start() and stop()."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self.before = 0.0
+
+    def _now(self) -> float:
+        return cpu_seconds([p for r in self.roots for p in process_tree(r)])
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def stop(self) -> float:
+        return self._now() - self.before
+
+
+def pinned(cmd: list[str], cpus: int | None) -> list[str]:
+    """`cmd` run on the first `cpus` cores (taskset), to reproduce a small machine; unchanged when None."""
+    if not cpus:
+        return cmd
+    return [need("taskset", "util-linux"), "-c", f"0-{cpus - 1}" if cpus > 1 else "0", *cmd]
 
 
 class Background:

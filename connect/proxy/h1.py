@@ -12,6 +12,7 @@ import h11
 from proconsul.connect.proxy.balancer import Instance
 
 READ = 64 * 1024
+FLUSH_HIGH = 256 * 1024  # wait for the peer to read only past this many unsent bytes
 POOL_IDLE_MAX = 32  # idle connections kept per upstream instance
 
 
@@ -21,6 +22,7 @@ class Peer:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Any) -> None:
         self.reader, self.writer = reader, writer
         self.h11 = h11.Connection(role, max_incomplete_event_size=64 * 1024)
+        self._out: list[bytes] = []
 
     async def next_event(self) -> Any:
         while True:
@@ -30,12 +32,24 @@ class Peer:
             data = await self.reader.read(READ)
             self.h11.receive_data(data)  # b"" tells h11 the peer closed
 
-    async def send(self, *events: Any) -> None:
+    def queue(self, *events: Any) -> None:
+        """Encode events now, send them with the next flush (one write: one TLS record, one syscall)."""
         for event in events:
             data = self.h11.send(event)
             if data:
-                self.writer.write(data)
-        await self.writer.drain()
+                self._out.append(data)
+
+    async def flush(self) -> None:
+        if self._out:
+            self.writer.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            self._out.clear()
+        transport = self.writer.transport
+        if transport is not None and transport.get_write_buffer_size() > FLUSH_HIGH:
+            await self.writer.drain()
+
+    async def send(self, *events: Any) -> None:
+        self.queue(*events)
+        await self.flush()
 
     def reusable(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE

@@ -27,7 +27,7 @@ import h11
 
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance
 from proconsul.connect.proxy.config import Upstream
-from proconsul.connect.proxy.h1 import InstanceConnections, Peer
+from proconsul.connect.proxy.h1 import READ, InstanceConnections, Peer
 from proconsul.connect.proxy.metrics import Link
 from proconsul.connect.proxy.tls import peer_uri, sni_name
 
@@ -115,13 +115,13 @@ async def _body_rest(peer: Peer) -> AsyncIterator[bytes]:
 
 async def _send_request(upstream: Peer, req: Request, head_headers: list[tuple[bytes, bytes]],
                         first_chunks: list[bytes], client: Peer | None) -> None:
-    await upstream.send(h11.Request(method=req.method, target=req.target, headers=head_headers))
+    upstream.queue(h11.Request(method=req.method, target=req.target, headers=head_headers))
     if req.body is not None:
         if req.body:
-            await upstream.send(h11.Data(data=req.body))
+            upstream.queue(h11.Data(data=req.body))
     else:
         for chunk in first_chunks:
-            await upstream.send(h11.Data(data=chunk))
+            upstream.queue(h11.Data(data=chunk))
         if client is not None:
             async for chunk in _body_rest(client):
                 await upstream.send(h11.Data(data=chunk))
@@ -129,14 +129,20 @@ async def _send_request(upstream: Peer, req: Request, head_headers: list[tuple[b
 
 
 async def _relay_response(upstream: Peer, client: Peer, head: h11.Response, link: Link) -> None:
-    """Send a response head and stream its body from upstream to client."""
-    await client.send(h11.Response(status_code=head.status_code, headers=_forward_headers(list(head.headers)),
-                                   reason=head.reason))
+    """Send a response head and stream its body from upstream to client, flushing whenever the upstream
+    has nothing more buffered (so a small response leaves in one write)."""
+    client.queue(h11.Response(status_code=head.status_code, headers=_forward_headers(list(head.headers)),
+                              reason=head.reason))
+    conn = upstream.h11
     while True:
-        ev = await upstream.next_event()
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            await client.flush()
+            conn.receive_data(await upstream.reader.read(READ))
+            continue
         if isinstance(ev, h11.Data):
             link.bytes_in += len(ev.data)
-            await client.send(h11.Data(data=ev.data))
+            client.queue(h11.Data(data=ev.data))
         elif isinstance(ev, h11.EndOfMessage):
             await client.send(h11.EndOfMessage())
             return
