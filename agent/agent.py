@@ -22,6 +22,7 @@ from aiohttp import web
 from proconsul.agent.api.read_cache import ReadCache
 from proconsul.agent.checks.kinds import standard_kinds
 from proconsul.agent.checks.manager import CheckManager
+from proconsul.agent.checks.runner import DEFAULT_OUTPUT_MAX
 from proconsul.agent.cluster.cluster import Cluster
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.remote import RemoteBackend
@@ -31,6 +32,7 @@ from proconsul.agent.config.model import AgentConfig
 from proconsul.agent.local import sidecar
 from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
+from proconsul.agent.logs import level_number
 from proconsul.agent.version import CONSUL_COMPAT_VERSION, VERSION
 from proconsul.catalog.store import CRITICAL, StateStore
 
@@ -64,7 +66,9 @@ class Agent:
             "Address": config.advertise,
             "Datacenter": config.datacenter,
             "TaggedAddresses": {"lan": config.advertise, "lan_ipv4": config.advertise,
-                                "wan": config.advertise, "wan_ipv4": config.advertise},
+                                "wan": config.advertise_addr_wan or config.advertise,
+                                "wan_ipv4": config.advertise_addr_wan or config.advertise,
+                                **config.tagged_addresses},
             "Meta": dict(config.node_meta, **{"consul-network-segment": ""}),
         }
         self.local = LocalState(self.node, self.backend.apply, self._read_own_node,
@@ -251,6 +255,8 @@ class Agent:
 
     async def register_check(self, defn: dict[str, Any], *, persist: bool = True) -> None:
         cid = defn.get("CheckID") or defn.get("Name")
+        if not defn.get("OutputMaxSize") and self.config.check_output_max_size != DEFAULT_OUTPUT_MAX:
+            defn = dict(defn, OutputMaxSize=self.config.check_output_max_size)
         # Consul: enable_local_script_checks admits scripts from config files only (persist=False), never the API.
         if defn.get("Kind") == "script" and not (self.config.enable_script_checks or (
                 self.config.enable_local_script_checks and not persist)):
@@ -285,6 +291,8 @@ class Agent:
             self._notify_local()
 
     def _check_result(self, cid: str, status: str, output: str) -> None:
+        if self.config.discard_check_output:
+            output = ""  # Consul's discard_check_output: statuses only, so output churn never syncs
         if self.local.update_check(cid, status, output):
             self._notify_local()
 
@@ -349,7 +357,7 @@ class Agent:
             raise AgentError(f"reload failed, keeping the running configuration: {e}") from None
         self.config.services, self.config.checks = fresh.services, fresh.checks
         self.config.log_level = fresh.log_level
-        logging.getLogger("proconsul").setLevel(_log_level(fresh.log_level))
+        logging.getLogger("proconsul").setLevel(level_number(fresh.log_level))
         await self.load_services_from_config()
         log.info("configuration reloaded: %d services, %d checks from config files",
                  len(fresh.services), len(fresh.checks))
@@ -431,11 +439,11 @@ class Agent:
                 raise AgentError(str(e)) from None
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
-            site = web.TCPSite(runner, cfg.client_addr, cfg.http_port, reuse_address=True)
+            site = web.TCPSite(runner, cfg.http_bind, cfg.http_port, reuse_address=True)
             try:
                 await site.start()
             except OSError as e:
-                raise AgentError(f"cannot listen for HTTP on {cfg.client_addr}:{cfg.http_port}: {e.strerror}") from None
+                raise AgentError(f"cannot listen for HTTP on {cfg.http_bind}:{cfg.http_port}: {e.strerror}") from None
             self.http_port = _bound_port(site)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
@@ -443,11 +451,13 @@ class Agent:
                 tg.create_task(self.reap_critical_services(self._stop), name="reaper")
                 if self.server is not None:
                     tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
+                    if cfg.config_entries:
+                        tg.create_task(self._bootstrap_config_entries(), name="config-entries-bootstrap")
                 for start in self.listeners:
                     tg.create_task(start(self, self._stop), name=getattr(start, "__name__", "listener"))
                 _tune_gc()
                 log.info("agent running: node=%s datacenter=%s http=%s:%s server=%s dev=%s", cfg.node_name,
-                         cfg.datacenter, cfg.client_addr, self.http_port, cfg.server, cfg.dev)
+                         cfg.datacenter, cfg.http_bind, self.http_port, cfg.server, cfg.dev)
                 self.ready.set()
                 await self._stop.wait()
                 log.info("shutting down")
@@ -456,6 +466,29 @@ class Agent:
             leave = self._leaving or (self.config.leave_on_terminate and not self.config.dev)
             await self.cluster.stop(leave=leave)
             await runner.cleanup()
+
+    async def _bootstrap_config_entries(self) -> None:
+        """Consul's config_entries.bootstrap: the leader writes each entry that does not exist yet."""
+        from proconsul.agent.api.config import put_entry, validate_entry
+        from proconsul.agent.api.errors import HTTPError
+
+        entries = []
+        for raw in self.config.config_entries:
+            try:
+                entries.append(validate_entry(raw))
+            except HTTPError as e:
+                log.error("config_entries.bootstrap: skipping an entry: %s", e)
+        while not self._stop.is_set():
+            if not await self.wait_leadership(self._stop):
+                return
+            try:
+                for entry in entries:
+                    if await put_entry(self, entry, cas=0):
+                        log.info("config_entries.bootstrap: wrote %s/%s", entry["Kind"], entry["Name"])
+                return
+            except Exception as e:  # leadership moved: the next leader writes what is missing
+                log.warning("config_entries.bootstrap interrupted: %s", e)
+                await asyncio.sleep(0.5)
 
     def stop(self) -> None:
         self._stop.set()
@@ -493,11 +526,6 @@ def _bound_port(site: web.TCPSite) -> int:
     raise AgentError("HTTP listener has no socket")
 
 
-def _log_level(name: str) -> int:
-    return {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-            "warning": logging.WARNING, "error": logging.ERROR}.get(name, logging.INFO)
-
-
 def _load_components(agent: Agent) -> None:
     """Attach optional components (DNS, UI, Connect) that register listeners or HTTP routes."""
     import importlib
@@ -516,8 +544,16 @@ async def run_agent(config: AgentConfig) -> None:
     """Run an agent in the current event loop, stopping cleanly on SIGINT/SIGTERM; SIGHUP reloads."""
     agent = Agent(config)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, agent.stop)
+
+    def _interrupted() -> None:
+        # Consul: SIGINT leaves gracefully unless skip_leave_on_interrupt (default: servers skip);
+        # SIGTERM leaves only with leave_on_terminate.
+        if not config.skip_leave_on_interrupt and not config.dev:
+            agent.request_leave()
+        agent.stop()
+
+    loop.add_signal_handler(signal.SIGINT, _interrupted)
+    loop.add_signal_handler(signal.SIGTERM, agent.stop)
 
     def _hup() -> None:
         task = loop.create_task(agent.reload())
@@ -525,4 +561,25 @@ async def run_agent(config: AgentConfig) -> None:
                                or log.error("%s", t.exception()))
 
     loop.add_signal_handler(signal.SIGHUP, _hup)
-    await agent.run()
+    pid_file = _write_pid_file(config.pid_file)
+    try:
+        await agent.run()
+    finally:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+
+
+def _write_pid_file(path: str) -> Any:
+    """Consul's pid_file: the agent's PID, removed when it exits."""
+    if not path:
+        return None
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"{os.getpid()}\n")
+    except OSError as e:
+        raise AgentError(f"cannot write pid_file {path}: {e.strerror or e}") from None
+    return p

@@ -175,12 +175,12 @@ def attach(agent: Any) -> None:
 
     async def bind_dns() -> None:
         try:
-            sockets.append(bind_sockets(cfg.client_addr, cfg.dns_port))
+            sockets.append(bind_sockets(cfg.dns_bind, cfg.dns_port))
         except ListenError as e:
             raise AgentError(str(e)) from None
 
     async def dns_listener(agent: Any, stop: asyncio.Event) -> None:
-        await serve(handler, cfg.client_addr, cfg.dns_port, stop, sockets=sockets.pop())
+        await serve(handler, cfg.dns_bind, cfg.dns_port, stop, sockets=sockets.pop())
 
     agent.binders.append(bind_dns)  # bound before the agent answers HTTP, so "ready" means DNS is up too
     agent.listeners.append(dns_listener)

@@ -43,12 +43,13 @@ VALIDATORS: dict[str, Validator] = {"service-intentions": _service_intentions}
 
 
 def _fold_keys(entry: dict[str, Any]) -> dict[str, Any]:
-    """Accept snake_case and any-case top-level keys (Consul's decoder does) for Kind and Name."""
-    out = dict(entry)
-    for k in list(out):
-        low = k.replace("_", "").lower()
-        if low in ("kind", "name") and k not in ("Kind", "Name"):
-            out[k.capitalize() if low == "kind" else "Name"] = out.pop(k)
+    """Top-level keys in Consul's PascalCase, whatever case they came in (config files use snake_case:
+    `kind`, `name`, `protocol`, `mesh_gateway` → `Kind`, `Name`, `Protocol`, `MeshGateway`). Nested maps
+    such as proxy-defaults' `Config` are opaque and keep their keys."""
+    out: dict[str, Any] = {}
+    for k, v in entry.items():
+        pascal = k if k[:1].isupper() else "".join(part[:1].upper() + part[1:] for part in k.split("_"))
+        out[pascal] = v
     return out
 
 

@@ -9,7 +9,6 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.agent.api.errors import BadRequest, HTTPError
-from proconsul.agent.cluster.server import DEFAULT_WAIT, MAX_WAIT
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog.filter import FilterError, Predicate, compile_filter
 
@@ -32,7 +31,8 @@ def blocking_params(request: web.Request, rng: random.Random | None = None) -> B
                 raise ValueError
         except ValueError:
             raise BadRequest(f"Invalid index: {raw!r} is not a non-negative integer") from None
-    wait = DEFAULT_WAIT
+    cfg = request.app["agent"].config
+    wait = cfg.default_query_time
     if "wait" in q:
         try:
             wait = parse_duration(q["wait"])
@@ -40,7 +40,7 @@ def blocking_params(request: web.Request, rng: random.Random | None = None) -> B
             raise BadRequest(f"Invalid wait time: {q['wait']!r} (use e.g. \"10s\", \"5m\")") from None
         if wait < 0:
             raise BadRequest("Invalid wait time: must not be negative")
-    wait = min(wait, MAX_WAIT)
+    wait = min(wait, cfg.max_query_time)
     wait += (rng or random).random() * wait / 16
     return Blocking(index, wait)
 

@@ -11,11 +11,11 @@ from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
 from proconsul.agent.api.params import check_common
 from proconsul.agent.api.responses import json_response
-from proconsul.agent.config.duration import DurationError, parse_duration
+from proconsul.agent.config.duration import DurationError, format_duration, parse_duration
 
 routes = web.RouteTableDef()
 
-MIN_TTL, MAX_TTL = 10.0, 86400.0
+MAX_TTL = 86400.0
 
 
 def _lock_delay_ns(v: Any) -> int:
@@ -58,8 +58,10 @@ async def create(request: web.Request) -> web.Response:
             ttl = parse_duration(sess["TTL"])
         except DurationError as e:
             raise BadRequest(f"Session.TTL: {e}") from None
-        if not MIN_TTL <= ttl <= MAX_TTL:
-            raise BadRequest(f"Invalid Session TTL '{sess['TTL']}', must be between [10s=24h0m0s]")
+        low = request.app["agent"].config.session_ttl_min
+        if not low <= ttl <= MAX_TTL:
+            raise BadRequest(f"Invalid Session TTL '{sess['TTL']}', must be between "
+                             f"[{format_duration(low)}={format_duration(MAX_TTL)}]")
     sid = await agent.backend.session_create(sess)
     return json_response(request, {"ID": sid})
 

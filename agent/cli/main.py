@@ -7,6 +7,9 @@ Each command group lives in its own module and adds itself to the app through `r
 
 from __future__ import annotations
 
+import re
+import sys
+
 import typer
 
 from proconsul.agent.cli import (
@@ -35,8 +38,23 @@ for _group in (agent, members, operator, catalog, services, kv, snapshot, intent
     _group.register(app)
 
 
+_SINGLE_DASH_LONG = re.compile(r"^-[A-Za-z][A-Za-z0-9_-]+(=.*)?$", re.S)
+
+
+def consul_spelling(argv: list[str]) -> list[str]:
+    """Consul's CLI takes long flags with one dash (`-http-addr=…`, `kv get -recurse`); ours take two.
+    Rewrite `-flag` and `-flag=value` to `--flag…` before the first `--` (values that are negative
+    numbers or a lone `-` are left alone), so copied commands and scripts work unchanged."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        out.append("-" + arg if _SINGLE_DASH_LONG.match(arg) else arg)
+    return out
+
+
 def main() -> None:
-    app()
+    app(args=consul_spelling(sys.argv[1:]), prog_name="proconsul")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ class Cluster:
         self.raft: RaftNode | None = None
         self.port: ServerPort | None = None
         self.members = MemberList(Member(cfg.node_name, cfg.advertise, cfg.serf_lan_port, self._tags(),
-                                         incarnation=int(time.time())), fail_after=cfg.suspect_after)
+                                         incarnation=int(time.time())), fail_after=cfg.suspect_after,
+                                  reap_after=cfg.reconnect_timeout)
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
         self._reconcile_wanted = asyncio.Event()
@@ -144,7 +145,7 @@ class Cluster:
         if cfg.server:
             await self._start_server()
         if cfg.serf_lan_port >= 0:
-            self.gossip = LANGossip(self.members, cfg.datacenter, cfg.bind_addr, cfg.serf_lan_port,
+            self.gossip = LANGossip(self.members, cfg.datacenter, cfg.serf_lan_addr or cfg.bind_addr, cfg.serf_lan_port,
                                     retry_join=cfg.retry_join, interval=cfg.gossip_interval,
                                     retry_interval=cfg.retry_interval, rng=self.rng, on_change=self.membership_changed)
             await self._listen("LAN gossip", self.gossip.start, "serf_lan_port")
@@ -178,7 +179,8 @@ class Cluster:
                 storage = FileStorage(Path(cfg.data_dir) / "raft")
             except RaftError as e:
                 raise ClusterError(str(e)) from None
-        options = NodeOptions(tick_interval=cfg.raft_tick, election_ticks=cfg.raft_election_ticks,
+        # performance.raft_multiplier scales Raft's timing for slow or shared machines, as Consul's does.
+        options = NodeOptions(tick_interval=cfg.raft_tick * cfg.raft_multiplier, election_ticks=cfg.raft_election_ticks,
                               snapshot_threshold=cfg.raft_snapshot_threshold, trailing_logs=cfg.raft_trailing_logs)
         self.raft = RaftNode(cfg.node_id, CatalogFSM(server.store), storage, bind=f"{cfg.bind_addr}:{bound}",
                              options=options, rng=random.Random(self.rng.getrandbits(64)),

@@ -1,7 +1,11 @@
 """Consul's config keys: what each top-level key of a config file does to the AgentConfig.
 
-One entry per key in `KEYS`; a key the table does not know is an error naming the key and the file
-(nothing is silently ignored). Nested blocks (ports, connect, tls, dns_config) check their own keys.
+Every key Consul documents is known here: most are honoured (`KEYS`); those that have no effect in
+Proconsul are accepted with one warning line naming the key and why (`NO_EFFECT`); those that cannot
+be honoured safely — a TLS or security setting, a listener that does not exist, federation that is not
+built — stop the agent with one line (`REFUSED`), because nothing may fall back to plaintext or "off"
+silently. A key no table knows is an error naming the key and the file. Nested blocks (ports,
+addresses, connect, tls, dns_config, performance, …) check their own keys the same way.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from proconsul.agent.config.model import TLS_KEYS, AgentConfig, ConfigError, DNSConfig, TLSSettings
+from proconsul.agent.config.model import TLS_KEYS, AgentConfig, ConfigError, TLSSettings
 from proconsul.agent.config.values import (
     as_bool,
     as_duration,
@@ -47,8 +51,9 @@ def _bootstrap(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
 
 
 PORTS = {"http": "http_port", "https": "https_port", "dns": "dns_port", "server": "server_port",
-         "serf_lan": "serf_lan_port", "serf_wan": "serf_wan_port", "grpc": "grpc_port",
-         "sidecar_min_port": "sidecar_min_port", "sidecar_max_port": "sidecar_max_port"}
+         "serf_lan": "serf_lan_port", "serf_wan": "serf_wan_port", "grpc": "grpc_port", "grpc_tls": "grpc_tls_port",
+         "sidecar_min_port": "sidecar_min_port", "sidecar_max_port": "sidecar_max_port",
+         "expose_min_port": "expose_min_port", "expose_max_port": "expose_max_port"}
 
 
 def _ports(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
@@ -123,9 +128,11 @@ def _tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
         if section in value:
             _merge_tls(cfg.tls, value[section], src, f"tls.{section}.")
     for section in value:
-        if section not in ("defaults", "internal_rpc"):
-            raise ConfigError(f"{src}: tls.{section} is not supported yet (TLS covers the server port "
-                              "only: use tls.defaults or tls.internal_rpc)")
+        if section == "grpc":
+            _warn(cfg, src, "tls.grpc", "there is no gRPC listener")
+        elif section not in ("defaults", "internal_rpc"):
+            raise ConfigError(f"{src}: tls.{section} cannot be honoured yet (TLS covers the server port only: "
+                              "there is no HTTPS listener); remove it to start the agent")
 
 
 def _at_least_one(key: str, value: Any, src: str) -> int:
@@ -136,7 +143,146 @@ def _at_least_one(key: str, value: Any, src: str) -> int:
 
 
 def _dns_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
-    _merge_dns(cfg.dns, value, src)
+    _merge_dns(cfg, value, src)
+
+
+def _warn(cfg: AgentConfig, src: str, key: str, why: str) -> None:
+    cfg.warnings.append(f"{src}: {key} has no effect in Proconsul ({why}); accepted and ignored")
+
+
+def _no_effect(why: str) -> Setter:
+    def setter(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+        _warn(cfg, src, key, why)
+    return setter
+
+
+def _refused(why: str, allow: Callable[[Any], bool] = lambda v: False) -> Setter:
+    """A key Proconsul cannot honour: an error, unless its value asks for nothing (`allow`)."""
+    def setter(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+        if not allow(value):
+            raise ConfigError(f"{src}: {key} cannot be honoured: {why}; remove it to start the agent")
+    return setter
+
+
+def _silently(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Keys whose Consul meaning is already what Proconsul does (e.g. there is no update check to disable)."""
+
+
+def _off(value: Any) -> bool:
+    """A block or flag that enables nothing: false, or an object whose `enabled` is false (or absent)."""
+    if isinstance(value, bool) or value in ("false", "true"):
+        return value in (False, "false")
+    if isinstance(value, dict):
+        return value.get("enabled", False) in (False, "false") and not value.get("allow_tls")
+    return not value
+
+
+def _addresses(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: addresses must be an object")
+    for k, v in value.items():
+        if k == "http":
+            cfg.http_addr = str(v)
+        elif k == "dns":
+            cfg.dns_addr = str(v)
+        elif k in ("https", "grpc", "grpc_tls"):
+            _warn(cfg, src, f"addresses.{k}", f"there is no {k} listener")
+        else:
+            raise ConfigError(f"{src}: unknown key addresses.{k}")
+
+
+def _advertise_v4(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not cfg.advertise_addr:
+        cfg.advertise_addr = str(value)
+
+
+def _advertise_wan(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if key == "advertise_addr_wan" or not cfg.advertise_addr_wan:
+        cfg.advertise_addr_wan = str(value)
+
+
+def _tagged_addresses(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: tagged_addresses must be an object of strings")
+    cfg.tagged_addresses.update({str(k): str(v) for k, v in value.items()})
+
+
+def _performance(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: performance must be an object")
+    for k, v in value.items():
+        if k == "raft_multiplier":
+            n = as_int("performance.raft_multiplier", v, src)
+            if not 1 <= n <= 10:
+                raise ConfigError(f"{src}: performance.raft_multiplier must be between 1 and 10, got {n}")
+            cfg.raft_multiplier = n
+        elif k in ("leave_drain_time", "rpc_hold_timeout", "grpc_keepalive_interval", "grpc_keepalive_timeout"):
+            _warn(cfg, src, f"performance.{k}", "leaving and RPC retries are timed by Proconsul itself")
+        else:
+            raise ConfigError(f"{src}: unknown key performance.{k}")
+
+
+def _reconnect(attr: str) -> Setter:
+    def setter(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+        seconds = as_duration(key, value, src)
+        if seconds < 8 * 3600:
+            raise ConfigError(f"{src}: {key} must be at least 8h (Consul's minimum), got {value!r}")
+        setattr(cfg, attr, seconds)
+    return setter
+
+
+def _raft_protocol(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if as_int(key, value, src) != 3:
+        raise ConfigError(f"{src}: raft_protocol {value!r} is not supported: only 3 (Consul's default)")
+
+
+def _primary_datacenter(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    cfg.primary_datacenter = str(value).lower()
+
+
+def _keep_dict(attr: str) -> Setter:
+    def setter(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {key} must be an object")
+        getattr(cfg, attr).update(value)
+    return setter
+
+
+def _telemetry(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: telemetry must be an object")
+    honoured = {"prometheus_retention_time", "disable_hostname", "metrics_prefix", "disable_compat_1.9"}
+    for k in value:
+        if k not in honoured:
+            _warn(cfg, src, f"telemetry.{k}", "metrics are served at /v1/agent/metrics (JSON or Prometheus) only")
+    cfg.telemetry.update(value)
+
+
+def _verify_incoming_rpc(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    cfg.tls.verify_incoming = as_bool(key, value, src)
+
+
+def _log_rotate_duration(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    as_duration(key, value, src)
+    _warn(cfg, src, key, "log files rotate by size (log_rotate_bytes), not by time")
+
+
+def _watches(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if value:
+        raise ConfigError(f"{src}: watches cannot be honoured: agent-run watch handlers are not supported; run "
+                          "`proconsul watch -type … <handler>` instead, and remove them to start the agent")
+
+
+def _config_entries(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: config_entries must be an object with a bootstrap list")
+    for k, v in value.items():
+        if k != "bootstrap":
+            raise ConfigError(f"{src}: unknown key config_entries.{k}")
+        for i, entry in enumerate(as_list(v)):
+            if not isinstance(entry, dict) or not entry.get("kind", entry.get("Kind")):
+                raise ConfigError(f"{src}: config_entries.bootstrap[{i}] must be a config entry with a kind")
+            cfg.config_entries.append(entry)
 
 
 KEYS: dict[str, Setter] = {
@@ -178,6 +324,109 @@ KEYS: dict[str, Setter] = {
     "enable_debug": _set("enable_debug", as_bool),
     "retry_interval": _set("retry_interval", as_duration),
     "leave_on_terminate": _set("leave_on_terminate", as_bool),
+    "skip_leave_on_interrupt": _set("skip_leave_on_interrupt", as_bool),
+    "addresses": _addresses,
+    "advertise_addr_ipv4": _advertise_v4,
+    "advertise_addr_ipv6": _advertise_v4,
+    "advertise_addr_wan": _advertise_wan,
+    "advertise_addr_wan_ipv4": _advertise_wan,
+    "advertise_addr_wan_ipv6": _advertise_wan,
+    "tagged_addresses": _tagged_addresses,
+    "log_json": _set("log_json", as_bool),
+    "log_file": _set("log_file", _text),
+    "log_rotate_bytes": _set("log_rotate_bytes", as_int),
+    "log_rotate_max_files": _set("log_rotate_max_files", as_int),
+    "log_rotate_duration": _log_rotate_duration,
+    "pid_file": _set("pid_file", _text),
+    "performance": _performance,
+    "reconnect_timeout": _reconnect("reconnect_timeout"),
+    "reconnect_timeout_wan": _reconnect("reconnect_timeout_wan"),
+    "rejoin_after_leave": _set("rejoin_after_leave", as_bool),
+    "raft_protocol": _raft_protocol,
+    "primary_datacenter": _primary_datacenter,
+    "gossip_lan": _keep_dict("gossip_lan"),
+    "gossip_wan": _keep_dict("gossip_wan"),
+    "autopilot": _keep_dict("autopilot"),
+    "telemetry": _telemetry,
+    "check_output_max_size": _set("check_output_max_size", _at_least_one),
+    "discard_check_output": _set("discard_check_output", as_bool),
+    "default_query_time": _set("default_query_time", as_duration),
+    "max_query_time": _set("max_query_time", as_duration),
+    "session_ttl_min": _set("session_ttl_min", as_duration),
+    "verify_incoming_rpc": _verify_incoming_rpc,
+    "config_entries": _config_entries,
+    "watches": _watches,
+    "ui_content_path": _set("ui_content_path", _text),
+    "ui_dir": _set("ui_dir", _text),
+    # Already what Proconsul does: nothing to change.
+    "disable_update_check": _silently,  # Proconsul never phones home
+    "disable_host_node_id": _silently,  # node IDs are random UUIDs, kept in the data dir
+    "disable_remote_exec": _silently,  # there is no remote exec
+    "disable_anonymous_signature": _silently,
+    "enable_central_service_config": _silently,  # proxies read service-defaults and proxy-defaults
+    "snapshot_agent": _silently,  # Consul documents it as a placeholder for the snapshot agent's config
+    "protocol": _silently,
+    **{k: _no_effect(why) for k, why in {
+        "limits": "there are no per-client HTTP or RPC rate limits",
+        "http_config": "no extra HTTP response headers or TLS for the API",
+        "cache": "the agent cache has no rate limits to tune",
+        "enable_syslog": "logs go to stderr and log_file",
+        "syslog_facility": "logs go to stderr and log_file",
+        "server_name": "the server port's TLS checks names with verify_server_hostname",
+        "translate_wan_addrs": "there is no WAN federation yet",
+        "enable_agent_tls_for_checks": "HTTP and gRPC checks use their own TLS settings",
+        "disable_http_unprintable_char_filter": "keys and names are not filtered",
+        "disable_keyring_file": "there is no gossip keyring yet",
+        "encrypt_verify_incoming": "there is no gossip encryption yet",
+        "encrypt_verify_outgoing": "there is no gossip encryption yet",
+        "retry_max": "retry_join tries until it succeeds",
+        "retry_max_wan": "there is no WAN federation yet",
+        "retry_interval_wan": "there is no WAN federation yet",
+        "discovery_max_stale": "client agents forward DNS to servers, answered from their replica",
+        "tls_min_version": "the server port uses TLS 1.2 or newer; set tls.defaults instead",
+        "tls_cipher_suites": "Python's default cipher suites are used",
+        "tls_prefer_server_cipher_suites": "Python's default cipher suites are used",
+        "raft_snapshot_interval": "snapshots follow raft_snapshot_threshold",
+        "check_deregister_interval_min": "an internal knob", "check_reap_interval": "an internal knob",
+        "sync_coordinate_interval_min": "an internal knob", "sync_coordinate_rate_target": "an internal knob",
+        "segment_limit": "an internal knob", "segment_name_limit": "an internal knob",
+        "consul": "Consul's internal timing knobs", "revision": "an internal value", "version": "an internal value",
+        "version_prerelease": "an internal value",
+        "segment": "network segments are Consul Enterprise", "segments": "network segments are Consul Enterprise",
+        "non_voting_server": "Consul Enterprise", "audit": "Consul Enterprise",
+        "license_path": "Consul Enterprise", "reporting": "Consul Enterprise",
+        "experiments": "no experiments", "locality": "no locality-aware routing",
+        "raft_logstore": "Raft has its own segmented log", "raft_boltdb": "Raft has its own segmented log",
+        "auto_reload_config": "reload with SIGHUP or `proconsul reload`",
+        "xds": "the built-in proxy reads the HTTP API, not xDS",
+        "rpc": "RPC streaming settings do not apply",
+        "disable_coordinates": "network coordinates are not measured yet",
+        "enable_acl_replication": "there are no ACLs yet (and they would need federation)",
+        "acl_enable_key_list_policy": "there are no ACLs yet",
+        "acl_ttl": "there are no ACLs yet", "acl_disabled_ttl": "there are no ACLs yet",
+    }.items()},
+    # Cannot be honoured safely: stop with one line rather than run without what was asked.
+    "encrypt": _refused("gossip encryption is not built yet, and the LAN port would stay plaintext"),
+    "acl": _refused("ACLs are not built yet, and everything would stay open", _off),
+    **{k: _refused("ACLs are not built yet, and everything would stay open") for k in (
+        "acl_agent_master_token", "acl_agent_token", "acl_datacenter", "acl_default_policy", "acl_down_policy",
+        "acl_master_token", "acl_replication_token", "acl_token")},
+    "auto_encrypt": _refused("auto_encrypt is not built yet: provision agent certificates with "
+                             "`proconsul tls cert create`", _off),
+    "auto_config": _refused("auto_config is not built yet", _off),
+    "verify_incoming_https": _refused("there is no HTTPS listener yet", lambda v: v in (False, "false")),
+    "ca_path": _refused("a directory of CAs is not supported: give one bundle with ca_file"),
+    "retry_join_wan": _refused("WAN federation is not built yet"),
+    "start_join_wan": _refused("WAN federation is not built yet"),
+    "serf_wan": _refused("WAN federation is not built yet"),
+    "serf_lan": _set("serf_lan_addr", _text),
+    "serf_lan_allowed_cidrs": _refused("the LAN port does not filter by CIDR yet"),
+    "serf_wan_allowed_cidrs": _refused("WAN federation is not built yet"),
+    "unix_sockets": _refused("the API does not listen on unix sockets"),
+    "peering": _refused("cluster peering is not built", _off),
+    "cloud": _refused("HCP is not supported", lambda v: not v),
+    "primary_gateways": _refused("WAN federation through mesh gateways is not built yet"),
+    "primary_gateways_interval": _no_effect("there is no WAN federation yet"),
 }
 
 
@@ -187,16 +436,8 @@ def merge_file_data(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
         setter = KEYS.get(key)
         if setter is not None:
             setter(cfg, key, value, src)
-        elif key in NOT_YET:
-            raise ConfigError(f"{src}: {key!r} is not supported yet ({NOT_YET[key]}); remove it to start the agent")
         else:
             raise ConfigError(f"{src}: unknown config key {key!r}")
-
-
-NOT_YET = {"acl": "no ACL system yet",
-           "encrypt": "no gossip encryption yet", "telemetry": "metrics are served at /v1/agent/metrics only",
-           "auto_encrypt": "agent certificates are provisioned by hand (proconsul tls cert create)",
-           "primary_datacenter": "no federation yet", "retry_join_wan": "no federation yet"}
 
 
 def _merge_tls(tls: TLSSettings, value: Any, src: str, prefix: str) -> None:
@@ -213,7 +454,14 @@ def _merge_tls(tls: TLSSettings, value: Any, src: str, prefix: str) -> None:
             raise ConfigError(f"{src}: {prefix}{k} is not supported (known: {', '.join(TLS_KEYS)})")
 
 
-def _merge_dns(dns: DNSConfig, value: Any, src: str) -> None:
+DNS_NO_EFFECT = {"use_cache": "answers are always cached, invalidated by the catalog index",
+                 "cache_max_age": "answers are always cached, invalidated by the catalog index",
+                 "disable_compression": "names are always compressed", "recursor_strategy": "recursors are tried in order",
+                 "prefer_namespace": "namespaces are Consul Enterprise"}
+
+
+def _merge_dns(cfg: AgentConfig, value: Any, src: str) -> None:
+    dns = cfg.dns
     if not isinstance(value, dict):
         raise ConfigError(f"{src}: dns_config must be an object")
     for k, v in value.items():
@@ -241,5 +489,7 @@ def _merge_dns(dns: DNSConfig, value: Any, src: str) -> None:
                 if sk not in ("min_ttl", "refresh", "retry", "expire"):
                     raise ConfigError(f"{src}: unknown key {name}.{sk}")
                 setattr(dns, "soa_" + sk, as_int(f"{name}.{sk}", sv, src))
+        elif k in DNS_NO_EFFECT:
+            _warn(cfg, src, name, DNS_NO_EFFECT[k])
         else:
             raise ConfigError(f"{src}: unknown key {name}")

@@ -12,20 +12,27 @@ import os
 import uuid
 from pathlib import Path
 
-from proconsul.agent.config.files import config_dir_files, load_file
+from proconsul.agent.config.files import config_dir_files, load_file, parse_text
 from proconsul.agent.config.keys import merge_file_data
 from proconsul.agent.config.model import AgentConfig, ConfigError
 
 
-def load_config(files: list[str], dirs: list[str], base: AgentConfig | None = None) -> AgentConfig:
-    """Defaults, then each file (a dir's files in lexical order) folded in; flags are applied after."""
+def load_config(files: list[str], dirs: list[str], base: AgentConfig | None = None, *,
+                hcl: list[str] | None = None, fmt: str = "") -> AgentConfig:
+    """Defaults, then each file (a dir's files in lexical order), then each inline `-hcl` fragment folded
+    in; flags are applied after. `fmt` forces every file's format (Consul's -config-format)."""
     cfg = base or AgentConfig()
     cfg.config_files, cfg.config_dirs = list(files), list(dirs)
+    cfg.hcl, cfg.config_format = list(hcl or []), fmt
+    if fmt and fmt not in ("json", "hcl"):
+        raise ConfigError(f"-config-format must be json or hcl, not {fmt!r}")
     paths: list[Path] = [Path(f) for f in files]
     for d in dirs:
-        paths.extend(config_dir_files(d))
+        paths.extend(config_dir_files(d, fmt))
     for p in paths:
-        merge_file_data(cfg, load_file(p), str(p))
+        merge_file_data(cfg, load_file(p, fmt), str(p))
+    for i, text in enumerate(cfg.hcl):
+        merge_file_data(cfg, parse_text(text, "hcl", f"-hcl #{i + 1}"), f"-hcl #{i + 1}")
     return cfg
 
 
@@ -78,7 +85,27 @@ def finalize(cfg: AgentConfig) -> AgentConfig:
         port = getattr(cfg, port_attr)
         if not (-1 <= port <= 65535):
             raise ConfigError(f"{port_attr.replace('_port', '')} port {port} is out of range (0-65535, -1 = off)")
+    _refuse_missing_listeners(cfg)
+    if cfg.skip_leave_on_interrupt is None:
+        cfg.skip_leave_on_interrupt = cfg.server
     if not 1 <= cfg.sidecar_min_port <= cfg.sidecar_max_port <= 65535:
         raise ConfigError(f"ports.sidecar_min_port ({cfg.sidecar_min_port}) must be ≤ ports.sidecar_max_port "
                           f"({cfg.sidecar_max_port}), both within 1-65535")
     return cfg
+
+
+def _refuse_missing_listeners(cfg: AgentConfig) -> None:
+    """A port or setting that would need a listener or subsystem Proconsul does not have stops the agent;
+    one that asks for nothing harmful is accepted with a warning."""
+    if cfg.https_port >= 0:
+        raise ConfigError(f"ports.https = {cfg.https_port} cannot be honoured: there is no HTTPS listener yet; "
+                          "set it to -1 (or remove it) to start the agent")
+    if cfg.grpc_tls_port >= 0:
+        raise ConfigError(f"ports.grpc_tls = {cfg.grpc_tls_port} cannot be honoured: there is no gRPC TLS "
+                          "listener; set it to -1 (or remove it)")
+    if cfg.grpc_port >= 0:
+        cfg.warnings.append(f"ports.grpc = {cfg.grpc_port} has no effect in Proconsul (there is no gRPC/xDS "
+                            "listener: the built-in proxy reads the HTTP API); accepted and ignored")
+    if cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter:
+        raise ConfigError(f"primary_datacenter {cfg.primary_datacenter!r} cannot be honoured: WAN federation is "
+                          f"not built yet, so this datacenter ({cfg.datacenter}) must be its own primary")

@@ -66,6 +66,9 @@ class AgentConfig:
     serf_lan_port: int = 8301
     serf_wan_port: int = 8302
     grpc_port: int = -1
+    grpc_tls_port: int = -1
+    expose_min_port: int = 21500  # Consul's expose.paths range (accepted; no expose listeners yet)
+    expose_max_port: int = 21755
     sidecar_min_port: int = 21000  # Connect sidecar_service ports are taken from this range
     sidecar_max_port: int = 21255
     retry_join: list[str] = field(default_factory=list)
@@ -97,6 +100,48 @@ class AgentConfig:
     raft_trailing_logs: int = 1024  # entries kept behind a snapshot for slightly slow followers
     config_files: list[str] = field(default_factory=list)
     config_dirs: list[str] = field(default_factory=list)
+    hcl: list[str] = field(default_factory=list)  # inline config fragments (-hcl), applied after the files
+    config_format: str = ""  # -config-format: read every file as "json" or "hcl" whatever its extension
+    # Consul keys honoured as they are read:
+    http_addr: str = ""  # addresses.http (default: client_addr)
+    dns_addr: str = ""  # addresses.dns (default: client_addr)
+    advertise_addr_wan: str = ""
+    tagged_addresses: dict[str, str] = field(default_factory=dict)
+    log_json: bool = False
+    log_file: str = ""  # a file (or a directory, as Consul: then proconsul-<time>.log) to log to as well
+    log_rotate_bytes: int = 0
+    log_rotate_max_files: int = 0
+    pid_file: str = ""
+    raft_multiplier: int = 1  # performance.raft_multiplier: scales Raft's timing (1 = fastest, Consul's dev)
+    reconnect_timeout: float = 72 * 3600.0  # failed members are reaped after this long (minimum 8h)
+    reconnect_timeout_wan: float = 72 * 3600.0
+    rejoin_after_leave: bool = False
+    primary_datacenter: str = ""
+    retry_join_wan: list[str] = field(default_factory=list)
+    gossip_lan: dict[str, Any] = field(default_factory=dict)
+    gossip_wan: dict[str, Any] = field(default_factory=dict)
+    autopilot: dict[str, Any] = field(default_factory=dict)
+    telemetry: dict[str, Any] = field(default_factory=dict)
+    check_output_max_size: int = 4096
+    discard_check_output: bool = False
+    default_query_time: float = 300.0  # a blocking query's wait when ?wait= is not given
+    max_query_time: float = 600.0  # the longest ?wait= honoured
+    session_ttl_min: float = 10.0
+    skip_leave_on_interrupt: bool | None = None  # None: Consul's default — true for servers, false for clients
+    serf_lan_addr: str = ""  # serf_lan: the LAN membership bind address (default: bind_addr)
+    config_entries: list[dict[str, Any]] = field(default_factory=list)  # config_entries.bootstrap
+    ui_content_path: str = "/ui/"
+    ui_dir: str = ""
+    # Keys accepted without effect here, each with the reason: printed as one warning line per key at start.
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def http_bind(self) -> str:
+        return self.http_addr or self.client_addr
+
+    @property
+    def dns_bind(self) -> str:
+        return self.dns_addr or self.client_addr
 
     @property
     def advertise(self) -> str:
