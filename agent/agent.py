@@ -30,10 +30,10 @@ from proconsul.agent.cluster.server import ServerRole, StartingReplicator
 from proconsul.agent.config.load import finalize, load_config
 from proconsul.agent.config.model import AgentConfig
 from proconsul.agent.local import sidecar
+from proconsul.agent.local.definitions import DefinitionError
 from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.logs import level_number
-from proconsul.agent.version import CONSUL_COMPAT_VERSION, VERSION
 from proconsul.catalog.store import CRITICAL, StateStore
 
 log = logging.getLogger("proconsul.agent")
@@ -152,31 +152,6 @@ class Agent:
         return [dict(r, Name=f"{r['Name']}.{cfg.datacenter}", Port=cfg.serf_wan_port) for r in rows
                 if r["Name"] == cfg.node_name and cfg.server]
 
-    def self_info(self) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "Config": {"Datacenter": cfg.datacenter, "PrimaryDatacenter": cfg.datacenter, "NodeName": cfg.node_name,
-                       "NodeID": cfg.node_id, "Server": cfg.server, "Revision": "proconsul",
-                       "Version": CONSUL_COMPAT_VERSION, "BuildDate": "", "ProconsulVersion": VERSION},
-            "DebugConfig": {"Datacenter": cfg.datacenter, "NodeName": cfg.node_name, "ServerMode": cfg.server,
-                            "DevMode": cfg.dev, "DNSDomain": cfg.domain, "DNSPort": cfg.dns_port,
-                            "HTTPPort": cfg.http_port, "ServerPort": cfg.server_port,
-                            "ClientAddrs": [cfg.client_addr], "BindAddr": cfg.bind_addr,
-                            "DataDir": cfg.data_dir, "EnableScriptChecks": cfg.enable_script_checks,
-                            "ConnectEnabled": cfg.connect_enabled, "UIConfig": {"Enabled": cfg.ui_enabled},
-                            "DefaultIntentionPolicy": "allow" if cfg.intention_default_allow else "deny"},
-            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
-            "Member": next(r for r in self.members() if r["Name"] == cfg.node_name),
-            "Stats": {"agent": {"check_monitors": "0", "checks": str(len(self.local.checks())),
-                                "services": str(len(self.local.services()))},
-                      "build": {"version": VERSION, "prerelease": "", "revision": "proconsul"},
-                      "consul": {"server": str(cfg.server).lower(), "leader": str(self.known_leader()).lower(),
-                                 "known_datacenters": "1"},
-                      "raft": {k: str(v) for k, v in self.cluster.raft.stats().items()} if self.cluster.raft
-                      and self.cluster.raft.core else {}},
-            "Meta": dict(cfg.node_meta),
-        }
-
     def metrics(self) -> dict[str, Any]:
         import resource
 
@@ -255,6 +230,9 @@ class Agent:
 
     async def register_check(self, defn: dict[str, Any], *, persist: bool = True) -> None:
         cid = defn.get("CheckID") or defn.get("Name")
+        sid = defn.get("ServiceID") or ""
+        if sid and self.local.service(sid) is None:
+            raise DefinitionError(f'ServiceID "{sid}" does not exist')  # Consul's words
         if not defn.get("OutputMaxSize") and self.config.check_output_max_size != DEFAULT_OUTPUT_MAX:
             defn = dict(defn, OutputMaxSize=self.config.check_output_max_size)
         # Consul: enable_local_script_checks admits scripts from config files only (persist=False), never the API.
@@ -342,8 +320,11 @@ class Agent:
         new_checks = {chk.get("CheckID") or chk["Name"] for chk in checks}
         for cid in self._config_checks - new_checks:
             await self.deregister_check(cid)
-        for chk in checks:
-            await self.register_check(chk, persist=False)
+        try:
+            for chk in checks:
+                await self.register_check(chk, persist=False)
+        except DefinitionError as e:
+            raise AgentError(f"invalid check in config: {e}") from None
         self._config_services, self._config_checks = new_services, new_checks
 
     async def reload(self) -> None:

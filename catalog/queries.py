@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.catalog import store as st
+from proconsul.catalog.filter import compile_filter
 from proconsul.catalog.store import StateStore
 
 Args = dict[str, Any]
@@ -78,13 +79,16 @@ def _catalog_nodes(s: StateStore, a: Args) -> tuple[int, Any]:
 
 
 def _catalog_services(s: StateStore, a: Args) -> tuple[int, Any]:
-    if not a.get("node_meta"):
+    """Service name → tags. With `filter` (Consul's language over each instance as a ServiceNode, as
+    /v1/catalog/service answers it) only matching instances count."""
+    if not a.get("node_meta") and not a.get("filter"):
         return s.list_services()
+    pred = compile_filter(a["filter"]) if a.get("filter") else None
     out: dict[str, dict[str, None]] = {}
     for name in s.service_names():
         _, pairs = s.service_instances(name)
         for node, svc in pairs:
-            if _meta_ok(node, a["node_meta"]):
+            if _meta_ok(node, a.get("node_meta")) and (pred is None or pred(service_node(node, svc))):
                 tags = out.setdefault(svc["Service"], {})
                 tags.update(dict.fromkeys(svc["Tags"]))
     return s.table_index(st.SERVICES), {k: list(v) for k, v in sorted(out.items())}

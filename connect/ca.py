@@ -61,7 +61,8 @@ def _root_row(cert: x509.Certificate, name: str, intermediates: list[str], activ
     return {
         "ID": _colon_hex(hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).digest()),
         "Name": name,
-        "SerialNumber": cert.serial_number,
+        # Consul keeps the low 64 bits (Go's big.Int.Uint64): openssl's roots have 159-bit random serials.
+        "SerialNumber": cert.serial_number & 0xFFFF_FFFF_FFFF_FFFF,
         "SigningKeyID": _colon_hex(ski),
         "ExternalTrustDomain": "",
         "NotBefore": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -129,6 +130,8 @@ def cross_sign(new_root: Root, old_root: Root, now: dt.datetime, serial: int) ->
                .subject_name(new_cert.subject).issuer_name(old_cert.subject).public_key(new_cert.public_key())
                .serial_number(serial).not_valid_before(now - CLOCK_SKEW).not_valid_after(not_after))
     for ext in new_cert.extensions:
+        if isinstance(ext.value, x509.AuthorityKeyIdentifier):
+            continue  # the issuer is now the old root: its key identifier is added below (openssl roots have one)
         builder = builder.add_extension(ext.value, ext.critical)
     builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(old_cert.public_key()),
                                     critical=False)

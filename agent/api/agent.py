@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api.agent_self import host_body, self_body, version_body
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, flag
@@ -26,7 +27,17 @@ def _unknown_check(cid: str) -> NotFoundHTTP:
 
 @routes.get("/v1/agent/self")
 async def self_(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].self_info())
+    return json_response(request, self_body(request.app["agent"]))
+
+
+@routes.get("/v1/agent/host")
+async def host(request: web.Request) -> web.Response:
+    return json_response(request, host_body())
+
+
+@routes.get("/v1/agent/version")
+async def version(request: web.Request) -> web.Response:
+    return json_response(request, version_body())
 
 
 @routes.get("/v1/agent/members")
@@ -97,8 +108,6 @@ async def register_check(request: web.Request) -> web.Response:
         defn = check_definition(body, "Check")
     except DefinitionError as e:
         raise BadRequest(str(e)) from None
-    if defn.get("ServiceID") and agent.local.service(defn["ServiceID"]) is None:
-        raise BadRequest(f'ServiceID "{defn["ServiceID"]}" does not exist')
     await agent.register_check(defn)
     return web.Response(status=200)
 

@@ -16,6 +16,7 @@ from proconsul.agent.api import session as api_session
 from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
 from proconsul.agent.api.errors import error_boundary
+from proconsul.agent.api.params import datacenter_guard
 
 ROUTE_MODULES = [api_agent, api_catalog, api_config, api_health, api_kv, api_operator, api_session, api_snapshot,
                  api_status]
@@ -36,4 +37,5 @@ def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
     """Register routes, each behind the one error boundary (errors → statuses in one place)."""
     for route in routes:
         assert isinstance(route, web.RouteDef)
-        app.router.add_route(route.method, route.path, error_boundary(route.handler), **route.kwargs)
+        handler = route.handler if route.method in ("GET", "HEAD") else datacenter_guard(route.handler)
+        app.router.add_route(route.method, route.path, error_boundary(handler), **route.kwargs)

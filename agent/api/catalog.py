@@ -19,6 +19,7 @@ from proconsul.agent.api.params import (
 )
 from proconsul.agent.api.read_cache import Entry
 from proconsul.agent.api.responses import consul_headers, dumps, json_response
+from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.local.definitions import DefinitionError, check_definition
 from proconsul.catalog import commands as c
 from proconsul.catalog.queries import get_query
@@ -57,10 +58,12 @@ def cached_read(handler: Handler) -> Handler:
     return wrapper
 
 
-async def run_query(request: web.Request, name: str, args: dict[str, Any]) -> web.Response:
+async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
+                    filter_result: bool = True) -> web.Response:
     """Run a named read (blocking if asked) and answer with Consul's headers.
 
-    Plain JSON bodies come from the backend's encoded-response cache when it has one.
+    Plain JSON bodies come from the backend's encoded-response cache when it has one. `?filter=`
+    applies to the rows of the result, unless the query applies it itself (`filter_result=False`).
     """
     check_common(request)
     b = blocking_params(request)
@@ -70,7 +73,7 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any]) -> we
     if agent.read_cache is not None and not b.index:
         tables = get_query(name).tables
         request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
-    filtered = bool(request.query.get("filter"))
+    filtered = filter_result and bool(request.query.get("filter"))
     if not filtered and "pretty" not in request.query and hasattr(backend, "query_encoded"):
         idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, mode)
         return web.Response(body=body, content_type="application/json", headers=consul_headers(request, idx))
@@ -101,7 +104,10 @@ async def nodes(request: web.Request) -> web.Response:
 @routes.get("/v1/catalog/services")
 @cached_read
 async def services(request: web.Request) -> web.Response:
-    return await run_query(request, "catalog.services", {"node_meta": node_meta_filter(request)})
+    # The filter applies to each instance before names and tags are gathered, so it goes into the query.
+    return await run_query(request, "catalog.services", {"node_meta": node_meta_filter(request),
+                                                         "filter": request.query.get("filter", "")},
+                           filter_result=False)
 
 
 @routes.get("/v1/catalog/service/{name}")
@@ -162,7 +168,7 @@ def _register_command(body: dict[str, Any], datacenter: str) -> c.Register:
         raise BadRequest("Must provide node (Register.Node)")
     dc = body.get("Datacenter") or datacenter
     if dc.lower() != datacenter:
-        raise BadRequest(f"No path to datacenter {dc!r}")
+        raise NoPathToDatacenter(dc)
     node = {"ID": body.get("ID") or "", "Node": body["Node"], "Address": body.get("Address") or "",
             "Datacenter": datacenter, "TaggedAddresses": body.get("TaggedAddresses") or {},
             "Meta": body.get("NodeMeta") or {}}

@@ -16,7 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
-from proconsul.agent.api.params import blocking_params, check_common
+from proconsul.agent.api.params import blocking_params, check_common, filter_rows
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.cluster.rpc import register_error
 from proconsul.agent.connect.base import ConnectBase, iso_time
@@ -130,7 +130,7 @@ async def list_intentions(request: web.Request) -> web.Response:
     b = blocking_params(request)
     if b.index:
         await conn.wait_intentions(b.index, b.wait)
-    return json_response(request, conn.intentions(), index=conn.intentions_index())
+    return json_response(request, filter_rows(request, conn.intentions()), index=conn.intentions_index())
 
 
 @routes.post("/v1/connect/intentions")

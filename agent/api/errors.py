@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proconsul.agent.cluster.errors import ClusterError
+from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
 from proconsul.agent.cluster.server import NotLeaderError
 from proconsul.agent.local.definitions import DefinitionError
@@ -58,6 +58,8 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 409, str(exc)
     if isinstance(exc, CatalogError):
         return 400, str(exc)
+    if isinstance(exc, NoPathToDatacenter):
+        return 500, "No path to datacenter"  # Consul's status and words
     if isinstance(exc, NotLeaderError | NoLeader):
         return 500, "No cluster leader"
     if isinstance(exc, ClusterError):

@@ -25,7 +25,8 @@ TXN_KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-tree", "check-index"
 def kv_entry(row: dict[str, Any]) -> dict[str, Any]:
     """A stored KV row in Consul's JSON shape (base64 value, Session only when held)."""
     out = {"LockIndex": row["LockIndex"], "Key": row["Key"], "Flags": row["Flags"],
-           "Value": base64.b64encode(row["Value"]).decode() if row["Value"] is not None else None,
+           # Consul stores an empty body as no value at all: it reads back as null, not "".
+           "Value": base64.b64encode(row["Value"]).decode() if row["Value"] else None,
            "CreateIndex": row["CreateIndex"], "ModifyIndex": row["ModifyIndex"]}
     if row.get("Session"):
         out["Session"] = row["Session"]

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.agent.api.errors import BadRequest, HTTPError
+from proconsul.agent.api.errors import BadRequest, Handler
+from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog.filter import FilterError, Predicate, compile_filter
 
@@ -54,14 +55,33 @@ def consistency_mode(request: web.Request) -> str:
     return "leader"
 
 
+def check_datacenter(request: web.Request) -> None:
+    """`?dc=` must name this datacenter (there is no federation yet): reads and writes alike."""
+    if "dc=" not in request.query_string:  # the hot path parses nothing
+        return
+    dc = request.query.get("dc")
+    if dc and dc.lower() != request.app["agent"].config.datacenter:
+        raise NoPathToDatacenter(dc)
+
+
+def datacenter_guard(handler: Handler) -> Handler:
+    """Writes check `?dc=` before anything else (reads do it in check_common)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        check_datacenter(request)
+        return await handler(request)
+
+    guarded.__name__ = getattr(handler, "__name__", "handler")
+    guarded.__doc__ = handler.__doc__
+    return guarded
+
+
 def check_common(request: web.Request) -> None:
     """Parameters every read accepts: dc must be ours (no federation yet), stale xor consistent."""
     q = request.query
     if "stale" in q and "consistent" in q:
         raise BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
-    dc = q.get("dc")
-    if dc and dc.lower() != request.app["agent"].config.datacenter:
-        raise HTTPError(f"No path to datacenter: {dc!r}", 500)
+    check_datacenter(request)
     if q.get("filter"):
         row_filter(request)  # parse now: a bad expression is a 400 before any work is done
 

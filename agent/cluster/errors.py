@@ -10,3 +10,14 @@ class ClusterError(Exception):
 
 
 register_error(ClusterError)  # crosses RPC as itself, so a client agent shows the server's reason
+
+
+class NoPathToDatacenter(ClusterError):
+    """A request names a datacenter this agent cannot reach (Consul's "No path to datacenter")."""
+
+    def __init__(self, datacenter: str) -> None:
+        super().__init__("No path to datacenter")
+        self.datacenter = datacenter
+
+
+register_error(NoPathToDatacenter)

@@ -82,5 +82,5 @@ def test_tls_settings_that_cannot_work_fail_with_one_line(tmp_path: Path) -> Non
                              "--config-file", str(bad), "--http-port", "0", "--dns-port", "-1"))
     assert "cannot load the certificates" in msg
     bad.write_text('{"tls": {"https": {"cert_file": "x"}}}')
-    assert "tls.https is not supported yet" in one_line_error(run(None, "agent", "--dev", "--config-file", str(bad)))
+    assert "tls.https cannot be honoured yet" in one_line_error(run(None, "agent", "--dev", "--config-file", str(bad)))
     assert AgentProcess  # the fixture module's agent type is what the other tests start

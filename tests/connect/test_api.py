@@ -125,3 +125,41 @@ def test_bad_input(agent: AgentProcess) -> None:
                                {"Target": "b", "ClientCertURI": "spiffe://evil.mesh/ns/default/dc/dc1/svc/a"})[1].values()
     assert ok is False and "external trust domain" in reason
     assert "Traceback" not in agent.log()
+
+
+def test_rotation_to_a_root_made_by_openssl(dev_agent, tmp_path) -> None:  # noqa: ANN001
+    """An operator's own root, made with `openssl req -x509` (which adds an Authority Key Identifier):
+    the rotation is accepted, cross-signed by the old root, and new leaves verify against it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        import pytest
+
+        pytest.skip("openssl is not installed (Debian openssl)")
+    key, cert = tmp_path / "root-key.pem", tmp_path / "root.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                           "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", "/CN=Operator Root",
+                           "-addext", "basicConstraints=critical,CA:true",
+                           "-addext", "keyUsage=critical,keyCertSign,cRLSign"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    old = dev_agent.get("/v1/connect/ca/roots")[1]
+    status, body = dev_agent.put("/v1/connect/ca/configuration", {
+        "Provider": "consul", "Config": {"PrivateKey": key.read_text(), "RootCert": cert.read_text()}})
+    assert status == 200, body
+    roots = dev_agent.get("/v1/connect/ca/roots")[1]
+    assert roots["ActiveRootID"] != old["ActiveRootID"] and len(roots["Roots"]) == 2
+    active = next(r for r in roots["Roots"] if r["Active"])
+    assert len(active["IntermediateCerts"]) == 1  # cross-signed by the old root
+    leaf = dev_agent.get("/v1/agent/connect/ca/leaf/after-byo")[1]
+    (tmp_path / "leaf.pem").write_text(leaf["CertPEM"].split("-----END CERTIFICATE-----")[0] +
+                                       "-----END CERTIFICATE-----\n")
+    ok = subprocess.run(["openssl", "verify", "-CAfile", str(cert), str(tmp_path / "leaf.pem")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bridge = tmp_path / "bridge.pem"
+    bridge.write_text(active["IntermediateCerts"][0])
+    (tmp_path / "old.pem").write_text(old["Roots"][0]["RootCert"])
+    via_old = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "old.pem"), "-untrusted", str(bridge),
+                              str(tmp_path / "leaf.pem")], capture_output=True, text=True)
+    assert via_old.returncode == 0, via_old.stdout + via_old.stderr  # peers trusting only the old root
