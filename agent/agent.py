@@ -33,10 +33,17 @@ from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
 from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
-from proconsul.agent.logs import level_number
+from proconsul.agent.logs import LogMonitor, level_number
+from proconsul.agent.telemetry import Telemetry
 from proconsul.catalog.store import CRITICAL, StateStore
 
 log = logging.getLogger("proconsul.agent")
+
+
+# Consul's metric for each kind of write (a timing sample in milliseconds).
+COMMAND_METRICS = {"KVOp": "kvs.apply", "Register": "catalog.register", "Deregister": "catalog.deregister",
+                   "SessionCreate": "session.apply", "SessionDestroy": "session.apply", "Txn": "txn.apply",
+                   "TableSet": "config_entry.apply", "TableDelete": "config_entry.apply"}
 
 
 class AgentError(Exception):
@@ -88,6 +95,10 @@ class Agent:
         self.binders: list[Callable[[], Awaitable[None]]] = []
         self.http_port: int | None = None
         self.ready = asyncio.Event()
+        self.log_monitor: LogMonitor | None = None  # /v1/agent/monitor's subscribers, while running
+        self.telemetry = Telemetry()
+        if self.server is not None:
+            self.server.observe = self._observe_write
         self._stop = asyncio.Event()
         self._local_changed = asyncio.Event()
         self._leaving = False
@@ -152,27 +163,13 @@ class Agent:
         return [dict(r, Name=f"{r['Name']}.{cfg.datacenter}", Port=cfg.serf_wan_port) for r in rows
                 if r["Name"] == cfg.node_name and cfg.server]
 
-    def metrics(self) -> dict[str, Any]:
-        import resource
-
-        def gauge(name: str, value: float) -> dict[str, Any]:
-            return {"Name": name, "Value": value, "Labels": {}}
-
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        gauges = [
-            gauge("proconsul.runtime.max_rss_bytes", rss_kb * 1024),
-            gauge("proconsul.agent.services", len(self.local.services())),
-            gauge("proconsul.agent.checks", len(self.local.checks())),
-            gauge("proconsul.agent.check_runners", self.checks.running),
-        ]
-        if self.server is not None:
-            gauges += [gauge("proconsul.http.blocking_queries", self.server.notifier.waiting),
-                       gauge("proconsul.raft.applied_index", self.server.store.last_index)]
-        if self.read_cache is not None:
-            gauges += [gauge("proconsul.http.read_cache.hits", self.read_cache.hits),
-                       gauge("proconsul.http.read_cache.misses", self.read_cache.misses)]
-        return {"Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime()),
-                "Gauges": gauges, "Points": [], "Counters": [], "Samples": []}
+    def _observe_write(self, kind: str, millis: float) -> None:
+        t = self.telemetry
+        t.sample("raft.commitTime", millis)
+        t.incr("raft.apply")
+        name = COMMAND_METRICS.get(kind)
+        if name is not None:
+            t.sample(name, millis)
 
     # ------------------------------------------------------------------ services & checks
     async def register_service(self, defn: dict[str, Any], *, replace_existing_checks: bool = False,
@@ -404,6 +401,8 @@ class Agent:
 
         cfg = self.config
         _raise_fd_limit()
+        self.log_monitor = LogMonitor(asyncio.get_running_loop())
+        logging.getLogger().addHandler(self.log_monitor)
         app = build_app(self)
         # On shutdown, requests still running after 1 s (parked blocking queries) are cut: clients retry.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -447,6 +446,7 @@ class Agent:
             leave = self._leaving or (self.config.leave_on_terminate and not self.config.dev)
             await self.cluster.stop(leave=leave)
             await runner.cleanup()
+            logging.getLogger().removeHandler(self.log_monitor)
 
     async def _bootstrap_config_entries(self) -> None:
         """Consul's config_entries.bootstrap: the leader writes each entry that does not exist yet."""

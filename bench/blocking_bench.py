@@ -50,7 +50,7 @@ async def run(agent: AgentProcess, watchers: int, key: str, index: int) -> dict[
     pace = asyncio.Semaphore(500)
     tasks = [asyncio.ensure_future(watch(agent.http_port, path, pace, started, done)) for _ in range(watchers)]
     deadline = time.monotonic() + 120
-    while await asyncio.to_thread(gauge, agent, "proconsul.http.blocking_queries") < watchers:
+    while await asyncio.to_thread(gauge, agent, "consul.http.blocking_queries") < watchers:
         assert time.monotonic() < deadline, "watchers never all registered"
         await asyncio.sleep(0.2)
     rss_before = rss_mb(agent.proc.pid)

@@ -101,6 +101,20 @@ class StateStore:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def count(self, what: str) -> int:
+        """Sizes for metrics: "nodes", "services" (names), "service_instances", "checks", "kvs"."""
+        if what == "nodes":
+            return len(self._nodes)
+        if what == "services":
+            return len(self._by_name)
+        if what == "service_instances":
+            return sum(len(v) for v in self._services.values())
+        if what == "checks":
+            return sum(len(v) for v in self._checks.values())
+        if what == "kvs":
+            return len(self._kv)
+        raise ValueError(f"unknown count {what!r}")
+
     def table_index(self, *tables: str) -> int:
         """The highest index at which any of `tables` changed (at least 1, as Consul's headers)."""
         index, best = self._index, 1  # a loop, not max() over a new list: this runs on every cached read

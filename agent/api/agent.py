@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -9,10 +10,12 @@ from aiohttp import web
 
 from proconsul.agent.api.agent_self import host_body, self_body, version_body
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
-from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, flag
 from proconsul.agent.api.responses import dumps, json_response
 from proconsul.agent.local.definitions import DefinitionError, check_definition, service_definition
+from proconsul.agent.logs import LEVELS, level_number
+from proconsul.agent.telemetry import as_json, as_prometheus
 
 routes = web.RouteTableDef()
 
@@ -250,7 +253,38 @@ async def join(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+@routes.get("/v1/agent/monitor")
+async def monitor(request: web.Request) -> web.StreamResponse:
+    """Consul's log stream: lines at `loglevel` (default info) and above, `logjson` for JSON lines, until the
+    client goes away. A slow reader loses lines rather than growing the agent's memory."""
+    agent = request.app["agent"]
+    level_name = request.query.get("loglevel", "info").lower()
+    if level_name not in LEVELS:
+        raise BadRequest(f"Unknown log level: {request.query.get('loglevel')}")
+    if agent.log_monitor is None:
+        raise HTTPError("the agent is not running its log monitor", 500)
+    sub = agent.log_monitor.subscribe(level_number(level_name), flag(request, "logjson"))
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await resp.prepare(request)
+    try:
+        while True:
+            line = await sub.queue.get()
+            await resp.write((line + "\n").encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        agent.log_monitor.unsubscribe(sub)
+    return resp
+
+
 @routes.get("/v1/agent/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Consul's metrics shape (Gauges/Counters/Samples) with the agent's own figures."""
-    return json_response(request, request.app["agent"].metrics())
+    """Consul's metrics: JSON (Gauges/Counters/Samples), or Prometheus text with `?format=prometheus`."""
+    agent = request.app["agent"]
+    fmt = request.query.get("format", "")
+    if fmt == "prometheus":
+        return web.Response(text=as_prometheus(agent, agent.telemetry), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"})
+    if fmt:
+        raise BadRequest(f"Invalid format {fmt!r}: use format=prometheus or leave it out for JSON")
+    return json_response(request, as_json(agent, agent.telemetry))

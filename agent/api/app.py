@@ -26,6 +26,7 @@ MAX_BODY = 8 << 20
 def build_app(agent: Any) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app["agent"] = agent
+    app["telemetry"] = HTTPCounters(agent.telemetry)
     for module in ROUTE_MODULES:
         add_routes(app, module.routes)
     for routes in agent.http_routes:
@@ -39,3 +40,14 @@ def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
         assert isinstance(route, web.RouteDef)
         handler = route.handler if route.method in ("GET", "HEAD") else datacenter_guard(route.handler)
         app.router.add_route(route.method, route.path, error_boundary(handler), **route.kwargs)
+
+
+class HTTPCounters:
+    """`consul.http.<METHOD>` request counters (one dict update per request)."""
+
+    def __init__(self, telemetry: Any) -> None:
+        self._counters = telemetry.counters
+        self._names = {m: f"http.{m}" for m in ("GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+
+    def incr(self, method: str) -> None:
+        self._counters[self._names.get(method, "http.other")] += 1

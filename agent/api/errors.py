@@ -90,6 +90,7 @@ def error_boundary(handler: Handler) -> Handler:
     """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
+        request.app["telemetry"].incr(request.method)
         try:
             return await handler(request)
         except web.HTTPException:

@@ -8,6 +8,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -56,23 +57,21 @@ class Client:
         self.base = resolve_addr(addr)
         self.timeout = timeout
 
-    def call(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
-             raw: bytes | None = None, ok404: bool = False) -> Response:
+    def _open(self, method: str, path: str, params: dict[str, Any] | None, data: bytes | None,
+              timeout: float | None, ok404: bool = False) -> Any:
+        """The open urllib response; errors become one-line CLIErrors (a 404 is returned when `ok404`)."""
         url = self.base + urllib.parse.quote(path, safe="/:@")
         if params:
             query = [(k, "" if v is True else str(v)) for k, v in params.items() if v not in (None, False)]
             if query:
                 url += "?" + urllib.parse.urlencode(query).replace("=&", "&").rstrip("=")
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(url, data=data, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return Response(resp.status, resp.read(), dict(resp.headers))
+            return urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as e:
-            payload = e.read()
             if e.code == 404 and ok404:
-                return Response(404, payload, dict(e.headers))
-            message = payload.decode(errors="replace").strip().splitlines()
+                return e
+            message = e.read().decode(errors="replace").strip().splitlines()
             raise CLIError(f"{method} {path}: {e.code} {message[0] if message else e.reason}") from None
         except urllib.error.URLError as e:
             reason = e.reason
@@ -85,6 +84,23 @@ class Client:
             raise CLIError(f"cannot reach the agent at {self.base}: {text}") from None
         except (TimeoutError, ConnectionError) as e:
             raise CLIError(f"cannot reach the agent at {self.base}: {e}") from None
+
+    def call(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
+             raw: bytes | None = None, ok404: bool = False) -> Response:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        resp = self._open(method, path, params, data, self.timeout, ok404)
+        try:
+            with resp:
+                status = resp.status if hasattr(resp, "status") else resp.code
+                return Response(status, resp.read(), dict(resp.headers))
+        except (TimeoutError, ConnectionError) as e:
+            raise CLIError(f"cannot reach the agent at {self.base}: {e}") from None
+
+    def stream(self, path: str, *, params: dict[str, Any] | None = None) -> Iterator[str]:
+        """Lines of a streaming answer (/v1/agent/monitor), as they arrive, until the agent closes it."""
+        with self._open("GET", path, params, None, None) as resp:
+            for line in resp:
+                yield line.decode(errors="replace").rstrip("\n")
 
     def get(self, path: str, **kw: Any) -> Response:
         return self.call("GET", path, **kw)

@@ -19,6 +19,7 @@ from proconsul.agent.cli import (
     intention,
     kv,
     members,
+    monitor,
     operator,
     services,
     snapshot,
@@ -34,7 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (agent, members, operator, catalog, services, kv, snapshot, intention, connect, tls, troubleshoot):
+for _group in (agent, members, monitor, operator, catalog, services, kv, snapshot, intention, connect, tls, troubleshoot):
     _group.register(app)
 
 

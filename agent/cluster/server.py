@@ -127,6 +127,8 @@ class ServerRole:
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
         self._index_times: deque[tuple[float, int]] = deque(maxlen=4096)
         self._encoded: OrderedDict[tuple[str, bytes], tuple[int, int, bytes]] = OrderedDict()
+        # (command kind, milliseconds to commit) after each write this server led: the agent's metrics.
+        self.observe: Callable[[str, float], None] | None = None
 
     # ------------------------------------------------------------------ writes
     async def apply(self, cmd: c.Command) -> Any:
@@ -137,7 +139,10 @@ class ServerRole:
             stamped = cmd
             if any(f.name == "now" for f in dataclasses.fields(cmd)):
                 stamped = dataclasses.replace(cmd, now=time.time())
+            started = time.perf_counter()
             result = await self.replicator.propose(stamped)
+            if self.observe is not None:
+                self.observe(type(cmd).__name__, (time.perf_counter() - started) * 1000.0)
             if isinstance(result, CatalogError):
                 raise result
             return result

@@ -381,6 +381,7 @@ class LocalState:
             checks = [ce for ce in self._checks.values() if ce.row["ServiceID"] == sid]
             await self._apply(c.Register(node=self._node_body(), service=e.row,
                                          checks=[ce.row for ce in checks], skip_node_update=True))
+            log.info("synced service %s", sid)  # Consul's "Synced service" line
             e.in_sync = True
             for ce in checks:
                 ce.in_sync, ce.deferred_until = True, 0.0
