@@ -138,6 +138,56 @@ def _health_service(s: StateStore, a: Args) -> tuple[int, Any]:
     return idx, out
 
 
+def _gateway_entry(s: StateStore, name: str) -> dict[str, Any] | None:
+    for kind in ("ingress-gateway", "terminating-gateway"):
+        row = s.table_get("config_entries", f"{kind}/{name}")[1]
+        if row is not None:
+            return row
+    return None
+
+
+def _gateway_services(s: StateStore, a: Args) -> tuple[int, Any]:
+    """Consul's /v1/catalog/gateway-services/:gateway: the services an ingress or terminating gateway's
+    config entry routes to (a wildcard `*` stands for every service of the catalog)."""
+    idx = s.table_index("config_entries", st.SERVICES)
+    entry = _gateway_entry(s, a["gateway"])
+    if entry is None:
+        return idx, []
+    gateway = {"Name": a["gateway"], "Namespace": "default", "Partition": "default"}
+    out = []
+    if entry["Kind"] == "ingress-gateway":
+        for lst in entry.get("Listeners") or []:
+            for svc in lst.get("Services") or []:
+                names = sorted(s.service_names()) if svc.get("Name") == "*" else [svc.get("Name", "")]
+                for name in names:
+                    out.append({"Gateway": gateway, "Service": {"Name": name, "Namespace": "default",
+                                                                "Partition": "default"},
+                                "GatewayKind": "ingress-gateway", "Port": lst.get("Port", 0),
+                                "Protocol": lst.get("Protocol", "tcp"), "Hosts": svc.get("Hosts"),
+                                "FromWildcard": svc.get("Name") == "*"})
+    else:
+        for svc in entry.get("Services") or []:
+            out.append({"Gateway": gateway, "Service": {"Name": svc.get("Name", ""), "Namespace": "default",
+                                                        "Partition": "default"},
+                        "GatewayKind": "terminating-gateway", "CAFile": svc.get("CAFile", ""),
+                        "CertFile": svc.get("CertFile", ""), "KeyFile": svc.get("KeyFile", ""),
+                        "SNI": svc.get("SNI", "")})
+    return idx, out
+
+
+def _health_ingress(s: StateStore, a: Args) -> tuple[int, Any]:
+    """Consul's /v1/health/ingress/:service: the ingress gateways (their instances and checks) that expose
+    `name`, per the ingress-gateway config entries."""
+    _, rows = s.table_list("config_entries")
+    gateways = [r["Name"] for r in rows if r["Kind"] == "ingress-gateway" and any(
+        svc.get("Name") in (a["name"], "*") for lst in r.get("Listeners") or [] for svc in lst.get("Services") or [])]
+    idx = s.table_index("config_entries", st.NODES, st.SERVICES, st.CHECKS)
+    out = []
+    for gw in sorted(gateways):
+        out += _health_service(s, {"name": gw, "passing": a.get("passing")})[1]
+    return idx, out
+
+
 def _health_state(s: StateStore, a: Args) -> tuple[int, Any]:
     idx, checks = s.checks_in_state(a["state"])
     if a.get("node_meta"):
@@ -236,6 +286,8 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("config.list", _config_list, ("config_entries",)),
     Query("config.get", _config_get, ("config_entries",)),
     Query("connect.roots", _connect_roots, ("ca_roots", "ca_config")),
+    Query("catalog.gateway_services", _gateway_services, ("config_entries", st.SERVICES)),
+    Query("health.ingress", _health_ingress, ("config_entries", st.NODES, st.SERVICES, st.CHECKS)),
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
 )}

@@ -117,6 +117,11 @@ async def service(request: web.Request) -> web.Response:
         "name": request.match_info["name"], "tags": _tags(request), "node_meta": node_meta_filter(request)})
 
 
+@routes.get("/v1/catalog/gateway-services/{gateway}")
+async def gateway_services(request: web.Request) -> web.Response:
+    return await run_query(request, "catalog.gateway_services", {"gateway": request.match_info["gateway"]})
+
+
 @routes.get("/v1/catalog/connect/{name}")
 @cached_read
 async def connect_service(request: web.Request) -> web.Response:

@@ -26,9 +26,17 @@ async def checks(request: web.Request) -> web.Response:
                                                       "node_meta": node_meta_filter(request)})
 
 
+@routes.get("/v1/health/ingress/{name}")
+async def ingress(request: web.Request) -> web.Response:
+    return await run_query(request, "health.ingress", {"name": request.match_info["name"],
+                                                       "passing": flag(request, "passing")})
+
+
 @routes.get("/v1/health/service/{name}")
 @cached_read
 async def service(request: web.Request) -> web.Response:
+    if request.query.get("peer"):  # no cluster peering: nothing is imported from a peer, as Consul answers
+        return await run_query(request, "health.service", {"name": "", "tags": None, "passing": False})
     return await run_query(request, "health.service", {
         "name": request.match_info["name"], "tags": _tags(request), "passing": flag(request, "passing"),
         "node_meta": node_meta_filter(request)})

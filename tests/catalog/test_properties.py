@@ -60,7 +60,8 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
     out += [("catalog.nodes", {}), ("catalog.nodes", {"node_meta": [["rack", "1"]]}), ("catalog.services", {}),
             ("catalog.services", {"node_meta": [["rack", "2"]]}), ("session.list", {}),
             ("config.list", {"kind": "service-defaults"}), ("config.get", {"kind": "service-defaults", "name": "web"}),
-            ("connect.roots", {})]
+            ("connect.roots", {}), ("catalog.gateway_services", {"gateway": "gw"}),
+            ("health.ingress", {"name": "web"})]
     for i in range(4):
         out.append(("session.info", {"id": f"s{i}"}))
     assert {q for q, _ in out} >= set(QUERIES) - {"table.list", "table.get"}, "a query is not covered"

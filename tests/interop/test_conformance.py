@@ -106,3 +106,18 @@ def test_monitor_streams_log_lines(agent: AgentProcess) -> None:
     stop.set()
     entry = json.loads(lines[0])
     assert {"@level", "@message", "@module", "@timestamp"} <= set(entry)
+
+
+def test_gateway_services_ingress_health_and_peer_answer_as_consul(agent: AgentProcess) -> None:
+    assert agent.get("/v1/catalog/gateway-services/none")[1] == []
+    status, body, headers = agent.request("GET", "/v1/health/service/web-f?peer=other")
+    assert (status, body) == (200, []) and "X-Consul-Index" in headers
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": 8080, "Protocol": "http", "Services": [{"Name": "web-f", "Hosts": ["web.example"]}]}]})[0] == 200
+    assert agent.put("/v1/agent/service/register", {"Name": "ig", "Kind": "ingress-gateway", "Port": 8080})[0] == 200
+    gws = agent.get("/v1/catalog/gateway-services/ig")[1]
+    assert [(g["Service"]["Name"], g["GatewayKind"], g["Port"], g["Hosts"]) for g in gws] == \
+        [("web-f", "ingress-gateway", 8080, ["web.example"])]
+    wait_for(lambda: agent.get("/v1/health/ingress/web-f")[1], message="the gateway in health/ingress")
+    assert agent.get("/v1/health/ingress/web-f")[1][0]["Service"]["Service"] == "ig"
+    assert agent.get("/v1/health/ingress/other")[1] == []
