@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian packages the test suite drives for real: dig (DNS tests), openssl, wrk (benchmark smoke test).
-TEST_DEBS := bind9-dnsutils openssl wrk
+TEST_DEBS := bind9-dnsutils openssl wrk curl
 PYTEST_ARGS ?=
 
 .PHONY: dev test install lint bench clean debs

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.errors import BadRequest, HTTPError
-from proconsul.agent.api.params import check_common
+from proconsul.agent.api.params import check_common, uint_param
 from proconsul.agent.api.responses import json_response
+from proconsul.agent.profile import sample_stacks
 
 routes = web.RouteTableDef()
 
@@ -53,3 +56,17 @@ async def debug_partition(request: web.Request) -> web.Response:
         raise BadRequest("Block must be a list of member names")
     agent.cluster.partition(names)
     return json_response(request, {"Blocked": sorted(names)})
+
+
+@routes.get("/v1/agent/debug/profile")
+async def debug_profile(request: web.Request) -> web.Response:
+    """A CPU profile of the agent (only with `enable_debug`): `?seconds=N` (1-60) of sampled stacks of its
+    event loop, collapsed for flame-graph tools."""
+    agent = request.app["agent"]
+    if not agent.config.enable_debug:
+        raise HTTPError("debug endpoints are disabled on this agent (set enable_debug = true)", 403)
+    seconds = uint_param(request, "seconds", 10)
+    if not 1 <= seconds <= 60:
+        raise BadRequest("seconds must be between 1 and 60")
+    text = await asyncio.to_thread(sample_stacks, float(seconds))
+    return web.Response(text=text, content_type="text/plain")

@@ -93,6 +93,7 @@ class ServerEndpoints:
             if not args.get("stale"):
                 await self.cluster.host.consistent_read()
             store = self.server().store
-            return [store.last_index, snapshot.write(store.snapshot(), store.last_index, self.cluster.host.config.datacenter)]
+            return [store.last_index, snapshot.write_archive(store.snapshot(), store.last_index,
+                                                             self.cluster.host.config.datacenter)]
 
         return await self.cluster.on_leader("snapshot.save", args, here, idempotent=True)
