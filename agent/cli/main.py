@@ -30,6 +30,7 @@ from proconsul.agent.cli import (
     tls,
     troubleshoot,
     validate,
+    watch,
 )
 
 app = typer.Typer(
@@ -40,7 +41,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (agent, members, monitor, debug, lock, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
+for _group in (agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
                intention, connect, tls, troubleshoot):
     _group.register(app)
 

@@ -81,3 +81,28 @@ def test_snapshot_is_consuls_archive_and_old_files_still_restore(agent: AgentPro
     ok(agent, "kv", "delete", "snap/a")
     ok(agent, "snapshot", "restore", str(tmp_path / "s.snap"))
     assert ok(agent, "kv", "get", "snap/a").strip() == "1"
+
+
+def test_watch_prints_or_runs_its_handler_on_each_change(agent: AgentProcess, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from support import CLI, wait_for
+
+    ok(agent, "kv", "put", "watched/k", "v1")
+    printed = json.loads(ok(agent, "watch", "-type", "key", "-key", "watched/k"))
+    assert base64.b64decode(printed[0]["Value"]) == b"v1"
+    out = tmp_path / "seen"
+    proc = subprocess.Popen([*CLI, "watch", "-http-addr", agent.addr, "-type", "keyprefix", "-prefix", "watched/",
+                             "sh", "-c", f"cat >> {out}; echo >> {out}"], stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: out.exists() and out.read_text().count("\n") >= 1, 10, message="the first run")
+        ok(agent, "kv", "put", "watched/k", "v2")
+        wait_for(lambda: out.read_text().count("\n") >= 2, 10, message="a run after the change")
+        values = [base64.b64decode(json.loads(ln)[0]["Value"]) for ln in out.read_text().splitlines() if ln]
+        assert values[:2] == [b"v1", b"v2"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert sys.executable
