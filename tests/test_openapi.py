@@ -4,8 +4,8 @@ never get a 5xx (every bad input is a 4xx naming what is wrong)."""
 from __future__ import annotations
 
 import copy
-import os
 import json
+import os
 from pathlib import Path
 
 import pytest
