@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from proconsul.agent.cluster import autopilot
 from proconsul.agent.config.model import TLS_KEYS, AgentConfig, ConfigError, TLSSettings
 from proconsul.agent.config.values import (
     as_bool,
@@ -248,6 +249,17 @@ def _keep_dict(attr: str) -> Setter:
     return setter
 
 
+def _autopilot(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: autopilot must be an object")
+    merged = {**cfg.autopilot, **value}
+    try:
+        autopilot.checked({"".join(p[:1].upper() + p[1:] for p in k.split("_")): v for k, v in merged.items()})
+    except autopilot.InvalidSetting as e:
+        raise ConfigError(f"{src}: autopilot: {e}") from None
+    cfg.autopilot.update(value)
+
+
 def _telemetry(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     if not isinstance(value, dict):
         raise ConfigError(f"{src}: telemetry must be an object")
@@ -346,7 +358,7 @@ KEYS: dict[str, Setter] = {
     "primary_datacenter": _primary_datacenter,
     "gossip_lan": _keep_dict("gossip_lan"),
     "gossip_wan": _keep_dict("gossip_wan"),
-    "autopilot": _keep_dict("autopilot"),
+    "autopilot": _autopilot,
     "telemetry": _telemetry,
     "check_output_max_size": _set("check_output_max_size", _at_least_one),
     "discard_check_output": _set("discard_check_output", as_bool),
