@@ -10,7 +10,7 @@ from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.errors import BadRequest, HTTPError
 from proconsul.agent.api.params import check_common, uint_param
 from proconsul.agent.api.responses import json_response
-from proconsul.agent.profile import sample_stacks
+from proconsul.agent.observe.profile import sample_stacks
 
 routes = web.RouteTableDef()
 

@@ -15,7 +15,7 @@ from proconsul.agent.config.model import AgentConfig, ConfigError
 
 
 def _setup_logging(cfg: AgentConfig) -> None:
-    from proconsul.agent.logs import configure
+    from proconsul.agent.observe.logs import configure
 
     try:
         configure(cfg)
