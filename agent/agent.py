@@ -33,8 +33,8 @@ from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
 from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
-from proconsul.agent.logs import LogMonitor, level_number
-from proconsul.agent.telemetry import Telemetry
+from proconsul.agent.observe.logs import LogMonitor, level_number
+from proconsul.agent.observe.telemetry import Telemetry
 from proconsul.catalog.store import CRITICAL, StateStore
 
 log = logging.getLogger("proconsul.agent")

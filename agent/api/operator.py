@@ -1,4 +1,4 @@
-"""/v1/operator/raft/*: the Raft configuration, removing a peer, leadership transfer."""
+"""/v1/operator/*: the Raft configuration, removing a peer, leadership transfer, autopilot, usage, keyring."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from proconsul.agent.api.params import check_common, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.cluster import autopilot as ap
 from proconsul.agent.cluster.autopilot_driver import META_KEY, config_from_file
-from proconsul.agent.profile import sample_stacks
+from proconsul.agent.observe.profile import sample_stacks
 from proconsul.catalog import commands as c
 
 routes = web.RouteTableDef()

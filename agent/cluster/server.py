@@ -1,7 +1,7 @@
 """The server role: the state store as a replicated state machine, blocking reads, leader duties.
 
 Writes go through a `Replicator` (a single-node log in dev mode today; Raft in a cluster), which
-hands committed commands to the store's `apply`. Reads run named queries (agent/queries.py) against
+hands committed commands to the store's `apply`. Reads run named queries (catalog/queries.py) against
 the local store and block, without polling, until the answer's index passes the caller's.
 Leader-only work — session TTLs, tombstone reaping — happens by proposing commands, with times
 stamped here so that `apply` stays deterministic.
