@@ -26,7 +26,7 @@ from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, Upstre
 from proconsul.connect.proxy.config import Upstream
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.metrics import Link
-from proconsul.connect.proxy.tls import peer_uri, sni_name
+from proconsul.connect.proxy.tls import MeshClientContext, peer_cert, peer_uri, resumption_refusal, sni_name
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
@@ -56,7 +56,15 @@ class InboundSide(Side):
         super().connection_made(transport)
         rt = self.rt
         self.started = time.monotonic()
-        self.uri = peer_uri(transport.get_extra_info("ssl_object")) or ""
+        ssl_object = transport.get_extra_info("ssl_object")
+        cert = peer_cert(ssl_object)
+        self.uri = cert.uri if cert is not None else ""
+        if ssl_object is not None and ssl_object.session_reused:
+            made = ssl_object.session.time if rt.trust_reduced_at else 0.0  # reading .session costs a parse
+            why = resumption_refusal(cert, made, time.time(), rt.trust_reduced_at)
+            if why:
+                self._refuse(self.uri, why)
+                return
         policy = rt.policy
         if policy is None:
             self._refuse("unknown", "intentions are not loaded yet")
@@ -68,6 +76,8 @@ class InboundSide(Side):
             return
         self.link = link = rt.metrics.inbound_link(decision.source)
         link.connections += 1
+        if ssl_object is not None and ssl_object.session_reused:
+            link.resumed += 1
         link.active += 1
         self.on_bytes = self._count_in
         rt.inbound_opened(self)
@@ -122,7 +132,38 @@ class InboundSide(Side):
 
 
 class _UpstreamTLS(Side):
-    """The mTLS side of an outbound connection (to the destination's sidecar)."""
+    """The mTLS side of an outbound connection (to the destination's sidecar). When the context wants
+    this connection's TLS session, it is handed back once the server's first bytes arrive (its session
+    ticket precedes them) or at the close."""
+
+    __slots__ = ("_ctx", "_key", "_ssl_object")
+
+    def __init__(self, ctx: MeshClientContext, key: str) -> None:
+        super().__init__()
+        self._ctx: MeshClientContext | None = ctx
+        self._key = key
+        self._ssl_object: object = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._ssl_object = ssl_object = transport.get_extra_info("ssl_object")
+        if self._ctx is not None and not self._ctx.wants_session(self._key, ssl_object, time.monotonic()):
+            self._ctx = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._ctx is not None:
+            self._keep_session()
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ctx is not None and exc is None:
+            self._keep_session()
+        super().connection_lost(exc)
+
+    def _keep_session(self) -> None:
+        assert self._ctx is not None
+        self._ctx.keep_session(self._key, self._ssl_object, time.monotonic())
+        self._ctx = None
 
 
 class UpstreamSide(Side):
@@ -210,17 +251,22 @@ class UpstreamSide(Side):
         rt, up = self.rt, self.upstream
         loop = asyncio.get_running_loop()
         ctx = rt.client_ctx
-        if ctx is None:
+        if not isinstance(ctx, MeshClientContext):
             raise RefusedConnection("no leaf certificate yet")
+        key = f"{inst.id}@{inst.address}:{inst.port}"
+        ctx.offer_session(key)
         async with asyncio.timeout(up.connect_timeout):
             transport, remote = await loop.create_connection(
-                _UpstreamTLS, inst.address, inst.port, ssl=ctx,
+                lambda: _UpstreamTLS(ctx, key), inst.address, inst.port, ssl=ctx,
                 server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter, rt.trust_domain),
                 ssl_handshake_timeout=up.connect_timeout)
-        uri = peer_uri(transport.get_extra_info("ssl_object")) or ""
+        ssl_object = transport.get_extra_info("ssl_object")
+        uri = peer_uri(ssl_object) or ""
         if not rt.is_identity_of(uri, inst.service):
             transport.abort()
             raise RefusedConnection(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
+        if ssl_object.session_reused:
+            self.link.resumed += 1
         return remote
 
     def connection_lost(self, exc: Exception | None) -> None:

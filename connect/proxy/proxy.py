@@ -199,6 +199,7 @@ class Proxy:
             return
         changed = rt.trust_domain and rt.trust_domain != creds.trust_domain
         rt.trust_domain = creds.trust_domain
+        rt.trust_roots(creds.root_ids, time.time())
         rt.client_ctx = client
         log.info("TLS: leaf serial %s, %d root(s) trusted", self._leaf.get("SerialNumber", "?"), len(creds.root_ids))
         if changed or (rt.policy is not None and rt.policy.trust_domain != creds.trust_domain):

@@ -57,6 +57,8 @@ class Runtime:
         self.http_connections = InstanceConnections()  # HTTP mode: kept-alive mTLS connections upstream
         self.policy: IntentionPolicy | None = None
         self.client_ctx: ssl.SSLContext | None = None
+        self.root_ids: tuple[str, ...] = ()
+        self.trust_reduced_at = 0.0  # unix time a root last left the trusted set (resumed sessions before it: refused)
         self.pools: dict[str, UpstreamPool] = {
             u.key: UpstreamPool(u.destination_name, u.lb_policy, config.outlier) for u in config.upstreams}
         self.metrics = ProxyMetrics(config.service)
@@ -87,6 +89,12 @@ class Runtime:
     def service_uri(self) -> str:
         """This proxy's own SPIFFE ID (its service's identity)."""
         return f"spiffe://{self.trust_domain}/ns/default/dc/{self.datacenter}/svc/{self.config.service}"
+
+    def trust_roots(self, root_ids: tuple[str, ...], now: float) -> None:
+        """The roots trusted from now on; a root that left makes older resumed sessions unusable."""
+        if set(self.root_ids) - set(root_ids):
+            self.trust_reduced_at = now
+        self.root_ids = root_ids
 
     # ------------------------------------------------------------------ identities and refusals
     def is_identity_of(self, uri: str, service: str) -> bool:

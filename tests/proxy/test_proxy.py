@@ -292,3 +292,13 @@ def test_troubleshoot_names_the_first_broken_link(mesh: Mesh) -> None:
         assert last["Step"] == "intention" and not last["OK"] and "web => db (precedence 9, deny)" in last["Detail"]
     finally:
         mesh.intention("web", "db", "allow")
+
+
+def test_new_connections_resume_tls_sessions(mesh: Mesh) -> None:
+    """The second and later connections to a sidecar skip the certificate exchange (and still carry identity)."""
+    before = mesh.proxies["web"].admin("/stats")["Upstreams"]["echo"]["TLSResumed"]
+    inbound_before = mesh.proxies["echo"].admin("/stats")["Inbound"]["web"]["TLSResumed"]
+    for i in range(5):
+        assert exchange(mesh.echo_up, b"resume-%d" % i) == b"resume-%d" % i
+    assert mesh.proxies["web"].admin("/stats")["Upstreams"]["echo"]["TLSResumed"] >= before + 4
+    assert mesh.proxies["echo"].admin("/stats")["Inbound"]["web"]["TLSResumed"] >= inbound_before + 4
