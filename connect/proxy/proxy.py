@@ -237,25 +237,17 @@ class Proxy:
         cfg = rt.config
         assert self._server_ctx is not None
         try:
-            if cfg.protocol == "http":
-                server = await asyncio.start_server(
-                    lambda r, w: http.serve_inbound(rt, r, w), cfg.bind_address, cfg.bind_port,
-                    ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
-                    ssl_handshake_timeout=cfg.handshake_timeout)
-            else:
-                server = await loop.create_server(listeners.inbound_factory(rt), cfg.bind_address, cfg.bind_port,
-                                                  ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
-                                                  ssl_handshake_timeout=cfg.handshake_timeout)
+            inbound = http.inbound_factory(rt) if cfg.protocol == "http" else listeners.inbound_factory(rt)
+            server = await loop.create_server(inbound, cfg.bind_address, cfg.bind_port,
+                                              ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
+                                              ssl_handshake_timeout=cfg.handshake_timeout)
             self._servers["public"] = server
             self.public_port = server.sockets[0].getsockname()[1]
             for up in cfg.upstreams:
-                if up.protocol == "http":
-                    server = await asyncio.start_server(
-                        lambda r, w, up=up: http.serve_upstream(rt, up, r, w), up.local_bind_address,
-                        up.local_bind_port, reuse_address=True, backlog=1024)
-                else:
-                    server = await loop.create_server(listeners.upstream_factory(rt, up), up.local_bind_address,
-                                                      up.local_bind_port, reuse_address=True, backlog=1024)
+                factory = http.upstream_factory(rt, up) if up.protocol == "http" else \
+                    listeners.upstream_factory(rt, up)
+                server = await loop.create_server(factory, up.local_bind_address, up.local_bind_port,
+                                                  reuse_address=True, backlog=1024)
                 self._servers[up.key] = server
                 self.upstream_ports[up.destination_name] = server.sockets[0].getsockname()[1]
             if self.admin_port >= 0:
