@@ -20,7 +20,7 @@ from proconsul.connect.errors import InvalidSpiffeID
 from proconsul.connect.proxy.authz import IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
 from proconsul.connect.proxy.budget import RetryBudget
-from proconsul.connect.proxy.config import ProxyConfig
+from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
 from proconsul.connect.proxy.metrics import ProxyMetrics
 from proconsul.connect.spiffe import parse_service
@@ -61,12 +61,27 @@ class Runtime:
         self.trust_reduced_at = 0.0  # unix time a root last left the trusted set (resumed sessions before it: refused)
         self.pools: dict[str, UpstreamPool] = {
             u.key: UpstreamPool(u.destination_name, u.lb_policy, config.outlier) for u in config.upstreams}
+        self.upstreams: dict[str, Upstream] = {u.key: u for u in config.upstreams}
         self.metrics = ProxyMetrics(config.service)
         self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.refusals: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
         self.revoked = 0  # open connections closed because an intention turned to deny
         self._inbound: dict[str, set[OpenConnection]] = {}  # by client certificate URI
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """A new registration: new connections follow it at once; upstreams that stay keep their pool
+        (instances, ejections), and open connections are left alone."""
+        pools = {}
+        for u in config.upstreams:
+            pool = self.pools.get(u.key) or UpstreamPool(u.destination_name, u.lb_policy, config.outlier)
+            pool.policy, pool.outlier = u.lb_policy, config.outlier
+            pools[u.key] = pool
+        if config.retry != self.config.retry:
+            self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
+        self.pools = pools
+        self.upstreams = {u.key: u for u in config.upstreams}
+        self.config = config
 
     # ------------------------------------------------------------------ tasks
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

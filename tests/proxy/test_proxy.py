@@ -302,3 +302,43 @@ def test_new_connections_resume_tls_sessions(mesh: Mesh) -> None:
         assert exchange(mesh.echo_up, b"resume-%d" % i) == b"resume-%d" % i
     assert mesh.proxies["web"].admin("/stats")["Upstreams"]["echo"]["TLSResumed"] >= before + 4
     assert mesh.proxies["echo"].admin("/stats")["Inbound"]["web"]["TLSResumed"] >= inbound_before + 4
+
+
+def test_registration_changes_apply_without_a_restart(mesh: Mesh) -> None:
+    """Upstreams added and removed in the registration: listeners come and go within seconds, the
+    proxy keeps its PID, and a connection opened before the change keeps working."""
+    pid = mesh.proxies["web"].proc.pid
+    web = mesh.agent.get("/v1/agent/service/web")[1]
+    moved = free_port()
+
+    def register(echo_port: int) -> None:
+        assert mesh.agent.put("/v1/agent/service/register", {
+            "Name": "web", "Port": web["Port"], "Connect": {"SidecarService": {"Proxy": {"Upstreams": [
+                {"DestinationName": "db", "LocalBindPort": mesh.db_up},
+                {"DestinationName": "echo", "LocalBindPort": echo_port,
+                 "Config": {"connect_timeout_ms": 2000}}]}}}})[0] == 200
+
+    def refused(port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+
+    before = socket.create_connection(("127.0.0.1", mesh.echo_up), timeout=5)
+    try:
+        before.sendall(b"opened-before")
+        assert before.recv(100) == b"opened-before"
+        register(moved)
+        wait_for(lambda: exchange(moved, b"moved") == b"moved", 10, message="the new upstream listener")
+        wait_for(lambda: refused(mesh.echo_up), 10, message="the removed listener to close")
+        before.sendall(b"still-open")
+        assert before.recv(100) == b"still-open"
+        assert http_get(mesh.db_up, "/unchanged")[0] == 200
+        assert mesh.proxies["web"].proc.pid == pid and mesh.proxies["web"].proc.poll() is None
+        assert "proxy configuration changed: 1 upstream(s) added, 1 removed" in mesh.proxies["web"].log()
+    finally:
+        before.close()
+        register(mesh.echo_up)
+    wait_for(lambda: exchange(mesh.echo_up, b"back") == b"back", 10, message="the original upstream again")
+    wait_for(lambda: refused(moved), 10, message="the moved listener to close")
