@@ -430,6 +430,7 @@ class Front(asyncio.Protocol):
         ex = self.queue.popleft() if self.queue else None
         if ex is not None:
             self.done(ex)
+            self.abandon(ex)  # the instance's request is over; the tunnel is a connection of its own
         self.tunnel_back = back
         back.tunnel = self
         back.exchange = None
