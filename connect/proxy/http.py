@@ -33,6 +33,7 @@ from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, Upstre
 from proconsul.connect.proxy.config import Upstream
 from proconsul.connect.proxy.metrics import Link
 from proconsul.connect.proxy.tls import MeshClientContext, peer_cert, peer_uri, resumption_refusal, sni_name
+from proconsul.connect.proxy.tlsproto import connect_tls
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
@@ -649,16 +650,16 @@ class UpstreamFront(Front):
         if not isinstance(ctx, MeshClientContext):
             raise UpstreamFailure("no leaf certificate yet")
         ctx.offer_session(key)
-        loop = asyncio.get_running_loop()
         link = self.link.link
+        back = Back(link, key, ctx)
         async with asyncio.timeout(up.connect_timeout):
-            transport, back = await loop.create_connection(
-                lambda: Back(link, key, ctx), inst.address, inst.port, ssl=ctx, ssl_handshake_timeout=up.connect_timeout,
-                server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter, rt.trust_domain))
-        ssl_object = transport.get_extra_info("ssl_object")
+            tls = await connect_tls(ctx, back, inst.address, inst.port, handshake_timeout=up.connect_timeout,
+                                    server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter,
+                                                             rt.trust_domain))
+        ssl_object = tls.sslobj
         uri = peer_uri(ssl_object) or ""
         if not rt.is_identity_of(uri, inst.service):
-            transport.abort()
+            tls.abort()
             raise UpstreamFailure(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
         if ssl_object.session_reused:
             link.resumed += 1

@@ -27,6 +27,7 @@ from proconsul.connect.proxy.config import Upstream
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.metrics import Link
 from proconsul.connect.proxy.tls import MeshClientContext, peer_cert, peer_uri, resumption_refusal, sni_name
+from proconsul.connect.proxy.tlsproto import connect_tls
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
@@ -249,21 +250,20 @@ class UpstreamSide(Side):
 
     async def _connect(self, inst: Instance) -> Side:
         rt, up = self.rt, self.upstream
-        loop = asyncio.get_running_loop()
         ctx = rt.client_ctx
         if not isinstance(ctx, MeshClientContext):
             raise RefusedConnection("no leaf certificate yet")
         key = f"{inst.id}@{inst.address}:{inst.port}"
         ctx.offer_session(key)
+        remote = _UpstreamTLS(ctx, key)
         async with asyncio.timeout(up.connect_timeout):
-            transport, remote = await loop.create_connection(
-                lambda: _UpstreamTLS(ctx, key), inst.address, inst.port, ssl=ctx,
-                server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter, rt.trust_domain),
-                ssl_handshake_timeout=up.connect_timeout)
-        ssl_object = transport.get_extra_info("ssl_object")
+            tls = await connect_tls(ctx, remote, inst.address, inst.port, handshake_timeout=up.connect_timeout,
+                                    server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter,
+                                                             rt.trust_domain))
+        ssl_object = tls.sslobj
         uri = peer_uri(ssl_object) or ""
         if not rt.is_identity_of(uri, inst.service):
-            transport.abort()
+            tls.abort()
             raise RefusedConnection(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
         if ssl_object.session_reused:
             self.link.resumed += 1

@@ -34,6 +34,7 @@ from proconsul.connect.proxy.config import (
 )
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
+from proconsul.connect.proxy.tlsproto import TLSProtocol
 
 log = logging.getLogger("proconsul.proxy")
 
@@ -345,9 +346,15 @@ class Proxy:
         if old is not None:
             old.close()  # open connections stay; new ones go to the new address
         l4, l7 = listeners.inbound_factory(rt), http.inbound_factory(rt)
-        server = await asyncio.get_running_loop().create_server(
-            lambda: l7() if rt.config.protocol == "http" else l4(), cfg.bind_address, cfg.bind_port,
-            ssl=self._server_ctx.listening, reuse_address=True, backlog=1024, ssl_handshake_timeout=cfg.handshake_timeout)
+        listening = self._server_ctx.listening
+
+        def protocol() -> TLSProtocol:
+            app = l7() if rt.config.protocol == "http" else l4()
+            return TLSProtocol(listening, app, server_side=True, handshake_timeout=rt.config.handshake_timeout,
+                               on_failure=rt.handshake_failed)
+
+        server = await asyncio.get_running_loop().create_server(protocol, cfg.bind_address, cfg.bind_port,
+                                                                reuse_address=True, backlog=1024)
         self._servers["public"] = server
         self.public_port = server.sockets[0].getsockname()[1]
 

@@ -68,6 +68,7 @@ class Runtime:
         self.revoked = 0  # open connections closed because an intention turned to deny
         self._inbound: dict[str, set[OpenConnection]] = {}  # by client certificate URI
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_handshake_log = -1e9
 
     def reconfigure(self, config: ProxyConfig) -> None:
         """A new registration: new connections follow it at once; upstreams that stay keep their pool
@@ -120,10 +121,23 @@ class Runtime:
             return False
         return ident.trust_domain == self.trust_domain and ident.service == service
 
-    def refused(self, source: str, reason: str) -> None:
-        self.metrics.inbound_link(source).refused += 1
+    def handshake_failed(self, tls: Any, exc: Exception) -> None:
+        """A client on the public listener did not complete mTLS (a foreign or expired certificate,
+        plain text, garbage, a timeout): counted and logged like any refusal."""
+        peer = tls.raw.get_extra_info("peername") if tls.raw is not None else None
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        now = time.monotonic()
+        loud = now - self._last_handshake_log >= 1.0  # a flood of garbage logs once a second, not per connection
+        if loud:
+            self._last_handshake_log = now
+        self.refused(f"unknown ({where})", f"TLS handshake failed: {reason}", log_it=loud)
+
+    def refused(self, source: str, reason: str, *, log_it: bool = True) -> None:
+        self.metrics.inbound_link(source.split(" (", 1)[0]).refused += 1
         self.refusals.append(Refusal(time.time(), source, self.config.service, reason))
-        log.warning("refused connection from %s to %s: %s", source, self.config.service, reason)
+        if log_it:
+            log.warning("refused connection from %s to %s: %s", source, self.config.service, reason)
 
     # ------------------------------------------------------------------ open inbound connections
     def inbound_opened(self, side: OpenConnection) -> None:

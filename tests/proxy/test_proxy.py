@@ -171,6 +171,9 @@ def test_public_listener_with_openssl_clients(mesh: Mesh, tmp_path: Path) -> Non
     res = _s_client(public, leaf_cert, leaf_key, ca, request)
     assert b"via-openssl" not in res.stdout
     assert b"alert" in res.stderr.lower() or res.returncode != 0
+    wait_for(lambda: any(r["Reason"].startswith("TLS handshake failed") for r in mesh.proxies["db"].admin("/refusals")),
+             5, message="the failed handshake to be recorded")
+    assert "TLS handshake failed" in mesh.proxies["db"].log()
 
     # 2. A valid leaf of a service that an intention denies: the handshake completes, then it is closed.
     mesh.intention("evil", "db", "deny")
@@ -196,6 +199,8 @@ def test_garbage_and_plaintext_on_the_public_port_do_not_hurt(mesh: Mesh) -> Non
                 pass
     assert mesh.proxies["db"].ready()
     assert http_get(mesh.db_up, "/after-garbage")[1]["path"] == "/after-garbage"
+    refusals = [r["Reason"] for r in mesh.proxies["db"].admin("/refusals")]
+    assert sum(r.startswith("TLS handshake failed") for r in refusals) >= 3, refusals
 
 
 def test_metrics_and_proxy_stats(mesh: Mesh) -> None:
