@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from proconsul.connect.proxy import h1
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.config import Upstream
+from proconsul.connect.proxy.dial import DialRefused, dial, instance_key
 from proconsul.connect.proxy.metrics import Link
-from proconsul.connect.proxy.tls import MeshClientContext, peer_cert, peer_uri, resumption_refusal, sni_name
-from proconsul.connect.proxy.tlsproto import connect_tls
+from proconsul.connect.proxy.tls import MeshClientContext
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
@@ -43,10 +43,6 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_QUEUED = 16  # pipelined requests read ahead of the one being served
 HIGH_WATER = 256 * 1024
-
-
-class UpstreamFailure(Exception):
-    """An attempt failed before a response began (connect, TLS, identity)."""
 
 
 def may_retry(method: bytes, status: int, held: bool, retry_on_5xx: bool) -> bool:
@@ -621,17 +617,17 @@ class UpstreamFront(Front):
         ex.inst = inst
         ex.tried.add(inst.id)
         pool.started(inst)
-        key = f"{inst.id}@{inst.address}:{inst.port}"
-        back = self.conns.take(key)
+        back = self.conns.take(instance_key(inst))
         if back is not None:
             ex.send_on(back, [], self.up.request_timeout)
         else:
-            rt.spawn(self._dial(ex, inst, key))
+            rt.spawn(self._dial(ex, inst))
 
-    async def _dial(self, ex: Exchange, inst: Instance, key: str) -> None:
+    async def _dial(self, ex: Exchange, inst: Instance) -> None:
+        link = self.link.link
         try:
-            back = await self._connect(inst, key)
-        except (OSError, TimeoutError, ssl.SSLError, UpstreamFailure) as e:
+            back = await dial(self.rt, self.up, inst, link, lambda ctx, key: Back(link, key, ctx))
+        except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
             if not self.closed:
                 ex.back_failed(f"{inst.address}:{inst.port}: {e or 'connect timed out'}")
             elif self.pool is not None:
@@ -643,27 +639,6 @@ class UpstreamFront(Front):
                 self.pool.finished(inst)
             return
         ex.send_on(back, [], self.up.request_timeout)
-
-    async def _connect(self, inst: Instance, key: str) -> Back:
-        rt, up = self.rt, self.up
-        ctx = rt.client_ctx
-        if not isinstance(ctx, MeshClientContext):
-            raise UpstreamFailure("no leaf certificate yet")
-        ctx.offer_session(key)
-        link = self.link.link
-        back = Back(link, key, ctx)
-        async with asyncio.timeout(up.connect_timeout):
-            tls = await connect_tls(ctx, back, inst.address, inst.port, handshake_timeout=up.connect_timeout,
-                                    server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter,
-                                                             rt.trust_domain))
-        ssl_object = tls.sslobj
-        uri = peer_uri(ssl_object) or ""
-        if not rt.is_identity_of(uri, inst.service):
-            tls.abort()
-            raise UpstreamFailure(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
-        if ssl_object.session_reused:
-            link.resumed += 1
-        return back
 
     def should_retry(self, ex: Exchange, status: int) -> bool:
         rt = self.rt
@@ -773,30 +748,12 @@ class InboundFront(Front):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         rt = self.rt
-        ssl_object = transport.get_extra_info("ssl_object")
-        cert = peer_cert(ssl_object)
-        self.uri = cert.uri if cert is not None else ""
-        if ssl_object is not None and ssl_object.session_reused:
-            made = ssl_object.session.time if rt.trust_reduced_at else 0.0
-            why = resumption_refusal(cert, made, time.time(), rt.trust_reduced_at)
-            if why:
-                self._refuse(self.uri or "unknown", why)
-                return
-        policy = rt.policy
-        if policy is None:
-            self._refuse(self.uri or "unknown", "intentions are not loaded yet")
-            return
-        decision = policy.connection(self.uri)
+        self.uri, decision = rt.admit(transport.get_extra_info("ssl_object"))
         self.source = decision.source
         if not decision.allowed:
             self._refuse(decision.source, decision.reason)
             return
-        link = rt.metrics.inbound_link(decision.source)
-        self.link = _Counts(link, inbound=True)
-        link.connections += 1
-        link.active += 1
-        if ssl_object is not None and ssl_object.session_reused:
-            link.resumed += 1
+        self.link = _Counts(rt.inbound_accepted(decision, transport.get_extra_info("ssl_object")), inbound=True)
         self._xfcc = f"x-forwarded-client-cert: By={rt.service_uri};URI={self.uri}\r\n".encode()
         rt.inbound_opened(self)
 

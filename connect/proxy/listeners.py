@@ -24,19 +24,15 @@ from typing import TYPE_CHECKING
 
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.config import Upstream
+from proconsul.connect.proxy.dial import DialRefused, dial
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.metrics import Link
-from proconsul.connect.proxy.tls import MeshClientContext, peer_cert, peer_uri, resumption_refusal, sni_name
-from proconsul.connect.proxy.tlsproto import connect_tls
+from proconsul.connect.proxy.tls import MeshClientContext
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
 
 log = logging.getLogger("proconsul.proxy")
-
-
-class RefusedConnection(Exception):
-    """An upstream sidecar presented an identity other than the destination's."""
 
 
 class InboundSide(Side):
@@ -57,29 +53,12 @@ class InboundSide(Side):
         super().connection_made(transport)
         rt = self.rt
         self.started = time.monotonic()
-        ssl_object = transport.get_extra_info("ssl_object")
-        cert = peer_cert(ssl_object)
-        self.uri = cert.uri if cert is not None else ""
-        if ssl_object is not None and ssl_object.session_reused:
-            made = ssl_object.session.time if rt.trust_reduced_at else 0.0  # reading .session costs a parse
-            why = resumption_refusal(cert, made, time.time(), rt.trust_reduced_at)
-            if why:
-                self._refuse(self.uri, why)
-                return
-        policy = rt.policy
-        if policy is None:
-            self._refuse("unknown", "intentions are not loaded yet")
-            return
-        decision = policy.connection(self.uri)
+        self.uri, decision = rt.admit(transport.get_extra_info("ssl_object"))
         self.source = decision.source
         if not decision.allowed:
             self._refuse(decision.source, decision.reason)
             return
-        self.link = link = rt.metrics.inbound_link(decision.source)
-        link.connections += 1
-        if ssl_object is not None and ssl_object.session_reused:
-            link.resumed += 1
-        link.active += 1
+        self.link = rt.inbound_accepted(decision, transport.get_extra_info("ssl_object"))
         self.on_bytes = self._count_in
         rt.inbound_opened(self)
         transport.pause_reading()
@@ -218,7 +197,7 @@ class UpstreamSide(Side):
             pool.started(inst)
             try:
                 remote = await self._connect(inst)
-            except (OSError, TimeoutError, ssl.SSLError, RefusedConnection) as e:
+            except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
                 pool.finished(inst)
                 last_error = f"{inst.address}:{inst.port}: {e or 'timed out'}"
                 if pool.failed(inst, time.monotonic()):
@@ -249,25 +228,7 @@ class UpstreamSide(Side):
         self.join(remote)
 
     async def _connect(self, inst: Instance) -> Side:
-        rt, up = self.rt, self.upstream
-        ctx = rt.client_ctx
-        if not isinstance(ctx, MeshClientContext):
-            raise RefusedConnection("no leaf certificate yet")
-        key = f"{inst.id}@{inst.address}:{inst.port}"
-        ctx.offer_session(key)
-        remote = _UpstreamTLS(ctx, key)
-        async with asyncio.timeout(up.connect_timeout):
-            tls = await connect_tls(ctx, remote, inst.address, inst.port, handshake_timeout=up.connect_timeout,
-                                    server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter,
-                                                             rt.trust_domain))
-        ssl_object = tls.sslobj
-        uri = peer_uri(ssl_object) or ""
-        if not rt.is_identity_of(uri, inst.service):
-            tls.abort()
-            raise RefusedConnection(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
-        if ssl_object.session_reused:
-            self.link.resumed += 1
-        return remote
+        return await dial(self.rt, self.upstream, inst, self.link, _UpstreamTLS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

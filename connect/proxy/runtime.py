@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proconsul.connect.errors import InvalidSpiffeID
-from proconsul.connect.proxy.authz import IntentionPolicy
+from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
 from proconsul.connect.proxy.budget import RetryBudget
 from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
-from proconsul.connect.proxy.metrics import ProxyMetrics
+from proconsul.connect.proxy.metrics import Link, ProxyMetrics
+from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
 from proconsul.connect.spiffe import parse_service
 
 
@@ -120,6 +121,29 @@ class Runtime:
         except InvalidSpiffeID:
             return False
         return ident.trust_domain == self.trust_domain and ident.service == service
+
+    def admit(self, ssl_object: Any) -> tuple[str, Decision]:
+        """Who is calling on the public listener and whether they may connect: the verified
+        certificate's SPIFFE ID, the rules for resumed sessions, then the intentions."""
+        cert = peer_cert(ssl_object)
+        uri = cert.uri if cert is not None else ""
+        if ssl_object is not None and ssl_object.session_reused:
+            made = ssl_object.session.time if self.trust_reduced_at else 0.0  # reading .session costs a parse
+            why = resumption_refusal(cert, made, time.time(), self.trust_reduced_at)
+            if why:
+                return uri, Decision(False, uri or "unknown", why)
+        if self.policy is None:
+            return uri, Decision(False, uri or "unknown", "intentions are not loaded yet")
+        return uri, self.policy.connection(uri)
+
+    def inbound_accepted(self, decision: Decision, ssl_object: Any) -> Link:
+        """Count an allowed inbound connection; its source's link."""
+        link = self.metrics.inbound_link(decision.source)
+        link.connections += 1
+        link.active += 1
+        if ssl_object is not None and ssl_object.session_reused:
+            link.resumed += 1
+        return link
 
     def handshake_failed(self, tls: Any, exc: Exception) -> None:
         """A client on the public listener did not complete mTLS (a foreign or expired certificate,

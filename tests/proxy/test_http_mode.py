@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, ProxyProcess, wait_passing
+from support_mesh import Backends, ProxyProcess, wait_passing, ws_echo
 
 pytestmark = pytest.mark.xdist_group("proxy-http")
 
@@ -194,19 +194,7 @@ def test_no_healthy_instance_is_a_prompt_503(mesh: HTTPMesh) -> None:
 
 def test_websockets_pass_in_http_mode(mesh: HTTPMesh) -> None:
     """An Upgrade becomes a byte tunnel once the server answers 101."""
-    import asyncio
-
-    import aiohttp
-
-    async def talk() -> list[str]:
-        async with aiohttp.ClientSession() as s, s.ws_connect(f"http://127.0.0.1:{mesh.api_up}/ws") as ws:
-            out = []
-            for i in range(3):
-                await ws.send_str(f"l7-{i}")
-                out.append((await ws.receive(timeout=5)).data)
-            return out
-
-    assert asyncio.run(talk()) == ["l7-0", "l7-1", "l7-2"]
+    assert ws_echo(mesh.api_up, ["l7-0", "l7-1", "l7-2"]) == ["l7-0", "l7-1", "l7-2"]
 
 
 def _raw(port: int, data: bytes, until: bytes, timeout: float = 5.0) -> bytes:

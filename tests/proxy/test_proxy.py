@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
@@ -11,10 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from support import AgentProcess, free_port, run, wait_for
-from support_mesh import Backends, ProxyProcess, exchange, http_get, wait_passing
+from support_mesh import Backends, ProxyProcess, exchange, http_get, wait_passing, ws_echo
 
 pytestmark = pytest.mark.xdist_group("proxy")
 
@@ -93,15 +91,7 @@ def test_http_and_bulk_tcp_through_the_pair(mesh: Mesh) -> None:
 
 
 def test_websocket_through_the_pair(mesh: Mesh) -> None:
-    async def talk() -> list[str]:
-        async with aiohttp.ClientSession() as s, s.ws_connect(f"http://127.0.0.1:{mesh.db_up}/ws") as ws:
-            out = []
-            for i in range(3):
-                await ws.send_str(f"msg-{i}")
-                out.append((await ws.receive(timeout=5)).data)
-            return out
-
-    assert asyncio.run(talk()) == ["msg-0", "msg-1", "msg-2"]
+    assert ws_echo(mesh.db_up, ["msg-0", "msg-1", "msg-2"]) == ["msg-0", "msg-1", "msg-2"]
 
 
 def test_deny_takes_effect_within_a_second_and_closes_open_connections(mesh: Mesh) -> None:
