@@ -1,6 +1,6 @@
 // The agent's HTTP API as the UI uses it: one request function (token, datacenter, errors as the API's
 // own message) and `watch`, a blocking-query loop (`?index=N&wait=`) — the UI never polls on a timer.
-import { useEffect, useState } from "./lib.js";
+import { useEffect, useRef, useState } from "./lib.js";
 
 const TOKEN_KEY = "proconsul:token";
 const WAIT = "5m";
@@ -111,9 +111,12 @@ function pause(signal, ms) {
 export function useWatch(path, query = {}, deps = []) {
   const [state, setState] = useState({ data: undefined, error: null, index: 0, loading: true });
   const key = path ? url(path, query) : "";
+  const last = useRef(key);
   useEffect(() => {
     if (!path) return undefined;
-    setState({ data: undefined, error: null, index: 0, loading: true });
+    // Another path starts empty; the same path restarted (a dependency changed) keeps showing its data.
+    if (last.current !== key) setState({ data: undefined, error: null, index: 0, loading: true });
+    last.current = key;
     return watch(path, query,
       (data, index) => setState({ data, error: null, index, loading: false }),
       (error) => setState((s) => ({ ...s, error, loading: false })));
