@@ -89,7 +89,8 @@ class Bundle:
             if rel.startswith(f"{ASSETS}vendor/"):
                 bare = Path(rel).stem.replace(".", "/")
                 imports[bare] = self.url(rel)
-        lazy = {rel for rel in modules if "/lazy/" in rel}  # loaded on demand (e.g. the YAML parser)
+        # Loaded on demand (the YAML parser) or as a worker (not a module of the page): no preload.
+        lazy = {rel for rel in modules if "/lazy/" in rel or "/workers/" in rel}
         preload = "\n".join(f'  <link rel="modulepreload" href="{self.url(rel)}">'
                             for rel in modules if rel not in lazy)
         css = "\n".join(f'  <link rel="stylesheet" href="{self.url(rel)}">'

@@ -45,9 +45,10 @@ def authorized(agent: AgentProcess, src: str, dst: str) -> bool:
     return out["Authorized"]
 
 
+STATS = "import('/ui/assets/js/api.js').then((m) => m.watchStats())"
+
+
 def test_services_appear_live_without_polling(page: Page, agent: AgentProcess) -> None:
-    calls: list[str] = []
-    page.on("request", lambda r: calls.append(r.url) if "/v1/internal/ui/services" in r.url else None)
     page.goto(agent.url + "/")
     page.wait_for_url("**/ui/dc1/services")
     page.get_by_role("heading", name="Services").wait_for()
@@ -62,13 +63,37 @@ def test_services_appear_live_without_polling(page: Page, agent: AgentProcess) -
     assert "critical" in row.inner_text().lower() and "blue" in row.inner_text()
     agent.put("/v1/agent/check/pass/service:orders")
     page.wait_for_function("document.querySelector('tr[data-service=orders]').innerText.includes('Passing')")
-    # Idle: the open blocking query waits at the agent; the page sends nothing more while nothing changes.
-    settled = len(calls)
+    # Idle: the open blocking query waits at the agent; nothing more is sent while nothing changes.
+    before = page.evaluate(STATS)
+    assert before["watches"] == 1, before
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         page.wait_for_timeout(100)
-    assert len(calls) == settled, "the services page polled while nothing changed"
-    assert all("index=" in u for u in calls[1:]), "every call after the first is a blocking query"
+    assert page.evaluate(STATS)["requests"] == before["requests"], "the services page polled while idle"
+
+
+def test_many_tabs_share_one_blocking_query(browser: Browser, agent: AgentProcess) -> None:
+    """Eight tabs on the services page (more than the browser's six connections per host) all stay live."""
+    context = browser.new_context()
+    try:
+        pages = [context.new_page() for _ in range(8)]
+        for p in pages:
+            p.set_default_timeout(10_000)
+            p.goto(agent.url + "/ui/dc1/services")
+        for p in pages:
+            p.locator("tr[data-service=consul]").wait_for()
+        register(agent, {"Name": "many-tabs", "Port": 7050})
+        for p in pages:
+            p.locator("tr[data-service=many-tabs]").wait_for()
+        assert pages[0].evaluate(STATS)["watches"] == 1
+        # A tab that goes away stops its share; the last one to go stops the query.
+        for p in pages[1:]:
+            p.close()
+        pages[0].goto(agent.url + "/ui/dc1/kv/")
+        pages[0].get_by_role("heading", name="Key/Value").wait_for()
+        wait_for(lambda: pages[0].evaluate(STATS)["watches"] == 1, timeout=5, message="only the KV watch left")
+    finally:
+        context.close()
 
 
 def test_search_filter_and_sort(page: Page, agent: AgentProcess) -> None:

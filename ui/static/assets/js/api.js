@@ -15,7 +15,7 @@ export class ApiError extends Error {
 
 export const session = {
   dc: "",  // the datacenter the current page is about; "" = the agent's own
-  localDc: "",
+  localDc: "",  // the agent's own: where a bare /ui/ goes
   token: safeStorage(() => localStorage.getItem(TOKEN_KEY)) || "",
   setToken(value) {
     this.token = value.trim();
@@ -38,7 +38,7 @@ export function url(path, query = {}) {
     if (Array.isArray(v)) v.forEach((x) => params.append(k, x));
     else params.append(k, v === true ? "" : String(v));
   }
-  if (session.dc && session.dc !== session.localDc && !params.has("dc")) params.set("dc", session.dc);
+  if (session.dc && !params.has("dc")) params.set("dc", session.dc);  // every page is about one datacenter
   const qs = params.toString().replace(/=(&|$)/g, "$1");  // Consul's bare flags: ?keys&recurse
   return qs ? `${path}?${qs}` : path;
 }
@@ -63,12 +63,62 @@ export async function request(method, path, { query = {}, body, raw = false, sig
 
 export const get = (path, query, opts = {}) => request("GET", path, { ...opts, query });
 
+// Watches go through one SharedWorker for all tabs (workers/watch.js): browsers give a host six
+// HTTP/1.1 connections, and every open blocking query holds one. Without SharedWorker, each tab runs
+// its own loops (watchHere).
+let shared;  // undefined: not tried yet; null: unavailable
+let seq = 0;
+const handlers = new Map();
+
+function sharedWatcher() {
+  if (shared !== undefined) return shared;
+  shared = null;
+  if (!("SharedWorker" in window) || !import.meta.resolve) return null;
+  try {
+    const worker = new SharedWorker(import.meta.resolve("./workers/watch.js"), { name: "proconsul-watch" });
+    worker.port.onmessage = ({ data: msg }) => {
+      const h = handlers.get(msg.id);
+      if (!h) return;
+      if (msg.op === "data") h.onData(msg.data, msg.index);
+      else if (msg.op === "error") h.onError?.(new ApiError(msg.status, msg.message, msg.index));
+      else if (msg.op === "stats") { handlers.delete(msg.id); h.onData(msg); }
+    };
+    worker.port.start();
+    window.addEventListener("pagehide", () => worker.port.postMessage({ op: "bye" }));
+    shared = worker.port;
+  } catch {
+    shared = null;
+  }
+  return shared;
+}
+
+/** How many watches the shared worker holds open and how many requests it made (for the status line). */
+export function watchStats() {
+  const port = sharedWatcher();
+  if (!port) return Promise.resolve(null);
+  return new Promise((resolve) => {
+    const id = ++seq;
+    handlers.set(id, { onData: resolve });
+    port.postMessage({ op: "stats", id });
+  });
+}
+
+/** Follow `path` with blocking queries (shared between tabs when the browser can); returns stop(). */
+export function watch(path, query, onData, onError) {
+  const port = sharedWatcher();
+  if (!port) return watchHere(path, query, onData, onError);
+  const id = ++seq;
+  handlers.set(id, { onData, onError });
+  port.postMessage({ op: "watch", id, url: url(path, query), token: session.token });
+  return () => { handlers.delete(id); port.postMessage({ op: "stop", id }); };
+}
+
 /**
- * Follow `path` with blocking queries: calls onData(data, index) now and after every change, until the
+ * Follow `path` with blocking queries in this tab: calls onData(data, index) now and after every change, until the
  * returned stop() is called. A failed call is retried after a growing pause (1 s … 10 s); a 404 with an
  * index is passed to onError and followed too (the thing may appear later).
  */
-export function watch(path, query, onData, onError) {
+function watchHere(path, query, onData, onError) {
   const ctrl = new AbortController();
   let index = 0;
   let failures = 0;

@@ -1,7 +1,7 @@
 // The app shell: navigation, the datacenter switcher, the token box, and which page a route shows.
 import { get, session } from "./api.js";
 import { html, render, useEffect, useState } from "./lib.js";
-import { href, Link, navigate, useRoute } from "./router.js";
+import { BASE, href, Link, navigate, useRoute } from "./router.js";
 import { IntentionsPage } from "./pages/intentions.js";
 import { KVPage } from "./pages/kv.js";
 import { NodePage, NodesPage } from "./pages/nodes.js";
@@ -89,11 +89,15 @@ function App() {
 }
 
 async function boot() {
-  try {
-    const self = await get("/v1/agent/self");
-    session.localDc = self.data?.Config?.Datacenter || "dc1";
-  } catch {
-    session.localDc = "dc1";
+  // The datacenter is in the URL (/ui/<dc>/…); only a bare /ui/ asks the agent which one is its own.
+  const dc = location.pathname.startsWith(BASE) ? location.pathname.slice(BASE.length).split("/")[0] : "";
+  if (!dc) {
+    try {
+      const self = await get("/v1/agent/self");
+      session.localDc = self.data?.Config?.Datacenter || "dc1";
+    } catch {
+      session.localDc = "dc1";
+    }
   }
   const root = document.getElementById("app");
   root.textContent = "";  // the "Loading…" placeholder

@@ -113,3 +113,13 @@ export function Select({ label, value, onChange, options }) {
       ${options.map(([v, text]) => html`<option value=${v} selected=${v === value}>${text}</option>`)}
     </select></label>`;
 }
+
+/** Small line icons (inline SVG: no icon font, no emoji font needed). */
+export function Icon({ name }) {
+  const paths = {
+    folder: "M2 4.5A1.5 1.5 0 0 1 3.5 3h3l1.5 2h4.5A1.5 1.5 0 0 1 14 6.5v5a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 2 11.5z",
+    key: "M10 2.5a3.5 3.5 0 1 1-3.2 4.9L2.5 11.7V14h2.3v-1.3h1.3v-1.3h1.3l1.4-1.4A3.5 3.5 0 0 1 10 2.5zm1 2.2a.9.9 0 1 0 0 1.8.9.9 0 0 0 0-1.8z",
+  };
+  return html`<svg class="icon" width="16" height="16" viewBox="0 0 16 16" aria-hidden="true" focusable="false">
+    <path d=${paths[name]} fill="none" stroke="currentColor" stroke-width="1.3" stroke-linejoin="round" /></svg>`;
+}

@@ -1,7 +1,7 @@
 // Key/Value: browse folders, and an editor that validates JSON/YAML/HCL before saving and saves with
 // check-and-set, so two people editing one key never silently overwrite each other.
 import { decodeValue, request, useWatch } from "../api.js";
-import { Empty, ErrorBox, Loading, PageHeader, Select } from "../components.js";
+import { Empty, ErrorBox, Icon, Loading, PageHeader, Select } from "../components.js";
 import { html, useEffect, useRef, useState } from "../lib.js";
 import { href, Link, navigate } from "../router.js";
 import { detectFormat, FORMATS, validate } from "../validate.js";
@@ -44,7 +44,7 @@ function Folder({ dc, prefix }) {
       const name = k.slice(prefix.length);
       const folder = k.endsWith("/");
       return html`<li class=${folder ? "folder" : "key"} data-key=${k}>
-        <${Link} to=${`${href(dc, "kv")}/${enc(k)}`}><span class="icon" aria-hidden="true">${folder ? "📁" : "🔑"}</span>${name}</${Link}>
+        <${Link} to=${`${href(dc, "kv")}/${enc(k)}`}><${Icon} name=${folder ? "folder" : "key"} />${name}</${Link}>
         ${folder ? html`<button type="button" class="ghost small danger" aria-label=${`Delete folder ${k}`} onClick=${() => removeFolder(k)}>Delete</button>` : ""}
       </li>`;
     })}</ul>` : ""}`;
