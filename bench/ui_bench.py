@@ -5,7 +5,7 @@ I intentions through the HTTP API of a dev agent, then measures, alternating col
 - first render of the services page and of the intentions page: from navigation start (a new browser
   context, so nothing cached) until the table's first row is on screen — `performance.now()` in the page;
 - bytes transferred by that initial load (headers + encoded bodies of every response, from the browser's
-  own accounting), and the same on a warm reload (assets come from the cache);
+  own accounting, page and shared worker), and the page's bytes on a warm reload (assets cached);
 - agent CPU with T tabs open and idle, against the same agent with no tab (arms alternated): CPU seconds
   from /proc/<pid>/stat over the same interval. Blocking queries wait at the agent, so the two should match;
 - agent CPU per page load (CPU seconds per 1,000 cold loads of each page).
@@ -79,38 +79,41 @@ def seed(agent: AgentProcess, services: int, instances: int, intentions: int) ->
     return time.monotonic() - t0
 
 
-def load_page(browser: Any, url: str, row: str) -> dict[str, float]:
-    """One cold load in a fresh context: first render (ms) and bytes, then a warm reload's bytes."""
+FIRST_RENDER = """(() => { const sel = %r; new MutationObserver((_, obs) => {
+  if (document.querySelector(sel)) { window.__firstRender = performance.now(); obs.disconnect(); }
+}).observe(document, {subtree: true, childList: true}); })()"""
+PAGE_BYTES = """(() => performance.getEntriesByType("navigation").concat(performance.getEntriesByType("resource"))
+  .reduce((n, e) => n + (e.transferSize || 0), 0))()"""
+WORKER_STATS = "import('%s').then((m) => m.watchStats())"
+
+
+def load_page(browser: Any, base: str, path: str, row: str) -> dict[str, float]:
+    """One cold load in a fresh context (nothing cached): first render and bytes; then a warm reload.
+
+    First render: navigation start → the first row in the DOM, stamped in the page by a MutationObserver.
+    Bytes: what the browser counted as transferred (headers + encoded bodies) by the page and by the
+    shared worker that runs the blocking queries, once the page's first answers have all arrived.
+    """
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    sizes: list[int] = []
-
-    def finished(req: Any) -> None:
-        try:
-            s = req.sizes()
-            sizes.append(s["responseBodySize"] + s["responseHeadersSize"])
-        except Exception:  # a request cancelled by the page (an aborted long poll) has no sizes
-            pass
-
-    page.on("requestfinished", finished)
+    page.add_init_script(FIRST_RENDER % row)
     try:
-        page.goto(url, wait_until="commit")
+        page.goto(base + path, wait_until="commit")
         page.locator(row).first.wait_for(timeout=60_000)
-        first_render_ms = page.evaluate("performance.now()")
         page.wait_for_load_state("load")
-        page.wait_for_timeout(300)  # let the first API answers finish arriving (long polls stay open)
-        cold = sum(sizes)
-        sizes.clear()
-        t = time.monotonic()
+        page.wait_for_timeout(500)  # the page's other first answers (long polls then stay open)
+        first_render_ms = page.evaluate("window.__firstRender")
+        stats = page.evaluate(WORKER_STATS % "/ui/assets/js/api.js")
+        cold = page.evaluate(PAGE_BYTES) + (stats or {}).get("bytes", 0)
         page.reload(wait_until="commit")
         page.locator(row).first.wait_for(timeout=60_000)
-        warm_ms = (time.monotonic() - t) * 1000
-        page.wait_for_timeout(300)
-        warm = sum(sizes)
+        page.wait_for_load_state("load")
+        warm_ms = page.evaluate("window.__firstRender")
+        warm_assets = page.evaluate(PAGE_BYTES)
     finally:
         context.close()
     return {"first_render_ms": first_render_ms, "warm_render_ms": warm_ms, "initial_kb": cold / 1024,
-            "warm_kb": warm / 1024}
+            "warm_page_kb": warm_assets / 1024}
 
 
 def main() -> None:
@@ -143,7 +146,7 @@ def main() -> None:
                 def page_arm(path: str, row: str) -> Any:
                     def run() -> dict[str, float]:
                         c0 = cpu_seconds(pid)
-                        r = load_page(browser, agent.url + path, row)
+                        r = load_page(browser, agent.url, path, row)
                         r["agent_cpu_ms"] = (cpu_seconds(pid) - c0) * 1000
                         return r
                     return run

@@ -167,8 +167,13 @@ export function useWatch(path, query = {}, deps = []) {
     // Another path starts empty; the same path restarted (a dependency changed) keeps showing its data.
     if (last.current !== key) setState({ data: undefined, error: null, index: 0, loading: true });
     last.current = key;
+    let first = true;
     return watch(path, query,
-      (data, index) => setState({ data, error: null, index, loading: false }),
+      (data, index) => {
+        if (first) performance.mark(`watch:${path}`);  // for bench/ui_bench.py and the devtools timeline
+        first = false;
+        setState({ data, error: null, index, loading: false });
+      },
       (error) => setState((s) => ({ ...s, error, loading: false })));
   }, [key, session.dc, session.token, ...deps]);
   return state;

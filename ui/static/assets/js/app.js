@@ -89,6 +89,7 @@ function App() {
 }
 
 async function boot() {
+  performance.mark("app:start");
   // The datacenter is in the URL (/ui/<dc>/…); only a bare /ui/ asks the agent which one is its own.
   const dc = location.pathname.startsWith(BASE) ? location.pathname.slice(BASE.length).split("/")[0] : "";
   if (!dc) {

@@ -217,6 +217,9 @@ export function IntentionsPage({ route }) {
   const [q, setQ] = useState(route.query.get("q") || "");
   const [decided, setDecided] = useState("");
   const [flash, setFlash] = useState(null);
+  // The names list (thousands of <option>s) is built when a name field is first focused, not on load.
+  const [wantNames, setWantNames] = useState(false);
+  const onFocus = (e) => { if (!wantNames && e.target.getAttribute?.("list") === "service-names") setWantNames(true); };
   const editId = route.query.get("edit");
   const creating = route.query.get("new") === "1";
   const intentions = list.data || [];
@@ -241,11 +244,11 @@ export function IntentionsPage({ route }) {
     } catch (err) { setFlash(null); alert(`Not deleted: ${err.message}`); }
   };
 
-  return html`
+  return html`<div onfocusin=${onFocus}>
     <${PageHeader} title="Intentions" sub="Who may talk to whom through the mesh, most specific first.">
       <button type="button" onClick=${() => { setFlash(null); open({ new: "1" }); }}>New intention</button>
     </${PageHeader}>
-    <datalist id="service-names">${(services.data || []).map((s) => html`<option value=${s.Name} />`)}<option value="*" /></datalist>
+    <datalist id="service-names">${wantNames ? (services.data || []).map((s) => html`<option value=${s.Name} />`) : ""}<option value="*" /></datalist>
     ${flash ? html`<div class="alert ok" role="status">${flash}</div>` : ""}
     ${creating || editing ? html`<${IntentionForm} key=${editId || "new"} editing=${editing} known=${known} onDone=${done} />` : ""}
     ${editId && !editing && list.data ? html`<div class="alert warn">That intention no longer exists.</div>` : ""}
@@ -275,5 +278,5 @@ export function IntentionsPage({ route }) {
         <td class="row-actions"><button type="button" class="secondary small" aria-label=${`Edit ${i.SourceName} to ${i.DestinationName}`}
             onClick=${() => { setFlash(null); open({ edit: i.ID }); }}>Edit</button>
           <button type="button" class="ghost small danger" aria-label=${`Delete ${i.SourceName} to ${i.DestinationName}`} onClick=${() => remove(i)}>Delete</button></td>
-      </tr>`} /></tbody></table></div>` : ""}`;
+      </tr>`} /></tbody></table></div>` : ""}</div>`;
 }

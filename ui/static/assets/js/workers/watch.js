@@ -87,7 +87,10 @@ self.onconnect = (event) => {
     if (msg.op === "watch") subscribe(port, msg.id, msg.url, msg.token || "");
     else if (msg.op === "stop") unsubscribe(port, msg.id);
     else if (msg.op === "bye") unsubscribe(port, undefined);
-    else if (msg.op === "stats") port.postMessage({ op: "stats", id: msg.id, watches: watches.size, requests });
+    else if (msg.op === "stats") {
+      const bytes = performance.getEntriesByType("resource").reduce((n, e) => n + (e.transferSize || 0), 0);
+      port.postMessage({ op: "stats", id: msg.id, watches: watches.size, requests, bytes });
+    }
   };
   port.start();
 };
