@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import urllib.parse
 import urllib.request
 
@@ -161,3 +162,13 @@ def test_validate(agent: AgentProcess, fmt: str, text: str, valid: bool, line: i
 def test_validate_rejects_unknown_formats(agent: AgentProcess) -> None:
     status, body, _ = agent.request("POST", "/v1/internal/ui/validate?format=toml", raw=b"a = 1")
     assert status == 400 and "format 'toml'" in body
+
+
+def test_services_blocking_timeout_returns_the_same_index(agent: AgentProcess) -> None:
+    _, _, headers = agent.request("GET", "/v1/internal/ui/services")
+    index = headers["X-Consul-Index"]
+    t0 = time.monotonic()
+    status, body, h = agent.request("GET", f"/v1/internal/ui/services?index={index}&wait=1s")
+    took = time.monotonic() - t0
+    assert status == 200 and h["X-Consul-Index"] == index and 0.9 < took < 5, took
+    assert {s["Name"] for s in body} >= {"shop", "cart"}

@@ -196,7 +196,7 @@ function CheckBox({ known, onDecided }) {
       <label>Source <input list="service-names" required value=${src} aria-label="Check source" onInput=${(e) => setSrc(e.currentTarget.value.trim())} /></label>
       <span class="arrow" aria-hidden="true">→</span>
       <label>Destination <input list="service-names" required value=${dst} aria-label="Check destination" onInput=${(e) => setDst(e.currentTarget.value.trim())} /></label>
-      <label>HTTP path <span class="muted small">(optional, for L7)</span><input value=${path} placeholder="/api" onInput=${(e) => setPath(e.currentTarget.value)} /></label>
+      <label>HTTP path <input value=${path} placeholder="optional, for L7: /api" title="Evaluate L7 permissions for a request to this path" onInput=${(e) => setPath(e.currentTarget.value)} /></label>
       ${path ? html`<label>Method <select value=${method} onChange=${(e) => setMethod(e.currentTarget.value)}>${METHODS.map((m) => html`<option selected=${m === method}>${m}</option>`)}</select></label>` : ""}
       <button type="submit">Check</button>
     </form>
@@ -263,11 +263,11 @@ export function IntentionsPage({ route }) {
       <p class="small">Create one with <b>New intention</b>, e.g. allow <code>web</code> → <code>api</code>.</p></${Empty}>` : ""}
     ${shown.length ? html`<div class="table-wrap"><table class="list intentions-table">
       <caption class="sr-only">Intentions in evaluation order: higher precedence first</caption>
-      <thead><tr><th scope="col" class="num" title="Higher is evaluated first">Precedence</th><th scope="col">Source</th><th scope="col" aria-label="to"></th>
+      <thead><tr><th scope="col" class="prec" title="Higher is evaluated first">Precedence</th><th scope="col">Source</th><th scope="col" aria-label="to"></th>
         <th scope="col">Destination</th><th scope="col">Action</th><th scope="col" class="wide">Description</th><th scope="col"><span class="sr-only">Actions</span></th></tr></thead>
       <tbody><${Incremental} items=${shown} colSpan=${7} render=${(i) => html`<tr key=${i.ID} data-id=${i.ID}
           data-pair=${`${i.SourceName}->${i.DestinationName}`} class=${decided === i.ID ? "decided" : ""}>
-        <td class="num">${i.Precedence}</td>
+        <td class="prec">${i.Precedence}</td>
         <td><span class=${i.SourceName === "*" ? "wild" : known && !known.has(i.SourceName) ? "unknown" : ""}
           title=${known && i.SourceName !== "*" && !known.has(i.SourceName) ? "not in the catalog" : ""}>${i.SourceName}</span></td>
         <td aria-hidden="true" class="muted">→</td>

@@ -8,6 +8,7 @@ import { href, Link, navigate } from "../router.js";
 
 const TABS = [["instances", "Instances"], ["topology", "Topology"]];
 const SOURCES = { "proxy-registration": "declared upstream", "specific-intention": "intention" };
+const SOURCES_DOWN = { "proxy-registration": "declares it upstream", "specific-intention": "intention" };
 
 function Tabs({ tab, onSelect, counts }) {
   const refs = useRef({});
@@ -46,20 +47,21 @@ function Instances({ entries, dc }) {
 
 function LinkCard({ link, dir, dc, self }) {
   const ok = link.Intention.Allowed;
+  const l7 = link.Intention.HasPermissions;  // decided request by request: neither allowed nor denied as a whole
   const [src, dst] = dir === "up" ? [self, link.Name] : [link.Name, self];
-  return html`<li class="link ${ok ? "allowed" : "denied"}" data-link=${`${src}->${dst}`}>
+  return html`<li class="link ${l7 ? "per-request" : ok ? "allowed" : "denied"}" data-link=${`${src}->${dst}`}>
     <div class="link-head">
       ${link.Registered ? html`<${Link} to=${href(dc, "services", link.Name)} class="name">${link.Name}</${Link}>`
         : html`<span class="name">${link.Name}</span> <span class="pill warn" title="No instance is registered">not registered</span>`}
       ${link.Kind ? html`<${Kind} kind=${link.Kind} />` : ""}
     </div>
     <div class="verdict">
-      <span class="decision ${ok ? "allow" : "deny"}">${ok ? "✓ allowed" : "✕ denied"}</span>
-      ${link.Intention.HasPermissions ? html`<span class="pill">L7</span>` : ""}
-      <span class="pill subtle">${SOURCES[link.Source] || link.Source}</span>
+      ${l7 ? html`<span class="decision l7">L7 · per request</span>`
+        : html`<span class="decision ${ok ? "allow" : "deny"}">${ok ? "✓ allowed" : "✕ denied"}</span>`}
+      <span class="pill subtle">${(dir === "down" ? SOURCES_DOWN : SOURCES)[link.Source] || link.Source}</span>
       ${link.Registered ? html`<span class="muted small">${link.InstanceCount} instance${link.InstanceCount === 1 ? "" : "s"}</span>` : ""}
     </div>
-    <p class="reason small">${link.Intention.Reason}</p>
+    <p class="reason small">${l7 ? `${link.Intention.Reason.split(";")[0]}: each HTTP request is allowed or denied by its permissions.` : link.Intention.Reason}</p>
     <${LinkMetrics} source=${src} destination=${dst} />
   </li>`;
 }

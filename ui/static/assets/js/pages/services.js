@@ -64,7 +64,7 @@ export function ServicesPage({ route }) {
       <p class="small">Register one: <code>curl -X PUT localhost:8500/v1/agent/service/register -d '{"Name":"web","Port":8080}'</code></p></${Empty}>` : ""}
     ${data && services.length && !shown.length ? html`<${Empty}>No service matches these filters.</${Empty}>` : ""}
     ${shown.length ? html`<div class="table-wrap"><table class="list services-table">
-      <thead><tr><th scope="col">Service</th><th scope="col">Health</th><th scope="col">Checks</th>
+      <thead><tr><th scope="col">Service</th><th scope="col">Health</th><th scope="col" class="wide">Checks</th>
         <th scope="col" class="num">Instances</th><th scope="col" class="wide">Tags</th></tr></thead>
       <tbody>
       <${Incremental} items=${shown} colSpan=${5} render=${(s) => html`<tr key=${s.Name} data-service=${s.Name}>
@@ -72,7 +72,7 @@ export function ServicesPage({ route }) {
           ${s.Kind ? html` <${Kind} kind=${s.Kind} />` : ""}
           ${s.ConnectedWithProxy ? html` <span class="pill mesh" title="Has a sidecar proxy">in mesh</span>` : ""}</td>
         <td><${Health} status=${summaryStatus(s)} /></td>
-        <td><${CheckCounts} s=${s} /></td>
+        <td class="wide"><${CheckCounts} s=${s} /></td>
         <td class="num">${s.InstanceCount}</td>
         <td class="wide"><${Tags} tags=${s.Tags} /></td></tr>`} />
       </tbody></table></div>` : ""}`;
