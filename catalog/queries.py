@@ -347,7 +347,8 @@ def _protocol(s: StateStore, name: str) -> str:
 
 def _ui_topology(s: StateStore, a: Args) -> tuple[int, Any]:
     """The links a service's sidecar registrations declare: upstreams of its own proxies, and the
-    services whose proxies name it as an upstream. (Intention-made links are added by the caller.)"""
+    services whose proxies name it as an upstream; protocols for those and the `also` names (the
+    caller adds the links intentions make)."""
     name = a["name"]
     by_dest = _proxied(s)
     ups: dict[str, None] = {}
@@ -359,7 +360,7 @@ def _ui_topology(s: StateStore, a: Args) -> tuple[int, Any]:
              if any(u.get("DestinationName") == name for u in (proxy["Proxy"] or {}).get("Upstreams") or [])}
     return s.table_index(*_CATALOG, "config_entries"), {
         "Protocol": _protocol(s, name), "Upstreams": list(ups), "Downstreams": sorted(downs),
-        "Protocols": {n: _protocol(s, n) for n in {name, *ups, *downs}}}
+        "Protocols": {n: _protocol(s, n) for n in {name, *ups, *downs, *(a.get("also") or ())}}}
 
 
 _CATALOG = (st.NODES, st.SERVICES, st.CHECKS)

@@ -133,19 +133,19 @@ async def service_topology(request: web.Request) -> web.Response:
 
 
 async def _topology(request: web.Request, name: str) -> tuple[int, dict[str, Any]]:
-    index, raw = await _query(request, "ui.topology", {"name": name})
-    topo = orjson.loads(raw)
     agent = request.app["agent"]
     default_allow = agent.config.intention_default_allow
     ixn_list = (await _connect(request)).intentions() if agent.connect is not None else []
+    by_ixn_up = {i["DestinationName"] for i in ixn_list if i["SourceName"] == name} - {name, ixns.WILDCARD}
+    by_ixn_down = {i["SourceName"] for i in ixn_list if i["DestinationName"] == name} - {name, ixns.WILDCARD}
+    index, raw = await _query(request, "ui.topology", {"name": name, "also": sorted(by_ixn_up | by_ixn_down)})
+    topo = orjson.loads(raw)
     ups = {n: "proxy-registration" for n in topo["Upstreams"]}
     downs = {n: "proxy-registration" for n in topo["Downstreams"]}
-    for ixn in ixn_list:
-        src, dst = ixn["SourceName"], ixn["DestinationName"]
-        if src == name and dst not in (name, ixns.WILDCARD):
-            ups.setdefault(dst, "specific-intention")
-        if dst == name and src not in (name, ixns.WILDCARD):
-            downs.setdefault(src, "specific-intention")
+    for n in by_ixn_up:
+        ups.setdefault(n, "specific-intention")
+    for n in by_ixn_down:
+        downs.setdefault(n, "specific-intention")
     names = sorted(set(ups) | set(downs))
     summaries: dict[str, Any] = {}
     if names:

@@ -133,6 +133,9 @@ def test_intention_check_evaluates_l7_for_a_request(agent: AgentProcess) -> None
     assert check(agent, source="web", destination="books", path="/read/1", method="POST")[1]["Allowed"] is False
     topo = agent.get("/v1/internal/ui/service-topology/books")[1]
     assert topo["Protocol"] == "http" and topo["Downstreams"][0]["Intention"]["HasPermissions"] is True
+    web = agent.get("/v1/internal/ui/service-topology/web")[1]
+    books = next(u for u in web["Upstreams"] if u["Name"] == "books")
+    assert books["Protocol"] == "http" and books["Source"] == "specific-intention"
 
 
 @pytest.mark.parametrize(("query", "fragment"), [
