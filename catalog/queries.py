@@ -267,21 +267,47 @@ def _config_get(s: StateStore, a: Args) -> tuple[int, Any]:
 
 # ---------------------------------------------------------------------- the web UI's aggregates
 # (/v1/internal/ui/*: what a page needs in one call that the public API would need thousands for)
-def _summary(s: StateStore, name: str, proxied: set[str]) -> dict[str, Any] | None:
-    """Consul's ServiceListingSummary of one service: instances, nodes, tags and check counts."""
-    _, pairs = s.service_instances(name)
-    if not pairs:
-        return None
+class _InstanceChecks:
+    """Each instance's checks (its node's, then its own), grouping every node's checks once per query
+    instead of scanning them for each of the node's instances."""
+
+    def __init__(self, s: StateStore) -> None:
+        self._store = s
+        self._nodes: dict[str, tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]] = {}
+
+    def __call__(self, node: str, sid: str) -> list[dict[str, Any]]:
+        entry = self._nodes.get(node)
+        if entry is None:
+            node_level: list[dict[str, Any]] = []
+            per_service: dict[str, list[dict[str, Any]]] = {}
+            for chk in self._store.node_checks(node)[1]:
+                if chk["ServiceID"]:
+                    per_service.setdefault(chk["ServiceID"], []).append(chk)
+                else:
+                    node_level.append(chk)
+            entry = self._nodes[node] = (node_level, per_service)
+        own = entry[1].get(sid)
+        return entry[0] + own if own else entry[0]
+
+
+_COUNTED = (st.PASSING, st.WARNING, st.CRITICAL)
+
+
+Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
+
+
+def _summary(s: StateStore, pairs: Pairs, proxied: set[str], checks_of: _InstanceChecks) -> dict[str, Any]:
+    """Consul's ServiceListingSummary of one service (its instances): nodes, tags and check counts."""
     tags: dict[str, None] = {}
     nodes: dict[str, None] = {}
-    counts = {st.PASSING: 0, st.WARNING: 0, st.CRITICAL: 0}
-    worst = {st.PASSING: 0, st.WARNING: 0, st.CRITICAL: 0}  # instances by their worst check
+    counts = dict.fromkeys(_COUNTED, 0)
+    worst = dict.fromkeys(_COUNTED, 0)  # instances by their worst check
     native = False
     for node, svc in pairs:
         tags.update(dict.fromkeys(svc["Tags"]))
         nodes[node["Node"]] = None
         native = native or bool((svc["Connect"] or {}).get("Native"))
-        checks = s.instance_checks(node["Node"].lower(), svc["ID"])
+        checks = checks_of(node["Node"], svc["ID"])
         for chk in checks:
             status = chk["Status"]
             counts[status if status in counts else st.CRITICAL] += 1
@@ -297,11 +323,11 @@ def _summary(s: StateStore, name: str, proxied: set[str]) -> dict[str, Any] | No
             "ConnectNative": native, "Namespace": "default", "Partition": "default"}
 
 
-def _proxied(s: StateStore) -> dict[str, list[dict[str, Any]]]:
-    """Destination service name -> its sidecar proxies' service rows."""
+def _proxied(s: StateStore, instances: dict[str, Pairs] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Destination service name -> its sidecar proxies' service rows (from `instances` when given)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for name in s.service_names():
-        for _, svc in s.service_instances(name)[1]:
+    for pairs in (instances or {n: s.service_instances(n)[1] for n in s.service_names()}).values():
+        for _, svc in pairs:
             if svc["Kind"] == "connect-proxy":
                 dest = (svc["Proxy"] or {}).get("DestinationServiceName")
                 if dest:
@@ -310,10 +336,11 @@ def _proxied(s: StateStore) -> dict[str, list[dict[str, Any]]]:
 
 
 def _ui_services(s: StateStore, a: Args) -> tuple[int, Any]:
-    proxied = set(_proxied(s))
-    names = a.get("names")
-    out = [x for x in (_summary(s, n, proxied) for n in (names if names is not None else s.service_names()))
-           if x is not None]
+    everything = {n: s.service_instances(n)[1] for n in s.service_names()}
+    proxied = set(_proxied(s, everything))
+    checks_of = _InstanceChecks(s)
+    wanted = [n.lower() for n in a["names"]] if a.get("names") is not None else list(everything)
+    out = [_summary(s, everything[n], proxied, checks_of) for n in wanted if everything.get(n)]
     out.sort(key=lambda x: x["Name"])
     return s.table_index(*_CATALOG), out
 
