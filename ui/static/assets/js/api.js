@@ -79,7 +79,7 @@ function sharedWatcher() {
     worker.port.onmessage = ({ data: msg }) => {
       const h = handlers.get(msg.id);
       if (!h) return;
-      if (msg.op === "data") h.onData(msg.data, msg.index);
+      if (msg.op === "data") h.onData(msg.json && msg.text ? JSON.parse(msg.text) : msg.text, msg.index);
       else if (msg.op === "error") h.onError?.(new ApiError(msg.status, msg.message, msg.index));
       else if (msg.op === "stats") { handlers.delete(msg.id); h.onData(msg); }
     };
