@@ -82,22 +82,24 @@ async def _query(request: web.Request, name: str, args: dict[str, Any]) -> tuple
 
 
 # ---------------------------------------------------------------------- /v1/internal/ui/*
+async def _listing(request: web.Request, query: str) -> web.Response:
+    """A whole-catalog listing: gzipped once per change for every open tab (`?filter`/`?pretty`: as usual)."""
+    if request.query.get("filter") or "pretty" in request.query:
+        return await run_query(request, query, {})
+    idx, body = await _query(request, query, {})
+    return _json(request, body, idx, query)
+
+
 @api.get("/v1/internal/ui/services")
 async def services(request: web.Request) -> web.Response:
     """Every service with Consul's summary: kind, tags, nodes, instance count, check counts."""
-    if request.query.get("filter") or "pretty" in request.query:
-        return await run_query(request, "ui.services", {})
-    idx, body = await _query(request, "ui.services", {})
-    return _json(request, body, idx, "services")
+    return await _listing(request, "ui.services")
 
 
 @api.get("/v1/internal/ui/nodes")
 async def nodes(request: web.Request) -> web.Response:
     """Every node with its services and checks (Consul's NodeDump)."""
-    if request.query.get("filter") or "pretty" in request.query:
-        return await run_query(request, "ui.nodes", {})
-    idx, body = await _query(request, "ui.nodes", {})
-    return _json(request, body, idx, "nodes")
+    return await _listing(request, "ui.nodes")
 
 
 @api.get("/v1/internal/ui/node/{node}")

@@ -15,13 +15,9 @@ from browser import Browser, chromium_or_skip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ui_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    proc = AgentProcess(tmp_path_factory.mktemp("ui-agent"), dev=True)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def ui_agent(shared_dev_agent: AgentProcess) -> AgentProcess:
+    """The module's dev agent (tests/conftest.py), under the name the UI's tests use."""
+    return shared_dev_agent
 
 
 @pytest.fixture(scope="module")
