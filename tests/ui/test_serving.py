@@ -1,5 +1,5 @@
 """The agent serves the UI: redirects, content types, caching by content hash, gzip, the SPA fallback,
-`--ui-content-path` / `--no-ui`, and the UI's bundle itself."""
+`--ui-content-path` / `ui_config { enabled = false }`, and the UI's bundle itself."""
 
 from __future__ import annotations
 
@@ -77,7 +77,9 @@ def test_content_path_and_disabling(tmp_path: Path) -> None:
         assert fetch(agent, "/ui/")[0] == 404
     finally:
         agent.stop()
-    off = AgentProcess(tmp_path / "b", args=["--no-ui"])
+    cfg = tmp_path / "no-ui.hcl"
+    cfg.write_text("ui_config {\n  enabled = false\n}\n")
+    off = AgentProcess(tmp_path / "b", args=["--config-file", str(cfg)])
     off.start()
     try:
         status, body, _ = fetch(off, "/")
