@@ -284,6 +284,12 @@ def test_kv_yaml_and_hcl_are_checked_before_saving(page: Page, agent: AgentProce
     page.get_by_role("button", name="Create").click()
     page.wait_for_url("**/kv/app/limits.hcl")
     assert kv_value(agent, "app/limits.hcl") == 'limit {\n  rps = 10\n}\n'
+    # A key with characters URLs treat specially opens from its folder and shows its value.
+    assert agent.put("/v1/kv/app/odd%20name%3F%23", raw=b"plain")[1] is True
+    page.goto(agent.url + "/ui/dc1/kv/app/")
+    page.locator("[data-key='app/odd name?#'] a").click()
+    page.get_by_role("heading", name="odd name?#").wait_for()
+    assert page.get_by_label("Value").input_value() == "plain"
 
 
 def test_nodes_token_and_narrow_window(browser: Browser, agent: AgentProcess) -> None:

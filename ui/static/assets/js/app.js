@@ -73,7 +73,7 @@ function App() {
   useEffect(() => { setMenu(false); }, [route.section, route.rest]);
   if (!route.dc) return null;
   const title = SECTIONS.find(([s]) => s === route.section)?.[1] || "Proconsul";
-  document.title = `${route.rest ? `${decodeURIComponent(route.rest)} · ` : ""}${title} · Proconsul`;
+  document.title = `${route.rest ? `${route.rest} · ` : ""}${title} · Proconsul`;
   return html`
     <header class="top">
       <${Link} to=${href(route.dc, "services")} class="brand" aria-label="Proconsul home">

@@ -4,9 +4,17 @@ import { html, useEffect, useState } from "./lib.js";
 export const BASE = document.body.dataset.base || "/ui/";
 const listeners = new Set();
 
+function decode(segment) {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;  // a malformed escape: take it literally
+  }
+}
+
 export function currentRoute() {
-  const rel = decodeURI(location.pathname.startsWith(BASE) ? location.pathname.slice(BASE.length) : "");
-  const parts = rel.split("/");
+  const rel = location.pathname.startsWith(BASE) ? location.pathname.slice(BASE.length) : "";
+  const parts = rel.split("/").map(decode);  // per segment, so a key may contain ?, # or %
   return { dc: parts[0] || "", section: parts[1] || "", rest: parts.slice(2).join("/"), query: new URLSearchParams(location.search) };
 }
 
