@@ -49,11 +49,15 @@ EXTRA_PARAMS: dict[str, dict[str, Any]] = {
     "/v1/config": {"cas": {"type": "integer", "minimum": 0}},
     "/v1/operator/raft/peer": {"id": _STR, "address": _STR},
     "/v1/agent/debug/profile": {"seconds": {"type": "integer", "minimum": 1, "maximum": 60}},
+    "/v1/internal/ui/intention-check": {"source": _STR, "destination": _STR, "path": _STR, "method": _STR,
+                                        "header": {"type": "string", "description": "Name:value (repeatable)"}},
+    "/v1/internal/ui/validate": {"format": {"type": "string", "enum": ["hcl", "json"]}},
 }
 FILTERED = ("/v1/catalog/nodes", "/v1/catalog/services", "/v1/catalog/service/", "/v1/catalog/connect/",
             "/v1/catalog/node/", "/v1/catalog/node-services/", "/v1/health/", "/v1/agent/services",
             "/v1/agent/checks", "/v1/connect/intentions")
-UNBLOCKED = ("/v1/agent/", "/v1/status/", "/v1/operator/", "/v1/snapshot", "/v1/internal/", "/v1/catalog/datacenters")
+UNBLOCKED = ("/v1/agent/", "/v1/status/", "/v1/operator/", "/v1/snapshot", "/v1/internal/ui/intention-check",
+             "/v1/internal/ui/validate", "/v1/catalog/datacenters")
 
 
 def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
