@@ -20,6 +20,7 @@ import msgpack
 
 from . import commands as c
 from .errors import CatalogError, Conflict, InvalidRequest, NotFound
+from .txn_catalog import Overlay
 
 PASSING = "passing"
 WARNING = "warning"
@@ -588,15 +589,28 @@ class StateStore:
 
     # ------------------------------------------------------------------ transactions
     def _txn(self, ch: Changes, cmd: c.Txn) -> dict[str, Any]:
-        """Apply KV operations atomically: all of them, or none with the errors of the failing ones."""
+        """Apply KV and catalog operations atomically: all of them, or none with the errors of the failing ones.
+
+        KV operations run for real and are rolled back on failure; catalog operations (ops with a "Kind" of
+        Node, Service or Check) are checked against an overlay first and applied only when all passed.
+        """
         saved_kv = dict(self._kv)
         saved_sorted = list(self._kv_sorted)
         saved_tomb = dict(self._tombstones)
         saved_tomb_sorted = list(self._tomb_sorted)
         scratch = Changes(ch.index)
-        results: list[dict[str, Any]] = []
+        overlay = Overlay(self, ch.index)
+        results: list[tuple[int, dict[str, Any]]] = []
+        catalog_ops: list[tuple[int, dict[str, Any]]] = []
         errors: list[dict[str, Any]] = []
         for i, op in enumerate(cmd.ops):
+            if op.get("Kind", "KV") != "KV":
+                why = overlay.check(op)
+                if why is None:
+                    catalog_ops.append((i, op))
+                else:
+                    errors.append({"OpIndex": i, "What": why})
+                continue
             try:
                 out = self._txn_op(scratch, op, cmd.now)
             except CatalogError as e:
@@ -605,16 +619,53 @@ class StateStore:
             if out is False:
                 errors.append({"OpIndex": i, "What": self._txn_failure(op)})
             elif isinstance(out, list):
-                results.extend({"KV": r} for r in out)
+                results.extend((i, {"KV": r}) for r in out)
             elif isinstance(out, dict):
-                results.append({"KV": out})
+                results.append((i, {"KV": out}))
         if errors:
             self._kv, self._kv_sorted = saved_kv, saved_sorted
             self._tombstones, self._tomb_sorted = saved_tomb, saved_tomb_sorted
             return {"Results": None, "Errors": errors}
         ch.tables |= scratch.tables
         ch.kv_keys.extend(scratch.kv_keys)
-        return {"Results": results, "Errors": None}
+        for i, op in catalog_ops:
+            row = self._txn_catalog_op(ch, op, cmd.now)
+            if row is not None:
+                results.append((i, {op["Kind"]: row}))
+        results.sort(key=lambda r: r[0])  # stable: an op's several results keep their order
+        return {"Results": [r for _, r in results], "Errors": None}
+
+    def _txn_catalog_op(self, ch: Changes, op: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """Apply one checked Node/Service/Check operation; the row it leaves (None for deletes)."""
+        kind, verb = op["Kind"], op["Verb"]
+        if kind == "Node":
+            name = op["Node"]["Node"]
+            if verb in ("set", "cas"):
+                self._register(ch, c.Register(node=op["Node"], now=now))
+            elif verb != "get":
+                self._deregister(ch, c.Deregister(node=name, now=now))
+                return None
+            return self._nodes[name.lower()]
+        nkey = op["Node"].lower()
+        if kind == "Service":
+            sid = op["Service"].get("ID") or op["Service"]["Service"]
+            if verb in ("set", "cas"):
+                self._register(ch, c.Register(node={"Node": op["Node"]}, service=op["Service"], skip_node_update=True,
+                                              now=now))
+            elif verb != "get":
+                if nkey in self._nodes:
+                    self._delete_service(ch, nkey, sid, now)
+                return None
+            return self._services[nkey][sid]
+        cid = op["Check"].get("CheckID") or op["Check"]["Name"]
+        if verb in ("set", "cas"):
+            self._register(ch, c.Register(node={"Node": op["Node"]}, checks=[op["Check"]], skip_node_update=True,
+                                          now=now))
+        elif verb != "get":
+            if nkey in self._nodes:
+                self._delete_check(ch, nkey, cid, now)
+            return None
+        return self._checks[nkey][cid]
 
     @staticmethod
     def _txn_failure(op: dict[str, Any]) -> str:
@@ -717,6 +768,7 @@ class StateStore:
     def _session_delete(self, ch: Changes, sid: str, now: float) -> None:
         sess = self._sessions.pop(sid)
         ch.tables.add(SESSIONS)
+        self._fail_session_checks(ch, sess)
         delay_s = sess.get("LockDelay", 0) / 1e9
         for key in [k for k, row in self._kv.items() if row["Session"] == sid]:
             if delay_s > 0:
@@ -730,6 +782,23 @@ class StateStore:
                 self._kv[key] = row
                 ch.tables.add(KVS)
                 ch.kv_keys.append(key)
+
+    def _fail_session_checks(self, ch: Changes, sess: dict[str, Any]) -> None:
+        """Checks of Type "session" on the session's node turn critical when their session ends.
+
+        A Proconsul extension: a process that registers into the catalog directly (k8s-sync's synthetic node)
+        ties its liveness check to a TTL session, so its entries turn critical once it stops renewing
+        (session renewals are not Raft writes), instead of living on forever.
+        """
+        nkey = sess["Node"].lower()
+        node_checks = self._checks.get(nkey, {})
+        for cid, chk in list(node_checks.items()):
+            if chk.get("Type") == "session" and (chk.get("Definition") or {}).get("SessionID") == sess["ID"] \
+                    and chk["Status"] != CRITICAL:
+                node_checks[cid] = dict(chk, Status=CRITICAL, ModifyIndex=ch.index, Output=(
+                    f"Session {sess['ID']} ended: its holder stopped renewing it or destroyed it"))
+                ch.tables.add(CHECKS)
+                self._touch_check_services(ch, nkey, chk.get("ServiceID") or "")
 
     def session_get(self, sid: str) -> tuple[int, dict[str, Any] | None]:
         return self.table_index(SESSIONS), self._sessions.get(sid)
