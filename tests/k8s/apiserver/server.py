@@ -25,6 +25,11 @@ SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 WATCH_QUEUE_MAX = 200_000
 
 
+def go_bool(value: str | None) -> bool:
+    """Query booleans as the API server parses them (Go's strconv.ParseBool)."""
+    return value in ("1", "t", "T", "true", "TRUE", "True")
+
+
 def status_response(err: ApiError) -> web.Response:
     return web.json_response(err.status(), status=err.code)
 
@@ -151,7 +156,7 @@ class ApiServer:
         m = request.method
         if not name:
             if m == "GET":
-                if request.query.get("watch") in ("1", "true"):
+                if go_bool(request.query.get("watch")):
                     return await self.watch(request, kind, namespace)
                 return self.list(request, kind, namespace)
             if m == "POST":
@@ -208,8 +213,8 @@ class ApiServer:
         q = request.query
         queue: asyncio.Queue[tuple[str, Obj]] = asyncio.Queue()
         as_table = self._wants_table(request) and kind.resource in tables.LAYOUT
-        bookmarks = q.get("allowWatchBookmarks") in ("1", "true")
-        initial = q.get("sendInitialEvents") in ("1", "true")
+        bookmarks = go_bool(q.get("allowWatchBookmarks"))
+        initial = go_bool(q.get("sendInitialEvents"))
         since = "0" if initial else q.get("resourceVersion", "")  # initial events: the current state first
         resp = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
         await resp.prepare(request)
