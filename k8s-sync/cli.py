@@ -202,6 +202,8 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=levels[level.lower()], stream=sys.stderr,
                         format="%(asctime)s [%(levelname)s] k8s-sync: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if level.lower() != "trace":  # the client library's own chatter only at trace
+        logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
 
 
 def execute(argv: list[str], prog: str = "proconsul k8s-sync") -> int:

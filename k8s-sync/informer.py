@@ -57,9 +57,14 @@ class Informer:
             resp.release()
             raise Expired(f"{self.name}: 410 Expired")
         if resp.status >= 300:
-            body = (await resp.read())[:300].decode(errors="replace")
+            raw = await resp.read()
             resp.release()
-            raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=body)
+            try:
+                status = orjson.loads(raw)
+                why = f"{status.get('reason', '')}: {status.get('message', '')}"
+            except ValueError:
+                why = raw[:200].decode(errors="replace")
+            raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=why)
         return resp
 
     async def list(self) -> None:
@@ -97,7 +102,7 @@ class Informer:
                 typ, obj = ev.get("type"), ev.get("object") or {}
                 if typ == "ERROR":
                     if obj.get("code") == 410:
-                        raise Expired(f"{self.name}: {obj.get('message', '410 Expired')}")
+                        raise Expired(f"{self.name}: 410 Expired ({obj.get('message', '')})")
                     raise aiohttp.ClientPayloadError(f"{self.name}: watch error {obj.get('message')}")
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
                 if typ in ("ADDED", "MODIFIED"):
@@ -115,6 +120,7 @@ class Informer:
         """List, then watch forever; re-list on 410; back off on errors (0.1 s doubling to 5 s)."""
         delay = 0.1
         need_list = True
+        failing = False
         while True:
             try:
                 if need_list:
@@ -122,10 +128,17 @@ class Informer:
                     need_list = False
                 await self.watch_once()
                 delay = 0.1
+                if failing:
+                    log.info("%s: watching again", self.name)
+                failing = False
             except Expired as e:
                 log.info("%s; listing again and diffing from the full state", e)
                 need_list = True
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-                log.warning("%s: %s: %s; retrying in %.1fs", self.name, type(e).__name__, e, delay)
+                what = f"{e.status} {e.message}" if isinstance(e, aiohttp.ClientResponseError) else f"{type(e).__name__}: {e}"
+                # once per outage at warning level; the retries after it at debug
+                log.log(logging.DEBUG if failing else logging.WARNING, "%s: %s; retrying (backing off up to 5s)",
+                        self.name, what)
+                failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

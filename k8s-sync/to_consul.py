@@ -23,6 +23,7 @@ CHECK_NAME = "Kubernetes Readiness Check"
 CHECK_TYPE = "kubernetes-readiness"
 PASSING_OUTPUT = "Kubernetes health checks passing"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SYNCED_FROM_CONSUL = "synced-from-consul"  # the label on Services written by the to-k8s side
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +93,13 @@ def _bool(raw: str) -> bool | None:
 
 
 def should_sync(svc: Obj, opts: Options) -> bool:
-    """consul-k8s's shouldSync: namespace allow/deny, type, then the service-sync annotation or the default."""
+    """consul-k8s's shouldSync: namespace allow/deny, type, then the service-sync annotation or the default;
+    never a Service that a syncer wrote from the catalog (selector-less ClusterIP ones in endpoints mode)."""
     meta = svc.get("metadata") or {}
     spec = svc.get("spec") or {}
     ns = meta.get("namespace", "")
+    if (meta.get("labels") or {}).get(SYNCED_FROM_CONSUL) == "true":
+        return False  # written by a syncer from the catalog: sending it back would loop
     if ns in opts.denied_namespaces():
         return False
     allowed = opts.allowed_namespaces()

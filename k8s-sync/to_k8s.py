@@ -15,9 +15,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .to_consul import SYNCED_FROM_CONSUL
+
 Obj = dict[str, Any]
 OWNER_LABEL = "proconsul.io/k8s-sync-node"
-SYNCED_LABEL = "synced-from-consul"
+SYNCED_LABEL = SYNCED_FROM_CONSUL
 MANAGED_BY = "proconsul-k8s-sync"
 SKIP = ("consul",)  # the servers' own service (a Kubernetes cluster running Consul has its own `consul` Service)
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

@@ -62,7 +62,7 @@ class KubeApi:
         return res
 
     def hook(self, name: str) -> Any:
-        """POST a test-server hook (compact, drop-watches)."""
+        """POST a test-server hook: compact, drop-watches, hold?on=1 / hold?on=0."""
         req = urllib.request.Request(f"{self.url}/_test/{name}", data=b"", method="POST")
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())

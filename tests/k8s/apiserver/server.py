@@ -46,7 +46,7 @@ class ApiServer:
         self.bookmark_interval = bookmark_interval
         self.requests: Counter[str] = Counter()
         self.watch_tasks: set[asyncio.Task[Any]] = set()
-        self.stop_watches = asyncio.Event()
+        self.held = False  # test hook: while set, lists and watches are refused (a partitioned client)
         for ns in SYSTEM_NAMESPACES:
             obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
                    "labels": {"kubernetes.io/metadata.name": ns}}}
@@ -66,6 +66,7 @@ class ApiServer:
         r.add_get("/openapi/v3/{gv:.*}", self.openapi_doc)
         r.add_post("/_test/compact", self.compact)
         r.add_post("/_test/drop-watches", self.drop_watches)
+        r.add_post("/_test/hold", self.hold)
         r.add_get("/_test/stats", lambda _: web.json_response({"requests": dict(self.requests),
                                                                "resourceVersion": self.store.rv}))
         r.add_route("*", "/api/v1{rest:.*}", self.core)
@@ -109,6 +110,12 @@ class ApiServer:
         """Test hook: end every open watch stream without compacting (a dropped connection)."""
         n = await self._end_watches()
         return web.json_response({"dropped": n})
+
+    async def hold(self, request: web.Request) -> web.Response:
+        """Test hook: ?on=1 refuses every list and watch with 503 (and ends open watches) until ?on=0."""
+        self.held = request.query.get("on", "1") == "1"
+        n = await self._end_watches() if self.held else 0
+        return web.json_response({"held": self.held, "dropped": n})
 
     async def _end_watches(self) -> int:
         tasks = list(self.watch_tasks)
@@ -155,6 +162,9 @@ class ApiServer:
             self._require_namespace(namespace)
         m = request.method
         if not name:
+            if m == "GET" and self.held:
+                self.requests["refused"] += 1
+                raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request")
             if m == "GET":
                 if go_bool(request.query.get("watch")):
                     return await self.watch(request, kind, namespace)
