@@ -87,6 +87,9 @@ class StateStore:
         self._by_name: dict[str, dict[tuple[str, str], None]] = {}  # lower(name) -> ordered set
         self._service_index: dict[str, int] = {}  # lower(name) -> last index touching it
         self._checks: dict[str, dict[str, dict[str, Any]]] = {}  # lower(node) -> check id -> row
+        # lower(node) -> ServiceID ("" for node checks) -> check ids: a node may hold thousands of instances
+        # (k8s-sync's synthetic node), so an instance's checks are found without scanning the node's.
+        self._check_index: dict[str, dict[str, dict[str, None]]] = {}
         self._kv: dict[str, dict[str, Any]] = {}
         self._kv_sorted: list[str] = []
         self._tombstones: dict[str, int] = {}
@@ -279,10 +282,12 @@ class StateStore:
         self._by_name.setdefault(lname, {})[(nkey, sid)] = None
         ch.tables.add(SERVICES)
         ch.services.add(lname)
-        # Service checks carry the service's name and tags: keep them in step.
-        for chk in self._checks.get(nkey, {}).values():
-            if chk.get("ServiceID") == sid and (chk["ServiceName"] != row["Service"]
-                                               or chk["ServiceTags"] != row["Tags"]):
+        # Service checks carry the service's name and tags: keep them in step (a new service has no checks yet,
+        # and a node may hold thousands: only look when the name or tags changed).
+        if existing is None or (existing["Service"] == row["Service"] and existing["Tags"] == row["Tags"]):
+            return
+        for chk in self._service_check_rows(nkey, sid):
+            if chk["ServiceName"] != row["Service"] or chk["ServiceTags"] != row["Tags"]:
                 chk["ServiceName"] = row["Service"]
                 chk["ServiceTags"] = list(row["Tags"])
                 chk["ModifyIndex"] = ch.index
@@ -324,10 +329,26 @@ class StateStore:
         row["CreateIndex"] = existing["CreateIndex"] if existing else ch.index
         row["ModifyIndex"] = ch.index
         node_checks[check_id] = row
+        if existing is not None and existing["ServiceID"] != sid:
+            self._unindex_check(nkey, check_id, existing["ServiceID"])
+        self._check_index.setdefault(nkey, {}).setdefault(sid, {})[check_id] = None
         ch.tables.add(CHECKS)
         self._touch_check_services(ch, nkey, sid)
         if row["Status"] == CRITICAL:
             self._invalidate_sessions_for_check(ch, nkey, check_id, now)
+
+    def _unindex_check(self, nkey: str, check_id: str, sid: str) -> None:
+        by_service = self._check_index.get(nkey, {})
+        ids = by_service.get(sid)
+        if ids is not None:
+            ids.pop(check_id, None)
+            if not ids:
+                del by_service[sid]
+
+    def _service_check_rows(self, nkey: str, sid: str) -> list[dict[str, Any]]:
+        """The checks of one instance (sid "" : the node-level checks), without scanning the node."""
+        checks = self._checks.get(nkey, {})
+        return [checks[c] for c in self._check_index.get(nkey, {}).get(sid, ())]
 
     def _touch_check_services(self, ch: Changes, nkey: str, sid: str) -> None:
         services = self._services.get(nkey, {})
@@ -357,6 +378,7 @@ class StateStore:
                 self._delete_check(ch, nkey, cid, cmd.now)
             self._services.pop(nkey, None)
             self._checks.pop(nkey, None)
+            self._check_index.pop(nkey, None)
             del self._nodes[nkey]
             ch.tables.add(NODES)
         return True
@@ -367,13 +389,14 @@ class StateStore:
             return
         self._unindex_service(ch, nkey, svc)
         ch.tables.add(SERVICES)
-        for cid in [k for k, v in self._checks.get(nkey, {}).items() if v.get("ServiceID") == sid]:
-            self._delete_check(ch, nkey, cid, now)
+        for chk in self._service_check_rows(nkey, sid):
+            self._delete_check(ch, nkey, chk["CheckID"], now)
 
     def _delete_check(self, ch: Changes, nkey: str, check_id: str, now: float) -> None:
         chk = self._checks.get(nkey, {}).pop(check_id, None)
         if chk is None:
             return
+        self._unindex_check(nkey, check_id, chk["ServiceID"])
         ch.tables.add(CHECKS)
         self._touch_check_services(ch, nkey, chk.get("ServiceID") or "")
         self._invalidate_sessions_for_check(ch, nkey, check_id, now)
@@ -429,22 +452,26 @@ class StateStore:
         svcs = sorted(self._services.get(nkey, {}).values(), key=lambda s: s["ID"])
         return self.table_index(NODES, SERVICES), (n, svcs)
 
+    def service_row(self, node: str, service_id: str) -> dict[str, Any] | None:
+        return self._services.get(node.lower(), {}).get(service_id)
+
+    def check_row(self, node: str, check_id: str) -> dict[str, Any] | None:
+        return self._checks.get(node.lower(), {}).get(check_id)
+
     def node_checks(self, node: str) -> tuple[int, list[dict[str, Any]]]:
         checks = sorted(self._checks.get(node.lower(), {}).values(), key=lambda x: x["CheckID"])
         return self.table_index(NODES, CHECKS), checks
 
     def instance_checks(self, nkey: str, sid: str) -> list[dict[str, Any]]:
         """The checks that decide an instance's health: its node's checks, then its own."""
-        checks = self._checks.get(nkey)
-        if not checks:
-            return []
-        return [chk for chk in checks.values() if not chk["ServiceID"] or chk["ServiceID"] == sid]
+        return self._service_check_rows(nkey, "") + self._service_check_rows(nkey, sid) if sid else \
+            self._service_check_rows(nkey, "")
 
     def service_checks(self, name: str) -> tuple[int, list[dict[str, Any]]]:
         lname = name.lower()
         out = []
         for nkey, sid in self._by_name.get(lname, {}):
-            out.extend(chk for chk in self._checks.get(nkey, {}).values() if chk["ServiceID"] == sid)
+            out.extend(self._service_check_rows(nkey, sid))
         out.sort(key=lambda x: (x["Node"], x["CheckID"]))
         return self.service_index(lname), out
 
@@ -605,7 +632,7 @@ class StateStore:
         errors: list[dict[str, Any]] = []
         for i, op in enumerate(cmd.ops):
             if op.get("Kind", "KV") != "KV":
-                why = overlay.check(op)
+                why = overlay.apply(op)
                 if why is None:
                     catalog_ops.append((i, op))
                 else:
@@ -905,6 +932,8 @@ class StateStore:
                 self._by_name.setdefault(s["Service"].lower(), {})[(nkey, s["ID"])] = None
         for nkey, checks in state["checks"].items():
             self._checks[nkey] = {x["CheckID"]: x for x in checks}
+            for x in checks:
+                self._check_index.setdefault(nkey, {}).setdefault(x["ServiceID"], {})[x["CheckID"]] = None
         for row in state["kv"]:
             self._kv[row["Key"]] = row
         self._kv_sorted = sorted(self._kv)

@@ -16,26 +16,32 @@ STATUSES = ("passing", "warning", "critical", "maintenance")
 
 
 class Rows(Protocol):
-    """The reads the overlay needs from the state store."""
+    """The point reads the overlay needs from the state store."""
 
     def get_node(self, name: str) -> tuple[int, dict[str, Any] | None]: ...
 
-    def node_services(self, node: str) -> tuple[int, tuple[dict[str, Any] | None, list[dict[str, Any]]]]: ...
+    def service_row(self, node: str, service_id: str) -> dict[str, Any] | None: ...
 
-    def node_checks(self, node: str) -> tuple[int, list[dict[str, Any]]]: ...
+    def check_row(self, node: str, check_id: str) -> dict[str, Any] | None: ...
+
+
+_GONE: dict[str, Any] = {}  # marks a row this transaction deleted
 
 
 class Overlay:
     """The catalog as seen part-way through a transaction: store rows, with this transaction's writes on top.
 
-    A row written earlier in the transaction shows ModifyIndex = the transaction's own index.
+    Reads are point lookups (a node may hold thousands of services). A row written earlier in the transaction
+    shows ModifyIndex = the transaction's own index.
     """
 
     def __init__(self, rows: Rows, index: int) -> None:
         self.rows, self.index = rows, index
         self.nodes: dict[str, dict[str, Any] | None] = {}
-        self.services: dict[str, dict[str, dict[str, Any]]] = {}
-        self.checks: dict[str, dict[str, dict[str, Any]]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.checks: dict[tuple[str, str], dict[str, Any]] = {}
+        self.dropped_nodes: set[str] = set()  # nodes deleted in this transaction: their old rows are gone
+        self.dropped_services: set[tuple[str, str]] = set()  # services deleted here: their old checks are gone
 
     def node(self, name: str) -> dict[str, Any] | None:
         key = name.lower()
@@ -43,17 +49,21 @@ class Overlay:
             self.nodes[key] = self.rows.get_node(name)[1]
         return self.nodes[key]
 
-    def node_services(self, name: str) -> dict[str, dict[str, Any]]:
-        key = name.lower()
-        if key not in self.services:
-            self.services[key] = {s["ID"]: s for s in self.rows.node_services(name)[1][1]}
-        return self.services[key]
+    def service(self, node: str, sid: str) -> dict[str, Any] | None:
+        key = (node.lower(), sid)
+        row = self.services.get(key)
+        if row is None:
+            row = None if key[0] in self.dropped_nodes else self.rows.service_row(node, sid)
+        return None if row is _GONE else row
 
-    def node_checks(self, name: str) -> dict[str, dict[str, Any]]:
-        key = name.lower()
-        if key not in self.checks:
-            self.checks[key] = {c["CheckID"]: c for c in self.rows.node_checks(name)[1]}
-        return self.checks[key]
+    def check(self, node: str, cid: str) -> dict[str, Any] | None:
+        key = (node.lower(), cid)
+        row = self.checks.get(key)
+        if row is None:
+            row = None if key[0] in self.dropped_nodes else self.rows.check_row(node, cid)
+            if row is not None and (key[0], row.get("ServiceID") or "") in self.dropped_services:
+                row = None
+        return None if row is _GONE else row
 
     def _stale(self, row: dict[str, Any] | None, op: dict[str, Any], what: str) -> str | None:
         want = int(op.get("Index") or 0)
@@ -63,72 +73,74 @@ class Overlay:
             return f"failed to {'set' if op['Verb'] == 'cas' else 'delete'} {what}, index is stale"
         return None
 
-    def check(self, op: dict[str, Any]) -> str | None:
+    def apply(self, op: dict[str, Any]) -> str | None:
         """Why `op` would fail here (None when it would succeed); on success the overlay takes its effect."""
         kind, verb = op["Kind"], op["Verb"]
         if kind == "Node":
-            node = op["Node"]
-            name = node.get("Node") or ""
-            if not name:
-                return "Must provide node"
-            cur = self.node(name)
-            if verb == "get":
-                return None if cur is not None else f"node {name!r} doesn't exist"
-            if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, f"node {name!r}")):
-                return err
-            if verb in ("delete", "delete-cas"):
-                self.nodes[name.lower()] = None
-                self.services[name.lower()] = {}
-                self.checks[name.lower()] = {}
-                return None
-            if not node.get("Address"):
-                return "Must provide address"
-            self.nodes[name.lower()] = {"Node": name, "ModifyIndex": self.index}
-            return None
+            return self._node(op, verb)
         node_name = op.get("Node") or ""
         if not node_name:
             return "Must provide node"
+        nkey = node_name.lower()
         if kind == "Service":
             sid = op["Service"].get("ID") or op["Service"].get("Service") or ""
-            services = self.node_services(node_name)
-            cur = services.get(sid)
+            cur = self.service(node_name, sid)
             what = f"service {sid!r} on node {node_name!r}"
             if verb == "get":
                 return None if cur is not None else f"{what} doesn't exist"
             if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, what)):
                 return err
             if verb in ("delete", "delete-cas"):
-                services.pop(sid, None)
-                checks = self.node_checks(node_name)
-                for cid in [c for c, row in checks.items() if row.get("ServiceID") == sid]:
-                    del checks[cid]
+                self.services[(nkey, sid)] = _GONE
+                self.dropped_services.add((nkey, sid))
                 return None
             if self.node(node_name) is None:
                 return f"Missing node registration: no node {node_name!r}"
             if not op["Service"].get("Service"):
                 return "Must provide service name (Service.Service)"
-            services[sid] = {"ID": sid, "ModifyIndex": self.index}
+            self.services[(nkey, sid)] = {"ID": sid, "ModifyIndex": self.index}
             return None
         chk = op["Check"]
         cid = chk.get("CheckID") or chk.get("Name") or ""
-        checks = self.node_checks(node_name)
-        cur = checks.get(cid)
+        cur = self.check(node_name, cid)
         what = f"check {cid!r} on node {node_name!r}"
         if verb == "get":
             return None if cur is not None else f"{what} doesn't exist"
         if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, what)):
             return err
         if verb in ("delete", "delete-cas"):
-            checks.pop(cid, None)
+            self.checks[(nkey, cid)] = _GONE
             return None
         if not cid:
             return "Must provide a check ID or Name"
         if self.node(node_name) is None:
             return f"Missing node registration: no node {node_name!r}"
         sid = chk.get("ServiceID") or ""
-        if sid and sid not in self.node_services(node_name):
+        if sid and self.service(node_name, sid) is None:
             return f"Missing service registration for check {cid!r}: no service {sid!r} on node {node_name!r}"
         if chk.get("Status") and chk["Status"] not in STATUSES:
             return f"Invalid check status {chk['Status']!r}"
-        checks[cid] = {"CheckID": cid, "ServiceID": sid, "ModifyIndex": self.index}
+        self.checks[(nkey, cid)] = {"CheckID": cid, "ServiceID": sid, "ModifyIndex": self.index}
+        return None
+
+    def _node(self, op: dict[str, Any], verb: str) -> str | None:
+        node = op["Node"]
+        name = node.get("Node") or ""
+        if not name:
+            return "Must provide node"
+        cur = self.node(name)
+        if verb == "get":
+            return None if cur is not None else f"node {name!r} doesn't exist"
+        if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, f"node {name!r}")):
+            return err
+        key = name.lower()
+        if verb in ("delete", "delete-cas"):
+            self.nodes[key] = None
+            self.dropped_nodes.add(key)
+            self.services = {k: v for k, v in self.services.items() if k[0] != key}
+            self.checks = {k: v for k, v in self.checks.items() if k[0] != key}
+            return None
+        if not node.get("Address"):
+            return "Must provide address"
+        self.nodes[key] = {"Node": name, "ModifyIndex": self.index}
         return None

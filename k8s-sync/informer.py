@@ -23,6 +23,7 @@ log = logging.getLogger("proconsul.k8s_sync")
 Obj = dict[str, Any]
 Key = tuple[str, str]
 ListCall = Callable[..., Awaitable[Any]]
+Changed = Callable[[Key | None, Obj | None, Obj | None], None]  # (key, before, after); key None: everything
 PAGE = 500
 
 
@@ -31,9 +32,10 @@ class Expired(Exception):
 
 
 class Informer:
-    """Keeps `cache` equal to the server's objects of one kind; calls `changed()` after every change."""
+    """Keeps `cache` equal to the server's objects of one kind; calls `changed(key, before, after)` after every
+    change, and `changed(None, None, None)` after a full list (everything may have changed)."""
 
-    def __init__(self, name: str, call: ListCall, changed: Callable[[], None], *, label_selector: str = "",
+    def __init__(self, name: str, call: ListCall, changed: Changed, *, label_selector: str = "",
                  rng: random.Random | None = None, watch_seconds: tuple[int, int] = (300, 600)) -> None:
         self.name, self.call, self.changed = name, call, changed
         self.label_selector = label_selector
@@ -85,7 +87,7 @@ class Informer:
         self.resource_version = rv
         self.relists += 1
         self.synced.set()
-        self.changed()
+        self.changed(None, None, None)
 
     async def watch_once(self) -> None:
         """One watch request from the current resourceVersion until the server ends it."""
@@ -105,14 +107,18 @@ class Informer:
                         raise Expired(f"{self.name}: 410 Expired ({obj.get('message', '')})")
                     raise aiohttp.ClientPayloadError(f"{self.name}: watch error {obj.get('message')}")
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
-                if typ in ("ADDED", "MODIFIED"):
-                    self.cache[self.key(obj)] = obj
-                elif typ == "DELETED":
-                    self.cache.pop(self.key(obj), None)
                 if rv:
                     self.resource_version = rv
-                if typ != "BOOKMARK":
-                    self.changed()
+                if typ == "BOOKMARK":
+                    continue
+                key = self.key(obj)
+                before = self.cache.get(key)
+                if typ == "DELETED":
+                    self.cache.pop(key, None)
+                    self.changed(key, before, None)
+                else:
+                    self.cache[key] = obj
+                    self.changed(key, before, obj)
         finally:
             resp.release()
 

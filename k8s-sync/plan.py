@@ -74,8 +74,12 @@ def _weights_differ(actual: Obj | None, want: Obj) -> bool:
 
 
 def plan_to_consul(desired: dict[str, Instance], view: CatalogView, node: str, tag: str, session_id: str,
-                   *, may_reap: bool, max_ops: int = MAX_TXN_OPS) -> Plan:
-    """The transactions that make the catalog match `desired`; no transaction at all when nothing differs."""
+                   *, may_reap: bool, candidates: set[str] | None = None, max_ops: int = MAX_TXN_OPS) -> Plan:
+    """The transactions that make the catalog match `desired`; no transaction at all when nothing differs.
+
+    `candidates`: the instance IDs that may have changed (None: compare them all); what to reap is always
+    found by a full (cheap) pass over the view.
+    """
     head: list[Obj] = []
     want_node = node_body(node, tag)
     if view.node is None or _differs(view.node, want_node, ("Address", "Meta")):
@@ -85,7 +89,7 @@ def plan_to_consul(desired: dict[str, Instance], view: CatalogView, node: str, t
         head.append({"Check": {"Verb": "set", "Check": alive}})
     groups: list[list[Obj]] = []
     registers = deregisters = 0
-    for sid in sorted(desired):
+    for sid in sorted(desired if candidates is None else candidates & desired.keys()):
         inst = desired[sid]
         ops: list[Obj] = []
         body = inst.service_body()

@@ -36,6 +36,16 @@ log = logging.getLogger("proconsul.k8s_sync")
 Obj = dict[str, Any]
 
 
+def _op_instance(op: Obj) -> str:
+    """The instance ID a Service or Check operation is about ("" for node-level operations)."""
+    kind, body = next(iter(op.items()))
+    if kind == "Service":
+        return body["Service"].get("ID", "")
+    if kind == "Check":
+        return body["Check"].get("ServiceID", "")
+    return ""
+
+
 def owner_key(node: str) -> str:
     return f"proconsul/k8s-sync/{node}/owner"
 
@@ -54,6 +64,7 @@ class Syncer:
         self.k8s_dirty = asyncio.Event()
         self.view = planmod.CatalogView()
         self.view_synced = {"services": False, "checks": False}
+        self.view_changed = True
         self.write_floor = {"services": 0, "checks": 0}
         self.desired: dict[str, to_consul.Instance] = {}
         self.catalog: dict[str, list[str]] | None = None
@@ -64,18 +75,28 @@ class Syncer:
         self.ready = False
         self.reconciles = 0
         ns = opts.k8s_source_namespace
+        # Incremental state of the to-Consul side: what each Service calls for, recomputed only when it or
+        # its EndpointSlices (or, for NodePort, the nodes) change.
+        self.by_service: dict[tuple[str, str], list[to_consul.Instance]] = {}
+        self.slices_by_owner: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
+        self.dirty_services: set[tuple[str, str]] = set()
+        self.everything_dirty = True
+        self.carry: set[str] = set()  # instance IDs planned but held back for a fuller transaction
+        self.last_event = 0.0
+        self.partial_since = 0.0
         if opts.to_consul:
             self.services = self._informer("services", self.core.list_namespaced_service if ns
-                                           else self.core.list_service_for_all_namespaces, ns)
+                                           else self.core.list_service_for_all_namespaces, ns, self._service_event)
             self.slices = self._informer("endpointslices", self.discovery.list_namespaced_endpoint_slice if ns
-                                         else self.discovery.list_endpoint_slice_for_all_namespaces, ns)
-            self.nodes = self._informer("nodes", self.core.list_node, "")
+                                         else self.discovery.list_endpoint_slice_for_all_namespaces, ns,
+                                         self._slice_event)
+            self.nodes = self._informer("nodes", self.core.list_node, "", self._node_event)
             self.informers = [self.services, self.slices, self.nodes]
         if opts.to_k8s:
             sel = f"{to_k8s.OWNER_LABEL}={opts.consul_node_name}"
             wns = opts.k8s_write_namespace
 
-            def mark() -> None:
+            def mark(*_: Any) -> None:
                 self.k8s_dirty.set()
 
             self.k8s_informers = [
@@ -85,12 +106,47 @@ class Syncer:
                          lambda **kw: self.discovery.list_namespaced_endpoint_slice(wns, **kw), mark,
                          label_selector=sel, rng=self.rng)]
 
-    def _informer(self, name: str, call: Any, namespace: str) -> Informer:
-        def mark() -> None:
-            self.dirty.set()
-
+    def _informer(self, name: str, call: Any, namespace: str, changed: Any) -> Informer:
         bound = (lambda **kw: call(namespace, **kw)) if namespace else call
-        return Informer(name, bound, mark, rng=self.rng)
+        return Informer(name, bound, changed, rng=self.rng)
+
+    def _touch(self, key: tuple[str, str] | None) -> None:
+        if key is None:
+            self.everything_dirty = True
+        else:
+            self.dirty_services.add(key)
+        self.last_event = time.monotonic()
+        self.dirty.set()
+
+    def _service_event(self, key: tuple[str, str] | None, before: Obj | None, after: Obj | None) -> None:
+        self._touch(key)
+
+    def _slice_event(self, key: tuple[str, str] | None, before: Obj | None, after: Obj | None) -> None:
+        if key is None:  # a full list: rebuild the owner index
+            self.slices_by_owner = {}
+            for k, obj in self.slices.cache.items():
+                owner = to_consul.slice_owner(obj)
+                if owner:
+                    self.slices_by_owner.setdefault(owner, {})[k] = obj
+            self._touch(None)
+            return
+        for obj in (before, after):
+            owner = to_consul.slice_owner(obj) if obj else None
+            if owner:
+                self.slices_by_owner.setdefault(owner, {}).pop(key, None)
+                self._touch(owner)
+        owner = to_consul.slice_owner(after) if after else None
+        if owner:
+            self.slices_by_owner.setdefault(owner, {})[key] = after  # type: ignore[assignment]
+
+    def _node_event(self, key: tuple[str, str] | None, before: Obj | None, after: Obj | None) -> None:
+        if key is not None and before is not None and after is not None and \
+                (before.get("status") or {}).get("addresses") == (after.get("status") or {}).get("addresses"):
+            return  # node status heartbeats: nothing the syncer reads changed
+        for k, svc in self.services.cache.items():  # only NodePort Services use node addresses
+            if (svc.get("spec") or {}).get("type") == "NodePort":
+                self.dirty_services.add(k)
+        self.dirty.set()
 
     # ------------------------------------------------------------------ ownership
     async def claim(self) -> None:
@@ -158,6 +214,7 @@ class Syncer:
         self.view.node = body.get("Node")
         self.view.services = {s["ID"]: s for s in body.get("Services") or []}
         self.view_synced["services"] = True
+        self.view_changed = True
         self.dirty.set()
 
     def _on_checks(self, index_body: tuple[int, Any]) -> None:
@@ -166,14 +223,17 @@ class Syncer:
             return
         self.view.checks = {c["CheckID"]: c for c in body or []}
         self.view_synced["checks"] = True
+        self.view_changed = True
         self.dirty.set()
 
-    async def follow_view(self, path: str, handle: Any) -> None:
+    async def follow_view(self, path: str, handle: Any, min_interval: float = 0.05) -> None:
+        """Blocking queries on `path`, at most one per `min_interval` (the rate limit), reset when the index
+        goes backwards."""
         index = 0
         last = 0.0
         delay = 0.1
         while True:
-            gap = 0.05 - (time.monotonic() - last)
+            gap = min_interval - (time.monotonic() - last)
             if gap > 0:
                 await asyncio.sleep(gap)
             last = time.monotonic()
@@ -220,29 +280,83 @@ class Syncer:
             table = "checks" if kind == "Check" else "services"
             self.write_floor[table] = max(self.write_floor[table], int(row.get("ModifyIndex") or 0))
 
+    def _update_desired(self) -> set[str] | None:
+        """Bring `desired` up to date for the Services that changed; the instance IDs to compare (None: all)."""
+        o = self.opts
+        addrs = to_consul.node_addresses(self.nodes.cache)
+        if self.everything_dirty:
+            self.by_service = {}
+            for key, svc in self.services.cache.items():
+                self.by_service[key] = to_consul.service_instances(
+                    svc, list(self.slices_by_owner.get(key, {}).values()), addrs, o)
+            self.desired = {i.id: i for insts in self.by_service.values() for i in insts}
+            self.everything_dirty = False
+            self.dirty_services.clear()
+            return None
+        changed: set[str] = set()
+        for key in self.dirty_services:
+            for inst in self.by_service.pop(key, []):
+                self.desired.pop(inst.id, None)
+                changed.add(inst.id)
+            svc = self.services.cache.get(key)
+            if svc is not None:
+                insts = to_consul.service_instances(svc, list(self.slices_by_owner.get(key, {}).values()), addrs, o)
+                self.by_service[key] = insts
+                for inst in insts:
+                    self.desired[inst.id] = inst
+                    changed.add(inst.id)
+        self.dirty_services.clear()
+        return changed
+
     async def reconcile_consul(self) -> None:
         if not self.both_listed():
             return
         o = self.opts
-        self.desired = to_consul.desired_instances(self.services.cache, self.slices.cache, self.nodes.cache, o)
+        changed = self._update_desired()
+        if self.view_changed:
+            changed, self.view_changed = None, False  # the catalog changed under us: compare everything
+        candidates = None if changed is None else changed | self.carry
         self.metrics.set("proconsul_k8s_sync_instances", len(self.desired))
         plan = planmod.plan_to_consul(self.desired, self.view, o.consul_node_name, o.consul_k8s_tag,
-                                      self.session_id, may_reap=True)
-        if plan.empty:
-            return
-        for txn in plan.txns:
+                                      self.session_id, may_reap=True, candidates=candidates)
+        self.carry = set()
+        txns = plan.txns
+        now = time.monotonic()
+        busy = now - self.last_event < max(o.settle * 4, 0.2)
+        if txns and busy and len(txns[-1]) < planmod.MAX_TXN_OPS - 1 and \
+                (not self.partial_since or now - self.partial_since < 1.0):
+            # Kubernetes is still streaming changes: hold the partial last transaction back so that it fills up
+            # (at most a second), instead of spending a Raft write on a few instances.
+            held = txns.pop()
+            self.carry = {_op_instance(op) for op in held} - {""}
+            self.partial_since = self.partial_since or now
+            self.dirty.set()
+        else:
+            self.partial_since = 0.0
+        registers = deregisters = 0
+        for txn in txns:
             try:
                 result = await self.consul.txn(txn)
             except ConsulError as e:
                 self.metrics.inc("consul_sync_catalog_to_consul_register_error")
+                self.view_changed = True  # re-read and compare everything on the next pass
                 log.error("catalog write failed, will retry: %s", e)
                 raise
             self.metrics.inc("proconsul_k8s_sync_txn_total")
             self._apply_optimistically(txn, result)
-        self.metrics.inc("consul_sync_catalog_to_consul_register", plan.registers)
-        self.metrics.inc("consul_sync_catalog_to_consul_deregister", plan.deregisters)
-        log.info("catalog: %d instance(s) registered or updated, %d deregistered, in %d transaction(s)",
-                 plan.registers, plan.deregisters, len(plan.txns))
+            for op in txn:
+                kind, body = next(iter(op.items()))
+                if kind == "Service":
+                    if body["Verb"] == "delete":
+                        deregisters += 1
+                    else:
+                        registers += 1
+        if txns:
+            self.metrics.inc("consul_sync_catalog_to_consul_register", registers)
+            self.metrics.inc("consul_sync_catalog_to_consul_deregister", deregisters)
+            log.info("catalog: %d instance(s) registered or updated, %d deregistered, in %d transaction(s)%s",
+                     registers, deregisters, len(txns), f" ({len(self.carry)} held for a fuller one)"
+                     if self.carry else "")
 
     async def consul_loop(self) -> None:
         delay = 0.1
@@ -253,6 +367,7 @@ class Syncer:
                 await asyncio.wait_for(self.dirty.wait(), timeout)
             except TimeoutError:
                 next_full = time.monotonic() + self.opts.consul_write_interval
+                self.everything_dirty = True  # the periodic full re-check
             await asyncio.sleep(self.opts.settle)
             self.dirty.clear()
             try:
@@ -403,8 +518,10 @@ class Syncer:
         tasks = [self.heartbeat()]
         if self.opts.to_consul:
             tasks += [i.run() for i in self.informers]
-            tasks += [self.follow_view(f"/v1/catalog/node-services/{node}", self._on_services),
-                      self.follow_view(f"/v1/health/node/{node}", self._on_checks), self.consul_loop()]
+            # Our own writes keep the view current; these blocking queries catch changes made behind our back, at
+            # most once a second (each answer is the whole node, thousands of rows).
+            tasks += [self.follow_view(f"/v1/catalog/node-services/{node}", self._on_services, 1.0),
+                      self.follow_view(f"/v1/health/node/{node}", self._on_checks, 1.0), self.consul_loop()]
         if self.opts.to_k8s:
             tasks += [i.run() for i in self.k8s_informers]
             tasks += [self.follow_view("/v1/catalog/services", self._on_catalog), self.k8s_loop()]

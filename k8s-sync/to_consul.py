@@ -155,17 +155,38 @@ def _ready(ep: Obj) -> bool:
     return cond.get("ready") is not False
 
 
+def node_addresses(nodes: dict[Any, Obj]) -> dict[str, list[Obj]]:
+    return {(n.get("metadata") or {}).get("name", ""): (n.get("status") or {}).get("addresses") or []
+            for n in nodes.values()}
+
+
+def slice_owner(obj: Obj) -> tuple[str, str] | None:
+    """The (namespace, Service name) an EndpointSlice belongs to, from its kubernetes.io/service-name label."""
+    meta = obj.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return (meta.get("namespace", ""), owner) if owner else None
+
+
+def service_instances(svc: Obj, slices: list[Obj], node_addrs: dict[str, list[Obj]], opts: Options) -> list[Instance]:
+    """The instances one Service calls for (none when it is not synced); `slices` are its EndpointSlices."""
+    if not should_sync(svc, opts):
+        return []
+    ordered = sorted(slices, key=lambda s: s["metadata"]["name"])
+    meta = svc["metadata"]
+    return _instances(svc, {(meta.get("namespace", ""), meta["name"]): ordered}, node_addrs, opts)
+
+
 def desired_instances(services: dict[Any, Obj], slices: dict[Any, Obj], nodes: dict[Any, Obj],
                       opts: Options) -> dict[str, Instance]:
     """Every instance the synced Services call for, by instance ID."""
     by_service = _slices_by_service(slices)
-    node_addrs = {(n.get("metadata") or {}).get("name"): (n.get("status") or {}).get("addresses") or []
-                  for n in nodes.values()}
+    addrs = node_addresses(nodes)
     out: dict[str, Instance] = {}
     for svc in services.values():
-        if should_sync(svc, opts):
-            for inst in _instances(svc, by_service, node_addrs, opts):
-                out[inst.id] = inst
+        meta = svc.get("metadata") or {}
+        for inst in service_instances(svc, by_service.get((meta.get("namespace", ""), meta.get("name", "")), []),
+                                      addrs, opts):
+            out[inst.id] = inst
     return out
 
 
