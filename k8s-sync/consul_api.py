@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -109,13 +109,18 @@ class ConsulAPI:
         _, _, body = await self.request("PUT", f"/v1/kv/{quote(key)}", params={verb: sid}, raw=value)
         return body is True
 
-    async def follow(self, path: str, handle: Callable[[Any], Awaitable[None] | None], *, wait: str = "60s",
-                     min_interval: float = 0.05, stop: asyncio.Event | None = None) -> None:
-        """Blocking-query `path` forever, calling `handle(body)` for the first answer and every change."""
+    async def follow(self, path: str, handle: Callable[[int, Any], None], *, wait: str = "60s",
+                     min_interval: float = 0.05, on_status: Callable[[bool], None] | None = None) -> None:
+        """Blocking-query `path` forever, calling `handle(index, body)` for the first answer and every change.
+
+        At most one query per `min_interval` (the rate limit); an index that goes backwards starts over from 0;
+        errors back off from 0.1 s doubling to 5 s, logged once per outage.
+        """
         index = 0
         delay = 0.1
         last = 0.0
-        while stop is None or not stop.is_set():
+        failing = False
+        while True:
             gap = min_interval - (time.monotonic() - last)
             if gap > 0:
                 await asyncio.sleep(gap)
@@ -124,16 +129,21 @@ class ConsulAPI:
                 params = {"index": str(index), "wait": wait} if index else {}
                 new_index, body = await self.get(path, **params)
             except ConsulError as e:
-                log.warning("%s; retrying in %.1fs", e, delay)
+                if on_status:
+                    on_status(False)
+                log.log(logging.DEBUG if failing else logging.WARNING, "%s; retrying (backing off up to 5s)", e)
+                failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.1
+            if on_status:
+                on_status(True)
+            failing, delay = False, 0.1
             if index and new_index == index:
                 continue  # the wait ended with nothing new
             if new_index < index:
                 log.info("%s: index went backwards (%d < %d): starting over", path, new_index, index)
-            index = max(new_index, 1) if new_index >= index else 0
-            result = handle(body)
-            if asyncio.iscoroutine(result):
-                await result
+                index = 0
+            else:
+                index = max(new_index, 1)
+            handle(new_index, body)

@@ -206,8 +206,7 @@ class Syncer:
                 log.warning("session renewal failed: %s", e)
 
     # ------------------------------------------------------------------ catalog view (blocking queries)
-    def _on_services(self, index_body: tuple[int, Any]) -> None:
-        index, body = index_body
+    def _on_services(self, index: int, body: Any) -> None:
         if index < self.write_floor["services"]:
             return  # older than our own last write: our optimistic view is newer
         body = body or {}
@@ -217,8 +216,7 @@ class Syncer:
         self.view_changed = True
         self.dirty.set()
 
-    def _on_checks(self, index_body: tuple[int, Any]) -> None:
-        index, body = index_body
+    def _on_checks(self, index: int, body: Any) -> None:
         if index < self.write_floor["checks"]:
             return
         self.view.checks = {c["CheckID"]: c for c in body or []}
@@ -226,32 +224,11 @@ class Syncer:
         self.view_changed = True
         self.dirty.set()
 
+    def _status(self, ok: bool) -> None:
+        self.metrics.set("consul_sync_catalog_status", 1 if ok else 0)
+
     async def follow_view(self, path: str, handle: Any, min_interval: float = 0.05) -> None:
-        """Blocking queries on `path`, at most one per `min_interval` (the rate limit), reset when the index
-        goes backwards."""
-        index = 0
-        last = 0.0
-        delay = 0.1
-        while True:
-            gap = min_interval - (time.monotonic() - last)
-            if gap > 0:
-                await asyncio.sleep(gap)
-            last = time.monotonic()
-            try:
-                params = {"index": str(index), "wait": "60s"} if index else {}
-                new, body = await self.consul.get(path, **params)
-                self.metrics.set("consul_sync_catalog_status", 1)
-            except ConsulError as e:
-                self.metrics.set("consul_sync_catalog_status", 0)
-                log.warning("%s; retrying in %.1fs", e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            if index and new == index:
-                continue
-            index = new if new >= index else 0  # an index that went backwards starts over
-            handle((new, body))
+        await self.consul.follow(path, handle, min_interval=min_interval, on_status=self._status)
 
     # ------------------------------------------------------------------ to Consul
     def both_listed(self) -> bool:
@@ -380,8 +357,7 @@ class Syncer:
                 self.dirty.set()
 
     # ------------------------------------------------------------------ to Kubernetes
-    def _on_catalog(self, index_body: tuple[int, Any]) -> None:
-        _, body = index_body
+    def _on_catalog(self, _: int, body: Any) -> None:
         self.catalog = {name: list(tags or []) for name, tags in (body or {}).items()}
         if self.opts.to_k8s_mode == "endpoints":
             wanted = {n for n, tags in self.catalog.items() if self.opts.consul_k8s_tag not in tags}
@@ -395,8 +371,7 @@ class Syncer:
     async def _follow_health(self, name: str) -> None:
         from urllib.parse import quote
 
-        def handle(index_body: tuple[int, Any]) -> None:
-            _, rows = index_body
+        def handle(_: int, rows: Any) -> None:
             self.healthy[name] = [((r["Service"].get("Address") or r["Node"].get("Address")), r["Service"]["Port"])
                                   for r in rows or []]
             self.k8s_dirty.set()

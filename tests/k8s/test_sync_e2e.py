@@ -80,6 +80,7 @@ def test_create_scale_readiness_annotations_delete(kube: KubeApi, agent: AgentPr
     wait_for(lambda: not instances(agent, f"renamed-{ns}"), 10, message="the deletion")
     m = s.metrics()
     assert m["consul_sync_catalog_to_consul_deregister"] >= 3 and m["consul_sync_catalog_to_consul_register"] >= 3
+    assert m["consul_sync_catalog_status"] == 1 and s._get("/health") == (200, "ok\n")
     assert m["proconsul_k8s_sync_txn_total"] - txns <= 6  # one transaction per change, nothing more
 
 
