@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import REPO, AgentProcess, free_port, report, wait_for
+from common import REPO, AgentProcess, report
 
 sys.path.insert(0, str(REPO / "tests" / "k8s"))
 from kube import kubectl_binary, start_test_apiserver  # noqa: E402
+from syncer_process import SyncerProcess  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 NODE = "k8s-sync"
@@ -57,8 +58,9 @@ def manifests(services: int, endpoints: int) -> str:
 
 
 def applied_index(agent: AgentProcess) -> int:
-    _, body = agent.get("/v1/agent/metrics")
-    return int(next(g["Value"] for g in body["Gauges"] if g["Name"] == "proconsul.raft.applied_index"))
+    """The agent's Raft applied index (every Raft write, whoever made it)."""
+    _, body = agent.get("/v1/agent/self")
+    return int(body["Stats"]["raft"]["applied_index"])
 
 
 def passing(agent: AgentProcess) -> int:
@@ -93,25 +95,11 @@ def syncer_arm(workdir: Path, services: int, endpoints: int, rest: float) -> dic
     try:
         kube.kubectl("apply", "-f", "-", input='{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"bench"}}',
                      check=True)
-        port = free_port()
-        log = open(workdir / "syncer.log", "ab")
-        syncer = subprocess.Popen([sys.executable, "-m", "proconsul.k8s_sync", "--kubeconfig", str(kube.kubeconfig),
-                                   "--http-addr", agent.addr, "--listen", f"127.0.0.1:{port}", "--to-k8s=false"],
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready() -> bool:
-            import urllib.request
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(ready, 30, message="the syncer to be ready")
+        syncer = SyncerProcess(workdir, kube, agent, "--to-k8s=false", "--log-level", "info").start(timeout=30)
         path = workdir / "bench.json"
         path.write_text(manifests(services, endpoints))
         idx0 = applied_index(agent)
-        cpu0 = {"syncer": cpu_seconds(syncer.pid), "agent": cpu_seconds(agent.proc.pid),
+        cpu0 = {"syncer": cpu_seconds(syncer.proc.pid), "agent": cpu_seconds(agent.proc.pid),
                 "apiserver": cpu_seconds(kube.proc.pid)}
         t0 = time.monotonic()
         res = subprocess.run([kubectl_binary(), "--kubeconfig", str(kube.kubeconfig), "apply", "-f", str(path)],
@@ -120,7 +108,7 @@ def syncer_arm(workdir: Path, services: int, endpoints: int, rest: float) -> dic
         t_applied = time.monotonic() - t0
         t_all = wait_all_passing(agent, total, t0)
         writes = applied_index(agent) - idx0
-        cpu = {"syncer": cpu_seconds(syncer.pid) - cpu0["syncer"], "agent": cpu_seconds(agent.proc.pid) - cpu0["agent"],
+        cpu = {"syncer": cpu_seconds(syncer.proc.pid) - cpu0["syncer"], "agent": cpu_seconds(agent.proc.pid) - cpu0["agent"],
                "apiserver": cpu_seconds(kube.proc.pid) - cpu0["apiserver"]}
         idx1 = applied_index(agent)
         time.sleep(rest)
@@ -132,8 +120,7 @@ def syncer_arm(workdir: Path, services: int, endpoints: int, rest: float) -> dic
                 "apiserver_cpu_s": cpu["apiserver"]}
     finally:
         if syncer is not None:
-            syncer.terminate()
-            syncer.wait(10)
+            syncer.stop()
         agent.stop()
         kube.stop()
 
