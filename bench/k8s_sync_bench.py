@@ -113,7 +113,8 @@ def syncer_arm(workdir: Path, services: int, endpoints: int, rest: float) -> dic
         idx1 = applied_index(agent)
         time.sleep(rest)
         at_rest = (applied_index(agent) - idx1) * 60 / rest
-        return {"all_passing_s": t_all, "kubectl_apply_s": t_applied, "raft_writes": writes,
+        return {"all_passing_s": t_all, "kubectl_apply_s": t_applied, "after_apply_s": t_all - t_applied,
+                "raft_writes": writes,
                 "instances_per_write": total / max(writes, 1), "writes_per_min_at_rest": at_rest,
                 "cpu_s_per_1k": (cpu["syncer"] + cpu["agent"]) * 1000 / total,
                 "syncer_cpu_s_per_1k": cpu["syncer"] * 1000 / total, "agent_cpu_s_per_1k": cpu["agent"] * 1000 / total,
