@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from kube import KubeApi  # noqa: E402
@@ -158,3 +160,34 @@ def test_server_side_apply_and_selectors_and_chunked_lists(kube: KubeApi, ns: st
     assert [r[0] for r in out[1:]] == ["b1", "b2", "b3"]
     res = kube.kubectl("get", "-n", ns, "svc", "-l", "app in (b1")
     assert res.returncode == 1 and "unable to parse requirement" in res.stderr
+
+
+def test_nodes_endpoints_and_events(kube: KubeApi, ns: str) -> None:
+    if not kube.is_test_server:
+        pytest.skip("creates a Node, which a real cluster's nodes own")
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"node-{ns}", "labels": {
+        "node-role.kubernetes.io/worker": ""}}, "status": {
+        "addresses": [{"type": "InternalIP", "address": "192.168.7.1"}, {"type": "ExternalIP", "address": "203.0.113.7"}],
+        "conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.37.0"}}}
+    kube.kubectl("apply", "-f", "-", input=json.dumps(node), check=True)
+    try:
+        out = rows(kube.kubectl("get", "node", f"node-{ns}", "-o", "wide", check=True).stdout)
+        assert out[0][:7] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP"]
+        assert out[1][:3] == [f"node-{ns}", "Ready", "worker"] and out[1][4:7] == ["v1.37.0", "192.168.7.1",
+                                                                                  "203.0.113.7"]
+    finally:
+        kube.kubectl("delete", "node", f"node-{ns}", check=True)
+    ep = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "legacy"},
+          "subsets": [{"addresses": [{"ip": f"10.9.0.{i}"} for i in range(1, 6)], "ports": [{"port": 80}]}]}
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(ep), check=True)
+    out = rows(kube.kubectl("get", "-n", ns, "endpoints", "legacy", check=True).stdout)
+    assert out[1][1:5] == ["10.9.0.1:80,10.9.0.2:80,10.9.0.3:80", "+", "2", "more..."]
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=service("ev", selector=False), check=True)
+    uid = kube.kubectl("get", "-n", ns, "svc", "ev", "-o", "jsonpath={.metadata.uid}", check=True).stdout
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "ev.1"}, "type": "Warning",
+             "reason": "SyncFailed", "message": "could not write the catalog",
+             "involvedObject": {"kind": "Service", "name": "ev", "namespace": ns, "uid": uid},
+             "source": {"component": "k8s-sync"}, "count": 1}
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(event), check=True)
+    described = kube.kubectl("describe", "-n", ns, "svc", "ev", check=True).stdout
+    assert "SyncFailed" in described and "could not write the catalog" in described
