@@ -299,11 +299,11 @@ class Syncer:
         self.carry = set()
         txns = plan.txns
         now = time.monotonic()
-        busy = now - self.last_event < max(o.settle * 4, 0.2)
+        busy = now - self.last_event < max(o.settle * 5, 0.25)
         if txns and busy and len(txns[-1]) < planmod.MAX_TXN_OPS - 1 and \
-                (not self.partial_since or now - self.partial_since < 1.0):
+                (not self.partial_since or now - self.partial_since < 2.0):
             # Kubernetes is still streaming changes: hold the partial last transaction back so that it fills up
-            # (at most a second), instead of spending a Raft write on a few instances.
+            # (at most two seconds), instead of spending a Raft write on a few instances.
             held = txns.pop()
             self.carry = {_op_instance(op) for op in held} - {""}
             self.partial_since = self.partial_since or now
