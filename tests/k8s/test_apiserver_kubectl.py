@@ -122,26 +122,31 @@ def test_annotate_describe_and_delete(kube: KubeApi, ns: str) -> None:
 
 
 def test_get_watch_prints_each_change(kube: KubeApi, ns: str) -> None:
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=service("w0"), check=True)  # listed before the watch
     proc = subprocess.Popen(kube.kubectl_cmd("get", "-n", ns, "svc", "-w", "--output-watch-events"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[list[str]] = []
+
+    def seen(event: str, name: str) -> bool:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if line:
+            lines.append(line.split())
+        return bool(lines) and lines[-1][:2] == [event, name]
+
     try:
+        # Once the listed object is printed, kubectl watches from the list's resourceVersion: every later
+        # change is an event, however late its watch request reaches the server.
+        wait_for(lambda: seen("ADDED", "w0"), 20, interval=0, message="kubectl get -w to print its list")
         kube.kubectl("apply", "-n", ns, "-f", "-", input=service("w1"), check=True)
         kube.kubectl("annotate", "-n", ns, "svc", "w1", "a=b", check=True)
         kube.kubectl("delete", "-n", ns, "svc", "w1", check=True)
-        lines: list[list[str]] = []
-
-        def seen_delete() -> bool:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if line:
-                lines.append(line.split())
-            return bool(lines) and lines[-1][0] == "DELETED"
-
-        wait_for(seen_delete, 20, interval=0, message="kubectl get -w to print the deletion")
+        wait_for(lambda: seen("DELETED", "w1"), 20, interval=0, message="kubectl get -w to print the deletion")
     finally:
         proc.terminate()
         proc.wait(10)
     assert lines[0][:3] == ["EVENT", "NAME", "TYPE"]
-    assert [(r[0], r[1]) for r in lines[1:]] == [("ADDED", "w1"), ("MODIFIED", "w1"), ("DELETED", "w1")]
+    assert [(r[0], r[1]) for r in lines[1:]] == [("ADDED", "w0"), ("ADDED", "w1"), ("MODIFIED", "w1"),
+                                                ("DELETED", "w1")]
 
 
 def test_server_side_apply_and_selectors_and_chunked_lists(kube: KubeApi, ns: str) -> None:
