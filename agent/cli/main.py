@@ -19,6 +19,7 @@ from proconsul.agent.cli import (
     connect,
     debug,
     intention,
+    k8s_sync,
     kv,
     lock,
     maint,
@@ -42,7 +43,7 @@ app = typer.Typer(
 )
 
 for _group in (agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
-               intention, connect, tls, troubleshoot):
+               intention, connect, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 
