@@ -132,8 +132,8 @@ def uint_param(request: web.Request, name: str, default: int = 0) -> int:
         return default
     try:
         v = int(raw)
-        if v < 0:
+        if v < 0 or v >= 1 << 64:
             raise ValueError
         return v
     except ValueError:
-        raise BadRequest(f"Invalid {name}: {raw!r} is not a non-negative integer") from None
+        raise BadRequest(f"Invalid {name}: {raw!r} is not an unsigned 64-bit integer") from None
