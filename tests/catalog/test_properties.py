@@ -49,11 +49,10 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
     for name in ("web", "db", "api", "cache", "missing"):
         out += [("catalog.service", {"name": name}), ("catalog.service", {"name": name, "tags": ["v1"]}),
                 ("health.service", {"name": name, "passing": True}), ("health.service", {"name": name}),
-                ("health.checks", {"name": name}), ("catalog.service", {"name": name, "connect": True}),
-                ("ui.topology", {"name": name})]
+                ("health.checks", {"name": name}), ("catalog.service", {"name": name, "connect": True})]
     for n in ("n1", "n2", "n3", "nx"):
         out += [("catalog.node", {"node": n}), ("catalog.node_services", {"node": n}), ("health.node", {"node": n}),
-                ("session.node", {"node": n}), ("ui.node", {"node": n})]
+                ("session.node", {"node": n})]
     for k in ("", "a", "a/", "b/", "zz"):
         out += [("kv.get", {"key": k}), ("kv.list", {"key": k}), ("kv.keys", {"key": k, "separator": "/"})]
     for state in ("any", "passing", "critical"):
@@ -62,7 +61,9 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
             ("catalog.services", {"node_meta": [["rack", "2"]]}), ("session.list", {}),
             ("config.list", {"kind": "service-defaults"}), ("config.get", {"kind": "service-defaults", "name": "web"}),
             ("connect.roots", {}), ("catalog.gateway_services", {"gateway": "gw"}),
-            ("health.ingress", {"name": "web"}), ("ui.services", {}), ("ui.nodes", {})]
+            ("health.ingress", {"name": "web"}), ("ui.services", {}), ("ui.services", {"names": ["web", "Missing"]}),
+            ("ui.nodes", {}), ("ui.node", {"node": "n1"}), ("ui.node", {"node": "nx"}),
+            ("ui.topology", {"name": "web", "also": ["db"]})]
     for i in range(4):
         out.append(("session.info", {"id": f"s{i}"}))
     assert {q for q, _ in out} >= set(QUERIES) - {"table.list", "table.get"}, "a query is not covered"
