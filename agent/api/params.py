@@ -135,16 +135,8 @@ def uint_param(request: web.Request, name: str, default: int = 0) -> int:
         return default
     try:
         v = int(raw)
-<<<<<<< HEAD
-        if v < 0 or v >= 1 << 64:
-            raise ValueError
-        return v
-    except ValueError:
-        raise BadRequest(f"Invalid {name}: {raw!r} is not an unsigned 64-bit integer") from None
-=======
         if v < 0 or v > UINT64_MAX:
             raise ValueError
         return v
     except ValueError:
         raise BadRequest(f"Invalid {name}: {raw!r} is not an integer from 0 to {UINT64_MAX}") from None
->>>>>>> ui
