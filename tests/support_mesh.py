@@ -102,9 +102,13 @@ class Backends:
 class ProxyProcess:
     """`proconsul connect proxy -sidecar-for SERVICE` as a child process, with its admin port."""
 
-    def __init__(self, agent: AgentProcess, workdir: Path, *, sidecar_for: str = "", proxy_id: str = "") -> None:
+    def __init__(self, agent: AgentProcess, workdir: Path, *, sidecar_for: str = "", proxy_id: str = "",
+                 registered_admin_port: int = 0) -> None:
+        """`registered_admin_port`: the registration names the admin port (Proxy.Config.envoy_prometheus_bind_addr);
+        no -admin-bind is given, as a user who registered it would not."""
         self.agent = agent
-        self.admin_port = free_port()
+        self.admin_flag = not registered_admin_port
+        self.admin_port = registered_admin_port or free_port()
         name = sidecar_for or proxy_id
         self.log_path = Path(workdir) / f"proxy-{name}.log"
         self.args = ["-sidecar-for", sidecar_for] if sidecar_for else ["-proxy-id", proxy_id]
@@ -113,8 +117,9 @@ class ProxyProcess:
     def start(self, timeout: float = 20.0) -> ProxyProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*CLI, "connect", "proxy", *self.args, "-http-addr", self.agent.addr,
-                                      "-admin-bind", f"127.0.0.1:{self.admin_port}", "-log-level", "debug"],
+        admin = ["-admin-bind", f"127.0.0.1:{self.admin_port}"] if self.admin_flag else []
+        self.proc = subprocess.Popen([*CLI, "connect", "proxy", *self.args, "-http-addr", self.agent.addr, *admin,
+                                      "-log-level", "debug"],
                                      stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      start_new_session=True)
         log.close()

@@ -10,6 +10,7 @@ import typer
 
 from proconsul.agent.cli.client import CLIError, Format, HttpAddr
 from proconsul.agent.cli.output import check_format, client, print_json, run, table
+from proconsul.connect.proxy.admin_address import ADMIN_HELP
 
 connect_app = typer.Typer(help="Connect: the service mesh's certificate authority.", no_args_is_help=True)
 ca_app = typer.Typer(help="Read and change the Connect CA's configuration.", no_args_is_help=True)
@@ -52,8 +53,7 @@ def proxy(
     proxy_id: Annotated[str, typer.Option("-proxy-id", "--proxy-id", help="ID of the connect-proxy registration.")] = "",
     http_addr: Annotated[str, typer.Option("-http-addr", "--http-addr", help="The local agent's HTTP address.")] = "",
     token: Annotated[str, typer.Option("-token", "--token", help="ACL token (or CONSUL_HTTP_TOKEN).")] = "",
-    admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind",
-                                            help="Metrics/stats listener HOST:PORT, or off.")] = "127.0.0.1:19000",
+    admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
 ) -> None:
     """Run the built-in sidecar proxy: mTLS in front of the service, upstream listeners for its dependencies."""
