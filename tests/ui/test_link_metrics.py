@@ -206,6 +206,56 @@ def test_a_bad_metrics_address_is_reported_per_proxy(mesh: Mesh) -> None:
     assert proxy["Status"] == "unavailable" and "envoy_prometheus_bind_addr" in proxy["Error"]
 
 
+# ---------------------------------------------------------------------- the browser
+class Traffic:
+    """Requests web → db in the background while a test watches the page."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh, self.stop = mesh, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.mesh.traffic(5)
+            except OSError:
+                pass
+            self.stop.wait(0.05)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_the_topology_page_shows_the_links_numbers(mesh: Mesh, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        with Traffic(mesh):
+            page.goto(mesh.agent.url + "/ui/dc1/services/web?tab=topology")
+            live = page.locator("[data-link='web->db'] [data-metrics=live]")
+            live.wait_for()
+            page.wait_for_function("Number(document.querySelector(\"[data-link='web->db'] [data-metrics=live]\")"
+                                   ".dataset.rate) > 0")
+            text = live.inner_text()
+            assert "req/s" in text and "ok" in text and "p99" in text and "ms" in text, text
+            assert float(live.get_attribute("data-rate")) > 0 and float(live.get_attribute("data-p99")) > 0
+            assert 0 < float(live.get_attribute("data-success")) <= 1
+            # db's page: the same link as a downstream, read from db's sidecar
+            page.goto(mesh.agent.url + "/ui/dc1/services/db?tab=topology")
+            page.locator("[data-link='web->db'] [data-metrics=live]").wait_for()
+    finally:
+        context.close()
+    assert errors == [], f"script errors in the page: {errors}"
+
+
 # ---------------------------------------------------------------------- Consul's metrics proxy
 class FakePrometheus:
     """A real HTTP server standing in for Prometheus' query API: records what it was asked."""
