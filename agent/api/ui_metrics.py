@@ -23,6 +23,7 @@ from aiohttp import web
 from proconsul.agent.api.errors import HTTPError, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode
 from proconsul.agent.api.responses import consul_headers, dumps
+from proconsul.agent.observe.prometheus_links import prometheus_links
 from proconsul.agent.observe.proxy_stats import ProxyStats, targets
 
 PERIOD = 5.0  # seconds between the metrics answers a watching page gets
@@ -36,9 +37,13 @@ routes = web.RouteTableDef()
 async def service_links(request: web.Request, service: str) -> dict[str, Any]:
     """`{Provider, Upstreams: {dst: m}, Downstreams: {src: m}, Proxies: [...], Error}` for one service."""
     agent = request.app["agent"]
+    cfg = agent.config
     dc = request.query.get("dc", "")
+    if cfg.ui_metrics_provider == "prometheus":  # Prometheus scrapes every proxy; its series carry no dc
+        return {"Provider": "prometheus", "Proxies": [],
+                **await prometheus_links(cfg.ui_metrics_proxy_base_url, cfg.ui_metrics_proxy_add_headers, service)}
     out: dict[str, Any] = {"Provider": "proxies", "Upstreams": {}, "Downstreams": {}, "Proxies": [], "Error": ""}
-    if dc and dc != agent.config.datacenter:
+    if dc and dc != cfg.datacenter:
         out["Error"] = f"the proxies of datacenter {dc!r} are read by the agents there"
         return out
     _, rows = await agent.backend.query("catalog.service", {"name": service, "tags": None, "node_meta": None,
@@ -52,6 +57,8 @@ async def service_links(request: web.Request, service: str) -> dict[str, Any]:
 
 @routes.get("/v1/internal/ui/service-metrics/{service}")
 async def service_metrics(request: web.Request) -> web.Response:
+    """Request rate, success rate and p99 of each of a service's links (from its sidecars, or Prometheus);
+    blocking over 5-second periods: `?index=N` answers when period N+1 begins."""
     check_common(request)
     b = blocking_params(request)
     period = int(time.time() // PERIOD)

@@ -20,15 +20,16 @@ class StatsFormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Counters:
-    """One link's cumulative counters in one sample."""
+    """One link's cumulative counters in one sample (or their growth: from Prometheus' `increase()`,
+    which extrapolates, a growth need not be whole)."""
 
-    connections: int
-    failed: int
-    refused: int
-    requests: int
-    answered: int  # HTTP responses of any class
-    errors: int  # HTTP 5xx
-    latency: tuple[int, ...]  # per bucket, not cumulative; the last is +Inf
+    connections: float
+    failed: float
+    refused: float
+    requests: float
+    answered: float  # HTTP responses of any class
+    errors: float  # HTTP 5xx
+    latency: tuple[float, ...]  # per bucket, not cumulative; the last is +Inf
 
     def minus(self, old: Counters) -> Counters | None:
         """The growth since `old`, or None when a counter went down (the proxy restarted)."""
@@ -113,7 +114,7 @@ def growth(new: Sample, old: Sample) -> dict[tuple[str, str], Growth]:
     return out
 
 
-def quantile(q: float, counts: tuple[int, ...], bounds: tuple[float, ...]) -> float | None:
+def quantile(q: float, counts: tuple[float, ...], bounds: tuple[float, ...]) -> float | None:
     """The `q` quantile of a histogram (per-bucket counts, the last one +Inf), linearly interpolated inside
     its bucket; None when empty. Observations past the last bound count as the last bound."""
     total = sum(counts)
@@ -139,9 +140,8 @@ def golden(parts: list[Growth], bounds: tuple[float, ...]) -> dict[str, Any]:
     application could not be reached). Rates of several proxies add up; shares and p99 pool their counts."""
     assert parts
     http = any(p.http for p in parts)
-    rate = 0.0
-    attempts = ok = refused = 0
-    latency = [0] * (len(bounds) + 1)
+    rate = attempts = ok = refused = 0.0
+    latency = [0.0] * (len(bounds) + 1)
     for p in parts:
         d = p.delta
         if http:
@@ -162,11 +162,11 @@ def golden(parts: list[Growth], bounds: tuple[float, ...]) -> dict[str, Any]:
     return {
         "Protocol": "http" if http else "tcp",
         "RequestRate": round(rate, 3),
-        "SuccessRate": round(ok / attempts, 4) if attempts else None,
+        "SuccessRate": round(min(1.0, ok / attempts), 4) if attempts > 0 else None,
         "P99Ms": round(p99 * 1000, 3) if p99 is not None else None,
-        "Requests": attempts,
-        "Errors": attempts - ok,
-        "Refused": refused,
+        "Requests": round(attempts),
+        "Errors": round(attempts - ok),
+        "Refused": round(refused),
         "Window": round(max(p.seconds for p in parts), 2),
         "Proxies": len(parts),
     }
@@ -187,4 +187,71 @@ def link_metrics(pairs: list[tuple[Sample, Sample]]) -> dict[str, dict[str, dict
     out: dict[str, dict[str, dict[str, Any]]] = {"Upstreams": {}, "Downstreams": {}}
     for (direction, peer), parts in sorted(collected.items()):
         out["Upstreams" if direction == "upstream" else "Downstreams"][peer] = golden(parts, bounds)
+    return out
+
+
+# ---------------------------------------------------------------------- the same figures from Prometheus
+# Each query's name, and the proxies' series it sums over the window, by link (connect/proxy/metrics.py).
+PROMETHEUS_SERIES = {
+    "connections": ("proconsul_proxy_connections_total", ""),
+    "failed": ("proconsul_proxy_connections_failed_total", ""),
+    "refused": ("proconsul_proxy_connections_refused_total", ""),
+    "requests": ("proconsul_proxy_requests_total", ""),
+    "answered": ("proconsul_proxy_responses_total", ""),
+    "errors": ("proconsul_proxy_responses_total", ',code_class="5xx"'),
+    "latency": ("proconsul_proxy_latency_seconds_bucket", ""),
+}
+LINK_LABELS = "direction, source, destination"
+
+
+def promql_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def prometheus_queries(service: str, window: str) -> dict[str, str]:
+    """PromQL for each counter's growth over `window` (e.g. "1m") on every link of `service`'s proxies,
+    and `ever` (requests since start: an idle HTTP link is still HTTP)."""
+    sel = f"service={promql_string(service)}"
+    out = {}
+    for name, (metric, extra) in PROMETHEUS_SERIES.items():
+        by = LINK_LABELS + (", le" if name == "latency" else "")
+        out[name] = f"sum by ({by}) (increase({metric}{{{sel}{extra}}}[{window}]))"
+    out["ever"] = f"sum by ({LINK_LABELS}) (proconsul_proxy_requests_total{{{sel}}})"
+    return out
+
+
+def from_prometheus(results: dict[str, list[dict[str, Any]]], seconds: float) -> dict[str, dict[str, Any]]:
+    """Per-link golden metrics from the answers (`data.result` vectors) to `prometheus_queries`."""
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    buckets: dict[tuple[str, str], dict[float, float]] = {}
+
+    def key(metric: dict[str, str]) -> tuple[str, str] | None:
+        direction = metric.get("direction", "")
+        peer = metric.get("destination" if direction == "upstream" else "source", "")
+        return (direction, peer) if direction in ("inbound", "upstream") and peer else None
+
+    for name, vector in results.items():
+        for item in vector:
+            try:
+                metric, value = item["metric"], float(item["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise StatsFormatError(f"Prometheus answered {name} with an unexpected item: {item!r}") from None
+            k = key(metric)
+            if k is None or value != value:  # NaN: no samples in the window
+                continue
+            if name == "latency":
+                le = metric.get("le", "")
+                buckets.setdefault(k, {})[float("inf") if le == "+Inf" else float(le)] = value
+            else:
+                values.setdefault(k, {})[name] = value
+    bounds = tuple(sorted({le for b in buckets.values() for le in b if le != float("inf")}))
+    out: dict[str, dict[str, Any]] = {"Upstreams": {}, "Downstreams": {}}
+    for k in sorted(set(values) | set(buckets)):
+        v = values.get(k, {})
+        cumulative = [buckets.get(k, {}).get(le, 0.0) for le in (*bounds, float("inf"))]
+        per_bucket = tuple(max(0.0, c - (cumulative[i - 1] if i else 0.0)) for i, c in enumerate(cumulative))
+        delta = Counters(v.get("connections", 0.0), v.get("failed", 0.0), v.get("refused", 0.0),
+                         v.get("requests", 0.0), v.get("answered", 0.0), v.get("errors", 0.0), per_bucket)
+        g = Growth(seconds, k[0], delta, http=v.get("ever", 0.0) > 0)
+        out["Upstreams" if k[0] == "upstream" else "Downstreams"][k[1]] = golden([g], bounds)
     return out

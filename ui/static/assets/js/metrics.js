@@ -1,7 +1,7 @@
 // Golden metrics per topology link: request rate, success rate and p99 latency.
 //
 // The agent reads them from the service's own sidecar proxies (their /stats: inbound links are its
-// downstreams, upstream links its upstreams) and serves them as a watch over 5-second periods
+// downstreams, upstream links its upstreams), or from Prometheus with ui_config.metrics_provider, and serves them as a watch over 5-second periods
 // (/v1/internal/ui/service-metrics/:service), so every open tab shares one request and a page that
 // is not showing the topology asks for nothing. The UI never shows invented numbers: a link without
 // figures says why (measuring, no traffic, proxy unreachable, no sidecar).
@@ -23,6 +23,9 @@ export function linkMetrics(watched, link, dir) {
 /** Why a link has no figures, from the state of the proxies that were read. */
 function absence(state) {
   if (!state) return ["loading", "loading metrics…"];
+  if (state.Provider === "prometheus") {
+    return state.Error ? ["unreachable", "no metrics: Prometheus did not answer", state.Error] : ["idle", "no traffic"];
+  }
   const proxies = state.Proxies || [];
   if (!proxies.length) return ["no-proxy", state.Error ? "no metrics: no sidecar proxy" : "no metrics"];
   const by = (s) => proxies.filter((p) => p.Status === s);
