@@ -90,7 +90,8 @@ def parse_stats(stats: Any, at: float) -> Sample:
         raise StatsFormatError("LatencyBounds must be a list of numbers") from None
     links = {}
     for key in ("Inbound", "Upstreams"):
-        group = stats.get(key) or {}
+        group = stats.get(key)
+        group = {} if group is None else group
         if not isinstance(group, dict):
             raise StatsFormatError(f"{key} must be an object")
         links[key] = {str(peer): _counters(v, f"{key}.{peer}", len(bounds) + 1) for peer, v in group.items()}

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from support import AgentProcess, free_port, wait_for
+from support import AgentProcess, free_port, one_line_error, run, wait_for
 from support_mesh import Backends, ProxyProcess, http_get, wait_passing
 
 pytestmark = pytest.mark.xdist_group("ui-metrics")
@@ -94,6 +94,16 @@ def test_the_proxies_bind_the_admin_port_their_registration_names(mesh: Mesh) ->
     for name, proxy in mesh.proxies.items():
         assert proxy.admin("/stats")["ProxyID"] == f"{name}-sidecar-proxy"
         assert "-admin-bind" not in proxy.args
+
+
+def test_proxy_stats_finds_a_sidecars_admin_listener_through_the_agent(mesh: Mesh) -> None:
+    out = run(mesh.agent, "connect", "proxy-stats", "-sidecar-for", "web", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["ProxyID"] == "web-sidecar-proxy"
+    out = run(mesh.agent, "connect", "proxy-stats", "-proxy-id", "db-sidecar-proxy")
+    assert out.returncode == 0, out.stderr
+    assert "db-sidecar-proxy" in out.stdout
+    assert "nope" in one_line_error(run(mesh.agent, "connect", "proxy-stats", "-sidecar-for", "nope"))
 
 
 def test_topology_shows_rate_success_and_p99_of_web_to_db(mesh: Mesh) -> None:
