@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proconsul.agent.config.load import finalize, load_config
+from proconsul.agent.config.model import AgentConfig, ConfigError
 from proconsul.agent.observe.link_metrics import (
     StatsFormatError,
     from_prometheus,
@@ -171,3 +173,32 @@ def test_where_the_agent_reads_each_proxy() -> None:
                    ("10.0.0.7", 9102, False),  # every address on another node: its address
                    ("127.0.0.1", 9102, False),  # every address here: over loopback
                    ("", 0, True)]
+
+
+def _ui(hcl: str) -> AgentConfig:
+    return finalize(load_config([], [], AgentConfig(dev=True), hcl=[hcl]))
+
+
+def test_ui_config_metrics_keys_as_consul_spells_them() -> None:
+    cfg = _ui('ui_config {\n metrics_provider = "prometheus"\n metrics_proxy {\n'
+              '  base_url = "http://127.0.0.1:9090/"\n'
+              '  add_headers = [{ name = "Authorization", value = "Bearer x" }]\n } }')
+    assert (cfg.ui_metrics_provider, cfg.ui_metrics_proxy_base_url) == ("prometheus", "http://127.0.0.1:9090")
+    assert cfg.ui_metrics_proxy_add_headers == [("Authorization", "Bearer x")]
+    assert cfg.ui_metrics_proxy_path_allowlist == ["/api/v1/query", "/api/v1/query_range"]
+    plain = _ui('ui_config { metrics_proxy { base_url = "https://m.example:443" path_allowlist = ["/x"] } }')
+    assert (plain.ui_metrics_provider, plain.ui_metrics_proxy_path_allowlist) == ("", ["/x"])
+
+
+@pytest.mark.parametrize("hcl, names", [
+    ('ui_config { metrics_provider = "grafana" }', "ui_config.metrics_provider"),
+    ('ui_config { metrics_provider = "prometheus" }', "metrics_proxy.base_url"),
+    ('ui_config { metrics_proxy { base_url = "127.0.0.1:9090" } }', "ui_config.metrics_proxy.base_url"),
+    ('ui_config { metrics_proxy { add_headers = [{ nme = "a" }] } }', "ui_config.metrics_proxy.add_headers"),
+    ('ui_config { metrics_proxy { path_allowlist = ["api/v1/query"] } }', "ui_config.metrics_proxy.path_allowlist"),
+    ('ui_config { metrics_proxy { timeout = "1s" } }', "ui_config.metrics_proxy.timeout"),
+    ('ui_config { metrics_provider_files = ["/x.js"] }', "ui_config.metrics_provider_files"),
+])
+def test_bad_metrics_settings_name_the_key(hcl: str, names: str) -> None:
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        _ui(hcl)
