@@ -157,6 +157,19 @@ class ProxyProcess:
             self.proc.wait(5)
 
 
+def sidecar_with_metrics(agent: AgentProcess, workdir: Path, name: str, port: int,
+                         upstreams: dict[str, int] | None = None, service_id: str = "") -> ProxyProcess:
+    """Register `name` (on `port`) with a sidecar whose admin listener is named in its registration
+    (Proxy.Config.envoy_prometheus_bind_addr, where the agent finds it), and run that sidecar."""
+    admin, sid = free_port(), service_id or name
+    status, body, _ = agent.request("PUT", "/v1/agent/service/register", {
+        "Name": name, "ID": sid, "Port": port, "Connect": {"SidecarService": {"Proxy": {
+            "Upstreams": [{"DestinationName": u, "LocalBindPort": p} for u, p in (upstreams or {}).items()],
+            "Config": {"envoy_prometheus_bind_addr": f"127.0.0.1:{admin}"}}}}})
+    assert status == 200, body
+    return ProxyProcess(agent, workdir, sidecar_for=sid, registered_admin_port=admin).start()
+
+
 def passing_instances(agent: AgentProcess, service: str) -> int:
     status, body = agent.get(f"/v1/health/connect/{service}?passing")
     return len(body) if status == 200 else 0
@@ -200,4 +213,5 @@ def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, Any
         return r.status, json.loads(r.read())
 
 
-__all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys", "ws_echo"]
+__all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys", "ws_echo",
+           "sidecar_with_metrics"]

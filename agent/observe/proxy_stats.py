@@ -4,7 +4,8 @@ Where each proxy listens comes from the catalog (`connect/proxy/admin_address.py
 itself binds by). Samples are taken only when someone asks (a topology page open), at most one fetch per
 proxy every `FRESH` seconds however many tabs ask, with a short timeout: a proxy that does not answer
 gives "no metrics" for its links, never an error or a wait. Each proxy keeps the samples of the last
-`WINDOW` seconds; rates are over the span from the oldest of them to the newest (`link_metrics.py`).
+`WINDOW` seconds (and one before); rates are over the span from the oldest of them to the newest
+(`link_metrics.py`), and a proxy nobody asked about for `IDLE` seconds is forgotten.
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ def targets(rows: list[dict[str, Any]], own_node: str) -> list[Target]:
     return out
 
 
+def reference(samples: list[Sample]) -> Sample:
+    """The sample to measure the newest against: the oldest within `WINDOW` of it, else (the first look
+    after a pause) the last one before that — the answer's `Window` says how long it spans."""
+    newest = samples[-1]
+    within = [s for s in samples[:-1] if newest.at - s.at <= WINDOW]
+    return within[0] if within else samples[-2]
+
+
 class ProxyStats:
     """Samples of proxies' `/stats`, taken on demand and shared by every caller."""
 
@@ -136,7 +145,7 @@ class ProxyStats:
             elif len(samples) < 2:
                 state["Status"] = "measuring"
             else:
-                pairs.append((samples[-1], samples[0]))
+                pairs.append((samples[-1], reference(samples)))
             states.append(state)
         out: dict[str, Any] = link_metrics(pairs)
         out["Proxies"] = states
@@ -150,13 +159,17 @@ class ProxyStats:
                     session.get(url) as resp:
                 if resp.status != 200:
                     raise StatsFormatError(f"GET {url}: HTTP {resp.status}")
-                body = await resp.content.read(MAX_BODY)
+                body = b""
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise StatsFormatError(f"GET {url}: the answer is larger than {MAX_BODY >> 20} MiB")
             at = self.clock()
             sample = parse_stats(orjson.loads(body), at)
             if sample.proxy_id != t.proxy_id:
                 raise StatsFormatError(f"{t.address} is the admin listener of proxy {sample.proxy_id!r}, "
                                        f"not {t.proxy_id!r}")
-        except (OSError, TimeoutError, aiohttp.ClientError, StatsFormatError, orjson.JSONDecodeError) as e:
+        except (OSError, TimeoutError, aiohttp.ClientError, ValueError, TypeError) as e:  # StatsFormatError, JSON
             reason = str(e) or type(e).__name__
             if self._errors.get(t.key) != reason:
                 log.info("proxy %s on %s: no stats from %s: %s", t.proxy_id, t.node, url, reason)
@@ -170,10 +183,8 @@ class ProxyStats:
             samples.append(sample)
         else:
             samples[:] = [sample]
-        while len(samples) > 2 and sample.at - samples[1].at >= WINDOW:  # keep one sample ≥ WINDOW old at most
+        while len(samples) > 1 and sample.at - samples[1].at > WINDOW:  # one sample past the window at most
             samples.pop(0)
-        if sample.at - samples[0].at > WINDOW * 2:  # asked about again after a long pause: start over
-            samples[:] = [sample]
         while len(self._history) > MAX_PROXIES:
             old, _ = self._history.popitem(last=False)
             self._asked.pop(old, None)

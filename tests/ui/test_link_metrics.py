@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from support import AgentProcess, free_port, one_line_error, run, wait_for
-from support_mesh import Backends, ProxyProcess, http_get, wait_passing
+from support_mesh import Backends, ProxyProcess, http_get, sidecar_with_metrics, wait_passing
 
 pytestmark = pytest.mark.xdist_group("ui-metrics")
 
@@ -32,22 +32,14 @@ class Mesh:
         self.backends = Backends()
         self.proxies: dict[str, ProxyProcess] = {}
         self.db_up = free_port()
-        self.admin = {"web": free_port(), "db": free_port()}
+        self.admin: dict[str, int] = {}
 
     def start(self) -> None:
         self.agent.start()
         self.agent.put("/v1/config", {"Kind": "service-defaults", "Name": "db", "Protocol": "http"})
-        db = self.backends.http("db")
-        for name, port, upstreams in (("db", db, []), ("web", self.backends.http("web"),
-                                                       [{"DestinationName": "db", "LocalBindPort": self.db_up}])):
-            status, body, _ = self.agent.request("PUT", "/v1/agent/service/register", {
-                "Name": name, "Port": port, "Connect": {"SidecarService": {"Proxy": {
-                    "Upstreams": upstreams,
-                    "Config": {"envoy_prometheus_bind_addr": f"127.0.0.1:{self.admin[name]}"}}}}})
-            assert status == 200, body
-        for name in ("db", "web"):
-            self.proxies[name] = ProxyProcess(self.agent, self.tmp, sidecar_for=name,
-                                              registered_admin_port=self.admin[name]).start()
+        for name, upstreams in (("db", {}), ("web", {"db": self.db_up})):
+            self.proxies[name] = sidecar_with_metrics(self.agent, self.tmp, name, self.backends.http(name), upstreams)
+            self.admin[name] = self.proxies[name].admin_port
         wait_passing(self.agent, "db")
         wait_for(lambda: _ok(self.db_up), 15, message="db through the pair")
 

@@ -202,3 +202,13 @@ def test_ui_config_metrics_keys_as_consul_spells_them() -> None:
 def test_bad_metrics_settings_name_the_key(hcl: str, names: str) -> None:
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
         _ui(hcl)
+
+
+def test_the_reference_sample_is_the_oldest_in_the_window_else_the_last_before_it() -> None:
+    from proconsul.agent.observe.proxy_stats import WINDOW, reference
+
+    m = ProxyMetrics("web")
+    at = [0.0, 200.0, 205.0, 210.0]
+    samples = [parse_stats(stats(m), at=t) for t in at]
+    assert reference(samples[:2]).at == 0.0  # first look after a pause: spans it (the Window says so)
+    assert reference(samples).at == 200.0 and 210.0 - 200.0 <= WINDOW

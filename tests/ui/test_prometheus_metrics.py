@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, ProxyProcess, http_get, wait_passing
+from support_mesh import Backends, ProxyProcess, http_get, sidecar_with_metrics, wait_passing
 
 pytestmark = pytest.mark.xdist_group("ui-prometheus")
 
@@ -29,26 +29,19 @@ class PromMesh:
         self.agent = AgentProcess(tmp / "agent", args=["--config-file", str(cfg)])
         self.backends = Backends()
         self.proxies: dict[str, ProxyProcess] = {}
-        self.admin = {"web": free_port(), "db": free_port()}
         self.db_up = free_port()
         self.prom: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.agent.start()
         self.agent.put("/v1/config", {"Kind": "service-defaults", "Name": "db", "Protocol": "http"})
-        for name, upstreams in (("db", []), ("web", [{"DestinationName": "db", "LocalBindPort": self.db_up}])):
-            status, body, _ = self.agent.request("PUT", "/v1/agent/service/register", {
-                "Name": name, "Port": self.backends.http(name), "Connect": {"SidecarService": {"Proxy": {
-                    "Upstreams": upstreams,
-                    "Config": {"envoy_prometheus_bind_addr": f"127.0.0.1:{self.admin[name]}"}}}}})
-            assert status == 200, body
-            self.proxies[name] = ProxyProcess(self.agent, self.tmp, sidecar_for=name,
-                                              registered_admin_port=self.admin[name]).start()
+        for name, upstreams in (("db", {}), ("web", {"db": self.db_up})):
+            self.proxies[name] = sidecar_with_metrics(self.agent, self.tmp, name, self.backends.http(name), upstreams)
         wait_passing(self.agent, "db")
         (self.tmp / "prometheus.yml").write_text(json.dumps({  # YAML is a superset of JSON
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "proconsul-proxies", "metrics_path": "/metrics", "static_configs": [
-                {"targets": [f"127.0.0.1:{p}" for p in self.admin.values()]}]}]}))
+                {"targets": [f"127.0.0.1:{p.admin_port}" for p in self.proxies.values()]}]}]}))
         log = open(self.tmp / "prometheus.log", "wb")
         self.prom = subprocess.Popen([shutil.which("prometheus") or "prometheus",
                                       f"--config.file={self.tmp / 'prometheus.yml'}",
