@@ -2,8 +2,9 @@
 
 Cheap on the hot path: a counter is an int in a slot, a latency is one bisect into fixed log-spaced
 buckets. `/metrics` renders Prometheus text; `/stats` the same as JSON for `proconsul connect
-proxy-stats` and the agent, which turns two samples into the UI's per-link rates (with the bucket counts,
-so its p99 is of the interval, not of the proxy's lifetime). Label sets are bounded by the services the proxy talks to.
+proxy-stats` and the agent, which turns two samples into the UI's per-link rates (with the bucket
+counts, so its p99 is of the interval, not of the proxy's lifetime). Label sets are bounded by the
+services the proxy talks to.
 """
 
 from __future__ import annotations
