@@ -20,7 +20,7 @@ import msgpack
 
 from . import commands as c
 from .errors import CatalogError, Conflict, InvalidRequest, NotFound
-from .txn_catalog import Overlay
+from .txn_catalog import Overlay, q
 
 PASSING = "passing"
 WARNING = "warning"
@@ -507,7 +507,7 @@ class StateStore:
             if not session:
                 raise InvalidRequest("Missing session for lock acquisition")
             if session not in self._sessions:
-                raise InvalidRequest(f"invalid session {session!r}")
+                raise InvalidRequest(f"invalid session {q(session)}")
             if cur is not None and cur["Session"]:
                 if cur["Session"] != session:
                     return False
@@ -619,7 +619,7 @@ class StateStore:
         """Apply KV and catalog operations atomically: all of them, or none with the errors of the failing ones.
 
         KV operations run for real and are rolled back on failure; catalog operations (ops with a "Kind" of
-        Node, Service or Check) are checked against an overlay first and applied only when all passed.
+        Node, Service, Check or Session) are checked against an overlay first and applied only when all passed.
         """
         saved_kv = dict(self._kv)
         saved_sorted = list(self._kv_sorted)
@@ -631,6 +631,9 @@ class StateStore:
         catalog_ops: list[tuple[int, dict[str, Any]]] = []
         errors: list[dict[str, Any]] = []
         for i, op in enumerate(cmd.ops):
+            if "Refused" in op:  # an operation Consul's state store refuses (an unknown verb)
+                errors.append({"OpIndex": i, "What": op["Refused"]})
+                continue
             if op.get("Kind", "KV") != "KV":
                 why = overlay.apply(op)
                 if why is None:
@@ -665,6 +668,10 @@ class StateStore:
     def _txn_catalog_op(self, ch: Changes, op: dict[str, Any], now: float) -> dict[str, Any] | None:
         """Apply one checked Node/Service/Check operation; the row it leaves (None for deletes)."""
         kind, verb = op["Kind"], op["Verb"]
+        if kind == "Session":
+            if op["Session"]["ID"] in self._sessions:  # gone already when its node was deleted earlier in the txn
+                self._session_delete(ch, op["Session"]["ID"], now)
+            return None
         if kind == "Node":
             name = op["Node"]["Node"]
             if verb in ("set", "cas"):
@@ -696,12 +703,13 @@ class StateStore:
 
     @staticmethod
     def _txn_failure(op: dict[str, Any]) -> str:
-        verb, key = op.get("Verb"), op.get("Key")
-        if verb in ("cas", "delete-cas", "check-index"):
-            return f"failed to {verb} key {key!r}: index {op.get('Index', 0)} does not match"
-        if verb in ("lock", "unlock", "check-session"):
-            return f"failed to {verb} key {key!r}: session {op.get('Session', '')!r} does not hold or cannot take it"
-        return f"key {key!r} failed {verb}"
+        """Consul's text for a KV operation that did not take (its state/txn.go messages)."""
+        verb, key = op.get("Verb"), q(op.get("Key"))
+        return {"cas": f"failed to set key {key}, index is stale",
+                "delete-cas": f"failed to delete key {key}, index is stale",
+                "lock": f"failed to lock key {key}, lock is already held",
+                "unlock": f"failed to unlock key {key}, lock isn't held, or is held by another session",
+                }.get(verb, f"key {key} failed {verb}")
 
     def _txn_op(self, ch: Changes, op: dict[str, Any], now: float) -> Any:
         verb = op.get("Verb", "")
@@ -717,25 +725,33 @@ class StateStore:
                 row["Value"] = None  # Consul returns writes without their values
                 return row
             return None
-        if verb == "get":
-            if cur is None:
-                raise NotFound(f"key {key!r} doesn't exist")
-            return cur
+        if verb in ("get", "get-or-empty"):
+            if cur is None and verb == "get":
+                raise NotFound(f"key {q(key)} doesn't exist")
+            return cur if cur is not None else {"Key": key, "Value": None, "Flags": int(op.get("Flags") or 0),
+                                                "Session": "", "LockIndex": 0, "CreateIndex": 0, "ModifyIndex": 0}
         if verb == "get-tree":
             return [self._kv[k] for k in self._keys_with_prefix(self._kv_sorted, key)]
         if verb == "check-index":
             if cur is None:
-                raise NotFound(f"key {key!r} doesn't exist")
-            return cur if cur["ModifyIndex"] == int(op.get("Index") or 0) else False
+                raise NotFound(f"failed to check index, key {q(key)} doesn't exist")
+            want = int(op.get("Index") or 0)
+            if cur["ModifyIndex"] != want:
+                raise Conflict(f"failed index check for key {q(key)}, current modify index {cur['ModifyIndex']} "
+                               f"!= {want}")
+            return cur
         if verb == "check-session":
             if cur is None:
-                raise NotFound(f"key {key!r} doesn't exist")
-            return cur if cur["Session"] == (op.get("Session") or "") else False
+                raise NotFound(f"failed to check session, key {q(key)} doesn't exist")
+            if cur["Session"] != (op.get("Session") or ""):
+                raise Conflict(f"failed session check for key {q(key)}, current session {q(cur['Session'])} != "
+                               f"{q(op.get('Session') or '')}")
+            return cur
         if verb == "check-not-exists":
             if cur is not None:
-                raise Conflict(f"key {key!r} exists")
+                raise Conflict(f"key {q(key)} exists")
             return None
-        raise InvalidRequest(f"unknown KV verb {verb!r}")
+        raise InvalidRequest(f"unknown KV verb {q(verb)}")
 
     # ------------------------------------------------------------------ sessions
     def _session_create(self, ch: Changes, cmd: c.SessionCreate) -> str:

@@ -12,15 +12,16 @@ from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.errors import BadRequest, TooLarge
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
 from proconsul.agent.api.responses import consul_headers, json_response
-from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind
+from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind, refused
 from proconsul.catalog import commands as c
 
 routes = web.RouteTableDef()
 
 MAX_VALUE = 512 * 1024
 MAX_TXN_OPS = 128
-TXN_KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-tree", "check-index", "check-session",
+TXN_KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-or-empty", "get-tree", "check-index", "check-session",
                 "check-not-exists", "delete", "delete-tree", "delete-cas"}
+TXN_KINDS = ("KV", "Node", "Service", "Check", "Session")
 
 
 def kv_entry(row: dict[str, Any]) -> dict[str, Any]:
@@ -118,20 +119,22 @@ async def delete(request: web.Request) -> web.Response:
 
 def _txn_op(i: int, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict) or len(raw) != 1:
-        raise BadRequest(f"Txn[{i}] must be an object with exactly one of KV, Node, Service, Check")
+        raise BadRequest(f"Txn[{i}] must be an object with exactly one of {', '.join(TXN_KINDS)}")
     kind, op = next(iter(raw.items()))
     if isinstance(kind, str):
-        kind = {k.lower(): k for k in ("KV", "Node", "Service", "Check")}.get(kind.lower(), kind)
+        kind = {k.lower(): k for k in TXN_KINDS}.get(kind.lower(), kind)
     if is_catalog_kind(kind):
         return catalog_txn_op(i, kind, op)
     if kind != "KV":
-        raise BadRequest(f"Txn[{i}].{kind}: unknown operation type (KV, Node, Service or Check)")
+        raise BadRequest(f"Txn[{i}].{kind}: unknown operation type ({', '.join(TXN_KINDS)})")
     if not isinstance(op, dict):
         raise BadRequest(f"Txn[{i}].KV must be an object")
     op = fold_keys(op, ("Verb", "Key", "Value", "Flags", "Index", "Session"))
     verb = op.get("Verb")
+    if not isinstance(verb, str):
+        raise BadRequest(f"Txn[{i}].KV.Verb must be a string ({', '.join(sorted(TXN_KV_VERBS))})")
     if verb not in TXN_KV_VERBS:
-        raise BadRequest(f"Txn[{i}].KV.Verb {verb!r} is not a KV verb ({', '.join(sorted(TXN_KV_VERBS))})")
+        return refused("KV", verb)
     key = op.get("Key", "")
     if not isinstance(key, str) or (not key and verb not in ("get-tree", "delete-tree")):
         raise BadRequest(f"Txn[{i}].KV.Key must be a non-empty string")
