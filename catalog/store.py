@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from . import commands as c
+from . import prepared_query
 from .errors import CatalogError, Conflict, InvalidRequest, NotFound
 from .txn_catalog import Overlay, q
 
@@ -35,7 +36,8 @@ SERVICES = "services"
 CHECKS = "checks"
 KVS = "kvs"
 SESSIONS = "sessions"
-SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta")
+PREPARED_QUERIES = prepared_query.TABLE
+SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta", PREPARED_QUERIES)
 
 SNAPSHOT_VERSION = 1
 
@@ -812,6 +814,10 @@ class StateStore:
         sess = self._sessions.pop(sid)
         ch.tables.add(SESSIONS)
         self._fail_session_checks(ch, sess)
+        queries = self._tables[PREPARED_QUERIES]
+        for qid in [qid for qid, row in queries.items() if row.get("Session") == sid]:
+            del queries[qid]  # Consul: a query bound to a session goes when the session does
+            ch.tables.add(PREPARED_QUERIES)
         delay_s = sess.get("LockDelay", 0) / 1e9
         for key in [k for k, row in self._kv.items() if row["Session"] == sid]:
             if delay_s > 0:
@@ -867,6 +873,8 @@ class StateStore:
         if cmd.cas is not None:
             if (cmd.cas == 0 and cur is not None) or (cmd.cas != 0 and (cur is None or cur["ModifyIndex"] != cmd.cas)):
                 return False
+        if cmd.table == PREPARED_QUERIES:
+            prepared_query.check_unique(table, cmd.key, cmd.row, lambda sid: sid in self._sessions)
         row = dict(cmd.row)
         row["CreateIndex"] = cur["CreateIndex"] if cur else ch.index
         row["ModifyIndex"] = ch.index
