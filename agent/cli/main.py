@@ -18,6 +18,7 @@ from proconsul.agent.cli import (
     config_entries,
     connect,
     debug,
+    event,
     intention,
     k8s_sync,
     kv,
@@ -43,7 +44,7 @@ app = typer.Typer(
 )
 
 for _group in (agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
-               intention, connect, tls, troubleshoot, k8s_sync):
+               event, intention, connect, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 
