@@ -22,6 +22,12 @@ SIZE_LIMIT = 512  # Serf's default UserEventSizeLimit: name + payload, before en
 EVENT_VERSION = 1
 
 
+def id_to_index(event_id: str) -> int:
+    """Consul's IDToIndex: an event's UUID folded into the 64-bit index of a list ending with it."""
+    raw = uuid.UUID(event_id).int
+    return ((raw >> 64) ^ raw) & 0xFFFF_FFFF_FFFF_FFFF or 1
+
+
 class EventError(ValueError):
     """A user event Consul would refuse (the message is Consul's)."""
 
@@ -94,10 +100,7 @@ class EventBuffer:
 
     def index(self, events: list[dict[str, Any]]) -> int:
         """Consul's trick: the index is the newest event's UUID folded into 64 bits."""
-        if not events:
-            return 1
-        raw = uuid.UUID(events[-1]["ID"]).int
-        return ((raw >> 64) ^ raw) & 0xFFFF_FFFF_FFFF_FFFF or 1
+        return id_to_index(events[-1]["ID"]) if events else 1
 
     def matching(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self._events if not name or e["Name"] == name]

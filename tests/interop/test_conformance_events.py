@@ -109,14 +109,17 @@ def test_watch_type_event_runs_the_handler(shared_dev_agent: AgentProcess, tmp_p
                  message="the watch's first run")
         ok(shared_dev_agent, "event", "-name", "watch-ev", "first")
         wait_for(lambda: "Zmlyc3Q=" in out_file.read_text(), timeout=15, message="the handler to see the event")
+        ok(shared_dev_agent, "event", "-name", "watch-ev", "second")
+        wait_for(lambda: "c2Vjb25k" in out_file.read_text(), timeout=15, message="the handler to see the next one")
         runs = [json.loads(line) for line in out_file.read_text().splitlines() if line.strip()]
-        assert [base64.b64decode(e["Payload"]) for e in runs[-1]] == [b"first"]
+        # As Consul's event watch: each run gets only the events after those it was already given.
+        assert [[base64.b64decode(e["Payload"]) for e in run] for run in runs] == [[], [b"first"], [b"second"]]
     finally:
         proc.terminate()
         proc.wait(10)
     # Without a handler, the current list is printed and the command exits, as Consul's watch does.
     printed = json.loads(ok(shared_dev_agent, "watch", "-type", "event", "-name", "watch-ev"))
-    assert [e["Name"] for e in printed] == ["watch-ev"]
+    assert [e["Name"] for e in printed] == ["watch-ev", "watch-ev"]
 
 
 def test_a_client_agents_event_reaches_its_server(tmp_path: Path) -> None:
