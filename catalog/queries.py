@@ -391,6 +391,10 @@ def _ui_topology(s: StateStore, a: Args) -> tuple[int, Any]:
         "Protocols": {n: _protocol(s, n) for n in {name, *ups, *downs, *(a.get("also") or ())}}}
 
 
+def _txn_read(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.table_index(*_CATALOG, st.KVS), s.txn_read(a["ops"])
+
+
 def _query_list(s: StateStore, a: Args) -> tuple[int, Any]:
     idx, rows = s.table_list(pq.TABLE)
     return idx, sorted(rows, key=lambda r: r["CreateIndex"])
@@ -437,6 +441,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("health.ingress", _health_ingress, ("config_entries", st.NODES, st.SERVICES, st.CHECKS)),
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
+    Query("txn.read", _txn_read, (*_CATALOG, st.KVS)),
     Query("query.list", _query_list, (pq.TABLE,)),
     Query("query.get", _query_get, (pq.TABLE,)),
     Query("query.execute", _query_execute, (*_CATALOG, pq.TABLE)),

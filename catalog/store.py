@@ -42,6 +42,14 @@ SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta"
 SNAPSHOT_VERSION = 1
 
 _INDEX_FIELDS = ("CreateIndex", "ModifyIndex")
+KV_WRITE_VERBS = frozenset({"set", "cas", "lock", "unlock", "delete", "delete-cas", "delete-tree"})
+
+
+def is_read_op(op: dict[str, Any]) -> bool:
+    """Whether a transaction operation only reads (Consul fast-paths transactions made only of these)."""
+    if op.get("Kind", "KV") == "KV":
+        return op.get("Verb") not in KV_WRITE_VERBS
+    return op.get("Verb") == "get" or "Refused" in op
 
 
 @dataclass(slots=True)
@@ -620,19 +628,31 @@ class StateStore:
     def _txn(self, ch: Changes, cmd: c.Txn) -> dict[str, Any]:
         """Apply KV and catalog operations atomically: all of them, or none with the errors of the failing ones.
 
-        KV operations run for real and are rolled back on failure; catalog operations (ops with a "Kind" of
-        Node, Service, Check or Session) are checked against an overlay first and applied only when all passed.
+        KV operations run for real and are rolled back on failure (the KV tables are copied only when the
+        transaction writes KV); catalog operations (ops with a "Kind" of Node, Service, Check or Session) are
+        checked against an overlay first and applied only when all passed.
         """
-        saved_kv = dict(self._kv)
-        saved_sorted = list(self._kv_sorted)
-        saved_tomb = dict(self._tombstones)
-        saved_tomb_sorted = list(self._tomb_sorted)
+        kv_writes = any(op.get("Kind", "KV") == "KV" and op.get("Verb") in KV_WRITE_VERBS for op in cmd.ops)
+        saved = (dict(self._kv), list(self._kv_sorted), dict(self._tombstones), list(self._tomb_sorted)) \
+            if kv_writes else None
+        out = self._txn_ops(ch, cmd.ops, cmd.now)
+        if out["Errors"] and saved is not None:
+            self._kv, self._kv_sorted, self._tombstones, self._tomb_sorted = saved
+        return out
+
+    def txn_read(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """A transaction of reads only, answered from this store without the log (Consul's Txn.Read)."""
+        if not all(is_read_op(op) for op in ops):
+            raise InvalidRequest("a read-only transaction must contain read operations only")
+        return self._txn_ops(Changes(self.last_index), ops, 0.0)
+
+    def _txn_ops(self, ch: Changes, ops: list[dict[str, Any]], now: float) -> dict[str, Any]:
         scratch = Changes(ch.index)
         overlay = Overlay(self, ch.index)
         results: list[tuple[int, dict[str, Any]]] = []
         catalog_ops: list[tuple[int, dict[str, Any]]] = []
         errors: list[dict[str, Any]] = []
-        for i, op in enumerate(cmd.ops):
+        for i, op in enumerate(ops):
             if "Refused" in op:  # an operation Consul's state store refuses (an unknown verb)
                 errors.append({"OpIndex": i, "What": op["Refused"]})
                 continue
@@ -644,7 +664,7 @@ class StateStore:
                     errors.append({"OpIndex": i, "What": why})
                 continue
             try:
-                out = self._txn_op(scratch, op, cmd.now)
+                out = self._txn_op(scratch, op, now)
             except CatalogError as e:
                 errors.append({"OpIndex": i, "What": str(e)})
                 continue
@@ -655,13 +675,11 @@ class StateStore:
             elif isinstance(out, dict):
                 results.append((i, {"KV": out}))
         if errors:
-            self._kv, self._kv_sorted = saved_kv, saved_sorted
-            self._tombstones, self._tomb_sorted = saved_tomb, saved_tomb_sorted
             return {"Results": None, "Errors": errors}
         ch.tables |= scratch.tables
         ch.kv_keys.extend(scratch.kv_keys)
         for i, op in catalog_ops:
-            row = self._txn_catalog_op(ch, op, cmd.now)
+            row = self._txn_catalog_op(ch, op, now)
             if row is not None:
                 results.append((i, {op["Kind"]: row}))
         results.sort(key=lambda r: r[0])  # stable: an op's several results keep their order

@@ -14,6 +14,7 @@ from proconsul.agent.api.params import blocking_params, check_common, consistenc
 from proconsul.agent.api.responses import consul_headers, json_response
 from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind, refused
 from proconsul.catalog import commands as c
+from proconsul.catalog.store import is_read_op
 
 routes = web.RouteTableDef()
 
@@ -168,8 +169,14 @@ async def txn(request: web.Request) -> web.Response:
     if len(body) > MAX_TXN_OPS:
         raise TooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
     ops = [_txn_op(i, raw) for i, raw in enumerate(body)]
-    result = await request.app["agent"].backend.apply(c.Txn(ops=ops))
+    backend = request.app["agent"].backend
+    index = None
+    if all(is_read_op(op) for op in ops):
+        # Consul's fast path: a read-only transaction is a read (any consistency mode), not a Raft write.
+        index, result = await backend.query("txn.read", {"ops": ops}, 0, 0.0, consistency_mode(request))
+    else:
+        result = await backend.apply(c.Txn(ops=ops))
     if result["Errors"]:
-        return json_response(request, {"Results": None, "Errors": result["Errors"]}, status=409)
+        return json_response(request, {"Results": None, "Errors": result["Errors"]}, status=409, index=index)
     results = [{"KV": kv_entry(r["KV"])} if "KV" in r else r for r in result["Results"]]
-    return json_response(request, {"Results": results, "Errors": None})
+    return json_response(request, {"Results": results, "Errors": None}, index=index)

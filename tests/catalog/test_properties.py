@@ -78,6 +78,9 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
     for name in ("web", "w", "webby", "db", "dbq", "q1", "missing"):
         out += [("query.execute", {"query": name}), ("query.explain", {"query": name})]
     out.append(("query.list", {}))
+    out += [("txn.read", {"ops": [{"Verb": "get-tree", "Key": "a"}, {"Verb": "check-index", "Key": "a/b", "Index": 3},
+                                  {"Kind": "Node", "Verb": "get", "Node": {"Node": "n1"}},
+                                  {"Kind": "Service", "Verb": "get", "Node": "n2", "Service": {"ID": "web-n2"}}]})]
     assert {q for q, _ in out} >= set(QUERIES) - {"table.list", "table.get"}, "a query is not covered"
     return out
 

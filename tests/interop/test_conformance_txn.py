@@ -119,3 +119,24 @@ def test_catalog_ops_errors_quote_as_consul(shared_dev_agent: AgentProcess) -> N
                       {"OpIndex": 1, "What": 'service "s1" on node "tx-ghost" doesn\'t exist'},
                       {"OpIndex": 2, "What": 'check "c1" on node "tx-ghost" doesn\'t exist'},
                       {"OpIndex": 3, "What": 'failed to set node "dev", index is stale'}]
+
+
+def test_read_only_transactions_are_reads_not_raft_writes(c: consul.Consul, shared_dev_agent: AgentProcess) -> None:
+    c.kv.put("tx/ro", "r")
+
+    def applied() -> int:
+        return int(shared_dev_agent.get("/v1/agent/self")[1]["Stats"]["raft"]["applied_index"])
+
+    before = applied()
+    for query in ("", "?stale", "?consistent"):
+        status, out, headers = shared_dev_agent.request("PUT", f"/v1/txn{query}", [
+            {"KV": {"Verb": "get", "Key": "tx/ro"}}, {"KV": {"Verb": "check-not-exists", "Key": "tx/none"}},
+            {"Node": {"Verb": "get", "Node": {"Node": "dev"}}}])
+        assert status == 200 and base64.b64decode(out["Results"][0]["KV"]["Value"]) == b"r"
+        assert out["Results"][1]["Node"]["Node"] == "dev"
+        assert headers["X-Consul-KnownLeader"] == "true" and "X-Consul-LastContact" in headers
+    assert rolled_back(shared_dev_agent, [{"KV": {"Verb": "get", "Key": "tx/none"}}]) == [
+        {"OpIndex": 0, "What": 'key "tx/none" doesn\'t exist'}]
+    assert applied() == before  # Consul's fast path: no log entry for reads
+    c.txn.put([{"KV": {"Verb": "set", "Key": "tx/ro", "Value": b64("w")}}])
+    assert applied() > before
