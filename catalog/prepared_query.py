@@ -27,8 +27,6 @@ NEAR_FRONT_DEPTH = 10  # Consul moves the `Near` node to the front only when it 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _VAR = re.compile(r"\$\{\s*([^}]*?)\s*\}")
 _MATCH = re.compile(r"^match\(\s*(\d+)\s*\)$")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class Shuffler(Protocol):
@@ -50,24 +48,6 @@ def is_uuid(text: str) -> bool:
 
 def is_template(query: dict[str, Any]) -> bool:
     return bool((query.get("Template") or {}).get("Type"))
-
-
-def duration_seconds(text: str) -> float:
-    """A Go duration ("10s", "1m30s", "250ms") in seconds; ValueError when it is not one."""
-    text = text.strip()
-    if text in ("0", ""):
-        return 0.0
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(body):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(body) or not body:
-        raise ValueError(f"time: invalid duration {text!r}")
-    return sign * total
 
 
 # ---------------------------------------------------------------------------------------------- templates

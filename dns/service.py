@@ -55,9 +55,11 @@ def _instance(node: dict[str, Any], svc: dict[str, Any], checks: list[dict[str, 
 class StoreView:
     """The answering core's CatalogView over a local StateStore."""
 
-    def __init__(self, store: StateStore, node_name: str = "") -> None:
+    def __init__(self, store: StateStore, node_name: str = "",
+                 duration: Callable[[str], float] | None = None) -> None:
         self.store = store
         self.node_name = node_name  # what a query's Near = "_agent" means
+        self.duration = duration  # Go duration text -> seconds (a prepared query's DNS TTL)
         self.datacenter = store.datacenter
         self._by_address: dict[str, list[tuple[str, str]]] | None = None
         # (lower name, connect) -> instances, kept until a change touches that service (any change: connect)
@@ -113,7 +115,7 @@ class StoreView:
             return None
         ttl_text = (result.get("DNS") or {}).get("TTL") or ""
         try:
-            ttl = int(pq.duration_seconds(ttl_text)) if ttl_text else None
+            ttl = int(self.duration(ttl_text)) if ttl_text and self.duration else None
         except ValueError:  # vetted when the query was written; an old row must not break DNS
             ttl = None
         near = self.node_name if result["Near"] == "_agent" else result["Near"]
@@ -175,6 +177,7 @@ def settings_from_config(cfg: Any) -> DNSSettings:
 def attach(agent: Any) -> None:
     """Add the DNS listener to the agent (servers and dev agents, which hold a state store)."""
     from proconsul.agent.agent import AgentError
+    from proconsul.agent.config.duration import parse_duration
 
     cfg = agent.config
     if cfg.dns_port < 0:
@@ -188,8 +191,8 @@ def attach(agent: Any) -> None:
         handler = ForwardingHandler([cfg.domain, cfg.alt_domain], agent.cluster.dns_forward, recursors,
                                     cfg.dns.recursor_timeout)
     else:
-        handler = DNSHandler(Answerer(settings_from_config(cfg)), StoreView(agent.store, cfg.node_name), recursors,
-                             cfg.dns.recursor_timeout)
+        view = StoreView(agent.store, cfg.node_name, parse_duration)
+        handler = DNSHandler(Answerer(settings_from_config(cfg)), view, recursors, cfg.dns.recursor_timeout)
     agent.dns_handler = handler
 
     sockets: list[tuple[socket.socket, socket.socket]] = []

@@ -17,6 +17,7 @@ from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
 from proconsul.agent.api.params import check_common, flag, uint_param
 from proconsul.agent.api.responses import json_response
+from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog import commands as c
 from proconsul.catalog import prepared_query as pq
 from proconsul.catalog.errors import InvalidRequest
@@ -113,8 +114,8 @@ def parse_definition(raw: Any) -> dict[str, Any]:
     ttl = _str(dns, "TTL", "Query.DNS")
     if ttl:
         try:
-            seconds = pq.duration_seconds(ttl)
-        except ValueError as e:
+            seconds = parse_duration(ttl)
+        except DurationError as e:
             raise BadRequest(f"Bad DNS TTL '{ttl}': {e}") from None
         if seconds < 0:
             raise BadRequest(f"DNS TTL '{ttl}', must be >=0")
