@@ -217,11 +217,15 @@ def execute(store: Store, id_or_name: str, datacenter: str, connect: bool = Fals
                             "Near": svc.get("Near") or ""}
 
 
-def order(nodes: list[dict[str, Any]], rng: Shuffler, near: str = "", limit: int = 0) -> list[dict[str, Any]]:
-    """Consul's ordering of an execute answer: shuffled, the `near` node moved to the front when it is among
-    the first ten (no network coordinates to sort the rest by), then cut to `limit`."""
+def order(nodes: list[dict[str, Any]], rng: Shuffler, near: str = "", limit: int = 0,
+          by_distance: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Consul's ordering of an execute answer: shuffled, then sorted by RTT from `near` (`by_distance`, when
+    there are coordinates), the `near` node moved to the front when it is among the first ten, then cut to
+    `limit`."""
     nodes = list(nodes)
     rng.shuffle(nodes)
+    if near and by_distance is not None:
+        nodes = by_distance(nodes)
     if near:
         for i, entry in enumerate(nodes[:NEAR_FRONT_DEPTH]):
             if entry["Node"]["Node"].lower() == near.lower():

@@ -391,6 +391,21 @@ def _ui_topology(s: StateStore, a: Args) -> tuple[int, Any]:
         "Protocols": {n: _protocol(s, n) for n in {name, *ups, *downs, *(a.get("also") or ())}}}
 
 
+def _coordinate(row: dict[str, Any]) -> dict[str, Any]:
+    """Consul's coordinate entry: Node, Segment, Coord (no Raft indexes)."""
+    return {"Node": row["Node"], "Segment": row["Segment"], "Coord": row["Coord"]}
+
+
+def _coordinate_nodes(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, rows = s.table_list(st.COORDINATES)
+    return idx, sorted((_coordinate(r) for r in rows), key=lambda r: r["Node"])
+
+
+def _coordinate_node(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, row = s.table_get(st.COORDINATES, a["node"].lower())
+    return idx, [_coordinate(row)] if row is not None else None
+
+
 def _txn_read(s: StateStore, a: Args) -> tuple[int, Any]:
     return s.table_index(*_CATALOG, st.KVS), s.txn_read(a["ops"])
 
@@ -442,6 +457,8 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
     Query("txn.read", _txn_read, (*_CATALOG, st.KVS)),
+    Query("coordinate.nodes", _coordinate_nodes, (st.COORDINATES,)),
+    Query("coordinate.node", _coordinate_node, (st.COORDINATES,)),
     Query("query.list", _query_list, (pq.TABLE,)),
     Query("query.get", _query_get, (pq.TABLE,)),
     Query("query.execute", _query_execute, (*_CATALOG, pq.TABLE)),

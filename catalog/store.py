@@ -37,7 +37,8 @@ CHECKS = "checks"
 KVS = "kvs"
 SESSIONS = "sessions"
 PREPARED_QUERIES = prepared_query.TABLE
-SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta", PREPARED_QUERIES)
+COORDINATES = "coordinates"  # lower(node) -> {"Node", "Segment", "Coord"}: network coordinates (Vivaldi)
+SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta", PREPARED_QUERIES, COORDINATES)
 
 SNAPSHOT_VERSION = 1
 
@@ -391,6 +392,8 @@ class StateStore:
             self._check_index.pop(nkey, None)
             del self._nodes[nkey]
             ch.tables.add(NODES)
+            if self._tables[COORDINATES].pop(nkey, None) is not None:
+                ch.tables.add(COORDINATES)
         return True
 
     def _delete_service(self, ch: Changes, nkey: str, sid: str, now: float) -> None:
@@ -893,6 +896,8 @@ class StateStore:
                 return False
         if cmd.table == PREPARED_QUERIES:
             prepared_query.check_unique(table, cmd.key, cmd.row, lambda sid: sid in self._sessions)
+        if cmd.table == COORDINATES and cmd.key not in self._nodes:
+            return True  # as Consul: a coordinate for a node the catalog does not have is dropped
         row = dict(cmd.row)
         row["CreateIndex"] = cur["CreateIndex"] if cur else ch.index
         row["ModifyIndex"] = ch.index

@@ -15,8 +15,10 @@ from aiohttp import web
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.near import coordinates
 from proconsul.agent.api.params import check_common, flag, uint_param
 from proconsul.agent.api.responses import json_response
+from proconsul.agent.cluster.vivaldi import sort_by_distance
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog import commands as c
 from proconsul.catalog import prepared_query as pq
@@ -198,10 +200,12 @@ async def execute(request: web.Request) -> web.Response:
     result.pop("Near", None)
     if near == "_agent":
         near = agent.config.node_name
-    elif near == "_ip":  # the node whose address sent the request (no coordinates to sort the rest by)
+    elif near == "_ip":  # the node whose address sent the request
         peer = request.headers.get("X-Forwarded-For", "").split(",")[0].strip() or (request.remote or "")
         near = next((n["Node"]["Node"] for n in result["Nodes"] if n["Node"]["Address"] == peer), "")
-    result["Nodes"] = pq.order(result["Nodes"], agent.rng, near, limit)
+    coords = await coordinates(agent) if near else {}
+    result["Nodes"] = pq.order(result["Nodes"], agent.rng, near, limit,
+                               lambda rows: sort_by_distance(rows, lambda r: r["Node"]["Node"], coords, near))
     return json_response(request, result, index=idx)
 
 

@@ -27,6 +27,7 @@ from proconsul.agent.cli import (
     members,
     monitor,
     operator,
+    rtt,
     services,
     snapshot,
     tls,
@@ -44,7 +45,7 @@ app = typer.Typer(
 )
 
 for _group in (agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
-               event, intention, connect, tls, troubleshoot, k8s_sync):
+               event, rtt, intention, connect, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 

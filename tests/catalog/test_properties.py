@@ -45,7 +45,10 @@ prepared = st.builds(
     st.integers(0, 3), st.sampled_from(["", "w", "web", "dbq"]), st.sampled_from(["web", "db", "${name.full}",
                                                                                  "${match(2)}"]),
     st.booleans(), st.one_of(st.none(), st.integers(0, 3)))
-commands = st.one_of(register, kvop, session, lock, dereg, table, prepared)
+coordinate = st.builds(lambda n, x: c.TableSet(table="coordinates", key=n, row={
+    "Node": n, "Segment": "", "Coord": {"Vec": [x] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5}}),
+    nodes, st.floats(-1, 1))
+commands = st.one_of(register, kvop, session, lock, dereg, table, prepared, coordinate)
 
 
 @given(commands)
@@ -77,7 +80,7 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
         out += [("session.info", {"id": f"s{i}"}), ("query.get", {"id": f"q{i}"})]
     for name in ("web", "w", "webby", "db", "dbq", "q1", "missing"):
         out += [("query.execute", {"query": name}), ("query.explain", {"query": name})]
-    out.append(("query.list", {}))
+    out += [("query.list", {}), ("coordinate.nodes", {}), ("coordinate.node", {"node": "N1"})]
     out += [("txn.read", {"ops": [{"Verb": "get-tree", "Key": "a"}, {"Verb": "check-index", "Key": "a/b", "Index": 3},
                                   {"Kind": "Node", "Verb": "get", "Node": {"Node": "n1"}},
                                   {"Kind": "Service", "Verb": "get", "Node": "n2", "Service": {"ID": "web-n2"}}]})]
