@@ -122,7 +122,7 @@ def test_watch_type_event_runs_the_handler(shared_dev_agent: AgentProcess, tmp_p
     assert [e["Name"] for e in printed] == ["watch-ev", "watch-ev"]
 
 
-def test_a_client_agents_event_reaches_its_server(tmp_path: Path) -> None:
+def test_a_client_agents_event_reaches_its_server_and_the_rest_forwards(tmp_path: Path) -> None:
     cluster = ServerCluster(tmp_path / "c", n=1)
     cluster.start()
     client = cluster.client("ev-client")
@@ -138,6 +138,20 @@ def test_a_client_agents_event_reaches_its_server(tmp_path: Path) -> None:
         status, only_server = client.put("/v1/event/fire/cluster-ev?node=^s0$", raw=b"")
         assert [e["ID"] for e in server.get("/v1/event/list?name=cluster-ev")[1]][-1] == only_server["ID"]
         assert [e["ID"] for e in client.get("/v1/event/list?name=cluster-ev")[1]] == [fired["ID"]]
+        # The rest of this surface through a client agent, which forwards to its server over RPC.
+        client.put("/v1/agent/service/register", {"Name": "cl-web", "Port": 80})
+        wait_for(lambda: client.get("/v1/catalog/service/cl-web")[1], timeout=15, message="anti-entropy")
+        status, out, _ = client.request("POST", "/v1/query", {"Name": "cl-q", "Service": {"Service": "cl-web",
+                                                                                          "Near": "_agent"}})
+        assert status == 200
+        result = client.get("/v1/query/cl-q/execute")[1]
+        assert [n["Node"]["Node"] for n in result["Nodes"]] == ["ev-client"]
+        assert server.get("/v1/query/cl-q/explain")[1]["Query"]["ID"] == out["ID"]
+        status, out, headers = client.request("PUT", "/v1/txn?stale", [{"Node": {"Verb": "get",
+                                                                                  "Node": {"Node": "s0"}}}])
+        assert status == 200 and out["Results"][0]["Node"]["Node"] == "s0" and "X-Consul-LastContact" in headers
+        assert client.put("/v1/coordinate/update", {"Node": "ev-client", "Coord": {"Vec": [0.001] * 8}})[0] == 200
+        wait_for(lambda: server.get("/v1/coordinate/node/ev-client")[0] == 200, message="the coordinate")
     finally:
         client.stop()
         cluster.stop()
