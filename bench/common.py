@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from support import AgentProcess, free_port, wait_for  # noqa: E402
 
 __all__ = ["AgentProcess", "free_port", "wait_for", "Arm", "alternate", "wrk", "need", "rss_mb", "report",
-           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "CpuMeter"]
+           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "pin", "CpuMeter", "metered_wrk",
+           "loadavg"]
 
 
 def need(binary: str, package: str) -> str:
@@ -51,6 +52,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return {"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors}
@@ -82,7 +84,8 @@ def wrk(url: str, connections: int = 16, duration: float = 8.0, threads: int = 1
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errs += sum(int(x) for x in m.groups())
-    return WrkResult(rps, p50, p99, errs)
+    m = re.search(r"(\d+) requests in", out)
+    return WrkResult(rps, p50, p99, errs, int(m.group(1)) if m else round(rps * duration))
 
 
 @dataclass
@@ -95,12 +98,16 @@ class Arm:
         return statistics.median(r[key] for r in self.results)
 
 
+def _fmt(v: float) -> str:
+    return f"{v:,.2f}" if abs(v) >= 1 or v == 0 else f"{v:.4f}"
+
+
 def alternate(arms: list[Arm], rounds: int = 3) -> None:
     for i in range(rounds):
         for arm in arms:
             r = arm.run()
             arm.results.append(r)
-            print(f"  round {i + 1} {arm.name:<28} " + "  ".join(f"{k}={v:,.2f}" for k, v in r.items()), flush=True)
+            print(f"  round {i + 1} {arm.name:<28} " + "  ".join(f"{k}={_fmt(v)}" for k, v in r.items()), flush=True)
 
 
 def rss_mb(pid: int) -> float:
@@ -161,7 +168,40 @@ def pinned(cmd: list[str], cpus: int | None) -> list[str]:
     """`cmd` run on the first `cpus` cores (taskset), to reproduce a small machine; unchanged when None."""
     if not cpus:
         return cmd
-    return [need("taskset", "util-linux"), "-c", f"0-{cpus - 1}" if cpus > 1 else "0", *cmd]
+    return [need("taskset", "util-linux"), "-c", _cpu_list(cpus), *cmd]
+
+
+def _cpu_list(cpus: int) -> str:
+    return f"0-{cpus - 1}" if cpus > 1 else "0"
+
+
+def pin(roots: list[int], cpus: int | None) -> None:
+    """Pin running processes (with their threads and descendants) to the first `cpus` cores; no-op when None.
+
+    For processes started by code that does not take a command prefix (AgentProcess); threads and
+    children started later inherit the affinity."""
+    if not cpus:
+        return
+    taskset = need("taskset", "util-linux")
+    for pid in [p for r in roots for p in process_tree(r)]:
+        subprocess.run([taskset, "-a", "-p", "-c", _cpu_list(cpus), str(pid)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages, as `uptime` prints them."""
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def metered_wrk(url: str, roots: list[int], connections: int = 16, duration: float = 8.0,
+                script: str | None = None, cpus: int | None = None) -> dict[str, float]:
+    """One wrk run plus the CPU seconds per 1,000 requests of every process under `roots` (the arm)."""
+    meter = CpuMeter(roots)
+    meter.start()
+    r = wrk(url, connections, duration, script=script, cpus=cpus)
+    cpu = meter.stop()
+    return dict(r.as_dict(), cpu_s_per_1k=cpu * 1000 / max(1, r.requests), load1=loadavg()[0])
 
 
 class Background:
