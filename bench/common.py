@@ -28,7 +28,7 @@ from support import AgentProcess, free_port, wait_for  # noqa: E402
 
 __all__ = ["AgentProcess", "free_port", "wait_for", "Arm", "alternate", "wrk", "need", "rss_mb", "report",
            "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "pin", "CpuMeter", "metered_wrk",
-           "loadavg"]
+           "loadavg", "code_at"]
 
 
 def need(binary: str, package: str) -> str:
@@ -186,6 +186,27 @@ def pin(roots: list[int], cpus: int | None) -> None:
     for pid in [p for r in roots for p in process_tree(r)]:
         subprocess.run([taskset, "-a", "-p", "-c", _cpu_list(cpus), str(pid)], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def code_at(ref: str, tmp: Path) -> dict[str, str]:
+    """Environment that makes `python -m proconsul…` run the code of git `ref` instead of the worktree's.
+
+    For A/B arms of one optimisation in the same run: the tree at `ref` is extracted under `tmp`, and a
+    `proconsul` package of symlinks to its component folders goes first on PYTHONPATH (ahead of the
+    editable install's finder, which Python consults only after sys.path)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    src = tmp / f"src-{sha}"
+    if not src.exists():
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        pkg = tmp / f"path-{sha}" / "proconsul"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        for folder in ("agent", "catalog", "connect", "consensus", "dns", "ui", "k8s-sync"):
+            (pkg / folder.replace("-", "_")).symlink_to(src / folder)
+    return {"PYTHONPATH": str(tmp / f"path-{sha}")}
 
 
 def loadavg() -> list[float]:

@@ -24,6 +24,7 @@ from common import (
     Arm,
     Background,
     alternate,
+    code_at,
     free_port,
     loadavg,
     metered_wrk,
@@ -107,8 +108,8 @@ class Etcd:
 
 
 class Proconsul:
-    def __init__(self, root: Path, cpus: int | None = None) -> None:
-        self.servers = [AgentProcess(root / f"p{i}", dev=False) for i in range(3)]
+    def __init__(self, root: Path, cpus: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.servers = [AgentProcess(root / f"p{i}", dev=False, env=env) for i in range(3)]
         serf = [free_port() for _ in self.servers]
         for i, s in enumerate(self.servers):
             s.extra_args = ["--server", "--bootstrap-expect", "3", "--node", f"p{i}", "--data-dir",
@@ -143,6 +144,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="1,16,64")
     ap.add_argument("--cpus", type=int, default=None, help="pin every server and wrk to the first N cores")
+    ap.add_argument("--base", metavar="GIT_REF", help="also run a cluster of the code at GIT_REF (A/B of a change)")
     args = ap.parse_args()
     need("wrk", "wrk")
     root = Path(tempfile.mkdtemp(prefix="raftbench-"))
@@ -151,6 +153,7 @@ def main() -> None:
     try:
         try:
             pc = Proconsul(root / "proconsul", args.cpus)
+            base = Proconsul(root / "base", args.cpus, code_at(args.base, root)) if args.base else None
         except Exception as e:  # clustering not available: still measure the peer, and say why
             print(f"Proconsul arm unavailable: {e}")
             pc = None
@@ -164,6 +167,10 @@ def main() -> None:
                 arms.append(Arm(f"proconsul c={conns}", lambda c=conns, f=via_follower: metered_wrk(
                     (pc.follower() if f else pc.leader()).url, pc.pids, c, args.duration,
                     script=lua_script(root / "pc.lua", "proconsul"), cpus=args.cpus)))
+            if pc is not None and base is not None:
+                arms.append(Arm(f"proconsul@{args.base} c={conns}", lambda c=conns, f=via_follower: metered_wrk(
+                    (base.follower() if f else base.leader()).url, base.pids, c, args.duration,
+                    script=lua_script(root / "pc.lua", "proconsul"), cpus=args.cpus)))
             alternate(arms, args.rounds)
             row = {"via": "follower" if via_follower else "leader",
                    "etcd_wps": arms[0].median("rps"), "etcd_p50_ms": arms[0].median("p50_ms"),
@@ -175,6 +182,11 @@ def main() -> None:
                             "proconsul_cpu_s_per_1k": arms[1].median("cpu_s_per_1k"),
                             "ratio": arms[1].median("rps") / arms[0].median("rps"),
                             "cpu_ratio": arms[1].median("cpu_s_per_1k") / arms[0].median("cpu_s_per_1k")})
+            if len(arms) > 2:
+                row.update({"base_wps": arms[2].median("rps"), "base_p99_ms": arms[2].median("p99_ms"),
+                            "base_cpu_s_per_1k": arms[2].median("cpu_s_per_1k"),
+                            "vs_base": arms[1].median("rps") / arms[2].median("rps"),
+                            "cpu_vs_base": arms[1].median("cpu_s_per_1k") / arms[2].median("cpu_s_per_1k")})
             results[f"c{conns}"] = row
             load.append(loadavg())
         report("raft_writes", {"duration_s": args.duration, "rounds": args.rounds, "pinned_cpus": args.cpus,
@@ -182,8 +194,9 @@ def main() -> None:
                                "goal": ">= 1.0x etcd writes/s at 16 and 64, p99 <= etcd's, CPU/1k <= etcd's"})
     finally:
         etcd.stop()
-        if "pc" in locals() and pc is not None:
-            pc.stop()
+        for cluster in (locals().get("pc"), locals().get("base")):
+            if cluster is not None:
+                cluster.stop()
         time.sleep(0.2)
         shutil.rmtree(root, ignore_errors=True)
 
