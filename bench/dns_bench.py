@@ -26,6 +26,7 @@ from common import (
     Background,
     CpuMeter,
     alternate,
+    code_at,
     free_port,
     http_json,
     loadavg,
@@ -80,12 +81,26 @@ def health_change_ms(agent: AgentProcess, rounds: int = 5) -> list[float]:
     return out
 
 
+def seed(agent: AgentProcess) -> None:
+    """The same catalog in every agent: N one-instance services and the BIG-instance service."""
+    for i in range(N):
+        http_json("PUT", f"{agent.url}/v1/catalog/register", {
+            "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
+            "Service": {"Service": f"svc-{i}", "Port": 8080},
+            "Checks": [{"CheckID": f"c{i}", "ServiceID": f"svc-{i}", "Status": "passing"}]})
+    for i in range(BIG):
+        http_json("PUT", f"{agent.url}/v1/catalog/register", {
+            "Node": f"big-{i}", "Address": f"10.9.{i // 250}.{i % 250 + 1}",
+            "Service": {"Service": "big", "Port": 9000}})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--extra-rounds", type=int, default=2, help="rounds of the SRV and 1,000-instance arms")
     ap.add_argument("--cpus", type=int, default=None, help="pin both servers and dnsperf to the first N cores")
+    ap.add_argument("--base", metavar="GIT_REF", help="also run an agent of the code at GIT_REF (A/B of a change)")
     args = ap.parse_args()
     cpus = args.cpus
     need("dnsmasq", "dnsmasq-base")
@@ -108,25 +123,28 @@ def main() -> None:
                               "--cache-size=10000", "--user=root", "--pid-file=" + str(tmp / "pid")], cpus))
         agent = AgentProcess(tmp / "agent", dev=True, args=["--log-level", "warn"])
         agent.start()
+        base = (AgentProcess(tmp / "base", dev=True, args=["--log-level", "warn"], env=code_at(args.base, tmp))
+                if args.base else None)
         try:
             apid = agent.proc.pid  # type: ignore[union-attr]
             mpid = dnsmasq.proc.pid
             pin([apid], cpus)
             load = [loadavg()]
-            for i in range(N):
-                http_json("PUT", f"{agent.url}/v1/catalog/register", {
-                    "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
-                    "Service": {"Service": f"svc-{i}", "Port": 8080},
-                    "Checks": [{"CheckID": f"c{i}", "ServiceID": f"svc-{i}", "Status": "passing"}]})
-            for i in range(BIG):
-                http_json("PUT", f"{agent.url}/v1/catalog/register", {
-                    "Node": f"big-{i}", "Address": f"10.9.{i // 250}.{i % 250 + 1}",
-                    "Service": {"Service": "big", "Port": 9000}})
+            seed(agent)
+            if base is not None:
+                base.start()
+                pin([base.proc.pid], cpus)  # type: ignore[union-attr]
+                seed(base)
+                dnsperf(base.dns_port, a_queries, 1, base.proc.pid)  # type: ignore[union-attr]
             wait_for(lambda: dnsperf(mport, a_queries, 1, mpid)["qps"] > 0, 20, 0.5, "dnsmasq to answer")
             dnsperf(agent.dns_port, a_queries, 1, apid)  # warm the wire cache
             print(f"A queries for {N} names, {args.rounds} rounds of {args.seconds}s, arms alternating:")
             arms = [Arm("dnsmasq A", lambda: dnsperf(mport, a_queries, args.seconds, mpid, cpus=cpus)),
                     Arm("proconsul A", lambda: dnsperf(agent.dns_port, a_queries, args.seconds, apid, cpus=cpus))]
+            if base is not None:
+                bpid = base.proc.pid  # type: ignore[union-attr]
+                arms.append(Arm(f"proconsul@{args.base} A",
+                                lambda: dnsperf(base.dns_port, a_queries, args.seconds, bpid, cpus=cpus)))
             alternate(arms, args.rounds)
             load.append(loadavg())
             print("SRV and a 1,000-instance service:")
@@ -136,7 +154,11 @@ def main() -> None:
                         lambda: dnsperf(agent.dns_port, big_srv, args.seconds, apid, extra=("-e",), cpus=cpus))
             alternate([srv, big, big_e], args.extra_rounds)
             change = health_change_ms(agent)
-            dm, pc = arms
+            dm, pc = arms[:2]
+            vs_base = {} if base is None else {
+                "base_qps": arms[2].median("qps"), "base_cpu_s_per_1k": arms[2].median("cpu_s_per_1k"),
+                "vs_base": pc.median("qps") / arms[2].median("qps"),
+                "cpu_vs_base": pc.median("cpu_s_per_1k") / arms[2].median("cpu_s_per_1k")}
             report("dns", {
                 "seconds": args.seconds, "rounds": args.rounds, "pinned_cpus": cpus, "load": load,
                 "dnsmasq_qps": dm.median("qps"), "dnsmasq_lost": sum(r["lost"] for r in dm.results),
@@ -156,9 +178,11 @@ def main() -> None:
                 "proconsul_1000_instance_srv_edns_lost": sum(r["lost"] for r in big_e.results),
                 "health_change_visible_ms_median": round(statistics.median(change), 2),
                 "health_change_visible_ms_max": round(max(change), 2),
-                "goal": ">= 1.0x dnsmasq, 0 lost; health change visible within 1 s"})
+                "goal": ">= 1.0x dnsmasq, 0 lost; health change visible within 1 s", **vs_base})
         finally:
             agent.stop()
+            if base is not None:
+                base.stop()
             dnsmasq.stop()
 
 
