@@ -6,6 +6,7 @@ and the ratio against the peer measured in the same run, and exits 0 (../shared/
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -27,8 +28,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from support import AgentProcess, free_port, wait_for  # noqa: E402
 
 __all__ = ["AgentProcess", "free_port", "wait_for", "Arm", "alternate", "wrk", "need", "rss_mb", "report",
-           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "pin", "CpuMeter", "metered_wrk",
-           "loadavg", "code_at"]
+           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "pin", "CpuMeter", "metered",
+           "metered_wrk", "loadavg", "tree_env", "code_at", "add_baseline_options", "baseline"]
 
 
 def need(binary: str, package: str) -> str:
@@ -55,7 +56,8 @@ class WrkResult:
     requests: int = 0
 
     def as_dict(self) -> dict[str, float]:
-        return {"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors}
+        return {"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors,
+                "requests": self.requests}
 
 
 def _ms(text: str) -> float:
@@ -164,6 +166,36 @@ class CpuMeter:
         return self._now() - self.before
 
 
+def metered(roots: list[int], run: Callable[[], dict[str, float]], ops_key: str = "requests"
+            ) -> Callable[[], dict[str, float]]:
+    """`run` with the CPU seconds of `roots` (and descendants) per 1,000 operations added to its result."""
+    def arm() -> dict[str, float]:
+        meter = CpuMeter(roots)
+        meter.start()
+        out = run()
+        out["cpu_s_per_1k"] = meter.stop() * 1000 / max(out[ops_key], 1)
+        return out
+    return arm
+
+
+COMPONENTS = {"agent": "agent", "catalog": "catalog", "consensus": "consensus", "connect": "connect", "dns": "dns",
+              "ui": "ui", "k8s_sync": "k8s-sync"}
+
+
+def tree_env(tree: Path, workdir: Path) -> dict[str, str]:
+    """Environment that makes `python -m proconsul…` run the source tree `tree` (e.g. `git archive main`
+    unpacked) instead of the installed one, so a benchmark can put another version beside this one in the
+    same run: a `proconsul` package of symlinks to the tree's components, first on PYTHONPATH (it is found
+    before the editable install's finder)."""
+    pkg = workdir / "tree-shim" / "proconsul"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name, folder in COMPONENTS.items():
+        link = pkg / name
+        if not link.exists():
+            link.symlink_to(Path(tree).resolve() / folder, target_is_directory=True)
+    return {"PYTHONPATH": str(pkg.parent)}
+
+
 def pinned(cmd: list[str], cpus: int | None) -> list[str]:
     """`cmd` run on the first `cpus` cores (taskset), to reproduce a small machine; unchanged when None."""
     if not cpus:
@@ -189,11 +221,7 @@ def pin(roots: list[int], cpus: int | None) -> None:
 
 
 def code_at(ref: str, tmp: Path) -> dict[str, str]:
-    """Environment that makes `python -m proconsul…` run the code of git `ref` instead of the worktree's.
-
-    For A/B arms of one optimisation in the same run: the tree at `ref` is extracted under `tmp`, and a
-    `proconsul` package of symlinks to its component folders goes first on PYTHONPATH (ahead of the
-    editable install's finder, which Python consults only after sys.path)."""
+    """Environment that runs the code of git `ref` (`git archive` unpacked under `tmp`, then `tree_env`)."""
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
                          check=True).stdout.strip()
     src = tmp / f"src-{sha}"
@@ -201,12 +229,23 @@ def code_at(ref: str, tmp: Path) -> dict[str, str]:
         src.mkdir(parents=True)
         archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-        pkg = tmp / f"path-{sha}" / "proconsul"
-        pkg.mkdir(parents=True)
-        (pkg / "__init__.py").write_text("")
-        for folder in ("agent", "catalog", "connect", "consensus", "dns", "ui", "k8s-sync"):
-            (pkg / folder.replace("-", "_")).symlink_to(src / folder)
-    return {"PYTHONPATH": str(tmp / f"path-{sha}")}
+    return tree_env(src, tmp / f"shim-{sha}")
+
+
+def add_baseline_options(ap: argparse.ArgumentParser) -> None:
+    """--base GIT_REF / --baseline-tree DIR: one more Proconsul arm running another version, same run."""
+    ap.add_argument("--base", metavar="GIT_REF", help="also run the code at GIT_REF as an arm (A/B of a change)")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="also run another source tree (e.g. `git archive main` unpacked) as an arm")
+
+
+def baseline(args: argparse.Namespace, tmp: Path) -> tuple[str, dict[str, str]] | None:
+    """(label, environment) of the version --base or --baseline-tree asked for, or None."""
+    if args.base:
+        return args.base, code_at(args.base, tmp)
+    if args.baseline_tree:
+        return "baseline", tree_env(args.baseline_tree, tmp)
+    return None
 
 
 def loadavg() -> list[float]:
@@ -218,11 +257,9 @@ def loadavg() -> list[float]:
 def metered_wrk(url: str, roots: list[int], connections: int = 16, duration: float = 8.0,
                 script: str | None = None, cpus: int | None = None) -> dict[str, float]:
     """One wrk run plus the CPU seconds per 1,000 requests of every process under `roots` (the arm)."""
-    meter = CpuMeter(roots)
-    meter.start()
-    r = wrk(url, connections, duration, script=script, cpus=cpus)
-    cpu = meter.stop()
-    return dict(r.as_dict(), cpu_s_per_1k=cpu * 1000 / max(1, r.requests), load1=loadavg()[0])
+    out = metered(roots, lambda: wrk(url, connections, duration, script=script, cpus=cpus).as_dict())()
+    out["load1"] = loadavg()[0]
+    return out
 
 
 class Background:

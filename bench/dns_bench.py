@@ -25,8 +25,9 @@ from common import (
     Arm,
     Background,
     CpuMeter,
+    add_baseline_options,
     alternate,
-    code_at,
+    baseline,
     free_port,
     http_json,
     loadavg,
@@ -100,7 +101,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--extra-rounds", type=int, default=2, help="rounds of the SRV and 1,000-instance arms")
     ap.add_argument("--cpus", type=int, default=None, help="pin both servers and dnsperf to the first N cores")
-    ap.add_argument("--base", metavar="GIT_REF", help="also run an agent of the code at GIT_REF (A/B of a change)")
+    add_baseline_options(ap)
     args = ap.parse_args()
     cpus = args.cpus
     need("dnsmasq", "dnsmasq-base")
@@ -123,8 +124,8 @@ def main() -> None:
                               "--cache-size=10000", "--user=root", "--pid-file=" + str(tmp / "pid")], cpus))
         agent = AgentProcess(tmp / "agent", dev=True, args=["--log-level", "warn"])
         agent.start()
-        base = (AgentProcess(tmp / "base", dev=True, args=["--log-level", "warn"], env=code_at(args.base, tmp))
-                if args.base else None)
+        label, env = baseline(args, tmp) or ("", None)
+        base = AgentProcess(tmp / "base", dev=True, args=["--log-level", "warn"], env=env) if env else None
         try:
             apid = agent.proc.pid  # type: ignore[union-attr]
             mpid = dnsmasq.proc.pid
@@ -143,7 +144,7 @@ def main() -> None:
                     Arm("proconsul A", lambda: dnsperf(agent.dns_port, a_queries, args.seconds, apid, cpus=cpus))]
             if base is not None:
                 bpid = base.proc.pid  # type: ignore[union-attr]
-                arms.append(Arm(f"proconsul@{args.base} A",
+                arms.append(Arm(f"proconsul@{label} A",
                                 lambda: dnsperf(base.dns_port, a_queries, args.seconds, bpid, cpus=cpus)))
             alternate(arms, args.rounds)
             load.append(loadavg())

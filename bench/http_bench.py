@@ -2,7 +2,8 @@
 
 PERFORMANCE.md §4. Goal: ≥ 0.7× the hello-world's requests/s, wrk -c16, same machine, same run
 (issue 17: ≥ 0.8× on a busy machine). Every arm also reports its server's CPU seconds per 1,000
-requests; `--cpus N` pins the agent, the hello-world server and wrk to the first N cores.
+requests; `--cpus N` pins the agent, the hello-world server and wrk to the first N cores;
+`--base GIT_REF` or `--baseline-tree DIR` adds another version as one more arm.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from common import (
     AgentProcess,
     Arm,
     Background,
+    add_baseline_options,
     alternate,
+    baseline,
     free_port,
     http_json,
     loadavg,
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--cpus", type=int, default=None, help="pin both servers and wrk to the first N cores")
+    add_baseline_options(ap)
     args = ap.parse_args()
     cpus = args.cpus
 
@@ -53,6 +57,13 @@ def main() -> None:
         agent = AgentProcess(Path(tmp), dev=True, args=["--log-level", "warn"])
         agent.start()
         pin([agent.proc.pid], cpus)  # type: ignore[union-attr]
+        label, env = baseline(args, Path(tmp)) or ("", None)
+        base = None
+        if env is not None:
+            base = AgentProcess(Path(tmp) / "baseline", dev=True, args=["--log-level", "warn"], env=env)
+            base.start()
+            pin([base.proc.pid], cpus)  # type: ignore[union-attr]
+            seed(base, 50)
         hello_port = free_port()
         seed(agent, 50)
         entries = http_json("GET", f"{agent.url}/v1/health/service/web?passing")
@@ -75,9 +86,14 @@ def main() -> None:
                     f"{agent.url}/v1/health/service/web?passing", [apid], args.connections, args.duration,
                     cpus=cpus)),
             ]
+            if base is not None:
+                bpid = base.proc.pid  # type: ignore[union-attr]
+                arms.append(Arm(f"health/service@{label}", lambda: metered_wrk(
+                    f"{base.url}/v1/health/service/web?passing", [bpid], args.connections, args.duration,
+                    cpus=cpus)))
             alternate(arms, args.rounds)
             load.append(loadavg())
-            ceiling, same_size, ours = arms
+            ceiling, same_size, ours = arms[:3]
             report("http_health", {
                 "connections": args.connections, "duration_s": args.duration, "rounds": args.rounds,
                 "pinned_cpus": cpus, "load": load,
@@ -90,10 +106,15 @@ def main() -> None:
                 "same_size_static_rps": same_size.median("rps"), "body_bytes": body_file.stat().st_size,
                 "ratio": ours.median("rps") / ceiling.median("rps"), "goal": 0.8,
                 "ratio_vs_same_size_static": ours.median("rps") / same_size.median("rps"),
+                **({"baseline_rps": arms[3].median("rps"), "baseline_p99_ms": arms[3].median("p99_ms"),
+                    "baseline_cpu_s_per_1k": arms[3].median("cpu_s_per_1k"),
+                    "baseline_ratio": arms[3].median("rps") / ceiling.median("rps")} if base is not None else {}),
             })
         finally:
             hello.stop()
             agent.stop()
+            if base is not None:
+                base.stop()
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from common import (
     AgentProcess,
     Arm,
     Background,
+    add_baseline_options,
     alternate,
-    code_at,
+    baseline,
     free_port,
     loadavg,
     metered_wrk,
@@ -144,7 +145,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="1,16,64")
     ap.add_argument("--cpus", type=int, default=None, help="pin every server and wrk to the first N cores")
-    ap.add_argument("--base", metavar="GIT_REF", help="also run a cluster of the code at GIT_REF (A/B of a change)")
+    add_baseline_options(ap)
     args = ap.parse_args()
     need("wrk", "wrk")
     root = Path(tempfile.mkdtemp(prefix="raftbench-"))
@@ -153,7 +154,8 @@ def main() -> None:
     try:
         try:
             pc = Proconsul(root / "proconsul", args.cpus)
-            base = Proconsul(root / "base", args.cpus, code_at(args.base, root)) if args.base else None
+            label, env = baseline(args, root) or ("", None)
+            base = Proconsul(root / "base", args.cpus, env) if env else None
         except Exception as e:  # clustering not available: still measure the peer, and say why
             print(f"Proconsul arm unavailable: {e}")
             pc = None
@@ -168,7 +170,7 @@ def main() -> None:
                     (pc.follower() if f else pc.leader()).url, pc.pids, c, args.duration,
                     script=lua_script(root / "pc.lua", "proconsul"), cpus=args.cpus)))
             if pc is not None and base is not None:
-                arms.append(Arm(f"proconsul@{args.base} c={conns}", lambda c=conns, f=via_follower: metered_wrk(
+                arms.append(Arm(f"proconsul@{label} c={conns}", lambda c=conns, f=via_follower: metered_wrk(
                     (base.follower() if f else base.leader()).url, base.pids, c, args.duration,
                     script=lua_script(root / "pc.lua", "proconsul"), cpus=args.cpus)))
             alternate(arms, args.rounds)
