@@ -33,8 +33,8 @@ from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
 from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
-from proconsul.agent.logs import LogMonitor, level_number
-from proconsul.agent.telemetry import Telemetry
+from proconsul.agent.observe.logs import LogMonitor, level_number
+from proconsul.agent.observe.telemetry import Telemetry
 from proconsul.catalog.store import CRITICAL, StateStore
 
 log = logging.getLogger("proconsul.agent")
@@ -511,7 +511,7 @@ def _load_components(agent: Agent) -> None:
     """Attach optional components (DNS, UI, Connect) that register listeners or HTTP routes."""
     import importlib
 
-    for module_name in ("proconsul.dns.service", "proconsul.ui.serve", "proconsul.agent.api.connect"):
+    for module_name in ("proconsul.dns.service", "proconsul.agent.api.ui", "proconsul.agent.api.connect"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

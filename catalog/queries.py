@@ -265,6 +265,131 @@ def _config_get(s: StateStore, a: Args) -> tuple[int, Any]:
     return s.table_get("config_entries", f"{a['kind']}/{a['name']}")
 
 
+# ---------------------------------------------------------------------- the web UI's aggregates
+# (/v1/internal/ui/*: what a page needs in one call that the public API would need thousands for)
+class _InstanceChecks:
+    """Each instance's checks (its node's, then its own), grouping every node's checks once per query
+    instead of scanning them for each of the node's instances."""
+
+    def __init__(self, s: StateStore) -> None:
+        self._store = s
+        self._nodes: dict[str, tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]] = {}
+
+    def __call__(self, node: str, sid: str) -> list[dict[str, Any]]:
+        entry = self._nodes.get(node)
+        if entry is None:
+            node_level: list[dict[str, Any]] = []
+            per_service: dict[str, list[dict[str, Any]]] = {}
+            for chk in self._store.node_checks(node)[1]:
+                if chk["ServiceID"]:
+                    per_service.setdefault(chk["ServiceID"], []).append(chk)
+                else:
+                    node_level.append(chk)
+            entry = self._nodes[node] = (node_level, per_service)
+        own = entry[1].get(sid)
+        return entry[0] + own if own else entry[0]
+
+
+_COUNTED = (st.PASSING, st.WARNING, st.CRITICAL)
+
+
+Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
+
+
+def _summary(s: StateStore, pairs: Pairs, proxied: set[str], checks_of: _InstanceChecks) -> dict[str, Any]:
+    """Consul's ServiceListingSummary of one service (its instances): nodes, tags and check counts."""
+    tags: dict[str, None] = {}
+    nodes: dict[str, None] = {}
+    counts = dict.fromkeys(_COUNTED, 0)
+    worst = dict.fromkeys(_COUNTED, 0)  # instances by their worst check
+    native = False
+    for node, svc in pairs:
+        tags.update(dict.fromkeys(svc["Tags"]))
+        nodes[node["Node"]] = None
+        native = native or bool((svc["Connect"] or {}).get("Native"))
+        checks = checks_of(node["Node"], svc["ID"])
+        for chk in checks:
+            status = chk["Status"]
+            counts[status if status in counts else st.CRITICAL] += 1
+        status = st.aggregate_status(checks)
+        worst[status if status in worst else st.CRITICAL] += 1
+    first = pairs[0][1]
+    return {"Kind": first["Kind"], "Name": first["Service"], "Datacenter": s.datacenter, "Tags": list(tags),
+            "Nodes": list(nodes), "ExternalSources": [], "InstanceCount": len(pairs),
+            "ChecksPassing": counts[st.PASSING], "ChecksWarning": counts[st.WARNING],
+            "ChecksCritical": counts[st.CRITICAL], "InstancesPassing": worst[st.PASSING],
+            "InstancesWarning": worst[st.WARNING], "InstancesCritical": worst[st.CRITICAL],
+            "ConnectedWithProxy": first["Service"] in proxied, "ConnectedWithGateway": False,
+            "ConnectNative": native, "Namespace": "default", "Partition": "default"}
+
+
+def _proxied(s: StateStore, instances: dict[str, Pairs] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Destination service name -> its sidecar proxies' service rows (from `instances` when given)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for pairs in (instances or {n: s.service_instances(n)[1] for n in s.service_names()}).values():
+        for _, svc in pairs:
+            if svc["Kind"] == "connect-proxy":
+                dest = (svc["Proxy"] or {}).get("DestinationServiceName")
+                if dest:
+                    out.setdefault(dest, []).append(svc)
+    return out
+
+
+def _ui_services(s: StateStore, a: Args) -> tuple[int, Any]:
+    everything = {n: s.service_instances(n)[1] for n in s.service_names()}
+    proxied = set(_proxied(s, everything))
+    checks_of = _InstanceChecks(s)
+    wanted = [n.lower() for n in a["names"]] if a.get("names") is not None else list(everything)
+    out = [_summary(s, everything[n], proxied, checks_of) for n in wanted if everything.get(n)]
+    out.sort(key=lambda x: x["Name"])
+    return s.table_index(*_CATALOG), out
+
+
+def _node_info(s: StateStore, node: dict[str, Any]) -> dict[str, Any]:
+    """Consul's NodeInfo: a node with its services and every check on it."""
+    _, (_, svcs) = s.node_services(node["Node"])
+    _, checks = s.node_checks(node["Node"])
+    return {"ID": node["ID"], "Node": node["Node"], "Address": node["Address"], "Datacenter": node["Datacenter"],
+            "TaggedAddresses": node["TaggedAddresses"], "Meta": node["Meta"], "Services": svcs, "Checks": checks}
+
+
+def _ui_nodes(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.table_index(*_CATALOG), [_node_info(s, n) for n in s.list_nodes()[1]]
+
+
+def _ui_node(s: StateStore, a: Args) -> tuple[int, Any]:
+    _, node = s.get_node(a["node"])
+    return s.table_index(*_CATALOG), _node_info(s, node) if node is not None else None
+
+
+def _protocol(s: StateStore, name: str) -> str:
+    """A service's protocol as proxies see it: service-defaults, else proxy-defaults, else tcp."""
+    _, sd = s.table_get("config_entries", f"service-defaults/{name}")
+    if sd and sd.get("Protocol"):
+        return str(sd["Protocol"])
+    _, pd = s.table_get("config_entries", "proxy-defaults/global")
+    cfg = (pd or {}).get("Config") or {}
+    return str(cfg.get("protocol") or cfg.get("Protocol") or "tcp")
+
+
+def _ui_topology(s: StateStore, a: Args) -> tuple[int, Any]:
+    """The links a service's sidecar registrations declare: upstreams of its own proxies, and the
+    services whose proxies name it as an upstream; protocols for those and the `also` names (the
+    caller adds the links intentions make)."""
+    name = a["name"]
+    by_dest = _proxied(s)
+    ups: dict[str, None] = {}
+    for proxy in by_dest.get(name, []):
+        for up in (proxy["Proxy"] or {}).get("Upstreams") or []:
+            if up.get("DestinationType", "service") == "service" and up.get("DestinationName"):
+                ups[up["DestinationName"]] = None
+    downs = {dest: None for dest, proxies in by_dest.items() for proxy in proxies
+             if any(u.get("DestinationName") == name for u in (proxy["Proxy"] or {}).get("Upstreams") or [])}
+    return s.table_index(*_CATALOG, "config_entries"), {
+        "Protocol": _protocol(s, name), "Upstreams": list(ups), "Downstreams": sorted(downs),
+        "Protocols": {n: _protocol(s, n) for n in {name, *ups, *downs, *(a.get("also") or ())}}}
+
+
 _CATALOG = (st.NODES, st.SERVICES, st.CHECKS)
 
 QUERIES: dict[str, Query] = {q.name: q for q in (
@@ -290,6 +415,10 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("health.ingress", _health_ingress, ("config_entries", st.NODES, st.SERVICES, st.CHECKS)),
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
+    Query("ui.services", _ui_services, _CATALOG),
+    Query("ui.nodes", _ui_nodes, _CATALOG),
+    Query("ui.node", _ui_node, _CATALOG),
+    Query("ui.topology", _ui_topology, (*_CATALOG, "config_entries")),
 )}
 
 

@@ -20,6 +20,7 @@ import msgpack
 
 from . import commands as c
 from .errors import CatalogError, Conflict, InvalidRequest, NotFound
+from .txn_catalog import Overlay
 
 PASSING = "passing"
 WARNING = "warning"
@@ -86,6 +87,9 @@ class StateStore:
         self._by_name: dict[str, dict[tuple[str, str], None]] = {}  # lower(name) -> ordered set
         self._service_index: dict[str, int] = {}  # lower(name) -> last index touching it
         self._checks: dict[str, dict[str, dict[str, Any]]] = {}  # lower(node) -> check id -> row
+        # lower(node) -> ServiceID ("" for node checks) -> check ids: a node may hold thousands of instances
+        # (k8s-sync's synthetic node), so an instance's checks are found without scanning the node's.
+        self._check_index: dict[str, dict[str, dict[str, None]]] = {}
         self._kv: dict[str, dict[str, Any]] = {}
         self._kv_sorted: list[str] = []
         self._tombstones: dict[str, int] = {}
@@ -278,10 +282,12 @@ class StateStore:
         self._by_name.setdefault(lname, {})[(nkey, sid)] = None
         ch.tables.add(SERVICES)
         ch.services.add(lname)
-        # Service checks carry the service's name and tags: keep them in step.
-        for chk in self._checks.get(nkey, {}).values():
-            if chk.get("ServiceID") == sid and (chk["ServiceName"] != row["Service"]
-                                               or chk["ServiceTags"] != row["Tags"]):
+        # Service checks carry the service's name and tags: keep them in step (a new service has no checks yet,
+        # and a node may hold thousands: only look when the name or tags changed).
+        if existing is None or (existing["Service"] == row["Service"] and existing["Tags"] == row["Tags"]):
+            return
+        for chk in self._service_check_rows(nkey, sid):
+            if chk["ServiceName"] != row["Service"] or chk["ServiceTags"] != row["Tags"]:
                 chk["ServiceName"] = row["Service"]
                 chk["ServiceTags"] = list(row["Tags"])
                 chk["ModifyIndex"] = ch.index
@@ -323,10 +329,26 @@ class StateStore:
         row["CreateIndex"] = existing["CreateIndex"] if existing else ch.index
         row["ModifyIndex"] = ch.index
         node_checks[check_id] = row
+        if existing is not None and existing["ServiceID"] != sid:
+            self._unindex_check(nkey, check_id, existing["ServiceID"])
+        self._check_index.setdefault(nkey, {}).setdefault(sid, {})[check_id] = None
         ch.tables.add(CHECKS)
         self._touch_check_services(ch, nkey, sid)
         if row["Status"] == CRITICAL:
             self._invalidate_sessions_for_check(ch, nkey, check_id, now)
+
+    def _unindex_check(self, nkey: str, check_id: str, sid: str) -> None:
+        by_service = self._check_index.get(nkey, {})
+        ids = by_service.get(sid)
+        if ids is not None:
+            ids.pop(check_id, None)
+            if not ids:
+                del by_service[sid]
+
+    def _service_check_rows(self, nkey: str, sid: str) -> list[dict[str, Any]]:
+        """The checks of one instance (sid "" : the node-level checks), without scanning the node."""
+        checks = self._checks.get(nkey, {})
+        return [checks[c] for c in self._check_index.get(nkey, {}).get(sid, ())]
 
     def _touch_check_services(self, ch: Changes, nkey: str, sid: str) -> None:
         services = self._services.get(nkey, {})
@@ -356,6 +378,7 @@ class StateStore:
                 self._delete_check(ch, nkey, cid, cmd.now)
             self._services.pop(nkey, None)
             self._checks.pop(nkey, None)
+            self._check_index.pop(nkey, None)
             del self._nodes[nkey]
             ch.tables.add(NODES)
         return True
@@ -366,13 +389,14 @@ class StateStore:
             return
         self._unindex_service(ch, nkey, svc)
         ch.tables.add(SERVICES)
-        for cid in [k for k, v in self._checks.get(nkey, {}).items() if v.get("ServiceID") == sid]:
-            self._delete_check(ch, nkey, cid, now)
+        for chk in self._service_check_rows(nkey, sid):
+            self._delete_check(ch, nkey, chk["CheckID"], now)
 
     def _delete_check(self, ch: Changes, nkey: str, check_id: str, now: float) -> None:
         chk = self._checks.get(nkey, {}).pop(check_id, None)
         if chk is None:
             return
+        self._unindex_check(nkey, check_id, chk["ServiceID"])
         ch.tables.add(CHECKS)
         self._touch_check_services(ch, nkey, chk.get("ServiceID") or "")
         self._invalidate_sessions_for_check(ch, nkey, check_id, now)
@@ -428,22 +452,26 @@ class StateStore:
         svcs = sorted(self._services.get(nkey, {}).values(), key=lambda s: s["ID"])
         return self.table_index(NODES, SERVICES), (n, svcs)
 
+    def service_row(self, node: str, service_id: str) -> dict[str, Any] | None:
+        return self._services.get(node.lower(), {}).get(service_id)
+
+    def check_row(self, node: str, check_id: str) -> dict[str, Any] | None:
+        return self._checks.get(node.lower(), {}).get(check_id)
+
     def node_checks(self, node: str) -> tuple[int, list[dict[str, Any]]]:
         checks = sorted(self._checks.get(node.lower(), {}).values(), key=lambda x: x["CheckID"])
         return self.table_index(NODES, CHECKS), checks
 
     def instance_checks(self, nkey: str, sid: str) -> list[dict[str, Any]]:
         """The checks that decide an instance's health: its node's checks, then its own."""
-        checks = self._checks.get(nkey)
-        if not checks:
-            return []
-        return [chk for chk in checks.values() if not chk["ServiceID"] or chk["ServiceID"] == sid]
+        return self._service_check_rows(nkey, "") + self._service_check_rows(nkey, sid) if sid else \
+            self._service_check_rows(nkey, "")
 
     def service_checks(self, name: str) -> tuple[int, list[dict[str, Any]]]:
         lname = name.lower()
         out = []
         for nkey, sid in self._by_name.get(lname, {}):
-            out.extend(chk for chk in self._checks.get(nkey, {}).values() if chk["ServiceID"] == sid)
+            out.extend(self._service_check_rows(nkey, sid))
         out.sort(key=lambda x: (x["Node"], x["CheckID"]))
         return self.service_index(lname), out
 
@@ -588,15 +616,28 @@ class StateStore:
 
     # ------------------------------------------------------------------ transactions
     def _txn(self, ch: Changes, cmd: c.Txn) -> dict[str, Any]:
-        """Apply KV operations atomically: all of them, or none with the errors of the failing ones."""
+        """Apply KV and catalog operations atomically: all of them, or none with the errors of the failing ones.
+
+        KV operations run for real and are rolled back on failure; catalog operations (ops with a "Kind" of
+        Node, Service or Check) are checked against an overlay first and applied only when all passed.
+        """
         saved_kv = dict(self._kv)
         saved_sorted = list(self._kv_sorted)
         saved_tomb = dict(self._tombstones)
         saved_tomb_sorted = list(self._tomb_sorted)
         scratch = Changes(ch.index)
-        results: list[dict[str, Any]] = []
+        overlay = Overlay(self, ch.index)
+        results: list[tuple[int, dict[str, Any]]] = []
+        catalog_ops: list[tuple[int, dict[str, Any]]] = []
         errors: list[dict[str, Any]] = []
         for i, op in enumerate(cmd.ops):
+            if op.get("Kind", "KV") != "KV":
+                why = overlay.apply(op)
+                if why is None:
+                    catalog_ops.append((i, op))
+                else:
+                    errors.append({"OpIndex": i, "What": why})
+                continue
             try:
                 out = self._txn_op(scratch, op, cmd.now)
             except CatalogError as e:
@@ -605,16 +646,53 @@ class StateStore:
             if out is False:
                 errors.append({"OpIndex": i, "What": self._txn_failure(op)})
             elif isinstance(out, list):
-                results.extend({"KV": r} for r in out)
+                results.extend((i, {"KV": r}) for r in out)
             elif isinstance(out, dict):
-                results.append({"KV": out})
+                results.append((i, {"KV": out}))
         if errors:
             self._kv, self._kv_sorted = saved_kv, saved_sorted
             self._tombstones, self._tomb_sorted = saved_tomb, saved_tomb_sorted
             return {"Results": None, "Errors": errors}
         ch.tables |= scratch.tables
         ch.kv_keys.extend(scratch.kv_keys)
-        return {"Results": results, "Errors": None}
+        for i, op in catalog_ops:
+            row = self._txn_catalog_op(ch, op, cmd.now)
+            if row is not None:
+                results.append((i, {op["Kind"]: row}))
+        results.sort(key=lambda r: r[0])  # stable: an op's several results keep their order
+        return {"Results": [r for _, r in results], "Errors": None}
+
+    def _txn_catalog_op(self, ch: Changes, op: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """Apply one checked Node/Service/Check operation; the row it leaves (None for deletes)."""
+        kind, verb = op["Kind"], op["Verb"]
+        if kind == "Node":
+            name = op["Node"]["Node"]
+            if verb in ("set", "cas"):
+                self._register(ch, c.Register(node=op["Node"], now=now))
+            elif verb != "get":
+                self._deregister(ch, c.Deregister(node=name, now=now))
+                return None
+            return self._nodes[name.lower()]
+        nkey = op["Node"].lower()
+        if kind == "Service":
+            sid = op["Service"].get("ID") or op["Service"]["Service"]
+            if verb in ("set", "cas"):
+                self._register(ch, c.Register(node={"Node": op["Node"]}, service=op["Service"], skip_node_update=True,
+                                              now=now))
+            elif verb != "get":
+                if nkey in self._nodes:
+                    self._delete_service(ch, nkey, sid, now)
+                return None
+            return self._services[nkey][sid]
+        cid = op["Check"].get("CheckID") or op["Check"]["Name"]
+        if verb in ("set", "cas"):
+            self._register(ch, c.Register(node={"Node": op["Node"]}, checks=[op["Check"]], skip_node_update=True,
+                                          now=now))
+        elif verb != "get":
+            if nkey in self._nodes:
+                self._delete_check(ch, nkey, cid, now)
+            return None
+        return self._checks[nkey][cid]
 
     @staticmethod
     def _txn_failure(op: dict[str, Any]) -> str:
@@ -717,6 +795,7 @@ class StateStore:
     def _session_delete(self, ch: Changes, sid: str, now: float) -> None:
         sess = self._sessions.pop(sid)
         ch.tables.add(SESSIONS)
+        self._fail_session_checks(ch, sess)
         delay_s = sess.get("LockDelay", 0) / 1e9
         for key in [k for k, row in self._kv.items() if row["Session"] == sid]:
             if delay_s > 0:
@@ -730,6 +809,23 @@ class StateStore:
                 self._kv[key] = row
                 ch.tables.add(KVS)
                 ch.kv_keys.append(key)
+
+    def _fail_session_checks(self, ch: Changes, sess: dict[str, Any]) -> None:
+        """Checks of Type "session" on the session's node turn critical when their session ends.
+
+        A Proconsul extension: a process that registers into the catalog directly (k8s-sync's synthetic node)
+        ties its liveness check to a TTL session, so its entries turn critical once it stops renewing
+        (session renewals are not Raft writes), instead of living on forever.
+        """
+        nkey = sess["Node"].lower()
+        node_checks = self._checks.get(nkey, {})
+        for cid, chk in list(node_checks.items()):
+            if chk.get("Type") == "session" and (chk.get("Definition") or {}).get("SessionID") == sess["ID"] \
+                    and chk["Status"] != CRITICAL:
+                node_checks[cid] = dict(chk, Status=CRITICAL, ModifyIndex=ch.index, Output=(
+                    f"Session {sess['ID']} ended: its holder stopped renewing it or destroyed it"))
+                ch.tables.add(CHECKS)
+                self._touch_check_services(ch, nkey, chk.get("ServiceID") or "")
 
     def session_get(self, sid: str) -> tuple[int, dict[str, Any] | None]:
         return self.table_index(SESSIONS), self._sessions.get(sid)
@@ -836,6 +932,8 @@ class StateStore:
                 self._by_name.setdefault(s["Service"].lower(), {})[(nkey, s["ID"])] = None
         for nkey, checks in state["checks"].items():
             self._checks[nkey] = {x["CheckID"]: x for x in checks}
+            for x in checks:
+                self._check_index.setdefault(nkey, {}).setdefault(x["ServiceID"], {})[x["CheckID"]] = None
         for row in state["kv"]:
             self._kv[row["Key"]] = row
         self._kv_sorted = sorted(self._kv)

@@ -107,6 +107,7 @@ class RaftNode:
         self._applied = 0
         self._snapshot_index = 0
         self._last_contact: float | None = None
+        self._heard: dict[str, float] = {}  # server id -> loop time its last message arrived
         self._leader = ""
         self._term = 0
         self._stopped = False
@@ -216,6 +217,15 @@ class RaftNode:
                 "applied_index": self._applied, "last_snapshot_index": self._snapshot_index,
                 "num_peers": max(0, len(core.config.voters) - (1 if self.id in core.config.voters else 0)),
                 "last_contact": self.last_contact}
+
+    def peer_progress(self) -> dict[str, tuple[int, float]]:
+        """On the leader: each other server's (last log index it has, seconds since we heard from it)."""
+        core = self.core
+        if core is None or not self.is_leader:
+            return {}
+        now = asyncio.get_running_loop().time()
+        return {sid: (pr.match, now - self._heard.get(sid, float("-inf"))) for sid, pr in core.prs.items()
+                if sid != self.id}
 
     def configuration(self) -> list[Server]:
         conf = self._core().config
@@ -337,8 +347,10 @@ class RaftNode:
         if core is None or self._stopped:
             return
         core.step(msg)
+        now = asyncio.get_running_loop().time()
+        self._heard[msg.frm] = now  # for the leader's view of its followers (autopilot's LastContact)
         if msg.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP) and core.lead == msg.frm:
-            self._last_contact = asyncio.get_running_loop().time()
+            self._last_contact = now
         self._wake.set()
 
     def _maybe_campaign_alone(self) -> None:

@@ -175,9 +175,24 @@ def exchange(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
         return got
 
 
+def ws_echo(port: int, messages: list[str]) -> list[str]:
+    """Send `messages` over one websocket to `/ws` on `port`; what came back, in order."""
+    import aiohttp
+
+    async def talk() -> list[str]:
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+            out = []
+            for m in messages:
+                await ws.send_str(m)
+                out.append((await ws.receive(timeout=5)).data)
+            return out
+
+    return asyncio.run(talk())
+
+
 def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
         return r.status, json.loads(r.read())
 
 
-__all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys"]
+__all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys", "ws_echo"]

@@ -25,3 +25,13 @@ def test_blocking_bench_runs(tmp_path: Path) -> None:
 def test_run_all_refuses_unknown_names() -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "run_all.py"), "nope"], capture_output=True, text=True)
     assert out.returncode != 0 and "unknown benchmark" in out.stderr
+
+
+def test_k8s_sync_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "k8s_sync_bench.py"), "--services", "20",
+                          "--endpoints", "3", "--rounds", "1", "--rest", "1", "--no-peer"], capture_output=True,
+                         text=True, timeout=180, cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((REPO / "bench" / "results" / "k8s_sync.json").read_text())
+    arm = result["median"]["k8s-sync"]
+    assert result["instances"] == 60 and arm["raft_writes"] >= 1 and arm["writes_per_min_at_rest"] == 0

@@ -172,3 +172,11 @@ def test_pure_cores_stay_pure(path: Path) -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in BANNED_CALLS:
             bad.append(f"line {node.lineno}: calls {node.func.id}()")
     assert not bad, f"{path.relative_to(REPO)} must stay pure (time and randomness are inputs): " + "; ".join(bad)
+
+
+def test_agent_top_level_holds_only_the_agent() -> None:
+    """Everything else in the agent lives in a folder named for its concern (docs/architecture.md)."""
+    loose = sorted(p.name for p in (REPO / "agent").glob("*.py") if p.name not in ("agent.py", "version.py"))
+    assert not loose, (
+        f"agent/ should hold only agent.py and version.py beside its sub-packages; move {loose} into the "
+        "folder of its concern (api/, cli/, checks/, cluster/, config/, connect/, local/, observe/)")

@@ -14,8 +14,8 @@ from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, flag
 from proconsul.agent.api.responses import dumps, json_response
 from proconsul.agent.local.definitions import DefinitionError, check_definition, service_definition
-from proconsul.agent.logs import LEVELS, level_number
-from proconsul.agent.telemetry import as_json, as_prometheus
+from proconsul.agent.observe.logs import LEVELS, level_number
+from proconsul.agent.observe.telemetry import as_json, as_prometheus
 
 routes = web.RouteTableDef()
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proconsul.agent.api.compress import gzip_if_worth_it
 from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
 from proconsul.agent.cluster.server import NotLeaderError
@@ -86,13 +87,16 @@ def error_boundary(handler: Handler) -> Handler:
     """Wrap a route handler so every error leaves as a status and a one-line message (via status_for).
 
     Applied to each route when the app is built rather than as aiohttp middleware, which would
-    build a wrapper per request on the hot path.
+    build a wrapper per request on the hot path. A large answer to a client that accepts gzip leaves
+    compressed (`compress.py`), as Consul's do.
     """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         request.app["telemetry"].incr(request.method)
         try:
-            return await handler(request)
+            response = await handler(request)
+            gzip_if_worth_it(request, response)
+            return response
         except web.HTTPException:
             raise
         except Exception as exc:

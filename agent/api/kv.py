@@ -1,4 +1,4 @@
-"""/v1/kv/* and /v1/txn: the key/value store."""
+"""/v1/kv/* and /v1/txn: the key/value store, and transactions (KV ops here, catalog ops in txn_catalog)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.errors import BadRequest, TooLarge
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
 from proconsul.agent.api.responses import consul_headers, json_response
+from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind
 from proconsul.catalog import commands as c
 
 routes = web.RouteTableDef()
@@ -119,9 +120,12 @@ def _txn_op(i: int, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict) or len(raw) != 1:
         raise BadRequest(f"Txn[{i}] must be an object with exactly one of KV, Node, Service, Check")
     kind, op = next(iter(raw.items()))
-    kind = "KV" if isinstance(kind, str) and kind.lower() == "kv" else kind
+    if isinstance(kind, str):
+        kind = {k.lower(): k for k in ("KV", "Node", "Service", "Check")}.get(kind.lower(), kind)
+    if is_catalog_kind(kind):
+        return catalog_txn_op(i, kind, op)
     if kind != "KV":
-        raise BadRequest(f"Txn[{i}].{kind}: only KV operations are supported in transactions so far")
+        raise BadRequest(f"Txn[{i}].{kind}: unknown operation type (KV, Node, Service or Check)")
     if not isinstance(op, dict):
         raise BadRequest(f"Txn[{i}].KV must be an object")
     op = fold_keys(op, ("Verb", "Key", "Value", "Flags", "Index", "Session"))
@@ -164,5 +168,5 @@ async def txn(request: web.Request) -> web.Response:
     result = await request.app["agent"].backend.apply(c.Txn(ops=ops))
     if result["Errors"]:
         return json_response(request, {"Results": None, "Errors": result["Errors"]}, status=409)
-    results = [{"KV": kv_entry(r["KV"])} for r in result["Results"]]
+    results = [{"KV": kv_entry(r["KV"])} if "KV" in r else r for r in result["Results"]]
     return json_response(request, {"Results": results, "Errors": None})

@@ -1,13 +1,19 @@
-"""/v1/operator/raft/*: the Raft configuration, removing a peer, leadership transfer."""
+"""/v1/operator/*: the Raft configuration, removing a peer, leadership transfer, autopilot, usage, keyring."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from proconsul.agent.api.body import fold_keys, json_body
+from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError
-from proconsul.agent.api.params import check_common
+from proconsul.agent.api.params import check_common, uint_param
 from proconsul.agent.api.responses import json_response
+from proconsul.agent.cluster import autopilot as ap
+from proconsul.agent.cluster.autopilot_driver import META_KEY, config_from_file
+from proconsul.agent.observe.profile import sample_stacks
+from proconsul.catalog import commands as c
 
 routes = web.RouteTableDef()
 
@@ -53,3 +59,90 @@ async def debug_partition(request: web.Request) -> web.Response:
         raise BadRequest("Block must be a list of member names")
     agent.cluster.partition(names)
     return json_response(request, {"Blocked": sorted(names)})
+
+
+@routes.get("/v1/agent/debug/profile")
+async def debug_profile(request: web.Request) -> web.Response:
+    """A CPU profile of the agent (only with `enable_debug`): `?seconds=N` (1-60) of sampled stacks of its
+    event loop, collapsed for flame-graph tools."""
+    agent = request.app["agent"]
+    if not agent.config.enable_debug:
+        raise HTTPError("debug endpoints are disabled on this agent (set enable_debug = true)", 403)
+    seconds = uint_param(request, "seconds", 10)
+    if not 1 <= seconds <= 60:
+        raise BadRequest("seconds must be between 1 and 60")
+    text = await asyncio.to_thread(sample_stacks, float(seconds))
+    return web.Response(text=text, content_type="text/plain")
+
+
+# ---------------------------------------------------------------------- autopilot
+@routes.get("/v1/operator/autopilot/configuration")
+async def autopilot_config_get(request: web.Request) -> web.Response:
+    """Autopilot's configuration (replicated; the agent config's `autopilot` block until one is written)."""
+    check_common(request)
+    agent = request.app["agent"]
+    idx, row = await agent.backend.query("table.get", {"table": "meta", "key": META_KEY})
+    body = dict(row) if row else dict(config_from_file(agent.config.autopilot), CreateIndex=0, ModifyIndex=0)
+    return json_response(request, body, index=idx)
+
+
+@routes.put("/v1/operator/autopilot/configuration")
+async def autopilot_config_put(request: web.Request) -> web.Response:
+    """Replace autopilot's configuration (`?cas=` to only replace the version read)."""
+    agent = request.app["agent"]
+    raw = fold_keys(want_dict(await json_body(request), "AutopilotConfiguration"), ap.FIELDS)
+    try:
+        row = ap.checked(raw)
+    except ap.InvalidSetting as e:
+        raise BadRequest(str(e)) from None
+    cas = uint_param(request, "cas") if "cas" in request.query else None
+    ok = await agent.backend.apply(c.TableSet(table="meta", key=META_KEY, row=row, cas=cas))
+    return json_response(request, bool(ok))
+
+
+async def _autopilot_report(request: web.Request, what: str) -> dict:
+    check_common(request)
+    return await request.app["agent"].cluster.operator_call(f"operator.autopilot_{what}",
+                                                            {"stale": "stale" in request.query})
+
+
+@routes.get("/v1/operator/autopilot/health")
+async def autopilot_health(request: web.Request) -> web.Response:
+    """Each server's health as the leader sees it; 429 when the cluster is not healthy (as Consul)."""
+    body = await _autopilot_report(request, "health")
+    return json_response(request, body, status=200 if body["Healthy"] else 429)
+
+
+@routes.get("/v1/operator/autopilot/state")
+async def autopilot_state(request: web.Request) -> web.Response:
+    return json_response(request, await _autopilot_report(request, "state"))
+
+
+@routes.get("/v1/operator/usage")
+async def usage(request: web.Request) -> web.Response:
+    """Consul's usage report: services, instances and nodes of this datacenter."""
+    check_common(request)
+    agent = request.app["agent"]
+    idx, services = await agent.backend.query("catalog.services", {})
+    _, nodes = await agent.backend.query("catalog.nodes", {})
+    instances = 0
+    connect = 0
+    for name in services:
+        _, rows = await agent.backend.query("catalog.service", {"name": name})
+        instances += len(rows)
+        connect += sum(1 for r in rows if r.get("ServiceKind") == "connect-proxy")
+    dc = agent.config.datacenter
+    return json_response(request, {"Usage": {dc: {
+        "Services": len(services), "ServiceInstances": instances, "Nodes": len(nodes),
+        "ConnectServiceInstances": {"connect-proxy": connect, "connect-native": 0, "mesh-gateway": 0,
+                                    "ingress-gateway": 0, "terminating-gateway": 0},
+        "BillableServiceInstances": instances - connect}}}, index=idx)
+
+
+@routes.get("/v1/operator/keyring")
+@routes.post("/v1/operator/keyring")
+@routes.put("/v1/operator/keyring")
+@routes.delete("/v1/operator/keyring")
+async def keyring(request: web.Request) -> web.Response:
+    """No gossip encryption: every keyring operation fails, as Consul's does without `encrypt`."""
+    raise HTTPError("Keyring is empty: gossip encryption is not enabled on this cluster", 500)

@@ -15,7 +15,7 @@ from proconsul.agent.config.model import AgentConfig, ConfigError
 
 
 def _setup_logging(cfg: AgentConfig) -> None:
-    from proconsul.agent.logs import configure
+    from proconsul.agent.observe.logs import configure
 
     try:
         configure(cfg)
@@ -106,13 +106,7 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
                            ("raft_protocol", raft_protocol)):
             put(key, value)
         if node_meta:
-            meta = {}
-            for item in node_meta:
-                k, sep, v = item.partition(":")
-                if not sep or not k:
-                    raise ConfigError(f"-node-meta {item!r} must be key:value")
-                meta[k] = v
-            flags["node_meta"] = meta
+            flags["node_meta"] = _node_meta(node_meta)
         if recursor:
             cfg.recursors = []  # flags replace the files' recursors, as Consul's do
         merge_file_data(cfg, flags, "command-line flags")
@@ -120,6 +114,22 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
         _refuse_unsupported(cfg)
     except ConfigError as e:
         raise fail(str(e)) from None
+    _run(cfg)
+
+
+def _node_meta(items: list[str]) -> dict[str, str]:
+    """`-node-meta key:value` flags as the node_meta map."""
+    meta = {}
+    for item in items:
+        k, sep, v = item.partition(":")
+        if not sep or not k:
+            raise ConfigError(f"-node-meta {item!r} must be key:value")
+        meta[k] = v
+    return meta
+
+
+def _run(cfg: AgentConfig) -> None:
+    """Log the config's warnings, then run the agent on uvloop until it stops (one line if it cannot start)."""
     _setup_logging(cfg)
     for warning in cfg.warnings:
         logging.getLogger("proconsul.config").warning("%s", warning)

@@ -15,9 +15,14 @@ import typer
 from proconsul.agent.cli import (
     agent,
     catalog,
+    config_entries,
     connect,
+    debug,
     intention,
+    k8s_sync,
     kv,
+    lock,
+    maint,
     members,
     monitor,
     operator,
@@ -25,6 +30,8 @@ from proconsul.agent.cli import (
     snapshot,
     tls,
     troubleshoot,
+    validate,
+    watch,
 )
 
 app = typer.Typer(
@@ -35,21 +42,40 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (agent, members, monitor, operator, catalog, services, kv, snapshot, intention, connect, tls, troubleshoot):
+for _group in (agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
+               intention, connect, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 
 _SINGLE_DASH_LONG = re.compile(r"^-[A-Za-z][A-Za-z0-9_-]+(=.*)?$", re.S)
 
 
+# Commands that end with a child command line: (positionals before it, their flags that take no value).
+_CHILD_COMMANDS = {"lock": (1, {"child-exit-code", "verbose", "shell", "pass-stdin"}),
+                   "watch": (0, {"stale", "passingonly"})}
+
+
 def consul_spelling(argv: list[str]) -> list[str]:
     """Consul's CLI takes long flags with one dash (`-http-addr=…`, `kv get -recurse`); ours take two.
     Rewrite `-flag` and `-flag=value` to `--flag…` before the first `--` (values that are negative
-    numbers or a lone `-` are left alone), so copied commands and scripts work unchanged."""
-    out = []
+    numbers or a lone `-` are left alone), so copied commands and scripts work unchanged. The child
+    command of `lock` and `watch` is left exactly as typed (`lock app/ ls -la`)."""
+    out: list[str] = []
+    child = _CHILD_COMMANDS.get(argv[0]) if argv else None
+    positionals, takes_value = 0, False
     for i, arg in enumerate(argv):
         if arg == "--":
             return out + argv[i:]
+        if child is not None and i > 0:
+            if takes_value:
+                takes_value = False
+            elif arg.startswith("-") and len(arg) > 1:
+                name = arg.lstrip("-").split("=", 1)[0]
+                takes_value = "=" not in arg and name not in child[1]
+            else:
+                if positionals == child[0]:
+                    return out + argv[i:]  # the child command starts here
+                positionals += 1
         out.append("-" + arg if _SINGLE_DASH_LONG.match(arg) else arg)
     return out
 

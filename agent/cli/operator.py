@@ -1,4 +1,4 @@
-"""`proconsul operator …`: cluster operations for operators (Raft peers, leadership)."""
+"""`proconsul operator …`: cluster operations for operators (Raft peers, leadership, autopilot)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from proconsul.agent.cli.output import check_format, client, fail, print_json, r
 operator_app = typer.Typer(help="Cluster operations for operators.", no_args_is_help=True)
 raft_app = typer.Typer(help="Inspect and change the Raft configuration of the servers.", no_args_is_help=True)
 operator_app.add_typer(raft_app, name="raft")
+autopilot_app = typer.Typer(help="Autopilot: server health, promotion of new servers, dead-server cleanup.",
+                            no_args_is_help=True)
+operator_app.add_typer(autopilot_app, name="autopilot")
 
 
 @raft_app.command("list-peers")
@@ -60,6 +63,89 @@ def raft_transfer_leader(
     def body() -> None:
         client(http_addr).call("POST", "/v1/operator/raft/transfer-leader", params={"id": peer_id or None})
         typer.echo("Success")
+
+    run(body)
+
+
+AUTOPILOT_ORDER = ("CleanupDeadServers", "LastContactThreshold", "MaxTrailingLogs", "MinQuorum",
+                   "ServerStabilizationTime", "RedundancyZoneTag", "DisableUpgradeMigration", "UpgradeVersionTag")
+
+
+def _setting(v: object) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return '""' if v == "" else str(v)
+
+
+@autopilot_app.command("get-config")
+def autopilot_get_config(http_addr: HttpAddr = None, fmt: Format = "table") -> None:
+    """Show autopilot's configuration."""
+    check_format(fmt)
+
+    def body() -> None:
+        data = client(http_addr).get("/v1/operator/autopilot/configuration").json()
+        if fmt == "json":
+            return print_json(data)
+        for k in AUTOPILOT_ORDER:
+            typer.echo(f"{k} = {_setting(data.get(k, ''))}")
+
+    run(body)
+
+
+def _bool_flag(name: str, v: str | None) -> bool | None:
+    if v is None:
+        return None
+    if v.lower() not in ("true", "false"):
+        raise fail(f"-{name} must be true or false, got {v!r}")
+    return v.lower() == "true"
+
+
+@autopilot_app.command("set-config")
+def autopilot_set_config(
+    cleanup_dead_servers: Annotated[str | None, typer.Option("--cleanup-dead-servers", metavar="BOOL",
+                                                             help="Remove failed servers from Raft.")] = None,
+    last_contact_threshold: Annotated[str | None, typer.Option(
+        "--last-contact-threshold", help="Longest a server may go unheard by the leader and stay healthy.")] = None,
+    max_trailing_logs: Annotated[int | None, typer.Option(
+        "--max-trailing-logs", help="Most log entries a healthy server may trail the leader by.")] = None,
+    min_quorum: Annotated[int | None, typer.Option(
+        "--min-quorum", help="Voters that dead-server cleanup never goes below.")] = None,
+    server_stabilization_time: Annotated[str | None, typer.Option(
+        "--server-stabilization-time", help="How long a new server stays healthy before it may vote.")] = None,
+    http_addr: HttpAddr = None,
+) -> None:
+    """Change autopilot's configuration; settings not given keep their values (compare-and-set)."""
+    changes = {"CleanupDeadServers": _bool_flag("cleanup-dead-servers", cleanup_dead_servers),
+               "LastContactThreshold": last_contact_threshold, "MaxTrailingLogs": max_trailing_logs,
+               "MinQuorum": min_quorum, "ServerStabilizationTime": server_stabilization_time}
+
+    def body() -> None:
+        api = client(http_addr)
+        current = api.get("/v1/operator/autopilot/configuration").json()
+        new = {k: current.get(k) for k in AUTOPILOT_ORDER} | {k: v for k, v in changes.items() if v is not None}
+        ok = api.put("/v1/operator/autopilot/configuration", params={"cas": current.get("ModifyIndex", 0)},
+                     body=new).json()
+        if ok is not True:
+            raise fail("the configuration changed while it was being updated; run the command again")
+        typer.echo("Configuration updated!")
+
+    run(body)
+
+
+@autopilot_app.command("state")
+def autopilot_state(http_addr: HttpAddr = None, fmt: Format = "table") -> None:
+    """Each server as autopilot sees it: health, voter status, how far behind, failure tolerance."""
+    check_format(fmt)
+
+    def body() -> None:
+        data = client(http_addr).get("/v1/operator/autopilot/state").json()
+        if fmt == "json":
+            return print_json(data)
+        typer.echo(f"Healthy: {str(data['Healthy']).lower()}   Failure tolerance: {data['FailureTolerance']}   "
+                   f"Leader: {data['Servers'].get(data['Leader'], {}).get('Name', data['Leader'] or '-')}")
+        table(None, ["Name", "ID", "Address", "Status", "Healthy", "Last contact", "Last index", "Stable since"],
+              [[srv["Name"], srv["ID"], srv["Address"], srv["Status"], str(srv["Healthy"]).lower(),
+                srv["LastContact"], str(srv["LastIndex"]), srv["StableSince"]] for srv in data["Servers"].values()])
 
     run(body)
 

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from proconsul.agent.cluster.autopilot_driver import AutopilotDriver
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
@@ -124,6 +125,10 @@ class Cluster:
         self._reconcile_wanted = asyncio.Event()
         self.leading = asyncio.Event()  # set while this server is the leader
         self._bootstrapped = False
+        self.autopilot: AutopilotDriver | None = None
+        if host.server is not None:
+            self.autopilot = AutopilotDriver(host.server.store, cfg.autopilot, self.members.members, cfg.node_id,
+                                             cfg.datacenter)
         ServerEndpoints(self).register(self.rpc)
 
     def _tags(self) -> dict[str, str]:
@@ -260,6 +265,12 @@ class Cluster:
                     "ProtocolVersion": "3", "Voter": s.voter, "LastIndex": self.raft.last_index
                     if s.id == self.raft.id else 0} for s in self.raft.configuration()]
         return {"Servers": servers, "Index": self.raft.commit_index}
+
+    def autopilot_report(self, what: str) -> dict[str, Any]:
+        """Autopilot's health or state, as the leader sees it (call through on_leader)."""
+        if self.autopilot is None or self.raft is None:
+            raise ClusterError("this agent is not a server")
+        return self.autopilot.report(self.raft, what)
 
     def _node_name(self, server_id: str) -> str:
         for m, _ in self.members.members():
@@ -407,12 +418,15 @@ class Cluster:
             await server.apply(cmd)
         for change in raft_plan(members, {s.id for s in self.raft.configuration()}, self.raft.id,
                                 self.config.datacenter):
-            if change.action == "add_voter":
-                log.info("adding server %s (%s) to the raft configuration as a voter", change.name, change.address)
-                await self.raft.add_voter(change.server_id, change.address)
+            if change.action == "add_nonvoter":
+                log.info("adding server %s (%s) to the raft configuration as a non-voter (autopilot promotes "
+                         "it once it is stable)", change.name, change.address)
+                await self.raft.add_nonvoter(change.server_id, change.address)
             else:
                 log.info("removing server %s from the raft configuration: it left", change.name)
                 await self.raft.remove_server(change.server_id)
+        if self.autopilot is not None:
+            await self.autopilot.run_once(self.raft)
 
     async def dns_forward(self, packet: bytes, udp: bool) -> bytes | None:
         return await self.call_any_server("dns.query", {"packet": packet, "udp": udp}, timeout=5.0)

@@ -32,6 +32,8 @@ class ServerEndpoints:
         reg("operator.raft_configuration", self._rpc_raft_configuration)
         reg("operator.raft_remove_peer", self._rpc_raft_remove_peer)
         reg("operator.raft_transfer_leader", self._rpc_raft_transfer)
+        reg("operator.autopilot_health", self._rpc_autopilot_health)
+        reg("operator.autopilot_state", self._rpc_autopilot_state)
         reg("snapshot.save", self._rpc_snapshot_save)
         reg("dns.query", self._rpc_dns_query)
 
@@ -70,6 +72,14 @@ class ServerEndpoints:
         return await self.cluster.on_leader("operator.raft_configuration", args, self.cluster.raft_configuration,
                                             idempotent=True)
 
+    async def _rpc_autopilot_health(self, args: dict[str, Any]) -> Any:
+        return await self.cluster.on_leader("operator.autopilot_health", args,
+                                            lambda: self.cluster.autopilot_report("health"), idempotent=True)
+
+    async def _rpc_autopilot_state(self, args: dict[str, Any]) -> Any:
+        return await self.cluster.on_leader("operator.autopilot_state", args,
+                                            lambda: self.cluster.autopilot_report("state"), idempotent=True)
+
     async def _rpc_raft_remove_peer(self, args: dict[str, Any]) -> Any:
         return await self.cluster.on_leader("operator.raft_remove_peer", args, lambda: self.cluster.remove_peer(**args))
 
@@ -93,6 +103,7 @@ class ServerEndpoints:
             if not args.get("stale"):
                 await self.cluster.host.consistent_read()
             store = self.server().store
-            return [store.last_index, snapshot.write(store.snapshot(), store.last_index, self.cluster.host.config.datacenter)]
+            return [store.last_index, snapshot.write_archive(store.snapshot(), store.last_index,
+                                                             self.cluster.host.config.datacenter)]
 
         return await self.cluster.on_leader("snapshot.save", args, here, idempotent=True)

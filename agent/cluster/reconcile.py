@@ -69,7 +69,9 @@ def raft_plan(members: list[tuple[Member, str]], configuration: set[str], my_id:
         if not m.is_server or m.tags.get("dc") != datacenter or not sid:
             continue
         if status == ALIVE and sid not in configuration:
-            plan.append(RaftChange("add_voter", sid, m.rpc_address, m.name))
+            # A new server joins as a non-voter; autopilot promotes it once it has been healthy for
+            # server_stabilization_time (Consul's behaviour).
+            plan.append(RaftChange("add_nonvoter", sid, m.rpc_address, m.name))
         elif status == LEFT and sid in configuration and sid != my_id:
             plan.append(RaftChange("remove", sid, m.rpc_address, m.name))
     return plan

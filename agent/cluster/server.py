@@ -1,7 +1,7 @@
 """The server role: the state store as a replicated state machine, blocking reads, leader duties.
 
 Writes go through a `Replicator` (a single-node log in dev mode today; Raft in a cluster), which
-hands committed commands to the store's `apply`. Reads run named queries (agent/queries.py) against
+hands committed commands to the store's `apply`. Reads run named queries (catalog/queries.py) against
 the local store and block, without polling, until the answer's index passes the caller's.
 Leader-only work — session TTLs, tombstone reaping — happens by proposing commands, with times
 stamped here so that `apply` stays deterministic.
@@ -210,10 +210,11 @@ class ServerRole:
 
     async def _query_here(self, name: str, args: dict[str, Any], min_index: int, wait: float) -> tuple[int, Any]:
         q = get_query(name)
-        idx, result = q.run(self.store, args)
         if min_index <= 0:
-            return idx, result
+            return q.run(self.store, args)
         deadline = asyncio.get_running_loop().time() + min(wait, MAX_WAIT)
+        await self._tables_past(q, args, min_index, deadline)
+        idx, result = q.run(self.store, args)
         kv_key = args.get(q.kv_arg) if q.kv_arg else None
         while idx <= min_index:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -222,6 +223,17 @@ class ServerRole:
             await self.notifier.wait(q.tables, remaining, kv_key=kv_key, kv_prefix=q.kv_prefix)
             idx, result = q.run(self.store, args)
         return idx, result
+
+    async def _tables_past(self, q: Any, args: dict[str, Any], min_index: int, deadline: float) -> None:
+        """Wait, without running the query, until one of its tables moves past `min_index` (or the deadline):
+        a query's index never exceeds its tables', so a waiting client costs no computation — which matters
+        for big aggregates such as the UI's services summary."""
+        kv_key = args.get(q.kv_arg) if q.kv_arg else None
+        while self.store.table_index(*q.tables) <= min_index:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            await self.notifier.wait(q.tables, remaining, kv_key=kv_key, kv_prefix=q.kv_prefix)
 
     async def query_encoded(self, name: str, args: dict[str, Any], encode: Callable[[Any], bytes],
                             min_index: int = 0, wait: float = DEFAULT_WAIT, mode: str = "leader"
@@ -236,8 +248,15 @@ class ServerRole:
             return idx, result, encode(result)
         q = get_query(name)
         key = (name, _args_key(args))
+        if min_index > 0:  # blocking: wait for a change first, so every waiter woken by it shares one encoding
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + min(wait, MAX_WAIT)
+            await self._tables_past(q, args, min_index, deadline)
+            wait = max(0.0, deadline - loop.time())
         hit = self._encoded.get(key)
-        if hit is not None and hit[0] == self.store.table_index(*q.tables) and hit[1] > min_index:
+        timed_out = min_index > 0 and wait <= 0  # then an unchanged answer at min_index is the answer, as Consul's
+        if hit is not None and hit[0] == self.store.table_index(*q.tables) and (
+                hit[1] > min_index or (timed_out and hit[1] == min_index)):
             self._encoded.move_to_end(key)
             return hit[1], None, hit[2]
         idx, result = await self.query(name, args, min_index, wait, mode)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from proconsul.agent.cluster import autopilot
 from proconsul.agent.config.model import TLS_KEYS, AgentConfig, ConfigError, TLSSettings
 from proconsul.agent.config.values import (
     as_bool,
@@ -85,8 +86,26 @@ def _node_meta(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
 
 
 def _ui_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
-    if isinstance(value, dict) and "enabled" in value:
-        cfg.ui_enabled = as_bool("ui_config.enabled", value["enabled"], src)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: ui_config must be an object (enabled, content_path)")
+    for uk, uv in value.items():
+        if uk == "enabled":
+            cfg.ui_enabled = as_bool("ui_config.enabled", uv, src)
+        elif uk == "content_path":
+            _ui_content_path(cfg, "ui_config.content_path", uv, src)
+        else:
+            raise ConfigError(f"{src}: unknown or unsupported key ui_config.{uk} (supported: enabled, content_path)")
+
+
+def _ui_content_path(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    from proconsul.ui.assets import UIContentError, normalize_content_path
+
+    if not isinstance(value, str):
+        raise ConfigError(f"{src}: {key} must be a URL path such as \"/ui/\", got {value!r}")
+    try:
+        cfg.ui_content_path = normalize_content_path(value)
+    except UIContentError as e:
+        raise ConfigError(f"{src}: {e}") from None
 
 
 def _connect(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
@@ -248,6 +267,17 @@ def _keep_dict(attr: str) -> Setter:
     return setter
 
 
+def _autopilot(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: autopilot must be an object")
+    merged = {**cfg.autopilot, **value}
+    try:
+        autopilot.checked({"".join(p[:1].upper() + p[1:] for p in k.split("_")): v for k, v in merged.items()})
+    except autopilot.InvalidSetting as e:
+        raise ConfigError(f"{src}: autopilot: {e}") from None
+    cfg.autopilot.update(value)
+
+
 def _telemetry(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     if not isinstance(value, dict):
         raise ConfigError(f"{src}: telemetry must be an object")
@@ -313,6 +343,7 @@ KEYS: dict[str, Setter] = {
     "node_meta": _node_meta,
     "ui": _set("ui_enabled", as_bool),
     "ui_config": _ui_config,
+    "ui_content_path": _ui_content_path,  # Consul's older top-level spelling
     "connect": _connect,
     "default_intention_policy": _default_intention_policy,
     "check_update_interval": _set("check_update_interval", as_duration),
@@ -346,7 +377,7 @@ KEYS: dict[str, Setter] = {
     "primary_datacenter": _primary_datacenter,
     "gossip_lan": _keep_dict("gossip_lan"),
     "gossip_wan": _keep_dict("gossip_wan"),
-    "autopilot": _keep_dict("autopilot"),
+    "autopilot": _autopilot,
     "telemetry": _telemetry,
     "check_output_max_size": _set("check_output_max_size", _at_least_one),
     "discard_check_output": _set("discard_check_output", as_bool),
@@ -356,7 +387,6 @@ KEYS: dict[str, Setter] = {
     "verify_incoming_rpc": _verify_incoming_rpc,
     "config_entries": _config_entries,
     "watches": _watches,
-    "ui_content_path": _set("ui_content_path", _text),
     "ui_dir": _set("ui_dir", _text),
     # Already what Proconsul does: nothing to change.
     "disable_update_check": _silently,  # Proconsul never phones home

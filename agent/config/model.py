@@ -130,7 +130,7 @@ class AgentConfig:
     skip_leave_on_interrupt: bool | None = None  # None: Consul's default — true for servers, false for clients
     serf_lan_addr: str = ""  # serf_lan: the LAN membership bind address (default: bind_addr)
     config_entries: list[dict[str, Any]] = field(default_factory=list)  # config_entries.bootstrap
-    ui_content_path: str = "/ui/"
+    ui_content_path: str = "/ui/"  # where the web UI is served (ui_config.content_path, --ui-content-path)
     ui_dir: str = ""
     # Keys accepted without effect here, each with the reason: printed as one warning line per key at start.
     warnings: list[str] = field(default_factory=list)

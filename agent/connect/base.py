@@ -24,7 +24,7 @@ from proconsul.catalog import commands as c
 from proconsul.catalog.store import StateStore
 from proconsul.connect import ca
 from proconsul.connect import intentions as ixns
-from proconsul.connect.spiffe import ServiceID
+from proconsul.connect.spiffe import ServiceID, parse_service
 
 log = logging.getLogger("proconsul.connect")
 DECISION_CACHE = 8192
@@ -113,8 +113,9 @@ class ConnectBase:
 
     # ------------------------------------------------------------------ leaves (the agent's cache)
     async def _issue(self, service: str) -> dict[str, Any]:
-        key = ca.generate_key()
         uri = ServiceID(self.trust_domain, "default", self.agent.config.datacenter, service).uri
+        parse_service(uri)  # a name no SPIFFE ID can hold is refused (InvalidSpiffeID: a 400) before signing
+        key = ca.generate_key()
         leaf = await self.sign_csr(ca.make_csr(uri, key, service), service)
         self._leaf_index = max(self._leaf_index + 1, self.roots_body()[0])
         return dict(leaf, PrivateKeyPEM=ca.key_pem(key), Namespace="default", Partition="default",

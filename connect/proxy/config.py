@@ -7,7 +7,7 @@ Pure: no I/O. A registration that cannot be run raises `ProxyConfigError` naming
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proconsul.connect.errors import ConnectError
@@ -244,11 +244,41 @@ def from_registration(svc: Any) -> ProxyConfig:
 def with_protocols(cfg: ProxyConfig, service_protocols: dict[str, str], default_protocol: str) -> ProxyConfig:
     """Fill protocols the registration does not set, as Consul resolves them: a service's
     `service-defaults` Protocol, else `proxy-defaults` (global) Config.protocol, else tcp."""
-    from dataclasses import replace
-
     def pick(explicit: str, service: str) -> str:
         chosen = explicit or service_protocols.get(service, "") or default_protocol or "tcp"
         return chosen if chosen in PROTOCOLS else "tcp"
 
     return replace(cfg, protocol=pick(cfg.protocol, cfg.service),
                    upstreams=tuple(replace(u, protocol=pick(u.protocol, u.destination_name)) for u in cfg.upstreams))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """What a new registration changes for a running proxy (pure: see `changes`)."""
+
+    added: tuple[Upstream, ...] = ()
+    removed: tuple[Upstream, ...] = ()
+    changed: tuple[Upstream, ...] = ()  # same listener (name, address, port), new settings
+    public_moved: bool = False  # the public listener binds elsewhere now
+    restart: bool = False  # the proxy fronts another service: its identity, leaf and intentions change
+    other: bool = False  # anything else (local app address, timeouts, protocol, outlier, retries)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed or self.public_moved or self.restart or self.other)
+
+
+def changes(old: ProxyConfig, new: ProxyConfig) -> ConfigChange:
+    """How to get a running proxy from `old` to `new` without a restart (only a new destination service
+    needs one: its identity is the proxy's)."""
+    if (old.service, old.proxy_id) != (new.service, new.proxy_id):
+        return ConfigChange(restart=True)
+    before = {u.key: u for u in old.upstreams}
+    after = {u.key: u for u in new.upstreams}
+    return ConfigChange(
+        added=tuple(u for k, u in after.items() if k not in before),
+        removed=tuple(u for k, u in before.items() if k not in after),
+        changed=tuple(u for k, u in after.items() if k in before and before[k] != u),
+        public_moved=(old.bind_address, old.bind_port) != (new.bind_address, new.bind_port),
+        other=replace(old, upstreams=(), bind_address="", bind_port=0) != replace(new, upstreams=(), bind_address="",
+                                                                                 bind_port=0),
+    )

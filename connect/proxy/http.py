@@ -1,4 +1,4 @@
-"""HTTP mode (`protocol = "http"`): the proxy parses HTTP/1.1 (h11, sans-I/O) and decides per request.
+"""HTTP mode (`protocol = "http"`): the proxy reads HTTP/1.1 and decides per request.
 
 Inbound (public listener): every request is checked against L7 intentions (path, method, headers) and
 answered 403 when denied; allowed requests go to the local application over a kept-alive connection
@@ -6,389 +6,838 @@ with a request timeout, and the application learns the caller's identity from
 `X-Forwarded-Client-Cert` (Envoy's header).
 
 Outbound (upstream listener): every request picks an instance (so keep-alive connections from the
-application still spread over instances), reuses pooled mTLS connections, retries a failed connect
-and — for idempotent requests with a small body — a 502/503/504 on another instance within the retry
-budget, answers 503 at once when no instance is healthy and 504 when the upstream times out.
-Each request counts in the golden metrics (rate, status class, latency).
+application still spread over instances) and reuses a pooled mTLS connection to it. A connect failure
+is retried on another instance; an idempotent request with a small body answered 502/503/504 is
+retried too — all within the retry budget. No healthy instance: 503 at once; a slow upstream: 504 at
+the request timeout. Each request counts in the golden metrics (rate, status class, latency).
+
+Shape: like L4, protocol-level transports and no task per request. A `Front` is the connection that
+sends us requests (the application, or a peer's sidecar), a `Back` the one we send them on (an
+instance's sidecar, or the application); an `Exchange` is one request and its response between them.
+Bytes are parsed by httptools (`h1`) in the transports' callbacks and written straight on; only a
+dial is a task. Requests on one connection are served in order (pipelined ones wait, bounded).
+Upgrades (websockets) become an L4 tunnel once the server answers 101.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import h11
-
-from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance
+from proconsul.connect.proxy import h1
+from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.config import Upstream
-from proconsul.connect.proxy.h1 import READ, InstanceConnections, Peer
+from proconsul.connect.proxy.dial import DialRefused, dial, instance_key
 from proconsul.connect.proxy.metrics import Link
-from proconsul.connect.proxy.tls import peer_uri, sni_name
+from proconsul.connect.proxy.tls import MeshClientContext
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
 
 log = logging.getLogger("proconsul.proxy")
-RETRY_BODY_MAX = 64 * 1024  # requests with a larger body stream through and are not retried
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
+MAX_QUEUED = 16  # pipelined requests read ahead of the one being served
+HIGH_WATER = 256 * 1024
 
 
-class UpstreamFailure(Exception):
-    """An upstream attempt failed before a response began (connect, TLS, identity, or a dropped connection)."""
+def may_retry(method: bytes, status: int, held: bool, retry_on_5xx: bool) -> bool:
+    """Whether a response is worth another instance (pure): a 502/503/504 to an idempotent request
+    whose body we still hold."""
+    return retry_on_5xx and held and status in RETRY_STATUSES and method in IDEMPOTENT
 
 
-@dataclass(slots=True)
-class Request:
-    method: bytes
-    target: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes | None  # the whole body when small enough to retry; None when it streams
-    started: float = field(default_factory=time.monotonic)
+# ---------------------------------------------------------------------- the connection we send requests on
+class Back(asyncio.Protocol):
+    """A connection requests go out on: an instance's sidecar (mTLS, pooled) or the local application."""
 
-    def header(self, name: bytes) -> bytes | None:
-        return next((v for k, v in self.headers if k == name), None)
+    __slots__ = ("transport", "reader", "exchange", "closed", "key", "link", "tunnel", "_ctx", "_ssl_object")
 
-    def decoded_headers(self) -> dict[str, str]:
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
+    def __init__(self, link: Link | None, key: str = "", ctx: MeshClientContext | None = None) -> None:
+        self.transport: Any = None
+        self.reader = h1.ResponseReader(self)
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.key = key
+        self.link = link
+        self.tunnel: Front | None = None
+        self._ctx = ctx  # hands the TLS session back for resumption (see tls.MeshClientContext)
+        self._ssl_object: Any = None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
+        if self._ctx is not None:
+            self._ssl_object = transport.get_extra_info("ssl_object")
+            if not self._ctx.wants_session(self.key, self._ssl_object, time.monotonic()):
+                self._ctx = None
 
-def _forward_headers(headers: list[tuple[bytes, bytes]], drop_length: bool = False) -> list[tuple[bytes, bytes]]:
-    out = []
-    for k, v in headers:
-        if k in HOP_BY_HOP or (drop_length and k in (b"content-length", b"transfer-encoding")):
-            continue
-        out.append((k, v))
-    return out
+    def data_received(self, data: bytes) -> None:
+        if self._ctx is not None:
+            self._ctx.keep_session(self.key, self._ssl_object, time.monotonic())
+            self._ctx = None
+        if self.link is not None:
+            self.link.bytes_in += len(data)
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        ex = self.exchange
+        try:
+            rest = self.reader.feed(data)
+        except h1.BadMessage as e:
+            self._broken(f"bad response: {e}")
+            return
+        finally:
+            if ex is not None:
+                ex.front.flush()  # head and body of a small response leave in one write (one TLS record)
+        if rest is not None and self.tunnel is not None:  # 101: the bytes after the head are the new protocol
+            if rest:
+                self.tunnel.transport.write(rest)
 
+    def _broken(self, why: str) -> None:
+        ex, self.exchange = self.exchange, None
+        self.abort()
+        if ex is not None:
+            ex.back_failed(why)
 
-def _simple(status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> tuple[h11.Response, bytes]:
-    body = (text + "\n").encode()
-    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-               (b"x-proconsul-proxy", b"1")] + (extra or [])
-    return h11.Response(status_code=status, headers=headers), body
+    # h1 sink: the response
+    def on_head(self, head: h1.Head) -> None:
+        if self.exchange is not None:
+            self.exchange.response_head(self, head)
 
+    def on_body(self, data: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.response_body(data)
 
-async def _reply(peer: Peer, status: int, text: str) -> None:
-    resp, body = _simple(status, text)
-    await peer.send(resp, h11.Data(data=body), h11.EndOfMessage())
+    def on_end(self) -> None:
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.response_end(self)
 
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
 
-async def _read_request(peer: Peer) -> tuple[h11.Request, bytes | None, list[bytes]] | None:
-    """The next request: (head, whole body if small, else None with the chunks read so far)."""
-    event = await peer.next_event()
-    if isinstance(event, h11.ConnectionClosed):
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.front.pause()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.front.resume()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None and self.tunnel.transport.can_write_eof():
+            self.tunnel.transport.write_eof()
         return None
-    if not isinstance(event, h11.Request):
-        raise h11.RemoteProtocolError(f"expected a request, got {type(event).__name__}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        ev = await peer.next_event()
-        if isinstance(ev, h11.Data):
-            chunks.append(bytes(ev.data))
-            size += len(ev.data)
-            if size > RETRY_BODY_MAX:
-                return event, None, chunks
-        elif isinstance(ev, h11.EndOfMessage):
-            return event, b"".join(chunks), []
-        else:
-            raise h11.RemoteProtocolError(f"unexpected {type(ev).__name__} in a request body")
 
-
-async def _body_rest(peer: Peer) -> AsyncIterator[bytes]:
-    """The remaining body chunks of a request that was too large to buffer."""
-    while True:
-        ev = await peer.next_event()
-        if isinstance(ev, h11.Data):
-            yield bytes(ev.data)
-        elif isinstance(ev, h11.EndOfMessage):
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel is not None:
+            self.tunnel.transport.close()
             return
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.back_failed(f"connection closed{': ' + str(exc) if exc else ''}")
 
+    def reusable(self) -> bool:
+        return not self.closed and self.exchange is None and self.tunnel is None
 
-async def _send_request(upstream: Peer, req: Request, head_headers: list[tuple[bytes, bytes]],
-                        first_chunks: list[bytes], client: Peer | None) -> None:
-    upstream.queue(h11.Request(method=req.method, target=req.target, headers=head_headers))
-    if req.body is not None:
-        if req.body:
-            upstream.queue(h11.Data(data=req.body))
-    else:
-        for chunk in first_chunks:
-            upstream.queue(h11.Data(data=chunk))
-        if client is not None:
-            async for chunk in _body_rest(client):
-                await upstream.send(h11.Data(data=chunk))
-    await upstream.send(h11.EndOfMessage())
-
-
-async def _relay_response(upstream: Peer, client: Peer, head: h11.Response, link: Link) -> None:
-    """Send a response head and stream its body from upstream to client, flushing whenever the upstream
-    has nothing more buffered (so a small response leaves in one write)."""
-    client.queue(h11.Response(status_code=head.status_code, headers=_forward_headers(list(head.headers)),
-                              reason=head.reason))
-    conn = upstream.h11
-    while True:
-        ev = conn.next_event()
-        if ev is h11.NEED_DATA:
-            await client.flush()
-            conn.receive_data(await upstream.reader.read(READ))
-            continue
-        if isinstance(ev, h11.Data):
-            link.bytes_in += len(ev.data)
-            client.queue(h11.Data(data=ev.data))
-        elif isinstance(ev, h11.EndOfMessage):
-            await client.send(h11.EndOfMessage())
-            return
-        else:
-            raise UpstreamFailure(f"the upstream ended the response early ({type(ev).__name__})")
-
-
-# ---------------------------------------------------------------------- inbound: public listener → app
-class _InboundHandle:
-    """What the runtime needs to close an inbound HTTP connection an intention no longer allows."""
-
-    def __init__(self, uri: str, peer: Peer) -> None:
-        self.uri = uri
-        self.peer = peer
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
 
     def abort(self) -> None:
-        self.peer.abort()
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
 
 
-async def serve_inbound(rt: Runtime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    client = Peer(reader, writer, h11.SERVER)
-    uri = peer_uri(writer.get_extra_info("ssl_object")) or ""
-    policy = rt.policy
-    if policy is None:
-        rt.refused(uri or "unknown", "intentions are not loaded yet")
-        client.abort()
-        return
-    decision = policy.connection(uri)
-    if not decision.allowed:
-        rt.refused(decision.source, decision.reason)
-        client.abort()
-        return
-    link = rt.metrics.inbound_link(decision.source)
-    link.connections += 1
-    link.active += 1
-    handle = _InboundHandle(uri, client)
-    rt.inbound_opened(handle)
-    app: Peer | None = None
-    xfcc = f"By={rt.service_uri};URI={uri}".encode()
-    try:
-        while True:
-            got = await _read_request(client)
-            if got is None:
-                return
-            head, body, first = got
-            req = Request(bytes(head.method), bytes(head.target), list(head.headers), body)
-            link.requests += 1
-            current = rt.policy or policy
-            if current.needs_requests(uri) or not current.connection(uri).allowed:
-                d = current.request(uri, req.method.decode(), req.target.decode("latin-1").split("?", 1)[0],
-                                    req.decoded_headers())
-                if not d.allowed:
-                    rt.refused(d.source, f"{req.method.decode()} {req.target.decode('latin-1')}: {d.reason}")
-                    link.response(403)
-                    if body is None:
-                        async for _ in _body_rest(client):
-                            pass
-                    await _reply(client, 403, "RBAC: access denied")
-                    _next_cycle(client)
-                    continue
-            headers = [(k, v) for k, v in req.headers if k != b"x-forwarded-client-cert"]
-            headers.append((b"x-forwarded-client-cert", xfcc))
-            try:
-                async with asyncio.timeout(rt.config.local_request_timeout):
-                    if app is None or not app.reusable():
-                        if app is not None:
-                            app.close()
-                        app = await _dial_app(rt)
-                    else:
-                        app.h11.start_next_cycle()
-                    await _send_request(app, req, headers, first, client if body is None else None)
-                    resp = await app.next_event()
-                    if not isinstance(resp, h11.Response):
-                        raise UpstreamFailure(f"the application answered {type(resp).__name__}")
-                    link.response(resp.status_code)
-                    await _relay_response(app, client, resp, link)
-            except (OSError, TimeoutError, UpstreamFailure, h11.ProtocolError) as e:
-                if app is not None:
-                    app.close()
-                    app = None
-                status, text = (504, "upstream request timeout") if isinstance(e, TimeoutError) else \
-                    (502, "upstream connect error or disconnect/reset before headers")
-                link.failed += 1
-                link.response(status)
-                log.warning("inbound %s %s from %s: %s", req.method.decode(), req.target.decode("latin-1"),
-                            decision.source, e or "timed out")
-                if client.h11.our_state is not h11.SEND_RESPONSE:
-                    return  # part of a response went out: the connection cannot carry an error now
-                await _reply(client, status, text)
-            link.latency.observe(time.monotonic() - req.started)
-            if not _next_cycle(client):
-                return
-    except (h11.ProtocolError, ConnectionError, OSError) as e:
-        log.debug("inbound connection from %s ended: %s", decision.source, e)
-        with contextlib.suppress(Exception):
-            if client.h11.our_state is h11.SEND_RESPONSE:
-                await _reply(client, 400, "bad request")
-    finally:
-        link.active -= 1
-        rt.inbound_closed(handle)
-        if app is not None:
-            app.close()
-        client.close()
+# ---------------------------------------------------------------------- one request and its response
+class Exchange:
+    """One request from a Front and its response, over one or more attempts on Backs."""
+
+    __slots__ = ("front", "head", "held", "held_size", "streaming", "request_done", "back", "attempt", "tried",
+                 "inst", "timer", "responded", "draining", "resp_chunked", "started", "close_after", "denied",
+                 "dispatched", "pending_tunnel", "interim", "until_close")
+
+    def __init__(self, front: Front, head: h1.Head) -> None:
+        self.front = front
+        self.head = head
+        self.held: list[bytes] = []  # request body kept for a retry (until it grows past RETRY_BODY_MAX)
+        self.held_size = 0
+        self.streaming = False  # the body goes straight to the Back as it arrives (no retry possible)
+        self.request_done = False
+        self.back: Back | None = None
+        self.attempt = 0
+        self.tried: set[str] = set()
+        self.inst: Instance | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.responded = False  # a response head went to the Front: no retry, no error page any more
+        self.draining = False  # reading a retryable 5xx to the end before trying elsewhere
+        self.resp_chunked = False
+        self.started = time.monotonic()
+        self.close_after = not head.keep_alive
+        self.denied = False
+        self.dispatched = False
+        self.pending_tunnel = b""
+        self.interim = False  # a 1xx before the real response
+        self.until_close = False  # the response body ends when the Back closes (no length, not chunked)
+
+    # ------------------------------------------------------------------ the request, from the Front
+    def request_body(self, data: bytes) -> None:
+        if self.denied:
+            return
+        if self.streaming and self.back is not None:
+            self.back.send(h1.chunk(data) if self.head.chunked else data)
+            return
+        self.held.append(data)
+        self.held_size += len(data)
+        if self.held_size > h1.RETRY_BODY_MAX:
+            if not self.streaming:
+                self.streaming = True  # too big to hold: send as it comes, without retries
+                self.front.dispatch(self)
+            elif self.held_size > 4 * h1.RETRY_BODY_MAX:
+                self.front.pause()  # still dialing: wait for the connection before reading more
+
+    def request_end(self) -> None:
+        self.request_done = True
+        if self.streaming and self.back is not None and not self.denied:
+            if self.head.chunked:
+                self.back.send(h1.LAST_CHUNK)
+        elif not self.dispatched:
+            self.front.dispatch(self)
+
+    @property
+    def retryable_body(self) -> bool:
+        return not self.streaming and self.request_done
+
+    # ------------------------------------------------------------------ sending on a Back
+    def send_on(self, back: Back, extra: list[bytes], timeout: float) -> None:
+        """Write the request (head and what is held of the body) on `back` and wait for its response."""
+        self.back = back
+        back.exchange = self
+        if self.head.method == b"HEAD":
+            back.reader.expect_no_body()
+        parts = [h1.request_head(self.head, extra, b"x-forwarded-client-cert", self.front.host)]
+        if self.head.chunked:
+            parts += [h1.chunk(c) for c in self.held]
+            if self.request_done and not self.streaming:
+                parts.append(h1.LAST_CHUNK)
+        else:
+            parts += self.held
+        if self.streaming:
+            self.held = []
+            if self.request_done and self.head.chunked:
+                parts.append(h1.LAST_CHUNK)
+        back.send(b"".join(parts))
+        self.cancel_timer()
+        self.timer = asyncio.get_running_loop().call_later(timeout, self.timed_out)
+        if self.front.paused_by_back and back.transport.get_write_buffer_size() < HIGH_WATER:
+            self.front.resume()
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # ------------------------------------------------------------------ the response, from the Back
+    def response_head(self, back: Back, head: h1.Head) -> None:
+        front = self.front
+        if 100 <= head.status < 200 and not head.upgrade:
+            self.interim = True  # 100 Continue and the like: the proxy answered Expect itself
+            return
+        if not self.responded and front.should_retry(self, head.status):
+            self.draining = True
+            return
+        self.responded = True
+        front.responded(self, head.status)
+        if head.upgrade and self.head.upgrade:
+            front.write(h1.response_head(head, False, False))
+            front.flush()
+            self.cancel_timer()
+            front.become_tunnel(back)
+            return
+        http10 = self.head.version == b"1.0"
+        self.until_close = not head.chunked and head.length < 0 and head.status not in h1.NO_BODY_STATUS \
+            and self.head.method != b"HEAD"
+        # Close after: when asked; when the request is not all read (an early answer); after a refused
+        # upgrade; when the body ends with the close; for an HTTP/1.0 client of a chunked body (it gets
+        # the body unchunked, ended by the close).
+        close = self.close_after or not self.request_done or self.head.upgrade or self.until_close or \
+            (http10 and head.chunked)
+        self.close_after = close
+        self.resp_chunked = head.chunked and not http10
+        front.write(h1.response_head(head, http10, close))
+
+    def response_body(self, data: bytes) -> None:
+        if self.draining:
+            return
+        self.front.link.bytes_out_to_client(len(data))
+        self.front.write(h1.chunk(data) if self.resp_chunked else data)
+
+    def response_end(self, back: Back) -> None:
+        if self.interim:
+            self.interim = False
+            back.exchange = self  # the real response follows on the same connection
+            return
+        self.cancel_timer()
+        self.back = None
+        if self.draining:
+            self.draining = False
+            self.front.release(back, self, reusable=True)
+            self.front.retry(self, f"{self.inst.id if self.inst else '?'} answered 5xx")
+            return
+        if self.resp_chunked:
+            self.front.write(h1.LAST_CHUNK)
+        self.front.release(back, self, reusable=self.request_done)
+        self.front.finish(self)
+
+    def back_failed(self, why: str) -> None:
+        self.cancel_timer()
+        self.back = None
+        if self.responded and not self.draining:
+            if self.until_close:
+                self.front.abandon(self)
+                self.front.finish(self)  # the close is how this response ends
+            else:
+                self.front.abort()  # part of a response went out: the connection cannot carry an error now
+            return
+        self.draining = False
+        self.front.attempt_failed(self, why)
+
+    def timed_out(self) -> None:
+        self.timer = None
+        back, self.back = self.back, None
+        if back is not None:
+            back.exchange = None
+            back.abort()
+        self.front.timed_out(self)
 
 
-def _next_cycle(peer: Peer) -> bool:
-    """Get ready for the next request on a kept-alive connection; False when it must close."""
-    if peer.reusable():
-        peer.h11.start_next_cycle()
-        return True
-    return False
+# ---------------------------------------------------------------------- the connection requests come in on
+class Front(asyncio.Protocol):
+    """A connection that sends us requests; subclasses decide where they go."""
+
+    __slots__ = ("rt", "transport", "reader", "queue", "link", "closed", "paused_by_back", "_paused", "tunnel_back",
+                 "bad", "out", "host")
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.transport: Any = None
+        self.reader = h1.RequestReader(self)
+        self.queue: deque[Exchange] = deque()
+        self.link: Any = None
+        self.closed = False
+        self.paused_by_back = False
+        self._paused = False
+        self.tunnel_back: Back | None = None
+        self.bad = False
+        self.out: list[bytes] = []  # response bytes gathered while a Back's input is parsed, written at once
+        self.host = b""  # Host for an HTTP/1.0 request without one
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel_back is not None:
+            self.link.bytes_in_from_client(len(data))
+            self.tunnel_back.send(data)
+            return
+        if self.bad:
+            return
+        self.link.bytes_in_from_client(len(data))
+        try:
+            rest = self.reader.feed(data)
+        except h1.BadMessage as e:
+            self.bad_request(str(e))
+            return
+        if rest is not None:  # an upgrade request: what follows waits for the server's 101
+            if self.queue:
+                self.queue[-1].pending_tunnel += rest
+            self.transport.pause_reading()
+            self._paused = True
+        elif len(self.queue) > MAX_QUEUED and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+
+    # h1 sink: requests
+    def on_head(self, head: h1.Head) -> None:
+        ex = Exchange(self, head)
+        self.queue.append(ex)
+        self.link.requests += 1
+        self.admit(ex)
+        if not ex.denied and head.header(b"expect") == b"100-continue" and head.version == b"1.1":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body is read here, not upstream
+        if head.upgrade and not ex.denied and len(self.queue) == 1:
+            ex.streaming = True
+            self.dispatch(ex)
+
+    def on_body(self, data: bytes) -> None:
+        self.queue[-1].request_body(data)
+
+    def on_end(self) -> None:
+        ex = self.queue[-1]
+        if ex.head.upgrade and not ex.denied:
+            ex.request_done = True
+            return
+        ex.request_end()
+
+    # ------------------------------------------------------------------ serving in order
+    def dispatch(self, ex: Exchange) -> None:
+        """Send `ex` on when it is first in line (a pipelined request waits for the one before)."""
+        if self.queue and self.queue[0] is ex and not ex.dispatched:
+            ex.dispatched = True
+            self.send(ex)
+
+    def finish(self, ex: Exchange) -> None:
+        """`ex` is answered: account for it and serve the next request, or close."""
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self.done(ex)
+        if ex.close_after or not ex.request_done:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue[0]
+            if nxt.request_done or nxt.streaming or nxt.head.upgrade:
+                if nxt.head.upgrade:
+                    nxt.streaming = True
+                self.dispatch(nxt)
+        if self._paused and len(self.queue) <= MAX_QUEUED and not self.paused_by_back and self.tunnel_back is None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def become_tunnel(self, back: Back) -> None:
+        """The server switched protocols: from now on both sides are joined byte for byte (L4)."""
+        ex = self.queue.popleft() if self.queue else None
+        if ex is not None:
+            self.done(ex)
+            self.abandon(ex)  # the instance's request is over; the tunnel is a connection of its own
+        self.tunnel_back = back
+        back.tunnel = self
+        back.exchange = None
+        pending = ex.pending_tunnel if ex is not None else b""
+        if pending:
+            back.send(pending)
+        self._paused = False
+        self.transport.resume_reading()
+
+    def reply(self, ex: Exchange, status: int, text: str) -> None:
+        """Answer `ex` ourselves (403, 502, 503, 504)."""
+        ex.responded = True
+        self.link.link.response(status)
+        close = ex.close_after or not ex.request_done
+        ex.close_after = close
+        self.write(h1.simple_response(status, text, close))
+        self.flush()
+        self.finish(ex)
+
+    def bad_request(self, why: str) -> None:
+        self.bad = True
+        log.debug("%s: bad request: %s", self.describe(), why)
+        if not any(ex.responded for ex in self.queue) and self.transport is not None:
+            self.transport.write(h1.simple_response(400, "bad request", close=True))
+        self.close()
+
+    # ------------------------------------------------------------------ flow control
+    def pause(self) -> None:
+        """The Back's write buffer is full: stop reading request bytes until it drains."""
+        if not self.paused_by_back and self.transport is not None:
+            self.paused_by_back = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused_by_back and self.transport is not None:
+            self.paused_by_back = False
+            if not self._paused:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        back = self.tunnel_back or (self.queue[0].back if self.queue else None)
+        if back is not None and back.transport is not None:
+            back.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        back = self.tunnel_back or (self.queue[0].back if self.queue else None)
+        if back is not None and back.transport is not None:
+            back.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel_back is not None and self.tunnel_back.transport.can_write_eof():
+            self.tunnel_back.transport.write_eof()
+            return None if self.transport.get_extra_info("sslcontext") else True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel_back is not None:
+            self.tunnel_back.close()
+        for ex in self.queue:
+            ex.cancel_timer()
+            if ex.back is not None:
+                ex.back.exchange = None
+                ex.back.abort()
+                self.abandon(ex)
+        self.queue.clear()
+        self.lost()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.flush()
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.out.clear()
+            self.transport.abort()
+
+    # ------------------------------------------------------------------ what a mode decides
+    def admit(self, ex: Exchange) -> None:
+        """Check a request when its head arrives (inbound: L7 intentions)."""
+
+    def send(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def should_retry(self, ex: Exchange, status: int) -> bool:
+        return False
+
+    def retry(self, ex: Exchange, why: str) -> None:
+        self.attempt_failed(ex, why)
+
+    def attempt_failed(self, ex: Exchange, why: str) -> None:
+        raise NotImplementedError
+
+    def timed_out(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
+        raise NotImplementedError
+
+    def responded(self, ex: Exchange, status: int) -> None:
+        self.link.link.response(status)
+
+    def done(self, ex: Exchange) -> None:
+        self.link.link.latency.observe(time.monotonic() - ex.started)
+
+    def abandon(self, ex: Exchange) -> None:
+        """The caller went away while `ex` was in flight (accounting)."""
+
+    def lost(self) -> None:
+        """The connection is gone (accounting)."""
+
+    def describe(self) -> str:
+        return "connection"
 
 
-async def _dial_app(rt: Runtime) -> Peer:
-    cfg = rt.config
-    async with asyncio.timeout(cfg.local_connect_timeout):
-        reader, writer = await asyncio.open_connection(cfg.local_address, cfg.local_port)
-    return Peer(reader, writer, h11.CLIENT)
+class _Counts:
+    """Byte counting for a Front's link: `bytes_out` is what went out to the network peer, whichever side
+    that is for the mode (the application's requests upstream; the responses to an inbound caller)."""
+
+    __slots__ = ("link", "inbound")
+
+    def __init__(self, link: Link, inbound: bool) -> None:
+        self.link = link
+        self.inbound = inbound
+
+    @property
+    def requests(self) -> int:
+        return self.link.requests
+
+    @requests.setter
+    def requests(self, n: int) -> None:
+        self.link.requests = n
+
+    def bytes_in_from_client(self, n: int) -> None:
+        if self.inbound:
+            self.link.bytes_in += n
+        else:
+            self.link.bytes_out += n
+
+    def bytes_out_to_client(self, n: int) -> None:
+        if self.inbound:
+            self.link.bytes_out += n
 
 
 # ---------------------------------------------------------------------- outbound: app → upstream instances
-async def _dial_instance(rt: Runtime, up: Upstream, inst: Instance) -> Peer:
-    ctx = rt.client_ctx
-    if ctx is None:
-        raise UpstreamFailure("no leaf certificate yet")
-    try:
-        async with asyncio.timeout(up.connect_timeout):
-            reader, writer = await asyncio.open_connection(
-                inst.address, inst.port, ssl=ctx, ssl_handshake_timeout=up.connect_timeout,
-                server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter, rt.trust_domain))
-    except (OSError, TimeoutError, ssl.SSLError) as e:
-        raise UpstreamFailure(f"{inst.address}:{inst.port}: {e or 'connect timed out'}") from None
-    uri = peer_uri(writer.get_extra_info("ssl_object")) or ""
-    if not rt.is_identity_of(uri, inst.service):
-        writer.transport.abort()
-        raise UpstreamFailure(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
-    return Peer(reader, writer, h11.CLIENT)
+class UpstreamFront(Front):
+    """The application's connection on an upstream's local port: each request goes to a healthy instance."""
 
+    __slots__ = ("up", "pool", "conns")
 
-async def serve_upstream(rt: Runtime, up: Upstream, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
-    client = Peer(reader, writer, h11.SERVER)
-    link = rt.metrics.upstream_link(up.destination_name)
-    link.active += 1
-    pool = rt.pools.get(up.key)
-    conns = rt.http_connections
-    try:
-        while True:
-            got = await _read_request(client)
-            if got is None:
-                return
-            head, body, first = got
-            req = Request(bytes(head.method), bytes(head.target), list(head.headers), body)
-            link.requests += 1
-            rt.budget.request(req.started)
-            await _one_upstream_request(rt, up, client, req, first, link, pool, conns)
-            link.latency.observe(time.monotonic() - req.started)
-            if not _next_cycle(client):
-                return
-    except (h11.ProtocolError, ConnectionError, OSError) as e:
-        log.debug("upstream %s: application connection ended: %s", up.destination_name, e)
-    finally:
-        link.active -= 1
-        client.close()
+    def __init__(self, rt: Runtime, up: Upstream) -> None:
+        super().__init__(rt)
+        self.up = up
+        self.pool: UpstreamPool | None = rt.pools.get(up.key)
+        self.conns: h1.InstanceConnections = rt.http_connections
+        self.link = _Counts(rt.metrics.upstream_link(up.destination_name), inbound=False)
+        self.host = up.destination_name.encode()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.link.link.active += 1
 
-async def _one_upstream_request(rt: Runtime, up: Upstream, client: Peer, req: Request, first: list[bytes],
-                                link: Link, pool: Any, conns: InstanceConnections) -> None:
-    retryable = req.body is not None and req.method in IDEMPOTENT
-    tried: set[str] = set()
-    attempts = 1 + rt.config.retry.num_retries
-    last = "no attempt made"
-    for attempt in range(attempts):
-        if attempt:
-            if not retryable or not rt.budget.try_retry(time.monotonic()):
-                break
-            link.retries += 1
+    def lost(self) -> None:
+        self.link.link.active -= 1
+
+    def describe(self) -> str:
+        return f"upstream {self.up.destination_name}"
+
+    def on_head(self, head: h1.Head) -> None:
+        super().on_head(head)
+        self.rt.budget.request(time.monotonic())
+
+    def send(self, ex: Exchange) -> None:
+        rt, pool = self.rt, self.pool
+        if self.closed:
+            return
         try:
             if pool is None:
-                raise NoHealthyInstance(f"upstream {up.destination_name!r} is not known yet")
-            inst = pool.pick(time.monotonic(), rt.rng, tried)
+                raise NoHealthyInstance(f"upstream {self.up.destination_name!r} is not known yet")
+            inst = pool.pick(time.monotonic(), rt.rng, ex.tried)
         except NoHealthyInstance as e:
-            last = str(e)
-            break
-        tried.add(inst.id)
+            self._give_up(ex, str(e), no_instance=True)
+            return
+        ex.inst = inst
+        ex.tried.add(inst.id)
         pool.started(inst)
-        peer: Peer | None = None
+        back = self.conns.take(instance_key(inst))
+        if back is not None:
+            ex.send_on(back, [], self.up.request_timeout)
+        else:
+            rt.spawn(self._dial(ex, inst))
+
+    async def _dial(self, ex: Exchange, inst: Instance) -> None:
+        link = self.link.link
         try:
-            async with asyncio.timeout(up.request_timeout):
-                peer = conns.take(inst) or await _dial_instance(rt, up, inst)
-                await _send_request(peer, req, _forward_headers(req.headers), first,
-                                    client if req.body is None else None)
-                resp = await peer.next_event()
-                if not isinstance(resp, h11.Response):
-                    raise UpstreamFailure(f"no response from {inst.id} ({type(resp).__name__})")
-                if resp.status_code in RETRY_STATUSES and retryable and attempt + 1 < attempts \
-                        and rt.config.retry.retry_on_5xx:
-                    await _drain(peer)
-                    conns.give(inst, peer)
-                    peer = None
-                    if pool.failed(inst, time.monotonic()):
-                        log.warning("upstream %s: ejected %s after %d failures in a row", up.destination_name,
-                                    inst.id, rt.config.outlier.max_failures)
-                    last = f"{inst.id} answered {resp.status_code}"
-                    continue
-                link.connections += 1
-                link.response(resp.status_code)
-                if resp.status_code >= 500:
-                    pool.failed(inst, time.monotonic())
-                else:
-                    pool.succeeded(inst)
-                await _relay_response(peer, client, resp, link)
-                conns.give(inst, peer)
-                peer = None
-                return
-        except TimeoutError:
-            link.failed += 1
-            link.response(504)
-            log.warning("upstream %s: request %s %s timed out after %.1fs", up.destination_name,
-                        req.method.decode(), req.target.decode("latin-1"), up.request_timeout)
-            if client.h11.our_state is h11.SEND_RESPONSE:
-                await _reply(client, 504, "upstream request timeout")
+            back = await dial(self.rt, self.up, inst, link, lambda ctx, key: Back(link, key, ctx))
+        except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
+            if not self.closed:
+                ex.back_failed(f"{inst.address}:{inst.port}: {e or 'connect timed out'}")
+            elif self.pool is not None:
+                self.pool.finished(inst)
             return
-        except (UpstreamFailure, OSError, h11.ProtocolError) as e:
-            last = str(e) or type(e).__name__
-            if pool.failed(inst, time.monotonic()):
-                log.warning("upstream %s: ejected %s after %d failures in a row", up.destination_name, inst.id,
-                            rt.config.outlier.max_failures)
-            if client.h11.our_state is not h11.SEND_RESPONSE:
-                raise ConnectionError(f"upstream failed mid-response: {last}") from None
-            continue
-        finally:
+        if self.closed:
+            back.close()
+            if self.pool is not None:
+                self.pool.finished(inst)
+            return
+        ex.send_on(back, [], self.up.request_timeout)
+
+    def should_retry(self, ex: Exchange, status: int) -> bool:
+        rt = self.rt
+        if not may_retry(ex.head.method, status, ex.retryable_body, rt.config.retry.retry_on_5xx):
+            return False
+        if ex.attempt + 1 > rt.config.retry.num_retries or not rt.budget.try_retry(time.monotonic()):
+            return False
+        return True
+
+    def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
+        inst, pool = ex.inst, self.pool
+        if inst is not None and pool is not None:
             pool.finished(inst)
-            if peer is not None:
-                peer.close()
-    link.failed += 1
-    status, text = (503, "no healthy upstream") if "no healthy" in last or "not known" in last else \
-        (502, "upstream connect error or disconnect/reset before headers")
-    link.response(status)
-    log.warning("upstream %s: %s %s failed: %s", up.destination_name, req.method.decode(),
-                req.target.decode("latin-1"), last)
-    await _reply(client, status, text)
+        if reusable:
+            self.conns.give(back)
+        else:
+            back.close()
+
+    def responded(self, ex: Exchange, status: int) -> None:
+        super().responded(ex, status)
+        link, inst, pool = self.link.link, ex.inst, self.pool
+        link.connections += 1
+        if inst is not None and pool is not None:
+            if status >= 500:
+                self._failed(inst)
+            else:
+                pool.succeeded(inst)
+
+    def retry(self, ex: Exchange, why: str) -> None:
+        """A retryable 5xx was read to its end: the budget already allowed one more attempt."""
+        if ex.inst is not None:
+            self._failed(ex.inst)
+        ex.attempt += 1
+        self.link.link.retries += 1
+        ex.dispatched = True
+        self.send(ex)
+
+    def attempt_failed(self, ex: Exchange, why: str) -> None:
+        """A connect, TLS or identity failure, or a connection lost before the response: another instance
+        if the request can be sent again (its body is still held) and the budget allows."""
+        inst, pool = ex.inst, self.pool
+        if inst is not None and pool is not None:
+            pool.finished(inst)
+            self._failed(inst)
+        rt = self.rt
+        if not ex.streaming and ex.attempt < rt.config.retry.num_retries:
+            if rt.budget.try_retry(time.monotonic()):
+                ex.attempt += 1
+                self.link.link.retries += 1
+                self.send(ex)
+                return
+            why += "; retry budget exhausted"
+        self._give_up(ex, why)
+
+    def abandon(self, ex: Exchange) -> None:
+        if ex.inst is not None and self.pool is not None:
+            self.pool.finished(ex.inst)
+
+    def _failed(self, inst: Instance) -> None:
+        assert self.pool is not None
+        if self.pool.failed(inst, time.monotonic()):
+            log.warning("upstream %s: ejected %s after %d failures in a row", self.up.destination_name, inst.id,
+                        self.rt.config.outlier.max_failures)
+
+    def _give_up(self, ex: Exchange, why: str, no_instance: bool = False) -> None:
+        self.link.link.failed += 1
+        log.warning("upstream %s: %s %s failed: %s", self.up.destination_name, ex.head.method.decode(),
+                    ex.head.target.decode("latin-1"), why)
+        if no_instance:
+            self.reply(ex, 503, "no healthy upstream")
+        else:
+            self.reply(ex, 502, "upstream connect error or disconnect/reset before headers")
+
+    def timed_out(self, ex: Exchange) -> None:
+        inst, pool = ex.inst, self.pool
+        if inst is not None and pool is not None:
+            pool.finished(inst)
+        log.warning("upstream %s: request %s %s timed out after %.1fs", self.up.destination_name,
+                    ex.head.method.decode(), ex.head.target.decode("latin-1"), self.up.request_timeout)
+        self.link.link.failed += 1
+        if ex.responded:
+            self.abort()
+        else:
+            self.reply(ex, 504, "upstream request timeout")
 
 
-async def _drain(peer: Peer) -> None:
-    while True:
-        ev = await peer.next_event()
-        if isinstance(ev, h11.EndOfMessage | h11.ConnectionClosed):
+# ---------------------------------------------------------------------- inbound: public listener → app
+class InboundFront(Front):
+    """A peer sidecar's mTLS connection on the public listener: each request is checked, then sent to
+    the local application on one kept-alive connection."""
+
+    __slots__ = ("uri", "source", "app", "_xfcc", "_policy", "_per_request")
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self.uri = ""
+        self.source = ""
+        self.app: Back | None = None
+        self._xfcc = b""
+        self._policy: Any = None
+        self._per_request = False
+        self.host = rt.config.service.encode()
+
+    def describe(self) -> str:
+        return f"inbound from {self.source or self.uri or 'unknown'}"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        rt = self.rt
+        self.uri, decision = rt.admit(transport.get_extra_info("ssl_object"))
+        self.source = decision.source
+        if not decision.allowed:
+            self._refuse(decision.source, decision.reason)
             return
+        self.link = _Counts(rt.inbound_accepted(decision, transport.get_extra_info("ssl_object")), inbound=True)
+        self._xfcc = f"x-forwarded-client-cert: By={rt.service_uri};URI={self.uri}\r\n".encode()
+        rt.inbound_opened(self)
+
+    def _refuse(self, source: str, reason: str) -> None:
+        self.rt.refused(source, reason)
+        self.bad = True
+        self.abort()
+
+    def lost(self) -> None:
+        if self.app is not None:
+            self.app.close()
+        if self.link is not None:
+            self.link.link.active -= 1
+            self.rt.inbound_closed(self)
+
+    def admit(self, ex: Exchange) -> None:
+        policy = self.rt.policy
+        if policy is None:
+            return
+        if policy is not self._policy:  # new intentions: decide again whether requests need a check
+            self._policy = policy
+            self._per_request = policy.needs_requests(self.uri) or not policy.connection(self.uri).allowed
+        if self._per_request:
+            head = ex.head
+            d = policy.request(self.uri, head.method.decode(), head.path,
+                               {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers})
+            if not d.allowed:
+                self.rt.refused(d.source, f"{head.method.decode()} {head.target.decode('latin-1')}: {d.reason}")
+                ex.denied = True
+
+    def send(self, ex: Exchange) -> None:
+        if ex.denied:
+            self.reply(ex, 403, "RBAC: access denied")
+            return
+        app = self.app
+        if app is not None and app.reusable():
+            ex.send_on(app, [self._xfcc], self.rt.config.local_request_timeout)
+        else:
+            self.rt.spawn(self._dial_app(ex))
+
+    async def _dial_app(self, ex: Exchange) -> None:
+        cfg = self.rt.config
+        try:
+            async with asyncio.timeout(cfg.local_connect_timeout):
+                _, app = await asyncio.get_running_loop().create_connection(
+                    lambda: Back(None), cfg.local_address, cfg.local_port)
+        except (OSError, TimeoutError) as e:
+            if not self.closed:
+                ex.back_failed(f"cannot reach the local application at {cfg.local_address}:"
+                                         f"{cfg.local_port}: {e or 'timed out'}")
+            return
+        if self.closed:
+            app.close()
+            return
+        self.app = app
+        ex.send_on(app, [self._xfcc], cfg.local_request_timeout)
+
+    def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
+        if not reusable:
+            back.close()
+            if self.app is back:
+                self.app = None
+
+    def attempt_failed(self, ex: Exchange, why: str) -> None:
+        self.link.link.failed += 1
+        log.warning("inbound %s %s from %s: %s", ex.head.method.decode(), ex.head.target.decode("latin-1"),
+                    self.source, why)
+        self.app = None
+        self.reply(ex, 502, "upstream connect error or disconnect/reset before headers")
+
+    def timed_out(self, ex: Exchange) -> None:
+        self.link.link.failed += 1
+        self.app = None
+        log.warning("inbound %s %s from %s: the application did not answer within %.1fs", ex.head.method.decode(),
+                    ex.head.target.decode("latin-1"), self.source, self.rt.config.local_request_timeout)
+        if ex.responded:
+            self.abort()
+        else:
+            self.reply(ex, 504, "upstream request timeout")
+
+
+def inbound_factory(rt: Runtime) -> Any:
+    return lambda: InboundFront(rt)
+
+
+def upstream_factory(rt: Runtime, up: Upstream) -> Any:
+    return lambda: UpstreamFront(rt, up)

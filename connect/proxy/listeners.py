@@ -24,18 +24,15 @@ from typing import TYPE_CHECKING
 
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.config import Upstream
+from proconsul.connect.proxy.dial import DialRefused, dial
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.metrics import Link
-from proconsul.connect.proxy.tls import peer_uri, sni_name
+from proconsul.connect.proxy.tls import MeshClientContext
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
 
 log = logging.getLogger("proconsul.proxy")
-
-
-class RefusedConnection(Exception):
-    """An upstream sidecar presented an identity other than the destination's."""
 
 
 class InboundSide(Side):
@@ -56,19 +53,12 @@ class InboundSide(Side):
         super().connection_made(transport)
         rt = self.rt
         self.started = time.monotonic()
-        self.uri = peer_uri(transport.get_extra_info("ssl_object")) or ""
-        policy = rt.policy
-        if policy is None:
-            self._refuse("unknown", "intentions are not loaded yet")
-            return
-        decision = policy.connection(self.uri)
+        self.uri, decision = rt.admit(transport.get_extra_info("ssl_object"))
         self.source = decision.source
         if not decision.allowed:
             self._refuse(decision.source, decision.reason)
             return
-        self.link = link = rt.metrics.inbound_link(decision.source)
-        link.connections += 1
-        link.active += 1
+        self.link = rt.inbound_accepted(decision, transport.get_extra_info("ssl_object"))
         self.on_bytes = self._count_in
         rt.inbound_opened(self)
         transport.pause_reading()
@@ -122,7 +112,38 @@ class InboundSide(Side):
 
 
 class _UpstreamTLS(Side):
-    """The mTLS side of an outbound connection (to the destination's sidecar)."""
+    """The mTLS side of an outbound connection (to the destination's sidecar). When the context wants
+    this connection's TLS session, it is handed back once the server's first bytes arrive (its session
+    ticket precedes them) or at the close."""
+
+    __slots__ = ("_ctx", "_key", "_ssl_object")
+
+    def __init__(self, ctx: MeshClientContext, key: str) -> None:
+        super().__init__()
+        self._ctx: MeshClientContext | None = ctx
+        self._key = key
+        self._ssl_object: object = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._ssl_object = ssl_object = transport.get_extra_info("ssl_object")
+        if self._ctx is not None and not self._ctx.wants_session(self._key, ssl_object, time.monotonic()):
+            self._ctx = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._ctx is not None:
+            self._keep_session()
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ctx is not None and exc is None:
+            self._keep_session()
+        super().connection_lost(exc)
+
+    def _keep_session(self) -> None:
+        assert self._ctx is not None
+        self._ctx.keep_session(self._key, self._ssl_object, time.monotonic())
+        self._ctx = None
 
 
 class UpstreamSide(Side):
@@ -176,7 +197,7 @@ class UpstreamSide(Side):
             pool.started(inst)
             try:
                 remote = await self._connect(inst)
-            except (OSError, TimeoutError, ssl.SSLError, RefusedConnection) as e:
+            except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
                 pool.finished(inst)
                 last_error = f"{inst.address}:{inst.port}: {e or 'timed out'}"
                 if pool.failed(inst, time.monotonic()):
@@ -207,21 +228,7 @@ class UpstreamSide(Side):
         self.join(remote)
 
     async def _connect(self, inst: Instance) -> Side:
-        rt, up = self.rt, self.upstream
-        loop = asyncio.get_running_loop()
-        ctx = rt.client_ctx
-        if ctx is None:
-            raise RefusedConnection("no leaf certificate yet")
-        async with asyncio.timeout(up.connect_timeout):
-            transport, remote = await loop.create_connection(
-                _UpstreamTLS, inst.address, inst.port, ssl=ctx,
-                server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter, rt.trust_domain),
-                ssl_handshake_timeout=up.connect_timeout)
-        uri = peer_uri(transport.get_extra_info("ssl_object")) or ""
-        if not rt.is_identity_of(uri, inst.service):
-            transport.abort()
-            raise RefusedConnection(f"the peer presented {uri or 'no SPIFFE ID'}, not {inst.service!r}")
-        return remote
+        return await dial(self.rt, self.upstream, inst, self.link, _UpstreamTLS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -56,6 +56,7 @@ class Link:
     responses_4xx: int = 0
     responses_5xx: int = 0
     retries: int = 0
+    resumed: int = 0  # connections whose TLS session was resumed (no certificate exchange)
     latency: Histogram = field(default_factory=Histogram)  # HTTP: request time; TCP: connection setup
 
     def response(self, status: int) -> None:
@@ -81,7 +82,7 @@ class Link:
                 "Active": self.active, "BytesIn": self.bytes_in, "BytesOut": self.bytes_out,
                 "Requests": self.requests, "Responses": {"2xx": self.responses_2xx, "3xx": self.responses_3xx,
                                                          "4xx": self.responses_4xx, "5xx": self.responses_5xx},
-                "Retries": self.retries, "SuccessRate": round(self.success_rate, 4),
+                "Retries": self.retries, "TLSResumed": self.resumed, "SuccessRate": round(self.success_rate, 4),
                 "LatencyP50": self.latency.quantile(0.50), "LatencyP95": self.latency.quantile(0.95),
                 "LatencyP99": self.latency.quantile(0.99)}
 
@@ -122,6 +123,7 @@ class ProxyMetrics:
             ("sent_bytes_total", "counter", "Bytes sent to the network peer.", "bytes_out"),
             ("requests_total", "counter", "HTTP requests (protocol http).", "requests"),
             ("retries_total", "counter", "Retries made (within the retry budget).", "retries"),
+            ("tls_resumed_total", "counter", "Connections whose TLS session was resumed.", "resumed"),
         ]
         links = [("inbound", "source", k, v) for k, v in sorted(self.inbound.items())] + \
                 [("upstream", "destination", k, v) for k, v in sorted(self.upstreams.items())]

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -27,11 +28,13 @@ from proconsul.connect.proxy.config import (
     ProxyConfig,
     ProxyConfigError,
     Upstream,
+    changes,
     from_registration,
     with_protocols,
 )
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
+from proconsul.connect.proxy.tlsproto import TLSProtocol
 
 log = logging.getLogger("proconsul.proxy")
 
@@ -83,6 +86,12 @@ class Proxy:
         self._default_allow = True
         self._loaded = asyncio.Event()
         self._admin: web.AppRunner | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._upstream_watches: dict[str, asyncio.Task[None]] = {}
+        self._listening = asyncio.Lock()  # opening or closing listeners: one story at a time
+        self._restart_with: ProxyConfig | None = None
+        self._reload = asyncio.Event()
+        self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ start-up
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
@@ -103,6 +112,7 @@ class Proxy:
         return None
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         try:
             info = await self.api.self_info()
             datacenter = info["Config"]["Datacenter"]
@@ -115,16 +125,26 @@ class Proxy:
         if cfg is None:
             return
         cfg = with_protocols(cfg, *await self._protocols(cfg))
-        self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
-        log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
-                 cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
-        try:
-            await self._run_tasks(cfg, stop)
-        except BaseExceptionGroup as eg:  # a task's ProxyError (a port in use) is the one line to show
-            fatal = [e for e in eg.exceptions if isinstance(e, ProxyError)]
-            if fatal:
-                raise fatal[0] from None
-            raise
+        while True:
+            self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
+            log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
+                     cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
+            try:
+                await self._run_tasks(cfg, stop)
+            except BaseExceptionGroup as eg:  # a task's ProxyError (a port in use) is the one line to show
+                fatal = [e for e in eg.exceptions if isinstance(e, ProxyError)]
+                if fatal:
+                    raise fatal[0] from None
+                raise
+            if stop.is_set() or self._restart_with is None:
+                return
+            # The registration now fronts another service: start over with its identity.
+            cfg, self._restart_with = self._restart_with, None
+            self._reload.clear()
+            self._loaded.clear()
+            self.ready.clear()
+            self._leaf = self._roots = None
+            self._server_ctx = None
 
     async def _protocols(self, cfg: ProxyConfig) -> tuple[dict[str, str], str]:
         """Protocols from the `service-defaults` of this service and its upstreams, and `proxy-defaults`."""
@@ -147,16 +167,73 @@ class Proxy:
 
     async def _run_tasks(self, cfg: ProxyConfig, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             watches = [
                 tg.create_task(self.api.watch("/v1/agent/connect/ca/roots", {}, self._on_roots, stop)),
                 tg.create_task(self.api.watch(f"/v1/agent/connect/ca/leaf/{cfg.service}", {}, self._on_leaf, stop)),
                 tg.create_task(self.api.watch("/v1/connect/intentions/match",
                                               {"by": "destination", "name": cfg.service}, self._on_intentions, stop)),
+                tg.create_task(self.api.watch(f"/v1/agent/service/{quote(cfg.proxy_id, safe='')}", {},
+                                              self._on_registration, stop, by_hash=True)),
             ]
-            watches += [tg.create_task(self._watch_upstream(up, stop)) for up in cfg.upstreams]
+            for up in cfg.upstreams:
+                self._start_upstream_watch(up, stop)
             await tg.create_task(self._serve(stop))
-            for w in watches:  # a blocking query may be parked for a minute: stop now
+            for w in [*watches, *self._upstream_watches.values()]:  # a blocking query may be parked: stop now
                 w.cancel()
+            self._upstream_watches.clear()
+            self._tg = None
+
+    def _start_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
+        assert self._tg is not None
+        old = self._upstream_watches.pop(up.key, None)
+        if old is not None:
+            old.cancel()
+        self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
+
+    async def _on_registration(self, body: dict[str, Any]) -> None:
+        """The registration changed (a blocking query by content hash): apply it without a restart —
+        upstream listeners come and go, the public listener moves, new connections follow the new
+        settings, open connections are left alone."""
+        rt = self.rt
+        assert rt is not None
+        try:
+            new = from_registration(body)
+            new = with_protocols(new, *await self._protocols(new))
+        except (ProxyConfigError, AgentAPIError) as e:
+            log.error("the proxy registration changed but cannot be used (keeping the previous configuration): %s",
+                      e)
+            return
+        change = changes(rt.config, new)
+        if not change:
+            return
+        if change.restart:
+            log.warning("proxy %s now fronts %r (was %r): starting over with its identity", new.proxy_id,
+                        new.service, rt.config.service)
+            self._restart_with = new
+            self._reload.set()
+            return
+        async with self._listening:
+            rt.reconfigure(new)
+            for up in change.removed:
+                task = self._upstream_watches.pop(up.key, None)
+                if task is not None:
+                    task.cancel()
+                server = self._servers.pop(up.key, None)
+                if server is not None:
+                    server.close()
+                    self.upstream_ports.pop(up.destination_name, None)
+            stop = self._stop or asyncio.Event()
+            for up in (*change.added, *change.changed):
+                self._start_upstream_watch(up, stop)
+            if self.ready.is_set():
+                if change.public_moved:
+                    await self._open_public(rt, replace=True)
+                for up in change.added:
+                    await self._open_upstream(rt, up, fatal=False)
+        log.info("proxy configuration changed: %d upstream(s) added, %d removed, %d changed%s", len(change.added),
+                 len(change.removed), len(change.changed),
+                 f"; public listener now {new.bind_address}:{new.bind_port}" if change.public_moved else "")
 
     async def _watch_upstream(self, up: Upstream, stop: asyncio.Event) -> None:
         assert self.rt is not None
@@ -199,6 +276,7 @@ class Proxy:
             return
         changed = rt.trust_domain and rt.trust_domain != creds.trust_domain
         rt.trust_domain = creds.trust_domain
+        rt.trust_roots(creds.root_ids, time.time())
         rt.client_ctx = client
         log.info("TLS: leaf serial %s, %d root(s) trusted", self._leaf.get("SerialNumber", "?"), len(creds.root_ids))
         if changed or (rt.policy is not None and rt.policy.trust_domain != creds.trust_domain):
@@ -232,33 +310,14 @@ class Proxy:
         stopper.cancel()
         if stop.is_set():
             return
-        loop = asyncio.get_running_loop()
         cfg = rt.config
-        assert self._server_ctx is not None
         try:
-            if cfg.protocol == "http":
-                server = await asyncio.start_server(
-                    lambda r, w: http.serve_inbound(rt, r, w), cfg.bind_address, cfg.bind_port,
-                    ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
-                    ssl_handshake_timeout=cfg.handshake_timeout)
-            else:
-                server = await loop.create_server(listeners.inbound_factory(rt), cfg.bind_address, cfg.bind_port,
-                                                  ssl=self._server_ctx.listening, reuse_address=True, backlog=1024,
-                                                  ssl_handshake_timeout=cfg.handshake_timeout)
-            self._servers["public"] = server
-            self.public_port = server.sockets[0].getsockname()[1]
-            for up in cfg.upstreams:
-                if up.protocol == "http":
-                    server = await asyncio.start_server(
-                        lambda r, w, up=up: http.serve_upstream(rt, up, r, w), up.local_bind_address,
-                        up.local_bind_port, reuse_address=True, backlog=1024)
-                else:
-                    server = await loop.create_server(listeners.upstream_factory(rt, up), up.local_bind_address,
-                                                      up.local_bind_port, reuse_address=True, backlog=1024)
-                self._servers[up.key] = server
-                self.upstream_ports[up.destination_name] = server.sockets[0].getsockname()[1]
-            if self.admin_port >= 0:
-                await self._start_admin()
+            async with self._listening:
+                await self._open_public(rt)
+                for up in rt.config.upstreams:
+                    await self._open_upstream(rt, up)
+                if self.admin_port >= 0 and self._admin is None:
+                    await self._start_admin()
         except OSError as e:
             await self._close_listeners()
             raise ProxyError(f"cannot listen: {e.strerror or e}") from None
@@ -269,35 +328,83 @@ class Proxy:
         self.ready.set()
         _tune_gc()
         try:
-            await stop.wait()
+            stopper = asyncio.ensure_future(stop.wait())
+            reloader = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait({stopper, reloader}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            reloader.cancel()
         finally:
-            await self._close_listeners()
+            await self._close_listeners(keep_admin=not stop.is_set())
             await rt.cancel_tasks()
             rt.http_connections.close()
 
-    async def _close_listeners(self) -> None:
+    async def _open_public(self, rt: Runtime, replace: bool = False) -> None:
+        """The public mTLS listener; L4 or HTTP is decided per connection by the current configuration."""
+        assert self._server_ctx is not None
+        cfg = rt.config
+        old = self._servers.pop("public", None) if replace else None
+        if old is not None:
+            old.close()  # open connections stay; new ones go to the new address
+        l4, l7 = listeners.inbound_factory(rt), http.inbound_factory(rt)
+        listening = self._server_ctx.listening
+
+        def protocol() -> TLSProtocol:
+            app = l7() if rt.config.protocol == "http" else l4()
+            return TLSProtocol(listening, app, server_side=True, handshake_timeout=rt.config.handshake_timeout,
+                               on_failure=rt.handshake_failed, scratch=rt.tls_scratch)
+
+        server = await asyncio.get_running_loop().create_server(protocol, cfg.bind_address, cfg.bind_port,
+                                                                reuse_address=True, backlog=1024)
+        self._servers["public"] = server
+        self.public_port = server.sockets[0].getsockname()[1]
+
+    async def _open_upstream(self, rt: Runtime, up: Upstream, fatal: bool = True) -> None:
+        """One upstream's local listener; each connection follows that upstream's current settings."""
+        key = up.key
+
+        def protocol() -> asyncio.Protocol:
+            cur = rt.upstreams.get(key, up)
+            return http.UpstreamFront(rt, cur) if cur.protocol == "http" else listeners.UpstreamSide(rt, cur)
+
+        try:
+            server = await asyncio.get_running_loop().create_server(protocol, up.local_bind_address,
+                                                                    up.local_bind_port, reuse_address=True,
+                                                                    backlog=1024)
+        except OSError as e:
+            if fatal:
+                raise
+            log.error("upstream %s: cannot listen on %s:%d: %s", up.destination_name, up.local_bind_address,
+                      up.local_bind_port, e.strerror or e)
+            return
+        self._servers[key] = server
+        self.upstream_ports[up.destination_name] = server.sockets[0].getsockname()[1]
+
+    async def _close_listeners(self, keep_admin: bool = False) -> None:
         for server in self._servers.values():
             server.close()
         self._servers.clear()
-        if self._admin is not None:
+        if self._admin is not None and not keep_admin:
             await self._admin.cleanup()
             self._admin = None
 
     # ------------------------------------------------------------------ admin
     async def _start_admin(self) -> None:
-        rt = self.rt
-        assert rt is not None
+        assert self.rt is not None
         app = web.Application()
 
+        def current() -> Runtime:  # the runtime of the moment (a restart makes a new one)
+            assert self.rt is not None
+            return self.rt
+
         async def metrics(_: web.Request) -> web.Response:
-            return web.Response(text=rt.metrics.prometheus(), content_type="text/plain", charset="utf-8",
+            return web.Response(text=current().metrics.prometheus(), content_type="text/plain", charset="utf-8",
                                 headers={"X-Content-Type-Options": "nosniff"})
 
         async def stats(_: web.Request) -> web.Response:
             return web.json_response(self.stats())
 
         async def refusals(_: web.Request) -> web.Response:
-            return web.json_response([r.to_json() for r in rt.refusals])
+            return web.json_response([r.to_json() for r in current().refusals])
 
         async def ready(_: web.Request) -> web.Response:
             return web.Response(text="ready\n" if self.ready.is_set() else "starting\n",

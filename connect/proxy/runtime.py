@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proconsul.connect.errors import InvalidSpiffeID
-from proconsul.connect.proxy.authz import IntentionPolicy
+from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
 from proconsul.connect.proxy.budget import RetryBudget
-from proconsul.connect.proxy.config import ProxyConfig
+from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
-from proconsul.connect.proxy.metrics import ProxyMetrics
+from proconsul.connect.proxy.metrics import Link, ProxyMetrics
+from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
+from proconsul.connect.proxy.tlsproto import READ_MAX
 from proconsul.connect.spiffe import parse_service
 
 
@@ -57,14 +59,33 @@ class Runtime:
         self.http_connections = InstanceConnections()  # HTTP mode: kept-alive mTLS connections upstream
         self.policy: IntentionPolicy | None = None
         self.client_ctx: ssl.SSLContext | None = None
+        self.root_ids: tuple[str, ...] = ()
+        self.trust_reduced_at = 0.0  # unix time a root last left the trusted set (resumed sessions before it: refused)
         self.pools: dict[str, UpstreamPool] = {
             u.key: UpstreamPool(u.destination_name, u.lb_policy, config.outlier) for u in config.upstreams}
+        self.upstreams: dict[str, Upstream] = {u.key: u for u in config.upstreams}
         self.metrics = ProxyMetrics(config.service)
         self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.refusals: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
         self.revoked = 0  # open connections closed because an intention turned to deny
         self._inbound: dict[str, set[OpenConnection]] = {}  # by client certificate URI
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_handshake_log = -1e9
+        self.tls_scratch = memoryview(bytearray(READ_MAX))  # every TLS connection's TCP reads land here first
+
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """A new registration: new connections follow it at once; upstreams that stay keep their pool
+        (instances, ejections), and open connections are left alone."""
+        pools = {}
+        for u in config.upstreams:
+            pool = self.pools.get(u.key) or UpstreamPool(u.destination_name, u.lb_policy, config.outlier)
+            pool.policy, pool.outlier = u.lb_policy, config.outlier
+            pools[u.key] = pool
+        if config.retry != self.config.retry:
+            self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
+        self.pools = pools
+        self.upstreams = {u.key: u for u in config.upstreams}
+        self.config = config
 
     # ------------------------------------------------------------------ tasks
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -88,6 +109,12 @@ class Runtime:
         """This proxy's own SPIFFE ID (its service's identity)."""
         return f"spiffe://{self.trust_domain}/ns/default/dc/{self.datacenter}/svc/{self.config.service}"
 
+    def trust_roots(self, root_ids: tuple[str, ...], now: float) -> None:
+        """The roots trusted from now on; a root that left makes older resumed sessions unusable."""
+        if set(self.root_ids) - set(root_ids):
+            self.trust_reduced_at = now
+        self.root_ids = root_ids
+
     # ------------------------------------------------------------------ identities and refusals
     def is_identity_of(self, uri: str, service: str) -> bool:
         """Whether `uri` is `service`'s SPIFFE ID in our trust domain (any datacenter: failover may cross)."""
@@ -97,10 +124,46 @@ class Runtime:
             return False
         return ident.trust_domain == self.trust_domain and ident.service == service
 
-    def refused(self, source: str, reason: str) -> None:
-        self.metrics.inbound_link(source).refused += 1
+    def admit(self, ssl_object: Any) -> tuple[str, Decision]:
+        """Who is calling on the public listener and whether they may connect: the verified
+        certificate's SPIFFE ID, the rules for resumed sessions, then the intentions."""
+        cert = peer_cert(ssl_object)
+        uri = cert.uri if cert is not None else ""
+        if ssl_object is not None and ssl_object.session_reused:
+            made = ssl_object.session.time if self.trust_reduced_at else 0.0  # reading .session costs a parse
+            why = resumption_refusal(cert, made, time.time(), self.trust_reduced_at)
+            if why:
+                return uri, Decision(False, uri or "unknown", why)
+        if self.policy is None:
+            return uri, Decision(False, uri or "unknown", "intentions are not loaded yet")
+        return uri, self.policy.connection(uri)
+
+    def inbound_accepted(self, decision: Decision, ssl_object: Any) -> Link:
+        """Count an allowed inbound connection; its source's link."""
+        link = self.metrics.inbound_link(decision.source)
+        link.connections += 1
+        link.active += 1
+        if ssl_object is not None and ssl_object.session_reused:
+            link.resumed += 1
+        return link
+
+    def handshake_failed(self, tls: Any, exc: Exception) -> None:
+        """A client on the public listener did not complete mTLS (a foreign or expired certificate,
+        plain text, garbage, a timeout): counted and logged like any refusal."""
+        peer = tls.raw.get_extra_info("peername") if tls.raw is not None else None
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        now = time.monotonic()
+        loud = now - self._last_handshake_log >= 1.0  # a flood of garbage logs once a second, not per connection
+        if loud:
+            self._last_handshake_log = now
+        self.refused(f"unknown ({where})", f"TLS handshake failed: {reason}", log_it=loud)
+
+    def refused(self, source: str, reason: str, *, log_it: bool = True) -> None:
+        self.metrics.inbound_link(source.split(" (", 1)[0]).refused += 1
         self.refusals.append(Refusal(time.time(), source, self.config.service, reason))
-        log.warning("refused connection from %s to %s: %s", source, self.config.service, reason)
+        if log_it:
+            log.warning("refused connection from %s to %s: %s", source, self.config.service, reason)
 
     # ------------------------------------------------------------------ open inbound connections
     def inbound_opened(self, side: OpenConnection) -> None:

@@ -224,3 +224,23 @@ def test_error_messages_name_the_field(agent: AgentProcess) -> None:
     assert status == 400 and "Invalid index" in text
     status, text = agent.put("/v1/catalog/register", json.loads('{"Node": "n"}'))
     assert status == 400 and "address" in text.lower()
+
+
+def test_txn_catalog_operations(agent: AgentProcess) -> None:
+    ops = [{"Node": {"Verb": "set", "Node": {"Node": "ext", "Address": "10.9.0.1", "Meta": {"k": "v"}}}},
+           {"Service": {"Verb": "set", "Node": "ext", "Service": {"ID": "db-1", "Service": "db", "Port": 5432,
+                                                                   "Tags": ["primary"]}}},
+           {"Check": {"Verb": "set", "Check": {"Node": "ext", "CheckID": "db-1/ok", "Name": "ok",
+                                                "ServiceID": "db-1", "Status": "passing"}}}]
+    status, out = agent.put("/v1/txn", ops)
+    assert status == 200 and out["Errors"] is None, out
+    assert out["Results"][1]["Service"]["Port"] == 5432 and out["Results"][2]["Check"]["ServiceName"] == "db"
+    health = agent.get("/v1/health/service/db?passing")[1]
+    assert [(h["Node"]["Node"], h["Service"]["ID"]) for h in health] == [("ext", "db-1")]
+    status, out = agent.put("/v1/txn", [{"Service": {"Verb": "set", "Node": "nowhere",
+                                                     "Service": {"Service": "x"}}}])
+    assert status == 409 and "Missing node registration" in out["Errors"][0]["What"]
+    status, text = agent.put("/v1/txn", [{"Service": {"Verb": "set", "Node": "ext", "Service": {"Port": "80"}}}])
+    assert status == 400 and "Txn[0].Service.Service.Port must be a non-negative number" in text
+    status, out = agent.put("/v1/txn", [{"Service": {"Verb": "delete", "Node": "ext", "Service": {"ID": "db-1"}}}])
+    assert status == 200 and agent.get("/v1/health/service/db")[1] == []

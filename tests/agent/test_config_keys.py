@@ -64,6 +64,9 @@ def test_a_consul_style_config_loads_with_warnings_for_what_has_no_effect() -> N
     ({"watches": [{"type": "key", "key": "x", "handler": "true"}]}, "watches cannot be honoured"),
     ({"no_such_key": 1}, "unknown config key 'no_such_key'"),
     ({"ports": {"htttp": 1}}, "unknown key ports.htttp"),
+    ({"autopilot": {"last_contact_threshold": "soon"}}, "LastContactThreshold must be a duration"),
+    ({"autopilot": {"min_quorum": -1}}, "MinQuorum must be a whole number"),
+    ({"autopilot": {"cleanup_dead_server": False}}, "unknown autopilot field(s): CleanupDeadServer"),
 ])
 def test_what_cannot_be_honoured_stops_with_one_line(data: dict, says: str) -> None:
     with pytest.raises(ConfigError) as e:

@@ -181,3 +181,49 @@ def test_bad_bytes_are_errors_not_crashes() -> None:
     s = StateStore()
     for junk in (b"", b"\x00", b"\x92\xa3foo\x80", b"\xc1", c.encode(c.KVOp(verb="set", key="k"))[:-3]):
         assert isinstance(s.apply_bytes(s.last_index + 1, junk), Exception)
+
+
+def test_txn_catalog_ops_apply_whole_and_see_earlier_ops(log: Log) -> None:
+    ops = [{"Kind": "Node", "Verb": "set", "Node": node("sync", "127.0.0.1", Meta={"external-source": "kubernetes"})},
+           {"Kind": "Service", "Verb": "set", "Node": "sync", "Service": {"ID": "web-1", "Service": "web", "Port": 80}},
+           {"Kind": "Check", "Verb": "set", "Node": "sync", "Check": {"Node": "sync", "CheckID": "web-1/ready",
+                                                                        "ServiceID": "web-1", "Status": "passing"}},
+           {"Kind": "Service", "Verb": "get", "Node": "sync", "Service": {"ID": "web-1"}}]
+    before = log.index
+    out = log(c.Txn(ops=ops))
+    assert out["Errors"] is None and log.index == before + 1  # one Raft entry for all of it
+    assert [next(iter(r)) for r in out["Results"]] == ["Node", "Service", "Check", "Service"]
+    assert out["Results"][1]["Service"]["ModifyIndex"] == log.index
+    _, checks = log.store.node_checks("sync")
+    assert [(ch["CheckID"], ch["ServiceName"], ch["Status"]) for ch in checks] == [("web-1/ready", "web", "passing")]
+    # A failing op anywhere leaves everything as it was, KV included.
+    bad = [{"Verb": "set", "Key": "k", "Value": b"v"},
+           {"Kind": "Service", "Verb": "delete", "Node": "sync", "Service": {"ID": "web-1"}},
+           {"Kind": "Check", "Verb": "set", "Node": "sync", "Check": {"Node": "sync", "CheckID": "c2",
+                                                                        "ServiceID": "web-1"}}]
+    out = log(c.Txn(ops=bad))
+    assert out["Results"] is None and [e["OpIndex"] for e in out["Errors"]] == [2]
+    assert "no service 'web-1'" in out["Errors"][0]["What"]
+    assert log.store.kv_get("k")[1] is None and len(log.store.service_instances("web")[1]) == 1
+    stale = log(c.Txn(ops=[{"Kind": "Service", "Verb": "cas", "Node": "sync", "Index": 999,
+                             "Service": {"ID": "web-1", "Service": "web", "Port": 81}}]))
+    assert "index is stale" in stale["Errors"][0]["What"]
+    gone = log(c.Txn(ops=[{"Kind": "Service", "Verb": "delete-cas", "Node": "sync", "Service": {"ID": "web-1"},
+                           "Index": log.store.service_instances("web")[1][0][1]["ModifyIndex"]}]))
+    assert gone == {"Results": [], "Errors": None}
+    assert log.store.service_instances("web")[1] == [] and log.store.node_checks("sync")[1] == []
+
+
+def test_session_checks_turn_critical_when_their_session_ends(log: Log) -> None:
+    log(c.Register(node=node("sync", "127.0.0.1")))
+    log(c.SessionCreate(session={"ID": "s1", "Node": "sync", "Checks": [], "TTL": "15s"}))
+    log(c.Register(node=node("sync", "127.0.0.1"), skip_node_update=True, service={"ID": "w", "Service": "w"},
+                   checks=[{"CheckID": "alive", "Status": "passing", "Type": "session",
+                            "Definition": {"SessionID": "s1"}},
+                           {"CheckID": "other", "Status": "passing", "Type": "session",
+                            "Definition": {"SessionID": "s2"}}]))
+    log.changes.clear()
+    log(c.SessionDestroy(id="s1"))
+    status = {ch["CheckID"]: ch["Status"] for ch in log.store.node_checks("sync")[1]}
+    assert status == {"alive": "critical", "other": "passing"}
+    assert "checks" in log.changes[-1].tables and "w" in log.changes[-1].services

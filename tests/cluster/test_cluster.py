@@ -72,7 +72,10 @@ def test_servers_bootstrap_replicate_and_report(cluster: ServerCluster) -> None:
     assert "Success" in ok(f2, "operator", "raft", "transfer-leader", "--id", target["ID"])
     assert cluster.leader() is f1
     assert f2.get("/v1/kv/greeting?raw")[1] == '"hello"'  # default reads follow the new leader
-    # A server that is gone for good: once gossip calls it failed, the operator removes it from Raft.
+    # A server that is gone for good: once gossip calls it failed, the operator removes it from Raft
+    # (with autopilot's dead-server cleanup turned off, else autopilot would get there first).
+    auto = f1.get("/v1/operator/autopilot/configuration")[1]
+    assert f1.put("/v1/operator/autopilot/configuration", {**auto, "CleanupDeadServers": False}) == (200, True)
     gone = next(a for a in cluster.servers if a is not f1)
     gone.stop()
     name = f"s{cluster.servers.index(gone)}"
@@ -133,13 +136,17 @@ def test_lagging_follower_gets_a_snapshot_and_a_rolling_restart_keeps_the_data(t
                  20.0, message="the lagging follower to install the snapshot and catch up")
         assert len(lagging.get("/v1/kv/snap/?recurse&stale")[1]) == 300
         assert "installing a snapshot from the leader" in lagging.log(), "caught up without InstallSnapshot"
-        # Rolling restart: one server at a time, waiting for a leader in between; nothing is lost.
+        # Rolling restart as an operator does it: one server at a time, and before the next one, wait
+        # until autopilot reports the cluster healthy again with a failure tolerance of one (a server
+        # cleaned up while it was down rejoins as a non-voter and is promoted after stabilization).
         for a in cluster.servers:
             a.stop()
             cluster.leader(timeout=20.0)
             assert cluster.running()[0].put(f"/v1/kv/rolling/{a.workdir.name}", "ok")[0] == 200
             a.start_background()
             a.wait_ready(30)
+            wait_for(lambda: _tolerates_one_failure(cluster), 40.0,
+                     message="autopilot to report all three servers healthy voters")
         lead = cluster.leader(timeout=20.0)
         rows = lead.get("/v1/kv/?recurse&consistent")[1]
         assert len([r for r in rows if r["Key"].startswith("snap/")]) == 300
@@ -322,6 +329,8 @@ def test_history_is_linearizable_through_kill_restart_and_partition(cluster: Ser
         wait_for(lambda: len(rec.ops) > n + 50, 20.0, message="progress without the old leader")
         lead.start_background()
         lead.wait_ready(30)
+        # Autopilot cleaned the dead leader up; it rejoins as a non-voter and is promoted once stable.
+        wait_for(lambda: _tolerates_one_failure(cluster), 40.0, message="the restarted server to be a voter again")
         # Cut a follower off for longer than an election timeout (pre-vote keeps it from disrupting
         # anyone when it comes back), then cut off the leader itself: the majority elects another,
         # and the old leader must not answer a consistent read or acknowledge a write meanwhile.
@@ -356,3 +365,8 @@ def test_debug_endpoints_are_off_by_default(dev_agent: AgentProcess) -> None:
     status, body = dev_agent.put("/v1/agent/debug/partition", {"Block": []})
     assert status == 403 and "enable_debug" in body
     assert free_port() > 0
+
+
+def _tolerates_one_failure(cluster: ServerCluster) -> bool:
+    status, body, _ = cluster.leader(timeout=20.0).request("GET", "/v1/operator/autopilot/health")
+    return status == 200 and body["Healthy"] and body["FailureTolerance"] >= 1

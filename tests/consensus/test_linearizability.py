@@ -380,9 +380,10 @@ def busy_steps(rng: random.Random, n_ops: int, n_clients: int, n_keys: int,
 @pytest.mark.parametrize("n_ops,n_keys", [(2_000, 4), (2_000, 1)])
 def test_sixteen_busy_clients_check_quickly(n_ops: int, n_keys: int) -> None:
     history = simulate(busy_steps(random.Random(n_ops * 31 + n_keys), n_ops, 16, n_keys), n_keys)
-    start = time.perf_counter()
+    # CPU time, not wall time: the check is CPU-bound in this process, and a busy machine must not fail it.
+    start = time.process_time()
     result = check(history)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert result.ok, result.reason
     assert elapsed < 5, f"{n_ops} ops on {n_keys} key(s) took {elapsed:.2f}s"
 
@@ -390,8 +391,8 @@ def test_sixteen_busy_clients_check_quickly(n_ops: int, n_keys: int) -> None:
     middle = next(i for i in range(len(history) // 2, len(history))
                   if history[i].kind == "get" and history[i].complete is not None)
     corrupted = [*history[:middle], replace(history[middle], result=NEVER_WRITTEN), *history[middle + 1:]]
-    start = time.perf_counter()
+    start = time.process_time()
     bad = check(corrupted)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert_not_linearizable(bad, history[middle].key)
     assert elapsed < 5, f"refuting {n_ops} ops on {n_keys} key(s) took {elapsed:.2f}s"

@@ -187,3 +187,22 @@ def test_histogram_quantiles() -> None:
     assert 0.045 <= h.quantile(0.5) <= 0.08
     assert 0.095 <= h.quantile(0.99) <= 0.16
     assert Histogram().quantile(0.5) == 0.0
+
+
+def test_registration_changes_are_planned_without_a_restart_unless_the_service_changes() -> None:
+    from proconsul.connect.proxy.config import changes
+
+    base = registration(Upstreams=[{"DestinationName": "db", "LocalBindPort": 1},
+                                   {"DestinationName": "cache", "LocalBindPort": 2}])
+    old = from_registration(base)
+    assert not changes(old, from_registration(base))
+    moved = registration(Upstreams=[
+        {"DestinationName": "db", "LocalBindPort": 1, "Config": {"connect_timeout_ms": 100}},
+        {"DestinationName": "api", "LocalBindPort": 3}])
+    new = from_registration(dict(moved, Port=21001))
+    c = changes(old, new)
+    assert [u.destination_name for u in c.added] == ["api"] and [u.destination_name for u in c.removed] == ["cache"]
+    assert [u.destination_name for u in c.changed] == ["db"] and c.public_moved and not c.restart
+    other = registration(Upstreams=base["Proxy"]["Upstreams"])
+    other["Proxy"] = dict(other["Proxy"], DestinationServiceName="api")
+    assert changes(old, from_registration(other)).restart

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, ProxyProcess, wait_passing
+from support_mesh import Backends, ProxyProcess, wait_passing, ws_echo
 
 pytestmark = pytest.mark.xdist_group("proxy-http")
 
@@ -190,3 +190,46 @@ def test_no_healthy_instance_is_a_prompt_503(mesh: HTTPMesh) -> None:
     finally:
         for sid in ("api-1", "api-2"):
             mesh.agent.put(f"/v1/agent/service/maintenance/{sid}-sidecar-proxy?enable=false")
+
+
+def test_websockets_pass_in_http_mode(mesh: HTTPMesh) -> None:
+    """An Upgrade becomes a byte tunnel once the server answers 101."""
+    assert ws_echo(mesh.api_up, ["l7-0", "l7-1", "l7-2"]) == ["l7-0", "l7-1", "l7-2"]
+
+
+def _raw(port: int, data: bytes, until: bytes, timeout: float = 5.0) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        got = b""
+        while until not in got:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def test_chunked_bodies_head_http10_and_pipelining(mesh: HTTPMesh) -> None:
+    chunked = (b"POST /chunked HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    got = _raw(mesh.api_up, chunked, b"}")
+    assert got.startswith(b"HTTP/1.1 200") and b'"body": 11' in got, got
+    got = _raw(mesh.api_up, b"HEAD /head HTTP/1.1\r\nHost: api\r\n\r\nGET /after-head HTTP/1.1\r\nHost: api\r\n\r\n",
+               b"/after-head")
+    assert got.count(b"HTTP/1.1 200") == 2 and b"/after-head" in got, got
+    got = _raw(mesh.api_up, b"GET /old HTTP/1.0\r\n\r\n", b"\x00never")  # ends with the close
+    assert got.startswith(b"HTTP/1.1 200") and b"/old" in got and b"transfer-encoding" not in got.lower(), got
+    pipelined = b"".join(b"GET /p%d HTTP/1.1\r\nHost: api\r\n\r\n" % i for i in range(3))
+    got = _raw(mesh.api_up, pipelined, b"/p2")
+    assert [got.index(b"/p%d" % i) for i in range(3)] == sorted(got.index(b"/p%d" % i) for i in range(3)), got
+    big = b"x" * (200 * 1024)  # past the retry-hold limit: streams
+    got = _raw(mesh.api_up, b"PUT /big HTTP/1.1\r\nHost: api\r\nContent-Length: %d\r\n\r\n" % len(big) + big, b"}")
+    assert b'"body": 204800' in got, got[:300]
+
+
+def test_garbage_on_the_upstream_port_gets_400(mesh: HTTPMesh) -> None:
+    got = _raw(mesh.api_up, b"\x16\x03\x01 not http at all\r\n\r\n", b"\x00never")
+    assert got.startswith(b"HTTP/1.1 400"), got
+    assert mesh.get("/still-fine")[0] == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
@@ -11,10 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from support import AgentProcess, free_port, run, wait_for
-from support_mesh import Backends, ProxyProcess, exchange, http_get, wait_passing
+from support_mesh import Backends, ProxyProcess, exchange, http_get, wait_passing, ws_echo
 
 pytestmark = pytest.mark.xdist_group("proxy")
 
@@ -93,15 +91,7 @@ def test_http_and_bulk_tcp_through_the_pair(mesh: Mesh) -> None:
 
 
 def test_websocket_through_the_pair(mesh: Mesh) -> None:
-    async def talk() -> list[str]:
-        async with aiohttp.ClientSession() as s, s.ws_connect(f"http://127.0.0.1:{mesh.db_up}/ws") as ws:
-            out = []
-            for i in range(3):
-                await ws.send_str(f"msg-{i}")
-                out.append((await ws.receive(timeout=5)).data)
-            return out
-
-    assert asyncio.run(talk()) == ["msg-0", "msg-1", "msg-2"]
+    assert ws_echo(mesh.db_up, ["msg-0", "msg-1", "msg-2"]) == ["msg-0", "msg-1", "msg-2"]
 
 
 def test_deny_takes_effect_within_a_second_and_closes_open_connections(mesh: Mesh) -> None:
@@ -171,6 +161,9 @@ def test_public_listener_with_openssl_clients(mesh: Mesh, tmp_path: Path) -> Non
     res = _s_client(public, leaf_cert, leaf_key, ca, request)
     assert b"via-openssl" not in res.stdout
     assert b"alert" in res.stderr.lower() or res.returncode != 0
+    wait_for(lambda: any(r["Reason"].startswith("TLS handshake failed") for r in mesh.proxies["db"].admin("/refusals")),
+             5, message="the failed handshake to be recorded")
+    assert "TLS handshake failed" in mesh.proxies["db"].log()
 
     # 2. A valid leaf of a service that an intention denies: the handshake completes, then it is closed.
     mesh.intention("evil", "db", "deny")
@@ -196,6 +189,8 @@ def test_garbage_and_plaintext_on_the_public_port_do_not_hurt(mesh: Mesh) -> Non
                 pass
     assert mesh.proxies["db"].ready()
     assert http_get(mesh.db_up, "/after-garbage")[1]["path"] == "/after-garbage"
+    refusals = [r["Reason"] for r in mesh.proxies["db"].admin("/refusals")]
+    assert sum(r.startswith("TLS handshake failed") for r in refusals) >= 3, refusals
 
 
 def test_metrics_and_proxy_stats(mesh: Mesh) -> None:
@@ -292,3 +287,53 @@ def test_troubleshoot_names_the_first_broken_link(mesh: Mesh) -> None:
         assert last["Step"] == "intention" and not last["OK"] and "web => db (precedence 9, deny)" in last["Detail"]
     finally:
         mesh.intention("web", "db", "allow")
+
+
+def test_new_connections_resume_tls_sessions(mesh: Mesh) -> None:
+    """The second and later connections to a sidecar skip the certificate exchange (and still carry identity)."""
+    before = mesh.proxies["web"].admin("/stats")["Upstreams"]["echo"]["TLSResumed"]
+    inbound_before = mesh.proxies["echo"].admin("/stats")["Inbound"]["web"]["TLSResumed"]
+    for i in range(5):
+        assert exchange(mesh.echo_up, b"resume-%d" % i) == b"resume-%d" % i
+    assert mesh.proxies["web"].admin("/stats")["Upstreams"]["echo"]["TLSResumed"] >= before + 4
+    assert mesh.proxies["echo"].admin("/stats")["Inbound"]["web"]["TLSResumed"] >= inbound_before + 4
+
+
+def test_registration_changes_apply_without_a_restart(mesh: Mesh) -> None:
+    """Upstreams added and removed in the registration: listeners come and go within seconds, the
+    proxy keeps its PID, and a connection opened before the change keeps working."""
+    pid = mesh.proxies["web"].proc.pid
+    web = mesh.agent.get("/v1/agent/service/web")[1]
+    moved = free_port()
+
+    def register(echo_port: int) -> None:
+        assert mesh.agent.put("/v1/agent/service/register", {
+            "Name": "web", "Port": web["Port"], "Connect": {"SidecarService": {"Proxy": {"Upstreams": [
+                {"DestinationName": "db", "LocalBindPort": mesh.db_up},
+                {"DestinationName": "echo", "LocalBindPort": echo_port,
+                 "Config": {"connect_timeout_ms": 2000}}]}}}})[0] == 200
+
+    def refused(port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+
+    before = socket.create_connection(("127.0.0.1", mesh.echo_up), timeout=5)
+    try:
+        before.sendall(b"opened-before")
+        assert before.recv(100) == b"opened-before"
+        register(moved)
+        wait_for(lambda: exchange(moved, b"moved") == b"moved", 10, message="the new upstream listener")
+        wait_for(lambda: refused(mesh.echo_up), 10, message="the removed listener to close")
+        before.sendall(b"still-open")
+        assert before.recv(100) == b"still-open"
+        assert http_get(mesh.db_up, "/unchanged")[0] == 200
+        assert mesh.proxies["web"].proc.pid == pid and mesh.proxies["web"].proc.poll() is None
+        assert "proxy configuration changed: 1 upstream(s) added, 1 removed" in mesh.proxies["web"].log()
+    finally:
+        before.close()
+        register(mesh.echo_up)
+    wait_for(lambda: exchange(mesh.echo_up, b"back") == b"back", 10, message="the original upstream again")
+    wait_for(lambda: refused(moved), 10, message="the moved listener to close")
