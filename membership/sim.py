@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import LAN, Timings
-from .core import FAILED, JOIN, LEFT_EVENT, REFUTED, S_PUSH_PULL, SUSPECTED, Membership
+from .core import FAILED, JOIN, REFUTED, S_PUSH_PULL, SUSPECTED, Membership
 from .errors import InvariantViolation, Malformed, Refused
 from .view import ALIVE, DEAD, LEFT, Baseline, Node, Rec, View, fold
 
