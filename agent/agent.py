@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from proconsul.agent.config.load import finalize, load_config
 from proconsul.agent.config.model import AgentConfig
 from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
-from proconsul.agent.local.events import EventBuffer
+from proconsul.agent.local.events import EventBuffer, event_matches
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.observe.logs import LogMonitor, level_number
 from proconsul.agent.observe.telemetry import Telemetry
@@ -86,6 +87,7 @@ class Agent:
         self.checks = CheckManager(self._check_result, standard_kinds(), self.rng)
         self.checks.context["agent"] = self
         self.events = EventBuffer(config.node_name)
+        self.cluster.lan.on_event = self._membership_event
         self.http_routes: list[web.RouteTableDef] = []  # routes of optional components (Connect, UI)
         self.connect: Any = None
         self.dns_handler: Any = None
@@ -365,13 +367,39 @@ class Agent:
         self._leaving = True
         self._stop.set()
 
+    def fire_event(self, name: str, payload: bytes, node_filter: str = "", service_filter: str = "",
+                   tag_filter: str = "") -> dict[str, Any]:
+        """A user event: gossiped to every member of the LAN pool (each keeps it if its filters match)."""
+        from proconsul.agent.api.errors import TooLarge
+        from proconsul.membership.errors import Malformed
+
+        if self.cluster.gossip is None:
+            return self.events.fire(name, payload, node_filter, service_filter, tag_filter)
+        try:
+            ev = self.cluster.gossip.fire_event(str(uuid.uuid4()), name, payload, node_filter, service_filter,
+                                                tag_filter)
+        except Malformed as e:
+            raise TooLarge(f"Payload too large for gossip: {e}") from None
+        return _event_row(ev)
+
+    def _membership_event(self, kind: str, member: str, detail: Any) -> None:
+        if kind == "user-event":
+            event = _event_row(detail)
+            if event_matches(event, self.config.node_name, list(self.local.services().values())):
+                self.events.receive(event)
+
     async def force_leave(self, node: str) -> None:
         from proconsul.agent.api.errors import BadRequest
 
-        if not self.cluster.members.force_leave(node, self.loop_time()):
-            raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
-        log.info("force-leave: member %s marked left", node)
-        self.cluster.membership_changed([node])
+        members = self.cluster.members
+        status = members.status(node) if node != self.config.node_name else "self"
+        if node not in {m.name for m, _ in members.members()}:
+            raise BadRequest(f"No node {node!r} in this agent's member list")
+        if members.force_leave(node, self.loop_time()):
+            log.info("force-leave: member %s marked left", node)
+            self.cluster.membership_changed([node])
+        else:  # alive (or ourselves): nothing to do, and no error (Consul's behaviour)
+            log.info("force-leave: member %s is %s; nothing to do", node, status)
 
     async def join(self, address: str, wan: bool = False) -> None:
         from proconsul.agent.api.errors import BadRequest
@@ -564,3 +592,10 @@ def _write_pid_file(path: str) -> Any:
     except OSError as e:
         raise AgentError(f"cannot write pid_file {path}: {e.strerror or e}") from None
     return p
+
+
+def _event_row(ev: dict[str, Any]) -> dict[str, Any]:
+    """A gossiped user event as the event buffer and /v1/event keep it (Consul's fields)."""
+    row = {k: ev[k] for k in ("ID", "Name", "Payload", "NodeFilter", "ServiceFilter", "TagFilter", "LTime")}
+    row["Version"] = 1
+    return row

@@ -18,7 +18,8 @@ Messages (field order is the wire order):
     5 suspect         incarnation node from
     6 alive           incarnation node addr port tags
     7 dead            incarnation node from   (from == node: the member left)
-    8 user_event, 9 query, 10 query_response   reserved for the conformance issue (dropped, counted)
+    8 user_event      ltime id name payload node_filter service_filter tag_filter origin
+    9 query, 10 query_response   reserved for the conformance issue (dropped, counted)
     16 pp_summary     join count bucket_bits bucket_hashes delegate_state
     17 pp_digest      bucket_bits buckets entries      entries: [name, incarnation, state]
     18 pp_records     records want                      records: [name, addr, port, tags, incarnation, state]
@@ -45,8 +46,9 @@ FLAG_ENCRYPTED = 0x02  # reserved: AES-GCM under the gossip keyring (security is
 KNOWN_FLAGS = FLAG_LABEL | FLAG_ENCRYPTED
 
 PING, INDIRECT_PING, ACK, NACK, SUSPECT, ALIVE, DEAD = 1, 2, 3, 4, 5, 6, 7
-USER_EVENT, QUERY, QUERY_RESPONSE = 8, 9, 10  # reserved (conformance issue)
-RESERVED_TYPES = frozenset({USER_EVENT, QUERY, QUERY_RESPONSE})
+USER_EVENT, QUERY, QUERY_RESPONSE = 8, 9, 10  # queries reserved (conformance issue)
+RESERVED_TYPES = frozenset({QUERY, QUERY_RESPONSE})
+MAX_EVENT_BYTES = 1024  # an encoded user event: it must fit a datagram beside a probe
 PP_SUMMARY, PP_DIGEST, PP_RECORDS, PP_DONE, PP_ERROR = 16, 17, 18, 19, 20
 
 # Member states on the wire (push-pull digests and records).
@@ -66,6 +68,11 @@ def array_header(n: int) -> bytes:
     if n < 65536:
         return b"\xdc" + n.to_bytes(2, "big")
     return b"\xdd" + n.to_bytes(4, "big")
+
+
+def unpack_one(msg: bytes) -> Any:
+    """One encoded message back (to validate what we are about to send)."""
+    return _unpackb(msg)
 
 
 def pack(msg: list[Any]) -> bytes:
@@ -100,6 +107,12 @@ def alive(incarnation: int, node: str, addr: str, port: int, tags: dict[str, str
 
 def dead(incarnation: int, node: str, frm: str) -> bytes:
     return msgpack.packb([DEAD, incarnation, node, frm])
+
+
+def user_event(ltime: int, id: str, name: str, payload: bytes, node_filter: str, service_filter: str,
+               tag_filter: str, origin: str) -> bytes:
+    return msgpack.packb([USER_EVENT, ltime, id, name, payload, node_filter, service_filter, tag_filter, origin],
+                         use_bin_type=True)
 
 
 def pp_summary(join: bool, count: int, bits: int, hashes: list[int], delegate: bytes = b"") -> bytes:
@@ -184,6 +197,10 @@ def valid(m: Any) -> bool:
             and _name(m[6]) and _addr(m[7]) and _port(m[8])
     if t == NACK:
         return n == 2 and _u64(m[1])
+    if t == USER_EVENT:
+        return n == 9 and _u64(m[1]) and _name(m[2]) and _name(m[3]) and type(m[4]) is bytes \
+            and len(m[4]) <= MAX_EVENT_BYTES and all(type(x) is str and len(x) <= MAX_NAME for x in m[5:8]) \
+            and _name(m[8])
     if t == PP_SUMMARY:
         return n == 6 and type(m[1]) is bool and _u64(m[2]) and type(m[3]) is int and 0 <= m[3] <= 8 \
             and type(m[4]) is bytes and len(m[4]) == 8 << m[3] and type(m[5]) is bytes

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 from . import codec as c
 from .broadcast import BroadcastQueue
 from .codec import Codec
+from .codec import unpack_one as msgpack_unpack
 from .config import LAN, Timings
 from .errors import Malformed, Refused
 from .health import LocalHealth
@@ -54,9 +55,11 @@ T_PROBE, T_PROBE_TIMEOUT, T_PROBE_DEADLINE, T_RELAY, T_GOSSIP, T_PUSH_PULL, T_SU
 # Stream kinds.
 S_PUSH_PULL, S_PING = 0, 1
 # Event kinds.
-JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT = (
-    "join", "update", "suspect", "alive", "failed", "left", "reap", "refute", "rtt")
-EVENTS = (JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT)
+JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT, USER = (
+    "join", "update", "suspect", "alive", "failed", "left", "reap", "refute", "rtt", "user-event")
+EVENTS = (JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT, USER)
+USER_EVENT_FIELDS = ("LTime", "ID", "Name", "Payload", "NodeFilter", "ServiceFilter", "TagFilter", "Origin")
+SEEN_EVENTS = 4096  # user-event IDs remembered so a rumour is delivered and relayed once
 
 MAX_RELAYS = 4096  # indirect probes we run for others at once; beyond that, requests are dropped
 PACKET_OVERHEAD = 3  # the array header in front of a datagram's messages (up to 65,535 of them)
@@ -130,6 +133,8 @@ class Membership:
         self.want_rtt = False  # emit (RTT, name, (seconds, ack payload)) events: Vivaldi coordinates
         self.ack_payload = b""  # what our acks carry (our coordinate, once coordinates exist)
         self._seq = 0
+        self._events_seen: dict[str, None] = {}  # user-event IDs, oldest first
+        self.event_ltime = 0  # Lamport clock of user events
         self._tick_time = now
         self._tick_gen = 0
         self._gossip_phase = now
@@ -188,6 +193,38 @@ class Membership:
         if not self.left:
             self._broadcast(now, self.name, self._alive_msg(self.me))
 
+    def fire_event(self, now: float, id: str, name: str, payload: bytes, node_filter: str = "",
+                   service_filter: str = "", tag_filter: str = "") -> dict[str, Any]:
+        """A user event from us: delivered here (a USER event) and gossiped to every member once. Raises
+        `Malformed("oversized")` when it cannot fit a datagram."""
+        self.event_ltime += 1
+        fields = [self.event_ltime, id, name, payload, node_filter, service_filter, tag_filter, self.name]
+        msg = c.user_event(*fields)
+        if not c.valid(msgpack_unpack(msg)) or len(msg) > c.MAX_EVENT_BYTES:
+            raise Malformed("oversized", f"a user event must encode to at most {c.MAX_EVENT_BYTES} bytes "
+                            f"(name, payload and filters); this one is {len(msg)}")
+        self._deliver_event(now, fields, msg)
+        return dict(zip(USER_EVENT_FIELDS, fields, strict=True))
+
+    def _deliver_event(self, now: float, fields: list[Any], msg: bytes) -> None:
+        seen = self._events_seen
+        seen[fields[1]] = None
+        if len(seen) > SEEN_EVENTS:
+            del seen[next(iter(seen))]
+        if fields[0] > self.event_ltime:
+            self.event_ltime = fields[0]
+        self._broadcast(now, "\x00event:" + fields[1], msg)
+        self.events.append((USER, fields[7], dict(zip(USER_EVENT_FIELDS, fields, strict=True))))
+
+    def force_leave(self, now: float, name: str) -> bool:
+        """An operator says a failed member is gone for good: it becomes left here and everywhere (the news
+        is a leave on its behalf). An alive or unknown member is left alone; returns whether it changed."""
+        rec = self.view.get(name)
+        if rec is None or name == self.name or rec.state != DEAD:
+            return False
+        self._on_dead(now, rec.inc, name, name)
+        return True
+
     # ------------------------------------------------------------------ queries
     def alive_peers(self) -> int:
         c_ = self.view.counts
@@ -244,6 +281,9 @@ class Membership:
                 self._on_dead(now, m[1], m[2], m[3])
             elif t == c.INDIRECT_PING:
                 self._on_indirect_ping(now, m)
+            elif t == c.USER_EVENT:
+                if m[2] not in self._events_seen:
+                    self._deliver_event(now, m[1:], c.user_event(*m[1:]))
             elif t == c.NACK:
                 p = self.probe
                 if p is not None and p.seq == m[1]:
@@ -692,7 +732,12 @@ class Membership:
     def stream_reply(self, now: float, kind: int, token: Any, body: bytes) -> bytes | None:
         """The answer to a stream message we sent; returns our next message (None: done). Raises
         `Malformed` for garbage and `Refused` when the peer answered with an error."""
-        msgs = self.codec.decode(body)
+        try:
+            msgs = self.codec.decode(body)
+        except Malformed as e:
+            if e.reason == "foreign":  # its error answer, in its own pool's frame
+                raise Refused(f"the peer is in another pool ({e}); this is pool {self.codec.label.decode()!r}") from None
+            raise
         if len(msgs) != 1 or not c.valid(msgs[0]):
             raise Malformed("malformed", "stream reply")
         m = msgs[0]

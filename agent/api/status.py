@@ -33,8 +33,7 @@ async def fire(request: web.Request) -> web.Response:
     if len(payload) > 100 * 1024:
         raise BadRequest(f"Payload too large: {len(payload)} bytes (limit 102400)")
     q = request.query
-    event = request.app["agent"].events.fire(name, payload, q.get("node", ""), q.get("service", ""),
-                                             q.get("tag", ""))
+    event = request.app["agent"].fire_event(name, payload, q.get("node", ""), q.get("service", ""), q.get("tag", ""))
     return json_response(request, _event_json(event))
 
 

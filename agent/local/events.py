@@ -7,11 +7,28 @@ derived from the newest event's ID so that blocking queries work without a Raft 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections import deque
 from typing import Any
 
 EVENT_BUFFER = 256
+
+
+def event_matches(event: dict[str, Any], node_name: str, services: list[dict[str, Any]]) -> bool:
+    """Whether this agent keeps an event, as Consul's: NodeFilter is a regular expression on the node name,
+    ServiceFilter on a local service's name, TagFilter (with a service filter) on one of its tags."""
+    try:
+        if event.get("NodeFilter") and not re.fullmatch(event["NodeFilter"], node_name):
+            return False
+        if event.get("ServiceFilter"):
+            svc = re.compile(event["ServiceFilter"])
+            tag = re.compile(event["TagFilter"]) if event.get("TagFilter") else None
+            return any(svc.fullmatch(s.get("Service", "")) and (tag is None or any(
+                tag.fullmatch(t) for t in s.get("Tags") or [])) for s in services)
+    except re.error:
+        return False
+    return True
 
 
 class EventBuffer:

@@ -411,7 +411,7 @@ def test_bad_datagrams_and_stream_messages_are_counted_and_change_nothing() -> N
     m.running = True
     before = (m.view.bucket_hashes(), m.me.inc, len(m.queue))
     bad = [b"", b"\x01", b"\x07\x01garbage", bytes([1, 1, 7]) + b"lan:dc9" + b"\x91\x91\x04",
-           LABELLED.prefix + b"\xc1\xc1", LABELLED.prefix + msgpack.packb([[c.USER_EVENT, "x"]]),
+           LABELLED.prefix + b"\xc1\xc1", LABELLED.prefix + msgpack.packb([[c.QUERY, "x"]]),
            LABELLED.prefix + msgpack.packb([[c.ALIVE, 1, "zz", "h", 1, {"k": 1}]]),
            LABELLED.prefix + msgpack.packb([[c.PP_DONE]]), LABELLED.prefix + msgpack.packb([["x"], 5, None]),
            packet(c.ping(1, "someone-else", "m1", "127.0.0.1", 9001))]
@@ -450,3 +450,17 @@ def test_no_datagram_crashes_the_core(msgs: list) -> None:
     m.on_packet(1.0, data)
     m.on_stream(1.0, LABELLED.prefix + b"\x91" + msgpack.packb([msgs[0][0], *msgs[0][1]]) if msgs else b"")
     assert m.me.state == ALIVE
+
+
+# ---------------------------------------------------------------------------------------- user events
+def test_a_user_event_reaches_every_member_once_and_an_oversized_one_is_refused() -> None:
+    net = Net(8)
+    net.start()
+    ev = net.core("m3").fire_event(net.now, "id-1", "deploy", b"v2", node_filter="web-.*")
+    assert ev["Name"] == "deploy" and ev["Origin"] == "m3" and ev["LTime"] == 1
+    net.run(10.0)
+    got = [(obs, name, e["Payload"], e["NodeFilter"]) for obs, kind, name, e in net.events if kind == k.USER]
+    assert sorted(got) == [(f"m{i}", "m3", b"v2", "web-.*") for i in range(8)]  # once each, the origin too
+    assert all(m.event_ltime == 1 for m in net.cores)
+    with pytest.raises(Malformed, match="at most 1024 bytes"):
+        net.core("m0").fire_event(net.now, "id-2", "big", b"x" * 1100)
