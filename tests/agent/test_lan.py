@@ -126,3 +126,22 @@ async def test_a_sealer_wraps_every_frame_and_an_unsealed_member_cannot_join_or_
     finally:
         for g in (a, b, plain):
             await g.pool.stop()
+
+
+def test_gossip_lan_block_uses_consuls_names_and_durations_and_refuses_what_cannot_be_honoured() -> None:
+    from proconsul.agent.cluster.lan import lan_timings
+    from proconsul.agent.config.values import as_duration
+    from proconsul.membership.errors import ConfigError
+
+    def parse(v: object) -> float:
+        return as_duration("gossip_lan", v, "test")
+
+    t = lan_timings({"probe_interval": "2s", "probe_timeout": "800ms", "gossip_nodes": 4}, 8 * 3600.0, parse)
+    assert (t.probe_interval, t.probe_timeout, t.gossip_nodes, t.reconnect_timeout) == (2.0, 0.8, 4, 8 * 3600.0)
+    assert t.gossip_interval == 0.2 and t.lifeguard
+    with pytest.raises(ConfigError, match="probe_timeout .* must be shorter than probe_interval"):
+        lan_timings({"probe_timeout": "2s"}, 8 * 3600.0, parse)
+    with pytest.raises(ConfigError, match="unknown key 'probe_intervall'"):
+        lan_timings({"probe_intervall": "1s"}, 8 * 3600.0, parse)
+    with pytest.raises(ConfigError, match="gossip_nodes must be a whole number"):
+        lan_timings({"gossip_nodes": "many"}, 8 * 3600.0, parse)
