@@ -213,7 +213,10 @@ class Pool:
     def _fire(self, kind: int, token: Any, holder: list[asyncio.TimerHandle]) -> None:
         if holder:
             self._timers.discard(holder[0])
-        self.core.on_timer(self.now(), kind, token)
+        try:
+            self.core.on_timer(self.now(), kind, token)
+        except Exception:  # a bug must not silently end probing: say so loudly, keep the pool running
+            log.exception("gossip: timer %d failed", kind)
         self._drain()
 
     def _spawn(self, coro: Any) -> None:
@@ -231,7 +234,11 @@ class Pool:
             except Malformed:
                 self.core.count("dropped_sealed")
                 return
-        self.core.on_packet(self.now(), data)
+        try:
+            self.core.on_packet(self.now(), data)
+        except Exception:  # the core drops what it cannot parse; anything else is our bug, not the peer's
+            self.core.count("dropped_error")
+            log.exception("gossip: a datagram from %s:%s could not be handled", addr[0], addr[1])
         self._drain()
 
     # ------------------------------------------------------------------ TCP

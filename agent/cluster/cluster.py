@@ -53,6 +53,7 @@ from proconsul.catalog.store import CRITICAL, StateStore
 from proconsul.consensus.errors import RaftError
 from proconsul.consensus.node import NodeOptions, RaftNode, Server
 from proconsul.consensus.storage import FileStorage, MemoryStorage
+from proconsul.membership.config import WAN
 from proconsul.membership.errors import MembershipError
 
 log = logging.getLogger("proconsul.cluster")
@@ -124,6 +125,10 @@ class Cluster:
         try:
             timings = lan_timings(cfg.gossip_lan, cfg.reconnect_timeout,
                                   lambda v: as_duration("gossip_lan", v, "gossip_lan"))
+            # The WAN pool (federation issue) runs the same core with these; checked now so a bad block
+            # stops the agent instead of being ignored.
+            self.wan_timings = lan_timings(cfg.gossip_wan, cfg.reconnect_timeout_wan,
+                                           lambda v: as_duration("gossip_wan", v, "gossip_wan"), WAN, "gossip_wan")
         except (MembershipError, ConfigError) as e:
             raise ClusterError(str(e)) from None
         # The incarnation starts at the wall clock's seconds, so a restarted agent is newer than it was.
