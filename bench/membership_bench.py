@@ -111,6 +111,12 @@ def _fmt(x: float | None, unit: str = "s") -> str:
     return "—" if x is None else f"{x:.1f} {unit}".strip()
 
 
+def _fp(arm: dict[str, Any] | None) -> str:
+    if arm is None:
+        return "—"
+    return f"{arm['per_member_hour']:.4f} ({arm['incidents']} in {arm['member_hours']:,.0f} member-h)"
+
+
 def plot(rows: list[dict[str, Any]], fps: dict[int, dict[str, Any]], path: Path) -> bool:
     try:
         import matplotlib
@@ -150,28 +156,34 @@ def main() -> int:
     ap.add_argument("--fp-seconds", type=float, default=None, help="simulated seconds of each false-positive arm")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "membership-sim.png")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-scale", action="store_true", help="skip the traffic/detection/join run")
+    ap.add_argument("--arm", choices=["on", "off", "both"], default="both", help="false-positive arms to run")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only print the table and draw the plot from the --json files of earlier runs")
     args = ap.parse_args()
     print(f"load {load()}", flush=True)
     rows: list[dict[str, Any]] = []
     fps: dict[int, dict[str, Any]] = {}
-    for path in args.merge or []:
+    for path in args.merge or []:  # later files win, per size and arm
         data = json.loads(path.read_text())
-        rows += data["scale"]
-        fps.update({int(k): v for k, v in data["false_positives"].items()})
+        rows = [r for r in rows if r["n"] not in {x["n"] for x in data["scale"]}] + data["scale"]
+        for k, v in data["false_positives"].items():
+            fps.setdefault(int(k), {}).update(v)
     rows.sort(key=lambda r: r["n"])
     for n in [] if args.merge else args.sizes:
-        r = scale_run(n, args.seed)
-        rows.append(r)
-        print(f"n={n}: {r['bytes_per_member_s']:.0f} B/s and {r['packets_per_member_s']:.2f} packets/s per member; "
-              f"crash known by 99.9% in {_fmt(r['detect_999_s'])}, 100% in {_fmt(r['detect_100_s'])}; "
-              f"join by 99.9% in {_fmt(r['join_999_s'])}; cpu {r['cpu_s']:.1f} s; load {load()}", flush=True)
+        r = None if args.no_scale else scale_run(n, args.seed)
+        if r is not None:
+            rows.append(r)
+            print(f"n={n}: {r['bytes_per_member_s']:.0f} B/s and {r['packets_per_member_s']:.2f} packets/s per member; "
+                  f"crash known by 99.9% in {_fmt(r['detect_999_s'])}, 100% in {_fmt(r['detect_100_s'])}; "
+                  f"join by 99.9% in {_fmt(r['join_999_s'])}; cpu {r['cpu_s']:.1f} s; load {load()}", flush=True)
         seconds = args.fp_seconds or DEFAULT_FP_SECONDS.get(n, 600.0)
         rounds = 3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1
         arms: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         for k in range(rounds):  # A B A B: Lifeguard, then plain SWIM, same seed per round
             for arm, lg in (("on", True), ("off", False)):
+                if args.arm not in ("both", arm):
+                    continue
                 f = fp_run(n, args.seed + k, seconds, lg)
                 arms[arm].append(f)
                 print(f"  n={n} lifeguard={arm} seed={f['seed']}: {f['incidents']} false incidents "
@@ -180,6 +192,8 @@ def main() -> int:
                       f"({f['cpu_per_member_s'] * 1e6:.1f} µs per member-second); load {load()}", flush=True)
         fps[n] = {}
         for arm, runs in arms.items():
+            if not runs:
+                continue
             fps[n][arm] = {
                 "per_member_hour": statistics.median(x["per_member_hour"] for x in runs),
                 "incidents": sum(x["incidents"] for x in runs), "pairs": sum(x["pairs"] for x in runs),
@@ -191,13 +205,13 @@ def main() -> int:
     for r in rows:
         n = r["n"]
         old = OLD_BYTES_PER_MEMBER_S.get(n)
-        on, off = fps[n]["on"], fps[n]["off"]
+        arms_n = fps.get(n, {})
         print(f"| {n:,} | {r['bytes_per_member_s']:.0f} B | {r['packets_per_member_s']:.2f} | "
               f"{'—' if old is None else f'{old / 1024:,.0f} KiB'} | {_fmt(r['detect_999_s'])} | "
-              f"{_fmt(r['detect_100_s'])} | {_fmt(r['join_999_s'])} | "
-              f"{on['per_member_hour']:.4f} ({on['incidents']} in {on['member_hours']:,.0f} member-h) | "
-              f"{off['per_member_hour']:.4f} ({off['incidents']} in {off['member_hours']:,.0f} member-h) |")
-    if plot(rows, fps, args.plot):
+              f"{_fmt(r['detect_100_s'])} | {_fmt(r['join_999_s'])} | {_fp(arms_n.get('on'))} | "
+              f"{_fp(arms_n.get('off'))} |")
+    complete = {n: v for n, v in fps.items() if "on" in v and "off" in v}
+    if rows and plot(rows, complete, args.plot):
         print(f"plot: {args.plot}")
     if args.json:
         args.json.write_text(json.dumps({"scale": rows, "false_positives": fps, "load": load()}, indent=1))

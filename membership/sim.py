@@ -382,11 +382,11 @@ class Sim:
         m.core = None  # crash-stop: its view is gone (and no longer held back from folding)
 
     def slow(self, i: int, pattern: SlowPattern | None = None) -> None:
-        """Member i pauses now and then from here on."""
+        """Member i pauses now and then from here on; its first pause comes at a random point of one
+        period (as if it had been pausing all along), later ones every uniform(*every) seconds."""
         m = self.members[i]
         m.slow = pattern or SlowPattern()
-        lo, hi = m.slow.every
-        self._push(self.now + lo + (hi - lo) * self.rng.random(), _PAUSE, i)
+        self._push(self.now + m.slow.every[1] * self.rng.random(), _PAUSE, i)
 
     def _pause(self, m: SimMember, t: float) -> None:
         p = m.slow
