@@ -77,14 +77,15 @@ def scale_run(n: int, seed: int, warmup: float = 10.0, window: float = 30.0) -> 
             "cpu_s": time.process_time() - cpu0, "false_pairs": sim.stats.false_pairs}
 
 
-def fp_run(n: int, seed: int, seconds: float, lifeguard: bool) -> dict[str, Any]:
+def fp_run(n: int, seed: int, seconds: float, lifeguard: bool,
+           every: tuple[float, float] = PAUSE_EVERY) -> dict[str, Any]:
     """False positives with 1% loss and 5% of members stalling for 2 s now and then."""
     cpu0 = time.process_time()
     timings = LAN if lifeguard else LAN.plain_swim()
     sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01))
     slow = max(1, n // 20)
     for i in range(slow):
-        sim.slow(i * 20 % n, SlowPattern(seconds=2.0, every=PAUSE_EVERY))
+        sim.slow(i * 20 % n, SlowPattern(seconds=2.0, every=every))
     sim.run(seconds)
     cpu = time.process_time() - cpu0
     member_hours = n * seconds / 3600.0
@@ -156,8 +157,11 @@ def main() -> int:
     ap.add_argument("--fp-seconds", type=float, default=None, help="simulated seconds of each false-positive arm")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "membership-sim.png")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--pause-every", type=float, nargs=2, default=PAUSE_EVERY, metavar=("LO", "HI"),
+                    help="seconds between a slow member's 2 s pauses (uniform)")
     ap.add_argument("--no-scale", action="store_true", help="skip the traffic/detection/join run")
-    ap.add_argument("--arm", choices=["on", "off", "both"], default="both", help="false-positive arms to run")
+    ap.add_argument("--arm", choices=["on", "off", "both", "none"], default="both",
+                    help="false-positive arms to run (none: only the traffic/detection/join run)")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only print the table and draw the plot from the --json files of earlier runs")
     args = ap.parse_args()
@@ -178,13 +182,13 @@ def main() -> int:
                   f"crash known by 99.9% in {_fmt(r['detect_999_s'])}, 100% in {_fmt(r['detect_100_s'])}; "
                   f"join by 99.9% in {_fmt(r['join_999_s'])}; cpu {r['cpu_s']:.1f} s; load {load()}", flush=True)
         seconds = args.fp_seconds or DEFAULT_FP_SECONDS.get(n, 600.0)
-        rounds = 3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1
+        rounds = 0 if args.arm == "none" else 3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1
         arms: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         for k in range(rounds):  # A B A B: Lifeguard, then plain SWIM, same seed per round
             for arm, lg in (("on", True), ("off", False)):
                 if args.arm not in ("both", arm):
                     continue
-                f = fp_run(n, args.seed + k, seconds, lg)
+                f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every))
                 arms[arm].append(f)
                 print(f"  n={n} lifeguard={arm} seed={f['seed']}: {f['incidents']} false incidents "
                       f"({f['pairs']} verdicts) in {f['member_hours']:.0f} member-hours, {f['suspicions']} "
