@@ -14,7 +14,6 @@ import random
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from proconsul.agent.config.load import finalize, load_config
 from proconsul.agent.config.model import AgentConfig
 from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
-from proconsul.agent.local.events import EventBuffer, event_matches
+from proconsul.agent.local.events import EventBuffer, accepts
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.observe.logs import LogMonitor, level_number
 from proconsul.agent.observe.telemetry import Telemetry
@@ -150,6 +149,36 @@ class Agent:
         read_index = getattr(self.server.replicator if self.server else None, "read_index", None)
         if read_index is not None:
             await read_index()
+
+    def user_event(self, event: dict[str, Any]) -> bool:
+        """Deliver a user event to this agent: kept when it matches our node and services and is new."""
+        services = [(s["Service"], s.get("Tags") or []) for s in self.local.services().values()]
+        if not accepts(event, self.config.node_name, services):
+            return False
+        kept = self.events.receive(event)
+        if kept:
+            log.info("user event %r (%s) received", event["Name"], event["ID"])
+        return kept
+
+    async def fire_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Fire a user event: gossiped to every member of the LAN pool (delivered here too, through the
+        pool's event). Without a LAN listener a client agent hands it to a server (Consul's
+        Internal.EventFire)."""
+        event = self.events.stamp(event)
+        if self.cluster.gossip is not None:
+            self.cluster.gossip.fire_event(event["ID"], event["Name"], event["Payload"], event["NodeFilter"],
+                                           event["ServiceFilter"], event["TagFilter"], event["LTime"])
+            return event
+        if self.server is None:
+            await self.cluster.call_any_server("event.fire", {"event": event}, None, False)
+        self.user_event(event)
+        return event
+
+    def _membership_event(self, kind: str, member: str, detail: Any) -> None:
+        if kind == "user-event":
+            event = {k: detail[k] for k in ("ID", "Name", "Payload", "NodeFilter", "ServiceFilter", "TagFilter",
+                                            "LTime")}
+            self.user_event(dict(event, Version=1))
 
     def datacenters(self) -> list[str]:
         return [self.config.datacenter]
@@ -367,27 +396,6 @@ class Agent:
         self._leaving = True
         self._stop.set()
 
-    def fire_event(self, name: str, payload: bytes, node_filter: str = "", service_filter: str = "",
-                   tag_filter: str = "") -> dict[str, Any]:
-        """A user event: gossiped to every member of the LAN pool (each keeps it if its filters match)."""
-        from proconsul.agent.api.errors import TooLarge
-        from proconsul.membership.errors import Malformed
-
-        if self.cluster.gossip is None:
-            return self.events.fire(name, payload, node_filter, service_filter, tag_filter)
-        try:
-            ev = self.cluster.gossip.fire_event(str(uuid.uuid4()), name, payload, node_filter, service_filter,
-                                                tag_filter)
-        except Malformed as e:
-            raise TooLarge(f"Payload too large for gossip: {e}") from None
-        return _event_row(ev)
-
-    def _membership_event(self, kind: str, member: str, detail: Any) -> None:
-        if kind == "user-event":
-            event = _event_row(detail)
-            if event_matches(event, self.config.node_name, list(self.local.services().values())):
-                self.events.receive(event)
-
     async def force_leave(self, node: str) -> None:
         from proconsul.agent.api.errors import BadRequest
 
@@ -592,10 +600,3 @@ def _write_pid_file(path: str) -> Any:
     except OSError as e:
         raise AgentError(f"cannot write pid_file {path}: {e.strerror or e}") from None
     return p
-
-
-def _event_row(ev: dict[str, Any]) -> dict[str, Any]:
-    """A gossiped user event as the event buffer and /v1/event keep it (Consul's fields)."""
-    row = {k: ev[k] for k in ("ID", "Name", "Payload", "NodeFilter", "ServiceFilter", "TagFilter", "LTime")}
-    row["Version"] = 1
-    return row

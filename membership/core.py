@@ -194,11 +194,13 @@ class Membership:
             self._broadcast(now, self.name, self._alive_msg(self.me))
 
     def fire_event(self, now: float, id: str, name: str, payload: bytes, node_filter: str = "",
-                   service_filter: str = "", tag_filter: str = "") -> dict[str, Any]:
-        """A user event from us: delivered here (a USER event) and gossiped to every member once. Raises
+                   service_filter: str = "", tag_filter: str = "", ltime: int = 0) -> dict[str, Any]:
+        """A user event from us: delivered here (a USER event) and gossiped to every member once; `ltime`
+        is its Lamport time if the caller keeps the clock (else ours, ticked). Raises
         `Malformed("oversized")` when it cannot fit a datagram."""
-        self.event_ltime += 1
-        fields = [self.event_ltime, id, name, payload, node_filter, service_filter, tag_filter, self.name]
+        lt = ltime or self.event_ltime + 1
+        self.event_ltime = max(self.event_ltime, lt)
+        fields = [lt, id, name, payload, node_filter, service_filter, tag_filter, self.name]
         msg = c.user_event(*fields)
         if not c.valid(msgpack_unpack(msg)) or len(msg) > c.MAX_EVENT_BYTES:
             raise Malformed("oversized", f"a user event must encode to at most {c.MAX_EVENT_BYTES} bytes "

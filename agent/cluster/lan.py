@@ -109,9 +109,10 @@ class LANGossip:
         return ok
 
     def fire_event(self, id: str, name: str, payload: bytes, node_filter: str = "", service_filter: str = "",
-                   tag_filter: str = "") -> dict[str, Any]:
+                   tag_filter: str = "", ltime: int = 0) -> dict[str, Any]:
         """Gossip a user event to the pool (delivered here too, through `on_event`)."""
-        ev = self.core.fire_event(self.pool.now(), id, name, payload, node_filter, service_filter, tag_filter)
+        ev = self.core.fire_event(self.pool.now(), id, name, payload, node_filter, service_filter, tag_filter,
+                                  ltime)
         self.pool.flush()
         return ev
 
