@@ -43,6 +43,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
+	$(PIP) install --quiet -e '.[bench]'
 	$(PY) bench/run_all.py
 
 clean:

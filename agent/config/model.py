@@ -92,8 +92,6 @@ class AgentConfig:
     tls: TLSSettings = field(default_factory=TLSSettings)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
-    gossip_interval: float = 1.0  # LAN push-pull period
-    suspect_after: float = 5.0  # a member whose heartbeat stalls this long is failed
     raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader
     raft_election_ticks: int = 8
     raft_snapshot_threshold: int = 8192  # applied entries between snapshots
