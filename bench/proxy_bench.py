@@ -61,6 +61,7 @@ def pems(tmp: Path) -> dict[str, Path]:
 
 def nginx(tmp: Path, port: int, cpus: int | None) -> Background:
     need("nginx", "nginx-light")
+    tmp.chmod(0o755)  # nginx's workers run as nobody: they must reach www/ (a 0700 temp dir gave 403s)
     www = tmp / "www"
     www.mkdir()
     (www / "index.html").write_text("ok\n")
@@ -185,9 +186,13 @@ def _curl(url: str) -> str:
 
 
 def bulk_mib_s(port: int) -> float:
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}",
-                          f"http://127.0.0.1:{port}/big"], capture_output=True, text=True, timeout=300).stdout
-    return float(out) / (1 << 20)
+    """MiB/s of a 1 GiB download; 0 when the transfer was not a whole 200 (so a broken arm cannot look fast)."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}",
+                          f"http://127.0.0.1:{port}/big"], capture_output=True, text=True, timeout=300).stdout.split()
+    if len(out) != 3 or out[0] != "200" or int(float(out[1])) != 1 << 30:
+        print(f"  bulk transfer through port {port} failed: {' '.join(out)}", flush=True)
+        return 0.0
+    return float(out[2]) / (1 << 20)
 
 
 def measure(port: int, pids: list[int], duration: float, cpus: int | None, close: bool) -> dict[str, float]:

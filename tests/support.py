@@ -21,13 +21,18 @@ PROCONSUL = [sys.executable, "-m", "proconsul.agent.cli"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    """A port free for both TCP and UDP on 127.0.0.1 right now, chosen at random below the ephemeral
+    range (32768+): a port the kernel handed out for binding to 0 can be taken by any outgoing
+    connection before the agent that was given it binds it."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, 20000)
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                s.bind(("127.0.0.1", port))
                 u.bind(("127.0.0.1", port))
             return port
         except OSError:

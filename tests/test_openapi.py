@@ -29,6 +29,9 @@ def test_the_document_is_generated_from_the_routes() -> None:
     assert "/v1/kv/{key}" in paths and "put" in paths["/v1/kv/{key}"] and len(paths) > 60
 
 
+CONSUL_500S = {"No path to datacenter", "Keyring is empty: gossip encryption is not enabled on this cluster"}
+
+
 def _fuzzable(raw: dict) -> dict:
     """The document without blocking parameters (a generated ?index=&wait=5m would park for minutes)."""
     out = copy.deepcopy(raw)
@@ -64,7 +67,9 @@ def test_generated_requests_never_get_a_5xx(agent: AgentProcess) -> None:
         @given(case=op.as_strategy())
         def check(case) -> None:  # noqa: ANN001 - a schemathesis Case
             resp = case.call(base_url=agent.url, timeout=20)
-            if resp.status_code >= 500 and resp.text.strip() != "No path to datacenter":
+            # Consul's own 500s for a state, not a bug: an unknown datacenter, and keyring calls on a
+            # cluster without gossip encryption.
+            if resp.status_code >= 500 and resp.text.strip() not in CONSUL_500S:
                 failures.append(f"{case.method} {case.formatted_path} {case.query} {case.body!r:.200} -> "
                                 f"{resp.status_code} {resp.text.strip()[:200]}")
 

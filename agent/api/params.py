@@ -126,14 +126,17 @@ def flag(request: web.Request, name: str) -> bool:
     return request.query[name].lower() not in ("false", "0", "no")
 
 
+UINT64_MAX = 2**64 - 1  # Consul's parameters are uint64; larger values cannot reach the log (msgpack)
+
+
 def uint_param(request: web.Request, name: str, default: int = 0) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
     try:
         v = int(raw)
-        if v < 0:
+        if v < 0 or v > UINT64_MAX:
             raise ValueError
         return v
     except ValueError:
-        raise BadRequest(f"Invalid {name}: {raw!r} is not a non-negative integer") from None
+        raise BadRequest(f"Invalid {name}: {raw!r} is not an integer from 0 to {UINT64_MAX}") from None

@@ -40,6 +40,7 @@ async def dial(rt: Runtime, up: Upstream, inst: Instance, link: Link,
     app = make(ctx, key)
     async with asyncio.timeout(up.connect_timeout):
         tls = await connect_tls(ctx, app, inst.address, inst.port, handshake_timeout=up.connect_timeout,
+                                scratch=rt.tls_scratch,
                                 server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter,
                                                          rt.trust_domain))
     uri = peer_uri(tls.sslobj) or ""

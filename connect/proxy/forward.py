@@ -68,6 +68,7 @@ class Side(asyncio.Protocol):
             peer.close()
         if self.on_close is not None:
             self.on_close(self)
+        self.peer = self.on_close = self.on_bytes = None  # no cycles left: freed by reference counting
 
     def pause_writing(self) -> None:
         peer = self.peer

@@ -351,7 +351,7 @@ class Proxy:
         def protocol() -> TLSProtocol:
             app = l7() if rt.config.protocol == "http" else l4()
             return TLSProtocol(listening, app, server_side=True, handshake_timeout=rt.config.handshake_timeout,
-                               on_failure=rt.handshake_failed)
+                               on_failure=rt.handshake_failed, scratch=rt.tls_scratch)
 
         server = await asyncio.get_running_loop().create_server(protocol, cfg.bind_address, cfg.bind_port,
                                                                 reuse_address=True, backlog=1024)

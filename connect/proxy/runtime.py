@@ -24,6 +24,7 @@ from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
 from proconsul.connect.proxy.metrics import Link, ProxyMetrics
 from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
+from proconsul.connect.proxy.tlsproto import READ_MAX
 from proconsul.connect.spiffe import parse_service
 
 
@@ -70,6 +71,7 @@ class Runtime:
         self._inbound: dict[str, set[OpenConnection]] = {}  # by client certificate URI
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_handshake_log = -1e9
+        self.tls_scratch = memoryview(bytearray(READ_MAX))  # every TLS connection's TCP reads land here first
 
     def reconfigure(self, config: ProxyConfig) -> None:
         """A new registration: new connections follow it at once; upstreams that stay keep their pool

@@ -20,6 +20,7 @@ from typing import Any
 
 log = logging.getLogger("proconsul.proxy")
 READ_MAX = 256 * 1024
+_GONE = asyncio.Protocol()  # the application of a closed connection: every callback does nothing
 
 
 class TLSTransport(asyncio.Transport):
@@ -85,7 +86,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *, server_side: bool,
                  server_hostname: str | None = None, handshake_timeout: float = 10.0,
-                 on_failure: Callable[[TLSProtocol, Exception], None] | None = None) -> None:
+                 on_failure: Callable[[TLSProtocol, Exception], None] | None = None,
+                 scratch: memoryview | None = None) -> None:
         self.context = context
         self.app = app
         self.server_side = server_side
@@ -100,12 +102,12 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._up = False
         self._backlog: list[bytes] = []  # application writes before the handshake is done
-        self._buffer = bytearray(READ_MAX)
-        self._view = memoryview(self._buffer)
+        # Where the TCP transport reads into. Its bytes go to the input BIO at once, so one buffer serves
+        # every connection of a loop (`scratch`); 256 KiB each would be most of a busy proxy's memory.
+        self._view = scratch if scratch is not None else memoryview(bytearray(READ_MAX))
         self._timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._on_failure = on_failure
-        self._app_transport = TLSTransport(self)
         self._heard = False  # any bytes from the peer yet (a TCP health check sends none)
 
     # ------------------------------------------------------------------ the TCP side
@@ -145,6 +147,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         elif not self.handshake.done():
             self.handshake.set_exception(exc or ConnectionResetError("connection closed during the TLS handshake"))
         self.raw = None
+        self.app = _GONE  # no cycle through the application's transport: freed by reference counting
 
     def pause_writing(self) -> None:
         if self._up:
@@ -172,7 +175,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._flush()
         if not self.handshake.done():
             self.handshake.set_result(None)
-        self.app.connection_made(self._app_transport)
+        self.app.connection_made(TLSTransport(self))  # held by the application only: no cycle through us
         if self.closed:
             return
         if self._backlog:
@@ -268,12 +271,12 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
 
 async def connect_tls(context: ssl.SSLContext, app: asyncio.Protocol, host: str, port: int, *,
-                      server_hostname: str, handshake_timeout: float) -> TLSProtocol:
+                      server_hostname: str, handshake_timeout: float, scratch: memoryview | None = None) -> TLSProtocol:
     """Dial `host:port` and complete the TLS handshake; `app` is connected once it is up."""
     loop = asyncio.get_running_loop()
     _, tls = await loop.create_connection(
         lambda: TLSProtocol(context, app, server_side=False, server_hostname=server_hostname,
-                            handshake_timeout=handshake_timeout), host, port)
+                            handshake_timeout=handshake_timeout, scratch=scratch), host, port)
     try:
         await tls.handshake
     except BaseException:

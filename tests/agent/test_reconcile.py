@@ -54,5 +54,5 @@ def test_raft_plan_adds_alive_servers_and_removes_servers_that_left_but_never_it
                (member("s4", "consul"), FAILED), (member("web", "node"), ALIVE),
                (member("s9", "consul", dc="dc2"), ALIVE), (member("me", "consul"), LEFT)]
     plan = raft_plan(members, {"id-s1", "id-s3", "id-s4", "id-me"}, "id-me", "dc1")
-    assert [(ch.action, ch.server_id) for ch in plan] == [("add_voter", "id-s2"), ("remove", "id-s3")]
+    assert [(ch.action, ch.server_id) for ch in plan] == [("add_nonvoter", "id-s2"), ("remove", "id-s3")]
     assert plan[0].address == "10.0.0.1:8300"

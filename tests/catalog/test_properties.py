@@ -61,7 +61,9 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
             ("catalog.services", {"node_meta": [["rack", "2"]]}), ("session.list", {}),
             ("config.list", {"kind": "service-defaults"}), ("config.get", {"kind": "service-defaults", "name": "web"}),
             ("connect.roots", {}), ("catalog.gateway_services", {"gateway": "gw"}),
-            ("health.ingress", {"name": "web"})]
+            ("health.ingress", {"name": "web"}), ("ui.services", {}), ("ui.services", {"names": ["web", "Missing"]}),
+            ("ui.nodes", {}), ("ui.node", {"node": "n1"}), ("ui.node", {"node": "nx"}),
+            ("ui.topology", {"name": "web", "also": ["db"]})]
     for i in range(4):
         out.append(("session.info", {"id": f"s{i}"}))
     assert {q for q, _ in out} >= set(QUERIES) - {"table.list", "table.get"}, "a query is not covered"

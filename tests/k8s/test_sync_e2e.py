@@ -231,13 +231,15 @@ def test_two_kubernetes_clusters_through_one_datacenter(kube: KubeApi, agent: Ag
 
 
 def test_bad_flags_are_one_line_errors(kube: KubeApi, agent: AgentProcess) -> None:
-    for args, words in ((["--node-port-sync-type", "Sideways"], "--node-port-sync-type 'Sideways' must be one of"),
-                        (["--bogus"], "unrecognized arguments: --bogus"),
-                        (["--to-consul=maybe"], "-to-consul takes true or false"),
-                        (["--session-ttl", "1s"], "-session-ttl '1s' must be between 10s and 24h"),
-                        (["--http-addr", "127.0.0.1:1", "--listen", "off"], "agent at http://127.0.0.1:1 unreachable")):
-        res = subprocess.run([*CLI, "k8s-sync", "--kubeconfig", str(kube.kubeconfig), *args], capture_output=True,
-                             text=True, timeout=60)
+    module = [sys.executable, "-m", "proconsul.k8s_sync"]
+    for cmd, args, words in (
+            (module, ["--node-port-sync-type", "Sideways"], "--node-port-sync-type 'Sideways' must be one of"),
+            (module, ["--to-consul=maybe"], "-to-consul takes true or false"),
+            (module, ["--session-ttl", "1s"], "-session-ttl '1s' must be between 10s and 24h"),
+            (module, ["--http-addr", "127.0.0.1:1", "--listen", "off"], "agent at http://127.0.0.1:1 unreachable"),
+            ([*CLI, "k8s-sync"], ["-bogus"], "unrecognized arguments: --bogus")):  # Consul's one-dash spelling
+        res = subprocess.run([*cmd, "--kubeconfig", str(kube.kubeconfig), *args], capture_output=True, text=True,
+                             timeout=60)
         assert res.returncode == 1 and res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1, res
         assert words in res.stderr, res.stderr
 

@@ -65,7 +65,8 @@ def seed(agent: AgentProcess) -> None:
     for key, value in (("config/web/settings.json", '{\n  "max_conns": 512,\n  "timeouts": {"read": "5s", "write": "10s"},\n  "features": ["search", "recommendations"]\n}\n'),
                        ("config/web/banner", "Welcome back!"), ("config/api/limits.hcl", 'limits {\n  rps   = 200\n  burst = 50\n}\n'),
                        ("config/api/flags.yaml", "checkout_v2: true\nregions:\n  - eu-west\n  - us-east\n"),
-                       ("deploys/web/current", "2.4.1"), ("maintenance", "off")):
+                       ("deploys/web/current", "2.4.1"), ("maintenance", "off"), ("feature-flags.json", '{"beta": false}'),
+                       ("locks/leader", "api-1"), ("release-notes.md", "# 2.4.1\n- faster search\n")):
         agent.put(f"/v1/kv/{key}", raw=value.encode())
 
 
@@ -108,7 +109,7 @@ def main() -> None:
                 shot("intentions", "/ui/dc1/intentions", "tr[data-id]", check, full=True)
                 shot("intention-l7", f"/ui/dc1/intentions?edit={ixn['ID']}", "[data-permission='0']", full=True)
                 shot("nodes", "/ui/dc1/nodes/dev", "text=Serf Health Status")
-                shot("kv", "/ui/dc1/kv/config/", "[data-key]")
+                shot("kv", "/ui/dc1/kv/", "[data-key]")
 
                 def invalid() -> None:
                     page.get_by_label("Value").fill('{\n  "max_conns": 512,\n  "timeouts": {"read": "5s",}\n}\n')

@@ -188,7 +188,7 @@ def test_intention_editor_shows_the_api_error_and_flags_unknown_names(page: Page
     page.goto(agent.url + "/ui/dc1/intentions?new=1")
     src = page.get_by_label("Source", exact=True)
     src.fill("ghost-service")
-    assert "not in the catalog" in page.locator("#ixn-source-hint").inner_text()
+    page.locator("#ixn-source-hint", has_text="not in the catalog").wait_for()  # once the catalog's names arrive
     src.fill("bad*name")
     page.get_by_label("Destination", exact=True).fill("back")
     page.get_by_label("Allow").check()
