@@ -13,7 +13,7 @@ from typing import Any
 from proconsul.connect.errors import ConnectError
 
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
-LB_POLICIES = ("round_robin", "least_request", "random")
+LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
 
 
 class ProxyConfigError(ConnectError):

@@ -26,6 +26,7 @@ import logging
 import ssl
 import time
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proconsul.connect.proxy import h1
@@ -33,6 +34,7 @@ from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, Upstre
 from proconsul.connect.proxy.config import Upstream
 from proconsul.connect.proxy.dial import DialRefused, dial, instance_key
 from proconsul.connect.proxy.metrics import Link
+from proconsul.connect.proxy.routing import Decision
 from proconsul.connect.proxy.tls import MeshClientContext
 
 if TYPE_CHECKING:
@@ -163,7 +165,7 @@ class Exchange:
 
     __slots__ = ("front", "head", "held", "held_size", "streaming", "request_done", "back", "attempt", "tried",
                  "inst", "timer", "responded", "draining", "resp_chunked", "started", "close_after", "denied",
-                 "dispatched", "pending_tunnel", "interim", "until_close")
+                 "dispatched", "pending_tunnel", "interim", "until_close", "decision", "pool")
 
     def __init__(self, front: Front, head: h1.Head) -> None:
         self.front = front
@@ -187,6 +189,8 @@ class Exchange:
         self.pending_tunnel = b""
         self.interim = False  # a 1xx before the real response
         self.until_close = False  # the response body ends when the Back closes (no length, not chunked)
+        self.decision: Decision | None = None  # the discovery chain's route and split for this request
+        self.pool: UpstreamPool | None = None  # where `inst` came from
 
     # ------------------------------------------------------------------ the request, from the Front
     def request_body(self, data: bytes) -> None:
@@ -256,6 +260,8 @@ class Exchange:
             return
         self.responded = True
         front.responded(self, head.status)
+        if self.decision is not None and self.decision.response_ops is not None:
+            head.headers = self.decision.response_ops.apply(head.headers)
         if head.upgrade and self.head.upgrade:
             front.write(h1.response_head(head, False, False))
             front.flush()
@@ -577,7 +583,8 @@ class _Counts:
 
 # ---------------------------------------------------------------------- outbound: app → upstream instances
 class UpstreamFront(Front):
-    """The application's connection on an upstream's local port: each request goes to a healthy instance."""
+    """The application's connection on an upstream's local port: each request goes to a healthy instance,
+    chosen through the upstream's discovery chain when it has one (route, split, subset, failover)."""
 
     __slots__ = ("up", "pool", "conns")
 
@@ -603,53 +610,119 @@ class UpstreamFront(Front):
         super().on_head(head)
         self.rt.budget.request(time.monotonic())
 
+    def _route(self, ex: Exchange) -> bool:
+        """Apply the discovery chain to a new request (once, before its first attempt): False when it
+        was answered here (no route)."""
+        table = self.rt.chains.get(self.up.key)
+        if table is None:
+            return True
+        head = ex.head
+        d = table.decide(head.method, head.target, head.headers, self.rt.rng.random())
+        if d is None:
+            self.reply(ex, 404, "no route matched")
+            return False
+        ex.decision = d
+        if d.target is not None:
+            head.target = d.target
+        if d.request_ops is not None:
+            head.headers = d.request_ops.apply(head.headers)
+        return True
+
+    def _pick(self, ex: Exchange) -> tuple[UpstreamPool, Instance]:
+        """An instance for the next attempt: the route's target, else its failover targets in order."""
+        rt, d = self.rt, ex.decision
+        now = time.monotonic()
+        if d is None:
+            if self.pool is None:
+                raise NoHealthyInstance(f"upstream {self.up.destination_name!r} is not known yet")
+            return self.pool, self.pool.pick(now, rt.rng, ex.tried)
+        leg = d.leg
+        key = None
+        if leg.lb.hash_policies:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            key = leg.lb.hash_key(ex.head.headers, ex.head.target, peer[0] if peer else "")
+        error: NoHealthyInstance | None = None
+        for target in (leg.target, *leg.failover):
+            pool = rt.pool_for(self.up, target)
+            if pool is None:
+                continue
+            try:
+                return pool, pool.pick(now, rt.rng, ex.tried, key)
+            except NoHealthyInstance as e:
+                error = error or e
+        raise error or NoHealthyInstance(f"upstream {self.up.destination_name!r}: target {leg.target.id} has no "
+                                         "instances known yet")
+
+    def _timeout(self, ex: Exchange) -> float:
+        d = ex.decision
+        t = d.timeout if d is not None else None
+        return t if t is not None else self.up.request_timeout
+
+    def _retries(self, ex: Exchange) -> int:
+        d = ex.decision
+        n = d.route.retry.num_retries if d is not None else None
+        return n if n is not None else self.rt.config.retry.num_retries
+
     def send(self, ex: Exchange) -> None:
-        rt, pool = self.rt, self.pool
+        rt = self.rt
         if self.closed:
             return
+        if ex.attempt == 0 and not ex.tried and not self._route(ex):
+            return
         try:
-            if pool is None:
-                raise NoHealthyInstance(f"upstream {self.up.destination_name!r} is not known yet")
-            inst = pool.pick(time.monotonic(), rt.rng, ex.tried)
+            pool, inst = self._pick(ex)
         except NoHealthyInstance as e:
             self._give_up(ex, str(e), no_instance=True)
             return
         ex.inst = inst
+        ex.pool = pool
         ex.tried.add(inst.id)
         pool.started(inst)
         back = self.conns.take(instance_key(inst))
         if back is not None:
-            ex.send_on(back, [], self.up.request_timeout)
+            ex.send_on(back, [], self._timeout(ex))
         else:
             rt.spawn(self._dial(ex, inst))
 
     async def _dial(self, ex: Exchange, inst: Instance) -> None:
         link = self.link.link
+        up = self.up
+        d = ex.decision
+        if d is not None:
+            target = d.leg.target if inst.service == d.leg.target.service else next(
+                (t for t in d.leg.failover if t.service == inst.service), d.leg.target)
+            if target.connect_timeout is not None and target.connect_timeout != up.connect_timeout:
+                up = replace(up, connect_timeout=target.connect_timeout)
         try:
-            back = await dial(self.rt, self.up, inst, link, lambda ctx, key: Back(link, key, ctx))
+            back = await dial(self.rt, up, inst, link, lambda ctx, key: Back(link, key, ctx))
         except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
             if not self.closed:
                 ex.back_failed(f"{inst.address}:{inst.port}: {e or 'connect timed out'}")
-            elif self.pool is not None:
-                self.pool.finished(inst)
+            elif ex.pool is not None:
+                ex.pool.finished(inst)
             return
         if self.closed:
             back.close()
-            if self.pool is not None:
-                self.pool.finished(inst)
+            if ex.pool is not None:
+                ex.pool.finished(inst)
             return
-        ex.send_on(back, [], self.up.request_timeout)
+        ex.send_on(back, [], self._timeout(ex))
 
     def should_retry(self, ex: Exchange, status: int) -> bool:
         rt = self.rt
-        if not may_retry(ex.head.method, status, ex.retryable_body, rt.config.retry.retry_on_5xx):
+        d = ex.decision
+        statuses = d.route.retry.statuses if d is not None else None
+        if statuses is not None:
+            if status not in statuses or not ex.retryable_body:
+                return False
+        elif not may_retry(ex.head.method, status, ex.retryable_body, rt.config.retry.retry_on_5xx):
             return False
-        if ex.attempt + 1 > rt.config.retry.num_retries or not rt.budget.try_retry(time.monotonic()):
+        if ex.attempt + 1 > self._retries(ex) or not rt.budget.try_retry(time.monotonic()):
             return False
         return True
 
     def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
-        inst, pool = ex.inst, self.pool
+        inst, pool = ex.inst, ex.pool
         if inst is not None and pool is not None:
             pool.finished(inst)
         if reusable:
@@ -659,18 +732,18 @@ class UpstreamFront(Front):
 
     def responded(self, ex: Exchange, status: int) -> None:
         super().responded(ex, status)
-        link, inst, pool = self.link.link, ex.inst, self.pool
+        link, inst, pool = self.link.link, ex.inst, ex.pool
         link.connections += 1
         if inst is not None and pool is not None:
             if status >= 500:
-                self._failed(inst)
+                self._failed(pool, inst)
             else:
                 pool.succeeded(inst)
 
     def retry(self, ex: Exchange, why: str) -> None:
         """A retryable 5xx was read to its end: the budget already allowed one more attempt."""
-        if ex.inst is not None:
-            self._failed(ex.inst)
+        if ex.inst is not None and ex.pool is not None:
+            self._failed(ex.pool, ex.inst)
         ex.attempt += 1
         self.link.link.retries += 1
         ex.dispatched = True
@@ -679,12 +752,13 @@ class UpstreamFront(Front):
     def attempt_failed(self, ex: Exchange, why: str) -> None:
         """A connect, TLS or identity failure, or a connection lost before the response: another instance
         if the request can be sent again (its body is still held) and the budget allows."""
-        inst, pool = ex.inst, self.pool
+        inst, pool = ex.inst, ex.pool
         if inst is not None and pool is not None:
             pool.finished(inst)
-            self._failed(inst)
+            self._failed(pool, inst)
         rt = self.rt
-        if not ex.streaming and ex.attempt < rt.config.retry.num_retries:
+        d = ex.decision
+        if not ex.streaming and ex.attempt < self._retries(ex) and (d is None or d.route.retry.on_connect_failure):
             if rt.budget.try_retry(time.monotonic()):
                 ex.attempt += 1
                 self.link.link.retries += 1
@@ -694,14 +768,13 @@ class UpstreamFront(Front):
         self._give_up(ex, why)
 
     def abandon(self, ex: Exchange) -> None:
-        if ex.inst is not None and self.pool is not None:
-            self.pool.finished(ex.inst)
+        if ex.inst is not None and ex.pool is not None:
+            ex.pool.finished(ex.inst)
 
-    def _failed(self, inst: Instance) -> None:
-        assert self.pool is not None
-        if self.pool.failed(inst, time.monotonic()):
+    def _failed(self, pool: UpstreamPool, inst: Instance) -> None:
+        if pool.failed(inst, time.monotonic()):
             log.warning("upstream %s: ejected %s after %d failures in a row", self.up.destination_name, inst.id,
-                        self.rt.config.outlier.max_failures)
+                        pool.outlier.max_failures)
 
     def _give_up(self, ex: Exchange, why: str, no_instance: bool = False) -> None:
         self.link.link.failed += 1
@@ -713,11 +786,11 @@ class UpstreamFront(Front):
             self.reply(ex, 502, "upstream connect error or disconnect/reset before headers")
 
     def timed_out(self, ex: Exchange) -> None:
-        inst, pool = ex.inst, self.pool
+        inst, pool = ex.inst, ex.pool
         if inst is not None and pool is not None:
             pool.finished(inst)
         log.warning("upstream %s: request %s %s timed out after %.1fs", self.up.destination_name,
-                    ex.head.method.decode(), ex.head.target.decode("latin-1"), self.up.request_timeout)
+                    ex.head.method.decode(), ex.head.target.decode("latin-1"), self._timeout(ex))
         self.link.link.failed += 1
         if ex.responded:
             self.abort()

@@ -32,6 +32,7 @@ from proconsul.connect.proxy.config import (
     from_registration,
     with_protocols,
 )
+from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
@@ -186,10 +187,17 @@ class Proxy:
 
     def _start_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
         assert self._tg is not None
-        old = self._upstream_watches.pop(up.key, None)
-        if old is not None:
-            old.cancel()
+        self._stop_upstream_watches(up.key)
         self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
+        if up.protocol == "http":
+            self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
+
+    def _stop_upstream_watches(self, key: str) -> None:
+        """End the watches of one upstream: its instances, its discovery chain and the chain's targets."""
+        for k in [k for k in self._upstream_watches if k == key or k.startswith(key + "|")]:
+            self._upstream_watches.pop(k).cancel()
+        if self.rt is not None:
+            self.rt.set_chain(key, None)
 
     async def _on_registration(self, body: dict[str, Any]) -> None:
         """The registration changed (a blocking query by content hash): apply it without a restart —
@@ -216,9 +224,7 @@ class Proxy:
         async with self._listening:
             rt.reconfigure(new)
             for up in change.removed:
-                task = self._upstream_watches.pop(up.key, None)
-                if task is not None:
-                    task.cancel()
+                self._stop_upstream_watches(up.key)
                 server = self._servers.pop(up.key, None)
                 if server is not None:
                     server.close()
@@ -250,6 +256,52 @@ class Proxy:
             pool.set_instances(instances)
 
         await self.api.watch(f"/v1/health/connect/{up.destination_name}", params, update, stop)
+
+    async def _watch_chain(self, up: Upstream, stop: asyncio.Event) -> None:
+        """Follow the upstream's discovery chain: each change is applied to new requests at once (open
+        connections stay), and targets that need instances of their own get a watch."""
+        def update(body: dict[str, Any]) -> None:
+            rt = self.rt
+            assert rt is not None and self._tg is not None
+            try:
+                table = RouteTable.from_chain(body["Chain"])
+            except (ChainFormatError, KeyError, TypeError) as e:
+                log.error("upstream %s: keeping the previous routes: %s", up.destination_name, e)
+                return
+            for t in rt.set_chain(up.key, table):
+                key = f"{up.key}|target|{t.id}"
+                old = self._upstream_watches.pop(key, None)
+                if old is not None:
+                    old.cancel()
+                self._upstream_watches[key] = self._tg.create_task(self._watch_target(up, t, stop))
+            live = {f"{up.key}|target|{tid}" for (k, tid) in rt.target_pools if k == up.key}
+            for key in [k for k in self._upstream_watches if k.startswith(f"{up.key}|target|") and k not in live]:
+                self._upstream_watches.pop(key).cancel()
+            log.info("upstream %s: discovery chain applied (%d route(s), %d target(s))%s", up.destination_name,
+                     len(table.routes), len(table.targets), " (default)" if table.default else "")
+
+        await self.api.watch(f"/v1/discovery-chain/{quote(up.destination_name, safe='')}", {}, update, stop)
+
+    async def _watch_target(self, up: Upstream, target: Target, stop: asyncio.Event) -> None:
+        """The passing instances of one chain target (a subset through its Filter, another service or dc)."""
+        params = {"passing": "1"}
+        if target.filter:
+            params["filter"] = target.filter
+        if target.datacenter and self.rt is not None and target.datacenter != self.rt.datacenter:
+            params["dc"] = target.datacenter
+
+        def update(entries: list[dict[str, Any]]) -> None:
+            rt = self.rt
+            pool = rt.target_pools.get((up.key, target.id)) if rt is not None else None
+            if rt is None or pool is None:
+                return
+            instances = healthy_instances(entries, target.service, target.datacenter or rt.datacenter)
+            if {i.id for i in instances} != {i.id for i in pool.instances()}:
+                log.info("upstream %s: target %s has %d healthy instance(s)", up.destination_name, target.id,
+                         len(instances))
+            pool.set_instances(instances)
+
+        await self.api.watch(f"/v1/health/connect/{quote(target.service, safe='')}", params, update, stop)
 
     # ------------------------------------------------------------------ watch callbacks
     def _on_roots(self, roots: dict[str, Any]) -> None:
@@ -436,6 +488,9 @@ class Proxy:
             "RootIDs": [r["ID"] for r in (self._roots or {}).get("Roots") or []],
             "UpstreamInstances": {p.name: {"Healthy": len(p), "Ejected": p.ejected(now)}
                                   for p in rt.pools.values()},
+            "ChainTargets": {tid: {"Healthy": len(p), "Ejected": p.ejected(now), "Policy": p.policy}
+                             for (_, tid), p in rt.target_pools.items()},
+            "UpstreamPolicies": {p.name: p.policy for p in [*rt.pools.values(), *rt.target_pools.values()]},
         })
         return snap
 

@@ -23,6 +23,7 @@ from proconsul.connect.proxy.budget import RetryBudget
 from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
 from proconsul.connect.proxy.metrics import Link, ProxyMetrics
+from proconsul.connect.proxy.routing import RouteTable, Target
 from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
 from proconsul.connect.proxy.tlsproto import READ_MAX
 from proconsul.connect.spiffe import parse_service
@@ -64,6 +65,8 @@ class Runtime:
         self.pools: dict[str, UpstreamPool] = {
             u.key: UpstreamPool(u.destination_name, u.lb_policy, config.outlier) for u in config.upstreams}
         self.upstreams: dict[str, Upstream] = {u.key: u for u in config.upstreams}
+        self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
+        self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)
         self.metrics = ProxyMetrics(config.service)
         self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.refusals: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
@@ -86,6 +89,51 @@ class Runtime:
         self.pools = pools
         self.upstreams = {u.key: u for u in config.upstreams}
         self.config = config
+        for key in [k for k in self.chains if k not in self.upstreams]:
+            self.set_chain(key, None)
+        for key, table in self.chains.items():
+            self.set_chain(key, table)  # the upstream's lb_policy may have changed under the chain's
+
+    # ------------------------------------------------------------------ discovery chains
+    def owns_target(self, up: Upstream, t: Target) -> bool:
+        """Whether the upstream's own pool (every passing instance of its destination) serves `t`."""
+        return t.service == up.destination_name and not t.filter and \
+            t.datacenter in ("", up.datacenter or self.datacenter)
+
+    def pool_for(self, up: Upstream, t: Target) -> UpstreamPool | None:
+        return self.pools.get(up.key) if self.owns_target(up, t) else self.target_pools.get((up.key, t.id))
+
+    def set_chain(self, key: str, table: RouteTable | None) -> list[Target]:
+        """Apply a new chain to upstream `key` (None: forget it); the targets that now need a pool of their
+        own (a subset, another service or datacenter) — the caller watches their instances."""
+        up = self.upstreams.get(key)
+        if table is None or up is None:
+            self.chains.pop(key, None)
+            for k in [k for k in self.target_pools if k[0] == key]:
+                del self.target_pools[k]
+            return []
+        policies: dict[str, str] = {}
+        for route in table.routes:
+            for leg in route.legs:
+                for t in (leg.target, *leg.failover):
+                    policies.setdefault(t.id, leg.lb.policy or up.lb_policy)
+        wanted = {tid: t for tid, t in table.targets.items() if tid in policies and not self.owns_target(up, t)}
+        new = []
+        for tid, t in wanted.items():
+            pool = self.target_pools.get((key, tid))
+            if pool is None:
+                pool = UpstreamPool(t.service + (f"[{tid}]" if t.filter else ""), policies[tid], self.config.outlier)
+                self.target_pools[(key, tid)] = pool
+                new.append(t)
+            pool.policy = policies[tid]
+        for k in [k for k in self.target_pools if k[0] == key and k[1] not in wanted]:
+            del self.target_pools[k]
+        own = self.pools.get(key)
+        if own is not None:
+            own.policy = next((policies[tid] for tid, t in table.targets.items()
+                               if tid in policies and self.owns_target(up, t)), up.lb_policy)
+        self.chains[key] = table
+        return new
 
     # ------------------------------------------------------------------ tasks
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -1,0 +1,208 @@
+"""L7 traffic management end to end: a dev agent, real sidecar processes, aiohttp backends that answer with
+their name, path and the headers they got, and a real HTTP client on web's upstream port to api.
+
+api's chain: a service-router (paths, headers, query, methods → subsets, other services, rewrites, timeouts,
+retries), a service-splitter (80/20 between subsets v1/v2 chosen by Filter over Service.Meta), resolvers with
+failover, redirect and ring_hash. Entries change while the proxies run; no proxy restarts.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import AgentProcess, free_port, wait_for
+from support_mesh import Backends, ProxyProcess, wait_passing
+
+pytestmark = pytest.mark.xdist_group("traffic")
+
+INSTANCES = {"api-v1": ("api", {"version": "v1"}), "api-v2": ("api", {"version": "v2"}),
+             "admin-1": ("admin", {}), "admin-2": ("admin", {}), "flaky-1": ("flaky", {}), "flaky-2": ("flaky", {})}
+
+
+class Mesh:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.agent = AgentProcess(tmp / "agent")
+        self.backends = Backends()
+        self.proxies: dict[str, ProxyProcess] = {}
+        self.port = free_port()
+        self.conn: http.client.HTTPConnection | None = None
+
+    def start(self) -> None:
+        a = self.agent
+        a.start()
+        for name in ("api", "admin", "flaky", "legacy"):
+            self.write({"Kind": "service-defaults", "Name": name, "Protocol": "http"})
+        for sid, (name, meta) in INSTANCES.items():
+            assert a.put("/v1/agent/service/register", {
+                "Name": name, "ID": sid, "Port": self.backends.http(sid), "Meta": meta,
+                "Connect": {"SidecarService": {}}})[0] == 200
+        assert a.put("/v1/agent/service/register", {
+            "Name": "web", "Port": free_port(), "Connect": {"SidecarService": {"Proxy": {
+                "Upstreams": [{"DestinationName": "api", "LocalBindPort": self.port}]}}}})[0] == 200
+        for sid in (*INSTANCES, "web"):
+            self.proxies[sid] = ProxyProcess(a, self.tmp, sidecar_for=sid).start()
+        for name, n in (("api", 2), ("admin", 2), ("flaky", 2)):
+            wait_passing(a, name, n)
+        wait_for(lambda: self.get("/")[0] == 200, 10, message="HTTP through web's sidecar")
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        for p in self.proxies.values():
+            p.stop()
+        self.agent.stop()
+        self.backends.close()
+
+    def write(self, entry: dict[str, Any]) -> None:
+        status, body, _ = self.agent.request("PUT", "/v1/config", entry)
+        assert status == 200 and body is True, (status, body)
+
+    def get(self, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                self.conn.request(method, path, body=body, headers=headers or {})
+                r = self.conn.getresponse()
+                data = r.read()
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+                continue
+            if r.getheader("connection", "").lower() == "close":
+                self.conn.close()
+                self.conn = None
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                parsed = {"text": data.decode(errors="replace")}
+            return r.status, parsed, {k.lower(): v for k, v in r.getheaders()}
+        raise AssertionError("unreachable")
+
+    def backend(self, path: str, **kw: Any) -> str:
+        status, body, _ = self.get(path, **kw)
+        assert status == 200, (status, body)
+        return body["backend"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
+    m = Mesh(tmp_path_factory.mktemp("traffic"))
+    try:
+        m.start()
+        m.write({"Kind": "service-resolver", "Name": "api", "DefaultSubset": "v1",
+                 "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                             "v2": {"Filter": "Service.Meta.version == v2"},
+                             "v3": {"Filter": "Service.Meta.version == v3"}},
+                 "Failover": {"v3": {"ServiceSubset": "v2"}}})
+        m.write({"Kind": "service-resolver", "Name": "legacy", "Redirect": {"Service": "admin"}})
+        m.write({"Kind": "service-splitter", "Name": "api", "Splits": [
+            {"Weight": 80, "ServiceSubset": "v1", "ResponseHeaders": {"Set": {"x-split": "v1"}}},
+            {"Weight": 20, "ServiceSubset": "v2", "RequestHeaders": {"Add": {"x-canary-leg": "yes"}},
+             "ResponseHeaders": {"Set": {"x-split": "v2"}}}]})
+        m.write({"Kind": "service-router", "Name": "api", "Routes": [
+            {"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
+             "Destination": {"ServiceSubset": "v2"}},
+            {"Match": {"HTTP": {"PathPrefix": "/admin/", "Methods": ["GET", "POST"]}},
+             "Destination": {"Service": "admin", "PrefixRewrite": "/",
+                             "RequestHeaders": {"Set": {"x-routed": "admin"}, "Remove": ["x-secret"]}}},
+            {"Match": {"HTTP": {"PathExact": "/legacy"}}, "Destination": {"Service": "legacy"}},
+            {"Match": {"HTTP": {"PathRegex": "/v[0-9]+/old.*"}}, "Destination": {"ServiceSubset": "v3"}},
+            {"Match": {"HTTP": {"PathPrefix": "/search", "QueryParam": [{"Name": "beta", "Exact": "true"}]}},
+             "Destination": {"ServiceSubset": "v2"}},
+            {"Match": {"HTTP": {"PathPrefix": "/slow"}}, "Destination": {"Service": "admin",
+                                                                         "RequestTimeout": "300ms"}},
+            {"Match": {"HTTP": {"PathPrefix": "/flaky"}},
+             "Destination": {"Service": "flaky", "NumRetries": 3, "RetryOnStatusCodes": [503]}},
+        ]})
+        wait_for(lambda: m.get("/", headers={"x-canary": "1"})[1].get("backend") == "api-v2", 5,
+                 message="the router to reach web's sidecar")
+        yield m
+    finally:
+        m.stop()
+
+
+def test_split_80_20_within_5_percent_over_2000_requests(mesh: Mesh) -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    split_headers: collections.Counter[tuple[str, str]] = collections.Counter()
+    for _ in range(2000):
+        status, body, headers = mesh.get("/")
+        assert status == 200
+        counts[body["backend"]] += 1
+        split_headers[(body["backend"], headers.get("x-split", ""))] += 1
+        if body["backend"] == "api-v2":
+            assert body["headers"].get("x-canary-leg") == "yes", "the v2 leg's RequestHeaders"
+    assert set(counts) == {"api-v1", "api-v2"}
+    assert abs(counts["api-v1"] / 2000 - 0.8) <= 0.05, counts
+    assert set(split_headers) == {("api-v1", "v1"), ("api-v2", "v2")}, "each leg's ResponseHeaders"
+
+
+def test_header_route_to_v2(mesh: Mesh) -> None:
+    assert {mesh.backend("/x", headers={"x-canary": "1"}) for _ in range(20)} == {"api-v2"}
+    assert {mesh.backend("/search?beta=true") for _ in range(20)} == {"api-v2"}, "a query-parameter route"
+
+
+def test_prefix_rewrite_methods_and_header_changes(mesh: Mesh) -> None:
+    status, body, _ = mesh.get("/admin/users?id=7", headers={"x-secret": "s"})
+    assert status == 200 and body["backend"] in ("admin-1", "admin-2")
+    assert body["path"] == "/users", "PrefixRewrite /admin/ → /"
+    assert body["headers"]["x-routed"] == "admin" and "x-secret" not in body["headers"]
+    status, body, _ = mesh.get("/admin/users", method="DELETE")
+    assert body["backend"].startswith("api-"), "DELETE is not in the route's Methods: the default route"
+
+
+def test_redirect_and_failover(mesh: Mesh) -> None:
+    assert mesh.backend("/legacy").startswith("admin-"), "legacy's resolver redirects to admin"
+    assert {mesh.backend("/v2/old/thing") for _ in range(10)} == {"api-v2"}, \
+        "subset v3 has no instance: its failover (v2) answers"
+
+
+def test_request_timeout_from_the_route(mesh: Mesh) -> None:
+    t0 = time.monotonic()
+    status, body, _ = mesh.get("/slow?ms=3000")
+    assert status == 504 and time.monotonic() - t0 < 2.0, (status, body)
+
+
+def test_retry_on_status_codes(mesh: Mesh) -> None:
+    mesh.backends.status["flaky-1"] = 503
+    try:
+        results = [mesh.get("/flaky", method="POST", body=b"x") for _ in range(20)]
+        assert all(s == 200 and b["backend"] == "flaky-2" for s, b, _ in results), results
+        assert mesh.backends.hits.get("flaky-1", 0) >= 1, "flaky-1 was tried and its 503 retried"
+    finally:
+        mesh.backends.status["flaky-1"] = 200
+
+
+def test_ring_hash_keeps_a_user_on_one_instance_and_spreads_users(mesh: Mesh) -> None:
+    mesh.write({"Kind": "service-resolver", "Name": "admin", "LoadBalancer": {
+        "Policy": "ring_hash", "HashPolicies": [{"Field": "header", "FieldValue": "x-user"}]}})
+    wait_for(lambda: mesh.proxies["web"].admin("/stats")["UpstreamPolicies"].get("admin") == "ring_hash", 5,
+             message="the resolver's LoadBalancer in web's sidecar")
+    seen: dict[str, set[str]] = {}
+    for i in range(40):
+        user = f"user-{i % 10}"
+        seen.setdefault(user, set()).add(mesh.backend("/admin/x", headers={"x-user": user}))
+    assert all(len(b) == 1 for b in seen.values()), seen
+    assert len(set().union(*seen.values())) == 2, "ten users land on both instances"
+
+
+def test_chain_changes_apply_live_within_a_second(mesh: Mesh) -> None:
+    pid = mesh.proxies["web"].proc.pid
+    mesh.write({"Kind": "service-splitter", "Name": "api", "Splits": [{"Weight": 0, "ServiceSubset": "v1"},
+                                                                      {"Weight": 100, "ServiceSubset": "v2"}]})
+    t0 = time.monotonic()
+    wait_for(lambda: all(mesh.backend("/") == "api-v2" for _ in range(10)), 5, message="the new split")
+    assert time.monotonic() - t0 < 1.5
+    mesh.write({"Kind": "service-splitter", "Name": "api", "Splits": [{"Weight": 80, "ServiceSubset": "v1"},
+                                                                      {"Weight": 20, "ServiceSubset": "v2"}]})
+    assert mesh.proxies["web"].proc.pid == pid and mesh.proxies["web"].proc.poll() is None, "no restart"
