@@ -207,13 +207,17 @@ class UpstreamPool:
             st.failures = 0
             st.ejections = 0
 
-    def failed(self, inst: Instance, now: float) -> bool:
-        """Record a failure; True if it ejected the instance."""
+    def failed(self, inst: Instance, now: float, roll: float = 0.0) -> bool:
+        """Record a failure; True if it ejected the instance. `roll` (uniform in [0, 1)) decides whether an
+        ejection is enforced when EnforcingConsecutive5xx is below 100."""
         st = self._states.get(inst.id)
         if st is None:
             return False
         st.failures += 1
         if st.failures < self.outlier.max_failures or st.ejected_until > now:
+            return False
+        if roll * 100 >= self.outlier.enforcing_consecutive_5xx:
+            st.failures = 0
             return False
         ejected = sum(1 for s in self._states.values() if s.ejected_until > now)
         if (ejected + 1) * 100 > self.outlier.max_ejection_percent * len(self._states):

@@ -30,7 +30,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proconsul.connect.proxy import h1
+from proconsul.connect.proxy.accesslog import DETAILS
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
+from proconsul.connect.proxy.breaker import REFUSE, SEND
 from proconsul.connect.proxy.config import Upstream
 from proconsul.connect.proxy.dial import DialRefused, dial, instance_key
 from proconsul.connect.proxy.metrics import Link
@@ -165,7 +167,8 @@ class Exchange:
 
     __slots__ = ("front", "head", "held", "held_size", "streaming", "request_done", "back", "attempt", "tried",
                  "inst", "timer", "responded", "draining", "resp_chunked", "started", "close_after", "denied",
-                 "dispatched", "pending_tunnel", "interim", "until_close", "decision", "pool")
+                 "dispatched", "pending_tunnel", "interim", "until_close", "decision", "pool",
+                 "admitted", "status", "flag", "bytes_in", "bytes_out")
 
     def __init__(self, front: Front, head: h1.Head) -> None:
         self.front = front
@@ -191,9 +194,15 @@ class Exchange:
         self.until_close = False  # the response body ends when the Back closes (no length, not chunked)
         self.decision: Decision | None = None  # the discovery chain's route and split for this request
         self.pool: UpstreamPool | None = None  # where `inst` came from
+        self.admitted: bool | None = None  # by the circuit breaker: True in flight, False queued, None not yet
+        self.status = 0  # the response status the caller got
+        self.flag = "-"  # Envoy's response flag when the proxy answered (UH, UO, UT, UF, NR, RL)
+        self.bytes_in = 0  # request body bytes from the caller
+        self.bytes_out = 0  # response body bytes to the caller
 
     # ------------------------------------------------------------------ the request, from the Front
     def request_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self.denied:
             return
         if self.streaming and self.back is not None:
@@ -259,6 +268,7 @@ class Exchange:
             self.draining = True
             return
         self.responded = True
+        self.status = head.status
         front.responded(self, head.status)
         if self.decision is not None and self.decision.response_ops is not None:
             head.headers = self.decision.response_ops.apply(head.headers)
@@ -283,6 +293,7 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.draining:
             return
+        self.bytes_out += len(data)
         self.front.link.bytes_out_to_client(len(data))
         self.front.write(h1.chunk(data) if self.resp_chunked else data)
 
@@ -443,9 +454,11 @@ class Front(asyncio.Protocol):
         self._paused = False
         self.transport.resume_reading()
 
-    def reply(self, ex: Exchange, status: int, text: str) -> None:
-        """Answer `ex` ourselves (403, 502, 503, 504)."""
+    def reply(self, ex: Exchange, status: int, text: str, flag: str = "-") -> None:
+        """Answer `ex` ourselves (403, 502, 503, 504) with Envoy's response flag for the access log."""
         ex.responded = True
+        ex.status = status
+        ex.flag = flag
         self.link.link.response(status)
         close = ex.close_after or not ex.request_done
         ex.close_after = close
@@ -540,7 +553,23 @@ class Front(asyncio.Protocol):
         self.link.link.response(status)
 
     def done(self, ex: Exchange) -> None:
-        self.link.link.latency.observe(time.monotonic() - ex.started)
+        now = time.monotonic()
+        self.link.link.latency.observe(now - ex.started)
+        if self.rt.access_log is not None:
+            self.rt.access_log.request(self.log_record(ex, now))
+
+    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
+        """The access-log fields of `ex` (Envoy's names) this side knows."""
+        head = ex.head
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return {"start_time": time.time() - (now - ex.started), "method": head.method.decode("latin-1"),
+                "path": head.target.decode("latin-1"), "protocol": "HTTP/" + head.version.decode(),
+                "response_code": ex.status, "response_flags": ex.flag,
+                "response_code_details": DETAILS.get(ex.flag, "via_upstream" if ex.status else ""),
+                "bytes_received": ex.bytes_in,
+                "bytes_sent": ex.bytes_out, "duration": int((now - ex.started) * 1000),
+                "downstream_remote_address": f"{peer[0]}:{peer[1]}" if peer else "",
+                "headers": head.headers}
 
     def abandon(self, ex: Exchange) -> None:
         """The caller went away while `ex` was in flight (accounting)."""
@@ -619,7 +648,7 @@ class UpstreamFront(Front):
         head = ex.head
         d = table.decide(head.method, head.target, head.headers, self.rt.rng.random())
         if d is None:
-            self.reply(ex, 404, "no route matched")
+            self.reply(ex, 404, "no route matched", "NR")
             return False
         ex.decision = d
         if d.target is not None:
@@ -667,8 +696,18 @@ class UpstreamFront(Front):
         rt = self.rt
         if self.closed:
             return
-        if ex.attempt == 0 and not ex.tried and not self._route(ex):
-            return
+        if ex.admitted is None:
+            if not self._route(ex):
+                return
+            breaker = rt.breakers.get(self.up.key)
+            verdict = breaker.admit(ex) if breaker is not None else SEND
+            if verdict == REFUSE:
+                self.link.link.failed += 1
+                self.reply(ex, 503, "upstream overflow: circuit breaker open", "UO")
+                return
+            ex.admitted = verdict == SEND
+            if not ex.admitted:
+                return  # queued: `done` of a request in flight sends it
         try:
             pool, inst = self._pick(ex)
         except NoHealthyInstance as e:
@@ -770,9 +809,50 @@ class UpstreamFront(Front):
     def abandon(self, ex: Exchange) -> None:
         if ex.inst is not None and ex.pool is not None:
             ex.pool.finished(ex.inst)
+        self._release(ex)
+
+    def done(self, ex: Exchange) -> None:
+        super().done(ex)
+        self._release(ex)
+
+    def _release(self, ex: Exchange) -> None:
+        """`ex` no longer counts against the circuit breaker: the next queued request goes."""
+        breaker = self.rt.breakers.get(self.up.key)
+        if breaker is None or ex.admitted is None:
+            return
+        if ex.admitted is False:
+            breaker.forget(ex)
+            ex.admitted = None
+            return
+        ex.admitted = None
+        nxt = breaker.release()
+        while nxt is not None:
+            nxt.admitted = True
+            front = nxt.front
+            if not front.closed:
+                front.send(nxt)
+                return
+            nxt.admitted = None
+            nxt = breaker.release()
+
+    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
+        rec = super().log_record(ex, now)
+        d, inst = ex.decision, ex.inst
+        rec["upstream_service"] = inst.service if inst is not None else self.up.destination_name
+        rec["upstream_instance"] = inst.id if inst is not None else ""
+        rec["upstream_host"] = f"{inst.address}:{inst.port}" if inst is not None else ""
+        if d is not None:
+            target = d.leg.target if inst is None or inst.service == d.leg.target.service else next(
+                (t for t in d.leg.failover if t.service == inst.service), d.leg.target)
+            rec["upstream_cluster"] = target.id
+            rec["route_name"] = f"{self.up.destination_name}/{d.route.index}"
+            rec["split"] = d.leg.name
+        else:
+            rec["upstream_cluster"] = self.up.destination_name
+        return rec
 
     def _failed(self, pool: UpstreamPool, inst: Instance) -> None:
-        if pool.failed(inst, time.monotonic()):
+        if pool.failed(inst, time.monotonic(), self.rt.rng.random()):
             log.warning("upstream %s: ejected %s after %d failures in a row", self.up.destination_name, inst.id,
                         pool.outlier.max_failures)
 
@@ -781,9 +861,9 @@ class UpstreamFront(Front):
         log.warning("upstream %s: %s %s failed: %s", self.up.destination_name, ex.head.method.decode(),
                     ex.head.target.decode("latin-1"), why)
         if no_instance:
-            self.reply(ex, 503, "no healthy upstream")
+            self.reply(ex, 503, "no healthy upstream", "UH")
         else:
-            self.reply(ex, 502, "upstream connect error or disconnect/reset before headers")
+            self.reply(ex, 502, "upstream connect error or disconnect/reset before headers", "UF")
 
     def timed_out(self, ex: Exchange) -> None:
         inst, pool = ex.inst, ex.pool
@@ -793,9 +873,10 @@ class UpstreamFront(Front):
                     ex.head.method.decode(), ex.head.target.decode("latin-1"), self._timeout(ex))
         self.link.link.failed += 1
         if ex.responded:
+            ex.flag = "UT"
             self.abort()
         else:
-            self.reply(ex, 504, "upstream request timeout")
+            self.reply(ex, 504, "upstream request timeout", "UT")
 
 
 # ---------------------------------------------------------------------- inbound: public listener → app
@@ -889,6 +970,15 @@ class InboundFront(Front):
             back.close()
             if self.app is back:
                 self.app = None
+
+    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
+        rec = super().log_record(ex, now)
+        cfg = self.rt.config
+        rec.update({"downstream_peer_uri_san": self.uri, "upstream_cluster": "local_app",
+                    "upstream_service": cfg.service, "upstream_host": f"{cfg.local_address}:{cfg.local_port}"})
+        if ex.denied:
+            rec["response_code_details"] = "rbac_access_denied_matched_policy[none]"
+        return rec
 
     def attempt_failed(self, ex: Exchange, why: str) -> None:
         self.link.link.failed += 1

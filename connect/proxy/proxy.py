@@ -31,6 +31,7 @@ from proconsul.connect.proxy.config import (
     changes,
     from_registration,
     with_protocols,
+    with_upstream_config,
 )
 from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
@@ -93,6 +94,8 @@ class Proxy:
         self._restart_with: ProxyConfig | None = None
         self._reload = asyncio.Event()
         self._stop: asyncio.Event | None = None
+        self._access_logs: dict[str, Any] = {}  # proxy-defaults' AccessLogs
+        self._last_registration: dict[str, Any] | None = None  # the last one seen, to re-resolve when entries change
 
     # ------------------------------------------------------------------ start-up
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
@@ -125,9 +128,13 @@ class Proxy:
             raise ProxyError(f"proxy registration {self.proxy_id!r}: {e}") from None
         if cfg is None:
             return
-        cfg = with_protocols(cfg, *await self._protocols(cfg))
+        try:
+            cfg = await self._resolve(cfg)
+        except ProxyConfigError as e:
+            raise ProxyError(f"proxy {self.proxy_id!r}: {e}") from None
         while True:
             self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
+            self.rt.set_access_log(self._access_logs)
             log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
                      cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
             try:
@@ -147,15 +154,22 @@ class Proxy:
             self._leaf = self._roots = None
             self._server_ctx = None
 
-    async def _protocols(self, cfg: ProxyConfig) -> tuple[dict[str, str], str]:
-        """Protocols from the `service-defaults` of this service and its upstreams, and `proxy-defaults`."""
-        out: dict[str, str] = {}
+    async def _resolve(self, cfg: ProxyConfig) -> ProxyConfig:
+        """The registration completed by config entries, as Consul resolves it: this service's
+        `service-defaults` UpstreamConfig (limits, passive health checks, timeouts), protocols from each
+        service's `service-defaults` else `proxy-defaults`; the proxy-defaults' AccessLogs are kept."""
+        protocols: dict[str, str] = {}
+        upstream_config = None
         for name in {cfg.service, *(u.destination_name for u in cfg.upstreams)}:
             entry = await self._config_entry("service-defaults", name)
             if entry and entry.get("Protocol"):
-                out[name] = str(entry["Protocol"]).lower()
+                protocols[name] = str(entry["Protocol"]).lower()
+            if entry and name == cfg.service:
+                upstream_config = entry.get("UpstreamConfig")
         defaults = await self._config_entry("proxy-defaults", "global") or {}
-        return out, str((defaults.get("Config") or {}).get("protocol", "")).lower()
+        self._access_logs = defaults.get("AccessLogs") or {}
+        cfg = with_upstream_config(cfg, upstream_config)
+        return with_protocols(cfg, protocols, str((defaults.get("Config") or {}).get("protocol", "")).lower())
 
     async def _config_entry(self, kind: str, name: str) -> dict[str, Any] | None:
         try:
@@ -176,6 +190,8 @@ class Proxy:
                                               {"by": "destination", "name": cfg.service}, self._on_intentions, stop)),
                 tg.create_task(self.api.watch(f"/v1/agent/service/{quote(cfg.proxy_id, safe='')}", {},
                                               self._on_registration, stop, by_hash=True)),
+                tg.create_task(self.api.watch("/v1/config/service-defaults", {}, self._on_entries, stop)),
+                tg.create_task(self.api.watch("/v1/config/proxy-defaults", {}, self._on_entries, stop)),
             ]
             for up in cfg.upstreams:
                 self._start_upstream_watch(up, stop)
@@ -192,6 +208,23 @@ class Proxy:
         if up.protocol == "http":
             self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
 
+    def _restart_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
+        """An upstream's settings changed (datacenter, timeouts, limits, protocol): its instances are
+        watched again; its discovery chain and targets stay as they are unless the protocol left HTTP."""
+        assert self._tg is not None
+        old = self._upstream_watches.pop(up.key, None)
+        if old is not None:
+            old.cancel()
+        self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
+        chain = f"{up.key}|chain"
+        if up.protocol == "http" and chain not in self._upstream_watches:
+            self._upstream_watches[chain] = self._tg.create_task(self._watch_chain(up, stop))
+        elif up.protocol != "http" and chain in self._upstream_watches:
+            for k in [k for k in self._upstream_watches if k.startswith(up.key + "|")]:
+                self._upstream_watches.pop(k).cancel()
+            if self.rt is not None:
+                self.rt.set_chain(up.key, None)
+
     def _stop_upstream_watches(self, key: str) -> None:
         """End the watches of one upstream: its instances, its discovery chain and the chain's targets."""
         for k in [k for k in self._upstream_watches if k == key or k.startswith(key + "|")]:
@@ -199,19 +232,27 @@ class Proxy:
         if self.rt is not None:
             self.rt.set_chain(key, None)
 
+    async def _on_entries(self, _: Any) -> None:
+        """service-defaults or proxy-defaults changed: resolve the registration again (protocols, upstream
+        limits and passive health checks, access logs) and apply what changed, without a restart."""
+        if self._last_registration is not None and self.rt is not None:
+            await self._on_registration(self._last_registration)
+
     async def _on_registration(self, body: dict[str, Any]) -> None:
         """The registration changed (a blocking query by content hash): apply it without a restart —
         upstream listeners come and go, the public listener moves, new connections follow the new
         settings, open connections are left alone."""
         rt = self.rt
         assert rt is not None
+        self._last_registration = body
         try:
             new = from_registration(body)
-            new = with_protocols(new, *await self._protocols(new))
+            new = await self._resolve(new)
         except (ProxyConfigError, AgentAPIError) as e:
             log.error("the proxy registration changed but cannot be used (keeping the previous configuration): %s",
                       e)
             return
+        rt.set_access_log(self._access_logs)
         change = changes(rt.config, new)
         if not change:
             return
@@ -230,8 +271,10 @@ class Proxy:
                     server.close()
                     self.upstream_ports.pop(up.destination_name, None)
             stop = self._stop or asyncio.Event()
-            for up in (*change.added, *change.changed):
+            for up in change.added:
                 self._start_upstream_watch(up, stop)
+            for up in change.changed:
+                self._restart_upstream_watch(up, stop)
             if self.ready.is_set():
                 if change.public_moved:
                     await self._open_public(rt, replace=True)
@@ -389,6 +432,8 @@ class Proxy:
             await self._close_listeners(keep_admin=not stop.is_set())
             await rt.cancel_tasks()
             rt.http_connections.close()
+            if rt.access_log is not None:
+                rt.access_log.close()
 
     async def _open_public(self, rt: Runtime, replace: bool = False) -> None:
         """The public mTLS listener; L4 or HTTP is decided per connection by the current configuration."""
@@ -491,6 +536,12 @@ class Proxy:
             "ChainTargets": {tid: {"Healthy": len(p), "Ejected": p.ejected(now), "Policy": p.policy}
                              for (_, tid), p in rt.target_pools.items()},
             "UpstreamPolicies": {p.name: p.policy for p in [*rt.pools.values(), *rt.target_pools.values()]},
+            "CircuitBreakers": {u.destination_name: {
+                "MaxConnections": u.limits.max_connections, "MaxPendingRequests": u.limits.max_pending_requests,
+                "MaxConcurrentRequests": u.limits.max_concurrent_requests, "Active": b.active,
+                "Pending": len(b.pending), "Overflows": b.overflows, "Peak": b.peak}
+                for u in rt.upstreams.values() if (b := rt.breakers.get(u.key)) is not None},
+            "AccessLogLines": rt.access_log.lines if rt.access_log is not None else 0,
         })
         return snap
 

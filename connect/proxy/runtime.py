@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proconsul.connect.errors import InvalidSpiffeID
+from proconsul.connect.proxy.accesslog import AccessLog
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
+from proconsul.connect.proxy.breaker import Breaker
 from proconsul.connect.proxy.budget import RetryBudget
 from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
@@ -63,8 +65,10 @@ class Runtime:
         self.root_ids: tuple[str, ...] = ()
         self.trust_reduced_at = 0.0  # unix time a root last left the trusted set (resumed sessions before it: refused)
         self.pools: dict[str, UpstreamPool] = {
-            u.key: UpstreamPool(u.destination_name, u.lb_policy, config.outlier) for u in config.upstreams}
+            u.key: UpstreamPool(u.destination_name, u.lb_policy, u.outlier or config.outlier) for u in config.upstreams}
+        self.breakers: dict[str, Breaker[Any]] = {u.key: Breaker(u.limits) for u in config.upstreams}
         self.upstreams: dict[str, Upstream] = {u.key: u for u in config.upstreams}
+        self.access_log: AccessLog | None = None  # proxy-defaults AccessLogs, when Enabled
         self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
         self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)
         self.metrics = ProxyMetrics(config.service)
@@ -81,18 +85,42 @@ class Runtime:
         (instances, ejections), and open connections are left alone."""
         pools = {}
         for u in config.upstreams:
-            pool = self.pools.get(u.key) or UpstreamPool(u.destination_name, u.lb_policy, config.outlier)
-            pool.policy, pool.outlier = u.lb_policy, config.outlier
+            pool = self.pools.get(u.key) or UpstreamPool(u.destination_name, u.lb_policy, u.outlier or config.outlier)
+            pool.policy, pool.outlier = u.lb_policy, u.outlier or config.outlier
             pools[u.key] = pool
+            breaker = self.breakers.get(u.key)
+            if breaker is None:
+                self.breakers[u.key] = Breaker(u.limits)
+            else:
+                breaker.limits = u.limits  # requests in flight or queued stay counted
         if config.retry != self.config.retry:
             self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.pools = pools
         self.upstreams = {u.key: u for u in config.upstreams}
         self.config = config
+        for key in [k for k in self.breakers if k not in self.upstreams]:
+            del self.breakers[key]
+        for (key, _), pool in self.target_pools.items():
+            u = self.upstreams.get(key)
+            if u is not None:
+                pool.outlier = u.outlier or config.outlier
         for key in [k for k in self.chains if k not in self.upstreams]:
             self.set_chain(key, None)
         for key, table in self.chains.items():
             self.set_chain(key, table)  # the upstream's lb_policy may have changed under the chain's
+
+    def set_access_log(self, settings: dict[str, Any] | None) -> None:
+        """proxy-defaults' AccessLogs, applied at once (the old destination is flushed and closed)."""
+        current = self.access_log.settings if self.access_log is not None else None
+        if (settings or None) == current or (not (settings or {}).get("Enabled") and current is None):
+            return
+        if self.access_log is not None:
+            self.access_log.close()
+        self.access_log = AccessLog.from_entry(settings)
+        if self.access_log is not None:
+            self.access_log.open()
+        log.info("access logs: %s", "off" if self.access_log is None else
+                 f"{self.access_log.kind}{' ' + self.access_log.path if self.access_log.path else ''}")
 
     # ------------------------------------------------------------------ discovery chains
     def owns_target(self, up: Upstream, t: Target) -> bool:
@@ -122,7 +150,8 @@ class Runtime:
         for tid, t in wanted.items():
             pool = self.target_pools.get((key, tid))
             if pool is None:
-                pool = UpstreamPool(t.service + (f"[{tid}]" if t.filter else ""), policies[tid], self.config.outlier)
+                pool = UpstreamPool(t.service + (f"[{tid}]" if t.filter else ""), policies[tid],
+                                    up.outlier or self.config.outlier)
                 self.target_pools[(key, tid)] = pool
                 new.append(t)
             pool.policy = policies[tid]

@@ -206,3 +206,122 @@ def test_chain_changes_apply_live_within_a_second(mesh: Mesh) -> None:
     mesh.write({"Kind": "service-splitter", "Name": "api", "Splits": [{"Weight": 80, "ServiceSubset": "v1"},
                                                                       {"Weight": 20, "ServiceSubset": "v2"}]})
     assert mesh.proxies["web"].proc.pid == pid and mesh.proxies["web"].proc.poll() is None, "no restart"
+
+
+# ---------------------------------------------------------------------- web's service-defaults UpstreamConfig
+def breakers(mesh: Mesh) -> dict[str, Any]:
+    return mesh.proxies["web"].admin("/stats")["CircuitBreakers"]["api"]
+
+
+def test_circuit_breaking_under_200_concurrent_requests(mesh: Mesh) -> None:
+    import asyncio
+
+    import aiohttp
+
+    mesh.write({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Overrides": [
+        {"Name": "api", "Limits": {"MaxConcurrentRequests": 10}}]}})
+    wait_for(lambda: breakers(mesh)["MaxConcurrentRequests"] == 10, 5, message="the limit in web's sidecar")
+    wait_for(lambda: mesh.backends.in_flight == 0, 10, message="earlier slow requests (timed out) to end")
+    mesh.backends.peak_in_flight = 0
+
+    async def burst() -> list[int]:
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            async def one() -> int:
+                async with s.get(f"http://127.0.0.1:{mesh.port}/admin/slow?ms=400") as r:
+                    await r.read()
+                    return r.status
+            return await asyncio.gather(*(one() for _ in range(200)))
+
+    t0 = time.monotonic()
+    statuses = asyncio.run(burst())
+    counts = collections.Counter(statuses)
+    assert set(counts) == {200, 503} and counts[200] >= 10, counts
+    assert mesh.backends.peak_in_flight <= 10, f"the backends saw {mesh.backends.peak_in_flight} at once"
+    assert breakers(mesh)["Overflows"] >= counts[503]
+    assert time.monotonic() - t0 < 10, "the excess is answered at once, not queued"
+
+    mesh.write({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Overrides": [
+        {"Name": "api", "Limits": {"MaxConnections": 4, "MaxPendingRequests": 500}}]}})
+    wait_for(lambda: breakers(mesh)["MaxConnections"] == 4, 5, message="the new limits")
+    mesh.backends.peak_in_flight = 0
+    statuses = asyncio.run(burst_of(mesh, 40, "/admin/slow?ms=50"))
+    assert statuses == [200] * 40, collections.Counter(statuses)
+    assert mesh.backends.peak_in_flight <= 4, "MaxConnections queues the rest (MaxPendingRequests), never more"
+
+
+async def burst_of(mesh: Mesh, n: int, path: str) -> list[int]:
+    import asyncio
+
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        async def one() -> int:
+            async with s.get(f"http://127.0.0.1:{mesh.port}{path}") as r:
+                await r.read()
+                return r.status
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_passive_health_check_from_service_defaults(mesh: Mesh) -> None:
+    mesh.write({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Overrides": [
+        {"Name": "api", "PassiveHealthCheck": {"MaxFailures": 2, "BaseEjectionTime": "20s",
+                                               "MaxEjectionPercent": 50}}]}})
+
+    def flaky_target() -> dict[str, Any]:
+        return mesh.proxies["web"].admin("/stats")["ChainTargets"].get("flaky.default.default.dc1") or {}
+
+    wait_for(lambda: flaky_target().get("Healthy") == 2, 5, message="flaky's pool in web's sidecar")
+    mesh.backends.status["flaky-1"] = 500
+    try:
+        for _ in range(12):
+            mesh.get("/flaky")
+        assert any("flaky-1" in e for e in flaky_target()["Ejected"]), flaky_target()
+        assert {mesh.backend("/flaky") for _ in range(10)} == {"flaky-2"}, "the ejected instance gets nothing"
+    finally:
+        mesh.backends.status["flaky-1"] = 200
+        mesh.write({"Kind": "service-defaults", "Name": "web"})
+
+
+def test_access_logs_in_envoys_fields(mesh: Mesh) -> None:
+    path = mesh.tmp / "access.log"
+    mesh.write({"Kind": "proxy-defaults", "Name": "global",
+                "AccessLogs": {"Enabled": True, "Type": "file", "Path": str(path)}})
+    wait_for(lambda: mesh.proxies["web"].admin("/stats").get("AccessLogLines") is not None and
+             "access logs: file" in mesh.proxies["web"].log(), 5, message="access logs on in web's sidecar")
+    wait_for(lambda: "access logs: file" in mesh.proxies["api-v2"].log(), 5, message="access logs in api-v2's")
+    tag = f"/tag-{time.monotonic_ns()}"
+    assert mesh.get(tag, headers={"x-canary": "1", "user-agent": "traffic-test"})[0] == 200
+    assert mesh.get("/slow?ms=2000")[0] == 504
+
+    def lines() -> list[dict[str, Any]]:
+        try:
+            return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        except FileNotFoundError:
+            return []
+
+    wait_for(lambda: len([x for x in lines() if x.get("path") == tag]) == 2, 5, message="both sidecars' lines")
+    out = next(x for x in lines() if x["path"] == tag and x.get("upstream_cluster") != "local_app")
+    inn = next(x for x in lines() if x["path"] == tag and x.get("upstream_cluster") == "local_app")
+    assert out["method"] == "GET" and out["response_code"] == 200 and out["response_flags"] == "-"
+    assert out["route_name"] == "api/0" and out["upstream_cluster"] == "v2.api.default.default.dc1"
+    assert out["upstream_service"] == "api" and out["upstream_instance"].endswith("/api-v2-sidecar-proxy")
+    assert out["user_agent"] == "traffic-test" and out["bytes_sent"] > 0 and out["start_time"].endswith("Z")
+    assert inn["downstream_peer_uri_san"].endswith("/svc/web") and inn["upstream_service"] == "api"
+    wait_for(lambda: any(x.get("response_flags") == "UT" and x["response_code"] == 504 for x in lines()), 5,
+             message="the timeout's line")
+
+    mesh.write({"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": "/proc/no-such-dir/access.log"}})
+    wait_for(lambda: "cannot open /proc/no-such-dir/access.log" in mesh.proxies["web"].log(), 5,
+             message="one error line")
+    assert mesh.backend("/") in ("api-v1", "api-v2"), "traffic goes on"
+    mesh.write({"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(path), "TextFormat":
+        "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER%"}})
+    wait_for(lambda: mesh.get(tag + "-text")[0] == 200 and f"GET {tag}-text 200 - " in path.read_text(), 5,
+             message="the TextFormat line")
+    status, body, _ = mesh.agent.request("PUT", "/v1/config", {
+        "Kind": "proxy-defaults", "Name": "global", "AccessLogs": {"Enabled": True, "Type": "file"}})
+    assert status == 400 and "AccessLogs.Path" in body
+    assert mesh.agent.request("DELETE", "/v1/config/proxy-defaults/global")[0] == 200
