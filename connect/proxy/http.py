@@ -942,6 +942,10 @@ class InboundFront(Front):
         if ex.denied:
             self.reply(ex, 403, "RBAC: access denied")
             return
+        limiter = self.rt.rate_limiter
+        if limiter is not None and not limiter.allow(ex.head.path, time.monotonic()):
+            self.reply(ex, 429, "local_rate_limited", "RL")
+            return
         app = self.app
         if app is not None and app.reusable():
             ex.send_on(app, [self._xfcc], self.rt.config.local_request_timeout)

@@ -95,6 +95,7 @@ class Proxy:
         self._reload = asyncio.Event()
         self._stop: asyncio.Event | None = None
         self._access_logs: dict[str, Any] = {}  # proxy-defaults' AccessLogs
+        self._rate_limits: dict[str, Any] = {}  # this service's service-defaults RateLimits
         self._last_registration: dict[str, Any] | None = None  # the last one seen, to re-resolve when entries change
 
     # ------------------------------------------------------------------ start-up
@@ -135,6 +136,7 @@ class Proxy:
         while True:
             self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
             self.rt.set_access_log(self._access_logs)
+            self.rt.set_rate_limits(self._rate_limits)
             log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
                      cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
             try:
@@ -164,8 +166,9 @@ class Proxy:
             entry = await self._config_entry("service-defaults", name)
             if entry and entry.get("Protocol"):
                 protocols[name] = str(entry["Protocol"]).lower()
-            if entry and name == cfg.service:
-                upstream_config = entry.get("UpstreamConfig")
+            if name == cfg.service:
+                upstream_config = (entry or {}).get("UpstreamConfig")
+                self._rate_limits = (entry or {}).get("RateLimits") or {}
         defaults = await self._config_entry("proxy-defaults", "global") or {}
         self._access_logs = defaults.get("AccessLogs") or {}
         cfg = with_upstream_config(cfg, upstream_config)
@@ -253,6 +256,7 @@ class Proxy:
                       e)
             return
         rt.set_access_log(self._access_logs)
+        rt.set_rate_limits(self._rate_limits)
         change = changes(rt.config, new)
         if not change:
             return
@@ -542,6 +546,7 @@ class Proxy:
                 "Pending": len(b.pending), "Overflows": b.overflows, "Peak": b.peak}
                 for u in rt.upstreams.values() if (b := rt.breakers.get(u.key)) is not None},
             "AccessLogLines": rt.access_log.lines if rt.access_log is not None else 0,
+            "RateLimited": rt.rate_limiter.limited if rt.rate_limiter is not None else 0,
         })
         return snap
 

@@ -25,6 +25,7 @@ from proconsul.connect.proxy.budget import RetryBudget
 from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
 from proconsul.connect.proxy.metrics import Link, ProxyMetrics
+from proconsul.connect.proxy.ratelimit import RateLimiter
 from proconsul.connect.proxy.routing import RouteTable, Target
 from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
 from proconsul.connect.proxy.tlsproto import READ_MAX
@@ -69,6 +70,7 @@ class Runtime:
         self.breakers: dict[str, Breaker[Any]] = {u.key: Breaker(u.limits) for u in config.upstreams}
         self.upstreams: dict[str, Upstream] = {u.key: u for u in config.upstreams}
         self.access_log: AccessLog | None = None  # proxy-defaults AccessLogs, when Enabled
+        self.rate_limiter: RateLimiter | None = None  # service-defaults RateLimits of this service
         self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
         self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)
         self.metrics = ProxyMetrics(config.service)
@@ -121,6 +123,13 @@ class Runtime:
             self.access_log.open()
         log.info("access logs: %s", "off" if self.access_log is None else
                  f"{self.access_log.kind}{' ' + self.access_log.path if self.access_log.path else ''}")
+
+    def set_rate_limits(self, rate_limits: dict[str, Any] | None) -> None:
+        """service-defaults' RateLimits for this instance; buckets start full again only when they change."""
+        level = (rate_limits or {}).get("InstanceLevel") or {}
+        current = self.rate_limiter.settings if self.rate_limiter is not None else {}
+        if level != current:
+            self.rate_limiter = RateLimiter.from_entry(rate_limits)
 
     # ------------------------------------------------------------------ discovery chains
     def owns_target(self, up: Upstream, t: Target) -> bool:

@@ -81,3 +81,15 @@ def test_unwritable_destination_stops_logging_not_traffic() -> None:
     log = AccessLog({"Enabled": True, "Type": "file", "Path": "/nope"}, open_file=refuse)
     assert not log.open() and log.broken
     log.request(record())  # no exception
+
+
+def test_token_buckets_per_route() -> None:
+    from proconsul.connect.proxy.ratelimit import RateLimiter
+
+    rl = RateLimiter.from_entry({"InstanceLevel": {"RequestsPerSecond": 1, "RequestsMaxBurst": 2,
+                                                   "Routes": [{"PathExact": "/hot", "RequestsPerSecond": 10}]}})
+    assert rl is not None
+    assert [rl.allow("/a", 0.0) for _ in range(3)] == [True, True, False]
+    assert rl.allow("/a", 1.0) and not rl.allow("/a", 1.0), "one token a second"
+    assert sum(rl.allow("/hot", 0.0) for _ in range(15)) == 10 and rl.limited == 7
+    assert RateLimiter.from_entry({"InstanceLevel": {}}) is None

@@ -325,3 +325,18 @@ def test_access_logs_in_envoys_fields(mesh: Mesh) -> None:
         "Kind": "proxy-defaults", "Name": "global", "AccessLogs": {"Enabled": True, "Type": "file"}})
     assert status == 400 and "AccessLogs.Path" in body
     assert mesh.agent.request("DELETE", "/v1/config/proxy-defaults/global")[0] == 200
+
+
+def test_rate_limit_answers_429(mesh: Mesh) -> None:
+    mesh.write({"Kind": "service-defaults", "Name": "admin", "Protocol": "http", "RateLimits": {"InstanceLevel": {
+        "RequestsPerSecond": 2, "RequestsMaxBurst": 4, "Routes": [{"PathPrefix": "/open", "RequestsPerSecond": 1000,
+                                                                   "RequestsMaxBurst": 1000}]}}})
+    try:
+        wait_for(lambda: mesh.get("/admin/x")[0] == 429, 5, message="the limit in admin's sidecars")
+        codes = collections.Counter(mesh.get("/admin/x")[0] for _ in range(30))
+        assert codes[429] >= 15 and set(codes) <= {200, 429}, codes
+        assert {mesh.get("/admin/open/x")[0] for _ in range(30)} == {200}, "a route's own, larger bucket"
+        limited = sum(mesh.proxies[f"admin-{i}"].admin("/stats")["RateLimited"] for i in (1, 2))
+        assert limited >= codes[429]
+    finally:
+        mesh.write({"Kind": "service-defaults", "Name": "admin", "Protocol": "http"})
