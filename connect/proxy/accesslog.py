@@ -10,11 +10,11 @@ cannot be written is logged once and logging stops; traffic is never affected.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -25,6 +25,10 @@ DEFAULT_FIELDS = ("start_time", "route_name", "method", "path", "protocol", "res
                   "response_code_details", "bytes_received", "bytes_sent", "duration", "user_agent", "request_id",
                   "authority", "x_forwarded_for", "upstream_host", "upstream_cluster", "upstream_service",
                   "upstream_instance", "split", "downstream_remote_address", "downstream_peer_uri_san")
+_KEYS = {k: f'"{k}":' for k in DEFAULT_FIELDS}
+_HEADER_FIELDS = {b"user-agent": "user_agent", b"x-request-id": "request_id", b"host": "authority",
+                  b"x-forwarded-for": "x_forwarded_for"}
+_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _FROM_HEADERS = {"user_agent": b"user-agent", "request_id": b"x-request-id", "authority": b"host",
                  "x_forwarded_for": b"x-forwarded-for"}
 DETAILS = {"UH": "no_healthy_upstream", "UO": "overflow", "UT": "upstream_response_timeout",
@@ -42,8 +46,25 @@ _REQ = {":method": "method", ":path": "path", "x-envoy-original-path?:path": "pa
         "user-agent": "user_agent", "x-request-id": "request_id", "x-forwarded-for": "x_forwarded_for"}
 
 
-def _iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+class _Clock:
+    """ISO 8601 UTC with milliseconds, Envoy's START_TIME; the seconds part is formatted once per second
+    (datetime formatting costs ~10 µs a call, more than the rest of a log line)."""
+
+    __slots__ = ("second", "prefix")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def iso(self, t: float) -> str:
+        sec = int(t)
+        if sec != self.second:
+            self.second = sec
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self.prefix}.{int((t - sec) * 1000):03d}Z"
+
+
+_iso = _Clock().iso
 
 
 def _value(op: str, rec: dict[str, Any]) -> Any:
@@ -124,16 +145,28 @@ class AccessLog:
                 else:
                     out[key] = template
             return json.dumps(out, separators=(",", ":")) + "\n"
-        out = {}
+        # The default line, written by hand: json.dumps of a dict costs 5× more (measured), and a log line is
+        # made per request. Strings go through the json module's C string encoder.
+        found = {}
+        for n, h in rec.get("headers") or ():
+            k = _HEADER_FIELDS.get(n)
+            if k is not None and k not in found:
+                found[k] = h.decode("latin-1")
+        parts = []
         for k in DEFAULT_FIELDS:
             v = rec.get(k)
-            if k == "start_time" and isinstance(v, float):
-                v = _iso(v)
-            elif v is None and k in _FROM_HEADERS:
-                v = next((h.decode("latin-1") for n, h in rec.get("headers") or () if n == _FROM_HEADERS[k]), None)
-            if v not in (None, ""):
-                out[k] = v
-        return json.dumps(out, separators=(",", ":")) + "\n"
+            if v is None:
+                v = found.get(k)
+                if v is None:
+                    continue
+            if v.__class__ is str:
+                if v:
+                    parts.append(_KEYS[k] + _quote(v))
+            elif k == "start_time":
+                parts.append(_KEYS[k] + '"' + _iso(v) + '"')
+            else:
+                parts.append(_KEYS[k] + str(v))
+        return "{" + ",".join(parts) + "}\n"
 
     # ------------------------------------------------------------------ writing
     def request(self, rec: dict[str, Any]) -> None:

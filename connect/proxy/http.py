@@ -341,7 +341,7 @@ class Front(asyncio.Protocol):
     """A connection that sends us requests; subclasses decide where they go."""
 
     __slots__ = ("rt", "transport", "reader", "queue", "link", "closed", "paused_by_back", "_paused", "tunnel_back",
-                 "bad", "out", "host")
+                 "bad", "out", "host", "peer")
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -356,6 +356,7 @@ class Front(asyncio.Protocol):
         self.bad = False
         self.out: list[bytes] = []  # response bytes gathered while a Back's input is parsed, written at once
         self.host = b""  # Host for an HTTP/1.0 request without one
+        self.peer = ""  # "address:port" of the caller, for access logs (looked up on first use)
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -561,14 +562,16 @@ class Front(asyncio.Protocol):
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         """The access-log fields of `ex` (Envoy's names) this side knows."""
         head = ex.head
-        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        if not self.peer and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
         return {"start_time": time.time() - (now - ex.started), "method": head.method.decode("latin-1"),
                 "path": head.target.decode("latin-1"), "protocol": "HTTP/" + head.version.decode(),
                 "response_code": ex.status, "response_flags": ex.flag,
                 "response_code_details": DETAILS.get(ex.flag, "via_upstream" if ex.status else ""),
                 "bytes_received": ex.bytes_in,
                 "bytes_sent": ex.bytes_out, "duration": int((now - ex.started) * 1000),
-                "downstream_remote_address": f"{peer[0]}:{peer[1]}" if peer else "",
+                "downstream_remote_address": self.peer,
                 "headers": head.headers}
 
     def abandon(self, ex: Exchange) -> None:

@@ -93,3 +93,23 @@ def test_blocking_query_wakes_on_a_change(agent: AgentProcess) -> None:
     assert body["Chain"]["Targets"]["inventory.default.default.dc1"]["ConnectTimeout"] == "3s"
     status, body, _ = agent.request("POST", "/v1/discovery-chain/inventory", {"OverrideProtocol": "udp"})
     assert status == 400 and "OverrideProtocol" in body
+
+
+def test_hcl_entries_through_the_cli(agent: AgentProcess, tmp_path: Any) -> None:
+    """`proconsul config write` with HCL as Consul's docs write it: quoted map keys ("*"), one-element lists."""
+    from support import run
+
+    (tmp_path / "d.hcl").write_text('Kind = "service-defaults"\nName = "hclsvc"\nProtocol = "http"\n')
+    (tmp_path / "r.hcl").write_text('''Kind = "service-resolver"
+Name = "hclsvc"
+Subsets = { v1 = { Filter = "Service.Meta.version == v1" } }
+Failover = { "*" = { Service = "hclsvc-backup" } }
+LoadBalancer = { Policy = "maglev", HashPolicies = [{ Field = "cookie", FieldValue = "id" }] }
+''')
+    (tmp_path / "bad.hcl").write_text('Kind = "service-splitter"\nName = "hclsvc"\nSplits = [{ Weight = 50 }]\n')
+    for f in ("d.hcl", "r.hcl"):
+        res = run(agent, "config", "write", str(tmp_path / f))
+        assert res.returncode == 0, res.stderr
+    assert agent.get("/v1/config/service-resolver/hclsvc")[1]["Failover"] == {"*": {"Service": "hclsvc-backup"}}
+    res = run(agent, "config", "write", str(tmp_path / "bad.hcl"))
+    assert res.returncode == 1 and "Splits" in res.stderr and "Traceback" not in res.stderr
