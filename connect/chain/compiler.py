@@ -283,6 +283,20 @@ def chain_services(entries: Entries) -> list[str]:
 
 
 def validate_graph(entries: Entries, *, datacenter: str, trust_domain: str = "") -> None:
-    """Compile every chain the entries shape; the first ChainError stops a write that would break one."""
+    """Compile every chain the entries shape, and check that ingress listeners match their services'
+    protocols; the first ChainError stops a write that would break one."""
     for service in chain_services(entries):
         compile_chain(entries, service, datacenter=datacenter, trust_domain=trust_domain or "validate")
+    for (kind, name), e in entries.items():
+        if kind != "ingress-gateway":
+            continue
+        for i, lst in enumerate(e.get("Listeners") or []):
+            for j, svc in enumerate(lst.get("Services") or []):
+                if svc.get("Name") in (None, "", "*"):
+                    continue
+                proto, want = protocol_of(entries, svc["Name"]), lst.get("Protocol") or "tcp"
+                if proto != want:
+                    raise ChainError(f"Invalid ingress-gateway {name!r}: Listeners[{i}].Services[{j}]: service "
+                                     f"{svc['Name']!r} has protocol {proto!r}, which does not match the listener's "
+                                     f"protocol {want!r}", kind="ingress-gateway", name=name,
+                                     field=f"Listeners[{i}].Services[{j}]")

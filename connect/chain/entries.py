@@ -38,7 +38,7 @@ RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimit
 ACCESS_LOG_TYPES = ("", "file", "stdout", "stderr")
 SUBSET_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 CHAIN_KINDS = ("service-resolver", "service-splitter", "service-router")
-KINDS = (*CHAIN_KINDS, "service-defaults", "proxy-defaults")
+KINDS = (*CHAIN_KINDS, "service-defaults", "proxy-defaults", "ingress-gateway")
 
 _COMMON = {"Kind": Str(), "Name": Str(), "Namespace": Str(), "Partition": Str(), "Meta": Map(Str()),
            "CreateIndex": Int(hi=2**64 - 1), "ModifyIndex": Int(hi=2**64 - 1), "Hash": Str()}
@@ -125,7 +125,22 @@ _ROUTE = Obj({
 })
 SERVICE_ROUTER = Obj({**_COMMON, "Routes": List(_ROUTE)})
 
+_GW_TLS = Obj({"Enabled": Bool(), "TLSMinVersion": Str(), "TLSMaxVersion": Str(), "CipherSuites": List(Str()),
+                "SDS": Opaque()})
+_GW_LIMITS = {"MaxConnections": Int(), "MaxPendingRequests": Int(), "MaxConcurrentRequests": Int(),
+              "PassiveHealthCheck": _PASSIVE}
+INGRESS_GATEWAY = Obj({
+    **_COMMON,
+    "TLS": _GW_TLS, "Defaults": Obj(_GW_LIMITS),
+    "Listeners": List(Obj({"Port": Int(lo=1, hi=65535), "Protocol": Str(choices=("", *PROTOCOLS), lower=True),
+                           "TLS": _GW_TLS,
+                           "Services": List(Obj({"Name": Str(), "Namespace": Str(), "Partition": Str(),
+                                                 "Hosts": List(Str()), "RequestHeaders": _HEADERS,
+                                                 "ResponseHeaders": _HEADERS, "TLS": _GW_TLS, **_GW_LIMITS}))})),
+})
+
 SCHEMAS: dict[str, Obj] = {
+    "ingress-gateway": INGRESS_GATEWAY,
     "service-defaults": SERVICE_DEFAULTS, "proxy-defaults": PROXY_DEFAULTS, "service-resolver": SERVICE_RESOLVER,
     "service-splitter": SERVICE_SPLITTER, "service-router": SERVICE_ROUTER,
 }
@@ -154,7 +169,8 @@ def validate(entry: dict[str, Any]) -> dict[str, Any]:
         if out.get(ns_field, "default") not in ("", "default"):
             raise check.fail(ns_field, "only \"default\" exists here (namespaces and partitions are enterprise)")
     {"service-resolver": _resolver, "service-splitter": _splitter, "service-router": _router,
-     "service-defaults": _service_defaults, "proxy-defaults": _proxy_defaults}[kind](out, check)
+     "service-defaults": _service_defaults, "proxy-defaults": _proxy_defaults,
+     "ingress-gateway": _ingress_gateway}[kind](out, check)
     return out
 
 
@@ -366,3 +382,50 @@ def _proxy_defaults(e: dict[str, Any], check: _Check) -> None:
                 json.loads(logs["JSONFormat"])
             except ValueError as err:
                 raise check.fail("AccessLogs.JSONFormat", f"is not a JSON object: {err}") from None
+
+
+HOST = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)(:\d+)?$")
+
+
+def _ingress_gateway(e: dict[str, Any], check: _Check) -> None:
+    ports: set[int] = set()
+    for i, lst in enumerate(e.get("Listeners") or []):
+        where = f"Listeners[{i}]"
+        port = lst.get("Port", 0)
+        if not port:
+            raise check.fail(f"{where}.Port", "is required")
+        if port in ports:
+            raise check.fail(f"{where}.Port", f"port {port} is declared by more than one listener")
+        ports.add(port)
+        proto = lst.setdefault("Protocol", "tcp") or "tcp"
+        lst["Protocol"] = proto
+        services = lst.get("Services") or []
+        if not services:
+            raise check.fail(f"{where}.Services", "a listener needs at least one service")
+        if proto == "tcp" and len(services) > 1:
+            raise check.fail(f"{where}.Services", "a tcp listener carries exactly one service")
+        hosts_seen: set[str] = set()
+        for j, svc in enumerate(services):
+            sw = f"{where}.Services[{j}]"
+            name = svc.get("Name", "")
+            if not name:
+                raise check.fail(f"{sw}.Name", "is required")
+            if name == "*" and proto not in L7_PROTOCOLS:
+                raise check.fail(f"{sw}.Name", "the wildcard \"*\" needs an http, http2 or grpc listener")
+            hosts = svc.get("Hosts") or []
+            if hosts and proto not in L7_PROTOCOLS:
+                raise check.fail(f"{sw}.Hosts", "Hosts can only be set on an http, http2 or grpc listener")
+            if hosts and name == "*":
+                raise check.fail(f"{sw}.Hosts", "Hosts cannot be set on the wildcard service")
+            for k, h in enumerate(hosts):
+                if not HOST.match(h) or (h.startswith("*") and h not in ("*",) and not h.startswith("*.")):
+                    raise check.fail(f"{sw}.Hosts[{k}]", f"{h!r} is not a host name (a leading \"*.\" is the only "
+                                                         "wildcard)")
+                if h in hosts_seen:
+                    raise check.fail(f"{sw}.Hosts[{k}]", f"host {h!r} is used by more than one service of the "
+                                                         "listener")
+                hosts_seen.add(h)
+        if (e.get("TLS") or {}).get("Enabled") or (lst.get("TLS") or {}).get("Enabled"):
+            raise check.fail(f"{where}.TLS" if (lst.get("TLS") or {}).get("Enabled") else "TLS",
+                             "TLS on ingress listeners is not supported by this gateway yet; serve plain HTTP or "
+                             "put a TLS terminator in front")

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -195,6 +196,7 @@ class Proxy:
                                               self._on_registration, stop, by_hash=True)),
                 tg.create_task(self.api.watch("/v1/config/service-defaults", {}, self._on_entries, stop)),
                 tg.create_task(self.api.watch("/v1/config/proxy-defaults", {}, self._on_entries, stop)),
+                *(tg.create_task(c) for c in self._extra_watches(stop)),
             ]
             for up in cfg.upstreams:
                 self._start_upstream_watch(up, stop)
@@ -203,6 +205,10 @@ class Proxy:
                 w.cancel()
             self._upstream_watches.clear()
             self._tg = None
+
+    def _extra_watches(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        """What a mode of the proxy follows beyond a sidecar's watches (a gateway: its config entry)."""
+        return []
 
     def _start_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
         assert self._tg is not None

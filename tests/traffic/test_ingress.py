@@ -1,0 +1,135 @@
+"""The ingress gateway end to end: `proconsul connect proxy -gateway ingress -service ig -register` as a real
+process, HTTP listeners routed by Host into the mesh (over mTLS, with the gateway's identity, through the
+services' discovery chains), a TCP listener, and curl as the outside client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import AgentProcess, free_port, wait_for
+from support_mesh import Backends, ProxyProcess, exchange, wait_passing
+
+pytestmark = pytest.mark.xdist_group("traffic-ingress")
+
+
+def curl(port: int, host: str, path: str = "/") -> tuple[int, Any]:
+    out = subprocess.run(["curl", "-s", "-m", "5", "-H", f"Host: {host}", "-w", "\n%{http_code}",
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=10).stdout
+    body, _, code = out.rpartition("\n")
+    try:
+        return int(code), json.loads(body)
+    except ValueError:
+        return int(code or 0), body
+
+
+class Gateway(ProxyProcess):
+    def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
+        super().__init__(agent, workdir, proxy_id=name)
+        self.args = ["-gateway", "ingress", "-service", name, "-register", "-address", address]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("ingress")
+    agent, backends = AgentProcess(tmp / "agent"), Backends()
+    procs: list[ProxyProcess] = []
+    try:
+        agent.start()
+        for name in ("web", "api"):
+            assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": "http"})[0] == 200
+            assert agent.put("/v1/agent/service/register", {"Name": name, "Port": backends.http(name),
+                                                            "Connect": {"SidecarService": {}}})[0] == 200
+        assert agent.put("/v1/agent/service/register", {"Name": "db", "Port": backends.tcp_echo(),
+                                                        "Connect": {"SidecarService": {}}})[0] == 200
+        for sid in ("web", "api", "db"):
+            procs.append(ProxyProcess(agent, tmp, sidecar_for=sid).start())
+        for sid in ("web", "api", "db"):
+            wait_passing(agent, sid)
+        http_port, tcp_port = free_port(), free_port()
+        gw = Gateway(agent, tmp, "ig", "127.0.0.1:8443")
+        gw.log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc_start = gw.start
+        import threading
+
+        started = threading.Thread(target=proc_start, kwargs={"timeout": 30})
+        started.start()  # the gateway starts before its config entry exists: it must wait, and say so
+        wait_for(lambda: "no ingress-gateway config entry named 'ig' yet" in gw.log(), 15,
+                 message="the gateway to say it waits for its entry")
+        assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+            {"Port": http_port, "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["web.example.com"]},
+                                                                 {"Name": "api"}]},
+            {"Port": tcp_port, "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+        started.join()
+        procs.append(gw)
+        wait_for(lambda: curl(http_port, "web.example.com")[0] == 200, 10, message="HTTP through the gateway")
+        yield {"agent": agent, "gw": gw, "http": http_port, "tcp": tcp_port, "backends": backends}
+    finally:
+        for p in procs:
+            p.stop()
+        agent.stop()
+        backends.close()
+
+
+def test_http_by_host_into_the_mesh(mesh: dict[str, Any]) -> None:
+    status, body = curl(mesh["http"], "web.example.com", "/hello")
+    assert status == 200 and body["backend"] == "web" and body["path"] == "/hello"
+    assert body["headers"]["x-forwarded-client-cert"].endswith("/svc/ig"), "the gateway's identity over mTLS"
+    status, body = curl(mesh["http"], f"api.ingress.mesh:{mesh['http']}")
+    assert status == 200 and body["backend"] == "api", "Consul's default host <service>.ingress.*"
+    status, body = curl(mesh["http"], "nobody.example.com")
+    assert status == 404 and "no service for host" in body
+
+
+def test_tcp_listener(mesh: dict[str, Any]) -> None:
+    assert exchange(mesh["tcp"], b"ping through the gateway") == b"ping through the gateway"
+
+
+def test_chain_and_intentions_apply_at_the_gateway(mesh: dict[str, Any]) -> None:
+    agent = mesh["agent"]
+    assert agent.put("/v1/config", {"Kind": "service-router", "Name": "api", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/to-web"}}, "Destination": {"Service": "web", "PrefixRewrite": "/"}}]}
+                     )[0] == 200
+    wait_for(lambda: curl(mesh["http"], "api.ingress.mesh", "/to-web/x")[1].get("backend") == "web", 5,
+             message="api's router applied by the gateway")
+    assert agent.put("/v1/config", {"Kind": "service-intentions", "Name": "api", "Sources": [
+        {"Name": "ig", "Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/secret"}},
+                                        {"Action": "allow", "HTTP": {"PathPrefix": "/"}}]}]})[0] == 200
+    try:
+        wait_for(lambda: curl(mesh["http"], "api.ingress.mesh", "/secret")[0] == 403, 5,
+                 message="the L7 intention naming the gateway as the source")
+        assert curl(mesh["http"], "api.ingress.mesh", "/public")[0] == 200
+        assert curl(mesh["http"], "web.example.com")[0] == 200
+    finally:
+        agent.request("DELETE", "/v1/config/service-intentions/api")
+        agent.request("DELETE", "/v1/config/service-router/api")
+
+
+def test_catalog_views_and_live_entry_changes(mesh: dict[str, Any]) -> None:
+    agent, gw = mesh["agent"], mesh["gw"]
+    names = {g["Service"]["Name"] for g in agent.get("/v1/catalog/gateway-services/ig")[1]}
+    assert names == {"web", "api", "db"}
+    assert [e["Service"]["Service"] for e in agent.get("/v1/health/ingress/api")[1]] == ["ig"]
+    pid = gw.proc.pid
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": mesh["http"], "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["www.example.org"]},
+                                                                {"Name": "api"}]},
+        {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+    wait_for(lambda: curl(mesh["http"], "www.example.org")[0] == 200, 10, message="the new host")
+    assert curl(mesh["http"], "web.example.com")[0] == 404
+    assert gw.proc.pid == pid and gw.proc.poll() is None
+
+
+def test_ingress_entries_are_validated(mesh: dict[str, Any]) -> None:
+    agent = mesh["agent"]
+    for listener, words in (
+            ({"Port": 1, "Protocol": "tcp", "Services": [{"Name": "api"}]}, "does not match the listener"),
+            ({"Port": 1, "Protocol": "tcp", "Services": [{"Name": "db"}, {"Name": "db2"}]}, "exactly one service"),
+            ({"Port": 1, "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["a b"]}]}, "not a host name"),
+            ({"Port": 1, "Protocol": "tcp", "Services": [{"Name": "db", "Hosts": ["x.example"]}]}, "Hosts can only")):
+        status, body, _ = agent.request("PUT", "/v1/config", {"Kind": "ingress-gateway", "Name": "bad",
+                                                              "Listeners": [listener]})
+        assert status == 400 and words in body and "Listeners[0]" in body, body
