@@ -368,6 +368,22 @@ def _proxy_defaults(e: dict[str, Any], check: _Check) -> None:
     proto = cfg.get("protocol", cfg.get("Protocol"))
     if proto is not None and str(proto).lower() not in PROTOCOLS:
         raise check.fail("Config.protocol", f"{proto!r} is not one of {', '.join(PROTOCOLS)}")
+    tracing = cfg.get("tracing")
+    if tracing is not None:
+        if not isinstance(tracing, dict):
+            raise check.fail("Config.tracing", "must be an object: { otlp_endpoint = \"http://…/v1/traces\", "
+                                               "sampling_percent = 100 }")
+        unknown = set(tracing) - {"otlp_endpoint", "sampling_percent"}
+        if unknown:
+            raise check.fail("Config.tracing", f"unknown field {sorted(unknown)[0]!r} (otlp_endpoint, "
+                                               "sampling_percent)")
+        url = tracing.get("otlp_endpoint")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise check.fail("Config.tracing.otlp_endpoint", f"must be an http(s) URL of an OTLP/HTTP traces "
+                                                             f"endpoint, not {url!r}")
+        pct = tracing.get("sampling_percent", 100)
+        if isinstance(pct, bool) or not isinstance(pct, int | float) or not 0 <= pct <= 100:
+            raise check.fail("Config.tracing.sampling_percent", f"must be a number within 0..100, not {pct!r}")
     logs = e.get("AccessLogs") or {}
     if logs:
         kind = logs.get("Type", "")

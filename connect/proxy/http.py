@@ -38,6 +38,7 @@ from proconsul.connect.proxy.dial import DialRefused, dial, instance_key
 from proconsul.connect.proxy.metrics import Link
 from proconsul.connect.proxy.routing import Decision
 from proconsul.connect.proxy.tls import MeshClientContext
+from proconsul.connect.proxy.tracing import CLIENT, SERVER, TraceContext
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
@@ -168,7 +169,7 @@ class Exchange:
     __slots__ = ("front", "head", "held", "held_size", "streaming", "request_done", "back", "attempt", "tried",
                  "inst", "timer", "responded", "draining", "resp_chunked", "started", "close_after", "denied",
                  "dispatched", "pending_tunnel", "interim", "until_close", "decision", "pool",
-                 "admitted", "status", "flag", "bytes_in", "bytes_out")
+                 "admitted", "status", "flag", "bytes_in", "bytes_out", "trace")
 
     def __init__(self, front: Front, head: h1.Head) -> None:
         self.front = front
@@ -199,6 +200,7 @@ class Exchange:
         self.flag = "-"  # Envoy's response flag when the proxy answered (UH, UO, UT, UF, NR, RL)
         self.bytes_in = 0  # request body bytes from the caller
         self.bytes_out = 0  # response body bytes to the caller
+        self.trace: TraceContext | None = None  # this side's span, when tracing is on
 
     # ------------------------------------------------------------------ the request, from the Front
     def request_body(self, data: bytes) -> None:
@@ -556,8 +558,20 @@ class Front(asyncio.Protocol):
     def done(self, ex: Exchange) -> None:
         now = time.monotonic()
         self.link.link.latency.observe(now - ex.started)
-        if self.rt.access_log is not None:
-            self.rt.access_log.request(self.log_record(ex, now))
+        rt = self.rt
+        if rt.access_log is not None or (ex.trace is not None and ex.trace.sampled):
+            rec = self.log_record(ex, now)
+            if rt.access_log is not None:
+                rt.access_log.request(rec)
+            if ex.trace is not None and rt.tracer is not None:
+                rt.tracer.finish(ex.trace, f"{rec['method']} {rec.get('upstream_service', '')}", ex.status, {
+                    "http.request.method": rec["method"], "url.path": rec["path"],
+                    "http.response.status_code": ex.status, "peer.service": rec.get("upstream_service"),
+                    "server.address": rec.get("upstream_host"), "proconsul.route": rec.get("route_name"),
+                    "proconsul.upstream_cluster": rec.get("upstream_cluster"),
+                    "proconsul.upstream_instance": rec.get("upstream_instance"),
+                    "proconsul.source": rec.get("downstream_peer_uri_san"),
+                    "proconsul.response_flags": ex.flag if ex.flag != "-" else None})
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         """The access-log fields of `ex` (Envoy's names) this side knows."""
@@ -702,6 +716,8 @@ class UpstreamFront(Front):
         if ex.admitted is None:
             if not self._route(ex):
                 return
+            if rt.tracer is not None and ex.trace is None:
+                ex.trace, ex.head.headers = rt.tracer.start(ex.head.headers, CLIENT)
             breaker = rt.breakers.get(self.up.key)
             verdict = breaker.admit(ex) if breaker is not None else SEND
             if verdict == REFUSE:
@@ -942,6 +958,9 @@ class InboundFront(Front):
                 ex.denied = True
 
     def send(self, ex: Exchange) -> None:
+        tracer = self.rt.tracer
+        if tracer is not None and ex.trace is None:
+            ex.trace, ex.head.headers = tracer.start(ex.head.headers, SERVER)
         if ex.denied:
             self.reply(ex, 403, "RBAC: access denied")
             return

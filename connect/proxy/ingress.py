@@ -125,7 +125,7 @@ class IngressGateway(Proxy):
             log.error("the ingress gateway's configuration changed but cannot be used (keeping the previous "
                       "one): %s", e)
             return
-        rt.set_access_log(self._access_logs)
+        self._apply_defaults(rt)
         if only_if_changed and cfg == rt.config and lsts == self.listeners:
             return
         log.info("ingress gateway %s: %d listener(s) now; re-opening them", cfg.service, len(lsts))

@@ -38,6 +38,7 @@ from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
+from proconsul.connect.proxy.tracing import TracingSettings
 
 log = logging.getLogger("proconsul.proxy")
 
@@ -97,6 +98,7 @@ class Proxy:
         self._stop: asyncio.Event | None = None
         self._access_logs: dict[str, Any] = {}  # proxy-defaults' AccessLogs
         self._rate_limits: dict[str, Any] = {}  # this service's service-defaults RateLimits
+        self._tracing: TracingSettings | None = None  # proxy-defaults Config.tracing
         self._last_registration: dict[str, Any] | None = None  # the last one seen, to re-resolve when entries change
 
     # ------------------------------------------------------------------ start-up
@@ -136,8 +138,7 @@ class Proxy:
             raise ProxyError(f"proxy {self.proxy_id!r}: {e}") from None
         while True:
             self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
-            self.rt.set_access_log(self._access_logs)
-            self.rt.set_rate_limits(self._rate_limits)
+            self._apply_defaults(self.rt)
             log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
                      cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
             try:
@@ -172,8 +173,15 @@ class Proxy:
                 self._rate_limits = (entry or {}).get("RateLimits") or {}
         defaults = await self._config_entry("proxy-defaults", "global") or {}
         self._access_logs = defaults.get("AccessLogs") or {}
+        self._tracing = TracingSettings.from_config((defaults.get("Config") or {}).get("tracing"))
         cfg = with_upstream_config(cfg, upstream_config)
         return with_protocols(cfg, protocols, str((defaults.get("Config") or {}).get("protocol", "")).lower())
+
+    def _apply_defaults(self, rt: Runtime) -> None:
+        """What config entries set beside the registration: access logs, rate limits, tracing."""
+        rt.set_access_log(self._access_logs)
+        rt.set_rate_limits(self._rate_limits)
+        rt.set_tracing(self._tracing)
 
     async def _config_entry(self, kind: str, name: str) -> dict[str, Any] | None:
         try:
@@ -261,8 +269,7 @@ class Proxy:
             log.error("the proxy registration changed but cannot be used (keeping the previous configuration): %s",
                       e)
             return
-        rt.set_access_log(self._access_logs)
-        rt.set_rate_limits(self._rate_limits)
+        self._apply_defaults(rt)
         change = changes(rt.config, new)
         if not change:
             return
@@ -553,6 +560,9 @@ class Proxy:
                 for u in rt.upstreams.values() if (b := rt.breakers.get(u.key)) is not None},
             "AccessLogLines": rt.access_log.lines if rt.access_log is not None else 0,
             "RateLimited": rt.rate_limiter.limited if rt.rate_limiter is not None else 0,
+            "TracingSpans": {"Exported": rt.tracer.exported, "Dropped": rt.tracer.dropped,
+                             "Queued": len(rt.tracer.queue), "ExportFailures": rt.tracer.failures}
+            if rt.tracer is not None else None,
         })
         return snap
 

@@ -29,6 +29,7 @@ from proconsul.connect.proxy.ratelimit import RateLimiter
 from proconsul.connect.proxy.routing import RouteTable, Target
 from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
 from proconsul.connect.proxy.tlsproto import READ_MAX
+from proconsul.connect.proxy.tracing import Tracer, TracingSettings
 from proconsul.connect.spiffe import parse_service
 
 
@@ -71,6 +72,8 @@ class Runtime:
         self.upstreams: dict[str, Upstream] = {u.key: u for u in config.upstreams}
         self.access_log: AccessLog | None = None  # proxy-defaults AccessLogs, when Enabled
         self.rate_limiter: RateLimiter | None = None  # service-defaults RateLimits of this service
+        self.tracer: Tracer | None = None  # proxy-defaults Config.tracing
+        self._tracer_task: asyncio.Task[Any] | None = None
         self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
         self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)
         self.metrics = ProxyMetrics(config.service)
@@ -123,6 +126,21 @@ class Runtime:
             self.access_log.open()
         log.info("access logs: %s", "off" if self.access_log is None else
                  f"{self.access_log.kind}{' ' + self.access_log.path if self.access_log.path else ''}")
+
+    def set_tracing(self, settings: TracingSettings | None) -> None:
+        """proxy-defaults Config.tracing: a new exporter when the collector or the sampling changes."""
+        if (self.tracer.settings if self.tracer is not None else None) == settings:
+            return
+        if self._tracer_task is not None:
+            self._tracer_task.cancel()
+            self._tracer_task = None
+        self.tracer = Tracer(self.config.service, settings, self.rng) if settings is not None else None
+        if self.tracer is not None:
+            self._tracer_task = asyncio.get_running_loop().create_task(self.tracer.run())
+            self._tasks.add(self._tracer_task)
+            self._tracer_task.add_done_callback(self._done)
+        log.info("tracing: %s", "off" if settings is None else
+                 f"OTLP/HTTP to {settings.endpoint}, {settings.sampling_percent:g}% of new traces")
 
     def set_rate_limits(self, rate_limits: dict[str, Any] | None) -> None:
         """service-defaults' RateLimits for this instance; buckets start full again only when they change."""

@@ -109,6 +109,16 @@ def test_failover_targets() -> None:
      "UpstreamConfig.Defaults.Limits.MaxConnections", "between"),
     ({"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {"Enabled": True, "Type": "file"}},
      "AccessLogs.Path", "required"),
+    ({"Kind": "proxy-defaults", "Name": "global", "Config": {"tracing": {"otlp_endpoint": "collector:4318"}}},
+     "Config.tracing.otlp_endpoint", "http(s) URL"),
+    ({"Kind": "proxy-defaults", "Name": "global", "Config": {"tracing": {"otlp_endpoint": "http://c/v1/traces",
+                                                                         "sampling_percent": 150}}},
+     "Config.tracing.sampling_percent", "0..100"),
+    ({"Kind": "ingress-gateway", "Name": "ig", "Listeners": [{"Port": 80, "Services": []}]},
+     "Listeners[0].Services", "at least one"),
+    ({"Kind": "ingress-gateway", "Name": "ig", "Listeners": [{"Port": 80, "Services": [{"Name": "a"}]},
+                                                             {"Port": 80, "Services": [{"Name": "b"}]}]},
+     "Listeners[1].Port", "more than one listener"),
 ])
 def test_invalid_entries_name_the_field(entry: dict[str, Any], field: str, words: str) -> None:
     with pytest.raises(InvalidConfigEntry) as err:

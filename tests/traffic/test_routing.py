@@ -340,3 +340,74 @@ def test_rate_limit_answers_429(mesh: Mesh) -> None:
         assert limited >= codes[429]
     finally:
         mesh.write({"Kind": "service-defaults", "Name": "admin", "Protocol": "http"})
+
+
+class OTLPReceiver:
+    """An OTLP/HTTP traces endpoint inside the test (on the backends' loop), decoding with opentelemetry-proto."""
+
+    def __init__(self, backends: Backends) -> None:
+        from aiohttp import web
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list[tuple[str, Any]] = []  # (service.name, Span)
+        self.port = free_port()
+
+        async def traces(request: web.Request) -> web.Response:
+            req = ExportTraceServiceRequest.FromString(await request.read())
+            for rs in req.resource_spans:
+                svc = next(a.value.string_value for a in rs.resource.attributes if a.key == "service.name")
+                self.spans += [(svc, s) for ss in rs.scope_spans for s in ss.spans]
+            return web.Response(body=b"", content_type="application/x-protobuf")
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/traces", traces)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            backends._runners.append(runner)
+
+        backends._call(start())
+
+    def of_trace(self, trace_id: bytes) -> list[tuple[str, Any]]:
+        return [(svc, s) for svc, s in self.spans if s.trace_id == trace_id]
+
+
+def test_one_trace_across_the_hop_with_parent_links(mesh: Mesh) -> None:
+    otlp = OTLPReceiver(mesh.backends)
+    mesh.write({"Kind": "proxy-defaults", "Name": "global", "Config": {"tracing": {
+        "otlp_endpoint": f"http://127.0.0.1:{otlp.port}/v1/traces", "sampling_percent": 100}}})
+    try:
+        for p in ("web", "api-v2"):
+            wait_for(lambda p=p: mesh.proxies[p].admin("/stats").get("TracingSpans") is not None, 5,
+                     message=f"tracing on in {p}'s sidecar")
+        trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+        status, body, _ = mesh.get("/traced", headers={"x-canary": "1", "traceparent": f"00-{trace_id}-{parent}-01",
+                                                       "tracestate": "vendor=1"})
+        assert status == 200 and body["backend"] == "api-v2"
+        seen = body["headers"]["traceparent"].split("-")
+        assert seen[1] == trace_id and body["headers"]["tracestate"] == "vendor=1"
+        wait_for(lambda: len(otlp.of_trace(bytes.fromhex(trace_id))) == 2, 5, message="both spans at the collector")
+        spans = {svc: s for svc, s in otlp.of_trace(bytes.fromhex(trace_id))}
+        client, server = spans["web"], spans["api"]
+        assert client.kind == 3 and client.parent_span_id.hex() == parent, "web's client span: the caller's child"
+        assert server.kind == 2 and server.parent_span_id == client.span_id, "api's server span: the client's child"
+        assert server.span_id.hex() == seen[2], "the application sees api's span as its parent"
+        attrs = {a.key: a.value for a in client.attributes}
+        assert attrs["http.response.status_code"].int_value == 200 and attrs["proconsul.route"].string_value == "api/0"
+
+        status, body, _ = mesh.get("/untraced", headers={"x-canary": "1"})
+        new_trace = bytes.fromhex(body["headers"]["traceparent"].split("-")[1])
+        wait_for(lambda: len(otlp.of_trace(new_trace)) == 2, 5, message="a new trace for a request without one")
+
+        mesh.write({"Kind": "proxy-defaults", "Name": "global", "Config": {"tracing": {
+            "otlp_endpoint": f"http://127.0.0.1:{free_port()}/v1/traces"}}})  # nobody listens there
+        wait_for(lambda: mesh.proxies["web"].admin("/stats")["TracingSpans"]["Exported"] == 0, 5,
+                 message="the new collector setting")
+        t0 = time.monotonic()
+        assert all(mesh.get("/x")[0] == 200 for _ in range(20))
+        assert time.monotonic() - t0 < 5, "a collector that is down slows nothing"
+        wait_for(lambda: mesh.proxies["web"].admin("/stats")["TracingSpans"]["Dropped"] >= 20, 10,
+                 message="dropped spans counted")
+    finally:
+        mesh.agent.request("DELETE", "/v1/config/proxy-defaults/global")
