@@ -222,25 +222,19 @@ class Proxy:
         assert self._tg is not None
         self._stop_upstream_watches(up.key)
         self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
-        if up.protocol == "http":
-            self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
+        self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
 
     def _restart_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
         """An upstream's settings changed (datacenter, timeouts, limits, protocol): its instances are
-        watched again; its discovery chain and targets stay as they are unless the protocol left HTTP."""
+        watched again; its discovery chain and targets stay as they are."""
         assert self._tg is not None
         old = self._upstream_watches.pop(up.key, None)
         if old is not None:
             old.cancel()
         self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
         chain = f"{up.key}|chain"
-        if up.protocol == "http" and chain not in self._upstream_watches:
+        if chain not in self._upstream_watches:
             self._upstream_watches[chain] = self._tg.create_task(self._watch_chain(up, stop))
-        elif up.protocol != "http" and chain in self._upstream_watches:
-            for k in [k for k in self._upstream_watches if k.startswith(up.key + "|")]:
-                self._upstream_watches.pop(k).cancel()
-            if self.rt is not None:
-                self.rt.set_chain(up.key, None)
 
     def _stop_upstream_watches(self, key: str) -> None:
         """End the watches of one upstream: its instances, its discovery chain and the chain's targets."""

@@ -133,3 +133,35 @@ def test_ingress_entries_are_validated(mesh: dict[str, Any]) -> None:
         status, body, _ = agent.request("PUT", "/v1/config", {"Kind": "ingress-gateway", "Name": "bad",
                                                               "Listeners": [listener]})
         assert status == 400 and words in body and "Listeners[0]" in body, body
+
+
+def test_tcp_follows_the_resolver_and_logs_connections(mesh: dict[str, Any]) -> None:
+    agent, gw = mesh["agent"], mesh["gw"]
+    log_path = Path(gw.log_path).parent / "access-l4.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    try:
+        wait_for(lambda: "access logs: file" in gw.log(), 5, message="access logs on in the gateway")
+        assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "db", "DefaultSubset": "v9",
+                                        "Subsets": {"v9": {"Filter": "Service.Meta.version == v9"}}})[0] == 200
+        wait_for(lambda: exchange(mesh["tcp"], b"x", timeout=2) == b"", 5,
+                 message="the TCP listener to follow db's resolver (a subset with no instance)")
+        assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "db", "DefaultSubset": "v9",
+                                        "Subsets": {"v9": {"Filter": "Service.Meta.version == v9"}},
+                                        "Failover": {"v9": {"Service": "db"}}})[0] == 200
+        wait_for(lambda: exchange(mesh["tcp"], b"failover", timeout=2) == b"failover", 5,
+                 message="the failover target")
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+
+        wait_for(lambda: any(x.get("protocol") == "TCP" and x.get("upstream_cluster") == "db.default.default.dc1"
+                             and x.get("bytes_sent") == 8 for x in lines()), 5, message="the connection's line")
+        wait_for(lambda: any(x.get("protocol") == "TCP" and x.get("response_flags") == "UH" for x in lines()), 5,
+                 message="the refused connection's line (flag UH)")
+        wait_for(lambda: any(x.get("upstream_cluster") == "local_app" and x.get("protocol") == "TCP"
+                             and x.get("downstream_peer_uri_san", "").endswith("/svc/ig") for x in lines()), 5,
+                 message="db's sidecar's line for the inbound connection, with the caller's identity")
+    finally:
+        agent.request("DELETE", "/v1/config/service-resolver/db")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
