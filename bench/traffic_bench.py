@@ -7,11 +7,15 @@ run (A B C D, ≥ 3 rounds, medians):
   l7-chain      a service-router (a PathPrefix route and a header route before the catch-all) and an
                 80/20 service-splitter between subsets v1/v2 (two instances, chosen by Filter over Meta)
   l7-chain-log  the same chain with proxy-defaults AccessLogs on (JSON lines to a file)
+  l7-chain-trace100 / -trace1   the same chain with tracing on (proxy-defaults Config.tracing, OTLP/HTTP to
+                a sink process), sampling 100% and 1% of new traces
+  ingress       wrk → the ingress gateway (HTTP, by Host) → the server sidecars → nginx: one hop in
+                place of the client sidecar, through the same chain
   haproxy       HAProxy in HTTP mode on both sides, mTLS between them, the same path route and an
                 80/20 weighted split (the peer the issue names)
 For each: keep-alive requests/s, p50/p99 (`wrk -t1 -c16`), and the arm's CPU seconds per 1,000
-requests over all its processes. Goals: chain ≥ 0.9× plain; access logs ≥ 0.95× without; ≥ 1.0×
-HAProxy's requests/s with p99 ≤ HAProxy's.
+requests over all its processes. Goals: chain ≥ 0.9× plain; access logs ≥ 0.95× without; tracing at
+100% ≥ 0.85× and at 1% ≥ 0.97× without; ≥ 1.0× HAProxy's requests/s with p99 ≤ HAProxy's.
 """
 
 from __future__ import annotations
@@ -64,6 +68,28 @@ class ChainArm:
                                          "-log-level", "warn"], cpus)) for sid in (*ids, "client")]
         wait_for(lambda: len(a.get("/v1/health/connect/shop?passing")[1]) == 2, 20, message="both sidecars healthy")
         wait_for(lambda: _curl(f"http://127.0.0.1:{self.front}/") == "ok\n", 20, message="traffic through the chain")
+        self.ingress_port = 0
+        self.gateway: Background | None = None
+        if chain:
+            self.ingress_port = free_port()
+            assert a.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+                {"Port": self.ingress_port, "Protocol": "http", "Services": [{"Name": "shop"}]}]})[0] == 200
+            self.gateway = Background(pinned([sys.executable, "-m", "proconsul.agent.cli", "connect", "proxy",
+                                              "-gateway", "ingress", "-service", "ig", "-register", "-address",
+                                              f"127.0.0.1:{free_port()}", "-http-addr", a.addr, "-admin-bind", "off",
+                                              "-log-level", "warn"], cpus))
+            wait_for(lambda: _curl(f"http://127.0.0.1:{self.ingress_port}/", "shop.ingress.mesh") == "ok\n", 20,
+                     message="traffic through the ingress gateway")
+
+    def tracing(self, endpoint: str, percent: float) -> None:
+        """Tracing on (to `endpoint`, sampling `percent`) or off (empty endpoint); waits for a span to arrive."""
+        if endpoint:
+            assert self.agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "Config": {"tracing": {
+                "otlp_endpoint": endpoint, "sampling_percent": percent}}})[0] == 200
+            time.sleep(1.0)  # the proxies learn it by blocking query; no observable signal without an admin port
+        else:
+            self.agent.request("DELETE", "/v1/config/proxy-defaults/global")
+            time.sleep(1.0)
 
     def access_logs(self, on: bool) -> None:
         if on:
@@ -87,10 +113,40 @@ class ChainArm:
     def pids(self) -> list[int]:
         return [p.proc.pid for p in self.procs]
 
+    @property
+    def ingress_pids(self) -> list[int]:
+        """The gateway and the two server-side sidecars (the client sidecar idles in this arm)."""
+        assert self.gateway is not None
+        return [self.gateway.proc.pid, self.procs[0].proc.pid, self.procs[1].proc.pid]
+
     def stop(self) -> None:
-        for p in self.procs:
+        for p in [*self.procs, *([self.gateway] if self.gateway else [])]:
             p.stop()
         self.agent.stop()
+
+
+SINK = """
+import sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response()
+app = web.Application(client_max_size=64 << 20)
+app.router.add_post("/v1/traces", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def measure_host(port: int, host: str, pids: list[int], duration: float, cpus: int | None) -> dict[str, float]:
+    from common import CpuMeter, wrk
+
+    meter = CpuMeter(pids)
+    meter.start()
+    r = wrk(f"http://127.0.0.1:{port}/", 16, duration, extra=["-H", f"Host: {host}"], cpus=cpus)
+    cpu = meter.stop()
+    out = r.as_dict()
+    out["cpu_s_per_1k"] = cpu / max(1.0, r.rps * duration) * 1000
+    return out
 
 
 def haproxy_l7(tmp: Path, certs: dict[str, Path], front: int, app: int, cpus: int | None) -> Background:
@@ -170,19 +226,31 @@ def main() -> None:
         chain = ChainArm(tmp, app, args.cpus, chain=True)
         hp = haproxy_l7(tmp, certs, hp_front, app, args.cpus)
         wait_for(lambda: _curl(f"http://127.0.0.1:{hp_front}/") == "ok\n", 10, message="haproxy")
+        sink_port = free_port()
+        sink = Background([sys.executable, "-c", SINK, str(sink_port)])
+        sink_url = f"http://127.0.0.1:{sink_port}/v1/traces"
         results: dict[str, Any] = {}
         try:
-            def chain_arm(logs: bool) -> dict[str, float]:
-                chain.access_logs(logs)
+            def chain_arm(logs: bool, trace: float = 0.0) -> dict[str, float]:
+                if logs:
+                    chain.access_logs(True)
+                if trace:
+                    chain.tracing(sink_url, trace)
                 try:
                     return measure(chain.front, chain.pids, args.duration, args.cpus, False)
                 finally:
                     if logs:
                         chain.access_logs(False)
+                    if trace:
+                        chain.tracing("", 0)
 
             arms = [Arm("l7-plain", lambda: measure(plain.front, plain.pids, args.duration, args.cpus, False)),
                     Arm("l7-chain", lambda: chain_arm(False)),
                     Arm("l7-chain-log", lambda: chain_arm(True)),
+                    Arm("l7-chain-trace100", lambda: chain_arm(False, 100.0)),
+                    Arm("l7-chain-trace1", lambda: chain_arm(False, 1.0)),
+                    Arm("ingress", lambda: measure_host(chain.ingress_port, "shop.ingress.mesh", chain.ingress_pids,
+                                                        args.duration, args.cpus)),
                     Arm("haproxy", lambda: measure(hp_front, hp.pids, args.duration, args.cpus, False))]
             alternate(arms, args.rounds)
             results = {a.name: {k: a.median(k) for k in a.results[0]} for a in arms}
@@ -190,11 +258,15 @@ def main() -> None:
             plain.stop()
             chain.stop()
             hp.stop()
+            sink.stop()
             web.stop()
     summary = {
         "chain_vs_plain_rps": results["l7-chain"]["rps"] / results["l7-plain"]["rps"],
         "chain_cpu_per_1k_vs_plain": results["l7-chain"]["cpu_s_per_1k"] / results["l7-plain"]["cpu_s_per_1k"],
         "access_log_vs_off_rps": results["l7-chain-log"]["rps"] / results["l7-chain"]["rps"],
+        "tracing100_vs_off_rps": results["l7-chain-trace100"]["rps"] / results["l7-chain"]["rps"],
+        "tracing1_vs_off_rps": results["l7-chain-trace1"]["rps"] / results["l7-chain"]["rps"],
+        "ingress_hop_vs_sidecar_hop_rps": results["ingress"]["rps"] / results["l7-chain"]["rps"],
         "chain_vs_haproxy_rps": results["l7-chain"]["rps"] / results["haproxy"]["rps"],
         "chain_p99_vs_haproxy": results["l7-chain"]["p99_ms"] / results["haproxy"]["p99_ms"],
     }
