@@ -149,14 +149,7 @@ def measure_host(port: int, host: str, pids: list[int], duration: float, cpus: i
     return out
 
 
-def haproxy_l7(tmp: Path, certs: dict[str, Path], front: int, app: int, cpus: int | None) -> Background:
-    """HAProxy pair in HTTP mode: the client side routes /admin to one backend and splits the rest 80/20
-    over two mTLS servers (the server side, two frontends), which forward to nginx."""
-    need("haproxy", "haproxy")
-    mid1, mid2, mid3 = free_port(), free_port(), free_port()
-    ssl = f"ssl crt {certs['client']} ca-file {certs['ca']} verify required"
-    client = tmp / "haproxy-l7-client.cfg"
-    client.write_text(f"""
+HAPROXY_HTTP = """
 global
   nbthread 1
   maxconn 4000
@@ -166,7 +159,17 @@ defaults
   http-reuse always
   timeout connect 5s
   timeout client 120s
-  timeout server 120s
+  timeout server 120s"""
+
+
+def haproxy_l7(tmp: Path, certs: dict[str, Path], front: int, app: int, cpus: int | None) -> Background:
+    """HAProxy pair in HTTP mode: the client side routes /admin to one backend and splits the rest 80/20
+    over two mTLS servers (the server side, two frontends), which forward to nginx."""
+    need("haproxy", "haproxy")
+    mid1, mid2, mid3 = free_port(), free_port(), free_port()
+    ssl = f"ssl crt {certs['client']} ca-file {certs['ca']} verify required"
+    client = tmp / "haproxy-l7-client.cfg"
+    client.write_text(HAPROXY_HTTP + f"""
 frontend client_side
   bind 127.0.0.1:{front}
   acl admin path_beg /admin
@@ -184,17 +187,7 @@ backend admin
   server a 127.0.0.1:{mid3} {ssl}
 """)
     server = tmp / "haproxy-l7-server.cfg"
-    server.write_text(f"""
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 120s
-  timeout server 120s
+    server.write_text(HAPROXY_HTTP + f"""
 frontend server_side
   bind 127.0.0.1:{mid1} ssl crt {certs['server']} ca-file {certs['ca']} verify required
   bind 127.0.0.1:{mid2} ssl crt {certs['server']} ca-file {certs['ca']} verify required
