@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from proconsul.connect.proxy.durations import parse_seconds
+from proconsul.connect.chain import durations
 
 
 class ChainFormatError(ValueError):
@@ -252,9 +252,7 @@ def _seconds(value: Any) -> float | None:
     """A chain duration: a Go string ("5s") or integer nanoseconds (what Go's JSON gives a time.Duration)."""
     if value in (None, "", 0):
         return None
-    if isinstance(value, int | float):
-        return float(value) / 1e9
-    return parse_seconds(str(value))
+    return durations.parse(value) or None  # Go's forms: "2.5s", "500µs", or integer nanoseconds
 
 
 def _build(chain: dict[str, Any]) -> RouteTable:
