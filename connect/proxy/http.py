@@ -649,6 +649,14 @@ class UpstreamFront(Front):
     def lost(self) -> None:
         self.link.link.active -= 1
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Requests still queued by the circuit breaker, or dialing (no Back yet), are not abandoned by the
+        # base class: free their places here (the dial, when it ends, finds the front closed).
+        for ex in self.queue:
+            if ex.back is None:
+                self._release(ex)
+        super().connection_lost(exc)
+
     def describe(self) -> str:
         return f"upstream {self.up.destination_name}"
 
