@@ -49,6 +49,7 @@ class StoreView:
         self._by_address: dict[str, list[tuple[str, str]]] | None = None
         # (lower name, connect) -> instances, kept until a change touches that service (any change: connect)
         self._instances: dict[tuple[str, bool], tuple[Instance, ...]] = {}
+        self._ingress: dict[str, tuple[Instance, ...]] = {}  # lower name -> gateway instances exposing it
         self._callbacks: list[Callable[[set[str] | None], None]] = []
         store.subscribe(self._changed)
 
@@ -56,8 +57,15 @@ class StoreView:
         self._callbacks.append(callback)
 
     def _changed(self, changes: Any) -> None:
+        if "config_entries" in changes.tables and not _CATALOG_TABLES & changes.tables:
+            if self._ingress:  # an ingress-gateway entry may have changed: what <svc>.ingress answers
+                self._ingress.clear()
+                for cb in self._callbacks:
+                    cb(set())  # answers that depend on the whole catalog (ingress ones among them)
+            return
         if not _CATALOG_TABLES & changes.tables:
             return  # KV, sessions, intentions…: nothing DNS answers from
+        self._ingress.clear()
         self._by_address = None
         services = set(changes.services) if changes.services else None
         if services is None:
@@ -80,6 +88,22 @@ class StoreView:
             cached = self._instances[key] = tuple(self._read_instances(name, connect))
         return list(cached)
 
+    def ingress_instances(self, name: str) -> list[Instance]:
+        key = name.lower()
+        cached = self._ingress.get(key)
+        if cached is None:
+            if len(self._ingress) >= MAX_MEMO:
+                self._ingress.clear()
+            _, rows = self.store.table_list("config_entries")
+            gateways = sorted(r["Name"] for r in rows if r.get("Kind") == "ingress-gateway" and any(
+                str(svc.get("Name", "")).lower() in (key, "*")
+                for lst in r.get("Listeners") or [] for svc in lst.get("Services") or []))
+            found: list[Instance] = []
+            for gw in gateways:
+                found += self._from_entries(self.store.health_service(gw)[1])
+            cached = self._ingress[key] = tuple(found)
+        return list(cached)
+
     def _read_instances(self, name: str, connect: bool) -> list[Instance]:
         if connect:
             _, pairs = self.store.service_instances(name)
@@ -88,6 +112,10 @@ class StoreView:
             _, entries = self.store.health_service(canonical, connect=True)
         else:
             _, entries = self.store.health_service(name)
+        return self._from_entries(entries)
+
+    @staticmethod
+    def _from_entries(entries: Any) -> list[Instance]:
         out = []
         for node, svc, checks in entries:
             weights = svc.get("Weights") or {}

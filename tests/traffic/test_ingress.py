@@ -108,11 +108,23 @@ def test_chain_and_intentions_apply_at_the_gateway(mesh: dict[str, Any]) -> None
         agent.request("DELETE", "/v1/config/service-router/api")
 
 
+def dig_a(agent: AgentProcess, name: str) -> list[str]:
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(agent.dns_port), "+time=3", "+tries=1", "+short", name, "A"],
+                         capture_output=True, text=True, timeout=20).stdout
+    return sorted(x for x in out.splitlines() if x and not x.startswith(";"))
+
+
 def test_catalog_views_and_live_entry_changes(mesh: dict[str, Any]) -> None:
+    import shutil
+
     agent, gw = mesh["agent"], mesh["gw"]
     names = {g["Service"]["Name"] for g in agent.get("/v1/catalog/gateway-services/ig")[1]}
     assert names == {"web", "api", "db"}
     assert [e["Service"]["Service"] for e in agent.get("/v1/health/ingress/api")[1]] == ["ig"]
+    if shutil.which("dig"):
+        wait_for(lambda: dig_a(agent, "api.ingress.mesh") == ["127.0.0.1"], 10,
+                 message="DNS <service>.ingress.<domain>: the gateway's address")
+        assert dig_a(agent, "nobody.ingress.mesh") == []
     pid = gw.proc.pid
     assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
         {"Port": mesh["http"], "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["www.example.org"]},
@@ -120,6 +132,13 @@ def test_catalog_views_and_live_entry_changes(mesh: dict[str, Any]) -> None:
         {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
     wait_for(lambda: curl(mesh["http"], "www.example.org")[0] == 200, 10, message="the new host")
     assert curl(mesh["http"], "web.example.com")[0] == 404
+    if shutil.which("dig"):
+        assert dig_a(agent, "web.ingress.mesh") == ["127.0.0.1"]
+        assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+            {"Port": mesh["http"], "Protocol": "http", "Services": [{"Name": "api"}]},
+            {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+        wait_for(lambda: dig_a(agent, "web.ingress.mesh") == [], 5,
+                 message="the entry's change to reach DNS (web no longer exposed)")
     assert gw.proc.pid == pid and gw.proc.poll() is None
 
 
