@@ -26,12 +26,17 @@ class Breaker(Generic[T]):
         self.overflows = 0  # requests refused (Envoy's upstream_rq_pending_overflow + _rq_overflow)
         self.peak = 0
 
-    def admit(self, item: T) -> str:
+    def admit(self, item: T, can_wait: bool = True) -> str:
+        """SEND, QUEUE or REFUSE for a new request (`can_wait` False: an L4 connection, which never waits:
+        Envoy's TCP proxy closes connections past MaxConnections)."""
         lim = self.limits
         if lim.max_concurrent_requests and self.active + len(self.pending) >= lim.max_concurrent_requests:
             self.overflows += 1
             return REFUSE
         if lim.max_connections and self.active >= lim.max_connections:
+            if not can_wait:
+                self.overflows += 1
+                return REFUSE
             room = lim.max_pending_requests or DEFAULT_PENDING
             if len(self.pending) >= room:
                 self.overflows += 1

@@ -42,13 +42,22 @@ def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def _limits(svc: dict[str, Any], defaults: dict[str, Any]) -> tuple[Limits, OutlierSettings | None]:
+def _limits(svc: dict[str, Any], defaults: dict[str, Any]) -> tuple[Limits, OutlierSettings | None, dict[str, Any]]:
+    """The service's limits (its own, else the entry's Defaults), and the same as an upstream `Config` (so
+    the gateway's service-defaults UpstreamConfig layers under them, as it does under a sidecar's)."""
     def pick(name: str) -> int:
         return int(svc.get(name) or defaults.get(name) or 0)
 
     phc = svc.get("PassiveHealthCheck") or defaults.get("PassiveHealthCheck")
     outlier = parse_outlier({"PassiveHealthCheck": phc}, "ingress-gateway") if phc else None
-    return Limits(pick("MaxConnections"), pick("MaxPendingRequests"), pick("MaxConcurrentRequests")), outlier
+    limits = Limits(pick("MaxConnections"), pick("MaxPendingRequests"), pick("MaxConcurrentRequests"))
+    raw: dict[str, Any] = {"limits": {k: v for k, v in (("max_connections", limits.max_connections),
+                                                        ("max_pending_requests", limits.max_pending_requests),
+                                                        ("max_concurrent_requests", limits.max_concurrent_requests))
+                                      if v}}
+    if phc:
+        raw["passive_health_check"] = phc
+    return limits, outlier, {"Config": raw}
 
 
 def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_host: str) -> tuple[
@@ -59,6 +68,7 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
                                f"{registration.get('Kind')!r})")
     name = str(registration.get("Service") or "")
     upstreams: list[Upstream] = []
+    upstream_raw: list[dict[str, Any]] = []
     listeners = []
     defaults = entry.get("Defaults") or {}
     for lst in entry.get("Listeners") or []:
@@ -67,19 +77,22 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
             raise ProxyConfigError(f"ingress-gateway {name!r}: listener {port} has protocol {proto!r}; this gateway "
                                    "serves http and tcp listeners")
         routes = []
+        raws = []
         for svc in lst.get("Services") or []:
             if svc.get("Name") == "*":
                 raise ProxyConfigError(f"ingress-gateway {name!r}: listener {port}: the wildcard service \"*\" is "
                                        "not supported by this gateway yet; name the services")
-            limits, outlier = _limits(svc, defaults)
+            limits, outlier, raw = _limits(svc, defaults)
+            raws.append(raw)
             up = Upstream(destination_name=svc["Name"], local_bind_port=port, local_bind_address=bind_host,
                           protocol=proto, limits=limits, outlier=outlier)
             upstreams.append(up)
             hosts = tuple(svc.get("Hosts") or ()) or (f"{svc['Name']}.ingress.*",)
             routes.append((hosts, up.key))
         listeners.append(IngressListener(port, proto, tuple(routes)))
+        upstream_raw.extend(raws)
     cfg = ProxyConfig(proxy_id=str(registration.get("ID") or name), proxy_name=name, service=name,
                       service_id=str(registration.get("ID") or name), bind_address=bind_host, bind_port=0,
                       local_address="", local_port=0, upstreams=tuple(upstreams), protocol="tcp",
-                      upstream_raw=tuple({} for _ in upstreams))
+                      upstream_raw=tuple(upstream_raw))
     return cfg, tuple(listeners)

@@ -161,7 +161,7 @@ class _UpstreamTLS(Side):
 class UpstreamSide(Side):
     """The application's side of an outbound connection, accepted on an upstream's local port."""
 
-    __slots__ = ("rt", "upstream", "link", "instance", "started", "received", "sent", "flag", "target")
+    __slots__ = ("rt", "upstream", "link", "instance", "started", "received", "sent", "flag", "target", "admitted")
 
     def __init__(self, rt: Runtime, upstream: Upstream) -> None:
         super().__init__()
@@ -173,6 +173,7 @@ class UpstreamSide(Side):
         self.received = self.sent = 0  # bytes from the application / to it, for the access log
         self.flag = "-"
         self.target = ""
+        self.admitted = False  # counted by the upstream's circuit breaker (Limits.MaxConnections)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -186,6 +187,16 @@ class UpstreamSide(Side):
             link.bytes_out += n
             self.received += n
         self.on_bytes = out
+        breaker = self.rt.breakers.get(self.upstream.key)
+        if breaker is not None and breaker.limits:
+            if breaker.admit(self, can_wait=False) != "send":
+                self.flag = "UO"
+                link.failed += 1
+                log.warning("upstream %s: connection refused by the circuit breaker (%d open, MaxConnections %d)",
+                            self.upstream.destination_name, breaker.active, breaker.limits.max_connections)
+                self.abort()
+                return
+            self.admitted = True
         self.rt.spawn(self._dial())
 
     def _pools(self) -> list[tuple[str, UpstreamPool | None]]:
@@ -271,6 +282,11 @@ class UpstreamSide(Side):
         super().connection_lost(exc)
         self.link.active -= 1
         rt = self.rt
+        if self.admitted:
+            self.admitted = False
+            breaker = rt.breakers.get(self.upstream.key)
+            if breaker is not None:
+                breaker.release()
         if rt.access_log is not None:
             inst = self.instance
             rt.access_log.connection(_connection_record(

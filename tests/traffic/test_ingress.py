@@ -184,3 +184,29 @@ def test_tcp_follows_the_resolver_and_logs_connections(mesh: dict[str, Any]) -> 
     finally:
         agent.request("DELETE", "/v1/config/service-resolver/db")
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_tcp_max_connections_at_the_gateway(mesh: dict[str, Any]) -> None:
+    """Limits.MaxConnections on an L4 listener: past it a connection is closed at once (Envoy's TCP proxy)."""
+    import socket
+
+    agent = mesh["agent"]
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": mesh["http"], "Protocol": "http", "Services": [{"Name": "api"}]},
+        {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db", "MaxConnections": 1}]}]})[0] == 200
+    wait_for(lambda: mesh["gw"].admin("/stats")["CircuitBreakers"]["db"]["MaxConnections"] == 1, 10,
+             message="the limit in the gateway")
+    wait_for(lambda: exchange(mesh["tcp"], b"ready", timeout=3) == b"ready", 10, message="the re-opened listener")
+    held = socket.create_connection(("127.0.0.1", mesh["tcp"]), timeout=5)
+    try:
+        held.sendall(b"first")
+        assert held.recv(16) == b"first"
+        try:
+            second = exchange(mesh["tcp"], b"second", timeout=3)
+        except ConnectionResetError:
+            second = b""
+        assert second == b"", "the second connection is closed at once"
+        assert mesh["gw"].admin("/stats")["CircuitBreakers"]["db"]["Overflows"] >= 1
+    finally:
+        held.close()
+    wait_for(lambda: exchange(mesh["tcp"], b"third", timeout=3) == b"third", 5, message="the place given back")
