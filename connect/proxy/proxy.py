@@ -41,6 +41,7 @@ from proconsul.connect.proxy.tlsproto import TLSProtocol
 from proconsul.connect.proxy.tracing import TracingSettings
 
 log = logging.getLogger("proconsul.proxy")
+WARMING_MAX = 2.0  # seconds a new chain waits for its new targets' first instance lists
 
 
 class ProxyError(Exception):
@@ -99,6 +100,7 @@ class Proxy:
         self._access_logs: dict[str, Any] = {}  # proxy-defaults' AccessLogs
         self._rate_limits: dict[str, Any] = {}  # this service's service-defaults RateLimits
         self._tracing: TracingSettings | None = None  # proxy-defaults Config.tracing
+        self._target_known: dict[tuple[str, str], asyncio.Event] = {}  # new chain targets' first answers
         self._last_registration: dict[str, Any] | None = None  # the last one seen, to re-resolve when entries change
 
     # ------------------------------------------------------------------ start-up
@@ -314,7 +316,7 @@ class Proxy:
     async def _watch_chain(self, up: Upstream, stop: asyncio.Event) -> None:
         """Follow the upstream's discovery chain: each change is applied to new requests at once (open
         connections stay), and targets that need instances of their own get a watch."""
-        def update(body: dict[str, Any]) -> None:
+        async def update(body: dict[str, Any]) -> None:
             rt = self.rt
             assert rt is not None and self._tg is not None
             try:
@@ -322,12 +324,24 @@ class Proxy:
             except (ChainFormatError, KeyError, TypeError) as e:
                 log.error("upstream %s: keeping the previous routes: %s", up.destination_name, e)
                 return
-            for t in rt.set_chain(up.key, table):
+            warming = []
+            for t in rt.set_chain(up.key, table, activate=False):
                 key = f"{up.key}|target|{t.id}"
                 old = self._upstream_watches.pop(key, None)
                 if old is not None:
                     old.cancel()
+                known = self._target_known[(up.key, t.id)] = asyncio.Event()
+                warming.append(known.wait())
                 self._upstream_watches[key] = self._tg.create_task(self._watch_target(up, t, stop))
+            if warming:  # new targets: switch once their instances are known (or after WARMING_MAX), never to
+                try:     # a target the proxy has not heard about yet (that would answer 503 for nothing)
+                    await asyncio.wait_for(asyncio.gather(*warming), WARMING_MAX)
+                except TimeoutError:
+                    log.warning("upstream %s: applying the new chain before all its targets answered",
+                                up.destination_name)
+            if self.rt is not rt:
+                return
+            rt.set_chain(up.key, table)
             live = {f"{up.key}|target|{tid}" for (k, tid) in rt.target_pools if k == up.key}
             for key in [k for k in self._upstream_watches if k.startswith(f"{up.key}|target|") and k not in live]:
                 self._upstream_watches.pop(key).cancel()
@@ -354,6 +368,9 @@ class Proxy:
                 log.info("upstream %s: target %s has %d healthy instance(s)", up.destination_name, target.id,
                          len(instances))
             pool.set_instances(instances)
+            known = self._target_known.pop((up.key, target.id), None)
+            if known is not None:
+                known.set()
 
         await self.api.watch(f"/v1/health/connect/{quote(target.service, safe='')}", params, update, stop)
 

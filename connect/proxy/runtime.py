@@ -158,9 +158,11 @@ class Runtime:
     def pool_for(self, up: Upstream, t: Target) -> UpstreamPool | None:
         return self.pools.get(up.key) if self.owns_target(up, t) else self.target_pools.get((up.key, t.id))
 
-    def set_chain(self, key: str, table: RouteTable | None) -> list[Target]:
+    def set_chain(self, key: str, table: RouteTable | None, activate: bool = True) -> list[Target]:
         """Apply a new chain to upstream `key` (None: forget it); the targets that now need a pool of their
-        own (a subset, another service or datacenter) — the caller watches their instances."""
+        own (a subset, another service or datacenter) — the caller watches their instances. With
+        `activate` False the pools are made but requests keep the current chain (warming, as Envoy's
+        clusters warm: the caller activates once the new targets' instances are known)."""
         up = self.upstreams.get(key)
         if table is None or up is None:
             self.chains.pop(key, None)
@@ -182,6 +184,8 @@ class Runtime:
                 self.target_pools[(key, tid)] = pool
                 new.append(t)
             pool.policy = policies[tid]
+        if not activate:
+            return new
         for k in [k for k in self.target_pools if k[0] == key and k[1] not in wanted]:
             del self.target_pools[k]
         own = self.pools.get(key)
