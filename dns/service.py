@@ -64,6 +64,7 @@ class StoreView:
         self._by_address: dict[str, list[tuple[str, str]]] | None = None
         # (lower name, connect) -> instances, kept until a change touches that service (any change: connect)
         self._instances: dict[tuple[str, bool], tuple[Instance, ...]] = {}
+        self._ingress: dict[str, tuple[Instance, ...]] = {}  # lower name -> gateway instances exposing it
         self._callbacks: list[Callable[[set[str] | None], None]] = []
         store.subscribe(self._changed)
 
@@ -72,10 +73,17 @@ class StoreView:
 
     def _changed(self, changes: Any) -> None:
         if not _CATALOG_TABLES & changes.tables:
-            if pq.TABLE in changes.tables:  # prepared query answers depend on the whole catalog and the queries
+            # Prepared query answers depend on the whole catalog and the queries; <svc>.ingress answers on the
+            # ingress-gateway config entries: either change drops the answers that depend on everything.
+            stale = pq.TABLE in changes.tables
+            if "config_entries" in changes.tables and self._ingress:
+                self._ingress.clear()
+                stale = True
+            if stale:
                 for cb in self._callbacks:
                     cb(set())
             return  # KV, sessions, intentions…: nothing DNS answers from
+        self._ingress.clear()
         self._by_address = None
         services = set(changes.services) if changes.services else None
         if services is None:
@@ -96,6 +104,22 @@ class StoreView:
             if len(self._instances) >= MAX_MEMO:  # questions for ever-new names must not grow it forever
                 self._instances.clear()
             cached = self._instances[key] = tuple(self._read_instances(name, connect))
+        return list(cached)
+
+    def ingress_instances(self, name: str) -> list[Instance]:
+        key = name.lower()
+        cached = self._ingress.get(key)
+        if cached is None:
+            if len(self._ingress) >= MAX_MEMO:
+                self._ingress.clear()
+            _, rows = self.store.table_list("config_entries")
+            gateways = sorted(r["Name"] for r in rows if r.get("Kind") == "ingress-gateway" and any(
+                str(svc.get("Name", "")).lower() in (key, "*")
+                for lst in r.get("Listeners") or [] for svc in lst.get("Services") or []))
+            found: list[Instance] = []
+            for gw in gateways:
+                found += [_instance(node, svc, checks) for node, svc, checks in self.store.health_service(gw)[1]]
+            cached = self._ingress[key] = tuple(found)
         return list(cached)
 
     def _read_instances(self, name: str, connect: bool) -> list[Instance]:

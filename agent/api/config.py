@@ -19,6 +19,7 @@ from proconsul.agent.api.params import check_common, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.catalog import commands as c
 from proconsul.connect import intentions
+from proconsul.connect.chain import compiler, entries
 from proconsul.connect.errors import InvalidIntention
 
 routes = web.RouteTableDef()
@@ -39,7 +40,8 @@ def _service_intentions(entry: dict[str, Any]) -> dict[str, Any]:
 
 # Kind → function that validates and normalizes an entry of that kind.
 Validator = Callable[[dict[str, Any]], dict[str, Any]]
-VALIDATORS: dict[str, Validator] = {"service-intentions": _service_intentions}
+VALIDATORS: dict[str, Validator] = {"service-intentions": _service_intentions,
+                                    **{kind: entries.validate for kind in entries.KINDS}}
 
 
 def _fold_keys(entry: dict[str, Any]) -> dict[str, Any]:
@@ -75,8 +77,23 @@ def validate_entry(raw: Any) -> dict[str, Any]:
     return entry
 
 
+async def check_graph(agent: Any, kind: str, name: str, entry: dict[str, Any] | None) -> None:
+    """Refuse a write (or a delete: `entry` None) that would leave a discovery chain that does not compile:
+    a subset that no longer exists, a router on a service turned tcp, a loop (ChainError: a 400)."""
+    if kind not in entries.KINDS:
+        return
+    _, rows = await agent.backend.query("config.list", {})
+    current = compiler.index_entries(rows)
+    if entry is None:
+        current.pop((kind, name), None)
+    else:
+        current[(kind, name)] = entry
+    compiler.validate_graph(current, datacenter=agent.config.datacenter)
+
+
 async def put_entry(agent: Any, entry: dict[str, Any], cas: int | None = None) -> bool:
     row = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
+    await check_graph(agent, row["Kind"], row["Name"], row)
     return bool(await agent.backend.apply(c.TableSet(table=TABLE, key=f"{row['Kind']}/{row['Name']}", row=row,
                                                      cas=cas)))
 
@@ -116,5 +133,6 @@ async def delete(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
     cas = uint_param(request, "cas") if "cas" in request.query else None
+    await check_graph(request.app["agent"], kind, request.match_info["name"], None)
     ok = await request.app["agent"].backend.apply(c.TableDelete(table=TABLE, key=f"{kind}/{name}", cas=cas))
     return json_response(request, bool(ok) if cas is not None else {})

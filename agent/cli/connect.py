@@ -55,12 +55,21 @@ def proxy(
     token: Annotated[str, typer.Option("-token", "--token", help="ACL token (or CONSUL_HTTP_TOKEN).")] = "",
     admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
+    gateway: Annotated[str, typer.Option("-gateway", "--gateway",
+                                         help="Run a gateway of this kind instead of a sidecar: ingress.")] = "",
+    service: Annotated[str, typer.Option("-service", "--service", help="The gateway's service name.")] = "",
+    register_: Annotated[bool, typer.Option("-register", "--register",
+                                            help="Register the gateway service with the agent first.")] = False,
+    address: Annotated[str, typer.Option("-address", "--address",
+                                         help="The gateway's HOST:PORT; its listeners bind HOST.")] = "",
 ) -> None:
-    """Run the built-in sidecar proxy: mTLS in front of the service, upstream listeners for its dependencies."""
+    """Run the built-in sidecar proxy (mTLS in front of the service, upstream listeners for its dependencies),
+    or with -gateway ingress an ingress gateway (as `consul connect envoy -gateway=ingress`)."""
     from proconsul.connect.proxy.cli import Options, execute
 
     raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
-                                     admin_bind=admin_bind, log_level=log_level)))
+                                     admin_bind=admin_bind, log_level=log_level, gateway=gateway, service=service,
+                                     register=register_, address=address)))
 
 
 def _ms(seconds: float) -> str:

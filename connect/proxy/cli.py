@@ -1,6 +1,7 @@
 """Running a proxy from the command line: `proconsul connect proxy` and `python -m proconsul.connect.proxy`.
 
-Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`), with our
+Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`; for gateways
+`consul connect envoy`'s `-gateway ingress -service NAME -register -address HOST:PORT`), with our
 `-admin-bind` for the metrics listener (by default where the registration says, see admin_address.py:
 Envoy's habit of 127.0.0.1:19000 for the first sidecar). Errors are one line on stderr and exit status 1.
 """
@@ -34,6 +35,10 @@ class Options:
     token: str = ""
     admin_bind: str = ""  # "": from the registration (admin_address.py); "off": no admin listener
     log_level: str = "info"
+    gateway: str = ""  # "ingress": run an ingress gateway instead of a sidecar
+    service: str = ""  # the gateway's service name (and ID)
+    register: bool = False  # register the gateway service with the agent first
+    address: str = ""  # the gateway's address (listeners bind its host), HOST:PORT
 
 
 def http_address(flag: str) -> str:
@@ -66,9 +71,28 @@ def _admin(bind: str) -> tuple[str, int | None]:
         raise ProxyCLIError(f"-admin-bind {bind!r} must be HOST:PORT (or \"off\")") from None
 
 
+GATEWAY_KINDS = ("ingress",)
+
+
+def _gateway_address(address: str) -> tuple[str, int]:
+    host, _, port = (address or "127.0.0.1:8443").rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ProxyCLIError(f"-address {address!r} must be HOST:PORT") from None
+
+
 async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
     """Run one proxy until `stop` (or SIGINT/SIGTERM when `stop` is not given)."""
-    if bool(opts.proxy_id) == bool(opts.sidecar_for):
+    if opts.gateway:
+        if opts.gateway not in GATEWAY_KINDS:
+            raise ProxyCLIError(f"-gateway {opts.gateway!r}: only \"ingress\" is built so far (terminating and mesh "
+                                "gateways are not)")
+        if not opts.service or opts.sidecar_for:
+            raise ProxyCLIError("-gateway needs -service NAME (and no -sidecar-for)")
+    elif opts.register or opts.service:
+        raise ProxyCLIError("-register and -service are for gateways: add -gateway ingress")
+    elif bool(opts.proxy_id) == bool(opts.sidecar_for):
         raise ProxyCLIError("give exactly one of -sidecar-for SERVICE-ID or -proxy-id PROXY-ID")
     host, port = _admin(opts.admin_bind)
     api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
@@ -78,6 +102,17 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     try:
+        if opts.gateway:
+            from proconsul.connect.proxy.ingress import IngressGateway
+
+            gw_host, gw_port = _gateway_address(opts.address)
+            gw_id = opts.proxy_id or opts.service
+            if opts.register:
+                await api.put("/v1/agent/service/register", {"Kind": "ingress-gateway", "Name": opts.service,
+                                                             "ID": gw_id, "Address": gw_host, "Port": gw_port})
+                log.info("registered ingress gateway %s (%s:%d)", gw_id, gw_host, gw_port)
+            await IngressGateway(api, gw_id, bind_host=gw_host, admin_address=host, admin_port=port).run(stop)
+            return
         proxy_id = opts.proxy_id or await sidecar_proxy_id(api, opts.sidecar_for)
         await Proxy(api, proxy_id, admin_address=host, admin_port=port).run(stop)
     except AgentAPIError as e:
@@ -125,7 +160,12 @@ def main(argv: list[str] | None = None) -> None:
             (("-http-addr", "--http-addr"), "http_addr", "the local agent's HTTP address"),
             (("-token", "--token"), "token", "ACL token"),
             (("-admin-bind", "--admin-bind"), "admin_bind", ADMIN_HELP),
-            (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error")):
+            (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error"),
+            (("-gateway", "--gateway"), "gateway", "run a gateway of this kind (ingress)"),
+            (("-service", "--service"), "service", "the gateway's service name"),
+            (("-address", "--address"), "address", "the gateway's HOST:PORT (listeners bind HOST)")):
         p.add_argument(*names, dest=dest, default=getattr(Options(), dest), help=help_)
+    p.add_argument("-register", "--register", dest="register", action="store_true",
+                   help="register the gateway service with the agent first")
     args = p.parse_args(argv)
     sys.exit(execute(Options(**vars(args))))
