@@ -19,6 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl.resolver import Resolver
+from proconsul.agent.acl.state import ACLState, leader_setup
+from proconsul.agent.acl.tokens import load_agent_tokens, save_agent_tokens
 from proconsul.agent.api.read_cache import ReadCache
 from proconsul.agent.checks.kinds import standard_kinds
 from proconsul.agent.checks.manager import CheckManager
@@ -35,7 +38,8 @@ from proconsul.agent.local.events import EventBuffer
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.observe.logs import LogMonitor, level_number
 from proconsul.agent.observe.telemetry import Telemetry
-from proconsul.catalog.store import CRITICAL, StateStore
+from proconsul.catalog.queries import get_query
+from proconsul.catalog.store import ACL_TABLES, CRITICAL, StateStore
 
 log = logging.getLogger("proconsul.agent")
 
@@ -67,6 +71,9 @@ class Agent:
             raise AgentError(str(e)) from None
         self.backend: Any = self.server if self.server is not None else RemoteBackend(self.cluster.call_any_server)
         self.read_cache = ReadCache(self.store) if self.store is not None else None
+        self.acl_state = ACLState(self.backend)
+        self.acl_tokens: dict[str, str] = load_agent_tokens(config)  # acl.tokens, and /v1/agent/token/:type
+        self.acl: Resolver | None = self._acl_resolver() if config.acl.enabled else None
         self.node = {
             "ID": config.node_id,
             "Node": config.node_name,
@@ -105,6 +112,30 @@ class Agent:
         self._config_services: set[str] = set()
         self._config_checks: set[str] = set()
         _load_components(self)
+
+    def _acl_resolver(self) -> Resolver:
+        cfg = self.config.acl
+        store = self.store
+        if store is not None:
+            query = get_query("acl.token_bundle")
+
+            async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
+                return query.run(store, {"secret": secret})  # a server resolves from its own replica
+        else:
+            async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
+                return await self.backend.query("acl.token_bundle", {"secret": secret}, 0, 0.0, "stale")
+        return Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
+                        datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
+                        clock=time.monotonic, wall=time.time,
+                        local_index=(lambda: store.table_index(*ACL_TABLES)) if store is not None else None)
+
+    def set_agent_token(self, kind: str, secret: str) -> None:
+        """/v1/agent/token/:type: replace one of the agent's tokens (persisted with enable_token_persistence)."""
+        self.acl_tokens[kind] = secret
+        if self.acl is not None:
+            self.acl.invalidate()
+        if self.config.acl.enable_token_persistence and self.config.data_dir and not self.config.dev:
+            save_agent_tokens(self.config.data_dir, self.acl_tokens, self.config.acl.tokens)
 
     # ------------------------------------------------------------------ identity & status
     def known_leader(self) -> bool:
@@ -431,6 +462,10 @@ class Agent:
                 tg.create_task(self.reap_critical_services(self._stop), name="reaper")
                 if self.server is not None:
                     tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
+                    if self.acl is not None:
+                        tg.create_task(leader_setup(self.acl_state, self.acl_tokens.get("initial_management", ""),
+                                                    self.is_leader, self.wait_leadership, self._stop),
+                                       name="acl-setup")
                     if cfg.config_entries:
                         tg.create_task(self._bootstrap_config_entries(), name="config-entries-bootstrap")
                 for start in self.listeners:

@@ -35,7 +35,8 @@ SERVICES = "services"
 CHECKS = "checks"
 KVS = "kvs"
 SESSIONS = "sessions"
-SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta")
+ACL_TABLES = ("acl_tokens", "acl_policies", "acl_roles", "acl_auth_methods", "acl_binding_rules")
+SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta", *ACL_TABLES)
 
 SNAPSHOT_VERSION = 1
 

@@ -44,6 +44,27 @@ class TLSSettings:
         return bool(self.cert_file or self.verify_outgoing)
 
 
+ACL_TOKEN_TYPES = ("initial_management", "agent", "default", "replication", "agent_recovery",
+                   "config_file_service_registration", "dns")
+ACL_TOKEN_ALIASES = {"master": "initial_management", "agent_master": "agent_recovery"}
+
+
+@dataclass
+class ACLConfig:
+    """Consul's `acl` block: off unless enabled; a deny default is what production runs."""
+
+    enabled: bool = False
+    default_policy: str = "allow"
+    down_policy: str = "extend-cache"
+    enable_token_persistence: bool = False
+    enable_key_list_policy: bool = False
+    enable_token_replication: bool = False
+    token_ttl: float = 30.0
+    policy_ttl: float = 30.0
+    role_ttl: float = 30.0
+    tokens: dict[str, str] = field(default_factory=dict)
+
+
 TLS_KEYS = ("ca_file", "cert_file", "key_file", "verify_incoming", "verify_outgoing", "verify_server_hostname")
 
 
@@ -90,6 +111,7 @@ class AgentConfig:
     sync_interval: float = 60.0
     leave_on_terminate: bool | None = None  # None: Consul's default — true for clients, false for servers
     tls: TLSSettings = field(default_factory=TLSSettings)
+    acl: ACLConfig = field(default_factory=ACLConfig)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
     gossip_interval: float = 1.0  # LAN push-pull period
