@@ -116,24 +116,33 @@ class Agent:
     def _acl_resolver(self) -> Resolver:
         cfg = self.config.acl
         store = self.store
-        if store is not None:
-            query = get_query("acl.token_bundle")
+        query = get_query("acl.token_bundle")
 
-            async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
-                return query.run(store, {"secret": secret})  # a server resolves from its own replica
-        else:
-            async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
-                return await self.backend.query("acl.token_bundle", {"secret": secret}, 0, 0.0, "stale")
+        async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
+            return await self.backend.query("acl.token_bundle", {"secret": secret}, 0, 0.0, "stale")
+
+        def fetch_local(secret: str) -> tuple[int, dict[str, Any]]:
+            return query.run(store, {"secret": secret})  # a server resolves from its own replica
+
         return Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
                         datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
                         clock=time.monotonic, wall=time.time,
-                        local_index=(lambda: store.table_index(*ACL_TABLES)) if store is not None else None)
+                        local_index=(lambda: store.table_index(*ACL_TABLES)) if store is not None else None,
+                        fetch_local=fetch_local if store is not None else None)
+
+    def dns_may_read(self, kind: str, name: str) -> bool:
+        """What DNS may answer: the agent's `dns` token, else its `default` token, else anonymous (Consul)."""
+        assert self.acl is not None
+        secret = self.acl_tokens.get("dns") or self.acl_tokens.get("default", "")
+        return self.acl.resolve_local(secret).allowed(kind, name, "read")
 
     def set_agent_token(self, kind: str, secret: str) -> None:
         """/v1/agent/token/:type: replace one of the agent's tokens (persisted with enable_token_persistence)."""
         self.acl_tokens[kind] = secret
         if self.acl is not None:
             self.acl.invalidate()
+        if kind in ("dns", "default") and self.dns_handler is not None and hasattr(self.dns_handler, "invalidate"):
+            self.dns_handler.invalidate(None)  # DNS answers with these tokens: cached answers may differ now
         if self.config.acl.enable_token_persistence and self.config.data_dir and not self.config.dev:
             save_agent_tokens(self.config.data_dir, self.acl_tokens, self.config.acl.tokens)
 

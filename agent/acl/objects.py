@@ -150,6 +150,13 @@ def policy_row(body: Any, *, new_id: str, existing: dict[str, Any] | None, name_
         raise InvalidACLObject("Invalid Policy: invalid Name. Only alphanumeric characters, '-' and '_' are "
                                "allowed")
     rules = _str(p, "Rules", "Policy")
+    if rules.lstrip().startswith('"'):  # py-consul sends rules JSON-encoded once more: a JSON string
+        try:
+            inner = json.loads(rules)
+        except ValueError:
+            inner = None
+        if isinstance(inner, str):
+            rules = inner
     if existing is not None and existing["ID"] == GLOBAL_MANAGEMENT_ID:
         if rules.strip() != GLOBAL_MANAGEMENT_RULES.strip():
             raise InvalidACLObject("Changing the Rules for the builtin global-management policy is not permitted")

@@ -24,6 +24,7 @@ log = logging.getLogger("proconsul.acl")
 
 # (secret) -> (index, {"Token": row | None, "Policies": {id: row}, "Roles": {id: row}})
 FetchBundle = Callable[[str], Awaitable[tuple[int, dict[str, Any]]]]
+FetchLocal = Callable[[str], tuple[int, dict[str, Any]]]  # a server's own replica: no waiting
 CACHE_SIZE = 4096
 
 
@@ -40,7 +41,7 @@ class Resolver:
 
     def __init__(self, *, default_allow: bool, down_policy: str, datacenter: str, token_ttl: float,
                  fetch: FetchBundle, clock: Callable[[], float], wall: Callable[[], float],
-                 local_index: Callable[[], int] | None = None) -> None:
+                 local_index: Callable[[], int] | None = None, fetch_local: FetchLocal | None = None) -> None:
         self.default_allow = default_allow
         self.down_policy = down_policy
         self.datacenter = datacenter
@@ -49,6 +50,7 @@ class Resolver:
         self._clock = clock  # monotonic: cache ages
         self._wall = wall  # the epoch: token expiry
         self._local_index = local_index
+        self._fetch_local = fetch_local
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._parsed: dict[tuple[str, int], Rules] = {}
 
@@ -61,17 +63,41 @@ class Resolver:
         """The authorizer of `secret` (anonymous for ""); raises ACLNotFound for an unknown secret."""
         return (await self.resolve_with_token(secret))[0]
 
-    async def resolve_with_token(self, secret: str) -> tuple[Authorizer, dict[str, Any]]:
-        secret = secret or ANONYMOUS_SECRET
+    def _hit(self, secret: str) -> _Entry | None:
         entry = self._cache.get(secret)
         if entry is not None and self._fresh(entry) and not expired(entry.token, self._wall()):
-            return entry.authz, entry.token
+            return entry
+        return None
+
+    async def resolve_with_token(self, secret: str) -> tuple[Authorizer, dict[str, Any]]:
+        secret = secret or ANONYMOUS_SECRET
+        hit = self._hit(secret)
+        if hit is not None:
+            return hit.authz, hit.token
         try:
-            index, bundle = await self._fetch(secret)
+            index, bundle = self._fetch_local(secret) if self._fetch_local else await self._fetch(secret)
         except ACLNotFound:
             raise
         except Exception as e:  # no server answers: the down policy decides
-            return self._down(secret, entry, e)
+            return self._down(secret, self._cache.get(secret), e)
+        return self._build(secret, index, bundle)
+
+    def resolve_local(self, secret: str) -> Authorizer:
+        """For synchronous callers on a server (DNS answering): resolve from the local replica; an unknown
+        secret gets the default policy's authorizer with no rules (it is the agent's own configuration)."""
+        secret = secret or ANONYMOUS_SECRET
+        hit = self._hit(secret)
+        if hit is not None:
+            return hit.authz
+        if self._fetch_local is None:
+            raise RuntimeError("resolve_local needs a local replica")
+        try:
+            return self._build(secret, *self._fetch_local(secret))[0]
+        except ACLNotFound:
+            log.error("the agent's DNS token matches no ACL token: DNS answers as with no rules")
+            return Authorizer(Rules(), default_allow=self.default_allow, accessor=ANONYMOUS_ACCESSOR)
+
+    def _build(self, secret: str, index: int, bundle: dict[str, Any]) -> tuple[Authorizer, dict[str, Any]]:
         token = bundle.get("Token")
         if token is None and secret == ANONYMOUS_SECRET:
             token = anonymous_token()  # before the leader has written it

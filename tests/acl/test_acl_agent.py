@@ -1,0 +1,199 @@
+"""ACLs end to end on a real dev agent started the way Consul users start one, driven by py-consul:
+bootstrap, tokens, policies, roles, enforcement (403 with Consul's words), filtered listings, DNS."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import consul
+import pytest
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from tests.support import AgentProcess, wait_for
+
+pytestmark = pytest.mark.xdist_group("acl-agent")
+
+MGMT = "T-management"
+WEB_RULES = '''
+service "web" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+key_prefix "app/" { policy = "read" }
+'''
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory):
+    a = AgentProcess(tmp_path_factory.mktemp("acl"), args=[
+        "-hcl", f'acl {{ enabled = true default_policy = "deny" tokens {{ initial_management = "{MGMT}" }} }}'])
+    a.start()
+    mgmt = consul.Consul(port=a.http_port, token=MGMT)
+    wait_for(lambda: any(t["SecretID"] == MGMT for t in mgmt.acl.token.list()), message="initial token")
+    yield a
+    a.stop()
+
+
+def client(agent: AgentProcess, token: str | None = None) -> consul.Consul:
+    return consul.Consul(port=agent.http_port, token=token)
+
+
+def raw(agent: AgentProcess, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+        data: bytes | None = None) -> tuple[int, str, dict[str, str]]:
+    req = urllib.request.Request(agent.url + path, headers=headers or {}, method=method, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), dict(e.headers)
+
+
+def test_bootstrap_is_spent_by_the_initial_management_token(agent):
+    with pytest.raises(consul.ACLPermissionDenied, match=r"ACL bootstrap no longer allowed \(reset index: \d+\)"):
+        client(agent).acl.bootstrap()
+
+
+def test_management_token_does_everything_anonymous_nothing(agent):
+    mgmt, anon = client(agent, MGMT), client(agent)
+    mgmt.kv.put("app/config", "v1")
+    assert mgmt.kv.get("app/config")[1]["Value"] == b"v1"
+    with pytest.raises(consul.ACLPermissionDenied, match="lacks permission 'key:read' on \"app/config\""):
+        anon.kv.get("app/config")
+    with pytest.raises(consul.ACLPermissionDenied, match="key:write"):
+        anon.kv.put("x", "1")
+    assert "consul" in mgmt.catalog.services()[1]
+    status, body, headers = raw(agent, "/v1/catalog/services")
+    assert status == 200 and body == "{}" and headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+    assert raw(agent, "/v1/agent/self")[0] == 403
+    assert raw(agent, "/v1/snapshot")[0] == 403
+    assert raw(agent, "/v1/status/leader")[0] == 200  # open, as in Consul
+
+
+def test_unknown_token_is_acl_not_found(agent):
+    status, body, _ = raw(agent, "/v1/kv/app/config", {"X-Consul-Token": "no-such-secret"})
+    assert (status, body.strip()) == (403, "ACL not found")
+
+
+def test_token_in_bearer_header_and_query(agent):
+    assert raw(agent, "/v1/agent/self", {"Authorization": f"Bearer {MGMT}"})[0] == 200
+    assert raw(agent, f"/v1/agent/self?token={MGMT}")[0] == 200
+
+
+def test_policy_token_and_role_lifecycle_with_py_consul(agent):
+    mgmt = client(agent, MGMT)
+    policy = mgmt.acl.policy.create(name="web-svc", rules=WEB_RULES, description="web's rights")
+    assert policy["Name"] == "web-svc" and policy["Rules"] == WEB_RULES
+    assert mgmt.acl.policy.read(policy["ID"])["Description"] == "web's rights"
+    assert any(p["Name"] == "global-management" for p in mgmt.acl.policy.list())
+    with pytest.raises(consul.ConsulException, match="already exists"):
+        mgmt.acl.policy.create(name="web-svc", rules="")
+    with pytest.raises(consul.ConsulException, match="Failed to parse ACL rules|Invalid"):
+        mgmt.acl.policy.create(name="bad", rules='key_prefix "" { policy = "admin" }')
+
+    token = mgmt.acl.token.create(description="web", policies_id=[policy["ID"]])
+    assert token["Policies"] == [{"ID": policy["ID"], "Name": "web-svc"}]
+    web = client(agent, token["SecretID"])
+    assert web.acl.token.read_self()["AccessorID"] == token["AccessorID"]
+
+    # A service token registers its own service and reads the catalog, but writes no KV.
+    web.agent.service.register("web", service_id="web-1", port=8080)
+    with pytest.raises(consul.ACLPermissionDenied, match="service:write"):
+        web.agent.service.register("db", port=5432)
+    with pytest.raises(consul.ACLPermissionDenied, match="key:write"):
+        web.kv.put("app/config", "v2")
+    assert web.kv.get("app/config")[1]["Value"] == b"v1"
+    wait_for(lambda: "web" in web.catalog.services()[1], message="web in the catalog")
+    assert web.health.service("web")[1][0]["Service"]["ID"] == "web-1"
+    with pytest.raises(consul.ACLPermissionDenied):
+        web.acl.token.list()
+
+    # A role with a service identity; a token that holds the role.
+    role = mgmt.acl.role.create(name="db-role", service_identities=[{"ServiceName": "db"}])
+    assert mgmt.acl.role.read_by_name("db-role")["ID"] == role["ID"]
+    db_token = mgmt.acl.token.create(roles_name=["db-role"], description="db")
+    client(agent, db_token["SecretID"]).agent.service.register("db", port=5432)
+    with pytest.raises(consul.ACLPermissionDenied):
+        client(agent, db_token["SecretID"]).agent.service.register("web", service_id="web-2")
+
+    clone = mgmt.acl.token.clone(token["AccessorID"], description="web clone")
+    assert clone["Policies"] == token["Policies"] and clone["SecretID"] != token["SecretID"]
+    # Changing the policy changes what its tokens may do at once (the resolver's cache follows the tables).
+    mgmt.acl.policy.update(policy["ID"], "web-svc", rules=WEB_RULES + 'key_prefix "app/" { policy = "write" }')
+    web.kv.put("app/config", "v2")
+    assert mgmt.acl.token.delete(clone["AccessorID"])
+    with pytest.raises(consul.ACLPermissionDenied, match="ACL not found"):
+        client(agent, clone["SecretID"]).acl.token.read_self()
+    with pytest.raises(consul.ACLPermissionDenied, match="anonymous"):
+        mgmt.acl.token.delete("00000000-0000-0000-0000-000000000002")
+
+
+def test_listings_are_filtered_to_what_the_token_reads(agent):
+    mgmt = client(agent, MGMT)
+    for k in ("app/a", "app/b", "secret/x"):
+        mgmt.kv.put(k, "1")
+    pol = mgmt.acl.policy.create(name="app-reader", rules='key_prefix "app/" { policy = "read" }')
+    reader = mgmt.acl.token.create(policies_name=["app-reader"])
+    _, rows = client(agent, reader["SecretID"]).kv.get("", recurse=True)
+    assert {r["Key"] for r in rows} >= {"app/a", "app/b"} and not any(r["Key"].startswith("secret/") for r in rows)
+    status, _, headers = raw(agent, "/v1/kv/?recurse", {"X-Consul-Token": reader["SecretID"]})
+    assert status == 200 and headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+    _, keys = client(agent, reader["SecretID"]).kv.get("", keys=True)
+    assert "secret/x" not in keys and "app/a" in keys
+    # The management token sees everything, unfiltered.
+    _, all_keys = mgmt.kv.get("", keys=True)
+    assert "secret/x" in all_keys
+    # A recursive delete needs write on everything under the prefix.
+    with pytest.raises(consul.ACLPermissionDenied):
+        client(agent, reader["SecretID"]).kv.delete("app/", recurse=True)
+    assert mgmt.acl.policy.delete(pol["ID"])
+
+
+def test_dns_answers_with_the_agents_token(agent):
+    mgmt = client(agent, MGMT)
+    mgmt.agent.service.register("dnsweb", port=80)
+    wait_for(lambda: "dnsweb" in mgmt.catalog.services()[1], message="dnsweb registered")
+
+    def ask() -> DNSRecord:
+        q = DNSRecord.question("dnsweb.service.mesh", "A")
+        return DNSRecord.parse(q.send("127.0.0.1", agent.dns_port, timeout=5))
+
+    assert ask().header.rcode == RCODE.NXDOMAIN  # anonymous may read nothing
+    mgmt.acl.policy.create(name="dns-read", rules='service_prefix "" { policy = "read" }\n'
+                                                  'node_prefix "" { policy = "read" }')
+    dns_token = mgmt.acl.token.create(policies_name=["dns-read"])
+    with pytest.raises(consul.ACLPermissionDenied):  # setting an agent token needs acl:write
+        client(agent, dns_token["SecretID"]).agent.token.set("default", dns_token["SecretID"])
+    # Without a `dns` token, DNS answers with the agent's default token (which requests without one use too).
+    assert mgmt.agent.token.set("default", dns_token["SecretID"])
+    try:
+        reply = wait_for(lambda: (r := ask()).header.rcode == RCODE.NOERROR and r, message="DNS answers")
+        assert [QTYPE[rr.rtype] for rr in reply.rr] == ["A"]
+        assert "dnsweb" in client(agent).catalog.services()[1]
+        status, _, _ = raw(agent, "/v1/agent/token/dns", {"X-Consul-Token": MGMT}, "PUT", b'{"Token": "nope"}')
+        assert status == 200  # a `dns` token wins over the default one for DNS
+        wait_for(lambda: ask().header.rcode == RCODE.NXDOMAIN, message="DNS hides what the dns token cannot read")
+    finally:
+        mgmt.agent.token.set("default", "")
+
+
+def test_acl_endpoints_on_an_agent_without_acls(tmp_path: Path):
+    a = AgentProcess(tmp_path)
+    a.start()
+    try:
+        with pytest.raises(consul.ACLDisabled):
+            client(a).acl.bootstrap()
+    finally:
+        a.stop()
+
+
+def test_bootstrap_once(tmp_path: Path):
+    a = AgentProcess(tmp_path, args=["-hcl", 'acl { enabled = true default_policy = "deny" }'])
+    a.start()
+    try:
+        token = client(a).acl.bootstrap()
+        assert token["Policies"][0]["Name"] == "global-management"
+        assert client(a, token["SecretID"]).acl.token.read_self()["AccessorID"] == token["AccessorID"]
+        with pytest.raises(consul.ACLPermissionDenied, match="no longer allowed"):
+            client(a).acl.bootstrap()
+    finally:
+        a.stop()
