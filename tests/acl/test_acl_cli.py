@@ -1,0 +1,70 @@
+"""`proconsul acl …` as Consul users type it: single-dash flags, -token / CONSUL_HTTP_TOKEN / -token-file,
+one-line errors with exit status 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import AgentProcess, ok, one_line_error, run
+
+pytestmark = pytest.mark.xdist_group("acl-cli")
+MGMT = "cli-management"
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory):
+    a = AgentProcess(tmp_path_factory.mktemp("acl-cli"), args=[
+        "-hcl", f'acl {{ enabled = true default_policy = "deny" tokens {{ initial_management = "{MGMT}" }} }}'])
+    a.start()
+    yield a
+    a.stop()
+
+
+def test_policy_token_role_commands(agent: AgentProcess, tmp_path: Path):
+    rules = tmp_path / "app.hcl"
+    rules.write_text('key_prefix "app/" { policy = "write" }\n')
+    out = ok(agent, "acl", "policy", "create", "-token", MGMT, "-name", "app", f"-rules=@{rules}",
+             "-description", "app keys")
+    assert "Name:        app" in out and 'key_prefix "app/"' in out
+    token = json.loads(ok(agent, "acl", "token", "create", f"-token={MGMT}", "-description", "app writer",
+                          "-policy-name", "app", "-service-identity", "web", "-format", "json"))
+    assert token["Policies"][0]["Name"] == "app" and token["ServiceIdentities"] == [{"ServiceName": "web"}]
+
+    # The new token, from the environment: it writes app/ keys and nothing else.
+    env = {"CONSUL_HTTP_TOKEN": token["SecretID"]}
+    ok(agent, "kv", "put", "app/x", "1", env=env)
+    line = one_line_error(run(agent, "kv", "put", "other/x", "1", env=env))
+    assert "Permission denied" in line and "key:write" in line
+    token_file = tmp_path / "token"
+    token_file.write_text(token["SecretID"] + "\n")
+    assert ok(agent, "kv", "get", "app/x", f"-token-file={token_file}").strip() == "1"
+    assert "app writer" in ok(agent, "acl", "token", "read", "-self", env=env)
+
+    listing = ok(agent, "acl", "token", "list", env={"CONSUL_HTTP_TOKEN": MGMT})
+    assert "app writer" in listing and "Anonymous Token" in listing
+    clone = json.loads(ok(agent, "acl", "token", "clone", "-id", token["AccessorID"], "-description", "copy",
+                          "-format", "json", env={"CONSUL_HTTP_TOKEN": MGMT}))
+    assert clone["Description"] == "copy" and clone["Policies"] == token["Policies"]
+    assert "renamed" in ok(agent, "acl", "token", "update", "-id", clone["AccessorID"], "-description", "renamed",
+                           env={"CONSUL_HTTP_TOKEN": MGMT})
+    assert "deleted" in ok(agent, "acl", "token", "delete", "-id", clone["AccessorID"], env={"CONSUL_HTTP_TOKEN": MGMT})
+
+    role = ok(agent, "acl", "role", "create", "-name", "readers", "-policy-name", "app",
+              env={"CONSUL_HTTP_TOKEN": MGMT})
+    assert "readers" in role and "app" in role
+    assert "deleted" in ok(agent, "acl", "role", "delete", "-name", "readers", env={"CONSUL_HTTP_TOKEN": MGMT})
+    assert "changed" in ok(agent, "acl", "policy", "update", "-name", "app", "-description", "changed",
+                           env={"CONSUL_HTTP_TOKEN": MGMT})
+
+
+def test_errors_are_one_line(agent: AgentProcess):
+    line = one_line_error(run(agent, "acl", "policy", "list"))
+    assert "403" in line and "acl:read" in line
+    assert "already exists" in one_line_error(run(agent, "acl", "policy", "create", "-token", MGMT, "-name",
+                                                  "global-management"))
+    assert "must be one of read, write, deny, list" in one_line_error(run(agent, "acl", "policy", "create", "-token", MGMT, "-name",
+                                                   "bad", "-rules", 'key "x" { policy = "sideways" }'))
+    assert "cannot read the token file" in one_line_error(run(agent, "members", "-token-file", "/nonexistent"))
