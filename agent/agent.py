@@ -23,6 +23,7 @@ from proconsul.agent.acl.resolver import Resolver
 from proconsul.agent.acl.state import ACLState, leader_setup
 from proconsul.agent.acl.tokens import load_agent_tokens, save_agent_tokens
 from proconsul.agent.api.read_cache import ReadCache
+from proconsul.agent.api.tls import HTTPSConfigError, https_context
 from proconsul.agent.checks.kinds import standard_kinds
 from proconsul.agent.checks.manager import CheckManager
 from proconsul.agent.checks.runner import DEFAULT_OUTPUT_MAX
@@ -101,6 +102,7 @@ class Agent:
         # error at start-up, and an agent that answers HTTP has every listener up.
         self.binders: list[Callable[[], Awaitable[None]]] = []
         self.http_port: int | None = None
+        self.https_port: int | None = None
         self.ready = asyncio.Event()
         self.log_monitor: LogMonitor | None = None  # /v1/agent/monitor's subscribers, while running
         self.telemetry = Telemetry()
@@ -459,12 +461,28 @@ class Agent:
                 raise AgentError(str(e)) from None
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
-            site = web.TCPSite(runner, cfg.http_bind, cfg.http_port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as e:
-                raise AgentError(f"cannot listen for HTTP on {cfg.http_bind}:{cfg.http_port}: {e.strerror}") from None
-            self.http_port = _bound_port(site)
+            if cfg.https_port >= 0:
+                try:
+                    tls = https_context(cfg.https_tls)
+                except HTTPSConfigError as e:
+                    raise AgentError(str(e)) from None
+                site = web.TCPSite(runner, cfg.https_bind, cfg.https_port, reuse_address=True, ssl_context=tls)
+                try:
+                    await site.start()
+                except OSError as e:
+                    raise AgentError(f"cannot listen for HTTPS on {cfg.https_bind}:{cfg.https_port}: "
+                                     f"{e.strerror}") from None
+                self.https_port = _bound_port(site)
+                log.info("HTTPS API listening on %s:%s (client certificates %s)", cfg.https_bind, self.https_port,
+                         "required" if cfg.https_tls.verify_incoming else "not required")
+            if cfg.http_port >= 0:
+                site = web.TCPSite(runner, cfg.http_bind, cfg.http_port, reuse_address=True)
+                try:
+                    await site.start()
+                except OSError as e:
+                    raise AgentError(f"cannot listen for HTTP on {cfg.http_bind}:{cfg.http_port}: "
+                                     f"{e.strerror}") from None
+                self.http_port = _bound_port(site)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")

@@ -144,7 +144,10 @@ def _ae_interval(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
 
 
 def _legacy_tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's older top-level TLS keys apply to every listener: the server port and HTTPS."""
     _merge_tls(cfg.tls, {key: value}, src, "")
+    if key in ("ca_file", "cert_file", "key_file", "verify_incoming"):
+        _merge_tls(cfg.https_tls, {key: value}, src, "")
 
 
 def _tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
@@ -153,12 +156,14 @@ def _tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     for section in ("defaults", "internal_rpc"):  # internal_rpc wins over defaults
         if section in value:
             _merge_tls(cfg.tls, value[section], src, f"tls.{section}.")
+    for section in ("defaults", "https"):  # and https wins over defaults for the HTTPS listener
+        if section in value:
+            _merge_tls(cfg.https_tls, value[section], src, f"tls.{section}.")
     for section in value:
         if section == "grpc":
             _warn(cfg, src, "tls.grpc", "there is no gRPC listener")
-        elif section not in ("defaults", "internal_rpc"):
-            raise ConfigError(f"{src}: tls.{section} cannot be honoured yet (TLS covers the server port only: "
-                              "there is no HTTPS listener); remove it to start the agent")
+        elif section not in ("defaults", "internal_rpc", "https"):
+            raise ConfigError(f"{src}: unknown key tls.{section} (known: defaults, internal_rpc, https, grpc)")
 
 
 def _at_least_one(key: str, value: Any, src: str) -> int:
@@ -211,7 +216,9 @@ def _addresses(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
             cfg.http_addr = str(v)
         elif k == "dns":
             cfg.dns_addr = str(v)
-        elif k in ("https", "grpc", "grpc_tls"):
+        elif k == "https":
+            cfg.https_addr = str(v)
+        elif k in ("grpc", "grpc_tls"):
             _warn(cfg, src, f"addresses.{k}", f"there is no {k} listener")
         else:
             raise ConfigError(f"{src}: unknown key addresses.{k}")
@@ -297,6 +304,10 @@ def _telemetry(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
 
 def _verify_incoming_rpc(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     cfg.tls.verify_incoming = as_bool(key, value, src)
+
+
+def _verify_incoming_https(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    cfg.https_tls.verify_incoming = as_bool(key, value, src)
 
 
 def _log_rotate_duration(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
@@ -514,7 +525,7 @@ KEYS: dict[str, Setter] = {
     "auto_encrypt": _refused("auto_encrypt is not built yet: provision agent certificates with "
                              "`proconsul tls cert create`", _off),
     "auto_config": _refused("auto_config is not built yet", _off),
-    "verify_incoming_https": _refused("there is no HTTPS listener yet", lambda v: v in (False, "false")),
+    "verify_incoming_https": _verify_incoming_https,
     "ca_path": _refused("a directory of CAs is not supported: give one bundle with ca_file"),
     "retry_join_wan": _refused("WAN federation is not built yet"),
     "start_join_wan": _refused("WAN federation is not built yet"),

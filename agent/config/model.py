@@ -111,6 +111,7 @@ class AgentConfig:
     sync_interval: float = 60.0
     leave_on_terminate: bool | None = None  # None: Consul's default — true for clients, false for servers
     tls: TLSSettings = field(default_factory=TLSSettings)
+    https_tls: TLSSettings = field(default_factory=TLSSettings)  # tls.defaults + tls.https (+ legacy keys)
     acl: ACLConfig = field(default_factory=ACLConfig)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
@@ -126,6 +127,7 @@ class AgentConfig:
     config_format: str = ""  # -config-format: read every file as "json" or "hcl" whatever its extension
     # Consul keys honoured as they are read:
     http_addr: str = ""  # addresses.http (default: client_addr)
+    https_addr: str = ""  # addresses.https (default: client_addr)
     dns_addr: str = ""  # addresses.dns (default: client_addr)
     advertise_addr_wan: str = ""
     tagged_addresses: dict[str, str] = field(default_factory=dict)
@@ -160,6 +162,10 @@ class AgentConfig:
     @property
     def http_bind(self) -> str:
         return self.http_addr or self.client_addr
+
+    @property
+    def https_bind(self) -> str:
+        return self.https_addr or self.client_addr
 
     @property
     def dns_bind(self) -> str:
