@@ -103,6 +103,12 @@ class Agent:
         self.binders: list[Callable[[], Awaitable[None]]] = []
         self.http_port: int | None = None
         self.https_port: int | None = None
+        self._https_context: Any = None
+        if config.https_port >= 0:  # checked before anything starts: unusable files are one line, at once
+            try:
+                self._https_context = https_context(config.https_tls)
+            except HTTPSConfigError as e:
+                raise AgentError(str(e)) from None
         self.ready = asyncio.Event()
         self.log_monitor: LogMonitor | None = None  # /v1/agent/monitor's subscribers, while running
         self.telemetry = Telemetry()
@@ -462,11 +468,8 @@ class Agent:
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
             if cfg.https_port >= 0:
-                try:
-                    tls = https_context(cfg.https_tls)
-                except HTTPSConfigError as e:
-                    raise AgentError(str(e)) from None
-                site = web.TCPSite(runner, cfg.https_bind, cfg.https_port, reuse_address=True, ssl_context=tls)
+                site = web.TCPSite(runner, cfg.https_bind, cfg.https_port, reuse_address=True,
+                                   ssl_context=self._https_context)
                 try:
                     await site.start()
                 except OSError as e:
