@@ -86,7 +86,9 @@ class Agent:
                                 **config.tagged_addresses},
             "Meta": dict(config.node_meta, **{"consul-network-segment": ""}),
         }
-        self.local = LocalState(self.node, self.backend.apply, self._read_own_node,
+        self.service_tokens: dict[str, str] = {}  # service ID -> the token it was registered with (ACLs on)
+        self.local = LocalState(self.node, self._sync_apply if self.acl is not None else self.backend.apply,
+                                self._read_own_node,
                                 check_update_interval=config.check_update_interval,
                                 sync_interval=config.sync_interval,
                                 data_dir=None if config.dev else config.data_dir, rng=self.rng,
@@ -137,6 +139,49 @@ class Agent:
                         clock=time.monotonic, wall=time.time,
                         local_index=(lambda: store.table_index(*ACL_TABLES)) if store is not None else None,
                         fetch_local=fetch_local if store is not None else None)
+
+    async def _sync_apply(self, cmd: Any) -> Any:
+        """Anti-entropy's writes with ACLs on, as Consul's agent makes them: the node with the agent token
+        (else the default one), each service with the token it was registered with (else the agent's). A
+        write the token may not make is skipped with a warning instead of failing the whole sync round."""
+        from proconsul.agent.acl.errors import ACLNotFound
+        from proconsul.catalog import commands as c
+
+        assert self.acl is not None
+        agent_token = self.acl_tokens.get("agent") or self.acl_tokens.get("default", "")
+        node = self.config.node_name
+        wants: list[tuple[str, str, str]] = []  # (token, kind, name)
+        sid = ""
+        if isinstance(cmd, c.Register):
+            if not cmd.skip_node_update:
+                wants.append((agent_token, "node", node))
+            if cmd.service is not None:
+                sid = cmd.service.get("ID", "")
+                wants.append((self.service_tokens.get(sid, agent_token), "service", cmd.service["Service"]))
+            for chk in cmd.checks:
+                csid = chk.get("ServiceID") or ""
+                svc = self.local.service(csid) if csid else None
+                if svc is not None:
+                    wants.append((self.service_tokens.get(csid, agent_token), "service", svc["Service"]))
+                elif not csid:
+                    wants.append((agent_token, "node", node))
+        elif isinstance(cmd, c.Deregister):
+            wants.append((self.service_tokens.get(cmd.service_id, agent_token), "node", node) if not cmd.service_id
+                         else (self.service_tokens.get(cmd.service_id, agent_token), "service-id", cmd.service_id))
+        for token, kind, name in wants:
+            try:
+                authz = await self.acl.resolve(token)
+            except ACLNotFound:
+                log.warning("anti-entropy: %s %s not synced: its token matches no ACL token", kind, name)
+                return None
+            if kind == "service-id":
+                continue  # the catalog's copy is ours to remove; its name is unknown here once deregistered
+            if not authz.allowed(kind, name, "write"):
+                what = "Node info update" if kind == "node" else f"Service {name!r} sync"
+                log.warning("anti-entropy: %s blocked by ACLs (the %s token lacks %s:write)", what,
+                            "service's" if kind == "service" and sid in self.service_tokens else "agent", kind)
+                return None
+        return await self.backend.apply(cmd)
 
     def dns_may_read(self, kind: str, name: str) -> bool:
         """What DNS may answer: the agent's `dns` token, else its `default` token, else anonymous (Consul)."""

@@ -11,11 +11,12 @@ from aiohttp import web
 from proconsul.agent.api import acl_filter
 from proconsul.agent.api.acl_guards import require_check
 from proconsul.agent.api.agent_self import host_body, self_body, version_body
-from proconsul.agent.api.authz import authorizer
+from proconsul.agent.api.authz import authorizer, effective_token
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, flag
 from proconsul.agent.api.responses import dumps, json_response
+from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError, check_definition, service_definition
 from proconsul.agent.observe.logs import LEVELS, level_number
 from proconsul.agent.observe.telemetry import as_json, as_prometheus
@@ -111,6 +112,12 @@ async def register_service(request: web.Request) -> web.Response:
     dest = (defn.get("Proxy") or {}).get("DestinationServiceName")
     if defn.get("Kind") == "connect-proxy" and dest:
         authz.require("service", dest, "write")  # a proxy acts for its destination (Consul)
+    side = (defn.get("Connect") or {}).get("SidecarService")
+    if isinstance(side, dict):  # the sidecar it asks for is a service of its own
+        authz.require("service", side.get("Name") or side.get("name") or f"{defn['Name']}-sidecar-proxy", "write")
+    if agent.acl is not None:  # anti-entropy syncs the service with the token that registered it (Consul)
+        agent.service_tokens[defn["ID"]] = agent.service_tokens[sidecar.sidecar_id(defn["ID"])] = \
+            effective_token(request)
     await agent.register_service(defn, replace_existing_checks=flag(request, "replace-existing-checks"))
     return web.Response(status=200)
 

@@ -102,7 +102,9 @@ def test_policy_token_and_role_lifecycle_with_py_consul(agent):
     with pytest.raises(consul.ACLPermissionDenied, match="key:write"):
         web.kv.put("app/config", "v2")
     assert web.kv.get("app/config")[1]["Value"] == b"v1"
+    # Anti-entropy syncs it with the token that registered it; the node itself, with no agent token, is not.
     wait_for(lambda: "web" in web.catalog.services()[1], message="web in the catalog")
+    assert "Node info update blocked by ACLs" in agent.log()
     assert web.health.service("web")[1][0]["Service"]["ID"] == "web-1"
     with pytest.raises(consul.ACLPermissionDenied):
         web.acl.token.list()
