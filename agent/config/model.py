@@ -179,4 +179,6 @@ class AgentConfig:
     def intention_default_allow(self) -> bool:
         if self.default_intention_policy:
             return self.default_intention_policy == "allow"
-        return True  # no ACLs yet: Consul's default is allow without ACLs
+        if self.acl.enabled:  # Consul: with ACLs on, intentions default to the ACL default policy
+            return self.acl.default_policy == "allow"
+        return True  # Consul's default is allow without ACLs

@@ -199,3 +199,10 @@ def test_bootstrap_once(tmp_path: Path):
             client(a).acl.bootstrap()
     finally:
         a.stop()
+
+
+def test_intentions_default_to_the_acl_default_policy(agent):
+    status, body, _ = raw(agent, "/v1/connect/intentions/check?source=a&destination=b", {"X-Consul-Token": MGMT})
+    assert status == 200 and '"Allowed":false' in body.replace(" ", "")
+    status, body, _ = raw(agent, "/v1/agent/self", {"X-Consul-Token": MGMT})
+    assert '"DefaultIntentionPolicy":"deny"' in body.replace(" ", "")
