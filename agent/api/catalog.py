@@ -25,6 +25,7 @@ from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.local.definitions import DefinitionError, check_definition
 from proconsul.catalog import commands as c
 from proconsul.catalog.queries import get_query
+from proconsul.catalog.store import ACL_TABLES
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -78,6 +79,8 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
     by_acl = needs_filter(name, authz)
     if agent.read_cache is not None and not b.index:
         tables = get_query(name).tables
+        if agent.acl is not None:  # a filtered answer is only as fresh as the rules that cut it
+            tables = (*tables, *ACL_TABLES)
         request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
     filtered = filter_result and bool(request.query.get("filter"))
     if not filtered and not by_acl and "pretty" not in request.query and hasattr(backend, "query_encoded"):

@@ -148,6 +148,15 @@ def test_listings_are_filtered_to_what_the_token_reads(agent):
     with pytest.raises(consul.ACLPermissionDenied):
         client(agent, reader["SecretID"]).kv.delete("app/", recurse=True)
     assert mgmt.acl.policy.delete(pol["ID"])
+    # A filtered answer is cached per token, and a changed policy invalidates it at once.
+    svc = mgmt.acl.policy.create(name="svc-some", rules='service "consul" { policy = "read" }')
+    some = client(agent, mgmt.acl.token.create(policies_id=[svc["ID"]])["SecretID"])
+    mgmt.agent.service.register("listed", port=1)
+    wait_for(lambda: "listed" in mgmt.catalog.services()[1], message="listed registered")
+    assert list(some.catalog.services()[1]) == ["consul"]
+    assert list(some.catalog.services()[1]) == ["consul"]  # (from the response cache)
+    mgmt.acl.policy.update(svc["ID"], "svc-some", rules='service_prefix "" { policy = "read" }')
+    assert "listed" in some.catalog.services()[1]
 
 
 def test_dns_answers_with_the_agents_token(agent):
