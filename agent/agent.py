@@ -134,11 +134,17 @@ class Agent:
         def fetch_local(secret: str) -> tuple[int, dict[str, Any]]:
             return query.run(store, {"secret": secret})  # a server resolves from its own replica
 
-        return Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
-                        datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
-                        clock=time.monotonic, wall=time.time,
-                        local_index=(lambda: store.table_index(*ACL_TABLES)) if store is not None else None,
-                        fetch_local=fetch_local if store is not None else None)
+        resolver = Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
+                            datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
+                            clock=time.monotonic, wall=time.time, fetch_local=fetch_local if store is not None else None)
+        if store is not None:
+            acl_tables = frozenset(ACL_TABLES)
+
+            def on_change(changes: Any) -> None:
+                if not acl_tables.isdisjoint(changes.tables):
+                    resolver.changed()
+            store.subscribe(on_change)
+        return resolver
 
     async def _sync_apply(self, cmd: Any) -> Any:
         """Anti-entropy's writes with ACLs on, as Consul's agent makes them: the node with the agent token

@@ -32,16 +32,18 @@ CACHE_SIZE = 4096
 class _Entry:
     authz: Authorizer
     token: dict[str, Any]
-    index: int
+    generation: int
     fetched: float
+    expires: bool  # the token has an ExpirationTime (checked on every hit only then)
 
 
 class Resolver:
-    """Resolves token secrets for one agent. `local_index` (servers only) gives the ACL tables' index."""
+    """Resolves token secrets for one agent. A server passes `fetch_local` (its own replica) and calls
+    `changed()` whenever the ACL tables change; a client agent's entries live `token_ttl`."""
 
     def __init__(self, *, default_allow: bool, down_policy: str, datacenter: str, token_ttl: float,
                  fetch: FetchBundle, clock: Callable[[], float], wall: Callable[[], float],
-                 local_index: Callable[[], int] | None = None, fetch_local: FetchLocal | None = None) -> None:
+                 fetch_local: FetchLocal | None = None) -> None:
         self.default_allow = default_allow
         self.down_policy = down_policy
         self.datacenter = datacenter
@@ -49,15 +51,28 @@ class Resolver:
         self._fetch = fetch
         self._clock = clock  # monotonic: cache ages
         self._wall = wall  # the epoch: token expiry
-        self._local_index = local_index
         self._fetch_local = fetch_local
+        self._generation = 0  # bumped by changed(): entries of an older generation are stale
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._parsed: dict[tuple[str, int], Rules] = {}
 
+    def changed(self) -> None:
+        """The ACL tables changed (a server's replica): every cached token is resolved again."""
+        self._generation += 1
+
     def _fresh(self, entry: _Entry) -> bool:
-        if self._local_index is not None:
-            return entry.index == self._local_index()
+        if self._fetch_local is not None:
+            return entry.generation == self._generation
         return self._clock() - entry.fetched < self.token_ttl
+
+    def cached(self, secret: str) -> Authorizer | None:
+        """The hot path: a cached, still valid authorizer, without awaiting anything; None on a miss."""
+        entry = self._cache.get(secret or ANONYMOUS_SECRET)
+        if entry is None or entry.generation != self._generation or (
+                self._fetch_local is None and self._clock() - entry.fetched >= self.token_ttl) or (
+                entry.expires and expired(entry.token, self._wall())):
+            return None
+        return entry.authz
 
     async def resolve(self, secret: str) -> Authorizer:
         """The authorizer of `secret` (anonymous for ""); raises ACLNotFound for an unknown secret."""
@@ -65,7 +80,7 @@ class Resolver:
 
     def _hit(self, secret: str) -> _Entry | None:
         entry = self._cache.get(secret)
-        if entry is not None and self._fresh(entry) and not expired(entry.token, self._wall()):
+        if entry is not None and self._fresh(entry) and not (entry.expires and expired(entry.token, self._wall())):
             return entry
         return None
 
@@ -108,7 +123,7 @@ class Resolver:
                             self._parse)
         authz = Authorizer(rules, default_allow=self.default_allow, accessor=token["AccessorID"],
                            description=token.get("Description") or "")
-        self._cache[secret] = _Entry(authz, token, index, self._clock())
+        self._cache[secret] = _Entry(authz, token, self._generation, self._clock(), bool(token.get("ExpirationTime")))
         self._cache.move_to_end(secret)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)

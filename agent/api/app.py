@@ -16,7 +16,7 @@ from proconsul.agent.api import operator as api_operator
 from proconsul.agent.api import session as api_session
 from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
-from proconsul.agent.api.acl_guards import MANAGEMENT, NONE, Guard, guard_for
+from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guard_for
 from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.errors import Handler, error_boundary
 from proconsul.agent.api.params import datacenter_guard
@@ -48,8 +48,9 @@ def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
 
 
 def acl_guarded(handler: Handler, guard: Guard) -> Handler:
-    """Check the route's right (acl_guards.GUARDS) before its handler runs; open routes resolve nothing."""
-    if guard is NONE:
+    """Check the route's right (acl_guards.GUARDS) before its handler runs; open routes resolve nothing, and
+    routes that check inside are left as they are."""
+    if guard is NONE or guard is INSIDE:
         return handler
 
     async def guarded(request: web.Request) -> web.StreamResponse:

@@ -41,7 +41,11 @@ async def authorizer(request: web.Request) -> Authorizer:
     authz = request.get(_KEY)
     if authz is None:
         resolver = request.app["agent"].acl
-        authz = ALLOW_ALL if resolver is None else await resolver.resolve(effective_token(request))
+        if resolver is None:
+            authz = ALLOW_ALL
+        else:
+            token = effective_token(request)
+            authz = resolver.cached(token) or await resolver.resolve(token)
         request[_KEY] = authz
     return authz
 
