@@ -23,6 +23,7 @@ from proconsul.catalog import commands as c
 log = logging.getLogger("proconsul.acl")
 
 TOKENS, POLICIES, ROLES = "acl_tokens", "acl_policies", "acl_roles"
+METHODS, RULES = "acl_auth_methods", "acl_binding_rules"
 BOOTSTRAP_KEY = "acl-bootstrap"
 
 
@@ -45,7 +46,7 @@ class ACLState:
         return idx, rows
 
     async def by_id(self, table: str) -> dict[str, dict[str, Any]]:
-        key = "AccessorID" if table == TOKENS else "ID"
+        key = {TOKENS: "AccessorID", METHODS: "Name"}.get(table, "ID")
         return {r[key]: r for r in (await self.rows(table))[1]}
 
     async def get(self, table: str, key: str) -> tuple[int, dict[str, Any] | None]:

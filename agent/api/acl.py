@@ -1,4 +1,5 @@
-"""/v1/acl/*: bootstrap, tokens, policies, roles, templated policies; and /v1/agent/token/:type.
+"""/v1/acl/*: bootstrap, tokens, policies, roles, templated policies, auth methods, binding rules, login and
+logout; and /v1/agent/token/:type.
 
 Consul's paths, bodies and answers. Reads need `acl:read`, writes `acl:write`; a token may always read
 itself (`/v1/acl/token/self`). With ACLs off every endpoint answers 401 "ACL support disabled".
@@ -6,12 +7,13 @@ itself (`/v1/acl/token/self`). With ACLs off every endpoint answers 401 "ACL sup
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from aiohttp import web
 
-from proconsul.agent.acl import objects
+from proconsul.agent.acl import auth, jwt, objects
 from proconsul.agent.acl.builtin import (
     ANONYMOUS_ACCESSOR,
     GLOBAL_MANAGEMENT_ID,
@@ -19,9 +21,9 @@ from proconsul.agent.acl.builtin import (
     templated_policy_rules_text,
 )
 from proconsul.agent.acl.errors import ACLDisabled, ACLNotFound, InvalidACLObject, PermissionDenied
-from proconsul.agent.acl.state import POLICIES, ROLES, TOKENS, new_id, rfc3339
+from proconsul.agent.acl.state import METHODS, POLICIES, ROLES, RULES, TOKENS, new_id, rfc3339
 from proconsul.agent.acl.tokens import TYPE_ALIASES, TYPES
-from proconsul.agent.api.authz import authorizer, effective_token
+from proconsul.agent.api.authz import authorizer, effective_token, request_token
 from proconsul.agent.api.body import json_body
 from proconsul.agent.api.errors import BadRequest
 from proconsul.agent.api.responses import json_response
@@ -377,3 +379,198 @@ async def agent_token(request: web.Request) -> web.Response:
         raise BadRequest('Request decode failed: the body must be {"Token": "<secret>"}')
     agent.set_agent_token(kind, body.get("Token", body.get("token")))
     return web.Response(status=200)
+
+
+# ---------------------------------------------------------------------- auth methods and binding rules
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except DurationError as e:
+        raise ValueError(str(e)) from None
+
+
+async def _method(agent: Any, name: str) -> dict[str, Any]:
+    _, row = await agent.acl_state.get(METHODS, name)
+    if row is None:
+        raise ACLNotFound()
+    return row
+
+
+@routes.put("/v1/acl/auth-method")
+async def method_create(request: web.Request) -> web.Response:
+    agent = await _require(request, "write")
+    row = auth.auth_method_row(await json_body(request), None, _duration)
+    if not await agent.acl_state.put(METHODS, row["Name"], row, cas=0):
+        raise InvalidACLObject(f"Invalid Auth Method: an auth method named {row['Name']!r} already exists")
+    _, stored = await agent.acl_state.get(METHODS, row["Name"])
+    return json_response(request, stored or row)
+
+
+@routes.get("/v1/acl/auth-method/{name}")
+async def method_read(request: web.Request) -> web.Response:
+    agent = await _require(request, "read")
+    return json_response(request, await _method(agent, request.match_info["name"]))
+
+
+@routes.put("/v1/acl/auth-method/{name}")
+async def method_update(request: web.Request) -> web.Response:
+    agent = await _require(request, "write")
+    existing = await _method(agent, request.match_info["name"])
+    body = await json_body(request)
+    if isinstance(body, dict):
+        body = {**body, "Name": existing["Name"]}
+    row = auth.auth_method_row(body, existing, _duration)
+    await agent.acl_state.put(METHODS, row["Name"], row)
+    _, stored = await agent.acl_state.get(METHODS, row["Name"])
+    return json_response(request, stored or row)
+
+
+@routes.delete("/v1/acl/auth-method/{name}")
+async def method_delete(request: web.Request) -> web.Response:
+    """Deleting a method deletes its binding rules and the tokens its logins created (as Consul does)."""
+    agent = await _require(request, "write")
+    name = request.match_info["name"]
+    st = agent.acl_state
+    for rule in (await st.rows(RULES))[1]:
+        if rule["AuthMethod"] == name:
+            await st.delete(RULES, rule["ID"])
+    for token in (await st.rows(TOKENS))[1]:
+        if token.get("AuthMethod") == name:
+            await st.delete(TOKENS, token["AccessorID"])
+    ok = await st.delete(METHODS, name)
+    _changed(agent)
+    return json_response(request, ok)
+
+
+@routes.get("/v1/acl/auth-methods")
+async def method_list(request: web.Request) -> web.Response:
+    agent = await _require(request, "read")
+    idx, rows = await agent.acl_state.rows(METHODS)
+    rows = sorted(rows, key=lambda r: r["Name"])
+    return json_response(request, [{k: v for k, v in r.items() if k != "Config"} for r in rows], index=idx)
+
+
+async def _rule(agent: Any, rid: str) -> dict[str, Any]:
+    _, row = await agent.acl_state.get(RULES, rid)
+    if row is None:
+        raise ACLNotFound()
+    return row
+
+
+async def _write_rule(request: web.Request, existing: dict[str, Any] | None) -> web.Response:
+    agent = request.app["agent"]
+    methods = await agent.acl_state.by_id(METHODS)
+    row = auth.binding_rule_row(await json_body(request), new_id=new_id(), existing=existing,
+                                method_exists=methods.__contains__)
+    await agent.acl_state.put(RULES, row["ID"], row, cas=None if existing else 0)
+    _, stored = await agent.acl_state.get(RULES, row["ID"])
+    return json_response(request, stored or row)
+
+
+@routes.put("/v1/acl/binding-rule")
+async def rule_create(request: web.Request) -> web.Response:
+    await _require(request, "write")
+    return await _write_rule(request, None)
+
+
+@routes.get("/v1/acl/binding-rule/{id}")
+async def rule_read(request: web.Request) -> web.Response:
+    agent = await _require(request, "read")
+    return json_response(request, await _rule(agent, request.match_info["id"]))
+
+
+@routes.put("/v1/acl/binding-rule/{id}")
+async def rule_update(request: web.Request) -> web.Response:
+    agent = await _require(request, "write")
+    return await _write_rule(request, await _rule(agent, request.match_info["id"]))
+
+
+@routes.delete("/v1/acl/binding-rule/{id}")
+async def rule_delete(request: web.Request) -> web.Response:
+    agent = await _require(request, "write")
+    return json_response(request, await agent.acl_state.delete(RULES, request.match_info["id"]))
+
+
+@routes.get("/v1/acl/binding-rules")
+async def rule_list(request: web.Request) -> web.Response:
+    agent = await _require(request, "read")
+    idx, rows = await agent.acl_state.rows(RULES)
+    method = request.query.get("authmethod")
+    rows = sorted((r for r in rows if not method or r["AuthMethod"] == method), key=lambda r: r.get("CreateIndex", 0))
+    return json_response(request, rows, index=idx)
+
+
+# ---------------------------------------------------------------------- login and logout
+@routes.post("/v1/acl/login")
+async def login(request: web.Request) -> web.Response:
+    """Trade a bearer token (a JWT) for an ACL token, through an auth method's binding rules."""
+    agent = request.app["agent"]
+    if agent.acl is None:
+        raise ACLDisabled()
+    body = objects.fold(await json_body(request), ("AuthMethod", "BearerToken", "Meta", "Namespace", "Partition"),
+                        "Login")
+    name, bearer = body.get("AuthMethod"), body.get("BearerToken")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("Login.AuthMethod is required")
+    if not isinstance(bearer, str) or not bearer:
+        raise BadRequest("Login.BearerToken is required")
+    method = await _method(agent, name)
+    cfg = method["Config"]
+    try:
+        claims = jwt.verify(bearer, jwt.load_public_keys(cfg["JWTValidationPubKeys"]), now=time.time(),
+                            algorithms=cfg.get("JWTSupportedAlgs"), bound_issuer=cfg.get("BoundIssuer") or "",
+                            bound_audiences=cfg.get("BoundAudiences"),
+                            leeway=_seconds(cfg.get("ClockSkewLeeway"), 60.0),
+                            expiration_leeway=_seconds(cfg.get("ExpirationLeeway"), 150.0),
+                            not_before_leeway=_seconds(cfg.get("NotBeforeLeeway"), 150.0))
+    except jwt.JWTError as e:
+        raise PermissionDenied(detail=str(e)) from None
+    view = auth.project(claims, method)
+    rules = [r for r in (await agent.acl_state.rows(RULES))[1] if r["AuthMethod"] == name]
+    bound = auth.bind(rules, view, agent.config.datacenter)
+    policies, roles = await agent.acl_state.by_id(POLICIES), await agent.acl_state.by_id(ROLES)
+    policy_names = {p["Name"] for p in policies.values()}
+    role_names = {r["Name"] for r in roles.values()}
+    bound["Policies"] = [p for p in bound["Policies"] if p["Name"] in policy_names]  # missing ones bind nothing
+    bound["Roles"] = [r for r in bound["Roles"] if r["Name"] in role_names]
+    if not any(bound.values()):
+        raise PermissionDenied(detail="no binding rule of auth method "
+                                      f"{name!r} matches this login")
+    meta = body.get("Meta") or {}
+    token_body: dict[str, Any] = {"Description": f"token created via login: {json.dumps(meta)}" if meta else
+                                  "token created via login", **bound, "Local": method["TokenLocality"] == "local"}
+    if method.get("MaxTokenTTL"):
+        token_body["ExpirationTTL"] = method["MaxTokenTTL"]
+    now = time.time()
+    row = objects.token_row(token_body, new_accessor=new_id(), new_secret=new_id(), now_rfc3339=rfc3339(now),
+                            now=now, existing=None, policies=_lookup(policies), roles=_lookup(roles),
+                            secret_taken=lambda s: False, accessor_taken=lambda a: False, parse_duration=_duration,
+                            rfc3339=rfc3339)
+    row["AuthMethod"] = name
+    await agent.acl_state.put(TOKENS, row["AccessorID"], row, cas=0)
+    return json_response(request, objects.token_json(row, policies, roles))
+
+
+def _seconds(value: Any, default: float) -> float:
+    if value in (None, ""):
+        return default
+    if isinstance(value, int | float):
+        return float(value) / 1e9 if value > 1e6 else float(value)
+    return _duration(str(value))
+
+
+@routes.post("/v1/acl/logout")
+async def logout(request: web.Request) -> web.Response:
+    """Delete the login token the request carries (only tokens made by login may log out)."""
+    agent = request.app["agent"]
+    if agent.acl is None:
+        raise ACLDisabled()
+    token = request_token(request)
+    if not token:
+        raise ACLNotFound()
+    _, row = await agent.acl.resolve_with_token(token)
+    if not row.get("AuthMethod"):
+        raise PermissionDenied(detail="only tokens created by login can log out")
+    await agent.acl_state.delete(TOKENS, row["AccessorID"])
+    _changed(agent)
+    return json_response(request, True)

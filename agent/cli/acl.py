@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
@@ -411,8 +412,168 @@ def role_delete(http_addr: HttpAddr = None, id_: RoleId = None, name: NameOpt = 
     run(body)
 
 
+# ---------------------------------------------------------------------- auth methods and binding rules
+method_app = typer.Typer(help="Create, read, update and delete auth methods (type jwt).", no_args_is_help=True)
+rule_app = typer.Typer(help="Create, read, update and delete binding rules.", no_args_is_help=True)
+MethodName = Annotated[str | None, typer.Option("--name", help="The auth method's name.")]
+
+
+def _config(config: str | None) -> dict[str, Any]:
+    if not config:
+        return {}
+    try:
+        data = json.loads(read_value(config))
+    except json.JSONDecodeError as e:
+        raise CLIError(f"-config must be JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CLIError("-config must be a JSON object")
+    return data
+
+
+@method_app.command("create")
+def method_create(
+    http_addr: HttpAddr = None, fmt: Format = "json", name: MethodName = None,
+    type_: Annotated[str, typer.Option("--type", help="The method's type: jwt.")] = "jwt",
+    description: Description = None,
+    display_name: Annotated[str, typer.Option("--display-name", help="A name for UIs.")] = "",
+    config: Annotated[str | None, typer.Option("--config", help="Its Config as JSON, @file, or -.")] = None,
+    max_token_ttl: Annotated[str, typer.Option("--max-token-ttl", help="Login tokens expire after this.")] = "",
+    token_locality: Annotated[str, typer.Option("--token-locality", help="local or global.")] = "",
+) -> None:
+    """Create an auth method, e.g. `-type jwt -name ci -config @jwt.json`."""
+    check_format(fmt)
+
+    def body() -> None:
+        if not name:
+            raise CLIError("give the auth method a --name")
+        payload = {"Name": name, "Type": type_, "Description": description or "", "DisplayName": display_name,
+                   "Config": _config(config), "MaxTokenTTL": max_token_ttl, "TokenLocality": token_locality}
+        print_json(client(http_addr).put("/v1/acl/auth-method", body=payload).json())
+
+    run(body)
+
+
+@method_app.command("read")
+def method_read(http_addr: HttpAddr = None, name: MethodName = None) -> None:
+    """Read an auth method."""
+    run(lambda: print_json(client(http_addr).get(f"/v1/acl/auth-method/{name or ''}").json()))
+
+
+@method_app.command("list")
+def method_list(http_addr: HttpAddr = None, fmt: Format = "table") -> None:
+    """List the auth methods."""
+    check_format(fmt)
+
+    def body() -> None:
+        rows = client(http_addr).get("/v1/acl/auth-methods").json()
+        if fmt == "json":
+            return print_json(rows)
+        table(None, ["Name", "Type", "Description"], [[r["Name"], r["Type"], r.get("Description", "")] for r in rows])
+
+    run(body)
+
+
+@method_app.command("delete")
+def method_delete(http_addr: HttpAddr = None, name: MethodName = None) -> None:
+    """Delete an auth method, its binding rules and the tokens its logins made."""
+
+    def body() -> None:
+        if not name:
+            raise CLIError("give the auth method's --name")
+        client(http_addr).delete(f"/v1/acl/auth-method/{name}")
+        typer.echo(f"Auth method {name!r} deleted successfully")
+
+    run(body)
+
+
+@rule_app.command("create")
+def rule_create(
+    http_addr: HttpAddr = None,
+    method: Annotated[str | None, typer.Option("--method", help="The auth method's name.")] = None,
+    bind_type: Annotated[str, typer.Option("--bind-type", help="service, node, role, policy or templated-policy.")] = "",
+    bind_name: Annotated[str, typer.Option("--bind-name", help="What to bind, e.g. ${value.service}.")] = "",
+    selector: Annotated[str, typer.Option("--selector", help="Which logins it applies to (a filter).")] = "",
+    description: Description = None,
+) -> None:
+    """Create a binding rule: what a login through the method gets."""
+
+    def body() -> None:
+        payload = {"AuthMethod": method or "", "BindType": bind_type, "BindName": bind_name, "Selector": selector,
+                   "Description": description or ""}
+        print_json(client(http_addr).put("/v1/acl/binding-rule", body=payload).json())
+
+    run(body)
+
+
+@rule_app.command("list")
+def rule_list(http_addr: HttpAddr = None, fmt: Format = "table",
+              method: Annotated[str | None, typer.Option("--method", help="Only this method's rules.")] = None) -> None:
+    """List binding rules."""
+    check_format(fmt)
+
+    def body() -> None:
+        rows = client(http_addr).get("/v1/acl/binding-rules", params={"authmethod": method}).json()
+        if fmt == "json":
+            return print_json(rows)
+        table(None, ["ID", "AuthMethod", "BindType", "BindName", "Selector"],
+              [[r["ID"], r["AuthMethod"], r["BindType"], r["BindName"], r.get("Selector", "")] for r in rows])
+
+    run(body)
+
+
+@rule_app.command("delete")
+def rule_delete(http_addr: HttpAddr = None, id_: Annotated[str | None, typer.Option("--id")] = None) -> None:
+    """Delete a binding rule."""
+
+    def body() -> None:
+        if not id_:
+            raise CLIError("give the binding rule's --id")
+        client(http_addr).delete(f"/v1/acl/binding-rule/{id_}")
+        typer.echo(f"Binding rule {id_!r} deleted successfully")
+
+    run(body)
+
+
+def login(
+    http_addr: HttpAddr = None,
+    method: Annotated[str | None, typer.Option("--method", help="The auth method to log in with.")] = None,
+    bearer_token_file: Annotated[str | None, typer.Option("--bearer-token-file", help="The JWT to present.")] = None,
+    token_sink_file: Annotated[str | None, typer.Option("--token-sink-file", help="Where to write the token.")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="key=value kept with the token.")] = None,
+) -> None:
+    """Trade a bearer token (JWT) for an ACL token through an auth method."""
+
+    def body() -> None:
+        if not method or not bearer_token_file or not token_sink_file:
+            raise CLIError("give -method, -bearer-token-file and -token-sink-file")
+        bearer = read_value("@" + bearer_token_file).decode().strip()
+        pairs = dict(m.split("=", 1) for m in meta or [] if "=" in m)
+        token = client(http_addr).call("POST", "/v1/acl/login", body={"AuthMethod": method, "BearerToken": bearer,
+                                                                     "Meta": pairs}).json()
+        try:
+            with open(token_sink_file, "w") as f:
+                f.write(token["SecretID"])
+        except OSError as e:
+            raise CLIError(f"cannot write the token to {token_sink_file}: {e.strerror}") from None
+
+    run(body)
+
+
+def logout(http_addr: HttpAddr = None) -> None:
+    """Delete the login token this command uses (-token, CONSUL_HTTP_TOKEN)."""
+
+    def body() -> None:
+        client(http_addr).call("POST", "/v1/acl/logout")
+
+    run(body)
+
+
 def register(app: typer.Typer) -> None:
     acl_app.add_typer(token_app, name="token")
     acl_app.add_typer(policy_app, name="policy")
     acl_app.add_typer(role_app, name="role")
+    acl_app.add_typer(method_app, name="auth-method")
+    acl_app.add_typer(rule_app, name="binding-rule")
     app.add_typer(acl_app, name="acl")
+    app.command("login")(login)
+    app.command("logout")(logout)
