@@ -568,7 +568,57 @@ def logout(http_addr: HttpAddr = None) -> None:
     run(body)
 
 
+@acl_app.command("set-agent-token")
+def set_agent_token(
+    kind: Annotated[str, typer.Argument(help="default, agent, agent_recovery, replication, dns, "
+                                             "config_file_service_registration")],
+    secret: Annotated[str, typer.Argument(help="The token's SecretID (\"\" to clear it).")],
+    http_addr: HttpAddr = None,
+) -> None:
+    """Set one of the agent's own tokens (kept across restarts with acl.enable_token_persistence)."""
+
+    def body() -> None:
+        client(http_addr).put(f"/v1/agent/token/{kind}", body={"Token": secret})
+        typer.echo(f"ACL token {kind!r} set successfully")
+
+    run(body)
+
+
+templated_app = typer.Typer(help="List, read and preview templated policies.", no_args_is_help=True)
+
+
+@templated_app.command("list")
+def templated_list(http_addr: HttpAddr = None, fmt: Format = "table") -> None:
+    """The templated policies (builtin/service, builtin/node, builtin/dns)."""
+    check_format(fmt)
+
+    def body() -> None:
+        data = client(http_addr).get("/v1/acl/templated-policies").json()
+        if fmt == "json":
+            return print_json(data)
+        table(None, ["Name", "Description"], [[k, v.get("Description", "")] for k, v in data.items()])
+
+    run(body)
+
+
+@templated_app.command("preview")
+def templated_preview(http_addr: HttpAddr = None,
+                      name: Annotated[str, typer.Option("--name", help="e.g. builtin/service")] = "",
+                      var: Annotated[list[str] | None, typer.Option("--var", help="name:value (repeatable)")] = None
+                      ) -> None:
+    """The rules a templated policy stands for with these variables."""
+
+    def body() -> None:
+        variables = dict(v.split(":", 1) for v in var or [] if ":" in v)
+        out = client(http_addr).call("POST", f"/v1/acl/templated-policy/preview/{name}",
+                                     body={k.capitalize(): v for k, v in variables.items()}).json()
+        typer.echo(out.get("Rules", ""))
+
+    run(body)
+
+
 def register(app: typer.Typer) -> None:
+    acl_app.add_typer(templated_app, name="templated-policy")
     acl_app.add_typer(token_app, name="token")
     acl_app.add_typer(policy_app, name="policy")
     acl_app.add_typer(role_app, name="role")

@@ -81,6 +81,7 @@ def test_token_in_bearer_header_and_query(agent):
 
 def test_policy_token_and_role_lifecycle_with_py_consul(agent):
     mgmt = client(agent, MGMT)
+    mgmt.kv.put("app/config", "v1")
     policy = mgmt.acl.policy.create(name="web-svc", rules=WEB_RULES, description="web's rights")
     assert policy["Name"] == "web-svc" and policy["Rules"] == WEB_RULES
     assert mgmt.acl.policy.read(policy["ID"])["Description"] == "web's rights"
@@ -127,6 +128,13 @@ def test_policy_token_and_role_lifecycle_with_py_consul(agent):
         client(agent, clone["SecretID"]).acl.token.read_self()
     with pytest.raises(consul.ACLPermissionDenied, match="anonymous"):
         mgmt.acl.token.delete("00000000-0000-0000-0000-000000000002")
+    # The anonymous token can be given policies, as Consul users do for DNS or a read-only catalog.
+    anon_policy = mgmt.acl.policy.create(name="anon-web", rules='service "web" { policy = "read" }')
+    mgmt.acl.token.update("00000000-0000-0000-0000-000000000002", policies_id=[anon_policy["ID"]],
+                          description="Anonymous Token")
+    assert list(client(agent).catalog.services()[1]) == ["web"]
+    mgmt.acl.token.update("00000000-0000-0000-0000-000000000002", description="Anonymous Token")
+    assert client(agent).catalog.services()[1] == {}
 
 
 def test_listings_are_filtered_to_what_the_token_reads(agent):

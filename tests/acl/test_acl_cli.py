@@ -60,6 +60,13 @@ def test_policy_token_role_commands(agent: AgentProcess, tmp_path: Path):
                            env={"CONSUL_HTTP_TOKEN": MGMT})
 
 
+def test_set_agent_token_and_templated_policies(agent: AgentProcess):
+    env = {"CONSUL_HTTP_TOKEN": MGMT}
+    assert "set successfully" in ok(agent, "acl", "set-agent-token", "agent", MGMT, env=env)
+    out = ok(agent, "acl", "templated-policy", "preview", "-name", "builtin/service", "-var", "name:api", env=env)
+    assert 'service "api"' in out and 'service "api-sidecar-proxy"' in out
+
+
 def test_errors_are_one_line(agent: AgentProcess):
     line = one_line_error(run(agent, "acl", "policy", "list"))
     assert "403" in line and "acl:read" in line
