@@ -519,24 +519,11 @@ class Agent:
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
             if cfg.https_port >= 0:
-                site = web.TCPSite(runner, cfg.https_bind, cfg.https_port, reuse_address=True,
-                                   ssl_context=self._https_context)
-                try:
-                    await site.start()
-                except OSError as e:
-                    raise AgentError(f"cannot listen for HTTPS on {cfg.https_bind}:{cfg.https_port}: "
-                                     f"{e.strerror}") from None
-                self.https_port = _bound_port(site)
+                self.https_port = await _listen(runner, "HTTPS", cfg.https_bind, cfg.https_port, self._https_context)
                 log.info("HTTPS API listening on %s:%s (client certificates %s)", cfg.https_bind, self.https_port,
                          "required" if cfg.https_tls.verify_incoming else "not required")
             if cfg.http_port >= 0:
-                site = web.TCPSite(runner, cfg.http_bind, cfg.http_port, reuse_address=True)
-                try:
-                    await site.start()
-                except OSError as e:
-                    raise AgentError(f"cannot listen for HTTP on {cfg.http_bind}:{cfg.http_port}: "
-                                     f"{e.strerror}") from None
-                self.http_port = _bound_port(site)
+                self.http_port = await _listen(runner, "HTTP", cfg.http_bind, cfg.http_port, None)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")
@@ -613,6 +600,16 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError):
             log.warning("could not raise the open-files limit above %d", soft)
+
+
+async def _listen(runner: web.AppRunner, what: str, host: str, port: int, ssl_context: Any) -> int:
+    """Start one API listener; the port it got (port 0 picks one). A port in use is one line."""
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as e:
+        raise AgentError(f"cannot listen for {what} on {host}:{port}: {e.strerror}") from None
+    return _bound_port(site)
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -261,26 +261,25 @@ def token_row(body: Any, *, new_accessor: str, new_secret: str, now_rfc3339: str
 def token_json(row: dict[str, Any], policies: dict[str, dict[str, Any]], roles: dict[str, dict[str, Any]], *,
                show_secret: bool = True) -> dict[str, Any]:
     """A stored token as Consul shows it: links with current names (dangling ones dropped)."""
-    out = dict(row)
-    out["Policies"] = [{"ID": p["ID"], "Name": policies[p["ID"]]["Name"]} for p in row.get("Policies") or []
-                       if p["ID"] in policies] or None
-    out["Roles"] = [{"ID": r["ID"], "Name": roles[r["ID"]]["Name"]} for r in row.get("Roles") or []
-                    if r["ID"] in roles] or None
-    for k in ("ServiceIdentities", "NodeIdentities", "TemplatedPolicies"):
-        out[k] = row.get(k) or None
-    out["Namespace"] = "default"
-    out["Partition"] = "default"
+    out = _linked(row, policies)
+    out["Roles"] = _names(row.get("Roles"), roles)
     if not show_secret:
         out["SecretID"] = "<hidden>"
     return {k: v for k, v in out.items() if v is not None or k in ("Policies",)}
 
 
 def role_json(row: dict[str, Any], policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    out = dict(row)
-    out["Policies"] = [{"ID": p["ID"], "Name": policies[p["ID"]]["Name"]} for p in row.get("Policies") or []
-                       if p["ID"] in policies] or None
+    return {k: v for k, v in _linked(row, policies).items() if v is not None}
+
+
+def _names(links: list[dict[str, Any]] | None, rows: dict[str, dict[str, Any]]) -> list[dict[str, str]] | None:
+    return [{"ID": x["ID"], "Name": rows[x["ID"]]["Name"]} for x in links or [] if x["ID"] in rows] or None
+
+
+def _linked(row: dict[str, Any], policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What tokens and roles share on the way out: policy links named, empty identity lists as null."""
+    out = dict(row, Namespace="default", Partition="default")
+    out["Policies"] = _names(row.get("Policies"), policies)
     for k in ("ServiceIdentities", "NodeIdentities", "TemplatedPolicies"):
         out[k] = row.get(k) or None
-    out["Namespace"] = "default"
-    out["Partition"] = "default"
-    return {k: v for k, v in out.items() if v is not None}
+    return out

@@ -205,14 +205,19 @@ async def policy_create(request: web.Request) -> web.Response:
     return await _write_policy(request, None)
 
 
-async def _policy(agent: Any, pid: str = "", name: str = "") -> dict[str, Any]:
-    if pid:
-        _, row = await agent.acl_state.get(POLICIES, pid)
+async def _find(agent: Any, table: str, rid: str = "", name: str = "") -> dict[str, Any]:
+    """A policy or role by ID, or by name; ACLNotFound (403 "ACL not found", as Consul) when there is none."""
+    if rid:
+        _, row = await agent.acl_state.get(table, rid)
     else:
-        row = next((p for p in (await agent.acl_state.rows(POLICIES))[1] if p["Name"] == name), None)
+        row = next((r for r in (await agent.acl_state.rows(table))[1] if r["Name"] == name), None)
     if row is None:
         raise ACLNotFound()
     return row
+
+
+async def _policy(agent: Any, pid: str = "", name: str = "") -> dict[str, Any]:
+    return await _find(agent, POLICIES, pid, name)
 
 
 @routes.get("/v1/acl/policy/name/{name}")
@@ -267,13 +272,7 @@ async def _write_role(request: web.Request, existing: dict[str, Any] | None) -> 
 
 
 async def _role(agent: Any, rid: str = "", name: str = "") -> dict[str, Any]:
-    if rid:
-        _, row = await agent.acl_state.get(ROLES, rid)
-    else:
-        row = next((r for r in (await agent.acl_state.rows(ROLES))[1] if r["Name"] == name), None)
-    if row is None:
-        raise ACLNotFound()
-    return row
+    return await _find(agent, ROLES, rid, name)
 
 
 @routes.put("/v1/acl/role")
