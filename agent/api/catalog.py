@@ -229,10 +229,8 @@ async def register(request: web.Request) -> web.Response:
         authz.require("node", cmd.node["Node"], "write")  # Consul: node:write unless the node is unchanged
     if cmd.service is not None:
         authz.require("service", cmd.service["Service"], "write")
-    for chk in cmd.checks:
-        if chk.get("ServiceID") and cmd.service is not None and chk["ServiceID"] == cmd.service.get("ID"):
-            continue
-        if not chk.get("ServiceID"):
+    for chk in cmd.checks:  # a check of the service registered with it rides on service:write; others need the node
+        if not (chk.get("ServiceID") and cmd.service is not None and chk["ServiceID"] == cmd.service.get("ID")):
             authz.require("node", cmd.node["Node"], "write")
     result = await agent.backend.apply(cmd)
     return json_response(request, bool(result))

@@ -170,7 +170,7 @@ def split_global_flags(args: list[str]) -> tuple[list[str], dict[str, str]]:
     they stand for. Commands with their own --token (connect proxy) keep theirs."""
     out: list[str] = []
     env: dict[str, str] = {}
-    own_token = args[:2] == ["connect", "proxy"] or args[:1] == ["agent"]
+    own_token = args[:2] == ["connect", "proxy"] or args[:1] in (["agent"], ["k8s-sync"])
     i = 0
     while i < len(args):
         arg = args[i]
@@ -182,7 +182,8 @@ def split_global_flags(args: list[str]) -> tuple[list[str], dict[str, str]]:
                 if i + 1 >= len(args):
                     raise CLIError(f"{name} needs a value")
                 value, i = args[i + 1], i + 1
-            env[GLOBAL_FLAGS[name]] = value
+            env[GLOBAL_FLAGS[name]] = value  # PROCONSUL_…, read first by this CLI
+            env["CONSUL_" + GLOBAL_FLAGS[name].removeprefix("PROCONSUL_")] = value  # and by child processes
         else:
             out.append(arg)
         i += 1

@@ -66,6 +66,7 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
             ("ui.topology", {"name": "web", "also": ["db"]})]
     for i in range(4):
         out.append(("session.info", {"id": f"s{i}"}))
+    out += [("acl.token_bundle", {"secret": "anonymous"}), ("acl.token_bundle", {"accessor": "nope"})]
     assert {q for q, _ in out} >= set(QUERIES) - {"table.list", "table.get"}, "a query is not covered"
     return out
 
