@@ -223,3 +223,33 @@ def test_intentions_default_to_the_acl_default_policy(agent):
     assert status == 200 and '"Allowed":false' in body.replace(" ", "")
     status, body, _ = raw(agent, "/v1/agent/self", {"X-Consul-Token": MGMT})
     assert '"DefaultIntentionPolicy":"deny"' in body.replace(" ", "")
+
+
+BAD_BODIES = [b"[]", b'"x"', b"1", b"{}", b"not json", b'{"Name": 1}', b'{"Name": "ok-name", "Rules": 5}',
+              b'{"Policies": "x"}', b'{"Policies": [1]}', b'{"Policies": [{}]}', b'{"Roles": [{"Name": "nope"}]}',
+              b'{"ServiceIdentities": [{}]}', b'{"ServiceIdentities": "web"}', b'{"NodeIdentities": [{"NodeName": 1}]}',
+              b'{"TemplatedPolicies": [{"TemplateName": "builtin/service"}]}', b'{"ExpirationTTL": "soon"}',
+              b'{"ExpirationTTL": 5}', b'{"Token": 5}', b'{"AuthMethod": "x", "BearerToken": "a.b.c"}',
+              b'{"Type": "jwt", "Name": "m", "Config": {"JWTValidationPubKeys": "x"}}',
+              b'{"AuthMethod": "none", "BindType": "service", "BindName": "x", "Selector": "(("}']
+
+
+def test_malformed_acl_bodies_are_4xx_never_5xx(agent):
+    mgmt = client(agent, MGMT)
+    policy = mgmt.acl.policy.create(name="fuzz-p", rules="")
+    token = mgmt.acl.token.create(description="fuzz")
+    role = mgmt.acl.role.create(name="fuzz-r")
+    targets = [("PUT", "/v1/acl/token"), ("PUT", f"/v1/acl/token/{token['AccessorID']}"),
+               ("PUT", f"/v1/acl/token/{token['AccessorID']}/clone"), ("PUT", "/v1/acl/policy"),
+               ("PUT", f"/v1/acl/policy/{policy['ID']}"), ("PUT", "/v1/acl/role"), ("PUT", f"/v1/acl/role/{role['ID']}"),
+               ("PUT", "/v1/acl/auth-method"), ("PUT", "/v1/acl/binding-rule"), ("POST", "/v1/acl/login"),
+               ("POST", "/v1/acl/templated-policy/preview/builtin/service"), ("PUT", "/v1/agent/token/default"),
+               ("PUT", "/v1/acl/bootstrap")]
+    for method, path in targets:
+        for body in BAD_BODIES:
+            status, text, _ = raw(agent, path, {"X-Consul-Token": MGMT}, method, body)
+            assert status < 500, (method, path, body, status, text)
+    for path in ("/v1/acl/token/nope", "/v1/acl/policy/nope", "/v1/acl/role/name/nope", "/v1/acl/auth-method/nope",
+                 "/v1/acl/binding-rule/nope", "/v1/acl/templated-policy/name/nope"):
+        assert raw(agent, path, {"X-Consul-Token": MGMT})[0] == 403  # Consul's "ACL not found"
+    mgmt.agent.token.set("default", "")
