@@ -122,8 +122,10 @@ def token_create(
     local: Annotated[bool, typer.Option("--local", help="A token of this datacenter only.")] = False,
     accessor: Annotated[str | None, typer.Option("--accessor", help="Use this AccessorID (a UUID).")] = None,
     secret: Annotated[str | None, typer.Option("--secret", help="Use this SecretID (a UUID).")] = None,
+    templated_policy: Annotated[str | None, typer.Option("--templated-policy", help="e.g. builtin/service")] = None,
+    var: Annotated[list[str] | None, typer.Option("--var", help="The templated policy's name:value")] = None,
 ) -> None:
-    """Create a token linked to policies, roles and identities."""
+    """Create a token linked to policies, roles, identities and a templated policy."""
     check_format(fmt)
 
     def body() -> None:
@@ -133,6 +135,9 @@ def token_create(
                                    "NodeIdentities": _node_identities(node_identity), "Local": local}
         if expires_ttl:
             payload["ExpirationTTL"] = expires_ttl
+        if templated_policy:
+            variables = {k.capitalize(): v for k, v in (x.split(":", 1) for x in var or [] if ":" in x)}
+            payload["TemplatedPolicies"] = [{"TemplateName": templated_policy, "TemplateVariables": variables}]
         if accessor:
             payload["AccessorID"] = accessor
         if secret:

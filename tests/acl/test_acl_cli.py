@@ -63,6 +63,10 @@ def test_set_agent_token_and_templated_policies(agent: AgentProcess):
     assert "set successfully" in ok(agent, "acl", "set-agent-token", "agent", MGMT, env=env)
     out = ok(agent, "acl", "templated-policy", "preview", "-name", "builtin/service", "-var", "name:api", env=env)
     assert 'service "api"' in out and 'service "api-sidecar-proxy"' in out
+    token = json.loads(ok(agent, "acl", "token", "create", "-templated-policy", "builtin/service", "-var", "name:api",
+                          "-expires-ttl", "1h", "-format", "json", env=env))
+    assert token["TemplatedPolicies"] == [{"TemplateName": "builtin/service", "TemplateVariables": {"Name": "api"}}]
+    assert token["ExpirationTime"]
 
 
 def test_errors_are_one_line(agent: AgentProcess):
