@@ -539,6 +539,9 @@ class Agent:
                 for start in self.listeners:
                     tg.create_task(start(self, self._stop), name=getattr(start, "__name__", "listener"))
                 _tune_gc()
+                if self.acl is not None and cfg.server and not cfg.dev and not cfg.tls.verify_incoming:
+                    log.warning("ACLs are on, but servers do not check tokens on RPC yet and the server port accepts "
+                                "any caller: set tls.internal_rpc.verify_incoming = true (docs/acl.md)")
                 log.info("agent running: node=%s datacenter=%s http=%s:%s server=%s dev=%s", cfg.node_name,
                          cfg.datacenter, cfg.http_bind, self.http_port, cfg.server, cfg.dev)
                 self.ready.set()
