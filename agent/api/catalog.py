@@ -75,8 +75,8 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
     agent = request.app["agent"]
     backend = agent.backend
     mode = consistency_mode(request)
-    authz = await authorizer(request)
-    by_acl = needs_filter(name, authz)
+    authz = await authorizer(request) if agent.acl is not None else None  # ACLs off: nothing to look at
+    by_acl = authz is not None and needs_filter(name, authz)
     if agent.read_cache is not None and not b.index:
         tables = get_query(name).tables
         if agent.acl is not None:  # a filtered answer is only as fresh as the rules that cut it
@@ -88,7 +88,7 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
         return web.Response(body=body, content_type="application/json", headers=consul_headers(request, idx))
     idx, result = await backend.query(name, args, b.index, b.wait, mode)
     headers = None
-    if by_acl:
+    if by_acl and authz is not None:
         result, dropped = filter_query(name, authz, result)
         headers = {FILTERED_HEADER: "true"} if dropped else None
     if filtered:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import consul
 import pytest
 
-from tests.support import AgentProcess, ok, one_line_error, run
+from tests.support import AgentProcess, ok, one_line_error, run, wait_for
 
 pytestmark = pytest.mark.xdist_group("acl-cli")
 MGMT = "cli-management"
@@ -19,6 +20,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory):
     a = AgentProcess(tmp_path_factory.mktemp("acl-cli"), args=[
         "-hcl", f'acl {{ enabled = true default_policy = "deny" tokens {{ initial_management = "{MGMT}" }} }}'])
     a.start()
+    # The leader writes the initial management token just after it starts leading (as Consul's does).
+    wait_for(lambda: consul.Consul(port=a.http_port, token=MGMT).acl.token.read_self(), message="initial token")
     yield a
     a.stop()
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from proconsul.agent.acl.jwt import JWTError, verify
-from tests.support import AgentProcess, ok, one_line_error, run
+from tests.support import AgentProcess, ok, one_line_error, run, wait_for
 
 pytestmark = pytest.mark.xdist_group("acl-auth")
 MGMT = "auth-management"
@@ -69,6 +69,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory):
     a = AgentProcess(tmp_path_factory.mktemp("auth"), args=[
         "-hcl", f'acl {{ enabled = true default_policy = "deny" tokens {{ initial_management = "{MGMT}" }} }}'])
     a.start()
+    # The leader writes the initial management token just after it starts leading (as Consul's does).
+    wait_for(lambda: consul.Consul(port=a.http_port, token=MGMT).acl.token.read_self(), message="initial token")
     yield a
     a.stop()
 
