@@ -119,6 +119,8 @@ QUERY_FILTERS: dict[str, QueryFilter] = {
     "session.info": _SESSIONS,
     "session.list": _SESSIONS,
     "session.node": _SESSIONS,
+    "coordinate.nodes": QueryFilter(("node",), _list_filter(lambda a, r: _node_ok(a, r["Node"]))),
+    "query.list": QueryFilter(("query",), _list_filter(lambda a, q: a.allowed("query", q.get("Name") or "", "read"))),
     "ui.services": QueryFilter(("service",), _list_filter(lambda a, s: _service_ok(a, s["Name"]))),
     "ui.nodes": QueryFilter(_NS, _ui_nodes),
 }

@@ -20,6 +20,7 @@ from proconsul.agent.cli import (
     config_entries,
     connect,
     debug,
+    event,
     intention,
     k8s_sync,
     kv,
@@ -28,6 +29,7 @@ from proconsul.agent.cli import (
     members,
     monitor,
     operator,
+    rtt,
     services,
     snapshot,
     tls,
@@ -47,8 +49,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (acl, agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
-               intention, connect, tls, troubleshoot, k8s_sync):
+for _group in (acl, agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv,
+               config_entries, snapshot, event, rtt, intention, connect, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 

@@ -36,6 +36,7 @@ class ServerEndpoints:
         reg("operator.autopilot_state", self._rpc_autopilot_state)
         reg("snapshot.save", self._rpc_snapshot_save)
         reg("dns.query", self._rpc_dns_query)
+        reg("event.fire", self._rpc_event_fire)
 
     def server(self) -> Any:
         return self.cluster.server()
@@ -85,6 +86,13 @@ class ServerEndpoints:
 
     async def _rpc_raft_transfer(self, args: dict[str, Any]) -> Any:
         return await self.cluster.on_leader("operator.raft_transfer_leader", args, lambda: self.cluster.transfer_leader(**args))
+
+    async def _rpc_event_fire(self, args: dict[str, Any]) -> Any:
+        """A client agent's user event (Consul's Internal.EventFire): delivered to this server."""
+        event = args.get("event")
+        if not isinstance(event, dict) or not isinstance(event.get("ID"), str) or not isinstance(event.get("Name"), str):
+            raise ClusterError("event.fire needs an event with an ID and a Name")
+        return self.cluster.host.user_event(event)
 
     async def _rpc_dns_query(self, args: dict[str, Any]) -> Any:
         """A client agent's DNS question, answered from this server's replica (stale, as Consul's DNS)."""

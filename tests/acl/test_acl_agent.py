@@ -253,3 +253,15 @@ def test_malformed_acl_bodies_are_4xx_never_5xx(agent):
                  "/v1/acl/binding-rule/nope", "/v1/acl/templated-policy/name/nope"):
         assert raw(agent, path, {"X-Consul-Token": MGMT})[0] == 403  # Consul's "ACL not found"
     mgmt.agent.token.set("default", "")
+
+
+def test_prepared_queries_and_coordinates_obey_tokens(agent):
+    body = b'{"Name": "web-q", "Service": {"Service": "web"}}'
+    assert raw(agent, "/v1/query", {}, "POST", body)[0] == 403
+    status, text, _ = raw(agent, "/v1/query", {"X-Consul-Token": MGMT}, "POST", body)
+    assert status == 200, text
+    assert "web-q" in raw(agent, "/v1/query", {"X-Consul-Token": MGMT})[1]
+    status, text, headers = raw(agent, "/v1/query")
+    assert (status, text) == (200, "[]") and headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+    update = b'{"Node": "dev", "Coord": {"Vec": [0,0,0,0,0,0,0,0], "Error": 1.5, "Adjustment": 0, "Height": 0.00001}}'
+    assert raw(agent, "/v1/coordinate/update", {}, "PUT", update)[0] == 403
