@@ -181,28 +181,39 @@ def _txn_op(i: int, raw: Any) -> dict[str, Any]:
 
 
 async def _may_txn(request: web.Request, ops: list[dict[str, Any]]) -> None:
-    """Every operation of a transaction needs its own right, checked before anything is applied (Consul)."""
+    """Every operation of a transaction needs its own right, checked before anything is applied (Consul).
+    Operations the store will refuse (unknown verbs) need none: they fail the transaction anyway."""
+    agent = request.app["agent"]
+    if agent.acl is None:
+        return
     authz = await authorizer(request)
     for op in ops:
-        kind, verb = op.get("Kind", "KV"), op["Verb"]
-        reading = verb in ("get", "get-tree", "check-index", "check-session", "check-not-exists")
-        access = "read" if reading else "write"
+        if op.get("Refused"):
+            continue
+        kind, verb = op.get("Kind", "KV"), op.get("Verb", "")
+        access = "read" if verb in ("get", "get-tree", "check-index", "check-session", "check-not-exists") else "write"
         if kind == "KV":
+            key = op.get("Key", "")
             if verb == "delete-tree":
-                if not authz.key_write_prefix(op["Key"]):
-                    raise PermissionDenied(authz.accessor, "key", "write", op["Key"])
+                if not authz.key_write_prefix(key):
+                    raise PermissionDenied(authz.accessor, "key", "write", key)
             elif verb != "get-tree":  # get-tree results are filtered, as Consul does
-                authz.require("key", op["Key"], access)
+                authz.require("key", key, access)
         elif kind == "Node":
-            authz.require("node", op["Node"]["Node"], access)
+            authz.require("node", (op.get("Node") or {}).get("Node", ""), access)
         elif kind == "Service":
-            authz.require("service", op["Service"].get("Service") or op["Service"].get("ID", ""), access)
+            svc = op.get("Service") or {}
+            authz.require("service", svc.get("Service") or svc.get("ID", ""), access)
+        elif kind == "Session":
+            _, rows = await agent.backend.query("session.info", {"id": (op.get("Session") or {}).get("ID", "")})
+            if rows:
+                authz.require("session", rows[0]["Node"], access)
         else:
-            chk = op["Check"]
+            chk = op.get("Check") or {}
             if chk.get("ServiceName"):
                 authz.require("service", chk["ServiceName"], access)
             else:
-                authz.require("node", op["Node"], access)
+                authz.require("node", op.get("Node") or chk.get("Node", ""), access)
 
 
 @routes.put("/v1/txn")

@@ -265,3 +265,13 @@ def test_prepared_queries_and_coordinates_obey_tokens(agent):
     assert (status, text) == (200, "[]") and headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
     update = b'{"Node": "dev", "Coord": {"Vec": [0,0,0,0,0,0,0,0], "Error": 1.5, "Adjustment": 0, "Height": 0.00001}}'
     assert raw(agent, "/v1/coordinate/update", {}, "PUT", update)[0] == 403
+
+
+def test_txn_checks_every_operation_before_applying(agent):
+    ops = b'[{"KV": {"Verb": "set", "Key": "txn/a", "Value": "MQ=="}}, {"KV": {"Verb": "frob", "Key": "k"}}]'
+    status, text, _ = raw(agent, "/v1/txn", {}, "PUT", ops)
+    assert status == 403 and "key:write" in text
+    status, text, _ = raw(agent, "/v1/txn", {"X-Consul-Token": MGMT}, "PUT", ops)
+    assert status == 409  # the refused verb fails it; the right to the rest was there
+    ok = b'[{"KV": {"Verb": "set", "Key": "txn/a", "Value": "MQ=="}}]'
+    assert raw(agent, "/v1/txn", {"X-Consul-Token": MGMT}, "PUT", ok)[0] == 200
