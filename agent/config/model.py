@@ -156,6 +156,11 @@ class AgentConfig:
     config_entries: list[dict[str, Any]] = field(default_factory=list)  # config_entries.bootstrap
     ui_content_path: str = "/ui/"  # where the web UI is served (ui_config.content_path, --ui-content-path)
     ui_dir: str = ""
+    # ui_config.metrics_provider: "" = the sidecars' own /stats (built in); "prometheus" = Consul's provider
+    ui_metrics_provider: str = ""
+    ui_metrics_proxy_base_url: str = ""  # ui_config.metrics_proxy: /v1/internal/ui/metrics-proxy/* goes here
+    ui_metrics_proxy_add_headers: list[tuple[str, str]] = field(default_factory=list)
+    ui_metrics_proxy_path_allowlist: list[str] = field(default_factory=list)  # empty: every path
     # Keys accepted without effect here, each with the reason: printed as one warning line per key at start.
     warnings: list[str] = field(default_factory=list)
 
