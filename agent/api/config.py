@@ -12,6 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl.errors import PermissionDenied
+from proconsul.agent.api import acl_filter
+from proconsul.agent.api.acl_guards import SERVICE_CONFIG_KINDS, config_entry_right
+from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
@@ -102,6 +106,10 @@ async def put_entry(agent: Any, entry: dict[str, Any], cas: int | None = None) -
 async def put(request: web.Request) -> web.Response:
     check_common(request)
     entry = validate_entry(await json_body(request))
+    authz = await authorizer(request)
+    if not config_entry_right(authz, entry["Kind"], entry["Name"], "write"):
+        raise PermissionDenied(authz.accessor, "service" if entry["Kind"] in SERVICE_CONFIG_KINDS else "mesh",
+                               "write", entry["Name"] if entry["Kind"] in SERVICE_CONFIG_KINDS else None)
     cas = uint_param(request, "cas") if "cas" in request.query else None
     return json_response(request, await put_entry(request.app["agent"], entry, cas))
 
@@ -111,7 +119,13 @@ async def list_kind(request: web.Request) -> web.Response:
     kind = request.match_info["kind"].lower()
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
-    return await run_query(request, "config.list", {"kind": kind})
+    authz = await authorizer(request)
+    if request.app["agent"].acl is None:
+        return await run_query(request, "config.list", {"kind": kind})
+    check_common(request)
+    idx, rows = await request.app["agent"].backend.query("config.list", {"kind": kind})
+    rows, dropped = acl_filter.filter_rows(rows, lambda e: config_entry_right(authz, e["Kind"], e["Name"], "read"))
+    return json_response(request, rows, index=idx, headers={FILTERED_HEADER: "true"} if dropped else None)
 
 
 @routes.get("/v1/config/{kind}/{name}")

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proconsul.agent.acl.errors import ACLDisabled, ACLError, ACLNotFound, PermissionDenied
 from proconsul.agent.api.compress import gzip_if_worth_it
 from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
@@ -51,6 +52,12 @@ def status_for(exc: BaseException) -> tuple[int, str]:
     """The one place errors of every component become HTTP statuses and messages."""
     if isinstance(exc, HTTPError):
         return exc.status, str(exc)
+    if isinstance(exc, PermissionDenied | ACLNotFound):
+        return 403, str(exc)
+    if isinstance(exc, ACLDisabled):
+        return 401, str(exc)
+    if isinstance(exc, ACLError):
+        return 400, str(exc)
     if isinstance(exc, InvalidRequest | UnknownCommand):
         return 400, str(exc)
     if isinstance(exc, NotFound):
