@@ -156,6 +156,9 @@ GUARDS: dict[tuple[str, str], Guard] = {
     ("GET", "/v1/catalog/gateway-services/{gateway}"): seg("service", "read", "gateway"),
     ("PUT", "/v1/catalog/register"): INSIDE,
     ("PUT", "/v1/catalog/deregister"): INSIDE,
+    # Consul: service:read on the chain's service (POST only adds compile overrides).
+    ("GET", "/v1/discovery-chain/{service}"): seg("service", "read", "service"),
+    ("POST", "/v1/discovery-chain/{service}"): seg("service", "read", "service"),
     ("GET", "/v1/health/node/{node}"): INSIDE,
     ("GET", "/v1/health/checks/{name}"): INSIDE,
     ("GET", "/v1/health/ingress/{name}"): INSIDE,
