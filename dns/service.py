@@ -20,7 +20,7 @@ from typing import Any
 from proconsul.catalog.store import CHECKS, NODES, PASSING, SERVICES, StateStore, aggregate_status
 
 from .answer import Answerer, DNSSettings, Instance, Node
-from .errors import DNSServiceError, ListenError
+from .errors import DNSServiceError, ListenError, RemoteDNSError
 from .forward import ForwardingHandler
 from .server import DNSHandler, bind_sockets, parse_recursor, serve
 
@@ -151,6 +151,25 @@ def settings_from_config(cfg: Any) -> DNSSettings:
         soa_min_ttl=d.soa_min_ttl, soa_refresh=d.soa_refresh, soa_retry=d.soa_retry, soa_expire=d.soa_expire)
 
 
+def _remote_asker(agent: Any) -> Callable[[str, bytes, bool], Any]:
+    """Questions for another datacenter go to its servers (`dns.query` over the WAN, via the router)."""
+    from dnslib import RCODE
+
+    from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
+    from proconsul.agent.cluster.rpc import RPCError
+
+    async def ask(datacenter: str, packet: bytes, udp: bool) -> bytes | None:
+        try:
+            return await agent.cluster.forward_dc(datacenter, "dns.query", {"packet": packet, "udp": udp},
+                                                  timeout=5.0, idempotent=True)
+        except NoPathToDatacenter as e:
+            raise RemoteDNSError(str(e), RCODE.NXDOMAIN) from None
+        except (ClusterError, RPCError) as e:
+            raise RemoteDNSError(str(e), RCODE.SERVFAIL) from None
+
+    return ask
+
+
 def attach(agent: Any) -> None:
     """Add the DNS listener to the agent (servers and dev agents, which hold a state store)."""
     from proconsul.agent.agent import AgentError
@@ -168,7 +187,7 @@ def attach(agent: Any) -> None:
                                     cfg.dns.recursor_timeout)
     else:
         handler = DNSHandler(Answerer(settings_from_config(cfg)), StoreView(agent.store), recursors,
-                             cfg.dns.recursor_timeout)
+                             cfg.dns.recursor_timeout, remote=_remote_asker(agent))
     agent.dns_handler = handler
 
     sockets: list[tuple[socket.socket, socket.socket]] = []

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proconsul.agent.api.compress import gzip_if_worth_it
-from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
+from proconsul.agent.api.forward import ForwardToDatacenter, forward_request
+from proconsul.agent.cluster.errors import ClusterError, DatacenterUnreachable, NoPathToDatacenter
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
 from proconsul.agent.cluster.server import NotLeaderError
 from proconsul.agent.local.definitions import DefinitionError
@@ -61,6 +62,8 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 400, str(exc)
     if isinstance(exc, NoPathToDatacenter):
         return 500, "No path to datacenter"  # Consul's status and words
+    if isinstance(exc, DatacenterUnreachable):
+        return 500, "Remote DC has no server currently reachable"
     if isinstance(exc, NotLeaderError | NoLeader):
         return 500, "No cluster leader"
     if isinstance(exc, ClusterError):
@@ -94,7 +97,10 @@ def error_boundary(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         request.app["telemetry"].incr(request.method)
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except ForwardToDatacenter as fwd:  # ?dc= names another datacenter: its servers answer
+                response = await forward_request(request, fwd.datacenter)
             gzip_if_worth_it(request, response)
             return response
         except web.HTTPException:

@@ -19,6 +19,8 @@ DEFAULT_ADDR = "127.0.0.1:8500"
 # The options every command that talks to an agent shares.
 HttpAddr = Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address (default: "
                                              "$PROCONSUL_HTTP_ADDR, $CONSUL_HTTP_ADDR, 127.0.0.1:8500).")]
+Datacenter = Annotated[str | None, typer.Option("--datacenter", help="Datacenter to ask (default: the "
+                                                                   "agent's own); its servers answer.")]
 Format = Annotated[str, typer.Option("--format", help="Output: 'table' for people, 'json' for scripts.")]
 
 
@@ -53,14 +55,17 @@ class Response:
 
 
 class Client:
-    def __init__(self, addr: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, addr: str | None = None, timeout: float = 30.0, datacenter: str | None = None) -> None:
         self.base = resolve_addr(addr)
         self.timeout = timeout
+        self.datacenter = datacenter  # sent as ?dc= to every endpoint but the agent's own
 
     def _open(self, method: str, path: str, params: dict[str, Any] | None, data: bytes | None,
               timeout: float | None, ok404: bool = False) -> Any:
         """The open urllib response; errors become one-line CLIErrors (a 404 is returned when `ok404`)."""
         url = self.base + urllib.parse.quote(path, safe="/:@")
+        if self.datacenter and not path.startswith("/v1/agent/"):
+            params = {**(params or {}), "dc": self.datacenter}
         if params:
             query = [(k, "" if v is True else str(v)) for k, v in params.items() if v not in (None, False)]
             if query:

@@ -44,6 +44,10 @@ from proconsul.agent.cluster.rpc import (
 )
 from proconsul.agent.cluster.rpc_tls import TLSConfigError, rpc_tls
 from proconsul.agent.cluster.server import ServerRole
+from proconsul.agent.cluster.wan.gossip import WANGossip, WANJoinError
+from proconsul.agent.cluster.wan.pool import STATUS_CODES as WAN_STATUS_CODES
+from proconsul.agent.cluster.wan.pool import WANPool, WANServer
+from proconsul.agent.cluster.wan.router import Router
 from proconsul.agent.version import PROTOCOL, VERSION
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import CRITICAL, StateStore
@@ -129,6 +133,11 @@ class Cluster:
         if host.server is not None:
             self.autopilot = AutopilotDriver(host.server.store, cfg.autopilot, self.members.members, cfg.node_id,
                                              cfg.datacenter)
+        self.wan_pool: WANPool | None = None
+        self.wan: WANGossip | None = None
+        self.router: Router | None = None
+        if cfg.server and cfg.serf_wan_port >= 0:
+            self._init_wan()
         ServerEndpoints(self).register(self.rpc)
 
     def _tags(self) -> dict[str, str]:
@@ -138,7 +147,91 @@ class Cluster:
                 "segment": ""}
         if cfg.server:
             tags["expect"] = str(cfg.bootstrap_expect)
+            if cfg.serf_wan_port >= 0:
+                tags["wan_join_port"] = str(cfg.serf_wan_port)
         return tags
+
+    # ------------------------------------------------------------------ WAN pool and router (servers)
+    def _init_wan(self) -> None:
+        from proconsul.agent.config.duration import DurationError, parse_duration
+
+        cfg = self.config
+        try:
+            interval = parse_duration(str(cfg.gossip_wan.get("probe_interval", "1s")))
+            mult = int(cfg.gossip_wan.get("suspicion_mult", 6))
+        except (DurationError, ValueError, TypeError) as e:
+            raise ClusterError(f"gossip_wan: {e}: use probe_interval = \"1s\", suspicion_mult = 6") from None
+        if interval <= 0 or mult < 1:
+            raise ClusterError("gossip_wan: probe_interval must be positive and suspicion_mult at least 1")
+        me = WANServer(cfg.node_name, cfg.datacenter, cfg.advertise_addr_wan or cfg.advertise,
+                       max(cfg.serf_wan_port, 1), max(cfg.server_port, 1), cfg.node_id,
+                       incarnation=int(time.time() * 1000), build=VERSION)
+        self.wan_pool = WANPool(me, fail_after=interval * mult, reap_after=cfg.reconnect_timeout_wan)
+        self.wan = WANGossip(self.wan_pool, cfg.serf_wan_addr or cfg.bind_addr, cfg.serf_wan_port,
+                             retry_join=cfg.retry_join_wan, interval=interval, retry_interval=cfg.retry_interval_wan, rng=self.rng,
+                             on_change=self._wan_changed, local_servers=self._local_wan_servers)
+        self.router = Router(self.wan_pool, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
+                             blocked=lambda: self.wan.blocked if self.wan else set())
+
+    def _local_wan_servers(self) -> list[tuple[str, int]]:
+        """This datacenter's servers as the LAN knows them, for flood-joining them to the WAN."""
+        out = []
+        for m in self.server_members():
+            port = m.tags.get("wan_join_port", "")
+            if m.name != self.config.node_name and port.isdigit():
+                out.append((m.addr, int(port)))
+        return out
+
+    def _wan_changed(self, names: list[str]) -> None:
+        pass  # the router reads the pool on every call; nothing to refresh
+
+    def wan_member_rows(self) -> list[dict[str, Any]]:
+        if self.wan_pool is None:
+            return []
+        rows = []
+        for m in self.wan_pool.members():
+            s = m.server
+            tags = {"role": "consul", "dc": s.datacenter, "id": s.node_id, "port": str(s.rpc_port),
+                    "build": s.build, "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""}
+            rows.append({"Name": s.name, "Addr": s.addr, "Port": s.port, "Tags": tags,
+                         "Status": WAN_STATUS_CODES[m.status], "ProtocolMin": 1, "ProtocolMax": 5,
+                         "ProtocolCur": PROTOCOL, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4})
+        return rows
+
+    async def wan_join(self, addresses: list[str]) -> int:
+        if self.wan is None:
+            raise ClusterError("WAN join must be performed on a server with a WAN port (serf_wan is -1 "
+                               "or this is a client agent)")
+        try:
+            return await self.wan.join(addresses)
+        except WANJoinError as e:
+            raise ClusterError(str(e)) from None
+
+    def wan_force_leave(self, name: str, prune: bool, now: float) -> bool:
+        return self.wan_pool is not None and self.wan_pool.force_leave(name, now, prune=prune)
+
+    async def datacenters(self) -> list[str]:
+        """Known datacenters, nearest first (a client agent asks a server)."""
+        if self.router is not None:
+            return self.router.datacenters()
+        if self.raft is not None:
+            return [self.config.datacenter]
+        return list(await self.call_any_server("federation.datacenters", {}, timeout=5.0))
+
+    async def forward_dc(self, datacenter: str, method: str, args: dict[str, Any], timeout: float | None = None,
+                         idempotent: bool = False) -> Any:
+        """Send an RPC to a server of another datacenter: through the router on a server, through a
+        server of ours on a client agent (clients never dial other datacenters)."""
+        if self.router is not None:
+            return await self.router.call(datacenter, method, args, timeout, idempotent=idempotent,
+                                          now=lambda: asyncio.get_running_loop().time())
+        if self.raft is not None:  # a server with its WAN port off: it knows no other datacenter
+            from proconsul.agent.cluster.errors import NoPathToDatacenter
+
+            raise NoPathToDatacenter(datacenter)
+        return await self.call_any_server("federation.forward", {
+            "dc": datacenter, "method": method, "args": args, "timeout": timeout, "idempotent": idempotent},
+            timeout=None if timeout is None else timeout + 5.0, idempotent=idempotent)
 
     @property
     def rpc_address(self) -> str:
@@ -157,6 +250,15 @@ class Cluster:
             if cfg.retry_join:
                 with contextlib.suppress(Exception):
                     await self.gossip.join(cfg.retry_join)
+        if self.wan is not None:
+            bound = await self._listen("WAN gossip", self.wan.start, "serf_wan_port")
+            assert self.wan_pool is not None
+            self.wan_pool.update_me(port=bound, rpc_port=cfg.server_port)
+            if cfg.retry_join_wan:
+                try:
+                    await self.wan.join(cfg.retry_join_wan)
+                except WANJoinError as e:
+                    log.warning("retry-join-wan: %s; retrying every %.0fs", e, cfg.retry_interval_wan)
 
     async def _listen(self, what: str, start: Callable[[], Awaitable[int]], port_attr: str) -> int:
         """Start a listener; a port of 0 becomes the bound one (in the config and our member tags)."""
@@ -217,6 +319,8 @@ class Cluster:
         self.members.update_me(self.config.serf_lan_port, self._tags())
 
     async def stop(self, leave: bool) -> None:
+        if self.wan is not None:
+            await self.wan.stop(leave)
         if self.gossip is not None:
             await self.gossip.stop(leave)
         if self.raft is not None:
@@ -232,6 +336,8 @@ class Cluster:
         async with asyncio.TaskGroup() as tg:
             if self.gossip is not None:
                 tg.create_task(self.gossip.run(stop), name="lan-gossip")
+            if self.wan is not None:
+                tg.create_task(self.wan.run(stop), name="wan-gossip")
             if self.raft is not None:
                 tg.create_task(self._bootstrap_loop(stop), name="bootstrap-expect")
                 tg.create_task(self._reconcile_loop(stop), name="leader-reconcile")
@@ -294,6 +400,10 @@ class Cluster:
                 self.raft.transport.block(sid)
         if self.gossip is not None:
             self.gossip.blocked = set(names)
+        if self.wan is not None and self.wan_pool is not None:
+            # WAN members by name (node.dc), or a whole datacenter by its name: a simulated WAN cut.
+            self.wan.blocked = {m.name for m in self.wan_pool.members()
+                                if m.name in names or m.server.datacenter in names}
         log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")
 
     # ------------------------------------------------------------------ forwarding

@@ -71,6 +71,10 @@ def _join(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     cfg.retry_join.extend(as_str_list(key, value, src))
 
 
+def _join_wan(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    cfg.retry_join_wan.extend(as_str_list(key, value, src))
+
+
 def _services(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     cfg.services.extend(as_object(key, item, src) for item in as_list(value))
 
@@ -328,6 +332,9 @@ KEYS: dict[str, Setter] = {
     "advertise_addr": _set("advertise_addr", _text),
     "ports": _ports,
     "retry_join": _join,
+    "retry_join_wan": _join_wan,
+    "start_join_wan": _join_wan,
+    "retry_interval_wan": _set("retry_interval_wan", as_duration),
     "start_join": _join,
     "log_level": _set("log_level", _lower),
     "enable_script_checks": _set("enable_script_checks", as_bool),
@@ -410,8 +417,7 @@ KEYS: dict[str, Setter] = {
         "encrypt_verify_incoming": "there is no gossip encryption yet",
         "encrypt_verify_outgoing": "there is no gossip encryption yet",
         "retry_max": "retry_join tries until it succeeds",
-        "retry_max_wan": "there is no WAN federation yet",
-        "retry_interval_wan": "there is no WAN federation yet",
+        "retry_max_wan": "retry_join_wan tries until it succeeds",
         "discovery_max_stale": "client agents forward DNS to servers, answered from their replica",
         "tls_min_version": "the server port uses TLS 1.2 or newer; set tls.defaults instead",
         "tls_cipher_suites": "Python's default cipher suites are used",
@@ -446,9 +452,7 @@ KEYS: dict[str, Setter] = {
     "auto_config": _refused("auto_config is not built yet", _off),
     "verify_incoming_https": _refused("there is no HTTPS listener yet", lambda v: v in (False, "false")),
     "ca_path": _refused("a directory of CAs is not supported: give one bundle with ca_file"),
-    "retry_join_wan": _refused("WAN federation is not built yet"),
-    "start_join_wan": _refused("WAN federation is not built yet"),
-    "serf_wan": _refused("WAN federation is not built yet"),
+    "serf_wan": _set("serf_wan_addr", _text),
     "serf_lan": _set("serf_lan_addr", _text),
     "serf_lan_allowed_cidrs": _refused("the LAN port does not filter by CIDR yet"),
     "serf_wan_allowed_cidrs": _refused("WAN federation is not built yet"),
