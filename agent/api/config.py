@@ -15,7 +15,7 @@ from aiohttp import web
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
-from proconsul.agent.api.params import check_common, uint_param
+from proconsul.agent.api.params import check_common, primary_owned, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.catalog import commands as c
 from proconsul.connect import intentions
@@ -84,6 +84,7 @@ async def put_entry(agent: Any, entry: dict[str, Any], cas: int | None = None) -
 @routes.put("/v1/config")
 async def put(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     entry = validate_entry(await json_body(request))
     cas = uint_param(request, "cas") if "cas" in request.query else None
     return json_response(request, await put_entry(request.app["agent"], entry, cas))
@@ -112,6 +113,7 @@ async def get(request: web.Request) -> web.Response:
 @routes.delete("/v1/config/{kind}/{name}")
 async def delete(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     kind, name = request.match_info["kind"].lower(), request.match_info["name"]
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")

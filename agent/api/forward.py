@@ -52,7 +52,10 @@ async def forward_request(request: web.Request, datacenter: str) -> web.Response
     agent = request.app["agent"]
     body = await request.read() if request.can_read_body else b""
     headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
-    args = {"method": request.method, "path": request.rel_url.raw_path, "query": request.query_string,
+    # The far end must serve it itself: `dc` names it (a write sent on to the primary drops the secondary's).
+    query = "&".join([p for p in request.rel_url.raw_query_string.split("&") if p and not p.startswith("dc=")]
+                     + [f"dc={datacenter}"])
+    args = {"method": request.method, "path": request.rel_url.raw_path, "query": query,
             "headers": headers, "body": body}
     timeout = _timeout(request)
     status, out_headers, out_body = await agent.cluster.forward_dc(

@@ -68,6 +68,14 @@ def check_datacenter(request: web.Request) -> None:
         raise ForwardToDatacenter(dc.lower())
 
 
+def primary_owned(request: web.Request) -> None:
+    """Writes of what the primary datacenter owns (intentions, config entries) go to the primary
+    when this datacenter is a secondary; its leader replicates the result back."""
+    cfg = request.app["agent"].config
+    if cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter:
+        raise ForwardToDatacenter(cfg.primary_datacenter)
+
+
 def datacenter_guard(handler: Handler) -> Handler:
     """Writes check `?dc=` before anything else (reads do it in check_common)."""
 

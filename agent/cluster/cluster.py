@@ -33,6 +33,7 @@ from proconsul.agent.cluster.host import ClusterHost
 from proconsul.agent.cluster.lan import LANGossip
 from proconsul.agent.cluster.membership import STATUS_CODES, Member, MemberList
 from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
+from proconsul.agent.cluster.replication import TableReplicator
 from proconsul.agent.cluster.rpc import (
     MUX_RAFT,
     NoLeader,
@@ -138,6 +139,14 @@ class Cluster:
         self.router: Router | None = None
         if cfg.server and cfg.serf_wan_port >= 0:
             self._init_wan()
+        self.replicators: list[TableReplicator] = []
+        if self.secondary:
+            self.replicators.append(TableReplicator(
+                "config-entries", cfg.primary_datacenter, "config_entries", "config.list", {},
+                lambda r: f"{r['Kind']}/{r['Name']}", is_leader=self.is_leader, leading=self.leading,
+                forward_dc=self.forward_dc, apply=lambda cmd: self.server().apply(cmd),
+                local_rows=lambda table: self.server().store.table_list(table)[1],
+                rng=random.Random(self.rng.getrandbits(64))))
         ServerEndpoints(self).register(self.rpc)
 
     def _tags(self) -> dict[str, str]:
@@ -232,6 +241,13 @@ class Cluster:
         return await self.call_any_server("federation.forward", {
             "dc": datacenter, "method": method, "args": args, "timeout": timeout, "idempotent": idempotent},
             timeout=None if timeout is None else timeout + 5.0, idempotent=idempotent)
+
+    @property
+    def secondary(self) -> bool:
+        """A server of a datacenter that is not the primary: it replicates what the primary owns."""
+        cfg = self.config
+        return bool(cfg.server and cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter
+                    and self.router is not None)
 
     @property
     def rpc_address(self) -> str:
@@ -338,6 +354,8 @@ class Cluster:
                 tg.create_task(self.gossip.run(stop), name="lan-gossip")
             if self.wan is not None:
                 tg.create_task(self.wan.run(stop), name="wan-gossip")
+            for rep in self.replicators:
+                tg.create_task(rep.run(stop), name=f"replicate-{rep.status.name}")
             if self.raft is not None:
                 tg.create_task(self._bootstrap_loop(stop), name="bootstrap-expect")
                 tg.create_task(self._reconcile_loop(stop), name="leader-reconcile")
@@ -404,6 +422,9 @@ class Cluster:
             # WAN members by name (node.dc), or a whole datacenter by its name: a simulated WAN cut.
             self.wan.blocked = {m.name for m in self.wan_pool.members()
                                 if m.name in names or m.server.datacenter in names}
+            for m in self.wan_pool.members():
+                if m.name in self.wan.blocked:
+                    self.pool.drop(m.server.rpc_address)  # calls parked there (replication) fail now
         log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")
 
     # ------------------------------------------------------------------ forwarding

@@ -19,6 +19,7 @@ from typing import Any
 
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.agent.connect.base import ConnectBase, ConnectHost, intentions_of, iso_time, now_utc
+from proconsul.agent.connect.secondary import SecondaryCA
 from proconsul.catalog import commands as c
 from proconsul.catalog.queries import public_roots
 from proconsul.catalog.store import Changes, StateStore
@@ -46,6 +47,7 @@ class Connect(ConnectBase):
         self._ixn_cache: tuple[int, list[dict[str, Any]]] | None = None
         self._roots_cache: tuple[int, dict[str, Any]] | None = None
         self.store.subscribe(self._on_store_change)
+        self.secondary: SecondaryCA | None = None  # set when this server's datacenter is not the primary
 
     def _on_store_change(self, changes: Changes) -> None:
         if not changes.tables.isdisjoint(DECISION_TABLES):
@@ -223,10 +225,21 @@ class Connect(ConnectBase):
         async def remove(args: dict[str, Any]) -> Any:
             return await self.remove_ids([str(i) for i in args["ids"]])
 
+        async def sign_intermediate(args: dict[str, Any]) -> Any:
+            """A secondary datacenter's intermediate CA, signed by our active root (any server of the
+            primary can: the root's key is in every server's replica)."""
+            if self.secondary is not None:
+                raise InvalidCAConfig("only the primary datacenter signs intermediate CAs")
+            pem = ca.sign_intermediate(str(args.get("csr", "")), self.active_root(), self._trust_domain(), now_utc(),
+                                       _serial())
+            log.info("signed an intermediate CA for datacenter %s", args.get("dc", "?"))
+            return pem
+
         register("connect.sign", sign)
         register("connect.set_config", set_config)
         register("connect.upsert", upsert)
         register("connect.remove", remove)
+        register("connect.sign_intermediate", sign_intermediate)
 
     # ------------------------------------------------------------------ leader duties
     async def watch_roots(self, stop: asyncio.Event) -> None:
@@ -261,5 +274,8 @@ class Connect(ConnectBase):
                         await asyncio.sleep(0.5)
 
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(bootstrap_when_leader())
+            if self.secondary is not None:  # the primary's roots and our intermediate, never a root of our own
+                tg.create_task(self.secondary.run(wait_leadership, stop))
+            else:
+                tg.create_task(bootstrap_when_leader())
             tg.create_task(self.watch_roots(stop))
