@@ -270,6 +270,7 @@ def attach(agent: Any) -> None:
             server.secondary = SecondaryCA(agent.store, cfg.datacenter, cfg.primary_datacenter,
                                            agent.cluster.forward_dc, agent.backend.apply,
                                            str((cfg.connect_ca_config or {}).get("leaf_cert_ttl", "72h")))
+            agent.cluster.report_parts["SecondaryCA"] = server.secondary.report
         agent.connect = server
     else:
         async def call_server(method: str, args: dict[str, Any]) -> Any:

@@ -43,6 +43,27 @@ async def raft_transfer_leader(request: web.Request) -> web.Response:
     return json_response(request, {"Success": True})
 
 
+@routes.get("/v1/operator/federation")
+async def federation(request: web.Request) -> web.Response:
+    """The link view (beyond Consul): per datacenter its servers, reachability, RTT, last contact and
+    last forwarded call; this server's replication from the primary. A client agent asks a server."""
+    check_common(request)
+    cluster = request.app["agent"].cluster
+    if cluster.raft is not None:
+        return json_response(request, cluster.federation_report())
+    return json_response(request, await cluster.call_any_server("federation.status", {}, timeout=10.0))
+
+
+@routes.delete("/v1/operator/federation/{dc}")
+async def federation_remove_dc(request: web.Request) -> web.Response:
+    """Forget a dead datacenter now (Consul keeps it listed until reconnect_timeout_wan, 72 h)."""
+    cluster = request.app["agent"].cluster
+    if cluster.raft is None:
+        raise BadRequest("run remove-dc against a server: client agents are not in the WAN pool")
+    names = cluster.forget_datacenter(request.match_info["dc"].lower())
+    return json_response(request, {"Removed": names})
+
+
 @routes.put("/v1/agent/debug/partition")
 async def debug_partition(request: web.Request) -> web.Response:
     """Fault injection (only with `enable_debug`): drop this agent's Raft and gossip traffic to and from

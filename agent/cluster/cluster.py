@@ -140,6 +140,7 @@ class Cluster:
         if cfg.server and cfg.serf_wan_port >= 0:
             self._init_wan()
         self.replicators: list[TableReplicator] = []
+        self.report_parts: dict[str, Callable[[], Any]] = {}  # other components' lines in the link view
         if self.secondary:
             self.replicators.append(TableReplicator(
                 "config-entries", cfg.primary_datacenter, "config_entries", "config.list", {},
@@ -218,6 +219,58 @@ class Cluster:
 
     def wan_force_leave(self, name: str, prune: bool, now: float) -> bool:
         return self.wan_pool is not None and self.wan_pool.force_leave(name, now, prune=prune)
+
+    def federation_report(self) -> dict[str, Any]:
+        """The link view: per remote datacenter its servers, RTT and last contact; our replication."""
+        cfg = self.config
+        now = asyncio.get_running_loop().time()
+        out: dict[str, Any] = {"Datacenter": cfg.datacenter, "PrimaryDatacenter": cfg.primary_datacenter or "",
+                               "Server": cfg.node_name, "Datacenters": [], "Replication": [],
+                               "Extra": {}}
+        if self.wan_pool is None or self.router is None:
+            return out
+        blocked = self.wan.blocked if self.wan is not None else set()
+        for dc in self.router.datacenters():
+            servers = []
+            for m in self.wan_pool.servers(dc):
+                status = "partitioned" if m.name in blocked else m.status
+                servers.append({"Name": m.name, "Address": m.server.rpc_address, "Status": status,
+                                "RTTMillis": None if m.rtt is None else round(m.rtt * 1000, 3),
+                                "LastContactSeconds": None if m.name == self.wan_pool.me_name
+                                else round(max(now - m.last_contact, 0.0), 3)})
+            alive = [x for x in servers if x["Status"] == "alive"]
+            rtts = sorted(x["RTTMillis"] for x in alive if x["RTTMillis"] is not None)
+            contacts = [x["LastContactSeconds"] for x in servers if x["LastContactSeconds"] is not None]
+            last_ok = self.router.last_success.get(dc)
+            out["Datacenters"].append({
+                "Datacenter": dc, "Local": dc == cfg.datacenter, "Primary": dc == (cfg.primary_datacenter or ""),
+                "Reachable": bool(alive), "AliveServers": len(alive), "Servers": servers,
+                "RTTMillis": rtts[len(rtts) // 2] if rtts else None,
+                "LastContactSeconds": min(contacts) if contacts else None,
+                "LastForwardSecondsAgo": None if last_ok is None else round(now - last_ok, 3),
+                "LastForwardError": self.router.last_error.get(dc, "")})
+        out["Replication"] = [r.status.to_json() for r in self.replicators]
+        for name, part in self.report_parts.items():
+            out["Extra"][name] = part()
+        return out
+
+    def forget_datacenter(self, datacenter: str) -> list[str]:
+        """Remove a dead datacenter from the WAN pool at once (its servers leave everyone's lists)."""
+        if self.wan_pool is None:
+            raise ClusterError("this agent has no WAN pool (a client agent, or serf_wan is -1)")
+        if datacenter == self.config.datacenter:
+            raise ClusterError(f"{datacenter} is this server's own datacenter")
+        alive = [m.name for m in self.wan_pool.servers(datacenter) if m.status == "alive"]
+        if alive:
+            raise ClusterError(f"datacenter {datacenter} still has alive servers ({', '.join(alive)}): stop them "
+                               "(or cut the WAN) first")
+        names = self.wan_pool.forget_datacenter(datacenter, asyncio.get_running_loop().time())
+        if not names:
+            from proconsul.agent.cluster.errors import NoPathToDatacenter
+
+            raise NoPathToDatacenter(datacenter)
+        log.warning("removed datacenter %s from the WAN pool (%s)", datacenter, ", ".join(names))
+        return names
 
     async def datacenters(self) -> list[str]:
         """Known datacenters, nearest first (a client agent asks a server)."""

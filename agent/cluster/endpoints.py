@@ -38,6 +38,7 @@ class ServerEndpoints:
         reg("dns.query", self._rpc_dns_query)
         reg("federation.forward", self._rpc_federation_forward)
         reg("federation.datacenters", self._rpc_federation_datacenters)
+        reg("federation.status", self._rpc_federation_status)
 
     def server(self) -> Any:
         return self.cluster.server()
@@ -99,6 +100,9 @@ class ServerEndpoints:
 
     async def _rpc_federation_datacenters(self, args: dict[str, Any]) -> Any:
         return await self.cluster.datacenters()
+
+    async def _rpc_federation_status(self, args: dict[str, Any]) -> Any:
+        return self.cluster.federation_report()
 
     async def _rpc_dns_query(self, args: dict[str, Any]) -> Any:
         """A client agent's DNS question, answered from this server's replica (stale, as Consul's DNS)."""

@@ -410,7 +410,7 @@ KEYS: dict[str, Setter] = {
         "enable_syslog": "logs go to stderr and log_file",
         "syslog_facility": "logs go to stderr and log_file",
         "server_name": "the server port's TLS checks names with verify_server_hostname",
-        "translate_wan_addrs": "there is no WAN federation yet",
+        "translate_wan_addrs": "addresses are not translated for other datacenters",
         "enable_agent_tls_for_checks": "HTTP and gRPC checks use their own TLS settings",
         "disable_http_unprintable_char_filter": "keys and names are not filtered",
         "disable_keyring_file": "there is no gossip keyring yet",
@@ -455,12 +455,12 @@ KEYS: dict[str, Setter] = {
     "serf_wan": _set("serf_wan_addr", _text),
     "serf_lan": _set("serf_lan_addr", _text),
     "serf_lan_allowed_cidrs": _refused("the LAN port does not filter by CIDR yet"),
-    "serf_wan_allowed_cidrs": _refused("WAN federation is not built yet"),
+    "serf_wan_allowed_cidrs": _refused("the WAN port does not filter by CIDR yet"),
     "unix_sockets": _refused("the API does not listen on unix sockets"),
     "peering": _refused("cluster peering is not built", _off),
     "cloud": _refused("HCP is not supported", lambda v: not v),
     "primary_gateways": _refused("WAN federation through mesh gateways is not built yet"),
-    "primary_gateways_interval": _no_effect("there is no WAN federation yet"),
+    "primary_gateways_interval": _no_effect("WAN federation does not go through mesh gateways"),
 }
 
 

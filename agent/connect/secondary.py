@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,6 +38,12 @@ class SecondaryCA:
         self.leaf_ttl = leaf_ttl
         self.index = 0
         self.last_error = ""
+        self.last_success = 0.0  # wall-clock time of the last answer from the primary
+        self.intermediates = 0  # intermediates the primary signed for us since start
+
+    def report(self) -> dict[str, Any]:
+        return {"SourceDatacenter": self.primary, "RootsIndex": self.index, "LastSuccess": self.last_success,
+                "LastError": self.last_error, "IntermediatesSigned": self.intermediates}
 
     async def run(self, wait_leadership: Callable[[asyncio.Event], Awaitable[bool]], stop: asyncio.Event) -> None:
         backoff = 0.25
@@ -71,6 +78,7 @@ class SecondaryCA:
         index, body = call.result()[0], call.result()[1]
         await self.adopt(body)
         self.index = index if index >= self.index else 0
+        self.last_success, self.last_error = time.time(), ""
 
     async def adopt(self, body: dict[str, Any]) -> None:
         """Make our CA tables follow the primary's roots `body` (Consul's /v1/connect/ca/roots shape)."""
@@ -92,6 +100,7 @@ class SecondaryCA:
                 raise RuntimeError("the primary's intermediate is not signed by its active root")
             current = dict(active, IntermediateCerts=[pem, *(active.get("IntermediateCerts") or [])],
                            SigningCert=pem, SigningKey=ca.key_pem(key))
+            self.intermediates += 1
             log.info("secondary CA: intermediate for root %s signed by the primary %s", active_id, self.primary)
         wanted = {r["ID"]: _plain(r) for r in roots if r["ID"] != active_id}
         wanted[active_id] = _plain(current)

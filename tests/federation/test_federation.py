@@ -154,6 +154,10 @@ def test_wan_cut_fails_fast_and_heals_by_itself(federation: Federation) -> None:
                  message="dc1 to see dc2's servers failed")
         wait_for(lambda: "a.dc1" in wan_names(fed.dc2.servers[0], status=4), 10,
                  message="dc2 to see dc1's server failed")
+        view = a.get("/v1/operator/federation")[1]
+        reach = {d["Datacenter"]: d["Reachable"] for d in view["Datacenters"]}
+        assert reach == {"dc1": True, "dc2": False, "dc3": True}
+        assert "NO" in ok(fed.c1, "operator", "federation")  # the client agent asks a server
         # Each side keeps serving itself, and dc3 is still reachable from both.
         assert a.request("PUT", "/v1/kv/fed/local", raw=b"ok")[1] is True
         assert fed.c1.get("/v1/catalog/nodes?dc=dc3")[0] == 200
@@ -178,3 +182,18 @@ def test_server_failover_then_force_leave_wan(federation: Federation) -> None:
     wait_for(lambda: name in wan_names(fed.d, status=3), 10, message="the leave to spread over the WAN")
     res = run(fed.a, "force-leave", "-wan", "s9.dc2")
     assert res.returncode == 1 and "No node" in res.stderr
+
+
+def test_remove_a_dead_datacenter(federation: Federation) -> None:
+    """After the failover test: dc3 dies for good and is removed at once (not listed for 72 h)."""
+    fed = federation
+    res = run(fed.a, "operator", "federation", "remove-dc", "dc2")
+    assert res.returncode == 1 and "still has alive servers" in res.stderr
+    fed.d.stop(signal.SIGKILL)
+    wait_for(lambda: "d.dc3" in wan_names(fed.a, status=4), 10, message="dc3 to be failed")
+    assert fed.c1.get("/v1/kv/x?dc=dc3") == (500, "Remote DC has no server currently reachable\n")
+    assert ok(fed.a, "operator", "federation", "remove-dc", "dc3").startswith("Removed datacenter dc3: d.dc3")
+    assert fed.a.get("/v1/catalog/datacenters")[1] == ["dc1", "dc2"]
+    assert fed.c1.get("/v1/kv/x?dc=dc3") == (500, "No path to datacenter\n")
+    wait_for(lambda: "dc3" not in fed.dc2.running()[0].get("/v1/catalog/datacenters")[1], 10,
+             message="the removal to spread to dc2")

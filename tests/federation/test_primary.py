@@ -114,11 +114,24 @@ def test_wan_cut_secondary_serves_itself_and_catches_up(fed: Federation) -> None
         assert time.monotonic() - started < 1.0
         assert fed.a.request("POST", "/v1/connect/intentions",
                              {"SourceName": "during-cut", "DestinationName": "db", "Action": "deny"})[0] == 200
-        time.sleep(1.0)  # give a (wrongly) leaking path time to show itself: the cut must hold
+        written = time.time()
+        leader = fed.dc2.leader()
+
+        def failed_since_write() -> bool:
+            reps = leader.get("/v1/operator/federation")[1]["Replication"]
+            return any(r["Name"] == "config-entries" and r["LastErrorAt"] > written for r in reps)
+
+        # The replicator tried after the write and failed: the cut holds (nothing leaked through).
+        wait_for(failed_since_write, 10, message="dc2's replicator to fail against the cut")
         assert ("during-cut", "db", "deny") not in intentions(dc2[0])
+        view = leader.get("/v1/operator/federation")[1]
+        dc1 = next(d for d in view["Datacenters"] if d["Datacenter"] == "dc1")
+        assert dc1["Primary"] and not dc1["Reachable"]
     finally:
         fed.a.put("/v1/agent/debug/partition", {"Block": []})
         for s in dc2:
             s.put("/v1/agent/debug/partition", {"Block": []})
     wait_for(lambda: all(("during-cut", "db", "deny") in intentions(s) for s in dc2), 15,
              message="dc2 to catch up after the cut")
+    reps = fed.dc2.leader().get("/v1/operator/federation")[1]["Replication"]
+    assert reps[0]["Running"] and reps[0]["ReplicatedIndex"] > 0
