@@ -55,12 +55,27 @@ def proxy(
     admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind",
                                             help="Metrics/stats listener HOST:PORT, or off.")] = "127.0.0.1:19000",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
+    mesh_gateway: Annotated[bool, typer.Option("-mesh-gateway", "--mesh-gateway",
+                                               help="Run a mesh gateway (SNI routing between datacenters).")] = False,
+    register: Annotated[bool, typer.Option("-register", "--register",
+                                           help="Register the mesh gateway with the local agent.")] = False,
+    service: Annotated[str, typer.Option("-service", "--service",
+                                         help="The mesh gateway's service name.")] = "mesh-gateway",
+    address: Annotated[str, typer.Option("-address", "--address",
+                                         help="The mesh gateway's LAN HOST:PORT (it listens there).")] = "",
+    wan_address: Annotated[str, typer.Option("-wan-address", "--wan-address",
+                                             help="HOST:PORT other datacenters reach the gateway at.")] = "",
+    capture_file: Annotated[str, typer.Option("-capture-file", "--capture-file",
+                                              help="Audit aid: append every byte the gateway forwards here.")] = "",
 ) -> None:
-    """Run the built-in sidecar proxy: mTLS in front of the service, upstream listeners for its dependencies."""
+    """Run the built-in sidecar proxy: mTLS in front of the service, upstream listeners for its dependencies
+    (or, with -mesh-gateway, a mesh gateway)."""
     from proconsul.connect.proxy.cli import Options, execute
 
     raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
-                                     admin_bind=admin_bind, log_level=log_level)))
+                                     admin_bind=admin_bind, log_level=log_level, mesh_gateway=mesh_gateway,
+                                     register=register, service=service, address=address, wan_address=wan_address,
+                                     capture_file=capture_file)))
 
 
 def _ms(seconds: float) -> str:

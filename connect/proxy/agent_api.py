@@ -61,6 +61,17 @@ class AgentAPI:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise AgentAPIError(f"GET {path}: cannot reach the agent at {self.base}: {e}") from None
 
+    async def put(self, path: str, body: Any) -> None:
+        """A write to the agent; AgentAPIError on a non-200 answer or a network failure."""
+        session = await self._ensure()
+        try:
+            async with session.put(self.base + path, json=body, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                if resp.status != 200:
+                    text = (await resp.text()).strip().splitlines()
+                    raise AgentAPIError(f"PUT {path}: {resp.status} {text[0] if text else ''}".strip(), resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise AgentAPIError(f"PUT {path}: cannot reach the agent at {self.base}: {e}") from None
+
     # ------------------------------------------------------------------ one-shot reads
     async def service(self, service_id: str) -> dict[str, Any]:
         body, _ = await self.get(f"/v1/agent/service/{quote(service_id, safe='')}")

@@ -34,6 +34,12 @@ class Options:
     token: str = ""
     admin_bind: str = DEFAULT_ADMIN  # "" or "off": no admin listener
     log_level: str = "info"
+    mesh_gateway: bool = False
+    register: bool = False
+    service: str = "mesh-gateway"
+    address: str = ""  # the gateway's LAN HOST:PORT (it binds there)
+    wan_address: str = ""  # where other datacenters reach it (default: address)
+    capture_file: str = ""
 
 
 def http_address(flag: str) -> str:
@@ -64,8 +70,48 @@ def _admin(bind: str) -> tuple[str, int]:
         raise ProxyCLIError(f"-admin-bind {bind!r} must be HOST:PORT (or \"off\")") from None
 
 
+def _host_port(flag: str, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProxyCLIError(f"{flag} {value!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def run_gateway(opts: Options, api: AgentAPI, stop: asyncio.Event) -> None:
+    """`-mesh-gateway`: optionally register it (Kind mesh-gateway, LAN and WAN addresses), then route."""
+    if opts.proxy_id or opts.sidecar_for:
+        raise ProxyCLIError("-mesh-gateway runs a gateway, not a sidecar: drop -sidecar-for/-proxy-id")
+    if not opts.address:
+        raise ProxyCLIError("-mesh-gateway needs -address HOST:PORT to listen on")
+    host, port = _host_port("-address", opts.address)
+    wan_host, wan_port = _host_port("-wan-address", opts.wan_address or opts.address)
+    if opts.register:
+        await api.put("/v1/agent/service/register", {
+            "ID": opts.service, "Name": opts.service, "Kind": "mesh-gateway", "Address": host, "Port": port,
+            "TaggedAddresses": {"lan": {"Address": host, "Port": port}, "wan": {"Address": wan_host, "Port": wan_port}},
+            "Check": {"Name": "Mesh gateway listening", "TCP": f"{host}:{port}", "Interval": "10s",
+                      "DeregisterCriticalServiceAfter": "72h"}})
+        log.info("registered mesh gateway %s (LAN %s:%d, WAN %s:%d)", opts.service, host, port, wan_host, wan_port)
+    from proconsul.connect.proxy.gateway import MeshGateway
+
+    try:
+        await MeshGateway(api, bind=host, port=port, service=opts.service, capture_file=opts.capture_file).run(stop)
+    except OSError as e:
+        raise ProxyCLIError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
     """Run one proxy until `stop` (or SIGINT/SIGTERM when `stop` is not given)."""
+    if opts.mesh_gateway:
+        api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
+        stop = stop or _signals_stop()
+        try:
+            await run_gateway(opts, api, stop)
+        except AgentAPIError as e:
+            raise ProxyCLIError(str(e)) from None
+        finally:
+            await api.close()
+        return
     if bool(opts.proxy_id) == bool(opts.sidecar_for):
         raise ProxyCLIError("give exactly one of -sidecar-for SERVICE-ID or -proxy-id PROXY-ID")
     host, port = _admin(opts.admin_bind)
@@ -84,6 +130,14 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
         raise ProxyCLIError(str(e)) from None
     finally:
         await api.close()
+
+
+def _signals_stop() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def setup_logging(level: str) -> None:
@@ -123,7 +177,14 @@ def main(argv: list[str] | None = None) -> None:
             (("-http-addr", "--http-addr"), "http_addr", "the local agent's HTTP address"),
             (("-token", "--token"), "token", "ACL token"),
             (("-admin-bind", "--admin-bind"), "admin_bind", f"metrics/stats listener (default {DEFAULT_ADMIN}; off)"),
-            (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error")):
+            (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error"),
+            (("-service", "--service"), "service", "mesh gateway: its service name (mesh-gateway)"),
+            (("-address", "--address"), "address", "mesh gateway: LAN HOST:PORT to listen on"),
+            (("-wan-address", "--wan-address"), "wan_address", "mesh gateway: HOST:PORT for other datacenters"),
+            (("-capture-file", "--capture-file"), "capture_file", "mesh gateway: append forwarded bytes here")):
         p.add_argument(*names, dest=dest, default=getattr(Options(), dest), help=help_)
+    for names, dest, help_ in ((("-mesh-gateway", "--mesh-gateway"), "mesh_gateway", "run a mesh gateway"),
+                               (("-register", "--register"), "register", "register the mesh gateway")):
+        p.add_argument(*names, dest=dest, action="store_true", help=help_)
     args = p.parse_args(argv)
     sys.exit(execute(Options(**vars(args))))

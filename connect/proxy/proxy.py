@@ -92,6 +92,7 @@ class Proxy:
         self._restart_with: ProxyConfig | None = None
         self._reload = asyncio.Event()
         self._stop: asyncio.Event | None = None
+        self.gateway_service = "mesh-gateway"  # the name mesh gateways are registered under (Consul's habit)
 
     # ------------------------------------------------------------------ start-up
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
@@ -239,6 +240,8 @@ class Proxy:
         assert self.rt is not None
         pool = self.rt.pools[up.key]
         params = {"passing": "1"}
+        if up.datacenter and up.datacenter != self.rt.datacenter and up.mesh_gateway in ("local", "remote"):
+            return await self._watch_gateways(up, pool, stop)
         if up.datacenter:
             params["dc"] = up.datacenter
 
@@ -250,6 +253,34 @@ class Proxy:
             pool.set_instances(instances)
 
         await self.api.watch(f"/v1/health/connect/{up.destination_name}", params, update, stop)
+
+    async def _watch_gateways(self, up: Upstream, pool: Any, stop: asyncio.Event) -> None:
+        """An upstream in another datacenter through mesh gateways: the instances to dial are our
+        datacenter's gateways (mode local, their LAN address) or the destination's (mode remote, their
+        WAN address); the SNI still names the destination service there, so the gateway routes it and
+        the TLS session is end to end with its sidecar."""
+        local = up.mesh_gateway == "local"
+        params = {"passing": "1", **({} if local else {"dc": up.datacenter})}
+
+        def update(entries: list[dict[str, Any]]) -> None:
+            instances = []
+            for e in entries:
+                node, svc = e.get("Node") or {}, e.get("Service") or {}
+                if svc.get("Kind") != "mesh-gateway":
+                    continue
+                tagged = (svc.get("TaggedAddresses") or {}).get("lan" if local else "wan") or {}
+                address = tagged.get("Address") or svc.get("Address") or node.get("Address") or ""
+                port = int(tagged.get("Port") or svc.get("Port") or 0)
+                if address and port:
+                    instances.append(Instance(id=f"gateway/{node.get('Node', '')}/{svc.get('ID', '')}",
+                                              address=address, port=port, service=up.destination_name,
+                                              datacenter=up.datacenter))
+            if {i.id for i in instances} != {i.id for i in pool.instances()}:
+                log.info("upstream %s in %s: %d %s mesh gateway(s)", up.destination_name, up.datacenter,
+                         len(instances), "local" if local else "remote")
+            pool.set_instances(instances)
+
+        await self.api.watch(f"/v1/health/service/{self.gateway_service}", params, update, stop)
 
     # ------------------------------------------------------------------ watch callbacks
     def _on_roots(self, roots: dict[str, Any]) -> None:
