@@ -93,6 +93,7 @@ class Proxy:
         self._reload = asyncio.Event()
         self._stop: asyncio.Event | None = None
         self.gateway_service = "mesh-gateway"  # the name mesh gateways are registered under (Consul's habit)
+        self.gateway_default = ""  # proxy-defaults' MeshGateway.Mode
 
     # ------------------------------------------------------------------ start-up
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
@@ -155,6 +156,8 @@ class Proxy:
             if entry and entry.get("Protocol"):
                 out[name] = str(entry["Protocol"]).lower()
         defaults = await self._config_entry("proxy-defaults", "global") or {}
+        mode = str(((defaults.get("MeshGateway") or {}).get("Mode")) or "").lower()
+        self.gateway_default = mode if mode in ("none", "local", "remote") else ""
         return out, str((defaults.get("Config") or {}).get("protocol", "")).lower()
 
     async def _config_entry(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -240,8 +243,9 @@ class Proxy:
         assert self.rt is not None
         pool = self.rt.pools[up.key]
         params = {"passing": "1"}
-        if up.datacenter and up.datacenter != self.rt.datacenter and up.mesh_gateway in ("local", "remote"):
-            return await self._watch_gateways(up, pool, stop)
+        mode = up.mesh_gateway or self.gateway_default  # the upstream's (or the proxy's), else proxy-defaults'
+        if up.datacenter and up.datacenter != self.rt.datacenter and mode in ("local", "remote"):
+            return await self._watch_gateways(up, mode == "local", pool, stop)
         if up.datacenter:
             params["dc"] = up.datacenter
 
@@ -254,12 +258,11 @@ class Proxy:
 
         await self.api.watch(f"/v1/health/connect/{up.destination_name}", params, update, stop)
 
-    async def _watch_gateways(self, up: Upstream, pool: Any, stop: asyncio.Event) -> None:
+    async def _watch_gateways(self, up: Upstream, local: bool, pool: Any, stop: asyncio.Event) -> None:
         """An upstream in another datacenter through mesh gateways: the instances to dial are our
         datacenter's gateways (mode local, their LAN address) or the destination's (mode remote, their
         WAN address); the SNI still names the destination service there, so the gateway routes it and
         the TLS session is end to end with its sidecar."""
-        local = up.mesh_gateway == "local"
         params = {"passing": "1", **({} if local else {"dc": up.datacenter})}
 
         def update(entries: list[dict[str, Any]]) -> None:

@@ -59,7 +59,7 @@ class TwoDCs:
                                                 "--retry-join-wan", f"127.0.0.1:{self.a.serf_wan_port}"])
         self.backends = Backends()
         self.procs: list[ProxyProcess | Gateway] = []
-        self.local_up, self.remote_up = free_port(), free_port()
+        self.local_up, self.remote_up, self.default_up = free_port(), free_port(), free_port()
 
     def start(self) -> None:
         a, b = self.a, self.b
@@ -73,7 +73,10 @@ class TwoDCs:
         upstreams = [{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.local_up,
                       "MeshGateway": {"Mode": "local"}},
                      {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.remote_up,
-                      "MeshGateway": {"Mode": "remote"}}]
+                      "MeshGateway": {"Mode": "remote"}},
+                     {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.default_up}]
+        assert a.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global",
+                                    "MeshGateway": {"Mode": "local"}})[0] == 200
         assert a.put("/v1/agent/service/register", {"Name": "web", "Port": free_port(), "Connect": {
             "SidecarService": {"Proxy": {"Upstreams": upstreams}}}})[0] == 200
         self.gw1 = Gateway(a, self.tmp, "gw-dc1").start()
@@ -118,6 +121,13 @@ def test_remote_mode_goes_straight_to_the_destinations_gateway(dcs: TwoDCs) -> N
     status, body = wait_for(lambda: http_get(dcs.remote_up, "/remote"), 15, message="db through dc2's gateway")
     assert status == 200 and body["path"] == "/remote"
     assert dcs.gw1.capture.stat().st_size == before  # dc1's gateway was not on the path
+
+
+def test_proxy_defaults_mode_applies_to_upstreams_without_their_own(dcs: TwoDCs) -> None:
+    before = dcs.gw1.capture.stat().st_size
+    status, body = wait_for(lambda: http_get(dcs.default_up, "/by-default"), 15, message="db via proxy-defaults")
+    assert status == 200 and body["path"] == "/by-default"
+    assert dcs.gw1.capture.stat().st_size > before  # through dc1's gateway: proxy-defaults says local
 
 
 def test_intentions_are_checked_in_the_destination_datacenter(dcs: TwoDCs) -> None:
