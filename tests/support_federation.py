@@ -1,13 +1,17 @@
-"""Test support for federation: three datacenters of real agent processes on 127.0.0.1: dc1 (one server and a client agent),
-dc2 (three servers that find each other on the LAN and flood-join the WAN), dc3 (a dev agent)."""
+"""Test support for federation: three datacenters of real agent processes on 127.0.0.1 — dc1 (one
+server and a client agent), dc2 (three servers that find each other on the LAN and flood-join the
+WAN), dc3 (a dev agent) — and mesh gateway processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import AgentProcess, ServerCluster, wait_for
+from support import CLI, AgentProcess, ServerCluster, free_port, wait_for
 
 # Fast WAN failure detection for tests: a silent server is failed after 5 × 200 ms.
 WAN_FAST = {"gossip_wan": {"probe_interval": "200ms", "suspicion_mult": 5}, "enable_debug": True}
@@ -62,3 +66,34 @@ def stop_federation(fed: Federation) -> None:
     for agent in (fed.c1, fed.d, fed.a):
         agent.stop()
     fed.dc2.stop()
+
+
+class Gateway:
+    """`proconsul connect proxy -mesh-gateway -register` as a child process."""
+
+    def __init__(self, agent: AgentProcess, workdir: Path, name: str) -> None:
+        self.port = free_port()
+        self.capture = workdir / f"{name}.capture"
+        self.log_path = workdir / f"{name}.log"
+        self.cmd = [*CLI, "connect", "proxy", "-mesh-gateway", "-register", "-address", f"127.0.0.1:{self.port}",
+                    "-wan-address", f"127.0.0.1:{self.port}", "-capture-file", str(self.capture),
+                    "-http-addr", agent.addr, "-log-level", "debug"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Gateway:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        wait_for(listening, 20, message="the mesh gateway to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

@@ -4,48 +4,15 @@ same mTLS end to end (the gateways see only ciphertext), intentions checked in d
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import CLI, AgentProcess, free_port, wait_for
+from support import AgentProcess, free_port, wait_for
+from support_federation import Gateway
 from support_mesh import Backends, ProxyProcess, http_get, wait_passing
 
 pytestmark = pytest.mark.xdist_group("federation")
-
-
-class Gateway:
-    """`proconsul connect proxy -mesh-gateway -register` as a child process."""
-
-    def __init__(self, agent: AgentProcess, workdir: Path, name: str) -> None:
-        self.port = free_port()
-        self.capture = workdir / f"{name}.capture"
-        self.log_path = workdir / f"{name}.log"
-        self.cmd = [*CLI, "connect", "proxy", "-mesh-gateway", "-register", "-address", f"127.0.0.1:{self.port}",
-                    "-wan-address", f"127.0.0.1:{self.port}", "-capture-file", str(self.capture),
-                    "-http-addr", agent.addr, "-log-level", "debug"]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Gateway:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-        def listening() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-
-        wait_for(listening, 20, message="the mesh gateway to listen")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class TwoDCs:
