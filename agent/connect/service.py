@@ -107,8 +107,10 @@ class Connect(ConnectBase):
         return self.sign(csr_pem, service)
 
     async def bootstrap(self) -> None:
-        """On the leader: create the cluster's first root if there is none (idempotent)."""
+        """On the leader: create the cluster's first root if there is none (idempotent); a datacenter
+        promoted to primary whose CA still signs with an intermediate takes a root of its own."""
         if self.config() is not None:
+            await self._own_root_after_promotion()
             return
         cluster_id = str(uuid.uuid4())
         td = trust_domain_for(cluster_id)
@@ -122,6 +124,29 @@ class Connect(ConnectBase):
             c.TableSet(table="ca_config", key="config", row=config, cas=0),
             c.TableSet(table="ca_roots", key=root.row["ID"], row=dict(root.row, SigningKey=root.key_pem))]))
         log.info("Connect CA initialised: trust domain %s, root %s", td, root.row["ID"])
+
+    async def _own_root_after_promotion(self) -> None:
+        """This datacenter was a secondary (its active root carries the intermediate it signed with) and
+        is now the primary: make a new root in the same trust domain and make it active. The old roots
+        stay in the bundle, inactive, so leaves issued under them keep verifying until they are renewed
+        (every cached leaf is re-issued at once when the active root changes); secondaries that follow
+        us get intermediates from the new root."""
+        _, rows = self.store.table_list("ca_roots")
+        active = next((r for r in rows if r.get("Active")), None)
+        if active is None or not active.get("SigningCert"):
+            return
+        root = ca.generate_root(self._trust_domain(), now_utc(), _serial())
+        cmds: list[c.Command] = [c.TableSet(table="ca_roots", key=r["ID"], row={
+            k: v for k, v in dict(r, Active=False, RotatedOutAt=iso_time()).items()
+            if k not in ("SigningKey", "SigningCert", "CreateIndex", "ModifyIndex")}) for r in rows if r.get("Active")]
+        cmds.append(c.TableSet(table="ca_roots", key=root.row["ID"], row=dict(root.row, SigningKey=root.key_pem)))
+        cfg = dict(self.config() or {})
+        cfg.pop("CreateIndex", None)
+        cfg.pop("ModifyIndex", None)
+        cmds.append(c.TableSet(table="ca_config", key="config", row=dict(cfg, State=None)))
+        await self.agent.backend.apply(c.Batch(commands=cmds))
+        log.warning("this datacenter is now the primary: its CA has a root of its own (%s); the previous "
+                    "primary's roots stay trusted until leaves issued under them are renewed", root.row["ID"])
 
     async def set_config(self, body: dict[str, Any]) -> None:
         """Update the CA settings (keys as Consul spells them), rotating the root when the key changes."""
