@@ -54,6 +54,15 @@ async def federation(request: web.Request) -> web.Response:
     return json_response(request, await cluster.call_any_server("federation.status", {}, timeout=10.0))
 
 
+@routes.get("/v1/coordinate/datacenters")
+async def coordinate_datacenters(request: web.Request) -> web.Response:
+    """Consul's WAN coordinates: per datacenter, its servers' Vivaldi coordinates (from the WAN exchanges)."""
+    cluster = request.app["agent"].cluster
+    if cluster.raft is not None:
+        return json_response(request, cluster.coordinate_datacenters())
+    return json_response(request, await cluster.call_any_server("federation.coordinates", {}, timeout=10.0))
+
+
 @routes.delete("/v1/operator/federation/{dc}")
 async def federation_remove_dc(request: web.Request) -> web.Response:
     """Forget a dead datacenter now (Consul keeps it listed until reconnect_timeout_wan, 72 h)."""

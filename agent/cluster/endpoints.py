@@ -39,6 +39,7 @@ class ServerEndpoints:
         reg("federation.forward", self._rpc_federation_forward)
         reg("federation.datacenters", self._rpc_federation_datacenters)
         reg("federation.status", self._rpc_federation_status)
+        reg("federation.coordinates", self._rpc_federation_coordinates)
 
     def server(self) -> Any:
         return self.cluster.server()
@@ -103,6 +104,9 @@ class ServerEndpoints:
 
     async def _rpc_federation_status(self, args: dict[str, Any]) -> Any:
         return self.cluster.federation_report()
+
+    async def _rpc_federation_coordinates(self, args: dict[str, Any]) -> Any:
+        return self.cluster.coordinate_datacenters()
 
     async def _rpc_dns_query(self, args: dict[str, Any]) -> Any:
         """A client agent's DNS question, answered from this server's replica (stale, as Consul's DNS)."""

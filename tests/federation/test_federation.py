@@ -39,6 +39,25 @@ def test_datacenters_ours_first_and_known_everywhere(federation: Federation) -> 
     assert ok(fed.c1, "catalog", "datacenters").split()[0] == "dc1"
 
 
+def test_wan_coordinates_per_datacenter(federation: Federation) -> None:
+    def complete(agent: AgentProcess) -> list[dict[str, Any]] | None:
+        rows = agent.get("/v1/coordinate/datacenters")[1]
+        names = {c["Node"] for r in rows for c in r["Coordinates"]}
+        return rows if names == {"a.dc1", "s0.dc2", "s1.dc2", "s2.dc2", "d.dc3"} else None
+
+    rows = wait_for(lambda: complete(federation.a), 10, message="every server's coordinate")
+    assert rows[0]["Datacenter"] == "dc1" and {r["AreaID"] for r in rows} == {"wan"}
+    coord = rows[0]["Coordinates"][0]["Coord"]
+    assert len(coord["Vec"]) == 8 and set(coord) == {"Vec", "Error", "Adjustment", "Height"}
+    # Measured: the error estimate has come down from its initial 1.5 after a few exchanges.
+    def updated() -> bool:
+        rows = complete(federation.a)
+        return bool(rows) and all(c["Coord"]["Error"] < 1.5 for r in rows for c in r["Coordinates"])
+
+    wait_for(updated, 10, message="coordinates to be updated by WAN exchanges")
+    assert complete(federation.c1)  # a client agent asks a server
+
+
 def test_reads_and_writes_reach_the_named_datacenter_from_a_client_agent(federation: Federation) -> None:
     fed, c1 = federation, federation.c1
     status, nodes = c1.get("/v1/catalog/nodes?dc=dc2")

@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from proconsul.agent.cluster.rpc import pack, read_frame
+from proconsul.agent.cluster.wan.coordinate import Coordinate, VivaldiClient
 from proconsul.agent.cluster.wan.pool import WANError, WANPool, WANServer
 
 log = logging.getLogger("proconsul.wan")
@@ -74,6 +75,8 @@ class WANGossip:
         self._next_join = 0.0
         self.blocked: set[str] = set()  # member names (node.dc) whose traffic we drop (a simulated WAN cut)
         self.last_round = 0.0
+        self.vivaldi = VivaldiClient(random.Random(self.rng.getrandbits(64)))
+        pool.set_coordinate(pool.me_name, self.vivaldi.coord)
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -130,7 +133,11 @@ class WANGossip:
         except PEER_ERRORS as e:
             log.debug("WAN exchange with %s failed: %s", target.name, e or type(e).__name__)
             return
-        if self.pool.contact(target.name, self._now(), self._now() - started):
+        rtt = self._now() - started
+        peer_coord = next((c for s, c in self.pool.coordinates() if s.name == target.name), None)
+        if peer_coord is not None:
+            self.vivaldi.update(target.name, peer_coord, rtt)
+        if self.pool.contact(target.name, self._now(), rtt):
             log.info("WAN member %s is alive again", target.name)
             self.on_change([target.name])
 
@@ -182,7 +189,8 @@ class WANGossip:
 
     def _message(self) -> dict[str, Any]:
         me = self.pool.me
-        return {"wan": me.datacenter, "from": me.name, "members": self.pool.wire()}
+        return {"wan": me.datacenter, "from": me.name, "members": self.pool.wire(),
+                "coord": self.vivaldi.coord.to_json()}
 
     def _take(self, msg: Any) -> str:
         """Merge a peer's message; returns the sender's name."""
@@ -197,6 +205,8 @@ class WANGossip:
             raise WANError(f"traffic from {sender} is dropped (partition)")
         servers = [WANServer.from_wire(w) for w in raw]
         self._changed(self.pool.merge([s for s in servers if s.name not in self.blocked], self._now()))
+        if sender != self.pool.me_name:
+            self.pool.set_coordinate(sender, Coordinate.from_json(msg.get("coord")))
         return sender
 
     def _changed(self, names: list[str]) -> None:

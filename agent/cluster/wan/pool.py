@@ -79,6 +79,7 @@ class _Entry:
     rtts: list[float] = field(default_factory=list)  # the last few round trips, seconds
     changed_at: float = 0.0  # local time its status last changed (for reaping)
     hidden: bool = False  # pruned: kept only so stale news of it cannot bring it back
+    coord: Any = None  # its network coordinate, as it last told us (coordinate.Coordinate)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,16 @@ class WANPool:
                 del self._entries[name]
                 changed.append(name)
         return changed
+
+    def set_coordinate(self, name: str, coord: Any) -> None:
+        entry = self._entries.get(name)
+        if entry is not None and coord is not None:
+            entry.coord = coord
+
+    def coordinates(self) -> list[tuple[WANServer, Any]]:
+        """(member, coordinate) for every alive member whose coordinate we know, ours included."""
+        return [(e.server, e.coord) for n, e in sorted(self._entries.items())
+                if e.coord is not None and self.status(n) == ALIVE]
 
     def leave(self) -> WANServer:
         """Mark ourselves left: the news to push before shutting down."""
