@@ -87,6 +87,8 @@ class LoopbackClient:
         if (type(method) is not str or type(path) is not str or not path.startswith("/v1/")
                 or type(query) is not str or type(headers) is not dict or type(body) is not bytes):
             raise ClusterError("http.serve needs a method, a /v1/ path, a query, headers and a body")
+        if path.startswith("/v1/agent/"):  # never forwarded: an agent's own endpoints are not the datacenter's
+            raise ClusterError(f"http.serve does not serve {path}: agent endpoints answer only locally")
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                                   skip_auto_headers=("Accept-Encoding", "User-Agent"))

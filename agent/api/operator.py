@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
@@ -48,19 +49,21 @@ async def federation(request: web.Request) -> web.Response:
     """The link view (beyond Consul): per datacenter its servers, reachability, RTT, last contact and
     last forwarded call; this server's replication from the primary. A client agent asks a server."""
     check_common(request)
-    cluster = request.app["agent"].cluster
-    if cluster.raft is not None:
-        return json_response(request, cluster.federation_report())
-    return json_response(request, await cluster.call_any_server("federation.status", {}, timeout=10.0))
+    return json_response(request, await _from_a_server(request, "federation.status", "federation_report"))
 
 
 @routes.get("/v1/coordinate/datacenters")
 async def coordinate_datacenters(request: web.Request) -> web.Response:
     """Consul's WAN coordinates: per datacenter, its servers' Vivaldi coordinates (from the WAN exchanges)."""
+    return json_response(request, await _from_a_server(request, "federation.coordinates", "coordinate_datacenters"))
+
+
+async def _from_a_server(request: web.Request, method: str, local: str) -> Any:
+    """A server answers from its own view (`cluster.<local>()`); a client agent asks one (`method`)."""
     cluster = request.app["agent"].cluster
     if cluster.raft is not None:
-        return json_response(request, cluster.coordinate_datacenters())
-    return json_response(request, await cluster.call_any_server("federation.coordinates", {}, timeout=10.0))
+        return getattr(cluster, local)()
+    return await cluster.call_any_server(method, {}, timeout=10.0)
 
 
 @routes.delete("/v1/operator/federation/{dc}")

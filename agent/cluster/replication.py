@@ -129,20 +129,27 @@ class TableReplicator:
         self.status.running = False
 
     async def _fetch(self, index: int, stop: asyncio.Event) -> tuple[int, list[dict[str, Any]]] | None:
-        call = asyncio.ensure_future(self.forward_dc(
-            self.primary, "catalog.query", {"name": self.query, "args": self.args, "index": index,
-                                            "wait": self.wait, "mode": "leader"},
-            timeout=self.wait * 17 / 16 + 30.0, idempotent=True))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            done, _ = await asyncio.wait({call, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if call not in done:
-            call.cancel()
-            return None
-        result = call.result()
-        return int(result[0]), list(result[1])
+        result = await query_primary(self.forward_dc, self.primary, self.query, self.args, index, self.wait, stop)
+        return None if result is None else (result[0], list(result[1]))
+
+
+async def query_primary(forward_dc: Callable[..., Awaitable[Any]], primary: str, query: str, args: dict[str, Any],
+                        index: int, wait: float, stop: asyncio.Event) -> tuple[int, Any] | None:
+    """A blocking query on the primary's leader (through the router): (index, result), or None when
+    `stop` is set first (the call is then abandoned)."""
+    call = asyncio.ensure_future(forward_dc(
+        primary, "catalog.query", {"name": query, "args": args, "index": index, "wait": wait, "mode": "leader"},
+        timeout=wait * 17 / 16 + 30.0, idempotent=True))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({call, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if call not in done:
+        call.cancel()
+        return None
+    result = call.result()
+    return int(result[0]), result[1]
 
 
 async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from proconsul.agent.cluster.replication import query_primary
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import StateStore
 from proconsul.connect import ca
@@ -64,18 +65,10 @@ class SecondaryCA:
                 backoff = min(backoff * 2, 5.0)
 
     async def sync_once(self, stop: asyncio.Event) -> None:
-        call = asyncio.ensure_future(self.forward_dc(
-            self.primary, "catalog.query", {"name": "connect.roots", "args": {}, "index": self.index, "wait": WAIT,
-                                            "mode": "leader"}, timeout=WAIT * 17 / 16 + 30.0, idempotent=True))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            done, _ = await asyncio.wait({call, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if call not in done:
-            call.cancel()
+        answer = await query_primary(self.forward_dc, self.primary, "connect.roots", {}, self.index, WAIT, stop)
+        if answer is None:
             return
-        index, body = call.result()[0], call.result()[1]
+        index, body = answer
         await self.adopt(body)
         self.index = index if index >= self.index else 0
         self.last_success, self.last_error = time.time(), ""

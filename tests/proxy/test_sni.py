@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proconsul.connect.proxy.sni import Incomplete, NotClientHello, client_hello_sni, parse_sni_name
@@ -38,6 +38,7 @@ def test_no_sni_and_not_tls() -> None:
             client_hello_sni(junk)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=600))
 def test_random_bytes_never_crash(data: bytes) -> None:
     try:
@@ -46,9 +47,13 @@ def test_random_bytes_never_crash(data: bytes) -> None:
         pass
 
 
+HELLO = hello("db.default.dc1.internal.abcd.mesh")
+
+
+@settings(deadline=None)
 @given(st.integers(min_value=0, max_value=400))
 def test_corrupting_a_real_hello_never_crashes(i: int) -> None:
-    data = bytearray(hello("db.default.dc1.internal.abcd.mesh"))
+    data = bytearray(HELLO)
     data[min(i, len(data) - 1)] ^= 0xFF
     try:
         client_hello_sni(bytes(data))
