@@ -31,7 +31,7 @@ from proconsul.agent.config.load import finalize, load_config
 from proconsul.agent.config.model import AgentConfig
 from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
-from proconsul.agent.local.events import EventBuffer
+from proconsul.agent.local.events import EventBuffer, accepts
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.observe.logs import LogMonitor, level_number
 from proconsul.agent.observe.telemetry import Telemetry
@@ -154,6 +154,25 @@ class Agent:
         read_index = getattr(self.server.replicator if self.server else None, "read_index", None)
         if read_index is not None:
             await read_index()
+
+    def user_event(self, event: dict[str, Any]) -> bool:
+        """Deliver a user event to this agent: kept when it matches our node and services and is new."""
+        services = [(s["Service"], s.get("Tags") or []) for s in self.local.services().values()]
+        if not accepts(event, self.config.node_name, services):
+            return False
+        kept = self.events.receive(event)
+        if kept:
+            log.info("user event %r (%s) received", event["Name"], event["ID"])
+        return kept
+
+    async def fire_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Fire a user event: delivered here, and a client agent hands it to a server (Consul's
+        Internal.EventFire). Gossip delivery to every agent rides on the membership layer."""
+        event = self.events.stamp(event)
+        if self.server is None:
+            await self.cluster.call_any_server("event.fire", {"event": event}, None, False)
+        self.user_event(event)
+        return event
 
     async def datacenters(self) -> list[str]:
         """Every known datacenter, nearest first (by round trip over the WAN)."""

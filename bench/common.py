@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from support import AgentProcess, free_port, wait_for  # noqa: E402
 
 __all__ = ["AgentProcess", "free_port", "wait_for", "Arm", "alternate", "wrk", "need", "rss_mb", "report",
-           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "CpuMeter"]
+           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "CpuMeter", "tree_env", "metered"]
 
 
 def need(binary: str, package: str) -> str:
@@ -51,9 +51,11 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
     def as_dict(self) -> dict[str, float]:
-        return {"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors}
+        return {"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors,
+                "requests": self.requests}
 
 
 def _ms(text: str) -> float:
@@ -82,7 +84,8 @@ def wrk(url: str, connections: int = 16, duration: float = 8.0, threads: int = 1
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errs += sum(int(x) for x in m.groups())
-    return WrkResult(rps, p50, p99, errs)
+    m = re.search(r"(\d+) requests in", out)
+    return WrkResult(rps, p50, p99, errs, int(m.group(1)) if m else 0)
 
 
 @dataclass
@@ -155,6 +158,36 @@ class CpuMeter:
 
     def stop(self) -> float:
         return self._now() - self.before
+
+
+def metered(roots: list[int], run: Callable[[], dict[str, float]], ops_key: str = "requests"
+            ) -> Callable[[], dict[str, float]]:
+    """`run` with the CPU seconds of `roots` (and descendants) per 1,000 operations added to its result."""
+    def arm() -> dict[str, float]:
+        meter = CpuMeter(roots)
+        meter.start()
+        out = run()
+        out["cpu_s_per_1k"] = meter.stop() * 1000 / max(out[ops_key], 1)
+        return out
+    return arm
+
+
+COMPONENTS = {"agent": "agent", "catalog": "catalog", "consensus": "consensus", "connect": "connect", "dns": "dns",
+              "ui": "ui", "k8s_sync": "k8s-sync"}
+
+
+def tree_env(tree: Path, workdir: Path) -> dict[str, str]:
+    """Environment that makes `python -m proconsul…` run the source tree `tree` (e.g. `git archive main`
+    unpacked) instead of the installed one, so a benchmark can put another version beside this one in the
+    same run: a `proconsul` package of symlinks to the tree's components, first on PYTHONPATH (it is found
+    before the editable install's finder)."""
+    pkg = workdir / "tree-shim" / "proconsul"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name, folder in COMPONENTS.items():
+        link = pkg / name
+        if not link.exists():
+            link.symlink_to(Path(tree).resolve() / folder, target_is_directory=True)
+    return {"PYTHONPATH": str(pkg.parent)}
 
 
 def pinned(cmd: list[str], cpus: int | None) -> list[str]:

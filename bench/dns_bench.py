@@ -19,7 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import AgentProcess, Arm, Background, alternate, free_port, http_json, need, report, wait_for
+from common import (
+    AgentProcess,
+    Arm,
+    Background,
+    alternate,
+    free_port,
+    http_json,
+    need,
+    report,
+    tree_env,
+    wait_for,
+)
 from dnslib import DNSRecord
 
 N = 100
@@ -75,6 +86,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--extra-rounds", type=int, default=2, help="rounds of the SRV and 1,000-instance arms")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="another source tree (e.g. `git archive main` unpacked) run as one more A arm, same names")
     args = ap.parse_args()
     need("dnsmasq", "dnsmasq-base")
     need("dnsperf", "dnsperf")
@@ -96,14 +109,20 @@ def main() -> None:
                               "--cache-size=10000", "--user=root", "--pid-file=" + str(tmp / "pid")])
         agent = AgentProcess(tmp / "agent", dev=True, args=["--log-level", "warn"])
         agent.start()
+        base = None
+        if args.baseline_tree:
+            base = AgentProcess(tmp / "baseline", dev=True, args=["--log-level", "warn"],
+                                env=tree_env(args.baseline_tree, tmp))
+            base.start()
         try:
             apid = agent.proc.pid  # type: ignore[union-attr]
             mpid = dnsmasq.proc.pid
-            for i in range(N):
-                http_json("PUT", f"{agent.url}/v1/catalog/register", {
-                    "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
-                    "Service": {"Service": f"svc-{i}", "Port": 8080},
-                    "Checks": [{"CheckID": f"c{i}", "ServiceID": f"svc-{i}", "Status": "passing"}]})
+            for target in [agent] + ([base] if base else []):
+                for i in range(N):
+                    http_json("PUT", f"{target.url}/v1/catalog/register", {
+                        "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
+                        "Service": {"Service": f"svc-{i}", "Port": 8080},
+                        "Checks": [{"CheckID": f"c{i}", "ServiceID": f"svc-{i}", "Status": "passing"}]})
             for i in range(BIG):
                 http_json("PUT", f"{agent.url}/v1/catalog/register", {
                     "Node": f"big-{i}", "Address": f"10.9.{i // 250}.{i % 250 + 1}",
@@ -113,6 +132,11 @@ def main() -> None:
             print(f"A queries for {N} names, {args.rounds} rounds of {args.seconds}s, arms alternating:")
             arms = [Arm("dnsmasq A", lambda: dnsperf(mport, a_queries, args.seconds, mpid)),
                     Arm("proconsul A", lambda: dnsperf(agent.dns_port, a_queries, args.seconds, apid))]
+            if base is not None:
+                bpid = base.proc.pid  # type: ignore[union-attr]
+                dnsperf(base.dns_port, a_queries, 1, bpid)  # warm its wire cache too
+                arms.append(Arm("proconsul A (baseline)", lambda: dnsperf(base.dns_port, a_queries, args.seconds,
+                                                                         bpid)))
             alternate(arms, args.rounds)
             print("SRV and a 1,000-instance service:")
             srv = Arm("proconsul SRV", lambda: dnsperf(agent.dns_port, srv_queries, args.seconds, apid))
@@ -121,7 +145,7 @@ def main() -> None:
                         lambda: dnsperf(agent.dns_port, big_srv, args.seconds, apid, extra=("-e",)))
             alternate([srv, big, big_e], args.extra_rounds)
             change = health_change_ms(agent)
-            dm, pc = arms
+            dm, pc = arms[:2]
             report("dns", {
                 "seconds": args.seconds, "rounds": args.rounds,
                 "dnsmasq_qps": dm.median("qps"), "dnsmasq_lost": sum(r["lost"] for r in dm.results),
@@ -140,9 +164,15 @@ def main() -> None:
                 "proconsul_1000_instance_srv_edns_lost": sum(r["lost"] for r in big_e.results),
                 "health_change_visible_ms_median": round(statistics.median(change), 2),
                 "health_change_visible_ms_max": round(max(change), 2),
-                "goal": ">= 1.0x dnsmasq, 0 lost; health change visible within 1 s"})
+                "goal": ">= 1.0x dnsmasq, 0 lost; health change visible within 1 s",
+                **({"baseline_qps": arms[2].median("qps"), "baseline_lost": sum(r["lost"] for r in arms[2].results),
+                    "baseline_ratio": arms[2].median("qps") / dm.median("qps"),
+                    "baseline_cpu_us_per_query": arms[2].median("server_cpu_us_per_query")}
+                   if base is not None else {})})
         finally:
             agent.stop()
+            if base is not None:
+                base.stop()
             dnsmasq.stop()
 
 

@@ -60,7 +60,7 @@ class KVOp(Command):
 
 @dataclass(slots=True)
 class Txn(Command):
-    """An atomic list of /v1/txn operations: KV ops, and Node/Service/Check ops (those carry a "Kind")."""
+    """An atomic list of /v1/txn operations: KV ops, and Node/Service/Check/Session ops (those carry a "Kind")."""
 
     TYPE: ClassVar[str] = "txn"
     ops: list[dict[str, Any]]

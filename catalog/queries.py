@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from proconsul.catalog import prepared_query as pq
 from proconsul.catalog import store as st
 from proconsul.catalog.filter import compile_filter
 from proconsul.catalog.store import StateStore
@@ -390,6 +391,46 @@ def _ui_topology(s: StateStore, a: Args) -> tuple[int, Any]:
         "Protocols": {n: _protocol(s, n) for n in {name, *ups, *downs, *(a.get("also") or ())}}}
 
 
+def _coordinate(row: dict[str, Any]) -> dict[str, Any]:
+    """Consul's coordinate entry: Node, Segment, Coord (no Raft indexes)."""
+    return {"Node": row["Node"], "Segment": row["Segment"], "Coord": row["Coord"]}
+
+
+def _coordinate_nodes(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, rows = s.table_list(st.COORDINATES)
+    return idx, sorted((_coordinate(r) for r in rows), key=lambda r: r["Node"])
+
+
+def _coordinate_node(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, row = s.table_get(st.COORDINATES, a["node"].lower())
+    return idx, [_coordinate(row)] if row is not None else None
+
+
+def _txn_read(s: StateStore, a: Args) -> tuple[int, Any]:
+    return s.table_index(*_CATALOG, st.KVS), s.txn_read(a["ops"])
+
+
+def _query_list(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, rows = s.table_list(pq.TABLE)
+    return idx, sorted(rows, key=lambda r: r["CreateIndex"])
+
+
+def _query_get(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, row = s.table_get(pq.TABLE, a["id"])
+    return idx, [row] if row is not None else None
+
+
+def _query_execute(s: StateStore, a: Args) -> tuple[int, Any]:
+    """Candidates of a prepared query (unordered: the agent shuffles them with its RNG, see pq.order)."""
+    return pq.execute(s, a["query"], s.datacenter, connect=bool(a.get("connect")))
+
+
+def _query_explain(s: StateStore, a: Args) -> tuple[int, Any]:
+    idx, rows = s.table_list(pq.TABLE)
+    query = pq.resolve(rows, a["query"])
+    return idx, {"Query": query} if query is not None else None
+
+
 _CATALOG = (st.NODES, st.SERVICES, st.CHECKS)
 
 QUERIES: dict[str, Query] = {q.name: q for q in (
@@ -415,6 +456,13 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("health.ingress", _health_ingress, ("config_entries", st.NODES, st.SERVICES, st.CHECKS)),
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
+    Query("txn.read", _txn_read, (*_CATALOG, st.KVS)),
+    Query("coordinate.nodes", _coordinate_nodes, (st.COORDINATES,)),
+    Query("coordinate.node", _coordinate_node, (st.COORDINATES,)),
+    Query("query.list", _query_list, (pq.TABLE,)),
+    Query("query.get", _query_get, (pq.TABLE,)),
+    Query("query.execute", _query_execute, (*_CATALOG, pq.TABLE)),
+    Query("query.explain", _query_explain, (pq.TABLE,)),
     Query("ui.services", _ui_services, _CATALOG),
     Query("ui.nodes", _ui_nodes, _CATALOG),
     Query("ui.node", _ui_node, _CATALOG),

@@ -19,8 +19,9 @@ from typing import Any
 import msgpack
 
 from . import commands as c
+from . import prepared_query
 from .errors import CatalogError, Conflict, InvalidRequest, NotFound
-from .txn_catalog import Overlay
+from .txn_catalog import Overlay, q
 
 PASSING = "passing"
 WARNING = "warning"
@@ -35,11 +36,21 @@ SERVICES = "services"
 CHECKS = "checks"
 KVS = "kvs"
 SESSIONS = "sessions"
-SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta")
+PREPARED_QUERIES = prepared_query.TABLE
+COORDINATES = "coordinates"  # lower(node) -> {"Node", "Segment", "Coord"}: network coordinates (Vivaldi)
+SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta", PREPARED_QUERIES, COORDINATES)
 
 SNAPSHOT_VERSION = 1
 
 _INDEX_FIELDS = ("CreateIndex", "ModifyIndex")
+KV_WRITE_VERBS = frozenset({"set", "cas", "lock", "unlock", "delete", "delete-cas", "delete-tree"})
+
+
+def is_read_op(op: dict[str, Any]) -> bool:
+    """Whether a transaction operation only reads (Consul fast-paths transactions made only of these)."""
+    if op.get("Kind", "KV") == "KV":
+        return op.get("Verb") not in KV_WRITE_VERBS
+    return op.get("Verb") == "get" or "Refused" in op
 
 
 @dataclass(slots=True)
@@ -381,6 +392,8 @@ class StateStore:
             self._check_index.pop(nkey, None)
             del self._nodes[nkey]
             ch.tables.add(NODES)
+            if self._tables[COORDINATES].pop(nkey, None) is not None:
+                ch.tables.add(COORDINATES)
         return True
 
     def _delete_service(self, ch: Changes, nkey: str, sid: str, now: float) -> None:
@@ -507,7 +520,7 @@ class StateStore:
             if not session:
                 raise InvalidRequest("Missing session for lock acquisition")
             if session not in self._sessions:
-                raise InvalidRequest(f"invalid session {session!r}")
+                raise InvalidRequest(f"invalid session {q(session)}")
             if cur is not None and cur["Session"]:
                 if cur["Session"] != session:
                     return False
@@ -618,19 +631,34 @@ class StateStore:
     def _txn(self, ch: Changes, cmd: c.Txn) -> dict[str, Any]:
         """Apply KV and catalog operations atomically: all of them, or none with the errors of the failing ones.
 
-        KV operations run for real and are rolled back on failure; catalog operations (ops with a "Kind" of
-        Node, Service or Check) are checked against an overlay first and applied only when all passed.
+        KV operations run for real and are rolled back on failure (the KV tables are copied only when the
+        transaction writes KV); catalog operations (ops with a "Kind" of Node, Service, Check or Session) are
+        checked against an overlay first and applied only when all passed.
         """
-        saved_kv = dict(self._kv)
-        saved_sorted = list(self._kv_sorted)
-        saved_tomb = dict(self._tombstones)
-        saved_tomb_sorted = list(self._tomb_sorted)
+        kv_writes = any(op.get("Kind", "KV") == "KV" and op.get("Verb") in KV_WRITE_VERBS for op in cmd.ops)
+        saved = (dict(self._kv), list(self._kv_sorted), dict(self._tombstones), list(self._tomb_sorted)) \
+            if kv_writes else None
+        out = self._txn_ops(ch, cmd.ops, cmd.now)
+        if out["Errors"] and saved is not None:
+            self._kv, self._kv_sorted, self._tombstones, self._tomb_sorted = saved
+        return out
+
+    def txn_read(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """A transaction of reads only, answered from this store without the log (Consul's Txn.Read)."""
+        if not all(is_read_op(op) for op in ops):
+            raise InvalidRequest("a read-only transaction must contain read operations only")
+        return self._txn_ops(Changes(self.last_index), ops, 0.0)
+
+    def _txn_ops(self, ch: Changes, ops: list[dict[str, Any]], now: float) -> dict[str, Any]:
         scratch = Changes(ch.index)
         overlay = Overlay(self, ch.index)
         results: list[tuple[int, dict[str, Any]]] = []
         catalog_ops: list[tuple[int, dict[str, Any]]] = []
         errors: list[dict[str, Any]] = []
-        for i, op in enumerate(cmd.ops):
+        for i, op in enumerate(ops):
+            if "Refused" in op:  # an operation Consul's state store refuses (an unknown verb)
+                errors.append({"OpIndex": i, "What": op["Refused"]})
+                continue
             if op.get("Kind", "KV") != "KV":
                 why = overlay.apply(op)
                 if why is None:
@@ -639,7 +667,7 @@ class StateStore:
                     errors.append({"OpIndex": i, "What": why})
                 continue
             try:
-                out = self._txn_op(scratch, op, cmd.now)
+                out = self._txn_op(scratch, op, now)
             except CatalogError as e:
                 errors.append({"OpIndex": i, "What": str(e)})
                 continue
@@ -650,13 +678,11 @@ class StateStore:
             elif isinstance(out, dict):
                 results.append((i, {"KV": out}))
         if errors:
-            self._kv, self._kv_sorted = saved_kv, saved_sorted
-            self._tombstones, self._tomb_sorted = saved_tomb, saved_tomb_sorted
             return {"Results": None, "Errors": errors}
         ch.tables |= scratch.tables
         ch.kv_keys.extend(scratch.kv_keys)
         for i, op in catalog_ops:
-            row = self._txn_catalog_op(ch, op, cmd.now)
+            row = self._txn_catalog_op(ch, op, now)
             if row is not None:
                 results.append((i, {op["Kind"]: row}))
         results.sort(key=lambda r: r[0])  # stable: an op's several results keep their order
@@ -665,6 +691,10 @@ class StateStore:
     def _txn_catalog_op(self, ch: Changes, op: dict[str, Any], now: float) -> dict[str, Any] | None:
         """Apply one checked Node/Service/Check operation; the row it leaves (None for deletes)."""
         kind, verb = op["Kind"], op["Verb"]
+        if kind == "Session":
+            if op["Session"]["ID"] in self._sessions:  # gone already when its node was deleted earlier in the txn
+                self._session_delete(ch, op["Session"]["ID"], now)
+            return None
         if kind == "Node":
             name = op["Node"]["Node"]
             if verb in ("set", "cas"):
@@ -696,12 +726,13 @@ class StateStore:
 
     @staticmethod
     def _txn_failure(op: dict[str, Any]) -> str:
-        verb, key = op.get("Verb"), op.get("Key")
-        if verb in ("cas", "delete-cas", "check-index"):
-            return f"failed to {verb} key {key!r}: index {op.get('Index', 0)} does not match"
-        if verb in ("lock", "unlock", "check-session"):
-            return f"failed to {verb} key {key!r}: session {op.get('Session', '')!r} does not hold or cannot take it"
-        return f"key {key!r} failed {verb}"
+        """Consul's text for a KV operation that did not take (its state/txn.go messages)."""
+        verb, key = op.get("Verb"), q(op.get("Key"))
+        return {"cas": f"failed to set key {key}, index is stale",
+                "delete-cas": f"failed to delete key {key}, index is stale",
+                "lock": f"failed to lock key {key}, lock is already held",
+                "unlock": f"failed to unlock key {key}, lock isn't held, or is held by another session",
+                }.get(verb, f"key {key} failed {verb}")
 
     def _txn_op(self, ch: Changes, op: dict[str, Any], now: float) -> Any:
         verb = op.get("Verb", "")
@@ -717,25 +748,33 @@ class StateStore:
                 row["Value"] = None  # Consul returns writes without their values
                 return row
             return None
-        if verb == "get":
-            if cur is None:
-                raise NotFound(f"key {key!r} doesn't exist")
-            return cur
+        if verb in ("get", "get-or-empty"):
+            if cur is None and verb == "get":
+                raise NotFound(f"key {q(key)} doesn't exist")
+            return cur if cur is not None else {"Key": key, "Value": None, "Flags": int(op.get("Flags") or 0),
+                                                "Session": "", "LockIndex": 0, "CreateIndex": 0, "ModifyIndex": 0}
         if verb == "get-tree":
             return [self._kv[k] for k in self._keys_with_prefix(self._kv_sorted, key)]
         if verb == "check-index":
             if cur is None:
-                raise NotFound(f"key {key!r} doesn't exist")
-            return cur if cur["ModifyIndex"] == int(op.get("Index") or 0) else False
+                raise NotFound(f"failed to check index, key {q(key)} doesn't exist")
+            want = int(op.get("Index") or 0)
+            if cur["ModifyIndex"] != want:
+                raise Conflict(f"failed index check for key {q(key)}, current modify index {cur['ModifyIndex']} "
+                               f"!= {want}")
+            return cur
         if verb == "check-session":
             if cur is None:
-                raise NotFound(f"key {key!r} doesn't exist")
-            return cur if cur["Session"] == (op.get("Session") or "") else False
+                raise NotFound(f"failed to check session, key {q(key)} doesn't exist")
+            if cur["Session"] != (op.get("Session") or ""):
+                raise Conflict(f"failed session check for key {q(key)}, current session {q(cur['Session'])} != "
+                               f"{q(op.get('Session') or '')}")
+            return cur
         if verb == "check-not-exists":
             if cur is not None:
-                raise Conflict(f"key {key!r} exists")
+                raise Conflict(f"key {q(key)} exists")
             return None
-        raise InvalidRequest(f"unknown KV verb {verb!r}")
+        raise InvalidRequest(f"unknown KV verb {q(verb)}")
 
     # ------------------------------------------------------------------ sessions
     def _session_create(self, ch: Changes, cmd: c.SessionCreate) -> str:
@@ -796,6 +835,10 @@ class StateStore:
         sess = self._sessions.pop(sid)
         ch.tables.add(SESSIONS)
         self._fail_session_checks(ch, sess)
+        queries = self._tables[PREPARED_QUERIES]
+        for qid in [qid for qid, row in queries.items() if row.get("Session") == sid]:
+            del queries[qid]  # Consul: a query bound to a session goes when the session does
+            ch.tables.add(PREPARED_QUERIES)
         delay_s = sess.get("LockDelay", 0) / 1e9
         for key in [k for k, row in self._kv.items() if row["Session"] == sid]:
             if delay_s > 0:
@@ -851,6 +894,10 @@ class StateStore:
         if cmd.cas is not None:
             if (cmd.cas == 0 and cur is not None) or (cmd.cas != 0 and (cur is None or cur["ModifyIndex"] != cmd.cas)):
                 return False
+        if cmd.table == PREPARED_QUERIES:
+            prepared_query.check_unique(table, cmd.key, cmd.row, lambda sid: sid in self._sessions)
+        if cmd.table == COORDINATES and cmd.key not in self._nodes:
+            return True  # as Consul: a coordinate for a node the catalog does not have is dropped
         row = dict(cmd.row)
         row["CreateIndex"] = cur["CreateIndex"] if cur else ch.index
         row["ModifyIndex"] = ch.index

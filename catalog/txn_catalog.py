@@ -3,16 +3,24 @@
 A transaction applies whole or not at all. KV operations are tried for real and rolled back; catalog
 operations are checked first against the state as the earlier operations of the same transaction leave
 it (an `Overlay`), and applied only when every operation of the transaction passed. Verbs are Consul's:
-set, cas, get, delete, delete-cas (cas and delete-cas compare the row's ModifyIndex).
+set, cas, get, delete, delete-cas for nodes, services and checks (cas and delete-cas compare the row's
+ModifyIndex); delete for sessions. Error texts are Consul's, quoted as Go's %q quotes.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
-CATALOG_KINDS = ("Node", "Service", "Check")
+CATALOG_KINDS = ("Node", "Service", "Check", "Session")
 VERBS = ("set", "cas", "get", "delete", "delete-cas")
+SESSION_VERBS = ("delete",)
 STATUSES = ("passing", "warning", "critical", "maintenance")
+
+
+def q(text: Any) -> str:
+    """`text` quoted as Go's %q quotes it (Consul's error messages quote names this way)."""
+    return json.dumps(str(text), ensure_ascii=False)
 
 
 class Rows(Protocol):
@@ -23,6 +31,8 @@ class Rows(Protocol):
     def service_row(self, node: str, service_id: str) -> dict[str, Any] | None: ...
 
     def check_row(self, node: str, check_id: str) -> dict[str, Any] | None: ...
+
+    def session_get(self, sid: str) -> tuple[int, dict[str, Any] | None]: ...
 
 
 _GONE: dict[str, Any] = {}  # marks a row this transaction deleted
@@ -42,6 +52,7 @@ class Overlay:
         self.checks: dict[tuple[str, str], dict[str, Any]] = {}
         self.dropped_nodes: set[str] = set()  # nodes deleted in this transaction: their old rows are gone
         self.dropped_services: set[tuple[str, str]] = set()  # services deleted here: their old checks are gone
+        self.dropped_sessions: set[str] = set()
 
     def node(self, name: str) -> dict[str, Any] | None:
         key = name.lower()
@@ -78,6 +89,8 @@ class Overlay:
         kind, verb = op["Kind"], op["Verb"]
         if kind == "Node":
             return self._node(op, verb)
+        if kind == "Session":
+            return self._session(op, verb)
         node_name = op.get("Node") or ""
         if not node_name:
             return "Must provide node"
@@ -85,7 +98,7 @@ class Overlay:
         if kind == "Service":
             sid = op["Service"].get("ID") or op["Service"].get("Service") or ""
             cur = self.service(node_name, sid)
-            what = f"service {sid!r} on node {node_name!r}"
+            what = f"service {q(sid)} on node {q(node_name)}"
             if verb == "get":
                 return None if cur is not None else f"{what} doesn't exist"
             if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, what)):
@@ -95,7 +108,7 @@ class Overlay:
                 self.dropped_services.add((nkey, sid))
                 return None
             if self.node(node_name) is None:
-                return f"Missing node registration: no node {node_name!r}"
+                return f"Missing node registration: no node {q(node_name)}"
             if not op["Service"].get("Service"):
                 return "Must provide service name (Service.Service)"
             self.services[(nkey, sid)] = {"ID": sid, "ModifyIndex": self.index}
@@ -103,7 +116,7 @@ class Overlay:
         chk = op["Check"]
         cid = chk.get("CheckID") or chk.get("Name") or ""
         cur = self.check(node_name, cid)
-        what = f"check {cid!r} on node {node_name!r}"
+        what = f"check {q(cid)} on node {q(node_name)}"
         if verb == "get":
             return None if cur is not None else f"{what} doesn't exist"
         if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, what)):
@@ -114,12 +127,12 @@ class Overlay:
         if not cid:
             return "Must provide a check ID or Name"
         if self.node(node_name) is None:
-            return f"Missing node registration: no node {node_name!r}"
+            return f"Missing node registration: no node {q(node_name)}"
         sid = chk.get("ServiceID") or ""
         if sid and self.service(node_name, sid) is None:
-            return f"Missing service registration for check {cid!r}: no service {sid!r} on node {node_name!r}"
+            return f"Missing service registration for check {q(cid)}: no service {q(sid)} on node {q(node_name)}"
         if chk.get("Status") and chk["Status"] not in STATUSES:
-            return f"Invalid check status {chk['Status']!r}"
+            return f"Invalid check status {q(chk['Status'])}"
         self.checks[(nkey, cid)] = {"CheckID": cid, "ServiceID": sid, "ModifyIndex": self.index}
         return None
 
@@ -130,8 +143,8 @@ class Overlay:
             return "Must provide node"
         cur = self.node(name)
         if verb == "get":
-            return None if cur is not None else f"node {name!r} doesn't exist"
-        if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, f"node {name!r}")):
+            return None if cur is not None else f"node {q(name)} doesn't exist"
+        if verb in ("cas", "delete-cas") and (err := self._stale(cur, op, f"node {q(name)}")):
             return err
         key = name.lower()
         if verb in ("delete", "delete-cas"):
@@ -143,4 +156,13 @@ class Overlay:
         if not node.get("Address"):
             return "Must provide address"
         self.nodes[key] = {"Node": name, "ModifyIndex": self.index}
+        return None
+
+    def _session(self, op: dict[str, Any], verb: str) -> str | None:
+        if verb not in SESSION_VERBS:
+            return f"unknown Session verb {q(verb)}"
+        sid = op["Session"].get("ID") or ""
+        if not sid or sid in self.dropped_sessions or self.rows.session_get(sid)[1] is None:
+            return f"failed to delete session: session {q(sid)} not found"
+        self.dropped_sessions.add(sid)
         return None

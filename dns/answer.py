@@ -7,6 +7,7 @@ follows Consul's DNS interface (agent/dns.go) with our domain (`mesh.` by defaul
     <tag>[.<tag>].<service>.service[.<dc>].<domain>   …only instances with that tag
     _<service>._<tag|tcp>[.service][.<dc>].<domain>   RFC 2782 SRV form (`_tcp`: any tag)
     <service>.connect[.<dc>].<domain>                 the service's sidecar proxies / native instances
+    <query id or name>.query[.<dc>].<domain>          the instances a prepared query's execution returns
     <node>.node[.<dc>].<domain>                       A/AAAA of a node (its meta as TXT)
     <hex-ip>.addr[.<dc>].<domain>                     the address spelled in hex
     <reversed-ip>.in-addr.arpa / .ip6.arpa            PTR of known node and service addresses
@@ -81,6 +82,17 @@ class Instance:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    """A prepared query's execution as DNS needs it: the service, its selected instances, the query's DNS TTL
+    (None: the agent's service_ttl for that service) and the node to put first (`Near`)."""
+
+    service: str
+    instances: tuple[Instance, ...]
+    ttl: int | None = None
+    near: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     name: str
     address: str
@@ -100,6 +112,10 @@ class CatalogView(Protocol):
         ...
 
     def node(self, name: str) -> Node | None: ...
+
+    def prepared_query(self, name: str) -> QueryAnswer | None:
+        """The execution of the prepared query `name` (an ID or name; templates match by prefix), None if none."""
+        ...
 
     def names_for_address(self, address: str) -> list[tuple[str, str]]:
         """("node", name) pairs first, then ("service", name) pairs, for catalog entries with this address."""
@@ -337,7 +353,9 @@ class Answerer:
             return self._node(reply, q, ".".join(parts), zone, view)
         if kind == "addr":
             return self._addr(reply, q, parts, zone, view)
-        # Prepared queries, ingress gateways and virtual IPs are not in the catalog yet: not found.
+        if kind == "query":
+            return self._query(reply, q, ".".join(parts), zone, view, rng, cap)
+        # Ingress gateways and virtual IPs are not in the catalog yet: not found.
         return self._nxdomain(reply, zone, view)
 
     @staticmethod
@@ -419,7 +437,30 @@ class Answerer:
         shuffled = len(instances) > 1
         if shuffled:
             rng.shuffle(instances)
-        ttl = self.s.ttl_for_service(name)
+        return self._instance_records(reply, q, instances, self.s.ttl_for_service(name), zone, view, cap, depends,
+                                      shuffled)
+
+    def _query(self, reply: DNSRecord, q: DNSQuestion, name: str, zone: str, view: CatalogView, rng: Shuffler,
+               cap: int) -> Outcome:
+        """A prepared query's answer (Consul's preparedQueryLookup): its instances, already health-filtered by
+        the query's rules, shuffled with the `Near` node first; NXDOMAIN when no query or no instance."""
+        found = view.prepared_query(name)
+        if found is None or not found.instances:
+            return self._nxdomain(reply, zone, view)
+        instances = list(found.instances)
+        shuffled = len(instances) > 1
+        if shuffled:
+            rng.shuffle(instances)
+            near = found.near.lower()
+            for i, inst in enumerate(instances[:10]):
+                if near and inst.node.lower() == near:
+                    instances[0], instances[i] = instances[i], instances[0]
+                    break
+        ttl = found.ttl if found.ttl is not None else self.s.ttl_for_service(found.service)
+        return self._instance_records(reply, q, instances, ttl, zone, view, cap, CATALOG, shuffled)
+
+    def _instance_records(self, reply: DNSRecord, q: DNSQuestion, instances: list[Instance], ttl: int, zone: str,
+                          view: CatalogView, cap: int, depends: str, shuffled: bool) -> Outcome:
         qtype = q.qtype
         if qtype == _T_SRV:
             self._srv_records(reply, q, instances, ttl, zone, view, cap)

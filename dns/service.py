@@ -17,9 +17,11 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from proconsul.catalog import prepared_query as pq
+from proconsul.catalog.errors import NotFound
 from proconsul.catalog.store import CHECKS, NODES, PASSING, SERVICES, StateStore, aggregate_status
 
-from .answer import Answerer, DNSSettings, Instance, Node
+from .answer import Answerer, DNSSettings, Instance, Node, QueryAnswer
 from .errors import DNSServiceError, ListenError, RemoteDNSError
 from .forward import ForwardingHandler
 from .server import DNSHandler, bind_sockets, parse_recursor, serve
@@ -40,11 +42,24 @@ def _str_map(value: Any) -> dict[str, str]:
     return out
 
 
+def _instance(node: dict[str, Any], svc: dict[str, Any], checks: list[dict[str, Any]]) -> Instance:
+    weights = svc.get("Weights") or {}
+    return Instance(
+        node=node["Node"], node_address=node["Address"], service_address=svc.get("Address") or "",
+        port=int(svc.get("Port") or 0), tags=tuple(svc.get("Tags") or ()),
+        status=aggregate_status(checks), weight_passing=int(weights.get("Passing", 1)),
+        weight_warning=int(weights.get("Warning", 1)), node_tagged=_str_map(node.get("TaggedAddresses")),
+        service_tagged=_str_map(svc.get("TaggedAddresses")))
+
+
 class StoreView:
     """The answering core's CatalogView over a local StateStore."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, node_name: str = "",
+                 duration: Callable[[str], float] | None = None) -> None:
         self.store = store
+        self.node_name = node_name  # what a query's Near = "_agent" means
+        self.duration = duration  # Go duration text -> seconds (a prepared query's DNS TTL)
         self.datacenter = store.datacenter
         self._by_address: dict[str, list[tuple[str, str]]] | None = None
         # (lower name, connect) -> instances, kept until a change touches that service (any change: connect)
@@ -57,6 +72,9 @@ class StoreView:
 
     def _changed(self, changes: Any) -> None:
         if not _CATALOG_TABLES & changes.tables:
+            if pq.TABLE in changes.tables:  # prepared query answers depend on the whole catalog and the queries
+                for cb in self._callbacks:
+                    cb(set())
             return  # KV, sessions, intentions…: nothing DNS answers from
         self._by_address = None
         services = set(changes.services) if changes.services else None
@@ -88,16 +106,21 @@ class StoreView:
             _, entries = self.store.health_service(canonical, connect=True)
         else:
             _, entries = self.store.health_service(name)
-        out = []
-        for node, svc, checks in entries:
-            weights = svc.get("Weights") or {}
-            out.append(Instance(
-                node=node["Node"], node_address=node["Address"], service_address=svc.get("Address") or "",
-                port=int(svc.get("Port") or 0), tags=tuple(svc.get("Tags") or ()),
-                status=aggregate_status(checks), weight_passing=int(weights.get("Passing", 1)),
-                weight_warning=int(weights.get("Warning", 1)), node_tagged=_str_map(node.get("TaggedAddresses")),
-                service_tagged=_str_map(svc.get("TaggedAddresses"))))
-        return out
+        return [_instance(node, svc, checks) for node, svc, checks in entries]
+
+    def prepared_query(self, name: str) -> QueryAnswer | None:
+        try:
+            _, result = pq.execute(self.store, name, self.datacenter)
+        except NotFound:
+            return None
+        ttl_text = (result.get("DNS") or {}).get("TTL") or ""
+        try:
+            ttl = int(self.duration(ttl_text)) if ttl_text and self.duration else None
+        except ValueError:  # vetted when the query was written; an old row must not break DNS
+            ttl = None
+        near = self.node_name if result["Near"] == "_agent" else result["Near"]
+        return QueryAnswer(result["Service"], tuple(_instance(n["Node"], n["Service"], n["Checks"])
+                                                    for n in result["Nodes"]), ttl, near)
 
     def node(self, name: str) -> Node | None:
         _, row = self.store.get_node(name)
@@ -173,6 +196,7 @@ def _remote_asker(agent: Any) -> Callable[[str, bytes, bool], Any]:
 def attach(agent: Any) -> None:
     """Add the DNS listener to the agent (servers and dev agents, which hold a state store)."""
     from proconsul.agent.agent import AgentError
+    from proconsul.agent.config.duration import parse_duration
 
     cfg = agent.config
     if cfg.dns_port < 0:
@@ -186,8 +210,9 @@ def attach(agent: Any) -> None:
         handler = ForwardingHandler([cfg.domain, cfg.alt_domain], agent.cluster.dns_forward, recursors,
                                     cfg.dns.recursor_timeout)
     else:
-        handler = DNSHandler(Answerer(settings_from_config(cfg)), StoreView(agent.store), recursors,
-                             cfg.dns.recursor_timeout, remote=_remote_asker(agent))
+        view = StoreView(agent.store, cfg.node_name, parse_duration)
+        handler = DNSHandler(Answerer(settings_from_config(cfg)), view, recursors, cfg.dns.recursor_timeout,
+                             remote=_remote_asker(agent))
     agent.dns_handler = handler
 
     sockets: list[tuple[socket.socket, socket.socket]] = []

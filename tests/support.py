@@ -122,9 +122,20 @@ class AgentProcess:
         return cmd + ["--config-file", str(ports)] + self.extra_args
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start the process and wait until it answers with a known leader."""
-        self.start_background()
-        self.wait_ready(timeout)
+        """Start the process and wait until it answers with a known leader. A port chosen for it that
+        another test's process took in the meantime is chosen again (at most twice)."""
+        for attempt in range(3):
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self.start_background()
+            try:
+                self.wait_ready(timeout)
+                return
+            except AssertionError:
+                exited = self.proc is not None and self.proc.poll() is not None
+                if attempt == 2 or not exited or "address already in use" not in self.log()[log_start:]:
+                    raise
+                self.http_port, self.dns_port = free_port(), free_port()
+                self.server_port, self.serf_lan_port = free_port(), free_port()
 
     def start_background(self) -> None:
         """Start the process without waiting (for clusters whose members need each other to be ready)."""

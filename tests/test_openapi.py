@@ -18,7 +18,7 @@ DOC = REPO / "docs" / "openapi.yaml"
 # Operations that would end or disturb the agent under test, or stream forever.
 SKIP = {("put", "/v1/agent/leave"), ("put", "/v1/agent/force-leave/{node}"), ("put", "/v1/snapshot"),
         ("put", "/v1/agent/debug/partition"), ("delete", "/v1/operator/raft/peer"),
-        ("post", "/v1/operator/raft/transfer-leader"), ("get", "/v1/agent/monitor"),
+        ("post", "/v1/operator/raft/transfer-leader"), ("get", "/v1/agent/monitor"), ("get", "/v1/agent/metrics/stream"),
         ("get", "/v1/agent/debug/profile"), ("put", "/v1/agent/join/{address}")}
 EXAMPLES = int(os.environ.get("PROCONSUL_FUZZ_EXAMPLES", "12"))  # more in a soak run
 

@@ -278,6 +278,25 @@ async def monitor(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+METRICS_STREAM_INTERVAL = 10.0  # seconds: go-metrics' interval, what Consul's stream flushes at
+
+
+@routes.get("/v1/agent/metrics/stream")
+async def metrics_stream(request: web.Request) -> web.StreamResponse:
+    """Consul's metrics stream (what `consul debug` captures): the JSON summary of /v1/agent/metrics, one per
+    line, now and then every interval, until the client goes away."""
+    agent = request.app["agent"]
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    try:
+        while True:
+            await resp.write(dumps(as_json(agent, agent.telemetry), False) + b"\n")
+            await asyncio.sleep(METRICS_STREAM_INTERVAL)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return resp
+
+
 @routes.get("/v1/agent/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Consul's metrics: JSON (Gauges/Counters/Samples), or Prometheus text with `?format=prometheus`."""

@@ -9,17 +9,19 @@ from aiohttp import web
 from proconsul.agent.api import agent as api_agent
 from proconsul.agent.api import catalog as api_catalog
 from proconsul.agent.api import config as api_config
+from proconsul.agent.api import coordinate as api_coordinate
 from proconsul.agent.api import health as api_health
 from proconsul.agent.api import kv as api_kv
 from proconsul.agent.api import operator as api_operator
+from proconsul.agent.api import query as api_query
 from proconsul.agent.api import session as api_session
 from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
 from proconsul.agent.api.errors import error_boundary
 from proconsul.agent.api.params import datacenter_guard
 
-ROUTE_MODULES = [api_agent, api_catalog, api_config, api_health, api_kv, api_operator, api_session, api_snapshot,
-                 api_status]
+ROUTE_MODULES = [api_agent, api_catalog, api_config, api_coordinate, api_health, api_kv, api_operator, api_query,
+                 api_session, api_snapshot, api_status]
 MAX_BODY = 8 << 20
 
 

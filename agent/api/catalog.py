@@ -10,6 +10,7 @@ from multidict import CIMultiDict
 
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.near import near_sorted
 from proconsul.agent.api.params import (
     blocking_params,
     check_common,
@@ -38,7 +39,8 @@ def cached_read(handler: Handler) -> Handler:
         qs = request.query_string
         # Only answers this server may give from its own store: the leader's, or anyone's when stale.
         # (Substring tests first: parsing the query string costs more than the cache hit itself.)
-        if (cache is None or "index=" in qs or "pretty" in qs or ("consistent" in qs and "consistent" in request.query)
+        if (cache is None or "index=" in qs or "pretty" in qs or "near=" in qs
+                or ("consistent" in qs and "consistent" in request.query)
                 or not (agent.is_leader() or ("stale" in qs and "stale" in request.query))):
             return await handler(request)
         key = request.path_qs
@@ -74,7 +76,8 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
         tables = get_query(name).tables
         request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
     filtered = filter_result and bool(request.query.get("filter"))
-    if not filtered and "pretty" not in request.query and hasattr(backend, "query_encoded"):
+    near = request.query.get("near")
+    if not filtered and not near and "pretty" not in request.query and hasattr(backend, "query_encoded"):
         idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, mode)
         return web.Response(body=body, content_type="application/json", headers=consul_headers(request, idx))
     idx, result = await backend.query(name, args, b.index, b.wait, mode)
@@ -83,6 +86,8 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
             result = dict(result, Services=filter_rows(request, result["Services"]))
         else:
             result = filter_rows(request, result)
+    if near:
+        result = await near_sorted(request, result, near)
     return json_response(request, result, index=idx)
 
 

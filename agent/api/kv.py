@@ -12,15 +12,17 @@ from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.errors import BadRequest, TooLarge
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
 from proconsul.agent.api.responses import consul_headers, json_response
-from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind
+from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind, refused
 from proconsul.catalog import commands as c
+from proconsul.catalog.store import is_read_op
 
 routes = web.RouteTableDef()
 
 MAX_VALUE = 512 * 1024
 MAX_TXN_OPS = 128
-TXN_KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-tree", "check-index", "check-session",
+TXN_KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-or-empty", "get-tree", "check-index", "check-session",
                 "check-not-exists", "delete", "delete-tree", "delete-cas"}
+TXN_KINDS = ("KV", "Node", "Service", "Check", "Session")
 
 
 def kv_entry(row: dict[str, Any]) -> dict[str, Any]:
@@ -118,20 +120,22 @@ async def delete(request: web.Request) -> web.Response:
 
 def _txn_op(i: int, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict) or len(raw) != 1:
-        raise BadRequest(f"Txn[{i}] must be an object with exactly one of KV, Node, Service, Check")
+        raise BadRequest(f"Txn[{i}] must be an object with exactly one of {', '.join(TXN_KINDS)}")
     kind, op = next(iter(raw.items()))
     if isinstance(kind, str):
-        kind = {k.lower(): k for k in ("KV", "Node", "Service", "Check")}.get(kind.lower(), kind)
+        kind = {k.lower(): k for k in TXN_KINDS}.get(kind.lower(), kind)
     if is_catalog_kind(kind):
         return catalog_txn_op(i, kind, op)
     if kind != "KV":
-        raise BadRequest(f"Txn[{i}].{kind}: unknown operation type (KV, Node, Service or Check)")
+        raise BadRequest(f"Txn[{i}].{kind}: unknown operation type ({', '.join(TXN_KINDS)})")
     if not isinstance(op, dict):
         raise BadRequest(f"Txn[{i}].KV must be an object")
     op = fold_keys(op, ("Verb", "Key", "Value", "Flags", "Index", "Session"))
     verb = op.get("Verb")
+    if not isinstance(verb, str):
+        raise BadRequest(f"Txn[{i}].KV.Verb must be a string ({', '.join(sorted(TXN_KV_VERBS))})")
     if verb not in TXN_KV_VERBS:
-        raise BadRequest(f"Txn[{i}].KV.Verb {verb!r} is not a KV verb ({', '.join(sorted(TXN_KV_VERBS))})")
+        return refused("KV", verb)
     key = op.get("Key", "")
     if not isinstance(key, str) or (not key and verb not in ("get-tree", "delete-tree")):
         raise BadRequest(f"Txn[{i}].KV.Key must be a non-empty string")
@@ -165,8 +169,14 @@ async def txn(request: web.Request) -> web.Response:
     if len(body) > MAX_TXN_OPS:
         raise TooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
     ops = [_txn_op(i, raw) for i, raw in enumerate(body)]
-    result = await request.app["agent"].backend.apply(c.Txn(ops=ops))
+    backend = request.app["agent"].backend
+    index = None
+    if all(is_read_op(op) for op in ops):
+        # Consul's fast path: a read-only transaction is a read (any consistency mode), not a Raft write.
+        index, result = await backend.query("txn.read", {"ops": ops}, 0, 0.0, consistency_mode(request))
+    else:
+        result = await backend.apply(c.Txn(ops=ops))
     if result["Errors"]:
-        return json_response(request, {"Results": None, "Errors": result["Errors"]}, status=409)
+        return json_response(request, {"Results": None, "Errors": result["Errors"]}, status=409, index=index)
     results = [{"KV": kv_entry(r["KV"])} if "KV" in r else r for r in result["Results"]]
-    return json_response(request, {"Results": results, "Errors": None})
+    return json_response(request, {"Results": results, "Errors": None}, index=index)

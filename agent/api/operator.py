@@ -52,12 +52,6 @@ async def federation(request: web.Request) -> web.Response:
     return json_response(request, await _from_a_server(request, "federation.status", "federation_report"))
 
 
-@routes.get("/v1/coordinate/datacenters")
-async def coordinate_datacenters(request: web.Request) -> web.Response:
-    """Consul's WAN coordinates: per datacenter, its servers' Vivaldi coordinates (from the WAN exchanges)."""
-    return json_response(request, await _from_a_server(request, "federation.coordinates", "coordinate_datacenters"))
-
-
 async def _from_a_server(request: web.Request, method: str, local: str) -> Any:
     """A server answers from its own view (`cluster.<local>()`); a client agent asks one (`method`)."""
     cluster = request.app["agent"].cluster

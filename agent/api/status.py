@@ -9,6 +9,7 @@ from aiohttp import web
 from proconsul.agent.api.errors import BadRequest
 from proconsul.agent.api.params import blocking_params, check_common
 from proconsul.agent.api.responses import json_response
+from proconsul.agent.local.events import EventError, new_event
 
 routes = web.RouteTableDef()
 
@@ -26,16 +27,14 @@ async def peers(request: web.Request) -> web.Response:
 @routes.put("/v1/event/fire/{name}")
 async def fire(request: web.Request) -> web.Response:
     check_common(request)
-    name = request.match_info["name"]
-    if not name:
-        raise BadRequest("Missing name")
     payload = await request.read()
-    if len(payload) > 100 * 1024:
-        raise BadRequest(f"Payload too large: {len(payload)} bytes (limit 102400)")
     q = request.query
-    event = request.app["agent"].events.fire(name, payload, q.get("node", ""), q.get("service", ""),
-                                             q.get("tag", ""))
-    return json_response(request, _event_json(event))
+    try:
+        event = new_event(request.match_info["name"], payload, q.get("node", ""), q.get("service", ""),
+                          q.get("tag", ""))
+    except EventError as e:
+        raise BadRequest(str(e)) from None
+    return json_response(request, _event_json(await request.app["agent"].fire_event(event)))
 
 
 def _event_json(e: dict) -> dict:

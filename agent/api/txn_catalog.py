@@ -1,7 +1,9 @@
-"""Node, Service and Check operations of /v1/txn (Consul's catalog transaction operations).
+"""Node, Service, Check and Session operations of /v1/txn (Consul's catalog transaction operations).
 
-Parsed into the store's transaction op shape: {"Kind", "Verb", "Index", "Node", "Service" | "Check"}, where
-"Node" is the node row for Node operations and the node's name for the others.
+Parsed into the store's transaction op shape: {"Kind", "Verb", "Index", "Node", "Service" | "Check" | "Session"},
+where "Node" is the node row for Node operations and the node's name for Service and Check operations. An
+operation with a verb Consul does not know is not a 400: like Consul, the transaction answers 409 with the
+operation's index and `unknown <Kind> verb "<verb>"` (`refused`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 from proconsul.agent.api.body import fold_keys
 from proconsul.agent.api.errors import BadRequest
-from proconsul.catalog.txn_catalog import CATALOG_KINDS, VERBS
+from proconsul.catalog.txn_catalog import CATALOG_KINDS, SESSION_VERBS, VERBS, q
 
 NODE_FIELDS = ("ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta", "ModifyIndex")
 SERVICE_FIELDS = ("ID", "Service", "Tags", "Address", "TaggedAddresses", "Meta", "Port", "Weights",
@@ -42,11 +44,19 @@ def _typed(obj: dict[str, Any], where: str, strings: tuple[str, ...], maps: tupl
 def catalog_txn_op(i: int, kind: str, raw: Any) -> dict[str, Any]:
     """One Node/Service/Check operation of a transaction, checked for shape (the store checks the rest)."""
     where = f"Txn[{i}].{kind}"
-    op = _object(raw, where, ("Verb", "Node", "Service", "Check"))
+    op = _object(raw, where, ("Verb", "Node", "Service", "Check", "Session"))
     verb = op.get("Verb")
-    if verb not in VERBS:
-        raise BadRequest(f"{where}.Verb {verb!r} is not a {kind} verb ({', '.join(VERBS)})")
+    if not isinstance(verb, str):
+        raise BadRequest(f"{where}.Verb must be a string ({', '.join(SESSION_VERBS if kind == 'Session' else VERBS)})")
+    if verb not in (SESSION_VERBS if kind == "Session" else VERBS):
+        return refused(kind, verb)
     out: dict[str, Any] = {"Kind": kind, "Verb": verb}
+    if kind == "Session":
+        sess = _object(op.get("Session"), f"{where}.Session", ("ID",))
+        if not isinstance(sess.get("ID"), str) or not sess["ID"]:
+            raise BadRequest(f"{where}.Session.ID must name the session")
+        out["Session"] = {"ID": sess["ID"]}
+        return out
     if kind == "Node":
         node = _object(op.get("Node"), f"{where}.Node", NODE_FIELDS)
         _typed(node, f"{where}.Node", ("ID", "Node", "Address", "Datacenter"), ("TaggedAddresses", "Meta"),
@@ -71,6 +81,11 @@ def catalog_txn_op(i: int, kind: str, raw: Any) -> dict[str, Any]:
         raise BadRequest(f"{where}.Check.Node must name the node of the check")
     out["Node"], out["Check"], out["Index"] = chk["Node"], chk, chk.pop("ModifyIndex", 0) or 0
     return out
+
+
+def refused(kind: str, verb: str) -> dict[str, Any]:
+    """An operation Consul's state store refuses (an unknown verb): it fails the transaction with a 409."""
+    return {"Kind": kind, "Verb": verb, "Refused": f"unknown {kind} verb {q(verb)}"}
 
 
 def is_catalog_kind(kind: Any) -> bool:

@@ -18,6 +18,7 @@ from proconsul.agent.cli import (
     config_entries,
     connect,
     debug,
+    event,
     intention,
     k8s_sync,
     kv,
@@ -26,6 +27,7 @@ from proconsul.agent.cli import (
     members,
     monitor,
     operator,
+    rtt,
     services,
     snapshot,
     tls,
@@ -43,7 +45,7 @@ app = typer.Typer(
 )
 
 for _group in (agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
-               intention, connect, tls, troubleshoot, k8s_sync):
+               event, rtt, intention, connect, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 

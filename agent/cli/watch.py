@@ -1,8 +1,9 @@
 """`proconsul watch -type … [handler]`: Consul's watches from the command line.
 
 Each type follows one endpoint with blocking queries; every time its answer changes, the handler runs
-with the answer as JSON on its stdin (and `CONSUL_INDEX` in its environment). Without a handler the
-first answer is printed and the command exits, as Consul's does.
+with the answer as JSON on its stdin (and `CONSUL_INDEX` in its environment). For `-type event` the
+handler gets only the events after the last one it was given, as Consul's event watch prunes them.
+Without a handler the first answer is printed and the command exits, as Consul's does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 
 from proconsul.agent.cli.client import CLIError, HttpAddr
 from proconsul.agent.cli.output import client, fail, run
+from proconsul.agent.local.events import id_to_index
 
 TYPES = ("key", "keyprefix", "services", "nodes", "service", "checks", "event")
 
@@ -47,6 +49,14 @@ def _endpoint(kind: str, key: str, prefix: str, service: str, tag: list[str], pa
     raise CLIError(f"-type {kind!r} must be one of {', '.join(TYPES)}")
 
 
+def _new_events(events: list[dict[str, Any]], last_index: int) -> list[dict[str, Any]]:
+    """The events after the one whose ID the last index was made from (all of them on the first run)."""
+    for i, event in enumerate(events):
+        if last_index and id_to_index(event.get("ID", "")) == last_index:
+            return events[i + 1:]
+    return events
+
+
 def watch(handler: Annotated[list[str] | None, typer.Argument(help="Command to run on every change.")] = None,
           type_: Annotated[str, typer.Option("--type", help=f"One of {', '.join(TYPES)}.")] = "",
           key: Annotated[str, typer.Option("--key", help="For -type key.")] = "",
@@ -71,12 +81,16 @@ def watch(handler: Annotated[list[str] | None, typer.Argument(help="Command to r
                            ok404=True)
             data = resp.json() if resp.status == 200 else None
             new_index = resp.index
-            if new_index < index:
+            if new_index < index and type_ != "event":  # an event list's index is a hash, not a counter
                 new_index = 0  # the index went backwards (a restore): start over, as Consul's watches do
             if not handler:
                 print(json.dumps(data, indent=2))
                 return
-            if data != last:
+            if type_ == "event" and isinstance(data, list):
+                data = _new_events(data, index)
+                if index and new_index == index:
+                    continue  # the wait ended with no new event
+            if data != last or type_ == "event":
                 env = dict(os.environ, CONSUL_INDEX=str(new_index))
                 argv = handler if len(handler) > 1 else ["/bin/sh", "-c", handler[0]]
                 subprocess.run(argv, input=json.dumps(data).encode(), env=env, check=False)

@@ -259,9 +259,10 @@ class Cluster:
         by_dc: dict[str, list[dict[str, Any]]] = {}
         if self.wan_pool is not None:
             for server, coord in self.wan_pool.coordinates():
-                by_dc.setdefault(server.datacenter, []).append({"Node": server.name, "Coord": coord.to_json()})
+                by_dc.setdefault(server.datacenter, []).append({"Node": server.name, "Segment": "",
+                                                                "Coord": coord.to_json()})
         order = self.router.datacenters() if self.router is not None else sorted(by_dc)
-        return [{"Datacenter": dc, "AreaID": "wan", "Coordinates": by_dc[dc]} for dc in order if dc in by_dc]
+        return [{"Datacenter": dc, "AreaID": "WAN", "Coordinates": by_dc[dc]} for dc in order if dc in by_dc]
 
     def forget_datacenter(self, datacenter: str) -> list[str]:
         """Remove a dead datacenter from the WAN pool at once (its servers leave everyone's lists)."""

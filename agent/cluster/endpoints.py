@@ -40,6 +40,7 @@ class ServerEndpoints:
         reg("federation.datacenters", self._rpc_federation_datacenters)
         reg("federation.status", self._rpc_federation_status)
         reg("federation.coordinates", self._rpc_federation_coordinates)
+        reg("event.fire", self._rpc_event_fire)
 
     def server(self) -> Any:
         return self.cluster.server()
@@ -107,6 +108,12 @@ class ServerEndpoints:
 
     async def _rpc_federation_coordinates(self, args: dict[str, Any]) -> Any:
         return self.cluster.coordinate_datacenters()
+    async def _rpc_event_fire(self, args: dict[str, Any]) -> Any:
+        """A client agent's user event (Consul's Internal.EventFire): delivered to this server."""
+        event = args.get("event")
+        if not isinstance(event, dict) or not isinstance(event.get("ID"), str) or not isinstance(event.get("Name"), str):
+            raise ClusterError("event.fire needs an event with an ID and a Name")
+        return self.cluster.host.user_event(event)
 
     async def _rpc_dns_query(self, args: dict[str, Any]) -> Any:
         """A client agent's DNS question, answered from this server's replica (stale, as Consul's DNS)."""

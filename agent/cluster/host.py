@@ -25,6 +25,8 @@ class ClusterHost(Protocol):
 
     async def consistent_read(self) -> None: ...
 
+    def user_event(self, event: dict[str, Any]) -> bool: ...
+
 
 class ClusterOps(Protocol):
     """What the server's RPC endpoints need of the cluster."""

@@ -203,7 +203,7 @@ def test_txn_catalog_ops_apply_whole_and_see_earlier_ops(log: Log) -> None:
                                                                         "ServiceID": "web-1"}}]
     out = log(c.Txn(ops=bad))
     assert out["Results"] is None and [e["OpIndex"] for e in out["Errors"]] == [2]
-    assert "no service 'web-1'" in out["Errors"][0]["What"]
+    assert 'no service "web-1"' in out["Errors"][0]["What"]
     assert log.store.kv_get("k")[1] is None and len(log.store.service_instances("web")[1]) == 1
     stale = log(c.Txn(ops=[{"Kind": "Service", "Verb": "cas", "Node": "sync", "Index": 999,
                              "Service": {"ID": "web-1", "Service": "web", "Port": 81}}]))

@@ -8,17 +8,21 @@ from collections.abc import Callable
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from proconsul.dns.answer import CATALOG, Answerer, DNSSettings, Instance, Node
+from proconsul.dns.answer import CATALOG, Answerer, DNSSettings, Instance, Node, QueryAnswer
 
 
 class View:
     datacenter = "dc1"
 
     def __init__(self, instances: dict[str, list[Instance]], nodes: dict[str, Node] | None = None,
-                 servers: list[Node] | None = None) -> None:
+                 servers: list[Node] | None = None, queries: dict[str, QueryAnswer] | None = None) -> None:
         self.instances = instances
         self.nodes = nodes or {}
         self.servers = servers or []
+        self.queries = queries or {}
+
+    def prepared_query(self, name: str) -> QueryAnswer | None:
+        return self.queries.get(name)
 
     def service_instances(self, name: str, connect: bool = False) -> list[Instance]:
         return list(self.instances.get(("connect:" if connect else "") + name.lower(), []))
@@ -66,11 +70,12 @@ VIEW = View({
 
 
 def ask(name: str, qtype: str = "A", settings: DNSSettings | None = None, udp: bool = True,
-        recursors: bool = False, edns: int | None = None, view: View = VIEW) -> DNSRecord:
+        recursors: bool = False, edns: int | None = None, view: View = VIEW,
+        rng: random.Random | None = None) -> DNSRecord:
     q = DNSRecord.question(name, qtype)
     if edns is not None:
         q.add_ar(EDNS0(udp_len=edns))
-    out = Answerer(settings or DNSSettings()).answer(DNSRecord.parse(q.pack()), view, random.Random(0), udp,
+    out = Answerer(settings or DNSSettings()).answer(DNSRecord.parse(q.pack()), view, rng or random.Random(0), udp,
                                                      recursors)
     assert out.response is not None
     return DNSRecord.parse(out.response.pack())
@@ -167,6 +172,20 @@ def test_nxdomain_carries_soa(name: str) -> None:
     assert r.header.rcode == RCODE.NXDOMAIN, name
     assert soa_in_authority(r)
     assert r.auth[0].ttl == 0
+
+
+def test_prepared_query_answers_its_instances_near_first_with_its_ttl() -> None:
+    picked = (inst("a", "10.0.0.1", 80), inst("b", "10.0.0.2", 81), inst("d", "10.0.0.4", 83, status="warning"))
+    view = View({}, queries={"q": QueryAnswer("web", picked, ttl=42, near="d"), "none": QueryAnswer("web", ()),
+                             "dflt": QueryAnswer("web", picked[:1])})
+    for seed in range(5):
+        r = ask("q.query.mesh", view=view, rng=random.Random(seed))
+        assert [str(rr.rdata) for rr in r.rr][0] == "10.0.0.4" and {rr.ttl for rr in r.rr} == {42}
+        assert rdatas(r) == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}  # the query's health rules, not DNS's
+    assert {rr.rdata.port for rr in ask("q.query.dc1.mesh", "SRV", view=view).rr} == {80, 81, 83}
+    assert ask("none.query.mesh", view=view).header.rcode == RCODE.NXDOMAIN
+    r = ask("dflt.query.mesh", view=view, settings=DNSSettings(service_ttl={"web": 7}))
+    assert [rr.ttl for rr in r.rr] == [7]  # no TTL in the query: the agent's service_ttl for its service
 
 
 def test_negative_ttl_is_soa_min_ttl() -> None:

@@ -46,7 +46,7 @@ def test_wan_coordinates_per_datacenter(federation: Federation) -> None:
         return rows if names == {"a.dc1", "s0.dc2", "s1.dc2", "s2.dc2", "d.dc3"} else None
 
     rows = wait_for(lambda: complete(federation.a), 10, message="every server's coordinate")
-    assert rows[0]["Datacenter"] == "dc1" and {r["AreaID"] for r in rows} == {"wan"}
+    assert rows[0]["Datacenter"] == "dc1" and {r["AreaID"] for r in rows} == {"WAN"}
     coord = rows[0]["Coordinates"][0]["Coord"]
     assert len(coord["Vec"]) == 8 and set(coord) == {"Vec", "Error", "Adjustment", "Height"}
     # Measured: the error estimate has come down from its initial 1.5 after a few exchanges.

@@ -78,6 +78,11 @@ def test_metrics_json_and_prometheus(c: consul.Consul, agent: AgentProcess) -> N
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert "# TYPE consul_raft_commitTime summary" in text and "consul_kvs_apply_count" in text
     assert agent.request("GET", "/v1/agent/metrics?format=xml")[0] == 400
+    # The stream `consul debug` captures: the same summary, one JSON document per line, from the first moment.
+    with urllib.request.urlopen(f"{agent.url}/v1/agent/metrics/stream", timeout=10) as stream:
+        first = json.loads(stream.readline())
+    assert {"Timestamp", "Gauges", "Counters", "Samples"} <= set(first)
+    assert any(g["Name"] == "consul.raft.state.leader" for g in first["Gauges"])
 
 
 def test_monitor_streams_log_lines(agent: AgentProcess) -> None:
