@@ -160,6 +160,36 @@ def test_cli_datacenter_flag(federation: Federation) -> None:
     assert res.returncode == 1 and "No path to datacenter" in res.stderr
 
 
+def test_prepared_query_fails_over_to_another_datacenter(federation: Federation) -> None:
+    fed = federation
+    # dc1 has an instance, but critical; dc3 a healthy one.
+    assert fed.c1.put("/v1/catalog/register", {
+        "Node": "pq-local", "Address": "127.0.0.21", "Service": {"Service": "pq", "Port": 1},
+        "Check": {"CheckID": "pq-down", "Name": "down", "ServiceID": "pq", "Status": "critical"}})[0] == 200
+    assert fed.c1.put("/v1/catalog/register?dc=dc3", {
+        "Node": "pq-remote", "Address": "127.0.0.22", "Service": {"Service": "pq", "Port": 2}})[0] == 200
+    status, body = fed.c1.request("POST", "/v1/query", {
+        "Name": "pq-query", "Service": {"Service": "pq", "OnlyPassing": True,
+                                        "Failover": {"Datacenters": ["nowhere", "dc3"]}}})[:2]
+    assert status == 200, body
+    result = fed.c1.get("/v1/query/pq-query/execute")[1]
+    assert result["Datacenter"] == "dc3" and result["Failovers"] == 2  # "nowhere" skipped at once, then dc3
+    assert [n["Node"]["Node"] for n in result["Nodes"]] == ["pq-remote"]
+    # Healthy again here: the local answer, no failover.
+    fed.c1.put("/v1/catalog/register", {
+        "Node": "pq-local", "Address": "127.0.0.21", "Service": {"Service": "pq", "Port": 1},
+        "Check": {"CheckID": "pq-down", "Name": "down", "ServiceID": "pq", "Status": "passing"}})
+    result = fed.c1.get("/v1/query/pq-query/execute")[1]
+    assert (result["Datacenter"], result["Failovers"]) == ("dc1", 0)
+    # NearestN: the nearest other datacenter with instances.
+    fed.c1.request("POST", "/v1/query", {"Name": "pq-near", "Service": {"Service": "pq-only-remote",
+                                                                          "Failover": {"NearestN": 2}}})
+    fed.c1.put("/v1/catalog/register?dc=dc3", {"Node": "pq-remote", "Address": "127.0.0.22",
+                                                "Service": {"Service": "pq-only-remote", "Port": 3}})
+    result = fed.c1.get("/v1/query/pq-near/execute")[1]
+    assert result["Datacenter"] == "dc3" and 1 <= result["Failovers"] <= 2
+
+
 def test_wan_cut_fails_fast_and_heals_by_itself(federation: Federation) -> None:
     fed = federation
     a = fed.a
