@@ -216,7 +216,7 @@ async def execute(request: web.Request) -> web.Response:
 async def _failover(agent: Any, qid: str, connect: bool, local: dict[str, Any]) -> dict[str, Any]:
     """No healthy instance here: try the query's failover datacenters in order — the `NearestN`
     nearest first (by WAN round trip), then `Datacenters` — running the same definition there.
-    A datacenter with no path or no reachable server is skipped at once (the router knows); the
+    An unknown datacenter is skipped; one with no reachable server fails at once (the router knows); the
     first with instances answers, with `Datacenter` and `Failovers` (datacenters tried) set."""
     from proconsul.agent.cluster.errors import ClusterError
     from proconsul.agent.cluster.rpc import RPCError
@@ -225,10 +225,12 @@ async def _failover(agent: Any, qid: str, connect: bool, local: dict[str, Any]) 
     query = (explained or {}).get("Query") or {}
     failover = (query.get("Service") or {}).get("Failover") or {}
     own = agent.config.datacenter
+    known = await agent.datacenters() if failover.get("NearestN") or failover.get("Datacenters") else []
     order: list[str] = []
     if failover.get("NearestN"):
-        order += [dc for dc in await agent.datacenters() if dc != own][: int(failover["NearestN"])]
-    order += [dc for dc in failover.get("Datacenters") or [] if dc != own and dc not in order]
+        order += [dc for dc in known if dc != own][: int(failover["NearestN"])]
+    # As Consul: a datacenter nobody knows is skipped without counting as a failover.
+    order += [dc for dc in failover.get("Datacenters") or [] if dc in known and dc != own and dc not in order]
     tried = 0
     for dc in order:
         tried += 1

@@ -173,7 +173,7 @@ def test_prepared_query_fails_over_to_another_datacenter(federation: Federation)
                                         "Failover": {"Datacenters": ["nowhere", "dc3"]}}})[:2]
     assert status == 200, body
     result = fed.c1.get("/v1/query/pq-query/execute")[1]
-    assert result["Datacenter"] == "dc3" and result["Failovers"] == 2  # "nowhere" skipped at once, then dc3
+    assert result["Datacenter"] == "dc3" and result["Failovers"] == 1  # "nowhere" is unknown: skipped, not counted
     assert [n["Node"]["Node"] for n in result["Nodes"]] == ["pq-remote"]
     # Healthy again here: the local answer, no failover.
     fed.c1.put("/v1/catalog/register", {
