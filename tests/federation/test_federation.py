@@ -76,7 +76,8 @@ def test_reads_and_writes_reach_the_named_datacenter_from_a_client_agent(federat
     assert c1.get("/v1/health/service/web")[1] == []
     # Sessions and transactions.
     sid = c1.put("/v1/session/create?dc=dc2", {"TTL": "30s"})[1]["ID"]
-    assert fed.dc2.servers[1].get(f"/v1/session/info/{sid}?stale")[1][0]["ID"] == sid
+    wait_for(lambda: fed.dc2.servers[1].get(f"/v1/session/info/{sid}?stale")[1], 5,
+             message="the session in a dc2 follower's replica")
     assert c1.get(f"/v1/session/info/{sid}")[1] == []
     txn = [{"KV": {"Verb": "set", "Key": "fed/t", "Value": "dGhyZWU="}}]
     assert c1.put("/v1/txn?dc=dc3", txn)[0] == 200
@@ -154,7 +155,8 @@ def test_cli_datacenter_flag(federation: Federation) -> None:
     fed = federation
     ok(fed.c1, "kv", "put", "-datacenter=dc2", "fed/cli", "hello")
     assert ok(fed.c1, "kv", "get", "-datacenter", "dc2", "fed/cli").strip() == "hello"
-    assert fed.dc2.servers[2].get("/v1/kv/fed/cli?raw&stale")[1] == "hello"
+    wait_for(lambda: fed.dc2.servers[2].get("/v1/kv/fed/cli?raw&stale")[1] == "hello", 5,
+             message="the key in a dc2 follower's replica")
     assert "s1" in ok(fed.c1, "catalog", "nodes", "-datacenter=dc2")
     res = run(fed.c1, "kv", "get", "-datacenter=dc9", "fed/cli")
     assert res.returncode == 1 and "No path to datacenter" in res.stderr

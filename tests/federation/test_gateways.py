@@ -85,7 +85,7 @@ def test_sidecar_to_another_datacenter_through_two_gateways_never_in_plaintext(d
 
 def test_remote_mode_goes_straight_to_the_destinations_gateway(dcs: TwoDCs) -> None:
     before = dcs.gw1.capture.stat().st_size
-    status, body = wait_for(lambda: http_get(dcs.remote_up, "/remote"), 15, message="db through dc2's gateway")
+    status, body = wait_for(lambda: http_get(dcs.remote_up, "/remote"), 30, message="db through dc2's gateway")
     assert status == 200 and body["path"] == "/remote"
     assert dcs.gw1.capture.stat().st_size == before  # dc1's gateway was not on the path
 
