@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian packages the test suite drives for real: dig (DNS tests), openssl, wrk (benchmark smoke test), curl,
 # chromium (the web UI's browser tests, driven by Playwright with executable_path).
-TEST_DEBS := bind9-dnsutils openssl wrk curl chromium
+TEST_DEBS := bind9-dnsutils openssl wrk curl chromium prometheus
 PYTEST_ARGS ?=
 
 .PHONY: dev test install lint bench clean debs
@@ -43,6 +43,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
+	$(PIP) install --quiet -e '.[bench]'
 	$(PY) bench/run_all.py
 
 clean:

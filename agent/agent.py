@@ -86,6 +86,7 @@ class Agent:
         self.checks = CheckManager(self._check_result, standard_kinds(), self.rng)
         self.checks.context["agent"] = self
         self.events = EventBuffer(config.node_name)
+        self.cluster.lan.on_event = self._membership_event
         self.http_routes: list[web.RouteTableDef] = []  # routes of optional components (Connect, UI)
         self.connect: Any = None
         self.dns_handler: Any = None
@@ -166,13 +167,24 @@ class Agent:
         return kept
 
     async def fire_event(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Fire a user event: delivered here, and a client agent hands it to a server (Consul's
-        Internal.EventFire). Gossip delivery to every agent rides on the membership layer."""
+        """Fire a user event: gossiped to every member of the LAN pool (delivered here too, through the
+        pool's event). Without a LAN listener a client agent hands it to a server (Consul's
+        Internal.EventFire)."""
         event = self.events.stamp(event)
+        if self.cluster.gossip is not None:
+            self.cluster.gossip.fire_event(event["ID"], event["Name"], event["Payload"], event["NodeFilter"],
+                                           event["ServiceFilter"], event["TagFilter"], event["LTime"])
+            return event
         if self.server is None:
             await self.cluster.call_any_server("event.fire", {"event": event}, None, False)
         self.user_event(event)
         return event
+
+    def _membership_event(self, kind: str, member: str, detail: Any) -> None:
+        if kind == "user-event":
+            event = {k: detail[k] for k in ("ID", "Name", "Payload", "NodeFilter", "ServiceFilter", "TagFilter",
+                                            "LTime")}
+            self.user_event(dict(event, Version=1))
 
     async def datacenters(self) -> list[str]:
         """Every known datacenter, nearest first (by round trip over the WAN)."""
@@ -397,10 +409,15 @@ class Agent:
                                  + ("" if self.config.server else " (WAN members are only known to servers)"))
             log.info("force-leave -wan: member %s marked left%s", node, " and pruned" if prune else "")
             return
-        if not self.cluster.members.force_leave(node, self.loop_time()):
-            raise BadRequest(f"No node {node!r} is failed or left in this agent's member list")
-        log.info("force-leave: member %s marked left", node)
-        self.cluster.membership_changed([node])
+        members = self.cluster.members
+        status = members.status(node) if node != self.config.node_name else "self"
+        if node not in {m.name for m, _ in members.members()}:
+            raise BadRequest(f"No node {node!r} in this agent's member list")
+        if members.force_leave(node, self.loop_time()):
+            log.info("force-leave: member %s marked left", node)
+            self.cluster.membership_changed([node])
+        else:  # alive (or ourselves): nothing to do, and no error (Consul's behaviour)
+            log.info("force-leave: member %s is %s; nothing to do", node, status)
 
     async def join(self, address: str, wan: bool = False) -> None:
         from proconsul.agent.api.errors import BadRequest

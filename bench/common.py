@@ -6,6 +6,7 @@ and the ratio against the peer measured in the same run, and exits 0 (../shared/
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -27,7 +28,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from support import AgentProcess, free_port, wait_for  # noqa: E402
 
 __all__ = ["AgentProcess", "free_port", "wait_for", "Arm", "alternate", "wrk", "need", "rss_mb", "report",
-           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "CpuMeter", "tree_env", "metered"]
+           "Background", "http_json", "cpu_seconds", "process_tree", "pinned", "pin", "CpuMeter", "metered",
+           "metered_wrk", "loadavg", "tree_env", "code_at", "add_baseline_options", "baseline"]
 
 
 def need(binary: str, package: str) -> str:
@@ -85,7 +87,7 @@ def wrk(url: str, connections: int = 16, duration: float = 8.0, threads: int = 1
     if m:
         errs += sum(int(x) for x in m.groups())
     m = re.search(r"(\d+) requests in", out)
-    return WrkResult(rps, p50, p99, errs, int(m.group(1)) if m else 0)
+    return WrkResult(rps, p50, p99, errs, int(m.group(1)) if m else round(rps * duration))
 
 
 @dataclass
@@ -98,12 +100,16 @@ class Arm:
         return statistics.median(r[key] for r in self.results)
 
 
+def _fmt(v: float) -> str:
+    return f"{v:,.2f}" if abs(v) >= 1 or v == 0 else f"{v:.4f}"
+
+
 def alternate(arms: list[Arm], rounds: int = 3) -> None:
     for i in range(rounds):
         for arm in arms:
             r = arm.run()
             arm.results.append(r)
-            print(f"  round {i + 1} {arm.name:<28} " + "  ".join(f"{k}={v:,.2f}" for k, v in r.items()), flush=True)
+            print(f"  round {i + 1} {arm.name:<28} " + "  ".join(f"{k}={_fmt(v)}" for k, v in r.items()), flush=True)
 
 
 def rss_mb(pid: int) -> float:
@@ -194,7 +200,66 @@ def pinned(cmd: list[str], cpus: int | None) -> list[str]:
     """`cmd` run on the first `cpus` cores (taskset), to reproduce a small machine; unchanged when None."""
     if not cpus:
         return cmd
-    return [need("taskset", "util-linux"), "-c", f"0-{cpus - 1}" if cpus > 1 else "0", *cmd]
+    return [need("taskset", "util-linux"), "-c", _cpu_list(cpus), *cmd]
+
+
+def _cpu_list(cpus: int) -> str:
+    return f"0-{cpus - 1}" if cpus > 1 else "0"
+
+
+def pin(roots: list[int], cpus: int | None) -> None:
+    """Pin running processes (with their threads and descendants) to the first `cpus` cores; no-op when None.
+
+    For processes started by code that does not take a command prefix (AgentProcess); threads and
+    children started later inherit the affinity."""
+    if not cpus:
+        return
+    taskset = need("taskset", "util-linux")
+    for pid in [p for r in roots for p in process_tree(r)]:
+        subprocess.run([taskset, "-a", "-p", "-c", _cpu_list(cpus), str(pid)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def code_at(ref: str, tmp: Path) -> dict[str, str]:
+    """Environment that runs the code of git `ref` (`git archive` unpacked under `tmp`, then `tree_env`)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    src = tmp / f"src-{sha}"
+    if not src.exists():
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    return tree_env(src, tmp / f"shim-{sha}")
+
+
+def add_baseline_options(ap: argparse.ArgumentParser) -> None:
+    """--base GIT_REF / --baseline-tree DIR: one more Proconsul arm running another version, same run."""
+    ap.add_argument("--base", metavar="GIT_REF", help="also run the code at GIT_REF as an arm (A/B of a change)")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="also run another source tree (e.g. `git archive main` unpacked) as an arm")
+
+
+def baseline(args: argparse.Namespace, tmp: Path) -> tuple[str, dict[str, str]] | None:
+    """(label, environment) of the version --base or --baseline-tree asked for, or None."""
+    if args.base:
+        return args.base, code_at(args.base, tmp)
+    if args.baseline_tree:
+        return "baseline", tree_env(args.baseline_tree, tmp)
+    return None
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages, as `uptime` prints them."""
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def metered_wrk(url: str, roots: list[int], connections: int = 16, duration: float = 8.0,
+                script: str | None = None, cpus: int | None = None) -> dict[str, float]:
+    """One wrk run plus the CPU seconds per 1,000 requests of every process under `roots` (the arm)."""
+    out = metered(roots, lambda: wrk(url, connections, duration, script=script, cpus=cpus).as_dict())()
+    out["load1"] = loadavg()[0]
+    return out
 
 
 class Background:

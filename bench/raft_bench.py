@@ -3,7 +3,9 @@
 Both clusters run as three processes on 127.0.0.1 with data on disk and fsync on. The same wrk
 Lua script shape writes 1,000 distinct keys with 20-byte values (Proconsul: PUT /v1/kv/<key>;
 etcd: POST /v3/kv/put on its JSON gateway) at 1 and 16 connections to the leader and 64 through a
-follower, 8 s per arm, arms alternating. Goal: ≥ 1.0× etcd's writes/s at 16 and 64, p99 ≤ etcd's.
+follower, 8 s per arm, arms alternating. Goal: ≥ 1.0× etcd's writes/s at 16 and 64, p99 ≤ etcd's,
+and CPU per write ≤ etcd's: every arm also reports CPU seconds per 1,000 writes, summed over its
+three servers. `--cpus N` pins all six servers and wrk to the first N cores (a small machine).
 """
 
 from __future__ import annotations
@@ -17,7 +19,22 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import AgentProcess, Arm, Background, alternate, free_port, need, report, wait_for, wrk
+from common import (
+    AgentProcess,
+    Arm,
+    Background,
+    add_baseline_options,
+    alternate,
+    baseline,
+    free_port,
+    loadavg,
+    metered_wrk,
+    need,
+    pin,
+    pinned,
+    report,
+    wait_for,
+)
 
 KEYS = 1000
 VALUE = b"v" * 20
@@ -49,22 +66,23 @@ end
 
 
 class Etcd:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cpus: int | None = None) -> None:
         need("etcd", "etcd-server")
         self.members = [(f"e{i}", free_port(), free_port()) for i in range(3)]
         cluster = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, _, peer in self.members)
         self.procs = []
         for name, client, peer in self.members:
             d = root / name
-            self.procs.append(Background([
+            self.procs.append(Background(pinned([
                 "etcd", "--name", name, "--data-dir", str(d),
                 "--listen-client-urls", f"http://127.0.0.1:{client}",
                 "--advertise-client-urls", f"http://127.0.0.1:{client}",
                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "bench"]))
+                "--initial-cluster-token", "bench"], cpus)))
         wait_for(self.leader, 30, 0.2, "etcd leader")
+        self.pids = [p.proc.pid for p in self.procs]
 
     def status(self, client: int) -> dict:
         req = urllib.request.Request(f"http://127.0.0.1:{client}/v3/maintenance/status", data=b"{}", method="POST")
@@ -91,8 +109,8 @@ class Etcd:
 
 
 class Proconsul:
-    def __init__(self, root: Path) -> None:
-        self.servers = [AgentProcess(root / f"p{i}", dev=False) for i in range(3)]
+    def __init__(self, root: Path, cpus: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.servers = [AgentProcess(root / f"p{i}", dev=False, env=env) for i in range(3)]
         serf = [free_port() for _ in self.servers]
         for i, s in enumerate(self.servers):
             s.extra_args = ["--server", "--bootstrap-expect", "3", "--node", f"p{i}", "--data-dir",
@@ -103,6 +121,8 @@ class Proconsul:
         for s in self.servers:
             s.workdir.mkdir(parents=True, exist_ok=True)
             s.start_background()
+        self.pids = [s.proc.pid for s in self.servers]  # type: ignore[union-attr]
+        pin(self.pids, cpus)
         for s in self.servers:
             s.wait_ready(60)
 
@@ -124,41 +144,61 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="1,16,64")
+    ap.add_argument("--cpus", type=int, default=None, help="pin every server and wrk to the first N cores")
+    add_baseline_options(ap)
     args = ap.parse_args()
     need("wrk", "wrk")
     root = Path(tempfile.mkdtemp(prefix="raftbench-"))
-    etcd = Etcd(root / "etcd")
+    etcd = Etcd(root / "etcd", args.cpus)
+    load = [loadavg()]
     try:
         try:
-            pc = Proconsul(root / "proconsul")
+            pc = Proconsul(root / "proconsul", args.cpus)
+            label, env = baseline(args, root) or ("", None)
+            base = Proconsul(root / "base", args.cpus, env) if env else None
         except Exception as e:  # clustering not available: still measure the peer, and say why
             print(f"Proconsul arm unavailable: {e}")
             pc = None
         results = {}
         for conns in [int(c) for c in args.connections.split(",")]:
             via_follower = conns >= 64
-            arms = [Arm(f"etcd c={conns}", lambda c=conns, f=via_follower: wrk(
-                f"http://127.0.0.1:{etcd.follower() if f else etcd.leader()}", c, args.duration,
-                script=lua_script(root / "etcd.lua", "etcd")).as_dict())]
+            arms = [Arm(f"etcd c={conns}", lambda c=conns, f=via_follower: metered_wrk(
+                f"http://127.0.0.1:{etcd.follower() if f else etcd.leader()}", etcd.pids, c, args.duration,
+                script=lua_script(root / "etcd.lua", "etcd"), cpus=args.cpus))]
             if pc is not None:
-                arms.append(Arm(f"proconsul c={conns}", lambda c=conns, f=via_follower: wrk(
-                    (pc.follower() if f else pc.leader()).url, c, args.duration,
-                    script=lua_script(root / "pc.lua", "proconsul")).as_dict()))
+                arms.append(Arm(f"proconsul c={conns}", lambda c=conns, f=via_follower: metered_wrk(
+                    (pc.follower() if f else pc.leader()).url, pc.pids, c, args.duration,
+                    script=lua_script(root / "pc.lua", "proconsul"), cpus=args.cpus)))
+            if pc is not None and base is not None:
+                arms.append(Arm(f"proconsul@{label} c={conns}", lambda c=conns, f=via_follower: metered_wrk(
+                    (base.follower() if f else base.leader()).url, base.pids, c, args.duration,
+                    script=lua_script(root / "pc.lua", "proconsul"), cpus=args.cpus)))
             alternate(arms, args.rounds)
             row = {"via": "follower" if via_follower else "leader",
                    "etcd_wps": arms[0].median("rps"), "etcd_p50_ms": arms[0].median("p50_ms"),
-                   "etcd_p99_ms": arms[0].median("p99_ms"), "etcd_errors": arms[0].median("errors")}
+                   "etcd_p99_ms": arms[0].median("p99_ms"), "etcd_errors": arms[0].median("errors"),
+                   "etcd_cpu_s_per_1k": arms[0].median("cpu_s_per_1k")}
             if pc is not None:
                 row.update({"proconsul_wps": arms[1].median("rps"), "proconsul_p50_ms": arms[1].median("p50_ms"),
                             "proconsul_p99_ms": arms[1].median("p99_ms"), "proconsul_errors": arms[1].median("errors"),
-                            "ratio": arms[1].median("rps") / arms[0].median("rps")})
+                            "proconsul_cpu_s_per_1k": arms[1].median("cpu_s_per_1k"),
+                            "ratio": arms[1].median("rps") / arms[0].median("rps"),
+                            "cpu_ratio": arms[1].median("cpu_s_per_1k") / arms[0].median("cpu_s_per_1k")})
+            if len(arms) > 2:
+                row.update({"base_wps": arms[2].median("rps"), "base_p99_ms": arms[2].median("p99_ms"),
+                            "base_cpu_s_per_1k": arms[2].median("cpu_s_per_1k"),
+                            "vs_base": arms[1].median("rps") / arms[2].median("rps"),
+                            "cpu_vs_base": arms[1].median("cpu_s_per_1k") / arms[2].median("cpu_s_per_1k")})
             results[f"c{conns}"] = row
-        report("raft_writes", {"duration_s": args.duration, "rounds": args.rounds, "results": results,
-                               "goal": ">= 1.0x etcd writes/s at 16 and 64, p99 <= etcd's"})
+            load.append(loadavg())
+        report("raft_writes", {"duration_s": args.duration, "rounds": args.rounds, "pinned_cpus": args.cpus,
+                               "load": load, "results": results,
+                               "goal": ">= 1.0x etcd writes/s at 16 and 64, p99 <= etcd's, CPU/1k <= etcd's"})
     finally:
         etcd.stop()
-        if "pc" in locals() and pc is not None:
-            pc.stop()
+        for cluster in (locals().get("pc"), locals().get("base")):
+            if cluster is not None:
+                cluster.stop()
         time.sleep(0.2)
         shutil.rmtree(root, ignore_errors=True)
 

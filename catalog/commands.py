@@ -131,14 +131,23 @@ COMMAND_TYPES: dict[str, type[Command]] = {
 }
 
 
+# Field names per command type, and the types that carry the leader's clock (`now`): looked up once
+# here rather than through dataclasses.fields() on every write.
+_FIELDS: dict[type[Command], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in COMMAND_TYPES.values()}
+_STAMPED: frozenset[type[Command]] = frozenset(cls for cls, names in _FIELDS.items() if "now" in names)
+
+
+def stamp(cmd: Command, now: float) -> Command:
+    """The command with the leader's wall-clock time in its `now` field (unchanged if it has none)."""
+    return dataclasses.replace(cmd, now=now) if type(cmd) in _STAMPED else cmd  # type: ignore[call-arg]
+
+
 def _to_plain(cmd: Command) -> list[Any]:
-    fields = {}
-    for f in dataclasses.fields(cmd):
-        v = getattr(cmd, f.name)
-        if isinstance(cmd, Batch) and f.name == "commands":
-            v = [_to_plain(c) for c in v]
-        fields[f.name] = v
-    return [cmd.TYPE, fields]
+    if type(cmd) is Batch:
+        return [cmd.TYPE, {"commands": [_to_plain(sub) for sub in cmd.commands]}]
+    names = _FIELDS.get(type(cmd)) or tuple(f.name for f in dataclasses.fields(cmd))
+    return [cmd.TYPE, {name: getattr(cmd, name) for name in names}]
 
 
 def _from_plain(obj: Any) -> Command:

@@ -158,6 +158,7 @@ class RaftCore:
         self._prev_hs = state.hard_state
         self._prev_ss = SoftState("", Role.FOLLOWER)
         self._outstanding = False
+        self._commit_pending = False  # the commit index moved: followers not yet told get an append in ready()
         self._refresh_config()
         self._become_follower(self.term, "")
 
@@ -293,7 +294,7 @@ class RaftCore:
     def has_ready(self) -> bool:
         if self._outstanding:
             return False
-        return bool(self.msgs or self._read_states or self._dropped_reads or self.log.unstable_entries()
+        return bool(self.msgs or self._commit_pending or self._read_states or self._dropped_reads or self.log.unstable_entries()
                     or self.log.pending_snapshot is not None or self.log.committed > self.log.applying
                     or self.hard_state() != self._prev_hs or self._soft_state() != self._prev_ss)
 
@@ -301,6 +302,8 @@ class RaftCore:
         if self._outstanding:
             raise RaftError("ready() called again before advance()")
         self._outstanding = True
+        if self._commit_pending:
+            self._send_commit()
         rd = Ready()
         ss = self._soft_state()
         if ss != self._prev_ss:
@@ -396,6 +399,7 @@ class RaftCore:
         self.prs = {}
         self.pending_conf_index = 0
         self.uncommitted_bytes = 0
+        self._commit_pending = False
         self._dropped_reads.extend(self._reads)
         self._dropped_reads.extend(self._reads_waiting_commit)
         self._reads = {}
@@ -552,8 +556,12 @@ class RaftCore:
         return True
 
     def _on_commit(self) -> None:
-        """The leader's commit index moved: tell followers, release reads, step down if removed."""
-        self._bcast_append()
+        """The leader's commit index moved: tell followers, release reads, step down if removed.
+
+        Followers are told in the next ready(), not here: an append sent before then (new proposals,
+        more acks) carries the new commit index anyway, so under load one message per follower and
+        turn does both jobs instead of an empty append per commit plus the next batch's."""
+        self._commit_pending = True
         if self._reads_waiting_commit and self.log.term(self.log.committed) == self.term:
             waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
             for ctx in waiting:
@@ -571,6 +579,14 @@ class RaftCore:
     def _bcast_append(self) -> None:
         for sid in self.prs:
             if sid != self.id:
+                self._send_append(sid)
+
+    def _send_commit(self) -> None:
+        self._commit_pending = False
+        if not self.is_leader:
+            return
+        for sid, pr in self.prs.items():
+            if sid != self.id and pr.commit_sent < self.log.committed:
                 self._send_append(sid)
 
     def _bcast_heartbeat(self, ctx: bytes) -> None:
@@ -595,6 +611,7 @@ class RaftCore:
             return False
         self._send(Message(MsgType.APP, to, self.id, self.term, log_term=prev_term, index=prev,
                            entries=tuple(ents), commit=self.log.committed))
+        pr.commit_sent = self.log.committed
         pr.sent(ents[-1].index if ents else prev, len(ents))
         return True
 

@@ -16,7 +16,7 @@ class Progress:
     """Replication state of one peer as seen by the leader."""
 
     __slots__ = ("match", "next", "state", "probe_sent", "pending_snapshot", "recent_active", "inflights",
-                 "max_inflight", "is_learner", "snapshot_ticks")
+                 "max_inflight", "is_learner", "snapshot_ticks", "commit_sent")
 
     def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
         self.match = 0
@@ -29,6 +29,7 @@ class Progress:
         self.max_inflight = max_inflight
         self.is_learner = is_learner
         self.snapshot_ticks = 0
+        self.commit_sent = 0  # the highest commit index an AppendEntries to this peer carried
 
     def __repr__(self) -> str:
         return (f"Progress(match={self.match}, next={self.next}, state={self.state.name}, "

@@ -24,6 +24,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 from .answer import Answerer, CatalogView
 from .cache import WireCache
 from .errors import BadRecursor, ListenError, RemoteDNSError, ViewUnavailable
+from .mmsg import SLOT, BatchSocket
 
 log = logging.getLogger("proconsul.dns")
 
@@ -220,16 +221,18 @@ class _OneAnswer(asyncio.DatagramProtocol):
 class UDPServer:
     """The UDP listener: a non-blocking socket read from the loop's reader callback, in batches."""
 
-    def __init__(self, handler: DNSHandler, sock: socket.socket) -> None:
+    def __init__(self, handler: DNSHandler, sock: socket.socket, batched: bool = True) -> None:
         self.handler = handler
         self.sock = sock
+        # recvmmsg/sendmmsg where the platform has them: one system call each way per wake-up.
+        self._batch = BatchSocket.create(sock) if batched else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backlog: deque[tuple[bytes, object]] = deque()
         self._relays: set[asyncio.Task[None]] = set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sock.fileno(), self._readable)
+        loop.add_reader(self.sock.fileno(), self._readable if self._batch is None else self._readable_batched)
 
     def close(self) -> None:
         if self._loop is not None:
@@ -263,6 +266,37 @@ class UDPServer:
                     log.debug("DNS UDP send error: %s", e)
             else:
                 self.datagram_received(data, addr)
+
+    def _readable_batched(self) -> None:
+        # The same hot path over recvmmsg/sendmmsg: the answers to one batch leave in one call.
+        b = self._batch
+        assert b is not None
+        get = self.handler.udp_cache.ready.get
+        buf = b.rbuf
+        for _ in range(max(1, BATCH // b.slots)):
+            try:
+                n = b.recv()
+            except OSError as e:  # e.g. ECONNREFUSED surfacing from an earlier ICMP error
+                log.debug("DNS UDP receive error: %s", e)
+                continue
+            if not n:
+                return
+            misses = []
+            for i, size in enumerate(b.lengths(n)):
+                off = i * SLOT
+                rotation = get(bytes(buf[off + 2:off + size])) if size >= 12 else None
+                if rotation is None:
+                    misses.append((i, bytes(buf[off:off + size])))
+                    continue
+                out = bytes(buf[off:off + 2]) + next(rotation)
+                if not b.reply(i, out):
+                    self.sendto(out, b.addr(i))
+            for i, out in b.flush():
+                self._defer(out, b.addr(i))
+            for i, data in misses:  # before the next recv() reuses the slots
+                self.datagram_received(data, b.addr(i))
+            if n < b.slots:
+                return
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         """Answer one datagram (the slow path: a cache miss, a recursion or bad input)."""

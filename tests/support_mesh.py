@@ -102,9 +102,13 @@ class Backends:
 class ProxyProcess:
     """`proconsul connect proxy -sidecar-for SERVICE` as a child process, with its admin port."""
 
-    def __init__(self, agent: AgentProcess, workdir: Path, *, sidecar_for: str = "", proxy_id: str = "") -> None:
+    def __init__(self, agent: AgentProcess, workdir: Path, *, sidecar_for: str = "", proxy_id: str = "",
+                 registered_admin_port: int = 0) -> None:
+        """`registered_admin_port`: the registration names the admin port (Proxy.Config.envoy_prometheus_bind_addr);
+        no -admin-bind is given, as a user who registered it would not."""
         self.agent = agent
-        self.admin_port = free_port()
+        self.admin_flag = not registered_admin_port
+        self.admin_port = registered_admin_port or free_port()
         name = sidecar_for or proxy_id
         self.log_path = Path(workdir) / f"proxy-{name}.log"
         self.args = ["-sidecar-for", sidecar_for] if sidecar_for else ["-proxy-id", proxy_id]
@@ -113,8 +117,9 @@ class ProxyProcess:
     def start(self, timeout: float = 20.0) -> ProxyProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*CLI, "connect", "proxy", *self.args, "-http-addr", self.agent.addr,
-                                      "-admin-bind", f"127.0.0.1:{self.admin_port}", "-log-level", "debug"],
+        admin = ["-admin-bind", f"127.0.0.1:{self.admin_port}"] if self.admin_flag else []
+        self.proc = subprocess.Popen([*CLI, "connect", "proxy", *self.args, "-http-addr", self.agent.addr, *admin,
+                                      "-log-level", "debug"],
                                      stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      start_new_session=True)
         log.close()
@@ -150,6 +155,19 @@ class ProxyProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def sidecar_with_metrics(agent: AgentProcess, workdir: Path, name: str, port: int,
+                         upstreams: dict[str, int] | None = None, service_id: str = "") -> ProxyProcess:
+    """Register `name` (on `port`) with a sidecar whose admin listener is named in its registration
+    (Proxy.Config.envoy_prometheus_bind_addr, where the agent finds it), and run that sidecar."""
+    admin, sid = free_port(), service_id or name
+    status, body, _ = agent.request("PUT", "/v1/agent/service/register", {
+        "Name": name, "ID": sid, "Port": port, "Connect": {"SidecarService": {"Proxy": {
+            "Upstreams": [{"DestinationName": u, "LocalBindPort": p} for u, p in (upstreams or {}).items()],
+            "Config": {"envoy_prometheus_bind_addr": f"127.0.0.1:{admin}"}}}}})
+    assert status == 200, body
+    return ProxyProcess(agent, workdir, sidecar_for=sid, registered_admin_port=admin).start()
 
 
 def passing_instances(agent: AgentProcess, service: str) -> int:
@@ -195,4 +213,5 @@ def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, Any
         return r.status, json.loads(r.read())
 
 
-__all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys", "ws_echo"]
+__all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys", "ws_echo",
+           "sidecar_with_metrics"]

@@ -35,3 +35,27 @@ def test_k8s_sync_bench_runs(tmp_path: Path) -> None:
     result = json.loads((REPO / "bench" / "results" / "k8s_sync.json").read_text())
     arm = result["median"]["k8s-sync"]
     assert result["instances"] == 60 and arm["raft_writes"] >= 1 and arm["writes_per_min_at_rest"] == 0
+
+
+def test_membership_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "membership_bench.py"), "--sizes", "50",
+                          "--fp-seconds", "20", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")],
+                         capture_output=True, text=True, timeout=180, cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "m.json").read_text())
+    [row] = result["scale"]
+    assert row["n"] == 50 and 50 < row["bytes_per_member_s"] < 10 * 1024 and row["detect_100_s"] < 30
+    assert set(result["false_positives"]["50"]) == {"on", "off"}
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("taskset") is None,
+                    reason="wrk or taskset is missing (Debian wrk, util-linux)")
+def test_http_bench_reports_cpu_per_request_pinned(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "http_bench.py"), "--duration", "1", "--rounds", "1",
+                          "--cpus", "1"], capture_output=True, text=True, timeout=180, cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((REPO / "bench" / "results" / "http_health.json").read_text())
+    assert result["pinned_cpus"] == 1 and len(result["load"]) == 2
+    for arm in ("hello", "same_size_static", "health"):
+        # a request costs well under 10 ms of CPU, and measurably more than nothing
+        assert 0 < result[f"{arm}_cpu_s_per_1k"] < 10, (arm, result)

@@ -20,7 +20,9 @@ COMPONENTS = {"agent": "agent", "catalog": "catalog", "consensus": "consensus", 
 # Pure cores (DESIGN.md §6): time and randomness come in as arguments; no clock, randomness, event loop,
 # sockets, threads, processes or files. A folder name means every module below it.
 PURE = ["consensus/core.py", "consensus/progress.py", "consensus/log.py", "dns/answer.py", "agent/cluster/vivaldi.py",
-        "connect/intentions.py", "catalog"]
+        "connect/intentions.py", "catalog", "membership/core.py", "membership/view.py", "membership/codec.py",
+        "membership/config.py", "membership/suspicion.py", "membership/health.py", "membership/broadcast.py",
+        "membership/errors.py"]
 BANNED_MODULES = {"time", "random", "asyncio", "socket", "selectors", "threading", "subprocess", "os", "pathlib",
                   "shutil", "tempfile", "io", "datetime", "uuid", "secrets", "ssl"}
 BANNED_CALLS = {"open", "input", "print"}

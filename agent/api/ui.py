@@ -21,6 +21,8 @@ from proconsul.agent.api.connect import _connect
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP, TooLarge
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode
 from proconsul.agent.api.responses import consul_headers, dumps
+from proconsul.agent.api.ui_metrics import attach as attach_metrics
+from proconsul.agent.api.ui_metrics import service_links
 from proconsul.connect import intentions as ixns
 from proconsul.ui.assets import Asset, Bundle
 
@@ -155,15 +157,22 @@ async def _topology(request: web.Request, name: str) -> tuple[int, dict[str, Any
                                                            consistency_mode(request))
         summaries = {s["Name"]: s for s in body}
     protocols = topo["Protocols"]
+    metrics = await service_links(request, name)
+    links = {"Upstreams": [_link(ixn_list, name, up, default_allow, src, summaries.get(up), protocols.get(up, "tcp"),
+                                 up) for up, src in sorted(ups.items())],
+             "Downstreams": [_link(ixn_list, down, name, default_allow, src, summaries.get(down),
+                                   protocols.get(down, "tcp"), down) for down, src in sorted(downs.items())]}
+    for side, items in links.items():
+        for link in items:
+            link["Metrics"] = metrics[side].get(link["Name"])
     return index, {
         "Protocol": topo["Protocol"], "TransparentProxy": False, "DefaultAllow": default_allow,
         "WildcardIntention": any(ixns.WILDCARD in (i["SourceName"], i["DestinationName"]) for i in ixn_list),
         "FilteredByACLs": False,
-        "Upstreams": [_link(ixn_list, name, up, default_allow, src, summaries.get(up), protocols.get(up, "tcp"), up)
-                      for up, src in sorted(ups.items())],
-        "Downstreams": [_link(ixn_list, down, name, default_allow, src, summaries.get(down),
-                              protocols.get(down, "tcp"), down) for down, src in sorted(downs.items())],
-        "Metrics": None,  # see docs/ui.md: golden metrics per link arrive with the proxies' metrics endpoint
+        **links,
+        # Per link above (`Metrics`: request rate, success rate, p99 from the service's own sidecars); here
+        # the provider and the state of each proxy read (ui_metrics.py).
+        "Metrics": {k: metrics[k] for k in ("Provider", "Proxies", "Error")},
     }
 
 
@@ -279,6 +288,7 @@ def attach(agent: Any) -> None:
     """Wire the UI into an agent: the internal reads always (like Consul), the files when enabled."""
     agent.ui_gzip = GzipCache()
     agent.http_routes.append(api)
+    attach_metrics(agent)
     files = web.RouteTableDef()
     files.get("/")(root)
     if agent.config.ui_enabled:

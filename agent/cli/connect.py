@@ -10,6 +10,7 @@ import typer
 
 from proconsul.agent.cli.client import CLIError, Format, HttpAddr
 from proconsul.agent.cli.output import check_format, client, print_json, run, table
+from proconsul.connect.proxy.admin_address import ADMIN_HELP
 
 connect_app = typer.Typer(help="Connect: the service mesh's certificate authority.", no_args_is_help=True)
 ca_app = typer.Typer(help="Read and change the Connect CA's configuration.", no_args_is_help=True)
@@ -52,8 +53,7 @@ def proxy(
     proxy_id: Annotated[str, typer.Option("-proxy-id", "--proxy-id", help="ID of the connect-proxy registration.")] = "",
     http_addr: Annotated[str, typer.Option("-http-addr", "--http-addr", help="The local agent's HTTP address.")] = "",
     token: Annotated[str, typer.Option("-token", "--token", help="ACL token (or CONSUL_HTTP_TOKEN).")] = "",
-    admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind",
-                                            help="Metrics/stats listener HOST:PORT, or off.")] = "127.0.0.1:19000",
+    admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
     mesh_gateway: Annotated[bool, typer.Option("-mesh-gateway", "--mesh-gateway",
                                                help="Run a mesh gateway (SNI routing between datacenters).")] = False,
@@ -93,7 +93,12 @@ def _bytes(n: int) -> str:
 @connect_app.command("proxy-stats")
 def proxy_stats(
     admin_addr: Annotated[str, typer.Option("-admin-addr", "--admin-addr",
-                                            help="The proxy's admin listener (its -admin-bind).")] = "127.0.0.1:19000",
+                                            help="The proxy's admin listener (default: found through the agent "
+                                                 "with -sidecar-for or -proxy-id, else 127.0.0.1:19000).")] = "",
+    sidecar_for: Annotated[str, typer.Option("-sidecar-for", "--sidecar-for",
+                                             help="Read the sidecar proxy of this service ID.")] = "",
+    proxy_id: Annotated[str, typer.Option("-proxy-id", "--proxy-id", help="Read this connect-proxy.")] = "",
+    http_addr: HttpAddr = None,
     fmt: Format = "table",
 ) -> None:
     """Golden metrics of a running sidecar proxy: per inbound source and per upstream."""
@@ -102,11 +107,12 @@ def proxy_stats(
     check_format(fmt)
 
     def body() -> None:
+        addr = admin_addr or _admin_of(http_addr, sidecar_for, proxy_id)
         try:
-            with urllib.request.urlopen(f"http://{admin_addr}/stats", timeout=5) as resp:
+            with urllib.request.urlopen(f"http://{addr}/stats", timeout=5) as resp:
                 stats = json.loads(resp.read())
         except OSError as e:
-            raise CLIError(f"cannot read proxy stats from {admin_addr}: {getattr(e, 'reason', e)}") from None
+            raise CLIError(f"cannot read proxy stats from {addr}: {getattr(e, 'reason', e)}") from None
         if fmt == "json":
             return print_json(stats)
         rows = []
@@ -123,3 +129,25 @@ def proxy_stats(
             typer.echo(f"upstream {name}: {inst['Healthy']} healthy instance(s), ejected: {ejected}")
 
     run(body)
+
+
+def _admin_of(http_addr: str | None, sidecar_for: str, proxy_id: str) -> str:
+    """The admin listener of a proxy registered with the agent (the rule the proxy binds by)."""
+    from proconsul.connect.proxy.admin_address import admin_address
+    from proconsul.connect.proxy.config import ProxyConfigError
+
+    if not sidecar_for and not proxy_id:
+        return "127.0.0.1:19000"
+    services = client(http_addr).get("/v1/agent/services").json()
+    found = [s for s in services.values() if s.get("Kind") == "connect-proxy" and (
+        s["ID"] == proxy_id if proxy_id else (s.get("Proxy") or {}).get("DestinationServiceID") == sidecar_for)]
+    if len(found) != 1:
+        what = f"proxy {proxy_id!r}" if proxy_id else f"a sidecar proxy for {sidecar_for!r}"
+        raise CLIError(f"{what}: {'none' if not found else 'more than one'} registered with this agent"
+                       + (" (pick one with -proxy-id)" if found else ""))
+    try:
+        where = admin_address(found[0])
+    except ProxyConfigError as e:
+        raise CLIError(f"{found[0]['ID']}: {e}") from None
+    host = "127.0.0.1" if where.host in ("0.0.0.0", "::") else where.host
+    return f"[{host}]:{where.port}" if ":" in host else f"{host}:{where.port}"

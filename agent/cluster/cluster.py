@@ -2,7 +2,8 @@
 
 On a server, the state store is the FSM of a `RaftNode` (`FileStorage` under `<data_dir>/raft`,
 or an in-memory log in dev mode — the same code path). The server port carries Raft and RPC
-(`rpc.ServerPort`); the LAN port carries gossip (`lan.LANGossip`). What Consul's servers do, ours do:
+(`rpc.ServerPort`); the LAN port carries SWIM + Lifeguard gossip (`lan.LANGossip`, over
+`proconsul.membership`). What Consul's servers do, ours do:
 
 - **bootstrap_expect**: once that many servers of the datacenter are alive in the LAN pool, and
   none of them reports Raft state of its own, each bootstraps Raft with the same configuration.
@@ -30,8 +31,8 @@ from proconsul.agent.cluster.autopilot_driver import AutopilotDriver
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
-from proconsul.agent.cluster.lan import LANGossip
-from proconsul.agent.cluster.membership import STATUS_CODES, Member, MemberList
+from proconsul.agent.cluster.lan import LANGossip, lan_timings
+from proconsul.agent.cluster.membership import STATUS_CODES, Member
 from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
 from proconsul.agent.cluster.replication import TableReplicator
 from proconsul.agent.cluster.rpc import (
@@ -49,12 +50,16 @@ from proconsul.agent.cluster.wan.gossip import WANGossip, WANJoinError
 from proconsul.agent.cluster.wan.pool import STATUS_CODES as WAN_STATUS_CODES
 from proconsul.agent.cluster.wan.pool import WANPool, WANServer
 from proconsul.agent.cluster.wan.router import Router
+from proconsul.agent.config.model import ConfigError
+from proconsul.agent.config.values import as_duration
 from proconsul.agent.version import PROTOCOL, VERSION
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import CRITICAL, StateStore
 from proconsul.consensus.errors import RaftError
 from proconsul.consensus.node import NodeOptions, RaftNode, Server
 from proconsul.consensus.storage import FileStorage, MemoryStorage
+from proconsul.membership.config import WAN
+from proconsul.membership.errors import MembershipError
 
 log = logging.getLogger("proconsul.cluster")
 
@@ -122,9 +127,21 @@ class Cluster:
         self.rpc = RPCServer()
         self.raft: RaftNode | None = None
         self.port: ServerPort | None = None
-        self.members = MemberList(Member(cfg.node_name, cfg.advertise, cfg.serf_lan_port, self._tags(),
-                                         incarnation=int(time.time())), fail_after=cfg.suspect_after,
-                                  reap_after=cfg.reconnect_timeout)
+        try:
+            timings = lan_timings(cfg.gossip_lan, cfg.reconnect_timeout,
+                                  lambda v: as_duration("gossip_lan", v, "gossip_lan"))
+            # The WAN pool (federation issue) runs the same core with these; checked now so a bad block
+            # stops the agent instead of being ignored.
+            self.wan_timings = lan_timings(cfg.gossip_wan, cfg.reconnect_timeout_wan,
+                                           lambda v: as_duration("gossip_wan", v, "gossip_wan"), WAN, "gossip_wan")
+        except (MembershipError, ConfigError) as e:
+            raise ClusterError(str(e)) from None
+        # The incarnation starts at the wall clock's seconds, so a restarted agent is newer than it was.
+        self.lan = LANGossip(cfg.node_name, cfg.advertise, max(cfg.serf_lan_port, 0), self._tags(), cfg.datacenter,
+                             cfg.serf_lan_addr or cfg.bind_addr, timings=timings, retry_join=cfg.retry_join,
+                             retry_interval=cfg.retry_interval, rng=self.rng, incarnation=int(time.time()),
+                             on_change=self.membership_changed)
+        self.members = self.lan.members
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
         self._reconcile_wanted = asyncio.Event()
@@ -322,9 +339,7 @@ class Cluster:
         if cfg.server:
             await self._start_server()
         if cfg.serf_lan_port >= 0:
-            self.gossip = LANGossip(self.members, cfg.datacenter, cfg.serf_lan_addr or cfg.bind_addr, cfg.serf_lan_port,
-                                    retry_join=cfg.retry_join, interval=cfg.gossip_interval,
-                                    retry_interval=cfg.retry_interval, rng=self.rng, on_change=self.membership_changed)
+            self.gossip = self.lan
             await self._listen("LAN gossip", self.gossip.start, "serf_lan_port")
             if cfg.retry_join:
                 with contextlib.suppress(Exception):

@@ -10,7 +10,6 @@ stamped here so that `apply` stays deterministic.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
@@ -136,9 +135,7 @@ class ServerRole:
         which stamps its time into the command (so `apply` is deterministic on every server)."""
 
         async def here() -> Any:
-            stamped = cmd
-            if any(f.name == "now" for f in dataclasses.fields(cmd)):
-                stamped = dataclasses.replace(cmd, now=time.time())
+            stamped = c.stamp(cmd, time.time())
             started = time.perf_counter()
             result = await self.replicator.propose(stamped)
             if self.observe is not None:
@@ -147,11 +144,13 @@ class ServerRole:
                 raise result
             return result
 
-        return await self.on_leader(here, "catalog.apply", {"cmd": c.encode(cmd)})
+        return await self.on_leader(here, "catalog.apply", lambda: {"cmd": c.encode(cmd)})
 
-    async def on_leader(self, here: Callable[[], Awaitable[Any]], method: str, args: dict[str, Any],
-                        timeout: float | None = None, idempotent: bool = False) -> Any:
-        """Run `here()` if this server leads, else forward `method(args)` to the leader over RPC.
+    async def on_leader(self, here: Callable[[], Awaitable[Any]], method: str,
+                        args: dict[str, Any] | Callable[[], dict[str, Any]], timeout: float | None = None,
+                        idempotent: bool = False) -> Any:
+        """Run `here()` if this server leads, else forward `method(args)` to the leader over RPC
+        (`args` may be a function that builds them, so the leader never encodes what it won't send).
 
         While there is no leader (an election), or leadership moves under the call, retry for up
         to LEADER_HOLD seconds, then fail with "No cluster leader". A write whose outcome is
@@ -173,6 +172,8 @@ class ServerRole:
                 if rep.is_leader:
                     return await here()
                 if rep.leader and self.forward is not None:
+                    if callable(args):
+                        args = args()
                     return await self.forward(rep.leader, method, args, timeout)
             except retry as e:
                 log.debug("%s: leader moved or unreachable (%s); retrying", method, e)

@@ -89,16 +89,62 @@ def _node_meta(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     cfg.node_meta.update({str(k): str(v) for k, v in value.items()})
 
 
+UI_METRICS_PROVIDERS = ("", "prometheus")
+PROMETHEUS_PATHS = ["/api/v1/query", "/api/v1/query_range"]  # Consul's path_allowlist for prometheus
+
+
 def _ui_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     if not isinstance(value, dict):
-        raise ConfigError(f"{src}: ui_config must be an object (enabled, content_path)")
+        raise ConfigError(f"{src}: ui_config must be an object (enabled, content_path, metrics_provider, "
+                          "metrics_proxy)")
     for uk, uv in value.items():
         if uk == "enabled":
             cfg.ui_enabled = as_bool("ui_config.enabled", uv, src)
         elif uk == "content_path":
             _ui_content_path(cfg, "ui_config.content_path", uv, src)
+        elif uk == "metrics_provider":
+            if uv not in UI_METRICS_PROVIDERS:
+                raise ConfigError(f"{src}: ui_config.metrics_provider {uv!r}: use \"prometheus\", or leave it out "
+                                  "for the sidecars' own metrics (custom providers are not supported)")
+            cfg.ui_metrics_provider = uv
+            if uv == "prometheus" and not cfg.ui_metrics_proxy_path_allowlist:
+                cfg.ui_metrics_proxy_path_allowlist = list(PROMETHEUS_PATHS)
+        elif uk == "metrics_proxy":
+            _metrics_proxy(cfg, uv, src)
         else:
-            raise ConfigError(f"{src}: unknown or unsupported key ui_config.{uk} (supported: enabled, content_path)")
+            raise ConfigError(f"{src}: unknown or unsupported key ui_config.{uk} (supported: enabled, content_path, "
+                              "metrics_provider, metrics_proxy)")
+
+
+def _metrics_proxy(cfg: AgentConfig, value: Any, src: str) -> None:
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: ui_config.metrics_proxy must be an object (base_url, add_headers, path_allowlist)")
+    for mk, mv in value.items():
+        key = f"ui_config.metrics_proxy.{mk}"
+        if mk == "base_url":
+            url = urlsplit(mv) if isinstance(mv, str) else None
+            if url is None or url.scheme not in ("http", "https") or not url.netloc:
+                raise ConfigError(f"{src}: {key} {mv!r} must be an http:// or https:// URL, for example "
+                                  "\"http://127.0.0.1:9090\"")
+            cfg.ui_metrics_proxy_base_url = mv.rstrip("/")
+        elif mk == "add_headers":
+            headers = []
+            for h in as_list(mv):
+                if not isinstance(h, dict) or not isinstance(h.get("name"), str) or not h["name"] or \
+                        not isinstance(h.get("value", ""), str) or set(h) - {"name", "value"}:
+                    raise ConfigError(f"{src}: {key} must be a list of {{name, value}} objects, got {h!r}")
+                headers.append((h["name"], h.get("value", "")))
+            cfg.ui_metrics_proxy_add_headers = headers
+        elif mk == "path_allowlist":
+            paths = as_str_list(key, mv, src)
+            bad = [p for p in paths if not p.startswith("/")]
+            if bad:
+                raise ConfigError(f"{src}: {key}: {bad[0]!r} must be an absolute path such as \"/api/v1/query\"")
+            cfg.ui_metrics_proxy_path_allowlist = paths
+        else:
+            raise ConfigError(f"{src}: unknown key {key} (supported: base_url, add_headers, path_allowlist)")
 
 
 def _ui_content_path(cfg: AgentConfig, key: str, value: Any, src: str) -> None:

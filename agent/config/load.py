@@ -91,6 +91,9 @@ def finalize(cfg: AgentConfig) -> AgentConfig:
     if not 1 <= cfg.sidecar_min_port <= cfg.sidecar_max_port <= 65535:
         raise ConfigError(f"ports.sidecar_min_port ({cfg.sidecar_min_port}) must be ≤ ports.sidecar_max_port "
                           f"({cfg.sidecar_max_port}), both within 1-65535")
+    if cfg.ui_metrics_provider == "prometheus" and not cfg.ui_metrics_proxy_base_url:
+        raise ConfigError("ui_config.metrics_provider = \"prometheus\" needs ui_config.metrics_proxy.base_url, the "
+                          "address of Prometheus (for example \"http://127.0.0.1:9090\")")
     return cfg
 
 

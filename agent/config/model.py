@@ -92,8 +92,6 @@ class AgentConfig:
     tls: TLSSettings = field(default_factory=TLSSettings)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
-    gossip_interval: float = 1.0  # LAN push-pull period
-    suspect_after: float = 5.0  # a member whose heartbeat stalls this long is failed
     raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader
     raft_election_ticks: int = 8
     raft_snapshot_threshold: int = 8192  # applied entries between snapshots
@@ -134,6 +132,11 @@ class AgentConfig:
     config_entries: list[dict[str, Any]] = field(default_factory=list)  # config_entries.bootstrap
     ui_content_path: str = "/ui/"  # where the web UI is served (ui_config.content_path, --ui-content-path)
     ui_dir: str = ""
+    # ui_config.metrics_provider: "" = the sidecars' own /stats (built in); "prometheus" = Consul's provider
+    ui_metrics_provider: str = ""
+    ui_metrics_proxy_base_url: str = ""  # ui_config.metrics_proxy: /v1/internal/ui/metrics-proxy/* goes here
+    ui_metrics_proxy_add_headers: list[tuple[str, str]] = field(default_factory=list)
+    ui_metrics_proxy_path_allowlist: list[str] = field(default_factory=list)  # empty: every path
     # Keys accepted without effect here, each with the reason: printed as one warning line per key at start.
     warnings: list[str] = field(default_factory=list)
 

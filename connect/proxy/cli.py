@@ -1,8 +1,8 @@
 """Running a proxy from the command line: `proconsul connect proxy` and `python -m proconsul.connect.proxy`.
 
 Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`), with our
-`-admin-bind` for the metrics listener (Envoy's admin port habit: 127.0.0.1:19000). Errors are one
-line on stderr and exit status 1.
+`-admin-bind` for the metrics listener (by default where the registration says, see admin_address.py:
+Envoy's habit of 127.0.0.1:19000 for the first sidecar). Errors are one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from proconsul.connect.proxy.admin_address import ADMIN_HELP
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.proxy import Proxy, ProxyError
 
 log = logging.getLogger("proconsul.proxy")
-DEFAULT_ADMIN = "127.0.0.1:19000"
 
 
 class ProxyCLIError(Exception):
@@ -32,7 +32,7 @@ class Options:
     proxy_id: str = ""
     sidecar_for: str = ""
     token: str = ""
-    admin_bind: str = DEFAULT_ADMIN  # "" or "off": no admin listener
+    admin_bind: str = ""  # "": from the registration (admin_address.py); "off": no admin listener
     log_level: str = "info"
     mesh_gateway: bool = False
     register: bool = False
@@ -60,8 +60,10 @@ async def sidecar_proxy_id(api: AgentAPI, service_id: str) -> str:
     return found[0]
 
 
-def _admin(bind: str) -> tuple[str, int]:
-    if bind in ("", "off"):
+def _admin(bind: str) -> tuple[str, int | None]:
+    if bind == "":
+        return "", None
+    if bind == "off":
         return "", -1
     host, _, port = bind.rpartition(":")
     try:
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             (("-proxy-id", "--proxy-id"), "proxy_id", "ID of the connect-proxy registration"),
             (("-http-addr", "--http-addr"), "http_addr", "the local agent's HTTP address"),
             (("-token", "--token"), "token", "ACL token"),
-            (("-admin-bind", "--admin-bind"), "admin_bind", f"metrics/stats listener (default {DEFAULT_ADMIN}; off)"),
+            (("-admin-bind", "--admin-bind"), "admin_bind", ADMIN_HELP),
             (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error"),
             (("-service", "--service"), "service", "mesh gateway: its service name (mesh-gateway)"),
             (("-address", "--address"), "address", "mesh gateway: LAN HOST:PORT to listen on"),

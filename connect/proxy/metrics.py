@@ -2,7 +2,9 @@
 
 Cheap on the hot path: a counter is an int in a slot, a latency is one bisect into fixed log-spaced
 buckets. `/metrics` renders Prometheus text; `/stats` the same as JSON for `proconsul connect
-proxy-stats` (and later the UI). Label sets are bounded by the services the proxy talks to.
+proxy-stats` and the agent, which turns two samples into the UI's per-link rates (with the bucket
+counts, so its p99 is of the interval, not of the proxy's lifetime). Label sets are bounded by the
+services the proxy talks to.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Link:
                                                          "4xx": self.responses_4xx, "5xx": self.responses_5xx},
                 "Retries": self.retries, "TLSResumed": self.resumed, "SuccessRate": round(self.success_rate, 4),
                 "LatencyP50": self.latency.quantile(0.50), "LatencyP95": self.latency.quantile(0.95),
-                "LatencyP99": self.latency.quantile(0.99)}
+                "LatencyP99": self.latency.quantile(0.99), "LatencyCounts": list(self.latency.counts)}
 
 
 class ProxyMetrics:
@@ -106,7 +108,7 @@ class ProxyMetrics:
         return link
 
     def snapshot(self) -> dict[str, Any]:
-        return {"Service": self.service,
+        return {"Service": self.service, "LatencyBounds": list(BOUNDS),  # LatencyCounts: one more, for +Inf
                 "Inbound": {k: v.snapshot() for k, v in sorted(self.inbound.items())},
                 "Upstreams": {k: v.snapshot() for k, v in sorted(self.upstreams.items())}}
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from proconsul.connect.proxy import http, listeners
+from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.authz import IntentionPolicy
 from proconsul.connect.proxy.balancer import Instance
@@ -68,12 +69,13 @@ def healthy_instances(entries: list[dict[str, Any]], destination: str, datacente
 
 
 class Proxy:
-    def __init__(self, api: AgentAPI, proxy_id: str, *, admin_address: str = "", admin_port: int = -1,
+    def __init__(self, api: AgentAPI, proxy_id: str, *, admin_address: str = "", admin_port: int | None = -1,
                  rng: random.Random | None = None) -> None:
         self.api = api
         self.proxy_id = proxy_id
         self.admin_address = admin_address or "127.0.0.1"
-        self.admin_port = admin_port  # -1: no admin listener; 0: any free port
+        self.admin_port = admin_port  # -1: no admin listener; 0: any free port; None: from the registration
+        self._admin_where: AdminAddress | None = None  # when admin_port is None: read from the registration
         self.rng = rng or random.Random()
         self.rt: Runtime | None = None
         self.ready = asyncio.Event()
@@ -101,7 +103,11 @@ class Proxy:
         said = False
         while not stop.is_set():
             try:
-                return from_registration(await self.api.service(self.proxy_id))
+                body = await self.api.service(self.proxy_id)
+                cfg = from_registration(body)
+                if self.admin_port is None:
+                    self._admin_where = admin_address(body)
+                return cfg
             except AgentAPIError as e:
                 if e.status != 404:
                     raise
@@ -350,7 +356,7 @@ class Proxy:
                 await self._open_public(rt)
                 for up in rt.config.upstreams:
                     await self._open_upstream(rt, up)
-                if self.admin_port >= 0 and self._admin is None:
+                if self.admin_port != -1 and self._admin is None:
                     await self._start_admin()
         except OSError as e:
             await self._close_listeners()
@@ -424,6 +430,20 @@ class Proxy:
     # ------------------------------------------------------------------ admin
     async def _start_admin(self) -> None:
         assert self.rt is not None
+        where = self._admin_where
+        if self.admin_port is None and where is not None:  # where the agent looks for it (admin_address.py)
+            self.admin_address, self.admin_port = where.host, where.port
+            if not where.configured:  # a default that is taken is skipped, not fatal
+                try:
+                    await self._start_admin()
+                except OSError as e:
+                    log.warning("no admin listener (metrics, stats): the default %s is taken (%s); set "
+                                "Proxy.Config.envoy_prometheus_bind_addr or -admin-bind", where, e.strerror or e)
+                    if self._admin is not None:
+                        await self._admin.cleanup()
+                        self._admin = None
+                    self.admin_port = -1
+                return
         app = web.Application()
 
         def current() -> Runtime:  # the runtime of the moment (a restart makes a new one)

@@ -139,6 +139,9 @@ def test_lagging_follower_gets_a_snapshot_and_a_rolling_restart_keeps_the_data(t
         # Rolling restart as an operator does it: one server at a time, and before the next one, wait
         # until autopilot reports the cluster healthy again with a failure tolerance of one (a server
         # cleaned up while it was down rejoins as a non-voter and is promoted after stabilization).
+        # The lagging follower may have been declared failed and cleaned up while it was down (membership
+        # detects a crash in ~5 s): wait until it is a voter again before taking others down.
+        wait_for(lambda: _tolerates_one_failure(cluster), 40.0, message="autopilot to promote the lagging follower")
         for a in cluster.servers:
             a.stop()
             cluster.leader(timeout=20.0)

@@ -43,9 +43,15 @@ def test_bad_frames_on_server_and_lan_ports_leave_the_agent_serving(dev_agent: A
     reply = _send(dev_agent.server_port, b"\x00" + struct.pack(">I", len(req)) + req, want=1)
     seq, err, _ = msgpack.unpackb(reply[4:], raw=False)
     assert seq == 7 and err[0] == "UnknownMethod"
-    # A gossip message from another datacenter is refused with a reason.
-    msg = msgpack.packb({"dc": "elsewhere", "members": []})
-    reply = _send(dev_agent.serf_lan_port, struct.pack(">I", len(msg)) + msg)
-    assert b"cannot join" in reply
+    # Garbage datagrams on the LAN port's UDP side are dropped.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        for p in payloads + [b"\x01\x01\x07lan:dc1\x91\x93\x01", b"\x01\x00" + rng(1500)]:
+            u.sendto(p, ("127.0.0.1", dev_agent.serf_lan_port))
+    # A push-pull from another datacenter's pool is refused with a reason.
+    from proconsul.membership import codec
+
+    msg = codec.Codec("lan:elsewhere").body(codec.pp_summary(True, 1, 0, [0]))
+    reply = _send(dev_agent.serf_lan_port, struct.pack(">I", len(msg)) + msg, want=1)
+    assert b"this is pool 'lan:dc1'" in reply and b"lan:elsewhere" in reply
     wait_for(lambda: dev_agent.put("/v1/kv/still-alive", "yes") == (200, True), message="the agent to answer")
     assert [m["Name"] for m in dev_agent.get("/v1/agent/members")[1]] == ["dev"]

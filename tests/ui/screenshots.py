@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from browser import chromium  # noqa: E402
-from support import AgentProcess, wait_for  # noqa: E402
+from support import AgentProcess, free_port, wait_for  # noqa: E402
+from support_mesh import Backends, ProxyProcess, exchange  # noqa: E402
 
 SERVICES = [  # name, port, tags, meta, status, output
     ("web", 8080, ["v2", "canary"], {"team": "storefront", "version": "2.4.1"}, "passing", "HTTP GET http://10.0.1.7:8080/health: 200 OK"),
@@ -39,11 +43,6 @@ def seed(agent: AgentProcess) -> None:
             assert agent.put("/v1/agent/service/register", body)[0] == 200
             verb = {"passing": "pass", "warning": "warn", "critical": "fail"}[status]
             agent.put(f"/v1/agent/check/{verb}/{sid}-health?note={output.replace(' ', '%20').replace(':', '%3A')}")
-    for name, ups in (("web", ["api", "auth", "search"]), ("api", ["payments", "postgres", "redis"])):
-        agent.put("/v1/agent/service/register", {
-            "Name": f"{name}-sidecar-proxy", "ID": f"{name}-sidecar-proxy", "Kind": "connect-proxy", "Port": 21000,
-            "Proxy": {"DestinationServiceName": name, "Upstreams": [
-                {"DestinationName": u, "LocalBindPort": 9100 + k} for k, u in enumerate(ups)]}})
     agent.put("/v1/config", {"Kind": "service-defaults", "Name": "api", "Protocol": "http"})
     agent.put("/v1/config", {"Kind": "service-defaults", "Name": "payments", "Protocol": "http"})
     for src, dst, action, desc in (
@@ -70,6 +69,63 @@ def seed(agent: AgentProcess) -> None:
         agent.put(f"/v1/kv/{key}", raw=value.encode())
 
 
+class Mesh:
+    """Real sidecars and backends behind web → api → payments/postgres/redis, with traffic, so the
+    topology's figures in the screenshot are measured, not drawn. redis has no running sidecar."""
+
+    UPSTREAMS = {"web": ["api", "auth", "search"], "api": ["payments", "postgres", "redis"], "payments": [],
+                 "postgres": []}
+
+    def __init__(self, agent: AgentProcess, tmp: Path) -> None:
+        self.agent, self.tmp, self.backends = agent, tmp, Backends()
+        self.proxies: list[ProxyProcess] = []
+        self.ports: dict[str, dict[str, int]] = {}
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        apps = {"web": self.backends.http("web"), "api": self.backends.http("api"),
+                "payments": self.backends.http("payments"), "postgres": self.backends.tcp_echo()}
+        for name, ups in self.UPSTREAMS.items():
+            admin = free_port()
+            self.ports[name] = {u: free_port() for u in ups}
+            assert self.agent.put("/v1/agent/service/register", {
+                "Name": f"{name}-sidecar-proxy", "ID": f"{name}-sidecar-proxy", "Kind": "connect-proxy",
+                "Port": free_port(), "Proxy": {
+                    "DestinationServiceName": name, "DestinationServiceID": f"{name}-1", "LocalServicePort": apps[name],
+                    "Config": {"envoy_prometheus_bind_addr": f"127.0.0.1:{admin}"},
+                    "Upstreams": [{"DestinationName": u, "LocalBindPort": p} for u, p in self.ports[name].items()]}})[0] == 200
+            self.proxies.append(ProxyProcess(self.agent, self.tmp, proxy_id=f"{name}-sidecar-proxy",
+                                             registered_admin_port=admin).start())
+        threading.Thread(target=self._traffic, daemon=True).start()
+
+    def _get(self, port: int, path: str) -> None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+        except (urllib.error.HTTPError, OSError):
+            pass
+
+    def _traffic(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            self._get(self.ports["web"]["api"], "/catalog")  # web → api
+            self._get(self.ports["api"]["payments"], "/refunds/42" if n % 3 else "/charge")  # L7: /charge denied
+            if n % 4 == 0:
+                exchange(self.ports["api"]["postgres"], b"SELECT 1")
+            if n % 10 == 0:
+                try:
+                    exchange(self.ports["api"]["redis"], b"PING", timeout=1)  # no sidecar runs: fails
+                except OSError:
+                    pass
+            self.stop.wait(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        for p in self.proxies:
+            p.stop()
+        self.backends.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(HERE.parent.parent / "docs" / "ui"))
@@ -81,6 +137,8 @@ def main() -> None:
         try:
             wait_for(lambda: agent.get("/v1/connect/ca/roots")[1]["Roots"], timeout=30, message="the CA")
             seed(agent)
+            mesh = Mesh(agent, Path(tmp))
+            mesh.start()
             with chromium() as browser:
                 ctx = browser.new_context(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
                 page = ctx.new_page()
@@ -97,7 +155,8 @@ def main() -> None:
 
                 shot("services", "/ui/dc1/services", "tr[data-service=web]")
                 shot("service-instances", "/ui/dc1/services/web", "[data-instance=web-1]")
-                shot("service-topology", "/ui/dc1/services/api?tab=topology", "[data-link]")
+                shot("service-topology", "/ui/dc1/services/api?tab=topology",
+                     "[data-link='api->payments'] [data-metrics=live]")
                 ixn = next(i for i in agent.get("/v1/connect/intentions")[1] if i["DestinationName"] == "payments")
 
                 def check() -> None:
@@ -122,6 +181,8 @@ def main() -> None:
                 shot("phone-services", "/ui/dc1/services", "tr[data-service=web]")
                 phone.close()
         finally:
+            if "mesh" in locals():
+                mesh.close()
             agent.stop()
 
 

@@ -103,7 +103,10 @@ def test_topology_links_carry_the_enforced_decision(agent: AgentProcess) -> None
     assert downs["web"]["Intention"]["Allowed"] == authorize(agent, "web", "shop") is True
     cart = agent.get("/v1/internal/ui/service-topology/cart")[1]
     assert [d["Name"] for d in cart["Downstreams"]] == ["shop"] and cart["Protocol"] == "tcp"
-    assert topo["Metrics"] is None, "no invented metrics: the proxies' metrics hook is empty until they exist"
+    # shop's sidecar is registered but not running: no invented figures, and the reason
+    assert all(link["Metrics"] is None for link in [*topo["Upstreams"], *topo["Downstreams"]])
+    assert topo["Metrics"]["Provider"] == "proxies"
+    assert [(p["ID"], p["Status"]) for p in topo["Metrics"]["Proxies"]] == [("shop-sidecar-proxy", "unreachable")]
 
 
 def check(agent: AgentProcess, **q: str) -> tuple[int, object]:

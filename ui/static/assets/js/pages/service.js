@@ -3,7 +3,7 @@
 import { useWatch } from "../api.js";
 import { CheckList, Empty, ErrorBox, Health, Kind, Loading, MetaTable, PageHeader, Tags, worstStatus } from "../components.js";
 import { html, useRef } from "../lib.js";
-import { LinkMetrics } from "../metrics.js";
+import { LinkMetrics, linkMetrics, useServiceMetrics } from "../metrics.js";
 import { href, Link, navigate } from "../router.js";
 
 const TABS = [["instances", "Instances"], ["topology", "Topology"]];
@@ -45,7 +45,7 @@ function Instances({ entries, dc }) {
   })}</ul>`;
 }
 
-function LinkCard({ link, dir, dc, self }) {
+function LinkCard({ link, dir, dc, self, watched, state }) {
   const ok = link.Intention.Allowed;
   const l7 = link.Intention.HasPermissions;  // decided request by request: neither allowed nor denied as a whole
   const [src, dst] = dir === "up" ? [self, link.Name] : [link.Name, self];
@@ -62,15 +62,16 @@ function LinkCard({ link, dir, dc, self }) {
       ${link.Registered ? html`<span class="muted small">${link.InstanceCount} instance${link.InstanceCount === 1 ? "" : "s"}</span>` : ""}
     </div>
     <p class="reason small">${l7 ? `${link.Intention.Reason.split(";")[0]}: each HTTP request is allowed or denied by its permissions.` : link.Intention.Reason}</p>
-    <${LinkMetrics} source=${src} destination=${dst} />
+    <${LinkMetrics} m=${linkMetrics(watched, link, dir)} state=${state} />
   </li>`;
 }
 
-function Topology({ name, dc, topo }) {
+function Topology({ name, dc, topo, watched }) {
   if (!topo) return html`<${Loading} what="Loading topology" />`;
+  const state = watched || topo.Metrics;  // which proxies were read, and how that went
   const col = (title, links, dir) => html`<section class="topo-col" aria-label=${title}>
     <h3>${title} <span class="count">${links.length}</span></h3>
-    ${links.length ? html`<ul class="links">${links.map((l) => html`<${LinkCard} link=${l} dir=${dir} dc=${dc} self=${name} />`)}</ul>`
+    ${links.length ? html`<ul class="links">${links.map((l) => html`<${LinkCard} link=${l} dir=${dir} dc=${dc} self=${name} watched=${watched} state=${state} />`)}</ul>`
       : html`<p class="muted small">${dir === "down" ? "Nothing calls this service through the mesh." : "This service calls nothing through the mesh."}</p>`}
   </section>`;
   return html`<div class="topology">
@@ -84,6 +85,7 @@ function Topology({ name, dc, topo }) {
     ${col("Upstreams", topo.Upstreams, "up")}
   </div>
   <p class="small muted">Links come from sidecar registrations (upstreams) and intentions naming this service.
+    Rates, success and p99 are read from ${name}'s own sidecar proxies and refresh every 5 s.
     Each decision is the agent's own (<code>/v1/internal/ui/service-topology</code>), the same one
     <code>/v1/agent/connect/authorize</code> enforces. <${Link} to=${href(dc, "intentions", "", `q=${encodeURIComponent(name)}`)}>Edit intentions for ${name}</${Link}></p>`;
 }
@@ -93,6 +95,7 @@ export function ServicePage({ name, route }) {
   const health = useWatch(`/v1/health/service/${encodeURIComponent(name)}`);
   const ixns = useWatch(tab === "topology" ? "/v1/connect/intentions" : "");
   const topo = useWatch(`/v1/internal/ui/service-topology/${encodeURIComponent(name)}`, {}, [ixns.index]);
+  const metrics = useServiceMetrics(name, tab === "topology");
   const entries = health.data || [];
   const first = entries[0]?.Service;
   const checks = entries.flatMap((e) => e.Checks);
@@ -107,6 +110,6 @@ export function ServicePage({ name, route }) {
       topology: topo.data ? topo.data.Upstreams.length + topo.data.Downstreams.length : undefined }} />
     <div role="tabpanel" id=${`panel-${tab}`} aria-labelledby=${`tab-${tab}`}>
       ${tab === "instances" ? (health.loading ? html`<${Loading} what="Loading instances" />` : html`<${Instances} entries=${entries} dc=${route.dc} />`)
-        : html`<${ErrorBox} error=${topo.error} /><${Topology} name=${name} dc=${route.dc} topo=${topo.data} />`}
+        : html`<${ErrorBox} error=${topo.error} /><${Topology} name=${name} dc=${route.dc} topo=${topo.data} watched=${metrics.data} />`}
     </div>`;
 }

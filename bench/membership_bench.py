@@ -1,0 +1,227 @@
+"""Membership at scale: SWIM + Lifeguard in the deterministic simulator (PERFORMANCE.md §9).
+
+No memberlist binary runs here and nobody runs 10,000 machines on one, so the pure core is measured in
+`membership.sim` (simulated clock and network, seeded). For each pool size n it reports:
+
+- steady-state bytes and packets each member sends per second (1% loss, IP/UDP/TCP headers counted);
+- time until a crash is known dead by 99.9% and by 100% of the running members (3 crashes, median);
+- time until a join is known by 99.9%;
+- false positives — healthy members declared dead (distinct (member, incarnation) incidents, and the
+  (observer, member) verdicts) — per member-hour, with 1% loss and 5% of members stalling for 2 s about
+  once a minute (every 30–90 s), with Lifeguard on and off (plain SWIM, the peer arm) alternated in the same run;
+- CPU seconds of the simulator per simulated member-second, per arm.
+
+The old heartbeat protocol's figures (issue 20) are printed beside them for comparison.
+
+    .venv/bin/python bench/membership_bench.py                      # 100, 1,000, 5,000, 10,000
+    .venv/bin/python bench/membership_bench.py --sizes 100 1000 --fp-seconds 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from proconsul.membership.config import LAN
+from proconsul.membership.sim import Network, Sim, SlowPattern
+
+REPO = Path(__file__).resolve().parent.parent
+# issue 20: the heartbeat protocol's push-pull of whole member lists, measured per member per second
+OLD_BYTES_PER_MEMBER_S = {256: 73 * 1024, 512: 148 * 1024, 5000: 1.4 * 2**20, 10000: 2.9 * 2**20}
+# Simulated seconds of each false-positive arm. Slow members make every pause a cluster-wide suspicion
+# and refutation, so the simulator's work grows with n squared there: the large pools run shorter.
+DEFAULT_FP_SECONDS = {100: 3600.0, 1000: 300.0, 5000: 40.0, 10000: 20.0}
+PAUSE_EVERY = (30.0, 90.0)  # a slow member pauses for 2 s about once a minute (a GC pause, a starved CPU)
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def scale_run(n: int, seed: int, warmup: float = 10.0, window: float = 30.0) -> dict[str, Any]:
+    """Traffic in a settled pool, then 3 crashes and a join."""
+    cpu0 = time.process_time()
+    sim = Sim(n, seed=seed, network=Network(loss=0.01))
+    sim.run(warmup)
+    sim.reset_traffic()
+    sim.run(warmup + window)
+    members = sim.n
+    bytes_s = sum(sim.bytes_out) / members / window
+    packets_s = sum(sim.packets_out) / members / window
+    t0 = sim.now
+    victims = sim.rng.sample(range(1, n), 3)
+    observers = [m.index for m in sim.running() if m.index not in victims]
+    for k, v in enumerate(victims):
+        sim.at(t0 + 0.37 * k, lambda v=v: sim.crash(v))
+    joined: list[int] = []
+    sim.at(t0 + 1.0, lambda: joined.append(sim.join(via=sim.rng.choice(observers))))
+    end = t0 + 180.0
+    while sim.now < end:
+        sim.run(sim.now + 5.0)
+        if all(known(sim.dead_seen.get(v, {}), sim.crashed_at.get(v, 0.0), observers, 1.0) is not None
+               for v in victims) and joined and known(sim.join_seen[joined[0]], t0 + 1.0, observers, 1.0) is not None:
+            break
+    d999 = [known(sim.dead_seen.get(v, {}), sim.crashed_at[v], observers, 0.999) for v in victims]
+    d100 = [known(sim.dead_seen.get(v, {}), sim.crashed_at[v], observers, 1.0) for v in victims]
+    j999 = known(sim.join_seen[joined[0]], t0 + 1.0, observers, 0.999)
+    sim.check_crashed_dead()
+    return {"n": n, "seed": seed, "bytes_per_member_s": bytes_s, "packets_per_member_s": packets_s,
+            "detect_999_s": _median(d999), "detect_100_s": _median(d100), "join_999_s": j999,
+            "cpu_s": time.process_time() - cpu0, "false_pairs": sim.stats.false_pairs}
+
+
+def fp_run(n: int, seed: int, seconds: float, lifeguard: bool,
+           every: tuple[float, float] = PAUSE_EVERY) -> dict[str, Any]:
+    """False positives with 1% loss and 5% of members stalling for 2 s now and then."""
+    cpu0 = time.process_time()
+    timings = LAN if lifeguard else LAN.plain_swim()
+    sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01))
+    slow = max(1, n // 20)
+    for i in range(slow):
+        sim.slow(i * 20 % n, SlowPattern(seconds=2.0, every=every))
+    sim.run(seconds)
+    cpu = time.process_time() - cpu0
+    member_hours = n * seconds / 3600.0
+    st = sim.stats
+    return {"n": n, "seed": seed, "lifeguard": lifeguard, "seconds": seconds, "member_hours": member_hours,
+            "incidents": len(st.false_incidents), "pairs": st.false_pairs,
+            "per_member_hour": len(st.false_incidents) / member_hours, "suspicions": st.suspicions,
+            "refutes": st.refutes, "cpu_s": cpu, "cpu_per_member_s": cpu / (n * seconds)}
+
+
+def known(seen: dict[int, float], since: float, observers: list[int], fraction: float) -> float | None:
+    """Seconds until `fraction` of `observers` had seen it (None: not that many did)."""
+    need = max(1, math.ceil(fraction * len(observers) - 1e-9))
+    times = sorted(seen[i] - since for i in observers if i in seen)
+    return times[need - 1] if len(times) >= need else None
+
+
+def _median(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if len(vals) == len(xs) else None
+
+
+def _fmt(x: float | None, unit: str = "s") -> str:
+    return "—" if x is None else f"{x:.1f} {unit}".strip()
+
+
+def _fp(arm: dict[str, Any] | None) -> str:
+    if arm is None:
+        return "—"
+    return f"{arm['per_member_hour']:.4f} ({arm['incidents']} in {arm['member_hours']:,.0f} member-h)"
+
+
+def plot(rows: list[dict[str, Any]], fps: dict[int, dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing (pip install '.[bench]'): no plot drawn")
+        return False
+    ns = [r["n"] for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    ax[0].plot(ns, [r["detect_999_s"] for r in rows], "o-", label="crash known by 99.9%")
+    ax[0].plot(ns, [r["detect_100_s"] for r in rows], "s-", label="crash known by 100%")
+    ax[0].plot(ns, [r["join_999_s"] for r in rows], "^-", label="join known by 99.9%")
+    ax[0].set(xscale="log", xlabel="members", ylabel="seconds", title="Detection and join")
+    ax[0].legend()
+    ax[1].plot(ns, [r["bytes_per_member_s"] / 1024 for r in rows], "o-", label="SWIM + Lifeguard")
+    old = sorted(OLD_BYTES_PER_MEMBER_S.items())
+    ax[1].plot([k for k, _ in old], [v / 1024 for _, v in old], "x--", label="old heartbeat push-pull")
+    ax[1].set(xscale="log", yscale="log", xlabel="members", ylabel="KiB/s sent per member", title="Traffic")
+    ax[1].legend()
+    fns = sorted(fps)
+    ax[2].plot(fns, [fps[k]["on"]["per_member_hour"] for k in fns], "o-", label="Lifeguard")
+    ax[2].plot(fns, [fps[k]["off"]["per_member_hour"] for k in fns], "s--", label="plain SWIM")
+    ax[2].set(xscale="log", xlabel="members", ylabel="false positives per member-hour",
+              title="1% loss, 5% members with 2 s pauses")
+    ax[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000, 10000])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--fp-seconds", type=float, default=None, help="simulated seconds of each false-positive arm")
+    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "membership-sim.png")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--pause-every", type=float, nargs=2, default=PAUSE_EVERY, metavar=("LO", "HI"),
+                    help="seconds between a slow member's 2 s pauses (uniform)")
+    ap.add_argument("--no-scale", action="store_true", help="skip the traffic/detection/join run")
+    ap.add_argument("--arm", choices=["on", "off", "both", "none"], default="both",
+                    help="false-positive arms to run (none: only the traffic/detection/join run)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="only print the table and draw the plot from the --json files of earlier runs")
+    args = ap.parse_args()
+    print(f"load {load()}", flush=True)
+    rows: list[dict[str, Any]] = []
+    fps: dict[int, dict[str, Any]] = {}
+    for path in args.merge or []:  # later files win, per size and arm
+        data = json.loads(path.read_text())
+        rows = [r for r in rows if r["n"] not in {x["n"] for x in data["scale"]}] + data["scale"]
+        for k, v in data["false_positives"].items():
+            fps.setdefault(int(k), {}).update(v)
+    rows.sort(key=lambda r: r["n"])
+    for n in [] if args.merge else args.sizes:
+        r = None if args.no_scale else scale_run(n, args.seed)
+        if r is not None:
+            rows.append(r)
+            print(f"n={n}: {r['bytes_per_member_s']:.0f} B/s and {r['packets_per_member_s']:.2f} packets/s per member; "
+                  f"crash known by 99.9% in {_fmt(r['detect_999_s'])}, 100% in {_fmt(r['detect_100_s'])}; "
+                  f"join by 99.9% in {_fmt(r['join_999_s'])}; cpu {r['cpu_s']:.1f} s; load {load()}", flush=True)
+        seconds = args.fp_seconds or DEFAULT_FP_SECONDS.get(n, 600.0)
+        rounds = 0 if args.arm == "none" else 3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1
+        arms: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        for k in range(rounds):  # A B A B: Lifeguard, then plain SWIM, same seed per round
+            for arm, lg in (("on", True), ("off", False)):
+                if args.arm not in ("both", arm):
+                    continue
+                f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every))
+                arms[arm].append(f)
+                print(f"  n={n} lifeguard={arm} seed={f['seed']}: {f['incidents']} false incidents "
+                      f"({f['pairs']} verdicts) in {f['member_hours']:.0f} member-hours, {f['suspicions']} "
+                      f"suspicions, {f['refutes']} refutes; cpu {f['cpu_s']:.1f} s "
+                      f"({f['cpu_per_member_s'] * 1e6:.1f} µs per member-second); load {load()}", flush=True)
+        fps[n] = {}
+        for arm, runs in arms.items():
+            if not runs:
+                continue
+            fps[n][arm] = {
+                "per_member_hour": statistics.median(x["per_member_hour"] for x in runs),
+                "incidents": sum(x["incidents"] for x in runs), "pairs": sum(x["pairs"] for x in runs),
+                "member_hours": sum(x["member_hours"] for x in runs),
+                "cpu_per_member_s": statistics.median(x["cpu_per_member_s"] for x in runs), "rounds": len(runs)}
+    print("\n| members | bytes/s per member | packets/s per member | old protocol | crash → 99.9% | → 100% "
+          "| join → 99.9% | false +/member-h Lifeguard | plain SWIM |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = r["n"]
+        old = OLD_BYTES_PER_MEMBER_S.get(n)
+        arms_n = fps.get(n, {})
+        print(f"| {n:,} | {r['bytes_per_member_s']:.0f} B | {r['packets_per_member_s']:.2f} | "
+              f"{'—' if old is None else f'{old / 1024:,.0f} KiB'} | {_fmt(r['detect_999_s'])} | "
+              f"{_fmt(r['detect_100_s'])} | {_fmt(r['join_999_s'])} | {_fp(arms_n.get('on'))} | "
+              f"{_fp(arms_n.get('off'))} |")
+    complete = {n: v for n, v in fps.items() if "on" in v and "off" in v}
+    if rows and plot(rows, complete, args.plot):
+        print(f"plot: {args.plot}")
+    if args.json:
+        args.json.write_text(json.dumps({"scale": rows, "false_positives": fps, "load": load()}, indent=1))
+    print(f"load {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

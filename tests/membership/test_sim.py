@@ -1,0 +1,75 @@
+"""The simulator with deterministic seeds: crashes, partitions, slow members, joins and leaves, with the
+protocol's invariants checked as it runs (a member never declares itself dead, incarnations only grow)
+and the eventual ones checked at the end. A failing seed reproduces exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from proconsul.membership.errors import InvariantViolation
+from proconsul.membership.sim import Network, Sim, SlowPattern
+from proconsul.membership.view import ALIVE, DEAD, LEFT
+
+
+def test_a_seed_reproduces_a_run_exactly_and_another_seed_does_not() -> None:
+    def digest(seed: int) -> str:
+        sim = Sim(40, seed=seed, network=Network(loss=0.05), trace=True)
+        sim.at(5.0, lambda: sim.crash(7))
+        sim.run(30.0)
+        return sim.trace_digest()
+
+    assert digest(3) == digest(3) != digest(4)
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_a_crash_is_known_dead_by_everyone_within_the_bound(seed: int) -> None:
+    sim = Sim(200, seed=seed, network=Network(loss=0.01))
+    sim.run(5.0)
+    for i in (11, 150):
+        sim.crash(i)
+    sim.run(5.0 + 60.0)
+    sim.check_crashed_dead()
+    for i in (11, 150):
+        times = sim.detection_times(i)
+        assert len(times) == 198
+        # a round of probes (up to n/… s), plus the suspicion timeout (4 × log10(200) s once confirmed)
+        assert times[-1] <= 30.0, times[-1]
+    sim.check_no_false_dead()
+
+
+def test_slow_members_and_loss_make_no_false_positives_with_lifeguard() -> None:
+    sim = Sim(100, seed=5, network=Network(loss=0.01))
+    for i in range(0, 100, 20):
+        sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
+    sim.run(150.0)
+    assert sim.stats.suspicions > 0 and sim.stats.refutes > 0  # the pauses were noticed, and refuted
+    assert sim.stats.false_incidents == set()
+    sim.check_no_false_dead()
+
+
+def test_a_partition_kills_the_other_side_and_healing_brings_everyone_back() -> None:
+    sim = Sim(30, seed=9)
+    sim.run(5.0)
+    sim.partition([list(range(20)), list(range(20, 30))])
+    sim.run(60.0)
+    assert sim.members[0].core.view.get("node-00025").state == DEAD
+    assert sim.members[25].core.view.get("node-00003").state == DEAD
+    with pytest.raises(InvariantViolation):
+        sim.check_no_false_dead()
+    sim.heal()
+    sim.run(60.0 + 300.0)  # Serf's reconnect finds the other side again (every 30 s, with a probability)
+    sim.check_no_false_dead()
+    assert all(v.get(m.name).state == ALIVE for _, v in sim.views() for m in sim.running())
+
+
+def test_a_join_reaches_everyone_and_a_leave_is_left_everywhere() -> None:
+    sim = Sim(100, seed=4, network=Network(loss=0.01))
+    sim.run(3.0)
+    j = sim.join(via=17)
+    sim.run(20.0)
+    assert len(sim.join_seen[j]) == 101
+    assert sim.known_by(sim.join_seen[j], 3.0, 0.999) < 5.0
+    sim.leave(42)
+    sim.run(40.0)
+    assert sim.state_everywhere("node-00042") == {LEFT: 100}
+    sim.check_no_false_dead()
