@@ -39,7 +39,7 @@ from common import (
 
 def start(tmp: Path) -> tuple[AgentProcess, AgentProcess]:
     conf = tmp / "fed.json"
-    conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {"probe_interval": "500ms"}}))
+    conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {"probe_interval": "500ms", "probe_timeout": "250ms"}}))
     a = AgentProcess(tmp / "a", dev=True, args=["--node", "a", "--datacenter", "dc1", "--log-level", "warn",
                                                  "--config-file", str(conf)])
     a.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 from support import CLI, AgentProcess, ServerCluster, free_port, wait_for
 
 # Fast WAN failure detection for tests: a silent server is failed after 5 × 200 ms.
-WAN_FAST = {"gossip_wan": {"probe_interval": "200ms", "suspicion_mult": 5}, "enable_debug": True}
+WAN_FAST = {"gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms", "suspicion_mult": 5}, "enable_debug": True}
 
 
 @dataclass

@@ -19,7 +19,7 @@ class TwoDCs:
     def __init__(self, tmp: Path) -> None:
         conf = tmp / "fed.json"
         tmp.mkdir(parents=True, exist_ok=True)
-        conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {"probe_interval": "200ms"}}))
+        conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms"}}))
         self.tmp = tmp
         self.a = AgentProcess(tmp / "a", args=["--node", "a", "--datacenter", "dc1", "--config-file", str(conf)])
         self.b = AgentProcess(tmp / "b", args=["--node", "b", "--datacenter", "dc2", "--config-file", str(conf),

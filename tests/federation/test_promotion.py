@@ -33,7 +33,7 @@ def verify(tmp: Path, bundle: str, leaf_pem: str) -> bool:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_promote_a_secondary_when_the_primary_is_gone(tmp_path: Path) -> None:
     conf = tmp_path / "wan.json"
-    conf.write_text(json.dumps({"gossip_wan": {"probe_interval": "200ms", "suspicion_mult": 5}}))
+    conf.write_text(json.dumps({"gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms", "suspicion_mult": 5}}))
     a = AgentProcess(tmp_path / "a", args=["--node", "a", "--datacenter", "dc1", "--primary-datacenter", "dc1",
                                            "--config-file", str(conf)])
     common = ["--server", "--bootstrap-expect", "1", "--node", "b", "--datacenter", "dc2", "--data-dir",
