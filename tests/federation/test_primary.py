@@ -99,7 +99,8 @@ def test_secondaries_share_the_primarys_roots_and_sign_with_their_own_intermedia
 def test_wan_cut_secondary_serves_itself_and_catches_up(fed: Federation) -> None:
     dc2 = fed.dc2.servers
     wait_for(lambda: all(("web", "db", "allow") in intentions(s) for s in dc2), 10,
-             message="every dc2 server to hold the replicated intention before the cut")
+             message=f"every dc2 server to hold the replicated intention before the cut "
+                     f"(dc1: {intentions(fed.a)}, dc2: {[intentions(s) for s in dc2]})")
     fed.a.put("/v1/agent/debug/partition", {"Block": ["dc2"]})
     for s in dc2:
         s.put("/v1/agent/debug/partition", {"Block": ["dc1"]})
