@@ -19,7 +19,11 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl.resolver import Resolver
+from proconsul.agent.acl.state import ACLState, leader_setup
+from proconsul.agent.acl.tokens import load_agent_tokens, save_agent_tokens
 from proconsul.agent.api.read_cache import ReadCache
+from proconsul.agent.api.tls import HTTPSConfigError, https_context
 from proconsul.agent.checks.kinds import standard_kinds
 from proconsul.agent.checks.manager import CheckManager
 from proconsul.agent.checks.runner import DEFAULT_OUTPUT_MAX
@@ -35,7 +39,8 @@ from proconsul.agent.local.events import EventBuffer, accepts
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.observe.logs import LogMonitor, level_number
 from proconsul.agent.observe.telemetry import Telemetry
-from proconsul.catalog.store import CRITICAL, StateStore
+from proconsul.catalog.queries import get_query
+from proconsul.catalog.store import ACL_TABLES, CRITICAL, StateStore
 
 log = logging.getLogger("proconsul.agent")
 
@@ -67,6 +72,9 @@ class Agent:
             raise AgentError(str(e)) from None
         self.backend: Any = self.server if self.server is not None else RemoteBackend(self.cluster.call_any_server)
         self.read_cache = ReadCache(self.store) if self.store is not None else None
+        self.acl_state = ACLState(self.backend)
+        self.acl_tokens: dict[str, str] = load_agent_tokens(config)  # acl.tokens, and /v1/agent/token/:type
+        self.acl: Resolver | None = self._acl_resolver() if config.acl.enabled else None
         self.node = {
             "ID": config.node_id,
             "Node": config.node_name,
@@ -78,7 +86,9 @@ class Agent:
                                 **config.tagged_addresses},
             "Meta": dict(config.node_meta, **{"consul-network-segment": ""}),
         }
-        self.local = LocalState(self.node, self.backend.apply, self._read_own_node,
+        self.service_tokens: dict[str, str] = {}  # service ID -> the token it was registered with (ACLs on)
+        self.local = LocalState(self.node, self._sync_apply if self.acl is not None else self.backend.apply,
+                                self._read_own_node,
                                 check_update_interval=config.check_update_interval,
                                 sync_interval=config.sync_interval,
                                 data_dir=None if config.dev else config.data_dir, rng=self.rng,
@@ -95,6 +105,13 @@ class Agent:
         # error at start-up, and an agent that answers HTTP has every listener up.
         self.binders: list[Callable[[], Awaitable[None]]] = []
         self.http_port: int | None = None
+        self.https_port: int | None = None
+        self._https_context: Any = None
+        if config.https_port >= 0:  # checked before anything starts: unusable files are one line, at once
+            try:
+                self._https_context = https_context(config.https_tls)
+            except HTTPSConfigError as e:
+                raise AgentError(str(e)) from None
         self.ready = asyncio.Event()
         self.log_monitor: LogMonitor | None = None  # /v1/agent/monitor's subscribers, while running
         self.telemetry = Telemetry()
@@ -112,6 +129,88 @@ class Agent:
             self.loopback = LoopbackClient(self)
             self.cluster.rpc.register("http.serve", self.loopback.serve)
         _load_components(self)
+
+    def _acl_resolver(self) -> Resolver:
+        cfg = self.config.acl
+        store = self.store
+        query = get_query("acl.token_bundle")
+
+        async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
+            return await self.backend.query("acl.token_bundle", {"secret": secret}, 0, 0.0, "stale")
+
+        def fetch_local(secret: str) -> tuple[int, dict[str, Any]]:
+            return query.run(store, {"secret": secret})  # a server resolves from its own replica
+
+        resolver = Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
+                            datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
+                            clock=time.monotonic, wall=time.time, fetch_local=fetch_local if store is not None else None)
+        if store is not None:
+            acl_tables = frozenset(ACL_TABLES)
+
+            def on_change(changes: Any) -> None:
+                if not acl_tables.isdisjoint(changes.tables):
+                    resolver.changed()
+            store.subscribe(on_change)
+        return resolver
+
+    async def _sync_apply(self, cmd: Any) -> Any:
+        """Anti-entropy's writes with ACLs on, as Consul's agent makes them: the node with the agent token
+        (else the default one), each service with the token it was registered with (else the agent's). A
+        write the token may not make is skipped with a warning instead of failing the whole sync round."""
+        from proconsul.agent.acl.errors import ACLNotFound
+        from proconsul.catalog import commands as c
+
+        assert self.acl is not None
+        agent_token = self.acl_tokens.get("agent") or self.acl_tokens.get("default", "")
+        node = self.config.node_name
+        wants: list[tuple[str, str, str]] = []  # (token, kind, name)
+        sid = ""
+        if isinstance(cmd, c.Register):
+            if not cmd.skip_node_update:
+                wants.append((agent_token, "node", node))
+            if cmd.service is not None:
+                sid = cmd.service.get("ID", "")
+                wants.append((self.service_tokens.get(sid, agent_token), "service", cmd.service["Service"]))
+            for chk in cmd.checks:
+                csid = chk.get("ServiceID") or ""
+                svc = self.local.service(csid) if csid else None
+                if svc is not None:
+                    wants.append((self.service_tokens.get(csid, agent_token), "service", svc["Service"]))
+                elif not csid:
+                    wants.append((agent_token, "node", node))
+        elif isinstance(cmd, c.Deregister):
+            wants.append((self.service_tokens.get(cmd.service_id, agent_token), "node", node) if not cmd.service_id
+                         else (self.service_tokens.get(cmd.service_id, agent_token), "service-id", cmd.service_id))
+        for token, kind, name in wants:
+            try:
+                authz = await self.acl.resolve(token)
+            except ACLNotFound:
+                log.warning("anti-entropy: %s %s not synced: its token matches no ACL token", kind, name)
+                return None
+            if kind == "service-id":
+                continue  # the catalog's copy is ours to remove; its name is unknown here once deregistered
+            if not authz.allowed(kind, name, "write"):
+                what = "Node info update" if kind == "node" else f"Service {name!r} sync"
+                log.warning("anti-entropy: %s blocked by ACLs (the %s token lacks %s:write)", what,
+                            "service's" if kind == "service" and sid in self.service_tokens else "agent", kind)
+                return None
+        return await self.backend.apply(cmd)
+
+    def dns_may_read(self, kind: str, name: str) -> bool:
+        """What DNS may answer: the agent's `dns` token, else its `default` token, else anonymous (Consul)."""
+        assert self.acl is not None
+        secret = self.acl_tokens.get("dns") or self.acl_tokens.get("default", "")
+        return self.acl.resolve_local(secret).allowed(kind, name, "read")
+
+    def set_agent_token(self, kind: str, secret: str) -> None:
+        """/v1/agent/token/:type: replace one of the agent's tokens (persisted with enable_token_persistence)."""
+        self.acl_tokens[kind] = secret
+        if self.acl is not None:
+            self.acl.invalidate()
+        if kind in ("dns", "default") and self.dns_handler is not None and hasattr(self.dns_handler, "invalidate"):
+            self.dns_handler.invalidate(None)  # DNS answers with these tokens: cached answers may differ now
+        if self.config.acl.enable_token_persistence and self.config.data_dir and not self.config.dev:
+            save_agent_tokens(self.config.data_dir, self.acl_tokens, self.config.acl.tokens)
 
     # ------------------------------------------------------------------ identity & status
     def known_leader(self) -> bool:
@@ -469,23 +568,30 @@ class Agent:
                 raise AgentError(str(e)) from None
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
-            site = web.TCPSite(runner, cfg.http_bind, cfg.http_port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as e:
-                raise AgentError(f"cannot listen for HTTP on {cfg.http_bind}:{cfg.http_port}: {e.strerror}") from None
-            self.http_port = _bound_port(site)
+            if cfg.https_port >= 0:
+                self.https_port = await _listen(runner, "HTTPS", cfg.https_bind, cfg.https_port, self._https_context)
+                log.info("HTTPS API listening on %s:%s (client certificates %s)", cfg.https_bind, self.https_port,
+                         "required" if cfg.https_tls.verify_incoming else "not required")
+            if cfg.http_port >= 0:
+                self.http_port = await _listen(runner, "HTTP", cfg.http_bind, cfg.http_port, None)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")
                 tg.create_task(self.reap_critical_services(self._stop), name="reaper")
                 if self.server is not None:
                     tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
+                    if self.acl is not None:
+                        tg.create_task(leader_setup(self.acl_state, self.acl_tokens.get("initial_management", ""),
+                                                    self.is_leader, self.wait_leadership, self._stop),
+                                       name="acl-setup")
                     if cfg.config_entries:
                         tg.create_task(self._bootstrap_config_entries(), name="config-entries-bootstrap")
                 for start in self.listeners:
                     tg.create_task(start(self, self._stop), name=getattr(start, "__name__", "listener"))
                 _tune_gc()
+                if self.acl is not None and cfg.server and not cfg.dev and not cfg.tls.verify_incoming:
+                    log.warning("ACLs are on, but servers do not check tokens on RPC yet and the server port accepts "
+                                "any caller: set tls.internal_rpc.verify_incoming = true (docs/acl.md)")
                 log.info("agent running: node=%s datacenter=%s http=%s:%s server=%s dev=%s", cfg.node_name,
                          cfg.datacenter, cfg.http_bind, self.http_port, cfg.server, cfg.dev)
                 self.ready.set()
@@ -549,6 +655,16 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError):
             log.warning("could not raise the open-files limit above %d", soft)
+
+
+async def _listen(runner: web.AppRunner, what: str, host: str, port: int, ssl_context: Any) -> int:
+    """Start one API listener; the port it got (port 0 picks one). A port in use is one line."""
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as e:
+        raise AgentError(f"cannot listen for {what} on {host}:{port}: {e.strerror}") from None
+    return _bound_port(site)
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -178,9 +178,10 @@ class ProconsulPair:
         self.agent.stop()
 
 
-def _curl(url: str) -> str:
+def _curl(url: str, host: str = "") -> str:
     try:
-        return subprocess.run(["curl", "-s", "--max-time", "2", url], capture_output=True, text=True).stdout
+        return subprocess.run(["curl", "-s", "--max-time", "2", *(["-H", f"Host: {host}"] if host else []), url],
+                              capture_output=True, text=True).stdout
     except OSError:
         return ""
 

@@ -266,6 +266,19 @@ def _config_get(s: StateStore, a: Args) -> tuple[int, Any]:
     return s.table_get("config_entries", f"{a['kind']}/{a['name']}")
 
 
+def _acl_token_bundle(s: StateStore, a: Args) -> tuple[int, Any]:
+    """What resolving one token secret needs: the token (by SecretID or AccessorID), and every policy and
+    role (few, and a client agent caches the bundle), so an authorizer is built from one read."""
+    idx = s.table_index(*st.ACL_TABLES)
+    _, tokens = s.table_list("acl_tokens")
+    secret, accessor = a.get("secret"), a.get("accessor")
+    token = next((t for t in tokens if (secret and t["SecretID"] == secret)
+                  or (accessor and t["AccessorID"] == accessor)), None)
+    policies = {p["ID"]: p for p in s.table_list("acl_policies")[1]}
+    roles = {r["ID"]: r for r in s.table_list("acl_roles")[1]}
+    return idx, {"Token": token, "Policies": policies, "Roles": roles}
+
+
 # ---------------------------------------------------------------------- the web UI's aggregates
 # (/v1/internal/ui/*: what a page needs in one call that the public API would need thousands for)
 class _InstanceChecks:
@@ -459,6 +472,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("connect.roots", _connect_roots, ("ca_roots", "ca_config")),
     Query("catalog.gateway_services", _gateway_services, ("config_entries", st.SERVICES)),
     Query("health.ingress", _health_ingress, ("config_entries", st.NODES, st.SERVICES, st.CHECKS)),
+    Query("acl.token_bundle", _acl_token_bundle, st.ACL_TABLES),
     Query("table.list", _table_list, st.SIMPLE_TABLES),
     Query("table.get", _table_get, st.SIMPLE_TABLES),
     Query("txn.read", _txn_read, (*_CATALOG, st.KVS)),

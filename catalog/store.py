@@ -38,7 +38,9 @@ KVS = "kvs"
 SESSIONS = "sessions"
 PREPARED_QUERIES = prepared_query.TABLE
 COORDINATES = "coordinates"  # lower(node) -> {"Node", "Segment", "Coord"}: network coordinates (Vivaldi)
-SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta", PREPARED_QUERIES, COORDINATES)
+ACL_TABLES = ("acl_tokens", "acl_policies", "acl_roles", "acl_auth_methods", "acl_binding_rules")
+SIMPLE_TABLES = ("intentions", "ca_roots", "ca_config", "config_entries", "meta", PREPARED_QUERIES, COORDINATES,
+                 *ACL_TABLES)
 
 SNAPSHOT_VERSION = 1
 

@@ -29,3 +29,19 @@ class CANotReady(ConnectError):
 
 class ConcurrentChange(ConnectError):
     """A check-and-set write lost to another writer more times than it retries; the caller may retry."""
+
+
+class InvalidConfigEntry(ConnectError):
+    """A config entry (service-resolver, -splitter, -router, -defaults, proxy-defaults, a gateway) with a
+    missing, unknown or wrong field. The message names the entry and the field."""
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.field = field
+
+
+class ChainError(InvalidConfigEntry):
+    """Entries that are each valid but do not compile together into a discovery chain: a subset that does
+    not exist, a router or splitter on a tcp service, inconsistent protocols, a redirect or split loop."""

@@ -111,6 +111,11 @@ class CatalogView(Protocol):
         """Every instance of `name` (or its Connect-capable instances), healthy or not."""
         ...
 
+    def ingress_instances(self, name: str) -> list[Instance]:
+        """The instances of the ingress gateways whose config entry exposes `name` (Consul's
+        `<service>.ingress.<domain>`), healthy or not."""
+        ...
+
     def node(self, name: str) -> Node | None: ...
 
     def prepared_query(self, name: str) -> QueryAnswer | None:
@@ -349,13 +354,15 @@ class Answerer:
             return self._service(reply, q, name, tag, False, zone, view, rng, cap)
         if kind == "connect":
             return self._service(reply, q, parts[-1], "", True, zone, view, rng, cap)
+        if kind == "ingress":
+            return self._service(reply, q, parts[-1], "", True, zone, view, rng, cap, ingress=True)
         if kind == "node":
             return self._node(reply, q, ".".join(parts), zone, view)
         if kind == "addr":
             return self._addr(reply, q, parts, zone, view)
         if kind == "query":
             return self._query(reply, q, ".".join(parts), zone, view, rng, cap)
-        # Ingress gateways and virtual IPs are not in the catalog yet: not found.
+        # Virtual IPs are not in the catalog yet: not found.
         return self._nxdomain(reply, zone, view)
 
     @staticmethod
@@ -426,9 +433,10 @@ class Answerer:
         return status == PASSING or (status == WARNING and not self.s.only_passing)
 
     def _service(self, reply: DNSRecord, q: DNSQuestion, name: str, tag: str, connect: bool, zone: str,
-                 view: CatalogView, rng: Shuffler, cap: int) -> Outcome:
+                 view: CatalogView, rng: Shuffler, cap: int, ingress: bool = False) -> Outcome:
         depends = CATALOG if connect else name.lower()
-        instances = [i for i in view.service_instances(name, connect) if self._healthy(i.status)]
+        found = view.ingress_instances(name) if ingress else view.service_instances(name, connect)
+        instances = [i for i in found if self._healthy(i.status)]
         if tag:
             t = tag.lower()
             instances = [i for i in instances if any(x.lower() == t for x in i.tags)]

@@ -19,7 +19,7 @@ from typing import Any
 
 from proconsul.catalog import prepared_query as pq
 from proconsul.catalog.errors import NotFound
-from proconsul.catalog.store import CHECKS, NODES, PASSING, SERVICES, StateStore, aggregate_status
+from proconsul.catalog.store import ACL_TABLES, CHECKS, NODES, PASSING, SERVICES, StateStore, aggregate_status
 
 from .answer import Answerer, DNSSettings, Instance, Node, QueryAnswer
 from .errors import DNSServiceError, ListenError, RemoteDNSError
@@ -56,14 +56,20 @@ class StoreView:
     """The answering core's CatalogView over a local StateStore."""
 
     def __init__(self, store: StateStore, node_name: str = "",
-                 duration: Callable[[str], float] | None = None) -> None:
+                 duration: Callable[[str], float] | None = None, may_read: Callable[[str, str], bool] | None = None,
+                 extra_tables: tuple[str, ...] = ()) -> None:
+        """`may_read(kind, name)` hides what the agent's DNS token may not read ("node" or "service"); the
+        answers then also depend on `extra_tables` (the ACL tables), whose changes invalidate them."""
         self.store = store
         self.node_name = node_name  # what a query's Near = "_agent" means
         self.duration = duration  # Go duration text -> seconds (a prepared query's DNS TTL)
+        self._may = may_read
+        self._extra = frozenset(extra_tables)
         self.datacenter = store.datacenter
         self._by_address: dict[str, list[tuple[str, str]]] | None = None
         # (lower name, connect) -> instances, kept until a change touches that service (any change: connect)
         self._instances: dict[tuple[str, bool], tuple[Instance, ...]] = {}
+        self._ingress: dict[str, tuple[Instance, ...]] = {}  # lower name -> gateway instances exposing it
         self._callbacks: list[Callable[[set[str] | None], None]] = []
         store.subscribe(self._changed)
 
@@ -71,11 +77,22 @@ class StoreView:
         self._callbacks.append(callback)
 
     def _changed(self, changes: Any) -> None:
+        if self._extra & changes.tables:  # the DNS token's rights may have changed: every answer may differ
+            self._by_address = None
+            for cb in self._callbacks:
+                cb(None)
         if not _CATALOG_TABLES & changes.tables:
-            if pq.TABLE in changes.tables:  # prepared query answers depend on the whole catalog and the queries
+            # Prepared query answers depend on the whole catalog and the queries; <svc>.ingress answers on the
+            # ingress-gateway config entries: either change drops the answers that depend on everything.
+            stale = pq.TABLE in changes.tables
+            if "config_entries" in changes.tables and self._ingress:
+                self._ingress.clear()
+                stale = True
+            if stale:
                 for cb in self._callbacks:
                     cb(set())
             return  # KV, sessions, intentions…: nothing DNS answers from
+        self._ingress.clear()
         self._by_address = None
         services = set(changes.services) if changes.services else None
         if services is None:
@@ -87,15 +104,38 @@ class StoreView:
             cb(services)
 
     def index(self) -> int:
-        return self.store.table_index(NODES, SERVICES, CHECKS)
+        return self.store.table_index(NODES, SERVICES, CHECKS, *self._extra)
 
     def service_instances(self, name: str, connect: bool = False) -> list[Instance]:
+        if self._may is not None:
+            if not self._may("service", name):
+                return []
+            return [i for i in self._service_instances(name, connect) if self._may("node", i.node)]
+        return self._service_instances(name, connect)
+
+    def _service_instances(self, name: str, connect: bool) -> list[Instance]:
         key = (name.lower(), connect)
         cached = self._instances.get(key)
         if cached is None:
             if len(self._instances) >= MAX_MEMO:  # questions for ever-new names must not grow it forever
                 self._instances.clear()
             cached = self._instances[key] = tuple(self._read_instances(name, connect))
+        return list(cached)
+
+    def ingress_instances(self, name: str) -> list[Instance]:
+        key = name.lower()
+        cached = self._ingress.get(key)
+        if cached is None:
+            if len(self._ingress) >= MAX_MEMO:
+                self._ingress.clear()
+            _, rows = self.store.table_list("config_entries")
+            gateways = sorted(r["Name"] for r in rows if r.get("Kind") == "ingress-gateway" and any(
+                str(svc.get("Name", "")).lower() in (key, "*")
+                for lst in r.get("Listeners") or [] for svc in lst.get("Services") or []))
+            found: list[Instance] = []
+            for gw in gateways:
+                found += [_instance(node, svc, checks) for node, svc, checks in self.store.health_service(gw)[1]]
+            cached = self._ingress[key] = tuple(found)
         return list(cached)
 
     def _read_instances(self, name: str, connect: bool) -> list[Instance]:
@@ -124,7 +164,7 @@ class StoreView:
 
     def node(self, name: str) -> Node | None:
         _, row = self.store.get_node(name)
-        if row is None:
+        if row is None or (self._may is not None and not self._may("node", row["Node"])):
             return None
         return Node(row["Node"], row["Address"], _str_map(row.get("TaggedAddresses")),
                     {str(k): str(v) for k, v in (row.get("Meta") or {}).items()})
@@ -132,7 +172,10 @@ class StoreView:
     def names_for_address(self, address: str) -> list[tuple[str, str]]:
         if self._by_address is None:
             self._by_address = self._address_index()
-        return self._by_address.get(address, [])
+        found = self._by_address.get(address, [])
+        if self._may is not None:
+            found = [(kind, name) for kind, name in found if self._may(kind, name)]
+        return found
 
     def _address_index(self) -> dict[str, list[tuple[str, str]]]:
         """address -> [("node", name)…, ("service", name)…], rebuilt after a catalog change."""
@@ -210,7 +253,8 @@ def attach(agent: Any) -> None:
         handler = ForwardingHandler([cfg.domain, cfg.alt_domain], agent.cluster.dns_forward, recursors,
                                     cfg.dns.recursor_timeout)
     else:
-        view = StoreView(agent.store, cfg.node_name, parse_duration)
+        view = StoreView(agent.store, cfg.node_name, parse_duration) if agent.acl is None else StoreView(
+            agent.store, cfg.node_name, parse_duration, agent.dns_may_read, extra_tables=ACL_TABLES)
         handler = DNSHandler(Answerer(settings_from_config(cfg)), view, recursors, cfg.dns.recursor_timeout,
                              remote=_remote_asker(agent))
     agent.dns_handler = handler

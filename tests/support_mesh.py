@@ -33,6 +33,8 @@ class Backends:
         self._servers: list[asyncio.AbstractServer] = []
         self.hits: dict[str, int] = {}
         self.status: dict[str, int] = {}
+        self.in_flight = 0  # requests being answered now, over every backend (circuit-breaking tests)
+        self.peak_in_flight = 0
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
@@ -48,7 +50,12 @@ class Backends:
         async def handler(request: web.Request) -> web.StreamResponse:
             self.hits[name] = self.hits.get(name, 0) + 1
             if request.path == "/slow":
-                await asyncio.sleep(int(request.query.get("ms", "1000")) / 1000)
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                try:
+                    await asyncio.sleep(int(request.query.get("ms", "1000")) / 1000)
+                finally:
+                    self.in_flight -= 1
             if request.path == "/ws":
                 ws = web.WebSocketResponse()
                 await ws.prepare(request)

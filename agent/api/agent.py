@@ -8,11 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api import acl_filter
+from proconsul.agent.api.acl_guards import require_check
 from proconsul.agent.api.agent_self import host_body, self_body, version_body
+from proconsul.agent.api.authz import authorizer, effective_token
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, flag
 from proconsul.agent.api.responses import dumps, json_response
+from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError, check_definition, service_definition
 from proconsul.agent.observe.logs import LEVELS, level_number
 from proconsul.agent.observe.telemetry import as_json, as_prometheus
@@ -45,13 +49,21 @@ async def version(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/members")
 async def members(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].members(wan=flag(request, "wan")))
+    rows = request.app["agent"].members(wan=flag(request, "wan"))
+    authz = await authorizer(request)
+    if not authz.reads_all("node"):
+        rows, _ = acl_filter.filter_rows(rows, lambda m: authz.allowed("node", m["Name"], "read"))
+    return json_response(request, rows)
 
 
 @routes.get("/v1/agent/services")
 async def services(request: web.Request) -> web.Response:
     check_common(request)
-    return json_response(request, filter_rows(request, request.app["agent"].local.services()))
+    svcs = request.app["agent"].local.services()
+    authz = await authorizer(request)
+    if not authz.reads_all("service"):
+        svcs = {k: v for k, v in svcs.items() if authz.allowed("service", v["Service"], "read")}
+    return json_response(request, filter_rows(request, svcs))
 
 
 def _content_hash(svc: dict[str, Any]) -> str:
@@ -80,7 +92,11 @@ async def service(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/checks")
 async def checks(request: web.Request) -> web.Response:
     check_common(request)
-    return json_response(request, filter_rows(request, request.app["agent"].local.checks()))
+    checks = request.app["agent"].local.checks()
+    authz = await authorizer(request)
+    if not (authz.reads_all("service") and authz.reads_all("node")):
+        checks = {k: v for k, v in checks.items() if acl_filter.check_ok(authz, v)}
+    return json_response(request, filter_rows(request, checks))
 
 
 @routes.put("/v1/agent/service/register")
@@ -91,6 +107,17 @@ async def register_service(request: web.Request) -> web.Response:
         defn = service_definition(body, "Service")
     except DefinitionError as e:
         raise BadRequest(str(e)) from None
+    authz = await authorizer(request)
+    authz.require("service", defn["Name"], "write")
+    dest = (defn.get("Proxy") or {}).get("DestinationServiceName")
+    if defn.get("Kind") == "connect-proxy" and dest:
+        authz.require("service", dest, "write")  # a proxy acts for its destination (Consul)
+    side = (defn.get("Connect") or {}).get("SidecarService")
+    if isinstance(side, dict):  # the sidecar it asks for is a service of its own
+        authz.require("service", side.get("Name") or side.get("name") or f"{defn['Name']}-sidecar-proxy", "write")
+    if agent.acl is not None:  # anti-entropy syncs the service with the token that registered it (Consul)
+        agent.service_tokens[defn["ID"]] = agent.service_tokens[sidecar.sidecar_id(defn["ID"])] = \
+            effective_token(request)
     await agent.register_service(defn, replace_existing_checks=flag(request, "replace-existing-checks"))
     return web.Response(status=200)
 
@@ -111,6 +138,7 @@ async def register_check(request: web.Request) -> web.Response:
         defn = check_definition(body, "Check")
     except DefinitionError as e:
         raise BadRequest(str(e)) from None
+    require_check(await authorizer(request), agent, defn.get("ServiceID") or "", "write")
     await agent.register_check(defn)
     return web.Response(status=200)
 

@@ -6,10 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api import acl as api_acl
 from proconsul.agent.api import agent as api_agent
 from proconsul.agent.api import catalog as api_catalog
 from proconsul.agent.api import config as api_config
 from proconsul.agent.api import coordinate as api_coordinate
+from proconsul.agent.api import discovery_chain as api_discovery_chain
 from proconsul.agent.api import health as api_health
 from proconsul.agent.api import kv as api_kv
 from proconsul.agent.api import operator as api_operator
@@ -17,11 +19,13 @@ from proconsul.agent.api import query as api_query
 from proconsul.agent.api import session as api_session
 from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
-from proconsul.agent.api.errors import error_boundary
+from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guard_for
+from proconsul.agent.api.authz import authorizer
+from proconsul.agent.api.errors import Handler, error_boundary
 from proconsul.agent.api.params import datacenter_guard
 
-ROUTE_MODULES = [api_agent, api_catalog, api_config, api_coordinate, api_health, api_kv, api_operator, api_query,
-                 api_session, api_snapshot, api_status]
+ROUTE_MODULES = [api_acl, api_agent, api_catalog, api_config, api_coordinate, api_discovery_chain, api_health,
+                 api_kv, api_operator, api_query, api_session, api_snapshot, api_status]
 MAX_BODY = 8 << 20
 
 
@@ -41,7 +45,24 @@ def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
     for route in routes:
         assert isinstance(route, web.RouteDef)
         handler = route.handler if route.method in ("GET", "HEAD") else datacenter_guard(route.handler)
+        if app["agent"].acl is not None and route.path.startswith("/v1/"):
+            handler = acl_guarded(handler, guard_for(route.method, route.path) or MANAGEMENT)
         app.router.add_route(route.method, route.path, error_boundary(handler), **route.kwargs)
+
+
+def acl_guarded(handler: Handler, guard: Guard) -> Handler:
+    """Check the route's right (acl_guards.GUARDS) before its handler runs; open routes resolve nothing, and
+    routes that check inside are left as they are."""
+    if guard is NONE or guard is INSIDE:
+        return handler
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        await guard(request, await authorizer(request))
+        return await handler(request)
+
+    guarded.__name__ = getattr(handler, "__name__", "handler")
+    guarded.__doc__ = handler.__doc__
+    return guarded
 
 
 class HTTPCounters:

@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proconsul.agent.api.acl_filter import filter_query, needs_filter
+from proconsul.agent.api.authz import FILTERED_HEADER, authorizer, effective_token
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
 from proconsul.agent.api.near import near_sorted
@@ -24,6 +26,7 @@ from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.local.definitions import DefinitionError, check_definition
 from proconsul.catalog import commands as c
 from proconsul.catalog.queries import get_query
+from proconsul.catalog.store import ACL_TABLES
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,6 +47,8 @@ def cached_read(handler: Handler) -> Handler:
                 or not (agent.is_leader() or ("stale" in qs and "stale" in request.query))):
             return await handler(request)
         key = request.path_qs
+        if agent.acl is not None:  # answers differ per token once listings are filtered
+            key = f"{key}\n{effective_token(request)}"
         hit = cache.get(key)
         if hit is not None:
             return web.Response(body=hit.body, status=hit.status, headers=hit.headers)
@@ -72,15 +77,23 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
     agent = request.app["agent"]
     backend = agent.backend
     mode = consistency_mode(request)
+    authz = await authorizer(request) if agent.acl is not None else None  # ACLs off: nothing to look at
+    by_acl = authz is not None and needs_filter(name, authz)
     if agent.read_cache is not None and not b.index:
         tables = get_query(name).tables
+        if agent.acl is not None:  # a filtered answer is only as fresh as the rules that cut it
+            tables = (*tables, *ACL_TABLES)
         request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
     filtered = filter_result and bool(request.query.get("filter"))
     near = request.query.get("near")
-    if not filtered and not near and "pretty" not in request.query and hasattr(backend, "query_encoded"):
+    if not filtered and not by_acl and not near and "pretty" not in request.query and hasattr(backend, "query_encoded"):
         idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, mode)
         return web.Response(body=body, content_type="application/json", headers=consul_headers(request, idx))
     idx, result = await backend.query(name, args, b.index, b.wait, mode)
+    headers = None
+    if by_acl and authz is not None:
+        result, dropped = filter_query(name, authz, result)
+        headers = {FILTERED_HEADER: "true"} if dropped else None
     if filtered:
         if isinstance(result, dict) and "Services" in result:  # node-services: the filter applies to services
             result = dict(result, Services=filter_rows(request, result["Services"]))
@@ -88,7 +101,7 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
             result = filter_rows(request, result)
     if near:
         result = await near_sorted(request, result, near)
-    return json_response(request, result, index=idx)
+    return json_response(request, result, index=idx, headers=headers)
 
 
 def _tags(request: web.Request) -> list[str] | None:
@@ -147,6 +160,7 @@ async def node_services(request: web.Request) -> web.Response:
     b = blocking_params(request)
     idx, result = await request.app["agent"].backend.query(
         "catalog.node_services", {"node": request.match_info["node"]}, b.index, b.wait, consistency_mode(request))
+    result, _ = filter_query("catalog.node_services", await authorizer(request), result)
     if result is None:
         raise NotFoundHTTP(f"Node not found: {request.match_info['node']!r}")
     return json_response(request, result, index=idx)
@@ -214,7 +228,16 @@ def _register_command(body: dict[str, Any], datacenter: str) -> c.Register:
 async def register(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     body = want_dict(await json_body(request), "Register body")
-    result = await agent.backend.apply(_register_command(body, agent.config.datacenter))
+    cmd = _register_command(body, agent.config.datacenter)
+    authz = await authorizer(request)
+    if not cmd.skip_node_update:
+        authz.require("node", cmd.node["Node"], "write")  # Consul: node:write unless the node is unchanged
+    if cmd.service is not None:
+        authz.require("service", cmd.service["Service"], "write")
+    for chk in cmd.checks:  # a check of the service registered with it rides on service:write; others need the node
+        if not (chk.get("ServiceID") and cmd.service is not None and chk["ServiceID"] == cmd.service.get("ID")):
+            authz.require("node", cmd.node["Node"], "write")
+    result = await agent.backend.apply(cmd)
     return json_response(request, bool(result))
 
 
@@ -227,6 +250,19 @@ async def deregister(request: web.Request) -> web.Response:
         field_type(body, name, str, "Deregister")
     if not body.get("Node"):
         raise BadRequest("Must provide node (Deregister.Node)")
+    await _may_deregister(agent, await authorizer(request), body)
     result = await agent.backend.apply(c.Deregister(node=body["Node"], service_id=body.get("ServiceID") or "",
                                                     check_id=body.get("CheckID") or ""))
     return json_response(request, bool(result))
+
+
+async def _may_deregister(agent: Any, authz: Any, body: dict[str, Any]) -> None:
+    """Consul: a service needs service:write on its name, a node check or a whole node needs node:write."""
+    node = body["Node"]
+    if body.get("ServiceID"):
+        _, row = await agent.backend.query("catalog.node_services", {"node": node})
+        svc = next((s for s in (row or {}).get("Services", []) if s["ID"] == body["ServiceID"]), None)
+        if svc is not None:
+            authz.require("service", svc["Service"], "write")
+        return
+    authz.require("node", node, "write")

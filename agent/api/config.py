@@ -12,6 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl.errors import PermissionDenied
+from proconsul.agent.api import acl_filter
+from proconsul.agent.api.acl_guards import SERVICE_CONFIG_KINDS, config_entry_right
+from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
@@ -19,6 +23,7 @@ from proconsul.agent.api.params import check_common, primary_owned, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.catalog import commands as c
 from proconsul.connect import intentions
+from proconsul.connect.chain import compiler, entries
 from proconsul.connect.errors import InvalidIntention
 
 routes = web.RouteTableDef()
@@ -39,7 +44,8 @@ def _service_intentions(entry: dict[str, Any]) -> dict[str, Any]:
 
 # Kind → function that validates and normalizes an entry of that kind.
 Validator = Callable[[dict[str, Any]], dict[str, Any]]
-VALIDATORS: dict[str, Validator] = {"service-intentions": _service_intentions}
+VALIDATORS: dict[str, Validator] = {"service-intentions": _service_intentions,
+                                    **{kind: entries.validate for kind in entries.KINDS}}
 
 
 def _fold_keys(entry: dict[str, Any]) -> dict[str, Any]:
@@ -75,8 +81,23 @@ def validate_entry(raw: Any) -> dict[str, Any]:
     return entry
 
 
+async def check_graph(agent: Any, kind: str, name: str, entry: dict[str, Any] | None) -> None:
+    """Refuse a write (or a delete: `entry` None) that would leave a discovery chain that does not compile:
+    a subset that no longer exists, a router on a service turned tcp, a loop (ChainError: a 400)."""
+    if kind not in entries.KINDS:
+        return
+    _, rows = await agent.backend.query("config.list", {})
+    current = compiler.index_entries(rows)
+    if entry is None:
+        current.pop((kind, name), None)
+    else:
+        current[(kind, name)] = entry
+    compiler.validate_graph(current, datacenter=agent.config.datacenter)
+
+
 async def put_entry(agent: Any, entry: dict[str, Any], cas: int | None = None) -> bool:
     row = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
+    await check_graph(agent, row["Kind"], row["Name"], row)
     return bool(await agent.backend.apply(c.TableSet(table=TABLE, key=f"{row['Kind']}/{row['Name']}", row=row,
                                                      cas=cas)))
 
@@ -86,6 +107,10 @@ async def put(request: web.Request) -> web.Response:
     check_common(request)
     primary_owned(request)
     entry = validate_entry(await json_body(request))
+    authz = await authorizer(request)
+    if not config_entry_right(authz, entry["Kind"], entry["Name"], "write"):
+        raise PermissionDenied(authz.accessor, "service" if entry["Kind"] in SERVICE_CONFIG_KINDS else "mesh",
+                               "write", entry["Name"] if entry["Kind"] in SERVICE_CONFIG_KINDS else None)
     cas = uint_param(request, "cas") if "cas" in request.query else None
     return json_response(request, await put_entry(request.app["agent"], entry, cas))
 
@@ -95,7 +120,13 @@ async def list_kind(request: web.Request) -> web.Response:
     kind = request.match_info["kind"].lower()
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
-    return await run_query(request, "config.list", {"kind": kind})
+    authz = await authorizer(request)
+    if request.app["agent"].acl is None:
+        return await run_query(request, "config.list", {"kind": kind})
+    check_common(request)
+    idx, rows = await request.app["agent"].backend.query("config.list", {"kind": kind})
+    rows, dropped = acl_filter.filter_rows(rows, lambda e: config_entry_right(authz, e["Kind"], e["Name"], "read"))
+    return json_response(request, rows, index=idx, headers={FILTERED_HEADER: "true"} if dropped else None)
 
 
 @routes.get("/v1/config/{kind}/{name}")
@@ -118,5 +149,6 @@ async def delete(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
     cas = uint_param(request, "cas") if "cas" in request.query else None
+    await check_graph(request.app["agent"], kind, request.match_info["name"], None)
     ok = await request.app["agent"].backend.apply(c.TableDelete(table=TABLE, key=f"{kind}/{name}", cas=cas))
     return json_response(request, bool(ok) if cas is not None else {})

@@ -14,6 +14,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proconsul.agent.api import acl_filter
+from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, primary_owned
@@ -102,6 +104,14 @@ async def leaf(request: web.Request) -> web.Response:
 async def authorize(request: web.Request) -> web.Response:
     conn = await _connect(request)
     raw = await request.read()
+    if request.app["agent"].acl is not None:  # service:write on the target (Consul), before any cached answer
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        target = parsed.get("Target") if isinstance(parsed, dict) else None
+        if isinstance(target, str) and target:
+            (await authorizer(request)).require("service", target, "write")
     hit = conn.authorize_raw(raw)  # proxies send the same few bodies again and again
     if hit is not None:
         return web.Response(body=hit, headers=JSON_HEADERS)
@@ -130,7 +140,13 @@ async def list_intentions(request: web.Request) -> web.Response:
     b = blocking_params(request)
     if b.index:
         await conn.wait_intentions(b.index, b.wait)
-    return json_response(request, filter_rows(request, conn.intentions()), index=conn.intentions_index())
+    rows = conn.intentions()
+    authz = await authorizer(request)
+    headers = None
+    if request.app["agent"].acl is not None:
+        rows, dropped = acl_filter.filter_rows(rows, lambda i: authz.intention_allowed(i["DestinationName"], "read"))
+        headers = {FILTERED_HEADER: "true"} if dropped else None
+    return json_response(request, filter_rows(request, rows), index=conn.intentions_index(), headers=headers)
 
 
 @routes.post("/v1/connect/intentions")
@@ -139,6 +155,7 @@ async def create_intention(request: web.Request) -> web.Response:
     primary_owned(request)
     conn = await _connect(request)
     ixn = _intention_body(await json_body(request))
+    (await authorizer(request)).require_intention(ixn["DestinationName"], "write")
     if conn.exact(ixn["SourceName"], ixn["DestinationName"]) is not None:
         raise BadRequest(f"duplicate intention found: {ixn['SourceName']} => {ixn['DestinationName']}")
     now = iso_time()
@@ -224,6 +241,7 @@ async def get_by_id(request: web.Request) -> web.Response:
     ixn = (await _connect(request)).find(request.match_info["id"])
     if ixn is None:
         raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
+    (await authorizer(request)).require_intention(ixn["DestinationName"], "read")
     return json_response(request, ixn, index=ixn["ModifyIndex"])
 
 
@@ -236,6 +254,9 @@ async def put_by_id(request: web.Request) -> web.Response:
     if prev is None:
         raise NotFoundHTTP(f"Intention with ID {request.match_info['id']!r} not found")
     ixn = _intention_body(await json_body(request))
+    authz = await authorizer(request)
+    authz.require_intention(prev["DestinationName"], "write")
+    authz.require_intention(ixn["DestinationName"], "write")
     ixn.update(ID=prev["ID"], CreatedAt=prev["CreatedAt"], UpdatedAt=iso_time())
     if (ixn["SourceName"], ixn["DestinationName"]) != (prev["SourceName"], prev["DestinationName"]):
         await conn.remove_ids([prev["ID"]])
@@ -248,7 +269,11 @@ async def delete_by_id(request: web.Request) -> web.Response:
     check_common(request)
     primary_owned(request)
     ixn_id = request.match_info["id"]
-    if not await (await _connect(request)).remove_ids([ixn_id]):
+    conn = await _connect(request)
+    prev = conn.find(ixn_id)
+    if prev is not None:
+        (await authorizer(request)).require_intention(prev["DestinationName"], "write")
+    if not await conn.remove_ids([ixn_id]):
         raise NotFoundHTTP(f"Intention with ID {ixn_id!r} not found")
     return json_response(request, True)
 

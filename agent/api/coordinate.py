@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest
@@ -72,6 +73,7 @@ async def update(request: web.Request) -> web.Response:
                                                ("Vec", "Error", "Adjustment", "Height")))
     except CoordinateError as e:
         raise BadRequest(f"Invalid coordinate: {e}") from None
+    (await authorizer(request)).require("node", name, "write")
     row = {"Node": name, "Segment": segment, "Coord": coord.to_json()}
     await request.app["agent"].backend.apply(c.TableSet(table=COORDINATES, key=name.lower(), row=row))
     return web.Response(status=200)

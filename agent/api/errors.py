@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proconsul.agent.acl.errors import ACLDisabled, ACLError, ACLNotFound, PermissionDenied
 from proconsul.agent.api.compress import gzip_if_worth_it
 from proconsul.agent.api.forward import ForwardToDatacenter, forward_request
 from proconsul.agent.cluster.errors import ClusterError, DatacenterUnreachable, NoPathToDatacenter
@@ -48,38 +49,36 @@ class TooLarge(HTTPError):
     status = 413
 
 
+# Component errors and their HTTP statuses, most specific first (a subclass before its base). A
+# message of None is the error's own text; a string is Consul's fixed wording for that state.
+STATUSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str | None], ...] = (
+    ((PermissionDenied, ACLNotFound), 403, None),
+    (ACLDisabled, 401, None),
+    (ACLError, 400, None),
+    ((InvalidRequest, UnknownCommand), 400, None),
+    (NotFound, 404, None),
+    (Conflict, 409, None),
+    (CatalogError, 400, None),
+    (NoPathToDatacenter, 500, "No path to datacenter"),
+    (DatacenterUnreachable, 500, "Remote DC has no server currently reachable"),
+    ((NotLeaderError, NoLeader), 500, "No cluster leader"),
+    (ClusterError, 400, None),
+    (LeadershipLost, 500, "leadership lost while committing log: {}"),
+    ((RaftError, RPCError), 500, None),
+    (DefinitionError, 400, None),
+    (CANotReady, 500, None),
+    (ConcurrentChange, 409, None),
+    (ConnectError, 400, None),
+)
+
+
 def status_for(exc: BaseException) -> tuple[int, str]:
     """The one place errors of every component become HTTP statuses and messages."""
     if isinstance(exc, HTTPError):
         return exc.status, str(exc)
-    if isinstance(exc, InvalidRequest | UnknownCommand):
-        return 400, str(exc)
-    if isinstance(exc, NotFound):
-        return 404, str(exc)
-    if isinstance(exc, Conflict):
-        return 409, str(exc)
-    if isinstance(exc, CatalogError):
-        return 400, str(exc)
-    if isinstance(exc, NoPathToDatacenter):
-        return 500, "No path to datacenter"  # Consul's status and words
-    if isinstance(exc, DatacenterUnreachable):
-        return 500, "Remote DC has no server currently reachable"
-    if isinstance(exc, NotLeaderError | NoLeader):
-        return 500, "No cluster leader"
-    if isinstance(exc, ClusterError):
-        return 400, str(exc)
-    if isinstance(exc, LeadershipLost):
-        return 500, f"leadership lost while committing log: {exc}"
-    if isinstance(exc, RaftError | RPCError):
-        return 500, str(exc)
-    if isinstance(exc, DefinitionError):
-        return 400, str(exc)
-    if isinstance(exc, CANotReady):
-        return 500, str(exc)
-    if isinstance(exc, ConcurrentChange):
-        return 409, str(exc)
-    if isinstance(exc, ConnectError):
-        return 400, str(exc)
+    for types, status, words in STATUSES:
+        if isinstance(exc, types):
+            return status, str(exc) if words is None else words.format(exc)
     return 500, "internal error"
 
 

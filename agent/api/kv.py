@@ -8,6 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl.errors import PermissionDenied
+from proconsul.agent.api.acl_filter import filter_query
+from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.errors import BadRequest, TooLarge
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
@@ -47,17 +50,26 @@ async def get(request: web.Request) -> web.StreamResponse:
     key = _key(request)
     b = blocking_params(request)
     mode = consistency_mode(request)
+    authz = await authorizer(request)
     if "keys" in request.query:
+        if agent.config.acl.enable_key_list_policy:
+            authz.require("key", key, "list")
         idx, keys = await agent.backend.query("kv.keys", {"key": key, "separator": request.query.get("separator", "")},
                                               b.index, b.wait, mode)
+        keys, dropped = filter_query("kv.keys", authz, keys)
         if keys is None:
             return web.Response(status=404, headers=consul_headers(request, idx))
-        return json_response(request, keys, index=idx)
+        return json_response(request, keys, index=idx, headers={FILTERED_HEADER: "true"} if dropped else None)
+    dropped = False
     if flag(request, "recurse"):
+        if agent.config.acl.enable_key_list_policy:
+            authz.require("key", key, "list")
         idx, rows = await agent.backend.query("kv.list", {"key": key}, b.index, b.wait, mode)
+        rows, dropped = filter_query("kv.list", authz, rows)
     else:
         if not key:
             raise BadRequest("Missing key name")
+        authz.require("key", key, "read")
         idx, rows = await agent.backend.query("kv.get", {"key": key}, b.index, b.wait, mode)
     if not rows:
         return web.Response(status=404, headers=consul_headers(request, idx))
@@ -65,7 +77,8 @@ async def get(request: web.Request) -> web.StreamResponse:
         value = rows[0]["Value"] or b""
         return web.Response(body=value, headers=consul_headers(request, idx),
                             content_type="text/plain", charset="utf-8")
-    return json_response(request, [kv_entry(r) for r in rows], index=idx)
+    return json_response(request, [kv_entry(r) for r in rows], index=idx,
+                         headers={FILTERED_HEADER: "true"} if dropped else None)
 
 
 @routes.put("/v1/kv/{key:.*}")
@@ -96,6 +109,7 @@ async def put(request: web.Request) -> web.Response:
         cmd = c.KVOp(verb="cas", key=key, value=value, flags=flags, index=uint_param(request, "cas"))
     else:
         cmd = c.KVOp(verb="set", key=key, value=value, flags=flags)
+    (await authorizer(request)).require("key", key, "write")
     result = await agent.backend.apply(cmd)
     return json_response(request, bool(result))
 
@@ -114,6 +128,12 @@ async def delete(request: web.Request) -> web.Response:
             cmd = c.KVOp(verb="delete-cas", key=key, index=uint_param(request, "cas"))
         else:
             cmd = c.KVOp(verb="delete", key=key)
+    authz = await authorizer(request)
+    if cmd.verb == "delete-tree":
+        if not authz.key_write_prefix(key):
+            raise PermissionDenied(authz.accessor, "key", "write", key)
+    else:
+        authz.require("key", key, "write")
     result = await agent.backend.apply(cmd)
     return json_response(request, bool(result))
 
@@ -160,6 +180,42 @@ def _txn_op(i: int, raw: Any) -> dict[str, Any]:
             "Session": session}
 
 
+async def _may_txn(request: web.Request, ops: list[dict[str, Any]]) -> None:
+    """Every operation of a transaction needs its own right, checked before anything is applied (Consul).
+    Operations the store will refuse (unknown verbs) need none: they fail the transaction anyway."""
+    agent = request.app["agent"]
+    if agent.acl is None:
+        return
+    authz = await authorizer(request)
+    for op in ops:
+        if op.get("Refused"):
+            continue
+        kind, verb = op.get("Kind", "KV"), op.get("Verb", "")
+        access = "read" if verb in ("get", "get-tree", "check-index", "check-session", "check-not-exists") else "write"
+        if kind == "KV":
+            key = op.get("Key", "")
+            if verb == "delete-tree":
+                if not authz.key_write_prefix(key):
+                    raise PermissionDenied(authz.accessor, "key", "write", key)
+            elif verb != "get-tree":  # get-tree results are filtered, as Consul does
+                authz.require("key", key, access)
+        elif kind == "Node":
+            authz.require("node", (op.get("Node") or {}).get("Node", ""), access)
+        elif kind == "Service":
+            svc = op.get("Service") or {}
+            authz.require("service", svc.get("Service") or svc.get("ID", ""), access)
+        elif kind == "Session":
+            _, rows = await agent.backend.query("session.info", {"id": (op.get("Session") or {}).get("ID", "")})
+            if rows:
+                authz.require("session", rows[0]["Node"], access)
+        else:
+            chk = op.get("Check") or {}
+            if chk.get("ServiceName"):
+                authz.require("service", chk["ServiceName"], access)
+            else:
+                authz.require("node", op.get("Node") or chk.get("Node", ""), access)
+
+
 @routes.put("/v1/txn")
 async def txn(request: web.Request) -> web.Response:
     check_common(request)
@@ -169,6 +225,7 @@ async def txn(request: web.Request) -> web.Response:
     if len(body) > MAX_TXN_OPS:
         raise TooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
     ops = [_txn_op(i, raw) for i, raw in enumerate(body)]
+    await _may_txn(request, ops)
     backend = request.app["agent"].backend
     index = None
     if all(is_read_op(op) for op in ops):
@@ -178,5 +235,7 @@ async def txn(request: web.Request) -> web.Response:
         result = await backend.apply(c.Txn(ops=ops))
     if result["Errors"]:
         return json_response(request, {"Results": None, "Errors": result["Errors"]}, status=409, index=index)
-    results = [{"KV": kv_entry(r["KV"])} if "KV" in r else r for r in result["Results"]]
+    authz = await authorizer(request)
+    results = [{"KV": kv_entry(r["KV"])} if "KV" in r else r for r in result["Results"]
+               if "KV" not in r or authz.allowed("key", r["KV"]["Key"], "read")]
     return json_response(request, {"Results": results, "Errors": None}, index=index)

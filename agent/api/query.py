@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
@@ -152,6 +153,7 @@ async def _existing(request: web.Request, qid: str) -> dict[str, Any]:
 async def create(request: web.Request) -> web.Response:
     check_common(request)
     query = parse_definition(await json_body(request))
+    (await authorizer(request)).require("query", query.get("Name") or "", "write")
     query["ID"] = str(uuid.uuid4())
     await request.app["agent"].backend.apply(c.TableSet(table=pq.TABLE, key=query["ID"], row=query))
     return json_response(request, {"ID": query["ID"]})
@@ -168,6 +170,7 @@ async def read(request: web.Request) -> web.Response:
     idx, rows = await request.app["agent"].backend.query("query.get", {"id": request.match_info["id"]})
     if not rows:
         raise NotFoundHTTP(pq.NOT_FOUND)
+    (await authorizer(request)).require("query", rows[0].get("Name") or "", "read")
     return json_response(request, rows, index=idx)
 
 
@@ -176,7 +179,9 @@ async def update(request: web.Request) -> web.Response:
     check_common(request)
     qid = request.match_info["id"]
     query = parse_definition(await json_body(request))
-    await _existing(request, qid)
+    authz = await authorizer(request)
+    authz.require("query", (await _existing(request, qid)).get("Name") or "", "write")
+    authz.require("query", query.get("Name") or "", "write")
     query["ID"] = qid
     await request.app["agent"].backend.apply(c.TableSet(table=pq.TABLE, key=qid, row=query))
     return web.Response(status=200)
@@ -186,7 +191,7 @@ async def update(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     check_common(request)
     qid = request.match_info["id"]
-    await _existing(request, qid)
+    (await authorizer(request)).require("query", (await _existing(request, qid)).get("Name") or "", "write")
     await request.app["agent"].backend.apply(c.TableDelete(table=pq.TABLE, key=qid))
     return web.Response(status=200)
 

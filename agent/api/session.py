@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
@@ -62,13 +63,23 @@ async def create(request: web.Request) -> web.Response:
         if not low <= ttl <= MAX_TTL:
             raise BadRequest(f"Invalid Session TTL '{sess['TTL']}', must be between "
                              f"[{format_duration(low)}={format_duration(MAX_TTL)}]")
+    (await authorizer(request)).require("session", sess["Node"], "write")
     sid = await agent.backend.session_create(sess)
     return json_response(request, {"ID": sid})
+
+
+async def _may_write_session(request: web.Request) -> None:
+    """session:write on the session's node (an unknown session is left to the handler's answer)."""
+    authz = await authorizer(request)
+    _, rows = await request.app["agent"].backend.query("session.info", {"id": request.match_info["id"]})
+    if rows:
+        authz.require("session", rows[0]["Node"], "write")
 
 
 @routes.put("/v1/session/destroy/{id}")
 async def destroy(request: web.Request) -> web.Response:
     check_common(request)
+    await _may_write_session(request)
     await request.app["agent"].backend.session_destroy(request.match_info["id"])
     return json_response(request, True)
 
@@ -77,6 +88,7 @@ async def destroy(request: web.Request) -> web.Response:
 async def renew(request: web.Request) -> web.Response:
     check_common(request)
     sid = request.match_info["id"]
+    await _may_write_session(request)
     sess = await request.app["agent"].backend.session_renew(sid)
     if sess is None:
         raise NotFoundHTTP(f"Session id '{sid}' not found")

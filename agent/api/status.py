@@ -6,6 +6,7 @@ import base64
 
 from aiohttp import web
 
+from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.errors import BadRequest
 from proconsul.agent.api.params import blocking_params, check_common
 from proconsul.agent.api.responses import json_response
@@ -50,4 +51,7 @@ async def list_events(request: web.Request) -> web.Response:
     b = blocking_params(request)
     name = request.query.get("name", "")
     idx, items = await events.list(name, b.index, b.wait)
+    authz = await authorizer(request)
+    if not authz.reads_all("event"):
+        items = [e for e in items if authz.allowed("event", e["Name"], "read")]
     return json_response(request, [_event_json(e) for e in items], index=idx)

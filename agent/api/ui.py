@@ -16,6 +16,8 @@ import hcl2
 import orjson
 from aiohttp import web
 
+from proconsul.agent.api.acl_filter import needs_filter
+from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.connect import _connect
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP, TooLarge
@@ -86,7 +88,8 @@ async def _query(request: web.Request, name: str, args: dict[str, Any]) -> tuple
 # ---------------------------------------------------------------------- /v1/internal/ui/*
 async def _listing(request: web.Request, query: str) -> web.Response:
     """A whole-catalog listing: gzipped once per change for every open tab (`?filter`/`?pretty`: as usual)."""
-    if request.query.get("filter") or "pretty" in request.query:
+    if request.query.get("filter") or "pretty" in request.query or \
+            needs_filter(query, await authorizer(request)):
         return await run_query(request, query, {})
     idx, body = await _query(request, query, {})
     return _json(request, body, idx, query)

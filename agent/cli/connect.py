@@ -55,27 +55,29 @@ def proxy(
     token: Annotated[str, typer.Option("-token", "--token", help="ACL token (or CONSUL_HTTP_TOKEN).")] = "",
     admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
+    gateway: Annotated[str, typer.Option("-gateway", "--gateway",
+                                         help="Run a gateway of this kind instead of a sidecar: ingress or mesh.")] = "",
     mesh_gateway: Annotated[bool, typer.Option("-mesh-gateway", "--mesh-gateway",
-                                               help="Run a mesh gateway (SNI routing between datacenters).")] = False,
-    register: Annotated[bool, typer.Option("-register", "--register",
-                                           help="Register the mesh gateway with the local agent.")] = False,
+                                               help="Consul's older spelling of -gateway mesh.")] = False,
     service: Annotated[str, typer.Option("-service", "--service",
-                                         help="The mesh gateway's service name.")] = "mesh-gateway",
+                                         help="The gateway's service name (mesh: mesh-gateway).")] = "",
+    register_: Annotated[bool, typer.Option("-register", "--register",
+                                            help="Register the gateway service with the agent first.")] = False,
     address: Annotated[str, typer.Option("-address", "--address",
-                                         help="The mesh gateway's LAN HOST:PORT (it listens there).")] = "",
+                                         help="The gateway's HOST:PORT; its listeners bind HOST.")] = "",
     wan_address: Annotated[str, typer.Option("-wan-address", "--wan-address",
-                                             help="HOST:PORT other datacenters reach the gateway at.")] = "",
+                                             help="Mesh gateway: HOST:PORT other datacenters reach it at.")] = "",
     capture_file: Annotated[str, typer.Option("-capture-file", "--capture-file",
-                                              help="Audit aid: append every byte the gateway forwards here.")] = "",
+                                              help="Mesh gateway, audit aid: append every byte it forwards here.")] = "",
 ) -> None:
-    """Run the built-in sidecar proxy: mTLS in front of the service, upstream listeners for its dependencies
-    (or, with -mesh-gateway, a mesh gateway)."""
+    """Run the built-in sidecar proxy (mTLS in front of the service, upstream listeners for its dependencies),
+    or with -gateway ingress|mesh a gateway (as `consul connect envoy -gateway=...`)."""
     from proconsul.connect.proxy.cli import Options, execute
 
     raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
-                                     admin_bind=admin_bind, log_level=log_level, mesh_gateway=mesh_gateway,
-                                     register=register, service=service, address=address, wan_address=wan_address,
-                                     capture_file=capture_file)))
+                                     admin_bind=admin_bind, log_level=log_level, gateway=gateway,
+                                     mesh_gateway=mesh_gateway, service=service, register=register_, address=address,
+                                     wan_address=wan_address, capture_file=capture_file)))
 
 
 def _ms(seconds: float) -> str:

@@ -7,12 +7,14 @@ Each command group lives in its own module and adds itself to the app through `r
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
 import typer
 
 from proconsul.agent.cli import (
+    acl,
     agent,
     catalog,
     config_entries,
@@ -35,17 +37,20 @@ from proconsul.agent.cli import (
     validate,
     watch,
 )
+from proconsul.agent.cli.client import CLIError, split_global_flags
 
 app = typer.Typer(
     name="proconsul",
-    help="Service discovery and a service mesh in the style of Consul.",
+    help="Service discovery and a service mesh in the style of Consul. Every command that talks to an agent "
+         "also takes Consul's -token, -token-file, -ca-file, -client-cert, -client-key and -tls-server-name "
+         "(or CONSUL_HTTP_TOKEN, CONSUL_CACERT, …).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-for _group in (agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv, config_entries, snapshot,
-               event, rtt, intention, connect, tls, troubleshoot, k8s_sync):
+for _group in (acl, agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv,
+               config_entries, snapshot, event, rtt, intention, connect, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 
@@ -83,7 +88,13 @@ def consul_spelling(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    app(args=consul_spelling(sys.argv[1:]), prog_name="proconsul")
+    try:
+        args, env = split_global_flags(consul_spelling(sys.argv[1:]))
+    except CLIError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise SystemExit(1) from None
+    os.environ.update(env)
+    app(args=args, prog_name="proconsul")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from proconsul.agent.config.model import ConfigError
 def _hcl_unwrap(obj: Any) -> Any:
     """python-hcl2 wraps every block in a list; Consul's files mean a single object."""
     if isinstance(obj, dict):  # python-hcl2 ≥ 7 marks blocks with "__is_block__": not a config key
-        return {k: _hcl_unwrap(v) for k, v in obj.items() if k != "__is_block__"}
+        return {_hcl_unwrap(k): _hcl_unwrap(v) for k, v in obj.items() if k != "__is_block__"}  # "*" = {…}: key *
     if isinstance(obj, list):
         return [_hcl_unwrap(v) for v in obj]
     if isinstance(obj, str) and len(obj) >= 2 and obj[0] == obj[-1] == '"':

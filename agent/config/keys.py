@@ -14,7 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from proconsul.agent.cluster import autopilot
-from proconsul.agent.config.model import TLS_KEYS, AgentConfig, ConfigError, TLSSettings
+from proconsul.agent.config.model import (
+    ACL_TOKEN_ALIASES,
+    ACL_TOKEN_TYPES,
+    TLS_KEYS,
+    AgentConfig,
+    ConfigError,
+    TLSSettings,
+)
 from proconsul.agent.config.values import (
     as_bool,
     as_duration,
@@ -187,7 +194,10 @@ def _ae_interval(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
 
 
 def _legacy_tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's older top-level TLS keys apply to every listener: the server port and HTTPS."""
     _merge_tls(cfg.tls, {key: value}, src, "")
+    if key in ("ca_file", "cert_file", "key_file", "verify_incoming"):
+        _merge_tls(cfg.https_tls, {key: value}, src, "")
 
 
 def _tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
@@ -196,12 +206,14 @@ def _tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     for section in ("defaults", "internal_rpc"):  # internal_rpc wins over defaults
         if section in value:
             _merge_tls(cfg.tls, value[section], src, f"tls.{section}.")
+    for section in ("defaults", "https"):  # and https wins over defaults for the HTTPS listener
+        if section in value:
+            _merge_tls(cfg.https_tls, value[section], src, f"tls.{section}.")
     for section in value:
         if section == "grpc":
             _warn(cfg, src, "tls.grpc", "there is no gRPC listener")
-        elif section not in ("defaults", "internal_rpc"):
-            raise ConfigError(f"{src}: tls.{section} cannot be honoured yet (TLS covers the server port only: "
-                              "there is no HTTPS listener); remove it to start the agent")
+        elif section not in ("defaults", "internal_rpc", "https"):
+            raise ConfigError(f"{src}: unknown key tls.{section} (known: defaults, internal_rpc, https, grpc)")
 
 
 def _at_least_one(key: str, value: Any, src: str) -> int:
@@ -254,7 +266,9 @@ def _addresses(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
             cfg.http_addr = str(v)
         elif k == "dns":
             cfg.dns_addr = str(v)
-        elif k in ("https", "grpc", "grpc_tls"):
+        elif k == "https":
+            cfg.https_addr = str(v)
+        elif k in ("grpc", "grpc_tls"):
             _warn(cfg, src, f"addresses.{k}", f"there is no {k} listener")
         else:
             raise ConfigError(f"{src}: unknown key addresses.{k}")
@@ -342,6 +356,10 @@ def _verify_incoming_rpc(cfg: AgentConfig, key: str, value: Any, src: str) -> No
     cfg.tls.verify_incoming = as_bool(key, value, src)
 
 
+def _verify_incoming_https(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    cfg.https_tls.verify_incoming = as_bool(key, value, src)
+
+
 def _log_rotate_duration(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     as_duration(key, value, src)
     _warn(cfg, src, key, "log files rotate by size (log_rotate_bytes), not by time")
@@ -363,6 +381,70 @@ def _config_entries(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
             if not isinstance(entry, dict) or not entry.get("kind", entry.get("Kind")):
                 raise ConfigError(f"{src}: config_entries.bootstrap[{i}] must be a config entry with a kind")
             cfg.config_entries.append(entry)
+
+
+ACL_POLICIES = ("allow", "deny")
+ACL_DOWN_POLICIES = ("allow", "deny", "extend-cache", "async-cache")
+
+
+def _acl(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's `acl` block: enabled, default_policy, down_policy, token TTLs, persistence, tokens."""
+    if isinstance(value, bool) or value in ("false", "true"):  # `acl = false` turns nothing on
+        cfg.acl.enabled = value in (True, "true")
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: acl must be an object (enabled, default_policy, down_policy, tokens, …)")
+    acl = cfg.acl
+    for k, v in value.items():
+        name = f"acl.{k}"
+        if k in ("enabled", "enable_token_persistence", "enable_key_list_policy", "enable_token_replication"):
+            setattr(acl, k, as_bool(name, v, src))
+        elif k == "default_policy":
+            acl.default_policy = _choice(name, v, src, ACL_POLICIES)
+        elif k == "down_policy":
+            acl.down_policy = _choice(name, v, src, ACL_DOWN_POLICIES)
+        elif k in ("token_ttl", "policy_ttl", "role_ttl"):
+            setattr(acl, k, as_duration(name, v, src))
+        elif k == "tokens":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{src}: acl.tokens must be an object ({', '.join(ACL_TOKEN_TYPES)})")
+            for tk, tv in v.items():
+                kind = ACL_TOKEN_ALIASES.get(tk, tk)
+                if kind not in ACL_TOKEN_TYPES:
+                    raise ConfigError(f"{src}: unknown key acl.tokens.{tk} (known: {', '.join(ACL_TOKEN_TYPES)})")
+                if not isinstance(tv, str):
+                    raise ConfigError(f"{src}: acl.tokens.{tk} must be a token secret (a string)")
+                acl.tokens[kind] = tv
+        elif k == "msp_disable_bootstrap":
+            _warn(cfg, src, name, "HCP is not supported")
+        else:
+            raise ConfigError(f"{src}: unknown key acl.{k}")
+
+
+def _choice(key: str, value: Any, src: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{src}: {key} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _legacy_acl(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's pre-1.4 top-level ACL keys, folded into the `acl` block."""
+    tokens = {"acl_master_token": "initial_management", "acl_agent_token": "agent", "acl_token": "default",
+              "acl_agent_master_token": "agent_recovery", "acl_replication_token": "replication"}
+    if key in tokens:
+        _acl(cfg, "acl", {"tokens": {tokens[key]: value}}, src)
+    elif key == "acl_default_policy":
+        _acl(cfg, "acl", {"default_policy": value}, src)
+    elif key == "acl_down_policy":
+        _acl(cfg, "acl", {"down_policy": value}, src)
+    elif key == "acl_datacenter":  # setting it was how ACLs were turned on
+        cfg.acl.enabled = True
+        if not cfg.primary_datacenter:
+            cfg.primary_datacenter = str(value).lower()
+    elif key == "acl_ttl":
+        _acl(cfg, "acl", {"token_ttl": value}, src)
+    elif key == "acl_enable_key_list_policy":
+        _acl(cfg, "acl", {"enable_key_list_policy": value}, src)
 
 
 KEYS: dict[str, Setter] = {
@@ -483,20 +565,19 @@ KEYS: dict[str, Setter] = {
         "xds": "the built-in proxy reads the HTTP API, not xDS",
         "rpc": "RPC streaming settings do not apply",
         "disable_coordinates": "network coordinates are not measured yet",
-        "enable_acl_replication": "there are no ACLs yet (and they would need federation)",
-        "acl_enable_key_list_policy": "there are no ACLs yet",
-        "acl_ttl": "there are no ACLs yet", "acl_disabled_ttl": "there are no ACLs yet",
+        "enable_acl_replication": "ACL replication needs WAN federation, which is not built yet",
+        "acl_disabled_ttl": "an agent knows whether its servers have ACLs on from its own config",
     }.items()},
     # Cannot be honoured safely: stop with one line rather than run without what was asked.
     "encrypt": _refused("gossip encryption is not built yet, and the LAN port would stay plaintext"),
-    "acl": _refused("ACLs are not built yet, and everything would stay open", _off),
-    **{k: _refused("ACLs are not built yet, and everything would stay open") for k in (
+    "acl": _acl,
+    **{k: _legacy_acl for k in (
         "acl_agent_master_token", "acl_agent_token", "acl_datacenter", "acl_default_policy", "acl_down_policy",
-        "acl_master_token", "acl_replication_token", "acl_token")},
+        "acl_master_token", "acl_replication_token", "acl_token", "acl_ttl", "acl_enable_key_list_policy")},
     "auto_encrypt": _refused("auto_encrypt is not built yet: provision agent certificates with "
                              "`proconsul tls cert create`", _off),
     "auto_config": _refused("auto_config is not built yet", _off),
-    "verify_incoming_https": _refused("there is no HTTPS listener yet", lambda v: v in (False, "false")),
+    "verify_incoming_https": _verify_incoming_https,
     "ca_path": _refused("a directory of CAs is not supported: give one bundle with ca_file"),
     "serf_wan": _set("serf_wan_addr", _text),
     "serf_lan": _set("serf_lan_addr", _text),

@@ -100,9 +100,12 @@ def finalize(cfg: AgentConfig) -> AgentConfig:
 def _refuse_missing_listeners(cfg: AgentConfig) -> None:
     """A port or setting that would need a listener or subsystem Proconsul does not have stops the agent;
     one that asks for nothing harmful is accepted with a warning."""
-    if cfg.https_port >= 0:
-        raise ConfigError(f"ports.https = {cfg.https_port} cannot be honoured: there is no HTTPS listener yet; "
-                          "set it to -1 (or remove it) to start the agent")
+    t = cfg.https_tls
+    if cfg.https_port >= 0 and not (t.cert_file and t.key_file):
+        raise ConfigError(f"ports.https = {cfg.https_port} cannot be honoured without a certificate: set "
+                          "tls.https (or tls.defaults) cert_file and key_file")
+    if cfg.https_port >= 0 and t.verify_incoming and not t.ca_file:
+        raise ConfigError("tls.https.verify_incoming needs ca_file (the CA that signs client certificates)")
     if cfg.grpc_tls_port >= 0:
         raise ConfigError(f"ports.grpc_tls = {cfg.grpc_tls_port} cannot be honoured: there is no gRPC TLS "
                           "listener; set it to -1 (or remove it)")

@@ -44,6 +44,27 @@ class TLSSettings:
         return bool(self.cert_file or self.verify_outgoing)
 
 
+ACL_TOKEN_TYPES = ("initial_management", "agent", "default", "replication", "agent_recovery",
+                   "config_file_service_registration", "dns")
+ACL_TOKEN_ALIASES = {"master": "initial_management", "agent_master": "agent_recovery"}
+
+
+@dataclass
+class ACLConfig:
+    """Consul's `acl` block: off unless enabled; a deny default is what production runs."""
+
+    enabled: bool = False
+    default_policy: str = "allow"
+    down_policy: str = "extend-cache"
+    enable_token_persistence: bool = False
+    enable_key_list_policy: bool = False
+    enable_token_replication: bool = False
+    token_ttl: float = 30.0
+    policy_ttl: float = 30.0
+    role_ttl: float = 30.0
+    tokens: dict[str, str] = field(default_factory=dict)
+
+
 TLS_KEYS = ("ca_file", "cert_file", "key_file", "verify_incoming", "verify_outgoing", "verify_server_hostname")
 
 
@@ -90,6 +111,8 @@ class AgentConfig:
     sync_interval: float = 60.0
     leave_on_terminate: bool | None = None  # None: Consul's default — true for clients, false for servers
     tls: TLSSettings = field(default_factory=TLSSettings)
+    https_tls: TLSSettings = field(default_factory=TLSSettings)  # tls.defaults + tls.https (+ legacy keys)
+    acl: ACLConfig = field(default_factory=ACLConfig)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
     raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader
@@ -102,6 +125,7 @@ class AgentConfig:
     config_format: str = ""  # -config-format: read every file as "json" or "hcl" whatever its extension
     # Consul keys honoured as they are read:
     http_addr: str = ""  # addresses.http (default: client_addr)
+    https_addr: str = ""  # addresses.https (default: client_addr)
     dns_addr: str = ""  # addresses.dns (default: client_addr)
     advertise_addr_wan: str = ""
     tagged_addresses: dict[str, str] = field(default_factory=dict)
@@ -145,6 +169,10 @@ class AgentConfig:
         return self.http_addr or self.client_addr
 
     @property
+    def https_bind(self) -> str:
+        return self.https_addr or self.client_addr
+
+    @property
     def dns_bind(self) -> str:
         return self.dns_addr or self.client_addr
 
@@ -156,4 +184,6 @@ class AgentConfig:
     def intention_default_allow(self) -> bool:
         if self.default_intention_policy:
             return self.default_intention_policy == "allow"
-        return True  # no ACLs yet: Consul's default is allow without ACLs
+        if self.acl.enabled:  # Consul: with ACLs on, intentions default to the ACL default policy
+            return self.acl.default_policy == "allow"
+        return True  # Consul's default is allow without ACLs

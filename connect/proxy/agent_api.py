@@ -61,14 +61,16 @@ class AgentAPI:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise AgentAPIError(f"GET {path}: cannot reach the agent at {self.base}: {e}") from None
 
-    async def put(self, path: str, body: Any) -> None:
-        """A write to the agent; AgentAPIError on a non-200 answer or a network failure."""
+    async def put(self, path: str, body: Any) -> Any:
+        """PUT a JSON body (a gateway's `-register`); AgentAPIError on a non-200 answer."""
         session = await self._ensure()
         try:
             async with session.put(self.base + path, json=body, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                text = await resp.text()
                 if resp.status != 200:
-                    text = (await resp.text()).strip().splitlines()
-                    raise AgentAPIError(f"PUT {path}: {resp.status} {text[0] if text else ''}".strip(), resp.status)
+                    first = text.strip().splitlines()
+                    raise AgentAPIError(f"PUT {path}: {resp.status} {first[0] if first else ''}".strip(), resp.status)
+                return text
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise AgentAPIError(f"PUT {path}: cannot reach the agent at {self.base}: {e}") from None
 

@@ -1,7 +1,8 @@
 """Which upstream instance gets the next connection (pure: time and randomness are arguments).
 
 An `UpstreamPool` holds the healthy instances of one upstream (from the agent's `?passing` view),
-picks one by round robin, least requests or at random, and does passive outlier detection: an
+picks one by round robin, least requests, at random, or by a request's hash key on a consistent-hash ring
+(`ring_hash`) or a Maglev table (`maglev`), and does passive outlier detection: an
 instance that fails `max_failures` connects (or, in HTTP mode, 5xx answers) in a row is ejected for
 `base_ejection` × the number of times it was ejected in a row, never more than
 `max_ejection_percent` of the pool at once; it comes back by itself when its time is up.
@@ -9,6 +10,8 @@ instance that fails `max_failures` connects (or, in HTTP mode, 5xx answers) in a
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,6 +52,47 @@ class PoolStats:
     ejected_now: list[str] = field(default_factory=list)
 
 
+RING_POINTS = 100  # virtual points per instance on the ring_hash ring
+MAGLEV_SIZE = 65537  # a prime, Envoy's default (built in ~25 ms, once per membership change)
+
+
+def _h(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def build_ring(ids: list[str]) -> tuple[list[int], list[str]]:
+    """A consistent-hash ring: RING_POINTS points per instance, sorted (points, owners)."""
+    points = sorted((_h(f"{i}#{n}".encode()), i) for i in ids for n in range(RING_POINTS))
+    return [p for p, _ in points], [i for _, i in points]
+
+
+def build_maglev(ids: list[str], size: int = MAGLEV_SIZE) -> list[str]:
+    """Maglev's lookup table (Eisenbud et al., 2016): each instance fills slots in its own permutation
+    order, taking turns, so every instance owns about size/n slots and a membership change moves few."""
+    if not ids:
+        return []
+    perms = []
+    for i in ids:
+        offset = _h(b"o" + i.encode()) % size
+        skip = _h(b"s" + i.encode()) % (size - 1) + 1
+        perms.append((offset, skip))
+    table: list[str | None] = [None] * size
+    nxt = [0] * len(ids)
+    filled = 0
+    while True:
+        for k, i in enumerate(ids):
+            offset, skip = perms[k]
+            c = (offset + nxt[k] * skip) % size
+            while table[c] is not None:
+                nxt[k] += 1
+                c = (offset + nxt[k] * skip) % size
+            table[c] = i
+            nxt[k] += 1
+            filled += 1
+            if filled == size:
+                return [t for t in table if t is not None]
+
+
 class NoHealthyInstance(Exception):
     """The upstream has no instance to send to (none passing, or all ejected)."""
 
@@ -62,6 +106,8 @@ class UpstreamPool:
         self._order: list[str] = []
         self._next = 0
         self.stats = PoolStats()
+        self._ring: tuple[list[int], list[str]] | None = None
+        self._maglev: list[str] | None = None
 
     # ------------------------------------------------------------------ membership
     def set_instances(self, instances: list[Instance]) -> None:
@@ -75,6 +121,8 @@ class UpstreamPool:
             else:
                 states[inst.id] = _State(inst)
         self._states = states
+        if sorted(states) != self._order:
+            self._ring = self._maglev = None  # rebuilt on the next hashed pick
         self._order = sorted(states)
         self._next %= max(1, len(self._order))
 
@@ -88,20 +136,23 @@ class UpstreamPool:
     def _available(self, now: float, exclude: set[str]) -> list[str]:
         return [i for i in self._order if i not in exclude and self._states[i].ejected_until <= now]
 
-    def pick(self, now: float, rng: Rng, exclude: set[str] | None = None) -> Instance:
-        """The instance for the next connection; `exclude` holds those this attempt already tried."""
+    def pick(self, now: float, rng: Rng, exclude: set[str] | None = None, hash_key: bytes | None = None) -> Instance:
+        """The instance for the next connection; `exclude` holds those this attempt already tried;
+        `hash_key` places the request on the ring (ring_hash, maglev; without one they pick at random)."""
         exclude = exclude or set()
         ready = self._available(now, exclude)
         if not ready:
             self.stats.no_instance += 1
             raise NoHealthyInstance(f"upstream {self.name!r} has no healthy instance"
                                     + (" (all ejected after failures)" if self._order and not exclude else ""))
-        if self.policy == "least_request":
+        if self.policy in ("ring_hash", "maglev") and hash_key is not None:
+            chosen = self._hashed(hash_key, set(ready))
+        elif self.policy == "least_request":
             # Fewest in flight; ties go to a random one of them (two random choices would do too).
             low = min(self._states[i].active for i in ready)
             best = [i for i in ready if self._states[i].active == low]
             chosen = best[rng.randrange(len(best))] if len(best) > 1 else best[0]
-        elif self.policy == "random":
+        elif self.policy in ("random", "ring_hash", "maglev"):
             chosen = ready[rng.randrange(len(ready))]
         else:
             # Round robin over the whole order, skipping what is not ready, so ejection keeps the rhythm.
@@ -115,6 +166,29 @@ class UpstreamPool:
                     break
         self.stats.picks += 1
         return self._states[chosen].instance
+
+    def _hashed(self, key: bytes, ready: set[str]) -> str:
+        """The instance owning `key`; when it is not ready (ejected, already tried) the next one along."""
+        h = _h(key)
+        if self.policy == "maglev":
+            if self._maglev is None:
+                self._maglev = build_maglev(self._order)
+            table = self._maglev
+            start = h % len(table)
+            for step in range(len(table)):
+                cand = table[(start + step) % len(table)]
+                if cand in ready:
+                    return cand
+        else:
+            if self._ring is None:
+                self._ring = build_ring(self._order)
+            points, owners = self._ring
+            start = bisect.bisect_left(points, h)
+            for step in range(len(points)):
+                cand = owners[(start + step) % len(points)]
+                if cand in ready:
+                    return cand
+        return sorted(ready)[0]
 
     # ------------------------------------------------------------------ outcomes
     def started(self, inst: Instance) -> None:
@@ -133,13 +207,17 @@ class UpstreamPool:
             st.failures = 0
             st.ejections = 0
 
-    def failed(self, inst: Instance, now: float) -> bool:
-        """Record a failure; True if it ejected the instance."""
+    def failed(self, inst: Instance, now: float, roll: float = 0.0) -> bool:
+        """Record a failure; True if it ejected the instance. `roll` (uniform in [0, 1)) decides whether an
+        ejection is enforced when EnforcingConsecutive5xx is below 100."""
         st = self._states.get(inst.id)
         if st is None:
             return False
         st.failures += 1
         if st.failures < self.outlier.max_failures or st.ejected_until > now:
+            return False
+        if roll * 100 >= self.outlier.enforcing_consecutive_5xx:
+            st.failures = 0
             return False
         ejected = sum(1 for s in self._states.values() if s.ejected_until > now)
         if (ejected + 1) * 100 > self.outlier.max_ejection_percent * len(self._states):

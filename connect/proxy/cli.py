@@ -1,6 +1,7 @@
 """Running a proxy from the command line: `proconsul connect proxy` and `python -m proconsul.connect.proxy`.
 
-Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`), with our
+Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`; for gateways
+`consul connect envoy`'s `-gateway ingress -service NAME -register -address HOST:PORT`), with our
 `-admin-bind` for the metrics listener (by default where the registration says, see admin_address.py:
 Envoy's habit of 127.0.0.1:19000 for the first sidecar). Errors are one line on stderr and exit status 1.
 """
@@ -34,12 +35,13 @@ class Options:
     token: str = ""
     admin_bind: str = ""  # "": from the registration (admin_address.py); "off": no admin listener
     log_level: str = "info"
-    mesh_gateway: bool = False
-    register: bool = False
-    service: str = "mesh-gateway"
-    address: str = ""  # the gateway's LAN HOST:PORT (it binds there)
-    wan_address: str = ""  # where other datacenters reach it (default: address)
-    capture_file: str = ""
+    gateway: str = ""  # "ingress" or "mesh": run a gateway instead of a sidecar
+    mesh_gateway: bool = False  # Consul's older spelling of -gateway mesh
+    service: str = ""  # the gateway's service name (and ID); a mesh gateway's defaults to "mesh-gateway"
+    register: bool = False  # register the gateway service with the agent first
+    address: str = ""  # the gateway's address (listeners bind its host), HOST:PORT
+    wan_address: str = ""  # mesh gateway: where other datacenters reach it (default: address)
+    capture_file: str = ""  # mesh gateway: audit aid, forwarded bytes appended here
 
 
 def http_address(flag: str) -> str:
@@ -80,31 +82,43 @@ def _host_port(flag: str, value: str) -> tuple[str, int]:
 
 
 async def run_gateway(opts: Options, api: AgentAPI, stop: asyncio.Event) -> None:
-    """`-mesh-gateway`: optionally register it (Kind mesh-gateway, LAN and WAN addresses), then route."""
+    """`-gateway mesh`: optionally register it (Kind mesh-gateway, LAN and WAN addresses), then route."""
     if opts.proxy_id or opts.sidecar_for:
-        raise ProxyCLIError("-mesh-gateway runs a gateway, not a sidecar: drop -sidecar-for/-proxy-id")
+        raise ProxyCLIError("-gateway mesh runs a gateway, not a sidecar: drop -sidecar-for/-proxy-id")
     if not opts.address:
-        raise ProxyCLIError("-mesh-gateway needs -address HOST:PORT to listen on")
+        raise ProxyCLIError("-gateway mesh needs -address HOST:PORT to listen on")
+    service = opts.service or "mesh-gateway"
     host, port = _host_port("-address", opts.address)
     wan_host, wan_port = _host_port("-wan-address", opts.wan_address or opts.address)
     if opts.register:
         await api.put("/v1/agent/service/register", {
-            "ID": opts.service, "Name": opts.service, "Kind": "mesh-gateway", "Address": host, "Port": port,
+            "ID": service, "Name": service, "Kind": "mesh-gateway", "Address": host, "Port": port,
             "TaggedAddresses": {"lan": {"Address": host, "Port": port}, "wan": {"Address": wan_host, "Port": wan_port}},
             "Check": {"Name": "Mesh gateway listening", "TCP": f"{host}:{port}", "Interval": "10s",
                       "DeregisterCriticalServiceAfter": "72h"}})
-        log.info("registered mesh gateway %s (LAN %s:%d, WAN %s:%d)", opts.service, host, port, wan_host, wan_port)
-    from proconsul.connect.proxy.gateway import MeshGateway
+        log.info("registered mesh gateway %s (LAN %s:%d, WAN %s:%d)", service, host, port, wan_host, wan_port)
+    from proconsul.connect.proxy.mesh_gateway import MeshGateway
 
     try:
-        await MeshGateway(api, bind=host, port=port, service=opts.service, capture_file=opts.capture_file).run(stop)
+        await MeshGateway(api, bind=host, port=port, service=service, capture_file=opts.capture_file).run(stop)
     except OSError as e:
         raise ProxyCLIError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
+GATEWAY_KINDS = ("ingress", "mesh")
+
+
+def _gateway_address(address: str) -> tuple[str, int]:
+    host, _, port = (address or "127.0.0.1:8443").rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ProxyCLIError(f"-address {address!r} must be HOST:PORT") from None
+
+
 async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
     """Run one proxy until `stop` (or SIGINT/SIGTERM when `stop` is not given)."""
-    if opts.mesh_gateway:
+    if opts.mesh_gateway or opts.gateway == "mesh":
         api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
         stop = stop or _signals_stop()
         try:
@@ -114,16 +128,31 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
         finally:
             await api.close()
         return
-    if bool(opts.proxy_id) == bool(opts.sidecar_for):
+    if opts.gateway:
+        if opts.gateway not in GATEWAY_KINDS:
+            raise ProxyCLIError(f"-gateway {opts.gateway!r}: must be one of {', '.join(GATEWAY_KINDS)} (terminating "
+                                "gateways are not built)")
+        if not opts.service or opts.sidecar_for:
+            raise ProxyCLIError("-gateway needs -service NAME (and no -sidecar-for)")
+    elif opts.register or opts.service:
+        raise ProxyCLIError("-register and -service are for gateways: add -gateway ingress|mesh")
+    elif bool(opts.proxy_id) == bool(opts.sidecar_for):
         raise ProxyCLIError("give exactly one of -sidecar-for SERVICE-ID or -proxy-id PROXY-ID")
     host, port = _admin(opts.admin_bind)
     api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop or _signals_stop()
     try:
+        if opts.gateway:
+            from proconsul.connect.proxy.ingress import IngressGateway
+
+            gw_host, gw_port = _gateway_address(opts.address)
+            gw_id = opts.proxy_id or opts.service
+            if opts.register:
+                await api.put("/v1/agent/service/register", {"Kind": "ingress-gateway", "Name": opts.service,
+                                                             "ID": gw_id, "Address": gw_host, "Port": gw_port})
+                log.info("registered ingress gateway %s (%s:%d)", gw_id, gw_host, gw_port)
+            await IngressGateway(api, gw_id, bind_host=gw_host, admin_address=host, admin_port=port).run(stop)
+            return
         proxy_id = opts.proxy_id or await sidecar_proxy_id(api, opts.sidecar_for)
         await Proxy(api, proxy_id, admin_address=host, admin_port=port).run(stop)
     except AgentAPIError as e:
@@ -180,13 +209,16 @@ def main(argv: list[str] | None = None) -> None:
             (("-token", "--token"), "token", "ACL token"),
             (("-admin-bind", "--admin-bind"), "admin_bind", ADMIN_HELP),
             (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error"),
-            (("-service", "--service"), "service", "mesh gateway: its service name (mesh-gateway)"),
-            (("-address", "--address"), "address", "mesh gateway: LAN HOST:PORT to listen on"),
+            (("-gateway", "--gateway"), "gateway", "run a gateway of this kind (ingress, mesh)"),
+            (("-service", "--service"), "service", "the gateway's service name (mesh: mesh-gateway)"),
+            (("-address", "--address"), "address", "the gateway's HOST:PORT (listeners bind HOST)"),
             (("-wan-address", "--wan-address"), "wan_address", "mesh gateway: HOST:PORT for other datacenters"),
             (("-capture-file", "--capture-file"), "capture_file", "mesh gateway: append forwarded bytes here")):
         p.add_argument(*names, dest=dest, default=getattr(Options(), dest), help=help_)
-    for names, dest, help_ in ((("-mesh-gateway", "--mesh-gateway"), "mesh_gateway", "run a mesh gateway"),
-                               (("-register", "--register"), "register", "register the mesh gateway")):
+    for names, dest, help_ in ((("-mesh-gateway", "--mesh-gateway"), "mesh_gateway", "run a mesh gateway "
+                                "(Consul's older spelling of -gateway mesh)"),
+                               (("-register", "--register"), "register", "register the gateway service with the "
+                                "agent first")):
         p.add_argument(*names, dest=dest, action="store_true", help=help_)
     args = p.parse_args(argv)
     sys.exit(execute(Options(**vars(args))))

@@ -14,7 +14,7 @@ from proconsul.connect.errors import ConnectError
 
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 GATEWAY_MODES = ("", "none", "local", "remote")  # Consul's mesh_gateway { mode }: "" is the default (none)
-LB_POLICIES = ("round_robin", "least_request", "random")
+LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
 
 
 class ProxyConfigError(ConnectError):
@@ -28,6 +28,20 @@ class OutlierSettings:
     max_failures: int = 5  # consecutive connect failures (or 5xx in L7) before ejection
     base_ejection: float = 30.0  # seconds; doubles with every ejection in a row
     max_ejection_percent: int = 50  # never eject more than this share of an upstream's instances
+    enforcing_consecutive_5xx: int = 100  # % chance an ejection for consecutive 5xx is carried out (Envoy's)
+    interval: float = 10.0  # Envoy's analysis sweep; here failures count as they happen (accepted, documented)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Circuit breaking for one upstream (Consul's UpstreamConfig.Limits; 0 = no limit)."""
+
+    max_connections: int = 0  # requests in flight at once (HTTP/1.1: one connection each); more wait…
+    max_pending_requests: int = 0  # …in a queue this long (0 with max_connections set: Envoy's 1024)
+    max_concurrent_requests: int = 0  # requests in flight at once; more are answered 503 at once
+
+    def __bool__(self) -> bool:
+        return bool(self.max_connections or self.max_concurrent_requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,8 @@ class Upstream:
     lb_policy: str = "round_robin"
     request_timeout: float = 15.0  # L7: whole request, headers to end of response
     mesh_gateway: str = ""  # for another datacenter: "local" (through our gateway), "remote" (theirs), "none"/""
+    limits: Limits = field(default_factory=Limits)
+    outlier: OutlierSettings | None = None  # None: the proxy's Proxy.Config.passive_health_check
 
     @property
     def key(self) -> str:
@@ -75,6 +91,7 @@ class ProxyConfig:
     handshake_timeout: float = 10.0
     outlier: OutlierSettings = field(default_factory=OutlierSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
+    upstream_raw: tuple[dict[str, Any], ...] = field(default=(), compare=False)  # as registered, for layering
 
 
 def _get(d: dict[str, Any], *names: str, default: Any = None) -> Any:
@@ -162,6 +179,9 @@ def parse_upstream(raw: Any, i: int, proxy_config: dict[str, Any], gateway_defau
     if lb not in LB_POLICIES:
         raise ProxyConfigError(f"{what}.Config.lb_policy {lb!r} is not one of {', '.join(LB_POLICIES)}")
     return Upstream(
+        limits=parse_limits(cfg, f"{what}.Config"),
+        outlier=parse_outlier(cfg, f"{what}.Config") if _get(cfg, "passive_health_check", "PassiveHealthCheck")
+        else None,
         destination_name=name,
         local_bind_port=port,
         local_bind_address=str(_get(raw, "LocalBindAddress", "local_bind_address", default="127.0.0.1")),
@@ -177,18 +197,68 @@ def parse_upstream(raw: Any, i: int, proxy_config: dict[str, Any], gateway_defau
     )
 
 
-def parse_outlier(cfg: dict[str, Any]) -> OutlierSettings:
+def parse_outlier(cfg: dict[str, Any], what: str = "Proxy.Config",
+                  base: OutlierSettings | None = None) -> OutlierSettings:
+    """`passive_health_check` of `cfg` (Consul's snake_case or PascalCase); unset fields keep `base`'s."""
     raw = _get(cfg, "passive_health_check", "PassiveHealthCheck", default={}) or {}
     if not isinstance(raw, dict):
-        raise ProxyConfigError("Proxy.Config.passive_health_check must be an object")
+        raise ProxyConfigError(f"{what}.passive_health_check must be an object")
+    b = base or OutlierSettings()
+    w = f"{what}.passive_health_check"
     return OutlierSettings(
-        max_failures=_int(_get(raw, "max_failures", "MaxFailures"), "passive_health_check.max_failures", 5, 1,
-                          1000),
-        base_ejection=_duration(_get(raw, "base_ejection_time", "BaseEjectionTime"),
-                                "passive_health_check.base_ejection_time", 30.0),
+        max_failures=_int(_get(raw, "max_failures", "MaxFailures"), f"{w}.max_failures", b.max_failures, 1, 1000),
+        base_ejection=_duration(_get(raw, "base_ejection_time", "BaseEjectionTime"), f"{w}.base_ejection_time",
+                                b.base_ejection),
         max_ejection_percent=_int(_get(raw, "max_ejection_percent", "MaxEjectionPercent"),
-                                  "passive_health_check.max_ejection_percent", 50, 0, 100),
+                                  f"{w}.max_ejection_percent", b.max_ejection_percent, 0, 100),
+        enforcing_consecutive_5xx=_int(_get(raw, "enforcing_consecutive_5xx", "EnforcingConsecutive5xx"),
+                                       f"{w}.enforcing_consecutive_5xx", b.enforcing_consecutive_5xx, 0, 100),
+        interval=_duration(_get(raw, "interval", "Interval"), f"{w}.interval", b.interval),
     )
+
+
+def parse_limits(cfg: dict[str, Any], what: str, base: Limits | None = None) -> Limits:
+    raw = _get(cfg, "limits", "Limits", default={}) or {}
+    if not isinstance(raw, dict):
+        raise ProxyConfigError(f"{what}.limits must be an object")
+    b = base or Limits()
+    w = f"{what}.limits"
+    return Limits(
+        max_connections=_int(_get(raw, "max_connections", "MaxConnections"), f"{w}.max_connections",
+                             b.max_connections, 0, 10**9),
+        max_pending_requests=_int(_get(raw, "max_pending_requests", "MaxPendingRequests"),
+                                  f"{w}.max_pending_requests", b.max_pending_requests, 0, 10**9),
+        max_concurrent_requests=_int(_get(raw, "max_concurrent_requests", "MaxConcurrentRequests"),
+                                     f"{w}.max_concurrent_requests", b.max_concurrent_requests, 0, 10**9))
+
+
+def with_upstream_config(cfg: ProxyConfig, upstream_config: dict[str, Any] | None) -> ProxyConfig:
+    """Apply the service's `service-defaults` UpstreamConfig (Defaults, then the Override named for each
+    upstream) under what the registration's upstream Config sets itself — Consul's precedence."""
+    if not upstream_config:
+        return cfg
+    defaults = upstream_config.get("Defaults") or {}
+    overrides = {o.get("Name"): o for o in upstream_config.get("Overrides") or [] if o.get("Name")}
+    out = []
+    for u, raw in zip(cfg.upstreams, cfg.upstream_raw, strict=True):
+        own = _get(raw, "Config", "config", default={}) or {}
+        layered = [defaults, overrides.get(u.destination_name) or {}, own]
+        limits, outlier = Limits(), cfg.outlier
+        timeout, protocol = None, ""
+        for i, layer in enumerate(layered):
+            what = ("UpstreamConfig.Defaults", f"UpstreamConfig.Overrides[{u.destination_name!r}]",
+                    f"Proxy.Upstreams[{u.destination_name!r}].Config")[i]
+            limits = parse_limits(layer, what, limits)
+            if _get(layer, "passive_health_check", "PassiveHealthCheck"):
+                outlier = parse_outlier(layer, what, outlier)
+            t = _get(layer, "connect_timeout_ms", "ConnectTimeoutMs")
+            if t:
+                timeout = _duration(t, f"{what}.connect_timeout_ms", 5.0)
+            protocol = _protocol(_get(layer, "protocol", "Protocol"), f"{what}.protocol", protocol)
+        out.append(replace(u, limits=limits, outlier=outlier if outlier != cfg.outlier else u.outlier,
+                           connect_timeout=timeout if timeout is not None else u.connect_timeout,
+                           protocol=protocol or u.protocol))
+    return replace(cfg, upstreams=tuple(out))
 
 
 def parse_retry(cfg: dict[str, Any]) -> RetrySettings:
@@ -249,6 +319,7 @@ def from_registration(svc: Any) -> ProxyConfig:
                           or "127.0.0.1"),
         local_port=local_port,
         upstreams=parsed,
+        upstream_raw=tuple(upstreams),
         protocol=_protocol(_get(cfg, "protocol", "Protocol"), "Proxy.Config.protocol", ""),
         local_connect_timeout=_duration(_get(cfg, "local_connect_timeout_ms"), "Proxy.Config.local_connect_timeout_ms",
                                         5.0),

@@ -26,14 +26,19 @@ import logging
 import ssl
 import time
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proconsul.connect.proxy import h1
+from proconsul.connect.proxy.accesslog import DETAILS
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
+from proconsul.connect.proxy.breaker import REFUSE, SEND
 from proconsul.connect.proxy.config import Upstream
 from proconsul.connect.proxy.dial import DialRefused, dial, instance_key
 from proconsul.connect.proxy.metrics import Link
+from proconsul.connect.proxy.routing import Decision
 from proconsul.connect.proxy.tls import MeshClientContext
+from proconsul.connect.proxy.tracing import CLIENT, SERVER, TraceContext
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
@@ -163,7 +168,8 @@ class Exchange:
 
     __slots__ = ("front", "head", "held", "held_size", "streaming", "request_done", "back", "attempt", "tried",
                  "inst", "timer", "responded", "draining", "resp_chunked", "started", "close_after", "denied",
-                 "dispatched", "pending_tunnel", "interim", "until_close")
+                 "dispatched", "pending_tunnel", "interim", "until_close", "decision", "pool",
+                 "admitted", "status", "flag", "bytes_in", "bytes_out", "trace")
 
     def __init__(self, front: Front, head: h1.Head) -> None:
         self.front = front
@@ -187,9 +193,18 @@ class Exchange:
         self.pending_tunnel = b""
         self.interim = False  # a 1xx before the real response
         self.until_close = False  # the response body ends when the Back closes (no length, not chunked)
+        self.decision: Decision | None = None  # the discovery chain's route and split for this request
+        self.pool: UpstreamPool | None = None  # where `inst` came from
+        self.admitted: bool | None = None  # by the circuit breaker: True in flight, False queued, None not yet
+        self.status = 0  # the response status the caller got
+        self.flag = "-"  # Envoy's response flag when the proxy answered (UH, UO, UT, UF, NR, RL)
+        self.bytes_in = 0  # request body bytes from the caller
+        self.bytes_out = 0  # response body bytes to the caller
+        self.trace: TraceContext | None = None  # this side's span, when tracing is on
 
     # ------------------------------------------------------------------ the request, from the Front
     def request_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self.denied:
             return
         if self.streaming and self.back is not None:
@@ -255,7 +270,10 @@ class Exchange:
             self.draining = True
             return
         self.responded = True
+        self.status = head.status
         front.responded(self, head.status)
+        if self.decision is not None and self.decision.response_ops is not None:
+            head.headers = self.decision.response_ops.apply(head.headers)
         if head.upgrade and self.head.upgrade:
             front.write(h1.response_head(head, False, False))
             front.flush()
@@ -277,6 +295,7 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.draining:
             return
+        self.bytes_out += len(data)
         self.front.link.bytes_out_to_client(len(data))
         self.front.write(h1.chunk(data) if self.resp_chunked else data)
 
@@ -324,7 +343,7 @@ class Front(asyncio.Protocol):
     """A connection that sends us requests; subclasses decide where they go."""
 
     __slots__ = ("rt", "transport", "reader", "queue", "link", "closed", "paused_by_back", "_paused", "tunnel_back",
-                 "bad", "out", "host")
+                 "bad", "out", "host", "peer")
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -339,6 +358,7 @@ class Front(asyncio.Protocol):
         self.bad = False
         self.out: list[bytes] = []  # response bytes gathered while a Back's input is parsed, written at once
         self.host = b""  # Host for an HTTP/1.0 request without one
+        self.peer = ""  # "address:port" of the caller, for access logs (looked up on first use)
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -437,9 +457,11 @@ class Front(asyncio.Protocol):
         self._paused = False
         self.transport.resume_reading()
 
-    def reply(self, ex: Exchange, status: int, text: str) -> None:
-        """Answer `ex` ourselves (403, 502, 503, 504)."""
+    def reply(self, ex: Exchange, status: int, text: str, flag: str = "-") -> None:
+        """Answer `ex` ourselves (403, 502, 503, 504) with Envoy's response flag for the access log."""
         ex.responded = True
+        ex.status = status
+        ex.flag = flag
         self.link.link.response(status)
         close = ex.close_after or not ex.request_done
         ex.close_after = close
@@ -534,7 +556,37 @@ class Front(asyncio.Protocol):
         self.link.link.response(status)
 
     def done(self, ex: Exchange) -> None:
-        self.link.link.latency.observe(time.monotonic() - ex.started)
+        now = time.monotonic()
+        self.link.link.latency.observe(now - ex.started)
+        rt = self.rt
+        if rt.access_log is not None or (ex.trace is not None and ex.trace.sampled):
+            rec = self.log_record(ex, now)
+            if rt.access_log is not None:
+                rt.access_log.request(rec)
+            if ex.trace is not None and rt.tracer is not None:
+                rt.tracer.finish(ex.trace, f"{rec['method']} {rec.get('upstream_service', '')}", ex.status, {
+                    "http.request.method": rec["method"], "url.path": rec["path"],
+                    "http.response.status_code": ex.status, "peer.service": rec.get("upstream_service"),
+                    "server.address": rec.get("upstream_host"), "proconsul.route": rec.get("route_name"),
+                    "proconsul.upstream_cluster": rec.get("upstream_cluster"),
+                    "proconsul.upstream_instance": rec.get("upstream_instance"),
+                    "proconsul.source": rec.get("downstream_peer_uri_san"),
+                    "proconsul.response_flags": ex.flag if ex.flag != "-" else None})
+
+    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
+        """The access-log fields of `ex` (Envoy's names) this side knows."""
+        head = ex.head
+        if not self.peer and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+        return {"start_time": time.time() - (now - ex.started), "method": head.method.decode("latin-1"),
+                "path": head.target.decode("latin-1"), "protocol": "HTTP/" + head.version.decode(),
+                "response_code": ex.status, "response_flags": ex.flag,
+                "response_code_details": DETAILS.get(ex.flag, "via_upstream" if ex.status else ""),
+                "bytes_received": ex.bytes_in,
+                "bytes_sent": ex.bytes_out, "duration": int((now - ex.started) * 1000),
+                "downstream_remote_address": self.peer,
+                "headers": head.headers}
 
     def abandon(self, ex: Exchange) -> None:
         """The caller went away while `ex` was in flight (accounting)."""
@@ -577,7 +629,8 @@ class _Counts:
 
 # ---------------------------------------------------------------------- outbound: app → upstream instances
 class UpstreamFront(Front):
-    """The application's connection on an upstream's local port: each request goes to a healthy instance."""
+    """The application's connection on an upstream's local port: each request goes to a healthy instance,
+    chosen through the upstream's discovery chain when it has one (route, split, subset, failover)."""
 
     __slots__ = ("up", "pool", "conns")
 
@@ -596,6 +649,14 @@ class UpstreamFront(Front):
     def lost(self) -> None:
         self.link.link.active -= 1
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Requests still queued by the circuit breaker, or dialing (no Back yet), are not abandoned by the
+        # base class: free their places here (the dial, when it ends, finds the front closed).
+        for ex in self.queue:
+            if ex.back is None:
+                self._release(ex)
+        super().connection_lost(exc)
+
     def describe(self) -> str:
         return f"upstream {self.up.destination_name}"
 
@@ -603,53 +664,131 @@ class UpstreamFront(Front):
         super().on_head(head)
         self.rt.budget.request(time.monotonic())
 
+    def _route(self, ex: Exchange) -> bool:
+        """Apply the discovery chain to a new request (once, before its first attempt): False when it
+        was answered here (no route)."""
+        table = self.rt.chains.get(self.up.key)
+        if table is None:
+            return True
+        head = ex.head
+        d = table.decide(head.method, head.target, head.headers, self.rt.rng.random())
+        if d is None:
+            self.reply(ex, 404, "no route matched", "NR")
+            return False
+        ex.decision = d
+        if d.target is not None:
+            head.target = d.target
+        if d.request_ops is not None:
+            head.headers = d.request_ops.apply(head.headers)
+        return True
+
+    def _pick(self, ex: Exchange) -> tuple[UpstreamPool, Instance]:
+        """An instance for the next attempt: the route's target, else its failover targets in order."""
+        rt, d = self.rt, ex.decision
+        now = time.monotonic()
+        if d is None:
+            if self.pool is None:
+                raise NoHealthyInstance(f"upstream {self.up.destination_name!r} is not known yet")
+            return self.pool, self.pool.pick(now, rt.rng, ex.tried)
+        leg = d.leg
+        key = None
+        if leg.lb.hash_policies:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            key = leg.lb.hash_key(ex.head.headers, ex.head.target, peer[0] if peer else "")
+        error: NoHealthyInstance | None = None
+        for target in (leg.target, *leg.failover):
+            pool = rt.pool_for(self.up, target)
+            if pool is None:
+                continue
+            try:
+                return pool, pool.pick(now, rt.rng, ex.tried, key)
+            except NoHealthyInstance as e:
+                error = error or e
+        raise error or NoHealthyInstance(f"upstream {self.up.destination_name!r}: target {leg.target.id} has no "
+                                         "instances known yet")
+
+    def _timeout(self, ex: Exchange) -> float:
+        d = ex.decision
+        t = d.timeout if d is not None else None
+        return t if t is not None else self.up.request_timeout
+
+    def _retries(self, ex: Exchange) -> int:
+        d = ex.decision
+        n = d.route.retry.num_retries if d is not None else None
+        return n if n is not None else self.rt.config.retry.num_retries
+
     def send(self, ex: Exchange) -> None:
-        rt, pool = self.rt, self.pool
+        rt = self.rt
         if self.closed:
             return
+        if ex.admitted is None:
+            if not self._route(ex):
+                return
+            if rt.tracer is not None and ex.trace is None:
+                ex.trace, ex.head.headers = rt.tracer.start(ex.head.headers, CLIENT)
+            breaker = rt.breakers.get(self.up.key)
+            verdict = breaker.admit(ex) if breaker is not None else SEND
+            if verdict == REFUSE:
+                self.link.link.failed += 1
+                self.reply(ex, 503, "upstream overflow: circuit breaker open", "UO")
+                return
+            ex.admitted = verdict == SEND
+            if not ex.admitted:
+                return  # queued: `done` of a request in flight sends it
         try:
-            if pool is None:
-                raise NoHealthyInstance(f"upstream {self.up.destination_name!r} is not known yet")
-            inst = pool.pick(time.monotonic(), rt.rng, ex.tried)
+            pool, inst = self._pick(ex)
         except NoHealthyInstance as e:
             self._give_up(ex, str(e), no_instance=True)
             return
         ex.inst = inst
+        ex.pool = pool
         ex.tried.add(inst.id)
         pool.started(inst)
         back = self.conns.take(instance_key(inst))
         if back is not None:
-            ex.send_on(back, [], self.up.request_timeout)
+            ex.send_on(back, [], self._timeout(ex))
         else:
             rt.spawn(self._dial(ex, inst))
 
     async def _dial(self, ex: Exchange, inst: Instance) -> None:
         link = self.link.link
+        up = self.up
+        d = ex.decision
+        if d is not None:
+            target = d.leg.target if inst.service == d.leg.target.service else next(
+                (t for t in d.leg.failover if t.service == inst.service), d.leg.target)
+            if target.connect_timeout is not None and target.connect_timeout != up.connect_timeout:
+                up = replace(up, connect_timeout=target.connect_timeout)
         try:
-            back = await dial(self.rt, self.up, inst, link, lambda ctx, key: Back(link, key, ctx))
+            back = await dial(self.rt, up, inst, link, lambda ctx, key: Back(link, key, ctx))
         except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
             if not self.closed:
                 ex.back_failed(f"{inst.address}:{inst.port}: {e or 'connect timed out'}")
-            elif self.pool is not None:
-                self.pool.finished(inst)
+            elif ex.pool is not None:
+                ex.pool.finished(inst)
             return
         if self.closed:
             back.close()
-            if self.pool is not None:
-                self.pool.finished(inst)
+            if ex.pool is not None:
+                ex.pool.finished(inst)
             return
-        ex.send_on(back, [], self.up.request_timeout)
+        ex.send_on(back, [], self._timeout(ex))
 
     def should_retry(self, ex: Exchange, status: int) -> bool:
         rt = self.rt
-        if not may_retry(ex.head.method, status, ex.retryable_body, rt.config.retry.retry_on_5xx):
+        d = ex.decision
+        statuses = d.route.retry.statuses if d is not None else None
+        if statuses is not None:
+            if status not in statuses or not ex.retryable_body:
+                return False
+        elif not may_retry(ex.head.method, status, ex.retryable_body, rt.config.retry.retry_on_5xx):
             return False
-        if ex.attempt + 1 > rt.config.retry.num_retries or not rt.budget.try_retry(time.monotonic()):
+        if ex.attempt + 1 > self._retries(ex) or not rt.budget.try_retry(time.monotonic()):
             return False
         return True
 
     def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
-        inst, pool = ex.inst, self.pool
+        inst, pool = ex.inst, ex.pool
         if inst is not None and pool is not None:
             pool.finished(inst)
         if reusable:
@@ -659,18 +798,18 @@ class UpstreamFront(Front):
 
     def responded(self, ex: Exchange, status: int) -> None:
         super().responded(ex, status)
-        link, inst, pool = self.link.link, ex.inst, self.pool
+        link, inst, pool = self.link.link, ex.inst, ex.pool
         link.connections += 1
         if inst is not None and pool is not None:
             if status >= 500:
-                self._failed(inst)
+                self._failed(pool, inst)
             else:
                 pool.succeeded(inst)
 
     def retry(self, ex: Exchange, why: str) -> None:
         """A retryable 5xx was read to its end: the budget already allowed one more attempt."""
-        if ex.inst is not None:
-            self._failed(ex.inst)
+        if ex.inst is not None and ex.pool is not None:
+            self._failed(ex.pool, ex.inst)
         ex.attempt += 1
         self.link.link.retries += 1
         ex.dispatched = True
@@ -679,12 +818,13 @@ class UpstreamFront(Front):
     def attempt_failed(self, ex: Exchange, why: str) -> None:
         """A connect, TLS or identity failure, or a connection lost before the response: another instance
         if the request can be sent again (its body is still held) and the budget allows."""
-        inst, pool = ex.inst, self.pool
+        inst, pool = ex.inst, ex.pool
         if inst is not None and pool is not None:
             pool.finished(inst)
-            self._failed(inst)
+            self._failed(pool, inst)
         rt = self.rt
-        if not ex.streaming and ex.attempt < rt.config.retry.num_retries:
+        d = ex.decision
+        if not ex.streaming and ex.attempt < self._retries(ex) and (d is None or d.route.retry.on_connect_failure):
             if rt.budget.try_retry(time.monotonic()):
                 ex.attempt += 1
                 self.link.link.retries += 1
@@ -694,35 +834,76 @@ class UpstreamFront(Front):
         self._give_up(ex, why)
 
     def abandon(self, ex: Exchange) -> None:
-        if ex.inst is not None and self.pool is not None:
-            self.pool.finished(ex.inst)
+        if ex.inst is not None and ex.pool is not None:
+            ex.pool.finished(ex.inst)
+        self._release(ex)
 
-    def _failed(self, inst: Instance) -> None:
-        assert self.pool is not None
-        if self.pool.failed(inst, time.monotonic()):
+    def done(self, ex: Exchange) -> None:
+        super().done(ex)
+        self._release(ex)
+
+    def _release(self, ex: Exchange) -> None:
+        """`ex` no longer counts against the circuit breaker: the next queued request goes."""
+        breaker = self.rt.breakers.get(self.up.key)
+        if breaker is None or ex.admitted is None:
+            return
+        if ex.admitted is False:
+            breaker.forget(ex)
+            ex.admitted = None
+            return
+        ex.admitted = None
+        nxt = breaker.release()
+        while nxt is not None:
+            nxt.admitted = True
+            front = nxt.front
+            if not front.closed:
+                front.send(nxt)
+                return
+            nxt.admitted = None
+            nxt = breaker.release()
+
+    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
+        rec = super().log_record(ex, now)
+        d, inst = ex.decision, ex.inst
+        rec["upstream_service"] = inst.service if inst is not None else self.up.destination_name
+        rec["upstream_instance"] = inst.id if inst is not None else ""
+        rec["upstream_host"] = f"{inst.address}:{inst.port}" if inst is not None else ""
+        if d is not None:
+            target = d.leg.target if inst is None or inst.service == d.leg.target.service else next(
+                (t for t in d.leg.failover if t.service == inst.service), d.leg.target)
+            rec["upstream_cluster"] = target.id
+            rec["route_name"] = f"{self.up.destination_name}/{d.route.index}"
+            rec["split"] = d.leg.name
+        else:
+            rec["upstream_cluster"] = self.up.destination_name
+        return rec
+
+    def _failed(self, pool: UpstreamPool, inst: Instance) -> None:
+        if pool.failed(inst, time.monotonic(), self.rt.rng.random()):
             log.warning("upstream %s: ejected %s after %d failures in a row", self.up.destination_name, inst.id,
-                        self.rt.config.outlier.max_failures)
+                        pool.outlier.max_failures)
 
     def _give_up(self, ex: Exchange, why: str, no_instance: bool = False) -> None:
         self.link.link.failed += 1
         log.warning("upstream %s: %s %s failed: %s", self.up.destination_name, ex.head.method.decode(),
                     ex.head.target.decode("latin-1"), why)
         if no_instance:
-            self.reply(ex, 503, "no healthy upstream")
+            self.reply(ex, 503, "no healthy upstream", "UH")
         else:
-            self.reply(ex, 502, "upstream connect error or disconnect/reset before headers")
+            self.reply(ex, 502, "upstream connect error or disconnect/reset before headers", "UF")
 
     def timed_out(self, ex: Exchange) -> None:
-        inst, pool = ex.inst, self.pool
+        inst, pool = ex.inst, ex.pool
         if inst is not None and pool is not None:
             pool.finished(inst)
         log.warning("upstream %s: request %s %s timed out after %.1fs", self.up.destination_name,
-                    ex.head.method.decode(), ex.head.target.decode("latin-1"), self.up.request_timeout)
+                    ex.head.method.decode(), ex.head.target.decode("latin-1"), self._timeout(ex))
         self.link.link.failed += 1
         if ex.responded:
+            ex.flag = "UT"
             self.abort()
         else:
-            self.reply(ex, 504, "upstream request timeout")
+            self.reply(ex, 504, "upstream request timeout", "UT")
 
 
 # ---------------------------------------------------------------------- inbound: public listener → app
@@ -785,8 +966,15 @@ class InboundFront(Front):
                 ex.denied = True
 
     def send(self, ex: Exchange) -> None:
+        tracer = self.rt.tracer
+        if tracer is not None and ex.trace is None:
+            ex.trace, ex.head.headers = tracer.start(ex.head.headers, SERVER)
         if ex.denied:
             self.reply(ex, 403, "RBAC: access denied")
+            return
+        limiter = self.rt.rate_limiter
+        if limiter is not None and not limiter.allow(ex.head.path, time.monotonic()):
+            self.reply(ex, 429, "local_rate_limited", "RL")
             return
         app = self.app
         if app is not None and app.reusable():
@@ -816,6 +1004,15 @@ class InboundFront(Front):
             back.close()
             if self.app is back:
                 self.app = None
+
+    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
+        rec = super().log_record(ex, now)
+        cfg = self.rt.config
+        rec.update({"downstream_peer_uri_san": self.uri, "upstream_cluster": "local_app",
+                    "upstream_service": cfg.service, "upstream_host": f"{cfg.local_address}:{cfg.local_port}"})
+        if ex.denied:
+            rec["response_code_details"] = "rbac_access_denied_matched_policy[none]"
+        return rec
 
     def attempt_failed(self, ex: Exchange, why: str) -> None:
         self.link.link.failed += 1

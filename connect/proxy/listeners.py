@@ -9,8 +9,10 @@
   the server presented *that* service's SPIFFE ID (not just any mesh member), and on a connect
   failure tries the next instance (bounded attempts, within the retry budget).
 
-Both record golden metrics, and inbound connections are registered by source so that an intention
-that turns to deny can close the connections it no longer allows.
+Both record golden metrics (and, with access logs on, one line per connection), and inbound connections
+are registered by source so that an intention that turns to deny can close the connections it no longer
+allows. An upstream connection follows the resolver of the destination's discovery chain (Redirect,
+DefaultSubset, Failover) when the agent has sent one.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ log = logging.getLogger("proconsul.proxy")
 class InboundSide(Side):
     """The mTLS side of an inbound connection (from another service's sidecar)."""
 
-    __slots__ = ("rt", "uri", "source", "link", "app", "started")
+    __slots__ = ("rt", "uri", "source", "link", "app", "started", "received", "sent")
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__()
@@ -48,6 +50,7 @@ class InboundSide(Side):
         self.link: Link | None = None
         self.app: Side | None = None
         self.started = 0.0
+        self.received = self.sent = 0  # bytes from the peer / to the peer, for the access log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -67,6 +70,7 @@ class InboundSide(Side):
     def _count_in(self, n: int) -> None:
         assert self.link is not None
         self.link.bytes_in += n
+        self.received += n
 
     def _refuse(self, source: str, reason: str) -> None:
         self.rt.refused(source or self.uri or "unknown", reason)
@@ -96,6 +100,7 @@ class InboundSide(Side):
 
             def out(n: int) -> None:
                 link.bytes_out += n
+                self.sent += n
             app.on_bytes = out
         app.join(self)
 
@@ -108,6 +113,13 @@ class InboundSide(Side):
         super().connection_lost(exc)
         if self.link is not None:
             self.link.active -= 1
+            rt = self.rt
+            if rt.access_log is not None:
+                cfg = rt.config
+                rt.access_log.connection(_connection_record(
+                    self.started, self.received, self.sent, self.transport, "local_app", cfg.service,
+                    f"{cfg.local_address}:{cfg.local_port}", peer_uri=self.uri,
+                    flag="-" if self.app is not None else "UF"))
         self.rt.inbound_closed(self)
 
 
@@ -149,7 +161,7 @@ class _UpstreamTLS(Side):
 class UpstreamSide(Side):
     """The application's side of an outbound connection, accepted on an upstream's local port."""
 
-    __slots__ = ("rt", "upstream", "link", "instance", "started")
+    __slots__ = ("rt", "upstream", "link", "instance", "started", "received", "sent", "flag", "target", "admitted")
 
     def __init__(self, rt: Runtime, upstream: Upstream) -> None:
         super().__init__()
@@ -158,6 +170,10 @@ class UpstreamSide(Side):
         self.link: Link = rt.metrics.upstream_link(upstream.destination_name)
         self.instance: Instance | None = None
         self.started = 0.0
+        self.received = self.sent = 0  # bytes from the application / to it, for the access log
+        self.flag = "-"
+        self.target = ""
+        self.admitted = False  # counted by the upstream's circuit breaker (Limits.MaxConnections)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -169,12 +185,33 @@ class UpstreamSide(Side):
 
         def out(n: int) -> None:
             link.bytes_out += n
+            self.received += n
         self.on_bytes = out
+        breaker = self.rt.breakers.get(self.upstream.key)
+        if breaker is not None and breaker.limits:
+            if breaker.admit(self, can_wait=False) != "send":
+                self.flag = "UO"
+                link.failed += 1
+                log.warning("upstream %s: connection refused by the circuit breaker (%d open, MaxConnections %d)",
+                            self.upstream.destination_name, breaker.active, breaker.limits.max_connections)
+                self.abort()
+                return
+            self.admitted = True
         self.rt.spawn(self._dial())
+
+    def _pools(self) -> list[tuple[str, UpstreamPool | None]]:
+        """Where this connection may go, in order: the chain's resolver target, then its failover targets
+        (without a chain yet: the upstream's own instances)."""
+        rt, up = self.rt, self.upstream
+        table = rt.chains.get(up.key)
+        if table is None or not table.routes or not table.routes[-1].legs:
+            return [(up.destination_name, rt.pools.get(up.key))]
+        leg = table.routes[-1].legs[0]
+        return [(t.id, rt.pool_for(up, t)) for t in (leg.target, *leg.failover)]
 
     async def _dial(self) -> None:
         rt, up = self.rt, self.upstream
-        pool = rt.pools.get(up.key)
+        pools = self._pools()
         tried: set[str] = set()
         attempts = 1 + rt.config.retry.num_retries
         last_error = "no attempt made"
@@ -184,12 +221,20 @@ class UpstreamSide(Side):
             if attempt and not rt.budget.try_retry(time.monotonic()):
                 last_error += "; retry budget exhausted"
                 break
-            try:
-                if pool is None:
-                    raise NoHealthyInstance(f"upstream {up.destination_name!r} is not known yet")
-                inst = pool.pick(time.monotonic(), rt.rng, tried)
-            except NoHealthyInstance as e:
-                last_error = str(e)
+            pool = inst = None
+            for target, candidate in pools:
+                if candidate is None:
+                    continue
+                try:
+                    pool, inst = candidate, candidate.pick(time.monotonic(), rt.rng, tried)
+                    self.target = target
+                    break
+                except NoHealthyInstance as e:
+                    last_error = str(e)
+            if pool is None or inst is None:
+                if last_error == "no attempt made":
+                    last_error = f"upstream {up.destination_name!r} is not known yet"
+                self.flag = "UH"
                 break
             tried.add(inst.id)
             if attempt:
@@ -212,6 +257,8 @@ class UpstreamSide(Side):
             self._joined(remote, inst, pool)
             return
         self.link.failed += 1
+        if self.flag == "-":
+            self.flag = "UF"
         log.warning("upstream %s: connection from the application failed: %s", up.destination_name, last_error)
         self.abort()
 
@@ -223,6 +270,7 @@ class UpstreamSide(Side):
 
         def inbound(n: int) -> None:
             link.bytes_in += n
+            self.sent += n
         remote.on_bytes = inbound
         remote.on_close = lambda _side: pool.finished(inst)
         self.join(remote)
@@ -233,6 +281,31 @@ class UpstreamSide(Side):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.link.active -= 1
+        rt = self.rt
+        if self.admitted:
+            self.admitted = False
+            breaker = rt.breakers.get(self.upstream.key)
+            if breaker is not None:
+                breaker.release()
+        if rt.access_log is not None:
+            inst = self.instance
+            rt.access_log.connection(_connection_record(
+                self.started, self.received, self.sent, self.transport, self.target or self.upstream.destination_name,
+                inst.service if inst is not None else self.upstream.destination_name,
+                f"{inst.address}:{inst.port}" if inst is not None else "", instance=inst.id if inst else "",
+                flag=self.flag))
+
+
+def _connection_record(started: float, received: int, sent: int, transport: object, cluster: str, service: str,
+                       host: str, *, peer_uri: str = "", instance: str = "", flag: str = "-") -> dict[str, object]:
+    """An L4 access-log record (Envoy's TCP fields): one per connection, written when it closes."""
+    now = time.monotonic()
+    peer = transport.get_extra_info("peername") if transport is not None else None  # type: ignore[attr-defined]
+    return {"start_time": time.time() - (now - started), "protocol": "TCP", "response_flags": flag,
+            "bytes_received": received, "bytes_sent": sent, "duration": int((now - started) * 1000),
+            "upstream_cluster": cluster, "upstream_service": service, "upstream_host": host,
+            "upstream_instance": instance, "downstream_peer_uri_san": peer_uri,
+            "downstream_remote_address": f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""}
 
 
 def inbound_factory(rt: Runtime) -> Callable[[], InboundSide]:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -32,12 +33,16 @@ from proconsul.connect.proxy.config import (
     changes,
     from_registration,
     with_protocols,
+    with_upstream_config,
 )
+from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
+from proconsul.connect.proxy.tracing import TracingSettings
 
 log = logging.getLogger("proconsul.proxy")
+WARMING_MAX = 2.0  # seconds a new chain waits for its new targets' first instance lists
 
 
 class ProxyError(Exception):
@@ -96,6 +101,11 @@ class Proxy:
         self._stop: asyncio.Event | None = None
         self.gateway_service = "mesh-gateway"  # the name mesh gateways are registered under (Consul's habit)
         self.gateway_default = ""  # proxy-defaults' MeshGateway.Mode
+        self._access_logs: dict[str, Any] = {}  # proxy-defaults' AccessLogs
+        self._rate_limits: dict[str, Any] = {}  # this service's service-defaults RateLimits
+        self._tracing: TracingSettings | None = None  # proxy-defaults Config.tracing
+        self._target_known: dict[tuple[str, str], asyncio.Event] = {}  # new chain targets' first answers
+        self._last_registration: dict[str, Any] | None = None  # the last one seen, to re-resolve when entries change
 
     # ------------------------------------------------------------------ start-up
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
@@ -132,9 +142,13 @@ class Proxy:
             raise ProxyError(f"proxy registration {self.proxy_id!r}: {e}") from None
         if cfg is None:
             return
-        cfg = with_protocols(cfg, *await self._protocols(cfg))
+        try:
+            cfg = await self._resolve(cfg)
+        except ProxyConfigError as e:
+            raise ProxyError(f"proxy {self.proxy_id!r}: {e}") from None
         while True:
             self.rt = Runtime(cfg, datacenter=datacenter, rng=self.rng)
+            self._apply_defaults(self.rt)
             log.info("proxy %s for service %s: public listener %s:%d, %d upstream(s)", cfg.proxy_id, cfg.service,
                      cfg.bind_address, cfg.bind_port, len(cfg.upstreams))
             try:
@@ -154,17 +168,32 @@ class Proxy:
             self._leaf = self._roots = None
             self._server_ctx = None
 
-    async def _protocols(self, cfg: ProxyConfig) -> tuple[dict[str, str], str]:
-        """Protocols from the `service-defaults` of this service and its upstreams, and `proxy-defaults`."""
-        out: dict[str, str] = {}
+    async def _resolve(self, cfg: ProxyConfig) -> ProxyConfig:
+        """The registration completed by config entries, as Consul resolves it: this service's
+        `service-defaults` UpstreamConfig (limits, passive health checks, timeouts), protocols from each
+        service's `service-defaults` else `proxy-defaults`; the proxy-defaults' AccessLogs are kept."""
+        protocols: dict[str, str] = {}
+        upstream_config = None
         for name in {cfg.service, *(u.destination_name for u in cfg.upstreams)}:
             entry = await self._config_entry("service-defaults", name)
             if entry and entry.get("Protocol"):
-                out[name] = str(entry["Protocol"]).lower()
+                protocols[name] = str(entry["Protocol"]).lower()
+            if name == cfg.service:
+                upstream_config = (entry or {}).get("UpstreamConfig")
+                self._rate_limits = (entry or {}).get("RateLimits") or {}
         defaults = await self._config_entry("proxy-defaults", "global") or {}
         mode = str(((defaults.get("MeshGateway") or {}).get("Mode")) or "").lower()
         self.gateway_default = mode if mode in ("none", "local", "remote") else ""
-        return out, str((defaults.get("Config") or {}).get("protocol", "")).lower()
+        self._access_logs = defaults.get("AccessLogs") or {}
+        self._tracing = TracingSettings.from_config((defaults.get("Config") or {}).get("tracing"))
+        cfg = with_upstream_config(cfg, upstream_config)
+        return with_protocols(cfg, protocols, str((defaults.get("Config") or {}).get("protocol", "")).lower())
+
+    def _apply_defaults(self, rt: Runtime) -> None:
+        """What config entries set beside the registration: access logs, rate limits, tracing."""
+        rt.set_access_log(self._access_logs)
+        rt.set_rate_limits(self._rate_limits)
+        rt.set_tracing(self._tracing)
 
     async def _config_entry(self, kind: str, name: str) -> dict[str, Any] | None:
         try:
@@ -185,6 +214,9 @@ class Proxy:
                                               {"by": "destination", "name": cfg.service}, self._on_intentions, stop)),
                 tg.create_task(self.api.watch(f"/v1/agent/service/{quote(cfg.proxy_id, safe='')}", {},
                                               self._on_registration, stop, by_hash=True)),
+                tg.create_task(self.api.watch("/v1/config/service-defaults", {}, self._on_entries, stop)),
+                tg.create_task(self.api.watch("/v1/config/proxy-defaults", {}, self._on_entries, stop)),
+                *(tg.create_task(c) for c in self._extra_watches(stop)),
             ]
             for up in cfg.upstreams:
                 self._start_upstream_watch(up, stop)
@@ -194,12 +226,53 @@ class Proxy:
             self._upstream_watches.clear()
             self._tg = None
 
+    def _extra_watches(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        """What a mode of the proxy follows beyond a sidecar's watches (a gateway: its config entry)."""
+        return []
+
     def _start_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
+        assert self._tg is not None
+        self._stop_upstream_watches(up.key)
+        self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
+        if self._follows_chain(up):
+            self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
+
+    def _follows_chain(self, up: Upstream) -> bool:
+        """Upstreams in this datacenter follow their discovery chain; one in another datacenter goes to
+        that datacenter's instances (through mesh gateways when a mode says so) without one, for now."""
+        return not up.datacenter or self.rt is None or up.datacenter == self.rt.datacenter
+
+    def _restart_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
+        """An upstream's settings changed (datacenter, timeouts, limits, protocol): its instances are
+        watched again; its discovery chain and targets stay as they are."""
         assert self._tg is not None
         old = self._upstream_watches.pop(up.key, None)
         if old is not None:
             old.cancel()
         self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
+        chain = f"{up.key}|chain"
+        if not self._follows_chain(up):
+            self._stop_chain_watches(up.key)
+        elif chain not in self._upstream_watches:
+            self._upstream_watches[chain] = self._tg.create_task(self._watch_chain(up, stop))
+
+    def _stop_upstream_watches(self, key: str) -> None:
+        """End the watches of one upstream: its instances, its discovery chain and the chain's targets."""
+        self._stop_chain_watches(key, including=key)
+
+    def _stop_chain_watches(self, key: str, including: str = "") -> None:
+        """End an upstream's discovery chain and target watches (and the watch named `including`), and
+        drop its chain."""
+        for k in [k for k in self._upstream_watches if k == including or k.startswith(key + "|")]:
+            self._upstream_watches.pop(k).cancel()
+        if self.rt is not None:
+            self.rt.set_chain(key, None)
+
+    async def _on_entries(self, _: Any) -> None:
+        """service-defaults or proxy-defaults changed: resolve the registration again (protocols, upstream
+        limits and passive health checks, access logs) and apply what changed, without a restart."""
+        if self._last_registration is not None and self.rt is not None:
+            await self._on_registration(self._last_registration)
 
     async def _on_registration(self, body: dict[str, Any]) -> None:
         """The registration changed (a blocking query by content hash): apply it without a restart —
@@ -207,13 +280,15 @@ class Proxy:
         settings, open connections are left alone."""
         rt = self.rt
         assert rt is not None
+        self._last_registration = body
         try:
             new = from_registration(body)
-            new = with_protocols(new, *await self._protocols(new))
+            new = await self._resolve(new)
         except (ProxyConfigError, AgentAPIError) as e:
             log.error("the proxy registration changed but cannot be used (keeping the previous configuration): %s",
                       e)
             return
+        self._apply_defaults(rt)
         change = changes(rt.config, new)
         if not change:
             return
@@ -226,16 +301,16 @@ class Proxy:
         async with self._listening:
             rt.reconfigure(new)
             for up in change.removed:
-                task = self._upstream_watches.pop(up.key, None)
-                if task is not None:
-                    task.cancel()
+                self._stop_upstream_watches(up.key)
                 server = self._servers.pop(up.key, None)
                 if server is not None:
                     server.close()
                     self.upstream_ports.pop(up.destination_name, None)
             stop = self._stop or asyncio.Event()
-            for up in (*change.added, *change.changed):
+            for up in change.added:
                 self._start_upstream_watch(up, stop)
+            for up in change.changed:
+                self._restart_upstream_watch(up, stop)
             if self.ready.is_set():
                 if change.public_moved:
                     await self._open_public(rt, replace=True)
@@ -290,6 +365,66 @@ class Proxy:
             pool.set_instances(instances)
 
         await self.api.watch(f"/v1/health/service/{self.gateway_service}", params, update, stop)
+    async def _watch_chain(self, up: Upstream, stop: asyncio.Event) -> None:
+        """Follow the upstream's discovery chain: each change is applied to new requests at once (open
+        connections stay), and targets that need instances of their own get a watch."""
+        async def update(body: dict[str, Any]) -> None:
+            rt = self.rt
+            assert rt is not None and self._tg is not None
+            try:
+                table = RouteTable.from_chain(body["Chain"])
+            except (ChainFormatError, KeyError, TypeError) as e:
+                log.error("upstream %s: keeping the previous routes: %s", up.destination_name, e)
+                return
+            warming = []
+            for t in rt.set_chain(up.key, table, activate=False):
+                key = f"{up.key}|target|{t.id}"
+                old = self._upstream_watches.pop(key, None)
+                if old is not None:
+                    old.cancel()
+                known = self._target_known[(up.key, t.id)] = asyncio.Event()
+                warming.append(known.wait())
+                self._upstream_watches[key] = self._tg.create_task(self._watch_target(up, t, stop))
+            if warming:  # new targets: switch once their instances are known (or after WARMING_MAX), never to
+                try:     # a target the proxy has not heard about yet (that would answer 503 for nothing)
+                    await asyncio.wait_for(asyncio.gather(*warming), WARMING_MAX)
+                except TimeoutError:
+                    log.warning("upstream %s: applying the new chain before all its targets answered",
+                                up.destination_name)
+            if self.rt is not rt:
+                return
+            rt.set_chain(up.key, table)
+            live = {f"{up.key}|target|{tid}" for (k, tid) in rt.target_pools if k == up.key}
+            for key in [k for k in self._upstream_watches if k.startswith(f"{up.key}|target|") and k not in live]:
+                self._upstream_watches.pop(key).cancel()
+            log.info("upstream %s: discovery chain applied (%d route(s), %d target(s))%s", up.destination_name,
+                     len(table.routes), len(table.targets), " (default)" if table.default else "")
+
+        await self.api.watch(f"/v1/discovery-chain/{quote(up.destination_name, safe='')}", {}, update, stop)
+
+    async def _watch_target(self, up: Upstream, target: Target, stop: asyncio.Event) -> None:
+        """The passing instances of one chain target (a subset through its Filter, another service or dc)."""
+        params = {"passing": "1"}
+        if target.filter:
+            params["filter"] = target.filter
+        if target.datacenter and self.rt is not None and target.datacenter != self.rt.datacenter:
+            params["dc"] = target.datacenter
+
+        def update(entries: list[dict[str, Any]]) -> None:
+            rt = self.rt
+            pool = rt.target_pools.get((up.key, target.id)) if rt is not None else None
+            if rt is None or pool is None:
+                return
+            instances = healthy_instances(entries, target.service, target.datacenter or rt.datacenter)
+            if {i.id for i in instances} != {i.id for i in pool.instances()}:
+                log.info("upstream %s: target %s has %d healthy instance(s)", up.destination_name, target.id,
+                         len(instances))
+            pool.set_instances(instances)
+            known = self._target_known.pop((up.key, target.id), None)
+            if known is not None:
+                known.set()
+
+        await self.api.watch(f"/v1/health/connect/{quote(target.service, safe='')}", params, update, stop)
 
     # ------------------------------------------------------------------ watch callbacks
     def _on_roots(self, roots: dict[str, Any]) -> None:
@@ -377,6 +512,8 @@ class Proxy:
             await self._close_listeners(keep_admin=not stop.is_set())
             await rt.cancel_tasks()
             rt.http_connections.close()
+            if rt.access_log is not None:
+                rt.access_log.close()
 
     async def _open_public(self, rt: Runtime, replace: bool = False) -> None:
         """The public mTLS listener; L4 or HTTP is decided per connection by the current configuration."""
@@ -490,6 +627,19 @@ class Proxy:
             "RootIDs": [r["ID"] for r in (self._roots or {}).get("Roots") or []],
             "UpstreamInstances": {p.name: {"Healthy": len(p), "Ejected": p.ejected(now)}
                                   for p in rt.pools.values()},
+            "ChainTargets": {tid: {"Healthy": len(p), "Ejected": p.ejected(now), "Policy": p.policy}
+                             for (_, tid), p in rt.target_pools.items()},
+            "UpstreamPolicies": {p.name: p.policy for p in [*rt.pools.values(), *rt.target_pools.values()]},
+            "CircuitBreakers": {u.destination_name: {
+                "MaxConnections": u.limits.max_connections, "MaxPendingRequests": u.limits.max_pending_requests,
+                "MaxConcurrentRequests": u.limits.max_concurrent_requests, "Active": b.active,
+                "Pending": len(b.pending), "Overflows": b.overflows, "Peak": b.peak}
+                for u in rt.upstreams.values() if (b := rt.breakers.get(u.key)) is not None},
+            "AccessLogLines": rt.access_log.lines if rt.access_log is not None else 0,
+            "RateLimited": rt.rate_limiter.limited if rt.rate_limiter is not None else 0,
+            "TracingSpans": {"Exported": rt.tracer.exported, "Dropped": rt.tracer.dropped,
+                             "Queued": len(rt.tracer.queue), "ExportFailures": rt.tracer.failures}
+            if rt.tracer is not None else None,
         })
         return snap
 

@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proconsul.connect.errors import InvalidSpiffeID
+from proconsul.connect.proxy.accesslog import AccessLog
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
+from proconsul.connect.proxy.breaker import Breaker
 from proconsul.connect.proxy.budget import RetryBudget
 from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.h1 import InstanceConnections
 from proconsul.connect.proxy.metrics import Link, ProxyMetrics
+from proconsul.connect.proxy.ratelimit import RateLimiter
+from proconsul.connect.proxy.routing import RouteTable, Target
 from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
 from proconsul.connect.proxy.tlsproto import READ_MAX
+from proconsul.connect.proxy.tracing import Tracer, TracingSettings
 from proconsul.connect.spiffe import parse_service
 
 
@@ -62,8 +67,15 @@ class Runtime:
         self.root_ids: tuple[str, ...] = ()
         self.trust_reduced_at = 0.0  # unix time a root last left the trusted set (resumed sessions before it: refused)
         self.pools: dict[str, UpstreamPool] = {
-            u.key: UpstreamPool(u.destination_name, u.lb_policy, config.outlier) for u in config.upstreams}
+            u.key: UpstreamPool(u.destination_name, u.lb_policy, u.outlier or config.outlier) for u in config.upstreams}
+        self.breakers: dict[str, Breaker[Any]] = {u.key: Breaker(u.limits) for u in config.upstreams}
         self.upstreams: dict[str, Upstream] = {u.key: u for u in config.upstreams}
+        self.access_log: AccessLog | None = None  # proxy-defaults AccessLogs, when Enabled
+        self.rate_limiter: RateLimiter | None = None  # service-defaults RateLimits of this service
+        self.tracer: Tracer | None = None  # proxy-defaults Config.tracing
+        self._tracer_task: asyncio.Task[Any] | None = None
+        self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
+        self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)
         self.metrics = ProxyMetrics(config.service)
         self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.refusals: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
@@ -78,14 +90,110 @@ class Runtime:
         (instances, ejections), and open connections are left alone."""
         pools = {}
         for u in config.upstreams:
-            pool = self.pools.get(u.key) or UpstreamPool(u.destination_name, u.lb_policy, config.outlier)
-            pool.policy, pool.outlier = u.lb_policy, config.outlier
+            pool = self.pools.get(u.key) or UpstreamPool(u.destination_name, u.lb_policy, u.outlier or config.outlier)
+            pool.policy, pool.outlier = u.lb_policy, u.outlier or config.outlier
             pools[u.key] = pool
+            breaker = self.breakers.get(u.key)
+            if breaker is None:
+                self.breakers[u.key] = Breaker(u.limits)
+            else:
+                breaker.limits = u.limits  # requests in flight or queued stay counted
         if config.retry != self.config.retry:
             self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.pools = pools
         self.upstreams = {u.key: u for u in config.upstreams}
         self.config = config
+        for key in [k for k in self.breakers if k not in self.upstreams]:
+            del self.breakers[key]
+        for (key, _), pool in self.target_pools.items():
+            u = self.upstreams.get(key)
+            if u is not None:
+                pool.outlier = u.outlier or config.outlier
+        for key in [k for k in self.chains if k not in self.upstreams]:
+            self.set_chain(key, None)
+        for key, table in self.chains.items():
+            self.set_chain(key, table)  # the upstream's lb_policy may have changed under the chain's
+
+    def set_access_log(self, settings: dict[str, Any] | None) -> None:
+        """proxy-defaults' AccessLogs, applied at once (the old destination is flushed and closed)."""
+        current = self.access_log.settings if self.access_log is not None else None
+        if (settings or None) == current or (not (settings or {}).get("Enabled") and current is None):
+            return
+        if self.access_log is not None:
+            self.access_log.close()
+        self.access_log = AccessLog.from_entry(settings)
+        if self.access_log is not None:
+            self.access_log.open()
+        log.info("access logs: %s", "off" if self.access_log is None else
+                 f"{self.access_log.kind}{' ' + self.access_log.path if self.access_log.path else ''}")
+
+    def set_tracing(self, settings: TracingSettings | None) -> None:
+        """proxy-defaults Config.tracing: a new exporter when the collector or the sampling changes."""
+        if (self.tracer.settings if self.tracer is not None else None) == settings:
+            return
+        if self._tracer_task is not None:
+            self._tracer_task.cancel()
+            self._tracer_task = None
+        self.tracer = Tracer(self.config.service, settings, self.rng) if settings is not None else None
+        if self.tracer is not None:
+            self._tracer_task = asyncio.get_running_loop().create_task(self.tracer.run())
+            self._tasks.add(self._tracer_task)
+            self._tracer_task.add_done_callback(self._done)
+        log.info("tracing: %s", "off" if settings is None else
+                 f"OTLP/HTTP to {settings.endpoint}, {settings.sampling_percent:g}% of new traces")
+
+    def set_rate_limits(self, rate_limits: dict[str, Any] | None) -> None:
+        """service-defaults' RateLimits for this instance; buckets start full again only when they change."""
+        level = (rate_limits or {}).get("InstanceLevel") or {}
+        current = self.rate_limiter.settings if self.rate_limiter is not None else {}
+        if level != current:
+            self.rate_limiter = RateLimiter.from_entry(rate_limits)
+
+    # ------------------------------------------------------------------ discovery chains
+    def owns_target(self, up: Upstream, t: Target) -> bool:
+        """Whether the upstream's own pool (every passing instance of its destination) serves `t`."""
+        return t.service == up.destination_name and not t.filter and \
+            t.datacenter in ("", up.datacenter or self.datacenter)
+
+    def pool_for(self, up: Upstream, t: Target) -> UpstreamPool | None:
+        return self.pools.get(up.key) if self.owns_target(up, t) else self.target_pools.get((up.key, t.id))
+
+    def set_chain(self, key: str, table: RouteTable | None, activate: bool = True) -> list[Target]:
+        """Apply a new chain to upstream `key` (None: forget it); the targets that now need a pool of their
+        own (a subset, another service or datacenter) — the caller watches their instances. With
+        `activate` False the pools are made but requests keep the current chain (warming, as Envoy's
+        clusters warm: the caller activates once the new targets' instances are known)."""
+        up = self.upstreams.get(key)
+        if table is None or up is None:
+            self.chains.pop(key, None)
+            for k in [k for k in self.target_pools if k[0] == key]:
+                del self.target_pools[k]
+            return []
+        policies: dict[str, str] = {}
+        for route in table.routes:
+            for leg in route.legs:
+                for t in (leg.target, *leg.failover):
+                    policies.setdefault(t.id, leg.lb.policy or up.lb_policy)
+        wanted = {tid: t for tid, t in table.targets.items() if tid in policies and not self.owns_target(up, t)}
+        new = []
+        for tid, t in wanted.items():
+            pool = self.target_pools.get((key, tid))
+            if pool is None:
+                pool = UpstreamPool(t.service + (f"[{tid}]" if t.filter else ""), policies[tid],
+                                    up.outlier or self.config.outlier)
+                self.target_pools[(key, tid)] = pool
+                new.append(t)
+            pool.policy = policies[tid]
+        if not activate:
+            return new
+        for k in [k for k in self.target_pools if k[0] == key and k[1] not in wanted]:
+            del self.target_pools[k]
+        own = self.pools.get(key)
+        if own is not None:
+            own.policy = next((policies[tid] for tid, t in table.targets.items()
+                               if tid in policies and self.owns_target(up, t)), up.lb_policy)
+        self.chains[key] = table
+        return new
 
     # ------------------------------------------------------------------ tasks
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

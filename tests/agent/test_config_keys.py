@@ -50,13 +50,13 @@ def test_a_consul_style_config_loads_with_warnings_for_what_has_no_effect() -> N
 
 
 @pytest.mark.parametrize(("data", "says"), [
-    ({"ports": {"https": 8501}}, "ports.https = 8501 cannot be honoured: there is no HTTPS listener"),
+    ({"ports": {"https": 8501}}, "ports.https = 8501 cannot be honoured without a certificate"),
     ({"ports": {"grpc_tls": 8503}}, "ports.grpc_tls = 8503 cannot be honoured"),
     ({"encrypt": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="}, "encrypt cannot be honoured"),
-    ({"acl": {"enabled": True, "default_policy": "deny"}}, "acl cannot be honoured"),
-    ({"acl_master_token": "x"}, "acl_master_token cannot be honoured"),
+    ({"acl": {"enabled": True, "default_policy": "maybe"}}, "acl.default_policy must be one of allow, deny"),
+    ({"acl": {"tokens": {"master_key": "x"}}}, "unknown key acl.tokens.master_key"),
     ({"auto_encrypt": {"tls": True, "allow_tls": True}}, "auto_encrypt cannot be honoured"),
-    ({"tls": {"https": {"cert_file": "c.pem"}}}, "tls.https cannot be honoured"),
+    ({"tls": {"rpc": {"cert_file": "c.pem"}}}, "unknown key tls.rpc"),
     ({"serf_wan_allowed_cidrs": ["10.0.0.0/8"]}, "serf_wan_allowed_cidrs cannot be honoured"),
     ({"primary_datacenter": "dc9", "ports": {"serf_wan": -1}}, "primary_datacenter 'dc9' cannot be honoured"),
     ({"raft_protocol": 2}, "raft_protocol 2 is not supported"),
@@ -105,10 +105,10 @@ def test_single_dash_flags_work_everywhere(tmp_path: Path) -> None:
 
 
 def test_dev_agent_with_inline_hcl_as_consul_users_start_it(tmp_path: Path) -> None:
-    line = one_line_error(run(None, "agent", "-dev", "-hcl", 'acl { enabled = true default_policy = "deny" }'))
-    assert "acl cannot be honoured" in line
+    line = one_line_error(run(None, "agent", "-dev", "-hcl", 'acl { enabled = true default_policy = "nope" }'))
+    assert "acl.default_policy must be one of allow, deny" in line
     line = one_line_error(run(None, "agent", "-dev", "-hcl", "ports { https = 8501 }"))
-    assert "no HTTPS listener" in line
+    assert "ports.https = 8501 cannot be honoured without a certificate" in line
 
 
 def test_honoured_keys_take_effect(tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
     out += [("txn.read", {"ops": [{"Verb": "get-tree", "Key": "a"}, {"Verb": "check-index", "Key": "a/b", "Index": 3},
                                   {"Kind": "Node", "Verb": "get", "Node": {"Node": "n1"}},
                                   {"Kind": "Service", "Verb": "get", "Node": "n2", "Service": {"ID": "web-n2"}}]})]
+    out += [("acl.token_bundle", {"secret": "anonymous"}), ("acl.token_bundle", {"accessor": "nope"})]
     assert {q for q, _ in out} >= set(QUERIES) - {"table.list", "table.get"}, "a query is not covered"
     return out
 

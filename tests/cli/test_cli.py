@@ -137,6 +137,6 @@ def test_reload_picks_up_config_dir_changes(tmp_path: Path, how: str) -> None:
 
 
 def test_unsupported_config_keys_say_so(tmp_path: Path) -> None:
-    (tmp_path / "acl.hcl").write_text('acl {\n  enabled = true\n}\n')
-    line = one_line_error(run(None, "agent", "--dev", "--config-file", str(tmp_path / "acl.hcl")))
-    assert "acl cannot be honoured: ACLs are not built yet" in line
+    (tmp_path / "enc.hcl").write_text('encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="\n')
+    line = one_line_error(run(None, "agent", "--dev", "--config-file", str(tmp_path / "enc.hcl")))
+    assert "encrypt cannot be honoured" in line

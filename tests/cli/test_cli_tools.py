@@ -57,7 +57,7 @@ def test_maint_validate_keygen(agent: AgentProcess, tmp_path: Path) -> None:
     assert "Configuration is valid!" in out and "limits has no effect" in out
     bad = tmp_path / "bad.json"
     bad.write_text('{"ports": {"https": 8501}}')
-    assert "no HTTPS listener" in one_line_error(run(None, "validate", str(bad)))
+    assert "cannot be honoured without a certificate" in one_line_error(run(None, "validate", str(bad)))
     assert len(base64.b64decode(ok(None, "keygen").strip())) == 32
 
 

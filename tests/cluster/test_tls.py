@@ -81,6 +81,7 @@ def test_tls_settings_that_cannot_work_fail_with_one_line(tmp_path: Path) -> Non
     msg = one_line_error(run(None, "agent", "--server", "--bootstrap-expect", "1", "--data-dir", str(tmp_path / "d"),
                              "--config-file", str(bad), "--http-port", "0", "--dns-port", "-1"))
     assert "cannot load the certificates" in msg
-    bad.write_text('{"tls": {"https": {"cert_file": "x"}}}')
-    assert "tls.https cannot be honoured yet" in one_line_error(run(None, "agent", "--dev", "--config-file", str(bad)))
+    bad.write_text('{"ports": {"https": 0}, "tls": {"https": {"cert_file": "x"}}}')
+    assert "ports.https = 0 cannot be honoured without a certificate" in one_line_error(
+        run(None, "agent", "--dev", "--config-file", str(bad)))
     assert AgentProcess  # the fixture module's agent type is what the other tests start

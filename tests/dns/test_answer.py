@@ -27,6 +27,9 @@ class View:
     def service_instances(self, name: str, connect: bool = False) -> list[Instance]:
         return list(self.instances.get(("connect:" if connect else "") + name.lower(), []))
 
+    def ingress_instances(self, name: str) -> list[Instance]:
+        return list(self.instances.get("ingress:" + name.lower(), []))
+
     def node(self, name: str) -> Node | None:
         return self.nodes.get(name.lower())
 
@@ -63,6 +66,7 @@ VIEW = View({
     "weighted": [inst("j", "10.0.0.10", 95, status="warning", weight_passing=10, weight_warning=0)],
     "dual": [inst("k", "10.0.0.11", 96), inst("k", "10.0.0.11", 97)],
     "connect:web": [inst("a", "10.0.0.1", 21000)],
+    "ingress:web": [inst("gw", "10.0.0.50", 8443), inst("gw2", "10.0.0.51", 8443, status="critical")],
     "many": [inst(f"n{i}", f"10.1.0.{i}", 1000 + i) for i in range(1, 60)],
 }, {"a": Node("a", "10.0.0.1", meta={"rack": "r1", "a=b": "c"}), "e": Node("e", "fd00::1"),
     "ext.host": Node("ext.host", "host.example.com")},
@@ -166,7 +170,7 @@ def test_tagged_lan_addresses_per_family() -> None:
 
 @pytest.mark.parametrize("name", ["nope.service.mesh", "web.service.dc9.mesh", "x.y.z.mesh", "nope.node.mesh",
                                   "service.mesh", "web.service.other.stuff.mesh", "q.query.mesh",
-                                  "web.ingress.mesh", "zz.addr.dc1.mesh", "web.service.peer1.peer.mesh"])
+                                  "nope.ingress.mesh", "zz.addr.dc1.mesh", "web.service.peer1.peer.mesh"])
 def test_nxdomain_carries_soa(name: str) -> None:
     r = ask(name)
     assert r.header.rcode == RCODE.NXDOMAIN, name
@@ -207,6 +211,12 @@ def test_hostname_service_address_is_a_cname() -> None:
 def test_connect_form() -> None:
     assert {rr.rdata.port for rr in ask("web.connect.mesh", "SRV").rr} == {21000}
     assert ask("nope.connect.mesh").header.rcode == RCODE.NXDOMAIN
+
+
+def test_ingress_form() -> None:
+    assert rdatas(ask("web.ingress.mesh")) == {"10.0.0.50"}, "the healthy ingress gateways exposing web"
+    assert rdatas(ask("web.ingress.dc1.mesh")) == {"10.0.0.50"}
+    assert ask("nope.ingress.mesh").header.rcode == RCODE.NXDOMAIN
 
 
 def test_node_lookups() -> None:

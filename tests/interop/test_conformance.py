@@ -117,6 +117,7 @@ def test_gateway_services_ingress_health_and_peer_answer_as_consul(agent: AgentP
     assert agent.get("/v1/catalog/gateway-services/none")[1] == []
     status, body, headers = agent.request("GET", "/v1/health/service/web-f?peer=other")
     assert (status, body) == (200, []) and "X-Consul-Index" in headers
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "web-f", "Protocol": "http"})[0] == 200
     assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
         {"Port": 8080, "Protocol": "http", "Services": [{"Name": "web-f", "Hosts": ["web.example"]}]}]})[0] == 200
     assert agent.put("/v1/agent/service/register", {"Name": "ig", "Kind": "ingress-gateway", "Port": 8080})[0] == 200

@@ -133,11 +133,14 @@ def test_a_client_agents_event_reaches_its_server_and_the_rest_forwards(tmp_path
                  message="the client to join")
         status, fired = client.put("/v1/event/fire/cluster-ev", raw=b"from the client")
         assert status == 200
-        for agent in (client, server):
-            assert [e["ID"] for e in agent.get("/v1/event/list?name=cluster-ev")[1]] == [fired["ID"]]
+        def ids(agent: AgentProcess) -> list[str]:
+            return [e["ID"] for e in agent.get("/v1/event/list?name=cluster-ev")[1]]
+
+        for agent in (client, server):  # delivered by gossip: wait for it
+            wait_for(lambda a=agent: ids(a) == [fired["ID"]], timeout=15, message=f"the event on {agent.addr}")
         status, only_server = client.put("/v1/event/fire/cluster-ev?node=^s0$", raw=b"")
-        assert [e["ID"] for e in server.get("/v1/event/list?name=cluster-ev")[1]][-1] == only_server["ID"]
-        assert [e["ID"] for e in client.get("/v1/event/list?name=cluster-ev")[1]] == [fired["ID"]]
+        wait_for(lambda: ids(server)[-1] == only_server["ID"], timeout=15, message="the filtered event on the server")
+        assert ids(client) == [fired["ID"]]
         # The rest of this surface through a client agent, which forwards to its server over RPC.
         client.put("/v1/agent/service/register", {"Name": "cl-web", "Port": 80})
         wait_for(lambda: client.get("/v1/catalog/service/cl-web")[1], timeout=15, message="anti-entropy")

@@ -1,0 +1,156 @@
+"""Token secret → Authorizer, with a cache: the asyncio shell around the pure ACL core.
+
+On a server, a cached authorizer stays valid while the ACL tables have not changed (their index is
+the cache's key), so a changed policy takes effect on the next request. On a client agent, which reads
+tokens from a server, entries live `token_ttl`; when no server answers, `down_policy` decides
+(Consul's extend-cache / async-cache keep using what is cached, then deny; allow; deny).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proconsul.agent.acl.authorizer import Authorizer
+from proconsul.agent.acl.builtin import ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, anonymous_token
+from proconsul.agent.acl.errors import ACLNotFound, RulesError
+from proconsul.agent.acl.identity import expired, token_rules
+from proconsul.agent.acl.rules import Rules, parse_rules
+
+log = logging.getLogger("proconsul.acl")
+
+# (secret) -> (index, {"Token": row | None, "Policies": {id: row}, "Roles": {id: row}})
+FetchBundle = Callable[[str], Awaitable[tuple[int, dict[str, Any]]]]
+FetchLocal = Callable[[str], tuple[int, dict[str, Any]]]  # a server's own replica: no waiting
+CACHE_SIZE = 4096
+
+
+@dataclass(slots=True)
+class _Entry:
+    authz: Authorizer
+    token: dict[str, Any]
+    generation: int
+    fetched: float
+    expires: bool  # the token has an ExpirationTime (checked on every hit only then)
+
+
+class Resolver:
+    """Resolves token secrets for one agent. A server passes `fetch_local` (its own replica) and calls
+    `changed()` whenever the ACL tables change; a client agent's entries live `token_ttl`."""
+
+    def __init__(self, *, default_allow: bool, down_policy: str, datacenter: str, token_ttl: float,
+                 fetch: FetchBundle, clock: Callable[[], float], wall: Callable[[], float],
+                 fetch_local: FetchLocal | None = None) -> None:
+        self.default_allow = default_allow
+        self.down_policy = down_policy
+        self.datacenter = datacenter
+        self.token_ttl = token_ttl
+        self._fetch = fetch
+        self._clock = clock  # monotonic: cache ages
+        self._wall = wall  # the epoch: token expiry
+        self._fetch_local = fetch_local
+        self._generation = 0  # bumped by changed(): entries of an older generation are stale
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._parsed: dict[tuple[str, int], Rules] = {}
+
+    def changed(self) -> None:
+        """The ACL tables changed (a server's replica): every cached token is resolved again."""
+        self._generation += 1
+
+    def _fresh(self, entry: _Entry) -> bool:
+        if self._fetch_local is not None:
+            return entry.generation == self._generation
+        return self._clock() - entry.fetched < self.token_ttl
+
+    def cached(self, secret: str) -> Authorizer | None:
+        """The hot path: a cached, still valid authorizer, without awaiting anything; None on a miss."""
+        entry = self._cache.get(secret or ANONYMOUS_SECRET)
+        if entry is None or entry.generation != self._generation or (
+                self._fetch_local is None and self._clock() - entry.fetched >= self.token_ttl) or (
+                entry.expires and expired(entry.token, self._wall())):
+            return None
+        return entry.authz
+
+    async def resolve(self, secret: str) -> Authorizer:
+        """The authorizer of `secret` (anonymous for ""); raises ACLNotFound for an unknown secret."""
+        return (await self.resolve_with_token(secret))[0]
+
+    def _hit(self, secret: str) -> _Entry | None:
+        entry = self._cache.get(secret)
+        if entry is not None and self._fresh(entry) and not (entry.expires and expired(entry.token, self._wall())):
+            return entry
+        return None
+
+    async def resolve_with_token(self, secret: str) -> tuple[Authorizer, dict[str, Any]]:
+        secret = secret or ANONYMOUS_SECRET
+        hit = self._hit(secret)
+        if hit is not None:
+            return hit.authz, hit.token
+        try:
+            index, bundle = self._fetch_local(secret) if self._fetch_local else await self._fetch(secret)
+        except ACLNotFound:
+            raise
+        except Exception as e:  # no server answers: the down policy decides
+            return self._down(secret, self._cache.get(secret), e)
+        return self._build(secret, index, bundle)
+
+    def resolve_local(self, secret: str) -> Authorizer:
+        """For synchronous callers on a server (DNS answering): resolve from the local replica; an unknown
+        secret gets the default policy's authorizer with no rules (it is the agent's own configuration)."""
+        secret = secret or ANONYMOUS_SECRET
+        hit = self._hit(secret)
+        if hit is not None:
+            return hit.authz
+        if self._fetch_local is None:
+            raise RuntimeError("resolve_local needs a local replica")
+        try:
+            return self._build(secret, *self._fetch_local(secret))[0]
+        except ACLNotFound:
+            log.error("the agent's DNS token matches no ACL token: DNS answers as with no rules")
+            return Authorizer(Rules(), default_allow=self.default_allow, accessor=ANONYMOUS_ACCESSOR)
+
+    def _build(self, secret: str, index: int, bundle: dict[str, Any]) -> tuple[Authorizer, dict[str, Any]]:
+        token = bundle.get("Token")
+        if token is None and secret == ANONYMOUS_SECRET:
+            token = anonymous_token()  # before the leader has written it
+        if token is None or expired(token, self._wall()):
+            self._cache.pop(secret, None)
+            raise ACLNotFound()
+        rules = token_rules(token, bundle.get("Policies") or {}, bundle.get("Roles") or {}, self.datacenter,
+                            self._parse)
+        authz = Authorizer(rules, default_allow=self.default_allow, accessor=token["AccessorID"],
+                           description=token.get("Description") or "")
+        self._cache[secret] = _Entry(authz, token, self._generation, self._clock(), bool(token.get("ExpirationTime")))
+        self._cache.move_to_end(secret)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return authz, token
+
+    def _down(self, secret: str, entry: _Entry | None, err: Exception) -> tuple[Authorizer, dict[str, Any]]:
+        log.warning("cannot resolve an ACL token (%s): applying down_policy %s", err, self.down_policy)
+        if self.down_policy in ("extend-cache", "async-cache") and entry is not None:
+            return entry.authz, entry.token
+        allow = self.down_policy == "allow"
+        token = anonymous_token()
+        return Authorizer(Rules(), default_allow=allow, accessor=ANONYMOUS_ACCESSOR), token
+
+    def _parse(self, policy: dict[str, Any]) -> Rules:
+        key = (policy["ID"], int(policy.get("ModifyIndex") or 0))
+        rules = self._parsed.get(key)
+        if rules is None:
+            try:
+                rules = parse_rules(policy.get("Rules") or "")
+            except RulesError as e:  # stored rules were checked when written; never crash a request on them
+                log.error("policy %s has rules that no longer parse (%s): it grants nothing", policy.get("Name"), e)
+                rules = Rules()
+            if len(self._parsed) > CACHE_SIZE:
+                self._parsed.clear()
+            self._parsed[key] = rules
+        return rules
+
+    def invalidate(self) -> None:
+        """Forget every cached token (a client agent after it changed ACL objects itself)."""
+        self._cache.clear()

@@ -1,0 +1,126 @@
+"""HTTP reads with ACLs on (a token with a few policies) vs ACLs off, and HTTPS vs HTTP, in one run.
+
+Issue 14's figures: `GET /v1/health/service/web?passing` (50 instances), `wrk -t1 -c16`, arms alternated,
+medians, and the agent's CPU seconds per 1,000 requests. Arms:
+- ACLs off, HTTP (the reference);
+- ACLs on (default deny), a token with four policies that reads every service and node (no filtering:
+  the common case for an application's token); goal ≥ 0.9× the reference;
+- ACLs on, a token that reads only some nodes (every answer is filtered, so no encoded-response cache);
+- ACLs off, HTTPS (TLS 1.3, keep-alive; certificates made by openssl) — the ratio is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from common import AgentProcess, Arm, CpuMeter, alternate, free_port, need, report, wait_for, wrk
+from http_bench import seed
+
+MGMT = "bench-management"
+POLICIES = {
+    "svc-read": 'service_prefix "" { policy = "read" }',
+    "node-read": 'node_prefix "" { policy = "read" }',
+    "web-write": 'service "web" { policy = "write" }\nkey_prefix "web/" { policy = "write" }',
+    "sessions": 'session_prefix "" { policy = "write" }\nevent_prefix "web" { policy = "write" }',
+    "some-nodes": 'service_prefix "" { policy = "read" }\nnode_prefix "node-1" { policy = "read" }',
+}
+
+
+def call(method: str, url: str, body: object = None, token: str = "") -> object:
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, method=method,
+                                 headers={"X-Consul-Token": token} if token else {})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def certificates(d: Path) -> tuple[Path, Path]:
+    need("openssl", "openssl")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    return d / "cert.pem", d / "key.pem"
+
+
+def measure(url: str, pid: int, connections: int, duration: float, token: str = "") -> dict[str, float]:
+    meter = CpuMeter([pid])
+    meter.start()
+    r = wrk(url, connections, duration, extra=["-H", f"X-Consul-Token: {token}"] if token else None)
+    cpu = meter.stop()
+    return {**r.as_dict(), "cpu_s_per_1k": cpu / max(1.0, r.rps * duration) * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=16)
+    args = ap.parse_args()
+    path = "/v1/health/service/web?passing"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        cert, key = certificates(t)
+        https_port = free_port()
+        (t / "plain").mkdir()
+        (t / "plain" / "tls.json").write_text(json.dumps({"ports": {"https": https_port},
+                                                          "tls": {"https": {"cert_file": str(cert),
+                                                                            "key_file": str(key)}}}))
+        plain = AgentProcess(t / "plain", dev=True, args=["--log-level", "warn", "-config-file",
+                                                          str(t / "plain" / "tls.json")])
+        acl = AgentProcess(t / "acl", dev=True, args=["--log-level", "warn", "-hcl", 'acl { enabled = true '
+                                                      f'default_policy = "deny" tokens {{ initial_management = "{MGMT}" }} }}'])
+        plain.start()
+        acl.start()
+        try:
+            seed(plain, 50)
+            wait_for(lambda: call("GET", f"{acl.url}/v1/acl/token/self", token=MGMT), message="ACL bootstrap")
+            for i in range(50):
+                call("PUT", f"{acl.url}/v1/catalog/register", {
+                    "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
+                    "Service": {"Service": "web", "ID": f"web-{i}", "Port": 8080, "Tags": ["v1"]},
+                    "Checks": [{"CheckID": f"web-{i}-alive", "Name": "alive", "ServiceID": f"web-{i}",
+                                "Status": "passing"}]}, MGMT)
+            for name, rules in POLICIES.items():
+                call("PUT", f"{acl.url}/v1/acl/policy", {"Name": name, "Rules": rules}, MGMT)
+            app_token = call("PUT", f"{acl.url}/v1/acl/token", {"Policies": [{"Name": n} for n in (
+                "svc-read", "node-read", "web-write", "sessions")]}, MGMT)["SecretID"]
+            some_token = call("PUT", f"{acl.url}/v1/acl/token", {"Policies": [{"Name": "some-nodes"}]},
+                              MGMT)["SecretID"]
+            full = call("GET", f"{acl.url}{path}", token=app_token)
+            some = call("GET", f"{acl.url}{path}", token=some_token)
+            assert len(full) == 50 and 0 < len(some) < 50, (len(full), len(some))
+            arms = [
+                Arm("ACLs off, HTTP", lambda: measure(plain.url + path, plain.proc.pid, args.connections,
+                                                      args.duration)),
+                Arm("ACLs on, 4-policy token", lambda: measure(acl.url + path, acl.proc.pid, args.connections,
+                                                               args.duration, app_token)),
+                Arm("ACLs on, filtered token", lambda: measure(acl.url + path, acl.proc.pid, args.connections,
+                                                               args.duration, some_token)),
+                Arm("ACLs off, HTTPS", lambda: measure(f"https://127.0.0.1:{https_port}{path}", plain.proc.pid,
+                                                       args.connections, args.duration)),
+            ]
+            alternate(arms, args.rounds)
+            off, on, filtered, tls = arms
+            out = {"connections": args.connections, "duration_s": args.duration, "rounds": args.rounds,
+                   "filtered_instances": len(some)}
+            for label, arm in (("http", off), ("acl", on), ("acl_filtered", filtered), ("https", tls)):
+                out.update({f"{label}_rps": arm.median("rps"), f"{label}_p99_ms": arm.median("p99_ms"),
+                            f"{label}_cpu_s_per_1k": arm.median("cpu_s_per_1k"), f"{label}_errors":
+                            sum(r["errors"] for r in arm.results)})
+            out.update(acl_ratio=on.median("rps") / off.median("rps"), acl_goal=0.9,
+                       acl_filtered_ratio=filtered.median("rps") / off.median("rps"),
+                       https_ratio=tls.median("rps") / off.median("rps"))
+            report("acl", out)
+        finally:
+            plain.stop()
+            acl.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""L7 traffic management (issue 19): the cost of applying a discovery chain per request.
+
+wrk → client-side sidecar → mTLS → server-side sidecar(s) → nginx (3-byte body). Arms, alternated in one
+run (A B C D, ≥ 3 rounds, medians):
+  l7-plain      the same processes in HTTP mode with the default chain (one resolver, round robin over
+                the two instances)
+  l7-chain      a service-router (a PathPrefix route and a header route before the catch-all) and an
+                80/20 service-splitter between subsets v1/v2 (two instances, chosen by Filter over Meta)
+  l7-chain-log  the same chain with proxy-defaults AccessLogs on (JSON lines to a file)
+  l7-chain-trace100 / -trace1   the same chain with tracing on (proxy-defaults Config.tracing, OTLP/HTTP to
+                a sink process), sampling 100% and 1% of new traces
+  ingress       wrk → the ingress gateway (HTTP, by Host) → the server sidecars → nginx: one hop in
+                place of the client sidecar, through the same chain
+  haproxy       HAProxy in HTTP mode on both sides, mTLS between them, the same path route and an
+                80/20 weighted split (the peer the issue names)
+For each: keep-alive requests/s, p50/p99 (`wrk -t1 -c16`), and the arm's CPU seconds per 1,000
+requests over all its processes. Goals: chain ≥ 0.9× plain; access logs ≥ 0.95× without; tracing at
+100% ≥ 0.85× and at 1% ≥ 0.97× without; ≥ 1.0× HAProxy's requests/s with p99 ≤ HAProxy's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import AgentProcess, Arm, Background, alternate, free_port, need, pinned, report, wait_for
+from proxy_bench import _curl, _pair, measure, nginx, pems
+
+
+class ChainArm:
+    """A dev agent; nginx registered twice (Meta version v1 and v2, each with a sidecar); a client whose
+    sidecar has the upstream; with `chain`, the router and splitter written as config entries."""
+
+    def __init__(self, tmp: Path, app: int, cpus: int | None, chain: bool) -> None:
+        self.agent = AgentProcess(tmp / f"agent-{chain}", args=["--log-level", "warn"])
+        self.agent.start()
+        self.front = free_port()
+        self.log_path = tmp / "access.log"
+        a = self.agent
+        entries = [{"Kind": "service-defaults", "Name": n, "Protocol": "http"} for n in ("shop", "shop-admin")]
+        for e in entries + [
+            {"Kind": "service-resolver", "Name": "shop", "Subsets": {
+                "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}},
+            {"Kind": "service-splitter", "Name": "shop", "Splits": [{"Weight": 80, "ServiceSubset": "v1"},
+                                                                    {"Weight": 20, "ServiceSubset": "v2"}]},
+            {"Kind": "service-router", "Name": "shop", "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": "shop-admin"}},
+                {"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
+                 "Destination": {"ServiceSubset": "v2"}}]},
+        ] * chain:
+            assert a.put("/v1/config", e)[0] == 200, e
+        ids = []
+        for v in ("v1", "v2"):
+            sid = f"shop-{v}"
+            ids.append(sid)
+            assert a.put("/v1/agent/service/register", {"Name": "shop", "ID": sid, "Port": app, "Meta": {"version": v},
+                                                        "Connect": {"SidecarService": {"Port": free_port()}}})[0] == 200
+        assert a.put("/v1/agent/service/register", {"Name": "client", "Port": 1, "Connect": {"SidecarService": {
+            "Port": free_port(), "Proxy": {"Upstreams": [{"DestinationName": "shop", "LocalBindPort": self.front}]}}}}
+                     )[0] == 200
+        self.procs = [Background(pinned([sys.executable, "-m", "proconsul.agent.cli", "connect", "proxy",
+                                         "-sidecar-for", sid, "-http-addr", a.addr, "-admin-bind", "off",
+                                         "-log-level", "warn"], cpus)) for sid in (*ids, "client")]
+        wait_for(lambda: len(a.get("/v1/health/connect/shop?passing")[1]) == 2, 20, message="both sidecars healthy")
+        wait_for(lambda: _curl(f"http://127.0.0.1:{self.front}/") == "ok\n", 20, message="traffic through the chain")
+        self.ingress_port = 0
+        self.gateway: Background | None = None
+        if chain:
+            self.ingress_port = free_port()
+            assert a.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+                {"Port": self.ingress_port, "Protocol": "http", "Services": [{"Name": "shop"}]}]})[0] == 200
+            self.gateway = Background(pinned([sys.executable, "-m", "proconsul.agent.cli", "connect", "proxy",
+                                              "-gateway", "ingress", "-service", "ig", "-register", "-address",
+                                              f"127.0.0.1:{free_port()}", "-http-addr", a.addr, "-admin-bind", "off",
+                                              "-log-level", "warn"], cpus))
+            wait_for(lambda: _curl(f"http://127.0.0.1:{self.ingress_port}/", "shop.ingress.mesh") == "ok\n", 20,
+                     message="traffic through the ingress gateway")
+
+    def tracing(self, endpoint: str, percent: float) -> None:
+        """Tracing on (to `endpoint`, sampling `percent`) or off (empty endpoint); waits for a span to arrive."""
+        if endpoint:
+            assert self.agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "Config": {"tracing": {
+                "otlp_endpoint": endpoint, "sampling_percent": percent}}})[0] == 200
+            time.sleep(1.0)  # the proxies learn it by blocking query; no observable signal without an admin port
+        else:
+            self.agent.request("DELETE", "/v1/config/proxy-defaults/global")
+            time.sleep(1.0)
+
+    def access_logs(self, on: bool) -> None:
+        if on:
+            assert self.agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+                "Enabled": True, "Type": "file", "Path": str(self.log_path)}})[0] == 200
+            size = self.log_path.stat().st_size if self.log_path.exists() else 0
+            wait_for(lambda: _curl(f"http://127.0.0.1:{self.front}/") == "ok\n" and self.log_path.exists()
+                     and self.log_path.stat().st_size > size, 10, message="access-log lines")
+        else:
+            self.agent.request("DELETE", "/v1/config/proxy-defaults/global")
+            wait_for(lambda: self._quiet(), 10, message="access logs off")
+
+    def _quiet(self) -> bool:
+        before = self.log_path.stat().st_size if self.log_path.exists() else 0
+        for _ in range(5):
+            _curl(f"http://127.0.0.1:{self.front}/")
+        time.sleep(0.3)  # the log's batch interval (0.25 s): a line written now would be on disk by then
+        return (self.log_path.stat().st_size if self.log_path.exists() else 0) == before
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.procs]
+
+    @property
+    def ingress_pids(self) -> list[int]:
+        """The gateway and the two server-side sidecars (the client sidecar idles in this arm)."""
+        assert self.gateway is not None
+        return [self.gateway.proc.pid, self.procs[0].proc.pid, self.procs[1].proc.pid]
+
+    def stop(self) -> None:
+        for p in [*self.procs, *([self.gateway] if self.gateway else [])]:
+            p.stop()
+        self.agent.stop()
+
+
+SINK = """
+import sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response()
+app = web.Application(client_max_size=64 << 20)
+app.router.add_post("/v1/traces", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def measure_host(port: int, host: str, pids: list[int], duration: float, cpus: int | None) -> dict[str, float]:
+    from common import CpuMeter, wrk
+
+    meter = CpuMeter(pids)
+    meter.start()
+    r = wrk(f"http://127.0.0.1:{port}/", 16, duration, extra=["-H", f"Host: {host}"], cpus=cpus)
+    cpu = meter.stop()
+    out = r.as_dict()
+    out["cpu_s_per_1k"] = cpu / max(1.0, r.rps * duration) * 1000
+    return out
+
+
+HAPROXY_HTTP = """
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s"""
+
+
+def haproxy_l7(tmp: Path, certs: dict[str, Path], front: int, app: int, cpus: int | None) -> Background:
+    """HAProxy pair in HTTP mode: the client side routes /admin to one backend and splits the rest 80/20
+    over two mTLS servers (the server side, two frontends), which forward to nginx."""
+    need("haproxy", "haproxy")
+    mid1, mid2, mid3 = free_port(), free_port(), free_port()
+    ssl = f"ssl crt {certs['client']} ca-file {certs['ca']} verify required"
+    client = tmp / "haproxy-l7-client.cfg"
+    client.write_text(HAPROXY_HTTP + f"""
+frontend client_side
+  bind 127.0.0.1:{front}
+  acl admin path_beg /admin
+  acl canary req.hdr(x-canary) -m str 1
+  use_backend admin if admin
+  use_backend v2 if canary
+  default_backend split
+backend split
+  balance roundrobin
+  server v1 127.0.0.1:{mid1} {ssl} weight 80
+  server v2 127.0.0.1:{mid2} {ssl} weight 20
+backend v2
+  server v2 127.0.0.1:{mid2} {ssl}
+backend admin
+  server a 127.0.0.1:{mid3} {ssl}
+""")
+    server = tmp / "haproxy-l7-server.cfg"
+    server.write_text(HAPROXY_HTTP + f"""
+frontend server_side
+  bind 127.0.0.1:{mid1} ssl crt {certs['server']} ca-file {certs['ca']} verify required
+  bind 127.0.0.1:{mid2} ssl crt {certs['server']} ca-file {certs['ca']} verify required
+  bind 127.0.0.1:{mid3} ssl crt {certs['server']} ca-file {certs['ca']} verify required
+  default_backend app
+backend app
+  server n 127.0.0.1:{app}
+""")
+    return _pair(Background(pinned(["haproxy", "-f", str(client)], cpus)),
+                 Background(pinned(["haproxy", "-f", str(server)], cpus)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cpus", type=int, default=None, help="pin every process to the first N cores")
+    args = ap.parse_args()
+    need("curl", "curl")
+    load_before = open("/proc/loadavg").read().split()[:3]
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        app = free_port()
+        web = nginx(tmp, app, args.cpus)
+        wait_for(lambda: _curl(f"http://127.0.0.1:{app}/") == "ok\n", 10, message="nginx")
+        certs = pems(tmp)
+        hp_front = free_port()
+        plain = ChainArm(tmp, app, args.cpus, chain=False)
+        chain = ChainArm(tmp, app, args.cpus, chain=True)
+        hp = haproxy_l7(tmp, certs, hp_front, app, args.cpus)
+        wait_for(lambda: _curl(f"http://127.0.0.1:{hp_front}/") == "ok\n", 10, message="haproxy")
+        sink_port = free_port()
+        sink = Background([sys.executable, "-c", SINK, str(sink_port)])
+        sink_url = f"http://127.0.0.1:{sink_port}/v1/traces"
+        results: dict[str, Any] = {}
+        try:
+            def chain_arm(logs: bool, trace: float = 0.0) -> dict[str, float]:
+                if logs:
+                    chain.access_logs(True)
+                if trace:
+                    chain.tracing(sink_url, trace)
+                try:
+                    return measure(chain.front, chain.pids, args.duration, args.cpus, False)
+                finally:
+                    if logs:
+                        chain.access_logs(False)
+                    if trace:
+                        chain.tracing("", 0)
+
+            arms = [Arm("l7-plain", lambda: measure(plain.front, plain.pids, args.duration, args.cpus, False)),
+                    Arm("l7-chain", lambda: chain_arm(False)),
+                    Arm("l7-chain-log", lambda: chain_arm(True)),
+                    Arm("l7-chain-trace100", lambda: chain_arm(False, 100.0)),
+                    Arm("l7-chain-trace1", lambda: chain_arm(False, 1.0)),
+                    Arm("ingress", lambda: measure_host(chain.ingress_port, "shop.ingress.mesh", chain.ingress_pids,
+                                                        args.duration, args.cpus)),
+                    Arm("haproxy", lambda: measure(hp_front, hp.pids, args.duration, args.cpus, False))]
+            alternate(arms, args.rounds)
+            results = {a.name: {k: a.median(k) for k in a.results[0]} for a in arms}
+        finally:
+            plain.stop()
+            chain.stop()
+            hp.stop()
+            sink.stop()
+            web.stop()
+    summary = {
+        "chain_vs_plain_rps": results["l7-chain"]["rps"] / results["l7-plain"]["rps"],
+        "chain_cpu_per_1k_vs_plain": results["l7-chain"]["cpu_s_per_1k"] / results["l7-plain"]["cpu_s_per_1k"],
+        "access_log_vs_off_rps": results["l7-chain-log"]["rps"] / results["l7-chain"]["rps"],
+        "tracing100_vs_off_rps": results["l7-chain-trace100"]["rps"] / results["l7-chain"]["rps"],
+        "tracing1_vs_off_rps": results["l7-chain-trace1"]["rps"] / results["l7-chain"]["rps"],
+        "ingress_hop_vs_sidecar_hop_rps": results["ingress"]["rps"] / results["l7-chain"]["rps"],
+        "chain_vs_haproxy_rps": results["l7-chain"]["rps"] / results["haproxy"]["rps"],
+        "chain_p99_vs_haproxy": results["l7-chain"]["p99_ms"] / results["haproxy"]["p99_ms"],
+    }
+    report("traffic", {"results": results, "summary": summary, "load_before": load_before,
+                       "load_after": open("/proc/loadavg").read().split()[:3]})
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

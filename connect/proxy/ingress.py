@@ -1,0 +1,163 @@
+"""The ingress gateway: the proxy core with the listeners an `ingress-gateway` config entry declares.
+
+Outside clients connect in plain HTTP or TCP; each HTTP request is matched to a service by its Host and
+then goes the way a sidecar's upstream request goes (discovery chain, pools, circuit breaking, retries,
+access logs), over mTLS with the gateway's own identity — so the services' intentions name the gateway
+as the source. The gateway waits for its registration and its config entry and says so; a changed entry
+re-opens the listeners (connections already open finish on the old settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from proconsul.connect.proxy import listeners
+from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
+from proconsul.connect.proxy.config import ProxyConfig, ProxyConfigError, Upstream
+from proconsul.connect.proxy.gateway import IngressListener, host_matches, ingress_config
+from proconsul.connect.proxy.http import Exchange, UpstreamFront, _Counts
+from proconsul.connect.proxy.proxy import Proxy
+from proconsul.connect.proxy.runtime import Runtime
+
+log = logging.getLogger("proconsul.proxy")
+
+
+class IngressFront(UpstreamFront):
+    """An outside client's connection on an HTTP listener: each request's Host picks the service."""
+
+    __slots__ = ("listener",)
+
+    def __init__(self, rt: Runtime, listener: IngressListener) -> None:
+        super().__init__(rt, rt.upstreams[listener.routes[0][1]])
+        self.listener = listener
+        self.link = _Counts(rt.metrics.upstream_link(f"ingress:{listener.port}"), inbound=False)
+
+    def describe(self) -> str:
+        return f"ingress listener {self.listener.port}"
+
+    def send(self, ex: Exchange) -> None:
+        if ex.admitted is None:  # a new request (not a retry): which service?
+            host = (ex.head.header(b"host") or b"").decode("latin-1").rsplit(":", 1)[0].lower()
+            key = next((k for patterns, k in self.listener.routes if host_matches(host, patterns)), None)
+            up = self.rt.upstreams.get(key) if key is not None else None
+            if up is None:
+                self.reply(ex, 404, f"no service for host {host!r} on listener {self.listener.port}", "NR")
+                return
+            self.up, self.pool, self.host = up, self.rt.pools.get(up.key), up.destination_name.encode()
+        super().send(ex)
+
+
+class IngressGateway(Proxy):
+    def __init__(self, api: AgentAPI, service_id: str, *, bind_host: str = "127.0.0.1", **kw: Any) -> None:
+        super().__init__(api, service_id, **kw)
+        self.bind_host = bind_host
+        self.listeners: tuple[IngressListener, ...] = ()
+        self._registration_body: dict[str, Any] | None = None
+        self._entry: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ configuration
+    async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
+        """Wait for the gateway's registration and its config entry (either may come later)."""
+        said_reg = said_entry = False
+        while not stop.is_set():
+            try:
+                reg = await self.api.service(self.proxy_id)
+            except AgentAPIError as e:
+                if e.status != 404:
+                    raise
+                if not said_reg:
+                    log.warning("ingress gateway %r is not registered with the agent yet; waiting for it (start "
+                                "with -register, or register a service with Kind \"ingress-gateway\")", self.proxy_id)
+                    said_reg = True
+                reg = None
+            if reg is not None:
+                entry = await self._config_entry("ingress-gateway", str(reg.get("Service") or self.proxy_id))
+                if entry is not None:
+                    self._registration_body, self._entry = reg, entry
+                    cfg, self.listeners = ingress_config(reg, entry, self.bind_host)
+                    return cfg
+                if not said_entry:
+                    log.warning("no ingress-gateway config entry named %r yet; waiting for it (proconsul config "
+                                "write …)", reg.get("Service"))
+                    said_entry = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return None
+
+    def _extra_watches(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [self.api.watch("/v1/config/ingress-gateway", {}, self._on_ingress_entries, stop)]
+
+    async def _on_ingress_entries(self, rows: list[dict[str, Any]]) -> None:
+        name = str((self._registration_body or {}).get("Service") or self.proxy_id)
+        entry = next((r for r in rows or [] if r.get("Name") == name), None)
+        if entry is None:
+            log.error("the ingress-gateway config entry %r was deleted; keeping the last listeners", name)
+            return
+        if self._strip(entry) != self._strip(self._entry):
+            self._entry = entry
+            await self._reconfigure()
+
+    async def _on_registration(self, body: dict[str, Any]) -> None:
+        self._last_registration = body
+        if self._strip(body) != self._strip(self._registration_body):
+            self._registration_body = body
+            await self._reconfigure()
+
+    async def _on_entries(self, _: Any) -> None:
+        await self._reconfigure(only_if_changed=True)
+
+    @staticmethod
+    def _strip(d: dict[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in (d or {}).items() if k not in ("CreateIndex", "ModifyIndex", "ContentHash")}
+
+    async def _reconfigure(self, only_if_changed: bool = False) -> None:
+        rt = self.rt
+        if rt is None or self._registration_body is None or self._entry is None:
+            return
+        try:
+            cfg, lsts = ingress_config(self._registration_body, self._entry, self.bind_host)
+            cfg = await self._resolve(cfg)
+        except (ProxyConfigError, AgentAPIError) as e:
+            log.error("the ingress gateway's configuration changed but cannot be used (keeping the previous "
+                      "one): %s", e)
+            return
+        self._apply_defaults(rt)
+        if only_if_changed and cfg == rt.config and lsts == self.listeners:
+            return
+        log.info("ingress gateway %s: %d listener(s) now; re-opening them", cfg.service, len(lsts))
+        self.listeners = lsts
+        self._restart_with = cfg
+        self._reload.set()
+
+    # ------------------------------------------------------------------ listeners
+    async def _open_public(self, rt: Runtime, replace: bool = False) -> None:
+        """A gateway has no public mTLS listener: callers come from outside the mesh."""
+
+    async def _open_upstream(self, rt: Runtime, up: Upstream, fatal: bool = True) -> None:
+        lst = next((x for x in self.listeners if any(k == up.key for _, k in x.routes)), None)
+        if lst is None or f"listener:{lst.port}" in self._servers:
+            return
+
+        def http_front(listener: IngressListener = lst) -> IngressFront:
+            return IngressFront(rt, listener)
+
+        def tcp_side() -> asyncio.Protocol:
+            return listeners.UpstreamSide(rt, rt.upstreams.get(up.key, up))
+
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                http_front if lst.protocol == "http" else tcp_side, self.bind_host, lst.port, reuse_address=True,
+                backlog=1024)
+        except OSError as e:
+            if fatal:
+                raise
+            log.error("ingress listener %s:%d: %s", self.bind_host, lst.port, e.strerror or e)
+            return
+        self._servers[f"listener:{lst.port}"] = server
+        self.upstream_ports[f"{lst.protocol}:{lst.port}"] = lst.port
+        log.info("ingress listener %s:%d (%s): %s", self.bind_host, lst.port, lst.protocol,
+                 ", ".join(f"{rt.upstreams[k].destination_name} ← {' '.join(h)}" for h, k in lst.routes))

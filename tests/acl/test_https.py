@@ -1,0 +1,121 @@
+"""HTTPS on the agent's API with certificates made by openssl: curl, openssl s_client, py-consul and the
+CLI reach it; verify_incoming refuses clients without a certificate; HTTP can be turned off; unusable
+certificate files stop the agent with one line."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import consul
+import pytest
+
+from tests.support import AgentProcess, free_port, ok, one_line_error, run, wait_for
+
+pytestmark = [pytest.mark.xdist_group("https"),
+              pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0
+                                 or subprocess.run(["which", "curl"], capture_output=True).returncode != 0,
+                                 reason="needs openssl and curl (apt-get install openssl curl)")]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+             "-subj", "/CN=Test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+             "-subj", "/CN=other", "-keyout", "other.key", "-out", "other.pem", cwd=d)
+    return d
+
+
+def _config(workdir: Path, pki: Path, https_port: int, **extra: object) -> Path:
+    conf = workdir / "tls.json"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf.write_text(json.dumps({"ports": {"https": https_port, "http": -1},
+                                "tls": {"defaults": {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "server.pem"),
+                                                     "key_file": str(pki / "server.key")},
+                                        "https": {"verify_incoming": True}}, **extra}))
+    return conf
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, pki: Path):
+    workdir = tmp_path_factory.mktemp("https-agent")
+    port = free_port()
+    # The harness passes -http-port; a later -http-port=-1 wins, as ports.http = -1 would without the flag.
+    a = AgentProcess(workdir, args=["-config-file", str(_config(workdir, pki, port)), "-http-port=-1"])
+    a.https_port = port
+    a.start_background()
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+
+    def up() -> bool:
+        assert a.proc.poll() is None, a.log()
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/status/leader", context=ctx, timeout=2) as r:
+            return r.read() not in (b'""', b"")
+
+    wait_for(up, 20, message="the HTTPS API")
+    yield a
+    a.stop()
+
+
+def test_curl_with_a_client_certificate(agent, pki):
+    out = subprocess.run(["curl", "-sS", "--cacert", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"),
+                          "--key", str(pki / "client.key"), f"https://127.0.0.1:{agent.https_port}/v1/agent/self"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["DebugConfig"]["HTTPPort"] == -1
+    # verify_incoming: a client without a certificate is refused in the handshake.
+    bare = subprocess.run(["curl", "-sS", "--cacert", str(pki / "ca.pem"),
+                           f"https://127.0.0.1:{agent.https_port}/v1/agent/self"], capture_output=True, timeout=20)
+    assert bare.returncode != 0
+    # and plain HTTP is off (ports.http = -1): nothing answers on the HTTP port.
+    plain = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{agent.http_port}/v1/agent/self"],
+                           capture_output=True, timeout=20)
+    assert plain.returncode != 0
+
+
+def test_openssl_s_client_sees_the_agents_certificate(agent, pki):
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{agent.https_port}", "-CAfile",
+                          str(pki / "ca.pem"), "-cert", str(pki / "client.pem"), "-key", str(pki / "client.key"),
+                          "-verify_return_error", "-brief"], input="", capture_output=True, text=True, timeout=20)
+    text = out.stdout + out.stderr
+    assert "Verification: OK" in text or "Verify return code: 0 (ok)" in text, text
+    assert "CN = server" in text or "CN=server" in text
+
+
+def test_py_consul_and_the_cli_over_https(agent, pki):
+    c = consul.Consul(port=agent.https_port, scheme="https", verify=str(pki / "ca.pem"),
+                      cert=(str(pki / "client.pem"), str(pki / "client.key")))
+    c.kv.put("tls/x", "1")
+    assert c.kv.get("tls/x")[1]["Value"] == b"1"
+    env = {"CONSUL_HTTP_ADDR": f"https://127.0.0.1:{agent.https_port}"}
+    out = ok(None, "kv", "get", "tls/x", "-ca-file", str(pki / "ca.pem"), "-client-cert", str(pki / "client.pem"),
+             "-client-key", str(pki / "client.key"), env=env)
+    assert out.strip() == "1"
+    line = one_line_error(run(None, "kv", "get", "tls/x", "-ca-file", str(pki / "other.pem"), env=env))
+    assert "TLS with the agent" in line
+
+
+def test_unusable_certificate_stops_the_agent_with_one_line(tmp_path, pki):
+    conf = _config(tmp_path, pki, free_port())
+    data = json.loads(conf.read_text())
+    data["tls"]["https"]["key_file"] = str(pki / "other.key")  # does not match server.pem
+    conf.write_text(json.dumps(data))
+    res = run(None, "agent", "-dev", "-config-file", str(conf), "-http-port", str(free_port()),
+              "-dns-port", "-1", "-server-port", str(free_port()), "-serf-lan-port", str(free_port()))
+    line = one_line_error(res)
+    assert "tls.https" in line and "key does not match" in line

@@ -1,0 +1,98 @@
+"""Token resolution: the cache, expiry, the down policy, and the agent-token file — pure, with a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from proconsul.agent.acl.builtin import GLOBAL_MANAGEMENT_ID, GLOBAL_MANAGEMENT_RULES
+from proconsul.agent.acl.errors import ACLNotFound
+from proconsul.agent.acl.resolver import Resolver
+from proconsul.agent.acl.state import rfc3339
+from proconsul.agent.acl.tokens import load_agent_tokens, save_agent_tokens
+
+POLICIES = {GLOBAL_MANAGEMENT_ID: {"ID": GLOBAL_MANAGEMENT_ID, "Name": "global-management",
+                                   "Rules": GLOBAL_MANAGEMENT_RULES, "ModifyIndex": 1},
+            "p": {"ID": "p", "Name": "read", "Rules": 'key_prefix "" { policy = "read" }', "ModifyIndex": 2}}
+
+
+class Source:
+    def __init__(self) -> None:
+        self.tokens = {"s": {"AccessorID": "a", "SecretID": "s", "Policies": [{"ID": "p"}]}}
+        self.calls = 0
+        self.down = False
+
+    async def fetch(self, secret: str):
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("no server")
+        return 1, {"Token": self.tokens.get(secret), "Policies": POLICIES, "Roles": {}}
+
+
+def resolver(src: Source, now: list[float], down_policy: str = "extend-cache") -> Resolver:
+    return Resolver(default_allow=False, down_policy=down_policy, datacenter="dc1", token_ttl=30.0, fetch=src.fetch,
+                    clock=lambda: now[0], wall=lambda: now[0])
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_cache_lives_token_ttl_on_a_client_agent():
+    src, now = Source(), [1000.0]
+    r = resolver(src, now)
+    assert run(r.resolve("s")).allowed("key", "x", "read")
+    assert r.cached("s") is not None and src.calls == 1
+    now[0] += 31
+    assert r.cached("s") is None
+    run(r.resolve("s"))
+    assert src.calls == 2
+
+
+def test_unknown_and_expired_tokens_are_not_found():
+    src, now = Source(), [1000.0]
+    r = resolver(src, now)
+    with pytest.raises(ACLNotFound):
+        run(r.resolve("nope"))
+    src.tokens["e"] = {"AccessorID": "b", "SecretID": "e", "Policies": [], "ExpirationTime": rfc3339(1060.0)}
+    run(r.resolve("e"))
+    now[0] = 1061.0
+    assert r.cached("e") is None
+    with pytest.raises(ACLNotFound):
+        run(r.resolve("e"))
+
+
+@pytest.mark.parametrize(("policy", "cached_allowed", "uncached_allowed"),
+                         [("extend-cache", True, False), ("async-cache", True, False), ("allow", True, True),
+                          ("deny", True, False)])
+def test_down_policy(policy, cached_allowed, uncached_allowed):
+    src, now = Source(), [1000.0]
+    r = resolver(src, now, policy)
+    run(r.resolve("s"))
+    now[0] += 31
+    src.down = True
+    got = run(r.resolve("s")).allowed("key", "x", "read")
+    assert got == (cached_allowed if policy != "deny" else False)
+    assert run(r.resolve("other")).allowed("key", "x", "read") == uncached_allowed
+
+
+def test_server_cache_follows_table_changes():
+    src, now = Source(), [1000.0]
+    r = Resolver(default_allow=False, down_policy="extend-cache", datacenter="dc1", token_ttl=30.0, fetch=src.fetch,
+                 clock=lambda: now[0], wall=lambda: now[0],
+                 fetch_local=lambda s: (1, {"Token": src.tokens.get(s), "Policies": POLICIES, "Roles": {}}))
+    assert r.resolve_local("s").allowed("key", "x", "read")
+    assert r.cached("s") is not None
+    r.changed()
+    assert r.cached("s") is None
+
+
+def test_agent_tokens_persist_in_the_data_dir(tmp_path):
+    cfg = SimpleNamespace(dev=False, data_dir=str(tmp_path), acl=SimpleNamespace(
+        enable_token_persistence=True, tokens={"agent": "from-config"}))
+    assert load_agent_tokens(cfg) == {"agent": "from-config"}
+    save_agent_tokens(str(tmp_path), {"agent": "from-config", "default": "set-by-api"}, cfg.acl.tokens)
+    assert load_agent_tokens(cfg) == {"agent": "from-config", "default": "set-by-api"}
+    assert (tmp_path / "acl-tokens.json").stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,69 @@
+"""Trace context and span encoding, pure (the end-to-end trace is in tests/traffic/test_routing.py)."""
+
+from __future__ import annotations
+
+import random
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from proconsul.connect.proxy.tracing import CLIENT, SERVER, Tracer, TracingSettings, parse_traceparent
+
+TP = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def tracer(pct: float = 100) -> Tracer:
+    return Tracer("web", TracingSettings("http://127.0.0.1:1/v1/traces", pct), random.Random(7))
+
+
+def test_parse_traceparent() -> None:
+    assert parse_traceparent(TP) == (bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736"),
+                                     bytes.fromhex("00f067aa0ba902b7"), True)
+    for bad in (b"", b"00-xyz", TP.replace(b"-01", b"-1"), b"ff" + TP[2:], TP.replace(b"4bf92f", b"000000")[:3] +
+                b"0" * 32 + TP[35:], TP + b"-extra"):
+        assert parse_traceparent(bad) is None, bad
+    assert parse_traceparent(b"01" + TP[2:] + b"-future") is not None, "a later version may add fields"
+
+
+def test_a_request_with_context_continues_its_trace() -> None:
+    ctx, headers = tracer().start([(b"traceparent", TP), (b"tracestate", b"a=1")], CLIENT)
+    assert ctx.trace_id.hex() == "4bf92f3577b34da6a3ce929d0e0e4736" and ctx.parent_id.hex() == "00f067aa0ba902b7"
+    sent = dict(headers)
+    assert sent[b"traceparent"] == b"00-4bf92f3577b34da6a3ce929d0e0e4736-" + ctx.span_id.hex().encode() + b"-01"
+    assert sent[b"tracestate"] == b"a=1" and ctx.sampled
+
+
+def test_new_traces_follow_the_sampling_rate_and_unsampled_context_propagates() -> None:
+    t = tracer(10)
+    sampled = sum(t.start([], SERVER)[0].sampled for _ in range(2000))
+    assert 120 < sampled < 290
+    ctx, headers = tracer(100).start([(b"traceparent", TP[:-2] + b"00")], CLIENT)
+    assert not ctx.sampled and dict(headers)[b"traceparent"].endswith(b"-00"), "the parent's decision holds"
+    t = tracer()
+    t.finish(ctx, "GET api", 200, {})
+    assert not t.queue
+
+
+def test_b3_is_read_and_written() -> None:
+    ctx, headers = tracer().start([(b"x-b3-traceid", b"463ac35c9f6413ad"), (b"x-b3-spanid", b"a2fb4a1d1a96d312"),
+                                   (b"x-b3-sampled", b"1")], CLIENT)
+    sent = dict(headers)
+    assert ctx.trace_id.hex().endswith("463ac35c9f6413ad") and sent[b"x-b3-parentspanid"] == b"a2fb4a1d1a96d312"
+    assert sent[b"x-b3-spanid"] == ctx.span_id.hex().encode() and b"traceparent" in sent
+
+
+def test_spans_encode_as_otlp_and_the_queue_is_bounded() -> None:
+    t = tracer()
+    ctx, _ = t.start([(b"traceparent", TP)], SERVER, now_ns=1_000)
+    t.finish(ctx, "GET web", 503, {"http.response.status_code": 503, "url.path": "/x", "empty": ""}, now_ns=5_000)
+    req = ExportTraceServiceRequest.FromString(t.encode(list(t.queue)))
+    rs = req.resource_spans[0]
+    assert rs.resource.attributes[0].value.string_value == "web"
+    span = rs.scope_spans[0].spans[0]
+    assert span.trace_id == ctx.trace_id and span.parent_span_id == bytes.fromhex("00f067aa0ba902b7")
+    assert span.kind == SERVER and span.end_time_unix_nano - span.start_time_unix_nano == 4_000
+    assert {a.key for a in span.attributes} == {"http.response.status_code", "url.path"} and span.status.code == 2
+    from proconsul.connect.proxy import tracing
+
+    for _ in range(tracing.QUEUE_MAX + 10):
+        t.finish(ctx, "GET web", 200, {})
+    assert len(t.queue) == tracing.QUEUE_MAX and t.dropped == 11

@@ -1,0 +1,212 @@
+"""The ingress gateway end to end: `proconsul connect proxy -gateway ingress -service ig -register` as a real
+process, HTTP listeners routed by Host into the mesh (over mTLS, with the gateway's identity, through the
+services' discovery chains), a TCP listener, and curl as the outside client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import AgentProcess, free_port, wait_for
+from support_mesh import Backends, ProxyProcess, exchange, wait_passing
+
+pytestmark = pytest.mark.xdist_group("traffic-ingress")
+
+
+def curl(port: int, host: str, path: str = "/") -> tuple[int, Any]:
+    out = subprocess.run(["curl", "-s", "-m", "5", "-H", f"Host: {host}", "-w", "\n%{http_code}",
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=10).stdout
+    body, _, code = out.rpartition("\n")
+    try:
+        return int(code), json.loads(body)
+    except ValueError:
+        return int(code or 0), body
+
+
+class Gateway(ProxyProcess):
+    def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
+        super().__init__(agent, workdir, proxy_id=name)
+        self.args = ["-gateway", "ingress", "-service", name, "-register", "-address", address]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("ingress")
+    agent, backends = AgentProcess(tmp / "agent"), Backends()
+    procs: list[ProxyProcess] = []
+    try:
+        agent.start()
+        for name in ("web", "api"):
+            assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": "http"})[0] == 200
+            assert agent.put("/v1/agent/service/register", {"Name": name, "Port": backends.http(name),
+                                                            "Connect": {"SidecarService": {}}})[0] == 200
+        assert agent.put("/v1/agent/service/register", {"Name": "db", "Port": backends.tcp_echo(),
+                                                        "Connect": {"SidecarService": {}}})[0] == 200
+        for sid in ("web", "api", "db"):
+            procs.append(ProxyProcess(agent, tmp, sidecar_for=sid).start())
+        for sid in ("web", "api", "db"):
+            wait_passing(agent, sid)
+        http_port, tcp_port = free_port(), free_port()
+        gw = Gateway(agent, tmp, "ig", "127.0.0.1:8443")
+        gw.log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc_start = gw.start
+        import threading
+
+        started = threading.Thread(target=proc_start, kwargs={"timeout": 30})
+        started.start()  # the gateway starts before its config entry exists: it must wait, and say so
+        wait_for(lambda: "no ingress-gateway config entry named 'ig' yet" in gw.log(), 15,
+                 message="the gateway to say it waits for its entry")
+        assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+            {"Port": http_port, "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["web.example.com"]},
+                                                                 {"Name": "api"}]},
+            {"Port": tcp_port, "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+        started.join()
+        procs.append(gw)
+        wait_for(lambda: curl(http_port, "web.example.com")[0] == 200, 10, message="HTTP through the gateway")
+        yield {"agent": agent, "gw": gw, "http": http_port, "tcp": tcp_port, "backends": backends}
+    finally:
+        for p in procs:
+            p.stop()
+        agent.stop()
+        backends.close()
+
+
+def test_http_by_host_into_the_mesh(mesh: dict[str, Any]) -> None:
+    status, body = curl(mesh["http"], "web.example.com", "/hello")
+    assert status == 200 and body["backend"] == "web" and body["path"] == "/hello"
+    assert body["headers"]["x-forwarded-client-cert"].endswith("/svc/ig"), "the gateway's identity over mTLS"
+    status, body = curl(mesh["http"], f"api.ingress.mesh:{mesh['http']}")
+    assert status == 200 and body["backend"] == "api", "Consul's default host <service>.ingress.*"
+    status, body = curl(mesh["http"], "nobody.example.com")
+    assert status == 404 and "no service for host" in body
+
+
+def test_tcp_listener(mesh: dict[str, Any]) -> None:
+    assert exchange(mesh["tcp"], b"ping through the gateway") == b"ping through the gateway"
+
+
+def test_chain_and_intentions_apply_at_the_gateway(mesh: dict[str, Any]) -> None:
+    agent = mesh["agent"]
+    assert agent.put("/v1/config", {"Kind": "service-router", "Name": "api", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/to-web"}}, "Destination": {"Service": "web", "PrefixRewrite": "/"}}]}
+                     )[0] == 200
+    wait_for(lambda: curl(mesh["http"], "api.ingress.mesh", "/to-web/x")[1].get("backend") == "web", 5,
+             message="api's router applied by the gateway")
+    assert agent.put("/v1/config", {"Kind": "service-intentions", "Name": "api", "Sources": [
+        {"Name": "ig", "Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/secret"}},
+                                        {"Action": "allow", "HTTP": {"PathPrefix": "/"}}]}]})[0] == 200
+    try:
+        wait_for(lambda: curl(mesh["http"], "api.ingress.mesh", "/secret")[0] == 403, 5,
+                 message="the L7 intention naming the gateway as the source")
+        assert curl(mesh["http"], "api.ingress.mesh", "/public")[0] == 200
+        assert curl(mesh["http"], "web.example.com")[0] == 200
+    finally:
+        agent.request("DELETE", "/v1/config/service-intentions/api")
+        agent.request("DELETE", "/v1/config/service-router/api")
+
+
+def dig_a(agent: AgentProcess, name: str) -> list[str]:
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(agent.dns_port), "+time=3", "+tries=1", "+short", name, "A"],
+                         capture_output=True, text=True, timeout=20).stdout
+    return sorted(x for x in out.splitlines() if x and not x.startswith(";"))
+
+
+def test_catalog_views_and_live_entry_changes(mesh: dict[str, Any]) -> None:
+    import shutil
+
+    agent, gw = mesh["agent"], mesh["gw"]
+    names = {g["Service"]["Name"] for g in agent.get("/v1/catalog/gateway-services/ig")[1]}
+    assert names == {"web", "api", "db"}
+    assert [e["Service"]["Service"] for e in agent.get("/v1/health/ingress/api")[1]] == ["ig"]
+    if shutil.which("dig"):
+        wait_for(lambda: dig_a(agent, "api.ingress.mesh") == ["127.0.0.1"], 10,
+                 message="DNS <service>.ingress.<domain>: the gateway's address")
+        assert dig_a(agent, "nobody.ingress.mesh") == []
+    pid = gw.proc.pid
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": mesh["http"], "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["www.example.org"]},
+                                                                {"Name": "api"}]},
+        {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+    wait_for(lambda: curl(mesh["http"], "www.example.org")[0] == 200, 10, message="the new host")
+    assert curl(mesh["http"], "web.example.com")[0] == 404
+    if shutil.which("dig"):
+        assert dig_a(agent, "web.ingress.mesh") == ["127.0.0.1"]
+        assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+            {"Port": mesh["http"], "Protocol": "http", "Services": [{"Name": "api"}]},
+            {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+        wait_for(lambda: dig_a(agent, "web.ingress.mesh") == [], 5,
+                 message="the entry's change to reach DNS (web no longer exposed)")
+    assert gw.proc.pid == pid and gw.proc.poll() is None
+
+
+def test_ingress_entries_are_validated(mesh: dict[str, Any]) -> None:
+    agent = mesh["agent"]
+    for listener, words in (
+            ({"Port": 1, "Protocol": "tcp", "Services": [{"Name": "api"}]}, "does not match the listener"),
+            ({"Port": 1, "Protocol": "tcp", "Services": [{"Name": "db"}, {"Name": "db2"}]}, "exactly one service"),
+            ({"Port": 1, "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["a b"]}]}, "not a host name"),
+            ({"Port": 1, "Protocol": "tcp", "Services": [{"Name": "db", "Hosts": ["x.example"]}]}, "Hosts can only")):
+        status, body, _ = agent.request("PUT", "/v1/config", {"Kind": "ingress-gateway", "Name": "bad",
+                                                              "Listeners": [listener]})
+        assert status == 400 and words in body and "Listeners[0]" in body, body
+
+
+def test_tcp_follows_the_resolver_and_logs_connections(mesh: dict[str, Any]) -> None:
+    agent, gw = mesh["agent"], mesh["gw"]
+    log_path = Path(gw.log_path).parent / "access-l4.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    try:
+        wait_for(lambda: "access logs: file" in gw.log(), 5, message="access logs on in the gateway")
+        assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "db", "DefaultSubset": "v9",
+                                        "Subsets": {"v9": {"Filter": "Service.Meta.version == v9"}}})[0] == 200
+        wait_for(lambda: exchange(mesh["tcp"], b"x", timeout=2) == b"", 5,
+                 message="the TCP listener to follow db's resolver (a subset with no instance)")
+        assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "db", "DefaultSubset": "v9",
+                                        "Subsets": {"v9": {"Filter": "Service.Meta.version == v9"}},
+                                        "Failover": {"v9": {"Service": "db"}}})[0] == 200
+        wait_for(lambda: exchange(mesh["tcp"], b"failover", timeout=2) == b"failover", 5,
+                 message="the failover target")
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+
+        wait_for(lambda: any(x.get("protocol") == "TCP" and x.get("upstream_cluster") == "db.default.default.dc1"
+                             and x.get("bytes_sent") == 8 for x in lines()), 5, message="the connection's line")
+        wait_for(lambda: any(x.get("protocol") == "TCP" and x.get("response_flags") == "UH" for x in lines()), 5,
+                 message="the refused connection's line (flag UH)")
+        wait_for(lambda: any(x.get("upstream_cluster") == "local_app" and x.get("protocol") == "TCP"
+                             and x.get("downstream_peer_uri_san", "").endswith("/svc/ig") for x in lines()), 5,
+                 message="db's sidecar's line for the inbound connection, with the caller's identity")
+    finally:
+        agent.request("DELETE", "/v1/config/service-resolver/db")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_tcp_max_connections_at_the_gateway(mesh: dict[str, Any]) -> None:
+    """Limits.MaxConnections on an L4 listener: past it a connection is closed at once (Envoy's TCP proxy)."""
+    import socket
+
+    agent = mesh["agent"]
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": mesh["http"], "Protocol": "http", "Services": [{"Name": "api"}]},
+        {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db", "MaxConnections": 1}]}]})[0] == 200
+    wait_for(lambda: mesh["gw"].admin("/stats")["CircuitBreakers"]["db"]["MaxConnections"] == 1, 10,
+             message="the limit in the gateway")
+    wait_for(lambda: exchange(mesh["tcp"], b"ready", timeout=3) == b"ready", 10, message="the re-opened listener")
+    held = socket.create_connection(("127.0.0.1", mesh["tcp"]), timeout=5)
+    try:
+        held.sendall(b"first")
+        assert held.recv(16) == b"first"
+        try:
+            second = exchange(mesh["tcp"], b"second", timeout=3)
+        except ConnectionResetError:
+            second = b""
+        assert second == b"", "the second connection is closed at once"
+        assert mesh["gw"].admin("/stats")["CircuitBreakers"]["db"]["Overflows"] >= 1
+    finally:
+        held.close()
+    wait_for(lambda: exchange(mesh["tcp"], b"third", timeout=3) == b"third", 5, message="the place given back")
