@@ -20,47 +20,59 @@ REPO = Path(__file__).resolve().parent.parent
 PROCONSUL = [sys.executable, "-m", "proconsul.agent.cli"]
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 right now, chosen at random below the ephemeral
-    range (32768+): a port the kernel handed out for binding to 0 can be taken by any outgoing
-    connection before the agent that was given it binds it."""
-    import random
+class _PortShare:
+    """This test process's share of a port range below the ephemeral range (32768+, where any outgoing
+    connection may take a port before the agent it was chosen for binds it). Parallel xdist workers get
+    disjoint slices, and a port handed out once is not handed out again while unused ones remain: a
+    stopped agent's port reused by another test's agent would let a cluster still dialing it meet a
+    stranger with the same datacenter names (seen: two WAN pools merging under `-n 2`)."""
 
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(10000, 20000)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
-                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                s.bind(("127.0.0.1", port))
-                u.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port found")
+    def __init__(self, low: int, high: int) -> None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        index = int(worker[2:]) if worker[2:].isdigit() else 0
+        count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+        span = (high - low) // count
+        self.low, self.high = low + index * span, low + (index + 1) * span
+        self.given: set[int] = set()
+
+    def take(self, width: int = 1) -> int:
+        """The first of `width` consecutive ports, all free for TCP and UDP on 127.0.0.1 right now."""
+        import random
+
+        rng = random.Random()
+        for attempt in range(400):
+            base = rng.randrange(self.low, self.high - width)
+            if attempt < 300 and any(p in self.given for p in range(base, base + width)):
+                continue
+            if all(_bindable(p) for p in range(base, base + width)):
+                self.given.update(range(base, base + width))
+                return base
+        raise RuntimeError(f"no free port found in {self.low}-{self.high}")
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            s.bind(("127.0.0.1", port))
+            u.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+
+
+_SINGLE_PORTS = _PortShare(10000, 20000)
+_PORT_BLOCKS = _PortShare(20000, 32000)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 right now, from this worker's share (_PortShare)."""
+    return _SINGLE_PORTS.take()
 
 
 def free_port_block(n: int = 16) -> int:
-    """The first of `n` consecutive ports free right now, below the ephemeral range (so client sockets do
-    not take them), chosen at random so parallel test workers rarely meet."""
-    import random
-
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 32000 - n)
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block found")
+    """The first of `n` consecutive ports free right now, from this worker's share (_PortShare)."""
+    return _PORT_BLOCKS.take(n)
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
