@@ -195,6 +195,7 @@ def test_prepared_query_fails_over_to_another_datacenter(federation: Federation)
 def test_wan_cut_fails_fast_and_heals_by_itself(federation: Federation) -> None:
     fed = federation
     a = fed.a
+    assert a.request("PUT", "/v1/kv/fed/cut?dc=dc2", raw=b"before the cut")[1] is True  # read back after the heal
     assert a.put("/v1/agent/debug/partition", {"Block": ["dc2"]})[0] == 200
     try:
         started = time.monotonic()
@@ -216,7 +217,8 @@ def test_wan_cut_fails_fast_and_heals_by_itself(federation: Federation) -> None:
     finally:
         a.put("/v1/agent/debug/partition", {"Block": []})
     wait_for(lambda: wan_names(a) == {"a.dc1", "s0.dc2", "s1.dc2", "s2.dc2", "d.dc3"}, 10, message="the WAN to heal")
-    wait_for(lambda: fed.c1.get("/v1/kv/fed/k?dc=dc2&raw") == (200, "v2"), 5, message="forwarding to dc2 again")
+    wait_for(lambda: fed.c1.get("/v1/kv/fed/cut?dc=dc2&raw") == (200, "before the cut"), 5,
+             message="forwarding to dc2 again")
 
 
 def test_server_failover_then_force_leave_wan(federation: Federation) -> None:
