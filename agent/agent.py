@@ -122,6 +122,12 @@ class Agent:
         self._leaving = False
         self._config_services: set[str] = set()
         self._config_checks: set[str] = set()
+        self.loopback: Any = None  # answers requests forwarded from other datacenters (servers)
+        if self.server is not None:
+            from proconsul.agent.api.forward import LoopbackClient
+
+            self.loopback = LoopbackClient(self)
+            self.cluster.rpc.register("http.serve", self.loopback.serve)
         _load_components(self)
 
     def _acl_resolver(self) -> Resolver:
@@ -279,19 +285,17 @@ class Agent:
                                             "LTime")}
             self.user_event(dict(event, Version=1))
 
-    def datacenters(self) -> list[str]:
-        return [self.config.datacenter]
+    async def datacenters(self) -> list[str]:
+        """Every known datacenter, nearest first (by round trip over the WAN)."""
+        return await self.cluster.datacenters()
 
     def loop_time(self) -> float:
         return asyncio.get_running_loop().time()
 
     def members(self, wan: bool = False) -> list[dict[str, Any]]:
-        rows = self.cluster.member_rows()
-        if not wan:
-            return rows
-        cfg = self.config
-        return [dict(r, Name=f"{r['Name']}.{cfg.datacenter}", Port=cfg.serf_wan_port) for r in rows
-                if r["Name"] == cfg.node_name and cfg.server]
+        if wan:
+            return self.cluster.wan_member_rows()  # empty on a client agent: only servers are in the WAN
+        return self.cluster.member_rows()
 
     def _observe_write(self, kind: str, millis: float) -> None:
         t = self.telemetry
@@ -495,9 +499,15 @@ class Agent:
         self._leaving = True
         self._stop.set()
 
-    async def force_leave(self, node: str) -> None:
+    async def force_leave(self, node: str, wan: bool = False, prune: bool = False) -> None:
         from proconsul.agent.api.errors import BadRequest
 
+        if wan:
+            if not self.cluster.wan_force_leave(node, prune, self.loop_time()):
+                raise BadRequest(f"No node {node!r} is failed or left in this server's WAN member list"
+                                 + ("" if self.config.server else " (WAN members are only known to servers)"))
+            log.info("force-leave -wan: member %s marked left%s", node, " and pruned" if prune else "")
+            return
         members = self.cluster.members
         status = members.status(node) if node != self.config.node_name else "self"
         if node not in {m.name for m, _ in members.members()}:
@@ -513,7 +523,11 @@ class Agent:
         from proconsul.agent.cluster.lan import JoinError
 
         if wan:
-            raise BadRequest("WAN join needs federation, which is not built yet")
+            try:
+                await self.cluster.wan_join([address])
+            except ClusterError as e:
+                raise BadRequest(str(e)) from None
+            return
         if self.cluster.gossip is None:
             raise BadRequest("this agent has no LAN gossip listener (serf_lan port is -1)")
         try:
@@ -587,6 +601,8 @@ class Agent:
             await self.checks.close()
             leave = self._leaving or (self.config.leave_on_terminate and not self.config.dev)
             await self.cluster.stop(leave=leave)
+            if self.loopback is not None:
+                await self.loopback.close()
             await runner.cleanup()
             logging.getLogger().removeHandler(self.log_monitor)
 

@@ -197,6 +197,13 @@ def execute(store: Store, id_or_name: str, datacenter: str, connect: bool = Fals
     query = resolve(rows, id_or_name)
     if query is None:
         raise NotFound(NOT_FOUND)
+    idx, result = execute_definition(store, query, datacenter, connect)
+    return max(idx, qidx), result
+
+
+def execute_definition(store: Store, query: dict[str, Any], datacenter: str,
+                       connect: bool = False) -> tuple[int, dict[str, Any]]:
+    """Run a query definition against this store (how another datacenter runs a query it fails over to)."""
     svc = query.get("Service") or {}
     idx, entries = store.health_service(svc.get("Service") or "", connect=bool(connect or svc.get("Connect")))
     ignore = set(svc.get("IgnoreCheckIDs") or ())
@@ -210,9 +217,8 @@ def execute(store: Store, id_or_name: str, datacenter: str, connect: bool = Fals
         if svc.get("Tags") and not _tags_ok(s.get("Tags") or [], svc["Tags"]):
             continue
         nodes.append({"Node": node, "Service": s, "Checks": checks})
-    # Failover: datacenters other than this one need federation; this one was just tried. So, as Consul
-    # answers when every failover target is unknown, the local (possibly empty) answer with 0 failovers.
-    return max(idx, qidx), {"Service": svc.get("Service") or "", "Namespace": "default", "Nodes": nodes,
+    # Failover to other datacenters is the agent's (it reaches them); here: this datacenter's answer.
+    return idx, {"Service": svc.get("Service") or "", "Namespace": "default", "Nodes": nodes,
                             "DNS": query.get("DNS") or {"TTL": ""}, "Datacenter": datacenter, "Failovers": 0,
                             "Near": svc.get("Near") or ""}
 

@@ -438,6 +438,11 @@ def _query_execute(s: StateStore, a: Args) -> tuple[int, Any]:
     return pq.execute(s, a["query"], s.datacenter, connect=bool(a.get("connect")))
 
 
+def _query_execute_definition(s: StateStore, a: Args) -> tuple[int, Any]:
+    """A query definition sent by another datacenter failing over to this one."""
+    return pq.execute_definition(s, a["definition"], s.datacenter, connect=bool(a.get("connect")))
+
+
 def _query_explain(s: StateStore, a: Args) -> tuple[int, Any]:
     idx, rows = s.table_list(pq.TABLE)
     query = pq.resolve(rows, a["query"])
@@ -477,6 +482,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("query.get", _query_get, (pq.TABLE,)),
     Query("query.execute", _query_execute, (*_CATALOG, pq.TABLE)),
     Query("query.explain", _query_explain, (pq.TABLE,)),
+    Query("query.execute_definition", _query_execute_definition, _CATALOG),
     Query("ui.services", _ui_services, _CATALOG),
     Query("ui.nodes", _ui_nodes, _CATALOG),
     Query("ui.node", _ui_node, _CATALOG),

@@ -149,6 +149,57 @@ def make_csr(uri: str, key: ec.EllipticCurvePrivateKey, common_name: str, dns_na
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+INTERMEDIATE_TTL = dt.timedelta(days=365)
+
+
+def make_intermediate_csr(trust_domain: str, datacenter: str, key: ec.EllipticCurvePrivateKey) -> str:
+    """A secondary datacenter's request for an intermediate CA, for the primary's root to sign."""
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Proconsul CA {datacenter}")]))
+           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                          critical=False)
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def sign_intermediate(csr_pem: str, root: Root, trust_domain: str, now: dt.datetime, serial: int) -> str:
+    """The primary signs a secondary's intermediate CA (pathlen 0: it signs leaves only). The CSR must
+    be for this trust domain; the intermediate never outlives the root."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError as e:
+        raise InvalidCSR(f"intermediate CSR does not parse as PEM: {e}") from None
+    if not csr.is_signature_valid:
+        raise InvalidCSR("intermediate CSR signature is not valid")
+    try:
+        uris = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if uris != [f"spiffe://{trust_domain}"]:
+        raise InvalidCSR(f"intermediate CSR must name exactly spiffe://{trust_domain}, not {uris}")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise InvalidCSR("intermediate CSR must carry an EC key")
+    root_cert = x509.load_pem_x509_certificate(root.row["RootCert"].encode())
+    root_key = serialization.load_pem_private_key(root.key_pem.encode(), password=None)
+    not_after = min(now + INTERMEDIATE_TTL, root_cert.not_valid_after_utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(csr.subject).issuer_name(root_cert.subject).public_key(key).serial_number(serial)
+            .not_valid_before(now - CLOCK_SKEW).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                           critical=False)
+            .add_extension(_ski(key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_cert.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def service_dns_name(service: str, trust_domain: str) -> str:
     return f"{service}.svc.default.{trust_domain.split('.')[0][:8]}.mesh"
 
@@ -176,7 +227,8 @@ def sign_leaf(csr_pem: str, root: Root, trust_domain: str, now: dt.datetime, ser
     if expect_service is not None:
         if not isinstance(ident, ServiceID) or ident.service != expect_service:
             raise InvalidCSR(f"CSR is for {uris[0]!r}, not for service {expect_service!r}")
-    root_cert = x509.load_pem_x509_certificate(root.row["RootCert"].encode())
+    # In a secondary datacenter the signer is its intermediate (SigningCert), itself signed by the root.
+    root_cert = x509.load_pem_x509_certificate((root.row.get("SigningCert") or root.row["RootCert"]).encode())
     root_key = serialization.load_pem_private_key(root.key_pem.encode(), password=None)
     dns = list(sans.get_values_for_type(x509.DNSName))
     if isinstance(ident, ServiceID):

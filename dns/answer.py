@@ -179,6 +179,7 @@ class Outcome:
     depends: str = CATALOG
     shuffled: bool = False
     cacheable: bool = True
+    remote: str = ""  # the question names this other datacenter: its servers answer it (else `response`)
 
 
 def _text(label: bytes) -> str:
@@ -335,6 +336,12 @@ class Answerer:
             if qtype == _T_SRV and low[i].startswith("_"):
                 kind, parts, suffixes = "service", head[: i + 1], low[i + 1:]
                 break
+        if kind is not None and parts and not self._local(suffixes, view.datacenter):
+            remote = self._remote(suffixes)
+            if remote and kind in ("service", "connect", "node", "addr"):
+                # NXDOMAIN unless the agent reaches that datacenter (then its servers answer instead).
+                nx = self._nxdomain(reply, zone, view)
+                return Outcome(nx.response, cacheable=False, remote=remote)
         if kind is None or not parts or not self._local(suffixes, view.datacenter):
             return self._nxdomain(reply, zone, view)
         if kind == "service":
@@ -376,6 +383,23 @@ class Answerer:
                 continue
             return False  # another datacenter, a peer, or a non-default namespace/partition
         return True
+
+    @staticmethod
+    def _remote(suffixes: list[str]) -> str:
+        """The other datacenter the labels after the lookup kind name (`<dc>` or `<dc>.dc`, with
+        default namespace/partition labels allowed), or "" when they name no single datacenter."""
+        if len(suffixes) == 1:
+            return suffixes[0]
+        if len(suffixes) % 2:
+            return ""
+        dc = ""
+        for i in range(0, len(suffixes), 2):
+            value, key = suffixes[i], suffixes[i + 1]
+            if key == "dc" and not dc:
+                dc = value
+            elif key not in ("ns", "ap") or value != "default":
+                return ""
+        return dc
 
     def _soa(self, zone: str, view: CatalogView) -> RR:
         s = self.s

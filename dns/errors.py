@@ -17,3 +17,12 @@ class ViewUnavailable(DNSServiceError):
 
 class BadRecursor(DNSServiceError, ValueError):
     """A `recursors` entry is not `host`, `host:port`, `[v6]` or `[v6]:port`."""
+
+
+class RemoteDNSError(DNSServiceError):
+    """Another datacenter could not answer a question for it; `rcode` is what the asker gets
+    (NXDOMAIN for a datacenter nobody knows, SERVFAIL when none of its servers answered)."""
+
+    def __init__(self, message: str, rcode: int) -> None:
+        super().__init__(message)
+        self.rcode = rcode

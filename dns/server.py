@@ -17,13 +17,13 @@ import random
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from .answer import Answerer, CatalogView
 from .cache import WireCache
-from .errors import BadRecursor, ListenError, ViewUnavailable
+from .errors import BadRecursor, ListenError, RemoteDNSError, ViewUnavailable
 from .mmsg import SLOT, BatchSocket
 
 log = logging.getLogger("proconsul.dns")
@@ -69,11 +69,17 @@ def parse_recursor(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# Asks another datacenter's servers: (datacenter, question, udp) -> their answer; raises RemoteDNSError.
+Remote = Callable[[str, bytes, bool], Awaitable[bytes | None]]
+
+
 class DNSHandler:
     """Query bytes in, response bytes out (or "relay this to a recursor"); shared by UDP and TCP."""
 
     def __init__(self, answerer: Answerer, view: CatalogView, recursors: list[tuple[str, int]],
-                 recursor_timeout: float = 2.0, rng: random.Random | None = None) -> None:
+                 recursor_timeout: float = 2.0, rng: random.Random | None = None,
+                 remote: Remote | None = None) -> None:
+        self.remote = remote
         self.answerer = answerer
         self.view = view
         self.recursors = recursors
@@ -81,7 +87,7 @@ class DNSHandler:
         self.rng = rng or random.Random()
         self.udp_cache = WireCache()
         self.tcp_cache = WireCache()
-        self.stats = {"answered": 0, "formerr": 0, "dropped": 0, "servfail": 0, "recursed": 0}
+        self.stats = {"answered": 0, "formerr": 0, "dropped": 0, "servfail": 0, "recursed": 0, "remote": 0}
         view.watch(self.invalidate)
 
     def invalidate(self, services: set[str] | None) -> None:
@@ -122,7 +128,7 @@ class DNSHandler:
                 return hit, False
         try:
             outcome = self.answerer.answer(request, self.view, self.rng, udp, bool(self.recursors))
-            if outcome.recurse:
+            if outcome.recurse or (outcome.remote and self.remote is not None):  # answered by `recurse`
                 return None, True
             assert outcome.response is not None
             data = bytes(outcome.response.pack())
@@ -140,8 +146,21 @@ class DNSHandler:
         return data, False
 
     async def recurse(self, packet: bytes, tcp: bool = False) -> bytes | None:
-        """Relay a question to the recursors in order (over the client's transport); SERVFAIL when none
-        answers within the timeout."""
+        """Answer what `handle` could not at once: a question for another datacenter goes to its servers
+        (NXDOMAIN for a datacenter nobody knows, SERVFAIL when none of its servers answers); anything
+        else is relayed to the recursors in order, SERVFAIL when none answers within the timeout."""
+        packet = bytes(packet)
+        outcome = self.answerer.answer(DNSRecord.parse(packet), self.view, self.rng, not tcp, bool(self.recursors))
+        if outcome.remote and self.remote is not None:
+            self.stats["remote"] += 1
+            try:
+                answer = await self.remote(outcome.remote, packet, not tcp)
+            except RemoteDNSError as e:
+                log.info("DNS: datacenter %s did not answer: %s", outcome.remote, e)
+                if e.rcode == RCODE.NXDOMAIN and outcome.response is not None:
+                    return bytes(outcome.response.pack())  # with the SOA, as for any unknown name
+                return error_reply(packet, e.rcode)
+            return packet[:2] + answer[2:] if answer else error_reply(packet, RCODE.SERVFAIL)
         self.stats["recursed"] += 1
         return await relay_to_recursors(self.recursors, self.recursor_timeout, packet, tcp)
 

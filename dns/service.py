@@ -22,7 +22,7 @@ from proconsul.catalog.errors import NotFound
 from proconsul.catalog.store import ACL_TABLES, CHECKS, NODES, PASSING, SERVICES, StateStore, aggregate_status
 
 from .answer import Answerer, DNSSettings, Instance, Node, QueryAnswer
-from .errors import DNSServiceError, ListenError
+from .errors import DNSServiceError, ListenError, RemoteDNSError
 from .forward import ForwardingHandler
 from .server import DNSHandler, bind_sockets, parse_recursor, serve
 
@@ -217,6 +217,25 @@ def settings_from_config(cfg: Any) -> DNSSettings:
         soa_min_ttl=d.soa_min_ttl, soa_refresh=d.soa_refresh, soa_retry=d.soa_retry, soa_expire=d.soa_expire)
 
 
+def _remote_asker(agent: Any) -> Callable[[str, bytes, bool], Any]:
+    """Questions for another datacenter go to its servers (`dns.query` over the WAN, via the router)."""
+    from dnslib import RCODE
+
+    from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
+    from proconsul.agent.cluster.rpc import RPCError
+
+    async def ask(datacenter: str, packet: bytes, udp: bool) -> bytes | None:
+        try:
+            return await agent.cluster.forward_dc(datacenter, "dns.query", {"packet": packet, "udp": udp},
+                                                  timeout=5.0, idempotent=True)
+        except NoPathToDatacenter as e:
+            raise RemoteDNSError(str(e), RCODE.NXDOMAIN) from None
+        except (ClusterError, RPCError) as e:
+            raise RemoteDNSError(str(e), RCODE.SERVFAIL) from None
+
+    return ask
+
+
 def attach(agent: Any) -> None:
     """Add the DNS listener to the agent (servers and dev agents, which hold a state store)."""
     from proconsul.agent.agent import AgentError
@@ -236,7 +255,8 @@ def attach(agent: Any) -> None:
     else:
         view = StoreView(agent.store, cfg.node_name, parse_duration) if agent.acl is None else StoreView(
             agent.store, cfg.node_name, parse_duration, agent.dns_may_read, extra_tables=ACL_TABLES)
-        handler = DNSHandler(Answerer(settings_from_config(cfg)), view, recursors, cfg.dns.recursor_timeout)
+        handler = DNSHandler(Answerer(settings_from_config(cfg)), view, recursors, cfg.dns.recursor_timeout,
+                             remote=_remote_asker(agent))
     agent.dns_handler = handler
 
     sockets: list[tuple[socket.socket, socket.socket]] = []

@@ -103,6 +103,7 @@ class AgentProcess:
         self.dns_port = free_port()
         self.server_port = free_port()
         self.serf_lan_port = free_port()
+        self.serf_wan_port = free_port()
         self.extra_args = list(args or [])
         self.env = env
         # Sidecar proxies get ports from a block of this agent's own, not Consul's shared 21000-21255,
@@ -122,7 +123,8 @@ class AgentProcess:
 
     def command(self) -> list[str]:
         cmd = [*PROCONSUL, "agent", "--http-port", str(self.http_port), "--dns-port", str(self.dns_port),
-               "--server-port", str(self.server_port), "--serf-lan-port", str(self.serf_lan_port)]
+               "--server-port", str(self.server_port), "--serf-lan-port", str(self.serf_lan_port),
+               "--serf-wan-port", str(self.serf_wan_port)]
         if self.dev:
             cmd.append("--dev")
         ports = self.workdir / "test-sidecar-ports.json"

@@ -190,6 +190,8 @@ GUARDS: dict[tuple[str, str], Guard] = {
     ("PUT", "/v1/operator/autopilot/configuration"): OP_WRITE,
     ("GET", "/v1/operator/autopilot/health"): OP_READ,
     ("GET", "/v1/operator/autopilot/state"): OP_READ,
+    ("GET", "/v1/operator/federation"): OP_READ,
+    ("DELETE", "/v1/operator/federation/{dc}"): OP_WRITE,
     ("GET", "/v1/operator/usage"): OP_READ,
     ("GET", "/v1/operator/keyring"): single("keyring", "read"),
     **{(m, "/v1/operator/keyring"): single("keyring", "write") for m in ("POST", "PUT", "DELETE")},

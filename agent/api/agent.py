@@ -271,7 +271,8 @@ async def leave(request: web.Request) -> web.Response:
 
 @routes.put("/v1/agent/force-leave/{node}")
 async def force_leave(request: web.Request) -> web.Response:
-    await request.app["agent"].force_leave(request.match_info["node"])
+    await request.app["agent"].force_leave(request.match_info["node"], wan=flag(request, "wan"),
+                                           prune=flag(request, "prune"))
     return web.Response(status=200)
 
 

@@ -46,7 +46,7 @@ def _consul(agent: Any) -> dict[str, str]:
         servers = [m for m in agent.cluster.members.alive(servers_only=True)]
         return {"acl": "disabled", "known_servers": str(len(servers))}
     return {"acl": "disabled", "bootstrap": str(cfg.bootstrap_expect == 1 and not cfg.dev).lower(),
-            "known_datacenters": str(len(agent.datacenters())), "leader": str(agent.is_leader()).lower(),
+            "known_datacenters": str(len(agent.cluster.router.datacenters()) if agent.cluster.router else 1), "leader": str(agent.is_leader()).lower(),
             "leader_addr": agent.cluster.leader_address(), "server": "true"}
 
 

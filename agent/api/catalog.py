@@ -110,7 +110,7 @@ def _tags(request: web.Request) -> list[str] | None:
 
 @routes.get("/v1/catalog/datacenters")
 async def datacenters(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].datacenters())
+    return json_response(request, await request.app["agent"].datacenters())
 
 
 @routes.get("/v1/catalog/nodes")

@@ -19,7 +19,7 @@ from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
-from proconsul.agent.api.params import check_common, uint_param
+from proconsul.agent.api.params import check_common, primary_owned, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.catalog import commands as c
 from proconsul.connect import intentions
@@ -105,6 +105,7 @@ async def put_entry(agent: Any, entry: dict[str, Any], cas: int | None = None) -
 @routes.put("/v1/config")
 async def put(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     entry = validate_entry(await json_body(request))
     authz = await authorizer(request)
     if not config_entry_right(authz, entry["Kind"], entry["Name"], "write"):
@@ -143,6 +144,7 @@ async def get(request: web.Request) -> web.Response:
 @routes.delete("/v1/config/{kind}/{name}")
 async def delete(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     kind, name = request.match_info["kind"].lower(), request.match_info["name"]
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")

@@ -18,7 +18,7 @@ from proconsul.agent.api import acl_filter
 from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
-from proconsul.agent.api.params import blocking_params, check_common, filter_rows
+from proconsul.agent.api.params import blocking_params, check_common, filter_rows, primary_owned
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.cluster.rpc import register_error
 from proconsul.agent.connect.base import ConnectBase, iso_time
@@ -152,6 +152,7 @@ async def list_intentions(request: web.Request) -> web.Response:
 @routes.post("/v1/connect/intentions")
 async def create_intention(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     conn = await _connect(request)
     ixn = _intention_body(await json_body(request))
     (await authorizer(request)).require_intention(ixn["DestinationName"], "write")
@@ -182,6 +183,7 @@ async def get_exact(request: web.Request) -> web.Response:
 @routes.put("/v1/connect/intentions/exact")
 async def put_exact(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     conn = await _connect(request)
     src, dst = _exact_params(request)
     raw = want_dict(await json_body(request), "Intention")
@@ -197,6 +199,7 @@ async def put_exact(request: web.Request) -> web.Response:
 @routes.delete("/v1/connect/intentions/exact")
 async def delete_exact(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     src, dst = _exact_params(request)
     conn = await _connect(request)
     ixn = conn.exact(src, dst)
@@ -245,6 +248,7 @@ async def get_by_id(request: web.Request) -> web.Response:
 @routes.put("/v1/connect/intentions/{id}")
 async def put_by_id(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     conn = await _connect(request)
     prev = conn.find(request.match_info["id"])
     if prev is None:
@@ -263,6 +267,7 @@ async def put_by_id(request: web.Request) -> web.Response:
 @routes.delete("/v1/connect/intentions/{id}")
 async def delete_by_id(request: web.Request) -> web.Response:
     check_common(request)
+    primary_owned(request)
     ixn_id = request.match_info["id"]
     conn = await _connect(request)
     prev = conn.find(ixn_id)
@@ -283,6 +288,14 @@ def attach(agent: Any) -> None:
     if agent.store is not None:
         server = Connect(agent)
         server.register_rpc(agent.cluster.rpc.register)
+        if agent.cluster.secondary:
+            from proconsul.agent.connect.secondary import SecondaryCA
+
+            cfg = agent.config
+            server.secondary = SecondaryCA(agent.store, cfg.datacenter, cfg.primary_datacenter,
+                                           agent.cluster.forward_dc, agent.backend.apply,
+                                           str((cfg.connect_ca_config or {}).get("leaf_cert_ttl", "72h")))
+            agent.cluster.report_parts["SecondaryCA"] = server.secondary.report
         agent.connect = server
     else:
         async def call_server(method: str, args: dict[str, Any]) -> Any:

@@ -25,8 +25,17 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/coordinate/datacenters")
 async def datacenters(request: web.Request) -> web.Response:
+    """With a WAN pool: every datacenter's servers and their WAN coordinates (from the WAN exchanges;
+    a client agent asks a server). Without one: this datacenter's servers' LAN coordinates."""
     check_common(request)
     agent = request.app["agent"]
+    cluster = agent.cluster
+    if cluster.router is not None:
+        return json_response(request, cluster.coordinate_datacenters())
+    if agent.server is None:
+        rows = await cluster.call_any_server("federation.coordinates", {}, timeout=10.0)
+        if rows:
+            return json_response(request, rows)
     dc = agent.config.datacenter
     _, servers = await agent.backend.query("catalog.service", {"name": "consul"})
     coords = await coordinates(agent)

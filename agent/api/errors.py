@@ -14,7 +14,8 @@ from aiohttp import web
 
 from proconsul.agent.acl.errors import ACLDisabled, ACLError, ACLNotFound, PermissionDenied
 from proconsul.agent.api.compress import gzip_if_worth_it
-from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
+from proconsul.agent.api.forward import ForwardToDatacenter, forward_request
+from proconsul.agent.cluster.errors import ClusterError, DatacenterUnreachable, NoPathToDatacenter
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
 from proconsul.agent.cluster.server import NotLeaderError
 from proconsul.agent.local.definitions import DefinitionError
@@ -59,6 +60,7 @@ STATUSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int
     (Conflict, 409, None),
     (CatalogError, 400, None),
     (NoPathToDatacenter, 500, "No path to datacenter"),
+    (DatacenterUnreachable, 500, "Remote DC has no server currently reachable"),
     ((NotLeaderError, NoLeader), 500, "No cluster leader"),
     (ClusterError, 400, None),
     (LeadershipLost, 500, "leadership lost while committing log: {}"),
@@ -94,7 +96,10 @@ def error_boundary(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         request.app["telemetry"].incr(request.method)
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except ForwardToDatacenter as fwd:  # ?dc= names another datacenter: its servers answer
+                response = await forward_request(request, fwd.datacenter)
             gzip_if_worth_it(request, response)
             return response
         except web.HTTPException:

@@ -36,6 +36,8 @@ EXTRA_PARAMS: dict[str, dict[str, Any]] = {
     "/v1/catalog/nodes": {"node-meta": _STR},
     "/v1/catalog/services": {"node-meta": _STR},
     "/v1/agent/members": {"wan": _BOOL_FLAG, "segment": _STR},
+    "/v1/agent/join/": {"wan": _BOOL_FLAG},
+    "/v1/agent/force-leave/": {"wan": _BOOL_FLAG, "prune": _BOOL_FLAG},
     "/v1/agent/monitor": {"loglevel": _STR, "logjson": _BOOL_FLAG},
     "/v1/agent/metrics": {"format": {"type": "string", "enum": ["prometheus"]}},
     "/v1/agent/service/register": {"replace-existing-checks": _BOOL_FLAG},
@@ -58,7 +60,7 @@ FILTERED = ("/v1/catalog/nodes", "/v1/catalog/services", "/v1/catalog/service/",
             "/v1/catalog/node/", "/v1/catalog/node-services/", "/v1/health/", "/v1/agent/services",
             "/v1/agent/checks", "/v1/connect/intentions")
 UNBLOCKED = ("/v1/agent/", "/v1/status/", "/v1/operator/", "/v1/snapshot", "/v1/internal/ui/intention-check",
-             "/v1/internal/ui/validate", "/v1/catalog/datacenters")
+             "/v1/internal/ui/validate", "/v1/catalog/datacenters", "/v1/coordinate/")
 
 
 def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:

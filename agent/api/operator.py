@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
@@ -41,6 +42,32 @@ async def raft_transfer_leader(request: web.Request) -> web.Response:
     sid = request.query.get("id", "")
     await request.app["agent"].cluster.operator_call("operator.raft_transfer_leader", {"id": sid})
     return json_response(request, {"Success": True})
+
+
+@routes.get("/v1/operator/federation")
+async def federation(request: web.Request) -> web.Response:
+    """The link view (beyond Consul): per datacenter its servers, reachability, RTT, last contact and
+    last forwarded call; this server's replication from the primary. A client agent asks a server."""
+    check_common(request)
+    return json_response(request, await _from_a_server(request, "federation.status", "federation_report"))
+
+
+async def _from_a_server(request: web.Request, method: str, local: str) -> Any:
+    """A server answers from its own view (`cluster.<local>()`); a client agent asks one (`method`)."""
+    cluster = request.app["agent"].cluster
+    if cluster.raft is not None:
+        return getattr(cluster, local)()
+    return await cluster.call_any_server(method, {}, timeout=10.0)
+
+
+@routes.delete("/v1/operator/federation/{dc}")
+async def federation_remove_dc(request: web.Request) -> web.Response:
+    """Forget a dead datacenter now (Consul keeps it listed until reconnect_timeout_wan, 72 h)."""
+    cluster = request.app["agent"].cluster
+    if cluster.raft is None:
+        raise BadRequest("run remove-dc against a server: client agents are not in the WAN pool")
+    names = cluster.forget_datacenter(request.match_info["dc"].lower())
+    return json_response(request, {"Removed": names})
 
 
 @routes.put("/v1/agent/debug/partition")

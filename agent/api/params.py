@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.agent.api.errors import BadRequest, Handler
+from proconsul.agent.api.forward import ForwardToDatacenter
 from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog.filter import FilterError, Predicate, compile_filter
@@ -56,12 +57,23 @@ def consistency_mode(request: web.Request) -> str:
 
 
 def check_datacenter(request: web.Request) -> None:
-    """`?dc=` must name this datacenter (there is no federation yet): reads and writes alike."""
+    """`?dc=` naming another datacenter sends the request there (reads and writes alike; the error
+    boundary forwards it). The agent's own endpoints (/v1/agent/…) serve only this datacenter."""
     if "dc=" not in request.query_string:  # the hot path parses nothing
         return
     dc = request.query.get("dc")
     if dc and dc.lower() != request.app["agent"].config.datacenter:
-        raise NoPathToDatacenter(dc)
+        if request.path.startswith("/v1/agent/"):
+            raise NoPathToDatacenter(dc)
+        raise ForwardToDatacenter(dc.lower())
+
+
+def primary_owned(request: web.Request) -> None:
+    """Writes of what the primary datacenter owns (intentions, config entries) go to the primary
+    when this datacenter is a secondary; its leader replicates the result back."""
+    cfg = request.app["agent"].config
+    if cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter:
+        raise ForwardToDatacenter(cfg.primary_datacenter)
 
 
 def datacenter_guard(handler: Handler) -> Handler:
@@ -77,7 +89,7 @@ def datacenter_guard(handler: Handler) -> Handler:
 
 
 def check_common(request: web.Request) -> None:
-    """Parameters every read accepts: dc must be ours (no federation yet), stale xor consistent."""
+    """Parameters every read accepts: dc (another one forwards the request there), stale xor consistent."""
     q = request.query
     if "stale" in q and "consistent" in q:
         raise BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")

@@ -7,6 +7,7 @@ Execution runs on a server (catalog.prepared_query) and the agent orders the ans
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -25,6 +26,7 @@ from proconsul.catalog import commands as c
 from proconsul.catalog import prepared_query as pq
 from proconsul.catalog.errors import InvalidRequest
 
+log = logging.getLogger("proconsul.query")
 routes = web.RouteTableDef()
 
 QUERY_FIELDS = ("ID", "Name", "Session", "Token", "Service", "DNS", "Template")
@@ -201,6 +203,8 @@ async def execute(request: web.Request) -> web.Response:
     limit = uint_param(request, "limit")
     idx, result = await agent.backend.query("query.execute", {"query": request.match_info["id"],
                                                               "connect": flag(request, "connect")})
+    if not result["Nodes"]:
+        result = await _failover(agent, request.match_info["id"], flag(request, "connect"), result)
     near = request.query.get("near") or result.pop("Near", "")
     result.pop("Near", None)
     if near == "_agent":
@@ -212,6 +216,40 @@ async def execute(request: web.Request) -> web.Response:
     result["Nodes"] = pq.order(result["Nodes"], agent.rng, near, limit,
                                lambda rows: sort_by_distance(rows, lambda r: r["Node"]["Node"], coords, near))
     return json_response(request, result, index=idx)
+
+
+async def _failover(agent: Any, qid: str, connect: bool, local: dict[str, Any]) -> dict[str, Any]:
+    """No healthy instance here: try the query's failover datacenters in order — the `NearestN`
+    nearest first (by WAN round trip), then `Datacenters` — running the same definition there.
+    An unknown datacenter is skipped; one with no reachable server fails at once (the router knows); the
+    first with instances answers, with `Datacenter` and `Failovers` (datacenters tried) set."""
+    from proconsul.agent.cluster.errors import ClusterError
+    from proconsul.agent.cluster.rpc import RPCError
+
+    _, explained = await agent.backend.query("query.explain", {"query": qid})
+    query = (explained or {}).get("Query") or {}
+    failover = (query.get("Service") or {}).get("Failover") or {}
+    own = agent.config.datacenter
+    known = await agent.datacenters() if failover.get("NearestN") or failover.get("Datacenters") else []
+    order: list[str] = []
+    if failover.get("NearestN"):
+        order += [dc for dc in known if dc != own][: int(failover["NearestN"])]
+    # As Consul: a datacenter nobody knows is skipped without counting as a failover.
+    order += [dc for dc in failover.get("Datacenters") or [] if dc in known and dc != own and dc not in order]
+    tried = 0
+    for dc in order:
+        tried += 1
+        try:
+            answer = await agent.cluster.forward_dc(dc, "catalog.query", {
+                "name": "query.execute_definition", "args": {"definition": query, "connect": connect},
+                "index": 0, "wait": 0.0, "mode": "leader"}, timeout=10.0, idempotent=True)
+        except (ClusterError, RPCError) as e:
+            log.info("prepared query %s: failover to %s skipped: %s", qid, dc, e)
+            continue
+        remote = answer[1]
+        if remote["Nodes"]:
+            return dict(remote, Failovers=tried, Near=local.get("Near", ""))
+    return dict(local, Failovers=tried)
 
 
 @routes.get("/v1/query/{id}/explain")

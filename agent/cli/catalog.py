@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from proconsul.agent.cli.client import CLIError, Format, HttpAddr
+from proconsul.agent.cli.client import CLIError, Datacenter, Format, HttpAddr
 from proconsul.agent.cli.output import check_format, client, fail, print_json, run, table
 
 catalog_app = typer.Typer(help="List datacenters, nodes and services in the catalog.", no_args_is_help=True)
@@ -14,7 +14,7 @@ catalog_app = typer.Typer(help="List datacenters, nodes and services in the cata
 
 @catalog_app.command("datacenters")
 def catalog_datacenters(http_addr: HttpAddr = None, fmt: Format = "table") -> None:
-    """List the known datacenters."""
+    """List the known datacenters, nearest first."""
     check_format(fmt)
 
     def body() -> None:
@@ -39,7 +39,7 @@ def _node_meta_params(node_meta: list[str] | None) -> list[tuple[str, str]]:
 
 @catalog_app.command("nodes")
 def catalog_nodes(
-    http_addr: HttpAddr = None, fmt: Format = "table",
+    http_addr: HttpAddr = None, datacenter: Datacenter = None, fmt: Format = "table",
     service: Annotated[str, typer.Option("--service", help="Only nodes running this service.")] = "",
     node_meta: Annotated[list[str] | None, typer.Option("--node-meta", help="key=value filter (repeatable).")] = None,
     detailed: Annotated[bool, typer.Option("--detailed", help="Show tagged addresses and metadata.")] = False,
@@ -50,7 +50,7 @@ def catalog_nodes(
     meta = _node_meta_params(node_meta)
 
     def body() -> None:
-        api = client(http_addr)
+        api = client(http_addr, datacenter)
         params: dict[str, Any] = {"filter": filter_ or None}
         path = f"/v1/catalog/service/{service}" if service else "/v1/catalog/nodes"
         url_meta = "&".join(f"node-meta={v}" for _, v in meta)
@@ -79,7 +79,7 @@ def catalog_nodes(
 
 @catalog_app.command("services")
 def catalog_services(
-    http_addr: HttpAddr = None, fmt: Format = "table",
+    http_addr: HttpAddr = None, datacenter: Datacenter = None, fmt: Format = "table",
     node: Annotated[str, typer.Option("--node", help="Only services on this node.")] = "",
     tags: Annotated[bool, typer.Option("--tags", help="Show each service's tags.")] = False,
     node_meta: Annotated[list[str] | None, typer.Option("--node-meta", help="key=value filter (repeatable).")] = None,
@@ -89,7 +89,7 @@ def catalog_services(
     meta = _node_meta_params(node_meta)
 
     def body() -> None:
-        api = client(http_addr)
+        api = client(http_addr, datacenter)
         if node:
             resp = api.get(f"/v1/catalog/node/{node}").json()
             if resp is None:

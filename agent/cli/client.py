@@ -20,6 +20,8 @@ DEFAULT_ADDR = "127.0.0.1:8500"
 # The options every command that talks to an agent shares.
 HttpAddr = Annotated[str | None, typer.Option("--http-addr", help="Agent HTTP address (default: "
                                              "$PROCONSUL_HTTP_ADDR, $CONSUL_HTTP_ADDR, 127.0.0.1:8500).")]
+Datacenter = Annotated[str | None, typer.Option("--datacenter", help="Datacenter to ask (default: the "
+                                                                   "agent's own); its servers answer.")]
 # Consul's flags that every command takes (`-token`, `-ca-file`, …): main() turns them into the environment
 # variables above before a command runs, so each command need not declare them.
 GLOBAL_FLAGS = {"--token": "PROCONSUL_HTTP_TOKEN", "--token-file": "PROCONSUL_HTTP_TOKEN_FILE",
@@ -98,9 +100,11 @@ def tls_context() -> ssl.SSLContext | None:
 
 
 class Client:
-    def __init__(self, addr: str | None = None, timeout: float = 30.0, token: str | None = None) -> None:
+    def __init__(self, addr: str | None = None, timeout: float = 30.0, token: str | None = None,
+                 datacenter: str | None = None) -> None:
         self.base = resolve_addr(addr)
         self.timeout = timeout
+        self.datacenter = datacenter  # sent as ?dc= to every endpoint but the agent's own
         self.token = resolve_token() if token is None else token
         self._tls = tls_context() if self.base.startswith("https://") else None
         self._server_name = _env("TLS_SERVER_NAME")
@@ -109,6 +113,8 @@ class Client:
               timeout: float | None, ok404: bool = False) -> Any:
         """The open urllib response; errors become one-line CLIErrors (a 404 is returned when `ok404`)."""
         url = self.base + urllib.parse.quote(path, safe="/:@")
+        if self.datacenter and not path.startswith("/v1/agent/"):
+            params = {**(params or {}), "dc": self.datacenter}
         if params:
             query = [(k, "" if v is True else str(v)) for k, v in params.items() if v not in (None, False)]
             if query:

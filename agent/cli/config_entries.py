@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from proconsul.agent.cli.client import CLIError, Format, HttpAddr
+from proconsul.agent.cli.client import CLIError, Datacenter, Format, HttpAddr
 from proconsul.agent.cli.output import check_format, client, print_json, run, table
 
 config_app = typer.Typer(help="Write, read, list and delete config entries (service-defaults, proxy-defaults, …).",
@@ -19,7 +19,7 @@ Name = Annotated[str, typer.Option("--name", help="The entry's name.")]
 def write(file: Annotated[str, typer.Argument(help="An entry as HCL or JSON (snake_case or PascalCase keys).")],
           cas: Annotated[bool, typer.Option("--cas", help="Write only if unchanged since -modify-index.")] = False,
           modify_index: Annotated[int, typer.Option("--modify-index", help="The index for -cas.")] = 0,
-          http_addr: HttpAddr = None) -> None:
+          http_addr: HttpAddr = None, datacenter: Datacenter = None) -> None:
     """Create or update a config entry from a file (Consul's `config write`)."""
     from proconsul.agent.config.files import load_file
     from proconsul.agent.config.model import ConfigError
@@ -30,7 +30,7 @@ def write(file: Annotated[str, typer.Argument(help="An entry as HCL or JSON (sna
         except ConfigError as e:
             raise CLIError(str(e)) from None
         params = {"cas": str(modify_index)} if cas else None
-        ok = client(http_addr).put("/v1/config", body=entry, params=params).json()
+        ok = client(http_addr, datacenter).put("/v1/config", body=entry, params=params).json()
         kind = entry.get("Kind") or entry.get("kind")
         name = entry.get("Name") or entry.get("name")
         if ok is False:
@@ -41,18 +41,18 @@ def write(file: Annotated[str, typer.Argument(help="An entry as HCL or JSON (sna
 
 
 @config_app.command("read")
-def read(kind: Kind, name: Name, http_addr: HttpAddr = None) -> None:
+def read(kind: Kind, name: Name, http_addr: HttpAddr = None, datacenter: Datacenter = None) -> None:
     """Print one config entry as JSON."""
-    run(lambda: print_json(client(http_addr).get(f"/v1/config/{kind}/{name}").json()))
+    run(lambda: print_json(client(http_addr, datacenter).get(f"/v1/config/{kind}/{name}").json()))
 
 
 @config_app.command("list")
-def list_(kind: Kind, http_addr: HttpAddr = None, fmt: Format = "table") -> None:
+def list_(kind: Kind, http_addr: HttpAddr = None, datacenter: Datacenter = None, fmt: Format = "table") -> None:
     """List the entries of one kind."""
     check_format(fmt)
 
     def body() -> None:
-        rows = client(http_addr).get(f"/v1/config/{kind}").json() or []
+        rows = client(http_addr, datacenter).get(f"/v1/config/{kind}").json() or []
         if fmt == "json":
             return print_json(rows)
         if not rows:
@@ -64,11 +64,11 @@ def list_(kind: Kind, http_addr: HttpAddr = None, fmt: Format = "table") -> None
 
 
 @config_app.command("delete")
-def delete(kind: Kind, name: Name, http_addr: HttpAddr = None) -> None:
+def delete(kind: Kind, name: Name, http_addr: HttpAddr = None, datacenter: Datacenter = None) -> None:
     """Delete a config entry."""
 
     def body() -> None:
-        client(http_addr).delete(f"/v1/config/{kind}/{name}")
+        client(http_addr, datacenter).delete(f"/v1/config/{kind}/{name}")
         typer.echo(f"Config entry deleted: {kind}/{name}")
 
     run(body)

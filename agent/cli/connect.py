@@ -56,20 +56,28 @@ def proxy(
     admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
     gateway: Annotated[str, typer.Option("-gateway", "--gateway",
-                                         help="Run a gateway of this kind instead of a sidecar: ingress.")] = "",
-    service: Annotated[str, typer.Option("-service", "--service", help="The gateway's service name.")] = "",
+                                         help="Run a gateway of this kind instead of a sidecar: ingress or mesh.")] = "",
+    mesh_gateway: Annotated[bool, typer.Option("-mesh-gateway", "--mesh-gateway",
+                                               help="Consul's older spelling of -gateway mesh.")] = False,
+    service: Annotated[str, typer.Option("-service", "--service",
+                                         help="The gateway's service name (mesh: mesh-gateway).")] = "",
     register_: Annotated[bool, typer.Option("-register", "--register",
                                             help="Register the gateway service with the agent first.")] = False,
     address: Annotated[str, typer.Option("-address", "--address",
                                          help="The gateway's HOST:PORT; its listeners bind HOST.")] = "",
+    wan_address: Annotated[str, typer.Option("-wan-address", "--wan-address",
+                                             help="Mesh gateway: HOST:PORT other datacenters reach it at.")] = "",
+    capture_file: Annotated[str, typer.Option("-capture-file", "--capture-file",
+                                              help="Mesh gateway, audit aid: append every byte it forwards here.")] = "",
 ) -> None:
     """Run the built-in sidecar proxy (mTLS in front of the service, upstream listeners for its dependencies),
-    or with -gateway ingress an ingress gateway (as `consul connect envoy -gateway=ingress`)."""
+    or with -gateway ingress|mesh a gateway (as `consul connect envoy -gateway=...`)."""
     from proconsul.connect.proxy.cli import Options, execute
 
     raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
-                                     admin_bind=admin_bind, log_level=log_level, gateway=gateway, service=service,
-                                     register=register_, address=address)))
+                                     admin_bind=admin_bind, log_level=log_level, gateway=gateway,
+                                     mesh_gateway=mesh_gateway, service=service, register=register_, address=address,
+                                     wan_address=wan_address, capture_file=capture_file)))
 
 
 def _ms(seconds: float) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from proconsul.agent.cli.client import CLIError, Format, HttpAddr
+from proconsul.agent.cli.client import CLIError, Datacenter, Format, HttpAddr
 from proconsul.agent.cli.output import check_format, client, print_json, run, table
 
 intention_app = typer.Typer(help="Create, inspect and test service-to-service intentions.", no_args_is_help=True)
@@ -45,7 +45,7 @@ def intention_create(
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing intention for the pair.")] = False,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="key=value metadata (repeatable).")] = None,
     file: Annotated[str | None, typer.Option("--file", help="JSON file of one intention or a list of them.")] = None,
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
 ) -> None:
     """Create an intention, e.g. `proconsul intention create --deny web db`."""
 
@@ -63,7 +63,7 @@ def intention_create(
                 raise CLIError("give SOURCE and DESTINATION (or --file)")
             items = [{"SourceName": source, "DestinationName": destination, "Action": "deny" if deny else "allow",
                       "Meta": _meta(meta)}]
-        api = client(http_addr)
+        api = client(http_addr, datacenter)
         for ixn in items:
             if not isinstance(ixn, dict):
                 raise CLIError(f"{file}: each intention must be a JSON object")
@@ -82,12 +82,12 @@ def intention_create(
 def intention_delete(
     source: Annotated[str, typer.Argument(help="Source service, or the intention's ID.")],
     destination: Annotated[str | None, typer.Argument(help="Destination service.")] = None,
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
 ) -> None:
     """Delete an intention by SOURCE DESTINATION, or by ID."""
 
     def body() -> None:
-        api = client(http_addr)
+        api = client(http_addr, datacenter)
         ixn = _find(api, source, destination)
         api.delete(f"/v1/connect/intentions/{ixn['ID']}")
         typer.echo("Intention deleted.")
@@ -99,14 +99,14 @@ def intention_delete(
 def intention_get(
     source: Annotated[str, typer.Argument(help="Source service, or the intention's ID.")],
     destination: Annotated[str | None, typer.Argument(help="Destination service.")] = None,
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
     fmt: Format = "table",
 ) -> None:
     """Show one intention."""
     check_format(fmt)
 
     def body() -> None:
-        ixn = _find(client(http_addr), source, destination)
+        ixn = _find(client(http_addr, datacenter), source, destination)
         if fmt == "json":
             return print_json(ixn)
         table(None, ["Field", "Value"], [[k, ixn.get(k)] for k in (
@@ -118,14 +118,14 @@ def intention_get(
 
 @intention_app.command("list")
 def intention_list(
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
     fmt: Format = "table",
 ) -> None:
     """List every intention, most specific first."""
     check_format(fmt)
 
     def body() -> None:
-        data = client(http_addr).get("/v1/connect/intentions").json()
+        data = client(http_addr, datacenter).get("/v1/connect/intentions").json()
         if fmt == "json":
             return print_json(data)
         table(None, ["ID", "Source", "Action", "Destination", "Precedence"],
@@ -139,13 +139,13 @@ def intention_list(
 def intention_check(
     source: Annotated[str, typer.Argument(help="Source service.")],
     destination: Annotated[str, typer.Argument(help="Destination service.")],
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
 ) -> None:
     """Would SOURCE be allowed to connect to DESTINATION? Prints Allowed (exit 0) or Denied (exit 2)."""
     result: dict[str, Any] = {}
 
     def body() -> None:
-        result.update(client(http_addr).get("/v1/connect/intentions/check",
+        result.update(client(http_addr, datacenter).get("/v1/connect/intentions/check",
                                                  params={"source": source, "destination": destination}).json())
 
     run(body)
@@ -159,7 +159,7 @@ def intention_match(
     name: Annotated[str, typer.Argument(help="Service name.")],
     source: Annotated[bool, typer.Option("--source", help="Intentions with NAME as source.")] = False,
     destination: Annotated[bool, typer.Option("--destination", help="…as destination (default).")] = False,
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
     fmt: Format = "table",
 ) -> None:
     """List the intentions that apply to NAME, most specific first."""
@@ -168,7 +168,7 @@ def intention_match(
     def body() -> None:
         if source and destination:
             raise CLIError("--source and --destination cannot both be given")
-        data = client(http_addr).get("/v1/connect/intentions/match", params={
+        data = client(http_addr, datacenter).get("/v1/connect/intentions/match", params={
             "by": "source" if source else "destination", "name": name}).json()[name]
         if fmt == "json":
             return print_json(data)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from proconsul.agent.cli.client import CLIError, Format, HttpAddr
+from proconsul.agent.cli.client import CLIError, Datacenter, Format, HttpAddr
 from proconsul.agent.cli.output import check_format, client, print_json, read_value, run
 
 kv_app = typer.Typer(help="Read and write the key/value store.", no_args_is_help=True)
@@ -17,7 +17,7 @@ kv_app = typer.Typer(help="Read and write the key/value store.", no_args_is_help
 @kv_app.command("get")
 def kv_get(
     key: Annotated[str, typer.Argument(help="Key (or prefix with --recurse/--keys).")] = "",
-    http_addr: HttpAddr = None, fmt: Format = "table",
+    http_addr: HttpAddr = None, datacenter: Datacenter = None, fmt: Format = "table",
     recurse: Annotated[bool, typer.Option("--recurse", help="Every key under the prefix, as key:value.")] = False,
     keys: Annotated[bool, typer.Option("--keys", help="List keys under the prefix.")] = False,
     separator: Annotated[str, typer.Option("--separator", help="With --keys: list up to this separator.")] = "/",
@@ -28,7 +28,7 @@ def kv_get(
     check_format(fmt)
 
     def body() -> None:
-        api = client(http_addr)
+        api = client(http_addr, datacenter)
         path = f"/v1/kv/{key}"
         if keys:
             resp = api.get(path, params={"keys": True, "separator": separator or None}, ok404=True)
@@ -69,7 +69,7 @@ def kv_get(
 def kv_put(
     key: Annotated[str, typer.Argument(help="Key to write.")],
     value: Annotated[str, typer.Argument(help="Value, @file to read a file, or - for stdin.")] = "",
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
     cas: Annotated[bool, typer.Option("--cas", help="Check-and-set: write only if --modify-index matches.")] = False,
     modify_index: Annotated[int | None, typer.Option("--modify-index", help="With --cas: the expected index (0 = create only).")] = None,
     flags: Annotated[int, typer.Option("--flags", help="Opaque unsigned integer stored with the key.")] = 0,
@@ -96,7 +96,7 @@ def kv_put(
             if not session:
                 raise CLIError("--acquire and --release need --session")
             params["acquire" if acquire else "release"] = session
-        ok = client(http_addr).put(f"/v1/kv/{key}", params=params, raw=data).json()
+        ok = client(http_addr, datacenter).put(f"/v1/kv/{key}", params=params, raw=data).json()
         if not ok:
             what = "CAS failed" if cas else "lock is held by another session" if acquire else "not written"
             raise CLIError(f"Did not write to {key}: {what}")
@@ -108,7 +108,7 @@ def kv_put(
 @kv_app.command("delete")
 def kv_delete(
     key: Annotated[str, typer.Argument(help="Key (or prefix with --recurse).")] = "",
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
     recurse: Annotated[bool, typer.Option("--recurse", help="Delete every key under the prefix.")] = False,
     cas: Annotated[bool, typer.Option("--cas", help="Delete only if --modify-index matches.")] = False,
     modify_index: Annotated[int | None, typer.Option("--modify-index", help="With --cas: the expected index.")] = None,
@@ -125,7 +125,7 @@ def kv_delete(
             if modify_index is None:
                 raise CLIError("--cas needs --modify-index")
             params["cas"] = modify_index
-        ok = client(http_addr).delete(f"/v1/kv/{key}", params=params).json()
+        ok = client(http_addr, datacenter).delete(f"/v1/kv/{key}", params=params).json()
         if not ok:
             raise CLIError(f"Did not delete key {key}: CAS failed")
         typer.echo(f"Success! Deleted keys with prefix: {key}" if recurse else f"Success! Deleted key: {key}")
@@ -135,11 +135,11 @@ def kv_delete(
 
 @kv_app.command("export")
 def kv_export(prefix: Annotated[str, typer.Argument(help="Prefix to export (all keys if empty).")] = "",
-              http_addr: HttpAddr = None) -> None:
+              http_addr: HttpAddr = None, datacenter: Datacenter = None) -> None:
     """Print every key under a prefix as Consul's export JSON (for `kv import`)."""
 
     def body() -> None:
-        resp = client(http_addr).get(f"/v1/kv/{prefix}", params={"recurse": True}, ok404=True)
+        resp = client(http_addr, datacenter).get(f"/v1/kv/{prefix}", params={"recurse": True}, ok404=True)
         entries = resp.json() if resp.status == 200 else []
         print_json([{"key": e["Key"], "flags": e["Flags"], "value": e["Value"] or ""} for e in entries])
 
@@ -149,7 +149,7 @@ def kv_export(prefix: Annotated[str, typer.Argument(help="Prefix to export (all 
 @kv_app.command("import")
 def kv_import(
     data: Annotated[str, typer.Argument(help="Export JSON: @file, - for stdin, or the JSON itself.")] = "-",
-    http_addr: HttpAddr = None,
+    http_addr: HttpAddr = None, datacenter: Datacenter = None,
     prefix: Annotated[str, typer.Option("--prefix", help="Prepend this to every imported key.")] = "",
 ) -> None:
     """Write keys from `kv export` JSON, e.g. `proconsul kv import @backup.json`."""
@@ -170,7 +170,7 @@ def kv_import(
             except ValueError:
                 raise CLIError(f"import entry {i} ({e['key']}): value is not base64") from None
             decoded.append((prefix + e["key"], int(e.get("flags") or 0), value))
-        api = client(http_addr)
+        api = client(http_addr, datacenter)
         for key, flags, value in decoded:
             api.put(f"/v1/kv/{key}", params={"flags": flags or None}, raw=value)
             typer.echo(f"Imported: {key}")

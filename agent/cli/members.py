@@ -66,23 +66,29 @@ def leave(http_addr: HttpAddr = None) -> None:
     run(lambda: (client(http_addr).put("/v1/agent/leave"), typer.echo("Graceful leave complete")))
 
 
-def join(addresses: Annotated[list[str], typer.Argument(help="HOST[:LAN-PORT] of agents to join.")],
-         http_addr: HttpAddr = None) -> None:
+def join(addresses: Annotated[list[str], typer.Argument(help="HOST[:LAN-PORT] of agents to join "
+                                                          "(HOST[:WAN-PORT] of servers with --wan).")],
+         http_addr: HttpAddr = None,
+         wan: Annotated[bool, typer.Option("--wan", help="Join servers of other datacenters over the WAN "
+                                                         "(run it on a server).")] = False) -> None:
     """Make the agent join a cluster through one or more of its members' LAN addresses."""
 
     def body() -> None:
         api = client(http_addr)
         for addr in addresses:
-            api.put(f"/v1/agent/join/{addr}")
+            api.put(f"/v1/agent/join/{addr}", params={"wan": wan})
         typer.echo(f"Successfully joined cluster by contacting {len(addresses)} node(s).")
 
     run(body)
 
 
-def force_leave(node: Annotated[str, typer.Argument(help="Name of a failed member.")],
-                http_addr: HttpAddr = None) -> None:
+def force_leave(node: Annotated[str, typer.Argument(help="Name of a failed member (<node>.<dc> with --wan).")],
+                http_addr: HttpAddr = None,
+                wan: Annotated[bool, typer.Option("--wan", help="Remove a failed server from the WAN pool.")] = False,
+                prune: Annotated[bool, typer.Option("--prune", help="Forget the member at once instead of "
+                                                                    "listing it as left.")] = False) -> None:
     """Mark a failed member as left, so the leader removes it from the catalog."""
-    run(lambda: (client(http_addr).put(f"/v1/agent/force-leave/{node}"),
+    run(lambda: (client(http_addr).put(f"/v1/agent/force-leave/{node}", params={"wan": wan, "prune": prune}),
                   typer.echo(f"Member {node} marked as left")))
 
 

@@ -15,6 +15,55 @@ operator_app.add_typer(raft_app, name="raft")
 autopilot_app = typer.Typer(help="Autopilot: server health, promotion of new servers, dead-server cleanup.",
                             no_args_is_help=True)
 operator_app.add_typer(autopilot_app, name="autopilot")
+federation_app = typer.Typer(help="The link view of WAN federation; removing a dead datacenter.",
+                             invoke_without_command=True)
+operator_app.add_typer(federation_app, name="federation")
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} ms"
+
+
+def _ago(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}s ago"
+
+
+@federation_app.callback()
+def federation_show(ctx: typer.Context, http_addr: HttpAddr = None, fmt: Format = "table") -> None:
+    """Per datacenter: servers alive, RTT, last contact, last forwarded call; replication from the primary."""
+    if ctx.invoked_subcommand is not None:
+        return
+    check_format(fmt)
+
+    def body() -> None:
+        data = client(http_addr).get("/v1/operator/federation").json()
+        if fmt == "json":
+            return print_json(data)
+        table(f"Datacenters seen from {data['Server']} ({data['Datacenter']}"
+              f"{', primary ' + data['PrimaryDatacenter'] if data['PrimaryDatacenter'] else ''})",
+              ["Datacenter", "Reachable", "Servers", "RTT", "Last contact", "Last forward", "Last error"],
+              [[d["Datacenter"] + (" (local)" if d["Local"] else "") + (" (primary)" if d["Primary"] else ""),
+                "yes" if d["Reachable"] else "NO", f"{d['AliveServers']}/{len(d['Servers'])}", _ms(d["RTTMillis"]),
+                "-" if d["Local"] else _ago(d["LastContactSeconds"]), _ago(d["LastForwardSecondsAgo"]),
+                d["LastForwardError"]] for d in data["Datacenters"]])
+        if data["Replication"]:
+            table("Replication from the primary", ["Replicator", "Running", "Index", "Applied", "Last error"],
+                  [[r["Name"], str(r["Running"]).lower(), str(r["ReplicatedIndex"]), str(r["Applied"]),
+                    r["LastError"]] for r in data["Replication"]])
+
+    run(body)
+
+
+@federation_app.command("remove-dc")
+def federation_remove_dc(datacenter: Annotated[str, typer.Argument(help="The dead datacenter to forget.")],
+                         http_addr: HttpAddr = None) -> None:
+    """Forget a datacenter whose servers are all gone, at once (Consul lists it for 72 h)."""
+
+    def body() -> None:
+        data = client(http_addr).delete(f"/v1/operator/federation/{datacenter}").json()
+        typer.echo(f"Removed datacenter {datacenter}: {', '.join(data['Removed'])}")
+
+    run(body)
 
 
 @raft_app.command("list-peers")

@@ -22,9 +22,9 @@ def fail(message: str) -> typer.Exit:
 
 
 
-def client(addr: str | None) -> Client:
+def client(addr: str | None, datacenter: str | None = None) -> Client:
     try:
-        return Client(addr)
+        return Client(addr, datacenter=datacenter)
     except CLIError as e:
         raise fail(str(e)) from None
 

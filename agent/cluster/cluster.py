@@ -34,6 +34,7 @@ from proconsul.agent.cluster.host import ClusterHost
 from proconsul.agent.cluster.lan import LANGossip, lan_timings
 from proconsul.agent.cluster.membership import STATUS_CODES, Member
 from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
+from proconsul.agent.cluster.replication import TableReplicator
 from proconsul.agent.cluster.rpc import (
     MUX_RAFT,
     NoLeader,
@@ -45,6 +46,10 @@ from proconsul.agent.cluster.rpc import (
 )
 from proconsul.agent.cluster.rpc_tls import TLSConfigError, rpc_tls
 from proconsul.agent.cluster.server import ServerRole
+from proconsul.agent.cluster.wan.gossip import WANGossip, WANJoinError
+from proconsul.agent.cluster.wan.pool import STATUS_CODES as WAN_STATUS_CODES
+from proconsul.agent.cluster.wan.pool import WANPool, WANServer
+from proconsul.agent.cluster.wan.router import Router
 from proconsul.agent.config.model import ConfigError
 from proconsul.agent.config.values import as_duration
 from proconsul.agent.version import PROTOCOL, VERSION
@@ -146,6 +151,20 @@ class Cluster:
         if host.server is not None:
             self.autopilot = AutopilotDriver(host.server.store, cfg.autopilot, self.members.members, cfg.node_id,
                                              cfg.datacenter)
+        self.wan_pool: WANPool | None = None
+        self.wan: WANGossip | None = None
+        self.router: Router | None = None
+        if cfg.server and cfg.serf_wan_port >= 0:
+            self._init_wan()
+        self.replicators: list[TableReplicator] = []
+        self.report_parts: dict[str, Callable[[], Any]] = {}  # other components' lines in the link view
+        if self.secondary:
+            self.replicators.append(TableReplicator(
+                "config-entries", cfg.primary_datacenter, "config_entries", "config.list", {},
+                lambda r: f"{r['Kind']}/{r['Name']}", is_leader=self.is_leader, leading=self.leading,
+                forward_dc=self.forward_dc, apply=lambda cmd: self.server().apply(cmd),
+                local_rows=lambda table: self.server().store.table_list(table)[1],
+                rng=random.Random(self.rng.getrandbits(64))))
         ServerEndpoints(self).register(self.rpc)
 
     def _tags(self) -> dict[str, str]:
@@ -155,7 +174,160 @@ class Cluster:
                 "segment": ""}
         if cfg.server:
             tags["expect"] = str(cfg.bootstrap_expect)
+            if cfg.serf_wan_port >= 0:
+                tags["wan_join_port"] = str(cfg.serf_wan_port)
         return tags
+
+    # ------------------------------------------------------------------ WAN pool and router (servers)
+    def _init_wan(self) -> None:
+        from proconsul.agent.config.duration import DurationError, parse_duration
+
+        cfg = self.config
+        try:
+            interval = parse_duration(str(cfg.gossip_wan.get("probe_interval", "1s")))
+            mult = int(cfg.gossip_wan.get("suspicion_mult", 6))
+        except (DurationError, ValueError, TypeError) as e:
+            raise ClusterError(f"gossip_wan: {e}: use probe_interval = \"1s\", suspicion_mult = 6") from None
+        if interval <= 0 or mult < 1:
+            raise ClusterError("gossip_wan: probe_interval must be positive and suspicion_mult at least 1")
+        me = WANServer(cfg.node_name, cfg.datacenter, cfg.advertise_addr_wan or cfg.advertise,
+                       max(cfg.serf_wan_port, 1), max(cfg.server_port, 1), cfg.node_id,
+                       incarnation=int(time.time() * 1000), build=VERSION)
+        self.wan_pool = WANPool(me, fail_after=interval * mult, reap_after=cfg.reconnect_timeout_wan)
+        self.wan = WANGossip(self.wan_pool, cfg.serf_wan_addr or cfg.bind_addr, cfg.serf_wan_port,
+                             retry_join=cfg.retry_join_wan, interval=interval, retry_interval=cfg.retry_interval_wan, rng=self.rng,
+                             on_change=self._wan_changed, local_servers=self._local_wan_servers)
+        self.router = Router(self.wan_pool, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
+                             blocked=lambda: self.wan.blocked if self.wan else set())
+
+    def _local_wan_servers(self) -> list[tuple[str, int]]:
+        """This datacenter's servers as the LAN knows them, for flood-joining them to the WAN."""
+        out = []
+        for m in self.server_members():
+            port = m.tags.get("wan_join_port", "")
+            if m.name != self.config.node_name and port.isdigit():
+                out.append((m.addr, int(port)))
+        return out
+
+    def _wan_changed(self, names: list[str]) -> None:
+        pass  # the router reads the pool on every call; nothing to refresh
+
+    def wan_member_rows(self) -> list[dict[str, Any]]:
+        if self.wan_pool is None:
+            return []
+        rows = []
+        for m in self.wan_pool.members():
+            s = m.server
+            tags = {"role": "consul", "dc": s.datacenter, "id": s.node_id, "port": str(s.rpc_port),
+                    "build": s.build, "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""}
+            rows.append({"Name": s.name, "Addr": s.addr, "Port": s.port, "Tags": tags,
+                         "Status": WAN_STATUS_CODES[m.status], "ProtocolMin": 1, "ProtocolMax": 5,
+                         "ProtocolCur": PROTOCOL, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4})
+        return rows
+
+    async def wan_join(self, addresses: list[str]) -> int:
+        if self.wan is None:
+            raise ClusterError("WAN join must be performed on a server with a WAN port (serf_wan is -1 "
+                               "or this is a client agent)")
+        try:
+            return await self.wan.join(addresses)
+        except WANJoinError as e:
+            raise ClusterError(str(e)) from None
+
+    def wan_force_leave(self, name: str, prune: bool, now: float) -> bool:
+        return self.wan_pool is not None and self.wan_pool.force_leave(name, now, prune=prune)
+
+    def federation_report(self) -> dict[str, Any]:
+        """The link view: per remote datacenter its servers, RTT and last contact; our replication."""
+        cfg = self.config
+        now = asyncio.get_running_loop().time()
+        out: dict[str, Any] = {"Datacenter": cfg.datacenter, "PrimaryDatacenter": cfg.primary_datacenter or "",
+                               "Server": cfg.node_name, "Datacenters": [], "Replication": [],
+                               "Extra": {}}
+        if self.wan_pool is None or self.router is None:
+            return out
+        blocked = self.wan.blocked if self.wan is not None else set()
+        for dc in self.router.datacenters():
+            servers = []
+            for m in self.wan_pool.servers(dc):
+                status = "partitioned" if m.name in blocked else m.status
+                servers.append({"Name": m.name, "Address": m.server.rpc_address, "Status": status,
+                                "RTTMillis": None if m.rtt is None else round(m.rtt * 1000, 3),
+                                "LastContactSeconds": None if m.name == self.wan_pool.me_name
+                                else round(max(now - m.last_contact, 0.0), 3)})
+            alive = [x for x in servers if x["Status"] == "alive"]
+            rtts = sorted(x["RTTMillis"] for x in alive if x["RTTMillis"] is not None)
+            contacts = [x["LastContactSeconds"] for x in servers if x["LastContactSeconds"] is not None]
+            last_ok = self.router.last_success.get(dc)
+            out["Datacenters"].append({
+                "Datacenter": dc, "Local": dc == cfg.datacenter, "Primary": dc == (cfg.primary_datacenter or ""),
+                "Reachable": bool(alive), "AliveServers": len(alive), "Servers": servers,
+                "RTTMillis": rtts[len(rtts) // 2] if rtts else None,
+                "LastContactSeconds": min(contacts) if contacts else None,
+                "LastForwardSecondsAgo": None if last_ok is None else round(now - last_ok, 3),
+                "LastForwardError": self.router.last_error.get(dc, "")})
+        out["Replication"] = [r.status.to_json() for r in self.replicators]
+        for name, part in self.report_parts.items():
+            out["Extra"][name] = part()
+        return out
+
+    def coordinate_datacenters(self) -> list[dict[str, Any]]:
+        """Consul's /v1/coordinate/datacenters: each datacenter's servers' WAN coordinates."""
+        by_dc: dict[str, list[dict[str, Any]]] = {}
+        if self.wan_pool is not None:
+            for server, coord in self.wan_pool.coordinates():
+                by_dc.setdefault(server.datacenter, []).append({"Node": server.name, "Segment": "",
+                                                                "Coord": coord.to_json()})
+        order = self.router.datacenters() if self.router is not None else sorted(by_dc)
+        return [{"Datacenter": dc, "AreaID": "WAN", "Coordinates": by_dc[dc]} for dc in order if dc in by_dc]
+
+    def forget_datacenter(self, datacenter: str) -> list[str]:
+        """Remove a dead datacenter from the WAN pool at once (its servers leave everyone's lists)."""
+        if self.wan_pool is None:
+            raise ClusterError("this agent has no WAN pool (a client agent, or serf_wan is -1)")
+        if datacenter == self.config.datacenter:
+            raise ClusterError(f"{datacenter} is this server's own datacenter")
+        alive = [m.name for m in self.wan_pool.servers(datacenter) if m.status == "alive"]
+        if alive:
+            raise ClusterError(f"datacenter {datacenter} still has alive servers ({', '.join(alive)}): stop them "
+                               "(or cut the WAN) first")
+        names = self.wan_pool.forget_datacenter(datacenter, asyncio.get_running_loop().time())
+        if not names:
+            from proconsul.agent.cluster.errors import NoPathToDatacenter
+
+            raise NoPathToDatacenter(datacenter)
+        log.warning("removed datacenter %s from the WAN pool (%s)", datacenter, ", ".join(names))
+        return names
+
+    async def datacenters(self) -> list[str]:
+        """Known datacenters, nearest first (a client agent asks a server)."""
+        if self.router is not None:
+            return self.router.datacenters()
+        if self.raft is not None:
+            return [self.config.datacenter]
+        return list(await self.call_any_server("federation.datacenters", {}, timeout=5.0))
+
+    async def forward_dc(self, datacenter: str, method: str, args: dict[str, Any], timeout: float | None = None,
+                         idempotent: bool = False) -> Any:
+        """Send an RPC to a server of another datacenter: through the router on a server, through a
+        server of ours on a client agent (clients never dial other datacenters)."""
+        if self.router is not None:
+            return await self.router.call(datacenter, method, args, timeout, idempotent=idempotent,
+                                          now=lambda: asyncio.get_running_loop().time())
+        if self.raft is not None:  # a server with its WAN port off: it knows no other datacenter
+            from proconsul.agent.cluster.errors import NoPathToDatacenter
+
+            raise NoPathToDatacenter(datacenter)
+        return await self.call_any_server("federation.forward", {
+            "dc": datacenter, "method": method, "args": args, "timeout": timeout, "idempotent": idempotent},
+            timeout=None if timeout is None else timeout + 5.0, idempotent=idempotent)
+
+    @property
+    def secondary(self) -> bool:
+        """A server of a datacenter that is not the primary: it replicates what the primary owns."""
+        cfg = self.config
+        return bool(cfg.server and cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter
+                    and self.router is not None)
 
     @property
     def rpc_address(self) -> str:
@@ -172,6 +344,15 @@ class Cluster:
             if cfg.retry_join:
                 with contextlib.suppress(Exception):
                     await self.gossip.join(cfg.retry_join)
+        if self.wan is not None:
+            bound = await self._listen("WAN gossip", self.wan.start, "serf_wan_port")
+            assert self.wan_pool is not None
+            self.wan_pool.update_me(port=bound, rpc_port=cfg.server_port)
+            if cfg.retry_join_wan:
+                try:
+                    await self.wan.join(cfg.retry_join_wan)
+                except WANJoinError as e:
+                    log.warning("retry-join-wan: %s; retrying every %.0fs", e, cfg.retry_interval_wan)
 
     async def _listen(self, what: str, start: Callable[[], Awaitable[int]], port_attr: str) -> int:
         """Start a listener; a port of 0 becomes the bound one (in the config and our member tags)."""
@@ -232,6 +413,8 @@ class Cluster:
         self.members.update_me(self.config.serf_lan_port, self._tags())
 
     async def stop(self, leave: bool) -> None:
+        if self.wan is not None:
+            await self.wan.stop(leave)
         if self.gossip is not None:
             await self.gossip.stop(leave)
         if self.raft is not None:
@@ -247,6 +430,10 @@ class Cluster:
         async with asyncio.TaskGroup() as tg:
             if self.gossip is not None:
                 tg.create_task(self.gossip.run(stop), name="lan-gossip")
+            if self.wan is not None:
+                tg.create_task(self.wan.run(stop), name="wan-gossip")
+            for rep in self.replicators:
+                tg.create_task(rep.run(stop), name=f"replicate-{rep.status.name}")
             if self.raft is not None:
                 tg.create_task(self._bootstrap_loop(stop), name="bootstrap-expect")
                 tg.create_task(self._reconcile_loop(stop), name="leader-reconcile")
@@ -309,6 +496,13 @@ class Cluster:
                 self.raft.transport.block(sid)
         if self.gossip is not None:
             self.gossip.blocked = set(names)
+        if self.wan is not None and self.wan_pool is not None:
+            # WAN members by name (node.dc), or a whole datacenter by its name: a simulated WAN cut.
+            self.wan.blocked = {m.name for m in self.wan_pool.members()
+                                if m.name in names or m.server.datacenter in names}
+            for m in self.wan_pool.members():
+                if m.name in self.wan.blocked:
+                    self.pool.drop(m.server.rpc_address)  # calls parked there (replication) fail now
         log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")
 
     # ------------------------------------------------------------------ forwarding

@@ -36,6 +36,10 @@ class ServerEndpoints:
         reg("operator.autopilot_state", self._rpc_autopilot_state)
         reg("snapshot.save", self._rpc_snapshot_save)
         reg("dns.query", self._rpc_dns_query)
+        reg("federation.forward", self._rpc_federation_forward)
+        reg("federation.datacenters", self._rpc_federation_datacenters)
+        reg("federation.status", self._rpc_federation_status)
+        reg("federation.coordinates", self._rpc_federation_coordinates)
         reg("event.fire", self._rpc_event_fire)
 
     def server(self) -> Any:
@@ -87,6 +91,23 @@ class ServerEndpoints:
     async def _rpc_raft_transfer(self, args: dict[str, Any]) -> Any:
         return await self.cluster.on_leader("operator.raft_transfer_leader", args, lambda: self.cluster.transfer_leader(**args))
 
+    async def _rpc_federation_forward(self, args: dict[str, Any]) -> Any:
+        """A client agent's call for another datacenter: this server sends it on over the WAN."""
+        dc, method, inner = args.get("dc"), args.get("method"), args.get("args")
+        timeout = args.get("timeout")
+        if type(dc) is not str or type(method) is not str or type(inner) is not dict or not (
+                timeout is None or isinstance(timeout, int | float)):
+            raise ClusterError("federation.forward needs dc, method and args")
+        return await self.cluster.forward_dc(dc, method, inner, timeout, bool(args.get("idempotent")))
+
+    async def _rpc_federation_datacenters(self, args: dict[str, Any]) -> Any:
+        return await self.cluster.datacenters()
+
+    async def _rpc_federation_status(self, args: dict[str, Any]) -> Any:
+        return self.cluster.federation_report()
+
+    async def _rpc_federation_coordinates(self, args: dict[str, Any]) -> Any:
+        return self.cluster.coordinate_datacenters()
     async def _rpc_event_fire(self, args: dict[str, Any]) -> Any:
         """A client agent's user event (Consul's Internal.EventFire): delivered to this server."""
         event = args.get("event")
@@ -102,7 +123,9 @@ class ServerEndpoints:
             raise ClusterError("this server does not answer DNS (dns port -1)" if handler is None
                                else "dns.query needs a packet")
         response, recurse = handler.handle(packet, bool(args.get("udp", True)))
-        return None if recurse else response
+        if recurse:  # a question for another datacenter: this server asks it
+            return await handler.recurse(packet, not args.get("udp", True))
+        return response
 
     async def _rpc_snapshot_save(self, args: dict[str, Any]) -> Any:
         async def here() -> list[Any]:

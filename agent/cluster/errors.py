@@ -15,9 +15,20 @@ register_error(ClusterError)  # crosses RPC as itself, so a client agent shows t
 class NoPathToDatacenter(ClusterError):
     """A request names a datacenter this agent cannot reach (Consul's "No path to datacenter")."""
 
-    def __init__(self, datacenter: str) -> None:
+    def __init__(self, datacenter: str = "") -> None:
         super().__init__("No path to datacenter")
         self.datacenter = datacenter
 
 
 register_error(NoPathToDatacenter)
+
+
+class DatacenterUnreachable(ClusterError):
+    """Every known server of the named datacenter is failed or did not answer (Consul's words)."""
+
+    def __init__(self, datacenter: str = "") -> None:
+        super().__init__("Remote DC has no server currently reachable")
+        self.datacenter = datacenter
+
+
+register_error(DatacenterUnreachable)

@@ -284,6 +284,12 @@ class RPCPool:
             conn = self._conns[address] = RPCConnection(address, self.tls, self.server_hostname)
         return await conn.call(method, args, timeout)
 
+    def drop(self, address: str) -> None:
+        """Cut the connection to `address` now: calls in flight on it fail (a simulated network cut)."""
+        conn = self._conns.pop(address, None)
+        if conn is not None and conn._writer is not None:
+            conn._writer.close()
+
     async def close(self) -> None:
         for conn in self._conns.values():
             await conn.close()

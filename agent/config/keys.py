@@ -78,6 +78,10 @@ def _join(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     cfg.retry_join.extend(as_str_list(key, value, src))
 
 
+def _join_wan(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    cfg.retry_join_wan.extend(as_str_list(key, value, src))
+
+
 def _services(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     cfg.services.extend(as_object(key, item, src) for item in as_list(value))
 
@@ -456,6 +460,9 @@ KEYS: dict[str, Setter] = {
     "advertise_addr": _set("advertise_addr", _text),
     "ports": _ports,
     "retry_join": _join,
+    "retry_join_wan": _join_wan,
+    "start_join_wan": _join_wan,
+    "retry_interval_wan": _set("retry_interval_wan", as_duration),
     "start_join": _join,
     "log_level": _set("log_level", _lower),
     "enable_script_checks": _set("enable_script_checks", as_bool),
@@ -531,15 +538,14 @@ KEYS: dict[str, Setter] = {
         "enable_syslog": "logs go to stderr and log_file",
         "syslog_facility": "logs go to stderr and log_file",
         "server_name": "the server port's TLS checks names with verify_server_hostname",
-        "translate_wan_addrs": "there is no WAN federation yet",
+        "translate_wan_addrs": "addresses are not translated for other datacenters",
         "enable_agent_tls_for_checks": "HTTP and gRPC checks use their own TLS settings",
         "disable_http_unprintable_char_filter": "keys and names are not filtered",
         "disable_keyring_file": "there is no gossip keyring yet",
         "encrypt_verify_incoming": "there is no gossip encryption yet",
         "encrypt_verify_outgoing": "there is no gossip encryption yet",
         "retry_max": "retry_join tries until it succeeds",
-        "retry_max_wan": "there is no WAN federation yet",
-        "retry_interval_wan": "there is no WAN federation yet",
+        "retry_max_wan": "retry_join_wan tries until it succeeds",
         "discovery_max_stale": "client agents forward DNS to servers, answered from their replica",
         "tls_min_version": "the server port uses TLS 1.2 or newer; set tls.defaults instead",
         "tls_cipher_suites": "Python's default cipher suites are used",
@@ -573,17 +579,15 @@ KEYS: dict[str, Setter] = {
     "auto_config": _refused("auto_config is not built yet", _off),
     "verify_incoming_https": _verify_incoming_https,
     "ca_path": _refused("a directory of CAs is not supported: give one bundle with ca_file"),
-    "retry_join_wan": _refused("WAN federation is not built yet"),
-    "start_join_wan": _refused("WAN federation is not built yet"),
-    "serf_wan": _refused("WAN federation is not built yet"),
+    "serf_wan": _set("serf_wan_addr", _text),
     "serf_lan": _set("serf_lan_addr", _text),
     "serf_lan_allowed_cidrs": _refused("the LAN port does not filter by CIDR yet"),
-    "serf_wan_allowed_cidrs": _refused("WAN federation is not built yet"),
+    "serf_wan_allowed_cidrs": _refused("the WAN port does not filter by CIDR yet"),
     "unix_sockets": _refused("the API does not listen on unix sockets"),
     "peering": _refused("cluster peering is not built", _off),
     "cloud": _refused("HCP is not supported", lambda v: not v),
     "primary_gateways": _refused("WAN federation through mesh gateways is not built yet"),
-    "primary_gateways_interval": _no_effect("there is no WAN federation yet"),
+    "primary_gateways_interval": _no_effect("WAN federation does not go through mesh gateways"),
 }
 
 

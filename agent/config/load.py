@@ -112,6 +112,6 @@ def _refuse_missing_listeners(cfg: AgentConfig) -> None:
     if cfg.grpc_port >= 0:
         cfg.warnings.append(f"ports.grpc = {cfg.grpc_port} has no effect in Proconsul (there is no gRPC/xDS "
                             "listener: the built-in proxy reads the HTTP API); accepted and ignored")
-    if cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter:
-        raise ConfigError(f"primary_datacenter {cfg.primary_datacenter!r} cannot be honoured: WAN federation is "
-                          f"not built yet, so this datacenter ({cfg.datacenter}) must be its own primary")
+    if cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter and cfg.server and cfg.serf_wan_port < 0:
+        raise ConfigError(f"primary_datacenter {cfg.primary_datacenter!r} cannot be honoured: this server has no "
+                          "WAN port (ports.serf_wan = -1) to reach it; give it one, or make this datacenter the primary")

@@ -139,7 +139,9 @@ class AgentConfig:
     reconnect_timeout_wan: float = 72 * 3600.0
     rejoin_after_leave: bool = False
     primary_datacenter: str = ""
-    retry_join_wan: list[str] = field(default_factory=list)
+    retry_join_wan: list[str] = field(default_factory=list)  # servers of other datacenters to join over the WAN
+    retry_interval_wan: float = 30.0
+    serf_wan_addr: str = ""  # serf_wan: the WAN pool's bind address (default: bind_addr)
     gossip_lan: dict[str, Any] = field(default_factory=dict)
     gossip_wan: dict[str, Any] = field(default_factory=dict)
     autopilot: dict[str, Any] = field(default_factory=dict)

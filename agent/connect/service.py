@@ -19,6 +19,7 @@ from typing import Any
 
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.agent.connect.base import ConnectBase, ConnectHost, intentions_of, iso_time, now_utc
+from proconsul.agent.connect.secondary import SecondaryCA
 from proconsul.catalog import commands as c
 from proconsul.catalog.queries import public_roots
 from proconsul.catalog.store import Changes, StateStore
@@ -46,6 +47,7 @@ class Connect(ConnectBase):
         self._ixn_cache: tuple[int, list[dict[str, Any]]] | None = None
         self._roots_cache: tuple[int, dict[str, Any]] | None = None
         self.store.subscribe(self._on_store_change)
+        self.secondary: SecondaryCA | None = None  # set when this server's datacenter is not the primary
 
     def _on_store_change(self, changes: Changes) -> None:
         if not changes.tables.isdisjoint(DECISION_TABLES):
@@ -105,8 +107,10 @@ class Connect(ConnectBase):
         return self.sign(csr_pem, service)
 
     async def bootstrap(self) -> None:
-        """On the leader: create the cluster's first root if there is none (idempotent)."""
+        """On the leader: create the cluster's first root if there is none (idempotent); a datacenter
+        promoted to primary whose CA still signs with an intermediate takes a root of its own."""
         if self.config() is not None:
+            await self._own_root_after_promotion()
             return
         cluster_id = str(uuid.uuid4())
         td = trust_domain_for(cluster_id)
@@ -120,6 +124,29 @@ class Connect(ConnectBase):
             c.TableSet(table="ca_config", key="config", row=config, cas=0),
             c.TableSet(table="ca_roots", key=root.row["ID"], row=dict(root.row, SigningKey=root.key_pem))]))
         log.info("Connect CA initialised: trust domain %s, root %s", td, root.row["ID"])
+
+    async def _own_root_after_promotion(self) -> None:
+        """This datacenter was a secondary (its active root carries the intermediate it signed with) and
+        is now the primary: make a new root in the same trust domain and make it active. The old roots
+        stay in the bundle, inactive, so leaves issued under them keep verifying until they are renewed
+        (every cached leaf is re-issued at once when the active root changes); secondaries that follow
+        us get intermediates from the new root."""
+        _, rows = self.store.table_list("ca_roots")
+        active = next((r for r in rows if r.get("Active")), None)
+        if active is None or not active.get("SigningCert"):
+            return
+        root = ca.generate_root(self._trust_domain(), now_utc(), _serial())
+        cmds: list[c.Command] = [c.TableSet(table="ca_roots", key=r["ID"], row={
+            k: v for k, v in dict(r, Active=False, RotatedOutAt=iso_time()).items()
+            if k not in ("SigningKey", "SigningCert", "CreateIndex", "ModifyIndex")}) for r in rows if r.get("Active")]
+        cmds.append(c.TableSet(table="ca_roots", key=root.row["ID"], row=dict(root.row, SigningKey=root.key_pem)))
+        cfg = dict(self.config() or {})
+        cfg.pop("CreateIndex", None)
+        cfg.pop("ModifyIndex", None)
+        cmds.append(c.TableSet(table="ca_config", key="config", row=dict(cfg, State=None)))
+        await self.agent.backend.apply(c.Batch(commands=cmds))
+        log.warning("this datacenter is now the primary: its CA has a root of its own (%s); the previous "
+                    "primary's roots stay trusted until leaves issued under them are renewed", root.row["ID"])
 
     async def set_config(self, body: dict[str, Any]) -> None:
         """Update the CA settings (keys as Consul spells them), rotating the root when the key changes."""
@@ -223,10 +250,21 @@ class Connect(ConnectBase):
         async def remove(args: dict[str, Any]) -> Any:
             return await self.remove_ids([str(i) for i in args["ids"]])
 
+        async def sign_intermediate(args: dict[str, Any]) -> Any:
+            """A secondary datacenter's intermediate CA, signed by our active root (any server of the
+            primary can: the root's key is in every server's replica)."""
+            if self.secondary is not None:
+                raise InvalidCAConfig("only the primary datacenter signs intermediate CAs")
+            pem = ca.sign_intermediate(str(args.get("csr", "")), self.active_root(), self._trust_domain(), now_utc(),
+                                       _serial())
+            log.info("signed an intermediate CA for datacenter %s", args.get("dc", "?"))
+            return pem
+
         register("connect.sign", sign)
         register("connect.set_config", set_config)
         register("connect.upsert", upsert)
         register("connect.remove", remove)
+        register("connect.sign_intermediate", sign_intermediate)
 
     # ------------------------------------------------------------------ leader duties
     async def watch_roots(self, stop: asyncio.Event) -> None:
@@ -261,5 +299,8 @@ class Connect(ConnectBase):
                         await asyncio.sleep(0.5)
 
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(bootstrap_when_leader())
+            if self.secondary is not None:  # the primary's roots and our intermediate, never a root of our own
+                tg.create_task(self.secondary.run(wait_leadership, stop))
+            else:
+                tg.create_task(bootstrap_when_leader())
             tg.create_task(self.watch_roots(stop))

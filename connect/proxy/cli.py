@@ -35,10 +35,13 @@ class Options:
     token: str = ""
     admin_bind: str = ""  # "": from the registration (admin_address.py); "off": no admin listener
     log_level: str = "info"
-    gateway: str = ""  # "ingress": run an ingress gateway instead of a sidecar
-    service: str = ""  # the gateway's service name (and ID)
+    gateway: str = ""  # "ingress" or "mesh": run a gateway instead of a sidecar
+    mesh_gateway: bool = False  # Consul's older spelling of -gateway mesh
+    service: str = ""  # the gateway's service name (and ID); a mesh gateway's defaults to "mesh-gateway"
     register: bool = False  # register the gateway service with the agent first
     address: str = ""  # the gateway's address (listeners bind its host), HOST:PORT
+    wan_address: str = ""  # mesh gateway: where other datacenters reach it (default: address)
+    capture_file: str = ""  # mesh gateway: audit aid, forwarded bytes appended here
 
 
 def http_address(flag: str) -> str:
@@ -71,7 +74,38 @@ def _admin(bind: str) -> tuple[str, int | None]:
         raise ProxyCLIError(f"-admin-bind {bind!r} must be HOST:PORT (or \"off\")") from None
 
 
-GATEWAY_KINDS = ("ingress",)
+def _host_port(flag: str, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProxyCLIError(f"{flag} {value!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def run_gateway(opts: Options, api: AgentAPI, stop: asyncio.Event) -> None:
+    """`-gateway mesh`: optionally register it (Kind mesh-gateway, LAN and WAN addresses), then route."""
+    if opts.proxy_id or opts.sidecar_for:
+        raise ProxyCLIError("-gateway mesh runs a gateway, not a sidecar: drop -sidecar-for/-proxy-id")
+    if not opts.address:
+        raise ProxyCLIError("-gateway mesh needs -address HOST:PORT to listen on")
+    service = opts.service or "mesh-gateway"
+    host, port = _host_port("-address", opts.address)
+    wan_host, wan_port = _host_port("-wan-address", opts.wan_address or opts.address)
+    if opts.register:
+        await api.put("/v1/agent/service/register", {
+            "ID": service, "Name": service, "Kind": "mesh-gateway", "Address": host, "Port": port,
+            "TaggedAddresses": {"lan": {"Address": host, "Port": port}, "wan": {"Address": wan_host, "Port": wan_port}},
+            "Check": {"Name": "Mesh gateway listening", "TCP": f"{host}:{port}", "Interval": "10s",
+                      "DeregisterCriticalServiceAfter": "72h"}})
+        log.info("registered mesh gateway %s (LAN %s:%d, WAN %s:%d)", service, host, port, wan_host, wan_port)
+    from proconsul.connect.proxy.mesh_gateway import MeshGateway
+
+    try:
+        await MeshGateway(api, bind=host, port=port, service=service, capture_file=opts.capture_file).run(stop)
+    except OSError as e:
+        raise ProxyCLIError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+GATEWAY_KINDS = ("ingress", "mesh")
 
 
 def _gateway_address(address: str) -> tuple[str, int]:
@@ -84,23 +118,29 @@ def _gateway_address(address: str) -> tuple[str, int]:
 
 async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
     """Run one proxy until `stop` (or SIGINT/SIGTERM when `stop` is not given)."""
+    if opts.mesh_gateway or opts.gateway == "mesh":
+        api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
+        stop = stop or _signals_stop()
+        try:
+            await run_gateway(opts, api, stop)
+        except AgentAPIError as e:
+            raise ProxyCLIError(str(e)) from None
+        finally:
+            await api.close()
+        return
     if opts.gateway:
         if opts.gateway not in GATEWAY_KINDS:
-            raise ProxyCLIError(f"-gateway {opts.gateway!r}: only \"ingress\" is built so far (terminating and mesh "
-                                "gateways are not)")
+            raise ProxyCLIError(f"-gateway {opts.gateway!r}: must be one of {', '.join(GATEWAY_KINDS)} (terminating "
+                                "gateways are not built)")
         if not opts.service or opts.sidecar_for:
             raise ProxyCLIError("-gateway needs -service NAME (and no -sidecar-for)")
     elif opts.register or opts.service:
-        raise ProxyCLIError("-register and -service are for gateways: add -gateway ingress")
+        raise ProxyCLIError("-register and -service are for gateways: add -gateway ingress|mesh")
     elif bool(opts.proxy_id) == bool(opts.sidecar_for):
         raise ProxyCLIError("give exactly one of -sidecar-for SERVICE-ID or -proxy-id PROXY-ID")
     host, port = _admin(opts.admin_bind)
     api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop or _signals_stop()
     try:
         if opts.gateway:
             from proconsul.connect.proxy.ingress import IngressGateway
@@ -121,6 +161,14 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
         raise ProxyCLIError(str(e)) from None
     finally:
         await api.close()
+
+
+def _signals_stop() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def setup_logging(level: str) -> None:
@@ -161,11 +209,16 @@ def main(argv: list[str] | None = None) -> None:
             (("-token", "--token"), "token", "ACL token"),
             (("-admin-bind", "--admin-bind"), "admin_bind", ADMIN_HELP),
             (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error"),
-            (("-gateway", "--gateway"), "gateway", "run a gateway of this kind (ingress)"),
-            (("-service", "--service"), "service", "the gateway's service name"),
-            (("-address", "--address"), "address", "the gateway's HOST:PORT (listeners bind HOST)")):
+            (("-gateway", "--gateway"), "gateway", "run a gateway of this kind (ingress, mesh)"),
+            (("-service", "--service"), "service", "the gateway's service name (mesh: mesh-gateway)"),
+            (("-address", "--address"), "address", "the gateway's HOST:PORT (listeners bind HOST)"),
+            (("-wan-address", "--wan-address"), "wan_address", "mesh gateway: HOST:PORT for other datacenters"),
+            (("-capture-file", "--capture-file"), "capture_file", "mesh gateway: append forwarded bytes here")):
         p.add_argument(*names, dest=dest, default=getattr(Options(), dest), help=help_)
-    p.add_argument("-register", "--register", dest="register", action="store_true",
-                   help="register the gateway service with the agent first")
+    for names, dest, help_ in ((("-mesh-gateway", "--mesh-gateway"), "mesh_gateway", "run a mesh gateway "
+                                "(Consul's older spelling of -gateway mesh)"),
+                               (("-register", "--register"), "register", "register the gateway service with the "
+                                "agent first")):
+        p.add_argument(*names, dest=dest, action="store_true", help=help_)
     args = p.parse_args(argv)
     sys.exit(execute(Options(**vars(args))))

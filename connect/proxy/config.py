@@ -13,6 +13,7 @@ from typing import Any
 from proconsul.connect.errors import ConnectError
 
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
+GATEWAY_MODES = ("", "none", "local", "remote")  # Consul's mesh_gateway { mode }: "" is the default (none)
 LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
 
 
@@ -64,6 +65,7 @@ class Upstream:
     protocol: str = "tcp"  # "" until resolved: Config.protocol, then service-defaults, then proxy-defaults
     lb_policy: str = "round_robin"
     request_timeout: float = 15.0  # L7: whole request, headers to end of response
+    mesh_gateway: str = ""  # for another datacenter: "local" (through our gateway), "remote" (theirs), "none"/""
     limits: Limits = field(default_factory=Limits)
     outlier: OutlierSettings | None = None  # None: the proxy's Proxy.Config.passive_health_check
 
@@ -141,7 +143,22 @@ def _protocol(value: Any, what: str, default: str) -> str:
     return p
 
 
-def parse_upstream(raw: Any, i: int, proxy_config: dict[str, Any]) -> Upstream:
+def _gateway_mode(raw: Any, what: str, default: str = "") -> str:
+    """`MeshGateway: {Mode}` / `mesh_gateway { mode }` (HCL blocks arrive as a list of one object)."""
+    block = _get(raw, "MeshGateway", "mesh_gateway", default=None) if isinstance(raw, dict) else None
+    if isinstance(block, list) and len(block) == 1:
+        block = block[0]
+    if block in (None, {}):
+        return default
+    if not isinstance(block, dict):
+        raise ProxyConfigError(f"{what}.MeshGateway must be an object")
+    mode = str(_get(block, "Mode", "mode", default="") or "").lower()
+    if mode not in GATEWAY_MODES:
+        raise ProxyConfigError(f"{what}.MeshGateway.Mode {mode!r} is not one of none, local, remote")
+    return mode or default
+
+
+def parse_upstream(raw: Any, i: int, proxy_config: dict[str, Any], gateway_default: str = "") -> Upstream:
     what = f"Proxy.Upstreams[{i}]"
     if not isinstance(raw, dict):
         raise ProxyConfigError(f"{what} must be an object")
@@ -176,6 +193,7 @@ def parse_upstream(raw: Any, i: int, proxy_config: dict[str, Any]) -> Upstream:
         lb_policy=lb,
         request_timeout=_duration(_get(cfg, "request_timeout_ms", "RequestTimeoutMs"),
                                   f"{what}.Config.request_timeout_ms", 15.0),
+        mesh_gateway=_gateway_mode(raw, what, gateway_default),
     )
 
 
@@ -283,7 +301,8 @@ def from_registration(svc: Any) -> ProxyConfig:
     upstreams = _get(proxy, "Upstreams", "upstreams", default=[]) or []
     if not isinstance(upstreams, list):
         raise ProxyConfigError("Proxy.Upstreams must be a list")
-    parsed = tuple(parse_upstream(u, i, cfg) for i, u in enumerate(upstreams))
+    gateway_default = _gateway_mode(proxy, "Proxy")
+    parsed = tuple(parse_upstream(u, i, cfg, gateway_default) for i, u in enumerate(upstreams))
     binds = [(u.local_bind_address, u.local_bind_port) for u in parsed]
     if len(set(binds)) != len(binds):
         raise ProxyConfigError("Proxy.Upstreams: two upstreams bind the same local address and port")

@@ -99,6 +99,8 @@ class Proxy:
         self._restart_with: ProxyConfig | None = None
         self._reload = asyncio.Event()
         self._stop: asyncio.Event | None = None
+        self.gateway_service = "mesh-gateway"  # the name mesh gateways are registered under (Consul's habit)
+        self.gateway_default = ""  # proxy-defaults' MeshGateway.Mode
         self._access_logs: dict[str, Any] = {}  # proxy-defaults' AccessLogs
         self._rate_limits: dict[str, Any] = {}  # this service's service-defaults RateLimits
         self._tracing: TracingSettings | None = None  # proxy-defaults Config.tracing
@@ -180,6 +182,8 @@ class Proxy:
                 upstream_config = (entry or {}).get("UpstreamConfig")
                 self._rate_limits = (entry or {}).get("RateLimits") or {}
         defaults = await self._config_entry("proxy-defaults", "global") or {}
+        mode = str(((defaults.get("MeshGateway") or {}).get("Mode")) or "").lower()
+        self.gateway_default = mode if mode in ("none", "local", "remote") else ""
         self._access_logs = defaults.get("AccessLogs") or {}
         self._tracing = TracingSettings.from_config((defaults.get("Config") or {}).get("tracing"))
         cfg = with_upstream_config(cfg, upstream_config)
@@ -230,7 +234,13 @@ class Proxy:
         assert self._tg is not None
         self._stop_upstream_watches(up.key)
         self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
-        self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
+        if self._follows_chain(up):
+            self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
+
+    def _follows_chain(self, up: Upstream) -> bool:
+        """Upstreams in this datacenter follow their discovery chain; one in another datacenter goes to
+        that datacenter's instances (through mesh gateways when a mode says so) without one, for now."""
+        return not up.datacenter or self.rt is None or up.datacenter == self.rt.datacenter
 
     def _restart_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
         """An upstream's settings changed (datacenter, timeouts, limits, protocol): its instances are
@@ -241,12 +251,19 @@ class Proxy:
             old.cancel()
         self._upstream_watches[up.key] = self._tg.create_task(self._watch_upstream(up, stop))
         chain = f"{up.key}|chain"
-        if chain not in self._upstream_watches:
+        if not self._follows_chain(up):
+            self._stop_chain_watches(up.key)
+        elif chain not in self._upstream_watches:
             self._upstream_watches[chain] = self._tg.create_task(self._watch_chain(up, stop))
 
     def _stop_upstream_watches(self, key: str) -> None:
         """End the watches of one upstream: its instances, its discovery chain and the chain's targets."""
-        for k in [k for k in self._upstream_watches if k == key or k.startswith(key + "|")]:
+        self._stop_chain_watches(key, including=key)
+
+    def _stop_chain_watches(self, key: str, including: str = "") -> None:
+        """End an upstream's discovery chain and target watches (and the watch named `including`), and
+        drop its chain."""
+        for k in [k for k in self._upstream_watches if k == including or k.startswith(key + "|")]:
             self._upstream_watches.pop(k).cancel()
         if self.rt is not None:
             self.rt.set_chain(key, None)
@@ -307,6 +324,9 @@ class Proxy:
         assert self.rt is not None
         pool = self.rt.pools[up.key]
         params = {"passing": "1"}
+        mode = up.mesh_gateway or self.gateway_default  # the upstream's (or the proxy's), else proxy-defaults'
+        if up.datacenter and up.datacenter != self.rt.datacenter and mode in ("local", "remote"):
+            return await self._watch_gateways(up, mode == "local", pool, stop)
         if up.datacenter:
             params["dc"] = up.datacenter
 
@@ -319,6 +339,32 @@ class Proxy:
 
         await self.api.watch(f"/v1/health/connect/{up.destination_name}", params, update, stop)
 
+    async def _watch_gateways(self, up: Upstream, local: bool, pool: Any, stop: asyncio.Event) -> None:
+        """An upstream in another datacenter through mesh gateways: the instances to dial are our
+        datacenter's gateways (mode local, their LAN address) or the destination's (mode remote, their
+        WAN address); the SNI still names the destination service there, so the gateway routes it and
+        the TLS session is end to end with its sidecar."""
+        params = {"passing": "1", **({} if local else {"dc": up.datacenter})}
+
+        def update(entries: list[dict[str, Any]]) -> None:
+            instances = []
+            for e in entries:
+                node, svc = e.get("Node") or {}, e.get("Service") or {}
+                if svc.get("Kind") != "mesh-gateway":
+                    continue
+                tagged = (svc.get("TaggedAddresses") or {}).get("lan" if local else "wan") or {}
+                address = tagged.get("Address") or svc.get("Address") or node.get("Address") or ""
+                port = int(tagged.get("Port") or svc.get("Port") or 0)
+                if address and port:
+                    instances.append(Instance(id=f"gateway/{node.get('Node', '')}/{svc.get('ID', '')}",
+                                              address=address, port=port, service=up.destination_name,
+                                              datacenter=up.datacenter))
+            if {i.id for i in instances} != {i.id for i in pool.instances()}:
+                log.info("upstream %s in %s: %d %s mesh gateway(s)", up.destination_name, up.datacenter,
+                         len(instances), "local" if local else "remote")
+            pool.set_instances(instances)
+
+        await self.api.watch(f"/v1/health/service/{self.gateway_service}", params, update, stop)
     async def _watch_chain(self, up: Upstream, stop: asyncio.Event) -> None:
         """Follow the upstream's discovery chain: each change is applied to new requests at once (open
         connections stay), and targets that need instances of their own get a watch."""

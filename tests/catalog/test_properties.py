@@ -81,6 +81,8 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
     for name in ("web", "w", "webby", "db", "dbq", "q1", "missing"):
         out += [("query.execute", {"query": name}), ("query.explain", {"query": name})]
     out += [("query.list", {}), ("coordinate.nodes", {}), ("coordinate.node", {"node": "N1"})]
+    out += [("query.execute_definition", {"definition": {"Service": {"Service": svc, "OnlyPassing": passing}}})
+            for svc in ("web", "db", "missing") for passing in (False, True)]
     out += [("txn.read", {"ops": [{"Verb": "get-tree", "Key": "a"}, {"Verb": "check-index", "Key": "a/b", "Index": 3},
                                   {"Kind": "Node", "Verb": "get", "Node": {"Node": "n1"}},
                                   {"Kind": "Service", "Verb": "get", "Node": "n2", "Service": {"ID": "web-n2"}}]})]

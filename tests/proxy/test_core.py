@@ -50,6 +50,16 @@ def test_config_from_a_sidecar_registration() -> None:
     assert (cfg.outlier.max_failures, cfg.outlier.base_ejection) == (3, 10.0)
 
 
+def test_mesh_gateway_modes_per_upstream_and_per_proxy() -> None:
+    cfg = from_registration(registration(MeshGateway={"Mode": "remote"}, Upstreams=[
+        {"DestinationName": "a", "LocalBindPort": 1, "Datacenter": "dc2", "MeshGateway": {"Mode": "local"}},
+        {"destination_name": "b", "local_bind_port": 2, "datacenter": "dc2", "mesh_gateway": [{"mode": "none"}]},
+        {"DestinationName": "c", "LocalBindPort": 3, "Datacenter": "dc2"}]))
+    assert [u.mesh_gateway for u in cfg.upstreams] == ["local", "none", "remote"]
+    assert [u.mesh_gateway for u in from_registration(registration(Upstreams=[
+        {"DestinationName": "a", "LocalBindPort": 1}])).upstreams] == [""]
+
+
 def test_protocols_resolve_as_consuls() -> None:
     cfg = from_registration(registration(Upstreams=[
         {"DestinationName": "db", "LocalBindPort": 1}, {"DestinationName": "api", "LocalBindPort": 2},
@@ -70,6 +80,9 @@ def test_protocols_resolve_as_consuls() -> None:
     ({"Proxy": {"DestinationServiceName": "web", "Config": {"protocol": "smtp"}}}, "protocol"),
     ({"Proxy": {"DestinationServiceName": "web", "Upstreams": [
         {"DestinationName": "a", "LocalBindPort": 5}, {"DestinationName": "b", "LocalBindPort": 5}]}}, "same local"),
+    ({"Proxy": {"DestinationServiceName": "web", "Upstreams": [
+        {"DestinationName": "a", "LocalBindPort": 5, "MeshGateway": {"Mode": "nearest"}}]}}, "MeshGateway.Mode"),
+    ({"Proxy": {"DestinationServiceName": "web", "MeshGateway": "local"}}, "MeshGateway must be an object"),
 ])
 def test_bad_registrations_name_the_field(change: dict, field: str) -> None:
     reg = dict(registration(), **change)

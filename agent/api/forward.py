@@ -1,0 +1,106 @@
+"""Requests for another datacenter (`?dc=`): sent to a server there, answered as that server answers.
+
+A handler that takes `?dc=` calls `check_datacenter` first; naming another datacenter raises
+`ForwardToDatacenter`, and the error boundary sends the whole request — method, path, query, token
+and body — as one `http.serve` RPC to a server of that datacenter (through a server of ours when
+this is a client agent; the router picks the server and fails over). The remote server runs it
+through its own HTTP API and the reply — status, X-Consul-* headers, body — comes back unchanged,
+so every `?dc=` endpoint, blocking queries included, behaves there exactly as it does locally.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proconsul.agent.cluster.errors import ClusterError
+from proconsul.agent.config.duration import DurationError, parse_duration
+
+log = logging.getLogger("proconsul.forward")
+
+FORWARD_SLACK = 30.0  # a forwarded call waits the query's own wait plus this much
+PLAIN_TIMEOUT = 60.0  # a forwarded call that does not block
+REQUEST_HEADERS = ("X-Consul-Token", "Authorization", "Content-Type", "X-Consul-Namespace")
+
+
+class ForwardToDatacenter(Exception):  # noqa: N818 — control flow, not an error the user sees
+    """The request names another datacenter: the error boundary forwards it there."""
+
+    def __init__(self, datacenter: str) -> None:
+        super().__init__(datacenter)
+        self.datacenter = datacenter
+
+
+def _timeout(request: web.Request) -> float:
+    q = request.query
+    if "index" not in q:
+        return PLAIN_TIMEOUT
+    cfg = request.app["agent"].config
+    try:
+        wait = parse_duration(q["wait"]) if "wait" in q else cfg.default_query_time
+    except DurationError:
+        wait = cfg.default_query_time  # the far end answers the 400
+    return min(max(wait, 0.0), cfg.max_query_time) * 17 / 16 + FORWARD_SLACK
+
+
+async def forward_request(request: web.Request, datacenter: str) -> web.Response:
+    """Send this request to `datacenter` and answer with what its server answered."""
+    agent = request.app["agent"]
+    body = await request.read() if request.can_read_body else b""
+    headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
+    # The far end must serve it itself: `dc` names it (a write sent on to the primary drops the secondary's).
+    query = "&".join([p for p in request.rel_url.raw_query_string.split("&") if p and not p.startswith("dc=")]
+                     + [f"dc={datacenter}"])
+    args = {"method": request.method, "path": request.rel_url.raw_path, "query": query,
+            "headers": headers, "body": body}
+    timeout = _timeout(request)
+    status, out_headers, out_body = await agent.cluster.forward_dc(
+        datacenter, "http.serve", args, timeout, idempotent=request.method in ("GET", "HEAD"))
+    return web.Response(status=status, body=out_body, headers=out_headers)
+
+
+class LoopbackClient:
+    """The destination side: runs a forwarded request through this agent's own HTTP listener."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self._session: aiohttp.ClientSession | None = None
+
+    def _base(self) -> URL:
+        cfg = self.agent.config
+        if self.agent.http_port is None:
+            raise ClusterError("this server has no HTTP listener to answer a request from another datacenter")
+        host = cfg.http_bind
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return URL.build(scheme="http", host=host, port=self.agent.http_port)
+
+    async def serve(self, args: dict[str, Any]) -> list[Any]:
+        method, path, query = args.get("method"), args.get("path"), args.get("query", "")
+        headers, body = args.get("headers") or {}, args.get("body") or b""
+        if (type(method) is not str or type(path) is not str or not path.startswith("/v1/")
+                or type(query) is not str or type(headers) is not dict or type(body) is not bytes):
+            raise ClusterError("http.serve needs a method, a /v1/ path, a query, headers and a body")
+        if path.startswith("/v1/agent/"):  # never forwarded: an agent's own endpoints are not the datacenter's
+            raise ClusterError(f"http.serve does not serve {path}: agent endpoints answer only locally")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
+                                                  skip_auto_headers=("Accept-Encoding", "User-Agent"))
+        url = self._base().with_path(path, encoded=True).with_query(query) if query else \
+            self._base().with_path(path, encoded=True)
+        hdrs = {k: v for k, v in headers.items() if type(k) is str and type(v) is str and k in REQUEST_HEADERS}
+        async with self._session.request(method, url, data=body or None, headers=hdrs) as resp:
+            data = await resp.read()
+            keep = {k: v for k, v in resp.headers.items() if k.startswith("X-Consul-") or k == "Content-Type"}
+            return [resp.status, keep, data]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

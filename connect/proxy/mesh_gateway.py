@@ -1,0 +1,246 @@
+"""The mesh gateway: routes mTLS connections between datacenters by SNI, without terminating TLS.
+
+`proconsul connect proxy -gateway mesh` (or `-mesh-gateway`) listens on one port. For each connection it reads the first
+TLS record, takes the ClientHello's server name (`sni.py`) and, for Consul's service names
+`<svc>.default.<dc>.internal.<trust-domain>`:
+
+- `<dc>` is ours: dials a healthy sidecar of `<svc>` here (`/v1/health/connect/<svc>?passing`);
+- `<dc>` is another: dials a healthy mesh gateway of that datacenter at its WAN address
+  (`/v1/health/service/<gateway-name>?passing&dc=<dc>`, `TaggedAddresses.wan`).
+
+The buffered ClientHello is written to the target and from then on the bytes flow both ways
+untouched (the same `Side` protocols as the sidecar's L4 path): the gateway holds no key and cannot
+read the traffic; the two sidecars authenticate each other end to end and the destination checks
+intentions. A target that refuses is skipped for the next one. Anything that is not a ClientHello
+with a name we route is closed. Targets are followed with blocking queries, started on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from proconsul.connect.proxy.agent_api import AgentAPI
+from proconsul.connect.proxy.forward import Side
+from proconsul.connect.proxy.sni import (
+    MAX_HELLO,
+    Incomplete,
+    NotClientHello,
+    client_hello_sni,
+    parse_sni_name,
+)
+
+log = logging.getLogger("proconsul.gateway")
+
+HELLO_TIMEOUT = 10.0
+FAILED_FOR = 10.0  # a target that refused is tried last for this long
+DIAL_TIMEOUT = 5.0
+FIRST_ANSWER_TIMEOUT = 10.0
+
+
+@dataclass
+class _Targets:
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class GatewayInbound(Side):
+    """A connection to the gateway: held until its ClientHello names a target, then spliced."""
+
+    __slots__ = ("gw", "_hello", "_routing", "_timer")
+
+    def __init__(self, gw: MeshGateway) -> None:
+        super().__init__()
+        self.gw = gw
+        self._hello = b""
+        self._routing = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._too_slow)
+        self.gw.stats["connections"] += 1
+
+    def _too_slow(self) -> None:
+        if not self._routing:
+            self.gw.stats["refused"] += 1
+            self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.gw.capture(data)
+        if self._routing:
+            return super().data_received(data)
+        self._hello += data
+        try:
+            sni = client_hello_sni(self._hello)
+        except Incomplete:
+            if len(self._hello) > MAX_HELLO:
+                self.gw.stats["refused"] += 1
+                self.abort()
+            return
+        except NotClientHello as e:
+            log.info("mesh gateway: dropped a connection: %s", e)
+            self.gw.stats["refused"] += 1
+            self.abort()
+            return
+        self._routing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._pending.append(self._hello)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self.gw.route(self, sni or ""))
+        self.gw.tasks.add(task)
+        task.add_done_callback(self.gw.tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.gw = None  # type: ignore[assignment]  # no cycle through the gateway once closed
+        super().connection_lost(exc)
+
+
+class CapturingSide(Side):
+    """The gateway's side towards the target; bytes coming back are captured too when asked."""
+
+    __slots__ = ("gw",)
+
+    def __init__(self, gw: MeshGateway) -> None:
+        super().__init__()
+        self.gw = gw
+
+    def data_received(self, data: bytes) -> None:
+        self.gw.capture(data)
+        super().data_received(data)
+
+
+class MeshGateway:
+    def __init__(self, api: AgentAPI, *, bind: str, port: int, service: str = "mesh-gateway",
+                 capture_file: str = "", rng: random.Random | None = None) -> None:
+        self.api = api
+        self.bind = bind
+        self.port = port
+        self.service = service  # the name mesh gateways are registered under, here and in other datacenters
+        self.rng = rng or random.Random()
+        self.datacenter = ""
+        self.trust_domain = ""
+        self._targets: dict[tuple[str, str], _Targets] = {}
+        self._failed: dict[tuple[str, int], float] = {}  # target -> loop time it last refused
+        self._stop = asyncio.Event()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stats = {"connections": 0, "routed_local": 0, "routed_remote": 0, "refused": 0, "dial_failures": 0}
+        self._capture: BinaryIO | None = open(Path(capture_file), "ab") if capture_file else None  # noqa: SIM115
+
+    def capture(self, data: bytes) -> None:
+        """Audit aid (`-capture-file`): every byte the gateway forwards, both ways, appended to a file."""
+        if self._capture is not None:
+            self._capture.write(data)
+            self._capture.flush()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        info = await self.api.self_info()
+        self.datacenter = info["Config"]["Datacenter"]
+        roots_ready = asyncio.Event()
+
+        def on_roots(body: dict[str, Any]) -> None:
+            self.trust_domain = (body.get("TrustDomain") or "").lower()
+            if self.trust_domain:
+                roots_ready.set()
+
+        watch = asyncio.get_running_loop().create_task(self.api.watch("/v1/agent/connect/ca/roots", {}, on_roots,
+                                                                      stop))
+        self.tasks.add(watch)
+        await _either(roots_ready, stop)
+        server = await asyncio.get_running_loop().create_server(lambda: GatewayInbound(self), self.bind, self.port)
+        log.info("mesh gateway for %s listening on %s:%d (trust domain %s)", self.datacenter, self.bind,
+                 self.port, self.trust_domain)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            for task in list(self.tasks):
+                task.cancel()
+            if self._capture is not None:
+                self._capture.close()
+
+    async def route(self, inbound: GatewayInbound, sni: str) -> None:
+        target = parse_sni_name(sni, self.trust_domain)
+        if target is None:
+            log.info("mesh gateway: no route for server name %r", sni)
+            self.stats["refused"] += 1
+            inbound.abort()
+            return
+        local = target.datacenter == self.datacenter
+        addresses = await self._addresses(target.service if local else self.service,
+                                          "" if local else target.datacenter, local)
+        loop = asyncio.get_running_loop()
+        order = list(addresses)
+        self.rng.shuffle(order)
+        now = loop.time()
+        order.sort(key=lambda a: now - self._failed.get(a, -FAILED_FOR) < FAILED_FOR)  # recently refused: last
+        for host, port in order:
+            if inbound.closed:
+                return
+            try:
+                async with asyncio.timeout(DIAL_TIMEOUT):
+                    _, outbound = await loop.create_connection(lambda: CapturingSide(self), host, port)
+            except (OSError, TimeoutError) as e:
+                self.stats["dial_failures"] += 1
+                self._failed[(host, port)] = loop.time()
+                log.info("mesh gateway: %s:%d (for %s) did not answer: %s; trying the next", host, port, sni, e)
+                continue
+            self._failed.pop((host, port), None)
+            self.stats["routed_local" if local else "routed_remote"] += 1
+            inbound.join(outbound)
+            return
+        log.warning("mesh gateway: nowhere to send %s (%s)", sni,
+                    "no healthy instance here" if local else f"no reachable gateway in {target.datacenter}")
+        self.stats["refused"] += 1
+        inbound.abort()
+
+    async def _addresses(self, service: str, datacenter: str, local: bool) -> list[tuple[str, int]]:
+        key = (service, datacenter)
+        entry = self._targets.get(key)
+        if entry is None:
+            entry = self._targets[key] = _Targets()
+            path = f"/v1/health/connect/{service}" if local else f"/v1/health/service/{service}"
+            params = {"passing": "1", **({"dc": datacenter} if datacenter else {})}
+
+            def update(body: list[dict[str, Any]], entry: _Targets = entry) -> None:
+                entry.addresses = [a for a in (_address(e, wan=not local) for e in body or []) if a is not None]
+                entry.ready.set()
+
+            task = asyncio.get_running_loop().create_task(self.api.watch(path, params, update, self._stop))
+            self.tasks.add(task)
+        if not entry.ready.is_set():
+            try:
+                await asyncio.wait_for(entry.ready.wait(), FIRST_ANSWER_TIMEOUT)
+            except TimeoutError:
+                return []
+        return entry.addresses
+
+
+def _address(entry: dict[str, Any], *, wan: bool) -> tuple[str, int] | None:
+    node, svc = entry.get("Node") or {}, entry.get("Service") or {}
+    if wan:
+        if svc.get("Kind") != "mesh-gateway":
+            return None
+        tagged = (svc.get("TaggedAddresses") or {}).get("wan") or {}
+        if tagged.get("Address") and tagged.get("Port"):
+            return tagged["Address"], int(tagged["Port"])
+    address = svc.get("Address") or node.get("Address") or ""
+    return (address, int(svc["Port"])) if address and svc.get("Port") else None
+
+
+async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,124 @@
+"""Mesh gateways: a dc1 sidecar reaches a dc2 service through both datacenters' gateways, with the
+same mTLS end to end (the gateways see only ciphertext), intentions checked in dc2, dead gateways skipped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import AgentProcess, free_port, wait_for
+from support_federation import Gateway
+from support_mesh import Backends, ProxyProcess, http_get, wait_passing
+
+pytestmark = pytest.mark.xdist_group("federation")
+
+
+class TwoDCs:
+    def __init__(self, tmp: Path) -> None:
+        conf = tmp / "fed.json"
+        tmp.mkdir(parents=True, exist_ok=True)
+        conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms"}}))
+        self.tmp = tmp
+        self.a = AgentProcess(tmp / "a", args=["--node", "a", "--datacenter", "dc1", "--config-file", str(conf)])
+        self.b = AgentProcess(tmp / "b", args=["--node", "b", "--datacenter", "dc2", "--config-file", str(conf),
+                                                "--retry-join-wan", f"127.0.0.1:{self.a.serf_wan_port}"])
+        self.backends = Backends()
+        self.procs: list[ProxyProcess | Gateway] = []
+        self.local_up, self.remote_up, self.default_up = free_port(), free_port(), free_port()
+
+    def start(self) -> None:
+        a, b = self.a, self.b
+        a.start()
+        b.start()
+        roots = a.get("/v1/connect/ca/roots")[1]
+        wait_for(lambda: b.get("/v1/connect/ca/roots")[1]["ActiveRootID"] == roots["ActiveRootID"], 15,
+                 message="dc2 to follow dc1's CA")
+        assert b.put("/v1/agent/service/register", {"Name": "db", "Port": self.backends.http("db"),
+                                                     "Connect": {"SidecarService": {}}})[0] == 200
+        upstreams = [{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.local_up,
+                      "MeshGateway": {"Mode": "local"}},
+                     {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.remote_up,
+                      "MeshGateway": {"Mode": "remote"}},
+                     {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.default_up}]
+        assert a.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global",
+                                    "MeshGateway": {"Mode": "local"}})[0] == 200
+        assert a.put("/v1/agent/service/register", {"Name": "web", "Port": free_port(), "Connect": {
+            "SidecarService": {"Proxy": {"Upstreams": upstreams}}}})[0] == 200
+        self.gw1 = Gateway(a, self.tmp, "gw-dc1").start()
+        self.gw2 = Gateway(b, self.tmp, "gw-dc2").start()
+        self.procs += [self.gw1, self.gw2, ProxyProcess(b, self.tmp, sidecar_for="db").start(),
+                       ProxyProcess(a, self.tmp, sidecar_for="web").start()]
+        wait_passing(b, "db")
+        wait_for(lambda: b.get("/v1/health/service/mesh-gateway?passing")[1], 15, message="dc2's gateway passing")
+        wait_for(lambda: a.get("/v1/health/service/mesh-gateway?passing")[1], 15, message="dc1's gateway passing")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+        self.b.stop()
+        self.a.stop()
+        self.backends.close()
+
+
+@pytest.fixture(scope="module")
+def dcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoDCs]:
+    d = TwoDCs(tmp_path_factory.mktemp("gateways"))
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+
+
+def test_sidecar_to_another_datacenter_through_two_gateways_never_in_plaintext(dcs: TwoDCs) -> None:
+    marker = "/secret-path-4c1d9e"
+    status, body = wait_for(lambda: http_get(dcs.local_up, marker), 15, message="db in dc2 through the gateways")
+    assert status == 200 and body["backend"] == "db" and body["path"] == marker
+    for gw in (dcs.gw1, dcs.gw2):
+        seen = gw.capture.read_bytes()
+        assert seen[:1] == b"\x16"  # the first thing each gateway forwarded: a TLS handshake record
+        assert marker.encode() not in seen and b"secret-path" not in seen and b'"backend"' not in seen
+    assert dcs.gw1.capture.stat().st_size > 0 and dcs.gw2.capture.stat().st_size > 0
+
+
+def test_remote_mode_goes_straight_to_the_destinations_gateway(dcs: TwoDCs) -> None:
+    before = dcs.gw1.capture.stat().st_size
+    status, body = wait_for(lambda: http_get(dcs.remote_up, "/remote"), 30, message="db through dc2's gateway")
+    assert status == 200 and body["path"] == "/remote"
+    assert dcs.gw1.capture.stat().st_size == before  # dc1's gateway was not on the path
+
+
+def test_proxy_defaults_mode_applies_to_upstreams_without_their_own(dcs: TwoDCs) -> None:
+    before = dcs.gw1.capture.stat().st_size
+    status, body = wait_for(lambda: http_get(dcs.default_up, "/by-default"), 15, message="db via proxy-defaults")
+    assert status == 200 and body["path"] == "/by-default"
+    assert dcs.gw1.capture.stat().st_size > before  # through dc1's gateway: proxy-defaults says local
+
+
+def test_intentions_are_checked_in_the_destination_datacenter(dcs: TwoDCs) -> None:
+    dcs.a.request("PUT", "/v1/connect/intentions/exact?source=web&destination=db", {"Action": "deny"})
+    try:
+        def refused() -> bool:
+            try:
+                http_get(dcs.local_up, "/after-deny", timeout=2)
+            except OSError:
+                return True
+            return False
+
+        wait_for(refused, 10, message="the deny (written in dc1) to be enforced by db's sidecar in dc2")
+    finally:
+        dcs.a.request("DELETE", "/v1/connect/intentions/exact?source=web&destination=db")
+    wait_for(lambda: http_get(dcs.local_up, "/again")[0] == 200, 10, message="traffic allowed again")
+
+
+def test_a_dead_gateway_is_skipped(dcs: TwoDCs) -> None:
+    dead = free_port()  # nothing listens there
+    assert dcs.b.put("/v1/agent/service/register", {
+        "ID": "mesh-gateway-dead", "Name": "mesh-gateway", "Kind": "mesh-gateway", "Address": "127.0.0.1",
+        "Port": dead, "TaggedAddresses": {"wan": {"Address": "127.0.0.1", "Port": dead}}})[0] == 200
+    wait_for(lambda: len(dcs.a.get("/v1/health/service/mesh-gateway?dc=dc2&passing")[1]) == 2, 10,
+             message="dc2 to list two gateways")
+    for i in range(10):
+        assert http_get(dcs.local_up, f"/n{i}")[0] == 200
