@@ -23,6 +23,8 @@ import msgpack
 from proconsul.agent.cluster.rpc import pack, read_frame
 from proconsul.agent.cluster.wan.coordinate import Coordinate, VivaldiClient
 from proconsul.agent.cluster.wan.pool import WANError, WANPool, WANServer
+from proconsul.membership.errors import JoinError
+from proconsul.membership.pool import parse_address
 
 log = logging.getLogger("proconsul.wan")
 
@@ -38,23 +40,10 @@ class WANJoinError(Exception):
 
 
 def parse_wan_address(text: str, default_port: int = 8302) -> tuple[str, int]:
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    if not host:
-        raise WANJoinError(f"WAN join address {text!r} has no host")
     try:
-        p = int(port) if port else default_port
-    except ValueError:
-        raise WANJoinError(f"WAN join address {text!r}: port {port!r} is not a number") from None
-    if not 0 < p < 65536:
-        raise WANJoinError(f"WAN join address {text!r}: port {p} is out of range")
-    return host, p
+        return parse_address(text, default_port)
+    except JoinError as e:
+        raise WANJoinError(f"WAN {e}") from None
 
 
 class WANGossip:
