@@ -194,6 +194,8 @@ def test_no_healthy_instance_is_a_prompt_503(mesh: HTTPMesh) -> None:
 
 def test_websockets_pass_in_http_mode(mesh: HTTPMesh) -> None:
     """An Upgrade becomes a byte tunnel once the server answers 101."""
+    # (an earlier test takes the api instances in and out of maintenance: start once they are back)
+    wait_for(lambda: mesh.get("/")[0] == 200, 10, message="api healthy again")
     assert ws_echo(mesh.api_up, ["l7-0", "l7-1", "l7-2"]) == ["l7-0", "l7-1", "l7-2"]
 
 
