@@ -9,7 +9,6 @@ applies.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +43,11 @@ def config_from_file(block: dict[str, Any]) -> dict[str, Any]:
 
 class AutopilotDriver:
     def __init__(self, store: StateStore, file_config: dict[str, Any],
-                 members: Callable[[], list[tuple[Any, str]]], my_id: str, datacenter: str) -> None:
+                 members: Callable[[], list[tuple[Any, str]]], my_id: str, datacenter: str, *,
+                 monotonic: Callable[[], float], wall: Callable[[], float]) -> None:
         self.store = store
+        self.monotonic = monotonic  # the clocks are the caller's (the agent passes time.monotonic/time.time)
+        self.wall = wall
         self.file_config = config_from_file(file_config)
         self.members = members  # (Member, status) pairs of the LAN pool
         self.my_id = my_id
@@ -77,7 +79,7 @@ class AutopilotDriver:
         """One round on the leader: track stability, then promote and clean up as the rules say."""
         servers, leader_index = self.view(raft)
         settings = settings_from(self.config())
-        now = time.monotonic()
+        now = self.monotonic()
         self.stable_since = ap.track_stability(servers, leader_index, settings, self.stable_since, now)
         for action in ap.plan(servers, leader_index, settings, self.stable_since, now):
             if action.kind == "promote":
@@ -92,4 +94,4 @@ class AutopilotDriver:
         servers, leader_index = self.view(raft)
         settings = settings_from(self.config())
         fn = ap.health_body if what == "health" else ap.state_body
-        return fn(servers, leader_index, settings, self.stable_since, time.time(), time.monotonic())
+        return fn(servers, leader_index, settings, self.stable_since, self.wall(), self.monotonic())

@@ -150,7 +150,7 @@ class Cluster:
         self.autopilot: AutopilotDriver | None = None
         if host.server is not None:
             self.autopilot = AutopilotDriver(host.server.store, cfg.autopilot, self.members.members, cfg.node_id,
-                                             cfg.datacenter)
+                                             cfg.datacenter, monotonic=time.monotonic, wall=time.time)
         self.wan_pool: WANPool | None = None
         self.wan: WANGossip | None = None
         self.router: Router | None = None

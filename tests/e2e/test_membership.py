@@ -80,7 +80,7 @@ def test_crash_pause_observer_pause_and_leave_between_real_processes(tmp_path: P
         # An observer paused for 5 s (its probes time out, its timers pile up) accuses nobody for good.
         observer = swarms[1]
         os.kill(observer.proc.pid, signal.SIGSTOP)
-        time.sleep(5.0)
+        time.sleep(5.0)  # as above: the pause's length is the fault under test
         os.kill(observer.proc.pid, signal.SIGCONT)
 
         # A user event fired on one agent reaches every member by gossip.

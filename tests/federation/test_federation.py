@@ -124,10 +124,13 @@ def test_blocking_query_in_another_datacenter_wakes_on_its_change(federation: Fe
     t = threading.Thread(target=block)
     started = time.monotonic()
     t.start()
-    time.sleep(0.3)  # likely parked by now; had it not, it would return at once with the new index (also right)
-    dc2.request("PUT", "/v1/kv/fed/block", raw=b"two")
-    t.join(15)
-    assert not t.is_alive()
+
+    def answered_a_write() -> bool:
+        # Parked, the write wakes it; not parked yet, it answers at once with the newer index: both right.
+        dc2.request("PUT", "/v1/kv/fed/block", raw=b"two")
+        return not t.is_alive()
+
+    wait_for(answered_a_write, 15, interval=0.1, message="the blocking query to answer dc2's write")
     status, body, h = result["answer"]
     assert (status, body) == (200, "two") and int(h["X-Consul-Index"]) > index
     assert time.monotonic() - started < 5.0

@@ -21,7 +21,8 @@ from typing import Any
 import msgpack
 
 from proconsul.agent.cluster.rpc import pack, read_frame
-from proconsul.agent.cluster.wan.coordinate import Coordinate, VivaldiClient
+from proconsul.agent.cluster.vivaldi import Client as VivaldiClient
+from proconsul.agent.cluster.vivaldi import Coordinate, CoordinateError
 from proconsul.agent.cluster.wan.pool import WANError, WANPool, WANServer
 from proconsul.membership.errors import JoinError
 from proconsul.membership.pool import parse_address
@@ -64,7 +65,8 @@ class WANGossip:
         self._next_join = 0.0
         self.blocked: set[str] = set()  # member names (node.dc) whose traffic we drop (a simulated WAN cut)
         self.last_round = 0.0
-        self.vivaldi = VivaldiClient(random.Random(self.rng.getrandbits(64)))
+        self.vivaldi = VivaldiClient()  # Serf's algorithm, the same as the LAN's coordinates
+        self._vivaldi_rng = random.Random(self.rng.getrandbits(64))
         pool.set_coordinate(pool.me_name, self.vivaldi.coord)
 
     def _now(self) -> float:
@@ -125,7 +127,9 @@ class WANGossip:
         rtt = self._now() - started
         peer_coord = next((c for s, c in self.pool.coordinates() if s.name == target.name), None)
         if peer_coord is not None:
-            self.vivaldi.update(target.name, peer_coord, rtt)
+            with contextlib.suppress(CoordinateError):  # an RTT out of range teaches nothing
+                self.pool.set_coordinate(self.pool.me_name,
+                                         self.vivaldi.update(target.name, peer_coord, rtt, self._vivaldi_rng))
         if self.pool.contact(target.name, self._now(), rtt):
             log.info("WAN member %s is alive again", target.name)
             self.on_change([target.name])
@@ -195,7 +199,8 @@ class WANGossip:
         servers = [WANServer.from_wire(w) for w in raw]
         self._changed(self.pool.merge([s for s in servers if s.name not in self.blocked], self._now()))
         if sender != self.pool.me_name:
-            self.pool.set_coordinate(sender, Coordinate.from_json(msg.get("coord")))
+            with contextlib.suppress(CoordinateError):  # a malformed coordinate is ignored, the rest is used
+                self.pool.set_coordinate(sender, Coordinate.from_json(msg.get("coord")))
         return sender
 
     def _changed(self, names: list[str]) -> None:

@@ -79,7 +79,7 @@ class _Entry:
     rtts: list[float] = field(default_factory=list)  # the last few round trips, seconds
     changed_at: float = 0.0  # local time its status last changed (for reaping)
     hidden: bool = False  # pruned: kept only so stale news of it cannot bring it back
-    coord: Any = None  # its network coordinate, as it last told us (coordinate.Coordinate)
+    coord: Any = None  # its network coordinate, as it last told us (vivaldi.Coordinate)
 
 
 @dataclass(frozen=True)
