@@ -116,8 +116,9 @@ async def token_self(request: web.Request) -> web.Response:
     return json_response(request, objects.token_json(token, policies, roles))
 
 
-async def _token(agent: Any, accessor: str) -> dict[str, Any]:
-    _, row = await agent.acl_state.get(TOKENS, accessor)
+async def _row(agent: Any, table: str, key: str) -> dict[str, Any]:
+    """One ACL object (token, auth method, binding rule …) by its key; ACLNotFound when there is none."""
+    _, row = await agent.acl_state.get(table, key)
     if row is None:
         raise ACLNotFound()
     return row
@@ -126,7 +127,7 @@ async def _token(agent: Any, accessor: str) -> dict[str, Any]:
 @routes.get("/v1/acl/token/{id}")
 async def token_read(request: web.Request) -> web.Response:
     agent = await _require(request, "read")
-    row = await _token(agent, request.match_info["id"])
+    row = await _row(agent, TOKENS, request.match_info["id"])
     _, policies, roles = await _token_context(agent)
     authz = await authorizer(request)
     return json_response(request, objects.token_json(row, policies, roles,
@@ -136,13 +137,13 @@ async def token_read(request: web.Request) -> web.Response:
 @routes.put("/v1/acl/token/{id}")
 async def token_update(request: web.Request) -> web.Response:
     agent = await _require(request, "write")
-    return await _write_token(request, await _token(agent, request.match_info["id"]), await json_body(request))
+    return await _write_token(request, await _row(agent, TOKENS, request.match_info["id"]), await json_body(request))
 
 
 @routes.put("/v1/acl/token/{id}/clone")
 async def token_clone(request: web.Request) -> web.Response:
     agent = await _require(request, "write")
-    src = await _token(agent, request.match_info["id"])
+    src = await _row(agent, TOKENS, request.match_info["id"])
     if src["AccessorID"] == ANONYMOUS_ACCESSOR:
         raise InvalidACLObject("Cannot clone the anonymous token")
     body = await json_body(request, required=False) or {}
@@ -388,13 +389,6 @@ def _duration(text: str) -> float:
         raise ValueError(str(e)) from None
 
 
-async def _method(agent: Any, name: str) -> dict[str, Any]:
-    _, row = await agent.acl_state.get(METHODS, name)
-    if row is None:
-        raise ACLNotFound()
-    return row
-
-
 @routes.put("/v1/acl/auth-method")
 async def method_create(request: web.Request) -> web.Response:
     agent = await _require(request, "write")
@@ -408,13 +402,13 @@ async def method_create(request: web.Request) -> web.Response:
 @routes.get("/v1/acl/auth-method/{name}")
 async def method_read(request: web.Request) -> web.Response:
     agent = await _require(request, "read")
-    return json_response(request, await _method(agent, request.match_info["name"]))
+    return json_response(request, await _row(agent, METHODS, request.match_info["name"]))
 
 
 @routes.put("/v1/acl/auth-method/{name}")
 async def method_update(request: web.Request) -> web.Response:
     agent = await _require(request, "write")
-    existing = await _method(agent, request.match_info["name"])
+    existing = await _row(agent, METHODS, request.match_info["name"])
     body = await json_body(request)
     if isinstance(body, dict):
         body = {**body, "Name": existing["Name"]}
@@ -449,13 +443,6 @@ async def method_list(request: web.Request) -> web.Response:
     return json_response(request, [{k: v for k, v in r.items() if k != "Config"} for r in rows], index=idx)
 
 
-async def _rule(agent: Any, rid: str) -> dict[str, Any]:
-    _, row = await agent.acl_state.get(RULES, rid)
-    if row is None:
-        raise ACLNotFound()
-    return row
-
-
 async def _write_rule(request: web.Request, existing: dict[str, Any] | None) -> web.Response:
     agent = request.app["agent"]
     methods = await agent.acl_state.by_id(METHODS)
@@ -475,13 +462,13 @@ async def rule_create(request: web.Request) -> web.Response:
 @routes.get("/v1/acl/binding-rule/{id}")
 async def rule_read(request: web.Request) -> web.Response:
     agent = await _require(request, "read")
-    return json_response(request, await _rule(agent, request.match_info["id"]))
+    return json_response(request, await _row(agent, RULES, request.match_info["id"]))
 
 
 @routes.put("/v1/acl/binding-rule/{id}")
 async def rule_update(request: web.Request) -> web.Response:
     agent = await _require(request, "write")
-    return await _write_rule(request, await _rule(agent, request.match_info["id"]))
+    return await _write_rule(request, await _row(agent, RULES, request.match_info["id"]))
 
 
 @routes.delete("/v1/acl/binding-rule/{id}")
@@ -513,7 +500,7 @@ async def login(request: web.Request) -> web.Response:
         raise BadRequest("Login.AuthMethod is required")
     if not isinstance(bearer, str) or not bearer:
         raise BadRequest("Login.BearerToken is required")
-    method = await _method(agent, name)
+    method = await _row(agent, METHODS, name)
     cfg = method["Config"]
     try:
         claims = jwt.verify(bearer, jwt.load_public_keys(cfg["JWTValidationPubKeys"]), now=time.time(),
