@@ -547,6 +547,7 @@ class Agent:
     async def run(self) -> None:
         """Run until stopped: listeners and background work under one TaskGroup."""
         from proconsul.agent.api.app import build_app
+        from proconsul.agent.api.lean import LeanAppRunner, LeanFront
 
         cfg = self.config
         _raise_fd_limit()
@@ -554,7 +555,8 @@ class Agent:
         logging.getLogger().addHandler(self.log_monitor)
         app = build_app(self)
         # On shutdown, requests still running after 1 s (parked blocking queries) are cut: clients retry.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # The lean front answers cached hot reads before aiohttp's request cycle (api/lean.py).
+        runner = LeanAppRunner(app, LeanFront(app), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             # What this agent owns comes back before anything can ask for it (HTTP, DNS, the cluster).

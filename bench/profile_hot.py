@@ -37,13 +37,30 @@ def py_spy() -> str:
 ENTRY_FRAMES = ("<frozen runpy>", "typer/", "_click/", "asyncio/runners.py", "threading.py", "__main__.py",
                 "(main.py:", "(agent.py:117)", "(agent.py:145)")
 GIL: list[str] = []  # ["--gil"]: only samples holding the GIL, i.e. Python's own CPU time, not waits
+SVG: dict[str, Path | str] = {}  # --svg DIR --tag T: also a flame graph per profile, DIR/flame-<name>T.svg
 
 
-def record(pid: int, name: str, seconds: int) -> subprocess.Popen[bytes]:
-    """Start py-spy on `pid` for `seconds`, writing raw collapsed stacks (turned into SVG afterwards)."""
-    return subprocess.Popen([py_spy(), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--nonblocking",
-                             *GIL, "-f", "raw", "-o", str(OUT / f"profile-{name}.txt")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class Spies:
+    """py-spy on one process: raw collapsed stacks (for the tables), plus a flame graph SVG when asked."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+
+    def wait(self) -> None:
+        for p in self.procs:
+            p.wait()
+
+
+def record(pid: int, name: str, seconds: int) -> Spies:
+    """Start py-spy on `pid` for `seconds`, writing raw collapsed stacks (and a flame graph with --svg)."""
+    def spy(fmt: str, rate: int, out: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([py_spy(), "record", "-p", str(pid), "-d", str(seconds), "-r", str(rate),
+                                 "--nonblocking", *GIL, "-f", fmt, "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [spy("raw", 200, OUT / f"profile-{name}.txt")]
+    if SVG:
+        procs.append(spy("flamegraph", 100, Path(SVG["dir"]) / f"flame-{name}{SVG['tag']}.svg"))  # 2nd spy, 100 Hz
+    return Spies(procs)
 
 
 def summarise(name: str, top: int) -> None:
@@ -129,9 +146,14 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=None)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--gil", action="store_true", help="only samples that hold the GIL (CPU spent in Python)")
+    ap.add_argument("--svg", type=Path, default=None, help="also write flame graph SVGs (flame-<name>.svg) here")
+    ap.add_argument("--tag", default="", help="suffix of the SVG names (e.g. -before, -after)")
     args = ap.parse_args()
     if args.gil:
         GIL.append("--gil")
+    if args.svg:
+        args.svg.mkdir(parents=True, exist_ok=True)
+        SVG.update(dir=args.svg, tag=args.tag)
     OUT.mkdir(exist_ok=True)
     for path in args.paths:
         with tempfile.TemporaryDirectory() as tmp:

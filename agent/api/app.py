@@ -20,7 +20,7 @@ from proconsul.agent.api import session as api_session
 from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
 from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guard_for
-from proconsul.agent.api.authz import authorizer
+from proconsul.agent.api.authz import GUARD_RAN, authorizer
 from proconsul.agent.api.errors import Handler, error_boundary
 from proconsul.agent.api.params import datacenter_guard
 
@@ -58,6 +58,7 @@ def acl_guarded(handler: Handler, guard: Guard) -> Handler:
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         await guard(request, await authorizer(request))
+        request[GUARD_RAN] = True  # its cached answers are not the lean front's to give (lean.py)
         return await handler(request)
 
     guarded.__name__ = getattr(handler, "__name__", "handler")

@@ -13,6 +13,7 @@ ALLOW_ALL = AllowAll()
 _KEY = "proconsul.authz"
 _TOKEN_KEY = "proconsul.acl_token"
 FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
+GUARD_RAN = "proconsul.guard_ran"  # set on a request whose route guard checked a right before the handler
 
 
 def request_token(request: web.Request) -> str:

@@ -9,7 +9,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proconsul.agent.api.acl_filter import filter_query, needs_filter
-from proconsul.agent.api.authz import FILTERED_HEADER, authorizer, effective_token
+from proconsul.agent.api.authz import FILTERED_HEADER, GUARD_RAN, authorizer, effective_token
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
 from proconsul.agent.api.near import near_sorted
@@ -20,7 +20,7 @@ from proconsul.agent.api.params import (
     filter_rows,
     node_meta_filter,
 )
-from proconsul.agent.api.read_cache import Entry
+from proconsul.agent.api.read_cache import Entry, may_answer_cached
 from proconsul.agent.api.responses import consul_headers, dumps, json_response
 from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.local.definitions import DefinitionError, check_definition
@@ -34,20 +34,20 @@ READ_TABLES = "proconsul.read_tables"
 
 
 def cached_read(handler: Handler) -> Handler:
-    """Serve a read from the agent's response cache when the same path and query are still valid."""
+    """Serve a read from the agent's response cache when the same path and query are still valid.
+
+    The lean front (`lean.py`) answers the same hits before aiohttp parses the request; both take their
+    rules from `may_answer_cached`. With ACLs on, the token is resolved (one cached lookup) before a hit, so
+    an unknown or expired token is refused even when its last answer is cached."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
         agent = request.app["agent"]
         cache = agent.read_cache
-        qs = request.query_string
-        # Only answers this server may give from its own store: the leader's, or anyone's when stale.
-        # (Substring tests first: parsing the query string costs more than the cache hit itself.)
-        if (cache is None or "index=" in qs or "pretty" in qs or "near=" in qs
-                or ("consistent" in qs and "consistent" in request.query)
-                or not (agent.is_leader() or ("stale" in qs and "stale" in request.query))):
+        if cache is None or not may_answer_cached(agent, request.query_string, request.query.__contains__):
             return await handler(request)
         key = request.path_qs
         if agent.acl is not None:  # answers differ per token once listings are filtered
+            await authorizer(request)
             key = f"{key}\n{effective_token(request)}"
         hit = cache.get(key)
         if hit is not None:
@@ -57,7 +57,8 @@ def cached_read(handler: Handler) -> Handler:
         if tables is not None and isinstance(response, web.Response) and response.status < 300:
             headers = CIMultiDict((k, v) for k, v in response.headers.items()
                                   if k.startswith("X-Consul-") or k == "Content-Type")
-            cache.put(key, Entry(tables[0], tables[1], response.status, response.body, headers))
+            cache.put(key, Entry(tables[0], tables[1], response.status, response.body, headers,
+                                 lean=not request.get(GUARD_RAN, False)))
         return response
 
     wrapper.__name__ = handler.__name__
