@@ -3,12 +3,15 @@
 A cached DNS answer costs the server two system calls per query (recvfrom, sendto) plus, per
 wake-up, the one that finds the socket empty. On a busy or small machine those calls are most of
 the CPU a query costs, so the listener receives every queued datagram in one recvmmsg and sends
-the cache hits' answers in one sendmmsg. Senders' addresses stay raw `sockaddr` bytes: an answer
-goes back to the slot its question came from, and nothing parses an address on the hot path.
+the cache hits' answers in one sendmmsg. Answers are written **in place**: over the question, in
+the slot it arrived in, so the message headers recvmmsg filled in (the sender's raw `sockaddr`, the
+slot's buffer) are the ones sendmmsg sends with: per answer, Python writes its bytes and its length,
+nothing else — no address is parsed or copied on the hot path.
 
-All buffers are allocated once; `recv()` fills slots 0..n-1; `reply(i, data)` queues `data` to the
-sender of slot i; `flush()` sends the queue. Only the slow path (a cache miss) asks for the address
-as a Python tuple (`addr(i)`). `BatchSocket.create` returns None where the calls do not exist.
+All buffers are allocated once; `recv()` fills slots 0..n-1; the caller writes an answer into slot
+i's bytes (`rbuf`) and its size into `out_len[i]`; `send(start, stop)` sends slots start..stop-1
+back to their senders. Only the slow path (a cache miss) asks for an address as a Python tuple
+(`addr(i)`). `BatchSocket.create` returns None where the calls do not exist.
 """
 
 from __future__ import annotations
@@ -42,8 +45,6 @@ class _Mmsghdr(ctypes.Structure):
 _MSG = ctypes.sizeof(_Mmsghdr)
 _IOV = ctypes.sizeof(_Iovec)
 _LEN_AT = _Mmsghdr.msg_len.offset
-_NAME_AT = _Msghdr.msg_name.offset
-_NAMELEN_AT = _Msghdr.msg_namelen.offset
 _IOVLEN_AT = _Iovec.iov_len.offset
 _PORT = struct.Struct(">H")
 
@@ -73,36 +74,30 @@ class BatchSocket:
         self._recvmmsg = libc.recvmmsg
         self._sendmmsg = libc.sendmmsg
         # Raw memory, and byte/uint32/uint64 views of it for cheap per-slot field access.
-        self._rbuf = ctypes.create_string_buffer(slots * SLOT)
-        self._sbuf = ctypes.create_string_buffer(slots * SLOT)
+        self._buf = ctypes.create_string_buffer(slots * SLOT)
         self._names = ctypes.create_string_buffer(slots * NAME)
-        self._rmsg_raw = ctypes.create_string_buffer(slots * _MSG)
-        self._smsg_raw = ctypes.create_string_buffer(slots * _MSG)
-        self._riov_raw = ctypes.create_string_buffer(slots * _IOV)
-        self._siov_raw = ctypes.create_string_buffer(slots * _IOV)
-        rmsg = (_Mmsghdr * slots).from_buffer(self._rmsg_raw)
-        smsg = (_Mmsghdr * slots).from_buffer(self._smsg_raw)
-        riov = (_Iovec * slots).from_buffer(self._riov_raw)
-        siov = (_Iovec * slots).from_buffer(self._siov_raw)
-        rbase, sbase = ctypes.addressof(self._rbuf), ctypes.addressof(self._sbuf)
-        self._name_base = ctypes.addressof(self._names)
+        self._msg_raw = ctypes.create_string_buffer(slots * _MSG)
+        self._iov_raw = ctypes.create_string_buffer(slots * _IOV)
+        msg = (_Mmsghdr * slots).from_buffer(self._msg_raw)
+        iov = (_Iovec * slots).from_buffer(self._iov_raw)
+        base = ctypes.addressof(self._buf)
+        name_base = ctypes.addressof(self._names)
         for i in range(slots):
-            riov[i].iov_base, riov[i].iov_len = rbase + i * SLOT, SLOT
-            siov[i].iov_base = sbase + i * SLOT
-            rmsg[i].msg_hdr.msg_name = self._name_base + i * NAME
-            rmsg[i].msg_hdr.msg_namelen = NAME
-            rmsg[i].msg_hdr.msg_iov, rmsg[i].msg_hdr.msg_iovlen = ctypes.addressof(riov[i]), 1
-            smsg[i].msg_hdr.msg_iov, smsg[i].msg_hdr.msg_iovlen = ctypes.addressof(siov[i]), 1
-        self._rmsg_addr = ctypes.addressof(self._rmsg_raw)
-        self._smsg_addr = ctypes.addressof(self._smsg_raw)
-        self.rbuf = memoryview(self._rbuf).cast("B")
-        self._sbytes = memoryview(self._sbuf).cast("B")
+            iov[i].iov_base, iov[i].iov_len = base + i * SLOT, SLOT
+            msg[i].msg_hdr.msg_name = name_base + i * NAME
+            msg[i].msg_hdr.msg_namelen = NAME
+            msg[i].msg_hdr.msg_iov, msg[i].msg_hdr.msg_iovlen = ctypes.addressof(iov[i]), 1
+        # What recv() restores before reading again: the kernel and the answers overwrote name lengths,
+        # datagram lengths and buffer lengths of the slots they used (one memmove each, not a loop).
+        self._msg_fresh = bytes(self._msg_raw)
+        self._iov_fresh = bytes(self._iov_raw)
+        self._msg_addr = ctypes.addressof(self._msg_raw)
+        self._iov_addr = ctypes.addressof(self._iov_raw)
+        self.rbuf = memoryview(self._buf).cast("B")
         self._names_b = memoryview(self._names).cast("B")
-        self._r32 = memoryview(self._rmsg_raw).cast("B").cast("I")
-        self._s32 = memoryview(self._smsg_raw).cast("B").cast("I")
-        self._s64 = memoryview(self._smsg_raw).cast("B").cast("Q")
-        self._siov64 = memoryview(self._siov_raw).cast("B").cast("Q")
-        self._queued: list[int] = []  # receive slot of each queued reply, in send-slot order
+        self._r32 = memoryview(self._msg_raw).cast("B").cast("I")
+        # out_len[i]: how many bytes of slot i send() sends (iov_len of slot i, a strided view).
+        self.out_len = memoryview(self._iov_raw).cast("B").cast("Q")[_IOVLEN_AT // 8::_IOV // 8]
         self._received = 0
 
     @classmethod
@@ -115,12 +110,11 @@ class BatchSocket:
 
     def recv(self) -> int:
         """Receive up to `slots` queued datagrams; 0 when none is waiting. Raises OSError otherwise."""
-        r32 = self._r32
-        step = _MSG // 4
-        at = _NAMELEN_AT // 4
-        for i in range(self._received):  # the kernel overwrote the name lengths it filled in
-            r32[i * step + at] = NAME
-        n = self._recvmmsg(self.fd, self._rmsg_addr, self.slots, socket.MSG_DONTWAIT, None)
+        used = self._received
+        if used:
+            ctypes.memmove(self._msg_addr, self._msg_fresh, used * _MSG)
+            ctypes.memmove(self._iov_addr, self._iov_fresh, used * _IOV)
+        n = self._recvmmsg(self.fd, self._msg_addr, self.slots, socket.MSG_DONTWAIT, None)
         if n < 0:
             self._received = 0
             err = ctypes.get_errno()
@@ -146,40 +140,25 @@ class BatchSocket:
             return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flow, scope
         return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
 
-    def reply(self, i: int, data: bytes) -> bool:
-        """Queue `data` to the sender of slot i; False if it does not fit a slot (send it yourself)."""
-        n = len(data)
-        j = len(self._queued)
-        if n > SLOT or j >= self.slots:
-            return False
-        off = j * SLOT
-        self._sbytes[off:off + n] = data
-        self._siov64[(j * _IOV + _IOVLEN_AT) // 8] = n
-        base = j * _MSG
-        self._s64[(base + _NAME_AT) // 8] = self._name_base + i * NAME
-        self._s32[(base + _NAMELEN_AT) // 4] = self._r32[(i * _MSG + _NAMELEN_AT) // 4]
-        self._queued.append(i)
-        return True
+    def answer(self, i: int) -> bytes:
+        """The bytes slot i holds for sending (its first out_len[i] bytes)."""
+        off = i * SLOT
+        return bytes(self.rbuf[off:off + self.out_len[i]])
 
-    def flush(self) -> list[tuple[int, bytes]]:
-        """Send every queued reply; returns (slot, data) of those the socket would not take now."""
-        queued, self._queued = self._queued, []
-        k = len(queued)
-        sent = 0
-        while sent < k:
-            n = self._sendmmsg(self.fd, self._smsg_addr + sent * _MSG, k - sent, socket.MSG_DONTWAIT)
+    def send(self, start: int, stop: int) -> int:
+        """Send slots start..stop-1 (the first out_len[i] bytes of each) back to their senders, in one
+        sendmmsg when the socket takes them all; the number sent, counting from `start` (an answer the
+        network refuses for its destination, e.g. ECONNREFUSED, counts as sent: it is dropped)."""
+        sent = start
+        while sent < stop:
+            n = self._sendmmsg(self.fd, self._msg_addr + sent * _MSG, stop - sent, socket.MSG_DONTWAIT)
             if n <= 0:
                 err = ctypes.get_errno()
                 if n < 0 and err == errno.EINTR:
                     continue
                 if n < 0 and err not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    sent += 1  # a per-destination error (e.g. ECONNREFUSED): drop that one answer
+                    sent += 1
                     continue
                 break
             sent += n
-        rest = []
-        for j in range(sent, k):
-            off = j * SLOT
-            n = self._siov64[(j * _IOV + _IOVLEN_AT) // 8]
-            rest.append((queued[j], bytes(self._sbytes[off:off + n])))
-        return rest
+        return sent - start

@@ -268,11 +268,13 @@ class UDPServer:
                 self.datagram_received(data, addr)
 
     def _readable_batched(self) -> None:
-        # The same hot path over recvmmsg/sendmmsg: the answers to one batch leave in one call.
+        # The same hot path over recvmmsg/sendmmsg: each cached answer is written over its question (the
+        # ID is already in place) and the answers of one batch leave in one call (mmsg.py).
         b = self._batch
         assert b is not None
         get = self.handler.udp_cache.ready.get
         buf = b.rbuf
+        out_len = b.out_len
         for _ in range(max(1, BATCH // b.slots)):
             try:
                 n = b.recv()
@@ -282,21 +284,38 @@ class UDPServer:
             if not n:
                 return
             misses = []
+            run = 0  # first slot of the run of answers not sent yet
             for i, size in enumerate(b.lengths(n)):
                 off = i * SLOT
                 rotation = get(bytes(buf[off + 2:off + size])) if size >= 12 else None
-                if rotation is None:
-                    misses.append((i, bytes(buf[off:off + size])))
-                    continue
-                out = bytes(buf[off:off + 2]) + next(rotation)
-                if not b.reply(i, out):
-                    self.sendto(out, b.addr(i))
-            for i, out in b.flush():
-                self._defer(out, b.addr(i))
-            for i, data in misses:  # before the next recv() reuses the slots
-                self.datagram_received(data, b.addr(i))
+                if rotation is not None:
+                    body = next(rotation)
+                    end = off + 2 + len(body)
+                    if end - off <= SLOT:
+                        buf[off + 2:end] = body
+                        out_len[i] = end - off
+                        continue
+                    misses.append((i, bytes(buf[off:off + 2]) + body, None))  # too big for a slot: sendto
+                else:
+                    misses.append((i, bytes(buf[off:off + size]), True))
+                if run < i:  # slot i is not answered in place: send the run before it
+                    self._send_slots(run, i)
+                run = i + 1
+            if run < n:
+                self._send_slots(run, n)
+            for i, data, question in misses:  # before the next recv() reuses the slots
+                if question:
+                    self.datagram_received(data, b.addr(i))
+                else:
+                    self.sendto(data, b.addr(i))
             if n < b.slots:
                 return
+
+    def _send_slots(self, start: int, stop: int) -> None:
+        b = self._batch
+        assert b is not None
+        for i in range(start + b.send(start, stop), stop):  # the socket is full: the rest wait for it
+            self._defer(b.answer(i), b.addr(i))
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         """Answer one datagram (the slow path: a cache miss, a recursion or bad input)."""

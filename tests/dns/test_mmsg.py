@@ -43,8 +43,11 @@ def test_batch_receives_and_answers_each_sender(family: int, host: str) -> None:
                     got.append(data)
                     sender = clients[int(data.decode().split("-")[1]) % 3]
                     assert batch.addr(i)[:2] == (host, sender.getsockname()[1])
-                    assert batch.reply(i, b"answer to " + data)
-                assert batch.flush() == []
+                    answer = b"answer to " + data  # written over the question, in its slot
+                    batch.rbuf[i * SLOT:i * SLOT + len(answer)] = answer
+                    batch.out_len[i] = len(answer)
+                    assert batch.answer(i) == answer
+                assert batch.send(0, n) == n
             assert sorted(got) == sorted(f"q{round_}-{k}".encode() for k in range(5))
             for k, c in enumerate(clients):
                 expected = {f"answer to q{round_}-{k}".encode(), f"answer to q{round_}-{k + 3}".encode()}
@@ -56,13 +59,24 @@ def test_batch_receives_and_answers_each_sender(family: int, host: str) -> None:
             c.close()
 
 
-def test_oversized_reply_is_refused_and_not_queued() -> None:
+def test_a_slot_sends_only_its_answers_bytes_and_recv_restores_it() -> None:
     server, batch = _pair(socket.AF_INET, "127.0.0.1")
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
     try:
-        assert not batch.reply(0, b"x" * (SLOT + 1))
-        assert batch.flush() == []
+        for question, answer in ((b"a long question " * 8, b"short"), (b"q", b"a longer answer " * 8)):
+            client.sendto(question, server.getsockname())
+            n = 0
+            while not n:
+                n = batch.recv()
+            assert batch.lengths(n) == [len(question)] and batch.out_len[0] == SLOT  # restored by recv()
+            batch.rbuf[:len(answer)] = answer
+            batch.out_len[0] = len(answer)
+            assert batch.send(0, 1) == 1
+            assert client.recv(SLOT) == answer
     finally:
         server.close()
+        client.close()
 
 
 def test_not_a_socket_means_no_batching() -> None:

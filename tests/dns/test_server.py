@@ -275,3 +275,31 @@ async def test_recursor_relay_tcp_relay_and_servfail(catalog: Catalog) -> None:
         silent.close()
         up_transport.close()
         tcp_up.close()
+
+
+async def test_a_burst_of_hits_misses_and_bad_packets_answers_each_sender(catalog: Catalog) -> None:
+    # One burst lands in one recvmmsg batch: hits are answered in place, in runs around the misses
+    # (new names, a bad packet), and every answer reaches the socket that asked, with its own ID.
+    loop = asyncio.get_running_loop()
+    async with serving(make_handler(catalog)) as port:
+        await udp_ask(port, query("web.service.mesh"))  # warm the cache for web and db
+        await udp_ask(port, query("db.service.mesh"))
+        clients = [await loop.create_datagram_endpoint(_Collect, remote_addr=("127.0.0.1", port)) for _ in range(3)]
+        try:
+            asked: dict[int, list[int]] = {k: [] for k in range(3)}
+            for ident in range(1, 31):
+                k = ident % 3
+                name = ("web", "db", f"nope-{ident}", "bad")[ident % 4]
+                packet = b"\x00" * 5 if name == "bad" else query(f"{name}.service.mesh", ident=ident)
+                if name != "bad":
+                    asked[k].append(ident)
+                clients[k][0].sendto(packet)
+            for k, (_, proto) in enumerate(clients):
+                answers = [DNSRecord.parse(await asyncio.wait_for(proto.queue.get(), 5)) for _ in asked[k]]
+                assert sorted(a.header.id for a in answers) == asked[k]
+                for a in answers:
+                    want = {"web": ["10.0.0.1", "10.0.0.2"], "db": ["10.0.0.3"]}.get(str(a.q.qname).split(".")[0], [])
+                    assert sorted(str(rr.rdata) for rr in a.rr) == want
+        finally:
+            for transport, _ in clients:
+                transport.close()
