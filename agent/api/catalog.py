@@ -66,6 +66,17 @@ def cached_read(handler: Handler) -> Handler:
     return wrapper
 
 
+def mark_cacheable(request: web.Request, name: str, index: int) -> None:
+    """Before a read runs: tell `cached_read` the tables its answer comes from, and their index now (a
+    write that lands while it runs makes the stored answer stale at once). Blocking reads are not cached."""
+    agent = request.app["agent"]
+    if agent.read_cache is not None and not index:
+        tables = get_query(name).tables
+        if agent.acl is not None:  # a filtered answer is only as fresh as the rules that cut it
+            tables = (*tables, *ACL_TABLES)
+        request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
+
+
 async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
                     filter_result: bool = True) -> web.Response:
     """Run a named read (blocking if asked) and answer with Consul's headers.
@@ -80,11 +91,7 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
     mode = consistency_mode(request)
     authz = await authorizer(request) if agent.acl is not None else None  # ACLs off: nothing to look at
     by_acl = authz is not None and needs_filter(name, authz)
-    if agent.read_cache is not None and not b.index:
-        tables = get_query(name).tables
-        if agent.acl is not None:  # a filtered answer is only as fresh as the rules that cut it
-            tables = (*tables, *ACL_TABLES)
-        request[READ_TABLES] = (tables, agent.read_cache.mark(tables))
+    mark_cacheable(request, name, b.index)
     filtered = filter_result and bool(request.query.get("filter"))
     near = request.query.get("near")
     if not filtered and not by_acl and not near and "pretty" not in request.query and hasattr(backend, "query_encoded"):

@@ -12,6 +12,7 @@ from proconsul.agent.acl.errors import PermissionDenied
 from proconsul.agent.api.acl_filter import filter_query
 from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body
+from proconsul.agent.api.catalog import cached_read, mark_cacheable
 from proconsul.agent.api.errors import BadRequest, TooLarge
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
 from proconsul.agent.api.responses import consul_headers, json_response
@@ -44,6 +45,7 @@ def _key(request: web.Request) -> str:
 
 
 @routes.get("/v1/kv/{key:.*}")
+@cached_read
 async def get(request: web.Request) -> web.StreamResponse:
     check_common(request)
     agent = request.app["agent"]
@@ -51,6 +53,7 @@ async def get(request: web.Request) -> web.StreamResponse:
     b = blocking_params(request)
     mode = consistency_mode(request)
     authz = await authorizer(request)
+    mark_cacheable(request, "kv.get", b.index)  # kv.get, kv.list and kv.keys all read the kvs table
     if "keys" in request.query:
         if agent.config.acl.enable_key_list_policy:
             authz.require("key", key, "list")

@@ -71,6 +71,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory):
                                        "Service": {"Service": "lean", "ID": f"lean-{i}", "Port": 80},
                                        "Checks": [{"CheckID": f"lean-{i}", "ServiceID": f"lean-{i}",
                                                    "Status": "passing"}]})
+    for key in ("lean/a", "lean/b"):
+        assert a.request("PUT", f"/v1/kv/{key}", raw=key.encode())[0] == 200
     yield a
     a.stop()
 
@@ -78,7 +80,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory):
 def test_cached_reads_are_answered_lean_with_aiohttps_bytes(agent: AgentProcess) -> None:
     conn = Conn(agent)
     try:
-        for target in ("/v1/health/service/lean?passing", "/v1/catalog/service/lean", "/v1/catalog/nodes"):
+        for target in ("/v1/health/service/lean?passing", "/v1/catalog/service/lean", "/v1/catalog/nodes",
+                       "/v1/kv/lean/a", "/v1/kv/lean/a?raw", "/v1/kv/lean?recurse", "/v1/kv/lean?keys"):
             first = conn.get(target)  # fills the cache (the full path)
             before = lean_answers(agent)
             lean = [conn.get(target) for _ in range(3)]
@@ -106,6 +109,14 @@ def test_writes_show_in_the_next_lean_answer(agent: AgentProcess) -> None:
         assert index > int(re.search(rb"X-Consul-Index: (\d+)", before).group(1))
         agent.put("/v1/catalog/deregister", {"Node": "lean-new"})
         assert b'"lean-new"' not in conn.get(target)
+        # KV: a value written shows in the next read; a missing key is a 404, never cached.
+        conn.get("/v1/kv/lean/c?raw")
+        agent.request("PUT", "/v1/kv/lean/c", raw=b"one")
+        assert conn.get("/v1/kv/lean/c?raw").endswith(b"\r\n\r\none")
+        agent.request("PUT", "/v1/kv/lean/c", raw=b"two")
+        assert conn.get("/v1/kv/lean/c?raw").endswith(b"\r\n\r\ntwo")
+        agent.request("DELETE", "/v1/kv/lean/c")
+        assert status(conn.get("/v1/kv/lean/c?raw")) == 404 and status(conn.get("/v1/kv/lean/c?raw")) == 404
     finally:
         conn.close()
 
@@ -218,6 +229,16 @@ def test_acls_on_the_front_answers_per_token_and_filters(acl_agent: AgentProcess
         assert b"[]" in conn.get(target)
         refused = conn.get(target, "X-Consul-Token: no-such-secret\r\n")
         assert status(refused) == 403 and refused.endswith(b"ACL not found\n")
+        # KV: a token that may read the key is answered from the cache; one that may not is refused.
+        keys = token(acl_agent, 'key_prefix "lean/" { policy = "read" }')
+        assert acl_agent.put(f"/v1/kv/lean/k?token={MGMT}", "v")[0] == 200
+        for _ in range(2):
+            assert status(conn.get("/v1/kv/lean/k", f"X-Consul-Token: {keys}\r\n")) == 200
+        mid = lean_answers(acl_agent, MGMT)
+        assert status(conn.get("/v1/kv/lean/k", f"X-Consul-Token: {keys}\r\n")) == 200
+        denied = conn.get("/v1/kv/lean/k", f"X-Consul-Token: {everything}\r\n")
+        assert status(denied) == 403 and b"key:read" in denied
+        assert lean_answers(acl_agent, MGMT) == mid + 1
     finally:
         conn.close()
 
