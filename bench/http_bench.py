@@ -3,7 +3,8 @@
 PERFORMANCE.md §4. Goal: ≥ 0.7× the hello-world's requests/s, wrk -c16, same machine, same run
 (issue 17: ≥ 0.8× on a busy machine). Every arm also reports its server's CPU seconds per 1,000
 requests; `--cpus N` pins the agent, the hello-world server and wrk to the first N cores;
-`--base GIT_REF` or `--baseline-tree DIR` adds another version as one more arm.
+`--base GIT_REF` or `--baseline-tree DIR` adds another version as one more arm; `--kv` adds GETs of one
+KV key (on each agent).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from common import (
 HERE = Path(__file__).resolve().parent
 
 
+KV_PATH = "/v1/kv/bench/config"
+
+
 def seed(agent: AgentProcess, instances: int) -> None:
+    req = urllib.request.Request(f"{agent.url}{KV_PATH}", data=b"x" * 20, method="PUT")
+    urllib.request.urlopen(req, timeout=60).close()  # the KV arm's key: a 20-byte value
     for i in range(instances):
         http_json("PUT", f"{agent.url}/v1/catalog/register", {
             "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
@@ -49,6 +55,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--cpus", type=int, default=None, help="pin both servers and wrk to the first N cores")
+    ap.add_argument("--kv", action="store_true", help="also GET one KV key (20-byte value) on each agent")
     add_baseline_options(ap)
     args = ap.parse_args()
     cpus = args.cpus
@@ -91,9 +98,20 @@ def main() -> None:
                 arms.append(Arm(f"health/service@{label}", lambda: metered_wrk(
                     f"{base.url}/v1/health/service/web?passing", [bpid], args.connections, args.duration,
                     cpus=cpus)))
-            alternate(arms, args.rounds)
+            kv_arms = []
+            if args.kv:
+                kv_arms.append(Arm("kv read", lambda: metered_wrk(f"{agent.url}{KV_PATH}", [apid], args.connections,
+                                                                  args.duration, cpus=cpus)))
+                if base is not None:
+                    kv_arms.append(Arm(f"kv read@{label}", lambda: metered_wrk(
+                        f"{base.url}{KV_PATH}", [bpid], args.connections, args.duration, cpus=cpus)))
+            alternate(arms + kv_arms, args.rounds)
             load.append(loadavg())
             ceiling, same_size, ours = arms[:3]
+            kv = {f"kv{'_baseline' if i else ''}_{k}": arm.median(m) for i, arm in enumerate(kv_arms)
+                  for k, m in (("rps", "rps"), ("cpu_s_per_1k", "cpu_s_per_1k"), ("p99_ms", "p99_ms"))}
+            if kv:
+                kv["kv_ratio"] = kv["kv_rps"] / ceiling.median("rps")
             report("http_health", {
                 "connections": args.connections, "duration_s": args.duration, "rounds": args.rounds,
                 "pinned_cpus": cpus, "load": load,
@@ -109,6 +127,7 @@ def main() -> None:
                 **({"baseline_rps": arms[3].median("rps"), "baseline_p99_ms": arms[3].median("p99_ms"),
                     "baseline_cpu_s_per_1k": arms[3].median("cpu_s_per_1k"),
                     "baseline_ratio": arms[3].median("rps") / ceiling.median("rps")} if base is not None else {}),
+                **kv,
             })
         finally:
             hello.stop()
