@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from proconsul.agent.cluster.autopilot_driver import AutopilotDriver
+from proconsul.agent.cluster.coordinate_sync import CoordinateFlusher, CoordinateSender, update_row
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
@@ -151,6 +152,18 @@ class Cluster:
         if host.server is not None:
             self.autopilot = AutopilotDriver(host.server.store, cfg.autopilot, self.members.members, cfg.node_id,
                                              cfg.datacenter, monotonic=time.monotonic, wall=time.time)
+        self.coordinate_flusher: CoordinateFlusher | None = None
+        if host.server is not None:
+            self.coordinate_flusher = CoordinateFlusher(
+                lambda cmd: self.server().apply(cmd), self.is_leader,
+                period=cfg.coordinate_update_period or (0.1 if cfg.dev else 5.0),
+                batch_size=cfg.coordinate_update_batch_size, max_batches=cfg.coordinate_update_max_batches)
+        self.coordinate_sender: CoordinateSender | None = None
+        if not cfg.disable_coordinates:
+            self.coordinate_sender = CoordinateSender(
+                cfg.node_name, self.lan.coordinates, lambda: len(self.lan.core.view), self.submit_coordinate,
+                rate_target=cfg.sync_coordinate_rate_target, interval_min=cfg.sync_coordinate_interval_min,
+                rng=random.Random(self.rng.getrandbits(64)))
         self.wan_pool: WANPool | None = None
         self.wan: WANGossip | None = None
         self.router: Router | None = None
@@ -299,6 +312,26 @@ class Cluster:
         log.warning("removed datacenter %s from the WAN pool (%s)", datacenter, ", ".join(names))
         return names
 
+    async def coordinate_update(self, args: dict[str, Any]) -> None:
+        """Consul's Coordinate.Update on a server: checked here, queued on the leader (forwarded there from a
+        follower), written with the next batch."""
+        row = update_row(args)
+        flusher = self.coordinate_flusher
+        if flusher is None:
+            raise ClusterError("this agent is not a server")
+
+        async def here() -> None:
+            flusher.add(row)
+
+        await self.server().on_leader(here, "coordinate.update", args, idempotent=True)
+
+    async def submit_coordinate(self, args: dict[str, Any]) -> None:
+        """Send a coordinate update from this agent: to our own server role, or to any server."""
+        if self.raft is not None:
+            await self.coordinate_update(args)
+        else:
+            await self.call_any_server("coordinate.update", args, timeout=10.0)
+
     async def datacenters(self) -> list[str]:
         """Known datacenters, nearest first (a client agent asks a server)."""
         if self.router is not None:
@@ -430,6 +463,10 @@ class Cluster:
         async with asyncio.TaskGroup() as tg:
             if self.gossip is not None:
                 tg.create_task(self.gossip.run(stop), name="lan-gossip")
+                if self.coordinate_sender is not None:
+                    tg.create_task(self.coordinate_sender.run(stop), name="coordinate-sync")
+            if self.coordinate_flusher is not None and self.raft is not None:
+                tg.create_task(self.coordinate_flusher.run(stop), name="coordinate-batch")
             if self.wan is not None:
                 tg.create_task(self.wan.run(stop), name="wan-gossip")
             for rep in self.replicators:
