@@ -154,11 +154,25 @@ def test_router_errors_are_consuls_and_immediate() -> None:
         asyncio.run(r.call("dc9", "m", {}))
     with pytest.raises(DatacenterUnreachable, match="^Remote DC has no server currently reachable$"):
         asyncio.run(r.call("dc2", "m", {}, idempotent=True))
-    events(p, [(k.UNREACHED, "b.dc2", False)] * UNREACHABLE_AFTER)  # now the pool says it is failed: not tried
+    events(p, [(k.UNREACHED, "b.dc2", True)] * UNREACHABLE_AFTER)  # failed here only: still tried, last
+    calls.clear()
+    with pytest.raises(DatacenterUnreachable):
+        asyncio.run(r.call("dc2", "m", {}, idempotent=True))
+    assert calls == ["127.0.0.1:1002"]
+    feed(p, [c.dead(1, "b.dc2", "c.dc3")])  # now the pool says it is failed: not even tried
     calls.clear()
     with pytest.raises(DatacenterUnreachable):
         asyncio.run(r.call("dc2", "m", {}))
     assert calls == []
+
+
+def test_router_tries_servers_it_reaches_itself_first() -> None:
+    p = pool()
+    feed(p, [alive(srv("b", "dc2", 2)), alive(srv("c", "dc2", 3))])
+    events(p, [(k.UNREACHED, "b.dc2", True)] * UNREACHABLE_AFTER)
+    r, calls = _router(p, {"127.0.0.1:1002": "b", "127.0.0.1:1003": "c"})
+    assert [m.name for m in r.servers("dc2")] == ["c.dc2"]
+    assert asyncio.run(r.call("dc2", "m", {})) == "c"
 
 
 def test_router_does_not_resend_a_write_whose_outcome_is_unknown() -> None:

@@ -96,6 +96,7 @@ class MemberView:
     status: str
     rtt: float | None  # median of our recent direct round trips, seconds; None before the first
     last_contact: float  # loop time of its last direct answer (0: never)
+    pool_alive: bool = True  # the pool's own verdict (alive or suspect), whatever our reach
 
     @property
     def name(self) -> str:
@@ -199,7 +200,8 @@ class WANPool(GossipMember):
                 continue
             link = self._links.get(name)
             rtt = 0.0 if name == self.me_name else (median(link.rtts) if link and link.rtts else None)
-            out.append(MemberView(server, self.status(name), rtt, link.last_contact if link else 0.0))
+            out.append(MemberView(server, self.status(name), rtt, link.last_contact if link else 0.0,
+                                  rec.state < DEAD))
         out.sort(key=lambda m: m.name)
         return out
 
