@@ -59,3 +59,13 @@ def test_http_bench_reports_cpu_per_request_pinned(tmp_path: Path) -> None:
     for arm in ("hello", "same_size_static", "health"):
         # a request costs well under 10 ms of CPU, and measurably more than nothing
         assert 0 < result[f"{arm}_cpu_s_per_1k"] < 10, (arm, result)
+
+
+def test_coordinates_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "coordinates_bench.py"), "--members", "10",
+                          "--samples", "2000", "--rounds", "1"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((REPO / "bench" / "results" / "coordinates.json").read_text())
+    assert result["ack_bytes"]["with_coordinate"] > result["ack_bytes"]["without"]
+    assert result["median_relative_error"]["probe"] < 0.5  # the estimates have converged
