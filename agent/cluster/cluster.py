@@ -202,13 +202,14 @@ class Cluster:
         self.router = Router(self.wan, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
 
-    def _local_wan_servers(self) -> list[tuple[str, int]]:
-        """This datacenter's servers as the LAN knows them, for flood-joining them to the WAN."""
+    def _local_wan_servers(self) -> list[tuple[str, str, int]]:
+        """This datacenter's servers as the LAN knows them — (WAN name, address, WAN port) — for flood-joining
+        them to the WAN."""
         out = []
         for m in self.server_members():
             port = m.tags.get("wan_join_port", "")
             if m.name != self.config.node_name and port.isdigit():
-                out.append((m.addr, int(port)))
+                out.append((f"{m.name}.{self.config.datacenter}", m.addr, int(port)))
         return out
 
     def _wan_changed(self, names: list[str]) -> None:

@@ -182,3 +182,19 @@ def test_router_does_not_resend_a_write_whose_outcome_is_unknown() -> None:
     with pytest.raises(RPCUnavailable):
         asyncio.run(r.call("dc2", "m", {}, idempotent=False))
     assert len(calls) == 1
+
+
+async def test_flood_join_brings_in_our_own_datacenters_servers_known_from_the_lan() -> None:
+    """Real sockets on 127.0.0.1: a server joins the WAN a server of its datacenter the LAN told it about."""
+    b = WANPool(srv("b", "dc1", 0), "127.0.0.1", rng=random.Random(2))
+    b.update_me(await b.start(), 1002)
+    a = WANPool(srv("a", "dc1", 0), "127.0.0.1", rng=random.Random(1),
+                local_servers=lambda: [("b.dc1", "127.0.0.1", b.port)])
+    a.update_me(await a.start(), 1001)
+    try:
+        assert await a.flood() == 1
+        assert status(a) == {"a.dc1": ALIVE, "b.dc1": ALIVE} and "a.dc1" in status(b)
+        assert await a.flood() == 0  # known now: nothing to do
+    finally:
+        await a.stop(False)
+        await b.stop(False)

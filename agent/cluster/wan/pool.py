@@ -128,7 +128,7 @@ class WANPool(GossipMember):
     def __init__(self, me: WANServer, bind: str, *, timings: Timings = WAN, retry_join: list[str] | None = None,
                  retry_interval: float = 30.0, rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
-                 local_servers: Callable[[], list[tuple[str, int]]] | None = None,
+                 local_servers: Callable[[], list[tuple[str, str, int]]] | None = None,
                  sealer: Sealer | None = None) -> None:
         super().__init__(me.name, me.addr, me.port, me.tags(), label=LABEL, bind=bind, timings=timings, what="WAN",
                          default_port=DEFAULT_PORT, retry_join=retry_join, retry_interval=retry_interval, rng=rng,
@@ -258,9 +258,10 @@ class WANPool(GossipMember):
                 await asyncio.wait_for(stop.wait(), FLOOD_INTERVAL)
 
     async def flood(self) -> int:
-        """Join the servers of our own datacenter that the LAN knows and the WAN does not (Consul's flood join)."""
-        known = {(r.node.addr, r.node.port) for r in self.core.view}
-        missing = [f"{addr}:{port}" for addr, port in self.local_servers() if (addr, port) not in known]
+        """Join the servers of our own datacenter that the LAN knows (as (WAN name, address, WAN port)) and the WAN
+        does not (Consul's flood join)."""
+        view = self.core.view
+        missing = [f"{addr}:{port}" for name, addr, port in self.local_servers() if view.get(name) is None]
         if not missing:
             return 0
         try:
