@@ -45,6 +45,8 @@ VALUE_FLAGS = {
     "consul-node-name": "the synthetic catalog node this syncer owns (default k8s-sync)",
     "consul-write-interval": "period of a full re-check against the catalog (default 30s)",
     "to-k8s-mode": "externalname (default) or endpoints: ClusterIP Service + EndpointSlices of healthy instances",
+    "to-k8s-datacenter": "mirror this federated datacenter's catalog into Kubernetes, through ?dc= "
+                         "(default: the agent's own); ExternalName targets become <name>.service.<dc>.<domain>",
     "session-ttl": "TTL of the session that keeps the liveness check passing (default 15s; critical after 2x)",
     "listen": "HOST:PORT of /health, /health/ready and /metrics (default 127.0.0.1:8080; off)",
     "log-level": "trace, debug, info, warn, error (default info)",
