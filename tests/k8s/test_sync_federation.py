@@ -41,7 +41,7 @@ class World:
         tmp.mkdir(parents=True, exist_ok=True)
         conf = tmp / "fed.json"
         conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {
-            "probe_interval": "200ms", "probe_timeout": "100ms"}}))
+            "probe_interval": "200ms", "probe_timeout": "100ms"}, "enable_debug": True}))
         self.tmp = tmp
         self.dc1 = AgentProcess(tmp / "dc1", args=["--node", "a", "--datacenter", "dc1", "--config-file", str(conf)])
         self.dc2 = AgentProcess(tmp / "dc2", args=["--node", "b", "--datacenter", "dc2", "--config-file", str(conf),
@@ -184,6 +184,29 @@ def test_endpoints_mode_mirrors_the_other_datacenters_healthy_instances(world: W
              message="a ClusterIP Service api in cluster B")
     wait_for(lambda: slice_endpoints(world.kube_b, "from-dc1", "api") == [f"127.0.0.1:{world.api_port}"], 10,
              message="its EndpointSlice listing cluster A's endpoint")
+
+
+def test_a_wan_cut_removes_nothing_from_cluster_b_and_changes_arrive_after_it(world: World) -> None:
+    """While dc1 cannot be reached from dc2, syncer B keeps what it mirrored (an unreachable catalog is not an
+    empty one); a Service created in cluster A during the cut reaches cluster B once the WAN heals."""
+    log_start = len(world.sync_b.log())
+    world.dc1.put("/v1/agent/debug/partition", {"Block": ["dc2"]})
+    world.dc2.put("/v1/agent/debug/partition", {"Block": ["dc1"]})
+    try:
+        wait_for(lambda: "Remote DC has no server currently reachable" in world.sync_b.log()[log_start:], 15,
+                 message="syncer B to find dc1 unreachable")
+        late = "late"
+        apply(world.kube_a, "default", service(late), endpoint_slice(late, {"10.30.0.1": True}))
+        wait_for(lambda: instances(world.dc1, late), 10, message="the new Service in dc1 (syncer A is local)")
+        assert external_name(world.kube_b, "api") == "ExternalName api.service.dc1.mesh"
+        assert external_name(world.kube_b, late) is None
+        assert world.sync_b.metrics()["consul_sync_catalog_to_k8s_deregister"] == 0
+    finally:
+        world.dc1.put("/v1/agent/debug/partition", {"Block": []})
+        world.dc2.put("/v1/agent/debug/partition", {"Block": []})
+    wait_for(lambda: external_name(world.kube_b, late) == "ExternalName late.service.dc1.mesh", 20,
+             message="the Service created during the cut to reach cluster B after it")
+    assert external_name(world.kube_b, "api") == "ExternalName api.service.dc1.mesh"
 
 
 def test_readiness_and_deletion_in_cluster_a_follow_into_dc1_and_cluster_b(world: World) -> None:
