@@ -28,7 +28,7 @@ from . import plan as planmod
 from . import to_consul, to_k8s
 from .config import Options
 from .consul_api import ConsulAPI
-from .errors import ConsulError, KubeError, OwnershipError
+from .errors import ConfigError, ConsulError, KubeError, OwnershipError
 from .informer import Informer
 from .metrics import Metrics
 
@@ -486,15 +486,32 @@ class Syncer:
         return app
 
     # ------------------------------------------------------------------ run
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.claim()
-        runner: web.AppRunner | None = None
-        if self.opts.listen not in ("", "off"):
-            host, _, port = self.opts.listen.rpartition(":")
-            runner = web.AppRunner(self.app(), access_log=None)
-            await runner.setup()
+    async def _listen(self) -> web.AppRunner | None:
+        """Serve /health and /metrics; a listen address that cannot be bound is a ConfigError (one line)."""
+        if self.opts.listen in ("", "off"):
+            return None
+        host, _, port = self.opts.listen.rpartition(":")
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        try:
             await web.TCPSite(runner, host, int(port)).start()
-            log.info("health and metrics on http://%s/health and /metrics", self.opts.listen)
+        except OSError as e:
+            await runner.cleanup()
+            raise ConfigError(f"--listen {self.opts.listen}: {e.strerror or e} (another process has it? "
+                              "choose another address, or off)") from None
+        log.info("health and metrics on http://%s/health and /metrics", self.opts.listen)
+        return runner
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Listen first: a syncer that cannot serve its health endpoint stops before it claims the node (a claim
+        # left behind would keep the next start out until the session's TTL ran out).
+        runner = await self._listen()
+        try:
+            await self.claim()
+        except BaseException:
+            if runner is not None:
+                await runner.cleanup()
+            raise
         node = self.opts.consul_node_name
         tasks = [self.heartbeat()]
         if self.opts.to_consul:
