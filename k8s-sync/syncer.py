@@ -499,7 +499,6 @@ class Syncer:
             await runner.cleanup()
             raise ConfigError(f"--listen {self.opts.listen}: {e.strerror or e} (another process has it? "
                               "choose another address, or off)") from None
-        log.info("health and metrics on http://%s/health and /metrics", self.opts.listen)
         return runner
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -512,6 +511,8 @@ class Syncer:
             if runner is not None:
                 await runner.cleanup()
             raise
+        if runner is not None:
+            log.info("health and metrics on http://%s/health and /metrics", self.opts.listen)
         node = self.opts.consul_node_name
         tasks = [self.heartbeat()]
         if self.opts.to_consul:

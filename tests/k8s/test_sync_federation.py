@@ -193,8 +193,9 @@ def test_a_wan_cut_removes_nothing_from_cluster_b_and_changes_arrive_after_it(wo
     world.dc1.put("/v1/agent/debug/partition", {"Block": ["dc2"]})
     world.dc2.put("/v1/agent/debug/partition", {"Block": ["dc1"]})
     try:
-        wait_for(lambda: "Remote DC has no server currently reachable" in world.sync_b.log()[log_start:], 15,
-                 message="syncer B to find dc1 unreachable")
+        wait_for(lambda: any(words in world.sync_b.log()[log_start:] for words in (
+            "Remote DC has no server currently reachable", "No path to datacenter")), 15,
+            message="syncer B to find dc1 unreachable")
         late = "late"
         apply(world.kube_a, "default", service(late), endpoint_slice(late, {"10.30.0.1": True}))
         wait_for(lambda: instances(world.dc1, late), 10, message="the new Service in dc1 (syncer A is local)")
