@@ -206,6 +206,8 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if level.lower() != "trace":  # the client library's own chatter only at trace
         logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+        # A kubeconfig that cannot be loaded is our one-line error already ("Config not found: …" said it twice).
+        logging.getLogger("kubernetes_asyncio.config").setLevel(logging.ERROR)
 
 
 def execute(argv: list[str], prog: str = "proconsul k8s-sync") -> int:

@@ -237,6 +237,8 @@ def test_bad_flags_are_one_line_errors(kube: KubeApi, agent: AgentProcess) -> No
             (module, ["--node-port-sync-type", "Sideways"], "--node-port-sync-type 'Sideways' must be one of"),
             (module, ["--to-consul=maybe"], "-to-consul takes true or false"),
             (module, ["--session-ttl", "1s"], "-session-ttl '1s' must be between 10s and 24h"),
+            (module, ["--kubeconfig", "/nonexistent", "--listen", "off"],
+             "cannot load Kubernetes configuration from /nonexistent"),
             (module, ["--to-k8s-datacenter", "dc1.mesh"], "--to-k8s-datacenter 'dc1.mesh' must be a datacenter name"),
             (module, ["--http-addr", "127.0.0.1:1", "--listen", "off"], "agent at http://127.0.0.1:1 unreachable"),
             ([*CLI, "k8s-sync"], ["-bogus"], "unrecognized arguments: --bogus")):  # Consul's one-dash spelling
