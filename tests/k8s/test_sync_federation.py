@@ -1,7 +1,7 @@
 """k8s-sync across two federated datacenters: two Kubernetes clusters (two test API servers, driven with kubectl),
 two Proconsul datacenters joined over the WAN (dc1 primary), one syncer per cluster, mesh gateways in both.
 
-Cluster A's Service `api` becomes catalog service `api` in dc1 (syncer A, to-consul). Syncer B mirrors dc1's catalog
+Cluster A's Service `api` becomes catalog service `api` in dc1 (syncer A, to-consul; it mirrors dc2 into cluster A). Syncer B mirrors dc1's catalog
 into cluster B through dc2's agent (`--to-k8s-datacenter dc1`, i.e. `?dc=dc1`): an ExternalName Service
 `api` → `api.service.dc1.mesh`, which dc2's DNS resolves to cluster A's endpoint (what cluster B's kube-dns does
 with a `mesh` stub domain pointing at Proconsul). And mesh traffic crosses: a client on cluster B's side (service
@@ -65,7 +65,7 @@ class World:
         self.kube_b = start_test_apiserver(_mkdir(tmp / "cluster-b"))
         self.stoppable += [self.kube_a, self.kube_b]
         self.sync_a = SyncerProcess(tmp, self.kube_a, dc1, "--consul-k8s-tag", "k8s-cluster-a",
-                                    "--consul-node-name", "k8s-sync-cluster-a")
+                                    "--consul-node-name", "k8s-sync-cluster-a", "--to-k8s-datacenter", "dc2")
         self.sync_b = SyncerProcess(tmp, self.kube_b, dc2, "--consul-k8s-tag", "k8s-cluster-b",
                                     "--consul-node-name", "k8s-sync-cluster-b", "--to-k8s-datacenter", "dc1")
         for s in (self.sync_a, self.sync_b):
@@ -151,6 +151,18 @@ def test_a_service_of_cluster_a_is_found_by_name_from_cluster_b(world: World) ->
     wait_for(lambda: external_name(world.kube_b, "api-sidecar-proxy") is not None, 10,
              message="dc1's other services in cluster B")
     assert external_name(world.kube_b, "only-in-dc2") is None
+
+
+def test_and_the_other_way_round_without_echoes(world: World) -> None:
+    """Syncer A mirrors dc2 into cluster A the same way; neither syncer writes a mirrored Service back."""
+    apply(world.kube_b, "default", service("pay"), endpoint_slice("pay", {"10.40.0.1": True}))
+    wait_for(lambda: [i["Node"] for i in instances(world.dc2, "pay").values()] == ["k8s-sync-cluster-b"], 15,
+             message="cluster B's Service in dc2")
+    wait_for(lambda: external_name(world.kube_a, "pay") == "ExternalName pay.service.dc2.mesh", 15,
+             message="it in cluster A")
+    assert dig(world.dc1, "pay.service.dc2.mesh") == ["10.40.0.1"]
+    assert instances(world.dc2, "api") == {} and instances(world.dc1, "pay") == {}
+    assert world.sync_a.metrics()["consul_sync_catalog_to_consul_register"] == 1  # api only, never pay
 
 
 def test_mesh_traffic_from_cluster_b_reaches_cluster_a_through_both_gateways(world: World) -> None:
