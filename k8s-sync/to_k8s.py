@@ -2,7 +2,8 @@
 creates, updates and deletes that get the write namespace there.
 
 Every catalog service that did not come from this syncer's own cluster (it lacks this syncer's tag) becomes
-an `ExternalName` Service `<prefix><name>` → `<name>.service.<domain>`, as consul-k8s does; or, in
+an `ExternalName` Service `<prefix><name>` → `<name>.service.<domain>`, as consul-k8s does (a federated
+datacenter's catalog, `--to-k8s-datacenter`, gives `<name>.service.<dc>.<domain>`); or, in
 "endpoints" mode (beyond consul-k8s), a selector-less ClusterIP Service with EndpointSlices listing the
 healthy instances, so kube-proxy only ever sends traffic to passing instances and no DNS search path is
 involved. Objects are labelled as owned by this syncer's node; nothing unlabelled is ever changed.
