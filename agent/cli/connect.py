@@ -56,7 +56,7 @@ def proxy(
     admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
     gateway: Annotated[str, typer.Option("-gateway", "--gateway",
-                                         help="Run a gateway of this kind instead of a sidecar: ingress or mesh.")] = "",
+                                         help="Run a gateway of this kind instead of a sidecar: ingress, terminating or mesh.")] = "",
     mesh_gateway: Annotated[bool, typer.Option("-mesh-gateway", "--mesh-gateway",
                                                help="Consul's older spelling of -gateway mesh.")] = False,
     service: Annotated[str, typer.Option("-service", "--service",
@@ -71,7 +71,7 @@ def proxy(
                                               help="Mesh gateway, audit aid: append every byte it forwards here.")] = "",
 ) -> None:
     """Run the built-in sidecar proxy (mTLS in front of the service, upstream listeners for its dependencies),
-    or with -gateway ingress|mesh a gateway (as `consul connect envoy -gateway=...`)."""
+    or with -gateway ingress|terminating|mesh a gateway (as `consul connect envoy -gateway=...`)."""
     from proconsul.connect.proxy.cli import Options, execute
 
     raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,

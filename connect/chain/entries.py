@@ -38,7 +38,7 @@ RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimit
 ACCESS_LOG_TYPES = ("", "file", "stdout", "stderr")
 SUBSET_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 CHAIN_KINDS = ("service-resolver", "service-splitter", "service-router")
-KINDS = (*CHAIN_KINDS, "service-defaults", "proxy-defaults", "ingress-gateway")
+KINDS = (*CHAIN_KINDS, "service-defaults", "proxy-defaults", "ingress-gateway", "terminating-gateway")
 
 _COMMON = {"Kind": Str(), "Name": Str(), "Namespace": Str(), "Partition": Str(), "Meta": Map(Str()),
            "CreateIndex": Int(hi=2**64 - 1), "ModifyIndex": Int(hi=2**64 - 1), "Hash": Str()}
@@ -139,8 +139,14 @@ INGRESS_GATEWAY = Obj({
                                                  "ResponseHeaders": _HEADERS, "TLS": _GW_TLS, **_GW_LIMITS}))})),
 })
 
+TERMINATING_GATEWAY = Obj({
+    **_COMMON,
+    "Services": List(Obj({"Name": Str(), "Namespace": Str(), "Partition": Str(), "CAFile": Str(), "CertFile": Str(),
+                          "KeyFile": Str(), "SNI": Str(), "DisableAutoHostRewrite": Bool()})),
+})
+
 SCHEMAS: dict[str, Obj] = {
-    "ingress-gateway": INGRESS_GATEWAY,
+    "ingress-gateway": INGRESS_GATEWAY, "terminating-gateway": TERMINATING_GATEWAY,
     "service-defaults": SERVICE_DEFAULTS, "proxy-defaults": PROXY_DEFAULTS, "service-resolver": SERVICE_RESOLVER,
     "service-splitter": SERVICE_SPLITTER, "service-router": SERVICE_ROUTER,
 }
@@ -170,7 +176,7 @@ def validate(entry: dict[str, Any]) -> dict[str, Any]:
             raise check.fail(ns_field, "only \"default\" exists here (namespaces and partitions are enterprise)")
     {"service-resolver": _resolver, "service-splitter": _splitter, "service-router": _router,
      "service-defaults": _service_defaults, "proxy-defaults": _proxy_defaults,
-     "ingress-gateway": _ingress_gateway}[kind](out, check)
+     "ingress-gateway": _ingress_gateway, "terminating-gateway": _terminating_gateway}[kind](out, check)
     return out
 
 
@@ -445,3 +451,25 @@ def _ingress_gateway(e: dict[str, Any], check: _Check) -> None:
             raise check.fail(f"{where}.TLS" if (lst.get("TLS") or {}).get("Enabled") else "TLS",
                              "TLS on ingress listeners is not supported by this gateway yet; serve plain HTTP or "
                              "put a TLS terminator in front")
+
+
+def _terminating_gateway(e: dict[str, Any], check: _Check) -> None:
+    seen: set[str] = set()
+    for i, svc in enumerate(e.get("Services") or []):
+        where = f"Services[{i}]"
+        name = svc.get("Name", "")
+        if not name:
+            raise check.fail(f"{where}.Name", "Service name cannot be blank.")
+        if name == "*":
+            raise check.fail(f"{where}.Name", "the wildcard service \"*\" is not supported by this gateway yet; name "
+                                              "the services")
+        if name in seen:
+            raise check.fail(f"{where}.Name", f"Service {name!r} was specified more than once within a namespace")
+        seen.add(name)
+        # Consul's rule: a client certificate needs its key and a CA (mutual TLS); a CAFile alone is one-way TLS.
+        if (svc.get("CertFile") or svc.get("KeyFile")) and not (svc.get("CAFile") and svc.get("CertFile")
+                                                              and svc.get("KeyFile")):
+            raise check.fail(where, f"Service {name!r} must have a CertFile, CAFile, and KeyFile specified for TLS "
+                                    "origination")
+        if svc.get("SNI") and not svc.get("CAFile"):
+            raise check.fail(f"{where}.SNI", f"Service {name!r}: SNI is only used with TLS origination; set CAFile")

@@ -24,8 +24,10 @@ class DialRefused(Exception):
 
 
 def instance_key(inst: Instance) -> str:
-    """Which sidecar a pooled connection or a TLS session belongs to."""
-    return f"{inst.id}@{inst.address}:{inst.port}"
+    """Which sidecar (and for which service) a pooled connection or a TLS session belongs to: one terminating
+    or mesh gateway instance stands for several services, and a connection made for one must not carry
+    another's requests (nor a session resumed with one service's certificate be offered for another)."""
+    return f"{inst.service}|{inst.id}@{inst.address}:{inst.port}"
 
 
 async def dial(rt: Runtime, up: Upstream, inst: Instance, link: Link,

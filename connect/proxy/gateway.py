@@ -1,5 +1,7 @@
 """Gateways as configurations of the one proxy core (pure: registration and config entry in, settings out).
 
+A terminating gateway fronts the services its `terminating-gateway` entry links (`terminating_services`).
+
 An ingress gateway is a proxy without a public listener whose "upstreams" are the services its
 `ingress-gateway` config entry exposes: one per (listener port, service). HTTP listeners pick the service by
 the request's Host (`Hosts`, default `<service>.ingress.*`) and then apply that service's discovery chain
@@ -96,3 +98,29 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
                       local_address="", local_port=0, upstreams=tuple(upstreams), protocol="tcp",
                       upstream_raw=tuple(upstream_raw))
     return cfg, tuple(listeners)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedService:
+    """A service outside the mesh that a terminating gateway fronts, and how to reach it (TLS when CAFile)."""
+
+    name: str
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    sni: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_file)
+
+
+def terminating_services(entry: dict[str, Any] | None) -> dict[str, LinkedService]:
+    """The services a `terminating-gateway` config entry links, by name (validated on write)."""
+    out = {}
+    for svc in (entry or {}).get("Services") or []:
+        name = str(svc.get("Name") or "")
+        if name and name != "*":
+            out[name] = LinkedService(name, str(svc.get("CAFile") or ""), str(svc.get("CertFile") or ""),
+                                      str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""))
+    return out
