@@ -96,7 +96,7 @@ async def leaf(request: web.Request) -> web.Response:
     check_common(request)
     b = blocking_params(request)
     cert = await (await _connect(request)).leaf_blocking(request.match_info["service"], b.index, b.wait)
-    body = {k: v for k, v in cert.items() if k not in ("RootID", "Jitter")}
+    body = {k: v for k, v in cert.items() if k not in ("RootID", "Jitter", "DNSSANs")}
     return json_response(request, body, index=cert["ModifyIndex"])
 
 

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from proconsul.catalog.filter import FilterError, compile_filter
+from proconsul.connect.chain import gateway_tls
 from proconsul.connect.chain.schema import (
     Bool,
     Duration,
@@ -447,10 +448,43 @@ def _ingress_gateway(e: dict[str, Any], check: _Check) -> None:
                     raise check.fail(f"{sw}.Hosts[{k}]", f"host {h!r} is used by more than one service of the "
                                                          "listener")
                 hosts_seen.add(h)
-        if (e.get("TLS") or {}).get("Enabled") or (lst.get("TLS") or {}).get("Enabled"):
-            raise check.fail(f"{where}.TLS" if (lst.get("TLS") or {}).get("Enabled") else "TLS",
-                             "TLS on ingress listeners is not supported by this gateway yet; serve plain HTTP or "
-                             "put a TLS terminator in front")
+        _gateway_tls(lst.get("TLS"), f"{where}.TLS", check)
+        if gateway_tls.listener_tls(e, lst) is not None:
+            for j, svc in enumerate(services):
+                if "*" in (svc.get("Hosts") or []):
+                    raise check.fail(f"{where}.Services[{j}].Hosts", "Host '*' is not allowed when TLS is enabled, "
+                                                                     "all hosts must be valid DNS records to add as "
+                                                                     "a DNSSAN")
+        for j, svc in enumerate(services):
+            if svc.get("TLS"):
+                raise check.fail(f"{where}.Services[{j}].TLS", "per-service TLS takes SDS certificates, which this "
+                                                               "gateway does not fetch; use the listener's TLS (the "
+                                                               "Connect CA's certificate)")
+    _gateway_tls(e.get("TLS"), "TLS", check)
+
+
+def _gateway_tls(block: dict[str, Any] | None, where: str, check: _Check) -> None:
+    """An ingress-gateway TLS block: known versions in order, cipher suites only up to TLS 1.2, no SDS."""
+    if not block:
+        return
+    if block.get("SDS"):
+        raise check.fail(f"{where}.SDS", "SDS is not supported: the gateway serves its certificate from the Connect "
+                                         "CA (set Enabled = true without SDS)")
+    for f in ("TLSMinVersion", "TLSMaxVersion"):
+        if block.get(f) and block[f] not in gateway_tls.TLS_VERSIONS:
+            raise check.fail(f"{where}.{f}", f"unsupported TLS version {block[f]!r}; one of "
+                                             f"{', '.join(gateway_tls.TLS_VERSIONS)}")
+    lo, hi = block.get("TLSMinVersion") or "TLS_AUTO", block.get("TLSMaxVersion") or "TLS_AUTO"
+    if "TLS_AUTO" not in (lo, hi) and gateway_tls.version_rank(hi) < gateway_tls.version_rank(lo):
+        raise check.fail(f"{where}.TLSMaxVersion", f"configuring max version {hi} less than the configured min "
+                                                   f"version {lo} is invalid")
+    for k, suite in enumerate(block.get("CipherSuites") or []):
+        if suite not in gateway_tls.CIPHER_SUITES:
+            raise check.fail(f"{where}.CipherSuites[{k}]", f"unsupported cipher suite {suite!r}")
+    if block.get("CipherSuites") and lo == "TLSv1_3":
+        raise check.fail(f"{where}.CipherSuites", "configuring CipherSuites is only applicable to connections "
+                                                  "negotiated with TLS 1.2 or earlier, TLSMinVersion is set to "
+                                                  "TLSv1_3")
 
 
 def _terminating_gateway(e: dict[str, Any], check: _Check) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proconsul.connect.chain.gateway_tls import ListenerTLS, listener_tls
 from proconsul.connect.proxy.config import (
     Limits,
     OutlierSettings,
@@ -28,6 +29,7 @@ class IngressListener:
     port: int
     protocol: str  # "http" or "tcp"
     routes: tuple[tuple[tuple[str, ...], str], ...]  # ((host patterns…), upstream key) in the entry's order
+    tls: ListenerTLS | None = None  # served with the gateway's leaf (its DNS SANs) when set
 
 
 def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
@@ -91,7 +93,7 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
             upstreams.append(up)
             hosts = tuple(svc.get("Hosts") or ()) or (f"{svc['Name']}.ingress.*",)
             routes.append((hosts, up.key))
-        listeners.append(IngressListener(port, proto, tuple(routes)))
+        listeners.append(IngressListener(port, proto, tuple(routes), listener_tls(entry, lst)))
         upstream_raw.extend(raws)
     cfg = ProxyConfig(proxy_id=str(registration.get("ID") or name), proxy_name=name, service=name,
                       service_id=str(registration.get("ID") or name), bind_address=bind_host, bind_port=0,
