@@ -143,6 +143,7 @@ GUARDS: dict[tuple[str, str], Guard] = {
     ("GET", "/v1/agent/connect/ca/leaf/{service}"): seg("service", "write", "service"),
     ("POST", "/v1/agent/connect/authorize"): INSIDE,
     ("GET", "/v1/agent/connect/ca/roots"): NONE,
+    ("GET", "/v1/agent/connect/tap/{service}"): seg("service", "read", "service"),  # request paths: service:read
     ("GET", "/v1/agent/debug/profile"): OP_READ,
     ("PUT", "/v1/agent/debug/partition"): OP_WRITE,
     # catalog and health (listings are filtered in run_query)

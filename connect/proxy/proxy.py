@@ -15,10 +15,11 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 
 from proconsul.connect.proxy import http, listeners
@@ -37,12 +38,14 @@ from proconsul.connect.proxy.config import (
 )
 from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
+from proconsul.connect.proxy.tap import Subscriber, TapError, TapFilter, parse_rate
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
 from proconsul.connect.proxy.tracing import TracingSettings
 
 log = logging.getLogger("proconsul.proxy")
 WARMING_MAX = 2.0  # seconds a new chain waits for its new targets' first instance lists
+TAP_HEARTBEAT = 2.0  # seconds between blank lines on an idle /tap stream
 
 
 class ProxyError(Exception):
@@ -601,6 +604,10 @@ class Proxy:
             return web.Response(text="ready\n" if self.ready.is_set() else "starting\n",
                                 status=200 if self.ready.is_set() else 503)
 
+        async def tap(request: web.Request) -> web.StreamResponse:
+            return await stream_tap(request, current, lambda rt: self.rt is not rt or self._admin is None)
+
+        app.router.add_get("/tap", tap)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/stats", stats)
         app.router.add_get("/refusals", refusals)
@@ -636,12 +643,47 @@ class Proxy:
                 "Pending": len(b.pending), "Overflows": b.overflows, "Peak": b.peak}
                 for u in rt.upstreams.values() if (b := rt.breakers.get(u.key)) is not None},
             "AccessLogLines": rt.access_log.lines if rt.access_log is not None else 0,
+            "TapWatchers": len(rt.tap.subscribers) if rt.tap is not None else 0,
             "RateLimited": rt.rate_limiter.limited if rt.rate_limiter is not None else 0,
             "TracingSpans": {"Exported": rt.tracer.exported, "Dropped": rt.tracer.dropped,
                              "Queued": len(rt.tracer.queue), "ExportFailures": rt.tracer.failures}
             if rt.tracer is not None else None,
         })
         return snap
+
+
+async def stream_tap(request: web.Request, current: Callable[[], Runtime],
+                     gone: Callable[[Runtime], bool]) -> web.StreamResponse:
+    """`GET /tap` on the admin listener: this proxy's requests as newline-delimited JSON while the caller
+    reads (tap.py); a blank line every HEARTBEAT seconds when nothing passes, so a caller that went away is
+    noticed and the watcher removed. Ends when the proxy starts over with a new runtime."""
+    try:
+        flt, rate = TapFilter.parse(request.query), parse_rate(request.query.get("max_rps"))
+    except TapError as e:
+        return web.Response(status=400, text=f"tap: {e}\n")
+    rt = current()
+    sub = Subscriber(flt, rate, time.monotonic())
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    rt.watch(sub)
+    log.info("tap: a watcher started (%s)", request.query_string or "everything")
+    try:
+        await resp.write(b"\n")
+        while not gone(rt):
+            try:
+                await asyncio.wait_for(sub.wake.wait(), TAP_HEARTBEAT)
+            except TimeoutError:
+                await resp.write(b"\n")
+                continue
+            batch = sub.take()
+            if batch:
+                await resp.write(b"".join(orjson.dumps(ev) + b"\n" for ev in batch))
+    except (ConnectionResetError, RuntimeError):  # the watcher went away
+        pass
+    finally:
+        rt.unwatch(sub)
+        log.info("tap: a watcher ended")
+    return resp
 
 
 def _tune_gc() -> None:
