@@ -681,7 +681,8 @@ def _load_components(agent: Agent) -> None:
     """Attach optional components (DNS, UI, Connect) that register listeners or HTTP routes."""
     import importlib
 
-    for module_name in ("proconsul.dns.service", "proconsul.agent.api.ui", "proconsul.agent.api.connect"):
+    for module_name in ("proconsul.dns.service", "proconsul.agent.api.ui", "proconsul.agent.api.connect",
+                        "proconsul.agent.api.canary"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
