@@ -22,7 +22,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from proconsul.connect.proxy import http, listeners
+from proconsul.connect.proxy import h2relay, http, listeners
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.authz import IntentionPolicy
@@ -544,7 +544,11 @@ class Proxy:
 
         def protocol() -> asyncio.Protocol:
             cur = rt.upstreams.get(key, up)
-            return http.UpstreamFront(rt, cur) if cur.protocol == "http" else listeners.UpstreamSide(rt, cur)
+            if cur.protocol == "http":
+                return http.UpstreamFront(rt, cur)
+            if cur.protocol in ("http2", "grpc"):
+                return h2relay.H2UpstreamFront(rt, cur)
+            return listeners.UpstreamSide(rt, cur)
 
         try:
             server = await asyncio.get_running_loop().create_server(protocol, up.local_bind_address,

@@ -75,6 +75,7 @@ class Runtime:
         self.rate_limiter: RateLimiter | None = None  # service-defaults RateLimits of this service
         self.tracer: Tracer | None = None  # proxy-defaults Config.tracing
         self.tap: Tap | None = None  # live tap watchers (tap.py); None while nobody watches
+        self.h2_backs: dict[str, Any] = {}  # instance key -> the HTTP/2 connection to it (h2relay.py)
         self._tracer_task: asyncio.Task[Any] | None = None
         self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
         self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)
