@@ -17,6 +17,8 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proconsul.proxy")
 Headers = list[tuple[bytes, bytes]]
+Acker = Callable[[int], None]
 
 
 class _Stream:
@@ -45,7 +48,8 @@ class _Stream:
         self.front, self.fsid = front, fsid
         self.back: H2Back | None = None
         self.bsid = 0
-        self.waiting: list[tuple[str, Any, bool]] = []  # ("headers"|"data", payload, end) before the back is up
+        # ("open"|"headers"|"data", payload, end) until the instance's connection is up; data is (bytes, acker)
+        self.waiting: list[tuple[str, Any, bool]] = []
         self.responded = False
         self.grpc = grpc
 
@@ -58,7 +62,7 @@ class _H2Side(asyncio.Protocol):
             client_side=client, header_encoding=None, validate_inbound_headers=False,
             normalize_inbound_headers=False))
         self.transport: asyncio.Transport | None = None
-        self.outbox: dict[int, list[list[Any]]] = {}  # stream id -> [[data, end], …] waiting for window
+        self.outbox: dict[int, list[list[Any]]] = {}  # stream id -> [[data, end, on_sent], …] waiting for window
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,18 +82,27 @@ class _H2Side(asyncio.Protocol):
             log.debug("h2: cannot send headers on stream %d: %s", sid, e)
         self.flush()
 
-    def send_data(self, sid: int, data: bytes, end: bool) -> None:
-        self.outbox.setdefault(sid, []).append([data, end])
+    def send_data(self, sid: int, data: bytes, end: bool, on_sent: Acker | None = None) -> None:
+        """Queue `data` on stream `sid` and send what the windows allow; `on_sent(n)` as bytes go out (it opens
+        the window of the connection they came from, so a slow reader holds its writer back rather than
+        filling memory here)."""
+        self.outbox.setdefault(sid, []).append([data, end, on_sent])
         self.pump(sid)
+
+    def drop(self, sid: int) -> None:
+        """Forget what waits on stream `sid`, releasing its bytes on the connections they came from."""
+        for data, _, on_sent in self.outbox.pop(sid, None) or ():
+            if on_sent is not None and data:
+                on_sent(len(data))
 
     def pump(self, sid: int) -> None:
         box = self.outbox.get(sid)
         while box:
-            data, end = box[0]
+            data, end, on_sent = box[0]
             try:
                 window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
             except (h2.exceptions.ProtocolError, KeyError):
-                self.outbox.pop(sid, None)
+                self.drop(sid)
                 return
             if not data:
                 if end:
@@ -100,6 +113,8 @@ class _H2Side(asyncio.Protocol):
                 break
             chunk, rest = data[:window], data[window:]
             self.conn.send_data(sid, chunk, end_stream=end and not rest)
+            if on_sent is not None:
+                on_sent(len(chunk))
             if rest:
                 box[0][0] = rest
             else:
@@ -108,8 +123,18 @@ class _H2Side(asyncio.Protocol):
             self.outbox.pop(sid, None)
         self.flush()
 
+    def ack(self, sid: int, n: int) -> None:
+        """Open our receive window on stream `sid` by `n` bytes."""
+        if n <= 0 or self.closed:
+            return
+        try:
+            self.conn.acknowledge_received_data(n, sid)
+        except (h2.exceptions.ProtocolError, KeyError):
+            return  # the stream is gone: nothing to open
+        self.flush()
+
     def reset(self, sid: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
-        self.outbox.pop(sid, None)
+        self.drop(sid)
         try:
             self.conn.reset_stream(sid, code)
         except (h2.exceptions.ProtocolError, KeyError):
@@ -158,8 +183,8 @@ class H2Back(_H2Side):
                 s.front.send_headers(s.fsid, ev.headers, ev.stream_ended is not None)
                 self._ended(s, ev.stream_ended is not None)
             elif isinstance(ev, h2.events.DataReceived) and s is not None:
-                s.front.send_data(s.fsid, ev.data, ev.stream_ended is not None)
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                self.ack(ev.stream_id, ev.flow_controlled_length - len(ev.data))  # padding: nothing to forward
+                s.front.send_data(s.fsid, ev.data, ev.stream_ended is not None, partial(self.ack, ev.stream_id))
                 self._ended(s, ev.stream_ended is not None)
             elif isinstance(ev, h2.events.TrailersReceived) and s is not None:
                 s.front.send_headers(s.fsid, ev.headers, True)
@@ -183,6 +208,8 @@ class H2Back(_H2Side):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        for sid in list(self.outbox):
+            self.drop(sid)
         if self.rt.h2_backs.get(self.key) is self:
             del self.rt.h2_backs[self.key]
         for s in self.streams.values():
@@ -220,8 +247,8 @@ class H2UpstreamFront(_H2Side):
                 continue
             s = self.streams.get(getattr(ev, "stream_id", 0) or 0)
             if isinstance(ev, h2.events.DataReceived) and s is not None:
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                self._forward(s, "data", ev.data, ev.stream_ended is not None)
+                self.ack(ev.stream_id, ev.flow_controlled_length - len(ev.data))  # padding: nothing to forward
+                self._forward(s, "data", (ev.data, partial(self.ack, ev.stream_id)), ev.stream_ended is not None)
             elif isinstance(ev, h2.events.TrailersReceived) and s is not None:
                 self._forward(s, "headers", ev.headers, True)
             elif isinstance(ev, h2.events.StreamReset) and s is not None:
@@ -238,7 +265,7 @@ class H2UpstreamFront(_H2Side):
         if s.back is None:
             s.waiting.append((kind, payload, end))
         elif kind == "data":
-            s.back.send_data(s.bsid, payload, end)
+            s.back.send_data(s.bsid, payload[0], end, payload[1])
         else:
             s.back.send_headers(s.bsid, payload, end)
 
@@ -298,7 +325,7 @@ class H2UpstreamFront(_H2Side):
             if kind == "open":
                 back.open(s, payload, end)
             elif kind == "data":
-                back.send_data(s.bsid, payload, end)
+                back.send_data(s.bsid, payload[0], end, payload[1])
             else:
                 back.send_headers(s.bsid, payload, end)
         s.waiting.clear()
@@ -306,6 +333,10 @@ class H2UpstreamFront(_H2Side):
     def fail(self, s: _Stream, status: int, grpc_status: int, message: str) -> None:
         """Answer a stream here: gRPC's trailers-only response for a gRPC call, else an HTTP status."""
         self.streams.pop(s.fsid, None)
+        for kind, payload, _ in s.waiting:  # what the application sent for it will not be forwarded: release it
+            if kind == "data":
+                payload[1](len(payload[0]))
+        s.waiting.clear()
         self.link.failed += 1
         if s.grpc:
             headers = [(b":status", b"200"), (b"content-type", b"application/grpc"),
@@ -319,6 +350,8 @@ class H2UpstreamFront(_H2Side):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.link.active -= 1
+        for sid in list(self.outbox):  # responses nobody will read: release them on the shared connections
+            self.drop(sid)
         for s in self.streams.values():
             if s.back is not None:
                 s.back.streams.pop(s.bsid, None)
