@@ -41,8 +41,8 @@ async def dial(rt: Runtime, up: Upstream, inst: Instance, link: Link,
     async with asyncio.timeout(up.connect_timeout):
         tls = await connect_tls(ctx, app, inst.address, inst.port, handshake_timeout=up.connect_timeout,
                                 scratch=rt.tls_scratch,
-                                server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter,
-                                                         rt.trust_domain))
+                                server_hostname=inst.sni or sni_name(inst.service, inst.datacenter or rt.datacenter,
+                                                                     rt.trust_domain))
     uri = peer_uri(tls.sslobj) or ""
     if not rt.is_identity_of(uri, inst.service):
         tls.abort()
