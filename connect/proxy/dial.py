@@ -24,8 +24,10 @@ class DialRefused(Exception):
 
 
 def instance_key(inst: Instance) -> str:
-    """Which sidecar a pooled connection or a TLS session belongs to."""
-    return f"{inst.id}@{inst.address}:{inst.port}"
+    """Which sidecar a pooled connection or a TLS session belongs to. Through a mesh gateway one address
+    leads to many destinations: the SNI is part of the key, so a kept-alive connection made for one
+    target (`api.default.dc2…`) is never reused for another (`v2.api.default.dc2…`)."""
+    return f"{inst.id}@{inst.address}:{inst.port}" + (f"/{inst.sni}" if inst.sni else "")
 
 
 async def dial(rt: Runtime, up: Upstream, inst: Instance, link: Link,

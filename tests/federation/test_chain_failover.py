@@ -1,4 +1,5 @@
-"""Discovery chains that cross datacenters, end to end: two real datacenters, sidecars and mesh gateways.
+"""Discovery chains that cross datacenters, end to end: two real datacenters, sidecars and mesh gateways,
+once with tcp services (L4) and once in HTTP mode.
 
 dc1 (primary) runs `api` and `web`; dc2 runs two `api` instances (meta version v1 and v2). Config entries
 written in dc1 (replicated to dc2): proxy-defaults `MeshGateway { Mode = "local" }`; `api`'s resolver
@@ -18,11 +19,12 @@ from support import AgentProcess, free_port, wait_for
 from support_federation import Gateway
 from support_mesh import Backends, ProxyProcess, http_get, wait_passing
 
-pytestmark = pytest.mark.xdist_group("federation")
+pytestmark = pytest.mark.xdist_group("federation-chain")  # its own worker: beside, not after, the others
 
 
 class ChainDCs:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, protocol: str) -> None:
+        self.protocol = protocol
         conf = tmp / "fed.json"
         tmp.mkdir(parents=True, exist_ok=True)
         conf.write_text(json.dumps({"primary_datacenter": "dc1",
@@ -42,7 +44,8 @@ class ChainDCs:
         roots = a.get("/v1/connect/ca/roots")[1]
         wait_for(lambda: b.get("/v1/connect/ca/roots")[1]["ActiveRootID"] == roots["ActiveRootID"], 15,
                  message="dc2 to follow dc1's CA")
-        for kind, entry in (("proxy-defaults", {"Name": "global", "MeshGateway": {"Mode": "local"}}),
+        for kind, entry in (("proxy-defaults", {"Name": "global", "MeshGateway": {"Mode": "local"},
+                                                **({"Config": {"protocol": "http"}} if self.protocol == "http" else {})}),
                             ("service-resolver", {"Name": "api", "Subsets": {
                                 "v2": {"Filter": "Service.Meta.version == v2"}},
                                 "Failover": {"*": {"Datacenters": ["dc2"]}}}),
@@ -88,9 +91,10 @@ class ChainDCs:
         self.backends.close()
 
 
-@pytest.fixture(scope="module")
-def dcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainDCs]:
-    d = ChainDCs(tmp_path_factory.mktemp("chain-failover"))
+@pytest.fixture(scope="module", params=["tcp", "http"])
+def dcs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainDCs]:
+    """Both data paths: L4 (a target per connection) and HTTP mode (per request, kept-alive connections)."""
+    d = ChainDCs(tmp_path_factory.mktemp(f"chain-failover-{request.param}"), request.param)
     try:
         d.start()
         yield d
@@ -148,3 +152,6 @@ def test_failover_to_the_other_datacenter_when_the_local_instances_die(dcs: Chai
     target = dcs.web.admin("/stats")["ChainTargets"]["api.default.default.dc2"]
     assert (target["Datacenter"], target["Via"], target["Healthy"]) == ("dc2", "local mesh gateway", 1)
     assert dcs.web.admin("/stats")["UpstreamInstances"]["api"]["Healthy"] == 0
+    # Connections through dc1's gateway to api in dc2 exist now (kept alive in HTTP mode): the subset
+    # target through the same gateway still gets only its own (v2) instance, never a reused connection.
+    assert {http_get(dcs.legacy_up, f"/v2-again/{i}")[1]["backend"] for i in range(8)} == {"api-dc2-v2"}
