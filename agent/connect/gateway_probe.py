@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from proconsul.connect.proxy.addresses import mesh_gateway_address
+
 log = logging.getLogger("proconsul.connect")
 INTERVAL = 5.0
 PROBE_TIMEOUT = 1.0
@@ -44,16 +46,11 @@ class Probe:
 def gateway_addresses(entries: list[dict[str, Any]], *, local: bool) -> list[tuple[str, int]]:
     """The address traffic uses for each mesh gateway of a health answer: `lan` here, `wan` elsewhere
     (falling back to the service's, then the node's address)."""
-    out = []
+    out: list[tuple[str, int]] = []
     for e in entries:
-        node, svc = e.get("Node") or {}, e.get("Service") or {}
-        if svc.get("Kind") != "mesh-gateway":
-            continue
-        tagged = (svc.get("TaggedAddresses") or {}).get("lan" if local else "wan") or {}
-        address = tagged.get("Address") or svc.get("Address") or node.get("Address") or ""
-        port = int(tagged.get("Port") or svc.get("Port") or 0)
-        if address and port and (address, port) not in out:
-            out.append((address, port))
+        where = mesh_gateway_address(e, local=local)
+        if where is not None and where not in out:
+            out.append(where)
     return out
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from proconsul.connect.proxy.addresses import mesh_gateway_address, tagged_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.sni import (
@@ -252,15 +253,8 @@ class MeshGateway:
 
 
 def _address(entry: dict[str, Any], *, wan: bool) -> tuple[str, int] | None:
-    node, svc = entry.get("Node") or {}, entry.get("Service") or {}
-    if wan:
-        if svc.get("Kind") != "mesh-gateway":
-            return None
-        tagged = (svc.get("TaggedAddresses") or {}).get("wan") or {}
-        if tagged.get("Address") and tagged.get("Port"):
-            return tagged["Address"], int(tagged["Port"])
-    address = svc.get("Address") or node.get("Address") or ""
-    return (address, int(svc["Port"])) if address and svc.get("Port") else None
+    """A remote datacenter's gateway at its `wan` address, or a sidecar here at its own."""
+    return mesh_gateway_address(entry, local=False) if wan else tagged_address(entry, "")
 
 
 async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from proconsul.connect.proxy import http, listeners
+from proconsul.connect.proxy.addresses import mesh_gateway_address
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.authz import IntentionPolicy
@@ -81,15 +82,11 @@ def gateway_instances(entries: list[dict[str, Any]], *, local: bool, destination
     address (mode remote). The peer must still present `destination`'s identity: the gateways only splice."""
     out = []
     for e in entries:
-        node, svc = e.get("Node") or {}, e.get("Service") or {}
-        if svc.get("Kind") != "mesh-gateway":
-            continue
-        tagged = (svc.get("TaggedAddresses") or {}).get("lan" if local else "wan") or {}
-        address = tagged.get("Address") or svc.get("Address") or node.get("Address") or ""
-        port = int(tagged.get("Port") or svc.get("Port") or 0)
-        if address and port:
-            out.append(Instance(id=f"gateway/{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=port,
-                                service=destination, datacenter=datacenter, sni=sni))
+        where = mesh_gateway_address(e, local=local)
+        if where is not None:
+            node, svc = e.get("Node") or {}, e.get("Service") or {}
+            out.append(Instance(id=f"gateway/{node.get('Node', '')}/{svc.get('ID', '')}", address=where[0],
+                                port=where[1], service=destination, datacenter=datacenter, sni=sni))
     return out
 
 

@@ -10,13 +10,12 @@ target's SNI (`[v2.]api.default.dc2.internal.<trust-domain>`) in the clear and n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_federation import Gateway
+from support_federation import Gateway, start_two, two_datacenters
 from support_mesh import Backends, ProxyProcess, http_get, wait_passing
 
 pytestmark = pytest.mark.xdist_group("federation-chain")  # its own worker: beside, not after, the others
@@ -25,25 +24,15 @@ pytestmark = pytest.mark.xdist_group("federation-chain")  # its own worker: besi
 class ChainDCs:
     def __init__(self, tmp: Path, protocol: str) -> None:
         self.protocol = protocol
-        conf = tmp / "fed.json"
-        tmp.mkdir(parents=True, exist_ok=True)
-        conf.write_text(json.dumps({"primary_datacenter": "dc1",
-                                    "gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms"}}))
         self.tmp = tmp
-        self.a = AgentProcess(tmp / "a", args=["--node", "a", "--datacenter", "dc1", "--config-file", str(conf)])
-        self.b = AgentProcess(tmp / "b", args=["--node", "b", "--datacenter", "dc2", "--config-file", str(conf),
-                                                "--retry-join-wan", f"127.0.0.1:{self.a.serf_wan_port}"])
+        self.a, self.b = two_datacenters(tmp)
         self.backends = Backends()
         self.procs: list[ProxyProcess | Gateway] = []
         self.api_up, self.legacy_up = free_port(), free_port()
 
     def start(self) -> None:
         a, b = self.a, self.b
-        a.start()
-        b.start()
-        roots = a.get("/v1/connect/ca/roots")[1]
-        wait_for(lambda: b.get("/v1/connect/ca/roots")[1]["ActiveRootID"] == roots["ActiveRootID"], 15,
-                 message="dc2 to follow dc1's CA")
+        start_two(a, b)
         for kind, entry in (("proxy-defaults", {"Name": "global", "MeshGateway": {"Mode": "local"},
                                                 **({"Config": {"protocol": "http"}} if self.protocol == "http" else {})}),
                             ("service-resolver", {"Name": "api", "Subsets": {

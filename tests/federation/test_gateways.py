@@ -3,13 +3,12 @@ same mTLS end to end (the gateways see only ciphertext), intentions checked in d
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import AgentProcess, free_port, ok, wait_for
-from support_federation import Gateway
+from support import free_port, ok, wait_for
+from support_federation import Gateway, start_two, two_datacenters
 from support_mesh import Backends, ProxyProcess, http_get, wait_passing
 
 pytestmark = pytest.mark.xdist_group("federation")
@@ -17,24 +16,15 @@ pytestmark = pytest.mark.xdist_group("federation")
 
 class TwoDCs:
     def __init__(self, tmp: Path) -> None:
-        conf = tmp / "fed.json"
-        tmp.mkdir(parents=True, exist_ok=True)
-        conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms"}}))
         self.tmp = tmp
-        self.a = AgentProcess(tmp / "a", args=["--node", "a", "--datacenter", "dc1", "--config-file", str(conf)])
-        self.b = AgentProcess(tmp / "b", args=["--node", "b", "--datacenter", "dc2", "--config-file", str(conf),
-                                                "--retry-join-wan", f"127.0.0.1:{self.a.serf_wan_port}"])
+        self.a, self.b = two_datacenters(tmp)
         self.backends = Backends()
         self.procs: list[ProxyProcess | Gateway] = []
         self.local_up, self.remote_up, self.default_up = free_port(), free_port(), free_port()
 
     def start(self) -> None:
         a, b = self.a, self.b
-        a.start()
-        b.start()
-        roots = a.get("/v1/connect/ca/roots")[1]
-        wait_for(lambda: b.get("/v1/connect/ca/roots")[1]["ActiveRootID"] == roots["ActiveRootID"], 15,
-                 message="dc2 to follow dc1's CA")
+        start_two(a, b)
         assert b.put("/v1/agent/service/register", {"Name": "db", "Port": self.backends.http("db"),
                                                      "Connect": {"SidecarService": {}}})[0] == 200
         upstreams = [{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.local_up,
