@@ -11,6 +11,7 @@ so every `?dc=` endpoint, blocking queries included, behaves there exactly as it
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -47,20 +48,49 @@ def _timeout(request: web.Request) -> float:
     return min(max(wait, 0.0), cfg.max_query_time) * 17 / 16 + FORWARD_SLACK
 
 
+async def _request_args(request: web.Request, query: str) -> dict[str, Any]:
+    body = await request.read() if request.can_read_body else b""
+    headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
+    return {"method": request.method, "path": request.rel_url.raw_path, "query": query, "headers": headers,
+            "body": body}
+
+
 async def forward_request(request: web.Request, datacenter: str) -> web.Response:
     """Send this request to `datacenter` and answer with what its server answered."""
     agent = request.app["agent"]
-    body = await request.read() if request.can_read_body else b""
-    headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
     # The far end must serve it itself: `dc` names it (a write sent on to the primary drops the secondary's).
     query = "&".join([p for p in request.rel_url.raw_query_string.split("&") if p and not p.startswith("dc=")]
                      + [f"dc={datacenter}"])
-    args = {"method": request.method, "path": request.rel_url.raw_path, "query": query,
-            "headers": headers, "body": body}
+    args = await _request_args(request, query)
     timeout = _timeout(request)
     status, out_headers, out_body = await agent.cluster.forward_dc(
         datacenter, "http.serve", args, timeout, idempotent=request.method in ("GET", "HEAD"))
     return web.Response(status=status, body=out_body, headers=out_headers)
+
+
+def on_leader(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The ACL endpoints (with ACLs on) are served by the leader, as Consul's ACL RPCs are: a client agent or a
+    follower sends the whole request there (`http.serve` with `leader`), so bootstrap, login and every
+    ACL write run where the catalog is written, checked by that server's HTTP layer against its replica."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        agent = request.app["agent"]
+        if agent.is_leader():
+            return await handler(request)
+        args = dict(await _request_args(request, request.rel_url.raw_query_string), leader=True)
+        if agent.loopback is not None:
+            status, out_headers, out_body = await agent.loopback.serve(args)
+        else:
+            status, out_headers, out_body = await agent.cluster.call_any_server(
+                "http.serve", args, PLAIN_TIMEOUT, request.method in ("GET", "HEAD"))
+        if request.method not in ("GET", "HEAD") and agent.acl is not None:
+            agent.acl.invalidate()  # this agent's cached tokens may have changed there
+        return web.Response(status=status, body=out_body, headers=out_headers)
+
+    handle.__name__ = getattr(handler, "__name__", "handler")
+    handle.__doc__ = handler.__doc__
+    return handle
 
 
 class LoopbackClient:
@@ -89,6 +119,15 @@ class LoopbackClient:
             raise ClusterError("http.serve needs a method, a /v1/ path, a query, headers and a body")
         if path.startswith("/v1/agent/"):  # never forwarded: an agent's own endpoints are not the datacenter's
             raise ClusterError(f"http.serve does not serve {path}: agent endpoints answer only locally")
+        server = self.agent.server
+        if args.get("leader") and server is not None and not self.agent.is_leader():
+            here = dict(args, leader=False)
+            return await server.on_leader(lambda: self._serve_here(here), "http.serve", args, timeout=PLAIN_TIMEOUT)
+        return await self._serve_here(args)
+
+    async def _serve_here(self, args: dict[str, Any]) -> list[Any]:
+        method, path, query = args["method"], args["path"], args.get("query", "")
+        headers, body = args.get("headers") or {}, args.get("body") or b""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                                   skip_auto_headers=("Accept-Encoding", "User-Agent"))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from proconsul.agent.cluster.autopilot_driver import AutopilotDriver
+from proconsul.agent.cluster.caller import with_token
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
@@ -312,14 +313,14 @@ class Cluster:
         """Send an RPC to a server of another datacenter: through the router on a server, through a
         server of ours on a client agent (clients never dial other datacenters)."""
         if self.router is not None:
-            return await self.router.call(datacenter, method, args, timeout, idempotent=idempotent,
+            return await self.router.call(datacenter, method, self.stamp(args), timeout, idempotent=idempotent,
                                           now=lambda: asyncio.get_running_loop().time())
         if self.raft is not None:  # a server with its WAN port off: it knows no other datacenter
             from proconsul.agent.cluster.errors import NoPathToDatacenter
 
             raise NoPathToDatacenter(datacenter)
         return await self.call_any_server("federation.forward", {
-            "dc": datacenter, "method": method, "args": args, "timeout": timeout, "idempotent": idempotent},
+            "dc": datacenter, "method": method, "args": self.stamp(args), "timeout": timeout, "idempotent": idempotent},
             timeout=None if timeout is None else timeout + 5.0, idempotent=idempotent)
 
     @property
@@ -506,8 +507,13 @@ class Cluster:
         log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")
 
     # ------------------------------------------------------------------ forwarding
+    def stamp(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments with the caller's token (the agent's own for its own work): with ACLs on,
+        the server that runs the call checks it (rpc_acl.py)."""
+        return with_token(args, self.host.own_token()) if self.config.acl.enabled else args
+
     async def forward(self, address: str, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
-        return await self.pool.call(address, method, args, timeout)
+        return await self.pool.call(address, method, self.stamp(args), timeout)
 
     async def call_any_server(self, method: str, args: dict[str, Any], timeout: float | None = None,
                               idempotent: bool = True) -> Any:
@@ -517,6 +523,7 @@ class Cluster:
         self.rng.shuffle(servers)
         if not servers:
             raise NoLeader("No known Consul servers")
+        args = self.stamp(args)
         last: Exception | None = None
         for m in servers:
             try:

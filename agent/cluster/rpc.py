@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from proconsul.agent.cluster.caller import TOKEN_ARG, set_caller_token
 from proconsul.catalog import errors as catalog_errors
 
 log = logging.getLogger("proconsul.rpc")
@@ -66,12 +67,13 @@ _KINDS: dict[str, type[Exception]] = {
     "NotLeaderError": NoLeader,  # the server role's "No cluster leader": nothing was proposed
     "UnknownMethod": UnknownMethod,
 }
-_EXTRA_KINDS: dict[str, type[Exception]] = {}
+_EXTRA_KINDS: dict[str, Callable[[str], Exception]] = {}
 
 
-def register_error(exc_type: type[Exception]) -> None:
-    """Let another component's exception type cross RPC as itself (it must take one message argument)."""
-    _EXTRA_KINDS[exc_type.__name__] = exc_type
+def register_error(exc_type: type[Exception], make: Callable[[str], Exception] | None = None) -> None:
+    """Let another component's exception type cross RPC as itself: built from its message by `make`, else
+    by the type itself (which must then take one message argument)."""
+    _EXTRA_KINDS[exc_type.__name__] = make or exc_type
 
 
 def error_to_wire(exc: BaseException) -> list[str]:
@@ -98,6 +100,8 @@ async def read_frame(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -
 
 
 Method = Callable[[dict[str, Any]], Awaitable[Any]]
+# Checks a call before it runs (raising refuses it) and may return what to do to its result (ACLs).
+Guard = Callable[[str, dict[str, Any]], Awaitable[Callable[[Any], Any] | None]]
 
 
 class CoalescingWriter:
@@ -128,6 +132,7 @@ class RPCServer:
 
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
+        self.guard: Guard | None = None
         self.stats = {"calls": 0, "errors": 0, "bad_frames": 0}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -164,7 +169,12 @@ class RPCServer:
         try:
             if method is None:
                 raise UnknownMethod(f"unknown RPC method {name!r}")
+            # Calls this one makes (a follower's forward to the leader) carry the caller's token, never ours.
+            set_caller_token(str(args.get(TOKEN_ARG) or ""))
+            post = await self.guard(name, args) if self.guard is not None else None
             result = await method(args)
+            if post is not None:
+                result = post(result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
