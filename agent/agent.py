@@ -79,6 +79,11 @@ class Agent:
         self.acl: Resolver | None = self._acl_resolver() if config.acl.enabled else None
         if self.acl is not None and self.store is not None:  # every RPC is checked against its token
             self.cluster.rpc.guard = RPCGuard(self.acl, self.store)
+            resolver = self.acl
+
+            async def acl_resolve(args: dict[str, Any]) -> Any:
+                return list(await resolver.bundle(str(args.get("secret") or "")))
+            self.cluster.rpc.register("acl.resolve", acl_resolve)
         self.node = {
             "ID": config.node_id,
             "Node": config.node_name,
@@ -141,14 +146,22 @@ class Agent:
 
         async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
             with acting_as(secret):  # whoever holds a secret may resolve it
-                return await self.backend.query("acl.token_bundle", {"secret": secret}, 0, 0.0, "stale")
+                index, bundle = await self.cluster.call_any_server("acl.resolve", {"secret": secret}, 10.0)
+            return index, bundle
+
+        async def fetch_remote(secret: str) -> tuple[int, dict[str, Any]]:
+            with acting_as(secret):  # a secondary's server asks the primary for a token it has not replicated
+                index, bundle = await self.cluster.forward_dc(self.config.primary_datacenter, "acl.resolve",
+                                                              {"secret": secret}, 10.0, True)
+            return index, bundle
 
         def fetch_local(secret: str) -> tuple[int, dict[str, Any]]:
             return query.run(store, {"secret": secret})  # a server resolves from its own replica
 
         resolver = Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
                             datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
-                            clock=time.monotonic, wall=time.time, fetch_local=fetch_local if store is not None else None)
+                            clock=time.monotonic, wall=time.time, fetch_local=fetch_local if store is not None else None,
+                            fetch_remote=fetch_remote if self.cluster.secondary else None)
         if store is not None:
             acl_tables = frozenset(ACL_TABLES)
 

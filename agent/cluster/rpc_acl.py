@@ -16,7 +16,7 @@ from proconsul.agent.acl import enforce
 from proconsul.agent.acl.authorizer import Authorizer
 from proconsul.agent.acl.errors import ACLNotFound, PermissionDenied
 from proconsul.agent.acl.filters import QUERY_FILTERS, filter_query
-from proconsul.agent.acl.resolver import Resolver
+from proconsul.agent.acl.resolver import ACLUnavailable, Resolver
 from proconsul.agent.cluster.caller import TOKEN_ARG
 from proconsul.agent.cluster.rpc import register_error
 from proconsul.catalog import commands as c
@@ -30,6 +30,7 @@ Check = Callable[[Authorizer, dict[str, Any], "StoreView"], Post]
 # server's words ("Permission denied: token with AccessorID '…' lacks permission 'key:write' on …").
 register_error(PermissionDenied, lambda m: PermissionDenied(detail=m.removeprefix("Permission denied").lstrip(": ")))
 register_error(ACLNotFound, lambda m: ACLNotFound())
+register_error(ACLUnavailable)
 
 
 class StoreView:
@@ -266,6 +267,8 @@ class RPCGuard:
         authz = self.resolver.cached(token) or await self.resolver.resolve(token)
         if method == "catalog.query":
             return _query(authz, args, self.view, token)
+        if method == "acl.resolve":  # whoever holds a secret may resolve it
+            return _token_bundle(authz, args, self.view, token)
         check = RPC_CHECKS.get(method, MANAGEMENT)
         return check(authz, args, self.view)
 
