@@ -618,7 +618,9 @@ class Agent:
                 if self.server is not None:
                     tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
                     if self.acl is not None:
-                        tg.create_task(leader_setup(self.acl_state, self.acl_tokens.get("initial_management", ""),
+                        # A secondary that replicates ACLs gets its management tokens from the primary.
+                        initial = "" if self.cluster.acl_replication else self.acl_tokens.get("initial_management", "")
+                        tg.create_task(leader_setup(self.acl_state, initial,
                                                     self.is_leader, self.wait_leadership, self._stop),
                                        name="acl-setup")
                     if cfg.config_entries:

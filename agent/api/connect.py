@@ -293,7 +293,7 @@ def attach(agent: Any) -> None:
 
             cfg = agent.config
             server.secondary = SecondaryCA(agent.store, cfg.datacenter, cfg.primary_datacenter,
-                                           agent.cluster.forward_dc, agent.backend.apply,
+                                           agent.cluster.forward_primary, agent.backend.apply,
                                            str((cfg.connect_ca_config or {}).get("leaf_cert_ttl", "72h")))
             agent.cluster.report_parts["SecondaryCA"] = server.secondary.report
         agent.connect = server

@@ -10,6 +10,7 @@ so every `?dc=` endpoint, blocking queries included, behaves there exactly as it
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -76,6 +77,12 @@ def on_leader(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 
     async def handle(request: web.Request) -> web.StreamResponse:
         agent = request.app["agent"]
+        primary = await _primary_owned(request)
+        if primary:
+            response = await forward_request(request, primary)
+            if agent.acl is not None:
+                agent.acl.invalidate()
+            return response
         if agent.is_leader():
             return await handler(request)
         args = dict(await _request_args(request, request.rel_url.raw_query_string), leader=True)
@@ -91,6 +98,36 @@ def on_leader(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     handle.__name__ = getattr(handler, "__name__", "handler")
     handle.__doc__ = handler.__doc__
     return handle
+
+
+_GLOBAL_OBJECTS = ("/v1/acl/policy", "/v1/acl/role", "/v1/acl/token")
+
+
+async def _primary_owned(request: web.Request) -> str:
+    """The primary datacenter, when this is a write, in a secondary that replicates ACLs, of an object the
+    primary owns: policies, roles and global tokens (Consul forwards those; local tokens, auth methods,
+    binding rules and logins stay in the datacenter). "" otherwise."""
+    agent = request.app["agent"]
+    cfg = agent.config
+    path = request.path
+    if (request.method in ("GET", "HEAD") or not cfg.primary_datacenter or cfg.primary_datacenter == cfg.datacenter
+            or not cfg.acl.tokens.get("replication") or not path.startswith(_GLOBAL_OBJECTS)
+            or request.query.get("dc", cfg.datacenter) != cfg.datacenter):
+        return ""
+    if path.startswith("/v1/acl/token"):
+        accessor = request.match_info.get("id", "")
+        if accessor:  # an existing token keeps its locality (update, clone, delete)
+            _, row = await agent.backend.query("table.get", {"table": "acl_tokens", "key": accessor})
+            if row is not None and row.get("Local"):
+                return ""
+        else:
+            try:
+                body = json.loads(await request.read() or b"{}")
+            except ValueError:
+                return ""  # the handler answers the 400
+            if isinstance(body, dict) and body.get("Local"):
+                return ""
+    return cfg.primary_datacenter
 
 
 class LoopbackClient:

@@ -565,7 +565,7 @@ KEYS: dict[str, Setter] = {
         "xds": "the built-in proxy reads the HTTP API, not xDS",
         "rpc": "RPC streaming settings do not apply",
         "disable_coordinates": "network coordinates are not measured yet",
-        "enable_acl_replication": "ACL replication needs WAN federation, which is not built yet",
+        "enable_acl_replication": "ACL replication is on in a secondary once acl.tokens.replication is set",
         "acl_disabled_ttl": "an agent knows whether its servers have ACLs on from its own config",
     }.items()},
     # Cannot be honoured safely: stop with one line rather than run without what was asked.
