@@ -121,6 +121,15 @@ class Agent:
                 self._https_context = https_context(config.https_tls)
             except HTTPSConfigError as e:
                 raise AgentError(str(e)) from None
+        self.auto_encrypt: Any = None
+        if config.auto_encrypt_tls and self.cluster.tls.client is not None:
+            from proconsul.agent.connect.auto_encrypt import AutoEncryptClient
+
+            self.auto_encrypt = AutoEncryptClient(
+                node=config.node_name, node_id=config.node_id, datacenter=config.datacenter,
+                data_dir=config.data_dir, client_ctx=self.cluster.tls.client,
+                call=lambda method, args: self.cluster.call_any_server(method, args, 10.0),
+                reset=self.cluster.pool.close, dns_san=config.auto_encrypt_dns_san)
         self.ready = asyncio.Event()
         self.log_monitor: LogMonitor | None = None  # /v1/agent/monitor's subscribers, while running
         self.telemetry = Telemetry()
@@ -603,6 +612,8 @@ class Agent:
                 await self.cluster.start()
             except ClusterError as e:
                 raise AgentError(str(e)) from None
+            if self.auto_encrypt is not None:  # nothing reaches a server before this agent has its certificate
+                await self.auto_encrypt.obtain(self._stop)
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
             if cfg.https_port >= 0:
@@ -615,6 +626,8 @@ class Agent:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")
                 tg.create_task(self.reap_critical_services(self._stop), name="reaper")
+                if self.auto_encrypt is not None:
+                    tg.create_task(self.auto_encrypt.renew(self._stop), name="auto-encrypt-renew")
                 if self.server is not None:
                     tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
                     if self.acl is not None:

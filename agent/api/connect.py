@@ -297,6 +297,15 @@ def attach(agent: Any) -> None:
                                            str((cfg.connect_ca_config or {}).get("leaf_cert_ttl", "72h")))
             agent.cluster.report_parts["SecondaryCA"] = server.secondary.report
         agent.connect = server
+        if agent.config.auto_encrypt_allow_tls:
+            from proconsul.agent.connect import auto_encrypt
+
+            auto_encrypt.serve(server, agent.cluster.rpc.register, agent.config.datacenter)
+            server_ctx = agent.cluster.tls.server
+            if server_ctx is not None:
+                async def trust_roots(agent: Any, stop: asyncio.Event) -> None:
+                    await auto_encrypt.trust_connect_roots(server, server_ctx, stop)
+                agent.listeners.append(trust_roots)
     else:
         async def call_server(method: str, args: dict[str, Any]) -> Any:
             return await agent.cluster.call_any_server(method, args, timeout=30.0,

@@ -416,7 +416,8 @@ class Cluster:
         cfg = self.config
         server = self.host.server
         assert server is not None
-        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft, self.tls.server)
+        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft, self.tls.server,
+                               self.tls.cert_required)
         bound = await self._listen("server RPC", self.port.start, "server_port")
         if cfg.dev:
             storage: Any = MemoryStorage()

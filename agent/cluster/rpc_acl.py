@@ -252,6 +252,7 @@ RPC_CHECKS: dict[str, Check] = {
     "connect.upsert": _connect_upsert,
     "connect.remove": _connect_remove,
     "connect.sign_intermediate": OP_WRITE,  # a secondary's leader, with its replication token
+    "auto_encrypt.sign": lambda authz, args, view: authz.require("node", str(args.get("node", "")), "write"),
 }
 
 
