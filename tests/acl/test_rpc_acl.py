@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +129,25 @@ def test_client_agent_forwards_the_callers_token(acl_cluster, tmp_path: Path):
         # ACL endpoints on a client agent are served by the leader (login, bootstrap and writes run there).
         assert consul.Consul(port=client.http_port, token=MGMT).acl.policy.create(name="via-client", rules="")
         assert consul.Consul(port=client.http_port, token=tok).acl.token.read_self()["SecretID"] == tok
+        # Connect through the client agent: the leaf is signed by a server for the token that asks for it.
+        web = mgmt.acl.token.create(service_identities=[{"ServiceName": "web"}])["SecretID"]
+        leaf = wait_for(lambda: _get_json(client.http_port, "/v1/agent/connect/ca/leaf/web", web), 20,
+                        message="web's leaf through the client agent")
+        assert leaf["Service"] == "web" and "BEGIN CERTIFICATE" in leaf["CertPEM"]
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            _get_json(client.http_port, "/v1/agent/connect/ca/leaf/db", web)
+        assert denied.value.code == 403
     finally:
         client.stop()
 
 
-def _get(port: int, path: str, token: str) -> tuple[int, dict[str, str]]:
-    import urllib.request
+def _get_json(port: int, path: str, token: str) -> Any:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"X-Consul-Token": token})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
 
+
+def _get(port: int, path: str, token: str) -> tuple[int, dict[str, str]]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"X-Consul-Token": token})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.status, dict(resp.headers)
