@@ -61,6 +61,8 @@ EVENTS = (JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTE
 USER_EVENT_FIELDS = ("LTime", "ID", "Name", "Payload", "NodeFilter", "ServiceFilter", "TagFilter", "Origin")
 SEEN_EVENTS = 4096  # user-event IDs remembered so a rumour is delivered and relayed once
 
+INTENT_TTL = 300.0  # Serf's recent-intent timeout: how long a leave heard before the join is remembered
+MAX_INTENTS = 4096  # leave intents remembered at most (a flood of them cannot grow memory)
 MAX_RELAYS = 4096  # indirect probes we run for others at once; beyond that, requests are dropped
 PACKET_OVERHEAD = 3  # the array header in front of a datagram's messages (up to 65,535 of them)
 
@@ -130,6 +132,9 @@ class Membership:
         self.probe: _Probe | None = None
         self.left = False
         self.running = False
+        # Serf's leave intents: a member that says it left before we heard it join (its join news and its
+        # leave news raced): name -> (incarnation, when). The join that arrives later lands as left.
+        self.intents: dict[str, tuple[int, float]] = {}
         self.want_rtt = False  # emit (RTT, name, (seconds, ack payload)) events: Vivaldi coordinates
         self.ack_payload = b""  # what our acks carry (our coordinate, once coordinates exist)
         self._seq = 0
@@ -459,6 +464,12 @@ class Membership:
         view = self.view
         rec = view.get(name)
         if rec is None:
+            intent = self.intents.pop(name, None)
+            if intent is not None and inc <= intent[0] and now - intent[1] < INTENT_TTL:
+                view.put(Rec(Node(name, addr, port, tags), intent[0], LEFT, now))
+                self._broadcast(now, name, c.dead(intent[0], name, name))
+                self.events.append((LEFT_EVENT, name, intent[0]))
+                return
             view.put(Rec(Node(name, addr, port, tags), inc, ALIVE, now))
             self._broadcast(now, name, c.alive(inc, name, addr, port, tags))
             self.events.append((JOIN, name, inc))
@@ -529,10 +540,14 @@ class Membership:
     def _on_dead(self, now: float, inc: int, name: str, frm: str) -> None:
         view = self.view
         rec = view.get(name)
-        if rec is None or inc < rec.inc:
+        left = frm == name
+        if rec is None:
+            if left and name != self.name:
+                self._remember_intent(now, name, inc)
+            return
+        if inc < rec.inc:
             return
         self.suspicions.pop(name, None)
-        left = frm == name
         if rec.state >= DEAD:
             if left and rec.state == DEAD:  # it was failed here; it says it left (Serf's leave intent)
                 view.put(Rec(rec.node, inc, LEFT, now))
@@ -546,6 +561,17 @@ class Membership:
         self._broadcast(now, name, c.dead(inc, name, frm))
         view.put(Rec(rec.node, inc, LEFT if left else DEAD, now))
         self.events.append((LEFT_EVENT if left else FAILED, name, inc))
+
+    def _remember_intent(self, now: float, name: str, inc: int) -> None:
+        intents = self.intents
+        if len(intents) >= MAX_INTENTS:  # forget the stale ones first; under a flood, the oldest
+            for n in [n for n, (_, t) in intents.items() if now - t >= INTENT_TTL]:
+                del intents[n]
+            while len(intents) >= MAX_INTENTS:
+                del intents[next(iter(intents))]
+        old = intents.get(name)
+        if old is None or inc >= old[0]:
+            intents[name] = (inc, now)
 
     def _refute(self, now: float, accused: int) -> None:
         me = self.me

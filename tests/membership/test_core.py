@@ -464,3 +464,27 @@ def test_a_user_event_reaches_every_member_once_and_an_oversized_one_is_refused(
     assert all(m.event_ltime == 1 for m in net.cores)
     with pytest.raises(Malformed, match="at most 1024 bytes"):
         net.core("m0").fire_event(net.now, "id-2", "big", b"x" * 1100)
+
+
+def test_a_leave_heard_before_the_join_leaves_the_member_left() -> None:
+    """A member that joins through one server and leaves at once: another server may hear the leave before
+    the join news. Serf keeps the leave as an intent, so the join that arrives after it lands as left (it
+    used to be taken as alive, then failed by probes: never deregistered)."""
+    m = core(0)
+    m.running = True
+    m.on_packet(0.0, packet(c.dead(4, "b", "b")))  # b says it left; we never heard of b
+    assert m.view.get("b") is None and m.intents == {"b": (4, 0.0)}
+    m.on_packet(0.5, packet(c.alive(4, "b", "10.0.0.2", 8301, {})))  # its join news, late
+    assert m.view.get("b").state == LEFT and m.events[-1][:2] == (k.LEFT_EVENT, "b")
+    assert "b" not in m.intents
+    m.on_packet(1.0, packet(c.dead(2, "c", "c")))  # an intent is only as good as its incarnation ...
+    m.on_packet(1.0, packet(c.alive(3, "c", "10.0.0.3", 8301, {})))  # ... a newer join (restarted) is a join
+    assert m.view.get("c").state == ALIVE
+    m.on_packet(2.0, packet(c.dead(1, "d", "d")))
+    m.on_packet(2.0 + k.INTENT_TTL, packet(c.alive(1, "d", "10.0.0.4", 8301, {})))  # too old to count
+    assert m.view.get("d").state == ALIVE
+    m.on_packet(3.0, packet(c.dead(1, "e", "x")))  # someone else's word that e died is no intent
+    assert "e" not in m.intents
+    for i in range(k.MAX_INTENTS + 10):  # bounded
+        m.on_packet(4.0, packet(c.dead(1, f"n{i}", f"n{i}")))
+    assert len(m.intents) <= k.MAX_INTENTS
