@@ -45,6 +45,16 @@ def call(method: str, url: str, body: object = None, token: str = "") -> object:
     return json.loads(raw) if raw else None
 
 
+def register_web(url: str, instances: int, token: str) -> None:
+    """`instances` passing instances of web, one per node (http_bench.seed, with a token)."""
+    for i in range(instances):
+        call("PUT", f"{url}/v1/catalog/register", {
+            "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
+            "Service": {"Service": "web", "ID": f"web-{i}", "Port": 8080, "Tags": ["v1"]},
+            "Checks": [{"CheckID": f"web-{i}-alive", "Name": "alive", "ServiceID": f"web-{i}", "Status": "passing"}]},
+             token)
+
+
 def certificates(d: Path) -> tuple[Path, Path]:
     need("openssl", "openssl")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -98,12 +108,7 @@ def client_agent(args: argparse.Namespace, path: str) -> None:
             on_c.extra_args += ["-hcl", acl.format(tokens=f'agent = "{agent_token}"')]
             on_c.start()
             agents.append(on_c)
-            for i in range(50):
-                call("PUT", f"{on_s.url}/v1/catalog/register", {
-                    "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
-                    "Service": {"Service": "web", "ID": f"web-{i}", "Port": 8080, "Tags": ["v1"]},
-                    "Checks": [{"CheckID": f"web-{i}-alive", "Name": "alive", "ServiceID": f"web-{i}",
-                                "Status": "passing"}]}, MGMT)
+            register_web(on_s.url, 50, MGMT)
             wait_for(lambda: len(call("GET", f"{on_c.url}{path}", token=app_token)) == 50, 30,
                      message="the read through the ACL client agent")
             wait_for(lambda: len(call("GET", f"{off_c.url}{path}")) == 50, 30, message="the plain client agent")
@@ -172,12 +177,7 @@ def main() -> None:
         try:
             seed(plain, 50)
             wait_for(lambda: call("GET", f"{acl.url}/v1/acl/token/self", token=MGMT), message="ACL bootstrap")
-            for i in range(50):
-                call("PUT", f"{acl.url}/v1/catalog/register", {
-                    "Node": f"node-{i}", "Address": f"10.0.{i // 250}.{i % 250 + 1}",
-                    "Service": {"Service": "web", "ID": f"web-{i}", "Port": 8080, "Tags": ["v1"]},
-                    "Checks": [{"CheckID": f"web-{i}-alive", "Name": "alive", "ServiceID": f"web-{i}",
-                                "Status": "passing"}]}, MGMT)
+            register_web(acl.url, 50, MGMT)
             for name, rules in POLICIES.items():
                 call("PUT", f"{acl.url}/v1/acl/policy", {"Name": name, "Rules": rules}, MGMT)
             app_token = call("PUT", f"{acl.url}/v1/acl/token", {"Policies": [{"Name": n} for n in (

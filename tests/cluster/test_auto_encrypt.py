@@ -15,17 +15,9 @@ from pathlib import Path
 import consul
 import msgpack
 import pytest
-from support import CLI, AgentProcess, ServerCluster, wait_for
+from support import AgentProcess, ServerCluster, agent_certs, wait_for
 
 pytestmark = pytest.mark.xdist_group("auto-encrypt")
-
-
-def _certs(tmp_path: Path) -> Path:
-    d = tmp_path / "certs"
-    d.mkdir()
-    for args in (["tls", "ca", "create"], ["tls", "cert", "create", "--server"]):
-        subprocess.run([*CLI, *args], cwd=d, check=True, capture_output=True, timeout=60)
-    return d
 
 
 def _client(cluster: ServerCluster, tmp: Path, name: str, conf: dict):
@@ -37,7 +29,7 @@ def _client(cluster: ServerCluster, tmp: Path, name: str, conf: dict):
 
 
 def test_a_client_with_only_the_ca_file_gets_its_certificate_from_the_servers(tmp_path: Path) -> None:
-    d = _certs(tmp_path)
+    d = agent_certs(tmp_path)
     ca_file = str(d / "proconsul-agent-ca.pem")
     cluster = ServerCluster(tmp_path / "c", 1, config={
         "tls": {"defaults": {"ca_file": ca_file, "cert_file": str(d / "dc1-server-proconsul-0.pem"),
