@@ -235,10 +235,12 @@ def _coordinate_ok(a: Authorizer, r: dict[str, Any]) -> bool:
     return a.allowed("node", r.get("Node", ""), READ)
 
 
+CONFIG_ENTRIES: RowFilter = _rows(_config_ok)  # config.list, and table.list of config_entries
+
 # Keyed tables read through table.list / table.get: a filter of rows, or one right for the whole table.
 TABLE_READS: dict[str, RowFilter | Need | None] = {
     "intentions": _rows(_intention_ok),
-    "config_entries": _rows(_config_ok),
+    "config_entries": CONFIG_ENTRIES,
     "prepared_queries": _rows(_query_ok),
     "coordinates": _rows(_coordinate_ok),
     "ca_roots": None,  # public (the signing keys never leave a server)

@@ -9,7 +9,7 @@ needs management, so a new RPC cannot be left open by accident (a test holds eve
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from proconsul.agent.acl import enforce
@@ -172,7 +172,7 @@ def _execute_definition(authz: Authorizer, a: dict[str, Any], view: StoreView) -
 
 QueryCheck = Callable[[Authorizer, dict[str, Any], StoreView], Any]
 QUERY_CHECKS: dict[str, QueryCheck] = {
-    "config.list": lambda authz, a, v: _listing(enforce.TABLE_READS["config_entries"], authz),  # type: ignore[arg-type]
+    "config.list": lambda authz, a, v: _listing(enforce.CONFIG_ENTRIES, authz),
     "config.get": _config_get,
     "connect.roots": lambda authz, a, v: None,
     "catalog.gateway_services": _read("service", "gateway"),
@@ -273,5 +273,3 @@ class RPCGuard:
         check = RPC_CHECKS.get(method, MANAGEMENT)
         return check(authz, args, self.view)
 
-
-Guard = Callable[[str, dict[str, Any]], Awaitable[Post]]

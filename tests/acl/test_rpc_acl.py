@@ -167,3 +167,28 @@ def test_anti_entropy_without_an_agent_token_fails_loudly(acl_cluster, tmp_path:
     finally:
         bare.stop()
         wrong.stop()
+
+
+def test_followers_pass_the_callers_token_to_the_leader(tmp_path: Path):
+    """A follower forwards writes (and ACL requests) to the leader with the caller's token; the leader checks
+    it again, so calling a follower's server port directly gains nothing either."""
+    cluster = ServerCluster(tmp_path, n=3, config={"acl": dict(ACL, tokens={"initial_management": MGMT})})
+    cluster.start()
+    try:
+        cluster.leader()
+        follower = cluster.followers()[0]
+        on_follower = consul.Consul(port=follower.http_port, token=MGMT)
+        wait_for(lambda: on_follower.acl.token.read_self(), 20, message="the management token via a follower")
+        assert on_follower.kv.put("f/k", "v")  # forwarded to the leader, which checks MGMT
+        policy = on_follower.acl.policy.create(name="f-read", rules='key_prefix "f/" { policy = "read" }')
+        reader = on_follower.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
+        with pytest.raises(consul.ACLPermissionDenied):
+            consul.Consul(port=follower.http_port, token=reader).kv.put("f/k", "w")
+        assert consul.Consul(port=follower.http_port, token=reader).kv.get("f/k")[1]["Value"] == b"v"
+        err, _ = raw_rpc(follower.server_port, "catalog.apply", {"cmd": kv_set("f/k", b"x"), "token": reader})
+        assert err is not None and err[0] == "PermissionDenied", err
+        err, ok = raw_rpc(follower.server_port, "catalog.apply", {"cmd": kv_set("f/k", b"y"), "token": MGMT})
+        assert err is None and ok is True
+        assert on_follower.kv.get("f/k", consistency="consistent")[1]["Value"] == b"y"
+    finally:
+        cluster.stop()
