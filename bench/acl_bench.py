@@ -141,10 +141,54 @@ def client_agent(args: argparse.Namespace, path: str) -> None:
                             f"{label}_errors": sum(r["errors"] for r in a.results)})
             out.update(read_ratio=out["read_on_rps"] / out["read_off_rps"],
                        write_ratio=out["write_on_rps"] / out["write_off_rps"])
+            out.update(rpc_check_cost())
             report("acl_client_agent", out)
         finally:
             for a in agents:
                 a.stop()
+
+
+def rpc_check_cost(n: int = 200_000) -> dict[str, float]:
+    """In process: the CPU of the server's check alone (rpc_acl.RPCGuard) for a KV write and a health read,
+    with a resolved token whose rules read everything (no filtering), as the arms above."""
+    import asyncio
+    import time
+
+    from proconsul.agent.acl.resolver import Resolver
+    from proconsul.agent.cluster.rpc_acl import RPCGuard
+    from proconsul.catalog import commands as c
+    from proconsul.catalog.queries import get_query
+    from proconsul.catalog.store import StateStore
+
+    store = StateStore("dc1")
+    rules = "\n".join(POLICIES[n] for n in ("svc-read", "node-read", "web-write", "sessions"))
+    store.apply_bytes(1, c.encode(c.TableSet(table="acl_policies", key="p", row={"ID": "p", "Name": "p",
+                                                                                 "Rules": rules})))
+    store.apply_bytes(2, c.encode(c.TableSet(table="acl_tokens", key="a", row={
+        "AccessorID": "a", "SecretID": "s", "Policies": [{"ID": "p"}]})))
+    bundle = get_query("acl.token_bundle")
+
+    async def remote(secret: str) -> tuple[int, dict]:
+        raise AssertionError("a server resolves from its replica")
+
+    resolver = Resolver(default_allow=False, down_policy="extend-cache", datacenter="dc1", token_ttl=30.0,
+                        fetch=remote, clock=time.monotonic, wall=time.time,
+                        fetch_local=lambda s: bundle.run(store, {"secret": s}))
+    guard = RPCGuard(resolver, store)
+    calls = {"write": ("catalog.apply", {"cmd": c.encode(c.KVOp(verb="set", key="web/x", value=b"v")), "token": "s"}),
+             "read": ("catalog.query", {"name": "health.service", "args": {"name": "web"}, "token": "s"})}
+
+    async def measure() -> dict[str, float]:
+        out = {}
+        for label, (method, args) in calls.items():
+            await guard(method, args)
+            t0 = time.process_time()
+            for _ in range(n):
+                await guard(method, args)
+            out[f"rpc_check_{label}_us"] = (time.process_time() - t0) / n * 1e6
+        return out
+
+    return asyncio.run(measure())
 
 
 def main() -> None:
