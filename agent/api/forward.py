@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,22 +132,38 @@ async def _primary_owned(request: web.Request) -> str:
 
 
 class LoopbackClient:
-    """The destination side: runs a forwarded request through this agent's own HTTP listener."""
+    """The destination side: runs a forwarded request through this agent's own API listener (HTTP, else HTTPS)."""
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
         self._session: aiohttp.ClientSession | None = None
 
     def _base(self) -> URL:
-        cfg = self.agent.config
-        if self.agent.http_port is None:
-            raise ClusterError("this server has no HTTP listener to answer a request from another datacenter")
-        host = cfg.http_bind
+        """This server's own API: HTTP, else HTTPS (`ports.http = -1`)."""
+        cfg, agent = self.agent.config, self.agent
+        if agent.http_port is None and agent.https_port is None:
+            raise ClusterError("this server has no HTTP or HTTPS listener to answer a forwarded request")
+        https = agent.http_port is None
+        host = cfg.https_bind if https else cfg.http_bind
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
         elif host == "::":
             host = "::1"
-        return URL.build(scheme="http", host=host, port=self.agent.http_port)
+        return URL.build(scheme="https" if https else "http", host=host,
+                         port=agent.https_port if https else agent.http_port)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """For its own HTTPS listener: no need to check its certificate (it is itself), but present it when
+        the listener verifies clients (tls.https.verify_incoming)."""
+        if self.agent.http_port is not None:
+            return None
+        t = self.agent.config.https_tls
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if t.verify_incoming and t.cert_file:
+            ctx.load_cert_chain(t.cert_file, t.key_file)
+        return ctx
 
     async def serve(self, args: dict[str, Any]) -> list[Any]:
         method, path, query = args.get("method"), args.get("path"), args.get("query", "")
@@ -167,7 +184,8 @@ class LoopbackClient:
         headers, body = args.get("headers") or {}, args.get("body") or b""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
-                                                  skip_auto_headers=("Accept-Encoding", "User-Agent"))
+                                                  skip_auto_headers=("Accept-Encoding", "User-Agent"),
+                                                  connector=aiohttp.TCPConnector(ssl=self._tls() or False))
         url = self._base().with_path(path, encoded=True).with_query(query) if query else \
             self._base().with_path(path, encoded=True)
         hdrs = {k: v for k, v in headers.items() if type(k) is str and type(v) is str and k in REQUEST_HEADERS}

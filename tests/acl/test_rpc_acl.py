@@ -192,3 +192,53 @@ def test_followers_pass_the_callers_token_to_the_leader(tmp_path: Path):
         assert on_follower.kv.get("f/k", consistency="consistent")[1]["Value"] == b"y"
     finally:
         cluster.stop()
+
+
+def test_acl_endpoints_on_a_client_agent_reach_an_https_only_leader(tmp_path: Path):
+    """The leader answers forwarded ACL requests through its own API: over HTTPS, with its certificate, when
+    its plain HTTP port is off and its HTTPS port verifies clients (the production shape)."""
+    import ssl
+
+    from tests.support import AgentProcess, agent_certs, free_port
+
+    d = agent_certs(tmp_path)
+    https_port = free_port()
+    conf = tmp_path / "server.json"
+    conf.write_text(json.dumps({
+        "ports": {"https": https_port, "http": -1},
+        "tls": {"https": {"ca_file": str(d / "proconsul-agent-ca.pem"),
+                          "cert_file": str(d / "dc1-server-proconsul-0.pem"),
+                          "key_file": str(d / "dc1-server-proconsul-0-key.pem"), "verify_incoming": True}},
+        "acl": dict(ACL, tokens={"initial_management": MGMT})}))
+    server = AgentProcess(tmp_path / "s", dev=False, args=[
+        "--server", "--bootstrap-expect", "1", "--node", "hs", "--data-dir", str(tmp_path / "s" / "data"),
+        "-config-file", str(conf), "-http-port=-1"])
+    server.https_port = https_port
+    server.start_background()
+    client = None
+    try:
+        ctx = ssl.create_default_context(cafile=str(d / "proconsul-agent-ca.pem"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(d / "dc1-server-proconsul-0.pem"), str(d / "dc1-server-proconsul-0-key.pem"))
+
+        def leader() -> bool:
+            assert server.proc.poll() is None, server.log()
+            req = urllib.request.Request(f"https://127.0.0.1:{https_port}/v1/acl/token/self",
+                                         headers={"X-Consul-Token": MGMT})
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as r:
+                return r.status == 200
+        wait_for(leader, 30, message="the HTTPS-only server's management token")
+        client = AgentProcess(tmp_path / "c", dev=False, args=[
+            "--node", "hc", "--data-dir", str(tmp_path / "c" / "data"),
+            "--retry-join", f"127.0.0.1:{server.serf_lan_port}", "-hcl",
+            'acl { enabled = true default_policy = "deny" }'])
+        client.start()
+        via_client = consul.Consul(port=client.http_port, token=MGMT)
+        made = wait_for(lambda: via_client.acl.policy.create(name="over-https", rules=""), 20,
+                        message="a policy made through the client agent")
+        assert made["Name"] == "over-https"
+        assert "over-https" in {p["Name"] for p in via_client.acl.policy.list()}
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
