@@ -15,7 +15,7 @@ from pathlib import Path
 import consul
 import msgpack
 import pytest
-from support import AgentProcess, ServerCluster, agent_certs, wait_for
+from support import AgentProcess, ServerCluster, agent_certs, free_port, wait_for
 
 pytestmark = pytest.mark.xdist_group("auto-encrypt")
 
@@ -104,3 +104,57 @@ def test_auto_encrypt_settings_that_cannot_work_fail_with_one_line(tmp_path: Pat
     proc = subprocess.run(a.command(), capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert "auto_encrypt.tls needs tls ca_file" in proc.stderr + proc.stdout
+
+
+def test_acls_https_only_verify_incoming_and_auto_encrypt_together(tmp_path: Path) -> None:
+    """Issue 14's production shape, minus gossip encryption: servers with ACLs default-deny, HTTPS only, mutual
+    TLS on the server port and auto_encrypt; a client agent with the CA file and its agent token. The agent
+    token opens auto_encrypt (node:write); a service token registers its service and reads the catalog but
+    writes no KV; anonymous sees nothing; a client without an agent token gets no certificate, and says why."""
+    d = agent_certs(tmp_path)
+    ca_file, cert, key = (str(d / n) for n in ("proconsul-agent-ca.pem", "dc1-server-proconsul-0.pem",
+                                               "dc1-server-proconsul-0-key.pem"))
+    mgmt_secret, agent_secret = "6a1c1d5e-3c1e-4d8e-9a55-0c1b2e3f4a5b", "7b2d2e6f-4d2f-4e9f-8b66-1d2c3f4a5b6c"
+    cluster = ServerCluster(tmp_path / "c", 1, config={
+        "tls": {"defaults": {"ca_file": ca_file, "cert_file": cert, "key_file": key, "verify_incoming": True,
+                             "verify_outgoing": True}},
+        "auto_encrypt": {"allow_tls": True},
+        "acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": mgmt_secret}}})
+    server = cluster.servers[0]
+    https_port = free_port()
+    ports = tmp_path / "ports.json"
+    ports.write_text(json.dumps({"ports": {"https": https_port}}))
+    server.extra_args += ["-config-file", str(ports), "-http-port=-1"]
+    server.start_background()
+    clients = []
+    try:
+        api = consul.Consul(port=https_port, scheme="https", verify=ca_file, cert=(cert, key), token=mgmt_secret)
+        wait_for(lambda: api.acl.token.read_self(), 30, message="the HTTPS-only server's management token")
+        wait_for(lambda: api.connect.ca.roots()["Roots"], 20, message="the Connect CA")
+        node = api.acl.policy.create(name="hc-agent", rules='node "hc" { policy = "write" }\n'
+                                                            'service_prefix "" { policy = "read" }')
+        api.acl.token.create(secret_id=agent_secret, policies_id=[node["ID"]])
+        only_ca = {"tls": {"defaults": {"ca_file": ca_file, "verify_outgoing": True}}, "auto_encrypt": {"tls": True},
+                   "acl": {"enabled": True, "default_policy": "deny"}}
+        good = _client(cluster, tmp_path, "hc", {**only_ca, "acl": {**only_ca["acl"], "tokens": {"agent": agent_secret}}})
+        tokenless = _client(cluster, tmp_path, "nt", only_ca)
+        clients += [good, tokenless]
+        good.start()
+        tokenless.start_background()
+
+        svc = api.acl.token.create(service_identities=[{"ServiceName": "api"}])["SecretID"]
+        as_svc = consul.Consul(port=good.http_port, token=svc)
+        as_svc.agent.service.register("api", port=80)
+        wait_for(lambda: "api" in api.catalog.services()[1], 20, message="api synced over mutual TLS with its token")
+        assert "api" in as_svc.catalog.services()[1]
+        with pytest.raises(consul.ACLPermissionDenied):
+            as_svc.kv.put("k", "v")
+        assert consul.Consul(port=good.http_port).catalog.services()[1] == {}  # anonymous: filtered to nothing
+        assert consul.Consul(port=good.http_port, token=mgmt_secret).kv.put("k", "v")
+
+        wait_for(lambda: "cannot get this agent's TLS certificate" in tokenless.log()
+                 and "lacks permission 'node:write'" in tokenless.log(), 30, message="the tokenless client's reason")
+    finally:
+        for c in clients:
+            c.stop()
+        cluster.stop()
