@@ -210,8 +210,6 @@ class Agent:
                          else (self.service_tokens.get(cmd.service_id, agent_token), "service-id", cmd.service_id))
         for token, kind, name in wants:
             whose = "service's" if kind.startswith("service") and sid in self.service_tokens else "agent"
-            if not token and whose == "agent":
-                log.warning("anti-entropy: %s %s not synced as the anonymous token: set acl.tokens.agent", kind, name)
             try:
                 authz = await self.acl.resolve(token)
             except ACLNotFound:
@@ -221,7 +219,9 @@ class Agent:
                 continue  # the catalog's copy is ours to remove; its name is unknown here once deregistered
             if not authz.allowed(kind, name, "write"):
                 what = "Node info update" if kind == "node" else f"Service {name!r} sync"
-                log.warning("anti-entropy: %s blocked by ACLs (the %s token lacks %s:write)", what, whose, kind)
+                hint = "; this agent has no agent token: set acl.tokens.agent" if not token else ""
+                log.warning("anti-entropy: %s blocked by ACLs (the %s token lacks %s:write%s)", what, whose, kind,
+                            hint)
                 return None
         # The server checks again, against the token the write carries (the service's, else the agent's).
         token = wants[-1][0] if wants else agent_token
