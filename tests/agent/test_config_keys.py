@@ -55,7 +55,7 @@ def test_a_consul_style_config_loads_with_warnings_for_what_has_no_effect() -> N
     ({"encrypt": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="}, "encrypt cannot be honoured"),
     ({"acl": {"enabled": True, "default_policy": "maybe"}}, "acl.default_policy must be one of allow, deny"),
     ({"acl": {"tokens": {"master_key": "x"}}}, "unknown key acl.tokens.master_key"),
-    ({"auto_encrypt": {"tls": True, "allow_tls": True}}, "auto_encrypt cannot be honoured"),
+    ({"auto_encrypt": {"tls": True, "verify": True}}, "unknown key auto_encrypt.verify"),
     ({"tls": {"rpc": {"cert_file": "c.pem"}}}, "unknown key tls.rpc"),
     ({"serf_wan_allowed_cidrs": ["10.0.0.0/8"]}, "serf_wan_allowed_cidrs cannot be honoured"),
     ({"primary_datacenter": "dc9", "ports": {"serf_wan": -1}}, "primary_datacenter 'dc9' cannot be honoured"),
