@@ -253,6 +253,8 @@ RPC_CHECKS: dict[str, Check] = {
     "connect.remove": _connect_remove,
     "connect.sign_intermediate": OP_WRITE,  # a secondary's leader, with its replication token
     "auto_encrypt.sign": lambda authz, args, view: authz.require("node", str(args.get("node", "")), "write"),
+    # Consul's Coordinate.Update: node:write on the node whose coordinate it is (the agent token has it).
+    "coordinate.update": lambda authz, args, view: authz.require("node", str(args.get("Node") or ""), "write"),
 }
 
 
