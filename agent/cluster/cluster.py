@@ -31,6 +31,7 @@ from proconsul.agent.cluster.autopilot_driver import AutopilotDriver
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
+from proconsul.agent.cluster.keyring import GossipKeys, Target
 from proconsul.agent.cluster.lan import LANGossip, lan_timings
 from proconsul.agent.cluster.membership import STATUS_CODES, Member
 from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
@@ -60,6 +61,9 @@ from proconsul.consensus.node import NodeOptions, RaftNode, Server
 from proconsul.consensus.storage import FileStorage, MemoryStorage
 from proconsul.membership.config import WAN
 from proconsul.membership.errors import MembershipError
+from proconsul.membership.keyring import KeyringError
+from proconsul.membership.view import ALIVE as REC_ALIVE
+from proconsul.membership.view import SUSPECT as REC_SUSPECT
 
 log = logging.getLogger("proconsul.cluster")
 
@@ -136,11 +140,16 @@ class Cluster:
                                            lambda v: as_duration("gossip_wan", v, "gossip_wan"), WAN, "gossip_wan")
         except (MembershipError, ConfigError) as e:
             raise ClusterError(str(e)) from None
+        try:
+            self.keys = GossipKeys(cfg, wan=bool(cfg.server and cfg.serf_wan_port >= 0))
+        except KeyringError as e:
+            raise ClusterError(str(e)) from None
         # The incarnation starts at the wall clock's seconds, so a restarted agent is newer than it was.
         self.lan = LANGossip(cfg.node_name, cfg.advertise, max(cfg.serf_lan_port, 0), self._tags(), cfg.datacenter,
                              cfg.serf_lan_addr or cfg.bind_addr, timings=timings, retry_join=cfg.retry_join,
                              retry_interval=cfg.retry_interval, rng=self.rng, incarnation=int(time.time()),
-                             on_change=self.membership_changed)
+                             on_change=self.membership_changed, sealer=self.keys.lan_sealer,
+                             on_request=self.keys.handle)
         self.members = self.lan.members
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
@@ -177,6 +186,13 @@ class Cluster:
             if cfg.serf_wan_port >= 0:
                 tags["wan_join_port"] = str(cfg.serf_wan_port)
         return tags
+
+    async def keyring_operation(self, op: str, key: str = "", local_only: bool = False) -> list[dict[str, Any]]:
+        """A keyring operation on every member of the LAN pool (agent/cluster/keyring.py)."""
+        me = self.config.node_name
+        targets = [Target(r.node.name, r.node.addr, r.node.port) for r in self.lan.core.view
+                   if r.node.name != me and r.state in (REC_ALIVE, REC_SUSPECT)]
+        return await self.keys.operate(self.lan.pool, targets, op, key, local_only)
 
     # ------------------------------------------------------------------ WAN pool and router (servers)
     def _init_wan(self) -> None:

@@ -4,7 +4,9 @@ This module wires the membership core and its asyncio shell (`membership.pool.Po
 timings from Consul's `gossip_lan { … }` block, the pool label `lan:<datacenter>` (a packet from
 another datacenter's pool is dropped, a push-pull from one is refused with a reason), `-retry-join`
 until a peer answers, a graceful leave that waits for the news to spread, and membership events handed
-to the cluster (which reconciles them into the catalog).
+to the cluster (which reconciles them into the catalog). With gossip encryption the agent passes the
+keyring's sealer (every frame AES-GCM sealed, membership/keyring.py) and its keyring request handler
+(agent/cluster/keyring.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from proconsul.membership import core as k
 from proconsul.membership.config import LAN, Timings
 from proconsul.membership.core import Membership
 from proconsul.membership.errors import JoinError
-from proconsul.membership.pool import Pool, Sealer, parse_address
+from proconsul.membership.pool import Pool, RequestHandler, Sealer, parse_address
 
 log = logging.getLogger("proconsul.lan")
 
@@ -58,7 +60,8 @@ class LANGossip:
                  timings: Timings = LAN, retry_join: list[str] | None = None, retry_interval: float = 30.0,
                  rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
-                 on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None) -> None:
+                 on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None,
+                 on_request: RequestHandler | None = None) -> None:
         self.rng = rng or random.Random()
         self.core = Membership(name, addr, port, tags, rng=random.Random(self.rng.getrandbits(64)), timings=timings,
                                label=f"lan:{datacenter}", incarnation=incarnation)
@@ -68,7 +71,7 @@ class LANGossip:
         self.retry_interval = retry_interval
         self.on_change = on_change or (lambda names: None)
         self.on_event = on_event
-        self.pool = Pool(self.core, bind, port, on_events=self._events, sealer=sealer)
+        self.pool = Pool(self.core, bind, port, on_events=self._events, sealer=sealer, on_request=on_request)
         self.members = MemberList(self.core, self._now)
         self._blocked: set[str] = set()
         self._started = False

@@ -1,0 +1,180 @@
+"""Gossip encryption on real sockets, several LAN pools in one process: an encrypted pool forms, a member
+with another key or none cannot join (and says why), its packets are dropped and counted, what a member
+puts on the wire does not show its node names, and the keyring's install → use → remove travels to every
+member through the pool's requests while the pool stays whole."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from proconsul.agent.cluster.keyring import GossipKeys, Target, failures
+from proconsul.agent.cluster.lan import JoinError, LANGossip
+from proconsul.agent.config.model import AgentConfig
+from proconsul.membership import codec as c
+from proconsul.membership.keyring import GossipSealer, Keyring, encode_key
+from proconsul.membership.pool import RequestRefused
+
+from .test_lan import FAST, statuses, until
+
+K1, K2, WRONG = bytes(range(32)), bytes(range(100, 132)), bytes(range(50, 82))
+
+
+def keys_for(name: str, key: bytes | None, tmp: Path | None = None, **cfg: object) -> GossipKeys | None:
+    if key is None:
+        return None
+    return GossipKeys(AgentConfig(node_name=name, encrypt=encode_key(key), data_dir=str(tmp / name) if tmp else "",
+                                  **cfg), wan=False)  # type: ignore[arg-type]
+
+
+async def member(name: str, key: bytes | None = None, *, keys: GossipKeys | None = None) -> LANGossip:
+    keys = keys or keys_for(name, key)
+    g = LANGossip(name, "127.0.0.1", 0, {"role": "node", "dc": "dc1", "id": name}, "dc1", "127.0.0.1",
+                  timings=FAST, rng=random.Random(name), sealer=keys.lan_sealer if keys else None,
+                  on_request=keys.handle if keys else None)
+    port = await g.start()
+    g.members.update_me(port, {"role": "node", "dc": "dc1", "id": name})
+    g.keys = keys  # type: ignore[attr-defined]
+    return g
+
+
+def all_alive(gs: list[LANGossip]) -> bool:
+    names = {g.core.name for g in gs}
+    return all(statuses(g) == dict.fromkeys(names, "alive") for g in gs)
+
+
+async def test_a_wrong_key_or_plaintext_member_cannot_join_and_its_packets_are_dropped_and_counted() -> None:
+    a, b = await member("a", K1), await member("b", K1)
+    wrong, plain = await member("wrong", WRONG), await member("plain")
+    try:
+        assert await b.join([f"127.0.0.1:{a.port}"]) == 1
+        await until(lambda: all_alive([a, b]), 10, "the encrypted pair to agree")
+        with pytest.raises(JoinError, match="no installed gossip key opens it"):
+            await wrong.join([f"127.0.0.1:{a.port}"])
+        with pytest.raises(JoinError, match="plaintext frame, and this pool's gossip is encrypted"):
+            await plain.join([f"127.0.0.1:{a.port}"])
+        # An encrypted member asked by a plaintext one: the other way round is refused too, with a reason.
+        with pytest.raises(JoinError, match="not encrypted"):
+            await b.join([f"127.0.0.1:{plain.port}"])
+        # Datagrams: a ping sealed with the wrong key, and one in plaintext, as those members' shells send them.
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ping = wrong.core.codec.packet([c.ping(1, "a", "wrong", "127.0.0.1", wrong.port)])
+        before = dict(a.core.stats)
+        udp.sendto(wrong.pool.sealer.seal(ping), ("127.0.0.1", a.port))
+        udp.sendto(ping, ("127.0.0.1", a.port))
+        udp.close()
+        await until(lambda: a.core.stats.get("dropped_key", 0) == before.get("dropped_key", 0) + 1
+                    and a.core.stats.get("dropped_plaintext", 0) == before.get("dropped_plaintext", 0) + 1,
+                    5, "a to count the wrong-key and the plaintext datagram")
+        assert before.get("dropped_key") == before.get("dropped_plaintext") == 1  # the two joins' first frames
+        await asyncio.sleep(0)
+        assert statuses(a) == statuses(b) == {"a": "alive", "b": "alive"}
+    finally:
+        for g in (a, b, wrong, plain):
+            await g.pool.stop()
+
+
+class Spy(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.seen.append(data)
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+async def test_what_a_member_sends_on_the_wire_does_not_show_its_node_names(encrypted: bool) -> None:
+    """A UDP listener on loopback, made known to member a as a member, receives a's probes and gossip: with
+    a key the bytes hold no node name (and open with the key); without one (the control) they do."""
+    a, b = await member("alpha-node", K1 if encrypted else None), await member("bravo-node", K1 if encrypted else None)
+    loop = asyncio.get_running_loop()
+    transport, spy = await loop.create_datagram_endpoint(Spy, local_addr=("127.0.0.1", 0))
+    spy_port = transport.get_extra_info("sockname")[1]
+    try:
+        assert await b.join([f"127.0.0.1:{a.port}"]) == 1
+        await until(lambda: all_alive([a, b]), 10, "a and b to agree")
+        # Tell a (through its core's public input, as a datagram it received) that a member lives at the spy's port.
+        a.core.on_packet(a.pool.now(), a.core.codec.packet([c.alive(1, "spy", "127.0.0.1", spy_port, {})]))
+        a.pool.flush()
+        await until(lambda: len(spy.seen) >= 3, 10, "a to probe or gossip to the spy")
+        blob = b"".join(spy.seen)
+        if encrypted:
+            assert b"alpha-node" not in blob and b"bravo-node" not in blob
+            opened = GossipSealer(Keyring([K1])).open(spy.seen[0])
+            assert b"alpha-node" in opened or b"bravo-node" in opened or b"spy" in opened
+        else:
+            assert b"alpha-node" in blob or b"bravo-node" in blob  # the control: plaintext shows them
+    finally:
+        transport.close()
+        for g in (a, b):
+            await g.pool.stop()
+
+
+async def test_key_rotation_reaches_every_member_and_the_pool_stays_whole(tmp_path: Path) -> None:
+    gs = [await member(n, keys=keys_for(n, K1, tmp_path)) for n in ("r0", "r1", "r2")]
+    try:
+        for g in gs[1:]:
+            await g.join([f"127.0.0.1:{gs[0].port}"])
+        await until(lambda: all_alive(gs), 10, "three members to agree")
+        g0 = gs[0]
+        targets = [Target(g.core.name, "127.0.0.1", g.port) for g in gs[1:]]
+
+        async def op(name: str, key: bytes | None = None) -> list[dict]:
+            rows = await g0.keys.operate(g0.pool, targets, name, encode_key(key) if key else "")
+            assert failures(rows) == "", rows
+            assert all_alive(gs)
+            return rows
+
+        k1, k2 = encode_key(K1), encode_key(K2)
+        assert (await op("list"))[0] == {"WAN": False, "Datacenter": "dc1", "Segment": "", "Keys": {k1: 3},
+                                         "PrimaryKeys": {k1: 3}, "NumNodes": 3}
+        rows = await op("install", K2)
+        assert rows[0]["Keys"] == {k1: 3, k2: 3} and rows[0]["PrimaryKeys"] == {k1: 3}
+        rows = await op("use", K2)
+        assert rows[0]["PrimaryKeys"] == {k2: 3}
+        with pytest.raises(Exception, match="Removing the primary key is not allowed"):
+            await g0.keys.operate(g0.pool, targets, "remove", k2)
+        rows = await op("remove", K1)
+        assert rows[0]["Keys"] == {k2: 3}
+        # Every member sends with K2 now: a fresh push-pull goes through, and no frame was dropped by anyone
+        # at any point of the rotation (the install → use → remove order never leaves a member behind).
+        assert await gs[2].join([f"127.0.0.1:{gs[0].port}"]) == 1
+        assert all_alive(gs)
+        assert [g.core.stats.get("dropped_key", 0) for g in gs] == [0, 0, 0]
+        for g in gs:
+            assert g.keys.lan.keyring.keys == [K2]
+            saved = (tmp_path / g.core.name / "serf" / "local.keyring").read_text()
+            assert saved == f'["{k2}"]'
+    finally:
+        for g in gs:
+            await g.pool.stop()
+
+
+def test_a_keyring_request_that_arrived_in_plaintext_is_refused() -> None:
+    keys = keys_for("x", K1, encrypt_verify_incoming=False)
+    assert keys is not None
+    with pytest.raises(RequestRefused, match="must arrive encrypted"):
+        keys.handle("keyring", b"\x82\xa2op\xa7install\xa3key\xc4\x20" + WRONG, sealed=False)
+    assert keys.lan is not None and keys.lan.keyring.keys == [K1]
+
+
+def test_the_keyring_file_wins_over_encrypt_after_the_first_start(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    first = keys_for("n", K1, tmp_path)
+    assert first is not None and first.lan is not None
+    first.local("install", K2)
+    first.local("use", K2)
+    first.local("remove", K1)
+    again = keys_for("n", K1, tmp_path)  # restarted with the old `encrypt` still in its config
+    assert again is not None and again.lan is not None and again.lan.keyring.keys == [K2]
+    assert "LAN keyring doesn't include key provided with -encrypt, using keyring" in caplog.text
+    no_flag = GossipKeys(AgentConfig(node_name="n", data_dir=str(tmp_path / "n")), wan=False)
+    assert no_flag.enabled and no_flag.lan is not None and no_flag.lan.keyring.keys == [K2]
+    memory = GossipKeys(AgentConfig(node_name="n", encrypt=base64.b64encode(K1).decode(), data_dir=str(tmp_path / "m"),
+                                    disable_keyring_file=True), wan=False)
+    assert memory.enabled and not (tmp_path / "m" / "serf").exists()
