@@ -212,7 +212,8 @@ class Cluster:
         self.wan_pool = WANPool(me, fail_after=interval * mult, reap_after=cfg.reconnect_timeout_wan)
         self.wan = WANGossip(self.wan_pool, cfg.serf_wan_addr or cfg.bind_addr, cfg.serf_wan_port,
                              retry_join=cfg.retry_join_wan, interval=interval, retry_interval=cfg.retry_interval_wan, rng=self.rng,
-                             on_change=self._wan_changed, local_servers=self._local_wan_servers)
+                             on_change=self._wan_changed, local_servers=self._local_wan_servers,
+                             sealer=self.keys.wan_sealer)
         self.router = Router(self.wan_pool, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
 

@@ -178,3 +178,28 @@ def test_the_keyring_file_wins_over_encrypt_after_the_first_start(tmp_path: Path
     memory = GossipKeys(AgentConfig(node_name="n", encrypt=base64.b64encode(K1).decode(), data_dir=str(tmp_path / "m"),
                                     disable_keyring_file=True), wan=False)
     assert memory.enabled and not (tmp_path / "m" / "serf").exists()
+
+
+async def test_the_wan_pool_seals_its_frames_with_the_wan_keyring_and_refuses_another_key() -> None:
+    from proconsul.agent.cluster.wan.gossip import WANGossip, WANJoinError
+    from proconsul.agent.cluster.wan.pool import WANPool, WANServer
+
+    from support import free_port
+
+    async def wan(node: str, dc: str, key: bytes) -> WANGossip:
+        port = free_port()
+        pool = WANPool(WANServer(node, dc, "127.0.0.1", port, 1, node), fail_after=5.0, reap_after=60.0)
+        g = WANGossip(pool, "127.0.0.1", port, sealer=GossipSealer(Keyring([key])))
+        await g.start()
+        return g
+
+    a, b, wrong = await wan("a", "dc1", K1), await wan("b", "dc2", K1), await wan("w", "dc3", WRONG)
+    try:
+        assert await b.join([f"127.0.0.1:{a.port}"]) == 1
+        assert "b.dc2" in {m.name for m in a.pool.members()}
+        with pytest.raises(WANJoinError, match="refused: gossip encryption: no installed gossip key opens it"):
+            await wrong.join([f"127.0.0.1:{a.port}"])
+        assert a.dropped == {"key": 1} and "w.dc3" not in {m.name for m in a.pool.members()}
+    finally:
+        for g in (a, b, wrong):
+            await g.stop(leave=False)

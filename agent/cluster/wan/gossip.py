@@ -7,6 +7,15 @@ for `fail_after` makes the member failed. Until it knows another server it tries
 `retry_join_wan` addresses every `retry_interval`. Servers of our own datacenter known from the
 LAN (`local_servers`) are joined automatically, as Consul's servers flood-join the WAN. Malformed
 frames close the connection and change nothing.
+
+Gossip encryption: with a `sealer` (the server's WAN keyring, `serf/remote.keyring`, agent/cluster/keyring.py)
+each frame's msgpack body is put behind the membership codec's header for pool ``wan`` and sealed with
+AES-GCM exactly as the LAN pool's frames are (membership/keyring.py); a frame that does not open (another
+key, or plaintext while `encrypt_verify_incoming` is on) is dropped, counted in `dropped` and logged, and
+the exchange fails with the reason. Keyring operations reach the WAN keyrings of this datacenter's servers
+through the LAN fan-out (each server applies an operation to its LAN and WAN keyrings in lock-step).
+This shell is temporary: once the WAN pool runs on `membership.pool.Pool`, its sealer goes to
+`Pool(sealer=…, on_request=…)` as the LAN's does, and the keyring fan-out covers every WAN member.
 """
 
 from __future__ import annotations
@@ -20,20 +29,31 @@ from typing import Any
 
 import msgpack
 
-from proconsul.agent.cluster.rpc import pack, read_frame
+from proconsul.agent.cluster.rpc import LENGTH
 from proconsul.agent.cluster.vivaldi import Client as VivaldiClient
 from proconsul.agent.cluster.vivaldi import Coordinate, CoordinateError
 from proconsul.agent.cluster.wan.pool import WANError, WANPool, WANServer
-from proconsul.membership.errors import JoinError
-from proconsul.membership.pool import parse_address
+from proconsul.membership.codec import Codec
+from proconsul.membership.errors import JoinError, Malformed
+from proconsul.membership.pool import Sealer, parse_address
 
 log = logging.getLogger("proconsul.wan")
 
 DIAL_TIMEOUT = 1.0
 EXCHANGE_TIMEOUT = 2.0
 MAX_FRAME = 1 << 20  # thousands of servers; the WAN port is unauthenticated
+SEALED_PREFIX = Codec("wan").prefix  # the header a sealed WAN frame's body carries (the AES-GCM AAD)
 PEER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, TimeoutError, WANError, ValueError, TypeError,
                                                msgpack.UnpackException)
+
+
+def _plain_error(data: bytes) -> str | None:
+    """The text of a plaintext `{"error": …}` frame, else None."""
+    try:
+        msg = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    return msg["error"] if type(msg) is dict and type(msg.get("error")) is str else None
 
 
 class WANJoinError(Exception):
@@ -51,7 +71,8 @@ class WANGossip:
     def __init__(self, pool: WANPool, bind: str, port: int, *, retry_join: list[str] | None = None,
                  interval: float = 1.0, retry_interval: float = 30.0, rng: random.Random | None = None,
                  on_change: Callable[[list[str]], None] | None = None,
-                 local_servers: Callable[[], list[tuple[str, int]]] | None = None) -> None:
+                 local_servers: Callable[[], list[tuple[str, int]]] | None = None,
+                 sealer: Sealer | None = None) -> None:
         self.pool = pool
         self.bind = bind
         self.port = port
@@ -61,6 +82,8 @@ class WANGossip:
         self.rng = rng or random.Random()
         self.on_change = on_change or (lambda names: None)
         self.local_servers = local_servers or (lambda: [])
+        self.sealer = sealer
+        self.dropped: dict[str, int] = {}  # frames that did not open, by reason (key, plaintext, …)
         self._server: asyncio.Server | None = None
         self._next_join = 0.0
         self.blocked: set[str] = set()  # member names (node.dc) whose traffic we drop (a simulated WAN cut)
@@ -71,6 +94,31 @@ class WANGossip:
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def _pack(self, obj: Any) -> bytes:
+        payload = msgpack.packb(obj, use_bin_type=True)
+        if self.sealer is not None:
+            payload = self.sealer.seal(SEALED_PREFIX + payload)
+        return LENGTH.pack(len(payload)) + payload
+
+    async def _read(self, reader: asyncio.StreamReader) -> Any:
+        (n,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+        if n == 0 or n > MAX_FRAME:
+            raise ValueError(f"frame of {n} bytes (max {MAX_FRAME})")
+        data = await reader.readexactly(n)
+        if self.sealer is not None:
+            try:
+                data = self.sealer.open(data)
+            except Malformed as e:
+                self.dropped[e.reason] = self.dropped.get(e.reason, 0) + 1
+                refusal = _plain_error(data)
+                if refusal:  # the peer could not open ours and said so in clear
+                    raise WANError(f"refused: {refusal}") from None
+                raise WANError(f"gossip encryption: {str(e).split(': ', 1)[-1]}") from None
+            if not data.startswith(SEALED_PREFIX):
+                raise WANError("a sealed frame of another pool")
+            data = data[len(SEALED_PREFIX):]
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._serve, self.bind, self.port)
@@ -152,8 +200,8 @@ class WANGossip:
     async def _exchange(self, host: str, port: int, expect: str = "") -> None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), DIAL_TIMEOUT)
         try:
-            writer.write(pack(self._message()))
-            reply = await asyncio.wait_for(read_frame(reader, MAX_FRAME), EXCHANGE_TIMEOUT)
+            writer.write(self._pack(self._message()))
+            reply = await asyncio.wait_for(self._read(reader), EXCHANGE_TIMEOUT)
             sender = self._take(reply)
             if expect and sender != expect:
                 raise WANError(f"{host}:{port} is {sender}, not {expect}")
@@ -165,13 +213,20 @@ class WANGossip:
     # ---- inbound -------------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            msg = await asyncio.wait_for(read_frame(reader, MAX_FRAME), EXCHANGE_TIMEOUT)
+            try:
+                msg = await asyncio.wait_for(self._read(reader), EXCHANGE_TIMEOUT)
+            except WANError as e:  # did not open: counted (in _read); say why in clear (it holds no secret)
+                log.warning("WAN: dropped a frame: %s", e)
+                plain = msgpack.packb({"error": str(e)}, use_bin_type=True)
+                writer.write(LENGTH.pack(len(plain)) + plain)
+                await writer.drain()
+                return
             try:
                 self._take(msg)
             except WANError as e:
-                writer.write(pack({"error": str(e)}))
+                writer.write(self._pack({"error": str(e)}))
                 return
-            writer.write(pack(self._message()))
+            writer.write(self._pack(self._message()))
             await writer.drain()
         except (asyncio.IncompleteReadError, OSError, TimeoutError, ValueError, msgpack.UnpackException) as e:
             log.debug("WAN: dropped a connection: %s", e)
