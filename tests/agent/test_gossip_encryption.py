@@ -12,9 +12,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 from proconsul.agent.cluster.keyring import GossipKeys, Target, failures
 from proconsul.agent.cluster.lan import JoinError, LANGossip
+from proconsul.agent.cluster.wan.gossip import WANGossip, WANJoinError
+from proconsul.agent.cluster.wan.pool import WANPool, WANServer
 from proconsul.agent.config.model import AgentConfig
 from proconsul.membership import codec as c
 from proconsul.membership.keyring import GossipSealer, Keyring, encode_key
@@ -181,11 +184,6 @@ def test_the_keyring_file_wins_over_encrypt_after_the_first_start(tmp_path: Path
 
 
 async def test_the_wan_pool_seals_its_frames_with_the_wan_keyring_and_refuses_another_key() -> None:
-    from proconsul.agent.cluster.wan.gossip import WANGossip, WANJoinError
-    from proconsul.agent.cluster.wan.pool import WANPool, WANServer
-
-    from support import free_port
-
     async def wan(node: str, dc: str, key: bytes) -> WANGossip:
         port = free_port()
         pool = WANPool(WANServer(node, dc, "127.0.0.1", port, 1, node), fail_after=5.0, reap_after=60.0)
