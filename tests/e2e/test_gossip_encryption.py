@@ -127,7 +127,9 @@ def test_an_encrypted_cluster_forms_keeps_strangers_out_and_rotates_its_key(tmp_
         assert any(i in opened for i in node_ids)  # the control: the same frames, opened, name the agents
         wait_for(lambda: all(alive(a) == names for a in agents), 30, message="the spy to have left")
 
-        # Rotation with the CLI, Consul's spelling; the cluster stays whole at every step.
+        # Rotation with the CLI, Consul's spelling; the cluster stays whole at every step, and no agent
+        # drops a single frame for want of a key while it happens.
+        dropped = [int(serf_stats(a)["dropped_key"]) for a in agents]
         k2 = ok(None, "keygen").strip()
         assert len(decode_key(k2)) == 32
         assert "Successfully installed key!" in ok(client, "keyring", "-install", k2)
@@ -144,6 +146,8 @@ def test_an_encrypted_cluster_forms_keeps_strangers_out_and_rotates_its_key(tmp_
         table = ok(s0, "keyring", "-list-primary")
         assert k2 in table and "4/4" in table and K1 not in table
         assert all(alive(a) == names for a in agents)
+        assert [int(serf_stats(a)["dropped_key"]) for a in agents] == dropped
+        assert [c for c in s0.get("/v1/health/state/critical")[1] if c["Node"] in names] == []
         assert json.loads((tmp_path / "encrypted-client-one" / "data" / "serf" / "local.keyring").read_text()) == [k2]
 
         # The client restarts with `encrypt` = the old key still in its flags: its keyring file wins.
