@@ -201,3 +201,28 @@ async def test_the_wan_pool_seals_its_frames_with_the_wan_keyring_and_refuses_an
     finally:
         for g in (a, b, wrong):
             await g.stop(leave=False)
+
+
+async def test_rolling_enablement_verify_incoming_and_outgoing_off_then_on() -> None:
+    """Consul's documented path onto an encrypted pool: plaintext members, then members with the key that
+    read both and send plaintext, then send sealed, then drop plaintext — the pool stays whole at each step."""
+    plain = await member("old")
+    rolling = await member("mid", keys=keys_for("mid", K1, encrypt_verify_incoming=False,
+                                                encrypt_verify_outgoing=False))
+    sending = await member("new", keys=keys_for("new", K1, encrypt_verify_incoming=False))
+    strict = await member("end", K1)
+    try:
+        assert await rolling.join([f"127.0.0.1:{plain.port}"]) == 1  # reads plaintext, sends plaintext
+        assert await sending.join([f"127.0.0.1:{rolling.port}"]) == 1  # sends sealed, reads both
+        await until(lambda: all_alive([plain, rolling, sending]), 10, "plaintext and rolling members to agree")
+        assert rolling.core.stats.get("dropped_plaintext", 0) == 0 and sending.core.stats.get("dropped_key", 0) == 0
+        # The plaintext member cannot read what `sending` seals: it counts those frames, never obeys them.
+        await until(lambda: plain.core.stats.get("dropped_encrypted", 0) > 0, 10, "the plaintext member to drop "
+                                                                                  "sealed frames")
+        # A strict member (verify_incoming on) joins the members that send sealed, and refuses the plaintext one.
+        assert await strict.join([f"127.0.0.1:{sending.port}"]) == 1
+        with pytest.raises(JoinError, match="not encrypted"):
+            await strict.join([f"127.0.0.1:{plain.port}"])
+    finally:
+        for g in (plain, rolling, sending, strict):
+            await g.pool.stop()
