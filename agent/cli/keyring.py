@@ -38,8 +38,8 @@ def keyring(http_addr: HttpAddr = None, fmt: Format = "table",
                                                            "are sealed with) on every member.")] = "",
             remove: Annotated[str, typer.Option("--remove", help="Remove a key from every member (never the "
                                                                  "primary).")] = "",
-            local_only: Annotated[bool, typer.Option("--local-only", help="With --list: this datacenter only "
-                                                                          "(no WAN rows).")] = False,
+            local_only: Annotated[bool, typer.Option("--local-only", help="With --list: ask no member of another "
+                                                                          "datacenter.")] = False,
             relay_factor: Annotated[int, typer.Option("--relay-factor", help="Accepted for Consul's scripts "
                                                                               "(0-5); answers come back directly.")]
             = 0) -> None:

@@ -50,7 +50,8 @@ log = logging.getLogger("proconsul.keyring")
 
 LAN_FILE = Path("serf") / "local.keyring"
 WAN_FILE = Path("serf") / "remote.keyring"
-REQUEST = "keyring"
+REQUEST = "keyring"  # from a LAN member: both keyrings
+WAN_REQUEST = "keyring-wan"  # from a WAN member: the WAN keyring only
 OPS = ("list", "install", "use", "remove")
 FANOUT = 32  # requests in flight at once
 REQUEST_TIMEOUT = 5.0
@@ -144,11 +145,14 @@ class GossipKeys:
         return self.lan is not None
 
     # ------------------------------------------------------------------ one member's side
-    def local(self, op: str, key: bytes | None) -> dict[str, Any]:
-        """Apply an operation to this agent's keyrings; its state afterwards (what a member answers)."""
+    def local(self, op: str, key: bytes | None, wan_only: bool = False) -> dict[str, Any]:
+        """Apply an operation to this agent's keyrings (both, or the WAN one); its state afterwards (what a
+        member answers)."""
         if self.lan is None:
             raise KeyringNotEnabled("Keyring is empty: gossip encryption is not enabled on this agent")
-        rings = [self.lan] + ([self.wan] if self.wan is not None else [])
+        if wan_only and self.wan is None:
+            raise KeyringError("this agent has no WAN keyring (not a server with a WAN port)")
+        rings = ([] if wan_only else [self.lan]) + ([self.wan] if self.wan is not None else [])
         if op == "use":  # check every ring first, so LAN and WAN stay in lock-step
             for ring in rings:
                 if key not in ring.keyring.keys:
@@ -160,12 +164,14 @@ class GossipKeys:
         for ring in rings:
             ring.apply(op, key)
         if op != "list":
-            log.info("keyring: %s %s%s", op, encode_key(key) if key else "", " (LAN and WAN)" if self.wan else "")
+            log.info("keyring: %s %s (%s)", op, encode_key(key) if key else "",
+                     "WAN" if wan_only else "LAN and WAN" if self.wan else "LAN")
         return {"lan": self.lan.state(), "wan": self.wan.state() if self.wan is not None else None}
 
     def handle(self, name: str, payload: bytes, sealed: bool) -> bytes:
-        """The LAN pool's `on_request`: a keyring operation another member sent us."""
-        if name != REQUEST:
+        """A pool's `on_request`: a keyring operation another member sent us (`keyring` from a LAN member:
+        both keyrings; `keyring-wan` from a WAN member: the WAN keyring only)."""
+        if name not in (REQUEST, WAN_REQUEST):
             raise RequestRefused(f"unknown request {name!r}")
         if not sealed:
             raise RequestRefused("keyring operations must arrive encrypted with a gossip key")
@@ -174,7 +180,7 @@ class GossipKeys:
             op, key = req["op"], req.get("key")
             if op not in OPS or (key is not None and type(key) is not bytes):
                 raise ValueError(op)
-            return msgpack.packb(self.local(op, key), use_bin_type=True)
+            return msgpack.packb(self.local(op, key, wan_only=name == WAN_REQUEST), use_bin_type=True)
         except KeyringError as e:
             raise RequestRefused(str(e)) from None
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
@@ -182,34 +188,30 @@ class GossipKeys:
 
     # ------------------------------------------------------------------ the cluster-wide operation
     async def operate(self, pool: Pool, targets: Sequence[Target], op: str, key_text: str = "",
-                      local_only: bool = False) -> list[dict[str, Any]]:
-        """Run `op` here and on every target (the other members); Consul's `KeyringResponse` list (WAN first, on servers).
+                      local_only: bool = False, wan: tuple[Pool, Sequence[Target]] | None = None
+                      ) -> list[dict[str, Any]]:
+        """Run `op` here and on every LAN target (the other members); Consul's `KeyringResponse` list, the WAN
+        row first on servers. The WAN row counts this datacenter's servers (their LAN answers) unless `wan`
+        gives the WAN pool and its other members, which are then asked too (`keyring-wan`) — how the WAN
+        pool joins in once it runs on `membership.pool.Pool`. `local_only` asks no WAN member.
         Raises `KeyringError` for a bad key or an operation this agent refuses before asking anyone."""
         if op not in OPS:
             raise KeyringError(f"unknown keyring operation {op!r}")
         key = decode_key(key_text, "Key") if op != "list" else None
-        answers: dict[str, dict[str, Any]] = {self.node: self.local(op, key)}
-        errors: dict[str, str] = {}
+        mine = self.local(op, key)
         payload = msgpack.packb({"op": op, "key": key}, use_bin_type=True)
-        gate = asyncio.Semaphore(FANOUT)
-
-        async def ask(t: Target) -> None:
-            async with gate:
-                try:
-                    reply = await pool.request((t.addr, t.port), REQUEST, payload, REQUEST_TIMEOUT)
-                    answers[t.name] = msgpack.unpackb(reply)
-                except MembershipError as e:
-                    errors[t.name] = str(e)
-                except (OSError, TimeoutError) as e:
-                    errors[t.name] = f"no answer: {e or type(e).__name__}"
-                except (ValueError, msgpack.UnpackException):
-                    errors[t.name] = "a malformed answer"
-
-        await asyncio.gather(*(ask(t) for t in targets))
+        answers, errors = await _fan_out(pool, targets, REQUEST, payload)
+        answers[self.node] = mine
         out = []
-        wan_answers = {n: a["wan"] for n, a in answers.items() if isinstance(a.get("wan"), dict)}
-        if wan_answers and not local_only:
-            out.append(self._summary(True, wan_answers, {}, len(wan_answers)))
+        if wan is not None and not local_only and self.wan is not None:
+            wan_answers, wan_errors = await _fan_out(wan[0], wan[1], WAN_REQUEST, payload)
+            wan_answers[self.node] = mine
+            out.append(self._summary(True, {n: a["wan"] for n, a in wan_answers.items()
+                                            if isinstance(a.get("wan"), dict)}, wan_errors, len(wan[1]) + 1))
+        else:
+            wan_rows = {n: a["wan"] for n, a in answers.items() if isinstance(a.get("wan"), dict)}
+            if wan_rows:
+                out.append(self._summary(True, wan_rows, {}, len(wan_rows)))
         lan_answers = {n: a["lan"] for n, a in answers.items() if isinstance(a.get("lan"), dict)}
         out.append(self._summary(False, lan_answers, errors, len(targets) + 1))
         return out
@@ -229,6 +231,32 @@ class GossipKeys:
         if errors:
             row["Messages"] = errors
         return row
+
+
+async def _fan_out(pool: Pool, targets: Sequence[Target], name: str,
+                   payload: bytes) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Send one request to every target, `FANOUT` at a time: (answers by member, errors by member)."""
+    answers: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    gate = asyncio.Semaphore(FANOUT)
+
+    async def ask(t: Target) -> None:
+        async with gate:
+            try:
+                reply = await pool.request((t.addr, t.port), name, payload, REQUEST_TIMEOUT)
+                answer = msgpack.unpackb(reply)
+                if type(answer) is not dict:
+                    raise ValueError("not a map")
+                answers[t.name] = answer
+            except MembershipError as e:
+                errors[t.name] = str(e)
+            except (OSError, TimeoutError) as e:
+                errors[t.name] = f"no answer: {e or type(e).__name__}"
+            except (ValueError, msgpack.UnpackException):
+                errors[t.name] = "a malformed answer"
+
+    await asyncio.gather(*(ask(t) for t in targets))
+    return answers, errors
 
 
 def failures(rows: list[dict[str, Any]]) -> str:

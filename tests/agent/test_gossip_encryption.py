@@ -226,3 +226,39 @@ async def test_rolling_enablement_verify_incoming_and_outgoing_off_then_on() -> 
     finally:
         for g in (plain, rolling, sending, strict):
             await g.pool.stop()
+
+
+async def test_a_wan_pool_on_the_membership_shell_gets_keyring_operations_on_its_wan_keyrings_only(
+        tmp_path: Path) -> None:
+    """How the WAN pool joins in once it runs on `membership.pool.Pool`: its sealer is the WAN keyring's and its
+    `on_request` the keyring's handler; an operation asks every WAN member to change its WAN keyring."""
+    from proconsul.membership.core import Membership
+    from proconsul.membership.pool import Pool
+
+    servers = []
+    for name, dc in (("sa", "dc1"), ("sb", "dc2")):
+        keys = GossipKeys(AgentConfig(node_name=name, datacenter=dc, encrypt=encode_key(K1),
+                                      data_dir=str(tmp_path / name)), wan=True)
+        core = Membership(f"{name}.{dc}", "127.0.0.1", 0, {}, rng=random.Random(name), timings=FAST, label="wan")
+        pool = Pool(core, "127.0.0.1", 0, on_events=lambda ev: None, sealer=keys.wan_sealer, on_request=keys.handle)
+        await pool.start()
+        servers.append((keys, pool))
+    (ka, wan_a), (kb, wan_b) = servers
+    lan_a = await member("sa", keys=ka)  # sa's LAN pool: no other member in dc1
+    try:
+        rows = await ka.operate(lan_a.pool, [], "install", encode_key(K2),
+                                wan=(wan_a, [Target("sb.dc2", "127.0.0.1", wan_b.port)]))
+        assert failures(rows) == ""
+        k1, k2 = encode_key(K1), encode_key(K2)
+        assert rows[0]["WAN"] and rows[0]["NumNodes"] == 2 and rows[0]["Keys"] == {k1: 2, k2: 2}
+        assert rows[1] == {"WAN": False, "Datacenter": "dc1", "Segment": "", "Keys": {k1: 1, k2: 1},
+                           "PrimaryKeys": {k1: 1}, "NumNodes": 1}
+        assert kb.wan is not None and kb.wan.keyring.keys == [K1, K2]
+        assert kb.lan is not None and kb.lan.keyring.keys == [K1]  # dc2's LAN is dc2's business
+        local = await ka.operate(lan_a.pool, [], "list", local_only=True,
+                                 wan=(wan_a, [Target("sb.dc2", "127.0.0.1", wan_b.port)]))
+        assert local[0]["NumNodes"] == 1  # local-only: no WAN member asked
+    finally:
+        await lan_a.pool.stop()
+        for _, pool in servers:
+            await pool.stop()

@@ -14,8 +14,9 @@ AES-GCM exactly as the LAN pool's frames are (membership/keyring.py); a frame th
 key, or plaintext while `encrypt_verify_incoming` is on) is dropped, counted in `dropped` and logged, and
 the exchange fails with the reason. Keyring operations reach the WAN keyrings of this datacenter's servers
 through the LAN fan-out (each server applies an operation to its LAN and WAN keyrings in lock-step).
-This shell is temporary: once the WAN pool runs on `membership.pool.Pool`, its sealer goes to
-`Pool(sealer=…, on_request=…)` as the LAN's does, and the keyring fan-out covers every WAN member.
+This shell is temporary: once the WAN pool runs on `membership.pool.Pool`, it takes
+`Pool(sealer=keys.wan_sealer, on_request=keys.handle)` as the LAN's does, and `Cluster.keyring_operation`
+passes `wan=(pool, targets)` to `GossipKeys.operate` so every WAN member is asked (agent/cluster/keyring.py).
 """
 
 from __future__ import annotations
