@@ -54,8 +54,11 @@ def test_wan_coordinates_per_datacenter(federation: Federation) -> None:
         rows = complete(federation.a)
         return bool(rows) and all(c["Coord"]["Error"] < 1.5 for r in rows for c in r["Coordinates"])
 
-    wait_for(updated, 10, message="coordinates to be updated by WAN exchanges")
+    wait_for(updated, 10, message="coordinates to be updated by WAN probes")
     assert complete(federation.c1)  # a client agent asks a server
+    out = ok(federation.c1, "rtt", "-wan", "a.dc1", "s1.dc2").strip()
+    assert out.startswith("Estimated a.dc1 <-> s1.dc2 rtt: ") and out.endswith("ms (using WAN coordinates)")
+    assert 0.0 < float(out.split("rtt: ")[1].split()[0]) < 50.0  # loopback-sized
 
 
 def test_reads_and_writes_reach_the_named_datacenter_from_a_client_agent(federation: Federation) -> None:
