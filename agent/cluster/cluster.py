@@ -33,6 +33,7 @@ from proconsul.agent.cluster.coordinate_sync import CoordinateFlusher, Coordinat
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
+from proconsul.agent.cluster.keyring import GossipKeys, Target
 from proconsul.agent.cluster.lan import LANGossip, lan_timings
 from proconsul.agent.cluster.membership import STATUS_CODES, Member
 from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
@@ -61,6 +62,9 @@ from proconsul.consensus.node import NodeOptions, RaftNode, Server
 from proconsul.consensus.storage import FileStorage, MemoryStorage
 from proconsul.membership.config import WAN
 from proconsul.membership.errors import JoinError, MembershipError
+from proconsul.membership.keyring import KeyringError
+from proconsul.membership.view import ALIVE as REC_ALIVE
+from proconsul.membership.view import SUSPECT as REC_SUSPECT
 
 log = logging.getLogger("proconsul.cluster")
 
@@ -136,11 +140,16 @@ class Cluster:
                                            lambda v: as_duration("gossip_wan", v, "gossip_wan"), WAN, "gossip_wan")
         except (MembershipError, ConfigError) as e:
             raise ClusterError(str(e)) from None
+        try:
+            self.keys = GossipKeys(cfg, wan=bool(cfg.server and cfg.serf_wan_port >= 0))
+        except KeyringError as e:
+            raise ClusterError(str(e)) from None
         # The incarnation starts at the wall clock's seconds, so a restarted agent is newer than it was.
         self.lan = LANGossip(cfg.node_name, cfg.advertise, max(cfg.serf_lan_port, 0), self._tags(), cfg.datacenter,
                              cfg.serf_lan_addr or cfg.bind_addr, timings=timings, retry_join=cfg.retry_join,
                              retry_interval=cfg.retry_interval, rng=self.rng, incarnation=int(time.time()),
-                             on_change=self.membership_changed)
+                             on_change=self.membership_changed, sealer=self.keys.lan_sealer,
+                             on_request=self.keys.handle)
         self.members = self.lan.members
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
@@ -233,6 +242,16 @@ class Cluster:
                 tags["wan_join_port"] = str(cfg.serf_wan_port)
         return tags
 
+    async def keyring_operation(self, op: str, key: str = "", local_only: bool = False) -> list[dict[str, Any]]:
+        """A keyring operation on every member of the LAN pool and, on a server, of the WAN pool
+        (agent/cluster/keyring.py)."""
+        def others(core: Any) -> list[Target]:
+            return [Target(r.node.name, r.node.addr, r.node.port) for r in core.view
+                    if r.node.name != core.name and r.state in (REC_ALIVE, REC_SUSPECT)]
+
+        wan = (self.wan.pool, others(self.wan.core)) if self.wan is not None else None
+        return await self.keys.operate(self.lan.pool, others(self.lan.core), op, key, local_only, wan)
+
     # ------------------------------------------------------------------ WAN pool and router (servers)
     def _init_wan(self) -> None:
         cfg = self.config
@@ -243,7 +262,8 @@ class Cluster:
         self.wan = WANPool(me, cfg.serf_wan_addr or cfg.bind_addr, timings=self.wan_timings,
                            retry_join=cfg.retry_join_wan, retry_interval=cfg.retry_interval_wan, rng=self.rng,
                            incarnation=int(time.time()), on_change=self._wan_changed,
-                           local_servers=self._local_wan_servers)
+                           local_servers=self._local_wan_servers, sealer=self.keys.wan_sealer,
+                           on_request=self.keys.handle)
         self.router = Router(self.wan, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
 

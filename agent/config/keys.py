@@ -245,6 +245,19 @@ def _refused(why: str, allow: Callable[[Any], bool] = lambda v: False) -> Setter
     return setter
 
 
+def _encrypt(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """The gossip key: checked here, so a malformed one stops the agent with one line naming it."""
+    from proconsul.membership.keyring import KeyringError, decode_key
+
+    if value in ("", None):
+        return
+    try:
+        decode_key(value if isinstance(value, str) else repr(value), key)
+    except KeyringError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    cfg.encrypt = value.strip()
+
+
 def _silently(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     """Keys whose Consul meaning is already what Proconsul does (e.g. there is no update check to disable)."""
 
@@ -601,9 +614,6 @@ KEYS: dict[str, Setter] = {
         "translate_wan_addrs": "addresses are not translated for other datacenters",
         "enable_agent_tls_for_checks": "HTTP and gRPC checks use their own TLS settings",
         "disable_http_unprintable_char_filter": "keys and names are not filtered",
-        "disable_keyring_file": "there is no gossip keyring yet",
-        "encrypt_verify_incoming": "there is no gossip encryption yet",
-        "encrypt_verify_outgoing": "there is no gossip encryption yet",
         "retry_max": "retry_join tries until it succeeds",
         "retry_max_wan": "retry_join_wan tries until it succeeds",
         "discovery_max_stale": "client agents forward DNS to servers, answered from their replica",
@@ -627,7 +637,10 @@ KEYS: dict[str, Setter] = {
         "acl_disabled_ttl": "an agent knows whether its servers have ACLs on from its own config",
     }.items()},
     # Cannot be honoured safely: stop with one line rather than run without what was asked.
-    "encrypt": _refused("gossip encryption is not built yet, and the LAN port would stay plaintext"),
+    "encrypt": _encrypt,
+    "encrypt_verify_incoming": _set("encrypt_verify_incoming", as_bool),
+    "encrypt_verify_outgoing": _set("encrypt_verify_outgoing", as_bool),
+    "disable_keyring_file": _set("disable_keyring_file", as_bool),
     "acl": _acl,
     **{k: _legacy_acl for k in (
         "acl_agent_master_token", "acl_agent_token", "acl_datacenter", "acl_default_policy", "acl_down_policy",

@@ -77,6 +77,10 @@ class AgentConfig:
     node_name: str = ""
     node_id: str = ""
     data_dir: str = ""
+    encrypt: str = ""  # base64 gossip key (checked when read); the keyring file in the data dir wins after the first start
+    encrypt_verify_incoming: bool = True
+    encrypt_verify_outgoing: bool = True
+    disable_keyring_file: bool = False
     bind_addr: str = "127.0.0.1"
     client_addr: str = "127.0.0.1"
     advertise_addr: str = ""

@@ -52,7 +52,9 @@ def test_a_consul_style_config_loads_with_warnings_for_what_has_no_effect() -> N
 @pytest.mark.parametrize(("data", "says"), [
     ({"ports": {"https": 8501}}, "ports.https = 8501 cannot be honoured without a certificate"),
     ({"ports": {"grpc_tls": 8503}}, "ports.grpc_tls = 8503 cannot be honoured"),
-    ({"encrypt": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="}, "encrypt cannot be honoured"),
+    ({"encrypt": "not-base64!"}, "encrypt: not valid base64"),
+    ({"encrypt": "c2hvcnQ="}, "encrypt: decodes to 5 bytes; a gossip key must be 16, 24 or 32 bytes"),
+    ({"encrypt_verify_incoming": "maybe"}, "encrypt_verify_incoming"),
     ({"acl": {"enabled": True, "default_policy": "maybe"}}, "acl.default_policy must be one of allow, deny"),
     ({"acl": {"tokens": {"master_key": "x"}}}, "unknown key acl.tokens.master_key"),
     ({"auto_encrypt": {"tls": True, "verify": True}}, "unknown key auto_encrypt.verify"),
