@@ -3,7 +3,7 @@
 Every /v1 route must appear here (a test holds us to it), so a new endpoint cannot be left open by
 accident. A guard reads the path and query (never the body); routes whose right depends on the body,
 and listings that Consul filters rather than refuses, say `INSIDE` and check in their handler (with
-`acl_filter` for listings).
+`agent/acl/filters.py` for listings; the rights of catalog writes are in `agent/acl/enforce.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl import enforce
 from proconsul.agent.acl.authorizer import Authorizer
 
 Guard = Callable[[web.Request, Authorizer], Awaitable[None]]
@@ -85,30 +86,10 @@ def intention(access: str, param: str) -> Guard:
     return guard
 
 
-SERVICE_CONFIG_KINDS = ("service-defaults", "service-resolver", "service-splitter", "service-router",
-                        "service-intentions")
-
-
-def config_entry_right(authz: Authorizer, kind: str, name: str, access: str) -> bool:
-    """Consul's rule per config entry kind: service kinds need the service right (intentions: the intention
-    right on the destination); proxy-defaults is readable by anyone; the rest need mesh (or operator)."""
-    if kind == "service-intentions":
-        return authz.intention_allowed(name, access)
-    if kind in SERVICE_CONFIG_KINDS:
-        return authz.allowed("service", name, access)
-    if kind == "proxy-defaults" and access == "read":
-        return True
-    return authz.singleton_allowed("mesh", access)
-
-
 def config_entry(access: str) -> Guard:
     async def guard(request: web.Request, authz: Authorizer) -> None:
-        from proconsul.agent.acl.errors import PermissionDenied
-
         kind, name = request.match_info["kind"], request.match_info["name"]
-        if not config_entry_right(authz, kind, name, access):
-            raise PermissionDenied(authz.accessor, "service" if kind in SERVICE_CONFIG_KINDS else "mesh", access,
-                                   name if kind in SERVICE_CONFIG_KINDS else None)
+        enforce.require(authz, [enforce.Need("config", f"{kind}/{name}", access)])
     return guard
 
 
@@ -143,6 +124,7 @@ GUARDS: dict[tuple[str, str], Guard] = {
     ("GET", "/v1/agent/connect/ca/leaf/{service}"): seg("service", "write", "service"),
     ("POST", "/v1/agent/connect/authorize"): INSIDE,
     ("GET", "/v1/agent/connect/ca/roots"): NONE,
+    ("GET", "/v1/agent/connect/tap/{service}"): seg("service", "read", "service"),  # request paths: service:read
     ("GET", "/v1/agent/debug/profile"): OP_READ,
     ("PUT", "/v1/agent/debug/partition"): OP_WRITE,
     # catalog and health (listings are filtered in run_query)
@@ -158,6 +140,12 @@ GUARDS: dict[tuple[str, str], Guard] = {
     ("PUT", "/v1/catalog/deregister"): INSIDE,
     # Consul: service:read on the chain's service (POST only adds compile overrides).
     ("GET", "/v1/discovery-chain/{service}"): seg("service", "read", "service"),
+    # canaries write the service's splitter: service:write to start, promote, abort; service:read to look
+    ("PUT", "/v1/connect/canary/{service}"): seg("service", "write", "service"),
+    ("POST", "/v1/connect/canary/{service}/promote"): seg("service", "write", "service"),
+    ("POST", "/v1/connect/canary/{service}/abort"): seg("service", "write", "service"),
+    ("GET", "/v1/connect/canary/{service}"): seg("service", "read", "service"),
+    ("GET", "/v1/connect/canaries"): OP_READ,
     ("POST", "/v1/discovery-chain/{service}"): seg("service", "read", "service"),
     ("GET", "/v1/health/node/{node}"): INSIDE,
     ("GET", "/v1/health/checks/{name}"): INSIDE,

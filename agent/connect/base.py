@@ -10,6 +10,7 @@ leaf, as Consul spreads renewals) or the active root changes; `leaf_blocking` wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -19,11 +20,13 @@ from typing import Any, Protocol
 
 import orjson
 
+from proconsul.agent.cluster.caller import acting_as, caller_token
 from proconsul.agent.config.model import AgentConfig
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import StateStore
 from proconsul.connect import ca
 from proconsul.connect import intentions as ixns
+from proconsul.connect.chain import gateway_tls
 from proconsul.connect.spiffe import ServiceID, parse_service
 
 log = logging.getLogger("proconsul.connect")
@@ -62,6 +65,7 @@ class ConnectBase:
         self.agent = agent
         self._leaves: dict[str, dict[str, Any]] = {}
         self._leaf_locks: dict[str, asyncio.Lock] = {}
+        self._leaf_tokens: dict[str, str] = {}  # service -> the token its leaf was asked with
         self._leaf_changed: dict[str, asyncio.Event] = {}
         self._leaf_index = 0
         # (target, client URI) -> encoded decision, and request bytes -> decision; both dropped whenever
@@ -112,31 +116,48 @@ class ConnectBase:
         self._decisions, self._raw_decisions = {}, {}
 
     # ------------------------------------------------------------------ leaves (the agent's cache)
-    async def _issue(self, service: str) -> dict[str, Any]:
+    async def _issue(self, service: str, dns_names: list[str]) -> dict[str, Any]:
         uri = ServiceID(self.trust_domain, "default", self.agent.config.datacenter, service).uri
         parse_service(uri)  # a name no SPIFFE ID can hold is refused (InvalidSpiffeID: a 400) before signing
         key = ca.generate_key()
-        leaf = await self.sign_csr(ca.make_csr(uri, key, service), service)
+        leaf = await self.sign_csr(ca.make_csr(uri, key, service, dns_names), service)
         self._leaf_index = max(self._leaf_index + 1, self.roots_body()[0])
         return dict(leaf, PrivateKeyPEM=ca.key_pem(key), Namespace="default", Partition="default",
                     Kind="", CreateIndex=self._leaf_index, ModifyIndex=self._leaf_index,
-                    RootID=self.active_root_id(), Jitter=self.agent.rng.random())
+                    RootID=self.active_root_id(), Jitter=self.agent.rng.random(), DNSSANs=dns_names)
 
     def _fresh(self, leaf: dict[str, Any] | None) -> bool:
         if leaf is None or leaf["RootID"] != self.active_root_id():
             return False
         return not ca.leaf_needs_renewal(leaf["CertPEM"], now_utc(), leaf["Jitter"])
 
+    async def dns_sans(self, service: str) -> list[str]:
+        """The DNS names `service`'s leaf carries: an ingress gateway serving TLS gets Consul's
+        (`*.ingress.<domain>`, `*.ingress.<dc>.<domain>`, its entry's Hosts); every other service none."""
+        try:
+            _, entry = await self.agent.backend.query("config.get", {"kind": "ingress-gateway", "name": service})
+        except Exception as e:  # the servers may be busy: keep the names the leaf has
+            log.debug("cannot read the ingress-gateway entry %r for its leaf's names: %s", service, e)
+            cur = self._leaves.get(service)
+            return list(cur["DNSSANs"]) if cur is not None else []
+        cfg = self.agent.config
+        return gateway_tls.dns_sans(entry, cfg.datacenter, cfg.domain, cfg.alt_domain)
+
     async def leaf(self, service: str) -> dict[str, Any]:
-        """The service's cached leaf, issued anew when missing, aging or from an old root."""
+        """The service's cached leaf, issued anew when missing, aging, from an old root, or when the DNS
+        names it must carry changed (an ingress gateway's TLS hosts)."""
+        names = await self.dns_sans(service)
         cur = self._leaves.get(service)
-        if self._fresh(cur):
+        if self._fresh(cur) and cur["DNSSANs"] == names:  # type: ignore[index]
             return cur  # type: ignore[return-value]
+        token = caller_token()
+        if token is not None:  # renewals after a root change are signed with the token that asked (Consul)
+            self._leaf_tokens[service] = token
         lock = self._leaf_locks.setdefault(service, asyncio.Lock())
         async with lock:  # one signature per service however many callers ask at once
             cur = self._leaves.get(service)
-            if not self._fresh(cur):
-                cur = self._leaves[service] = await self._issue(service)
+            if not self._fresh(cur) or cur["DNSSANs"] != names:  # type: ignore[index]
+                cur = self._leaves[service] = await self._issue(service, names)
                 ev = self._leaf_changed.pop(service, None)
                 if ev is not None:
                     ev.set()
@@ -161,7 +182,9 @@ class ConnectBase:
         """After a root change: re-issue cached leaves at once, waking blocked leaf queries."""
         for service in list(self._leaves):
             try:
-                await self.leaf(service)
+                token = self._leaf_tokens.get(service)
+                with acting_as(token) if token is not None else contextlib.nullcontext():
+                    await self.leaf(service)
             except Exception as e:  # the servers may be busy: the next call renews it
                 log.warning("could not renew the leaf of %s after a root change: %s", service, e)
 
