@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .codec import Codec, unpack_one
 from .config import LAN, Timings
 from .core import FAILED, JOIN, REFUTED, S_PUSH_PULL, SUSPECTED, Membership
 from .errors import InvariantViolation, Malformed, Refused
@@ -55,8 +56,10 @@ class SlowPattern:
 
     kind "stall": the member stops for `seconds` (a GC pause, CPU starvation): what comes due meanwhile
     is handled when it resumes, in random order. kind "lag": for `length` seconds, every message it
-    receives is handled `seconds` late while its own timers keep time (Lifeguard's "slow message
-    processing")."""
+    receives — pings, acks and nacks of its own probes, news, refutations — is handled `seconds` late,
+    in arrival order, while its own timers keep time (Lifeguard's "slow message processing": such a
+    member misses its probes' deadlines and suspects healthy members, and reads their refutations
+    late); when the episode ends it works through the datagrams already queued before newer ones."""
 
     seconds: float = 2.0
     every: tuple[float, float] = (5.0, 15.0)
@@ -65,7 +68,8 @@ class SlowPattern:
 
 
 class SimMember:
-    __slots__ = ("index", "name", "addr", "core", "crashed", "paused_until", "slow", "left", "pauses", "lag")
+    __slots__ = ("index", "name", "addr", "core", "crashed", "paused_until", "slow", "left", "pauses", "lag",
+                 "backlog")
 
     def __init__(self, index: int, name: str, addr: tuple[str, int], core: Membership) -> None:
         self.index = index
@@ -77,7 +81,8 @@ class SimMember:
         self.slow: SlowPattern | None = None
         self.left = False
         self.pauses = 0
-        self.lag = 0.0  # extra delay of every message it receives (a "lag" episode)
+        self.lag = 0.0  # extra delay of every datagram it receives (a "lag" episode)
+        self.backlog = 0.0  # when it will have handled the last datagram of its lagged inbound queue
 
 
 def consul_tags(rng: random.Random, server: bool = False) -> dict[str, str]:
@@ -106,8 +111,13 @@ class Sim:
     """n members that already know each other (a settled pool), on a simulated network."""
 
     def __init__(self, n: int, *, seed: int = 0, timings: Timings = LAN, network: Network | None = None,
-                 label: str = "lan:dc1", fold_every: float = 5.0, trace: bool = False) -> None:
+                 label: str = "lan:dc1", fold_every: float = 5.0, trace: bool = False, encode: bool = True) -> None:
         self.seed = seed
+        # encode=False: datagrams travel as their members' encoded messages (core.pack = tuple), each
+        # message decoded once and the decoded form handed to every receiver (`on_messages`): the same
+        # run, event for event, without a msgpack decode per delivery. Streams are always encoded.
+        self.encode = encode
+        self._decoded: dict[bytes, Any] = {}
         self.rng = random.Random(seed)
         self.timings = timings
         self.net = network or Network()
@@ -135,6 +145,7 @@ class Sim:
             name, addr = self._identity(i)
             recs.append(Rec(Node(name, addr[0], addr[1], consul_tags(tags_rng)), 0, ALIVE, 0.0))
         self.baseline = Baseline(recs)
+        self._prefix = len(Codec(label).prefix)
         for i in range(n):
             rec = recs[i]
             core = Membership(rec.node.name, rec.node.addr, rec.node.port, rec.node.tags,
@@ -154,6 +165,8 @@ class Sim:
 
     def _add(self, core: Membership) -> SimMember:
         i = len(self.members)
+        if not self.encode:
+            core.pack = tuple
         addr = (core.addr, core.port)
         m = SimMember(i, core.name, addr, core)
         self.members.append(m)
@@ -212,7 +225,10 @@ class Sim:
             if trace is not None:
                 trace.update(f"{t:.9f} {kind} {i}".encode())
             if kind == _UDP:
-                core.on_packet(t, a)
+                if type(a) is bytes:
+                    core.on_packet(t, a)
+                else:
+                    core.on_messages(t, a)
             elif kind == _TIMER:
                 core.on_timer(t, a, b)
             elif kind == _REQ:
@@ -252,8 +268,12 @@ class Sim:
             core.events = []
             self._on_events(m, events)
 
-    def _udp(self, i: int, dest: tuple[str, int], data: bytes) -> None:
-        self.bytes_out[i] += len(data) + UDP_OVERHEAD
+    def _udp(self, i: int, dest: tuple[str, int], data: bytes | tuple[bytes, ...]) -> None:
+        if type(data) is bytes:
+            size = len(data)
+        else:  # the frame codec.packet would make: header, array header, the messages
+            size = self._prefix + (1 if len(data) < 16 else 3) + sum(map(len, data))
+        self.bytes_out[i] += size + UDP_OVERHEAD
         self.packets_out[i] += 1
         j = self.by_addr.get(dest)
         if j is None or (self.groups is not None and self.groups[i] != self.groups[j]):
@@ -263,12 +283,31 @@ class Sim:
         loss = self.link_loss.get((i, j), net.loss) if self.link_loss else net.loss
         if loss and rnd() < loss:
             return
+        if type(data) is not bytes:
+            dec = self._decoded
+            if len(dec) > 200_000:  # pings and acks are one-offs; news is sent many times: keep it bounded
+                dec.clear()
+            msgs = []
+            for msg in data:
+                m = dec.get(msg)
+                if m is None:
+                    m = dec[msg] = unpack_one(msg)
+                msgs.append(m)
+            data = msgs  # type: ignore[assignment]
         share = self.share
-        delay = share[i] + share[j] + self.members[j].lag
+        target = self.members[j]
+        when = self.now + share[i] + share[j]
         if net.jitter:
-            delay -= net.jitter * _log(1.0 - rnd())
+            when -= net.jitter * _log(1.0 - rnd())
+        if target.lag:  # a slow member takes its datagrams in the order they came, `lag` late
+            when += target.lag
+            if when < target.backlog:
+                when = target.backlog
+            target.backlog = when
+        elif target.backlog > when:  # ... and works through the backlog after the episode ends
+            when = target.backlog
         self._seq += 1
-        heapq.heappush(self._heap, (self.now + delay, self._seq, _UDP, j, data, None))
+        heapq.heappush(self._heap, (when, self._seq, _UDP, j, data, None))
 
     def _tcp_cost(self, i: int, body: bytes, connection: bool = False) -> None:
         size = len(body) + 4

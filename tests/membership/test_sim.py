@@ -73,3 +73,18 @@ def test_a_join_reaches_everyone_and_a_leave_is_left_everywhere() -> None:
     sim.run(40.0)
     assert sim.state_everywhere("node-00042") == {LEFT: 100}
     sim.check_no_false_dead()
+
+
+def test_handing_decoded_messages_to_receivers_is_the_same_run_as_encoding_every_datagram() -> None:
+    def run(encode: bool) -> tuple[str, list[int], dict[str, int]]:
+        sim = Sim(60, seed=8, network=Network(loss=0.02), trace=True, encode=encode)
+        for i in (3, 30):
+            sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
+        sim.at(4.0, lambda: sim.crash(17))
+        sim.at(6.0, lambda: sim.join(via=5))
+        sim.run(40.0)
+        return sim.trace_digest(), sim.bytes_out, sim.counters()
+
+    encoded, decoded = run(True), run(False)
+    assert encoded == decoded
+    assert sum(encoded[1]) > 0 and encoded[2].get("dropped_malformed", 0) == 0
