@@ -4,15 +4,22 @@ Thousands of `Membership` cores run in one process on a simulated clock and netw
 drawn from generators seeded from one seed, so a run is a pure function of its seed (`trace_digest`
 proves it). The network has per-link latency (each member a share of it, plus jitter) and loss, and
 partitions; TCP exchanges (push-pull, the fallback ping) are reliable but fail across a partition or to a
-crashed member. Faults: crash-stop, partitions and healing, graceful leave, joins, and **slow members**
-— a member that pauses for seconds now and then (CPU starvation, a GC pause): whatever comes due while
-it is paused (datagrams, stream messages, its own timers) is handled when the pause ends, in random
-order, as a stalled process finds them.
+crashed member. Faults: crash-stop, partitions and healing, graceful leave, joins, and **slow members** (`SlowPattern`):
+a member that stalls for seconds now and then (a GC pause: whatever comes due while it is paused —
+datagrams, stream messages, its own timers — is handled when the pause ends, in random order), or
+one that lags (Lifeguard's slow message processing: its datagrams, the acks of its own probes
+included, are handled seconds late in arrival order while its timers keep time).
 
 Invariants are checked as it runs: a member never declares itself dead and always sees itself alive
 (unless it left); an incarnation never goes back (`View.put`). `check_crashed_dead` and
 `check_no_false_dead` check the eventual ones: a crashed member is dead everywhere; once a partition
 has healed, no running member is dead anywhere.
+
+Speed: with `encode=False` a datagram travels as the tuple of its encoded messages (`core.pack`) and
+each message is decoded once, the decoded form handed to every member that receives it
+(`Membership.on_messages`) — the run is the same event for event as with every datagram framed and
+decoded (a test proves it), without a msgpack decode per delivery. Streams (push-pull, the TCP ping)
+are always encoded, and the tests run the encoded path.
 
 Memory: every view sits on one shared `Baseline` and holds only its differences; `fold` runs every
 `fold_every` simulated seconds. That is what lets 10,000 members each keep a view of 10,000.
@@ -28,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import codec as c
 from .codec import Codec, unpack_one
 from .config import LAN, Timings
 from .core import FAILED, JOIN, REFUTED, S_PUSH_PULL, SUSPECTED, Membership
@@ -39,6 +47,7 @@ TCP_OVERHEAD = 40  # IPv4 + TCP headers, per segment
 TCP_MSS = 1448
 TCP_CONNECTION = 7  # SYN, SYN-ACK, ACK, and FIN/ACK both ways: segments without data
 
+_NEWS = c.SUSPECT  # message types from here on are news (see codec.py); below, probe traffic
 _UDP, _TIMER, _REQ, _REP, _FAIL, _PAUSE, _CALL = range(7)
 _log = math.log
 
@@ -284,11 +293,17 @@ class Sim:
         if loss and rnd() < loss:
             return
         if type(data) is not bytes:
+            # News (suspect, alive, dead, user events) is sent many times over: decoded once, shared.
+            # Probes, acks and nacks are one-offs: decoded as they come (msg[1] is the type after a
+            # one-byte array header).
             dec = self._decoded
-            if len(dec) > 200_000:  # pings and acks are one-offs; news is sent many times: keep it bounded
+            if len(dec) > 100_000:
                 dec.clear()
             msgs = []
             for msg in data:
+                if msg[1] < _NEWS:
+                    msgs.append(unpack_one(msg))
+                    continue
                 m = dec.get(msg)
                 if m is None:
                     m = dec[msg] = unpack_one(msg)
