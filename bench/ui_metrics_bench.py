@@ -40,6 +40,13 @@ def get(url: str) -> dict:
         return json.loads(r.read())
 
 
+def running(agent: AgentProcess) -> AgentProcess:
+    """The agent, or an error with the end of its log when its process has exited (not 'connection refused')."""
+    if agent.proc is not None and agent.proc.poll() is not None:
+        raise SystemExit(f"the agent in {agent.workdir} exited with {agent.proc.returncode}:\n{agent.log()[-3000:]}")
+    return agent
+
+
 class Setup:
     def __init__(self, tmp: Path, web: int, scrape: float) -> None:
         self.tmp, self.web, self.scrape = tmp, web, scrape
@@ -79,8 +86,9 @@ class Setup:
                  30, interval=0.2, message="Prometheus")
         threading.Thread(target=self._traffic, daemon=True).start()
         for agent in (self.agent, self.prom_agent):  # both readers see web → db before measuring
-            wait_for(lambda a=agent: (get(a.url + "/v1/internal/ui/service-metrics/web")["Upstreams"].get("db")
-                                      or {}).get("RequestRate"), 60, interval=0.5, message="figures for web → db")
+            wait_for(lambda a=agent: (get(running(a).url + "/v1/internal/ui/service-metrics/web")["Upstreams"]
+                                      .get("db") or {}).get("RequestRate"), 60, interval=0.5,
+                     message="figures for web → db")
         self.stop.set()  # measured without traffic: the proxies' CPU is the metrics' alone
 
     def _traffic(self) -> None:
