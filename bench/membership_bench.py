@@ -77,6 +77,12 @@ def scale_run(n: int, seed: int, warmup: float = 10.0, window: float = 30.0) -> 
             "cpu_s": time.process_time() - cpu0, "false_pairs": sim.stats.false_pairs}
 
 
+def slow_down(sim: Sim, pattern: SlowPattern) -> None:
+    """5% of the members (every 20th) slow with `pattern` from now on."""
+    for i in range(0, sim.n, 20):
+        sim.slow(i, pattern)
+
+
 def fp_run(n: int, seed: int, seconds: float, lifeguard: bool, every: tuple[float, float] = PAUSE_EVERY,
            kind: str = "stall", delay: float = 2.0, length: float = 10.0) -> dict[str, Any]:
     """False positives with 1% loss and 5% of members slow now and then: kind "stall" (they stop for
@@ -85,9 +91,7 @@ def fp_run(n: int, seed: int, seconds: float, lifeguard: bool, every: tuple[floa
     cpu0 = time.process_time()
     timings = LAN if lifeguard else LAN.plain_swim()
     sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False)
-    slow = max(1, n // 20)
-    for i in range(slow):
-        sim.slow(i * 20 % n, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
+    slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
     sim.run(seconds)
     cpu = time.process_time() - cpu0
     member_hours = n * seconds / 3600.0
@@ -110,8 +114,7 @@ def speed_run(n: int, seconds: float, rounds: int, slow: bool) -> dict[str, Any]
             cpu0 = time.process_time()
             sim = Sim(n, seed=1, network=Network(loss=0.01), encode=encode)
             if slow:
-                for i in range(max(1, n // 20)):
-                    sim.slow(i * 20 % n, SlowPattern(seconds=2.0, every=PAUSE_EVERY))
+                slow_down(sim, SlowPattern(seconds=2.0, every=PAUSE_EVERY))
             built = time.process_time()
             sim.run(seconds)
             cpu = time.process_time() - built
