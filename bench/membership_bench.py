@@ -144,6 +144,9 @@ def _fmt(x: float | None, unit: str = "s") -> str:
 def _fp(arm: dict[str, Any] | None) -> str:
     if arm is None:
         return "—"
+    if "healthy_incidents" in arm:  # healthy victims, then the slow members themselves
+        return (f"{arm['healthy_per_member_hour']:.4f} ({arm['healthy_incidents']} healthy + {arm['slow_incidents']} "
+                f"slow in {arm['member_hours']:,.0f} member-h)")
     return f"{arm['per_member_hour']:.4f} ({arm['incidents']} in {arm['member_hours']:,.0f} member-h)"
 
 
@@ -177,11 +180,12 @@ def plot(rows: list[dict[str, Any]], fps: dict[int, dict[str, Any]], path: Path)
         ax[2].annotate(f"{v:.1f}", (k, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
     any_arm = fps[fns[0]]["on"] if fns else {}
     if any_arm.get("kind") == "lag":
-        title = f"slow observers: 5% lag {any_arm['delay']:g} s for {any_arm['length']:g} s, 1% loss"
+        title = f"slow observers (5%, {any_arm['delay']:g} s lag), 1% loss"
     else:
         title = "1% loss, 5% members with 2 s pauses"
     ax[2].set(xscale="log", yscale="symlog", xlabel="members", ylabel="healthy members falsely dead per member-hour",
               title=title)
+    ax[2].set_ylim(bottom=0)
     ax[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
