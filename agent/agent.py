@@ -33,6 +33,7 @@ from proconsul.agent.cluster.remote import RemoteBackend
 from proconsul.agent.cluster.server import ServerRole, StartingReplicator
 from proconsul.agent.config.load import finalize, load_config
 from proconsul.agent.config.model import AgentConfig
+from proconsul.agent.connect import entry_graph
 from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
 from proconsul.agent.local.events import EventBuffer, accepts
@@ -64,6 +65,7 @@ class Agent:
         self.server: ServerRole | None = None
         if config.server:
             self.store = StateStore(config.datacenter)
+            self.store.set_table_check(entry_graph.TABLE, entry_graph.config_entry_check(config.datacenter))
             # Until Raft is up (Cluster.start), this server has no leader and serves nothing locally.
             self.server = ServerRole(self.store, StartingReplicator(), rng=self.rng)
         try:
@@ -679,7 +681,8 @@ def _load_components(agent: Agent) -> None:
     """Attach optional components (DNS, UI, Connect) that register listeners or HTTP routes."""
     import importlib
 
-    for module_name in ("proconsul.dns.service", "proconsul.agent.api.ui", "proconsul.agent.api.connect"):
+    for module_name in ("proconsul.dns.service", "proconsul.agent.api.ui", "proconsul.agent.api.connect",
+                        "proconsul.agent.api.canary"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

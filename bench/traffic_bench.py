@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=None, help="pin every process to the first N cores")
+    ap.add_argument("--arms", default="", help="comma-separated arm names to run (default: all)")
     args = ap.parse_args()
     need("curl", "curl")
     load_before = open("/proc/loadavg").read().split()[:3]
@@ -245,6 +246,8 @@ def main() -> None:
                     Arm("ingress", lambda: measure_host(chain.ingress_port, "shop.ingress.mesh", chain.ingress_pids,
                                                         args.duration, args.cpus)),
                     Arm("haproxy", lambda: measure(hp_front, hp.pids, args.duration, args.cpus, False))]
+            if args.arms:
+                arms = [a for a in arms if a.name in args.arms.split(",")]
             alternate(arms, args.rounds)
             results = {a.name: {k: a.median(k) for k in a.results[0]} for a in arms}
         finally:
@@ -253,16 +256,21 @@ def main() -> None:
             hp.stop()
             sink.stop()
             web.stop()
-    summary = {
-        "chain_vs_plain_rps": results["l7-chain"]["rps"] / results["l7-plain"]["rps"],
-        "chain_cpu_per_1k_vs_plain": results["l7-chain"]["cpu_s_per_1k"] / results["l7-plain"]["cpu_s_per_1k"],
-        "access_log_vs_off_rps": results["l7-chain-log"]["rps"] / results["l7-chain"]["rps"],
-        "tracing100_vs_off_rps": results["l7-chain-trace100"]["rps"] / results["l7-chain"]["rps"],
-        "tracing1_vs_off_rps": results["l7-chain-trace1"]["rps"] / results["l7-chain"]["rps"],
-        "ingress_hop_vs_sidecar_hop_rps": results["ingress"]["rps"] / results["l7-chain"]["rps"],
-        "chain_vs_haproxy_rps": results["l7-chain"]["rps"] / results["haproxy"]["rps"],
-        "chain_p99_vs_haproxy": results["l7-chain"]["p99_ms"] / results["haproxy"]["p99_ms"],
+    ratios = {  # name: (arm, its peer, the figure)
+        "chain_vs_plain_rps": ("l7-chain", "l7-plain", "rps"),
+        "chain_cpu_per_1k_vs_plain": ("l7-chain", "l7-plain", "cpu_s_per_1k"),
+        "access_log_vs_off_rps": ("l7-chain-log", "l7-chain", "rps"),
+        "access_log_cpu_per_1k_vs_off": ("l7-chain-log", "l7-chain", "cpu_s_per_1k"),
+        "tracing100_vs_off_rps": ("l7-chain-trace100", "l7-chain", "rps"),
+        "tracing100_cpu_per_1k_vs_off": ("l7-chain-trace100", "l7-chain", "cpu_s_per_1k"),
+        "tracing1_vs_off_rps": ("l7-chain-trace1", "l7-chain", "rps"),
+        "tracing1_cpu_per_1k_vs_off": ("l7-chain-trace1", "l7-chain", "cpu_s_per_1k"),
+        "ingress_hop_vs_sidecar_hop_rps": ("ingress", "l7-chain", "rps"),
+        "chain_vs_haproxy_rps": ("l7-chain", "haproxy", "rps"),
+        "chain_p99_vs_haproxy": ("l7-chain", "haproxy", "p99_ms"),
     }
+    summary = {name: results[a][k] / results[b][k] for name, (a, b, k) in ratios.items()
+               if a in results and b in results}
     report("traffic", {"results": results, "summary": summary, "load_before": load_before,
                        "load_after": open("/proc/loadavg").read().split()[:3]})
     print(json.dumps(summary, indent=2))

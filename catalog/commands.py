@@ -98,6 +98,7 @@ class TableSet(Command):
     key: str
     row: dict[str, Any]
     cas: int | None = None
+    validate: bool = True  # False: another datacenter's rows, already checked there (replication)
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class TableDelete(Command):
     table: str
     key: str
     cas: int | None = None
+    validate: bool = True
 
 
 @dataclass(slots=True)

@@ -223,6 +223,12 @@ def execute_definition(store: Store, query: dict[str, Any], datacenter: str,
                             "Near": svc.get("Near") or ""}
 
 
+def has_failover(query: dict[str, Any]) -> bool:
+    """Whether a query names other datacenters to try when it finds no instance here."""
+    failover = (query.get("Service") or {}).get("Failover") or {}
+    return bool(failover.get("NearestN") or failover.get("Datacenters"))
+
+
 def order(nodes: list[dict[str, Any]], rng: Shuffler, near: str = "", limit: int = 0,
           by_distance: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Consul's ordering of an execute answer: shuffled, then sorted by RTT from `near` (`by_distance`, when

@@ -139,6 +139,19 @@ def _health_service(s: StateStore, a: Args) -> tuple[int, Any]:
     return idx, out
 
 
+def _health_connect(s: StateStore, a: Args) -> tuple[int, Any]:
+    """Consul's /v1/health/connect/:service: the service's Connect-capable instances, and the terminating
+    gateways whose config entry links it (a mesh service reaches an outside service through them)."""
+    idx, out = _health_service(s, {**a, "connect": True})
+    _, rows = s.table_list("config_entries")
+    gateways = sorted(r["Name"] for r in rows if r["Kind"] == "terminating-gateway" and any(
+        svc.get("Name") == a["name"] for svc in r.get("Services") or []))
+    for gw in gateways:
+        out += [e for e in _health_service(s, {**a, "name": gw, "connect": False})[1]
+                if e["Service"].get("Kind") == "terminating-gateway"]
+    return max(idx, s.table_index("config_entries")), out
+
+
 def _gateway_entry(s: StateStore, name: str) -> dict[str, Any] | None:
     for kind in ("ingress-gateway", "terminating-gateway"):
         row = s.table_get("config_entries", f"{kind}/{name}")[1]
@@ -460,6 +473,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("health.node", _health_node, (st.NODES, st.CHECKS)),
     Query("health.checks", _health_checks, _CATALOG),
     Query("health.service", _health_service, _CATALOG),
+    Query("health.connect", _health_connect, (*_CATALOG, "config_entries")),
     Query("health.state", _health_state, (st.NODES, st.CHECKS)),
     Query("kv.get", _kv_get, (st.KVS,), kv_arg="key"),
     Query("kv.list", _kv_list, (st.KVS,), kv_arg="key", kv_prefix=True),

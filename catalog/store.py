@@ -66,6 +66,8 @@ class Changes:
 
 
 Listener = Callable[[Changes], None]
+# A simple table's write check: (the table's rows by key, the key written, the new row or None for a delete).
+TableCheck = Callable[[dict[str, dict[str, Any]], str, dict[str, Any] | None], None]
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -111,6 +113,14 @@ class StateStore:
         self._lock_delay: dict[str, float] = {}  # key -> time (leader's clock) until which acquire fails
         self._kv_floor = 0  # index of the last operator restore: no KV prefix index goes below it
         self._tables: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in SIMPLE_TABLES}
+        self._table_checks: dict[str, TableCheck] = {}
+
+    def set_table_check(self, table: str, check: TableCheck) -> None:
+        """Have every write of `table` checked against the table as it is, inside apply (so two racing
+        writes are judged in log order): `check(rows, key, row)` raises a CatalogError to refuse a set
+        (`row`) or a delete (`row` None). It must be pure, as apply is: the same on every server."""
+        self._table(table)
+        self._table_checks[table] = check
 
     # ------------------------------------------------------------------ notification
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -900,6 +910,9 @@ class StateStore:
             prepared_query.check_unique(table, cmd.key, cmd.row, lambda sid: sid in self._sessions)
         if cmd.table == COORDINATES and cmd.key not in self._nodes:
             return True  # as Consul: a coordinate for a node the catalog does not have is dropped
+        check = self._table_checks.get(cmd.table)
+        if check is not None and cmd.validate:
+            check(table, cmd.key, cmd.row)
         row = dict(cmd.row)
         row["CreateIndex"] = cur["CreateIndex"] if cur else ch.index
         row["ModifyIndex"] = ch.index
@@ -914,6 +927,9 @@ class StateStore:
             return cmd.cas in (None, 0)
         if cmd.cas is not None and cur["ModifyIndex"] != cmd.cas:
             return False
+        check = self._table_checks.get(cmd.table)
+        if check is not None and cmd.validate:
+            check(table, cmd.key, None)
         del table[cmd.key]
         ch.tables.add(cmd.table)
         return True

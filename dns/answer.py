@@ -90,6 +90,7 @@ class QueryAnswer:
     instances: tuple[Instance, ...]
     ttl: int | None = None
     near: str = ""
+    failover: Mapping[str, Any] | None = None  # no instance here: the definition to run in other datacenters
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class Outcome:
     shuffled: bool = False
     cacheable: bool = True
     remote: str = ""  # the question names this other datacenter: its servers answer it (else `response`)
+    failover: Mapping[str, Any] | None = None  # a prepared query to run in other datacenters (else `response`)
 
 
 def _text(label: bytes) -> str:
@@ -338,7 +340,7 @@ class Answerer:
                 break
         if kind is not None and parts and not self._local(suffixes, view.datacenter):
             remote = self._remote(suffixes)
-            if remote and kind in ("service", "connect", "node", "addr"):
+            if remote and kind in ("service", "connect", "node", "addr", "query"):
                 # NXDOMAIN unless the agent reaches that datacenter (then its servers answer instead).
                 nx = self._nxdomain(reply, zone, view)
                 return Outcome(nx.response, cacheable=False, remote=remote)
@@ -454,7 +456,10 @@ class Answerer:
         the query's rules, shuffled with the `Near` node first; NXDOMAIN when no query or no instance."""
         found = view.prepared_query(name)
         if found is None or not found.instances:
-            return self._nxdomain(reply, zone, view)
+            nx = self._nxdomain(reply, zone, view)
+            if found is not None and found.failover is not None:  # the front runs it elsewhere, then asks again
+                return Outcome(nx.response, cacheable=False, failover=found.failover)
+            return nx
         instances = list(found.instances)
         shuffled = len(instances) > 1
         if shuffled:

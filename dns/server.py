@@ -17,11 +17,12 @@ import random
 import socket
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from .answer import Answerer, CatalogView
+from .answer import Answerer, CatalogView, QueryAnswer
 from .cache import WireCache
 from .errors import BadRecursor, ListenError, RemoteDNSError, ViewUnavailable
 from .mmsg import SLOT, BatchSocket
@@ -71,6 +72,22 @@ def parse_recursor(text: str) -> tuple[str, int]:
 
 # Asks another datacenter's servers: (datacenter, question, udp) -> their answer; raises RemoteDNSError.
 Remote = Callable[[str, bytes, bool], Awaitable[bytes | None]]
+# Runs a prepared query's definition in its failover datacenters: the first answer with instances, or None.
+QueryFailover = Callable[[Mapping[str, Any]], Awaitable[QueryAnswer | None]]
+
+
+class _FailedOver:
+    """The catalog view with one prepared query answered by another datacenter (the answering core then
+    builds the reply as for a local answer: TTL, shuffle, SRV or A records, truncation)."""
+
+    def __init__(self, view: CatalogView, answer: QueryAnswer) -> None:
+        self._view, self._answer = view, answer
+
+    def prepared_query(self, name: str) -> QueryAnswer | None:
+        return self._answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
 
 
 class DNSHandler:
@@ -78,8 +95,9 @@ class DNSHandler:
 
     def __init__(self, answerer: Answerer, view: CatalogView, recursors: list[tuple[str, int]],
                  recursor_timeout: float = 2.0, rng: random.Random | None = None,
-                 remote: Remote | None = None) -> None:
+                 remote: Remote | None = None, query_failover: QueryFailover | None = None) -> None:
         self.remote = remote
+        self.query_failover = query_failover
         self.answerer = answerer
         self.view = view
         self.recursors = recursors
@@ -87,7 +105,8 @@ class DNSHandler:
         self.rng = rng or random.Random()
         self.udp_cache = WireCache()
         self.tcp_cache = WireCache()
-        self.stats = {"answered": 0, "formerr": 0, "dropped": 0, "servfail": 0, "recursed": 0, "remote": 0}
+        self.stats = {"answered": 0, "formerr": 0, "dropped": 0, "servfail": 0, "recursed": 0, "remote": 0,
+                      "failover": 0}
         view.watch(self.invalidate)
 
     def invalidate(self, services: set[str] | None) -> None:
@@ -128,7 +147,8 @@ class DNSHandler:
                 return hit, False
         try:
             outcome = self.answerer.answer(request, self.view, self.rng, udp, bool(self.recursors))
-            if outcome.recurse or (outcome.remote and self.remote is not None):  # answered by `recurse`
+            if outcome.recurse or (outcome.remote and self.remote is not None) or (
+                    outcome.failover is not None and self.query_failover is not None):  # answered by `recurse`
                 return None, True
             assert outcome.response is not None
             data = bytes(outcome.response.pack())
@@ -150,7 +170,21 @@ class DNSHandler:
         (NXDOMAIN for a datacenter nobody knows, SERVFAIL when none of its servers answers); anything
         else is relayed to the recursors in order, SERVFAIL when none answers within the timeout."""
         packet = bytes(packet)
-        outcome = self.answerer.answer(DNSRecord.parse(packet), self.view, self.rng, not tcp, bool(self.recursors))
+        request = DNSRecord.parse(packet)
+        outcome = self.answerer.answer(request, self.view, self.rng, not tcp, bool(self.recursors))
+        if outcome.failover is not None and self.query_failover is not None:
+            self.stats["failover"] += 1
+            try:
+                found = await self.query_failover(outcome.failover)
+            except Exception:  # a bug failing over must answer like no instance, not kill the question
+                log.exception("DNS: prepared query failover failed")
+                found = None
+            if found is None or not found.instances:
+                assert outcome.response is not None
+                return bytes(outcome.response.pack())  # NXDOMAIN with the SOA, as with no failover
+            there = self.answerer.answer(request, _FailedOver(self.view, found), self.rng,  # type: ignore[arg-type]
+                                         not tcp, bool(self.recursors))
+            return bytes(there.response.pack()) if there.response is not None else error_reply(packet, RCODE.SERVFAIL)
         if outcome.remote and self.remote is not None:
             self.stats["remote"] += 1
             try:

@@ -153,6 +153,14 @@ class StoreView:
             _, result = pq.execute(self.store, name, self.datacenter)
         except NotFound:
             return None
+        failover = None
+        if not result["Nodes"]:  # the definition (templates rendered) to run in its failover datacenters
+            query = pq.resolve(self.store.table_list(pq.TABLE)[1], name)
+            failover = query if query is not None and pq.has_failover(query) else None
+        return self.query_answer(result, failover)
+
+    def query_answer(self, result: dict[str, Any], failover: dict[str, Any] | None = None) -> QueryAnswer:
+        """A prepared query's execute answer (here or from another datacenter) as DNS answers it."""
         ttl_text = (result.get("DNS") or {}).get("TTL") or ""
         try:
             ttl = int(self.duration(ttl_text)) if ttl_text and self.duration else None
@@ -160,7 +168,7 @@ class StoreView:
             ttl = None
         near = self.node_name if result["Near"] == "_agent" else result["Near"]
         return QueryAnswer(result["Service"], tuple(_instance(n["Node"], n["Service"], n["Checks"])
-                                                    for n in result["Nodes"]), ttl, near)
+                                                    for n in result["Nodes"]), ttl, near, failover)
 
     def node(self, name: str) -> Node | None:
         _, row = self.store.get_node(name)
@@ -236,6 +244,18 @@ def _remote_asker(agent: Any) -> Callable[[str, bytes, bool], Any]:
     return ask
 
 
+def _query_failover(agent: Any, view: StoreView) -> Callable[[Any], Any]:
+    """`<query>.query.<domain>` with no instance here: the query's failover datacenters answer (the same
+    `query_failover` as the HTTP API's execute)."""
+    from proconsul.agent.cluster.query_failover import fail_over
+
+    async def run(query: Any) -> QueryAnswer | None:
+        result = await fail_over(agent.cluster, agent.config.datacenter, dict(query))
+        return view.query_answer(result.answer) if result.answer is not None else None
+
+    return run
+
+
 def attach(agent: Any) -> None:
     """Add the DNS listener to the agent (servers and dev agents, which hold a state store)."""
     from proconsul.agent.agent import AgentError
@@ -256,7 +276,7 @@ def attach(agent: Any) -> None:
         view = StoreView(agent.store, cfg.node_name, parse_duration) if agent.acl is None else StoreView(
             agent.store, cfg.node_name, parse_duration, agent.dns_may_read, extra_tables=ACL_TABLES)
         handler = DNSHandler(Answerer(settings_from_config(cfg)), view, recursors, cfg.dns.recursor_timeout,
-                             remote=_remote_asker(agent))
+                             remote=_remote_asker(agent), query_failover=_query_failover(agent, view))
     agent.dns_handler = handler
 
     sockets: list[tuple[socket.socket, socket.socket]] = []

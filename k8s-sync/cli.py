@@ -45,6 +45,8 @@ VALUE_FLAGS = {
     "consul-node-name": "the synthetic catalog node this syncer owns (default k8s-sync)",
     "consul-write-interval": "period of a full re-check against the catalog (default 30s)",
     "to-k8s-mode": "externalname (default) or endpoints: ClusterIP Service + EndpointSlices of healthy instances",
+    "to-k8s-datacenter": "mirror this federated datacenter's catalog into Kubernetes, through ?dc= "
+                         "(default: the agent's own); ExternalName targets become <name>.service.<dc>.<domain>",
     "session-ttl": "TTL of the session that keeps the liveness check passing (default 15s; critical after 2x)",
     "listen": "HOST:PORT of /health, /health/ready and /metrics (default 127.0.0.1:8080; off)",
     "log-level": "trace, debug, info, warn, error (default info)",
@@ -204,6 +206,8 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if level.lower() != "trace":  # the client library's own chatter only at trace
         logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+        # A kubeconfig that cannot be loaded is our one-line error already ("Config not found: …" said it twice).
+        logging.getLogger("kubernetes_asyncio.config").setLevel(logging.ERROR)
 
 
 def execute(argv: list[str], prog: str = "proconsul k8s-sync") -> int:

@@ -16,6 +16,7 @@ from .errors import ConfigError
 NODE_PORT_SYNC_TYPES = ("ExternalOnly", "ExternalFirst", "InternalOnly")
 DEFAULT_DENY = ("kube-system", "kube-public")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # Consul's datacenter names (a DNS label of the domain)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Options:
     consul_node_name: str = "k8s-sync"
     consul_write_interval: float = 30.0
     to_k8s_mode: str = "externalname"  # or "endpoints": selector-less ClusterIP Service + EndpointSlices
+    to_k8s_datacenter: str = ""  # mirror this (federated) datacenter's catalog into Kubernetes; "" = the agent's own
     session_ttl: str = "15s"
     listen: str = "127.0.0.1:8080"
     log_level: str = "info"
@@ -71,6 +73,9 @@ class Options:
             raise ConfigError("--consul-write-interval must be a positive duration")
         if self.to_k8s_mode not in ("externalname", "endpoints"):
             raise ConfigError(f"--to-k8s-mode {self.to_k8s_mode!r} must be externalname or endpoints")
+        if self.to_k8s_datacenter and not DATACENTER.match(self.to_k8s_datacenter):
+            raise ConfigError(f"--to-k8s-datacenter {self.to_k8s_datacenter!r} must be a datacenter name (letters, "
+                              "digits, - and _)")
         host, _, port = self.listen.rpartition(":")
         if self.listen not in ("", "off") and (not host or not port.isdigit()):
             raise ConfigError(f"--listen {self.listen!r} must be HOST:PORT (or off)")

@@ -28,7 +28,7 @@ from . import plan as planmod
 from . import to_consul, to_k8s
 from .config import Options
 from .consul_api import ConsulAPI
-from .errors import ConsulError, KubeError, OwnershipError
+from .errors import ConfigError, ConsulError, KubeError, OwnershipError
 from .informer import Informer
 from .metrics import Metrics
 
@@ -376,7 +376,12 @@ class Syncer:
                                   for r in rows or []]
             self.k8s_dirty.set()
 
-        await self.follow_view(f"/v1/health/service/{quote(name)}?passing", handle)
+        await self.follow_view(f"/v1/health/service/{quote(name)}?passing{self._dc_query('&')}", handle)
+
+    def _dc_query(self, sep: str) -> str:
+        """`?dc=…` (or `&dc=…`) for reads of the catalog mirrored into Kubernetes, when it is another datacenter's."""
+        dc = self.opts.to_k8s_datacenter
+        return f"{sep}dc={dc}" if dc else ""
 
     def k8s_listed(self) -> bool:
         return self.catalog is not None and all(i.synced.is_set() for i in self.k8s_informers)
@@ -388,7 +393,8 @@ class Syncer:
         assert self.catalog is not None
         desired = to_k8s.desired_objects(self.catalog, self.healthy, node=o.consul_node_name, tag=o.consul_k8s_tag,
                                          domain=o.consul_domain, prefix=o.k8s_service_prefix,
-                                         namespace=o.k8s_write_namespace, mode=o.to_k8s_mode)
+                                         namespace=o.k8s_write_namespace, mode=o.to_k8s_mode,
+                                         datacenter=o.to_k8s_datacenter)
         actual: dict[tuple[str, str], Obj] = {}
         for inf, resource in zip(self.k8s_informers, ("services", "endpointslices"), strict=True):
             for (_, name), obj in inf.cache.items():
@@ -480,14 +486,32 @@ class Syncer:
         return app
 
     # ------------------------------------------------------------------ run
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.claim()
-        runner: web.AppRunner | None = None
-        if self.opts.listen not in ("", "off"):
-            host, _, port = self.opts.listen.rpartition(":")
-            runner = web.AppRunner(self.app(), access_log=None)
-            await runner.setup()
+    async def _listen(self) -> web.AppRunner | None:
+        """Serve /health and /metrics; a listen address that cannot be bound is a ConfigError (one line)."""
+        if self.opts.listen in ("", "off"):
+            return None
+        host, _, port = self.opts.listen.rpartition(":")
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        try:
             await web.TCPSite(runner, host, int(port)).start()
+        except OSError as e:
+            await runner.cleanup()
+            raise ConfigError(f"--listen {self.opts.listen}: {e.strerror or e} (another process has it? "
+                              "choose another address, or off)") from None
+        return runner
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Listen first: a syncer that cannot serve its health endpoint stops before it claims the node (a claim
+        # left behind would keep the next start out until the session's TTL ran out).
+        runner = await self._listen()
+        try:
+            await self.claim()
+        except BaseException:
+            if runner is not None:
+                await runner.cleanup()
+            raise
+        if runner is not None:
             log.info("health and metrics on http://%s/health and /metrics", self.opts.listen)
         node = self.opts.consul_node_name
         tasks = [self.heartbeat()]
@@ -499,7 +523,7 @@ class Syncer:
                       self.follow_view(f"/v1/health/node/{node}", self._on_checks, 1.0), self.consul_loop()]
         if self.opts.to_k8s:
             tasks += [i.run() for i in self.k8s_informers]
-            tasks += [self.follow_view("/v1/catalog/services", self._on_catalog), self.k8s_loop()]
+            tasks += [self.follow_view(f"/v1/catalog/services{self._dc_query('?')}", self._on_catalog), self.k8s_loop()]
         running = [asyncio.ensure_future(t) for t in tasks]
         stopper = asyncio.ensure_future(stop.wait())
         try:

@@ -2,7 +2,8 @@
 creates, updates and deletes that get the write namespace there.
 
 Every catalog service that did not come from this syncer's own cluster (it lacks this syncer's tag) becomes
-an `ExternalName` Service `<prefix><name>` → `<name>.service.<domain>`, as consul-k8s does; or, in
+an `ExternalName` Service `<prefix><name>` → `<name>.service.<domain>`, as consul-k8s does (a federated
+datacenter's catalog, `--to-k8s-datacenter`, gives `<name>.service.<dc>.<domain>`); or, in
 "endpoints" mode (beyond consul-k8s), a selector-less ClusterIP Service with EndpointSlices listing the
 healthy instances, so kube-proxy only ever sends traffic to passing instances and no DNS search path is
 involved. Objects are labelled as owned by this syncer's node; nothing unlabelled is ever changed.
@@ -47,10 +48,13 @@ def _labels(node: str) -> dict[str, str]:
 
 
 def desired_objects(catalog: dict[str, list[str]], healthy: dict[str, list[tuple[str, int]]], *, node: str,
-                    tag: str, domain: str, prefix: str, namespace: str, mode: str) -> dict[tuple[str, str], Obj]:
+                    tag: str, domain: str, prefix: str, namespace: str, mode: str,
+                    datacenter: str = "") -> dict[tuple[str, str], Obj]:
     """(resource, name) → manifest for every catalog service to mirror. `catalog`: name → tags;
-    `healthy`: name → (address, port) of passing instances (used in endpoints mode)."""
+    `healthy`: name → (address, port) of passing instances (used in endpoints mode); `datacenter`: the
+    (federated) datacenter they live in when it is named, so ExternalName targets name it too."""
     out: dict[tuple[str, str], Obj] = {}
+    dc_label = f".{datacenter}" if datacenter else ""
     for name in sorted(catalog):
         if tag in catalog[name] or name in SKIP:
             continue  # it came from this syncer's cluster, or it is the servers' own service
@@ -62,7 +66,7 @@ def desired_objects(catalog: dict[str, list[str]], healthy: dict[str, list[tuple
         if mode == "externalname":
             out[("services", kname)] = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
                                         "spec": {"type": "ExternalName",
-                                                 "externalName": f"{name}.service.{domain}"}}
+                                                 "externalName": f"{name}.service{dc_label}.{domain}"}}
             continue
         addrs = sorted({(a, p) for a, p in healthy.get(name, []) if _ipv4(a) and p > 0})
         ports = sorted({p for _, p in addrs})

@@ -56,9 +56,9 @@ T_PROBE, T_PROBE_TIMEOUT, T_PROBE_DEADLINE, T_RELAY, T_GOSSIP, T_PUSH_PULL, T_SU
 # Stream kinds.
 S_PUSH_PULL, S_PING = 0, 1
 # Event kinds.
-JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT, USER = (
-    "join", "update", "suspect", "alive", "failed", "left", "reap", "refute", "rtt", "user-event")
-EVENTS = (JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT, USER)
+JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT, UNREACHED, USER = (
+    "join", "update", "suspect", "alive", "failed", "left", "reap", "refute", "rtt", "unreached", "user-event")
+EVENTS = (JOIN, UPDATE, SUSPECTED, RECOVERED, FAILED, LEFT_EVENT, REAPED, REFUTED, RTT, UNREACHED, USER)
 USER_EVENT_FIELDS = ("LTime", "ID", "Name", "Payload", "NodeFilter", "ServiceFilter", "TagFilter", "Origin")
 SEEN_EVENTS = 4096  # user-event IDs remembered so a rumour is delivered and relayed once
 
@@ -75,7 +75,7 @@ class Rand(Protocol):
 
 
 class _Probe:
-    __slots__ = ("seq", "node", "sent", "deadline", "nacks", "expected_nacks", "fallback_ok")
+    __slots__ = ("seq", "node", "sent", "deadline", "nacks", "expected_nacks", "fallback_ok", "indirect", "direct_ok")
 
     def __init__(self, seq: int, node: Node, sent: float, deadline: float) -> None:
         self.seq = seq
@@ -85,6 +85,8 @@ class _Probe:
         self.nacks = 0
         self.expected_nacks = 0
         self.fallback_ok = False
+        self.indirect = False  # the direct wait is over: indirect probes (and the TCP ping) were sent
+        self.direct_ok = False  # the target itself answered our UDP ping before the probe timeout
 
 
 def _next_prime(n: int) -> int:
@@ -136,8 +138,11 @@ class Membership:
         # Serf's leave intents: a member that says it left before we heard it join (its join news and its
         # leave news raced): name -> (incarnation, when). The join that arrives later lands as left.
         self.intents: dict[str, tuple[int, float]] = {}
-        self.want_rtt = False  # emit (RTT, name, (seconds, ack payload)) events: Vivaldi coordinates
-        self.ack_payload = b""  # what our acks carry (our coordinate, once coordinates exist)
+        # Network coordinates (Serf's ping delegate): with want_rtt, every probe answered directly emits
+        # (RTT, name, (seconds, the target's ack payload)), and one that got no direct answer (UDP before the
+        # probe timeout, or the TCP ping) emits (UNREACHED, name, answered indirectly: bool).
+        self.want_rtt = False
+        self.ack_payload = b""  # what our acks carry: our encoded coordinate
         self._seq = 0
         self._events_seen: dict[str, None] = {}  # user-event IDs, oldest first
         self.event_ltime = 0  # Lamport clock of user events
@@ -227,11 +232,13 @@ class Membership:
         self._broadcast(now, "\x00event:" + fields[1], msg)
         self.events.append((USER, fields[7], dict(zip(USER_EVENT_FIELDS, fields, strict=True))))
 
-    def force_leave(self, now: float, name: str) -> bool:
+    def force_leave(self, now: float, name: str, *, unreachable: bool = False) -> bool:
         """An operator says a failed member is gone for good: it becomes left here and everywhere (the news
-        is a leave on its behalf). An alive or unknown member is left alone; returns whether it changed."""
+        is a leave on its behalf). An alive or unknown member is left alone; returns whether it changed.
+        With `unreachable` (the caller cannot reach it itself: the WAN's view) an alive or suspect member is
+        taken too; if it is in fact running, it hears the leave and refutes it."""
         rec = self.view.get(name)
-        if rec is None or name == self.name or rec.state != DEAD:
+        if rec is None or name == self.name or (rec.state != DEAD and not (unreachable and rec.state < DEAD)):
             return False
         self._on_dead(now, rec.inc, name, name)
         return True
@@ -407,8 +414,10 @@ class Membership:
     def _on_ack(self, now: float, seq: int, payload: bytes) -> None:
         p = self.probe
         if p is not None and p.seq == seq:
-            if self.want_rtt:
-                self.events.append((RTT, p.node.name, (now - p.sent, payload)))
+            if not p.indirect:  # the target's own answer: its round trip is a measurement (a relayed one is not)
+                p.direct_ok = True
+                if self.want_rtt:
+                    self.events.append((RTT, p.node.name, (now - p.sent, payload)))
             self._probe_done(now, True)
             return
         r = self.relays.pop(seq, None)
@@ -421,6 +430,7 @@ class Membership:
             return
         t = self.t
         target = p.node
+        p.indirect = True
         peers = self._k_random(t.indirect_checks, now,
                                lambda r: r.state == ALIVE and r.node.name != target.name and r.node.name != self.name)
         msg = c.indirect_ping(seq, target.name, target.addr, target.port, t.lifeguard, self.name, self.addr,
@@ -437,6 +447,8 @@ class Membership:
         p = self.probe
         assert p is not None
         self.probe = None
+        if self.want_rtt and not (p.direct_ok or p.fallback_ok):
+            self.events.append((UNREACHED, p.node.name, ok))
         if self.t.lifeguard:
             if ok:
                 self.health.apply(-1)

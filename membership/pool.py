@@ -3,7 +3,8 @@
 The core decides; this module only moves bytes and keeps time. After every input it drains the core's
 effect lists (`out`, `timers`, `streams`, `events`, see core.py): datagrams go out of the one UDP socket,
 timers become `loop.call_at`, stream exchanges (push-pull, the fallback ping) run as tasks over TCP
-(4-byte big-endian length, then a frame), events go to the owner's callback. Time is the loop's clock.
+(4-byte big-endian length, then a frame), events go to the owner's callback. Time is CLOCK_MONOTONIC,
+the loop's clock, read at full resolution (`now`).
 
 Gossip encryption plugs in here, at the edge, and nowhere else: a `Sealer` (the security issue's
 keyring) seals every frame the core produced just before it leaves (datagram or stream frame) and
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -121,8 +123,9 @@ class Pool:
         return self.port
 
     def now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+        # CLOCK_MONOTONIC, the clock both asyncio's and uvloop's loop.time() read — but uvloop's ticks in
+        # whole milliseconds, too coarse for the probe round trips that network coordinates are made of.
+        return time.monotonic()
 
     async def stop(self) -> None:
         """Stop at once (after `leave` when leaving gracefully): no more probes, listeners closed."""

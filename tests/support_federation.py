@@ -68,6 +68,27 @@ def stop_federation(fed: Federation) -> None:
     fed.dc2.stop()
 
 
+def two_datacenters(tmp: Path) -> tuple[AgentProcess, AgentProcess]:
+    """dc1 (the primary) and dc2 as dev agents joined over the WAN, not started yet (see `start_two`)."""
+    conf = tmp / "fed.json"
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf.write_text(json.dumps({"primary_datacenter": "dc1",
+                                "gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms"}}))
+    a = AgentProcess(tmp / "a", args=["--node", "a", "--datacenter", "dc1", "--config-file", str(conf)])
+    b = AgentProcess(tmp / "b", args=["--node", "b", "--datacenter", "dc2", "--config-file", str(conf),
+                                       "--retry-join-wan", f"127.0.0.1:{a.serf_wan_port}"])
+    return a, b
+
+
+def start_two(a: AgentProcess, b: AgentProcess) -> None:
+    """Start both and wait until dc2 signs with an intermediate under dc1's active root."""
+    a.start()
+    b.start()
+    roots = a.get("/v1/connect/ca/roots")[1]
+    wait_for(lambda: b.get("/v1/connect/ca/roots")[1]["ActiveRootID"] == roots["ActiveRootID"], 15,
+             message="dc2 to follow dc1's CA")
+
+
 class Gateway:
     """`proconsul connect proxy -mesh-gateway -register` as a child process."""
 

@@ -39,11 +39,11 @@ class Backends:
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
-    def http(self, name: str, status: int = 200) -> int:
+    def http(self, name: str, status: int = 200, ssl_context: Any = None) -> int:
         """An HTTP backend answering `name` (and echoing websockets at /ws); returns its port.
 
         `/slow?ms=N` answers after N ms; the answer carries the request's headers; the status is
-        `self.status[name]` at the time of the request (tests flip it)."""
+        `self.status[name]` at the time of the request (tests flip it). With `ssl_context`, HTTPS."""
         port = free_port()
         self.status[name] = status
 
@@ -72,7 +72,7 @@ class Backends:
             app.router.add_route("*", "/{tail:.*}", handler)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
             self._runners.append(runner)
 
         self._call(start())

@@ -37,6 +37,17 @@ def test_k8s_sync_bench_runs(tmp_path: Path) -> None:
     assert result["instances"] == 60 and arm["raft_writes"] >= 1 and arm["writes_per_min_at_rest"] == 0
 
 
+@pytest.mark.slow
+def test_k8s_sync_federation_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "k8s_sync_federation_bench.py"), "--services", "10",
+                          "--singles", "1", "--rounds", "1"], capture_output=True, text=True, timeout=240,
+                         cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((REPO / "bench" / "results" / "k8s_sync_federation.json").read_text())
+    for arm in ("two datacenters", "one datacenter"):
+        assert 0 < result["median"][arm]["all_in_b_s"] < 60 and result["median"][arm]["cpu_s_per_1k"] > 0
+
+
 def test_membership_bench_runs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "membership_bench.py"), "--sizes", "50",
                           "--fp-seconds", "20", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")],
@@ -59,3 +70,13 @@ def test_http_bench_reports_cpu_per_request_pinned(tmp_path: Path) -> None:
     for arm in ("hello", "same_size_static", "health"):
         # a request costs well under 10 ms of CPU, and measurably more than nothing
         assert 0 < result[f"{arm}_cpu_s_per_1k"] < 10, (arm, result)
+
+
+def test_coordinates_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "coordinates_bench.py"), "--members", "10",
+                          "--samples", "2000", "--rounds", "1"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((REPO / "bench" / "results" / "coordinates.json").read_text())
+    assert result["ack_bytes"]["with_coordinate"] > result["ack_bytes"]["without"]
+    assert result["median_relative_error"]["probe"] < 0.5  # the estimates have converged

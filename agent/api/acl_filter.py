@@ -113,6 +113,7 @@ QUERY_FILTERS: dict[str, QueryFilter] = {
     "health.state": _CHECKS,
     "health.service": _HEALTH,
     "health.ingress": _HEALTH,
+    "health.connect": _HEALTH,
     "kv.list": QueryFilter(("key",), _kv_rows),
     "kv.get": QueryFilter(("key",), _kv_rows),
     "kv.keys": QueryFilter(("key",), _kv_keys),

@@ -143,6 +143,7 @@ GUARDS: dict[tuple[str, str], Guard] = {
     ("GET", "/v1/agent/connect/ca/leaf/{service}"): seg("service", "write", "service"),
     ("POST", "/v1/agent/connect/authorize"): INSIDE,
     ("GET", "/v1/agent/connect/ca/roots"): NONE,
+    ("GET", "/v1/agent/connect/tap/{service}"): seg("service", "read", "service"),  # request paths: service:read
     ("GET", "/v1/agent/debug/profile"): OP_READ,
     ("PUT", "/v1/agent/debug/partition"): OP_WRITE,
     # catalog and health (listings are filtered in run_query)
@@ -158,6 +159,12 @@ GUARDS: dict[tuple[str, str], Guard] = {
     ("PUT", "/v1/catalog/deregister"): INSIDE,
     # Consul: service:read on the chain's service (POST only adds compile overrides).
     ("GET", "/v1/discovery-chain/{service}"): seg("service", "read", "service"),
+    # canaries write the service's splitter: service:write to start, promote, abort; service:read to look
+    ("PUT", "/v1/connect/canary/{service}"): seg("service", "write", "service"),
+    ("POST", "/v1/connect/canary/{service}/promote"): seg("service", "write", "service"),
+    ("POST", "/v1/connect/canary/{service}/abort"): seg("service", "write", "service"),
+    ("GET", "/v1/connect/canary/{service}"): seg("service", "read", "service"),
+    ("GET", "/v1/connect/canaries"): OP_READ,
     ("POST", "/v1/discovery-chain/{service}"): seg("service", "read", "service"),
     ("GET", "/v1/health/node/{node}"): INSIDE,
     ("GET", "/v1/health/checks/{name}"): INSIDE,

@@ -80,7 +80,7 @@ def self_body(agent: Any) -> dict[str, Any]:
                         "RetryJoinLAN": list(cfg.retry_join), "BootstrapExpect": cfg.bootstrap_expect,
                         "ACLsEnabled": False, "RaftProtocol": 3, "Revision": "proconsul",
                         "Version": CONSUL_COMPAT_VERSION},
-        "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+        "Coord": agent.cluster.lan.coordinates.coord.to_json(),  # measured from the LAN probes
         "Member": next(r for r in agent.members() if r["Name"] == cfg.node_name),
         "Stats": {
             "agent": {"check_monitors": "0", "check_ttls": str(sum(1 for c in agent.local.checks().values()

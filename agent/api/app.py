@@ -19,13 +19,14 @@ from proconsul.agent.api import query as api_query
 from proconsul.agent.api import session as api_session
 from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
+from proconsul.agent.api import tap as api_tap
 from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guard_for
 from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.errors import Handler, error_boundary
 from proconsul.agent.api.params import datacenter_guard
 
 ROUTE_MODULES = [api_acl, api_agent, api_catalog, api_config, api_coordinate, api_discovery_chain, api_health,
-                 api_kv, api_operator, api_query, api_session, api_snapshot, api_status]
+                 api_kv, api_operator, api_query, api_session, api_snapshot, api_status, api_tap]
 MAX_BODY = 8 << 20
 
 

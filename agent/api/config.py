@@ -23,7 +23,7 @@ from proconsul.agent.api.params import check_common, primary_owned, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.catalog import commands as c
 from proconsul.connect import intentions
-from proconsul.connect.chain import compiler, entries
+from proconsul.connect.chain import entries
 from proconsul.connect.errors import InvalidIntention
 
 routes = web.RouteTableDef()
@@ -81,23 +81,10 @@ def validate_entry(raw: Any) -> dict[str, Any]:
     return entry
 
 
-async def check_graph(agent: Any, kind: str, name: str, entry: dict[str, Any] | None) -> None:
-    """Refuse a write (or a delete: `entry` None) that would leave a discovery chain that does not compile:
-    a subset that no longer exists, a router on a service turned tcp, a loop (ChainError: a 400)."""
-    if kind not in entries.KINDS:
-        return
-    _, rows = await agent.backend.query("config.list", {})
-    current = compiler.index_entries(rows)
-    if entry is None:
-        current.pop((kind, name), None)
-    else:
-        current[(kind, name)] = entry
-    compiler.validate_graph(current, datacenter=agent.config.datacenter)
-
-
 async def put_entry(agent: Any, entry: dict[str, Any], cas: int | None = None) -> bool:
     row = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
-    await check_graph(agent, row["Kind"], row["Name"], row)
+    # What the write does to other entries (a subset that no longer exists, a router on a service turned tcp,
+    # a loop) is checked inside the FSM's apply (agent/connect/entry_graph.py), in log order.
     return bool(await agent.backend.apply(c.TableSet(table=TABLE, key=f"{row['Kind']}/{row['Name']}", row=row,
                                                      cas=cas)))
 
@@ -149,6 +136,5 @@ async def delete(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
     cas = uint_param(request, "cas") if "cas" in request.query else None
-    await check_graph(request.app["agent"], kind, request.match_info["name"], None)
     ok = await request.app["agent"].backend.apply(c.TableDelete(table=TABLE, key=f"{kind}/{name}", cas=cas))
     return json_response(request, bool(ok) if cas is not None else {})

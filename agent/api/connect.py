@@ -96,7 +96,7 @@ async def leaf(request: web.Request) -> web.Response:
     check_common(request)
     b = blocking_params(request)
     cert = await (await _connect(request)).leaf_blocking(request.match_info["service"], b.index, b.wait)
-    body = {k: v for k, v in cert.items() if k not in ("RootID", "Jitter")}
+    body = {k: v for k, v in cert.items() if k not in ("RootID", "Jitter", "DNSSANs")}
     return json_response(request, body, index=cert["ModifyIndex"])
 
 
@@ -278,6 +278,30 @@ async def delete_by_id(request: web.Request) -> web.Response:
     return json_response(request, True)
 
 
+def _probe_gateways(agent: Any) -> None:
+    """A server probes every datacenter's mesh gateways for the link view (`Extra.MeshGateways`)."""
+    from proconsul.agent.connect.gateway_probe import GatewayProbes
+
+    own = agent.config.datacenter
+    args = {"name": "mesh-gateway", "passing": True}
+
+    async def list_gateways(dc: str) -> list[dict[str, Any]]:
+        if dc == own:
+            return list((await agent.backend.query("health.service", args))[1])
+        answer = await agent.cluster.forward_dc(dc, "catalog.query", {
+            "name": "health.service", "args": args, "index": 0, "wait": 0.0, "mode": "stale"},
+            timeout=5.0, idempotent=True)
+        return list(answer[1])
+
+    probes = GatewayProbes(own, agent.cluster.datacenters, list_gateways)
+    agent.cluster.report_parts["MeshGateways"] = probes.report
+
+    async def gateway_probes(agent: Any, stop: asyncio.Event) -> None:
+        await probes.run(stop)
+
+    agent.listeners.append(gateway_probes)
+
+
 def attach(agent: Any) -> None:
     """Wire Connect into an agent: its routes, and the Connect that reads the local replica (servers) or
     follows the servers (client agents), with its background duties."""
@@ -297,6 +321,7 @@ def attach(agent: Any) -> None:
                                            str((cfg.connect_ca_config or {}).get("leaf_cert_ttl", "72h")))
             agent.cluster.report_parts["SecondaryCA"] = server.secondary.report
         agent.connect = server
+        _probe_gateways(agent)
     else:
         async def call_server(method: str, args: dict[str, Any]) -> Any:
             return await agent.cluster.call_any_server(method, args, timeout=30.0,

@@ -1,8 +1,10 @@
 """/v1/coordinate/*: network coordinates (Consul's Vivaldi coordinates).
 
 Coordinates are kept through Raft in the `coordinates` table, one per node, in Consul's shape
-({"Node", "Segment", "Coord": {"Vec", "Error", "Adjustment", "Height"}}); `PUT /v1/coordinate/update` writes
-one (dropped, as in Consul, for a node the catalog does not have). Reads sort by them with `?near=` (near.py).
+({"Node", "Segment", "Coord": {"Vec", "Error", "Adjustment", "Height"}}). Every agent measures its own from
+its LAN probes and sends it periodically; `PUT /v1/coordinate/update` takes the same path: queued on the
+leader and written with the next batch (agent/cluster/coordinate_sync.py; dropped, as in Consul, for a node
+the catalog does not have). Reads sort by them with `?near=` (near.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from proconsul.agent.api.near import coordinates
 from proconsul.agent.api.params import check_common
 from proconsul.agent.api.responses import consul_headers, json_response
 from proconsul.agent.cluster.vivaldi import Coordinate, CoordinateError
-from proconsul.catalog import commands as c
-from proconsul.catalog.store import COORDINATES
 
 routes = web.RouteTableDef()
 
@@ -74,6 +74,6 @@ async def update(request: web.Request) -> web.Response:
     except CoordinateError as e:
         raise BadRequest(f"Invalid coordinate: {e}") from None
     (await authorizer(request)).require("node", name, "write")
-    row = {"Node": name, "Segment": segment, "Coord": coord.to_json()}
-    await request.app["agent"].backend.apply(c.TableSet(table=COORDINATES, key=name.lower(), row=row))
+    # As Consul's: queued on the leader and written with the next batch (agents' own updates take the same path).
+    await request.app["agent"].cluster.submit_coordinate({"Node": name, "Segment": segment, "Coord": coord.to_json()})
     return web.Response(status=200)

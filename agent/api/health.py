@@ -45,9 +45,9 @@ async def service(request: web.Request) -> web.Response:
 @routes.get("/v1/health/connect/{name}")
 @cached_read
 async def connect(request: web.Request) -> web.Response:
-    return await run_query(request, "health.service", {
+    return await run_query(request, "health.connect", {
         "name": request.match_info["name"], "tags": _tags(request), "passing": flag(request, "passing"),
-        "node_meta": node_meta_filter(request), "connect": True})
+        "node_meta": node_meta_filter(request)})
 
 
 @routes.get("/v1/health/state/{state}")

@@ -20,6 +20,7 @@ from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
 from proconsul.agent.api.near import coordinates
 from proconsul.agent.api.params import check_common, flag, uint_param
 from proconsul.agent.api.responses import json_response
+from proconsul.agent.cluster.query_failover import fail_over
 from proconsul.agent.cluster.vivaldi import sort_by_distance
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog import commands as c
@@ -219,37 +220,14 @@ async def execute(request: web.Request) -> web.Response:
 
 
 async def _failover(agent: Any, qid: str, connect: bool, local: dict[str, Any]) -> dict[str, Any]:
-    """No healthy instance here: try the query's failover datacenters in order — the `NearestN`
-    nearest first (by WAN round trip), then `Datacenters` — running the same definition there.
-    An unknown datacenter is skipped; one with no reachable server fails at once (the router knows); the
-    first with instances answers, with `Datacenter` and `Failovers` (datacenters tried) set."""
-    from proconsul.agent.cluster.errors import ClusterError
-    from proconsul.agent.cluster.rpc import RPCError
-
+    """No healthy instance here: the query's failover datacenters (`query_failover`); the first with
+    instances answers, with `Datacenter` and `Failovers` (datacenters tried) set."""
     _, explained = await agent.backend.query("query.explain", {"query": qid})
     query = (explained or {}).get("Query") or {}
-    failover = (query.get("Service") or {}).get("Failover") or {}
-    own = agent.config.datacenter
-    known = await agent.datacenters() if failover.get("NearestN") or failover.get("Datacenters") else []
-    order: list[str] = []
-    if failover.get("NearestN"):
-        order += [dc for dc in known if dc != own][: int(failover["NearestN"])]
-    # As Consul: a datacenter nobody knows is skipped without counting as a failover.
-    order += [dc for dc in failover.get("Datacenters") or [] if dc in known and dc != own and dc not in order]
-    tried = 0
-    for dc in order:
-        tried += 1
-        try:
-            answer = await agent.cluster.forward_dc(dc, "catalog.query", {
-                "name": "query.execute_definition", "args": {"definition": query, "connect": connect},
-                "index": 0, "wait": 0.0, "mode": "leader"}, timeout=10.0, idempotent=True)
-        except (ClusterError, RPCError) as e:
-            log.info("prepared query %s: failover to %s skipped: %s", qid, dc, e)
-            continue
-        remote = answer[1]
-        if remote["Nodes"]:
-            return dict(remote, Failovers=tried, Near=local.get("Near", ""))
-    return dict(local, Failovers=tried)
+    result = await fail_over(agent.cluster, agent.config.datacenter, query, connect)
+    if result.answer is not None:
+        return dict(result.answer, Failovers=result.tried, Near=local.get("Near", ""))
+    return dict(local, Failovers=result.tried)
 
 
 @routes.get("/v1/query/{id}/explain")

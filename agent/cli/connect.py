@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,7 +56,7 @@ def proxy(
     admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
     log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
     gateway: Annotated[str, typer.Option("-gateway", "--gateway",
-                                         help="Run a gateway of this kind instead of a sidecar: ingress or mesh.")] = "",
+                                         help="Run a gateway of this kind instead of a sidecar: ingress, terminating or mesh.")] = "",
     mesh_gateway: Annotated[bool, typer.Option("-mesh-gateway", "--mesh-gateway",
                                                help="Consul's older spelling of -gateway mesh.")] = False,
     service: Annotated[str, typer.Option("-service", "--service",
@@ -71,7 +71,7 @@ def proxy(
                                               help="Mesh gateway, audit aid: append every byte it forwards here.")] = "",
 ) -> None:
     """Run the built-in sidecar proxy (mTLS in front of the service, upstream listeners for its dependencies),
-    or with -gateway ingress|mesh a gateway (as `consul connect envoy -gateway=...`)."""
+    or with -gateway ingress|terminating|mesh a gateway (as `consul connect envoy -gateway=...`)."""
     from proconsul.connect.proxy.cli import Options, execute
 
     raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
@@ -131,6 +131,70 @@ def proxy_stats(
             typer.echo(f"upstream {name}: {inst['Healthy']} healthy instance(s), ejected: {ejected}")
 
     run(body)
+
+
+@connect_app.command("tap")
+def tap(
+    service: Annotated[str, typer.Argument(help="The service whose sidecars' requests to watch.")],
+    path_prefix: Annotated[str, typer.Option("-path-prefix", "--path-prefix",
+                                             help="Only requests whose path starts with this.")] = "",
+    status: Annotated[str, typer.Option("-status", "--status",
+                                        help="Only this status class (5xx, 4xx, …) or code (503).")] = "",
+    method: Annotated[str, typer.Option("-method", "--method", help="Only this HTTP method.")] = "",
+    direction: Annotated[str, typer.Option("-direction", "--direction",
+                                           help="inbound (callers of the service) or outbound (its upstream "
+                                                "calls); default both.")] = "",
+    max_rps: Annotated[float, typer.Option("-max-rps", "--max-rps",
+                                           help="Requests per second each proxy sends at most (sampled past "
+                                                "it).")] = 100.0,
+    count: Annotated[int, typer.Option("-count", "--count", help="Stop after this many requests (0: never).")] = 0,
+    http_addr: HttpAddr = None,
+    fmt: Format = "table",
+) -> None:
+    """Watch, live, the HTTP requests passing a service's sidecar proxies (method, path, status, latency, source,
+    route); nothing is recorded while nobody watches."""
+    check_format(fmt)
+
+    def body() -> None:
+        params = {"path_prefix": path_prefix, "status": status, "method": method, "direction": direction,
+                  "max_rps": f"{max_rps:g}"}
+        if fmt != "json":
+            typer.echo(f"{'TIME':12} {'DIR':3} {'SOURCE':14} {'METHOD':6} {'STATUS':6} {'LATENCY':>9}  "
+                       f"{'UPSTREAM':14} {'ROUTE':12} PATH")
+        seen = 0
+        for line in client(http_addr).stream(f"/v1/agent/connect/tap/{service}",
+                                             params={k: v for k, v in params.items() if v}):
+            if not line.strip():
+                continue  # a heartbeat
+            ev = json.loads(line)
+            if fmt == "json":
+                typer.echo(line)
+            elif "error" in ev:
+                typer.echo(f"! {ev['proxy']}: {ev['error']}", err=True)
+                continue
+            else:
+                typer.echo(_tap_line(ev))
+            if "error" not in ev:
+                seen += 1
+                if count and seen >= count:
+                    return
+
+    run(body)
+
+
+def _tap_line(ev: dict[str, Any]) -> str:
+    import time as _time
+
+    when = _time.strftime("%H:%M:%S", _time.localtime(ev["time"])) + f".{int(ev['time'] * 1000) % 1000:03d}"
+    arrow = "in" if ev["direction"] == "inbound" else "out"
+    flags = f" [{ev['flags']}]" if ev.get("flags") not in (None, "", "-") else ""
+    left = ""
+    if ev.get("sampled_out") or ev.get("dropped") or ev.get("relay_dropped"):
+        left = f"  (+{ev.get('sampled_out', 0)} sampled out, {ev.get('dropped', 0) + ev.get('relay_dropped', 0)} " \
+               "dropped)"
+    return (f"{when:12} {arrow:3} {ev['source'] or '-':14} {ev['method']:6} {ev['status']:<6} "
+            f"{ev['latency_ms']:>7.1f}ms  {ev['upstream'] or '-':14} {ev['route'] or '-':12} {ev['path']}"
+            f"{flags}{left}")
 
 
 def _admin_of(http_addr: str | None, sidecar_for: str, proxy_id: str) -> str:

@@ -16,6 +16,7 @@ import typer
 from proconsul.agent.cli import (
     acl,
     agent,
+    canary,
     catalog,
     config_entries,
     connect,
@@ -50,7 +51,7 @@ app = typer.Typer(
 )
 
 for _group in (acl, agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv,
-               config_entries, snapshot, event, rtt, intention, connect, tls, troubleshoot, k8s_sync):
+               config_entries, snapshot, event, rtt, intention, connect, canary, tls, troubleshoot, k8s_sync):
     _group.register(app)
 
 

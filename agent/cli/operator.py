@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,16 @@ def _ago(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}s ago"
 
 
+def _gateways(g: dict[str, Any] | None) -> str:
+    """A datacenter's mesh gateways as probed: answering/listed, or why they could not be listed."""
+    if not g:
+        return "-"
+    if g.get("Error"):
+        return "?"
+    ok = sum(1 for x in g["Gateways"] if x["OK"])
+    return f"{ok}/{len(g['Gateways'])}" if g["Gateways"] else "none"
+
+
 @federation_app.callback()
 def federation_show(ctx: typer.Context, http_addr: HttpAddr = None, fmt: Format = "table") -> None:
     """Per datacenter: servers alive, RTT, last contact, last forwarded call; replication from the primary."""
@@ -39,11 +49,13 @@ def federation_show(ctx: typer.Context, http_addr: HttpAddr = None, fmt: Format 
         data = client(http_addr).get("/v1/operator/federation").json()
         if fmt == "json":
             return print_json(data)
+        gateways = (data.get("Extra") or {}).get("MeshGateways") or {}
         table(f"Datacenters seen from {data['Server']} ({data['Datacenter']}"
               f"{', primary ' + data['PrimaryDatacenter'] if data['PrimaryDatacenter'] else ''})",
-              ["Datacenter", "Reachable", "Servers", "RTT", "Last contact", "Last forward", "Last error"],
+              ["Datacenter", "Reachable", "Servers", "Gateways", "RTT", "Last contact", "Last forward", "Last error"],
               [[d["Datacenter"] + (" (local)" if d["Local"] else "") + (" (primary)" if d["Primary"] else ""),
-                "yes" if d["Reachable"] else "NO", f"{d['AliveServers']}/{len(d['Servers'])}", _ms(d["RTTMillis"]),
+                "yes" if d["Reachable"] else "NO", f"{d['AliveServers']}/{len(d['Servers'])}",
+                _gateways(gateways.get(d["Datacenter"])), _ms(d["RTTMillis"]),
                 "-" if d["Local"] else _ago(d["LastContactSeconds"]), _ago(d["LastForwardSecondsAgo"]),
                 d["LastForwardError"]] for d in data["Datacenters"]])
         if data["Replication"]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from proconsul.agent.cluster.autopilot_driver import AutopilotDriver
+from proconsul.agent.cluster.coordinate_sync import CoordinateFlusher, CoordinateSender, update_row
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
@@ -46,7 +47,6 @@ from proconsul.agent.cluster.rpc import (
 )
 from proconsul.agent.cluster.rpc_tls import TLSConfigError, rpc_tls
 from proconsul.agent.cluster.server import ServerRole
-from proconsul.agent.cluster.wan.gossip import WANGossip, WANJoinError
 from proconsul.agent.cluster.wan.pool import STATUS_CODES as WAN_STATUS_CODES
 from proconsul.agent.cluster.wan.pool import WANPool, WANServer
 from proconsul.agent.cluster.wan.router import Router
@@ -59,7 +59,7 @@ from proconsul.consensus.errors import RaftError
 from proconsul.consensus.node import NodeOptions, RaftNode, Server
 from proconsul.consensus.storage import FileStorage, MemoryStorage
 from proconsul.membership.config import WAN
-from proconsul.membership.errors import MembershipError
+from proconsul.membership.errors import JoinError, MembershipError
 
 log = logging.getLogger("proconsul.cluster")
 
@@ -130,8 +130,7 @@ class Cluster:
         try:
             timings = lan_timings(cfg.gossip_lan, cfg.reconnect_timeout,
                                   lambda v: as_duration("gossip_lan", v, "gossip_lan"))
-            # The WAN pool (federation issue) runs the same core with these; checked now so a bad block
-            # stops the agent instead of being ignored.
+            # The servers' WAN pool runs the same core with these (checked on every agent: a bad block stops it).
             self.wan_timings = lan_timings(cfg.gossip_wan, cfg.reconnect_timeout_wan,
                                            lambda v: as_duration("gossip_wan", v, "gossip_wan"), WAN, "gossip_wan")
         except (MembershipError, ConfigError) as e:
@@ -151,8 +150,19 @@ class Cluster:
         if host.server is not None:
             self.autopilot = AutopilotDriver(host.server.store, cfg.autopilot, self.members.members, cfg.node_id,
                                              cfg.datacenter, monotonic=time.monotonic, wall=time.time)
-        self.wan_pool: WANPool | None = None
-        self.wan: WANGossip | None = None
+        self.coordinate_flusher: CoordinateFlusher | None = None
+        if host.server is not None:
+            self.coordinate_flusher = CoordinateFlusher(
+                lambda cmd: self.server().apply(cmd), self.is_leader,
+                period=cfg.coordinate_update_period or (0.1 if cfg.dev else 5.0),
+                batch_size=cfg.coordinate_update_batch_size, max_batches=cfg.coordinate_update_max_batches)
+        self.coordinate_sender: CoordinateSender | None = None
+        if not cfg.disable_coordinates:
+            self.coordinate_sender = CoordinateSender(
+                cfg.node_name, self.lan.coordinates, lambda: len(self.lan.core.view), self.submit_coordinate,
+                rate_target=cfg.sync_coordinate_rate_target, interval_min=cfg.sync_coordinate_interval_min,
+                rng=random.Random(self.rng.getrandbits(64)))
+        self.wan: WANPool | None = None
         self.router: Router | None = None
         if cfg.server and cfg.serf_wan_port >= 0:
             self._init_wan()
@@ -180,47 +190,38 @@ class Cluster:
 
     # ------------------------------------------------------------------ WAN pool and router (servers)
     def _init_wan(self) -> None:
-        from proconsul.agent.config.duration import DurationError, parse_duration
-
         cfg = self.config
-        try:
-            interval = parse_duration(str(cfg.gossip_wan.get("probe_interval", "1s")))
-            mult = int(cfg.gossip_wan.get("suspicion_mult", 6))
-        except (DurationError, ValueError, TypeError) as e:
-            raise ClusterError(f"gossip_wan: {e}: use probe_interval = \"1s\", suspicion_mult = 6") from None
-        if interval <= 0 or mult < 1:
-            raise ClusterError("gossip_wan: probe_interval must be positive and suspicion_mult at least 1")
         me = WANServer(cfg.node_name, cfg.datacenter, cfg.advertise_addr_wan or cfg.advertise,
-                       max(cfg.serf_wan_port, 1), max(cfg.server_port, 1), cfg.node_id,
-                       incarnation=int(time.time() * 1000), build=VERSION)
-        self.wan_pool = WANPool(me, fail_after=interval * mult, reap_after=cfg.reconnect_timeout_wan)
-        self.wan = WANGossip(self.wan_pool, cfg.serf_wan_addr or cfg.bind_addr, cfg.serf_wan_port,
-                             retry_join=cfg.retry_join_wan, interval=interval, retry_interval=cfg.retry_interval_wan, rng=self.rng,
-                             on_change=self._wan_changed, local_servers=self._local_wan_servers)
-        self.router = Router(self.wan_pool, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
+                       max(cfg.serf_wan_port, 0), max(cfg.server_port, 0), cfg.node_id, VERSION)
+        # The same SWIM core and shell as the LAN, with memberlist's WAN timings (gossip_wan); the incarnation
+        # starts at the wall clock's seconds, so a restarted server is newer than it was.
+        self.wan = WANPool(me, cfg.serf_wan_addr or cfg.bind_addr, timings=self.wan_timings,
+                           retry_join=cfg.retry_join_wan, retry_interval=cfg.retry_interval_wan, rng=self.rng,
+                           incarnation=int(time.time()), on_change=self._wan_changed,
+                           local_servers=self._local_wan_servers)
+        self.router = Router(self.wan, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
 
-    def _local_wan_servers(self) -> list[tuple[str, int]]:
-        """This datacenter's servers as the LAN knows them, for flood-joining them to the WAN."""
+    def _local_wan_servers(self) -> list[tuple[str, str, int]]:
+        """This datacenter's servers as the LAN knows them — (WAN name, address, WAN port) — for flood-joining
+        them to the WAN."""
         out = []
         for m in self.server_members():
             port = m.tags.get("wan_join_port", "")
             if m.name != self.config.node_name and port.isdigit():
-                out.append((m.addr, int(port)))
+                out.append((f"{m.name}.{self.config.datacenter}", m.addr, int(port)))
         return out
 
     def _wan_changed(self, names: list[str]) -> None:
         pass  # the router reads the pool on every call; nothing to refresh
 
     def wan_member_rows(self) -> list[dict[str, Any]]:
-        if self.wan_pool is None:
+        if self.wan is None:
             return []
         rows = []
-        for m in self.wan_pool.members():
+        for m in self.wan.members():
             s = m.server
-            tags = {"role": "consul", "dc": s.datacenter, "id": s.node_id, "port": str(s.rpc_port),
-                    "build": s.build, "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""}
-            rows.append({"Name": s.name, "Addr": s.addr, "Port": s.port, "Tags": tags,
+            rows.append({"Name": s.name, "Addr": s.addr, "Port": s.port, "Tags": s.tags(),
                          "Status": WAN_STATUS_CODES[m.status], "ProtocolMin": 1, "ProtocolMax": 5,
                          "ProtocolCur": PROTOCOL, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4})
         return rows
@@ -231,11 +232,11 @@ class Cluster:
                                "or this is a client agent)")
         try:
             return await self.wan.join(addresses)
-        except WANJoinError as e:
-            raise ClusterError(str(e)) from None
+        except JoinError as e:
+            raise ClusterError(f"WAN join: {e}") from None
 
     def wan_force_leave(self, name: str, prune: bool, now: float) -> bool:
-        return self.wan_pool is not None and self.wan_pool.force_leave(name, now, prune=prune)
+        return self.wan is not None and self.wan.force_leave(name, prune=prune)
 
     def federation_report(self) -> dict[str, Any]:
         """The link view: per remote datacenter its servers, RTT and last contact; our replication."""
@@ -244,16 +245,16 @@ class Cluster:
         out: dict[str, Any] = {"Datacenter": cfg.datacenter, "PrimaryDatacenter": cfg.primary_datacenter or "",
                                "Server": cfg.node_name, "Datacenters": [], "Replication": [],
                                "Extra": {}}
-        if self.wan_pool is None or self.router is None:
+        if self.wan is None or self.router is None:
             return out
-        blocked = self.wan.blocked if self.wan is not None else set()
+        blocked = self.wan.blocked
         for dc in self.router.datacenters():
             servers = []
-            for m in self.wan_pool.servers(dc):
+            for m in self.wan.servers(dc):
                 status = "partitioned" if m.name in blocked else m.status
                 servers.append({"Name": m.name, "Address": m.server.rpc_address, "Status": status,
                                 "RTTMillis": None if m.rtt is None else round(m.rtt * 1000, 3),
-                                "LastContactSeconds": None if m.name == self.wan_pool.me_name
+                                "LastContactSeconds": None if m.name == self.wan.me_name or not m.last_contact
                                 else round(max(now - m.last_contact, 0.0), 3)})
             alive = [x for x in servers if x["Status"] == "alive"]
             rtts = sorted(x["RTTMillis"] for x in alive if x["RTTMillis"] is not None)
@@ -274,8 +275,8 @@ class Cluster:
     def coordinate_datacenters(self) -> list[dict[str, Any]]:
         """Consul's /v1/coordinate/datacenters: each datacenter's servers' WAN coordinates."""
         by_dc: dict[str, list[dict[str, Any]]] = {}
-        if self.wan_pool is not None:
-            for server, coord in self.wan_pool.coordinates():
+        if self.wan is not None:
+            for server, coord in self.wan.member_coordinates():
                 by_dc.setdefault(server.datacenter, []).append({"Node": server.name, "Segment": "",
                                                                 "Coord": coord.to_json()})
         order = self.router.datacenters() if self.router is not None else sorted(by_dc)
@@ -283,21 +284,41 @@ class Cluster:
 
     def forget_datacenter(self, datacenter: str) -> list[str]:
         """Remove a dead datacenter from the WAN pool at once (its servers leave everyone's lists)."""
-        if self.wan_pool is None:
+        if self.wan is None:
             raise ClusterError("this agent has no WAN pool (a client agent, or serf_wan is -1)")
         if datacenter == self.config.datacenter:
             raise ClusterError(f"{datacenter} is this server's own datacenter")
-        alive = [m.name for m in self.wan_pool.servers(datacenter) if m.status == "alive"]
+        alive = [m.name for m in self.wan.servers(datacenter) if m.status == "alive"]
         if alive:
             raise ClusterError(f"datacenter {datacenter} still has alive servers ({', '.join(alive)}): stop them "
                                "(or cut the WAN) first")
-        names = self.wan_pool.forget_datacenter(datacenter, asyncio.get_running_loop().time())
+        names = self.wan.forget_datacenter(datacenter)
         if not names:
             from proconsul.agent.cluster.errors import NoPathToDatacenter
 
             raise NoPathToDatacenter(datacenter)
         log.warning("removed datacenter %s from the WAN pool (%s)", datacenter, ", ".join(names))
         return names
+
+    async def coordinate_update(self, args: dict[str, Any]) -> None:
+        """Consul's Coordinate.Update on a server: checked here, queued on the leader (forwarded there from a
+        follower), written with the next batch."""
+        row = update_row(args)
+        flusher = self.coordinate_flusher
+        if flusher is None:
+            raise ClusterError("this agent is not a server")
+
+        async def here() -> None:
+            flusher.add(row)
+
+        await self.server().on_leader(here, "coordinate.update", args, idempotent=True)
+
+    async def submit_coordinate(self, args: dict[str, Any]) -> None:
+        """Send a coordinate update from this agent: to our own server role, or to any server."""
+        if self.raft is not None:
+            await self.coordinate_update(args)
+        else:
+            await self.call_any_server("coordinate.update", args, timeout=10.0)
 
     async def datacenters(self) -> list[str]:
         """Known datacenters, nearest first (a client agent asks a server)."""
@@ -346,12 +367,11 @@ class Cluster:
                     await self.gossip.join(cfg.retry_join)
         if self.wan is not None:
             bound = await self._listen("WAN gossip", self.wan.start, "serf_wan_port")
-            assert self.wan_pool is not None
-            self.wan_pool.update_me(port=bound, rpc_port=cfg.server_port)
+            self.wan.update_me(bound, cfg.server_port)
             if cfg.retry_join_wan:
                 try:
                     await self.wan.join(cfg.retry_join_wan)
-                except WANJoinError as e:
+                except JoinError as e:
                     log.warning("retry-join-wan: %s; retrying every %.0fs", e, cfg.retry_interval_wan)
 
     async def _listen(self, what: str, start: Callable[[], Awaitable[int]], port_attr: str) -> int:
@@ -430,6 +450,10 @@ class Cluster:
         async with asyncio.TaskGroup() as tg:
             if self.gossip is not None:
                 tg.create_task(self.gossip.run(stop), name="lan-gossip")
+                if self.coordinate_sender is not None:
+                    tg.create_task(self.coordinate_sender.run(stop), name="coordinate-sync")
+            if self.coordinate_flusher is not None and self.raft is not None:
+                tg.create_task(self.coordinate_flusher.run(stop), name="coordinate-batch")
             if self.wan is not None:
                 tg.create_task(self.wan.run(stop), name="wan-gossip")
             for rep in self.replicators:
@@ -496,11 +520,11 @@ class Cluster:
                 self.raft.transport.block(sid)
         if self.gossip is not None:
             self.gossip.blocked = set(names)
-        if self.wan is not None and self.wan_pool is not None:
+        if self.wan is not None:
             # WAN members by name (node.dc), or a whole datacenter by its name: a simulated WAN cut.
-            self.wan.blocked = {m.name for m in self.wan_pool.members()
+            self.wan.blocked = {m.name for m in self.wan.members()
                                 if m.name in names or m.server.datacenter in names}
-            for m in self.wan_pool.members():
+            for m in self.wan.members():
                 if m.name in self.wan.blocked:
                     self.pool.drop(m.server.rpc_address)  # calls parked there (replication) fail now
         log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")

@@ -41,6 +41,7 @@ class ServerEndpoints:
         reg("federation.status", self._rpc_federation_status)
         reg("federation.coordinates", self._rpc_federation_coordinates)
         reg("event.fire", self._rpc_event_fire)
+        reg("coordinate.update", self._rpc_coordinate_update)
 
     def server(self) -> Any:
         return self.cluster.server()
@@ -105,6 +106,10 @@ class ServerEndpoints:
 
     async def _rpc_federation_status(self, args: dict[str, Any]) -> Any:
         return self.cluster.federation_report()
+
+    async def _rpc_coordinate_update(self, args: dict[str, Any]) -> Any:
+        await self.cluster.coordinate_update(args)
+        return True
 
     async def _rpc_federation_coordinates(self, args: dict[str, Any]) -> Any:
         return self.cluster.coordinate_datacenters()

@@ -25,6 +25,7 @@ LATENCY_FILTER = 3
 GRAVITY_RHO = 150.0
 ZERO = 1.0e-6
 MAX_RTT = 10.0  # seconds: a sample above this is an error, not a measurement
+WIRE_VERSION = 1
 
 
 class Random(Protocol):
@@ -57,6 +58,21 @@ class Coordinate:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             raise CoordinateError("Coord values must be finite numbers")
         return cls(tuple(float(v) for v in vec), float(values[-3]), float(values[-2]), float(values[-1]))
+
+    def to_wire(self) -> list[Any]:
+        """The compact form a gossip ack carries: [version, vec, error, adjustment, height]."""
+        return [WIRE_VERSION, list(self.vec), self.error, self.adjustment, self.height]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Coordinate:
+        """`to_wire`'s list back; CoordinateError for anything else (another version, bad numbers)."""
+        if type(raw) is not list or len(raw) != 5 or raw[0] != WIRE_VERSION:
+            raise CoordinateError("not a version-1 coordinate")
+        return cls.from_json({"Vec": raw[1], "Error": raw[2], "Adjustment": raw[3], "Height": raw[4]})
+
+    def is_origin(self) -> bool:
+        """Never moved by a measurement (every agent starts here)."""
+        return not any(self.vec) and self.error == ERROR_MAX
 
 
 def _raw_distance(a: Coordinate, b: Coordinate) -> float:

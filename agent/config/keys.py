@@ -274,6 +274,45 @@ def _addresses(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
             raise ConfigError(f"{src}: unknown key addresses.{k}")
 
 
+def _positive(convert: Callable[[str, Any, str], Any]) -> Callable[[str, Any, str], Any]:
+    def check(key: str, value: Any, src: str) -> Any:
+        v = convert(key, value, src)
+        if not v > 0:
+            raise ConfigError(f"{src}: {key} must be positive, got {value!r}")
+        return v
+    return check
+
+
+def _as_float(key: str, v: Any, src: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ConfigError(f"{src}: {key} must be a number, got {v!r}")
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"{src}: {key} must be a number, got {v!r}") from None
+
+
+_COORDINATE_KEYS: dict[str, tuple[str, Callable[[str, Any, str], Any]]] = {
+    "update_period": ("coordinate_update_period", _positive(as_duration)),
+    "update_batch_size": ("coordinate_update_batch_size", _positive(as_int)),
+    "update_max_batches": ("coordinate_update_max_batches", _positive(as_int)),
+}
+
+
+def _consul_block(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's internal `consul { … }` block: `coordinate { update_period, update_batch_size,
+    update_max_batches }` is honoured (the leader's coordinate batching); the rest has no effect here."""
+    for k, v in as_object(key, value, src).items():
+        if k != "coordinate":
+            _warn(cfg, src, f"consul.{k}", "Consul's internal timing knobs")
+            continue
+        for ck, cv in as_object("consul.coordinate", v, src).items():
+            if ck not in _COORDINATE_KEYS:
+                raise ConfigError(f"{src}: unknown key consul.coordinate.{ck} (known: {', '.join(_COORDINATE_KEYS)})")
+            attr, convert = _COORDINATE_KEYS[ck]
+            setattr(cfg, attr, convert(f"consul.coordinate.{ck}", cv, src))
+
+
 def _advertise_v4(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     if not cfg.advertise_addr:
         cfg.advertise_addr = str(value)
@@ -512,6 +551,10 @@ KEYS: dict[str, Setter] = {
     "primary_datacenter": _primary_datacenter,
     "gossip_lan": _keep_dict("gossip_lan"),
     "gossip_wan": _keep_dict("gossip_wan"),
+    "disable_coordinates": _set("disable_coordinates", as_bool),
+    "sync_coordinate_interval_min": _set("sync_coordinate_interval_min", _positive(as_duration)),
+    "sync_coordinate_rate_target": _set("sync_coordinate_rate_target", _positive(_as_float)),
+    "consul": _consul_block,
     "autopilot": _autopilot,
     "telemetry": _telemetry,
     "check_output_max_size": _set("check_output_max_size", _at_least_one),
@@ -552,9 +595,8 @@ KEYS: dict[str, Setter] = {
         "tls_prefer_server_cipher_suites": "Python's default cipher suites are used",
         "raft_snapshot_interval": "snapshots follow raft_snapshot_threshold",
         "check_deregister_interval_min": "an internal knob", "check_reap_interval": "an internal knob",
-        "sync_coordinate_interval_min": "an internal knob", "sync_coordinate_rate_target": "an internal knob",
         "segment_limit": "an internal knob", "segment_name_limit": "an internal knob",
-        "consul": "Consul's internal timing knobs", "revision": "an internal value", "version": "an internal value",
+        "revision": "an internal value", "version": "an internal value",
         "version_prerelease": "an internal value",
         "segment": "network segments are Consul Enterprise", "segments": "network segments are Consul Enterprise",
         "non_voting_server": "Consul Enterprise", "audit": "Consul Enterprise",
@@ -564,7 +606,6 @@ KEYS: dict[str, Setter] = {
         "auto_reload_config": "reload with SIGHUP or `proconsul reload`",
         "xds": "the built-in proxy reads the HTTP API, not xDS",
         "rpc": "RPC streaming settings do not apply",
-        "disable_coordinates": "network coordinates are not measured yet",
         "enable_acl_replication": "ACL replication needs WAN federation, which is not built yet",
         "acl_disabled_ttl": "an agent knows whether its servers have ACLs on from its own config",
     }.items()},

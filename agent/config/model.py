@@ -144,6 +144,15 @@ class AgentConfig:
     serf_wan_addr: str = ""  # serf_wan: the WAN pool's bind address (default: bind_addr)
     gossip_lan: dict[str, Any] = field(default_factory=dict)
     gossip_wan: dict[str, Any] = field(default_factory=dict)
+    # Network coordinates (Consul's names): each agent sends its coordinate to the servers every
+    # max(interval_min, members / rate_target) seconds (plus a random stagger); the leader writes the
+    # pending ones every coordinate_update_period, in batches (consul { coordinate { … } }).
+    disable_coordinates: bool = False
+    sync_coordinate_interval_min: float = 15.0
+    sync_coordinate_rate_target: float = 64.0
+    coordinate_update_period: float | None = None  # None: 5 s, 100 ms in dev mode (Consul's dev default)
+    coordinate_update_batch_size: int = 128
+    coordinate_update_max_batches: int = 5
     autopilot: dict[str, Any] = field(default_factory=dict)
     telemetry: dict[str, Any] = field(default_factory=dict)
     check_output_max_size: int = 4096

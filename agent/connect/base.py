@@ -24,6 +24,7 @@ from proconsul.catalog import commands as c
 from proconsul.catalog.store import StateStore
 from proconsul.connect import ca
 from proconsul.connect import intentions as ixns
+from proconsul.connect.chain import gateway_tls
 from proconsul.connect.spiffe import ServiceID, parse_service
 
 log = logging.getLogger("proconsul.connect")
@@ -112,31 +113,45 @@ class ConnectBase:
         self._decisions, self._raw_decisions = {}, {}
 
     # ------------------------------------------------------------------ leaves (the agent's cache)
-    async def _issue(self, service: str) -> dict[str, Any]:
+    async def _issue(self, service: str, dns_names: list[str]) -> dict[str, Any]:
         uri = ServiceID(self.trust_domain, "default", self.agent.config.datacenter, service).uri
         parse_service(uri)  # a name no SPIFFE ID can hold is refused (InvalidSpiffeID: a 400) before signing
         key = ca.generate_key()
-        leaf = await self.sign_csr(ca.make_csr(uri, key, service), service)
+        leaf = await self.sign_csr(ca.make_csr(uri, key, service, dns_names), service)
         self._leaf_index = max(self._leaf_index + 1, self.roots_body()[0])
         return dict(leaf, PrivateKeyPEM=ca.key_pem(key), Namespace="default", Partition="default",
                     Kind="", CreateIndex=self._leaf_index, ModifyIndex=self._leaf_index,
-                    RootID=self.active_root_id(), Jitter=self.agent.rng.random())
+                    RootID=self.active_root_id(), Jitter=self.agent.rng.random(), DNSSANs=dns_names)
 
     def _fresh(self, leaf: dict[str, Any] | None) -> bool:
         if leaf is None or leaf["RootID"] != self.active_root_id():
             return False
         return not ca.leaf_needs_renewal(leaf["CertPEM"], now_utc(), leaf["Jitter"])
 
+    async def dns_sans(self, service: str) -> list[str]:
+        """The DNS names `service`'s leaf carries: an ingress gateway serving TLS gets Consul's
+        (`*.ingress.<domain>`, `*.ingress.<dc>.<domain>`, its entry's Hosts); every other service none."""
+        try:
+            _, entry = await self.agent.backend.query("config.get", {"kind": "ingress-gateway", "name": service})
+        except Exception as e:  # the servers may be busy: keep the names the leaf has
+            log.debug("cannot read the ingress-gateway entry %r for its leaf's names: %s", service, e)
+            cur = self._leaves.get(service)
+            return list(cur["DNSSANs"]) if cur is not None else []
+        cfg = self.agent.config
+        return gateway_tls.dns_sans(entry, cfg.datacenter, cfg.domain, cfg.alt_domain)
+
     async def leaf(self, service: str) -> dict[str, Any]:
-        """The service's cached leaf, issued anew when missing, aging or from an old root."""
+        """The service's cached leaf, issued anew when missing, aging, from an old root, or when the DNS
+        names it must carry changed (an ingress gateway's TLS hosts)."""
+        names = await self.dns_sans(service)
         cur = self._leaves.get(service)
-        if self._fresh(cur):
+        if self._fresh(cur) and cur["DNSSANs"] == names:  # type: ignore[index]
             return cur  # type: ignore[return-value]
         lock = self._leaf_locks.setdefault(service, asyncio.Lock())
         async with lock:  # one signature per service however many callers ask at once
             cur = self._leaves.get(service)
-            if not self._fresh(cur):
-                cur = self._leaves[service] = await self._issue(service)
+            if not self._fresh(cur) or cur["DNSSANs"] != names:  # type: ignore[index]
+                cur = self._leaves[service] = await self._issue(service, names)
                 ev = self._leaf_changed.pop(service, None)
                 if ev is not None:
                     ev.set()

@@ -151,6 +151,12 @@ class ProxyStats:
         out["Proxies"] = states
         return out
 
+    async def latest(self, proxies: list[Target]) -> dict[tuple[str, str], Sample]:
+        """The newest sample of each readable proxy (fetched now unless one is younger than FRESH), for a
+        caller that measures from a baseline of its own (the canaries: since their last step)."""
+        await self.service_metrics(proxies)
+        return {t.key: h[-1] for t in proxies if (h := self._history.get(t.key))}
+
     async def _sample(self, t: Target) -> None:
         url = f"http://{t.address}/stats"
         self.fetches += 1

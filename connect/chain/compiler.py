@@ -59,6 +59,7 @@ class _Compiler:
     trust_domain: str
     protocol: str
     connect_timeout: float | None  # an override for every target
+    mesh_gateway: str = ""  # the caller's MeshGateway.Mode override (an upstream's own mode)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     used_entries: bool = False
@@ -241,13 +242,25 @@ class _Compiler:
                 out.append(tid)
         return out
 
+    def gateway_mode(self, service: str) -> dict[str, str]:
+        """How a target is reached when it is in another datacenter (Consul's order): the caller's override,
+        else the target service's service-defaults MeshGateway, else proxy-defaults'; {} is "none" (direct)."""
+        mode = self.mesh_gateway
+        if not mode:
+            mode = str(((self.entries.get(("service-defaults", service)) or {}).get("MeshGateway") or {})
+                       .get("Mode") or "")
+        if not mode:
+            mode = str(((self.entries.get(("proxy-defaults", "global")) or {}).get("MeshGateway") or {})
+                       .get("Mode") or "")
+        return {"Mode": mode} if mode else {}
+
     def target(self, service: str, subset: str, dc: str, r: dict[str, Any]) -> str:
         tid = target_id(service, subset, dc)
         if tid not in self.targets:
             spec = ((r.get("Subsets") or {}).get(subset) or {}) if subset else {}
             sni = target_sni(service, subset, dc, self.trust_domain)
             t: dict[str, Any] = {"ID": tid, "Service": service, "Namespace": NS, "Partition": PARTITION,
-                                 "Datacenter": dc, "MeshGateway": {},
+                                 "Datacenter": dc, "MeshGateway": self.gateway_mode(service),
                                  "Subset": {k: v for k, v in spec.items() if v}, "TransparentProxy": {},
                                  "ConnectTimeout": self.nodes_timeout(r), "SNI": sni, "Name": sni}
             if subset:
@@ -257,14 +270,17 @@ class _Compiler:
 
 
 def compile_chain(entries: Entries, service: str, *, datacenter: str, trust_domain: str,
-                  override_protocol: str = "", override_connect_timeout: float | None = None) -> dict[str, Any]:
-    """The compiled discovery chain of `service` (Consul's `Chain` object)."""
+                  override_protocol: str = "", override_connect_timeout: float | None = None,
+                  override_mesh_gateway: str = "") -> dict[str, Any]:
+    """The compiled discovery chain of `service` (Consul's `Chain` object), as evaluated in `datacenter`."""
     protocol = (override_protocol or protocol_of(entries, service)).lower()
-    c = _Compiler(entries, service, datacenter, trust_domain, protocol, override_connect_timeout)
+    c = _Compiler(entries, service, datacenter, trust_domain, protocol, override_connect_timeout,
+                  override_mesh_gateway.lower())
     start = c.start()
     chain: dict[str, Any] = {"ServiceName": service, "Namespace": NS, "Partition": PARTITION, "Datacenter": datacenter}
-    if override_protocol or override_connect_timeout is not None:
-        seed = f"{override_protocol}|{override_connect_timeout}".encode()
+    if override_protocol or override_connect_timeout is not None or override_mesh_gateway:
+        seed = (f"{override_protocol}|{override_connect_timeout}"
+                + (f"|{override_mesh_gateway.lower()}" if override_mesh_gateway else "")).encode()
         chain["CustomizationHash"] = hashlib.sha256(seed).hexdigest()[:8]
     if not c.used_entries:
         chain["Default"] = True

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from proconsul.catalog.filter import FilterError, compile_filter
+from proconsul.connect.chain import gateway_tls
 from proconsul.connect.chain.schema import (
     Bool,
     Duration,
@@ -38,7 +39,7 @@ RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimit
 ACCESS_LOG_TYPES = ("", "file", "stdout", "stderr")
 SUBSET_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 CHAIN_KINDS = ("service-resolver", "service-splitter", "service-router")
-KINDS = (*CHAIN_KINDS, "service-defaults", "proxy-defaults", "ingress-gateway")
+KINDS = (*CHAIN_KINDS, "service-defaults", "proxy-defaults", "ingress-gateway", "terminating-gateway")
 
 _COMMON = {"Kind": Str(), "Name": Str(), "Namespace": Str(), "Partition": Str(), "Meta": Map(Str()),
            "CreateIndex": Int(hi=2**64 - 1), "ModifyIndex": Int(hi=2**64 - 1), "Hash": Str()}
@@ -139,8 +140,14 @@ INGRESS_GATEWAY = Obj({
                                                  "ResponseHeaders": _HEADERS, "TLS": _GW_TLS, **_GW_LIMITS}))})),
 })
 
+TERMINATING_GATEWAY = Obj({
+    **_COMMON,
+    "Services": List(Obj({"Name": Str(), "Namespace": Str(), "Partition": Str(), "CAFile": Str(), "CertFile": Str(),
+                          "KeyFile": Str(), "SNI": Str(), "DisableAutoHostRewrite": Bool()})),
+})
+
 SCHEMAS: dict[str, Obj] = {
-    "ingress-gateway": INGRESS_GATEWAY,
+    "ingress-gateway": INGRESS_GATEWAY, "terminating-gateway": TERMINATING_GATEWAY,
     "service-defaults": SERVICE_DEFAULTS, "proxy-defaults": PROXY_DEFAULTS, "service-resolver": SERVICE_RESOLVER,
     "service-splitter": SERVICE_SPLITTER, "service-router": SERVICE_ROUTER,
 }
@@ -170,7 +177,7 @@ def validate(entry: dict[str, Any]) -> dict[str, Any]:
             raise check.fail(ns_field, "only \"default\" exists here (namespaces and partitions are enterprise)")
     {"service-resolver": _resolver, "service-splitter": _splitter, "service-router": _router,
      "service-defaults": _service_defaults, "proxy-defaults": _proxy_defaults,
-     "ingress-gateway": _ingress_gateway}[kind](out, check)
+     "ingress-gateway": _ingress_gateway, "terminating-gateway": _terminating_gateway}[kind](out, check)
     return out
 
 
@@ -441,7 +448,62 @@ def _ingress_gateway(e: dict[str, Any], check: _Check) -> None:
                     raise check.fail(f"{sw}.Hosts[{k}]", f"host {h!r} is used by more than one service of the "
                                                          "listener")
                 hosts_seen.add(h)
-        if (e.get("TLS") or {}).get("Enabled") or (lst.get("TLS") or {}).get("Enabled"):
-            raise check.fail(f"{where}.TLS" if (lst.get("TLS") or {}).get("Enabled") else "TLS",
-                             "TLS on ingress listeners is not supported by this gateway yet; serve plain HTTP or "
-                             "put a TLS terminator in front")
+        _gateway_tls(lst.get("TLS"), f"{where}.TLS", check)
+        if gateway_tls.listener_tls(e, lst) is not None:
+            for j, svc in enumerate(services):
+                if "*" in (svc.get("Hosts") or []):
+                    raise check.fail(f"{where}.Services[{j}].Hosts", "Host '*' is not allowed when TLS is enabled, "
+                                                                     "all hosts must be valid DNS records to add as "
+                                                                     "a DNSSAN")
+        for j, svc in enumerate(services):
+            if svc.get("TLS"):
+                raise check.fail(f"{where}.Services[{j}].TLS", "per-service TLS takes SDS certificates, which this "
+                                                               "gateway does not fetch; use the listener's TLS (the "
+                                                               "Connect CA's certificate)")
+    _gateway_tls(e.get("TLS"), "TLS", check)
+
+
+def _gateway_tls(block: dict[str, Any] | None, where: str, check: _Check) -> None:
+    """An ingress-gateway TLS block: known versions in order, cipher suites only up to TLS 1.2, no SDS."""
+    if not block:
+        return
+    if block.get("SDS"):
+        raise check.fail(f"{where}.SDS", "SDS is not supported: the gateway serves its certificate from the Connect "
+                                         "CA (set Enabled = true without SDS)")
+    for f in ("TLSMinVersion", "TLSMaxVersion"):
+        if block.get(f) and block[f] not in gateway_tls.TLS_VERSIONS:
+            raise check.fail(f"{where}.{f}", f"unsupported TLS version {block[f]!r}; one of "
+                                             f"{', '.join(gateway_tls.TLS_VERSIONS)}")
+    lo, hi = block.get("TLSMinVersion") or "TLS_AUTO", block.get("TLSMaxVersion") or "TLS_AUTO"
+    if "TLS_AUTO" not in (lo, hi) and gateway_tls.version_rank(hi) < gateway_tls.version_rank(lo):
+        raise check.fail(f"{where}.TLSMaxVersion", f"configuring max version {hi} less than the configured min "
+                                                   f"version {lo} is invalid")
+    for k, suite in enumerate(block.get("CipherSuites") or []):
+        if suite not in gateway_tls.CIPHER_SUITES:
+            raise check.fail(f"{where}.CipherSuites[{k}]", f"unsupported cipher suite {suite!r}")
+    if block.get("CipherSuites") and lo == "TLSv1_3":
+        raise check.fail(f"{where}.CipherSuites", "configuring CipherSuites is only applicable to connections "
+                                                  "negotiated with TLS 1.2 or earlier, TLSMinVersion is set to "
+                                                  "TLSv1_3")
+
+
+def _terminating_gateway(e: dict[str, Any], check: _Check) -> None:
+    seen: set[str] = set()
+    for i, svc in enumerate(e.get("Services") or []):
+        where = f"Services[{i}]"
+        name = svc.get("Name", "")
+        if not name:
+            raise check.fail(f"{where}.Name", "Service name cannot be blank.")
+        if name == "*":
+            raise check.fail(f"{where}.Name", "the wildcard service \"*\" is not supported by this gateway yet; name "
+                                              "the services")
+        if name in seen:
+            raise check.fail(f"{where}.Name", f"Service {name!r} was specified more than once within a namespace")
+        seen.add(name)
+        # Consul's rule: a client certificate needs its key and a CA (mutual TLS); a CAFile alone is one-way TLS.
+        if (svc.get("CertFile") or svc.get("KeyFile")) and not (svc.get("CAFile") and svc.get("CertFile")
+                                                              and svc.get("KeyFile")):
+            raise check.fail(where, f"Service {name!r} must have a CertFile, CAFile, and KeyFile specified for TLS "
+                                    "origination")
+        if svc.get("SNI") and not svc.get("CAFile"):
+            raise check.fail(f"{where}.SNI", f"Service {name!r}: SNI is only used with TLS origination; set CAFile")

@@ -33,6 +33,7 @@ class Instance:
     port: int
     service: str  # the destination service whose identity the peer must present
     datacenter: str = ""
+    sni: str = ""  # the TLS server name to send ("": Consul's name of `service` in `datacenter`)
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """Running a proxy from the command line: `proconsul connect proxy` and `python -m proconsul.connect.proxy`.
 
 Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`; for gateways
-`consul connect envoy`'s `-gateway ingress -service NAME -register -address HOST:PORT`), with our
+`consul connect envoy`'s `-gateway ingress|terminating -service NAME -register -address HOST:PORT`), with our
 `-admin-bind` for the metrics listener (by default where the registration says, see admin_address.py:
 Envoy's habit of 127.0.0.1:19000 for the first sidecar). Errors are one line on stderr and exit status 1.
 """
@@ -105,7 +105,7 @@ async def run_gateway(opts: Options, api: AgentAPI, stop: asyncio.Event) -> None
         raise ProxyCLIError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-GATEWAY_KINDS = ("ingress", "mesh")
+GATEWAY_KINDS = ("ingress", "terminating", "mesh")
 
 
 def _gateway_address(address: str) -> tuple[str, int]:
@@ -130,18 +130,20 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
         return
     if opts.gateway:
         if opts.gateway not in GATEWAY_KINDS:
-            raise ProxyCLIError(f"-gateway {opts.gateway!r}: must be one of {', '.join(GATEWAY_KINDS)} (terminating "
-                                "gateways are not built)")
+            raise ProxyCLIError(f"-gateway {opts.gateway!r}: must be one of {', '.join(GATEWAY_KINDS)}")
         if not opts.service or opts.sidecar_for:
             raise ProxyCLIError("-gateway needs -service NAME (and no -sidecar-for)")
     elif opts.register or opts.service:
-        raise ProxyCLIError("-register and -service are for gateways: add -gateway ingress|mesh")
+        raise ProxyCLIError("-register and -service are for gateways: add -gateway ingress|terminating|mesh")
     elif bool(opts.proxy_id) == bool(opts.sidecar_for):
         raise ProxyCLIError("give exactly one of -sidecar-for SERVICE-ID or -proxy-id PROXY-ID")
     host, port = _admin(opts.admin_bind)
     api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
     stop = stop or _signals_stop()
     try:
+        if opts.gateway == "terminating":
+            await run_terminating(opts, api, stop, host, port)
+            return
         if opts.gateway:
             from proconsul.connect.proxy.ingress import IngressGateway
 
@@ -161,6 +163,27 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
         raise ProxyCLIError(str(e)) from None
     finally:
         await api.close()
+
+
+async def run_terminating(opts: Options, api: AgentAPI, stop: asyncio.Event, admin_host: str,
+                          admin_port: int | None) -> None:
+    """`-gateway terminating`: optionally register it (Kind terminating-gateway), then serve its linked services."""
+    from proconsul.connect.proxy.terminating import TerminatingGateway
+
+    gw_host, gw_port = _gateway_address(opts.address)
+    gw_id = opts.proxy_id or opts.service
+    if opts.register:
+        await api.put("/v1/agent/service/register", {
+            "Kind": "terminating-gateway", "Name": opts.service, "ID": gw_id, "Address": gw_host, "Port": gw_port,
+            "Check": {"Name": "Terminating gateway listening", "TCP": f"{gw_host}:{gw_port}", "Interval": "10s",
+                      "DeregisterCriticalServiceAfter": "72h"}})
+        log.info("registered terminating gateway %s (%s:%d)", gw_id, gw_host, gw_port)
+    gateway = TerminatingGateway(api, gw_id, bind=gw_host, port=gw_port, admin_address=admin_host,
+                                 admin_port=-1 if admin_port is None else admin_port)
+    try:
+        await gateway.run(stop)
+    except OSError as e:
+        raise ProxyCLIError(f"cannot listen on {gw_host}:{gw_port}: {e.strerror or e}") from None
 
 
 def _signals_stop() -> asyncio.Event:

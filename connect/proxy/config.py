@@ -255,9 +255,13 @@ def with_upstream_config(cfg: ProxyConfig, upstream_config: dict[str, Any] | Non
             if t:
                 timeout = _duration(t, f"{what}.connect_timeout_ms", 5.0)
             protocol = _protocol(_get(layer, "protocol", "Protocol"), f"{what}.protocol", protocol)
+        # MeshGateway: the upstream's own block wins; else the Override's, then the Defaults'; else the proxy's.
+        gateway = _gateway_mode(raw, f"Proxy.Upstreams[{u.destination_name!r}]") or _gateway_mode(
+            overrides.get(u.destination_name) or {}, f"UpstreamConfig.Overrides[{u.destination_name!r}]") or \
+            _gateway_mode(defaults, "UpstreamConfig.Defaults") or u.mesh_gateway
         out.append(replace(u, limits=limits, outlier=outlier if outlier != cfg.outlier else u.outlier,
                            connect_timeout=timeout if timeout is not None else u.connect_timeout,
-                           protocol=protocol or u.protocol))
+                           protocol=protocol or u.protocol, mesh_gateway=gateway))
     return replace(cfg, upstreams=tuple(out))
 
 

@@ -24,8 +24,12 @@ class DialRefused(Exception):
 
 
 def instance_key(inst: Instance) -> str:
-    """Which sidecar a pooled connection or a TLS session belongs to."""
-    return f"{inst.id}@{inst.address}:{inst.port}"
+    """Which sidecar (and for which service) a pooled connection or a TLS session belongs to: one terminating
+    or mesh gateway instance stands for several services, and through a mesh gateway one address leads to
+    many destinations. A connection made for one must not carry another's requests (nor a session resumed
+    with one service's certificate be offered for another), so the service and the SNI are in the key
+    (`api.default.dc2…` and `v2.api.default.dc2…` are two)."""
+    return f"{inst.service}|{inst.id}@{inst.address}:{inst.port}" + (f"/{inst.sni}" if inst.sni else "")
 
 
 async def dial(rt: Runtime, up: Upstream, inst: Instance, link: Link,
@@ -41,8 +45,8 @@ async def dial(rt: Runtime, up: Upstream, inst: Instance, link: Link,
     async with asyncio.timeout(up.connect_timeout):
         tls = await connect_tls(ctx, app, inst.address, inst.port, handshake_timeout=up.connect_timeout,
                                 scratch=rt.tls_scratch,
-                                server_hostname=sni_name(inst.service, inst.datacenter or rt.datacenter,
-                                                         rt.trust_domain))
+                                server_hostname=inst.sni or sni_name(inst.service, inst.datacenter or rt.datacenter,
+                                                                     rt.trust_domain))
     uri = peer_uri(tls.sslobj) or ""
     if not rt.is_identity_of(uri, inst.service):
         tls.abort()

@@ -1,5 +1,7 @@
 """Gateways as configurations of the one proxy core (pure: registration and config entry in, settings out).
 
+A terminating gateway fronts the services its `terminating-gateway` entry links (`terminating_services`).
+
 An ingress gateway is a proxy without a public listener whose "upstreams" are the services its
 `ingress-gateway` config entry exposes: one per (listener port, service). HTTP listeners pick the service by
 the request's Host (`Hosts`, default `<service>.ingress.*`) and then apply that service's discovery chain
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proconsul.connect.chain.gateway_tls import ListenerTLS, listener_tls
 from proconsul.connect.proxy.config import (
     Limits,
     OutlierSettings,
@@ -26,6 +29,7 @@ class IngressListener:
     port: int
     protocol: str  # "http" or "tcp"
     routes: tuple[tuple[tuple[str, ...], str], ...]  # ((host patterns…), upstream key) in the entry's order
+    tls: ListenerTLS | None = None  # served with the gateway's leaf (its DNS SANs) when set
 
 
 def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
@@ -89,10 +93,36 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
             upstreams.append(up)
             hosts = tuple(svc.get("Hosts") or ()) or (f"{svc['Name']}.ingress.*",)
             routes.append((hosts, up.key))
-        listeners.append(IngressListener(port, proto, tuple(routes)))
+        listeners.append(IngressListener(port, proto, tuple(routes), listener_tls(entry, lst)))
         upstream_raw.extend(raws)
     cfg = ProxyConfig(proxy_id=str(registration.get("ID") or name), proxy_name=name, service=name,
                       service_id=str(registration.get("ID") or name), bind_address=bind_host, bind_port=0,
                       local_address="", local_port=0, upstreams=tuple(upstreams), protocol="tcp",
                       upstream_raw=tuple(upstream_raw))
     return cfg, tuple(listeners)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedService:
+    """A service outside the mesh that a terminating gateway fronts, and how to reach it (TLS when CAFile)."""
+
+    name: str
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    sni: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_file)
+
+
+def terminating_services(entry: dict[str, Any] | None) -> dict[str, LinkedService]:
+    """The services a `terminating-gateway` config entry links, by name (validated on write)."""
+    out = {}
+    for svc in (entry or {}).get("Services") or []:
+        name = str(svc.get("Name") or "")
+        if name and name != "*":
+            out[name] = LinkedService(name, str(svc.get("CAFile") or ""), str(svc.get("CertFile") or ""),
+                                      str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""))
+    return out

@@ -559,10 +559,14 @@ class Front(asyncio.Protocol):
         now = time.monotonic()
         self.link.link.latency.observe(now - ex.started)
         rt = self.rt
-        if rt.access_log is not None or (ex.trace is not None and ex.trace.sampled):
+        tap = rt.tap  # None unless someone watches (`proconsul connect tap`): then this costs nothing
+        if rt.access_log is not None or tap is not None or (ex.trace is not None and ex.trace.sampled):
             rec = self.log_record(ex, now)
             if rt.access_log is not None:
                 rt.access_log.request(rec)
+            if tap is not None:
+                rec["latency_ms"] = round((now - ex.started) * 1000, 3)
+                tap.offer(rec, self.link.inbound, now)
             if ex.trace is not None and rt.tracer is not None:
                 rt.tracer.finish(ex.trace, f"{rec['method']} {rec.get('upstream_service', '')}", ex.status, {
                     "http.request.method": rec["method"], "url.path": rec["path"],

@@ -12,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Coroutine
 from typing import Any
+from urllib.parse import quote
 
 from proconsul.connect.proxy import listeners
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.config import ProxyConfig, ProxyConfigError, Upstream
 from proconsul.connect.proxy.gateway import IngressListener, host_matches, ingress_config
 from proconsul.connect.proxy.http import Exchange, UpstreamFront, _Counts
-from proconsul.connect.proxy.proxy import Proxy
+from proconsul.connect.proxy.proxy import Proxy, credentials
 from proconsul.connect.proxy.runtime import Runtime
+from proconsul.connect.proxy.tls import MeshTLSError, gateway_server_context
+from proconsul.connect.proxy.tlsproto import TLSProtocol
 
 log = logging.getLogger("proconsul.proxy")
 
@@ -51,6 +55,13 @@ class IngressFront(UpstreamFront):
         super().send(ex)
 
 
+class _Refuse(asyncio.Protocol):
+    """A TLS listener's connection while it has no usable certificate: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
 class IngressGateway(Proxy):
     def __init__(self, api: AgentAPI, service_id: str, *, bind_host: str = "127.0.0.1", **kw: Any) -> None:
         super().__init__(api, service_id, **kw)
@@ -58,6 +69,7 @@ class IngressGateway(Proxy):
         self.listeners: tuple[IngressListener, ...] = ()
         self._registration_body: dict[str, Any] | None = None
         self._entry: dict[str, Any] | None = None
+        self._listener_ctx: dict[int, ssl.SSLContext] = {}  # TLS listeners' contexts (the leaf with its DNS SANs)
 
     # ------------------------------------------------------------------ configuration
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
@@ -100,6 +112,40 @@ class IngressGateway(Proxy):
         if self._strip(entry) != self._strip(self._entry):
             self._entry = entry
             await self._reconfigure()
+            await self._refresh_leaf()
+
+    async def _refresh_leaf(self) -> None:
+        """Ask the agent for the leaf once without blocking: with new TLS hosts in the entry it issues one
+        with the new DNS SANs, which also wakes the blocking leaf watch."""
+        try:
+            await self.api.get(f"/v1/agent/connect/ca/leaf/{quote(self._service_name(), safe='')}")
+        except AgentAPIError as e:
+            log.warning("ingress gateway: cannot refresh the certificate after the entry changed: %s", e)
+
+    def _service_name(self) -> str:
+        return str((self._registration_body or {}).get("Service") or self.proxy_id)
+
+    def _rebuild_tls(self) -> None:
+        super()._rebuild_tls()
+        self._build_listener_tls()
+
+    def _build_listener_tls(self) -> None:
+        """The TLS listeners' contexts from the current leaf; a listener whose settings cannot be applied
+        keeps refusing connections (and says so) rather than serving plain text."""
+        if self._leaf is None or self._roots is None:
+            return
+        creds = credentials(self._leaf, self._roots)
+        built: dict[int, ssl.SSLContext] = {}
+        for lst in self.listeners:
+            if lst.tls is None:
+                continue
+            try:
+                built[lst.port] = gateway_server_context(creds, lst.tls.min_version, lst.tls.max_version,
+                                                         lst.tls.cipher_suites,
+                                                         ("http/1.1",) if lst.protocol == "http" else ())
+            except MeshTLSError as e:
+                log.error("ingress listener %d: TLS cannot be served, refusing connections: %s", lst.port, e)
+        self._listener_ctx = built
 
     async def _on_registration(self, body: dict[str, Any]) -> None:
         self._last_registration = body
@@ -130,6 +176,7 @@ class IngressGateway(Proxy):
             return
         log.info("ingress gateway %s: %d listener(s) now; re-opening them", cfg.service, len(lsts))
         self.listeners = lsts
+        self._build_listener_tls()
         self._restart_with = cfg
         self._reload.set()
 
@@ -148,10 +195,18 @@ class IngressGateway(Proxy):
         def tcp_side() -> asyncio.Protocol:
             return listeners.UpstreamSide(rt, rt.upstreams.get(up.key, up))
 
+        plain = http_front if lst.protocol == "http" else tcp_side
+
+        def tls_front(port: int = lst.port) -> asyncio.BaseProtocol:
+            ctx = self._listener_ctx.get(port)
+            if ctx is None:  # no usable certificate (yet): refuse rather than answer in plain text
+                return _Refuse()
+            return TLSProtocol(ctx, plain(), server_side=True, handshake_timeout=rt.config.handshake_timeout,
+                               scratch=rt.tls_scratch)
+
         try:
             server = await asyncio.get_running_loop().create_server(
-                http_front if lst.protocol == "http" else tcp_side, self.bind_host, lst.port, reuse_address=True,
-                backlog=1024)
+                plain if lst.tls is None else tls_front, self.bind_host, lst.port, reuse_address=True, backlog=1024)
         except OSError as e:
             if fatal:
                 raise
@@ -159,5 +214,6 @@ class IngressGateway(Proxy):
             return
         self._servers[f"listener:{lst.port}"] = server
         self.upstream_ports[f"{lst.protocol}:{lst.port}"] = lst.port
-        log.info("ingress listener %s:%d (%s): %s", self.bind_host, lst.port, lst.protocol,
+        log.info("ingress listener %s:%d (%s%s): %s", self.bind_host, lst.port, lst.protocol,
+                 f", TLS {lst.tls.min_version}+" if lst.tls is not None else "",
                  ", ".join(f"{rt.upstreams[k].destination_name} ← {' '.join(h)}" for h, k in lst.routes))

@@ -4,7 +4,8 @@
 TLS record, takes the ClientHello's server name (`sni.py`) and, for Consul's service names
 `<svc>.default.<dc>.internal.<trust-domain>`:
 
-- `<dc>` is ours: dials a healthy sidecar of `<svc>` here (`/v1/health/connect/<svc>?passing`);
+- `<dc>` is ours: dials a healthy sidecar of `<svc>` here (`/v1/health/connect/<svc>?passing`); for a
+  subset's name, `<subset>.<svc>.default.<dc>…`, only the sidecars its service-resolver Filter selects;
 - `<dc>` is another: dials a healthy mesh gateway of that datacenter at its WAN address
   (`/v1/health/service/<gateway-name>?passing&dc=<dc>`, `TaggedAddresses.wan`).
 
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from proconsul.connect.proxy.agent_api import AgentAPI
+from proconsul.connect.proxy.addresses import mesh_gateway_address, tagged_address
+from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.sni import (
     MAX_HELLO,
@@ -40,6 +42,7 @@ HELLO_TIMEOUT = 10.0
 FAILED_FOR = 10.0  # a target that refused is tried last for this long
 DIAL_TIMEOUT = 5.0
 FIRST_ANSWER_TIMEOUT = 10.0
+RESOLVER_TTL = 5.0  # a service-resolver's subsets are read again after this long
 
 
 @dataclass
@@ -128,7 +131,8 @@ class MeshGateway:
         self.rng = rng or random.Random()
         self.datacenter = ""
         self.trust_domain = ""
-        self._targets: dict[tuple[str, str], _Targets] = {}
+        self._targets: dict[tuple[str, str, str], _Targets] = {}  # (service, dc, filter)
+        self._resolvers: dict[str, tuple[float, dict[str, Any]]] = {}  # service -> (loop time read, its resolver)
         self._failed: dict[tuple[str, int], float] = {}  # target -> loop time it last refused
         self._stop = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -176,8 +180,11 @@ class MeshGateway:
             inbound.abort()
             return
         local = target.datacenter == self.datacenter
-        addresses = await self._addresses(target.service if local else self.service,
-                                          "" if local else target.datacenter, local)
+        if local and target.subset:
+            addresses = await self._subset_addresses(target.service, target.subset)
+        else:
+            addresses = await self._addresses(target.service if local else self.service,
+                                              "" if local else target.datacenter, local)
         loop = asyncio.get_running_loop()
         order = list(addresses)
         self.rng.shuffle(order)
@@ -203,13 +210,33 @@ class MeshGateway:
         self.stats["refused"] += 1
         inbound.abort()
 
-    async def _addresses(self, service: str, datacenter: str, local: bool) -> list[tuple[str, int]]:
-        key = (service, datacenter)
+    async def _subset_addresses(self, service: str, subset: str) -> list[tuple[str, int]]:
+        """A subset of a service here (`v2.web.default.<our dc>…`): its sidecars that pass the subset's
+        Filter in the service's service-resolver (replicated from the primary), as Consul's gateways do.
+        An unknown subset has no instances: the connection is closed, never sent to the whole service."""
+        now = asyncio.get_running_loop().time()
+        cached = self._resolvers.get(service)
+        if cached is None or now - cached[0] > RESOLVER_TTL:
+            try:
+                entry, _ = await self.api.get(f"/v1/config/service-resolver/{service}")
+            except AgentAPIError as e:
+                log.info("mesh gateway: no service-resolver for %s (subset %s): %s", service, subset, e)
+                entry = {}
+            cached = self._resolvers[service] = (now, entry or {})
+        spec = (cached[1].get("Subsets") or {}).get(subset)
+        if spec is None:
+            log.info("mesh gateway: service %s has no subset %r", service, subset)
+            return []
+        return await self._addresses(service, "", True, str(spec.get("Filter") or ""))
+
+    async def _addresses(self, service: str, datacenter: str, local: bool, filter_: str = "") -> list[tuple[str, int]]:
+        key = (service, datacenter, filter_)
         entry = self._targets.get(key)
         if entry is None:
             entry = self._targets[key] = _Targets()
             path = f"/v1/health/connect/{service}" if local else f"/v1/health/service/{service}"
-            params = {"passing": "1", **({"dc": datacenter} if datacenter else {})}
+            params = {"passing": "1", **({"dc": datacenter} if datacenter else {}),
+                      **({"filter": filter_} if filter_ else {})}
 
             def update(body: list[dict[str, Any]], entry: _Targets = entry) -> None:
                 entry.addresses = [a for a in (_address(e, wan=not local) for e in body or []) if a is not None]
@@ -226,15 +253,8 @@ class MeshGateway:
 
 
 def _address(entry: dict[str, Any], *, wan: bool) -> tuple[str, int] | None:
-    node, svc = entry.get("Node") or {}, entry.get("Service") or {}
-    if wan:
-        if svc.get("Kind") != "mesh-gateway":
-            return None
-        tagged = (svc.get("TaggedAddresses") or {}).get("wan") or {}
-        if tagged.get("Address") and tagged.get("Port"):
-            return tagged["Address"], int(tagged["Port"])
-    address = svc.get("Address") or node.get("Address") or ""
-    return (address, int(svc["Port"])) if address and svc.get("Port") else None
+    """A remote datacenter's gateway at its `wan` address, or a sidecar here at its own."""
+    return mesh_gateway_address(entry, local=False) if wan else tagged_address(entry, "")
 
 
 async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:

@@ -15,13 +15,15 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 
-from proconsul.connect.proxy import http, listeners
+from proconsul.connect.proxy import h2relay, http, listeners
+from proconsul.connect.proxy.addresses import mesh_gateway_address
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.authz import IntentionPolicy
@@ -37,12 +39,14 @@ from proconsul.connect.proxy.config import (
 )
 from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
+from proconsul.connect.proxy.tap import Subscriber, TapError, TapFilter, parse_rate
 from proconsul.connect.proxy.tls import Credentials, MeshTLSError, ServerContexts, client_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
 from proconsul.connect.proxy.tracing import TracingSettings
 
 log = logging.getLogger("proconsul.proxy")
 WARMING_MAX = 2.0  # seconds a new chain waits for its new targets' first instance lists
+TAP_HEARTBEAT = 2.0  # seconds between blank lines on an idle /tap stream
 
 
 class ProxyError(Exception):
@@ -60,7 +64,8 @@ def credentials(leaf: dict[str, Any], roots: dict[str, Any]) -> Credentials:
                        root_ids=tuple(r["ID"] for r in roots.get("Roots") or []))
 
 
-def healthy_instances(entries: list[dict[str, Any]], destination: str, datacenter: str) -> list[Instance]:
+def healthy_instances(entries: list[dict[str, Any]], destination: str, datacenter: str,
+                      sni: str = "") -> list[Instance]:
     """Instances from `/v1/health/connect/:svc?passing`: each sidecar's (or native service's) public address."""
     out = []
     for e in entries:
@@ -69,7 +74,22 @@ def healthy_instances(entries: list[dict[str, Any]], destination: str, datacente
         if not address or not svc.get("Port"):
             continue
         out.append(Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
-                            service=destination, datacenter=node.get("Datacenter") or datacenter))
+                            service=destination, datacenter=node.get("Datacenter") or datacenter, sni=sni))
+    return out
+
+
+def gateway_instances(entries: list[dict[str, Any]], *, local: bool, destination: str, datacenter: str,
+                      sni: str = "") -> list[Instance]:
+    """Mesh gateways from `/v1/health/service/<gateway>?passing` as the instances to dial for a destination
+    in another datacenter: ours at their LAN address (mode local) or the destination's at their WAN
+    address (mode remote). The peer must still present `destination`'s identity: the gateways only splice."""
+    out = []
+    for e in entries:
+        where = mesh_gateway_address(e, local=local)
+        if where is not None:
+            node, svc = e.get("Node") or {}, e.get("Service") or {}
+            out.append(Instance(id=f"gateway/{node.get('Node', '')}/{svc.get('ID', '')}", address=where[0],
+                                port=where[1], service=destination, datacenter=datacenter, sni=sni))
     return out
 
 
@@ -238,9 +258,9 @@ class Proxy:
             self._upstream_watches[f"{up.key}|chain"] = self._tg.create_task(self._watch_chain(up, stop))
 
     def _follows_chain(self, up: Upstream) -> bool:
-        """Upstreams in this datacenter follow their discovery chain; one in another datacenter goes to
-        that datacenter's instances (through mesh gateways when a mode says so) without one, for now."""
-        return not up.datacenter or self.rt is None or up.datacenter == self.rt.datacenter
+        """Every upstream follows its discovery chain; one with `datacenter = "dc2"` the chain as evaluated
+        in dc2 (its Redirects and Failover seen from there, Consul's `compile-dc`)."""
+        return True
 
     def _restart_upstream_watch(self, up: Upstream, stop: asyncio.Event) -> None:
         """An upstream's settings changed (datacenter, timeouts, limits, protocol): its instances are
@@ -344,27 +364,21 @@ class Proxy:
         datacenter's gateways (mode local, their LAN address) or the destination's (mode remote, their
         WAN address); the SNI still names the destination service there, so the gateway routes it and
         the TLS session is end to end with its sidecar."""
-        params = {"passing": "1", **({} if local else {"dc": up.datacenter})}
-
-        def update(entries: list[dict[str, Any]]) -> None:
-            instances = []
-            for e in entries:
-                node, svc = e.get("Node") or {}, e.get("Service") or {}
-                if svc.get("Kind") != "mesh-gateway":
-                    continue
-                tagged = (svc.get("TaggedAddresses") or {}).get("lan" if local else "wan") or {}
-                address = tagged.get("Address") or svc.get("Address") or node.get("Address") or ""
-                port = int(tagged.get("Port") or svc.get("Port") or 0)
-                if address and port:
-                    instances.append(Instance(id=f"gateway/{node.get('Node', '')}/{svc.get('ID', '')}",
-                                              address=address, port=port, service=up.destination_name,
-                                              datacenter=up.datacenter))
+        def update(instances: list[Instance]) -> None:
             if {i.id for i in instances} != {i.id for i in pool.instances()}:
                 log.info("upstream %s in %s: %d %s mesh gateway(s)", up.destination_name, up.datacenter,
                          len(instances), "local" if local else "remote")
             pool.set_instances(instances)
 
-        await self.api.watch(f"/v1/health/service/{self.gateway_service}", params, update, stop)
+        await self._follow_gateways(up.destination_name, up.datacenter, local, "", update, stop)
+
+    async def _follow_gateways(self, destination: str, datacenter: str, local: bool, sni: str,
+                               update: Callable[[list[Instance]], None], stop: asyncio.Event) -> None:
+        """Follow the mesh gateways that lead to `destination` in `datacenter` (ours or theirs, by mode)."""
+        params = {"passing": "1", **({} if local else {"dc": datacenter})}
+        await self.api.watch(f"/v1/health/service/{self.gateway_service}", params, lambda entries: update(
+            gateway_instances(entries, local=local, destination=destination, datacenter=datacenter, sni=sni)), stop)
+
     async def _watch_chain(self, up: Upstream, stop: asyncio.Event) -> None:
         """Follow the upstream's discovery chain: each change is applied to new requests at once (open
         connections stay), and targets that need instances of their own get a watch."""
@@ -400,31 +414,64 @@ class Proxy:
             log.info("upstream %s: discovery chain applied (%d route(s), %d target(s))%s", up.destination_name,
                      len(table.routes), len(table.targets), " (default)" if table.default else "")
 
-        await self.api.watch(f"/v1/discovery-chain/{quote(up.destination_name, safe='')}", {}, update, stop)
+        params = {"compile-dc": up.datacenter} if up.datacenter else {}
+        await self.api.watch(f"/v1/discovery-chain/{quote(up.destination_name, safe='')}", params, update, stop)
 
     async def _watch_target(self, up: Upstream, target: Target, stop: asyncio.Event) -> None:
-        """The passing instances of one chain target (a subset through its Filter, another service or dc)."""
+        """The passing instances of one chain target (a subset through its Filter, another service or dc).
+        A target in another datacenter is reached through mesh gateways when its mode (the upstream's own
+        MeshGateway, else the chain's: service-defaults, proxy-defaults) is local or remote, else directly;
+        either way the TLS handshake names the target's SNI and expects its service's identity."""
         params = {"passing": "1"}
         if target.filter:
             params["filter"] = target.filter
         if target.datacenter and self.rt is not None and target.datacenter != self.rt.datacenter:
             params["dc"] = target.datacenter
+        mode = self._target_path(up, target)
 
-        def update(entries: list[dict[str, Any]]) -> None:
+        def apply(instances: list[Instance]) -> None:
             rt = self.rt
             pool = rt.target_pools.get((up.key, target.id)) if rt is not None else None
             if rt is None or pool is None:
                 return
-            instances = healthy_instances(entries, target.service, target.datacenter or rt.datacenter)
             if {i.id for i in instances} != {i.id for i in pool.instances()}:
-                log.info("upstream %s: target %s has %d healthy instance(s)", up.destination_name, target.id,
-                         len(instances))
+                log.info("upstream %s: target %s has %d healthy %s", up.destination_name, target.id,
+                         len(instances), f"{mode} mesh gateway(s)" if mode in ("local", "remote") else "instance(s)")
             pool.set_instances(instances)
             known = self._target_known.pop((up.key, target.id), None)
             if known is not None:
                 known.set()
 
+        if mode in ("local", "remote"):
+            return await self._follow_gateways(target.service, target.datacenter, mode == "local", target.sni,
+                                               apply, stop)
+
+        def update(entries: list[dict[str, Any]]) -> None:
+            rt = self.rt
+            if rt is not None:
+                apply(healthy_instances(entries, target.service, target.datacenter or rt.datacenter, target.sni))
+
         await self.api.watch(f"/v1/health/connect/{quote(target.service, safe='')}", params, update, stop)
+
+    def _target_path(self, up: Upstream, target: Target) -> str:
+        """How a chain target is reached: "local" or "remote" (through mesh gateways, for a target in another
+        datacenter whose mode — the upstream's own MeshGateway, else the chain's — says so), else "direct"."""
+        if not target.datacenter or self.rt is None or target.datacenter == self.rt.datacenter:
+            return "direct"
+        mode = up.mesh_gateway or target.mesh_gateway
+        return mode if mode in ("local", "remote") else "direct"
+
+    def _target_stats(self, key: str, tid: str) -> dict[str, str]:
+        """Where a chain target is and the path to it (the link view of a sidecar's failover targets)."""
+        rt = self.rt
+        table = rt.chains.get(key) if rt is not None else None
+        target = table.targets.get(tid) if table is not None else None
+        up = rt.upstreams.get(key) if rt is not None else None
+        if target is None or up is None:
+            return {}
+        path = self._target_path(up, target)
+        return {"Datacenter": target.datacenter, "Via": "direct" if path == "direct" else f"{path} mesh gateway",
+                "SNI": target.sni}
 
     # ------------------------------------------------------------------ watch callbacks
     def _on_roots(self, roots: dict[str, Any]) -> None:
@@ -541,7 +588,11 @@ class Proxy:
 
         def protocol() -> asyncio.Protocol:
             cur = rt.upstreams.get(key, up)
-            return http.UpstreamFront(rt, cur) if cur.protocol == "http" else listeners.UpstreamSide(rt, cur)
+            if cur.protocol == "http":
+                return http.UpstreamFront(rt, cur)
+            if cur.protocol in ("http2", "grpc"):
+                return h2relay.H2UpstreamFront(rt, cur)
+            return listeners.UpstreamSide(rt, cur)
 
         try:
             server = await asyncio.get_running_loop().create_server(protocol, up.local_bind_address,
@@ -601,6 +652,10 @@ class Proxy:
             return web.Response(text="ready\n" if self.ready.is_set() else "starting\n",
                                 status=200 if self.ready.is_set() else 503)
 
+        async def tap(request: web.Request) -> web.StreamResponse:
+            return await stream_tap(request, current, lambda rt: self.rt is not rt or self._admin is None)
+
+        app.router.add_get("/tap", tap)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/stats", stats)
         app.router.add_get("/refusals", refusals)
@@ -627,8 +682,9 @@ class Proxy:
             "RootIDs": [r["ID"] for r in (self._roots or {}).get("Roots") or []],
             "UpstreamInstances": {p.name: {"Healthy": len(p), "Ejected": p.ejected(now)}
                                   for p in rt.pools.values()},
-            "ChainTargets": {tid: {"Healthy": len(p), "Ejected": p.ejected(now), "Policy": p.policy}
-                             for (_, tid), p in rt.target_pools.items()},
+            "ChainTargets": {tid: {"Healthy": len(p), "Ejected": p.ejected(now), "Policy": p.policy,
+                                   **self._target_stats(key, tid)}
+                             for (key, tid), p in rt.target_pools.items()},
             "UpstreamPolicies": {p.name: p.policy for p in [*rt.pools.values(), *rt.target_pools.values()]},
             "CircuitBreakers": {u.destination_name: {
                 "MaxConnections": u.limits.max_connections, "MaxPendingRequests": u.limits.max_pending_requests,
@@ -636,12 +692,47 @@ class Proxy:
                 "Pending": len(b.pending), "Overflows": b.overflows, "Peak": b.peak}
                 for u in rt.upstreams.values() if (b := rt.breakers.get(u.key)) is not None},
             "AccessLogLines": rt.access_log.lines if rt.access_log is not None else 0,
+            "TapWatchers": len(rt.tap.subscribers) if rt.tap is not None else 0,
             "RateLimited": rt.rate_limiter.limited if rt.rate_limiter is not None else 0,
             "TracingSpans": {"Exported": rt.tracer.exported, "Dropped": rt.tracer.dropped,
                              "Queued": len(rt.tracer.queue), "ExportFailures": rt.tracer.failures}
             if rt.tracer is not None else None,
         })
         return snap
+
+
+async def stream_tap(request: web.Request, current: Callable[[], Runtime],
+                     gone: Callable[[Runtime], bool]) -> web.StreamResponse:
+    """`GET /tap` on the admin listener: this proxy's requests as newline-delimited JSON while the caller
+    reads (tap.py); a blank line every HEARTBEAT seconds when nothing passes, so a caller that went away is
+    noticed and the watcher removed. Ends when the proxy starts over with a new runtime."""
+    try:
+        flt, rate = TapFilter.parse(request.query), parse_rate(request.query.get("max_rps"))
+    except TapError as e:
+        return web.Response(status=400, text=f"tap: {e}\n")
+    rt = current()
+    sub = Subscriber(flt, rate, time.monotonic())
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    rt.watch(sub)
+    log.info("tap: a watcher started (%s)", request.query_string or "everything")
+    try:
+        await resp.write(b"\n")
+        while not gone(rt):
+            try:
+                await asyncio.wait_for(sub.wake.wait(), TAP_HEARTBEAT)
+            except TimeoutError:
+                await resp.write(b"\n")
+                continue
+            batch = sub.take()
+            if batch:
+                await resp.write(b"".join(orjson.dumps(ev) + b"\n" for ev in batch))
+    except (ConnectionResetError, RuntimeError):  # the watcher went away
+        pass
+    finally:
+        rt.unwatch(sub)
+        log.info("tap: a watcher ended")
+    return resp
 
 
 def _tune_gc() -> None:

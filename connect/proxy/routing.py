@@ -29,6 +29,8 @@ class Target:
     datacenter: str
     filter: str = ""  # the subset's Filter, passed to the agent's health query
     connect_timeout: float | None = None  # the resolver's ConnectTimeout (None: no resolver entry, the upstream's)
+    sni: str = ""  # Consul's SNI for the target, `[<subset>.]<svc>.default.<dc>.internal.<trust-domain>`
+    mesh_gateway: str = ""  # in another datacenter: "local" or "remote" (through mesh gateways), else direct
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +264,9 @@ def _build(chain: dict[str, Any]) -> RouteTable:
         resolver = (nodes.get(f"resolver:{tid}") or {}).get("Resolver") or {"Default": True}
         targets[tid] = Target(id=tid, service=t["Service"], datacenter=t.get("Datacenter", ""),
                               filter=(t.get("Subset") or {}).get("Filter", ""),
-                              connect_timeout=None if resolver.get("Default") else _seconds(t.get("ConnectTimeout")))
+                              connect_timeout=None if resolver.get("Default") else _seconds(t.get("ConnectTimeout")),
+                              sni=str(t.get("SNI") or ""),
+                              mesh_gateway=str((t.get("MeshGateway") or {}).get("Mode") or "").lower())
 
     def legs_of(node_key: str) -> tuple[list[Leg], list[int]]:
         node = nodes[node_key]

@@ -27,6 +27,7 @@ from proconsul.connect.proxy.h1 import InstanceConnections
 from proconsul.connect.proxy.metrics import Link, ProxyMetrics
 from proconsul.connect.proxy.ratelimit import RateLimiter
 from proconsul.connect.proxy.routing import RouteTable, Target
+from proconsul.connect.proxy.tap import Subscriber, Tap
 from proconsul.connect.proxy.tls import peer_cert, resumption_refusal
 from proconsul.connect.proxy.tlsproto import READ_MAX
 from proconsul.connect.proxy.tracing import Tracer, TracingSettings
@@ -73,6 +74,8 @@ class Runtime:
         self.access_log: AccessLog | None = None  # proxy-defaults AccessLogs, when Enabled
         self.rate_limiter: RateLimiter | None = None  # service-defaults RateLimits of this service
         self.tracer: Tracer | None = None  # proxy-defaults Config.tracing
+        self.tap: Tap | None = None  # live tap watchers (tap.py); None while nobody watches
+        self.h2_backs: dict[str, Any] = {}  # instance key -> the HTTP/2 connection to it (h2relay.py)
         self._tracer_task: asyncio.Task[Any] | None = None
         self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
         self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)
@@ -126,6 +129,19 @@ class Runtime:
             self.access_log.open()
         log.info("access logs: %s", "off" if self.access_log is None else
                  f"{self.access_log.kind}{' ' + self.access_log.path if self.access_log.path else ''}")
+
+    def watch(self, sub: Subscriber) -> None:
+        """A tap watcher starts: requests are offered to it from the next one on."""
+        if self.tap is None:
+            self.tap = Tap(self.config.service)
+        self.tap.subscribers.append(sub)
+
+    def unwatch(self, sub: Subscriber) -> None:
+        """A tap watcher went away; with the last one the request path is back to no work at all."""
+        if self.tap is not None and sub in self.tap.subscribers:
+            self.tap.subscribers.remove(sub)
+            if not self.tap.subscribers:
+                self.tap = None
 
     def set_tracing(self, settings: TracingSettings | None) -> None:
         """proxy-defaults Config.tracing: a new exporter when the collector or the sampling changes."""

@@ -4,7 +4,7 @@ A gateway never terminates TLS: it reads the first TLS record, takes the SNI fro
 and splices the bytes on. `client_hello_sni` raises `Incomplete` until the whole record has arrived
 and `NotClientHello` for anything else (a malformed or non-TLS first record is dropped, never
 crashes the gateway). `parse_sni_name` reads Consul's service SNI,
-`<service>.default.<datacenter>.internal.<trust-domain>`.
+`[<subset>.]<service>.default.<datacenter>.internal.<trust-domain>`.
 """
 
 from __future__ import annotations
@@ -86,14 +86,16 @@ def client_hello_sni(data: bytes) -> str | None:
 class SNITarget:
     service: str
     datacenter: str
+    subset: str = ""
 
 
 def parse_sni_name(sni: str, trust_domain: str) -> SNITarget | None:
-    """`<service>.default.<dc>.internal.<trust-domain>` → (service, dc); None for any other name."""
+    """`[<subset>.]<service>.default.<dc>.internal.<trust-domain>` → (service, dc, subset); None for any other
+    name. Consul's service names are DNS labels, so a name with two labels before the namespace is a subset's."""
     suffix = f".internal.{trust_domain.lower()}"
     if not trust_domain or not sni.endswith(suffix):
         return None
     parts = sni[: -len(suffix)].split(".")
-    if len(parts) < 3 or parts[-2] != "default" or not parts[-1] or not all(parts[:-2]):
+    if len(parts) not in (3, 4) or parts[-2] != "default" or not parts[-1] or not all(parts[:-2]):
         return None
-    return SNITarget(".".join(parts[:-2]), parts[-1])
+    return SNITarget(parts[-3], parts[-1], parts[0] if len(parts) == 4 else "")

@@ -151,6 +151,32 @@ class ServerContexts:
         self.current = server_context(creds)
 
 
+_TLS_VERSIONS = {"TLSv1_0": ssl.TLSVersion.TLSv1, "TLSv1_1": ssl.TLSVersion.TLSv1_1,
+                 "TLSv1_2": ssl.TLSVersion.TLSv1_2, "TLSv1_3": ssl.TLSVersion.TLSv1_3}
+
+
+def gateway_server_context(creds: Credentials, min_version: str, max_version: str = "",
+                           ciphers: tuple[str, ...] = (), alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A gateway listener's TLS for clients outside the mesh: the leaf (with its DNS SANs), no client
+    certificate asked for, Consul's version bounds (`TLSv1_2` …) and cipher suites (OpenSSL names)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    try:
+        ctx.minimum_version = _TLS_VERSIONS[min_version]
+        if max_version:
+            ctx.maximum_version = _TLS_VERSIONS[max_version]
+        if ciphers:
+            ctx.set_ciphers(":".join(ciphers))
+    except (KeyError, ssl.SSLError, ValueError) as e:
+        raise MeshTLSError(f"cannot apply the TLS settings ({min_version}..{max_version or 'any'}, "
+                           f"{len(ciphers)} cipher suite(s)): {e}") from None
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    _load_chain(ctx, creds)
+    ctx.verify_mode = ssl.CERT_NONE  # the outside client is not in the mesh
+    return ctx
+
+
 @dataclass(frozen=True, slots=True)
 class PeerCert:
     uri: str  # the first URI SAN (a SPIFFE ID in the mesh), "" when there is none

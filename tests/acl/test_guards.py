@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proconsul.agent.api import canary as api_canary
 from proconsul.agent.api import connect as api_connect
 from proconsul.agent.api import ui as api_ui
 from proconsul.agent.api.acl_guards import GUARDS, guard_for
@@ -11,7 +12,7 @@ from proconsul.agent.api.app import ROUTE_MODULES
 
 
 def _routes() -> list[tuple[str, str]]:
-    tables = [m.routes for m in ROUTE_MODULES] + [api_connect.routes, api_ui.api]
+    tables = [m.routes for m in ROUTE_MODULES] + [api_connect.routes, api_canary.routes, api_ui.api]
     return [(r.method, r.path) for t in tables for r in t if isinstance(r, web.RouteDef) and r.path.startswith("/v1/")]
 
 

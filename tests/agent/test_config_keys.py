@@ -67,6 +67,10 @@ def test_a_consul_style_config_loads_with_warnings_for_what_has_no_effect() -> N
     ({"autopilot": {"last_contact_threshold": "soon"}}, "LastContactThreshold must be a duration"),
     ({"autopilot": {"min_quorum": -1}}, "MinQuorum must be a whole number"),
     ({"autopilot": {"cleanup_dead_server": False}}, "unknown autopilot field(s): CleanupDeadServer"),
+    ({"sync_coordinate_interval_min": "0s"}, "sync_coordinate_interval_min must be positive"),
+    ({"sync_coordinate_rate_target": "fast"}, "sync_coordinate_rate_target must be a number"),
+    ({"consul": {"coordinate": {"update_period": "soon"}}}, "consul.coordinate.update_period"),
+    ({"consul": {"coordinate": {"batch_size": 1}}}, "unknown key consul.coordinate.batch_size"),
 ])
 def test_what_cannot_be_honoured_stops_with_one_line(data: dict, says: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -133,3 +137,14 @@ def test_honoured_keys_take_effect(tmp_path: Path) -> None:
     finally:
         agent.stop()
     assert not pid.exists()
+
+
+def test_coordinate_keys_are_honoured_and_the_rest_of_consuls_internal_block_warns() -> None:
+    cfg = load({"sync_coordinate_interval_min": "2s", "sync_coordinate_rate_target": 32, "disable_coordinates": True,
+                "consul": {"coordinate": {"update_period": "1s", "update_batch_size": 10, "update_max_batches": 2},
+                           "raft": {"election_timeout": "5s"}}})
+    assert (cfg.sync_coordinate_interval_min, cfg.sync_coordinate_rate_target, cfg.disable_coordinates) == (2.0, 32.0, True)
+    assert (cfg.coordinate_update_period, cfg.coordinate_update_batch_size, cfg.coordinate_update_max_batches) == \
+        (1.0, 10, 2)
+    warned = " | ".join(cfg.warnings)
+    assert "consul.raft has no effect in Proconsul" in warned and "coordinate" not in warned

@@ -61,7 +61,8 @@ def query_args(store: StateStore) -> list[tuple[str, dict]]:
     for name in ("web", "db", "api", "cache", "missing"):
         out += [("catalog.service", {"name": name}), ("catalog.service", {"name": name, "tags": ["v1"]}),
                 ("health.service", {"name": name, "passing": True}), ("health.service", {"name": name}),
-                ("health.checks", {"name": name}), ("catalog.service", {"name": name, "connect": True})]
+                ("health.checks", {"name": name}), ("catalog.service", {"name": name, "connect": True}),
+                ("health.connect", {"name": name, "passing": True})]
     for n in ("n1", "n2", "n3", "nx"):
         out += [("catalog.node", {"node": n}), ("catalog.node_services", {"node": n}), ("health.node", {"node": n}),
                 ("session.node", {"node": n})]

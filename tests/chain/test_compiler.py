@@ -178,3 +178,29 @@ def test_split_weights_always_total_100(raw: list[int], inner: list[int]) -> Non
     for s in splits:
         node = chain["Nodes"][s["NextNode"]]
         assert node["Type"] == "resolver" and node["Resolver"]["Target"] in chain["Targets"]
+
+
+def test_targets_in_other_datacenters_carry_their_mesh_gateway_mode_and_subset_sni() -> None:
+    es = [{"Kind": "proxy-defaults", "Name": "global", "MeshGateway": {"Mode": "local"}},
+          {"Kind": "service-defaults", "Name": "pay", "MeshGateway": {"Mode": "remote"}},
+          {"Kind": "service-resolver", "Name": "db", "Subsets": {"v2": {"Filter": "Service.Meta.v == \"2\""}},
+           "Failover": {"*": {"Targets": [{"Datacenter": "dc2"}, {"Service": "pay", "Datacenter": "dc3"},
+                                          {"ServiceSubset": "v2", "Datacenter": "dc4"}]}}}]
+    chain = compiled(es, "db")
+    fo = chain["Nodes"]["resolver:db.default.default.dc1"]["Resolver"]["Failover"]["Targets"]
+    assert fo == ["db.default.default.dc2", "pay.default.default.dc3", "v2.db.default.default.dc4"]
+    t = chain["Targets"]
+    assert t["db.default.default.dc2"]["MeshGateway"] == {"Mode": "local"}  # proxy-defaults
+    assert t["pay.default.default.dc3"]["MeshGateway"] == {"Mode": "remote"}  # the target's service-defaults
+    assert t["v2.db.default.default.dc4"]["SNI"] == f"v2.db.default.dc4.internal.{TD}"
+    over = compiled(es, "db", override_mesh_gateway="none")["Targets"]  # an upstream's own mode wins
+    assert {k: v["MeshGateway"] for k, v in over.items()} == {k: {"Mode": "none"} for k in over}
+    assert compiled([], "db")["Targets"]["db.default.default.dc1"]["MeshGateway"] == {}  # default: direct
+    redirect = compiled([{"Kind": "service-resolver", "Name": "old", "Redirect": {"Service": "db",
+                                                                               "Datacenter": "dc2"}}], "old")
+    assert redirect["StartNode"] == "resolver:db.default.default.dc2"
+    # Evaluated in dc2 (an upstream with datacenter = "dc2"), a Failover to dc2 points back home: none there.
+    there = compiler.compile_chain(compiler.index_entries([entries.validate(dict(e)) for e in es]), "db",
+                                   datacenter="dc2", trust_domain=TD)
+    assert there["Nodes"]["resolver:db.default.default.dc2"]["Resolver"]["Failover"]["Targets"] == [
+        "pay.default.default.dc3", "v2.db.default.default.dc4"]

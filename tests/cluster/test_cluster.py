@@ -116,7 +116,9 @@ def test_kill_leader_failover_restart_keeps_every_acknowledged_write(cluster: Se
                 a.get("/v1/kv/?recurse&consistent")[1]}
         assert rows == acked
     assert "bootstrapped a new cluster" not in lead.log().split("agent running")[-1]
-    assert len(lead.get("/v1/status/peers")[1]) == 3
+    # If LAN gossip declared it failed before it came back, autopilot removed it (cleanup_dead_servers) and
+    # re-adds it as a non-voter, promoted once stable (server_stabilization_time): wait for that, not a race.
+    wait_for(lambda: len(lead.get("/v1/status/peers")[1]) == 3, 30.0, message="the restarted server to vote again")
 
 
 def test_lagging_follower_gets_a_snapshot_and_a_rolling_restart_keeps_the_data(tmp_path: Path) -> None:

@@ -54,8 +54,11 @@ def test_wan_coordinates_per_datacenter(federation: Federation) -> None:
         rows = complete(federation.a)
         return bool(rows) and all(c["Coord"]["Error"] < 1.5 for r in rows for c in r["Coordinates"])
 
-    wait_for(updated, 10, message="coordinates to be updated by WAN exchanges")
+    wait_for(updated, 10, message="coordinates to be updated by WAN probes")
     assert complete(federation.c1)  # a client agent asks a server
+    out = ok(federation.c1, "rtt", "-wan", "a.dc1", "s1.dc2").strip()
+    assert out.startswith("Estimated a.dc1 <-> s1.dc2 rtt: ") and out.endswith("ms (using WAN coordinates)")
+    assert 0.0 < float(out.split("rtt: ")[1].split()[0]) < 50.0  # loopback-sized
 
 
 def test_reads_and_writes_reach_the_named_datacenter_from_a_client_agent(federation: Federation) -> None:
@@ -193,6 +196,43 @@ def test_prepared_query_fails_over_to_another_datacenter(federation: Federation)
                                                 "Service": {"Service": "pq-only-remote", "Port": 3}})
     result = fed.c1.get("/v1/query/pq-near/execute")[1]
     assert result["Datacenter"] == "dc3" and 1 <= result["Failovers"] <= 2
+
+
+def _dig(agent: AgentProcess, *args: str) -> str:
+    return subprocess.run(["dig", "@127.0.0.1", "-p", str(agent.dns_port), "+time=5", "+tries=1", *args],
+                          capture_output=True, text=True, timeout=15).stdout
+
+
+def test_prepared_query_fails_over_in_dns(federation: Federation) -> None:
+    """`<query>.query.mesh` with no healthy instance here answers from the failover datacenters, on a
+    server and through a client agent; `<query>.query.<dc>.mesh` runs a query of that datacenter."""
+    fed = federation
+    assert fed.c1.put("/v1/catalog/register", {
+        "Node": "dq-local", "Address": "127.0.0.31", "Service": {"Service": "dq", "Port": 1},
+        "Check": {"CheckID": "dq-down", "Name": "down", "ServiceID": "dq", "Status": "critical"}})[0] == 200
+    assert fed.c1.put("/v1/catalog/register?dc=dc3", {
+        "Node": "dq-remote", "Address": "127.0.0.32", "Service": {"Service": "dq", "Port": 4242}})[0] == 200
+    assert fed.c1.request("POST", "/v1/query", {"Name": "dq-query", "Service": {
+        "Service": "dq", "Failover": {"Datacenters": ["nowhere", "dc2", "dc3"]}}})[0] == 200
+    assert fed.c1.request("POST", "/v1/query", {"Name": "dq-nearest", "Service": {
+        "Service": "dq", "Failover": {"NearestN": 2}}})[0] == 200
+    assert fed.c1.request("POST", "/v1/query", {"Name": "dq-stay", "Service": {"Service": "dq"}})[0] == 200
+    for agent in (fed.a, fed.c1):
+        assert _dig(agent, "+short", "dq-query.query.mesh").split() == ["127.0.0.32"]
+        assert "4242" in _dig(agent, "+short", "dq-query.query.mesh", "SRV")
+        assert _dig(agent, "+short", "dq-nearest.query.mesh").split() == ["127.0.0.32"]
+        assert "status: NXDOMAIN" in _dig(agent, "dq-stay.query.mesh")  # no Failover: no answer
+    # Healthy here again: the local instance, no failover.
+    fed.c1.put("/v1/catalog/register", {
+        "Node": "dq-local", "Address": "127.0.0.31", "Service": {"Service": "dq", "Port": 1},
+        "Check": {"CheckID": "dq-down", "Name": "down", "ServiceID": "dq", "Status": "passing"}})
+    wait_for(lambda: _dig(fed.a, "+short", "dq-query.query.mesh").split() == ["127.0.0.31"], 5,
+             message="the local answer once dq passes here")
+    # A query stored in dc3, asked by name from dc1.
+    assert fed.c1.request("POST", "/v1/query?dc=dc3", {"Name": "dq-in-dc3", "Service": {"Service": "dq"}})[0] == 200
+    for agent in (fed.a, fed.c1):
+        assert _dig(agent, "+short", "dq-in-dc3.query.dc3.mesh").split() == ["127.0.0.32"]
+        assert "status: NXDOMAIN" in _dig(agent, "dq-in-dc3.query.mesh")  # not a dc1 query
 
 
 def test_wan_cut_fails_fast_and_heals_by_itself(federation: Federation) -> None:

@@ -3,13 +3,12 @@ same mTLS end to end (the gateways see only ciphertext), intentions checked in d
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import AgentProcess, free_port, wait_for
-from support_federation import Gateway
+from support import free_port, ok, wait_for
+from support_federation import Gateway, start_two, two_datacenters
 from support_mesh import Backends, ProxyProcess, http_get, wait_passing
 
 pytestmark = pytest.mark.xdist_group("federation")
@@ -17,24 +16,15 @@ pytestmark = pytest.mark.xdist_group("federation")
 
 class TwoDCs:
     def __init__(self, tmp: Path) -> None:
-        conf = tmp / "fed.json"
-        tmp.mkdir(parents=True, exist_ok=True)
-        conf.write_text(json.dumps({"primary_datacenter": "dc1", "gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms"}}))
         self.tmp = tmp
-        self.a = AgentProcess(tmp / "a", args=["--node", "a", "--datacenter", "dc1", "--config-file", str(conf)])
-        self.b = AgentProcess(tmp / "b", args=["--node", "b", "--datacenter", "dc2", "--config-file", str(conf),
-                                                "--retry-join-wan", f"127.0.0.1:{self.a.serf_wan_port}"])
+        self.a, self.b = two_datacenters(tmp)
         self.backends = Backends()
         self.procs: list[ProxyProcess | Gateway] = []
         self.local_up, self.remote_up, self.default_up = free_port(), free_port(), free_port()
 
     def start(self) -> None:
         a, b = self.a, self.b
-        a.start()
-        b.start()
-        roots = a.get("/v1/connect/ca/roots")[1]
-        wait_for(lambda: b.get("/v1/connect/ca/roots")[1]["ActiveRootID"] == roots["ActiveRootID"], 15,
-                 message="dc2 to follow dc1's CA")
+        start_two(a, b)
         assert b.put("/v1/agent/service/register", {"Name": "db", "Port": self.backends.http("db"),
                                                      "Connect": {"SidecarService": {}}})[0] == 200
         upstreams = [{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": self.local_up,
@@ -83,8 +73,21 @@ def test_sidecar_to_another_datacenter_through_two_gateways_never_in_plaintext(d
     assert dcs.gw1.capture.stat().st_size > 0 and dcs.gw2.capture.stat().st_size > 0
 
 
+def settled_size(path: Path) -> int:
+    """The capture's size once the earlier connections' last records (TLS close_notify) have passed:
+    two reads 0.3 s apart that agree."""
+    sizes: list[int] = []
+
+    def stable() -> bool:
+        sizes.append(path.stat().st_size)
+        return len(sizes) > 1 and sizes[-1] == sizes[-2]
+
+    wait_for(stable, 5, interval=0.3, message="the gateway's capture to settle")
+    return sizes[-1]
+
+
 def test_remote_mode_goes_straight_to_the_destinations_gateway(dcs: TwoDCs) -> None:
-    before = dcs.gw1.capture.stat().st_size
+    before = settled_size(dcs.gw1.capture)
     status, body = wait_for(lambda: http_get(dcs.remote_up, "/remote"), 30, message="db through dc2's gateway")
     assert status == 200 and body["path"] == "/remote"
     assert dcs.gw1.capture.stat().st_size == before  # dc1's gateway was not on the path
@@ -122,3 +125,25 @@ def test_a_dead_gateway_is_skipped(dcs: TwoDCs) -> None:
              message="dc2 to list two gateways")
     for i in range(10):
         assert http_get(dcs.local_up, f"/n{i}")[0] == 200
+
+
+def test_the_link_view_shows_each_datacenters_gateways_as_probed(dcs: TwoDCs) -> None:
+    """Beyond Consul: every server probes each datacenter's mesh gateways (wan address elsewhere, lan here)."""
+    dead = free_port()
+    assert dcs.b.put("/v1/agent/service/register", {
+        "ID": "mesh-gateway-probe-dead", "Name": "mesh-gateway", "Kind": "mesh-gateway", "Address": "127.0.0.1",
+        "Port": dead, "TaggedAddresses": {"wan": {"Address": "127.0.0.1", "Port": dead}}})[0] == 200
+
+    def probed() -> dict:
+        gws = dcs.a.get("/v1/operator/federation")[1]["Extra"]["MeshGateways"]
+        ports = {g["Port"]: g for g in gws.get("dc2", {}).get("Gateways", [])}
+        return gws if dead in ports and dcs.gw2.port in ports else {}
+
+    gws = wait_for(probed, 20, message="dc1's server to probe dc2's gateways, the dead one included")
+    by_port = {g["Port"]: g for g in gws["dc2"]["Gateways"]}
+    assert by_port[dcs.gw2.port]["OK"] and by_port[dcs.gw2.port]["ConnectMillis"] is not None
+    assert not by_port[dead]["OK"] and by_port[dead]["Error"]
+    assert gws["dc2"]["Reachable"] and gws["dc1"]["Reachable"]
+    assert [g["Port"] for g in gws["dc1"]["Gateways"]] == [dcs.gw1.port]
+    row = next(line for line in ok(dcs.a, "operator", "federation").splitlines() if "dc2" in line)
+    assert "/3" in row or "/2" in row  # answering/listed gateways in the table

@@ -42,8 +42,12 @@ def test_coordinate_endpoints(c: consul.Consul, agent: AgentProcess) -> None:
     assert dc["Datacenter"] == "dc1" and dc["AreaID"] == "WAN"
     assert [x["Node"] for x in dc["Coordinates"]] == ["dev.dc1"]  # the servers' coordinates
     # A coordinate for a node the catalog does not have is dropped, as Consul's state store drops it.
-    assert c.coordinate.update("ghost", coord(0.1))
+    # (Updates are batched on the leader, as Consul's: wait for one written with it before looking.)
+    assert c.coordinate.update("ghost", coord(0.1)) and c.coordinate.update("mid", coord(0.021))
+    wait_for(lambda: c.coordinate.node("mid")[1][0]["Coord"]["Vec"][0] == 0.021, message="the batch")
     assert "ghost" not in [r["Node"] for r in c.coordinate.nodes()[1]]
+    assert c.coordinate.update("mid", coord(0.020))
+    wait_for(lambda: c.coordinate.node("mid")[1][0]["Coord"]["Vec"][0] == 0.020, message="the batch")
     for body, error in (({"Node": "far", "Coord": {"Vec": [0.0]}}, "8 numbers"),
                         ({"Node": "far", "Coord": {"Vec": [0.0] * 8, "Error": "big"}}, "finite numbers"),
                         ({"Coord": coord(0.0)}, "Node must name")):

@@ -45,4 +45,6 @@ async def test_follow_resets_when_the_index_goes_backwards_and_keeps_its_rate() 
     assert got == [(5, "a"), (9, "b"), (3, "restored"), (4, "c")]  # the repeated index 5 is no change
     assert [q for _, q in seen_queries[:5]] == ["", "5", "5", "9", ""]  # after going backwards: from 0
     gaps = [b - a for (a, _), (b, _) in zip(seen_queries, seen_queries[1:], strict=False)]
-    assert min(gaps) >= 0.045  # never faster than the rate limit
+    # Never faster than the rate limit. The gaps are seen at the server, so one request delayed on its way more than
+    # the next shortens a gap by that jitter (seen: 43 ms under load); without a limit they would be ~1 ms.
+    assert sum(gaps) / len(gaps) >= 0.045 and min(gaps) >= 0.025, gaps

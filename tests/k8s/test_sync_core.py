@@ -160,3 +160,8 @@ def test_to_k8s_mirrors_foreign_services_and_leaves_others_alone() -> None:
     assert sorted(o["metadata"]["name"] for o in acts.create) == ["bad-name-x", "pay"]
     assert acts.update == [] and acts.delete == [("services", "old")]
     assert to_k8s.plan_to_k8s(ext, actual, "k8s-sync", may_reap=False).delete == []
+    # Another datacenter's catalog (--to-k8s-datacenter): the target names it; a move between them is an update.
+    remote = to_k8s.desired_objects(catalog, healthy, mode="externalname", datacenter="dc1", **common)
+    assert remote[("services", "db")]["spec"]["externalName"] == "db.service.dc1.mesh"
+    moved = to_k8s.plan_to_k8s(remote, {("services", "db"): ext[("services", "db")]}, "k8s-sync", may_reap=True)
+    assert [o["spec"]["externalName"] for o in moved.update] == ["db.service.dc1.mesh"]

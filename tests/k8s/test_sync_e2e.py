@@ -4,6 +4,7 @@ dev agent; the catalog is read back over the agent's HTTP API."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -236,12 +237,31 @@ def test_bad_flags_are_one_line_errors(kube: KubeApi, agent: AgentProcess) -> No
             (module, ["--node-port-sync-type", "Sideways"], "--node-port-sync-type 'Sideways' must be one of"),
             (module, ["--to-consul=maybe"], "-to-consul takes true or false"),
             (module, ["--session-ttl", "1s"], "-session-ttl '1s' must be between 10s and 24h"),
+            (module, ["--kubeconfig", "/nonexistent", "--listen", "off"],
+             "cannot load Kubernetes configuration from /nonexistent"),
+            (module, ["--to-k8s-datacenter", "dc1.mesh"], "--to-k8s-datacenter 'dc1.mesh' must be a datacenter name"),
             (module, ["--http-addr", "127.0.0.1:1", "--listen", "off"], "agent at http://127.0.0.1:1 unreachable"),
             ([*CLI, "k8s-sync"], ["-bogus"], "unrecognized arguments: --bogus")):  # Consul's one-dash spelling
         res = subprocess.run([*cmd, "--kubeconfig", str(kube.kubeconfig), *args], capture_output=True, text=True,
                              timeout=60)
         assert res.returncode == 1 and res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1, res
         assert words in res.stderr, res.stderr
+
+
+def test_a_listen_address_in_use_stops_it_before_it_claims_its_node(kube: KubeApi, agent: AgentProcess,
+                                                                    ns: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        res = subprocess.run([sys.executable, "-m", "proconsul.k8s_sync", "--kubeconfig", str(kube.kubeconfig),
+                              "--http-addr", agent.addr, "--listen", listen, "--consul-node-name", f"sync-{ns}",
+                              "--to-k8s=false"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"Error: --listen {listen}: ") and "in use" in res.stderr, res.stderr
+    # Nothing was claimed: the node is free for the next start at once (not after the session's TTL).
+    assert agent.get(f"/v1/kv/proconsul/k8s-sync/sync-{ns}/owner")[0] == 404
+    assert agent.get(f"/v1/session/node/sync-{ns}")[1] in ([], None)
 
 
 @pytest.mark.slow

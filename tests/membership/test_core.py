@@ -488,3 +488,55 @@ def test_a_leave_heard_before_the_join_leaves_the_member_left() -> None:
     for i in range(k.MAX_INTENTS + 10):  # bounded
         m.on_packet(4.0, packet(c.dead(1, f"n{i}", f"n{i}")))
     assert len(m.intents) <= k.MAX_INTENTS
+
+
+# ---------------------------------------------------------------------------------------- probe RTTs (coordinates)
+def test_direct_acks_report_their_round_trip_and_the_targets_payload() -> None:
+    net = Net(3)
+    for m in net.cores:
+        m.want_rtt = True
+        m.ack_payload = m.name.encode()
+    net.start()
+    net.run(6.0)
+    rtts = [(obs, name, detail) for obs, kind, name, detail in net.events if kind == k.RTT]
+    assert len(rtts) >= 12 and not [e for e in net.events if e[1] == k.UNREACHED]
+    assert all(detail == (0.0, name.encode()) for _, name, detail in rtts)  # the target's own payload
+
+
+def _probe_by_hand(m: Membership) -> tuple[int, str]:
+    """Fire m's next probe; returns (seq, target) of the ping it sent."""
+    when, kind, token = next(t for t in m.timers if t[1] == k.T_PROBE)
+    m.timers.clear()
+    m.out.clear()
+    m.on_timer(when, kind, token)
+    (_, data), = m.out
+    m.out.clear()
+    ping = LABELLED.decode(data)[0]
+    return ping[1], ping[2]
+
+
+def test_an_ack_after_the_probe_timeout_is_no_measurement_and_the_target_counts_as_unreached() -> None:
+    m = core(0)
+    for i in (1, 2, 3):
+        m.view.put(core(i).me)
+    m.want_rtt = True
+    m.start(0.0)
+    seq, target = _probe_by_hand(m)
+    sent = m.probe.sent
+    m.on_timer(sent + LAN.probe_timeout, k.T_PROBE_TIMEOUT, seq)  # no direct ack: helpers are asked
+    assert [msg[0] for _, data in m.out for msg in LABELLED.decode(data)] == [c.INDIRECT_PING] * 2
+    m.on_packet(sent + 0.7, packet(c.ack(seq)))  # a helper relays the target's ack
+    assert [(e[0], e[1]) for e in m.events] == [(k.UNREACHED, target)] and m.events[0][2] is True
+    m.events.clear()
+    seq, target = _probe_by_hand(m)
+    m.on_packet(m.probe.sent + 0.003, packet(c.ack(seq, b"coord")))  # the target itself, in time
+    assert m.events == [(k.RTT, target, (pytest.approx(0.003), b"coord"))]
+
+
+def test_force_leave_of_an_unreachable_member_takes_alive_ones_only_when_asked() -> None:
+    m = core(0)
+    other = core(1)
+    m.view.put(other.me)
+    assert m.force_leave(0.0, "m1") is False  # alive: the LAN rule
+    assert m.force_leave(0.0, "m1", unreachable=True) is True
+    assert m.view.get("m1").state == LEFT and m.events[-1][:2] == (k.LEFT_EVENT, "m1")

@@ -52,6 +52,17 @@ def test_upstream_config_layers_defaults_override_and_registration() -> None:
     assert u.connect_timeout == 0.25 and u.outlier is not None and u.outlier.max_failures == 9
 
 
+def test_upstream_config_mesh_gateway_under_the_upstreams_own() -> None:
+    ups = (Upstream("api", 9000, mesh_gateway="remote"), Upstream("db", 9001), Upstream("kv", 9002))
+    raw = ({"DestinationName": "api", "MeshGateway": {"Mode": "remote"}}, {"DestinationName": "db"},
+           {"DestinationName": "kv"})
+    cfg = ProxyConfig("web-proxy", "web-proxy", "web", "web", "127.0.0.1", 21000, "127.0.0.1", 8080,
+                      upstreams=ups, upstream_raw=raw)
+    out = with_upstream_config(cfg, {"Defaults": {"MeshGateway": {"Mode": "local"}},
+                                     "Overrides": [{"Name": "db", "MeshGateway": {"Mode": "none"}}]})
+    assert [u.mesh_gateway for u in out.upstreams] == ["remote", "none", "local"]
+
+
 def record() -> dict:
     return {"start_time": 1700000000.5, "method": "GET", "path": "/a?b=1", "protocol": "HTTP/1.1",
             "response_code": 503, "response_flags": "UO", "bytes_received": 0, "bytes_sent": 12, "duration": 3,

@@ -68,3 +68,7 @@ def test_consul_sni_names() -> None:
     assert parse_sni_name("web.ns1.dc2.internal.11-22.mesh", "11-22.mesh") is None
     assert parse_sni_name("dc2.internal.11-22.mesh", "11-22.mesh") is None
     assert parse_sni_name(".default.dc2.internal.11-22.mesh", "11-22.mesh") is None
+    sub = parse_sni_name("v2.web.default.dc2.internal.11-22.mesh", "11-22.mesh")
+    assert sub is not None and (sub.subset, sub.service, sub.datacenter) == ("v2", "web", "dc2")
+    assert parse_sni_name("a.v2.web.default.dc2.internal.11-22.mesh", "11-22.mesh") is None
+    assert parse_sni_name(".web.default.dc2.internal.11-22.mesh", "11-22.mesh") is None

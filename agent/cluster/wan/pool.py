@@ -1,40 +1,60 @@
-"""The WAN pool's pure core: which servers of which datacenters exist, and which of them answer.
+"""The WAN pool: the servers of every datacenter in one SWIM + Lifeguard pool on `serf_wan_port` (8302).
 
-Servers are few (3–5 per datacenter), so every server exchanges its list with every other one each
-round: the exchange spreads who exists (and who left), and a member's liveness is judged from this
-server's own exchanges with it — a server is `failed` once nothing has come back from it for
-`fail_after` seconds, and alive again as soon as an exchange succeeds. The round trip of each
-exchange is the member's RTT, which orders datacenters by distance.
+It is the LAN's protocol and code — the pure core `proconsul.membership.core`, the asyncio shell
+`proconsul.membership.pool.Pool` (so gossip encryption's `Sealer` covers it too) and the agent's wrapper
+`gossip.GossipMember` (retry-join, leave, coordinates from the probes) — with memberlist's WAN timings
+(`gossip_wan { … }`), the pool label `wan`, and members named `<node>.<dc>` whose tags say their
+datacenter, node ID and server RPC port. What this module adds is what the router and the API read
+(`WANMembership`):
 
-A member's news carries a version `(incarnation, rank)`: a restart bumps the incarnation, and at
-the same incarnation "left" (rank 1) beats "alive" (rank 0). A member told it has left while it is
-running refutes that by bumping its incarnation.
-
-Times are passed in (`now`), so the rules are unit-tested without a clock. This module is the
-whole contract the router and the HTTP API rely on (`WANMembership`), so the pool can move to the
-SWIM membership library without touching them.
+- **Status, as this server sees it.** The pool's verdict (alive/suspect → alive, dead → failed, left), and
+  on top of it this server's own reach: a member that has not answered two probes of ours in a row
+  directly (UDP before the probe timeout, or the TCP ping) is *failed here*, even while others reach it
+  and vouch for it through indirect probes — a server that only answers through a third datacenter is of
+  no use to our RPCs. Its next direct answer makes it alive here again.
+- **Round-trip times** of our direct probes (the median of the last few, per member), which sort the
+  datacenters, and the **coordinates** the probes measured (ours, and each peer's from its acks) for
+  `/v1/coordinate/datacenters`.
+- `force_leave` (a failed member → left everywhere; `prune` also hides it here at once) and
+  `forget_datacenter`; **flood join**: servers of our own datacenter known from the LAN (with a
+  `wan_join_port` tag) are joined on the WAN as Consul's servers do, so one `retry_join_wan` per
+  datacenter is enough.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from statistics import median
 from typing import Any, Protocol
+
+from proconsul.agent.cluster.gossip import GossipMember
+from proconsul.agent.cluster.vivaldi import Coordinate
+from proconsul.membership import core as k
+from proconsul.membership.config import WAN, Timings
+from proconsul.membership.errors import JoinError
+from proconsul.membership.pool import Sealer
+from proconsul.membership.view import DEAD, Rec
+from proconsul.membership.view import LEFT as LEFT_STATE
 
 ALIVE = "alive"
 FAILED = "failed"
 LEFT = "left"
 STATUS_CODES = {ALIVE: 1, LEFT: 3, FAILED: 4}  # Serf's codes, as /v1/agent/members?wan reports them
-_RANK = {ALIVE: 0, LEFT: 1}
-
-
-class WANError(Exception):
-    """A malformed WAN message or member entry, or a refused operation; the message says why."""
+DEFAULT_PORT = 8302
+LABEL = "wan"
+UNREACHABLE_AFTER = 2  # probes in a row without a direct answer: failed in this server's view
+RTT_SAMPLES = 5
+FLOOD_INTERVAL = 1.0  # how often our own datacenter's servers (from the LAN) are checked for a WAN join
 
 
 @dataclass(frozen=True)
 class WANServer:
-    """One server as the WAN pool knows it (what it says about itself)."""
+    """One server as the WAN pool knows it (what its gossip record says)."""
 
     node: str
     datacenter: str
@@ -42,8 +62,6 @@ class WANServer:
     port: int  # WAN (serf_wan) port
     rpc_port: int
     node_id: str = ""
-    status: str = ALIVE  # ALIVE or LEFT: what the member says of itself
-    incarnation: int = 0
     build: str = ""
 
     @property
@@ -54,32 +72,20 @@ class WANServer:
     def rpc_address(self) -> str:
         return f"{self.addr}:{self.rpc_port}"
 
-    @property
-    def version(self) -> tuple[int, int]:
-        return (self.incarnation, _RANK[self.status])
-
-    def to_wire(self) -> list[Any]:
-        return [self.node, self.datacenter, self.addr, self.port, self.rpc_port, self.node_id, self.status,
-                self.incarnation, self.build]
+    def tags(self) -> dict[str, str]:
+        """The member tags a server gossips on the WAN (Consul's names)."""
+        return {"role": "consul", "dc": self.datacenter, "id": self.node_id, "port": str(self.rpc_port),
+                "build": self.build, "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""}
 
     @classmethod
-    def from_wire(cls, w: Any) -> WANServer:
-        if (type(w) is not list or len(w) != 9 or not all(type(x) is str for x in (w[0], w[1], w[2], w[5], w[8]))
-                or not w[0] or not w[1] or "." in w[1] or type(w[3]) is not int or type(w[4]) is not int
-                or w[6] not in _RANK or type(w[7]) is not int or not (0 < w[3] < 65536 and 0 < w[4] < 65536)):
-            raise WANError(f"malformed WAN member entry: {w!r:.160}")
-        return cls(w[0], w[1].lower(), w[2], w[3], w[4], w[5], w[6], w[7], w[8])
-
-
-@dataclass
-class _Entry:
-    server: WANServer
-    last_contact: float  # local time of the last successful exchange (or of first hearing of it)
-    failed: bool = False
-    rtts: list[float] = field(default_factory=list)  # the last few round trips, seconds
-    changed_at: float = 0.0  # local time its status last changed (for reaping)
-    hidden: bool = False  # pruned: kept only so stale news of it cannot bring it back
-    coord: Any = None  # its network coordinate, as it last told us (vivaldi.Coordinate)
+    def from_record(cls, rec: Rec) -> WANServer | None:
+        """The server a pool record describes; None when its name and tags do not fit `<node>.<dc>`."""
+        n = rec.node
+        dc = n.tags.get("dc", "")
+        port = n.tags.get("port", "")
+        if not dc or "." in dc or not n.name.endswith("." + dc) or len(n.name) <= len(dc) + 1 or not port.isdigit():
+            return None
+        return cls(n.name[:-len(dc) - 1], dc, n.addr, n.port, int(port), n.tags.get("id", ""), n.tags.get("build", ""))
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,9 @@ class MemberView:
 
     server: WANServer
     status: str
-    rtt: float | None  # median of the recent round trips, seconds; None before the first exchange
-    last_contact: float
+    rtt: float | None  # median of our recent direct round trips, seconds; None before the first
+    last_contact: float  # loop time of its last direct answer (0: never)
+    pool_alive: bool = True  # the pool's own verdict (alive or suspect), whatever our reach
 
     @property
     def name(self) -> str:
@@ -97,7 +104,7 @@ class MemberView:
 
 
 class WANMembership(Protocol):
-    """What the router and the API need of the WAN pool — the seam for moving it to SWIM."""
+    """What the router and the API need of the WAN pool."""
 
     def members(self) -> list[MemberView]: ...
 
@@ -106,141 +113,96 @@ class WANMembership(Protocol):
     def datacenters(self) -> list[str]: ...
 
 
-RTT_SAMPLES = 5
+@dataclass
+class _Link:
+    """Our own probes of one member."""
+
+    rtts: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))
+    last_contact: float = 0.0
+    misses: int = 0  # probes in a row it did not answer directly
 
 
-class WANPool:
-    """This server's view of the WAN pool."""
+class WANPool(GossipMember):
+    """This server in the WAN pool."""
 
-    def __init__(self, me: WANServer, *, fail_after: float = 6.0, reap_after: float = 72 * 3600.0) -> None:
+    def __init__(self, me: WANServer, bind: str, *, timings: Timings = WAN, retry_join: list[str] | None = None,
+                 retry_interval: float = 30.0, rng: random.Random | None = None, incarnation: int = 0,
+                 on_change: Callable[[list[str]], None] | None = None,
+                 local_servers: Callable[[], list[tuple[str, str, int]]] | None = None,
+                 sealer: Sealer | None = None) -> None:
+        super().__init__(me.name, me.addr, me.port, me.tags(), label=LABEL, bind=bind, timings=timings, what="WAN",
+                         default_port=DEFAULT_PORT, retry_join=retry_join, retry_interval=retry_interval, rng=rng,
+                         incarnation=incarnation, on_change=on_change, sealer=sealer)
         self.me_name = me.name
-        self.fail_after = fail_after
-        self.reap_after = reap_after
-        self._entries: dict[str, _Entry] = {me.name: _Entry(me, 0.0)}
+        self._me = me
+        self.local_servers = local_servers or (lambda: [])
+        self._links: dict[str, _Link] = {}
+        self._hidden: set[str] = set()  # pruned: kept as left in the pool (stale news cannot revive them), not shown
 
     @property
     def me(self) -> WANServer:
-        return self._entries[self.me_name].server
+        return self._me
 
-    # ---- news ---------------------------------------------------------------------------------
-    def merge(self, servers: list[WANServer], now: float) -> list[str]:
-        """Take in a peer's list; returns names that are new or whose status changed."""
-        changed = []
-        for s in servers:
-            if s.name == self.me_name:
-                if s.version > self.me.version or (s.status == LEFT and self.me.status == ALIVE
-                                                   and s.incarnation >= self.me.incarnation):
-                    # Someone says we left (a force-leave) or remembers a newer us: refute, we are running.
-                    mine = self._entries[self.me_name]
-                    if self.me.status == ALIVE:
-                        mine.server = replace(mine.server, incarnation=max(s.incarnation, self.me.incarnation) + 1)
-                continue
-            entry = self._entries.get(s.name)
-            if entry is None:
-                self._entries[s.name] = _Entry(s, now, changed_at=now)
-                changed.append(s.name)
-                continue
-            if s.version <= entry.server.version:
-                continue
-            before = self.status(s.name)
-            entry.server = s
-            if s.status == ALIVE:
-                entry.hidden = False
-            if s.status == ALIVE and entry.failed:
-                entry.last_contact = now  # a restart: give it a full fail_after to answer us
-                entry.failed = False
-            if self.status(s.name) != before:
-                entry.changed_at = now
-                changed.append(s.name)
-        return changed
+    def update_me(self, port: int, rpc_port: int) -> None:
+        """Our bound WAN port or RPC port changed: a newer incarnation of us is gossiped."""
+        me = self._me
+        self._me = WANServer(me.node, me.datacenter, me.addr, port, rpc_port, me.node_id, me.build)
+        self.core.update_tags(self._now(), self._me.tags(), port)
+        if self._started:
+            self.pool.flush()
 
-    def contact(self, name: str, now: float, rtt: float) -> bool:
-        """An exchange with `name` succeeded after `rtt` seconds. Returns True if it was failed before."""
-        entry = self._entries.get(name)
-        if entry is None or name == self.me_name:
-            return False
-        entry.last_contact = now
-        entry.rtts = [*entry.rtts[-(RTT_SAMPLES - 1):], max(rtt, 0.0)]
-        was_failed = entry.failed
-        if was_failed:
-            entry.failed = False
-            entry.changed_at = now
-        return was_failed
+    # ---- what the probes tell us ----------------------------------------------------------------
+    def observe(self, kind: str, name: str, detail: Any) -> None:
+        if kind == k.RTT:
+            link = self._links.setdefault(name, _Link())
+            link.rtts.append(max(detail[0], 0.0))
+            link.last_contact = self._now()
+            if link.misses >= UNREACHABLE_AFTER:
+                self.log.info("WAN member %s answers us again", name)
+                link.misses = 0
+                self.on_change([name])
+            link.misses = 0
+        elif kind == k.UNREACHED:
+            link = self._links.setdefault(name, _Link())
+            link.misses += 1
+            if link.misses == UNREACHABLE_AFTER:
+                self.log.warning("WAN member %s has not answered %d probes of ours directly%s: failed in this "
+                                 "server's view", name, UNREACHABLE_AFTER,
+                                 " (others reach it)" if detail else "")
+                self.on_change([name])
+        elif kind == k.JOIN:
+            self._hidden.discard(name)
+            self._links.pop(name, None)
+        elif kind == k.REAPED:
+            self._hidden.discard(name)
+            self._links.pop(name, None)
 
-    def tick(self, now: float) -> list[str]:
-        """Judge liveness and reap the long-gone. Returns names whose status changed."""
-        changed = []
-        for name, entry in list(self._entries.items()):
-            if name == self.me_name:
-                continue
-            if entry.server.status == LEFT:
-                if now - entry.changed_at > self.reap_after:
-                    del self._entries[name]
-                continue
-            silent = now - entry.last_contact
-            if not entry.failed and silent > self.fail_after:
-                entry.failed = True
-                entry.changed_at = now
-                changed.append(name)
-            elif entry.failed and now - entry.changed_at > self.reap_after:
-                del self._entries[name]
-                changed.append(name)
-        return changed
-
-    def set_coordinate(self, name: str, coord: Any) -> None:
-        entry = self._entries.get(name)
-        if entry is not None and coord is not None:
-            entry.coord = coord
-
-    def coordinates(self) -> list[tuple[WANServer, Any]]:
-        """(member, coordinate) for every alive member whose coordinate we know, ours included."""
-        return [(e.server, e.coord) for n, e in sorted(self._entries.items())
-                if e.coord is not None and self.status(n) == ALIVE]
-
-    def leave(self) -> WANServer:
-        """Mark ourselves left: the news to push before shutting down."""
-        mine = self._entries[self.me_name]
-        mine.server = replace(mine.server, status=LEFT)
-        return mine.server
-
-    def update_me(self, **changes: Any) -> None:
-        mine = self._entries[self.me_name]
-        mine.server = replace(mine.server, **changes)
-
-    def force_leave(self, name: str, now: float, *, prune: bool = False) -> bool:
-        """An operator says a failed member is gone: mark it left (and with `prune`, forget it now)."""
-        entry = self._entries.get(name)
-        if entry is None or name == self.me_name:
-            return False
-        if self.status(name) == ALIVE and not prune:
-            return False
-        entry.server = replace(entry.server, status=LEFT)
-        entry.failed = False
-        entry.changed_at = now
-        entry.hidden = prune
-        return True
-
-    def forget_datacenter(self, datacenter: str, now: float) -> list[str]:
-        """Mark every server of a datacenter left at once (removing a dead datacenter)."""
-        names = [n for n, e in self._entries.items() if e.server.datacenter == datacenter and n != self.me_name]
-        for n in names:
-            self.force_leave(n, now, prune=True)
-        return names
-
-    # ---- views --------------------------------------------------------------------------------
+    # ---- views ----------------------------------------------------------------------------------
     def status(self, name: str) -> str:
-        entry = self._entries.get(name)
-        if entry is None or entry.server.status == LEFT:
+        rec = self.core.view.get(name)
+        if rec is None or rec.state == LEFT_STATE:
             return LEFT
-        return FAILED if entry.failed else ALIVE
+        if rec.state == DEAD:
+            return FAILED
+        link = self._links.get(name)
+        if name != self.me_name and link is not None and link.misses >= UNREACHABLE_AFTER:
+            return FAILED
+        return ALIVE
 
     def members(self) -> list[MemberView]:
         out = []
-        for name, e in sorted(self._entries.items()):
-            if e.hidden:
+        for rec in self.core.view:
+            name = rec.node.name
+            if name in self._hidden:
                 continue
-            rtt = 0.0 if name == self.me_name else (median(e.rtts) if e.rtts else None)
-            out.append(MemberView(e.server, self.status(name), rtt, e.last_contact))
+            server = self._me if name == self.me_name else WANServer.from_record(rec)
+            if server is None:
+                continue
+            link = self._links.get(name)
+            rtt = 0.0 if name == self.me_name else (median(link.rtts) if link and link.rtts else None)
+            out.append(MemberView(server, self.status(name), rtt, link.last_contact if link else 0.0,
+                                  rec.state < DEAD))
+        out.sort(key=lambda m: m.name)
         return out
 
     def servers(self, datacenter: str) -> list[MemberView]:
@@ -251,9 +213,59 @@ class WANPool:
         """Every datacenter with at least one member that has not left, by name."""
         return sorted({m.server.datacenter for m in self.members() if m.status != LEFT})
 
-    def targets(self) -> list[WANServer]:
-        """Who to exchange with this round: every member that has not left, but us."""
-        return [e.server for n, e in self._entries.items() if n != self.me_name and e.server.status != LEFT]
+    def member_coordinates(self) -> list[tuple[WANServer, Coordinate]]:
+        """(member, coordinate) for every alive member whose coordinate we know, ours included."""
+        known = {**self.coordinates.peers, self.me_name: self.coordinates.coord}
+        return [(m.server, known[m.name]) for m in self.members() if m.status == ALIVE and m.name in known]
 
-    def wire(self) -> list[list[Any]]:
-        return [e.server.to_wire() for e in self._entries.values()]
+    # ---- operator actions -----------------------------------------------------------------------
+    def force_leave(self, name: str, *, prune: bool = False) -> bool:
+        """An operator says a failed member is gone: it becomes left everywhere (and with `prune`, is no longer
+        listed here). An alive member is refused unless pruned; a running one refutes the leave."""
+        rec = self.core.view.get(name)
+        if rec is None or name == self.me_name or name in self._hidden:
+            return False
+        if self.status(name) == ALIVE and not prune:
+            return False
+        if rec.state < LEFT_STATE:
+            self.core.force_leave(self._now(), name, unreachable=True)
+            self.pool.flush()
+        if prune:
+            self._hidden.add(name)
+        return True
+
+    def forget_datacenter(self, datacenter: str) -> list[str]:
+        """Every server of a datacenter left and pruned at once (removing a dead datacenter)."""
+        names = [m.name for m in self.servers(datacenter) if m.name != self.me_name]
+        for name in names:
+            self.force_leave(name, prune=True)
+        return names
+
+    # ---- joining --------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Retry-join (`retry_join_wan`) until a peer answers, and flood-join our own datacenter's servers."""
+        loop = asyncio.get_running_loop()
+        next_retry = loop.time()
+        while not stop.is_set():
+            if self.retry_join and self.core.alive_peers() == 0 and loop.time() >= next_retry:
+                next_retry = loop.time() + self.retry_interval
+                try:
+                    await self.join(self.retry_join)
+                except JoinError as e:
+                    self.log.warning("retry-join-wan: %s; retrying in %.0fs", e, self.retry_interval)
+            await self.flood()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLOOD_INTERVAL)
+
+    async def flood(self) -> int:
+        """Join the servers of our own datacenter that the LAN knows (as (WAN name, address, WAN port)) and the WAN
+        does not (Consul's flood join)."""
+        view = self.core.view
+        missing = [f"{addr}:{port}" for name, addr, port in self.local_servers() if view.get(name) is None]
+        if not missing:
+            return 0
+        try:
+            return await self.pool.join(missing, DEFAULT_PORT)
+        except JoinError as e:
+            self.log.debug("flood join: %s", e)
+            return 0

@@ -3,7 +3,8 @@
 It reads the WAN pool through `WANMembership` only. A call to another datacenter goes to the server
 that answered last time (or a random alive one); a server that cannot be reached is skipped and the
 next one tried; when none answers — or the pool says all of them are failed — the call fails at once
-with Consul's "Remote DC has no server currently reachable". A datacenter the pool has never heard
+with Consul's "Remote DC has no server currently reachable". Servers that only fail to answer *our*
+probes (failed in this server's view while the pool holds them alive) are tried when no other is left. A datacenter the pool has never heard
 of is "No path to datacenter".
 """
 
@@ -62,6 +63,10 @@ class Router:
             raise NoPathToDatacenter(datacenter)
         blocked = self._blocked()
         alive = [m for m in members if m.status == ALIVE and m.name not in blocked]
+        if not alive:
+            # None answers our probes directly, but the pool says some are alive (others reach them): try
+            # those rather than refuse on our probes alone (a busy server misses acks too).
+            alive = [m for m in members if m.pool_alive and m.name not in blocked]
         if not alive:
             raise DatacenterUnreachable(datacenter)
         self.rng.shuffle(alive)

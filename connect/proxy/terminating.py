@@ -1,0 +1,396 @@
+"""The terminating gateway: mesh services reach services outside the mesh through it.
+
+`proconsul connect proxy -gateway terminating -service NAME -register -address HOST:PORT` runs one mTLS
+listener. The services its `terminating-gateway` config entry links are answered by the agent's
+`/v1/health/connect/<service>` as this gateway's address, so a sidecar dials the gateway exactly as it
+dials another sidecar, with Consul's SNI `<service>.default.<dc>.internal.<trust-domain>`. For each
+connection the gateway:
+
+1. picks the linked service from the SNI and presents **that service's** leaf certificate (the sidecar
+   checks it is talking to the service it asked for), asking for the caller's;
+2. decides the caller's SPIFFE ID against the intentions whose destination is that service (L4; an
+   intention with L7 permissions cannot allow a bare connection here) — a denied caller is closed
+   before a byte reaches the outside service;
+3. connects to a passing instance of the service from the catalog (registered on a node without an
+   agent), in plain TCP, or with TLS when the entry gives a `CAFile` (one-way TLS; with `CertFile` and
+   `KeyFile` mutual TLS; `SNI` is sent and the server certificate's name checked against it), and
+   splices the bytes.
+
+Leaves, roots, intentions, instances and the entry are followed with blocking queries; an intention that
+turns to deny closes the connections it no longer allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Any
+
+from aiohttp import web
+
+from proconsul.connect.proxy.agent_api import AgentAPI
+from proconsul.connect.proxy.authz import Decision, IntentionPolicy
+from proconsul.connect.proxy.forward import Side
+from proconsul.connect.proxy.gateway import LinkedService, terminating_services
+from proconsul.connect.proxy.proxy import ProxyError, credentials
+from proconsul.connect.proxy.sni import parse_sni_name
+from proconsul.connect.proxy.tls import MeshTLSError, peer_cert, server_context
+from proconsul.connect.proxy.tlsproto import TLSProtocol
+
+log = logging.getLogger("proconsul.gateway")
+DIAL_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class GatewayDialError(Exception):
+    """No instance of the outside service could be reached (or its TLS settings cannot be used)."""
+
+
+class _Linked:
+    """What the gateway knows of one linked service: its leaf, its intentions, its instances."""
+
+    def __init__(self, spec: LinkedService) -> None:
+        self.spec = spec
+        self.leaf: dict[str, Any] | None = None
+        self.ctx: ssl.SSLContext | None = None  # the server context presenting this service's leaf
+        self.policy: IntentionPolicy | None = None
+        self.intentions: list[dict[str, Any]] = []
+        self.instances: list[tuple[str, int]] = []
+        self.next = 0
+        self.origination: ssl.SSLContext | None = None
+        self.origination_error = ""
+        self.watches: list[asyncio.Task[None]] = []
+        self.open: set[TerminatingInbound] = set()
+        self.stats = {"Connections": 0, "Refused": 0, "DialFailures": 0}
+
+
+class TerminatingInbound(Side):
+    """A sidecar's mTLS connection to the gateway: decided, then spliced to the outside service."""
+
+    __slots__ = ("gw", "linked", "uri")
+
+    def __init__(self, gw: TerminatingGateway) -> None:
+        super().__init__()
+        self.gw = gw
+        self.linked: _Linked | None = None
+        self.uri = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        gw = self.gw
+        sslobj = transport.get_extra_info("ssl_object")
+        linked = gw.linked.get(getattr(sslobj.context, "proconsul_service", ""))
+        cert = peer_cert(sslobj)
+        self.uri = cert.uri if cert is not None else ""
+        if linked is None:  # cannot happen after the SNI callback chose a service; kept as a guard
+            gw.refused(None, self.uri or "unknown", "no linked service for this connection")
+            self.abort()
+            return
+        decision = self._decide(linked, cert)
+        if not decision.allowed:
+            gw.refused(linked, decision.source, decision.reason)
+            self.abort()
+            return
+        self.linked = linked
+        linked.open.add(self)
+        linked.stats["Connections"] += 1
+        transport.pause_reading()
+        gw.spawn(self._connect(linked))
+
+    def _decide(self, linked: _Linked, cert: Any) -> Decision:
+        if cert is not None and cert.not_after <= time.time():
+            return Decision(False, self.uri or "unknown", "resumed TLS session whose client certificate has expired")
+        if linked.policy is None:
+            return Decision(False, self.uri or "unknown", "intentions are not loaded yet")
+        return linked.policy.connection(self.uri)
+
+    async def _connect(self, linked: _Linked) -> None:
+        try:
+            out = await self.gw.dial(linked)
+        except GatewayDialError as e:
+            log.warning("terminating gateway: %s: %s", linked.spec.name, e)
+            self.abort()
+            return
+        if self.closed:
+            out.close()
+            return
+        out.join(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.linked is not None:
+            self.linked.open.discard(self)
+        super().connection_lost(exc)
+
+
+class TerminatingGateway:
+    def __init__(self, api: AgentAPI, service_id: str, *, bind: str, port: int, admin_address: str = "127.0.0.1",
+                 admin_port: int = -1) -> None:
+        self.api = api
+        self.service_id = service_id
+        self.service = service_id
+        self.bind, self.port = bind, port
+        self.admin_address, self.admin_port = admin_address or "127.0.0.1", admin_port
+        self.datacenter = self.trust_domain = ""
+        self.default_allow = True
+        self.roots: dict[str, Any] | None = None
+        self.linked: dict[str, _Linked] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stats = {"Handshakes": 0, "HandshakeFailures": 0, "Refused": 0}
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._admin: web.AppRunner | None = None
+        self._listening = self._listening_context("")
+
+    # ------------------------------------------------------------------ running
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        info = await self.api.self_info()
+        self.datacenter = info["Config"]["Datacenter"]
+        self.default_allow = (info.get("DebugConfig") or {}).get("DefaultIntentionPolicy", "allow") != "deny"
+        await self._wait_registered(stop)
+        if stop.is_set():
+            return
+        self.spawn(self.api.watch("/v1/agent/connect/ca/roots", {}, self._on_roots, stop))
+        self.spawn(self.api.watch("/v1/config/terminating-gateway", {}, self._on_entries, stop))
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: TLSProtocol(self._listening, TerminatingInbound(self), server_side=True,
+                                handshake_timeout=HANDSHAKE_TIMEOUT, on_failure=self._handshake_failed),
+            self.bind, self.port, reuse_address=True, backlog=1024)
+        if self.admin_port != -1:
+            await self._start_admin()
+        log.info("terminating gateway %s listening on %s:%d", self.service, self.bind, self.port)
+        self.ready.set()
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            for linked in self.linked.values():
+                for w in linked.watches:
+                    w.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+            if self._admin is not None:
+                await self._admin.cleanup()
+
+    async def _wait_registered(self, stop: asyncio.Event) -> None:
+        said = False
+        while not stop.is_set():
+            services = await self.api.services()
+            reg = services.get(self.service_id)
+            if reg is not None:
+                if reg.get("Kind") != "terminating-gateway":
+                    raise ProxyError(f"service {self.service_id!r} is not a terminating gateway (Kind "
+                                           f"{reg.get('Kind')!r})")
+                self.service = str(reg.get("Service") or self.service_id)
+                return
+            if not said:
+                log.warning("terminating gateway %r is not registered with the agent yet; waiting for it (start "
+                            "with -register)", self.service_id)
+                said = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def _listening_context(self, roots_pem: str) -> ssl.SSLContext:
+        """The context every handshake starts in; the SNI callback switches it to a linked service's. OpenSSL
+        keeps the verify mode (and the session cache) of this first context, so it asks for the caller's
+        certificate and trusts the mesh's roots itself."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION  # resumption from the server's cache, as sidecars
+        ctx.num_tickets = 1
+        if roots_pem:
+            ctx.load_verify_locations(cadata=roots_pem)
+        ctx.sni_callback = self._pick
+        return ctx
+
+    # ------------------------------------------------------------------ watches
+    def _on_roots(self, roots: dict[str, Any]) -> None:
+        self.roots = roots
+        pems = [p for r in roots.get("Roots") or [] for p in (r["RootCert"], *(r.get("IntermediateCerts") or []))]
+        try:
+            self._listening = self._listening_context("\n".join(pems))
+        except (ssl.SSLError, ValueError) as e:
+            log.error("terminating gateway: cannot use the new CA roots (keeping the previous ones): %s", e)
+        td = (roots.get("TrustDomain") or "").lower()
+        if td and td != self.trust_domain:
+            self.trust_domain = td
+            for linked in self.linked.values():
+                self._set_policy(linked)
+        for linked in self.linked.values():
+            self._rebuild_tls(linked)
+
+    def _on_entries(self, rows: list[dict[str, Any]]) -> None:
+        entry = next((r for r in rows or [] if r.get("Name") == self.service), None)
+        if entry is None and not self.linked:
+            log.warning("no terminating-gateway config entry named %r yet; waiting for it (proconsul config "
+                        "write …)", self.service)
+        wanted = terminating_services(entry)
+        for name in [n for n in self.linked if n not in wanted or wanted[n] != self.linked[n].spec]:
+            old = self.linked.pop(name)
+            for w in old.watches:
+                w.cancel()
+            for side in list(old.open):
+                side.close()  # the service is no longer linked (or its settings changed): its connections end
+            log.info("terminating gateway: %s is no longer linked as it was", name)
+        for name, spec in wanted.items():
+            if name not in self.linked:
+                self._link(spec)
+
+    def _link(self, spec: LinkedService) -> None:
+        linked = self.linked[spec.name] = _Linked(spec)
+        if spec.tls:
+            try:
+                linked.origination = origination_context(spec)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                linked.origination_error = f"cannot load its TLS files (CAFile, CertFile, KeyFile): {e}"
+                log.error("terminating gateway: %s: %s; connections to it are refused until the entry changes",
+                          spec.name, linked.origination_error)
+        stop = self._stop
+        name = spec.name
+
+        def on_leaf(leaf: dict[str, Any]) -> None:
+            linked.leaf = leaf
+            self._rebuild_tls(linked)
+
+        def on_intentions(body: dict[str, Any]) -> None:
+            linked.intentions = body.get(name) or []
+            self._set_policy(linked)
+
+        def on_instances(entries: list[dict[str, Any]]) -> None:
+            linked.instances = [a for a in (_address(e) for e in entries or []) if a is not None]
+            log.info("terminating gateway: %s has %d passing instance(s)", name, len(linked.instances))
+
+        linked.watches = [
+            self.spawn(self.api.watch(f"/v1/agent/connect/ca/leaf/{name}", {}, on_leaf, stop)),
+            self.spawn(self.api.watch("/v1/connect/intentions/match", {"by": "destination", "name": name},
+                                      on_intentions, stop)),
+            self.spawn(self.api.watch(f"/v1/health/service/{name}", {"passing": "1"}, on_instances, stop)),
+        ]
+        log.info("terminating gateway: linked %s (%s)", name,
+                 "TLS origination" + (" with a client certificate" if spec.cert_file else "") if spec.tls
+                 else "plain TCP")
+
+    def _rebuild_tls(self, linked: _Linked) -> None:
+        if linked.leaf is None or self.roots is None:
+            return
+        try:
+            ctx = server_context(credentials(linked.leaf, self.roots))
+        except MeshTLSError as e:
+            log.error("terminating gateway: %s: cannot use its new certificate (keeping the previous one): %s",
+                      linked.spec.name, e)
+            return
+        ctx.proconsul_service = linked.spec.name  # type: ignore[attr-defined]  # read back after the handshake
+        linked.ctx = ctx
+
+    def _set_policy(self, linked: _Linked) -> None:
+        if not self.trust_domain:
+            return
+        linked.policy = IntentionPolicy(linked.spec.name, self.trust_domain, linked.intentions, self.default_allow)
+        for side in list(linked.open):  # connections an intention no longer allows are closed
+            if not linked.policy.connection(side.uri).allowed:
+                log.warning("terminating gateway: closing a connection from %s to %s: no longer allowed",
+                            side.uri, linked.spec.name)
+                side.abort()
+
+    # ------------------------------------------------------------------ connections
+    def _pick(self, ssl_obj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        """The SNI names the linked service: present its leaf (or end the handshake)."""
+        target = parse_sni_name(server_name or "", self.trust_domain)
+        linked = self.linked.get(target.service) if target is not None and target.datacenter == self.datacenter \
+            else None
+        if linked is None or linked.ctx is None:
+            self.refused(None, "unknown", f"no linked service for server name {server_name!r}")
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        self.stats["Handshakes"] += 1
+        ssl_obj.context = linked.ctx
+        return None
+
+    def _handshake_failed(self, _tls: Any, exc: Exception) -> None:
+        self.stats["HandshakeFailures"] += 1
+        log.debug("terminating gateway: handshake failed: %s", exc)
+
+    def refused(self, linked: _Linked | None, source: str, reason: str) -> None:
+        self.stats["Refused"] += 1
+        if linked is not None:
+            linked.stats["Refused"] += 1
+        log.warning("terminating gateway: refused connection from %s to %s: %s", source,
+                    linked.spec.name if linked is not None else "?", reason)
+
+    async def dial(self, linked: _Linked) -> Side:
+        """A connection to a passing instance of the outside service (TLS when the entry says so)."""
+        spec = linked.spec
+        if spec.tls and linked.origination is None:
+            raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
+        if not linked.instances:
+            raise GatewayDialError("no passing instance in the catalog")
+        loop = asyncio.get_running_loop()
+        n = len(linked.instances)
+        start, linked.next = linked.next % n, linked.next + 1
+        errors = []
+        for host, port in linked.instances[start:] + linked.instances[:start]:
+            try:
+                async with asyncio.timeout(DIAL_TIMEOUT):
+                    if linked.origination is not None:
+                        _, side = await loop.create_connection(Side, host, port, ssl=linked.origination,
+                                                               server_hostname=spec.sni or host,
+                                                               ssl_handshake_timeout=DIAL_TIMEOUT)
+                    else:
+                        _, side = await loop.create_connection(Side, host, port)
+                return side
+            except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+                linked.stats["DialFailures"] += 1
+                errors.append(f"{host}:{port}: {e or 'timed out'}")
+        raise GatewayDialError("; ".join(errors))
+
+    # ------------------------------------------------------------------ admin
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.stats, "Service": self.service, "Services": {
+            name: {**ln.stats, "Open": len(ln.open), "Instances": len(ln.instances), "TLS": ln.spec.tls,
+                   "Ready": ln.ctx is not None and ln.policy is not None,
+                   **({"Error": ln.origination_error} if ln.origination_error else {})}
+            for name, ln in self.linked.items()}}
+
+    async def _start_admin(self) -> None:
+        app = web.Application()
+
+        async def stats(_: web.Request) -> web.Response:
+            return web.json_response(self.snapshot())
+
+        async def ready(_: web.Request) -> web.Response:
+            return web.Response(text="ready\n" if self.ready.is_set() else "starting\n",
+                                status=200 if self.ready.is_set() else 503)
+
+        app.router.add_get("/stats", stats)
+        app.router.add_get("/ready", ready)
+        self._admin = web.AppRunner(app, access_log=None)
+        await self._admin.setup()
+        site = web.TCPSite(self._admin, self.admin_address, self.admin_port or 0, reuse_address=True)
+        await site.start()
+        log.info("terminating gateway admin (stats) on http://%s:%d", self.admin_address, self.admin_port)
+
+
+def origination_context(spec: LinkedService) -> ssl.SSLContext:
+    """The client TLS context towards the outside service: its CA, a client certificate when given, and a
+    name check against `SNI` when given (Envoy's behaviour: without SNI only the chain is verified)."""
+    ctx = ssl.create_default_context(cafile=spec.ca_file)
+    ctx.check_hostname = bool(spec.sni)
+    if spec.cert_file:
+        ctx.load_cert_chain(spec.cert_file, spec.key_file)
+    return ctx
+
+
+def _address(entry: dict[str, Any]) -> tuple[str, int] | None:
+    node, svc = entry.get("Node") or {}, entry.get("Service") or {}
+    address = svc.get("Address") or node.get("Address") or ""
+    return (address, int(svc["Port"])) if address and svc.get("Port") else None

@@ -1,0 +1,174 @@
+"""The terminating gateway end to end: `proconsul connect proxy -gateway terminating -service tgw -register` as a
+real process; services outside the mesh registered in the catalog on a node without an agent (a plain HTTP
+server, an HTTPS server with a certificate made by openssl, one that also asks for a client certificate); a
+sidecar's upstreams reach them through the gateway over mTLS; intentions are enforced at the gateway."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import AgentProcess, free_port, wait_for
+from support_mesh import Backends, ProxyProcess, wait_passing
+
+pytestmark = pytest.mark.xdist_group("traffic-terminating")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_pki(d: Path) -> dict[str, str]:
+    """A CA and, signed by it, a server certificate for exts.example.com and a client certificate; and a
+    second CA that signed nothing here (a gateway trusting it must refuse the server)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "1", "-subj",
+                f"/CN=Outside {ca}", cwd=d)
+    (d / "server.ext").write_text("subjectAltName=DNS:exts.example.com\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for leaf, cn in (("server", "exts.example.com"), ("client", "mesh-gateway-client")):
+        openssl("req", *ec, "-keyout", f"{leaf}.key", "-out", f"{leaf}.csr", "-subj", f"/CN={cn}", cwd=d)
+        openssl("x509", "-req", "-in", f"{leaf}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{leaf}.pem", "-days", "1", "-extfile", f"{leaf}.ext", cwd=d)
+    return {k: str(d / f"{k}.pem") for k in ("ca", "other-ca", "server", "client")} | {
+        "server-key": str(d / "server.key"), "client-key": str(d / "client.key")}
+
+
+def curl(port: int, path: str = "/") -> tuple[int, Any]:
+    out = subprocess.run(["curl", "-s", "-m", "5", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=10).stdout
+    body, _, code = out.rpartition("\n")
+    try:
+        return int(code), json.loads(body)
+    except ValueError:
+        return int(code or 0), body
+
+
+class TerminatingGatewayProcess(ProxyProcess):
+    def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
+        super().__init__(agent, workdir, proxy_id=name)
+        self.args = ["-gateway", "terminating", "-service", name, "-register", "-address", address]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("terminating")
+    pki = make_pki(tmp)
+    sni_seen: list[str] = []
+
+    def server_ctx(client_ca: str = "") -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki["server"], pki["server-key"])
+        ctx.sni_callback = lambda _obj, name, _ctx: sni_seen.append(name or "")  # type: ignore[func-returns-value]
+        if client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(client_ca)
+        return ctx
+
+    agent, backends = AgentProcess(tmp / "agent"), Backends()
+    procs: list[ProxyProcess] = []
+    try:
+        agent.start()
+        outside = {"ext": backends.http("ext"), "exts": backends.http("exts", ssl_context=server_ctx()),
+                   "extm": backends.http("extm", ssl_context=server_ctx(client_ca=pki["ca"]))}
+        outside["extbad"] = outside["exts"]  # the HTTPS server, but the gateway is told to trust another CA
+        for name, port in outside.items():  # outside the mesh: a node without an agent, no sidecar
+            assert agent.put("/v1/catalog/register", {
+                "Node": f"outside-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
+                "Service": {"Service": name, "Port": port}})[0] == 200
+        ports = {name: free_port() for name in outside}
+        assert agent.put("/v1/agent/service/register", {"Name": "web", "Port": backends.http("web"), "Connect": {
+            "SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": n, "LocalBindPort": p}
+                                                       for n, p in ports.items()]}}}})[0] == 200
+        procs.append(ProxyProcess(agent, tmp, sidecar_for="web").start())
+        wait_passing(agent, "web")
+        status, body = agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
+            {"Name": "ext"},
+            {"Name": "exts", "CAFile": pki["ca"], "SNI": "exts.example.com"},
+            {"Name": "extm", "CAFile": pki["ca"], "CertFile": pki["client"], "KeyFile": pki["client-key"]},
+            {"Name": "extbad", "CAFile": pki["other-ca"]}]})
+        assert status == 200, body
+        gw = TerminatingGatewayProcess(agent, tmp, "tgw", f"127.0.0.1:{free_port()}").start()
+        procs.append(gw)
+        wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
+        yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki}
+    finally:
+        for p in procs:
+            p.stop()
+        agent.stop()
+        backends.close()
+
+
+def test_plain_outside_service_through_the_gateway(mesh: dict[str, Any]) -> None:
+    status, body = curl(mesh["ports"]["ext"], "/hello")
+    assert status == 200 and body["backend"] == "ext" and body["path"] == "/hello"
+    gw = mesh["gw"].admin("/stats")
+    assert gw["Services"]["ext"]["Connections"] >= 1 and gw["Services"]["ext"]["TLS"] is False
+
+
+def test_health_connect_answers_with_the_gateway(mesh: dict[str, Any]) -> None:
+    agent = mesh["agent"]
+    status, rows = agent.get("/v1/health/connect/ext?passing")
+    assert status == 200 and [r["Service"]["Kind"] for r in rows] == ["terminating-gateway"]
+    assert rows[0]["Service"]["Service"] == "tgw"
+    status, rows = agent.get("/v1/catalog/gateway-services/tgw")
+    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad"}
+    assert {r["GatewayKind"] for r in rows} == {"terminating-gateway"}
+    assert agent.get("/v1/health/connect/web?passing")[1][0]["Service"]["Kind"] == "connect-proxy"
+
+
+def test_tls_origination_one_way_with_sni(mesh: dict[str, Any]) -> None:
+    mesh["sni"].clear()
+    status, body = curl(mesh["ports"]["exts"], "/secure")
+    assert status == 200 and body["backend"] == "exts" and body["path"] == "/secure"
+    assert "exts.example.com" in mesh["sni"], "the gateway sends the entry's SNI"
+
+
+def test_tls_origination_with_a_client_certificate(mesh: dict[str, Any]) -> None:
+    status, body = curl(mesh["ports"]["extm"], "/mutual")
+    assert status == 200 and body["backend"] == "extm"
+
+
+def test_a_server_the_ca_does_not_vouch_for_is_refused_not_plaintext(mesh: dict[str, Any]) -> None:
+    hits = mesh["backends"].hits.get("exts", 0)
+    status, _ = curl(mesh["ports"]["extbad"], "/nope")
+    assert status != 200
+    assert mesh["backends"].hits.get("exts", 0) == hits, "no request may reach the server"
+    wait_for(lambda: mesh["gw"].admin("/stats")["Services"]["extbad"]["DialFailures"] >= 1, 5,
+             message="the failed TLS origination counted")
+    assert "CERTIFICATE_VERIFY_FAILED" in mesh["gw"].log() or "certificate verify failed" in mesh["gw"].log()
+
+
+def test_intentions_are_enforced_at_the_gateway(mesh: dict[str, Any]) -> None:
+    agent, port = mesh["agent"], mesh["ports"]["ext"]
+    status, _ = agent.put("/v1/connect/intentions/exact?source=web&destination=ext", {"Action": "deny"})
+    assert status == 200
+    try:
+        wait_for(lambda: curl(port)[0] != 200, 10, message="the deny to take effect at the gateway")
+        hits = mesh["backends"].hits.get("ext", 0)
+        assert curl(port)[0] != 200 and mesh["backends"].hits.get("ext", 0) == hits
+        assert "refused connection from web to ext" in mesh["gw"].log()
+        assert mesh["gw"].admin("/stats")["Services"]["ext"]["Refused"] >= 1
+        assert curl(mesh["ports"]["exts"])[0] == 200, "the deny names ext only"
+    finally:
+        agent.request("DELETE", "/v1/connect/intentions/exact?source=web&destination=ext")
+    wait_for(lambda: curl(port)[0] == 200, 10, message="allowed again once the intention is gone")
+
+
+@pytest.mark.parametrize(("service", "message"), [
+    ({"Name": "x", "CertFile": "/c.pem"}, "must have a CertFile, CAFile, and KeyFile specified for TLS origination"),
+    ({"Name": ""}, "Services[0].Name: Service name cannot be blank."),
+    ({"Name": "x", "SNI": "x.example.com"}, "Services[0].SNI"),
+    ({"Name": "x", "CAfile": "/ca.pem", "Bogus": 1}, "unknown field"),
+])
+def test_bad_entries_are_refused_naming_the_field(mesh: dict[str, Any], service: dict[str, Any],
+                                                  message: str) -> None:
+    status, body = mesh["agent"].put("/v1/config", {"Kind": "terminating-gateway", "Name": "bad",
+                                                    "Services": [service]})
+    assert status == 400 and message in str(body) and "terminating-gateway 'bad'" in str(body)
+    assert mesh["agent"].get("/v1/config/terminating-gateway/bad")[0] == 404
