@@ -27,9 +27,11 @@ from proconsul.agent.api.tls import HTTPSConfigError, https_context
 from proconsul.agent.checks.kinds import standard_kinds
 from proconsul.agent.checks.manager import CheckManager
 from proconsul.agent.checks.runner import DEFAULT_OUTPUT_MAX
+from proconsul.agent.cluster.caller import acting_as
 from proconsul.agent.cluster.cluster import Cluster
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.remote import RemoteBackend
+from proconsul.agent.cluster.rpc_acl import RPCGuard
 from proconsul.agent.cluster.server import ServerRole, StartingReplicator
 from proconsul.agent.config.load import finalize, load_config
 from proconsul.agent.config.model import AgentConfig
@@ -77,6 +79,13 @@ class Agent:
         self.acl_state = ACLState(self.backend)
         self.acl_tokens: dict[str, str] = load_agent_tokens(config)  # acl.tokens, and /v1/agent/token/:type
         self.acl: Resolver | None = self._acl_resolver() if config.acl.enabled else None
+        if self.acl is not None and self.store is not None:  # every RPC is checked against its token
+            self.cluster.rpc.guard = RPCGuard(self.acl, self.store)
+            resolver = self.acl
+
+            async def acl_resolve(args: dict[str, Any]) -> Any:
+                return list(await resolver.bundle(str(args.get("secret") or "")))
+            self.cluster.rpc.register("acl.resolve", acl_resolve)
         self.node = {
             "ID": config.node_id,
             "Node": config.node_name,
@@ -114,6 +123,15 @@ class Agent:
                 self._https_context = https_context(config.https_tls)
             except HTTPSConfigError as e:
                 raise AgentError(str(e)) from None
+        self.auto_encrypt: Any = None
+        if config.auto_encrypt_tls and self.cluster.tls.client is not None:
+            from proconsul.agent.connect.auto_encrypt import AutoEncryptClient
+
+            self.auto_encrypt = AutoEncryptClient(
+                node=config.node_name, node_id=config.node_id, datacenter=config.datacenter,
+                data_dir=config.data_dir, client_ctx=self.cluster.tls.client,
+                call=lambda method, args: self.cluster.call_any_server(method, args, 10.0),
+                reset=self.cluster.pool.close, dns_san=config.auto_encrypt_dns_san)
         self.ready = asyncio.Event()
         self.log_monitor: LogMonitor | None = None  # /v1/agent/monitor's subscribers, while running
         self.telemetry = Telemetry()
@@ -138,14 +156,23 @@ class Agent:
         query = get_query("acl.token_bundle")
 
         async def fetch(secret: str) -> tuple[int, dict[str, Any]]:
-            return await self.backend.query("acl.token_bundle", {"secret": secret}, 0, 0.0, "stale")
+            with acting_as(secret):  # whoever holds a secret may resolve it
+                index, bundle = await self.cluster.call_any_server("acl.resolve", {"secret": secret}, 10.0)
+            return index, bundle
+
+        async def fetch_remote(secret: str) -> tuple[int, dict[str, Any]]:
+            with acting_as(secret):  # a secondary's server asks the primary for a token it has not replicated
+                index, bundle = await self.cluster.forward_dc(self.config.primary_datacenter, "acl.resolve",
+                                                              {"secret": secret}, 10.0, True)
+            return index, bundle
 
         def fetch_local(secret: str) -> tuple[int, dict[str, Any]]:
             return query.run(store, {"secret": secret})  # a server resolves from its own replica
 
         resolver = Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
                             datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
-                            clock=time.monotonic, wall=time.time, fetch_local=fetch_local if store is not None else None)
+                            clock=time.monotonic, wall=time.time, fetch_local=fetch_local if store is not None else None,
+                            fetch_remote=fetch_remote if self.cluster.secondary else None)
         if store is not None:
             acl_tables = frozenset(ACL_TABLES)
 
@@ -159,11 +186,11 @@ class Agent:
         """Anti-entropy's writes with ACLs on, as Consul's agent makes them: the node with the agent token
         (else the default one), each service with the token it was registered with (else the agent's). A
         write the token may not make is skipped with a warning instead of failing the whole sync round."""
-        from proconsul.agent.acl.errors import ACLNotFound
+        from proconsul.agent.acl.errors import ACLNotFound, PermissionDenied
         from proconsul.catalog import commands as c
 
         assert self.acl is not None
-        agent_token = self.acl_tokens.get("agent") or self.acl_tokens.get("default", "")
+        agent_token = self.own_token()
         node = self.config.node_name
         wants: list[tuple[str, str, str]] = []  # (token, kind, name)
         sid = ""
@@ -184,19 +211,32 @@ class Agent:
             wants.append((self.service_tokens.get(cmd.service_id, agent_token), "node", node) if not cmd.service_id
                          else (self.service_tokens.get(cmd.service_id, agent_token), "service-id", cmd.service_id))
         for token, kind, name in wants:
+            whose = "service's" if kind.startswith("service") and sid in self.service_tokens else "agent"
             try:
                 authz = await self.acl.resolve(token)
             except ACLNotFound:
-                log.warning("anti-entropy: %s %s not synced: its token matches no ACL token", kind, name)
+                log.warning("anti-entropy: %s %s not synced: the %s token matches no ACL token", kind, name, whose)
                 return None
             if kind == "service-id":
                 continue  # the catalog's copy is ours to remove; its name is unknown here once deregistered
             if not authz.allowed(kind, name, "write"):
                 what = "Node info update" if kind == "node" else f"Service {name!r} sync"
-                log.warning("anti-entropy: %s blocked by ACLs (the %s token lacks %s:write)", what,
-                            "service's" if kind == "service" and sid in self.service_tokens else "agent", kind)
+                hint = "; this agent has no agent token: set acl.tokens.agent" if not token else ""
+                log.warning("anti-entropy: %s blocked by ACLs (the %s token lacks %s:write%s)", what, whose, kind,
+                            hint)
                 return None
-        return await self.backend.apply(cmd)
+        # The server checks again, against the token the write carries (the service's, else the agent's).
+        token = wants[-1][0] if wants else agent_token
+        try:
+            with acting_as(token):
+                return await self.backend.apply(cmd)
+        except (PermissionDenied, ACLNotFound) as e:
+            log.warning("anti-entropy: the servers refused %s: %s", type(cmd).__name__, e)
+            return None
+
+    def own_token(self) -> str:
+        """The token of the agent's own work (anti-entropy, Connect's watches): acl.tokens.agent, else default."""
+        return self.acl_tokens.get("agent") or self.acl_tokens.get("default", "")
 
     def dns_may_read(self, kind: str, name: str) -> bool:
         """What DNS may answer: the agent's `dns` token, else its `default` token, else anonymous (Consul)."""
@@ -539,8 +579,14 @@ class Agent:
 
     # ------------------------------------------------------------------ catalog plumbing
     async def _read_own_node(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
-        _, ns = await self.backend.query("catalog.node_services", {"node": self.config.node_name})
-        _, checks = await self.backend.query("health.node", {"node": self.config.node_name})
+        from proconsul.agent.acl.errors import ACLNotFound
+
+        try:
+            _, ns = await self.backend.query("catalog.node_services", {"node": self.config.node_name})
+            _, checks = await self.backend.query("health.node", {"node": self.config.node_name})
+        except ACLNotFound:
+            raise AgentError("the agent token (acl.tokens.agent, else acl.tokens.default) matches no ACL token: "
+                             "the servers refuse this agent's reads of its own node") from None
         if ns is None:
             return None, [], checks
         return ns["Node"], ns["Services"], checks
@@ -568,6 +614,8 @@ class Agent:
                 await self.cluster.start()
             except ClusterError as e:
                 raise AgentError(str(e)) from None
+            if self.auto_encrypt is not None:  # nothing reaches a server before this agent has its certificate
+                await self.auto_encrypt.obtain(self._stop)
             if self.cluster.is_leader():  # dev and single-server: register ourselves before "ready"
                 await self.cluster.reconcile()
             if cfg.https_port >= 0:
@@ -580,10 +628,14 @@ class Agent:
                 tg.create_task(self.cluster.run(self._stop), name="cluster")
                 tg.create_task(self.local.run(self._stop), name="anti-entropy")
                 tg.create_task(self.reap_critical_services(self._stop), name="reaper")
+                if self.auto_encrypt is not None:
+                    tg.create_task(self.auto_encrypt.renew(self._stop), name="auto-encrypt-renew")
                 if self.server is not None:
                     tg.create_task(self.server.run_leader_duties(self._stop), name="leader-duties")
                     if self.acl is not None:
-                        tg.create_task(leader_setup(self.acl_state, self.acl_tokens.get("initial_management", ""),
+                        # A secondary that replicates ACLs gets its management tokens from the primary.
+                        initial = "" if self.cluster.acl_replication else self.acl_tokens.get("initial_management", "")
+                        tg.create_task(leader_setup(self.acl_state, initial,
                                                     self.is_leader, self.wait_leadership, self._stop),
                                        name="acl-setup")
                     if cfg.config_entries:
@@ -591,9 +643,6 @@ class Agent:
                 for start in self.listeners:
                     tg.create_task(start(self, self._stop), name=getattr(start, "__name__", "listener"))
                 _tune_gc()
-                if self.acl is not None and cfg.server and not cfg.dev and not cfg.tls.verify_incoming:
-                    log.warning("ACLs are on, but servers do not check tokens on RPC yet and the server port accepts "
-                                "any caller: set tls.internal_rpc.verify_incoming = true (docs/acl.md)")
                 log.info("agent running: node=%s datacenter=%s http=%s:%s server=%s dev=%s", cfg.node_name,
                          cfg.datacenter, cfg.http_bind, self.http_port, cfg.server, cfg.dev)
                 self.ready.set()

@@ -204,10 +204,18 @@ def service_dns_name(service: str, trust_domain: str) -> str:
     return f"{service}.svc.default.{trust_domain.split('.')[0][:8]}.mesh"
 
 
+# auto_encrypt: a client agent does not know the trust domain before it has a certificate, so its CSR names
+# this one (Consul's placeholder) and the server signs for the real one.
+PLACEHOLDER_TRUST_DOMAIN = "dummy.trustdomain"
+
+
 def sign_leaf(csr_pem: str, root: Root, trust_domain: str, now: dt.datetime, serial: int,
-              ttl_seconds: float = DEFAULT_LEAF_TTL, expect_service: str | None = None) -> dict[str, Any]:
+              ttl_seconds: float = DEFAULT_LEAF_TTL, expect_service: str | None = None,
+              expect_agent_dc: str | None = None) -> dict[str, Any]:
     """Sign a service (or agent) CSR with the active root; returns Consul's IssuedCert shape
-    (without the private key, which the agent adds). Refuses another trust domain or service."""
+    (without the private key, which the agent adds). Refuses another trust domain or service. With
+    `expect_agent_dc` (auto_encrypt) only an agent identity of that datacenter, under the placeholder
+    trust domain, is signed — for the real one."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
     except ValueError as e:
@@ -222,6 +230,13 @@ def sign_leaf(csr_pem: str, root: Root, trust_domain: str, now: dt.datetime, ser
     if len(uris) != 1:
         raise InvalidCSR(f"CSR must carry exactly one URI SAN, found {len(uris)}")
     ident = parse(uris[0])
+    if expect_agent_dc is not None:
+        if not isinstance(ident, AgentID) or ident.datacenter != expect_agent_dc or \
+                ident.trust_domain != PLACEHOLDER_TRUST_DOMAIN:
+            raise InvalidCSR(f"an auto_encrypt CSR must be for an agent of datacenter {expect_agent_dc} under "
+                             f"spiffe://{PLACEHOLDER_TRUST_DOMAIN}, not {uris[0]!r}")
+        ident = AgentID(trust_domain, ident.datacenter, ident.node_id)
+        uris = [ident.uri]
     if ident.trust_domain != trust_domain:
         raise InvalidCSR(f"CSR is for trust domain {ident.trust_domain!r}, this CA signs for {trust_domain!r}")
     if expect_service is not None:

@@ -7,7 +7,8 @@
 `version` is 1. `flags`: 0x01 a label follows — the pool's name (``lan:<datacenter>`` or ``wan``), so a
 packet from another datacenter's pool is told apart and dropped; 0x02 the payload is sealed with AES-GCM
 under the gossip keyring, the label then being its additional authenticated data (reserved for the
-security issue: such frames are dropped and counted until a keyring exists). Other bits must be zero.
+security issue: membership/keyring.py seals and opens them in the pool shell; without a keyring
+they are dropped and counted). Other bits must be zero.
 
 Messages (field order is the wire order):
 
@@ -25,6 +26,9 @@ Messages (field order is the wire order):
     18 pp_records     records want                      records: [name, addr, port, tags, incarnation, state]
     19 pp_done
     20 pp_error       text
+    21 request        name payload          (TCP only) an operation for the pool's owner: the shell hands it
+    22 response       error payload          to `Pool(on_request=…)` and sends back its answer (the keyring's
+                                             install/use/remove/list, see membership/keyring.py)
 
 A datagram carries one or more messages (a probe with news piggybacked, or gossip) and never exceeds
 the pool's `udp_buffer_size`. Decoding checks every field's type and range; anything else raises
@@ -42,7 +46,7 @@ from .errors import ConfigError, Malformed
 
 VERSION = 1
 FLAG_LABEL = 0x01
-FLAG_ENCRYPTED = 0x02  # reserved: AES-GCM under the gossip keyring (security issue)
+FLAG_ENCRYPTED = 0x02  # AES-GCM under the gossip keyring (membership/keyring.py)
 KNOWN_FLAGS = FLAG_LABEL | FLAG_ENCRYPTED
 
 PING, INDIRECT_PING, ACK, NACK, SUSPECT, ALIVE, DEAD = 1, 2, 3, 4, 5, 6, 7
@@ -50,6 +54,8 @@ USER_EVENT, QUERY, QUERY_RESPONSE = 8, 9, 10  # queries reserved (conformance is
 RESERVED_TYPES = frozenset({QUERY, QUERY_RESPONSE})
 MAX_EVENT_BYTES = 1024  # an encoded user event: it must fit a datagram beside a probe
 PP_SUMMARY, PP_DIGEST, PP_RECORDS, PP_DONE, PP_ERROR = 16, 17, 18, 19, 20
+REQUEST, RESPONSE = 21, 22
+MAX_REQUEST_BYTES = 64 << 10  # a request's or response's payload
 
 # Member states on the wire (push-pull digests and records).
 ALIVE_STATE, SUSPECT_STATE, DEAD_STATE, LEFT_STATE = 0, 1, 2, 3
@@ -136,6 +142,14 @@ def pp_error(text: str) -> bytes:
     return pack([PP_ERROR, text[:512]])
 
 
+def request(name: str, payload: bytes) -> bytes:
+    return pack([REQUEST, name, payload])
+
+
+def response(error: str, payload: bytes = b"") -> bytes:
+    return pack([RESPONSE, error[:512], payload])
+
+
 # ---- validation ----------------------------------------------------------------------------------
 def _name(v: Any) -> bool:
     return type(v) is str and 0 < len(v) <= MAX_NAME
@@ -215,6 +229,10 @@ def valid(m: Any) -> bool:
         return n == 1
     if t == PP_ERROR:
         return n == 2 and type(m[1]) is str
+    if t == REQUEST:
+        return n == 3 and _name(m[1]) and type(m[2]) is bytes and len(m[2]) <= MAX_REQUEST_BYTES
+    if t == RESPONSE:
+        return n == 3 and type(m[1]) is str and type(m[2]) is bytes and len(m[2]) <= MAX_REQUEST_BYTES
     return False
 
 
@@ -253,6 +271,18 @@ class Codec:
         if type(msgs) is not list or not msgs:
             raise Malformed("malformed", "payload is not a list of messages")
         return msgs
+
+    def is_request(self, body: bytes) -> bool:
+        """Whether a stream frame is one `request` message (the owner answers it, not the core)."""
+        skip = self._skip
+        return body.startswith(self.prefix) and body[skip:skip + 3] == bytes((0x91, 0x93, REQUEST))
+
+    def message(self, body: bytes, kind: int) -> list[Any]:
+        """The one message of type `kind` in a stream frame, validated; else `Malformed`."""
+        msgs = self.decode(body)
+        if len(msgs) != 1 or not valid(msgs[0]) or msgs[0][0] != kind:
+            raise Malformed("malformed", f"expected one message of type {kind}")
+        return msgs[0]
 
     def why_not_ours(self, data: bytes) -> Malformed:
         """Why a frame does not start with our header, as the reason it is counted under."""

@@ -750,6 +750,9 @@ class Membership:
             self.count("dropped_" + e.reason)
             if e.reason == "foreign":
                 return self.codec.body(c.pp_error(f"this is pool {self.codec.label.decode()!r}; you sent {e}"))
+            if e.reason == "encrypted":
+                return self.codec.body(c.pp_error("this agent's gossip is not encrypted (no `encrypt` key) and "
+                                                  "your message was sealed with one"))
             return None
         if len(msgs) != 1 or not c.valid(msgs[0]):
             self.count("dropped_malformed")

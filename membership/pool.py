@@ -6,10 +6,19 @@ timers become `loop.call_at`, stream exchanges (push-pull, the fallback ping) ru
 (4-byte big-endian length, then a frame), events go to the owner's callback. Time is CLOCK_MONOTONIC,
 the loop's clock, read at full resolution (`now`).
 
-Gossip encryption plugs in here, at the edge, and nowhere else: a `Sealer` (the security issue's
-keyring) seals every frame the core produced just before it leaves (datagram or stream frame) and
-opens every frame before the core sees it. With no sealer frames travel as the codec makes them; a
-frame that does not open is dropped and counted (`dropped_sealed`), like any malformed input.
+Gossip encryption plugs in here, at the edge, and nowhere else: a `Sealer` (`keyring.GossipSealer`,
+AES-GCM under the gossip keyring) seals every frame the core produced just before it leaves
+(datagram or stream frame) and opens every frame before the core sees it. With no sealer frames
+travel as the codec makes them; a frame that does not open is dropped and counted under the reason
+the sealer gives (`dropped_key`, `dropped_plaintext`), like any malformed input. A TCP peer whose
+first frame does not open is told why in one plaintext error frame (it carries no secret), so a
+joining agent with the wrong key reports "no installed gossip key opens it" instead of a reset.
+
+Requests: a stream frame holding one `request` message (codec type 21) is not the core's: it goes to
+the owner's `on_request(name, payload, sealed)` and its answer goes back as a `response`. `request`
+sends one to a member and returns the answer. The keyring's install/use/remove/list travel this way
+(agent/cluster/keyring.py); `sealed` says whether the request arrived encrypted, so the owner can
+refuse operations that must be authenticated by the gossip key.
 
 Bad input never crashes the listener: a datagram or frame that does not decode is counted and dropped
 by the core; a TCP peer that sends a frame larger than `MAX_INBOUND_FRAME`, stalls past the pool's
@@ -26,7 +35,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .codec import STREAM_HEADER
+from . import codec as c
+from .codec import FLAG_ENCRYPTED, STREAM_HEADER
 from .core import S_PING, S_PUSH_PULL, Membership
 from .errors import JoinError, Malformed, Refused
 
@@ -35,6 +45,12 @@ log = logging.getLogger("proconsul.membership")
 MAX_INBOUND_FRAME = 32 << 20  # a push-pull reply of ~50,000 members; the port is unauthenticated
 MAX_STREAMS = 128  # TCP exchanges running at once (each direction); beyond that new ones are refused
 Event = tuple[str, str, Any]
+RequestHandler = Callable[[str, bytes, bool], bytes]  # (name, payload, arrived sealed) -> answer; RequestRefused
+DROP_LOG_INTERVAL = 10.0  # seconds between two warnings about frames that did not open
+
+
+class RequestRefused(Exception):
+    """Raised by an `on_request` handler to answer a request with an error (the text travels back)."""
 
 
 class Sealer(Protocol):
@@ -85,12 +101,14 @@ class Pool:
     """One gossip pool member on a real network: `start`, `join`, `leave`, `stop`."""
 
     def __init__(self, core: Membership, bind: str, port: int, *, on_events: Callable[[list[Event]], None],
-                 sealer: Sealer | None = None) -> None:
+                 sealer: Sealer | None = None, on_request: RequestHandler | None = None) -> None:
         self.core = core
         self.bind = bind
         self.port = port
         self.on_events = on_events
         self.sealer = sealer
+        self.on_request = on_request
+        self._last_drop_log = float("-inf")
         self.blocked: set[tuple[str, int]] = set()  # peer addresses we drop traffic to and from (fault tests)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -234,8 +252,8 @@ class Pool:
         if self.sealer is not None:
             try:
                 data = self.sealer.open(data)
-            except Malformed:
-                self.core.count("dropped_sealed")
+            except Malformed as e:
+                self._dropped(e, addr)
                 return
         try:
             self.core.on_packet(self.now(), data)
@@ -244,22 +262,90 @@ class Pool:
             log.exception("gossip: a datagram from %s:%s could not be handled", addr[0], addr[1])
         self._drain()
 
+    def _dropped(self, e: Malformed, addr: tuple[Any, ...]) -> None:
+        """Count a frame that did not open; say so in the log now and then (a wrong key floods otherwise)."""
+        self.core.count("dropped_" + e.reason)
+        now = self.now()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            self._last_drop_log = now
+            log.warning("gossip: dropped a frame from %s:%s: %s (dropped so far: %d no key, %d plaintext)",
+                        addr[0], addr[1], e, self.core.stats.get("dropped_key", 0),
+                        self.core.stats.get("dropped_plaintext", 0))
+
     # ------------------------------------------------------------------ TCP
-    async def _read_frame(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
+    async def _read_raw(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
         timeout = max(0.001, deadline - self.now())
         head = await asyncio.wait_for(reader.readexactly(STREAM_HEADER.size), timeout)
         (size,) = STREAM_HEADER.unpack(head)
         if size > MAX_INBOUND_FRAME:
             raise Malformed("oversized", f"a {size}-byte frame")
-        data = await asyncio.wait_for(reader.readexactly(size), max(0.001, deadline - self.now()))
-        if self.sealer is not None:
-            data = self.sealer.open(data)
-        return data
+        return await asyncio.wait_for(reader.readexactly(size), max(0.001, deadline - self.now()))
 
-    def _frame(self, body: bytes) -> bytes:
-        if self.sealer is not None:
+    async def _read_frame(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
+        """The next reply of a peer we opened an exchange with, opened. A reply that does not open but
+        is the peer's plaintext error frame (it could not open ours) raises `Refused` with its text."""
+        data = await self._read_raw(reader, deadline)
+        if self.sealer is None:
+            return data
+        try:
+            return self.sealer.open(data)
+        except Malformed:
+            if not data[1:2] or data[1] & FLAG_ENCRYPTED:
+                raise
+            try:
+                m = self.core.codec.message(data, c.PP_ERROR)
+            except Malformed:
+                raise Malformed("plaintext", "the peer answered in plaintext, and this pool's gossip is "
+                                             "encrypted") from None
+            raise Refused(m[1]) from None
+
+    def _frame(self, body: bytes, seal: bool = True) -> bytes:
+        if seal and self.sealer is not None:
             body = self.sealer.seal(body)
         return struct.pack(">I", len(body)) + body
+
+    def _answer(self, body: bytes, sealed: bool) -> bytes:
+        """Our `response` frame to one `request` frame."""
+        codec = self.core.codec
+        try:
+            m = codec.message(body, c.REQUEST)
+        except Malformed as e:
+            self.core.count("dropped_" + e.reason)
+            return codec.body(c.response(f"malformed request: {e}"))
+        if self.on_request is None:
+            return codec.body(c.response(f"this member does not answer {m[1]!r} requests"))
+        self.core.count("requests_served")
+        try:
+            return codec.body(c.response("", self.on_request(m[1], m[2], sealed)))
+        except RequestRefused as e:
+            return codec.body(c.response(str(e) or "refused"))
+        except Exception:  # the owner's bug must not break the listener; the asker gets a reason
+            log.exception("gossip: %r request failed", m[1])
+            return codec.body(c.response(f"{m[1]!r} failed on this member (see its log)"))
+
+    async def request(self, dest: tuple[str, int], name: str, payload: bytes, timeout: float) -> bytes:
+        """Send one request to the member at `dest` and return its answer's payload. Raises `Refused`
+        (the member answered with an error), `Malformed`, `OSError` or `TimeoutError`."""
+        if dest in self.blocked:
+            raise ConnectionRefusedError("blocked")
+        deadline = self.now() + timeout
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(dest[0], dest[1]), timeout)
+        try:
+            writer.write(self._frame(self.core.codec.body(c.request(name, payload))))
+            await asyncio.wait_for(writer.drain(), max(0.001, deadline - self.now()))
+            reply = await self._read_frame(reader, deadline)
+            try:
+                m = self.core.codec.message(reply, c.RESPONSE)
+            except Malformed:
+                m = self.core.codec.message(reply, c.PP_ERROR)  # an older member, or a refusal
+                raise Refused(m[1]) from None
+            if m[1]:
+                raise Refused(m[1])
+            return bytes(m[2])
+        except asyncio.IncompleteReadError:
+            raise Malformed("truncated", "the member closed the connection without an answer") from None
+        finally:
+            writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("", 0)
@@ -271,10 +357,26 @@ class Pool:
             deadline = self.now() + core.t.tcp_timeout
             while True:
                 try:
-                    body = await self._read_frame(reader, deadline)
+                    raw = await self._read_raw(reader, deadline)
                 except asyncio.IncompleteReadError as e:
                     if e.partial:
                         core.count("dropped_truncated")
+                    return
+                body = raw
+                if self.sealer is not None:
+                    try:
+                        body = self.sealer.open(raw)
+                    except Malformed as e:
+                        self._dropped(e, peer)
+                        if e.reason in ("key", "plaintext"):  # tell the peer why, in clear: it cannot read ours
+                            why = str(e).split(": ", 1)[-1]
+                            writer.write(self._frame(core.codec.body(c.pp_error(f"gossip encryption: {why}")),
+                                                     seal=False))
+                            await asyncio.wait_for(writer.drain(), max(0.001, deadline - self.now()))
+                        return
+                if core.codec.is_request(body):
+                    writer.write(self._frame(self._answer(body, len(raw) > 1 and bool(raw[1] & FLAG_ENCRYPTED))))
+                    await asyncio.wait_for(writer.drain(), max(0.001, deadline - self.now()))
                     return
                 reply = core.on_stream(self.now(), body)
                 self._drain()

@@ -213,6 +213,15 @@ class AgentProcess:
 CLI = [sys.executable, "-m", "proconsul.agent.cli"]
 
 
+def agent_certs(tmp_path: Path) -> Path:
+    """A CA and a dc1 server certificate made by `proconsul tls` (as Consul's `consul tls`), in tmp_path/certs."""
+    d = tmp_path / "certs"
+    d.mkdir()
+    for args in (["tls", "ca", "create"], ["tls", "cert", "create", "--server"]):
+        subprocess.run([*CLI, *args], cwd=d, check=True, capture_output=True, timeout=60)
+    return d
+
+
 def run(agent: AgentProcess | None, *args: str, stdin: str | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)

@@ -72,6 +72,15 @@ def test_http_bench_reports_cpu_per_request_pinned(tmp_path: Path) -> None:
         assert 0 < result[f"{arm}_cpu_s_per_1k"] < 10, (arm, result)
 
 
+def test_gossip_encryption_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gossip_encryption_bench.py"), "--rounds", "1",
+                          "--seconds", "1", "--members", "3"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((REPO / "bench" / "results" / "gossip_encryption.json").read_text())
+    assert result["pools"]["encrypted"]["packets"] > 0 and result["micro_per_packet"]["ping"]["added_us"] > 0
+
+
 def test_coordinates_bench_runs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "coordinates_bench.py"), "--members", "10",
                           "--samples", "2000", "--rounds", "1"], capture_output=True, text=True, timeout=120,

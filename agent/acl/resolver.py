@@ -3,7 +3,8 @@
 On a server, a cached authorizer stays valid while the ACL tables have not changed (their index is
 the cache's key), so a changed policy takes effect on the next request. On a client agent, which reads
 tokens from a server, entries live `token_ttl`; when no server answers, `down_policy` decides
-(Consul's extend-cache / async-cache keep using what is cached, then deny; allow; deny).
+(Consul's extend-cache / async-cache keep using what is cached, then deny; allow; deny). A secondary
+datacenter's server resolves from its replica what replication brought, and asks the primary for the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class _Entry:
     generation: int
     fetched: float
     expires: bool  # the token has an ExpirationTime (checked on every hit only then)
+    remote: bool  # read from a server or the primary datacenter: lives token_ttl (else: until the tables change)
+    index: int
+    bundle: dict[str, Any]
+
+
+class ACLUnavailable(Exception):
+    """No server (or, for a secondary's server, the primary datacenter) answered for a token this agent
+    has not cached: the caller applies its own down_policy."""
 
 
 class Resolver:
@@ -43,7 +52,7 @@ class Resolver:
 
     def __init__(self, *, default_allow: bool, down_policy: str, datacenter: str, token_ttl: float,
                  fetch: FetchBundle, clock: Callable[[], float], wall: Callable[[], float],
-                 fetch_local: FetchLocal | None = None) -> None:
+                 fetch_local: FetchLocal | None = None, fetch_remote: FetchBundle | None = None) -> None:
         self.default_allow = default_allow
         self.down_policy = down_policy
         self.datacenter = datacenter
@@ -52,6 +61,9 @@ class Resolver:
         self._clock = clock  # monotonic: cache ages
         self._wall = wall  # the epoch: token expiry
         self._fetch_local = fetch_local
+        # A secondary datacenter's server: tokens its replica lacks (global ones, without token replication)
+        # are read from the primary and live token_ttl; when the primary is unreachable, down_policy decides.
+        self._fetch_remote = fetch_remote
         self._generation = 0  # bumped by changed(): entries of an older generation are stale
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._parsed: dict[tuple[str, int], Rules] = {}
@@ -61,15 +73,15 @@ class Resolver:
         self._generation += 1
 
     def _fresh(self, entry: _Entry) -> bool:
-        if self._fetch_local is not None:
-            return entry.generation == self._generation
-        return self._clock() - entry.fetched < self.token_ttl
+        if entry.generation != self._generation and self._fetch_local is not None:
+            return False
+        return not entry.remote or self._clock() - entry.fetched < self.token_ttl
 
     def cached(self, secret: str) -> Authorizer | None:
         """The hot path: a cached, still valid authorizer, without awaiting anything; None on a miss."""
         entry = self._cache.get(secret or ANONYMOUS_SECRET)
         if entry is None or entry.generation != self._generation or (
-                self._fetch_local is None and self._clock() - entry.fetched >= self.token_ttl) or (
+                entry.remote and self._clock() - entry.fetched >= self.token_ttl) or (
                 entry.expires and expired(entry.token, self._wall())):
             return None
         return entry.authz
@@ -90,12 +102,40 @@ class Resolver:
         if hit is not None:
             return hit.authz, hit.token
         try:
-            index, bundle = self._fetch_local(secret) if self._fetch_local else await self._fetch(secret)
+            entry = await self._load(secret)
         except ACLNotFound:
             raise
-        except Exception as e:  # no server answers: the down policy decides
+        except Exception as e:  # no server (or primary) answers: the down policy decides
             return self._down(secret, self._cache.get(secret), e)
+        return entry.authz, entry.token
+
+    async def _load(self, secret: str) -> _Entry:
+        if self._fetch_local is None:
+            return self._build(secret, *await self._fetch(secret), remote=True)
+        index, bundle = self._fetch_local(secret)
+        if bundle.get("Token") is None and secret != ANONYMOUS_SECRET and self._fetch_remote is not None:
+            return self._build(secret, *await self._fetch_remote(secret), remote=True)
         return self._build(secret, index, bundle)
+
+    async def bundle(self, secret: str) -> tuple[int, dict[str, Any]]:
+        """What resolving `secret` read (the token, policies and roles), for a client agent asking this server;
+        ACLUnavailable when it could not be read and nothing usable is cached (the client's down_policy then
+        decides), ACLNotFound for an unknown secret."""
+        secret = secret or ANONYMOUS_SECRET
+        entry = self._hit(secret)
+        if entry is None:
+            try:
+                entry = await self._load(secret)
+            except ACLNotFound:
+                raise
+            except Exception as e:
+                stale = self._cache.get(secret)
+                if stale is None or self.down_policy not in ("extend-cache", "async-cache"):
+                    raise ACLUnavailable(f"cannot resolve the token: {e}") from None
+                log.warning("cannot resolve an ACL token (%s): down_policy %s keeps the cached one", e,
+                            self.down_policy)
+                entry = stale
+        return entry.index, entry.bundle
 
     def resolve_local(self, secret: str) -> Authorizer:
         """For synchronous callers on a server (DNS answering): resolve from the local replica; an unknown
@@ -107,12 +147,12 @@ class Resolver:
         if self._fetch_local is None:
             raise RuntimeError("resolve_local needs a local replica")
         try:
-            return self._build(secret, *self._fetch_local(secret))[0]
+            return self._build(secret, *self._fetch_local(secret)).authz
         except ACLNotFound:
             log.error("the agent's DNS token matches no ACL token: DNS answers as with no rules")
             return Authorizer(Rules(), default_allow=self.default_allow, accessor=ANONYMOUS_ACCESSOR)
 
-    def _build(self, secret: str, index: int, bundle: dict[str, Any]) -> tuple[Authorizer, dict[str, Any]]:
+    def _build(self, secret: str, index: int, bundle: dict[str, Any], remote: bool = False) -> _Entry:
         token = bundle.get("Token")
         if token is None and secret == ANONYMOUS_SECRET:
             token = anonymous_token()  # before the leader has written it
@@ -123,11 +163,13 @@ class Resolver:
                             self._parse)
         authz = Authorizer(rules, default_allow=self.default_allow, accessor=token["AccessorID"],
                            description=token.get("Description") or "")
-        self._cache[secret] = _Entry(authz, token, self._generation, self._clock(), bool(token.get("ExpirationTime")))
+        entry = _Entry(authz, token, self._generation, self._clock(), bool(token.get("ExpirationTime")), remote,
+                       index, dict(bundle, Token=token))
+        self._cache[secret] = entry
         self._cache.move_to_end(secret)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
-        return authz, token
+        return entry
 
     def _down(self, secret: str, entry: _Entry | None, err: Exception) -> tuple[Authorizer, dict[str, Any]]:
         log.warning("cannot resolve an ACL token (%s): applying down_policy %s", err, self.down_policy)

@@ -54,6 +54,13 @@ def _changed(agent: Any) -> None:
         agent.acl.invalidate()
 
 
+# ---------------------------------------------------------------------- replication
+@routes.get("/v1/acl/replication")
+async def replication(request: web.Request) -> web.Response:
+    """Consul's ACL replication status, as the leader sees it (open to every caller, as in Consul)."""
+    return json_response(request, request.app["agent"].cluster.acl_replication_status())
+
+
 # ---------------------------------------------------------------------- bootstrap
 @routes.put("/v1/acl/bootstrap")
 async def bootstrap(request: web.Request) -> web.Response:

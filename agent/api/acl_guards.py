@@ -3,7 +3,7 @@
 Every /v1 route must appear here (a test holds us to it), so a new endpoint cannot be left open by
 accident. A guard reads the path and query (never the body); routes whose right depends on the body,
 and listings that Consul filters rather than refuses, say `INSIDE` and check in their handler (with
-`acl_filter` for listings).
+`agent/acl/filters.py` for listings; the rights of catalog writes are in `agent/acl/enforce.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl import enforce
 from proconsul.agent.acl.authorizer import Authorizer
 
 Guard = Callable[[web.Request, Authorizer], Awaitable[None]]
@@ -85,30 +86,10 @@ def intention(access: str, param: str) -> Guard:
     return guard
 
 
-SERVICE_CONFIG_KINDS = ("service-defaults", "service-resolver", "service-splitter", "service-router",
-                        "service-intentions")
-
-
-def config_entry_right(authz: Authorizer, kind: str, name: str, access: str) -> bool:
-    """Consul's rule per config entry kind: service kinds need the service right (intentions: the intention
-    right on the destination); proxy-defaults is readable by anyone; the rest need mesh (or operator)."""
-    if kind == "service-intentions":
-        return authz.intention_allowed(name, access)
-    if kind in SERVICE_CONFIG_KINDS:
-        return authz.allowed("service", name, access)
-    if kind == "proxy-defaults" and access == "read":
-        return True
-    return authz.singleton_allowed("mesh", access)
-
-
 def config_entry(access: str) -> Guard:
     async def guard(request: web.Request, authz: Authorizer) -> None:
-        from proconsul.agent.acl.errors import PermissionDenied
-
         kind, name = request.match_info["kind"], request.match_info["name"]
-        if not config_entry_right(authz, kind, name, access):
-            raise PermissionDenied(authz.accessor, "service" if kind in SERVICE_CONFIG_KINDS else "mesh", access,
-                                   name if kind in SERVICE_CONFIG_KINDS else None)
+        enforce.require(authz, [enforce.Need("config", f"{kind}/{name}", access)])
     return guard
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.agent.api import acl_filter
+from proconsul.agent.acl import filters as acl_filter
 from proconsul.agent.api.acl_guards import require_check
 from proconsul.agent.api.agent_self import host_body, self_body, version_body
 from proconsul.agent.api.authz import authorizer, effective_token

@@ -52,10 +52,14 @@ def _consul(agent: Any) -> dict[str, str]:
 
 def _serf_lan(agent: Any) -> dict[str, str]:
     rows = agent.members()
+    stats = agent.cluster.lan.core.stats
     count = {s: sum(1 for r in rows if r["Status"] == code) for s, code in (("alive", 1), ("left", 3), ("failed", 4))}
     return {"members": str(len(rows)), "failed": str(count["failed"]), "left": str(count["left"]),
-            "health_score": "0", "encrypted": "false", "event_queue": "0", "event_time": "1",
-            "intent_queue": "0", "member_time": "1", "query_queue": "0", "query_time": "1"}
+            "health_score": "0", "encrypted": str(agent.cluster.keys.enabled).lower(), "event_queue": "0",
+            "event_time": "1",
+            "intent_queue": "0", "member_time": "1", "query_queue": "0", "query_time": "1",
+            # Ours: gossip frames dropped because they did not open (wrong key) or were plaintext.
+            **{k: str(stats.get(k, 0)) for k in ("dropped_key", "dropped_plaintext", "dropped_encrypted")}}
 
 
 def self_body(agent: Any) -> dict[str, Any]:

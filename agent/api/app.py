@@ -21,9 +21,11 @@ from proconsul.agent.api import snapshot as api_snapshot
 from proconsul.agent.api import status as api_status
 from proconsul.agent.api import tap as api_tap
 from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guard_for
-from proconsul.agent.api.authz import authorizer
+from proconsul.agent.api.authz import authorizer, effective_token
 from proconsul.agent.api.errors import Handler, error_boundary
+from proconsul.agent.api.forward import on_leader
 from proconsul.agent.api.params import datacenter_guard
+from proconsul.agent.cluster.caller import set_caller_token
 
 ROUTE_MODULES = [api_acl, api_agent, api_catalog, api_config, api_coordinate, api_discovery_chain, api_health,
                  api_kv, api_operator, api_query, api_session, api_snapshot, api_status, api_tap]
@@ -47,18 +49,21 @@ def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
         assert isinstance(route, web.RouteDef)
         handler = route.handler if route.method in ("GET", "HEAD") else datacenter_guard(route.handler)
         if app["agent"].acl is not None and route.path.startswith("/v1/"):
+            if route.path.startswith("/v1/acl/"):
+                handler = on_leader(handler)
             handler = acl_guarded(handler, guard_for(route.method, route.path) or MANAGEMENT)
         app.router.add_route(route.method, route.path, error_boundary(handler), **route.kwargs)
 
 
 def acl_guarded(handler: Handler, guard: Guard) -> Handler:
     """Check the route's right (acl_guards.GUARDS) before its handler runs; open routes resolve nothing, and
-    routes that check inside are left as they are."""
-    if guard is NONE or guard is INSIDE:
-        return handler
+    routes that check inside check there. Every RPC the request leads to carries its token (caller.py)."""
+    checked = guard is not NONE and guard is not INSIDE
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        await guard(request, await authorizer(request))
+        set_caller_token(effective_token(request))
+        if checked:
+            await guard(request, await authorizer(request))
         return await handler(request)
 
     guarded.__name__ = getattr(handler, "__name__", "handler")

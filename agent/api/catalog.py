@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proconsul.agent.api.acl_filter import filter_query, needs_filter
+from proconsul.agent.acl.enforce import deregister_needs, register_needs, require
+from proconsul.agent.acl.filters import filter_query, needs_filter
 from proconsul.agent.api.authz import FILTERED_HEADER, authorizer, effective_token
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
@@ -22,6 +23,7 @@ from proconsul.agent.api.params import (
 )
 from proconsul.agent.api.read_cache import Entry
 from proconsul.agent.api.responses import consul_headers, dumps, json_response
+from proconsul.agent.cluster.caller import results_filtered
 from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.local.definitions import DefinitionError, check_definition
 from proconsul.catalog import commands as c
@@ -93,7 +95,7 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
     headers = None
     if by_acl and authz is not None:
         result, dropped = filter_query(name, authz, result)
-        headers = {FILTERED_HEADER: "true"} if dropped else None
+        headers = {FILTERED_HEADER: "true"} if dropped or results_filtered() else None
     if filtered:
         if isinstance(result, dict) and "Services" in result:  # node-services: the filter applies to services
             result = dict(result, Services=filter_rows(request, result["Services"]))
@@ -229,14 +231,7 @@ async def register(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     body = want_dict(await json_body(request), "Register body")
     cmd = _register_command(body, agent.config.datacenter)
-    authz = await authorizer(request)
-    if not cmd.skip_node_update:
-        authz.require("node", cmd.node["Node"], "write")  # Consul: node:write unless the node is unchanged
-    if cmd.service is not None:
-        authz.require("service", cmd.service["Service"], "write")
-    for chk in cmd.checks:  # a check of the service registered with it rides on service:write; others need the node
-        if not (chk.get("ServiceID") and cmd.service is not None and chk["ServiceID"] == cmd.service.get("ID")):
-            authz.require("node", cmd.node["Node"], "write")
+    require(await authorizer(request), register_needs(cmd))
     result = await agent.backend.apply(cmd)
     return json_response(request, bool(result))
 
@@ -258,11 +253,9 @@ async def deregister(request: web.Request) -> web.Response:
 
 async def _may_deregister(agent: Any, authz: Any, body: dict[str, Any]) -> None:
     """Consul: a service needs service:write on its name, a node check or a whole node needs node:write."""
-    node = body["Node"]
+    node, name = body["Node"], None
     if body.get("ServiceID"):
         _, row = await agent.backend.query("catalog.node_services", {"node": node})
         svc = next((s for s in (row or {}).get("Services", []) if s["ID"] == body["ServiceID"]), None)
-        if svc is not None:
-            authz.require("service", svc["Service"], "write")
-        return
-    authz.require("node", node, "write")
+        name = svc["Service"] if svc is not None else None
+    require(authz, deregister_needs(node, name, bool(body.get("ServiceID"))))

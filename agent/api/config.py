@@ -12,9 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.agent.acl.errors import PermissionDenied
-from proconsul.agent.api import acl_filter
-from proconsul.agent.api.acl_guards import SERVICE_CONFIG_KINDS, config_entry_right
+from proconsul.agent.acl import filters as acl_filter
+from proconsul.agent.acl.enforce import Need, config_entry_right, require
 from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.catalog import run_query
@@ -95,9 +94,7 @@ async def put(request: web.Request) -> web.Response:
     primary_owned(request)
     entry = validate_entry(await json_body(request))
     authz = await authorizer(request)
-    if not config_entry_right(authz, entry["Kind"], entry["Name"], "write"):
-        raise PermissionDenied(authz.accessor, "service" if entry["Kind"] in SERVICE_CONFIG_KINDS else "mesh",
-                               "write", entry["Name"] if entry["Kind"] in SERVICE_CONFIG_KINDS else None)
+    require(authz, [Need("config", f"{entry['Kind']}/{entry['Name']}")])
     cas = uint_param(request, "cas") if "cas" in request.query else None
     return json_response(request, await put_entry(request.app["agent"], entry, cas))
 

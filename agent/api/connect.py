@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proconsul.agent.api import acl_filter
+from proconsul.agent.acl import filters as acl_filter
 from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
@@ -317,11 +317,20 @@ def attach(agent: Any) -> None:
 
             cfg = agent.config
             server.secondary = SecondaryCA(agent.store, cfg.datacenter, cfg.primary_datacenter,
-                                           agent.cluster.forward_dc, agent.backend.apply,
+                                           agent.cluster.forward_primary, agent.backend.apply,
                                            str((cfg.connect_ca_config or {}).get("leaf_cert_ttl", "72h")))
             agent.cluster.report_parts["SecondaryCA"] = server.secondary.report
         agent.connect = server
         _probe_gateways(agent)
+        if agent.config.auto_encrypt_allow_tls:
+            from proconsul.agent.connect import auto_encrypt
+
+            auto_encrypt.serve(server, agent.cluster.rpc.register, agent.config.datacenter)
+            server_ctx = agent.cluster.tls.server
+            if server_ctx is not None:
+                async def trust_roots(agent: Any, stop: asyncio.Event) -> None:
+                    await auto_encrypt.trust_connect_roots(server, server_ctx, stop)
+                agent.listeners.append(trust_roots)
     else:
         async def call_server(method: str, args: dict[str, Any]) -> Any:
             return await agent.cluster.call_any_server(method, args, timeout=30.0,

@@ -8,14 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.agent.acl.errors import PermissionDenied
-from proconsul.agent.api.acl_filter import filter_query
+from proconsul.agent.acl.enforce import kv_need, require, txn_op_need
+from proconsul.agent.acl.filters import filter_query
 from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.errors import BadRequest, TooLarge
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
 from proconsul.agent.api.responses import consul_headers, json_response
 from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind, refused
+from proconsul.agent.cluster.caller import results_filtered
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import is_read_op
 
@@ -57,6 +58,7 @@ async def get(request: web.Request) -> web.StreamResponse:
         idx, keys = await agent.backend.query("kv.keys", {"key": key, "separator": request.query.get("separator", "")},
                                               b.index, b.wait, mode)
         keys, dropped = filter_query("kv.keys", authz, keys)
+        dropped = dropped or results_filtered()
         if keys is None:
             return web.Response(status=404, headers=consul_headers(request, idx))
         return json_response(request, keys, index=idx, headers={FILTERED_HEADER: "true"} if dropped else None)
@@ -66,6 +68,7 @@ async def get(request: web.Request) -> web.StreamResponse:
             authz.require("key", key, "list")
         idx, rows = await agent.backend.query("kv.list", {"key": key}, b.index, b.wait, mode)
         rows, dropped = filter_query("kv.list", authz, rows)
+        dropped = dropped or results_filtered()
     else:
         if not key:
             raise BadRequest("Missing key name")
@@ -109,7 +112,7 @@ async def put(request: web.Request) -> web.Response:
         cmd = c.KVOp(verb="cas", key=key, value=value, flags=flags, index=uint_param(request, "cas"))
     else:
         cmd = c.KVOp(verb="set", key=key, value=value, flags=flags)
-    (await authorizer(request)).require("key", key, "write")
+    require(await authorizer(request), [kv_need(cmd.verb, key)])
     result = await agent.backend.apply(cmd)
     return json_response(request, bool(result))
 
@@ -128,12 +131,7 @@ async def delete(request: web.Request) -> web.Response:
             cmd = c.KVOp(verb="delete-cas", key=key, index=uint_param(request, "cas"))
         else:
             cmd = c.KVOp(verb="delete", key=key)
-    authz = await authorizer(request)
-    if cmd.verb == "delete-tree":
-        if not authz.key_write_prefix(key):
-            raise PermissionDenied(authz.accessor, "key", "write", key)
-    else:
-        authz.require("key", key, "write")
+    require(await authorizer(request), [kv_need(cmd.verb, key)])
     result = await agent.backend.apply(cmd)
     return json_response(request, bool(result))
 
@@ -188,32 +186,13 @@ async def _may_txn(request: web.Request, ops: list[dict[str, Any]]) -> None:
         return
     authz = await authorizer(request)
     for op in ops:
-        if op.get("Refused"):
-            continue
-        kind, verb = op.get("Kind", "KV"), op.get("Verb", "")
-        access = "read" if verb in ("get", "get-tree", "check-index", "check-session", "check-not-exists") else "write"
-        if kind == "KV":
-            key = op.get("Key", "")
-            if verb == "delete-tree":
-                if not authz.key_write_prefix(key):
-                    raise PermissionDenied(authz.accessor, "key", "write", key)
-            elif verb != "get-tree":  # get-tree results are filtered, as Consul does
-                authz.require("key", key, access)
-        elif kind == "Node":
-            authz.require("node", (op.get("Node") or {}).get("Node", ""), access)
-        elif kind == "Service":
-            svc = op.get("Service") or {}
-            authz.require("service", svc.get("Service") or svc.get("ID", ""), access)
-        elif kind == "Session":
+        node = None
+        if op.get("Kind") == "Session" and not op.get("Refused"):
             _, rows = await agent.backend.query("session.info", {"id": (op.get("Session") or {}).get("ID", "")})
-            if rows:
-                authz.require("session", rows[0]["Node"], access)
-        else:
-            chk = op.get("Check") or {}
-            if chk.get("ServiceName"):
-                authz.require("service", chk["ServiceName"], access)
-            else:
-                authz.require("node", op.get("Node") or chk.get("Node", ""), access)
+            node = rows[0]["Node"] if rows else None
+        need = txn_op_need(op, node)
+        if need is not None:
+            require(authz, [need])
 
 
 @routes.put("/v1/txn")

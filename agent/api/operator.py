@@ -13,8 +13,10 @@ from proconsul.agent.api.params import check_common, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.cluster import autopilot as ap
 from proconsul.agent.cluster.autopilot_driver import META_KEY, config_from_file
+from proconsul.agent.cluster.keyring import failures as keyring_failures
 from proconsul.agent.observe.profile import sample_stacks
 from proconsul.catalog import commands as c
+from proconsul.membership.keyring import KeyringError, decode_key
 
 routes = web.RouteTableDef()
 
@@ -171,5 +173,34 @@ async def usage(request: web.Request) -> web.Response:
 @routes.put("/v1/operator/keyring")
 @routes.delete("/v1/operator/keyring")
 async def keyring(request: web.Request) -> web.Response:
-    """No gossip encryption: every keyring operation fails, as Consul's does without `encrypt`."""
-    raise HTTPError("Keyring is empty: gossip encryption is not enabled on this cluster", 500)
+    """Gossip keyring: GET lists (Consul's KeyringResponse rows), POST installs, PUT uses, DELETE removes a key on
+    every member of the pool (agent/cluster/keyring.py). Without gossip encryption every call fails with
+    Consul's 500, as Consul's does."""
+    relay = uint_param(request, "relay-factor")
+    if relay > 5:
+        raise BadRequest("relay-factor: the maximum is 5")  # accepted for Consul's CLI; answers come back directly
+    cluster = request.app["agent"].cluster
+    op = {"GET": "list", "POST": "install", "PUT": "use", "DELETE": "remove"}[request.method]
+    key = ""
+    if op != "list":
+        body = fold_keys(want_dict(await json_body(request), "the body"), ("Key",))
+        key = body.get("Key")
+        if not isinstance(key, str) or not key:
+            raise BadRequest("Key: required, a base64 gossip key (`proconsul keygen` makes one)")
+        try:
+            decode_key(key, "Key")
+        except KeyringError as e:
+            raise BadRequest(str(e)) from None
+    if not cluster.keys.enabled:
+        raise HTTPError("Keyring is empty: gossip encryption is not enabled on this cluster", 500)
+    local_only = request.query.get("local-only", "false").lower() not in ("", "false", "0")
+    try:
+        rows = await cluster.keyring_operation(op, key, local_only)
+    except KeyringError as e:
+        raise HTTPError(str(e), 500) from None
+    if op == "list":
+        return json_response(request, rows)
+    failed = keyring_failures(rows)
+    if failed:
+        raise HTTPError(failed, 500)
+    return web.Response(status=200)

@@ -16,7 +16,7 @@ import hcl2
 import orjson
 from aiohttp import web
 
-from proconsul.agent.api.acl_filter import needs_filter
+from proconsul.agent.acl.filters import needs_filter
 from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.connect import _connect

@@ -24,6 +24,7 @@ from proconsul.agent.cli import (
     event,
     intention,
     k8s_sync,
+    keyring,
     kv,
     lock,
     maint,
@@ -51,7 +52,8 @@ app = typer.Typer(
 )
 
 for _group in (acl, agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv,
-               config_entries, snapshot, event, rtt, intention, connect, canary, tls, troubleshoot, k8s_sync):
+               config_entries, snapshot, event, rtt, intention, connect, canary, tls, troubleshoot, k8s_sync,
+               keyring):
     _group.register(app)
 
 

@@ -1,8 +1,7 @@
-"""`proconsul validate` (check config files without starting an agent) and `proconsul keygen`."""
+"""`proconsul validate`: check config files without starting an agent."""
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 from typing import Annotated
@@ -33,11 +32,5 @@ def validate(paths: Annotated[list[str], typer.Argument(help="Config files or di
         typer.echo("Configuration is valid!")
 
 
-def keygen() -> None:
-    """Print a new 32-byte gossip encryption key (base64), as Consul's `keygen` does."""
-    typer.echo(base64.b64encode(os.urandom(32)).decode())
-
-
 def register(app: typer.Typer) -> None:
     app.command()(validate)
-    app.command()(keygen)

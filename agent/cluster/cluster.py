@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from proconsul.agent.cluster.autopilot_driver import AutopilotDriver
+from proconsul.agent.cluster.caller import acting_as, with_token
 from proconsul.agent.cluster.coordinate_sync import CoordinateFlusher, CoordinateSender, update_row
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterHost
+from proconsul.agent.cluster.keyring import GossipKeys, Target
 from proconsul.agent.cluster.lan import LANGossip, lan_timings
 from proconsul.agent.cluster.membership import STATUS_CODES, Member
 from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
@@ -60,6 +62,9 @@ from proconsul.consensus.node import NodeOptions, RaftNode, Server
 from proconsul.consensus.storage import FileStorage, MemoryStorage
 from proconsul.membership.config import WAN
 from proconsul.membership.errors import JoinError, MembershipError
+from proconsul.membership.keyring import KeyringError
+from proconsul.membership.view import ALIVE as REC_ALIVE
+from proconsul.membership.view import SUSPECT as REC_SUSPECT
 
 log = logging.getLogger("proconsul.cluster")
 
@@ -135,11 +140,16 @@ class Cluster:
                                            lambda v: as_duration("gossip_wan", v, "gossip_wan"), WAN, "gossip_wan")
         except (MembershipError, ConfigError) as e:
             raise ClusterError(str(e)) from None
+        try:
+            self.keys = GossipKeys(cfg, wan=bool(cfg.server and cfg.serf_wan_port >= 0))
+        except KeyringError as e:
+            raise ClusterError(str(e)) from None
         # The incarnation starts at the wall clock's seconds, so a restarted agent is newer than it was.
         self.lan = LANGossip(cfg.node_name, cfg.advertise, max(cfg.serf_lan_port, 0), self._tags(), cfg.datacenter,
                              cfg.serf_lan_addr or cfg.bind_addr, timings=timings, retry_join=cfg.retry_join,
                              retry_interval=cfg.retry_interval, rng=self.rng, incarnation=int(time.time()),
-                             on_change=self.membership_changed)
+                             on_change=self.membership_changed, sealer=self.keys.lan_sealer,
+                             on_request=self.keys.handle)
         self.members = self.lan.members
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
@@ -175,7 +185,51 @@ class Cluster:
                 forward_dc=self.forward_dc, apply=lambda cmd: self.server().apply(cmd),
                 local_rows=lambda table: self.server().store.table_list(table)[1],
                 rng=random.Random(self.rng.getrandbits(64))))
+            if self.acl_replication:
+                self._init_acl_replication()
         ServerEndpoints(self).register(self.rpc)
+
+    @property
+    def acl_replication(self) -> bool:
+        """A secondary's servers copy the primary's ACL policies and roles (and, with
+        enable_token_replication, its global tokens) once they have a replication token, as Consul's."""
+        acl = self.config.acl
+        return self.secondary and acl.enabled and bool(acl.tokens.get("replication"))
+
+    def _init_acl_replication(self) -> None:
+        cfg = self.config
+        tables = [("acl-policies", "acl_policies", "ID", None), ("acl-roles", "acl_roles", "ID", None)]
+        if cfg.acl.enable_token_replication:
+            tables.append(("acl-tokens", "acl_tokens", "AccessorID", lambda r: not r.get("Local")))
+        for name, table, key, select in tables:
+            self.replicators.append(TableReplicator(
+                name, cfg.primary_datacenter, table, "table.list", {"table": table},
+                lambda r, k=key: r[k], is_leader=self.is_leader, leading=self.leading, forward_dc=self.forward_dc,
+                apply=lambda cmd: self.server().apply(cmd),
+                local_rows=lambda t: self.server().store.table_list(t)[1],
+                rng=random.Random(self.rng.getrandbits(64)), select=select))
+
+    def acl_replication_status(self) -> dict[str, Any]:
+        """Consul's /v1/acl/replication, from this server's ACL replicators."""
+        from proconsul.agent.acl.state import rfc3339
+
+        def when(t: float) -> str:
+            return rfc3339(t) if t else "0001-01-01T00:00:00Z"
+
+        reps = {r.status.name: r.status for r in self.replicators if r.status.name.startswith("acl-")}
+        enabled = self.acl_replication
+        errors = sorted((s for s in reps.values() if s.last_error_at), key=lambda s: s.last_error_at)
+        successes = [s.last_success for s in reps.values() if s.last_success]
+        return {"Enabled": enabled, "Running": enabled and any(s.running for s in reps.values()),
+                "SourceDatacenter": self.config.primary_datacenter if enabled else "",
+                "ReplicationType": ("tokens" if self.config.acl.enable_token_replication else "policies")
+                if enabled else "",
+                "ReplicatedIndex": reps["acl-policies"].index if "acl-policies" in reps else 0,
+                "ReplicatedRoleIndex": reps["acl-roles"].index if "acl-roles" in reps else 0,
+                "ReplicatedTokenIndex": reps["acl-tokens"].index if "acl-tokens" in reps else 0,
+                "LastSuccess": when(min(successes) if len(successes) == len(reps) and reps else 0.0),
+                "LastError": when(errors[-1].last_error_at if errors else 0.0),
+                "LastErrorMessage": errors[-1].last_error if errors else ""}
 
     def _tags(self) -> dict[str, str]:
         cfg = self.config
@@ -188,6 +242,16 @@ class Cluster:
                 tags["wan_join_port"] = str(cfg.serf_wan_port)
         return tags
 
+    async def keyring_operation(self, op: str, key: str = "", local_only: bool = False) -> list[dict[str, Any]]:
+        """A keyring operation on every member of the LAN pool and, on a server, of the WAN pool
+        (agent/cluster/keyring.py)."""
+        def others(core: Any) -> list[Target]:
+            return [Target(r.node.name, r.node.addr, r.node.port) for r in core.view
+                    if r.node.name != core.name and r.state in (REC_ALIVE, REC_SUSPECT)]
+
+        wan = (self.wan.pool, others(self.wan.core)) if self.wan is not None else None
+        return await self.keys.operate(self.lan.pool, others(self.lan.core), op, key, local_only, wan)
+
     # ------------------------------------------------------------------ WAN pool and router (servers)
     def _init_wan(self) -> None:
         cfg = self.config
@@ -198,7 +262,8 @@ class Cluster:
         self.wan = WANPool(me, cfg.serf_wan_addr or cfg.bind_addr, timings=self.wan_timings,
                            retry_join=cfg.retry_join_wan, retry_interval=cfg.retry_interval_wan, rng=self.rng,
                            incarnation=int(time.time()), on_change=self._wan_changed,
-                           local_servers=self._local_wan_servers)
+                           local_servers=self._local_wan_servers, sealer=self.keys.wan_sealer,
+                           on_request=self.keys.handle)
         self.router = Router(self.wan, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
 
@@ -333,14 +398,14 @@ class Cluster:
         """Send an RPC to a server of another datacenter: through the router on a server, through a
         server of ours on a client agent (clients never dial other datacenters)."""
         if self.router is not None:
-            return await self.router.call(datacenter, method, args, timeout, idempotent=idempotent,
+            return await self.router.call(datacenter, method, self.stamp(args), timeout, idempotent=idempotent,
                                           now=lambda: asyncio.get_running_loop().time())
         if self.raft is not None:  # a server with its WAN port off: it knows no other datacenter
             from proconsul.agent.cluster.errors import NoPathToDatacenter
 
             raise NoPathToDatacenter(datacenter)
         return await self.call_any_server("federation.forward", {
-            "dc": datacenter, "method": method, "args": args, "timeout": timeout, "idempotent": idempotent},
+            "dc": datacenter, "method": method, "args": self.stamp(args), "timeout": timeout, "idempotent": idempotent},
             timeout=None if timeout is None else timeout + 5.0, idempotent=idempotent)
 
     @property
@@ -391,7 +456,8 @@ class Cluster:
         cfg = self.config
         server = self.host.server
         assert server is not None
-        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft, self.tls.server)
+        self.port = ServerPort(cfg.bind_addr, cfg.server_port, self.rpc, self._serve_raft, self.tls.server,
+                               self.tls.cert_required)
         bound = await self._listen("server RPC", self.port.start, "server_port")
         if cfg.dev:
             storage: Any = MemoryStorage()
@@ -457,10 +523,27 @@ class Cluster:
             if self.wan is not None:
                 tg.create_task(self.wan.run(stop), name="wan-gossip")
             for rep in self.replicators:
-                tg.create_task(rep.run(stop), name=f"replicate-{rep.status.name}")
+                tg.create_task(self._replicate(rep, stop), name=f"replicate-{rep.status.name}")
             if self.raft is not None:
                 tg.create_task(self._bootstrap_loop(stop), name="bootstrap-expect")
                 tg.create_task(self._reconcile_loop(stop), name="leader-reconcile")
+
+    async def forward_primary(self, datacenter: str, method: str, args: dict[str, Any], timeout: float | None = None,
+                              idempotent: bool = False) -> Any:
+        """A secondary's own call to the primary (replication, its intermediate CA): with ACLs on it carries
+        acl.tokens.replication, as Consul's do."""
+        token = self.config.acl.tokens.get("replication", "")
+        with acting_as(token) if token else contextlib.nullcontext():
+            return await self.forward_dc(datacenter, method, args, timeout, idempotent)
+
+    async def _replicate(self, rep: TableReplicator, stop: asyncio.Event) -> None:
+        """A replicator's calls to the primary carry acl.tokens.replication (Consul's replication token)."""
+        token = self.config.acl.tokens.get("replication", "")
+        if self.config.acl.enabled and not token:
+            log.warning("replication of %s from %s: no acl.tokens.replication set; the primary checks these "
+                        "reads against this server's agent token", rep.status.name, rep.primary)
+        with acting_as(token) if token else contextlib.nullcontext():
+            await rep.run(stop)
 
     # ------------------------------------------------------------------ status
     def has_raft_state(self) -> bool:
@@ -530,8 +613,13 @@ class Cluster:
         log.warning("debug: traffic to and from %s is dropped", ", ".join(sorted(names)) or "no one")
 
     # ------------------------------------------------------------------ forwarding
+    def stamp(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments with the caller's token (the agent's own for its own work): with ACLs on,
+        the server that runs the call checks it (rpc_acl.py)."""
+        return with_token(args, self.host.own_token()) if self.config.acl.enabled else args
+
     async def forward(self, address: str, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
-        return await self.pool.call(address, method, args, timeout)
+        return await self.pool.call(address, method, self.stamp(args), timeout)
 
     async def call_any_server(self, method: str, args: dict[str, Any], timeout: float | None = None,
                               idempotent: bool = True) -> Any:
@@ -541,6 +629,7 @@ class Cluster:
         self.rng.shuffle(servers)
         if not servers:
             raise NoLeader("No known Consul servers")
+        args = self.stamp(args)
         last: Exception | None = None
         for m in servers:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proconsul.agent.cluster.caller import results_filtered
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.cluster.host import ClusterOps
 from proconsul.agent.cluster.rpc import RPCServer
@@ -54,7 +55,7 @@ class ServerEndpoints:
         idx, result = await server.query(args["name"], args["args"], args.get("index", 0),
                                          args.get("wait", 300.0), args.get("mode", "leader"))
         rep = server.replicator
-        return [idx, result, bool(rep.leader), rep.last_contact()]
+        return [idx, result, bool(rep.leader), rep.last_contact(), results_filtered()]
 
     async def _rpc_session_create(self, args: dict[str, Any]) -> Any:
         return await self.server().session_create(args["session"])

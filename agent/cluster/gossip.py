@@ -23,7 +23,7 @@ from proconsul.membership import core as k
 from proconsul.membership.config import Timings
 from proconsul.membership.core import Membership
 from proconsul.membership.errors import JoinError
-from proconsul.membership.pool import Pool, Sealer
+from proconsul.membership.pool import Pool, RequestHandler, Sealer
 
 LEAVE_PROPAGATE_DELAY = 5.0  # Consul's leave_propagate_delay bound: wait this long at most for the news
 
@@ -41,7 +41,8 @@ class GossipMember:
                  timings: Timings, what: str, default_port: int, retry_join: list[str] | None = None,
                  retry_interval: float = 30.0, rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
-                 on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None) -> None:
+                 on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None,
+                 on_request: RequestHandler | None = None) -> None:
         self.rng = rng or random.Random()
         self.core = Membership(name, addr, port, tags, rng=random.Random(self.rng.getrandbits(64)), timings=timings,
                                label=label, incarnation=incarnation)
@@ -56,7 +57,7 @@ class GossipMember:
         self.retry_interval = retry_interval
         self.on_change = on_change or (lambda names: None)
         self.on_event = on_event
-        self.pool = Pool(self.core, bind, port, on_events=self._events, sealer=sealer)
+        self.pool = Pool(self.core, bind, port, on_events=self._events, sealer=sealer, on_request=on_request)
         self._blocked: set[str] = set()
         self._started = False
 

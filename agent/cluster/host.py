@@ -25,6 +25,10 @@ class ClusterHost(Protocol):
 
     async def consistent_read(self) -> None: ...
 
+    def own_token(self) -> str:
+        """The token the agent's own RPCs carry (acl.tokens.agent, else default)."""
+        ...
+
     def user_event(self, event: dict[str, Any]) -> bool: ...
 
 

@@ -19,7 +19,7 @@ from proconsul.agent.cluster.gossip import GossipMember
 from proconsul.agent.cluster.membership import MemberList
 from proconsul.membership.config import LAN, Timings
 from proconsul.membership.errors import JoinError
-from proconsul.membership.pool import Sealer, parse_address
+from proconsul.membership.pool import RequestHandler, Sealer, parse_address
 
 DEFAULT_PORT = 8301
 
@@ -46,10 +46,12 @@ class LANGossip(GossipMember):
                  timings: Timings = LAN, retry_join: list[str] | None = None, retry_interval: float = 30.0,
                  rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
-                 on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None) -> None:
+                 on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None,
+                 on_request: RequestHandler | None = None) -> None:
         super().__init__(name, addr, port, tags, label=f"lan:{datacenter}", bind=bind, timings=timings, what="LAN",
                          default_port=DEFAULT_PORT, retry_join=retry_join, retry_interval=retry_interval, rng=rng,
-                         incarnation=incarnation, on_change=on_change, on_event=on_event, sealer=sealer)
+                         incarnation=incarnation, on_change=on_change, on_event=on_event, sealer=sealer,
+                         on_request=on_request)
         self.datacenter = datacenter
         self.members = MemberList(self.core, self._now)
 

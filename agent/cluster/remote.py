@@ -12,6 +12,7 @@ import asyncio
 import random
 from typing import Any
 
+from proconsul.agent.cluster.caller import mark_filtered
 from proconsul.agent.cluster.host import ServerCall
 from proconsul.agent.cluster.rpc import NoLeader
 from proconsul.agent.cluster.server import DEFAULT_WAIT, LEADER_HOLD, MAX_WAIT, NotLeaderError
@@ -42,10 +43,11 @@ class RemoteBackend:
 
     async def query(self, name: str, args: dict[str, Any], min_index: int = 0, wait: float = DEFAULT_WAIT,
                     mode: str = "leader") -> tuple[int, Any]:
-        idx, result, known, contact = await self._call(
+        idx, result, known, contact, *filtered = await self._call(
             "catalog.query", {"name": name, "args": args, "index": min_index, "wait": wait, "mode": mode},
             timeout=min(wait, MAX_WAIT) + 30.0, idempotent=True)
         self.known_leader, self.last_contact = known, contact
+        mark_filtered(bool(filtered and filtered[0]))  # the server cut the answer to the caller's token
         return idx, result
 
     async def session_create(self, session: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """Replication from the primary datacenter: what it owns, copied into a secondary by its leader.
 
 A secondary's leader runs one `TableReplicator` per replicated table (config entries — intentions
-included, as `service-intentions` entries). Each holds a blocking query open against the primary
+included, as `service-intentions` entries; with ACLs, policies, roles and, with
+`acl.enable_token_replication`, the global tokens, as Consul's ACL replication does, with the
+`acl.tokens.replication` token). Each holds a blocking query open against the primary
 (through the router) and, on every answer, applies the difference to the local table through Raft:
 rows that are new or changed are set, rows the primary no longer has are deleted. A cut WAN only
 delays it: the loop backs off, retries, and catches up from the primary's current state. Followers
@@ -71,8 +73,10 @@ class TableReplicator:
     def __init__(self, name: str, primary: str, table: str, query: str, args: dict[str, Any],
                  key: Callable[[dict[str, Any]], str], *, is_leader: Callable[[], bool], leading: asyncio.Event,
                  forward_dc: Callable[..., Awaitable[Any]], apply: Callable[[c.Command], Awaitable[Any]],
-                 local_rows: Callable[[str], list[dict[str, Any]]], rng: random.Random | None = None) -> None:
+                 local_rows: Callable[[str], list[dict[str, Any]]], rng: random.Random | None = None,
+                 select: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.status = ReplicationStatus(name, primary)
+        self.select = select  # the rows this replicator owns, on both sides (ACL tokens: the global ones)
         self.primary = primary
         self.table = table
         self.query = query
@@ -106,7 +110,10 @@ class TableReplicator:
                 new_index, rows = answer
                 if not self.is_leader():
                     return
-                cmds = plan_table(self.table, self.local_rows(self.table), rows, self.key)
+                local = self.local_rows(self.table)
+                if self.select is not None:
+                    local, rows = [r for r in local if self.select(r)], [r for r in rows if self.select(r)]
+                cmds = plan_table(self.table, local, rows, self.key)
                 if cmds:
                     await self.apply(c.Batch(commands=cmds))
                     self.status.applied += len(cmds)

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from proconsul.agent.cluster.caller import TOKEN_ARG, set_caller_token
 from proconsul.catalog import errors as catalog_errors
 
 log = logging.getLogger("proconsul.rpc")
@@ -55,6 +56,14 @@ class UnknownMethod(RPCError):
     """The server has no such RPC method."""
 
 
+class ClientCertRequired(RPCError):
+    """A call on a connection without a client certificate to a server that verifies incoming connections."""
+
+
+# What a server with auto_encrypt.allow_tls serves on a TLS connection that presented no certificate.
+WITHOUT_CERT = frozenset({"auto_encrypt.sign"})
+
+
 # Error kinds on the wire <-> exception types. Anything else arrives as RPCError(kind: message).
 _KINDS: dict[str, type[Exception]] = {
     "InvalidRequest": catalog_errors.InvalidRequest,
@@ -65,13 +74,15 @@ _KINDS: dict[str, type[Exception]] = {
     "NoLeader": NoLeader,
     "NotLeaderError": NoLeader,  # the server role's "No cluster leader": nothing was proposed
     "UnknownMethod": UnknownMethod,
+    "ClientCertRequired": ClientCertRequired,
 }
-_EXTRA_KINDS: dict[str, type[Exception]] = {}
+_EXTRA_KINDS: dict[str, Callable[[str], Exception]] = {}
 
 
-def register_error(exc_type: type[Exception]) -> None:
-    """Let another component's exception type cross RPC as itself (it must take one message argument)."""
-    _EXTRA_KINDS[exc_type.__name__] = exc_type
+def register_error(exc_type: type[Exception], make: Callable[[str], Exception] | None = None) -> None:
+    """Let another component's exception type cross RPC as itself: built from its message by `make`, else
+    by the type itself (which must then take one message argument)."""
+    _EXTRA_KINDS[exc_type.__name__] = make or exc_type
 
 
 def error_to_wire(exc: BaseException) -> list[str]:
@@ -98,6 +109,8 @@ async def read_frame(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -
 
 
 Method = Callable[[dict[str, Any]], Awaitable[Any]]
+# Checks a call before it runs (raising refuses it) and may return what to do to its result (ACLs).
+Guard = Callable[[str, dict[str, Any]], Awaitable[Callable[[Any], Any] | None]]
 
 
 class CoalescingWriter:
@@ -128,13 +141,15 @@ class RPCServer:
 
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
+        self.guard: Guard | None = None
         self.stats = {"calls": 0, "errors": 0, "bad_frames": 0}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def register(self, name: str, method: Method) -> None:
         self.methods[name] = method
 
-    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                               only: frozenset[str] | None = None) -> None:
         calls: set[asyncio.Task[Any]] = set()
         out = CoalescingWriter(writer)
         try:
@@ -143,7 +158,7 @@ class RPCServer:
                 if (type(frame) is not list or len(frame) != 3 or type(frame[0]) is not int
                         or type(frame[1]) is not str or type(frame[2]) is not dict):
                     raise ValueError("not an RPC request frame")
-                task = asyncio.get_running_loop().create_task(self._call(out, *frame))
+                task = asyncio.get_running_loop().create_task(self._call(out, *frame, only=only))
                 calls.add(task)
                 task.add_done_callback(calls.discard)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -156,15 +171,25 @@ class RPCServer:
                 task.cancel()
             writer.close()
 
-    async def _call(self, out: CoalescingWriter, seq: int, name: str, args: dict[str, Any]) -> None:
+    async def _call(self, out: CoalescingWriter, seq: int, name: str, args: dict[str, Any],
+                    only: frozenset[str] | None = None) -> None:
         self.stats["calls"] += 1
         method = self.methods.get(name)
         error: list[str] | None = None
         result: Any = None
         try:
+            if only is not None and name not in only:
+                raise ClientCertRequired(f"{name} needs a client certificate: this server verifies incoming "
+                                         "connections (verify_incoming); give the agent tls cert_file/key_file, "
+                                         "or auto_encrypt { tls = true }")
             if method is None:
                 raise UnknownMethod(f"unknown RPC method {name!r}")
+            # Calls this one makes (a follower's forward to the leader) carry the caller's token, never ours.
+            set_caller_token(str(args.get(TOKEN_ARG) or ""))
+            post = await self.guard(name, args) if self.guard is not None else None
             result = await method(args)
+            if post is not None:
+                result = post(result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -207,7 +232,9 @@ class RPCConnection:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(
                     host.strip("[]"), int(port), ssl=self.tls,
                     server_hostname=(self.server_hostname or host.strip("[]")) if self.tls else None), DIAL_TIMEOUT)
-            except (OSError, TimeoutError, ValueError, ssl.SSLError) as e:
+            except ssl.SSLError as e:
+                raise RPCNotSent(tls_refusal(self.address, e)) from None
+            except (OSError, TimeoutError, ValueError) as e:
                 raise RPCNotSent(f"cannot reach server {self.address}: {e or 'timeout'}") from None
             writer.write(MUX_RPC)
             self._writer, self._out = writer, CoalescingWriter(writer)
@@ -226,6 +253,8 @@ class RPCConnection:
                     fut.set_exception(error_from_wire(err[0], err[1]))
                 else:
                     fut.set_result(result)
+        except ssl.SSLError as e:
+            error = RPCUnavailable(tls_refusal(self.address, e))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except (ValueError, TypeError, msgpack.UnpackException) as e:
@@ -270,6 +299,19 @@ class RPCConnection:
                 await self._reader_task
 
 
+def tls_refusal(address: str, e: Exception) -> str:
+    """A TLS failure in words that say what to do (TLS 1.3 reports a missing client certificate only on the
+    first read, as an alert)."""
+    text = str(e)
+    if "CERTIFICATE_REQUIRED" in text.upper():
+        return (f"server {address} requires a client certificate (tls verify_incoming): give this agent tls "
+                "cert_file/key_file, or set auto_encrypt { tls = true } (with auto_encrypt { allow_tls = true } "
+                "on the servers)")
+    if "CERTIFICATE_VERIFY_FAILED" in text.upper() or "UNKNOWN_CA" in text.upper() or "BAD_CERTIFICATE" in text.upper():
+        return f"server {address} and this agent do not trust each other's certificate (check tls ca_file): {e}"
+    return f"TLS with server {address} failed: {e}"
+
+
 class RPCPool:
     """One connection per server address, opened on first use and re-opened after it breaks."""
 
@@ -301,8 +343,11 @@ class ServerPort:
 
     def __init__(self, bind: str, port: int, rpc: RPCServer,
                  raft: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, cert_required: bool = False) -> None:
         self.tls = tls  # when set, every connection is TLS (the mux byte comes inside it)
+        # The TLS context lets a peer without a certificate in (auto_encrypt.allow_tls): such a peer gets
+        # only the calls that hand out certificates, never Raft.
+        self.cert_required = cert_required
         self.bind = bind
         self.port = port
         self.rpc = rpc
@@ -322,8 +367,12 @@ class ServerPort:
             self._conns.add(task)
         try:
             tag = await asyncio.wait_for(reader.readexactly(1), 10.0)
+            anonymous = self.cert_required and not writer.get_extra_info("peercert")
             if tag == MUX_RPC:
-                await self.rpc.serve_connection(reader, writer)
+                await self.rpc.serve_connection(reader, writer, WITHOUT_CERT if anonymous else None)
+            elif anonymous:
+                log.warning("server port: refusing Raft from %s: it presented no client certificate",
+                            writer.get_extra_info("peername"))
             elif tag == MUX_RAFT and self.raft is not None:
                 await self.raft(reader, writer)
             else:

@@ -2,7 +2,9 @@
 `tls.internal_rpc`: a server with `cert_file`/`key_file` accepts only TLS on its server port and,
 with `verify_incoming`, only peers whose certificate the CA signed; with `verify_outgoing` an agent
 dials servers over TLS, checking their certificate against `ca_file` — and, with
-`verify_server_hostname`, that it names `server.<datacenter>.<domain>`.
+`verify_server_hostname`, that it names `server.<datacenter>.<domain>`. With `auto_encrypt.tls` a client
+agent dials with `ca_file` and, once the servers have signed it (agent/connect/auto_encrypt.py), its own
+certificate.
 """
 
 from __future__ import annotations
@@ -22,11 +24,34 @@ class RPCTLS:
     server: ssl.SSLContext | None  # wraps the server port's listener
     client: ssl.SSLContext | None  # for dialling servers (RPC and Raft)
     server_hostname: str | None  # the name checked on servers' certificates (verify_server_hostname)
+    # verify_incoming with auto_encrypt.allow_tls: the handshake lets a client without a certificate in, and
+    # the server port then serves it nothing but the auto_encrypt calls.
+    cert_required: bool = False
+
+
+def _auto_encrypt_errors(cfg: AgentConfig) -> None:
+    t = cfg.tls
+    if cfg.auto_encrypt_tls:
+        if cfg.server:
+            raise TLSConfigError("auto_encrypt.tls is for client agents (servers sign their certificates: "
+                                 "auto_encrypt.allow_tls)")
+        if not t.ca_file:
+            raise TLSConfigError("auto_encrypt.tls needs tls ca_file: the CA that signed the servers' certificates")
+        if t.cert_file:
+            raise TLSConfigError("auto_encrypt.tls and tls cert_file/key_file exclude each other: the agent "
+                                 "certificate comes from the servers")
+    if cfg.auto_encrypt_allow_tls:
+        if not cfg.server:
+            raise TLSConfigError("auto_encrypt.allow_tls is for servers (client agents ask with auto_encrypt.tls)")
+        if not cfg.connect_enabled:
+            raise TLSConfigError("auto_encrypt.allow_tls needs Connect (connect.enabled): the Connect CA signs "
+                                 "the agent certificates")
 
 
 def rpc_tls(cfg: AgentConfig) -> RPCTLS:
     t = cfg.tls
-    if not t.enabled:
+    _auto_encrypt_errors(cfg)
+    if not t.enabled and not cfg.auto_encrypt_tls:
         if t.verify_incoming:
             raise TLSConfigError("tls: verify_incoming needs cert_file and key_file (the server's own certificate)")
         return RPCTLS(None, None, None)
@@ -44,8 +69,8 @@ def rpc_tls(cfg: AgentConfig) -> RPCTLS:
             server_ctx.load_cert_chain(t.cert_file, t.key_file)
             if t.ca_file:
                 server_ctx.load_verify_locations(t.ca_file)
-            server_ctx.verify_mode = ssl.CERT_REQUIRED if t.verify_incoming else ssl.CERT_OPTIONAL \
-                if t.ca_file else ssl.CERT_NONE
+            server_ctx.verify_mode = ssl.CERT_REQUIRED if t.verify_incoming and not cfg.auto_encrypt_allow_tls \
+                else ssl.CERT_OPTIONAL if t.ca_file or cfg.auto_encrypt_allow_tls else ssl.CERT_NONE
         client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=t.ca_file or None)
         client_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         client_ctx.check_hostname = t.verify_server_hostname
@@ -56,4 +81,4 @@ def rpc_tls(cfg: AgentConfig) -> RPCTLS:
         raise TLSConfigError(f"tls: cannot load the certificates (ca_file={t.ca_file!r}, cert_file={t.cert_file!r}, "
                              f"key_file={t.key_file!r}): {getattr(e, 'strerror', None) or e}") from None
     hostname = f"server.{cfg.datacenter}.{cfg.domain.rstrip('.')}" if t.verify_server_hostname else None
-    return RPCTLS(server_ctx, client_ctx, hostname)
+    return RPCTLS(server_ctx, client_ctx, hostname, bool(cfg.server and t.verify_incoming and cfg.auto_encrypt_allow_tls))

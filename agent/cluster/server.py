@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from proconsul.agent.cluster.caller import mark_filtered
 from proconsul.agent.cluster.rpc import NoLeader, RPCNotSent, RPCUnavailable
 from proconsul.agent.cluster.watch import ChangeNotifier
 from proconsul.catalog import commands as c
@@ -207,6 +208,7 @@ class ServerRole:
         result = await self.on_leader(here, "catalog.query", {"name": name, "args": args, "index": min_index,
                                                                "wait": wait, "mode": mode},
                                       timeout=min(wait, MAX_WAIT) + 30.0, idempotent=True)
+        mark_filtered(len(result) > 4 and bool(result[4]))  # the leader cut the answer to the caller's token
         return result[0], result[1]
 
     async def _query_here(self, name: str, args: dict[str, Any], min_index: int, wait: float) -> tuple[int, Any]:

@@ -245,6 +245,19 @@ def _refused(why: str, allow: Callable[[Any], bool] = lambda v: False) -> Setter
     return setter
 
 
+def _encrypt(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """The gossip key: checked here, so a malformed one stops the agent with one line naming it."""
+    from proconsul.membership.keyring import KeyringError, decode_key
+
+    if value in ("", None):
+        return
+    try:
+        decode_key(value if isinstance(value, str) else repr(value), key)
+    except KeyringError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    cfg.encrypt = value.strip()
+
+
 def _silently(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     """Keys whose Consul meaning is already what Proconsul does (e.g. there is no update check to disable)."""
 
@@ -426,6 +439,23 @@ ACL_POLICIES = ("allow", "deny")
 ACL_DOWN_POLICIES = ("allow", "deny", "extend-cache", "async-cache")
 
 
+def _auto_encrypt(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's `auto_encrypt { tls, allow_tls, dns_san, ip_san }` (which side may use which is checked once
+    the whole configuration is read)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: auto_encrypt must be an object (tls = true on clients, allow_tls = true on "
+                          "servers)")
+    for k, v in value.items():
+        if k in ("tls", "allow_tls"):
+            setattr(cfg, f"auto_encrypt_{k}", as_bool(f"auto_encrypt.{k}", v, src))
+        elif k in ("dns_san", "ip_san"):
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"{src}: auto_encrypt.{k} must be a list of strings")
+            setattr(cfg, f"auto_encrypt_{k}", list(v))
+        else:
+            raise ConfigError(f"{src}: unknown key auto_encrypt.{k} (tls, allow_tls, dns_san, ip_san)")
+
+
 def _acl(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     """Consul's `acl` block: enabled, default_policy, down_policy, token TTLs, persistence, tokens."""
     if isinstance(value, bool) or value in ("false", "true"):  # `acl = false` turns nothing on
@@ -584,9 +614,6 @@ KEYS: dict[str, Setter] = {
         "translate_wan_addrs": "addresses are not translated for other datacenters",
         "enable_agent_tls_for_checks": "HTTP and gRPC checks use their own TLS settings",
         "disable_http_unprintable_char_filter": "keys and names are not filtered",
-        "disable_keyring_file": "there is no gossip keyring yet",
-        "encrypt_verify_incoming": "there is no gossip encryption yet",
-        "encrypt_verify_outgoing": "there is no gossip encryption yet",
         "retry_max": "retry_join tries until it succeeds",
         "retry_max_wan": "retry_join_wan tries until it succeeds",
         "discovery_max_stale": "client agents forward DNS to servers, answered from their replica",
@@ -606,17 +633,19 @@ KEYS: dict[str, Setter] = {
         "auto_reload_config": "reload with SIGHUP or `proconsul reload`",
         "xds": "the built-in proxy reads the HTTP API, not xDS",
         "rpc": "RPC streaming settings do not apply",
-        "enable_acl_replication": "ACL replication needs WAN federation, which is not built yet",
+        "enable_acl_replication": "ACL replication is on in a secondary once acl.tokens.replication is set",
         "acl_disabled_ttl": "an agent knows whether its servers have ACLs on from its own config",
     }.items()},
     # Cannot be honoured safely: stop with one line rather than run without what was asked.
-    "encrypt": _refused("gossip encryption is not built yet, and the LAN port would stay plaintext"),
+    "encrypt": _encrypt,
+    "encrypt_verify_incoming": _set("encrypt_verify_incoming", as_bool),
+    "encrypt_verify_outgoing": _set("encrypt_verify_outgoing", as_bool),
+    "disable_keyring_file": _set("disable_keyring_file", as_bool),
     "acl": _acl,
     **{k: _legacy_acl for k in (
         "acl_agent_master_token", "acl_agent_token", "acl_datacenter", "acl_default_policy", "acl_down_policy",
         "acl_master_token", "acl_replication_token", "acl_token", "acl_ttl", "acl_enable_key_list_policy")},
-    "auto_encrypt": _refused("auto_encrypt is not built yet: provision agent certificates with "
-                             "`proconsul tls cert create`", _off),
+    "auto_encrypt": _auto_encrypt,
     "auto_config": _refused("auto_config is not built yet", _off),
     "verify_incoming_https": _verify_incoming_https,
     "ca_path": _refused("a directory of CAs is not supported: give one bundle with ca_file"),

@@ -77,6 +77,10 @@ class AgentConfig:
     node_name: str = ""
     node_id: str = ""
     data_dir: str = ""
+    encrypt: str = ""  # base64 gossip key (checked when read); the keyring file in the data dir wins after the first start
+    encrypt_verify_incoming: bool = True
+    encrypt_verify_outgoing: bool = True
+    disable_keyring_file: bool = False
     bind_addr: str = "127.0.0.1"
     client_addr: str = "127.0.0.1"
     advertise_addr: str = ""
@@ -113,6 +117,12 @@ class AgentConfig:
     tls: TLSSettings = field(default_factory=TLSSettings)
     https_tls: TLSSettings = field(default_factory=TLSSettings)  # tls.defaults + tls.https (+ legacy keys)
     acl: ACLConfig = field(default_factory=ACLConfig)
+    # Consul's auto_encrypt: `tls` on a client agent (ask the servers for its agent certificate), `allow_tls`
+    # on a server (sign them, and accept TLS without a client certificate for that one call).
+    auto_encrypt_tls: bool = False
+    auto_encrypt_allow_tls: bool = False
+    auto_encrypt_dns_san: list[str] = field(default_factory=list)
+    auto_encrypt_ip_san: list[str] = field(default_factory=list)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
     raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader

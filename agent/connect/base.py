@@ -10,6 +10,7 @@ leaf, as Consul spreads renewals) or the active root changes; `leaf_blocking` wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from proconsul.agent.cluster.caller import acting_as, caller_token
 from proconsul.agent.config.model import AgentConfig
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import StateStore
@@ -63,6 +65,7 @@ class ConnectBase:
         self.agent = agent
         self._leaves: dict[str, dict[str, Any]] = {}
         self._leaf_locks: dict[str, asyncio.Lock] = {}
+        self._leaf_tokens: dict[str, str] = {}  # service -> the token its leaf was asked with
         self._leaf_changed: dict[str, asyncio.Event] = {}
         self._leaf_index = 0
         # (target, client URI) -> encoded decision, and request bytes -> decision; both dropped whenever
@@ -147,6 +150,9 @@ class ConnectBase:
         cur = self._leaves.get(service)
         if self._fresh(cur) and cur["DNSSANs"] == names:  # type: ignore[index]
             return cur  # type: ignore[return-value]
+        token = caller_token()
+        if token is not None:  # renewals after a root change are signed with the token that asked (Consul)
+            self._leaf_tokens[service] = token
         lock = self._leaf_locks.setdefault(service, asyncio.Lock())
         async with lock:  # one signature per service however many callers ask at once
             cur = self._leaves.get(service)
@@ -176,7 +182,9 @@ class ConnectBase:
         """After a root change: re-issue cached leaves at once, waking blocked leaf queries."""
         for service in list(self._leaves):
             try:
-                await self.leaf(service)
+                token = self._leaf_tokens.get(service)
+                with acting_as(token) if token is not None else contextlib.nullcontext():
+                    await self.leaf(service)
             except Exception as e:  # the servers may be busy: the next call renews it
                 log.warning("could not renew the leaf of %s after a root change: %s", service, e)
 

@@ -3,6 +3,7 @@ bootstrap, tokens, policies, roles, enforcement (403 with Consul's words), filte
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.support import AgentProcess, wait_for
 pytestmark = pytest.mark.xdist_group("acl-agent")
 
 MGMT = "T-management"
+GOSSIP_KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
 WEB_RULES = '''
 service "web" { policy = "write" }
 service_prefix "" { policy = "read" }
@@ -26,7 +28,8 @@ key_prefix "app/" { policy = "read" }
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory):
     a = AgentProcess(tmp_path_factory.mktemp("acl"), args=[
-        "-hcl", f'acl {{ enabled = true default_policy = "deny" tokens {{ initial_management = "{MGMT}" }} }}'])
+        "-hcl", f'acl {{ enabled = true default_policy = "deny" tokens {{ initial_management = "{MGMT}" }} }}',
+        "-encrypt", GOSSIP_KEY])
     a.start()
     mgmt = consul.Consul(port=a.http_port, token=MGMT)
     wait_for(lambda: any(t["SecretID"] == MGMT for t in mgmt.acl.token.list()), message="initial token")
@@ -67,6 +70,25 @@ def test_management_token_does_everything_anonymous_nothing(agent):
     assert raw(agent, "/v1/agent/self")[0] == 403
     assert raw(agent, "/v1/snapshot")[0] == 403
     assert raw(agent, "/v1/status/leader")[0] == 200  # open, as in Consul
+
+
+def test_the_keyring_endpoint_obeys_the_keyring_rule(agent):
+    mgmt = client(agent, MGMT)
+    reader = mgmt.acl.token.create(policies_id=[mgmt.acl.policy.create(name="kr-read", rules='keyring = "read"')["ID"]])
+    writer = mgmt.acl.token.create(policies_id=[mgmt.acl.policy.create(name="kr-write",
+                                                                       rules='keyring = "write"')["ID"]])
+    status, body, _ = raw(agent, "/v1/operator/keyring")
+    assert status == 403 and "keyring:read" in body
+    status, body, _ = raw(agent, "/v1/operator/keyring", {"X-Consul-Token": reader["SecretID"]})
+    assert status == 200 and json.loads(body)[-1]["Keys"] == {GOSSIP_KEY: 1}
+    new = json.dumps({"Key": "xGO97pQcfaG6I/lVzMoqFA=="}).encode()
+    status, body, _ = raw(agent, "/v1/operator/keyring", {"X-Consul-Token": reader["SecretID"]}, "POST", new)
+    assert status == 403 and "keyring:write" in body
+    assert raw(agent, "/v1/operator/keyring", {"X-Consul-Token": writer["SecretID"]}, "POST", new)[0] == 200
+    status, body, _ = raw(agent, "/v1/operator/keyring", {"X-Consul-Token": MGMT}, "DELETE", new)
+    assert status == 200
+    rows = json.loads(raw(agent, "/v1/operator/keyring", {"X-Consul-Token": MGMT})[1])
+    assert rows[-1]["Keys"] == {GOSSIP_KEY: 1}
 
 
 def test_unknown_token_is_acl_not_found(agent):

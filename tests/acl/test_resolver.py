@@ -96,3 +96,44 @@ def test_agent_tokens_persist_in_the_data_dir(tmp_path):
     save_agent_tokens(str(tmp_path), {"agent": "from-config", "default": "set-by-api"}, cfg.acl.tokens)
     assert load_agent_tokens(cfg) == {"agent": "from-config", "default": "set-by-api"}
     assert (tmp_path / "acl-tokens.json").stat().st_mode & 0o777 == 0o600
+
+
+def _secondary(down_policy: str, now: list[float]) -> tuple[Resolver, Source]:
+    """A secondary datacenter's server: its replica has the policies but no global tokens; the primary has them."""
+    primary = Source()
+
+    def local(secret: str):
+        return 1, {"Token": None, "Policies": POLICIES, "Roles": {}}
+
+    async def never(secret: str):
+        raise AssertionError("a server reads its own replica, not another server")
+
+    r = Resolver(default_allow=False, down_policy=down_policy, datacenter="dc2", token_ttl=30.0, fetch=never,
+                 clock=lambda: now[0], wall=lambda: now[0], fetch_local=local, fetch_remote=primary.fetch)
+    return r, primary
+
+
+@pytest.mark.parametrize("down_policy, seen_reads, unseen_reads, cached_works", [
+    ("extend-cache", True, False, True), ("async-cache", True, False, True), ("allow", True, True, False),
+    ("deny", False, False, False)])
+def test_a_secondary_asks_the_primary_and_follows_down_policy_without_it(down_policy, seen_reads, unseen_reads,
+                                                                         cached_works):
+    now = [1000.0]
+    r, primary = _secondary(down_policy, now)
+    primary.tokens["u"] = {"AccessorID": "b", "SecretID": "u", "Policies": [{"ID": "p"}]}
+    assert run(r.resolve("s")).allowed("key", "x", "read") and primary.calls == 1
+    run(r.resolve("s"))
+    assert primary.calls == 1  # cached for token_ttl
+    with pytest.raises(ACLNotFound):
+        run(r.resolve("nope"))
+    primary.down = True
+    now[0] += 31  # past token_ttl: the primary is asked again, and does not answer
+    assert run(r.resolve("s")).allowed("key", "x", "read") is seen_reads
+    assert run(r.resolve("u")).allowed("key", "x", "read") is unseen_reads
+    index, bundle = run(r.bundle("s")) if cached_works else (None, None)
+    assert bundle is None or bundle["Token"]["SecretID"] == "s"
+    if not cached_works:  # a client agent asking this server hears it cannot tell, and applies its own policy
+        from proconsul.agent.acl.resolver import ACLUnavailable
+
+        with pytest.raises(ACLUnavailable):
+            run(r.bundle("s"))

@@ -136,7 +136,7 @@ def test_reload_picks_up_config_dir_changes(tmp_path: Path, how: str) -> None:
         agent.stop()
 
 
-def test_unsupported_config_keys_say_so(tmp_path: Path) -> None:
-    (tmp_path / "enc.hcl").write_text('encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="\n')
+def test_a_malformed_gossip_key_stops_the_agent_with_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "enc.hcl").write_text('encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7C"\n')
     line = one_line_error(run(None, "agent", "--dev", "--config-file", str(tmp_path / "enc.hcl")))
-    assert "encrypt cannot be honoured" in line
+    assert "encrypt: decodes to 30 bytes; a gossip key must be 16, 24 or 32 bytes" in line

@@ -10,19 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import CLI, AgentProcess, ServerCluster, one_line_error, run, wait_for
-
-
-def _certs(tmp_path: Path) -> Path:
-    d = tmp_path / "certs"
-    d.mkdir()
-    for args in (["tls", "ca", "create"], ["tls", "cert", "create", "--server"]):
-        subprocess.run([*CLI, *args], cwd=d, check=True, capture_output=True, timeout=60)
-    return d
+from support import AgentProcess, ServerCluster, agent_certs, one_line_error, run, wait_for
 
 
 def test_servers_talk_over_mutual_tls_and_refuse_plain_or_anonymous_peers(tmp_path: Path) -> None:
-    d = _certs(tmp_path)
+    d = agent_certs(tmp_path)
     tls = {"tls": {"defaults": {"ca_file": str(d / "proconsul-agent-ca.pem"),
                                 "cert_file": str(d / "dc1-server-proconsul-0.pem"),
                                 "key_file": str(d / "dc1-server-proconsul-0-key.pem"),

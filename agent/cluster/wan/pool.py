@@ -37,7 +37,7 @@ from proconsul.agent.cluster.vivaldi import Coordinate
 from proconsul.membership import core as k
 from proconsul.membership.config import WAN, Timings
 from proconsul.membership.errors import JoinError
-from proconsul.membership.pool import Sealer
+from proconsul.membership.pool import RequestHandler, Sealer
 from proconsul.membership.view import DEAD, Rec
 from proconsul.membership.view import LEFT as LEFT_STATE
 
@@ -129,10 +129,10 @@ class WANPool(GossipMember):
                  retry_interval: float = 30.0, rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
                  local_servers: Callable[[], list[tuple[str, str, int]]] | None = None,
-                 sealer: Sealer | None = None) -> None:
+                 sealer: Sealer | None = None, on_request: RequestHandler | None = None) -> None:
         super().__init__(me.name, me.addr, me.port, me.tags(), label=LABEL, bind=bind, timings=timings, what="WAN",
                          default_port=DEFAULT_PORT, retry_join=retry_join, retry_interval=retry_interval, rng=rng,
-                         incarnation=incarnation, on_change=on_change, sealer=sealer)
+                         incarnation=incarnation, on_change=on_change, sealer=sealer, on_request=on_request)
         self.me_name = me.name
         self._me = me
         self.local_servers = local_servers or (lambda: [])
