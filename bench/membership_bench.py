@@ -77,23 +77,52 @@ def scale_run(n: int, seed: int, warmup: float = 10.0, window: float = 30.0) -> 
             "cpu_s": time.process_time() - cpu0, "false_pairs": sim.stats.false_pairs}
 
 
-def fp_run(n: int, seed: int, seconds: float, lifeguard: bool,
-           every: tuple[float, float] = PAUSE_EVERY) -> dict[str, Any]:
-    """False positives with 1% loss and 5% of members stalling for 2 s now and then."""
+def slow_down(sim: Sim, pattern: SlowPattern) -> None:
+    """5% of the members (every 20th) slow with `pattern` from now on."""
+    for i in range(0, sim.n, 20):
+        sim.slow(i, pattern)
+
+
+def fp_run(n: int, seed: int, seconds: float, lifeguard: bool, every: tuple[float, float] = PAUSE_EVERY,
+           kind: str = "stall", delay: float = 2.0, length: float = 10.0) -> dict[str, Any]:
+    """False positives with 1% loss and 5% of members slow now and then: kind "stall" (they stop for
+    `delay` seconds), or "lag" (for `length` seconds they handle every datagram `delay` seconds late,
+    acks of their own probes included, while their timers keep time: slow observers)."""
     cpu0 = time.process_time()
     timings = LAN if lifeguard else LAN.plain_swim()
-    sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01))
-    slow = max(1, n // 20)
-    for i in range(slow):
-        sim.slow(i * 20 % n, SlowPattern(seconds=2.0, every=every))
+    sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False)
+    slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
     sim.run(seconds)
     cpu = time.process_time() - cpu0
     member_hours = n * seconds / 3600.0
     st = sim.stats
+    healthy = len(st.false_incidents) - st.false_slow
     return {"n": n, "seed": seed, "lifeguard": lifeguard, "seconds": seconds, "member_hours": member_hours,
-            "incidents": len(st.false_incidents), "pairs": st.false_pairs,
-            "per_member_hour": len(st.false_incidents) / member_hours, "suspicions": st.suspicions,
+            "kind": kind, "delay": delay, "length": length, "every": list(every),
+            "incidents": len(st.false_incidents), "healthy_incidents": healthy, "slow_incidents": st.false_slow,
+            "pairs": st.false_pairs, "per_member_hour": len(st.false_incidents) / member_hours,
+            "healthy_per_member_hour": healthy / member_hours, "suspicions": st.suspicions,
             "refutes": st.refutes, "cpu_s": cpu, "cpu_per_member_s": cpu / (n * seconds)}
+
+
+def speed_run(n: int, seconds: float, rounds: int, slow: bool) -> dict[str, Any]:
+    """The simulator's own speed: CPU seconds per simulated second, datagrams encoded (every delivery
+    decoded by msgpack) against decoded messages handed over, alternated A B A B on the same seed."""
+    out: dict[str, list[float]] = {"encoded": [], "decoded": []}
+    for _ in range(rounds):
+        for arm, encode in (("encoded", True), ("decoded", False)):
+            cpu0 = time.process_time()
+            sim = Sim(n, seed=1, network=Network(loss=0.01), encode=encode)
+            if slow:
+                slow_down(sim, SlowPattern(seconds=2.0, every=PAUSE_EVERY))
+            built = time.process_time()
+            sim.run(seconds)
+            cpu = time.process_time() - built
+            out[arm].append(cpu / seconds)
+            print(f"  speed n={n} {arm}: build {built - cpu0:.1f} s, {cpu / seconds:.3f} CPU s per simulated second; "
+                  f"load {load()}", flush=True)
+    return {"n": n, "seconds": seconds, "slow": slow, **{k: statistics.median(v) for k, v in out.items()},
+            "rounds": rounds}
 
 
 def known(seen: dict[int, float], since: float, observers: list[int], fraction: float) -> float | None:
@@ -115,6 +144,9 @@ def _fmt(x: float | None, unit: str = "s") -> str:
 def _fp(arm: dict[str, Any] | None) -> str:
     if arm is None:
         return "—"
+    if "healthy_incidents" in arm:  # healthy victims, then the slow members themselves
+        return (f"{arm['healthy_per_member_hour']:.4f} ({arm['healthy_incidents']} healthy + {arm['slow_incidents']} "
+                f"slow in {arm['member_hours']:,.0f} member-h)")
     return f"{arm['per_member_hour']:.4f} ({arm['incidents']} in {arm['member_hours']:,.0f} member-h)"
 
 
@@ -140,10 +172,20 @@ def plot(rows: list[dict[str, Any]], fps: dict[int, dict[str, Any]], path: Path)
     ax[1].set(xscale="log", yscale="log", xlabel="members", ylabel="KiB/s sent per member", title="Traffic")
     ax[1].legend()
     fns = sorted(fps)
-    ax[2].plot(fns, [fps[k]["on"]["per_member_hour"] for k in fns], "o-", label="Lifeguard")
-    ax[2].plot(fns, [fps[k]["off"]["per_member_hour"] for k in fns], "s--", label="plain SWIM")
-    ax[2].set(xscale="log", xlabel="members", ylabel="false positives per member-hour",
-              title="1% loss, 5% members with 2 s pauses")
+    on = [fps[k]["on"].get("healthy_per_member_hour", fps[k]["on"]["per_member_hour"]) for k in fns]
+    off = [fps[k]["off"].get("healthy_per_member_hour", fps[k]["off"]["per_member_hour"]) for k in fns]
+    ax[2].plot(fns, off, "s--", label="plain SWIM")
+    ax[2].plot(fns, on, "o-", label="Lifeguard")
+    for k, v in zip(fns, off, strict=True):
+        ax[2].annotate(f"{v:.1f}", (k, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    any_arm = fps[fns[0]]["on"] if fns else {}
+    if any_arm.get("kind") == "lag":
+        title = f"slow observers (5%, {any_arm['delay']:g} s lag), 1% loss"
+    else:
+        title = "1% loss, 5% members with 2 s pauses"
+    ax[2].set(xscale="log", yscale="symlog", xlabel="members", ylabel="healthy members falsely dead per member-hour",
+              title=title)
+    ax[2].set_ylim(bottom=0)
     ax[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -162,10 +204,27 @@ def main() -> int:
     ap.add_argument("--no-scale", action="store_true", help="skip the traffic/detection/join run")
     ap.add_argument("--arm", choices=["on", "off", "both", "none"], default="both",
                     help="false-positive arms to run (none: only the traffic/detection/join run)")
+    ap.add_argument("--slow-kind", choices=["stall", "lag"], default="stall",
+                    help="stall: slow members stop for --delay s; lag: they handle datagrams --delay s late "
+                         "for --lag-length s (Lifeguard's slow observers)")
+    ap.add_argument("--delay", type=float, default=2.0, help="seconds of a stall, or of the lag")
+    ap.add_argument("--lag-length", type=float, default=10.0, help="seconds a lag episode lasts")
+    ap.add_argument("--rounds", type=int, default=None, help="false-positive rounds (seeds) per arm")
+    ap.add_argument("--speed", type=float, default=None, metavar="SECONDS",
+                    help="only time the simulator (encoded vs decoded datagrams) for this many simulated seconds")
+    ap.add_argument("--speed-slow", action="store_true", help="with --speed: 5%% of members pausing as in the FP runs")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only print the table and draw the plot from the --json files of earlier runs")
     args = ap.parse_args()
-    print(f"load {load()}", flush=True)
+    print(f"load {load()}; {os.cpu_count()} CPUs", flush=True)
+    if args.speed:
+        res = [speed_run(n, args.speed, args.rounds or 2, args.speed_slow) for n in args.sizes]
+        for r in res:
+            print(f"n={r['n']}: {r['encoded']:.3f} → {r['decoded']:.3f} CPU s per simulated second "
+                  f"({r['encoded'] / r['decoded']:.2f}×); 10 simulated minutes ≈ {600 * r['decoded'] / 60:.1f} CPU min")
+        if args.json:
+            args.json.write_text(json.dumps({"speed": res, "load": load()}, indent=1))
+        return 0
     rows: list[dict[str, Any]] = []
     fps: dict[int, dict[str, Any]] = {}
     for path in args.merge or []:  # later files win, per size and arm
@@ -182,15 +241,17 @@ def main() -> int:
                   f"crash known by 99.9% in {_fmt(r['detect_999_s'])}, 100% in {_fmt(r['detect_100_s'])}; "
                   f"join by 99.9% in {_fmt(r['join_999_s'])}; cpu {r['cpu_s']:.1f} s; load {load()}", flush=True)
         seconds = args.fp_seconds or DEFAULT_FP_SECONDS.get(n, 600.0)
-        rounds = 0 if args.arm == "none" else 3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1
+        rounds = 0 if args.arm == "none" else args.rounds or (3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1)
         arms: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         for k in range(rounds):  # A B A B: Lifeguard, then plain SWIM, same seed per round
             for arm, lg in (("on", True), ("off", False)):
                 if args.arm not in ("both", arm):
                     continue
-                f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every))
+                f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every), args.slow_kind, args.delay,
+                           args.lag_length)
                 arms[arm].append(f)
-                print(f"  n={n} lifeguard={arm} seed={f['seed']}: {f['incidents']} false incidents "
+                print(f"  n={n} {args.slow_kind} {args.delay:g}s lifeguard={arm} seed={f['seed']}: "
+                      f"{f['incidents']} false incidents ({f['healthy_incidents']} of healthy members) "
                       f"({f['pairs']} verdicts) in {f['member_hours']:.0f} member-hours, {f['suspicions']} "
                       f"suspicions, {f['refutes']} refutes; cpu {f['cpu_s']:.1f} s "
                       f"({f['cpu_per_member_s'] * 1e6:.1f} µs per member-second); load {load()}", flush=True)
@@ -201,6 +262,11 @@ def main() -> int:
             fps[n][arm] = {
                 "per_member_hour": statistics.median(x["per_member_hour"] for x in runs),
                 "incidents": sum(x["incidents"] for x in runs), "pairs": sum(x["pairs"] for x in runs),
+                "healthy_incidents": sum(x["healthy_incidents"] for x in runs),
+                "slow_incidents": sum(x["slow_incidents"] for x in runs),
+                "healthy_per_member_hour": statistics.median(x["healthy_per_member_hour"] for x in runs),
+                "kind": args.slow_kind, "delay": args.delay, "length": args.lag_length,
+                "every": list(args.pause_every), "seconds": seconds,
                 "member_hours": sum(x["member_hours"] for x in runs),
                 "cpu_per_member_s": statistics.median(x["cpu_per_member_s"] for x in runs), "rounds": len(runs)}
     print("\n| members | bytes/s per member | packets/s per member | old protocol | crash → 99.9% | → 100% "

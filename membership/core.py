@@ -4,7 +4,7 @@ The core never touches a socket, the clock or global randomness: every entry poi
 any epoch) and the constructor takes a seeded `rng`. What it wants done it appends to plain lists that
 the driver (the asyncio `pool.Pool`, or the simulator) drains after each call:
 
-- `out`: datagrams to send, as ((addr, port), bytes);
+- `out`: datagrams to send, as ((addr, port), bytes) (what `pack` makes of their messages);
 - `timers`: (when, kind, token) — call `on_timer(when, kind, token)` then; stale firings are ignored;
 - `streams`: (kind, (addr, port), first_body, token, deadline) — TCP exchanges to run: send the body,
   hand every reply to `stream_reply`, send what it returns until it returns None; on failure call
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import codec as c
@@ -153,6 +154,9 @@ class Membership:
         self._prime = (0, 2)
         self._limit = (-1, 0)
         self._room = timings.udp_buffer_size - len(self.codec.prefix) - PACKET_OVERHEAD
+        # What becomes of a datagram's messages in `out`: the frame (codec.packet). The simulator may
+        # swap in `tuple`, keeping the encoded messages apart so each is decoded once for all receivers.
+        self.pack: Callable[[list[bytes]], Any] = self.codec.packet
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> None:
@@ -259,6 +263,11 @@ class Membership:
         except Malformed as e:
             self.count("dropped_" + e.reason)
             return
+        self.on_messages(now, msgs)
+
+    def on_messages(self, now: float, msgs: list[Any]) -> None:
+        """The messages of one datagram, decoded from its frame (each still checked here). The simulator
+        calls it directly with messages it decoded once and hands to many receivers: they are only read."""
         view = self.view
         for m in msgs:
             if type(m) is not list or not m:
@@ -627,7 +636,7 @@ class Membership:
             room = self._room - sum(len(m) for m in msgs)
             if room > 0:
                 msgs = msgs + self.queue.take(room, self._transmit_limit())
-        self.out.append(((addr, port), self.codec.packet(msgs)))
+        self.out.append(((addr, port), self.pack(msgs)))
 
     def _gossip(self, now: float) -> None:
         self._gossip_pending = False
@@ -638,7 +647,7 @@ class Membership:
             msgs = self.queue.take(self._room, limit)
             if not msgs:
                 break
-            self.out.append(((node.addr, node.port), self.codec.packet(msgs)))
+            self.out.append(((node.addr, node.port), self.pack(msgs)))
         if self.queue:
             self._gossip_pending = True
             self.timers.append((now + self.t.gossip_interval, T_GOSSIP, None))

@@ -4,15 +4,22 @@ Thousands of `Membership` cores run in one process on a simulated clock and netw
 drawn from generators seeded from one seed, so a run is a pure function of its seed (`trace_digest`
 proves it). The network has per-link latency (each member a share of it, plus jitter) and loss, and
 partitions; TCP exchanges (push-pull, the fallback ping) are reliable but fail across a partition or to a
-crashed member. Faults: crash-stop, partitions and healing, graceful leave, joins, and **slow members**
-— a member that pauses for seconds now and then (CPU starvation, a GC pause): whatever comes due while
-it is paused (datagrams, stream messages, its own timers) is handled when the pause ends, in random
-order, as a stalled process finds them.
+crashed member. Faults: crash-stop, partitions and healing, graceful leave, joins, and **slow members** (`SlowPattern`):
+a member that stalls for seconds now and then (a GC pause: whatever comes due while it is paused —
+datagrams, stream messages, its own timers — is handled when the pause ends, in random order), or
+one that lags (Lifeguard's slow message processing: its datagrams, the acks of its own probes
+included, are handled seconds late in arrival order while its timers keep time).
 
 Invariants are checked as it runs: a member never declares itself dead and always sees itself alive
 (unless it left); an incarnation never goes back (`View.put`). `check_crashed_dead` and
 `check_no_false_dead` check the eventual ones: a crashed member is dead everywhere; once a partition
 has healed, no running member is dead anywhere.
+
+Speed: with `encode=False` a datagram travels as the tuple of its encoded messages (`core.pack`) and
+each message is decoded once, the decoded form handed to every member that receives it
+(`Membership.on_messages`) — the run is the same event for event as with every datagram framed and
+decoded (a test proves it), without a msgpack decode per delivery. Streams (push-pull, the TCP ping)
+are always encoded, and the tests run the encoded path.
 
 Memory: every view sits on one shared `Baseline` and holds only its differences; `fold` runs every
 `fold_every` simulated seconds. That is what lets 10,000 members each keep a view of 10,000.
@@ -28,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import codec as c
+from .codec import Codec, unpack_one
 from .config import LAN, Timings
 from .core import FAILED, JOIN, REFUTED, S_PUSH_PULL, SUSPECTED, Membership
 from .errors import InvariantViolation, Malformed, Refused
@@ -38,6 +47,7 @@ TCP_OVERHEAD = 40  # IPv4 + TCP headers, per segment
 TCP_MSS = 1448
 TCP_CONNECTION = 7  # SYN, SYN-ACK, ACK, and FIN/ACK both ways: segments without data
 
+_NEWS = c.SUSPECT  # message types from here on are news (see codec.py); below, probe traffic
 _UDP, _TIMER, _REQ, _REP, _FAIL, _PAUSE, _CALL = range(7)
 _log = math.log
 
@@ -55,8 +65,10 @@ class SlowPattern:
 
     kind "stall": the member stops for `seconds` (a GC pause, CPU starvation): what comes due meanwhile
     is handled when it resumes, in random order. kind "lag": for `length` seconds, every message it
-    receives is handled `seconds` late while its own timers keep time (Lifeguard's "slow message
-    processing")."""
+    receives — pings, acks and nacks of its own probes, news, refutations — is handled `seconds` late,
+    in arrival order, while its own timers keep time (Lifeguard's "slow message processing": such a
+    member misses its probes' deadlines and suspects healthy members, and reads their refutations
+    late); when the episode ends it works through the datagrams already queued before newer ones."""
 
     seconds: float = 2.0
     every: tuple[float, float] = (5.0, 15.0)
@@ -65,7 +77,8 @@ class SlowPattern:
 
 
 class SimMember:
-    __slots__ = ("index", "name", "addr", "core", "crashed", "paused_until", "slow", "left", "pauses", "lag")
+    __slots__ = ("index", "name", "addr", "core", "crashed", "paused_until", "slow", "left", "pauses", "lag",
+                 "backlog")
 
     def __init__(self, index: int, name: str, addr: tuple[str, int], core: Membership) -> None:
         self.index = index
@@ -77,7 +90,8 @@ class SimMember:
         self.slow: SlowPattern | None = None
         self.left = False
         self.pauses = 0
-        self.lag = 0.0  # extra delay of every message it receives (a "lag" episode)
+        self.lag = 0.0  # extra delay of every datagram it receives (a "lag" episode)
+        self.backlog = 0.0  # when it will have handled the last datagram of its lagged inbound queue
 
 
 def consul_tags(rng: random.Random, server: bool = False) -> dict[str, str]:
@@ -106,8 +120,13 @@ class Sim:
     """n members that already know each other (a settled pool), on a simulated network."""
 
     def __init__(self, n: int, *, seed: int = 0, timings: Timings = LAN, network: Network | None = None,
-                 label: str = "lan:dc1", fold_every: float = 5.0, trace: bool = False) -> None:
+                 label: str = "lan:dc1", fold_every: float = 5.0, trace: bool = False, encode: bool = True) -> None:
         self.seed = seed
+        # encode=False: datagrams travel as their members' encoded messages (core.pack = tuple), each
+        # message decoded once and the decoded form handed to every receiver (`on_messages`): the same
+        # run, event for event, without a msgpack decode per delivery. Streams are always encoded.
+        self.encode = encode
+        self._decoded: dict[bytes, Any] = {}
         self.rng = random.Random(seed)
         self.timings = timings
         self.net = network or Network()
@@ -135,6 +154,7 @@ class Sim:
             name, addr = self._identity(i)
             recs.append(Rec(Node(name, addr[0], addr[1], consul_tags(tags_rng)), 0, ALIVE, 0.0))
         self.baseline = Baseline(recs)
+        self._prefix = len(Codec(label).prefix)
         for i in range(n):
             rec = recs[i]
             core = Membership(rec.node.name, rec.node.addr, rec.node.port, rec.node.tags,
@@ -154,6 +174,8 @@ class Sim:
 
     def _add(self, core: Membership) -> SimMember:
         i = len(self.members)
+        if not self.encode:
+            core.pack = tuple
         addr = (core.addr, core.port)
         m = SimMember(i, core.name, addr, core)
         self.members.append(m)
@@ -212,7 +234,10 @@ class Sim:
             if trace is not None:
                 trace.update(f"{t:.9f} {kind} {i}".encode())
             if kind == _UDP:
-                core.on_packet(t, a)
+                if type(a) is bytes:
+                    core.on_packet(t, a)
+                else:
+                    core.on_messages(t, a)
             elif kind == _TIMER:
                 core.on_timer(t, a, b)
             elif kind == _REQ:
@@ -252,8 +277,12 @@ class Sim:
             core.events = []
             self._on_events(m, events)
 
-    def _udp(self, i: int, dest: tuple[str, int], data: bytes) -> None:
-        self.bytes_out[i] += len(data) + UDP_OVERHEAD
+    def _udp(self, i: int, dest: tuple[str, int], data: bytes | tuple[bytes, ...]) -> None:
+        if type(data) is bytes:
+            size = len(data)
+        else:  # the frame codec.packet would make: header, array header, the messages
+            size = self._prefix + (1 if len(data) < 16 else 3) + sum(map(len, data))
+        self.bytes_out[i] += size + UDP_OVERHEAD
         self.packets_out[i] += 1
         j = self.by_addr.get(dest)
         if j is None or (self.groups is not None and self.groups[i] != self.groups[j]):
@@ -263,12 +292,37 @@ class Sim:
         loss = self.link_loss.get((i, j), net.loss) if self.link_loss else net.loss
         if loss and rnd() < loss:
             return
+        if type(data) is not bytes:
+            # News (suspect, alive, dead, user events) is sent many times over: decoded once, shared.
+            # Probes, acks and nacks are one-offs: decoded as they come (msg[1] is the type after a
+            # one-byte array header).
+            dec = self._decoded
+            if len(dec) > 100_000:
+                dec.clear()
+            msgs = []
+            for msg in data:
+                if msg[1] < _NEWS:
+                    msgs.append(unpack_one(msg))
+                    continue
+                m = dec.get(msg)
+                if m is None:
+                    m = dec[msg] = unpack_one(msg)
+                msgs.append(m)
+            data = msgs  # type: ignore[assignment]
         share = self.share
-        delay = share[i] + share[j] + self.members[j].lag
+        target = self.members[j]
+        when = self.now + share[i] + share[j]
         if net.jitter:
-            delay -= net.jitter * _log(1.0 - rnd())
+            when -= net.jitter * _log(1.0 - rnd())
+        if target.lag:  # a slow member takes its datagrams in the order they came, `lag` late
+            when += target.lag
+            if when < target.backlog:
+                when = target.backlog
+            target.backlog = when
+        elif target.backlog > when:  # ... and works through the backlog after the episode ends
+            when = target.backlog
         self._seq += 1
-        heapq.heappush(self._heap, (self.now + delay, self._seq, _UDP, j, data, None))
+        heapq.heappush(self._heap, (when, self._seq, _UDP, j, data, None))
 
     def _tcp_cost(self, i: int, body: bytes, connection: bool = False) -> None:
         size = len(body) + 4

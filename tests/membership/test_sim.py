@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from proconsul.membership.config import LAN
 from proconsul.membership.errors import InvariantViolation
 from proconsul.membership.sim import Network, Sim, SlowPattern
 from proconsul.membership.view import ALIVE, DEAD, LEFT
@@ -73,3 +74,41 @@ def test_a_join_reaches_everyone_and_a_leave_is_left_everywhere() -> None:
     sim.run(40.0)
     assert sim.state_everywhere("node-00042") == {LEFT: 100}
     sim.check_no_false_dead()
+
+
+def test_handing_decoded_messages_to_receivers_is_the_same_run_as_encoding_every_datagram() -> None:
+    def run(encode: bool) -> tuple[str, list[int], dict[str, int]]:
+        sim = Sim(60, seed=8, network=Network(loss=0.02), trace=True, encode=encode)
+        for i in (3, 30):
+            sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
+        sim.at(4.0, lambda: sim.crash(17))
+        sim.at(6.0, lambda: sim.join(via=5))
+        sim.run(40.0)
+        return sim.trace_digest(), sim.bytes_out, sim.counters()
+
+    encoded, decoded = run(True), run(False)
+    assert encoded == decoded
+    assert sum(encoded[1]) > 0 and encoded[2].get("dropped_malformed", 0) == 0
+
+
+@pytest.mark.parametrize("seed", [2])
+def test_slow_observers_get_healthy_members_declared_dead_without_lifeguard_and_not_with_it(seed: int) -> None:
+    """Lifeguard's case: a member that handles datagrams 15 s late (its timers on time) misses its own
+    probes' deadlines, suspects healthy members and reads their refutations after its suspicion timeout
+    (4 × log10(40) s) — plain SWIM then declares them dead; Lifeguard's local health and its longer
+    unconfirmed timeout do not. The slow members themselves may be declared dead in both (they answer
+    nothing in time for 20 s)."""
+    def run(lifeguard: bool) -> tuple[int, int]:
+        timings = LAN if lifeguard else LAN.plain_swim()
+        sim = Sim(40, seed=seed, network=Network(loss=0.01), timings=timings)
+        for i in (0, 20):
+            sim.slow(i, SlowPattern(seconds=15.0, every=(10.0, 20.0), kind="lag", length=20.0))
+        sim.run(120.0)
+        st = sim.stats
+        return len(st.false_incidents) - st.false_slow, st.suspicions
+
+    healthy_lifeguard, suspicions = run(True)
+    healthy_plain, _ = run(False)
+    assert suspicions > 0
+    assert healthy_lifeguard == 0
+    assert healthy_plain >= 20
