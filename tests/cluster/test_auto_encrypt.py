@@ -4,17 +4,21 @@ servers' Connect CA and works; one without it is refused, and says why."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import consul
 import msgpack
 import pytest
+import requests
 from support import AgentProcess, ServerCluster, agent_certs, free_port, wait_for
 
 pytestmark = pytest.mark.xdist_group("auto-encrypt")
@@ -107,15 +111,20 @@ def test_auto_encrypt_settings_that_cannot_work_fail_with_one_line(tmp_path: Pat
 
 
 def test_acls_https_only_verify_incoming_and_auto_encrypt_together(tmp_path: Path) -> None:
-    """Issue 14's production shape, minus gossip encryption: servers with ACLs default-deny, HTTPS only, mutual
-    TLS on the server port and auto_encrypt; a client agent with the CA file and its agent token. The agent
-    token opens auto_encrypt (node:write); a service token registers its service and reads the catalog but
-    writes no KV; anonymous sees nothing; a client without an agent token gets no certificate, and says why."""
+    """Issue 14's production shape: servers with ACLs default-deny, HTTPS only, mutual TLS on the server port,
+    auto_encrypt and gossip encryption; a client agent with the CA file, the gossip key and its agent token.
+    The agent token opens auto_encrypt (node:write); a service token registers its service and reads the
+    catalog but writes no KV; anonymous sees nothing, in HTTP and DNS; openssl confirms the HTTPS
+    certificate; an agent with another gossip key cannot join (and the server logs the drop); the gossip key
+    is rotated while writes go through the client, and every acknowledged write is there afterwards; a
+    client without an agent token gets no certificate, and says why."""
     d = agent_certs(tmp_path)
     ca_file, cert, key = (str(d / n) for n in ("proconsul-agent-ca.pem", "dc1-server-proconsul-0.pem",
                                                "dc1-server-proconsul-0-key.pem"))
     mgmt_secret, agent_secret = "6a1c1d5e-3c1e-4d8e-9a55-0c1b2e3f4a5b", "7b2d2e6f-4d2f-4e9f-8b66-1d2c3f4a5b6c"
+    k1, k2, stranger = (base64.b64encode(os.urandom(32)).decode() for _ in range(3))
     cluster = ServerCluster(tmp_path / "c", 1, config={
+        "encrypt": k1,
         "tls": {"defaults": {"ca_file": ca_file, "cert_file": cert, "key_file": key, "verify_incoming": True,
                              "verify_outgoing": True}},
         "auto_encrypt": {"allow_tls": True},
@@ -135,7 +144,7 @@ def test_acls_https_only_verify_incoming_and_auto_encrypt_together(tmp_path: Pat
                                                             'service_prefix "" { policy = "read" }')
         api.acl.token.create(secret_id=agent_secret, policies_id=[node["ID"]])
         only_ca = {"tls": {"defaults": {"ca_file": ca_file, "verify_outgoing": True}}, "auto_encrypt": {"tls": True},
-                   "acl": {"enabled": True, "default_policy": "deny"}}
+                   "acl": {"enabled": True, "default_policy": "deny"}, "encrypt": k1}
         good = _client(cluster, tmp_path, "hc", {**only_ca, "acl": {**only_ca["acl"], "tokens": {"agent": agent_secret}}})
         tokenless = _client(cluster, tmp_path, "nt", only_ca)
         clients += [good, tokenless]
@@ -151,6 +160,69 @@ def test_acls_https_only_verify_incoming_and_auto_encrypt_together(tmp_path: Pat
             as_svc.kv.put("k", "v")
         assert consul.Consul(port=good.http_port).catalog.services()[1] == {}  # anonymous: filtered to nothing
         assert consul.Consul(port=good.http_port, token=mgmt_secret).kv.put("k", "v")
+
+        # DNS obeys: anonymous (no default token) finds nothing; with a default token that may read, it finds api.
+        def dig_api() -> str:
+            return subprocess.run(["dig", "@127.0.0.1", "-p", str(good.dns_port), "+time=3", "+tries=1",
+                                   "api.service.mesh", "SRV"], capture_output=True, text=True, timeout=20).stdout
+        assert "ANSWER: 0" in dig_api() or "NXDOMAIN" in dig_api()
+        reader = api.acl.policy.create(name="dns-read", rules='service_prefix "" { policy = "read" }\n'
+                                                              'node_prefix "" { policy = "read" }')
+        dns_token = api.acl.token.create(policies_id=[reader["ID"]])["SecretID"]
+        api.agent.token.set_default(dns_token)  # the server's: a client's DNS is answered by a server (docs/acl.md)
+        wait_for(lambda: "api.service.mesh." in dig_api() and "ANSWER: 1" in dig_api(), 15,
+                 message="DNS answers once the default token may read")
+
+        # openssl confirms the HTTPS listener's certificate chain (with the client certificate it demands).
+        s_client = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{https_port}", "-CAfile", ca_file,
+                                   "-cert", cert, "-key", key], input=b"", capture_output=True, timeout=20)
+        assert b"Verify return code: 0 (ok)" in s_client.stdout, s_client.stdout[-2000:]
+
+        # Another gossip key cannot join; the server counts and logs what it dropped.
+        wrong = _client(cluster, tmp_path, "wk", {**only_ca, "encrypt": stranger})
+        clients.append(wrong)
+        wrong.start_background()
+        wait_for(lambda: "no installed gossip key opens it" in wrong.log(), 30, message="the stranger's reason")
+        wait_for(lambda: "no installed gossip key opens it" in server.log(), 15, message="the server's log line")
+        assert "wk" not in {m["Name"] for m in api.agent.members()}
+        wrong.stop()
+
+        # Rotate the gossip key while writes go through the client agent: none is lost, nobody fails.
+        writer = consul.Consul(port=good.http_port, token=mgmt_secret)
+        acked: list[str] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    if writer.kv.put(f"rot/{i}", str(i)):
+                        acked.append(f"rot/{i}")
+                except Exception as e:  # counted: the test fails on any
+                    errors.append(e)
+                i += 1
+
+        keyring = f"https://127.0.0.1:{https_port}/v1/operator/keyring"
+        kw = {"verify": ca_file, "cert": (cert, key), "headers": {"X-Consul-Token": mgmt_secret}, "timeout": 30}
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        try:
+            for method, key_ in (("POST", k2), ("PUT", k2), ("DELETE", k1)):  # install, use, remove the old one
+                n = len(acked)
+                r = requests.request(method, keyring, json={"Key": key_}, **kw)
+                assert r.status_code == 200, (method, r.status_code, r.text)
+                wait_for(lambda n=n: len(acked) > n + 5, 15, message=f"writes to continue after {method}")
+        finally:
+            stop.set()
+            t.join(30)
+        assert errors == [], errors[:3]
+        lan = next(row for row in requests.get(keyring, **kw).json() if not row["WAN"])
+        assert lan["Keys"] == {k2: lan["NumNodes"]} and lan["PrimaryKeys"] == {k2: lan["NumNodes"]}, lan
+        stored = {e["Key"] for e in api.kv.get("rot/", recurse=True)[1] or []}
+        assert set(acked) <= stored and len(acked) > 15
+        serf = {c["Node"]: c["Status"] for c in api.health.state("any")[1] if c["CheckID"] == "serfHealth"}
+        assert serf.get("hc") == "passing" and serf.get("s0") == "passing", serf
 
         wait_for(lambda: "cannot get this agent's TLS certificate" in tokenless.log()
                  and "lacks permission 'node:write'" in tokenless.log(), 30, message="the tokenless client's reason")
