@@ -22,7 +22,9 @@ COMPONENTS = {"agent": "agent", "catalog": "catalog", "consensus": "consensus", 
 PURE = ["consensus/core.py", "consensus/progress.py", "consensus/log.py", "dns/answer.py", "agent/cluster/vivaldi.py",
         "connect/intentions.py", "catalog", "membership/core.py", "membership/view.py", "membership/codec.py",
         "membership/config.py", "membership/suspicion.py", "membership/health.py", "membership/broadcast.py",
-        "membership/errors.py"]
+        "membership/errors.py", "agent/cluster/coordinates.py", "connect/chain/compiler.py",
+        "connect/chain/canary.py", "connect/chain/entries.py", "agent/acl/authorizer.py", "agent/acl/rules.py",
+        "agent/acl/enforce.py"]
 BANNED_MODULES = {"time", "random", "asyncio", "socket", "selectors", "threading", "subprocess", "os", "pathlib",
                   "shutil", "tempfile", "io", "datetime", "uuid", "secrets", "ssl"}
 BANNED_CALLS = {"open", "input", "print"}
