@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -90,6 +91,17 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_exc})"
                                                                                if last_exc else ""))
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0, message: str = "condition",
+                interval: float = 0.02) -> None:
+    """`wait_for` for code on an event loop: poll `condition` between loop turns until it is truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
 
 
 class AgentProcess:

@@ -74,7 +74,6 @@ async def test_a_wrong_key_or_plaintext_member_cannot_join_and_its_packets_are_d
                     and a.core.stats.get("dropped_plaintext", 0) == before.get("dropped_plaintext", 0) + 1,
                     5, "a to count the wrong-key and the plaintext datagram")
         assert before.get("dropped_key") == before.get("dropped_plaintext") == 1  # the two joins' first frames
-        await asyncio.sleep(0)
         assert statuses(a) == statuses(b) == {"a": "alive", "b": "alive"}
     finally:
         for g in (a, b, wrong, plain):

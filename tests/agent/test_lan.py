@@ -7,9 +7,9 @@ import asyncio
 import random
 import socket
 import struct
-from collections.abc import Callable
 
 import pytest
+from support import until
 
 from proconsul.agent.cluster.lan import JoinError, LANGossip
 from proconsul.membership.config import Timings
@@ -17,15 +17,6 @@ from proconsul.membership.errors import Malformed
 
 FAST = Timings(probe_interval=0.2, probe_timeout=0.1, gossip_interval=0.05, suspicion_mult=2,
                push_pull_interval=2.0, tcp_timeout=2.0)
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class ToySealer:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+from support import until
 
 from proconsul.consensus.errors import BootstrapError, NotLeader
 from proconsul.consensus.node import NodeOptions, RaftNode, Server
@@ -47,15 +47,6 @@ class KV:
 
 def put(key: str, value: str) -> bytes:
     return msgpack.packb(["set", key, value])
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 class Cluster:
@@ -147,7 +138,7 @@ async def test_single_node_in_memory_commits_immediately() -> None:
 async def test_three_servers_elect_replicate_and_redirect(cluster: Cluster) -> None:
     lead = await cluster.wait_leader()
     assert await lead.propose(put("k", "v")) is None
-    await until(lambda: all(f.data.get("k") == "v" for f in cluster.fsms.values()), what="replication")
+    await until(lambda: all(f.data.get("k") == "v" for f in cluster.fsms.values()), message="replication")
     follower = next(n for n in cluster.live() if not n.is_leader)
     with pytest.raises(NotLeader) as ei:
         await follower.propose(put("x", "y"))
@@ -174,7 +165,7 @@ async def test_leader_death_new_leader_and_restart_from_disk(cluster: Cluster) -
     assert elapsed < 3.0, elapsed
     assert await new.propose(put("after", "x")) is None
     back = await cluster.restart(old)
-    await until(lambda: cluster.fsms[old].data.get("after") == "x", what="restarted server catching up")
+    await until(lambda: cluster.fsms[old].data.get("after") == "x", message="restarted server catching up")
     assert cluster.fsms[old].data["k19"] == "19"
     assert not back.is_leader or back.term > new.term
 
@@ -189,7 +180,7 @@ async def test_partition_via_transport_hook(cluster: Cluster) -> None:
         assert n.transport is not None
         n.transport.block(lead.id)
     new = await cluster.wait_leader(exclude=lead.id)
-    await until(lambda: not lead.is_leader, what="check-quorum step-down of the isolated leader")
+    await until(lambda: not lead.is_leader, message="check-quorum step-down of the isolated leader")
     with pytest.raises(NotLeader):
         await lead.propose(put("lost", "x"))
     await new.propose(put("during", "2"))
@@ -197,7 +188,7 @@ async def test_partition_via_transport_hook(cluster: Cluster) -> None:
         lead.transport.unblock(n.id)
         assert n.transport is not None
         n.transport.unblock(lead.id)
-    await until(lambda: cluster.fsms[lead.id].data.get("during") == "2", what="healed server catching up")
+    await until(lambda: cluster.fsms[lead.id].data.get("during") == "2", message="healed server catching up")
     assert cluster.leader() is not None and cluster.leader().term >= new.term
 
 
@@ -212,7 +203,7 @@ async def test_snapshot_install_to_a_far_behind_follower(tmp_path: Path) -> None
             await lead.propose(put(f"k{i}", str(i)))
         assert lead.core is not None and lead.core.log.first_index > 10, "leader compacted its log"
         back = await c.restart(lagger.id)
-        await until(lambda: c.fsms[lagger.id].data == c.fsms[lead.id].data, what="snapshot install")
+        await until(lambda: c.fsms[lagger.id].data == c.fsms[lead.id].data, message="snapshot install")
         assert back.core is not None and back.core.snapshot is not None
         assert list((tmp_path / lagger.id / "snapshots").glob("*.snap"))
         # and it restarts from that snapshot
@@ -230,7 +221,7 @@ async def test_membership_add_and_remove(cluster: Cluster) -> None:
     await n4.start()
     cluster.addrs["n4"] = n4.address
     await lead.add_nonvoter("n4", n4.address)
-    await until(lambda: cluster.fsms["n4"].data.get("x") == "1", what="non-voter catching up")
+    await until(lambda: cluster.fsms["n4"].data.get("x") == "1", message="non-voter catching up")
     assert Server("n4", n4.address, False) in lead.configuration()
     await lead.add_voter("n4", n4.address)
     assert Server("n4", n4.address, True) in lead.configuration()
@@ -238,7 +229,7 @@ async def test_membership_add_and_remove(cluster: Cluster) -> None:
     await lead.remove_server(victim)
     assert victim not in {s.id for s in lead.configuration()}
     await lead.propose(put("y", "2"))
-    await until(lambda: cluster.fsms["n4"].data.get("y") == "2", what="new voter applying")
+    await until(lambda: cluster.fsms["n4"].data.get("y") == "2", message="new voter applying")
 
 
 async def test_leadership_transfer(cluster: Cluster) -> None:
@@ -248,7 +239,7 @@ async def test_leadership_transfer(cluster: Cluster) -> None:
     new_id = await lead.transfer_leadership(target)
     assert new_id == target
     new = cluster.nodes[target]
-    await until(lambda: new.is_leader, what="transfer")
+    await until(lambda: new.is_leader, message="transfer")
     assert await new.propose(put("a", "2")) == "1"
 
 
@@ -258,7 +249,7 @@ async def test_leader_change_notification(cluster: Cluster) -> None:
     follower = next(n for n in cluster.live() if n is not lead)
     follower.on_leader_change(seen.append)
     await lead.transfer_leadership(follower.id)
-    await until(lambda: follower.id in seen, what="leader-change callback")
+    await until(lambda: follower.id in seen, message="leader-change callback")
 
 
 async def test_group_commit_one_fsync_for_many_concurrent_proposals(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import AgentProcess, ServerCluster, ok, one_line_error, run, wait_for
+from support import AgentProcess, ServerCluster, ok, one_line_error, run, until, wait_for
 
 from proconsul.agent.cluster.lan import LANGossip
 from proconsul.membership.config import Timings
@@ -58,11 +58,7 @@ async def capture(join: str, want: int) -> list[bytes]:
     g.members.update_me(port, {"role": "node", "dc": "dc1", "id": "spy"})
     try:
         await g.join([join])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while len(rec.raw) < want:
-            assert loop.time() < deadline, f"only {len(rec.raw)} frames reached the spy"
-            await asyncio.sleep(0.05)
+        await until(lambda: len(rec.raw) >= want, 20, f"{want} frames to reach the spy")
     finally:
         await g.pool.leave(2.0)  # leave, so no keyring operation later waits on a member that is gone
         await g.pool.stop()
