@@ -54,6 +54,13 @@ def _changed(agent: Any) -> None:
         agent.acl.invalidate()
 
 
+async def _delete(request: web.Request, agent: Any, table: str, key: str) -> web.Response:
+    """Delete one ACL object; the resolver's cache forgets what it derived from it."""
+    ok = await agent.acl_state.delete(table, key)
+    _changed(agent)
+    return json_response(request, ok)
+
+
 # ---------------------------------------------------------------------- replication
 @routes.get("/v1/acl/replication")
 async def replication(request: web.Request) -> web.Response:
@@ -170,9 +177,7 @@ async def token_delete(request: web.Request) -> web.Response:
     _, me = await agent.acl.resolve_with_token(effective_token(request))
     if me.get("AccessorID") == accessor:
         raise InvalidACLObject("Deletion of the request's authorization token is not permitted")
-    ok = await agent.acl_state.delete(TOKENS, accessor)
-    _changed(agent)
-    return json_response(request, ok)
+    return await _delete(request, agent, TOKENS, accessor)
 
 
 @routes.get("/v1/acl/tokens")
@@ -252,9 +257,7 @@ async def policy_delete(request: web.Request) -> web.Response:
     pid = request.match_info["id"]
     if pid == GLOBAL_MANAGEMENT_ID:
         raise InvalidACLObject("Delete operation not permitted on the builtin global-management policy")
-    ok = await agent.acl_state.delete(POLICIES, pid)
-    _changed(agent)
-    return json_response(request, ok)
+    return await _delete(request, agent, POLICIES, pid)
 
 
 @routes.get("/v1/acl/policies")
@@ -312,9 +315,7 @@ async def role_update(request: web.Request) -> web.Response:
 @routes.delete("/v1/acl/role/{id}")
 async def role_delete(request: web.Request) -> web.Response:
     agent = await _require(request, "write")
-    ok = await agent.acl_state.delete(ROLES, request.match_info["id"])
-    _changed(agent)
-    return json_response(request, ok)
+    return await _delete(request, agent, ROLES, request.match_info["id"])
 
 
 @routes.get("/v1/acl/roles")
