@@ -97,7 +97,29 @@ def main() -> None:
         typer.echo(f"Error: {e}", err=True)
         raise SystemExit(1) from None
     os.environ.update(env)
-    app(args=args, prog_name="proconsul")
+    raise SystemExit(run(args))
+
+
+def run(args: list[str]) -> int:
+    """Run one command line; the exit status. A command line the parser refuses (an unknown flag, a
+    missing argument, a bad value) is one line on stderr and status 1, as Consul's CLI does — not
+    click's boxed usage text and status 2. Status 2 stays what commands mean by it (`intention check`:
+    denied)."""
+    try:
+        code = app(args=args, prog_name="proconsul", standalone_mode=False)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # click's ClickException and Abort, from the copy of click typer vendors
+        message = getattr(e, "format_message", None)
+        if message is None and type(e).__name__ != "Abort":
+            raise
+        text = message() if message else "Aborted."
+        if text.strip() and "\n" not in text.strip():  # a group called bare has printed its help already
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"Error: {text}{hint}" if message else text, err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -79,6 +79,12 @@ def test_errors_are_one_line(shared_dev_agent: AgentProcess, tmp_path: Path) -> 
     assert "--format" in one_line_error(run(shared_dev_agent, "catalog", "nodes", "--format", "yaml"))
     assert "cannot read" in one_line_error(run(shared_dev_agent, "services", "register", str(tmp_path / "nope.json")))
     assert "Unknown service ID" in one_line_error(run(shared_dev_agent, "services", "deregister", "nope"))
+    # What the parser refuses is one line and status 1 too, as Consul's CLI (not a boxed usage text, 2).
+    assert "No such option: --bogus" in one_line_error(run(None, "kv", "get", "x", "-bogus"))
+    assert "Missing argument" in one_line_error(run(None, "intention", "check", "web"))
+    assert "does not take a value" in one_line_error(run(None, "kv", "get", "-recurse=yes"))
+    assert "No such command" in one_line_error(run(None, "kv", "gett"))
+    assert run(None, "kv", "get", "--help").returncode == 0
     # CONSUL_HTTP_ADDR is honoured too.
     assert ok(None, "catalog", "datacenters", env={"CONSUL_HTTP_ADDR": shared_dev_agent.addr}).strip() == "dc1"
 
