@@ -26,6 +26,7 @@ from proconsul.agent.acl.tokens import TYPE_ALIASES, TYPES
 from proconsul.agent.api.authz import authorizer, effective_token, request_token
 from proconsul.agent.api.body import json_body
 from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.config.duration import DurationError, parse_duration
 
@@ -33,7 +34,7 @@ routes = web.RouteTableDef()
 
 
 async def _require(request: web.Request, access: str) -> Any:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.acl is None:
         raise ACLDisabled()
     authz = await authorizer(request)
@@ -65,13 +66,13 @@ async def _delete(request: web.Request, agent: Any, table: str, key: str) -> web
 @routes.get("/v1/acl/replication")
 async def replication(request: web.Request) -> web.Response:
     """Consul's ACL replication status, as the leader sees it (open to every caller, as in Consul)."""
-    return json_response(request, request.app["agent"].cluster.acl_replication_status())
+    return json_response(request, request.app[AGENT].cluster.acl_replication_status())
 
 
 # ---------------------------------------------------------------------- bootstrap
 @routes.put("/v1/acl/bootstrap")
 async def bootstrap(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.acl is None:
         raise ACLDisabled()
     body = await json_body(request, required=False) or {}
@@ -93,7 +94,7 @@ async def _token_context(agent: Any) -> tuple[dict[str, Any], dict[str, Any], di
 
 
 async def _write_token(request: web.Request, existing: dict[str, Any] | None, body: Any) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     tokens, policies, roles = await _token_context(agent)
     secrets = {t["SecretID"] for t in tokens.values()}
     now = time.time()
@@ -122,7 +123,7 @@ async def token_create(request: web.Request) -> web.Response:
 
 @routes.get("/v1/acl/token/self")
 async def token_self(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.acl is None:
         raise ACLDisabled()
     _, token = await agent.acl.resolve_with_token(effective_token(request))
@@ -200,7 +201,7 @@ async def token_list(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------------- policies
 async def _write_policy(request: web.Request, existing: dict[str, Any] | None) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await json_body(request)
     policies = await agent.acl_state.by_id(POLICIES)
     own_id = existing["ID"] if existing else ""
@@ -270,7 +271,7 @@ async def policy_list(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------------- roles
 async def _write_role(request: web.Request, existing: dict[str, Any] | None) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await json_body(request)
     policies, roles = await agent.acl_state.by_id(POLICIES), await agent.acl_state.by_id(ROLES)
     own_id = existing["ID"] if existing else ""
@@ -376,7 +377,7 @@ async def templated_preview(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- the agent's own tokens
 @routes.put("/v1/agent/token/{type}")
 async def agent_token(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.acl is None:
         raise ACLDisabled()
     kind = TYPE_ALIASES.get(request.match_info["type"], request.match_info["type"])
@@ -452,7 +453,7 @@ async def method_list(request: web.Request) -> web.Response:
 
 
 async def _write_rule(request: web.Request, existing: dict[str, Any] | None) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     methods = await agent.acl_state.by_id(METHODS)
     row = auth.binding_rule_row(await json_body(request), new_id=new_id(), existing=existing,
                                 method_exists=methods.__contains__)
@@ -498,7 +499,7 @@ async def rule_list(request: web.Request) -> web.Response:
 @routes.post("/v1/acl/login")
 async def login(request: web.Request) -> web.Response:
     """Trade a bearer token (a JWT) for an ACL token, through an auth method's binding rules."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.acl is None:
         raise ACLDisabled()
     body = objects.fold(await json_body(request), ("AuthMethod", "BearerToken", "Meta", "Namespace", "Partition"),
@@ -556,7 +557,7 @@ def _seconds(value: Any, default: float) -> float:
 @routes.post("/v1/acl/logout")
 async def logout(request: web.Request) -> web.Response:
     """Delete the login token the request carries (only tokens made by login may log out)."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.acl is None:
         raise ACLDisabled()
     token = request_token(request)

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proconsul.agent.acl import enforce
 from proconsul.agent.acl.authorizer import Authorizer
+from proconsul.agent.api.keys import AGENT
 
 Guard = Callable[[web.Request, Authorizer], Awaitable[None]]
 
@@ -40,7 +41,7 @@ def own(kind: str, access: str) -> Guard:
     """`access` on this agent's own node name (agent:read for /v1/agent/self, node:write for maintenance)."""
 
     async def guard(request: web.Request, authz: Authorizer) -> None:
-        authz.require(kind, request.app["agent"].config.node_name, access)
+        authz.require(kind, request.app[AGENT].config.node_name, access)
     return guard
 
 
@@ -54,7 +55,7 @@ def local_service(access: str) -> Guard:
     """`service:<access>` on the name of a service this agent holds, by ID (unknown IDs reach the handler's 404)."""
 
     async def guard(request: web.Request, authz: Authorizer) -> None:
-        svc = request.app["agent"].local.service(request.match_info["id"])
+        svc = request.app[AGENT].local.service(request.match_info["id"])
         if svc is not None:
             authz.require("service", svc["Service"], access)
     return guard
@@ -64,7 +65,7 @@ def local_check(access: str) -> Guard:
     """A local check's service (service:<access>) or, for a node check, the node (node:<access>)."""
 
     async def guard(request: web.Request, authz: Authorizer) -> None:
-        agent = request.app["agent"]
+        agent = request.app[AGENT]
         chk = agent.local.check(request.match_info["id"])
         if chk is None:
             return

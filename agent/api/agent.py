@@ -14,6 +14,7 @@ from proconsul.agent.api.agent_self import host_body, self_body, version_body
 from proconsul.agent.api.authz import authorizer, effective_token
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, flag
 from proconsul.agent.api.responses import dumps, json_response
 from proconsul.agent.local import sidecar
@@ -34,7 +35,7 @@ def _unknown_check(cid: str) -> NotFoundHTTP:
 
 @routes.get("/v1/agent/self")
 async def self_(request: web.Request) -> web.Response:
-    return json_response(request, self_body(request.app["agent"]))
+    return json_response(request, self_body(request.app[AGENT]))
 
 
 @routes.get("/v1/agent/host")
@@ -49,7 +50,7 @@ async def version(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/members")
 async def members(request: web.Request) -> web.Response:
-    rows = request.app["agent"].members(wan=flag(request, "wan"))
+    rows = request.app[AGENT].members(wan=flag(request, "wan"))
     authz = await authorizer(request)
     if not authz.reads_all("node"):
         rows, _ = acl_filter.filter_rows(rows, lambda m: authz.allowed("node", m["Name"], "read"))
@@ -59,7 +60,7 @@ async def members(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/services")
 async def services(request: web.Request) -> web.Response:
     check_common(request)
-    svcs = request.app["agent"].local.services()
+    svcs = request.app[AGENT].local.services()
     authz = await authorizer(request)
     if not authz.reads_all("service"):
         svcs = {k: v for k, v in svcs.items() if authz.allowed("service", v["Service"], "read")}
@@ -73,7 +74,7 @@ def _content_hash(svc: dict[str, Any]) -> str:
 @routes.get("/v1/agent/service/{id}")
 async def service(request: web.Request) -> web.Response:
     """One local service with its ContentHash; `?hash=` blocks until the service changes."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     sid = request.match_info["id"]
     b = blocking_params(request)
     svc = agent.local.service(sid)
@@ -92,7 +93,7 @@ async def service(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/checks")
 async def checks(request: web.Request) -> web.Response:
     check_common(request)
-    checks = request.app["agent"].local.checks()
+    checks = request.app[AGENT].local.checks()
     authz = await authorizer(request)
     if not (authz.reads_all("service") and authz.reads_all("node")):
         checks = {k: v for k, v in checks.items() if acl_filter.check_ok(authz, v)}
@@ -101,7 +102,7 @@ async def checks(request: web.Request) -> web.Response:
 
 @routes.put("/v1/agent/service/register")
 async def register_service(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await json_body(request)
     try:
         defn = service_definition(body, "Service")
@@ -125,14 +126,14 @@ async def register_service(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/service/deregister/{id}")
 async def deregister_service(request: web.Request) -> web.Response:
     sid = request.match_info["id"]
-    if not await request.app["agent"].deregister_service(sid):
+    if not await request.app[AGENT].deregister_service(sid):
         raise _unknown_service(sid)
     return web.Response(status=200)
 
 
 @routes.put("/v1/agent/check/register")
 async def register_check(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await json_body(request)
     try:
         defn = check_definition(body, "Check")
@@ -146,13 +147,13 @@ async def register_check(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/check/deregister/{id}")
 async def deregister_check(request: web.Request) -> web.Response:
     cid = request.match_info["id"]
-    if not await request.app["agent"].deregister_check(cid):
+    if not await request.app[AGENT].deregister_check(cid):
         raise _unknown_check(cid)
     return web.Response(status=200)
 
 
 async def _ttl_update(request: web.Request, status: str, output: str) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     cid = request.match_info["id"]
     if agent.local.check(cid) is None:
         raise _unknown_check(cid)
@@ -199,7 +200,7 @@ def _enable_param(request: web.Request) -> bool:
 async def service_maintenance(request: web.Request) -> web.Response:
     enable = _enable_param(request)
     sid = request.match_info["id"]
-    if not request.app["agent"].local.set_service_maintenance(sid, enable, request.query.get("reason", "")):
+    if not request.app[AGENT].local.set_service_maintenance(sid, enable, request.query.get("reason", "")):
         raise NotFoundHTTP(f"No service registered with ID {sid!r}")
     return web.Response(status=200)
 
@@ -207,7 +208,7 @@ async def service_maintenance(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/maintenance")
 async def node_maintenance(request: web.Request) -> web.Response:
     enable = _enable_param(request)
-    request.app["agent"].local.set_node_maintenance(enable, request.query.get("reason", ""))
+    request.app[AGENT].local.set_node_maintenance(enable, request.query.get("reason", ""))
     return web.Response(status=200)
 
 
@@ -240,7 +241,7 @@ def _health_response(request: web.Request, entries: list[tuple[str, dict[str, An
 
 @routes.get("/v1/agent/health/service/id/{id}")
 async def health_by_id(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     sid = request.match_info["id"]
     if agent.local.service(sid) is None:
         raise NotFoundHTTP(f"ServiceId {sid} not found")
@@ -249,7 +250,7 @@ async def health_by_id(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/health/service/name/{name}")
 async def health_by_name(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     name = request.match_info["name"]
     ids = [sid for sid, svc in agent.local.services().items() if svc["Service"] == name]
     if not ids:
@@ -259,26 +260,26 @@ async def health_by_name(request: web.Request) -> web.Response:
 
 @routes.put("/v1/agent/reload")
 async def reload(request: web.Request) -> web.Response:
-    await request.app["agent"].reload()
+    await request.app[AGENT].reload()
     return web.Response(status=200)
 
 
 @routes.put("/v1/agent/leave")
 async def leave(request: web.Request) -> web.Response:
-    request.app["agent"].request_leave()
+    request.app[AGENT].request_leave()
     return web.Response(status=200)
 
 
 @routes.put("/v1/agent/force-leave/{node}")
 async def force_leave(request: web.Request) -> web.Response:
-    await request.app["agent"].force_leave(request.match_info["node"], wan=flag(request, "wan"),
+    await request.app[AGENT].force_leave(request.match_info["node"], wan=flag(request, "wan"),
                                            prune=flag(request, "prune"))
     return web.Response(status=200)
 
 
 @routes.put("/v1/agent/join/{address}")
 async def join(request: web.Request) -> web.Response:
-    await request.app["agent"].join(request.match_info["address"], wan=flag(request, "wan"))
+    await request.app[AGENT].join(request.match_info["address"], wan=flag(request, "wan"))
     return web.Response(status=200)
 
 
@@ -286,7 +287,7 @@ async def join(request: web.Request) -> web.Response:
 async def monitor(request: web.Request) -> web.StreamResponse:
     """Consul's log stream: lines at `loglevel` (default info) and above, `logjson` for JSON lines, until the
     client goes away. A slow reader loses lines rather than growing the agent's memory."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     level_name = request.query.get("loglevel", "info").lower()
     if level_name not in LEVELS:
         raise BadRequest(f"Unknown log level: {request.query.get('loglevel')}")
@@ -313,7 +314,7 @@ METRICS_STREAM_INTERVAL = 10.0  # seconds: go-metrics' interval, what Consul's s
 async def metrics_stream(request: web.Request) -> web.StreamResponse:
     """Consul's metrics stream (what `consul debug` captures): the JSON summary of /v1/agent/metrics, one per
     line, now and then every interval, until the client goes away."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
     try:
@@ -328,7 +329,7 @@ async def metrics_stream(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/agent/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Consul's metrics: JSON (Gauges/Counters/Samples), or Prometheus text with `?format=prometheus`."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     fmt = request.query.get("format", "")
     if fmt == "prometheus":
         return web.Response(text=as_prometheus(agent, agent.telemetry), content_type="text/plain",

@@ -24,6 +24,7 @@ from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guar
 from proconsul.agent.api.authz import GUARD_RAN, authorizer, effective_token
 from proconsul.agent.api.errors import Handler, error_boundary
 from proconsul.agent.api.forward import on_leader
+from proconsul.agent.api.keys import AGENT, TELEMETRY
 from proconsul.agent.api.params import datacenter_guard
 from proconsul.agent.cluster.caller import set_caller_token
 
@@ -34,8 +35,8 @@ MAX_BODY = 8 << 20
 
 def build_app(agent: Any) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    app["agent"] = agent
-    app["telemetry"] = HTTPCounters(agent.telemetry)
+    app[AGENT] = agent
+    app[TELEMETRY] = HTTPCounters(agent.telemetry)
     for module in ROUTE_MODULES:
         add_routes(app, module.routes)
     for routes in agent.http_routes:
@@ -48,7 +49,7 @@ def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
     for route in routes:
         assert isinstance(route, web.RouteDef)
         handler = route.handler if route.method in ("GET", "HEAD") else datacenter_guard(route.handler)
-        if app["agent"].acl is not None and route.path.startswith("/v1/"):
+        if app[AGENT].acl is not None and route.path.startswith("/v1/"):
             if route.path.startswith("/v1/acl/"):
                 handler = on_leader(handler)
             handler = acl_guarded(handler, guard_for(route.method, route.path) or MANAGEMENT)

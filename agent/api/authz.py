@@ -8,6 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proconsul.agent.acl.authorizer import AllowAll, Authorizer
+from proconsul.agent.api.keys import AGENT
 
 ALLOW_ALL = AllowAll()
 _KEY = "proconsul.authz"
@@ -31,7 +32,7 @@ def effective_token(request: web.Request) -> str:
     """The request's token, or the agent's default token when it carries none (Consul's `tokens.default`)."""
     token = request.get(_TOKEN_KEY)
     if token is None:
-        agent = request.app["agent"]
+        agent = request.app[AGENT]
         token = request_token(request) or agent.acl_tokens.get("default", "")
         request[_TOKEN_KEY] = token
     return token
@@ -41,7 +42,7 @@ async def authorizer(request: web.Request) -> Authorizer:
     """The authorizer for this request, resolved once per request."""
     authz = request.get(_KEY)
     if authz is None:
-        resolver = request.app["agent"].acl
+        resolver = request.app[AGENT].acl
         if resolver is None:
             authz = ALLOW_ALL
         else:
@@ -52,4 +53,4 @@ async def authorizer(request: web.Request) -> Authorizer:
 
 
 def acl_enabled(request: web.Request) -> bool:
-    return request.app["agent"].acl is not None
+    return request.app[AGENT].acl is not None

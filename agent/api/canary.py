@@ -24,6 +24,7 @@ from aiohttp import web
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.config import put_entry, validate_entry
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import check_common
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.observe.link_metrics import Sample, link_metrics
@@ -75,7 +76,7 @@ def _public(state: dict[str, Any]) -> dict[str, Any]:
 @routes.put("/v1/connect/canary/{service}")
 async def start(request: web.Request) -> web.Response:
     check_common(request)
-    agent, service = request.app["agent"], request.match_info["service"]
+    agent, service = request.app[AGENT], request.match_info["service"]
     body = want_dict(await json_body(request), "canary")
     resolver = await _entry(agent, "service-resolver", service)
     if resolver is None:
@@ -105,7 +106,7 @@ async def start(request: web.Request) -> web.Response:
 @routes.get("/v1/connect/canary/{service}")
 async def status(request: web.Request) -> web.Response:
     check_common(request)
-    state = await _get(request.app["agent"], request.match_info["service"])
+    state = await _get(request.app[AGENT], request.match_info["service"])
     if state is None:
         raise NotFoundHTTP(f"no canary for service {request.match_info['service']!r}")
     return json_response(request, _public(state))
@@ -114,13 +115,13 @@ async def status(request: web.Request) -> web.Response:
 @routes.get("/v1/connect/canaries")
 async def list_all(request: web.Request) -> web.Response:
     check_common(request)
-    _, rows = await request.app["agent"].backend.query("table.list", {"table": TABLE})
+    _, rows = await request.app[AGENT].backend.query("table.list", {"table": TABLE})
     return json_response(request, [_public(r) for r in rows if str(r.get("Service", "")) and "ToSubset" in r])
 
 
 async def _finish(request: web.Request, action: str) -> web.Response:
     check_common(request)
-    agent, service = request.app["agent"], request.match_info["service"]
+    agent, service = request.app[AGENT], request.match_info["service"]
     state = await _get(agent, service)
     if state is None:
         raise NotFoundHTTP(f"no canary for service {service!r}")

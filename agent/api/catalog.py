@@ -13,6 +13,7 @@ from proconsul.agent.acl.filters import filter_query, needs_filter
 from proconsul.agent.api.authz import FILTERED_HEADER, GUARD_RAN, authorizer, effective_token
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.near import near_sorted
 from proconsul.agent.api.params import (
     blocking_params,
@@ -43,7 +44,7 @@ def cached_read(handler: Handler) -> Handler:
     an unknown or expired token is refused even when its last answer is cached."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        agent = request.app["agent"]
+        agent = request.app[AGENT]
         cache = agent.read_cache
         if cache is None or not may_answer_cached(agent, request.query_string, request.query.__contains__):
             return await handler(request)
@@ -71,7 +72,7 @@ def cached_read(handler: Handler) -> Handler:
 def mark_cacheable(request: web.Request, name: str, index: int) -> None:
     """Before a read runs: tell `cached_read` the tables its answer comes from, and their index now (a
     write that lands while it runs makes the stored answer stale at once). Blocking reads are not cached."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.read_cache is not None and not index:
         tables = get_query(name).tables
         if agent.acl is not None:  # a filtered answer is only as fresh as the rules that cut it
@@ -88,7 +89,7 @@ async def run_query(request: web.Request, name: str, args: dict[str, Any], *,
     """
     check_common(request)
     b = blocking_params(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     backend = agent.backend
     mode = consistency_mode(request)
     authz = await authorizer(request) if agent.acl is not None else None  # ACLs off: nothing to look at
@@ -120,7 +121,7 @@ def _tags(request: web.Request) -> list[str] | None:
 
 @routes.get("/v1/catalog/datacenters")
 async def datacenters(request: web.Request) -> web.Response:
-    return json_response(request, await request.app["agent"].datacenters())
+    return json_response(request, await request.app[AGENT].datacenters())
 
 
 @routes.get("/v1/catalog/nodes")
@@ -168,7 +169,7 @@ async def node(request: web.Request) -> web.Response:
 async def node_services(request: web.Request) -> web.Response:
     check_common(request)
     b = blocking_params(request)
-    idx, result = await request.app["agent"].backend.query(
+    idx, result = await request.app[AGENT].backend.query(
         "catalog.node_services", {"node": request.match_info["node"]}, b.index, b.wait, consistency_mode(request))
     result, _ = filter_query("catalog.node_services", await authorizer(request), result)
     if result is None:
@@ -236,7 +237,7 @@ def _register_command(body: dict[str, Any], datacenter: str) -> c.Register:
 
 @routes.put("/v1/catalog/register")
 async def register(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = want_dict(await json_body(request), "Register body")
     cmd = _register_command(body, agent.config.datacenter)
     require(await authorizer(request), register_needs(cmd))
@@ -246,7 +247,7 @@ async def register(request: web.Request) -> web.Response:
 
 @routes.put("/v1/catalog/deregister")
 async def deregister(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = fold_keys(want_dict(await json_body(request), "Deregister body"), ("Node", "ServiceID", "CheckID",
                                                                              "Datacenter"))
     for name in ("Node", "ServiceID", "CheckID"):

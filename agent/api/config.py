@@ -18,6 +18,7 @@ from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import check_common, primary_owned, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.catalog import commands as c
@@ -96,7 +97,7 @@ async def put(request: web.Request) -> web.Response:
     authz = await authorizer(request)
     require(authz, [Need("config", f"{entry['Kind']}/{entry['Name']}")])
     cas = uint_param(request, "cas") if "cas" in request.query else None
-    return json_response(request, await put_entry(request.app["agent"], entry, cas))
+    return json_response(request, await put_entry(request.app[AGENT], entry, cas))
 
 
 @routes.get("/v1/config/{kind}")
@@ -105,10 +106,10 @@ async def list_kind(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
     authz = await authorizer(request)
-    if request.app["agent"].acl is None:
+    if request.app[AGENT].acl is None:
         return await run_query(request, "config.list", {"kind": kind})
     check_common(request)
-    idx, rows = await request.app["agent"].backend.query("config.list", {"kind": kind})
+    idx, rows = await request.app[AGENT].backend.query("config.list", {"kind": kind})
     rows, dropped = acl_filter.filter_rows(rows, lambda e: config_entry_right(authz, e["Kind"], e["Name"], "read"))
     return json_response(request, rows, index=idx, headers={FILTERED_HEADER: "true"} if dropped else None)
 
@@ -119,7 +120,7 @@ async def get(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
     check_common(request)
-    idx, row = await request.app["agent"].backend.query("config.get", {"kind": kind, "name": name})
+    idx, row = await request.app[AGENT].backend.query("config.get", {"kind": kind, "name": name})
     if row is None:
         raise NotFoundHTTP(f'Config entry not found for "{kind}" / "{name}"')
     return json_response(request, row, index=idx)
@@ -133,5 +134,5 @@ async def delete(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise BadRequest(f"invalid config entry kind: {kind!r}")
     cas = uint_param(request, "cas") if "cas" in request.query else None
-    ok = await request.app["agent"].backend.apply(c.TableDelete(table=TABLE, key=f"{kind}/{name}", cas=cas))
+    ok = await request.app[AGENT].backend.apply(c.TableDelete(table=TABLE, key=f"{kind}/{name}", cas=cas))
     return json_response(request, bool(ok) if cas is not None else {})

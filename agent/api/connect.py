@@ -18,6 +18,7 @@ from proconsul.agent.acl import filters as acl_filter
 from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, primary_owned
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.cluster.rpc import register_error
@@ -42,7 +43,7 @@ for _err in (CANotReady, ConcurrentChange, InvalidCAConfig, InvalidCSR, InvalidI
 
 
 async def _connect(request: web.Request) -> ConnectBase:
-    conn = request.app["agent"].connect
+    conn = request.app[AGENT].connect
     if conn is None:
         raise HTTPError("Connect is disabled on this agent (connect { enabled = false })", 500)
     if isinstance(conn, ClientConnect):
@@ -104,7 +105,7 @@ async def leaf(request: web.Request) -> web.Response:
 async def authorize(request: web.Request) -> web.Response:
     conn = await _connect(request)
     raw = await request.read()
-    if request.app["agent"].acl is not None:  # service:write on the target (Consul), before any cached answer
+    if request.app[AGENT].acl is not None:  # service:write on the target (Consul), before any cached answer
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -143,7 +144,7 @@ async def list_intentions(request: web.Request) -> web.Response:
     rows = conn.intentions()
     authz = await authorizer(request)
     headers = None
-    if request.app["agent"].acl is not None:
+    if request.app[AGENT].acl is not None:
         rows, dropped = acl_filter.filter_rows(rows, lambda i: authz.intention_allowed(i["DestinationName"], "read"))
         headers = {FILTERED_HEADER: "true"} if dropped else None
     return json_response(request, filter_rows(request, rows), index=conn.intentions_index(), headers=headers)
@@ -231,7 +232,7 @@ async def check(request: web.Request) -> web.Response:
     check_common(request)
     src, dst = _exact_params(request)
     allowed, _ = ixns.decide((await _connect(request)).intentions(), src, dst,
-                             request.app["agent"].config.intention_default_allow)
+                             request.app[AGENT].config.intention_default_allow)
     return json_response(request, {"Allowed": allowed})
 
 

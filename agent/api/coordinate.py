@@ -15,6 +15,7 @@ from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.near import coordinates
 from proconsul.agent.api.params import check_common
 from proconsul.agent.api.responses import consul_headers, json_response
@@ -28,7 +29,7 @@ async def datacenters(request: web.Request) -> web.Response:
     """With a WAN pool: every datacenter's servers and their WAN coordinates (from the WAN exchanges;
     a client agent asks a server). Without one: this datacenter's servers' LAN coordinates."""
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     cluster = agent.cluster
     if cluster.router is not None:
         return json_response(request, cluster.coordinate_datacenters())
@@ -52,7 +53,7 @@ async def nodes(request: web.Request) -> web.Response:
 @routes.get("/v1/coordinate/node/{node}")
 async def node(request: web.Request) -> web.Response:
     check_common(request)
-    idx, rows = await request.app["agent"].backend.query("coordinate.node", {"node": request.match_info["node"]})
+    idx, rows = await request.app[AGENT].backend.query("coordinate.node", {"node": request.match_info["node"]})
     if not rows:  # Consul: a bare 404 that still carries the index headers (clients read them)
         return web.Response(status=404, headers=consul_headers(request, idx))
     return json_response(request, rows, index=idx)
@@ -75,5 +76,5 @@ async def update(request: web.Request) -> web.Response:
         raise BadRequest(f"Invalid coordinate: {e}") from None
     (await authorizer(request)).require("node", name, "write")
     # As Consul's: queued on the leader and written with the next batch (agents' own updates take the same path).
-    await request.app["agent"].cluster.submit_coordinate({"Node": name, "Segment": segment, "Coord": coord.to_json()})
+    await request.app[AGENT].cluster.submit_coordinate({"Node": name, "Segment": segment, "Coord": coord.to_json()})
     return web.Response(status=200)

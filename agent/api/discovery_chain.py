@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proconsul.agent.api.body import json_body, want_dict
 from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode
 from proconsul.agent.api.responses import json_response
 from proconsul.connect.chain import compiler, durations
@@ -58,7 +59,7 @@ def _overrides(body: Any) -> tuple[str, float | None, str]:
 
 async def _chain(request: web.Request, body: Any) -> web.Response:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     service = request.match_info["service"]
     # Another datacenter's view of the chain (an upstream with `datacenter = "dc2"`): compiled here from the
     # replicated entries, as Consul's EvaluateInDatacenter does; only the name is checked.

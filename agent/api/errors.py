@@ -15,6 +15,7 @@ from aiohttp import web
 from proconsul.agent.acl.errors import ACLDisabled, ACLError, ACLNotFound, PermissionDenied
 from proconsul.agent.api.compress import gzip_if_worth_it
 from proconsul.agent.api.forward import ForwardToDatacenter, forward_request
+from proconsul.agent.api.keys import TELEMETRY
 from proconsul.agent.cluster.errors import ClusterError, DatacenterUnreachable, NoPathToDatacenter
 from proconsul.agent.cluster.rpc import NoLeader, RPCError
 from proconsul.agent.cluster.server import NotLeaderError
@@ -94,7 +95,7 @@ def error_boundary(handler: Handler) -> Handler:
     """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        request.app["telemetry"].incr(request.method)
+        request.app[TELEMETRY].incr(request.method)
         try:
             try:
                 response = await handler(request)

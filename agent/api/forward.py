@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.config.duration import DurationError, parse_duration
 
@@ -42,7 +43,7 @@ def _timeout(request: web.Request) -> float:
     q = request.query
     if "index" not in q:
         return PLAIN_TIMEOUT
-    cfg = request.app["agent"].config
+    cfg = request.app[AGENT].config
     try:
         wait = parse_duration(q["wait"]) if "wait" in q else cfg.default_query_time
     except DurationError:
@@ -59,7 +60,7 @@ async def _request_args(request: web.Request, query: str) -> dict[str, Any]:
 
 async def forward_request(request: web.Request, datacenter: str) -> web.Response:
     """Send this request to `datacenter` and answer with what its server answered."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     # The far end must serve it itself: `dc` names it (a write sent on to the primary drops the secondary's).
     query = "&".join([p for p in request.rel_url.raw_query_string.split("&") if p and not p.startswith("dc=")]
                      + [f"dc={datacenter}"])
@@ -77,7 +78,7 @@ def on_leader(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ACL write run where the catalog is written, checked by that server's HTTP layer against its replica."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        agent = request.app["agent"]
+        agent = request.app[AGENT]
         primary = await _primary_owned(request)
         if primary:
             response = await forward_request(request, primary)
@@ -108,7 +109,7 @@ async def _primary_owned(request: web.Request) -> str:
     """The primary datacenter, when this is a write, in a secondary that replicates ACLs, of an object the
     primary owns: policies, roles and global tokens (Consul forwards those; local tokens, auth methods,
     binding rules and logins stay in the datacenter). "" otherwise."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     cfg = agent.config
     path = request.path
     if (request.method in ("GET", "HEAD") or not cfg.primary_datacenter or cfg.primary_datacenter == cfg.datacenter

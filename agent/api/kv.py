@@ -14,6 +14,7 @@ from proconsul.agent.api.authz import FILTERED_HEADER, authorizer
 from proconsul.agent.api.body import fold_keys, json_body
 from proconsul.agent.api.catalog import cached_read, mark_cacheable
 from proconsul.agent.api.errors import BadRequest, TooLarge
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode, flag, uint_param
 from proconsul.agent.api.responses import consul_headers, json_response
 from proconsul.agent.api.txn_catalog import catalog_txn_op, is_catalog_kind, refused
@@ -49,7 +50,7 @@ def _key(request: web.Request) -> str:
 @cached_read
 async def get(request: web.Request) -> web.StreamResponse:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     key = _key(request)
     b = blocking_params(request)
     mode = consistency_mode(request)
@@ -90,7 +91,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 @routes.put("/v1/kv/{key:.*}")
 async def put(request: web.Request) -> web.Response:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     key = _key(request)
     if not key:
         raise BadRequest("Missing key name")
@@ -123,7 +124,7 @@ async def put(request: web.Request) -> web.Response:
 @routes.delete("/v1/kv/{key:.*}")
 async def delete(request: web.Request) -> web.Response:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     key = _key(request)
     if flag(request, "recurse"):
         cmd = c.KVOp(verb="delete-tree", key=key)
@@ -184,7 +185,7 @@ def _txn_op(i: int, raw: Any) -> dict[str, Any]:
 async def _may_txn(request: web.Request, ops: list[dict[str, Any]]) -> None:
     """Every operation of a transaction needs its own right, checked before anything is applied (Consul).
     Operations the store will refuse (unknown verbs) need none: they fail the transaction anyway."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.acl is None:
         return
     authz = await authorizer(request)
@@ -208,7 +209,7 @@ async def txn(request: web.Request) -> web.Response:
         raise TooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
     ops = [_txn_op(i, raw) for i, raw in enumerate(body)]
     await _may_txn(request, ops)
-    backend = request.app["agent"].backend
+    backend = request.app[AGENT].backend
     index = None
     if all(is_read_op(op) for op in ops):
         # Consul's fast path: a read-only transaction is a read (any consistency mode), not a Raft write.

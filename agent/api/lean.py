@@ -31,6 +31,7 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.web_protocol import RequestHandler
 
 from proconsul.agent.api.compress import GZIP_MIN
+from proconsul.agent.api.keys import AGENT, TELEMETRY
 from proconsul.agent.api.read_cache import HEAD_TAIL, may_answer_cached
 
 # Targets whose aiohttp `path_qs` (the cache key) is the target itself: no percent-encoding, no dot or
@@ -44,8 +45,8 @@ class LeanFront:
     """Answers cache hits from raw request bytes (`answer`), or says None: aiohttp takes the request."""
 
     def __init__(self, app: web.Application) -> None:
-        self.agent = app["agent"]
-        self.http_counters = app["telemetry"]
+        self.agent = app[AGENT]
+        self.http_counters = app[TELEMETRY]
         self.counters = self.agent.telemetry.counters
 
     def answer(self, data: bytes) -> tuple[bytes, bytes] | None:

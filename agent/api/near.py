@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.cluster.vivaldi import Coordinate, CoordinateError, sort_by_distance
 
 
@@ -37,7 +38,7 @@ async def near_sorted(request: web.Request, rows: list[Any], near: str | None = 
     near = near if near is not None else request.query.get("near", "")
     if not near or not isinstance(rows, list):
         return rows
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if near == "_agent":
         near = agent.config.node_name
     return sort_by_distance(rows, _node_of, await coordinates(agent), near)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import check_common, uint_param
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.cluster import autopilot as ap
@@ -24,7 +25,7 @@ routes = web.RouteTableDef()
 @routes.get("/v1/operator/raft/configuration")
 async def raft_configuration(request: web.Request) -> web.Response:
     check_common(request)
-    cluster = request.app["agent"].cluster
+    cluster = request.app[AGENT].cluster
     return json_response(request, await cluster.operator_call(
         "operator.raft_configuration", {"stale": "stale" in request.query}))
 
@@ -35,14 +36,14 @@ async def raft_remove_peer(request: web.Request) -> web.Response:
     sid, address = q.get("id", ""), q.get("address", "")
     if bool(sid) == bool(address):
         raise BadRequest("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
-    await request.app["agent"].cluster.operator_call("operator.raft_remove_peer", {"id": sid, "address": address})
+    await request.app[AGENT].cluster.operator_call("operator.raft_remove_peer", {"id": sid, "address": address})
     return web.Response(status=200)
 
 
 @routes.post("/v1/operator/raft/transfer-leader")
 async def raft_transfer_leader(request: web.Request) -> web.Response:
     sid = request.query.get("id", "")
-    await request.app["agent"].cluster.operator_call("operator.raft_transfer_leader", {"id": sid})
+    await request.app[AGENT].cluster.operator_call("operator.raft_transfer_leader", {"id": sid})
     return json_response(request, {"Success": True})
 
 
@@ -56,7 +57,7 @@ async def federation(request: web.Request) -> web.Response:
 
 async def _from_a_server(request: web.Request, method: str, local: str) -> Any:
     """A server answers from its own view (`cluster.<local>()`); a client agent asks one (`method`)."""
-    cluster = request.app["agent"].cluster
+    cluster = request.app[AGENT].cluster
     if cluster.raft is not None:
         return getattr(cluster, local)()
     return await cluster.call_any_server(method, {}, timeout=10.0)
@@ -65,7 +66,7 @@ async def _from_a_server(request: web.Request, method: str, local: str) -> Any:
 @routes.delete("/v1/operator/federation/{dc}")
 async def federation_remove_dc(request: web.Request) -> web.Response:
     """Forget a dead datacenter now (Consul keeps it listed until reconnect_timeout_wan, 72 h)."""
-    cluster = request.app["agent"].cluster
+    cluster = request.app[AGENT].cluster
     if cluster.raft is None:
         raise BadRequest("run remove-dc against a server: client agents are not in the WAN pool")
     names = cluster.forget_datacenter(request.match_info["dc"].lower())
@@ -76,7 +77,7 @@ async def federation_remove_dc(request: web.Request) -> web.Response:
 async def debug_partition(request: web.Request) -> web.Response:
     """Fault injection (only with `enable_debug`): drop this agent's Raft and gossip traffic to and from
     the named members, e.g. {"Block": ["s1", "s2"]}; {"Block": []} heals."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if not agent.config.enable_debug:
         raise HTTPError("debug endpoints are disabled on this agent (set enable_debug = true)", 403)
     raw = await json_body(request)
@@ -94,7 +95,7 @@ async def debug_partition(request: web.Request) -> web.Response:
 async def debug_profile(request: web.Request) -> web.Response:
     """A CPU profile of the agent (only with `enable_debug`): `?seconds=N` (1-60) of sampled stacks of its
     event loop, collapsed for flame-graph tools."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if not agent.config.enable_debug:
         raise HTTPError("debug endpoints are disabled on this agent (set enable_debug = true)", 403)
     seconds = uint_param(request, "seconds", 10)
@@ -109,7 +110,7 @@ async def debug_profile(request: web.Request) -> web.Response:
 async def autopilot_config_get(request: web.Request) -> web.Response:
     """Autopilot's configuration (replicated; the agent config's `autopilot` block until one is written)."""
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     idx, row = await agent.backend.query("table.get", {"table": "meta", "key": META_KEY})
     body = dict(row) if row else dict(config_from_file(agent.config.autopilot), CreateIndex=0, ModifyIndex=0)
     return json_response(request, body, index=idx)
@@ -118,7 +119,7 @@ async def autopilot_config_get(request: web.Request) -> web.Response:
 @routes.put("/v1/operator/autopilot/configuration")
 async def autopilot_config_put(request: web.Request) -> web.Response:
     """Replace autopilot's configuration (`?cas=` to only replace the version read)."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     raw = fold_keys(want_dict(await json_body(request), "AutopilotConfiguration"), ap.FIELDS)
     try:
         row = ap.checked(raw)
@@ -131,7 +132,7 @@ async def autopilot_config_put(request: web.Request) -> web.Response:
 
 async def _autopilot_report(request: web.Request, what: str) -> dict:
     check_common(request)
-    return await request.app["agent"].cluster.operator_call(f"operator.autopilot_{what}",
+    return await request.app[AGENT].cluster.operator_call(f"operator.autopilot_{what}",
                                                             {"stale": "stale" in request.query})
 
 
@@ -151,7 +152,7 @@ async def autopilot_state(request: web.Request) -> web.Response:
 async def usage(request: web.Request) -> web.Response:
     """Consul's usage report: services, instances and nodes of this datacenter."""
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     idx, services = await agent.backend.query("catalog.services", {})
     _, nodes = await agent.backend.query("catalog.nodes", {})
     instances = 0
@@ -179,7 +180,7 @@ async def keyring(request: web.Request) -> web.Response:
     relay = uint_param(request, "relay-factor")
     if relay > 5:
         raise BadRequest("relay-factor: the maximum is 5")  # accepted for Consul's CLI; answers come back directly
-    cluster = request.app["agent"].cluster
+    cluster = request.app[AGENT].cluster
     op = {"GET": "list", "POST": "install", "PUT": "use", "DELETE": "remove"}[request.method]
     key = ""
     if op != "list":

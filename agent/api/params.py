@@ -10,6 +10,7 @@ from aiohttp import web
 
 from proconsul.agent.api.errors import BadRequest, Handler
 from proconsul.agent.api.forward import ForwardToDatacenter
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.cluster.errors import NoPathToDatacenter
 from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog.filter import FilterError, Predicate, compile_filter
@@ -33,7 +34,7 @@ def blocking_params(request: web.Request, rng: random.Random | None = None) -> B
                 raise ValueError
         except ValueError:
             raise BadRequest(f"Invalid index: {raw!r} is not a non-negative integer") from None
-    cfg = request.app["agent"].config
+    cfg = request.app[AGENT].config
     wait = cfg.default_query_time
     if "wait" in q:
         try:
@@ -62,7 +63,7 @@ def check_datacenter(request: web.Request) -> None:
     if "dc=" not in request.query_string:  # the hot path parses nothing
         return
     dc = request.query.get("dc")
-    if dc and dc.lower() != request.app["agent"].config.datacenter:
+    if dc and dc.lower() != request.app[AGENT].config.datacenter:
         if request.path.startswith("/v1/agent/"):
             raise NoPathToDatacenter(dc)
         raise ForwardToDatacenter(dc.lower())
@@ -71,7 +72,7 @@ def check_datacenter(request: web.Request) -> None:
 def primary_owned(request: web.Request) -> None:
     """Writes of what the primary datacenter owns (intentions, config entries) go to the primary
     when this datacenter is a secondary; its leader replicates the result back."""
-    cfg = request.app["agent"].config
+    cfg = request.app[AGENT].config
     if cfg.primary_datacenter and cfg.primary_datacenter != cfg.datacenter:
         raise ForwardToDatacenter(cfg.primary_datacenter)
 

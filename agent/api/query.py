@@ -17,6 +17,7 @@ from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.near import coordinates
 from proconsul.agent.api.params import check_common, flag, uint_param
 from proconsul.agent.api.responses import json_response
@@ -144,7 +145,7 @@ def parse_definition(raw: Any) -> dict[str, Any]:
 
 
 async def _existing(request: web.Request, qid: str) -> dict[str, Any]:
-    _, rows = await request.app["agent"].backend.query("query.get", {"id": qid})
+    _, rows = await request.app[AGENT].backend.query("query.get", {"id": qid})
     if not rows:
         raise NotFoundHTTP(pq.NOT_FOUND)
     return rows[0]
@@ -156,7 +157,7 @@ async def create(request: web.Request) -> web.Response:
     query = parse_definition(await json_body(request))
     (await authorizer(request)).require("query", query.get("Name") or "", "write")
     query["ID"] = str(uuid.uuid4())
-    await request.app["agent"].backend.apply(c.TableSet(table=pq.TABLE, key=query["ID"], row=query))
+    await request.app[AGENT].backend.apply(c.TableSet(table=pq.TABLE, key=query["ID"], row=query))
     return json_response(request, {"ID": query["ID"]})
 
 
@@ -168,7 +169,7 @@ async def list_queries(request: web.Request) -> web.Response:
 @routes.get("/v1/query/{id}")
 async def read(request: web.Request) -> web.Response:
     check_common(request)
-    idx, rows = await request.app["agent"].backend.query("query.get", {"id": request.match_info["id"]})
+    idx, rows = await request.app[AGENT].backend.query("query.get", {"id": request.match_info["id"]})
     if not rows:
         raise NotFoundHTTP(pq.NOT_FOUND)
     (await authorizer(request)).require("query", rows[0].get("Name") or "", "read")
@@ -184,7 +185,7 @@ async def update(request: web.Request) -> web.Response:
     authz.require("query", (await _existing(request, qid)).get("Name") or "", "write")
     authz.require("query", query.get("Name") or "", "write")
     query["ID"] = qid
-    await request.app["agent"].backend.apply(c.TableSet(table=pq.TABLE, key=qid, row=query))
+    await request.app[AGENT].backend.apply(c.TableSet(table=pq.TABLE, key=qid, row=query))
     return web.Response(status=200)
 
 
@@ -193,14 +194,14 @@ async def delete(request: web.Request) -> web.Response:
     check_common(request)
     qid = request.match_info["id"]
     (await authorizer(request)).require("query", (await _existing(request, qid)).get("Name") or "", "write")
-    await request.app["agent"].backend.apply(c.TableDelete(table=pq.TABLE, key=qid))
+    await request.app[AGENT].backend.apply(c.TableDelete(table=pq.TABLE, key=qid))
     return web.Response(status=200)
 
 
 @routes.get("/v1/query/{id}/execute")
 async def execute(request: web.Request) -> web.Response:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     limit = uint_param(request, "limit")
     idx, result = await agent.backend.query("query.execute", {"query": request.match_info["id"],
                                                               "connect": flag(request, "connect")})
@@ -233,7 +234,7 @@ async def _failover(agent: Any, qid: str, connect: bool, local: dict[str, Any]) 
 @routes.get("/v1/query/{id}/explain")
 async def explain(request: web.Request) -> web.Response:
     check_common(request)
-    idx, result = await request.app["agent"].backend.query("query.explain", {"query": request.match_info["id"]})
+    idx, result = await request.app[AGENT].backend.query("query.explain", {"query": request.match_info["id"]})
     if result is None:
         raise NotFoundHTTP(pq.NOT_FOUND)
     return json_response(request, result, index=idx)

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import consistency_mode
 
 
@@ -35,7 +36,7 @@ def json_response(request: web.Request, data: Any, *, index: int | None = None, 
 def consul_headers(request: web.Request, index: int | None) -> dict[str, str]:
     h: dict[str, str] = {}
     if index is not None:
-        agent = request.app["agent"]
+        agent = request.app[AGENT]
         h["X-Consul-Index"] = str(max(index, 1))
         h["X-Consul-KnownLeader"] = "true" if agent.known_leader() else "false"
         h["X-Consul-LastContact"] = str(int(agent.last_contact() * 1000))

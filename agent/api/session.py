@@ -10,6 +10,7 @@ from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.body import field_type, fold_keys, json_body, want_dict
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import check_common
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.config.duration import DurationError, format_duration, parse_duration
@@ -34,7 +35,7 @@ def _lock_delay_ns(v: Any) -> int:
 @routes.put("/v1/session/create")
 async def create(request: web.Request) -> web.Response:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await json_body(request, required=False) or {}
     body = fold_keys(want_dict(body, "Session"), ("Name", "Node", "Behavior", "TTL", "ID", "LockDelay", "Checks",
                                                   "NodeChecks", "ServiceChecks"))
@@ -59,7 +60,7 @@ async def create(request: web.Request) -> web.Response:
             ttl = parse_duration(sess["TTL"])
         except DurationError as e:
             raise BadRequest(f"Session.TTL: {e}") from None
-        low = request.app["agent"].config.session_ttl_min
+        low = request.app[AGENT].config.session_ttl_min
         if not low <= ttl <= MAX_TTL:
             raise BadRequest(f"Invalid Session TTL '{sess['TTL']}', must be between "
                              f"[{format_duration(low)}={format_duration(MAX_TTL)}]")
@@ -71,7 +72,7 @@ async def create(request: web.Request) -> web.Response:
 async def _may_write_session(request: web.Request) -> None:
     """session:write on the session's node (an unknown session is left to the handler's answer)."""
     authz = await authorizer(request)
-    _, rows = await request.app["agent"].backend.query("session.info", {"id": request.match_info["id"]})
+    _, rows = await request.app[AGENT].backend.query("session.info", {"id": request.match_info["id"]})
     if rows:
         authz.require("session", rows[0]["Node"], "write")
 
@@ -80,7 +81,7 @@ async def _may_write_session(request: web.Request) -> None:
 async def destroy(request: web.Request) -> web.Response:
     check_common(request)
     await _may_write_session(request)
-    await request.app["agent"].backend.session_destroy(request.match_info["id"])
+    await request.app[AGENT].backend.session_destroy(request.match_info["id"])
     return json_response(request, True)
 
 
@@ -89,7 +90,7 @@ async def renew(request: web.Request) -> web.Response:
     check_common(request)
     sid = request.match_info["id"]
     await _may_write_session(request)
-    sess = await request.app["agent"].backend.session_renew(sid)
+    sess = await request.app[AGENT].backend.session_renew(sid)
     if sess is None:
         raise NotFoundHTTP(f"Session id '{sid}' not found")
     return json_response(request, [sess])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import check_common
 from proconsul.agent.api.responses import consul_headers
 from proconsul.agent.cluster import snapshot
@@ -18,7 +19,7 @@ MAX_SNAPSHOT = 1 << 30
 @routes.get("/v1/snapshot")
 async def save(request: web.Request) -> web.Response:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     # Taken by the leader after a ReadIndex round (forwarded from followers and client agents), or
     # by whichever server is asked with ?stale — as Consul does.
     index, data = await agent.cluster.operator_call("snapshot.save", {"stale": "stale" in request.query})
@@ -28,7 +29,7 @@ async def save(request: web.Request) -> web.Response:
 @routes.put("/v1/snapshot")
 async def restore(request: web.Request) -> web.Response:
     check_common(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     data = await request.content.read(MAX_SNAPSHOT + 1)
     if len(data) > MAX_SNAPSHOT:
         raise BadRequest("snapshot is larger than 1 GiB")

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.errors import BadRequest
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.local.events import EventError, new_event
@@ -17,12 +18,12 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/status/leader")
 async def leader(request: web.Request) -> web.Response:
-    return json_response(request, await request.app["agent"].leader_address())
+    return json_response(request, await request.app[AGENT].leader_address())
 
 
 @routes.get("/v1/status/peers")
 async def peers(request: web.Request) -> web.Response:
-    return json_response(request, await request.app["agent"].peer_addresses())
+    return json_response(request, await request.app[AGENT].peer_addresses())
 
 
 @routes.put("/v1/event/fire/{name}")
@@ -35,7 +36,7 @@ async def fire(request: web.Request) -> web.Response:
                           q.get("tag", ""))
     except EventError as e:
         raise BadRequest(str(e)) from None
-    return json_response(request, _event_json(await request.app["agent"].fire_event(event)))
+    return json_response(request, _event_json(await request.app[AGENT].fire_event(event)))
 
 
 def _event_json(e: dict) -> dict:
@@ -47,7 +48,7 @@ def _event_json(e: dict) -> dict:
 @routes.get("/v1/event/list")
 async def list_events(request: web.Request) -> web.Response:
     check_common(request)
-    events = request.app["agent"].events
+    events = request.app[AGENT].events
     b = blocking_params(request)
     name = request.query.get("name", "")
     idx, items = await events.list(name, b.index, b.wait)

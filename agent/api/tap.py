@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import check_common, consistency_mode
 from proconsul.agent.observe.proxy_stats import Target, targets
 from proconsul.connect.proxy.tap import TapError, TapFilter, parse_rate
@@ -60,7 +61,7 @@ async def tap(request: web.Request) -> web.StreamResponse:
         parse_rate(request.query.get("max_rps"))
     except TapError as e:
         raise BadRequest(f"tap: {e}") from None
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     _, rows = await agent.backend.query("catalog.service", {"name": service, "tags": None, "node_meta": None,
                                                             "connect": True}, 0, 0.0, consistency_mode(request))
     proxies = targets(rows or [], agent.config.node_name)

@@ -21,6 +21,7 @@ from proconsul.agent.api.authz import authorizer
 from proconsul.agent.api.catalog import run_query
 from proconsul.agent.api.connect import _connect
 from proconsul.agent.api.errors import BadRequest, NotFoundHTTP, TooLarge
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode
 from proconsul.agent.api.responses import consul_headers, dumps
 from proconsul.agent.api.ui_metrics import attach as attach_metrics
@@ -65,7 +66,7 @@ def _json(request: web.Request, body: bytes, index: int | None, key: str | None 
     headers = consul_headers(request, index)
     headers["Vary"] = "Accept-Encoding"
     if len(body) >= GZIP_MIN and _accepts_gzip(request):
-        cache: GzipCache = request.app["agent"].ui_gzip
+        cache: GzipCache = request.app[AGENT].ui_gzip
         gz = cache.get(key, body) if key else gzip.compress(body, 6, mtime=0)
         headers["Content-Encoding"] = "gzip"
         return web.Response(body=gz, content_type="application/json", headers=headers)
@@ -76,7 +77,7 @@ async def _query(request: web.Request, name: str, args: dict[str, Any]) -> tuple
     """Run a named read (blocking when asked) and return its index and encoded body."""
     check_common(request)
     b = blocking_params(request)
-    backend = request.app["agent"].backend
+    backend = request.app[AGENT].backend
     mode = consistency_mode(request)
     if hasattr(backend, "query_encoded"):
         idx, _, body = await backend.query_encoded(name, args, dumps, b.index, b.wait, mode)
@@ -140,7 +141,7 @@ async def service_topology(request: web.Request) -> web.Response:
 
 
 async def _topology(request: web.Request, name: str) -> tuple[int, dict[str, Any]]:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     default_allow = agent.config.intention_default_allow
     ixn_list = (await _connect(request)).intentions() if agent.connect is not None else []
     by_ixn_up = {i["DestinationName"] for i in ixn_list if i["SourceName"] == name} - {name, ixns.WILDCARD}
@@ -156,7 +157,7 @@ async def _topology(request: web.Request, name: str) -> tuple[int, dict[str, Any
     names = sorted(set(ups) | set(downs))
     summaries: dict[str, Any] = {}
     if names:
-        _, body = await request.app["agent"].backend.query("ui.services", {"names": names}, 0, 0.0,
+        _, body = await request.app[AGENT].backend.query("ui.services", {"names": names}, 0, 0.0,
                                                            consistency_mode(request))
         summaries = {s["Name"]: s for s in body}
     protocols = topo["Protocols"]
@@ -209,7 +210,7 @@ async def intention_check(request: web.Request) -> web.Response:
         req = ixns.Request(path=path, method=method, headers=headers)
     conn = await _connect(request)
     ixn_list = conn.intentions()
-    default_allow = request.app["agent"].config.intention_default_allow
+    default_allow = request.app[AGENT].config.intention_default_allow
     allowed, reason = ixns.decide(ixn_list, src, dst, default_allow, req)
     gov = ixns.governing(ixn_list, src, dst)
     body = {"Allowed": allowed, "Reason": reason, "Intention": gov, "DefaultAllow": default_allow,
@@ -265,7 +266,7 @@ def _send_asset(request: web.Request, asset: Asset, cache_control: str) -> web.R
 async def ui_file(request: web.Request) -> web.Response:
     """An asset by path (cached for a year when asked for by its content hash), else the app's page:
     every other path below the content path is a route of the single-page app."""
-    bundle: Bundle = request.app["agent"].ui_bundle
+    bundle: Bundle = request.app[AGENT].ui_bundle
     rel = request.match_info.get("tail", "")
     asset = bundle.lookup(rel)
     if asset is not None:
@@ -280,7 +281,7 @@ async def ui_file(request: web.Request) -> web.Response:
 
 async def root(request: web.Request) -> web.Response:
     """`/`: a 301 to the UI, as Consul does; a one-line hint when the UI is disabled."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if agent.config.ui_enabled:
         raise web.HTTPMovedPermanently(agent.config.ui_content_path)
     return web.Response(text="Proconsul agent: UI disabled. To enable, set ui_config.enabled = true in the "

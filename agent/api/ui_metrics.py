@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from proconsul.agent.api.errors import HTTPError, NotFoundHTTP
+from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common, consistency_mode
 from proconsul.agent.api.responses import consul_headers, dumps
 from proconsul.agent.observe.prometheus_links import prometheus_links
@@ -36,7 +37,7 @@ routes = web.RouteTableDef()
 
 async def service_links(request: web.Request, service: str) -> dict[str, Any]:
     """`{Provider, Upstreams: {dst: m}, Downstreams: {src: m}, Proxies: [...], Error}` for one service."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     cfg = agent.config
     dc = request.query.get("dc", "")
     if cfg.ui_metrics_provider == "prometheus":  # Prometheus scrapes every proxy; its series carry no dc
@@ -76,7 +77,7 @@ async def service_metrics(request: web.Request) -> web.Response:
 async def metrics_proxy(request: web.Request) -> web.StreamResponse:
     """Consul's read-only pass-through to `ui_config.metrics_proxy.base_url` (Prometheus for the
     `prometheus` provider): paths outside `path_allowlist` are 403, the ACL token is not passed on."""
-    cfg = request.app["agent"].config
+    cfg = request.app[AGENT].config
     if not cfg.ui_enabled:
         raise NotFoundHTTP("UI is not enabled")
     base = cfg.ui_metrics_proxy_base_url

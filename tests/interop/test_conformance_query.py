@@ -148,7 +148,8 @@ def test_near_and_limit(agent: AgentProcess) -> None:
     firsts = {execute(agent, "pq-near", "?near=pq-a")["Nodes"][0]["Node"]["Node"] for _ in range(5)}
     assert firsts == {"pq-a"}  # ?near= overrides the query's Near
     assert len(execute(agent, "pq-near", "?limit=1")["Nodes"]) == 1
-    seen = {execute(agent, "pq-all")["Nodes"][0]["Node"]["Node"] for _ in range(40)}
+    create(agent, {"Name": "pq-near-none", "Service": {"Service": "db"}})  # its own: tests run in any order
+    seen = {execute(agent, "pq-near-none")["Nodes"][0]["Node"]["Node"] for _ in range(40)}
     assert seen == {"pq-a", "pq-b"}  # without Near, shuffled
 
 
