@@ -84,15 +84,31 @@ def slow_down(sim: Sim, pattern: SlowPattern) -> None:
 
 
 def fp_run(n: int, seed: int, seconds: float, lifeguard: bool, every: tuple[float, float] = PAUSE_EVERY,
-           kind: str = "stall", delay: float = 2.0, length: float = 10.0) -> dict[str, Any]:
+           kind: str = "stall", delay: float = 2.0, length: float = 10.0,
+           progress: Path | None = None) -> dict[str, Any]:
     """False positives with 1% loss and 5% of members slow now and then: kind "stall" (they stop for
     `delay` seconds), or "lag" (for `length` seconds they handle every datagram `delay` seconds late,
-    acks of their own probes included, while their timers keep time: slow observers)."""
+    acks of their own probes included, while their timers keep time: slow observers).
+
+    With `progress`, the figures so far are written beside it (one file per arm) as JSON every 20
+    simulated seconds: a long run that cannot finish still reports the span it covered (running in
+    steps is the same run, event for event)."""
     cpu0 = time.process_time()
     timings = LAN if lifeguard else LAN.plain_swim()
     sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False)
     slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
-    sim.run(seconds)
+    step = 20.0 if progress is not None else seconds
+    while sim.now < seconds:
+        sim.run(min(seconds, sim.now + step))
+        if progress is not None:  # one file per arm: <stem>-n<n>-<on|off><suffix>
+            part = _fp_figures(sim, n, seed, sim.now, lifeguard, kind, delay, length, every, cpu0)
+            arm = progress.with_name(f"{progress.stem}-n{n}-{'on' if lifeguard else 'off'}{progress.suffix}")
+            arm.write_text(json.dumps({"partial": part, "load": load()}, indent=1))
+    return _fp_figures(sim, n, seed, seconds, lifeguard, kind, delay, length, every, cpu0)
+
+
+def _fp_figures(sim: Sim, n: int, seed: int, seconds: float, lifeguard: bool, kind: str, delay: float,
+                length: float, every: tuple[float, float], cpu0: float) -> dict[str, Any]:
     cpu = time.process_time() - cpu0
     member_hours = n * seconds / 3600.0
     st = sim.stats
@@ -199,6 +215,9 @@ def main() -> int:
     ap.add_argument("--fp-seconds", type=float, default=None, help="simulated seconds of each false-positive arm")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "membership-sim.png")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--progress", type=Path, default=None,
+                    help="write each false-positive arm's figures so far beside this path "
+                         "(PATH-n<n>-<arm>.json) every 20 simulated seconds")
     ap.add_argument("--pause-every", type=float, nargs=2, default=PAUSE_EVERY, metavar=("LO", "HI"),
                     help="seconds between a slow member's 2 s pauses (uniform)")
     ap.add_argument("--no-scale", action="store_true", help="skip the traffic/detection/join run")
@@ -248,7 +267,7 @@ def main() -> int:
                 if args.arm not in ("both", arm):
                     continue
                 f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every), args.slow_kind, args.delay,
-                           args.lag_length)
+                           args.lag_length, progress=args.progress)
                 arms[arm].append(f)
                 print(f"  n={n} {args.slow_kind} {args.delay:g}s lifeguard={arm} seed={f['seed']}: "
                       f"{f['incidents']} false incidents ({f['healthy_incidents']} of healthy members) "
