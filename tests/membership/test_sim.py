@@ -4,6 +4,8 @@ and the eventual ones checked at the end. A failing seed reproduces exactly."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from proconsul.membership.config import LAN
@@ -112,3 +114,33 @@ def test_slow_observers_get_healthy_members_declared_dead_without_lifeguard_and_
     assert suspicions > 0
     assert healthy_lifeguard == 0
     assert healthy_plain >= 20
+
+
+def fingerprint(sim: Sim) -> str:
+    """Everything a run did: the trace (every delivery, timer and membership event, with its time),
+    traffic per member, the cores' counters and the false-positive statistics."""
+    st = sim.stats
+    parts = [sim.trace_digest(), sim.bytes_out, sim.packets_out, sorted(sim.counters().items()),
+             st.false_pairs, sorted(st.false_incidents), st.false_slow, st.suspicions, st.refutes, st.events]
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+# The fingerprint of the run below. Performance work on the simulator or the core must leave it alone
+# (the same run, event for event). A deliberate change of protocol behaviour changes it: then, and
+# only then, record the new value (run this test and copy the one it prints).
+GOLDEN = "5074fd5fa4464e9c3350d469bad7fa75"
+
+
+def test_a_fixed_seed_run_with_slow_members_is_the_same_event_for_event() -> None:
+    sim = Sim(200, seed=11, network=Network(loss=0.01), trace=True, encode=False)
+    for i in range(0, 200, 20):
+        sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
+    for i in (7, 77):
+        sim.slow(i, SlowPattern(seconds=8.0, every=(5.0, 10.0), kind="lag", length=10.0))
+    sim.at(4.0, lambda: sim.crash(33))
+    sim.at(6.0, lambda: sim.join(via=5))
+    for step in range(1, 7):  # in steps, as the benchmark's --progress runs it
+        sim.run(7.0 * step)
+    assert sim.stats.suspicions > 0 and sim.stats.refutes > 0
+    fp = fingerprint(sim)
+    assert fp == GOLDEN, f"the run changed: fingerprint {fp} (see GOLDEN)"
