@@ -20,12 +20,14 @@ The old heartbeat protocol's figures (issue 20) are printed beside them for comp
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,29 @@ def scale_run(n: int, seed: int, warmup: float = 10.0, window: float = 30.0) -> 
             "cpu_s": time.process_time() - cpu0, "false_pairs": sim.stats.false_pairs}
 
 
+def run_sim(sim: Sim, seconds: float, step: float = 20.0,
+            each: Callable[[], None] | None = None) -> None:
+    """sim.run(seconds) in steps of `step` simulated seconds, with Python's cyclic garbage collector
+    held back: the pool's hundreds of thousands of long-lived objects (records, views, queues) made
+    every automatic full collection walk them all (~15% of the CPU at 5,000 members with slow
+    members). The simulator makes little cyclic garbage; it is collected once per step. Neither the
+    steps nor the collector change the run (the fingerprint test steps it too)."""
+    was = gc.isenabled()
+    gc.collect()
+    gc.freeze()  # what the pool was built with is never garbage
+    gc.disable()
+    try:
+        while sim.now < seconds:
+            sim.run(min(seconds, sim.now + step))
+            gc.collect()
+            if each is not None:
+                each()
+    finally:
+        gc.unfreeze()
+        if was:
+            gc.enable()
+
+
 def slow_down(sim: Sim, pattern: SlowPattern) -> None:
     """5% of the members (every 20th) slow with `pattern` from now on."""
     for i in range(0, sim.n, 20):
@@ -97,13 +122,14 @@ def fp_run(n: int, seed: int, seconds: float, lifeguard: bool, every: tuple[floa
     timings = LAN if lifeguard else LAN.plain_swim()
     sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False)
     slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
-    step = 20.0 if progress is not None else seconds
-    while sim.now < seconds:
-        sim.run(min(seconds, sim.now + step))
-        if progress is not None:  # one file per arm: <stem>-n<n>-<on|off><suffix>
+
+    def report() -> None:  # one file per arm: <stem>-n<n>-<on|off><suffix>
+        if progress is not None:
             part = _fp_figures(sim, n, seed, sim.now, lifeguard, kind, delay, length, every, cpu0)
             arm = progress.with_name(f"{progress.stem}-n{n}-{'on' if lifeguard else 'off'}{progress.suffix}")
             arm.write_text(json.dumps({"partial": part, "load": load()}, indent=1))
+
+    run_sim(sim, seconds, each=report)
     return _fp_figures(sim, n, seed, seconds, lifeguard, kind, delay, length, every, cpu0)
 
 
@@ -121,18 +147,27 @@ def _fp_figures(sim: Sim, n: int, seed: int, seconds: float, lifeguard: bool, ki
             "refutes": st.refutes, "cpu_s": cpu, "cpu_per_member_s": cpu / (n * seconds)}
 
 
-def speed_run(n: int, seconds: float, rounds: int, slow: bool) -> dict[str, Any]:
-    """The simulator's own speed: CPU seconds per simulated second, datagrams encoded (every delivery
-    decoded by msgpack) against decoded messages handed over, alternated A B A B on the same seed."""
-    out: dict[str, list[float]] = {"encoded": [], "decoded": []}
+# --speed arms: (datagrams encoded, collector held back while it runs)
+SPEED_ARMS = {"encoded": (True, True), "decoded": (False, True), "decoded-gc": (False, False)}
+
+
+def speed_run(n: int, seconds: float, rounds: int, slow: bool, arms: list[str]) -> dict[str, Any]:
+    """The simulator's own speed: CPU seconds per simulated second, alternated A B A B on the same seed.
+    Arms: datagrams encoded (every delivery decoded by msgpack) or decoded messages handed over, with
+    the cyclic garbage collector held back (run_sim, as the benchmark runs) or left to its defaults."""
+    out: dict[str, list[float]] = {arm: [] for arm in arms}
     for _ in range(rounds):
-        for arm, encode in (("encoded", True), ("decoded", False)):
+        for arm in arms:
+            encode, held = SPEED_ARMS[arm]
             cpu0 = time.process_time()
             sim = Sim(n, seed=1, network=Network(loss=0.01), encode=encode)
             if slow:
                 slow_down(sim, SlowPattern(seconds=2.0, every=PAUSE_EVERY))
             built = time.process_time()
-            sim.run(seconds)
+            if held:
+                run_sim(sim, seconds)
+            else:
+                sim.run(seconds)
             cpu = time.process_time() - built
             out[arm].append(cpu / seconds)
             print(f"  speed n={n} {arm}: build {built - cpu0:.1f} s, {cpu / seconds:.3f} CPU s per simulated second; "
@@ -230,17 +265,19 @@ def main() -> int:
     ap.add_argument("--lag-length", type=float, default=10.0, help="seconds a lag episode lasts")
     ap.add_argument("--rounds", type=int, default=None, help="false-positive rounds (seeds) per arm")
     ap.add_argument("--speed", type=float, default=None, metavar="SECONDS",
-                    help="only time the simulator (encoded vs decoded datagrams) for this many simulated seconds")
+                    help="only time the simulator (see --speed-arms) for this many simulated seconds")
+    ap.add_argument("--speed-arms", nargs="+", choices=list(SPEED_ARMS), default=list(SPEED_ARMS),
+                    help="with --speed: encoded or decoded datagrams, -gc: the collector left to its defaults")
     ap.add_argument("--speed-slow", action="store_true", help="with --speed: 5%% of members pausing as in the FP runs")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only print the table and draw the plot from the --json files of earlier runs")
     args = ap.parse_args()
     print(f"load {load()}; {os.cpu_count()} CPUs", flush=True)
     if args.speed:
-        res = [speed_run(n, args.speed, args.rounds or 2, args.speed_slow) for n in args.sizes]
+        res = [speed_run(n, args.speed, args.rounds or 2, args.speed_slow, args.speed_arms) for n in args.sizes]
         for r in res:
-            print(f"n={r['n']}: {r['encoded']:.3f} → {r['decoded']:.3f} CPU s per simulated second "
-                  f"({r['encoded'] / r['decoded']:.2f}×); 10 simulated minutes ≈ {600 * r['decoded'] / 60:.1f} CPU min")
+            print(f"n={r['n']}: " + ", ".join(f"{arm} {r[arm]:.3f}" for arm in args.speed_arms)
+                  + " CPU s per simulated second (medians)")
         if args.json:
             args.json.write_text(json.dumps({"speed": res, "load": load()}, indent=1))
         return 0
