@@ -514,7 +514,7 @@ class Proxy:
         rt = self.rt
         assert rt is not None
         rt.set_policy(IntentionPolicy(rt.config.service, rt.trust_domain, intentions, self._default_allow,
-                                      http=rt.config.protocol == "http"))
+                                      http=rt.config.protocol in ("http", "http2", "grpc")))
 
     def _check_loaded(self) -> None:
         rt = self.rt
