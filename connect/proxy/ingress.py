@@ -51,7 +51,7 @@ class IngressFront(UpstreamFront):
             if up is None:
                 self.reply(ex, 404, f"no service for host {host!r} on listener {self.listener.port}", "NR")
                 return
-            self.up, self.pool, self.host = up, self.rt.pools.get(up.key), up.destination_name.encode()
+            self.up, self.host = up, up.destination_name.encode()
         super().send(ex)
 
 
