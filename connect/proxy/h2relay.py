@@ -616,7 +616,9 @@ class H2UpstreamFront(_H2Front):
     def retry_response(self, s: _Stream, status: int, grpc_status: int | None) -> bool:
         d = s.decision
         if not l7.retry_on_response(d, self.rt.config.retry.retry_on_5xx, s.method, status, s.held is not None,
-                                    grpc_status) or not l7.another_attempt(self.rt, d, s.attempt):
+                                    grpc_status):
+            return False
+        if not l7.another_attempt(self.rt, d, s.attempt, time.monotonic()):
             return False
         self._retry(s, f"{s.inst.id if s.inst else '?'} answered {status}"
                        f"{f' (grpc-status {grpc_status})' if grpc_status is not None else ''}")
@@ -626,10 +628,11 @@ class H2UpstreamFront(_H2Front):
         """A connect failure, or the stream reset or its connection lost before the response: another
         instance if the request is still held, the route retries such failures and the budget allows."""
         d = s.decision
-        if s.held is not None and l7.retry_on_failure(d) and l7.another_attempt(self.rt, d, s.attempt):
+        retryable = s.held is not None and l7.retry_on_failure(d)
+        if retryable and l7.another_attempt(self.rt, d, s.attempt, time.monotonic()):
             return self._retry(s, why)
         self._ended_on_instance(s, failed=True)
-        if s.held is not None and l7.retry_on_failure(d) and s.attempt < l7.num_retries(self.rt, d):
+        if retryable and s.attempt < l7.num_retries(self.rt, d):
             why += "; retry budget exhausted"
         self._give_up(s, why)
 

@@ -734,7 +734,8 @@ class UpstreamFront(Front):
     def should_retry(self, ex: Exchange, status: int) -> bool:
         d = ex.decision
         return l7.retry_on_response(d, self.rt.config.retry.retry_on_5xx, ex.head.method, status,
-                                    ex.retryable_body) and l7.another_attempt(self.rt, d, ex.attempt)
+                                    ex.retryable_body) and \
+            l7.another_attempt(self.rt, d, ex.attempt, time.monotonic())
 
     def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
         inst, pool = ex.inst, ex.pool

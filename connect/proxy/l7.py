@@ -2,13 +2,12 @@
 (h2relay.py) — which instance an attempt goes to, the request timeout, whether a response or a failure
 earns another attempt, and what is told about a finished request (access log, tap, tracing span).
 
-The decisions are pure over their arguments (the runtime's pools, budget and settings are read, not
-kept); the modes keep their own framing and connection handling.
+Time is an argument; the runtime's pools, retry budget and settings are what the decisions read (and the
+budget and pools what they count in). The modes keep their own framing and connection handling.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
@@ -72,9 +71,9 @@ def num_retries(rt: Runtime, d: Decision | None) -> int:
     return n if n is not None else rt.config.retry.num_retries
 
 
-def another_attempt(rt: Runtime, d: Decision | None, attempt: int) -> bool:
+def another_attempt(rt: Runtime, d: Decision | None, attempt: int, now: float) -> bool:
     """Attempt number `attempt + 1` is within the route's retries and the retry budget (counted if so)."""
-    return attempt + 1 <= num_retries(rt, d) and rt.budget.try_retry(time.monotonic())
+    return attempt + 1 <= num_retries(rt, d) and rt.budget.try_retry(now)
 
 
 def request_timeout(up: Upstream, d: Decision | None) -> float:
