@@ -58,14 +58,14 @@ LOCAL_APP = "local-app"  # rt.h2_backs key of the callee side's connection to it
 GRPC_FAILED = frozenset({2, 4, 13, 14, 15})  # gRPC statuses counted as a 5xx by outlier detection (Envoy's map)
 
 
-class _Stream:
+class H2Stream:
     """A request stream from the caller and the stream it became on a back connection, with what one
     attempt after another needs (held request, route decision, instance, timer) and what the log says."""
 
     __slots__ = ("front", "fsid", "back", "bsid", "waiting", "held", "held_size", "req_ended", "responded",
                  "grpc", "method", "path", "headers", "decision", "attempt", "tried", "inst", "pool",
                  "timer", "admitted", "status", "grpc_status", "flag", "bytes_in", "bytes_out", "started",
-                 "trace", "done", "denied")
+                 "trace", "done", "denied", "up", "authority")
 
     def __init__(self, front: _H2Front, fsid: int, method: bytes, path: bytes, headers: Headers,
                  grpc: bool) -> None:
@@ -95,6 +95,8 @@ class _Stream:
         self.trace: TraceContext | None = None
         self.done = False
         self.denied = False
+        self.up: Upstream | None = None  # caller's side: the upstream the stream goes to
+        self.authority = ""
 
 
 class _H2Side(asyncio.Protocol):
@@ -223,9 +225,9 @@ class H2Back(_H2Side):
     def __init__(self, rt: Runtime, key: str) -> None:
         super().__init__(client=True)
         self.rt, self.key = rt, key
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, H2Stream] = {}
 
-    def open(self, s: _Stream) -> None:
+    def open(self, s: H2Stream) -> None:
         """Send `s` on this connection: its headers, then what waits of its request."""
         s.back, s.bsid = self, self.conn.get_next_available_stream_id()
         self.streams[s.bsid] = s
@@ -237,7 +239,7 @@ class H2Back(_H2Side):
             else:
                 self.send_headers(s.bsid, payload, end)
 
-    def detach(self, s: _Stream) -> None:
+    def detach(self, s: H2Stream) -> None:
         """`s` no longer wants this connection's stream (retry, timeout, caller gone): cancel it."""
         if s.back is self:
             self.streams.pop(s.bsid, None)
@@ -296,7 +298,7 @@ class _H2Front(_H2Side):
         super().__init__(client=False)
         self.rt = rt
         self.link = link
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, H2Stream] = {}
         self.peer = ""
 
     def data_received(self, data: bytes) -> None:
@@ -332,21 +334,24 @@ class _H2Front(_H2Side):
         """A new stream from the caller."""
         if self.link is not None:
             self.link.requests += 1
-        method = path = b""
+        method = path = authority = b""
         plain: Headers = []
         for k, v in headers:
             if k == b":method":
                 method = v
             elif k == b":path":
                 path = v
+            elif k == b":authority":
+                authority = v
             elif not k.startswith(b":"):
                 plain.append((k.lower(), v))
         grpc = any(k == b"content-type" and v.startswith(b"application/grpc") for k, v in plain)
-        s = self.streams[sid] = _Stream(self, sid, method or b"GET", path or b"/", headers, grpc)
+        s = self.streams[sid] = H2Stream(self, sid, method or b"GET", path or b"/", headers, grpc)
         s.req_ended = end
+        s.authority = authority.decode("latin-1")
         self.start(s, plain)
 
-    def _forward(self, s: _Stream, kind: str, payload: Any, end: bool) -> None:
+    def _forward(self, s: H2Stream, kind: str, payload: Any, end: bool) -> None:
         """A part of the request: to the back stream, or waiting for one; and kept while a retry is possible."""
         if end:
             s.req_ended = True
@@ -369,14 +374,14 @@ class _H2Front(_H2Side):
         else:
             s.back.send_headers(s.bsid, payload, end)
 
-    def _release_waiting(self, s: _Stream) -> None:
+    def _release_waiting(self, s: H2Stream) -> None:
         for kind, payload, _ in s.waiting:  # not forwarded after all: open their window on the caller's side
             if kind == "data" and payload[1] is not None:
                 payload[1](len(payload[0]))
         s.waiting.clear()
 
     # ------------------------------------------------------------------ what comes back
-    def on_response(self, s: _Stream, headers: Headers, ended: bool) -> None:
+    def on_response(self, s: H2Stream, headers: Headers, ended: bool) -> None:
         status = 0
         grpc_status = None
         for k, v in headers:
@@ -397,20 +402,20 @@ class _H2Front(_H2Side):
         if ended:
             self.finish(s)
 
-    def on_data(self, s: _Stream, data: bytes, ended: bool, acker: Acker) -> None:
+    def on_data(self, s: H2Stream, data: bytes, ended: bool, acker: Acker) -> None:
         s.bytes_out += len(data)
         self.send_data(s.fsid, data, ended, acker)
         if ended:
             self.finish(s)
 
-    def on_trailers(self, s: _Stream, headers: Headers) -> None:
+    def on_trailers(self, s: H2Stream, headers: Headers) -> None:
         for k, v in headers:
             if k == b"grpc-status" and v.isdigit():
                 s.grpc_status = int(v)
         self.send_headers(s.fsid, headers, True)
         self.finish(s)
 
-    def on_back_reset(self, s: _Stream, code: int) -> None:
+    def on_back_reset(self, s: H2Stream, code: int) -> None:
         """The back stream (or its whole connection) went away before the response ended."""
         if s.done:
             return
@@ -423,7 +428,7 @@ class _H2Front(_H2Side):
             self.attempt_failed(s, f"the stream was reset (HTTP/2 error {int(code)})")
 
     # ------------------------------------------------------------------ answering here, finishing
-    def fail(self, s: _Stream, status: int, message: str, flag: str = "-") -> None:
+    def fail(self, s: H2Stream, status: int, message: str, flag: str = "-") -> None:
         """Answer a stream here: gRPC's trailers-only response for a gRPC call, else an HTTP status."""
         if s.done:
             return
@@ -443,11 +448,11 @@ class _H2Front(_H2Side):
         self.responded(s)
         self.finish(s)
 
-    def responded(self, s: _Stream) -> None:
+    def responded(self, s: H2Stream) -> None:
         if self.link is not None:
             self.link.response(s.status)
 
-    def finish(self, s: _Stream) -> None:
+    def finish(self, s: H2Stream) -> None:
         """`s` is over (answered, failed, or its caller went away): account for it and tell who listens."""
         if s.done:
             return
@@ -467,7 +472,7 @@ class _H2Front(_H2Side):
             l7.publish(self.rt, rec, s.started, now, self.inbound, s.trace, s.status, s.flag,
                        {"rpc.system": "grpc", "rpc.grpc.status_code": s.grpc_status} if s.grpc else None)
 
-    def _cancelled(self, s: _Stream) -> None:
+    def _cancelled(self, s: H2Stream) -> None:
         """The caller reset its stream."""
         self.streams.pop(s.fsid, None)
         if s.back is not None:
@@ -477,7 +482,7 @@ class _H2Front(_H2Side):
             s.flag = "DC"  # Envoy's: downstream connection termination
             self.finish(s)
 
-    def log_record(self, s: _Stream, now: float) -> dict[str, Any]:
+    def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         """The access-log fields of `s` (Envoy's names, as an HTTP/1.1 request's)."""
         if not self.peer and self.transport is not None:
             peer = self.transport.get_extra_info("peername")
@@ -488,9 +493,8 @@ class _H2Front(_H2Side):
                "response_code_details": DETAILS.get(s.flag, "via_upstream" if s.status else ""),
                "bytes_received": s.bytes_in, "bytes_sent": s.bytes_out, "duration": int((now - s.started) * 1000),
                "downstream_remote_address": self.peer, "headers": s.headers, "grpc_status": s.grpc_status}
-        for k, v in s.headers:
-            if k == b":authority":
-                rec["authority"] = v.decode("latin-1")
+        if s.authority:
+            rec["authority"] = s.authority
         return rec
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -508,17 +512,17 @@ class _H2Front(_H2Side):
         self.lost()
 
     # ------------------------------------------------------------------ what a side decides
-    def start(self, s: _Stream, plain: Headers) -> None:
+    def start(self, s: H2Stream, plain: Headers) -> None:
         raise NotImplementedError
 
-    def retry_response(self, s: _Stream, status: int, grpc_status: int | None) -> bool:
+    def retry_response(self, s: H2Stream, status: int, grpc_status: int | None) -> bool:
         """Whether this response is dropped for another attempt (it was then started)."""
         return False
 
-    def attempt_failed(self, s: _Stream, why: str) -> None:
+    def attempt_failed(self, s: H2Stream, why: str) -> None:
         raise NotImplementedError
 
-    def released(self, s: _Stream) -> None:
+    def released(self, s: H2Stream) -> None:
         """`s` no longer holds an instance or a breaker's place."""
 
     def lost(self) -> None:
@@ -548,11 +552,18 @@ class H2UpstreamFront(_H2Front):
         assert self.link is not None
         self.link.active -= 1
 
-    def start(self, s: _Stream, plain: Headers) -> None:
+    def upstream_of(self, s: H2Stream) -> Upstream | None:
+        """The upstream a new stream goes to (an ingress listener picks it by the stream's authority)."""
+        return self.up
+
+    def start(self, s: H2Stream, plain: Headers) -> None:
         """Route a new stream through the chain, start its timer, and send it when the breaker admits it."""
         rt = self.rt
         rt.budget.request(time.monotonic())
-        table = rt.chains.get(self.up.key)
+        up = s.up = self.upstream_of(s)
+        if up is None:
+            return self.fail(s, 404, f"no service for authority {s.authority!r}", "NR")
+        table = rt.chains.get(up.key)
         if table is not None:
             d = table.decide(s.method, s.path, plain, rt.rng.random())
             if d is None:
@@ -564,8 +575,8 @@ class H2UpstreamFront(_H2Front):
                 s.headers = [h for h in s.headers if h[0].startswith(b":")] + d.request_ops.apply(plain)
         if rt.tracer is not None:
             s.trace, s.headers = rt.tracer.start(s.headers, CLIENT)
-        s.timer = asyncio.get_running_loop().call_later(l7.request_timeout(self.up, s.decision), self._timed_out, s)
-        breaker = rt.breakers.get(self.up.key)
+        s.timer = asyncio.get_running_loop().call_later(l7.request_timeout(up, s.decision), self._timed_out, s)
+        breaker = rt.breakers.get(up.key)
         verdict = breaker.admit(s) if breaker is not None else SEND
         if verdict == REFUSE:
             assert self.link is not None
@@ -575,7 +586,7 @@ class H2UpstreamFront(_H2Front):
         if s.admitted:
             self.send(s)
 
-    def send(self, s: _Stream) -> None:
+    def send(self, s: H2Stream) -> None:
         """One attempt: an instance (not tried yet for this stream) and its shared connection."""
         d = s.decision
         key = None
@@ -584,7 +595,8 @@ class H2UpstreamFront(_H2Front):
             key = d.leg.lb.hash_key([h for h in s.headers if not h[0].startswith(b":")], s.path,
                                     peer[0] if peer else "")
         try:
-            pool, inst = l7.pick(self.rt, self.up, d, s.tried, key, time.monotonic())
+            assert s.up is not None
+            pool, inst = l7.pick(self.rt, s.up, d, s.tried, key, time.monotonic())
         except NoHealthyInstance as e:
             return self._give_up(s, str(e), no_instance=True)
         s.inst, s.pool = inst, pool
@@ -596,14 +608,16 @@ class H2UpstreamFront(_H2Front):
         else:
             self.rt.spawn(self._dial(s, inst))
 
-    async def _dial(self, s: _Stream, inst: Instance) -> None:
+    async def _dial(self, s: H2Stream, inst: Instance) -> None:
         rt, key = self.rt, instance_key(inst)
         assert self.link is not None
         link = self.link
         try:
             back = rt.h2_backs.get(key)
             if back is None or back.closed:
-                back = await dial(rt, self.up, inst, link, lambda _ctx, k: H2Back(rt, k))
+                assert s.up is not None
+                up = l7.dial_settings(s.up, s.decision, inst)
+                back = await dial(rt, up, inst, link, lambda _ctx, k: H2Back(rt, k))
                 rt.h2_backs[key] = back
         except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
             if not s.done:
@@ -613,7 +627,7 @@ class H2UpstreamFront(_H2Front):
             return
         back.open(s)
 
-    def retry_response(self, s: _Stream, status: int, grpc_status: int | None) -> bool:
+    def retry_response(self, s: H2Stream, status: int, grpc_status: int | None) -> bool:
         d = s.decision
         if not l7.retry_on_response(d, self.rt.config.retry.retry_on_5xx, s.method, status, s.held is not None,
                                     grpc_status):
@@ -624,7 +638,7 @@ class H2UpstreamFront(_H2Front):
                        f"{f' (grpc-status {grpc_status})' if grpc_status is not None else ''}")
         return True
 
-    def attempt_failed(self, s: _Stream, why: str) -> None:
+    def attempt_failed(self, s: H2Stream, why: str) -> None:
         """A connect failure, or the stream reset or its connection lost before the response: another
         instance if the request is still held, the route retries such failures and the budget allows."""
         d = s.decision
@@ -636,8 +650,8 @@ class H2UpstreamFront(_H2Front):
             why += "; retry budget exhausted"
         self._give_up(s, why)
 
-    def _retry(self, s: _Stream, why: str) -> None:
-        log.info("upstream %s: retrying %s: %s", self.up.destination_name, s.path.decode("latin-1"), why)
+    def _retry(self, s: H2Stream, why: str) -> None:
+        log.info("%s: retrying %s: %s", self.describe(), s.path.decode("latin-1"), why)
         if s.back is not None:
             s.back.detach(s)
         self._ended_on_instance(s, failed=True)
@@ -648,7 +662,7 @@ class H2UpstreamFront(_H2Front):
         self.link.retries += 1
         self.send(s)
 
-    def _ended_on_instance(self, s: _Stream, failed: bool) -> None:
+    def _ended_on_instance(self, s: H2Stream, failed: bool) -> None:
         """The attempt on `s.inst` is over (`s.inst` stays: the log names it)."""
         inst, pool = s.inst, s.pool
         if inst is None or pool is None:
@@ -662,32 +676,33 @@ class H2UpstreamFront(_H2Front):
         if not failed:
             pool.succeeded(inst)
         elif pool.failed(inst, time.monotonic(), self.rt.rng.random()):
-            log.warning("upstream %s: ejected %s after %d failures in a row", self.up.destination_name, inst.id,
+            log.warning("upstream %s: ejected %s after %d failures in a row", inst.service, inst.id,
                         pool.outlier.max_failures)
 
-    def responded(self, s: _Stream) -> None:
+    def responded(self, s: H2Stream) -> None:
         super().responded(s)
         if s.inst is not None and s.pool is not None and s.flag == "-":
             self._outcome(s.pool, s.inst, s.status >= 500 or s.grpc_status in GRPC_FAILED)
 
-    def _give_up(self, s: _Stream, why: str, no_instance: bool = False) -> None:
+    def _give_up(self, s: H2Stream, why: str, no_instance: bool = False) -> None:
         assert self.link is not None
         self.link.failed += 1
-        log.warning("upstream %s: %s %s failed: %s", self.up.destination_name, s.method.decode("latin-1"),
+        log.warning("%s: %s %s failed: %s", self.describe(), s.method.decode("latin-1"),
                     s.path.decode("latin-1"), why)
         if no_instance:
             self.fail(s, 503, "no healthy upstream", "UH")
         else:
             self.fail(s, 502, "upstream connect error or disconnect/reset before headers", "UF")
 
-    def _timed_out(self, s: _Stream) -> None:
+    def _timed_out(self, s: H2Stream) -> None:
         s.timer = None
         if s.done:
             return
         assert self.link is not None
         self.link.failed += 1
-        timeout = l7.request_timeout(self.up, s.decision)
-        log.warning("upstream %s: %s timed out after %.1fs", self.up.destination_name, s.path.decode("latin-1"),
+        assert s.up is not None
+        timeout = l7.request_timeout(s.up, s.decision)
+        log.warning("%s: %s timed out after %.1fs", self.describe(), s.path.decode("latin-1"),
                     timeout)
         if s.back is not None:
             s.back.detach(s)
@@ -698,11 +713,11 @@ class H2UpstreamFront(_H2Front):
         else:
             self.fail(s, 504, "upstream request timeout", "UT")
 
-    def released(self, s: _Stream) -> None:
+    def released(self, s: H2Stream) -> None:
         if s.inst is not None and s.pool is not None:
             s.pool.finished(s.inst)
             s.pool = None  # counted once
-        breaker = self.rt.breakers.get(self.up.key)
+        breaker = self.rt.breakers.get(s.up.key) if s.up is not None else None
         if breaker is None or s.admitted is None:
             return
         if s.admitted is False:
@@ -720,9 +735,9 @@ class H2UpstreamFront(_H2Front):
             nxt.admitted = None
             nxt = breaker.release()
 
-    def log_record(self, s: _Stream, now: float) -> dict[str, Any]:
+    def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super().log_record(s, now)
-        l7.upstream_fields(rec, self.up, s.decision, s.inst)
+        l7.upstream_fields(rec, s.up or self.up, s.decision, s.inst)
         return rec
 
 
@@ -763,7 +778,7 @@ class H2InboundFront(_H2Front):
             self.link.active -= 1
             self.rt.inbound_closed(self)
 
-    def start(self, s: _Stream, plain: Headers) -> None:
+    def start(self, s: H2Stream, plain: Headers) -> None:
         rt = self.rt
         if rt.tracer is not None:
             s.trace, s.headers = rt.tracer.start(s.headers, SERVER)
@@ -781,7 +796,7 @@ class H2InboundFront(_H2Front):
         else:
             rt.spawn(self._dial_app(s))
 
-    async def _dial_app(self, s: _Stream) -> None:
+    async def _dial_app(self, s: H2Stream) -> None:
         rt, cfg = self.rt, self.rt.config
         try:
             back = rt.h2_backs.get(LOCAL_APP)
@@ -798,14 +813,14 @@ class H2InboundFront(_H2Front):
         if not self.closed and not s.done:
             back.open(s)
 
-    def attempt_failed(self, s: _Stream, why: str) -> None:
+    def attempt_failed(self, s: H2Stream, why: str) -> None:
         assert self.link is not None
         self.link.failed += 1
         log.warning("inbound %s %s from %s: %s", s.method.decode("latin-1"), s.path.decode("latin-1"), self.source,
                     why)
         self.fail(s, 502, "upstream connect error or disconnect/reset before headers")
 
-    def log_record(self, s: _Stream, now: float) -> dict[str, Any]:
+    def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super().log_record(s, now)
         l7.inbound_fields(rec, self.rt, self.uri, s.denied)
         return rec

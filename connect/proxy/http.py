@@ -26,7 +26,6 @@ import logging
 import ssl
 import time
 from collections import deque
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proconsul.connect.proxy import h1, l7
@@ -710,12 +709,7 @@ class UpstreamFront(Front):
 
     async def _dial(self, ex: Exchange, inst: Instance) -> None:
         link = self.link.link
-        up = self.up
-        d = ex.decision
-        if d is not None:
-            target = l7.target_of(d, inst)
-            if target.connect_timeout is not None and target.connect_timeout != up.connect_timeout:
-                up = replace(up, connect_timeout=target.connect_timeout)
+        up = l7.dial_settings(self.up, ex.decision, inst)
         try:
             back = await dial(self.rt, up, inst, link, lambda ctx, key: Back(link, key, ctx))
         except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:

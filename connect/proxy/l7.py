@@ -8,6 +8,7 @@ budget and pools what they count in). The modes keep their own framing and conne
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
@@ -88,6 +89,15 @@ def target_of(d: Decision, inst: Instance | None) -> Target:
     if inst is None or inst.service == leg.target.service:
         return leg.target
     return next((t for t in leg.failover if t.service == inst.service), leg.target)
+
+
+def dial_settings(up: Upstream, d: Decision | None, inst: Instance) -> Upstream:
+    """The upstream's settings for dialing `inst`, with its chain target's ConnectTimeout when it has one."""
+    if d is not None:
+        t = target_of(d, inst).connect_timeout
+        if t is not None and t != up.connect_timeout:
+            return replace(up, connect_timeout=t)
+    return up
 
 
 def pick(rt: Runtime, up: Upstream, d: Decision | None, tried: set[str], hash_key: bytes | None,

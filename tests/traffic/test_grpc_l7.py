@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, OTLPReceiver, sidecar_with_metrics, wait_passing
+from support_mesh import Backends, OTLPReceiver, ProxyProcess, sidecar_with_metrics, wait_passing
 
 pytestmark = pytest.mark.xdist_group("traffic-grpc-l7")
 
@@ -248,6 +248,27 @@ def test_tap_shows_grpc_calls(mesh: dict[str, Any]) -> None:
     for e in got:
         assert e["path"] == "/demo.Echo/Tapped" and e["method"] == "POST" and e["status"] == 200
         assert e["direction"] == "inbound" and e["source"] == "web" and e["service"] == "api"
+
+
+def test_ingress_gateway_grpc_listener(mesh: dict[str, Any]) -> None:
+    agent, port = mesh["agent"], free_port()
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "igw", "Listeners": [
+        {"Port": port, "Protocol": "grpc", "Services": [{"Name": "api", "Hosts": ["api.example.com"]}]}]})[0] == 200
+    gw = ProxyProcess(agent, mesh["tmp"], proxy_id="igw")
+    gw.args = ["-gateway", "ingress", "-service", "igw", "-register", "-address", f"127.0.0.1:{free_port()}"]
+    try:
+        gw.start()
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.default_authority", "api.example.com")]) as ch:
+            wait_for(lambda: call(ch, "Say", b"in")[0] == grpc.StatusCode.OK, 10, message="gRPC through the gateway")
+            assert call(ch, "Say", b"in")[1] in (b"a:in", b"b:in")
+            assert call(ch, "Flaky", b"flaky") == (grpc.StatusCode.OK, b"b:flaky"), "api's chain: its retry policy"
+            assert call(ch, "Deadline", b"sleep:2000")[0] == grpc.StatusCode.DEADLINE_EXCEEDED, "and its timeout"
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.default_authority", "nope.example.com")]) as ch:
+            assert call(ch, "Say", b"x") == (grpc.StatusCode.UNIMPLEMENTED, "no service for authority "
+                                                                            "'nope.example.com'")
+    finally:
+        gw.stop()
+        agent.request("DELETE", "/v1/config/ingress-gateway/igw")
 
 
 def test_l7_intention_per_grpc_method(mesh: dict[str, Any]) -> None:
