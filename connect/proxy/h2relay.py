@@ -27,7 +27,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -227,6 +227,11 @@ class H2Back(_H2Side):
         self.rt, self.key = rt, key
         self.streams: dict[int, H2Stream] = {}
 
+    def usable(self) -> bool:
+        """Open, and the other side allows one more stream on it (its SETTINGS_MAX_CONCURRENT_STREAMS)."""
+        conn = self.conn
+        return not self.closed and conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams
+
     def open(self, s: H2Stream) -> None:
         """Send `s` on this connection: its headers, then what waits of its request."""
         s.back, s.bsid = self, self.conn.get_next_available_stream_id()
@@ -286,6 +291,26 @@ class H2Back(_H2Side):
         for s in streams.values():
             s.back = None
             s.front.on_back_reset(s, h2.errors.ErrorCodes.INTERNAL_ERROR)
+
+
+async def connection(rt: Runtime, key: str, make: Callable[[], Awaitable[H2Back]]) -> H2Back:
+    """The shared connection `key` names, dialed with `make` when there is none (or it is full): streams
+    that want it while it is being dialed wait for that one dial rather than each making their own."""
+    back = rt.h2_backs.get(key)
+    if back is not None and back.usable():
+        return back
+    pending = rt.h2_dialing.get(key)
+    if pending is None:
+        pending = rt.h2_dialing[key] = asyncio.ensure_future(make())
+
+        def dialed(f: asyncio.Future[H2Back]) -> None:
+            if rt.h2_dialing.get(key) is f:
+                del rt.h2_dialing[key]
+            if not f.cancelled() and f.exception() is None:
+                rt.h2_backs[key] = f.result()
+
+        pending.add_done_callback(dialed)
+    return await asyncio.shield(pending)
 
 
 class _H2Front(_H2Side):
@@ -603,7 +628,7 @@ class H2UpstreamFront(_H2Front):
         s.tried.add(inst.id)
         pool.started(inst)
         back = self.rt.h2_backs.get(instance_key(inst))
-        if back is not None and not back.closed:
+        if back is not None and back.usable():
             back.open(s)
         else:
             self.rt.spawn(self._dial(s, inst))
@@ -612,13 +637,10 @@ class H2UpstreamFront(_H2Front):
         rt, key = self.rt, instance_key(inst)
         assert self.link is not None
         link = self.link
+        assert s.up is not None
+        up = l7.dial_settings(s.up, s.decision, inst)
         try:
-            back = rt.h2_backs.get(key)
-            if back is None or back.closed:
-                assert s.up is not None
-                up = l7.dial_settings(s.up, s.decision, inst)
-                back = await dial(rt, up, inst, link, lambda _ctx, k: H2Back(rt, k))
-                rt.h2_backs[key] = back
+            back = await connection(rt, key, lambda: dial(rt, up, inst, link, lambda _ctx, k: H2Back(rt, k)))
         except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
             if not s.done:
                 self.attempt_failed(s, f"{inst.address}:{inst.port}: {e or 'connect timed out'}")
@@ -791,20 +813,21 @@ class H2InboundFront(_H2Front):
         s.headers = [h for h in s.headers if h[0] != b"x-forwarded-client-cert"] + \
             [(b"x-forwarded-client-cert", self._xfcc)]
         back = rt.h2_backs.get(LOCAL_APP)
-        if back is not None and not back.closed:
+        if back is not None and back.usable():
             back.open(s)
         else:
             rt.spawn(self._dial_app(s))
 
     async def _dial_app(self, s: H2Stream) -> None:
         rt, cfg = self.rt, self.rt.config
+        async def dial_app() -> H2Back:
+            async with asyncio.timeout(cfg.local_connect_timeout):
+                _, back = await asyncio.get_running_loop().create_connection(
+                    lambda: H2Back(rt, LOCAL_APP), cfg.local_address, cfg.local_port)
+            return back
+
         try:
-            back = rt.h2_backs.get(LOCAL_APP)
-            if back is None or back.closed:
-                async with asyncio.timeout(cfg.local_connect_timeout):
-                    _, back = await asyncio.get_running_loop().create_connection(
-                        lambda: H2Back(rt, LOCAL_APP), cfg.local_address, cfg.local_port)
-                rt.h2_backs[LOCAL_APP] = back
+            back = await connection(rt, LOCAL_APP, dial_app)
         except (OSError, TimeoutError) as e:
             if not s.done:
                 self.attempt_failed(s, f"cannot reach the local application at {cfg.local_address}:"
