@@ -109,6 +109,7 @@ class _H2Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.outbox: dict[int, list[list[Any]]] = {}  # stream id -> [[data, end, on_sent], …] waiting for window
         self.closed = False
+        self._flush_soon = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -116,6 +117,14 @@ class _H2Side(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
+        """Write what h2 has for the other side, once per event-loop turn: the frames of every stream touched
+        while one read (of any connection) is handled leave in one write — one TLS record, one syscall."""
+        if not self._flush_soon and not self.closed:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_soon = False
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -205,7 +214,7 @@ class _H2Side(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             try:
                 self.conn.close_connection()
-                self.flush()
+                self.flush_now()
             except h2.exceptions.ProtocolError:
                 pass
             self.closed = True
