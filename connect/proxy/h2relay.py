@@ -749,27 +749,22 @@ class H2UpstreamFront(_H2Front):
             s.pool.finished(s.inst)
             s.pool = None  # counted once
         breaker = self.rt.breakers.get(s.up.key) if s.up is not None else None
-        if breaker is None or s.admitted is None:
-            return
-        if s.admitted is False:
-            breaker.forget(s)
-            s.admitted = None
-            return
-        s.admitted = None
-        nxt = breaker.release()
-        while nxt is not None:
+        admitted, s.admitted = s.admitted, None
+        nxt = breaker.leave(s, admitted, _waits) if breaker is not None else None
+        if nxt is not None:
             nxt.admitted = True
-            front = nxt.front
-            if not front.closed and not nxt.done and isinstance(front, H2UpstreamFront):
-                front.send(nxt)
-                return
-            nxt.admitted = None
-            nxt = breaker.release()
+            assert isinstance(nxt.front, H2UpstreamFront)
+            nxt.front.send(nxt)
 
     def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super().log_record(s, now)
         l7.upstream_fields(rec, s.up or self.up, s.decision, s.inst)
         return rec
+
+
+def _waits(s: H2Stream) -> bool:
+    """A queued stream whose caller is still there."""
+    return not s.front.closed and not s.done
 
 
 # ---------------------------------------------------------------------- the callee's side: peer → local app

@@ -789,22 +789,11 @@ class UpstreamFront(Front):
     def _release(self, ex: Exchange) -> None:
         """`ex` no longer counts against the circuit breaker: the next queued request goes."""
         breaker = self.rt.breakers.get(self.up.key)
-        if breaker is None or ex.admitted is None:
-            return
-        if ex.admitted is False:
-            breaker.forget(ex)
-            ex.admitted = None
-            return
-        ex.admitted = None
-        nxt = breaker.release()
-        while nxt is not None:
+        admitted, ex.admitted = ex.admitted, None
+        nxt = breaker.leave(ex, admitted, _waits) if breaker is not None else None
+        if nxt is not None:
             nxt.admitted = True
-            front = nxt.front
-            if not front.closed:
-                front.send(nxt)
-                return
-            nxt.admitted = None
-            nxt = breaker.release()
+            nxt.front.send(nxt)
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         rec = super().log_record(ex, now)
@@ -837,6 +826,11 @@ class UpstreamFront(Front):
             self.abort()
         else:
             self.reply(ex, 504, "upstream request timeout", "UT")
+
+
+def _waits(ex: Exchange) -> bool:
+    """A queued request whose caller is still there."""
+    return not ex.front.closed
 
 
 # ---------------------------------------------------------------------- inbound: public listener → app
