@@ -496,7 +496,9 @@ class _H2Front(_H2Side):
             s.timer = None
         if s.req_ended:
             self.streams.pop(s.fsid, None)
-        # else answered before the caller finished sending: what it still sends is read and dropped (_forward)
+        else:  # answered before the caller finished sending: what it still sends is read and dropped (_forward)
+            if s.back is not None:
+                s.back.detach(s)  # and the rest of the request is not sent on (the back stream would stay open)
         self.released(s)
         now = time.monotonic()
         if self.link is not None:

@@ -7,6 +7,7 @@ intention deciding per gRPC method on api's side."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -113,7 +114,7 @@ def test_retry_on_unavailable_from_one_instance(mesh: dict[str, Any]) -> None:
     web = mesh["procs"][-1].log()
     assert "retrying /demo.Echo/Flaky" in web and "(grpc-status 14)" in web
     # passive health checking counts a gRPC UNAVAILABLE as a failure: 5 in a row eject a
-    assert "ejected api-a" in web or "ejected" in web and "api-a" in web, web[-2000:]
+    assert re.search(r"ejected \S*api-a", web), web[-2000:]
     assert {call(ch, "Say", b"flaky") for _ in range(6)} == {(grpc.StatusCode.OK, b"b:flaky")}, "a gets nothing"
 
 
@@ -161,13 +162,13 @@ def test_max_concurrent_requests_under_many_streams(mesh: dict[str, Any]) -> Non
 def test_rate_limit(mesh: dict[str, Any]) -> None:
     agent, ch = mesh["agent"], mesh["channel"]
     assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "api", "Protocol": "grpc", "RateLimits": {
-        "InstanceLevel": {"RequestsPerSecond": 2, "RequestsMaxBurst": 3}}})[0] == 200
+        "InstanceLevel": {"RequestsPerSecond": 1, "RequestsMaxBurst": 2}}})[0] == 200
     try:
         wait_for(lambda: call(ch, "Say", b"r")[0] == grpc.StatusCode.UNAVAILABLE, 5,
                  message="the limit in api's sidecars")
         got = [call(ch, "Say", b"r") for _ in range(30)]
         limited = [g for g in got if g[0] != grpc.StatusCode.OK]
-        assert len(limited) >= 15 and set(limited) == {(grpc.StatusCode.UNAVAILABLE, "local_rate_limited")}, got
+        assert len(limited) >= 12 and set(limited) == {(grpc.StatusCode.UNAVAILABLE, "local_rate_limited")}, got
         assert sum(p.admin("/stats")["RateLimited"] for p in mesh["procs"][:2]) >= len(limited)
     finally:
         agent.put("/v1/config", {"Kind": "service-defaults", "Name": "api", "Protocol": "grpc"})
