@@ -50,13 +50,24 @@ def test_k8s_sync_federation_bench_runs(tmp_path: Path) -> None:
 
 def test_membership_bench_runs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "membership_bench.py"), "--sizes", "50",
-                          "--fp-seconds", "20", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")],
+                          "--fp-seconds", "30", "--rounds", "1", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png"),
+                          "--progress", str(tmp_path / "p.json")],
                          capture_output=True, text=True, timeout=180, cwd=REPO / "bench")
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "m.json").read_text())
     [row] = result["scale"]
     assert row["n"] == 50 and 50 < row["bytes_per_member_s"] < 10 * 1024 and row["detect_100_s"] < 30
     assert set(result["false_positives"]["50"]) == {"on", "off"}
+    for arm in ("on", "off"):  # the last progress report of each arm is the whole run (20 s, then 30 s)
+        part = json.loads((tmp_path / f"p-n50-{arm}.json").read_text())["partial"]
+        whole = result["false_positives"]["50"][arm]
+        assert part["seconds"] == 30.0 and (part["incidents"], part["pairs"]) == (whole["incidents"], whole["pairs"])
+    speed = subprocess.run([sys.executable, str(REPO / "bench" / "membership_bench.py"), "--sizes", "50",
+                            "--speed", "3", "--speed-slow", "--rounds", "1", "--json", str(tmp_path / "s.json")],
+                           capture_output=True, text=True, timeout=180, cwd=REPO / "bench")
+    assert speed.returncode == 0, speed.stderr[-3000:]
+    [res] = json.loads((tmp_path / "s.json").read_text())["speed"]
+    assert all(res[arm] > 0 for arm in ("encoded", "decoded", "decoded-gc"))
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("taskset") is None,
