@@ -83,8 +83,8 @@ def run_sim(sim: Sim, seconds: float, step: float = 20.0,
             each: Callable[[], None] | None = None) -> None:
     """sim.run(seconds) in steps of `step` simulated seconds, with Python's cyclic garbage collector
     held back: the pool's hundreds of thousands of long-lived objects (records, views, queues) made
-    every automatic full collection walk them all (~15% of the CPU at 5,000 members with slow
-    members). The simulator makes little cyclic garbage; it is collected once per step. Neither the
+    every automatic full collection walk them all (~20% of the CPU at 10,000 members with slow
+    members: docs/benchmarks.md). The simulator makes little cyclic garbage; it is collected once per step. Neither the
     steps nor the collector change the run (the fingerprint test steps it too)."""
     was = gc.isenabled()
     gc.collect()
