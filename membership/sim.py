@@ -216,11 +216,6 @@ class Sim:
         else:
             heapq.heappush(slot, ev)
 
-    @property
-    def pending(self) -> int:
-        """Events waiting in the queue."""
-        return sum(map(len, self._slots.values()))
-
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Run `fn` at simulated time `when` (scenario steps)."""
         self._push(when, _CALL, -1, fn)
