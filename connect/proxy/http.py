@@ -426,9 +426,9 @@ class Front(asyncio.Protocol):
     def on_head(self, head: h1.Head) -> None:
         ex = Exchange(self, head)
         self.queue.append(ex)
-        self.link.requests += 1
+        self.link.link.requests += 1
         self.admit(ex)
-        if not ex.denied and head.header(b"expect") == b"100-continue" and head.version == b"1.1":
+        if not ex.denied and head.expect_continue and head.version == b"1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body is read here, not upstream
         if head.upgrade and not ex.denied and len(self.queue) == 1:
             ex.streaming = True
