@@ -1,4 +1,4 @@
-"""The ingress gateway end to end: `proconsul connect proxy -gateway ingress -service ig -register` as a real
+"""The ingress gateway end to end: `proconsul connect gateway -ingress -service ig -register` as a real
 process, HTTP listeners routed by Host into the mesh (over mTLS, with the gateway's identity, through the
 services' discovery chains), a TCP listener, and curl as the outside client."""
 
@@ -29,7 +29,8 @@ def curl(port: int, host: str, path: str = "/") -> tuple[int, Any]:
 class Gateway(ProxyProcess):
     def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
         super().__init__(agent, workdir, proxy_id=name)
-        self.args = ["-gateway", "ingress", "-service", name, "-register", "-address", address]
+        self.command = "gateway"
+        self.args = ["-ingress", "-service", name, "-register", "-address", address]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The terminating gateway end to end: `proconsul connect proxy -gateway terminating -service tgw -register` as a
+"""The terminating gateway end to end: `proconsul connect gateway -terminating -service tgw -register` as a
 real process; services outside the mesh registered in the catalog on a node without an agent (a plain HTTP
 server, an HTTPS server with a certificate made by openssl, one that also asks for a client certificate); a
 sidecar's upstreams reach them through the gateway over mTLS; intentions are enforced at the gateway."""
@@ -52,7 +52,8 @@ def curl(port: int, path: str = "/") -> tuple[int, Any]:
 class TerminatingGatewayProcess(ProxyProcess):
     def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
         super().__init__(agent, workdir, proxy_id=name)
-        self.args = ["-gateway", "terminating", "-service", name, "-register", "-address", address]
+        self.command = "gateway"
+        self.args = ["-terminating", "-service", name, "-register", "-address", address]
 
 
 @pytest.fixture(scope="module")
