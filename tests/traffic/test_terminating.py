@@ -82,7 +82,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             assert agent.put("/v1/catalog/register", {
                 "Node": f"outside-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
                 "Service": {"Service": name, "Port": port}})[0] == 200
-        ports = {name: free_port() for name in outside}
+        ports = {name: free_port() for name in (*outside, "extnone")}  # extnone: linked, no instance anywhere
         assert agent.put("/v1/agent/service/register", {"Name": "web", "Port": backends.http("web"), "Connect": {
             "SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": n, "LocalBindPort": p}
                                                        for n, p in ports.items()]}}}})[0] == 200
@@ -92,12 +92,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             {"Name": "ext"},
             {"Name": "exts", "CAFile": pki["ca"], "SNI": "exts.example.com"},
             {"Name": "extm", "CAFile": pki["ca"], "CertFile": pki["client"], "KeyFile": pki["client-key"]},
-            {"Name": "extbad", "CAFile": pki["other-ca"]}]})
+            {"Name": "extbad", "CAFile": pki["other-ca"]}, {"Name": "extnone"}]})
         assert status == 200, body
         gw = TerminatingGatewayProcess(agent, tmp, "tgw", f"127.0.0.1:{free_port()}").start()
         procs.append(gw)
         wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
-        yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki}
+        yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki,
+               "outside": outside}
     finally:
         for p in procs:
             p.stop()
@@ -118,7 +119,7 @@ def test_health_connect_answers_with_the_gateway(mesh: dict[str, Any]) -> None:
     assert status == 200 and [r["Service"]["Kind"] for r in rows] == ["terminating-gateway"]
     assert rows[0]["Service"]["Service"] == "tgw"
     status, rows = agent.get("/v1/catalog/gateway-services/tgw")
-    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad"}
+    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad", "extnone"}
     assert {r["GatewayKind"] for r in rows} == {"terminating-gateway"}
     assert agent.get("/v1/health/connect/web?passing")[1][0]["Service"]["Kind"] == "connect-proxy"
 
@@ -159,6 +160,43 @@ def test_intentions_are_enforced_at_the_gateway(mesh: dict[str, Any]) -> None:
     finally:
         agent.request("DELETE", "/v1/connect/intentions/exact?source=web&destination=ext")
     wait_for(lambda: curl(port)[0] == 200, 10, message="allowed again once the intention is gone")
+
+
+def test_access_log_lines_at_the_gateway(mesh: dict[str, Any]) -> None:
+    """proxy-defaults AccessLogs: one line per connection at the gateway, with Envoy's flags (UF: the outside
+    service could not be connected to, UH: no instance) and the RBAC details for a caller an intention denies."""
+    agent, gw, ports = mesh["agent"], mesh["gw"], mesh["ports"]
+    log_path = Path(gw.log_path).parent / "tgw-access.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+
+    def lines(service: str) -> list[dict[str, Any]]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [x for x in map(json.loads, text.splitlines()) if x.get("upstream_service") == service
+                and "downstream_peer_uri_san" in x]  # the gateway's lines (web's sidecar logs to the same file)
+
+    try:
+        wait_for(lambda: "access logs: file" in gw.log(), 10, message="access logs on in the gateway")
+        assert curl(ports["ext"], "/logged")[0] == 200
+        wait_for(lambda: lines("ext"), 5, message="the connection's line")
+        line = lines("ext")[-1]
+        assert line["protocol"] == "TCP" and line["response_flags"] == "-"
+        assert line["upstream_host"] == f"127.0.0.1:{mesh['outside']['ext']}"
+        assert line["upstream_cluster"] == "ext.default.default.dc1"
+        assert line["downstream_peer_uri_san"].endswith("/svc/web") and line["bytes_received"] > 0
+        assert line["bytes_sent"] > len("/logged") and line["downstream_remote_address"].startswith("127.0.0.1:")
+        assert curl(ports["extbad"])[0] != 200 and curl(ports["extnone"])[0] != 200
+        wait_for(lambda: lines("extbad") and lines("extnone"), 5, message="the failed connections' lines")
+        assert lines("extbad")[-1]["response_flags"] == "UF" and lines("extnone")[-1]["response_flags"] == "UH"
+        status, _ = agent.put("/v1/connect/intentions/exact?source=web&destination=ext", {"Action": "deny"})
+        assert status == 200
+        wait_for(lambda: curl(ports["ext"])[0] != 200, 10, message="the deny to take effect at the gateway")
+        wait_for(lambda: lines("ext")[-1].get("response_code_details") == "rbac_access_denied_matched_policy[none]",
+                 5, message="the denied connection's line")
+        assert lines("ext")[-1]["bytes_sent"] == 0
+    finally:
+        agent.request("DELETE", "/v1/connect/intentions/exact?source=web&destination=ext")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
 
 
 @pytest.mark.parametrize(("service", "message"), [
