@@ -160,9 +160,17 @@ def _gateway_entry(s: StateStore, name: str) -> dict[str, Any] | None:
     return None
 
 
+def _wildcard_names(s: StateStore) -> list[str]:
+    """What a gateway's wildcard `*` links, as Consul's catalog does: every service with a typical instance
+    (no proxies, no gateways), except `consul`."""
+    return [n for n in s.service_names() if n != "consul"
+            and any(not svc.get("Kind") or svc["Kind"] == "typical" for _, svc in s.service_instances(n)[1])]
+
+
 def _gateway_services(s: StateStore, a: Args) -> tuple[int, Any]:
     """Consul's /v1/catalog/gateway-services/:gateway: the services an ingress or terminating gateway's
-    config entry routes to (a wildcard `*` stands for every service of the catalog)."""
+    config entry routes to (a wildcard `*` stands for every typical service of the catalog, `FromWildcard`,
+    except those the listener names itself)."""
     idx = s.table_index("config_entries", st.SERVICES)
     entry = _gateway_entry(s, a["gateway"])
     if entry is None:
@@ -171,8 +179,10 @@ def _gateway_services(s: StateStore, a: Args) -> tuple[int, Any]:
     out = []
     if entry["Kind"] == "ingress-gateway":
         for lst in entry.get("Listeners") or []:
+            named = {svc.get("Name") for svc in lst.get("Services") or []}
             for svc in lst.get("Services") or []:
-                names = sorted(s.service_names()) if svc.get("Name") == "*" else [svc.get("Name", "")]
+                names = [n for n in _wildcard_names(s) if n not in named] if svc.get("Name") == "*" \
+                    else [svc.get("Name", "")]
                 for name in names:
                     out.append({"Gateway": gateway, "Service": {"Name": name, "Namespace": "default",
                                                                 "Partition": "default"},
