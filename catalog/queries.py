@@ -144,12 +144,17 @@ def _health_connect(s: StateStore, a: Args) -> tuple[int, Any]:
     gateways whose config entry links it (a mesh service reaches an outside service through them)."""
     idx, out = _health_service(s, {**a, "connect": True})
     _, rows = s.table_list("config_entries")
-    gateways = sorted(r["Name"] for r in rows if r["Kind"] == "terminating-gateway" and any(
-        svc.get("Name") == a["name"] for svc in r.get("Services") or []))
+    gateways = sorted(r["Name"] for r in rows if r["Kind"] == "terminating-gateway" and _links(s, r, a["name"]))
     for gw in gateways:
         out += [e for e in _health_service(s, {**a, "name": gw, "connect": False})[1]
                 if e["Service"].get("Kind") == "terminating-gateway"]
     return max(idx, s.table_index("config_entries")), out
+
+
+def _links(s: StateStore, entry: dict[str, Any], name: str) -> bool:
+    """Whether a terminating-gateway entry links service `name`: by name, or through its wildcard `*`."""
+    names = {svc.get("Name") for svc in entry.get("Services") or []}
+    return name in names or ("*" in names and name in _wildcard_names(s))
 
 
 def _gateway_entry(s: StateStore, name: str) -> dict[str, Any] | None:
@@ -190,12 +195,16 @@ def _gateway_services(s: StateStore, a: Args) -> tuple[int, Any]:
                                 "Protocol": lst.get("Protocol", "tcp"), "Hosts": svc.get("Hosts"),
                                 "FromWildcard": svc.get("Name") == "*"})
     else:
+        named = {svc.get("Name") for svc in entry.get("Services") or []}
         for svc in entry.get("Services") or []:
-            out.append({"Gateway": gateway, "Service": {"Name": svc.get("Name", ""), "Namespace": "default",
-                                                        "Partition": "default"},
-                        "GatewayKind": "terminating-gateway", "CAFile": svc.get("CAFile", ""),
-                        "CertFile": svc.get("CertFile", ""), "KeyFile": svc.get("KeyFile", ""),
-                        "SNI": svc.get("SNI", "")})
+            names = [n for n in _wildcard_names(s) if n not in named] if svc.get("Name") == "*" \
+                else [svc.get("Name", "")]
+            for name in names:
+                out.append({"Gateway": gateway, "Service": {"Name": name, "Namespace": "default",
+                                                            "Partition": "default"},
+                            "GatewayKind": "terminating-gateway", "CAFile": svc.get("CAFile", ""),
+                            "CertFile": svc.get("CertFile", ""), "KeyFile": svc.get("KeyFile", ""),
+                            "SNI": svc.get("SNI", ""), "FromWildcard": svc.get("Name") == "*"})
     return idx, out
 
 

@@ -147,12 +147,17 @@ class LinkedService:
         return bool(self.ca_file)
 
 
-def terminating_services(entry: dict[str, Any] | None) -> dict[str, LinkedService]:
-    """The services a `terminating-gateway` config entry links, by name (validated on write)."""
-    out = {}
-    for svc in (entry or {}).get("Services") or []:
-        name = str(svc.get("Name") or "")
-        if name and name != "*":
-            out[name] = LinkedService(name, str(svc.get("CAFile") or ""), str(svc.get("CertFile") or ""),
-                                      str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""))
+def terminating_services(entry: dict[str, Any] | None, wildcard: list[str] | tuple[str, ...] = ()) -> dict[
+        str, LinkedService]:
+    """The services a `terminating-gateway` config entry links, by name (validated on write). Its wildcard `*`
+    links `wildcard` (the catalog's services, /v1/catalog/gateway-services FromWildcard) with the wildcard's
+    settings; a service the entry names keeps its own (Consul: the wildcard's options are defaults)."""
+    def linked(name: str, svc: dict[str, Any]) -> LinkedService:
+        return LinkedService(name, str(svc.get("CAFile") or ""), str(svc.get("CertFile") or ""),
+                             str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""))
+
+    services = (entry or {}).get("Services") or []
+    out = {str(svc["Name"]): linked(str(svc["Name"]), svc) for svc in services if svc.get("Name") not in (None, "", "*")}
+    for star in (svc for svc in services if svc.get("Name") == "*"):
+        out.update({name: linked(name, star) for name in wildcard if name not in out})
     return out

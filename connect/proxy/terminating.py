@@ -28,6 +28,7 @@ import logging
 import ssl
 import time
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -173,6 +174,8 @@ class TerminatingGateway:
         self._admin: web.AppRunner | None = None
         self._listening = self._listening_context("")
         self.access = GatewayAccessLog()  # proxy-defaults' AccessLogs: a line per connection
+        self._entry: dict[str, Any] | None = None  # the terminating-gateway config entry
+        self._wildcard: list[str] = []  # what its wildcard `*` links now (the catalog's gateway-services)
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
@@ -185,6 +188,8 @@ class TerminatingGateway:
             return
         self.spawn(self.api.watch("/v1/agent/connect/ca/roots", {}, self._on_roots, stop))
         self.spawn(self.api.watch("/v1/config/terminating-gateway", {}, self._on_entries, stop))
+        self.spawn(self.api.watch(f"/v1/catalog/gateway-services/{quote(self.service, safe='')}", {},
+                                  self._on_gateway_services, stop))
         self.spawn(self.access.watch(self.api, stop))
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
@@ -267,7 +272,18 @@ class TerminatingGateway:
         if entry is None and not self.linked:
             log.warning("no terminating-gateway config entry named %r yet; waiting for it (proconsul config "
                         "write …)", self.service)
-        wanted = terminating_services(entry)
+        self._entry = entry
+        self._relink()
+
+    def _on_gateway_services(self, rows: list[dict[str, Any]]) -> None:
+        """The catalog's view of what the entry links: the services its wildcard `*` stands for now."""
+        wildcard = sorted(r["Service"]["Name"] for r in rows or [] if r.get("FromWildcard"))
+        if wildcard != self._wildcard:
+            self._wildcard = wildcard
+            self._relink()
+
+    def _relink(self) -> None:
+        wanted = terminating_services(self._entry, self._wildcard)
         for name in [n for n in self.linked if n not in wanted or wanted[n] != self.linked[n].spec]:
             old = self.linked.pop(name)
             for w in old.watches:

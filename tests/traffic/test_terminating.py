@@ -199,6 +199,34 @@ def test_access_log_lines_at_the_gateway(mesh: dict[str, Any]) -> None:
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
 
 
+def test_wildcard_links_every_service_and_one_registered_later(mesh: dict[str, Any]) -> None:
+    """Consul's `Services = [{ Name = "*" }]` (OSS: the default namespace): every typical service of the catalog
+    is linked, named ones keep their own settings; an outside service registered later is served at once."""
+    agent, gw, ports, pki = mesh["agent"], mesh["gw"], mesh["ports"], mesh["pki"]
+    entry = agent.get("/v1/config/terminating-gateway/tgw")[1]
+    named = [svc for svc in entry["Services"] if svc["Name"] != "extnone"]
+    assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw",
+                                    "Services": [*named, {"Name": "*"}]})[0] == 200
+    try:
+        assert curl(ports["extnone"])[0] != 200, "no instance of extnone yet: the wildcard does not link it"
+        assert agent.put("/v1/catalog/register", {
+            "Node": "outside-extnone", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
+            "Service": {"Service": "extnone", "Port": mesh["backends"].http("extnone")}})[0] == 200
+        wait_for(lambda: curl(ports["extnone"], "/late")[1], 15, message="extnone through the wildcard")
+        status, body = curl(ports["extnone"], "/late")
+        assert status == 200 and body["backend"] == "extnone" and body["path"] == "/late"
+        rows = {r["Service"]["Name"]: r for r in agent.get("/v1/catalog/gateway-services/tgw")[1]}
+        assert rows["extnone"]["FromWildcard"] and rows["web"]["FromWildcard"], "every typical service"
+        assert not rows["exts"]["FromWildcard"] and rows["exts"]["CAFile"] == pki["ca"], "named: its own settings"
+        assert "web-sidecar-proxy" not in rows and "tgw" not in rows, "proxies and gateways are not linked"
+        assert curl(ports["exts"])[0] == 200 and "exts.example.com" in mesh["sni"], "named: still TLS with SNI"
+        assert gw.admin("/stats")["Services"]["extnone"]["Connections"] >= 1
+    finally:
+        agent.put("/v1/catalog/deregister", {"Node": "outside-extnone"})
+        restored = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex", "Hash")}
+        assert agent.put("/v1/config", restored)[0] == 200
+
+
 @pytest.mark.parametrize(("service", "message"), [
     ({"Name": "x", "CertFile": "/c.pem"}, "must have a CertFile, CAFile, and KeyFile specified for TLS origination"),
     ({"Name": ""}, "Services[0].Name: Service name cannot be blank."),
