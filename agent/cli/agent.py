@@ -55,6 +55,8 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
     retry_join_wan: Annotated[list[str] | None, Opt("--retry-join-wan", help="Server of another datacenter to join, HOST[:WAN-PORT] (repeatable; retried until it answers).")] = None,
     join_wan: Annotated[list[str] | None, Opt("--join-wan", help="Server of another datacenter to join at start, HOST[:WAN-PORT].")] = None,
     retry_interval: Annotated[str, Opt("--retry-interval", help="Wait between join attempts (30s).")] = "",
+    rejoin: Annotated[bool, Opt("--rejoin", help="After a graceful leave, still re-join the members the gossip "
+                                                 "snapshot remembers (rejoin_after_leave).")] = False,
     config_file: Annotated[list[str] | None, Opt("--config-file", help="JSON or HCL config file (repeatable).")] = None,
     config_dir: Annotated[list[str] | None, Opt("--config-dir", help="Directory of .json/.hcl config files (repeatable).")] = None,
     config_format: Annotated[str, Opt("--config-format", help="Read every config file as json or hcl.")] = "",
@@ -99,7 +101,7 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
                            ("advertise_addr_wan", advertise_wan), ("client_addr", client), ("ports", ports),
                            ("retry_join", retry_join), ("start_join", join), ("retry_join_wan", retry_join_wan),
                            ("start_join_wan", join_wan),
-                           ("retry_interval", retry_interval), ("log_level", log_level), ("log_json", log_json),
+                           ("retry_interval", retry_interval), ("rejoin_after_leave", rejoin), ("log_level", log_level), ("log_json", log_json),
                            ("log_file", log_file), ("pid_file", pid_file),
                            ("enable_script_checks", enable_script_checks),
                            ("enable_local_script_checks", enable_local_script_checks), ("recursors", recursor),

@@ -32,6 +32,7 @@ from proconsul.agent.cluster.caller import acting_as, with_token
 from proconsul.agent.cluster.coordinate_sync import CoordinateFlusher, CoordinateSender, update_row
 from proconsul.agent.cluster.endpoints import ServerEndpoints
 from proconsul.agent.cluster.errors import ClusterError
+from proconsul.agent.cluster.gossip_snapshot import SnapshotError, SnapshotFile
 from proconsul.agent.cluster.host import ClusterHost
 from proconsul.agent.cluster.keyring import GossipKeys, Target
 from proconsul.agent.cluster.lan import LANGossip, lan_timings
@@ -149,7 +150,8 @@ class Cluster:
                              cfg.serf_lan_addr or cfg.bind_addr, timings=timings, retry_join=cfg.retry_join,
                              retry_interval=cfg.retry_interval, rng=self.rng, incarnation=int(time.time()),
                              on_change=self.membership_changed, sealer=self.keys.lan_sealer,
-                             on_request=self.keys.handle)
+                             on_request=self.keys.handle, snapshot=self._gossip_snapshot("local.snapshot"),
+                             rejoin_after_leave=cfg.rejoin_after_leave)
         self.members = self.lan.members
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
@@ -263,9 +265,15 @@ class Cluster:
                            retry_join=cfg.retry_join_wan, retry_interval=cfg.retry_interval_wan, rng=self.rng,
                            incarnation=int(time.time()), on_change=self._wan_changed,
                            local_servers=self._local_wan_servers, sealer=self.keys.wan_sealer,
-                           on_request=self.keys.handle)
+                           on_request=self.keys.handle, snapshot=self._gossip_snapshot("remote.snapshot"),
+                           rejoin_after_leave=cfg.rejoin_after_leave)
         self.router = Router(self.wan, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
+
+    def _gossip_snapshot(self, name: str) -> SnapshotFile | None:
+        """Serf's snapshot of a pool, `<data_dir>/serf/<name>` (none in dev mode, which keeps nothing)."""
+        cfg = self.config
+        return SnapshotFile(Path(cfg.data_dir) / "serf" / name) if cfg.data_dir and not cfg.dev else None
 
     def _local_wan_servers(self) -> list[tuple[str, str, int]]:
         """This datacenter's servers as the LAN knows them — (WAN name, address, WAN port) — for flood-joining
@@ -447,6 +455,8 @@ class Cluster:
         except OSError as e:
             raise ClusterError(f"cannot listen for {what} on {cfg.bind_addr}:{getattr(cfg, port_attr)}: "
                                f"{e.strerror or e}") from None
+        except SnapshotError as e:
+            raise ClusterError(str(e)) from None
         if bound != getattr(cfg, port_attr):
             setattr(cfg, port_attr, bound)
             self._refresh_self()

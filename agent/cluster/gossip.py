@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proconsul.agent.cluster.coordinates import ProbeCoordinates
+from proconsul.agent.cluster.gossip_snapshot import SnapshotFile
 from proconsul.membership import core as k
 from proconsul.membership.config import Timings
 from proconsul.membership.core import Membership
@@ -42,7 +43,8 @@ class GossipMember:
                  retry_interval: float = 30.0, rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
                  on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None,
-                 on_request: RequestHandler | None = None) -> None:
+                 on_request: RequestHandler | None = None, snapshot: SnapshotFile | None = None,
+                 rejoin_after_leave: bool = False) -> None:
         self.rng = rng or random.Random()
         self.core = Membership(name, addr, port, tags, rng=random.Random(self.rng.getrandbits(64)), timings=timings,
                                label=label, incarnation=incarnation)
@@ -60,6 +62,9 @@ class GossipMember:
         self.pool = Pool(self.core, bind, port, on_events=self._events, sealer=sealer, on_request=on_request)
         self._blocked: set[str] = set()
         self._started = False
+        self.snapshot = snapshot  # Serf's snapshot: whom to re-join after a restart (gossip_snapshot.py)
+        self.rejoin_after_leave = rejoin_after_leave
+        self._rejoin: asyncio.Task[None] | None = None
 
     def _now(self) -> float:
         return self.pool.now() if self._started else 0.0
@@ -69,16 +74,53 @@ class GossipMember:
         return self.pool.port
 
     async def start(self) -> int:
+        """Listen; with a snapshot, replay it (raises SnapshotError when it cannot be used) and re-join the
+        members it remembers, in the background."""
+        rejoin: list[str] = []
+        if self.snapshot is not None:
+            remembered = self.snapshot.load()
+            self.core.event_ltime = max(self.core.event_ltime, remembered.event_clock)
+            rejoin = remembered.rejoin_addresses(self.core.name, self.rejoin_after_leave)
+            if remembered.left and remembered.alive and not rejoin:
+                self.log.info("not re-joining the %d %s members known before: this agent left gracefully "
+                              "(rejoin_after_leave is off)", len(remembered.alive), self.what)
         port = await self.pool.start()
         self._started = True
+        if rejoin:
+            self._rejoin = asyncio.create_task(self._rejoin_previous(rejoin))
         return port
 
+    async def _rejoin_previous(self, addresses: list[str]) -> None:
+        """Serf's rejoin: the members alive when we stopped, one at a time in random order, until one answers."""
+        order = list(addresses)
+        self.rng.shuffle(order)
+        for addr in order:
+            if self.core.alive_peers() > 0:
+                return  # joined meanwhile (retry_join, or a peer found us)
+            try:
+                await self.pool.join([addr], self.default_port)
+            except JoinError as e:
+                self.log.debug("re-join through %s: %s", addr, e)
+                continue
+            self.log.info("re-joined the %s pool through %s, a member known before the restart", self.what, addr)
+            return
+        self.log.warning("could not re-join the %s pool through any of the %d members known before the restart",
+                         self.what, len(order))
+
     async def stop(self, leave: bool) -> None:
+        if self._rejoin is not None:
+            self._rejoin.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rejoin
         if leave and self._started:
+            if self.snapshot is not None:
+                self.snapshot.leave()
             spread = await self.pool.leave(LEAVE_PROPAGATE_DELAY)
             self.log.info("left the %s pool (%s)", self.what,
                           "news spread" if spread else "gave up waiting for the news to spread")
         await self.pool.stop()
+        if self.snapshot is not None:
+            self.snapshot.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Retry-join until a peer answers (Consul's -retry-join), then wait for shutdown."""
@@ -115,6 +157,21 @@ class GossipMember:
     def observe(self, kind: str, name: str, detail: Any) -> None:
         """A subclass's look at every event, before it is logged and handed on."""
 
+    def _remember(self, kind: str, name: str, detail: Any) -> None:
+        snapshot = self.snapshot
+        assert snapshot is not None
+        if kind == k.USER:
+            snapshot.event_clock(int(detail.get("LTime", 0)))
+        elif name == self.core.name:
+            return
+        elif kind in (k.JOIN, k.UPDATE, k.RECOVERED):
+            rec = self.core.view.get(name)
+            if rec is not None:
+                host = rec.node.addr
+                snapshot.alive(name, f"[{host}]:{rec.node.port}" if ":" in host else f"{host}:{rec.node.port}")
+        elif kind in (k.FAILED, k.LEFT_EVENT, k.REAPED):
+            snapshot.gone(name)
+
     def _events(self, events: list[tuple[str, str, Any]]) -> None:
         changed = []
         coords = self.coordinates
@@ -125,6 +182,8 @@ class GossipMember:
             elif kind in (k.LEFT_EVENT, k.REAPED):
                 coords.forget(name)
             self.observe(kind, name, detail)
+            if self.snapshot is not None:
+                self._remember(kind, name, detail)
             if kind not in _QUIET:
                 level, what = _LOG.get(kind, ("debug", kind))
                 getattr(self.log, level)("member %s %s (incarnation %s)", name, what, detail)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from proconsul.agent.cluster.gossip import GossipMember
+from proconsul.agent.cluster.gossip_snapshot import SnapshotFile
 from proconsul.agent.cluster.membership import MemberList
 from proconsul.membership.config import LAN, Timings
 from proconsul.membership.errors import JoinError
@@ -47,11 +48,12 @@ class LANGossip(GossipMember):
                  rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
                  on_event: Callable[[str, str, Any], None] | None = None, sealer: Sealer | None = None,
-                 on_request: RequestHandler | None = None) -> None:
+                 on_request: RequestHandler | None = None, snapshot: SnapshotFile | None = None,
+                 rejoin_after_leave: bool = False) -> None:
         super().__init__(name, addr, port, tags, label=f"lan:{datacenter}", bind=bind, timings=timings, what="LAN",
                          default_port=DEFAULT_PORT, retry_join=retry_join, retry_interval=retry_interval, rng=rng,
                          incarnation=incarnation, on_change=on_change, on_event=on_event, sealer=sealer,
-                         on_request=on_request)
+                         on_request=on_request, snapshot=snapshot, rejoin_after_leave=rejoin_after_leave)
         self.datacenter = datacenter
         self.members = MemberList(self.core, self._now)
 

@@ -33,6 +33,7 @@ from statistics import median
 from typing import Any, Protocol
 
 from proconsul.agent.cluster.gossip import GossipMember
+from proconsul.agent.cluster.gossip_snapshot import SnapshotFile
 from proconsul.agent.cluster.vivaldi import Coordinate
 from proconsul.membership import core as k
 from proconsul.membership.config import WAN, Timings
@@ -129,10 +130,12 @@ class WANPool(GossipMember):
                  retry_interval: float = 30.0, rng: random.Random | None = None, incarnation: int = 0,
                  on_change: Callable[[list[str]], None] | None = None,
                  local_servers: Callable[[], list[tuple[str, str, int]]] | None = None,
-                 sealer: Sealer | None = None, on_request: RequestHandler | None = None) -> None:
+                 sealer: Sealer | None = None, on_request: RequestHandler | None = None,
+                 snapshot: SnapshotFile | None = None, rejoin_after_leave: bool = False) -> None:
         super().__init__(me.name, me.addr, me.port, me.tags(), label=LABEL, bind=bind, timings=timings, what="WAN",
                          default_port=DEFAULT_PORT, retry_join=retry_join, retry_interval=retry_interval, rng=rng,
-                         incarnation=incarnation, on_change=on_change, sealer=sealer, on_request=on_request)
+                         incarnation=incarnation, on_change=on_change, sealer=sealer, on_request=on_request,
+                         snapshot=snapshot, rejoin_after_leave=rejoin_after_leave)
         self.me_name = me.name
         self._me = me
         self.local_servers = local_servers or (lambda: [])
