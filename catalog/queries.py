@@ -212,8 +212,12 @@ def _health_ingress(s: StateStore, a: Args) -> tuple[int, Any]:
     """Consul's /v1/health/ingress/:service: the ingress gateways (their instances and checks) that expose
     `name`, per the ingress-gateway config entries."""
     _, rows = s.table_list("config_entries")
+    names = {svc.get("Name") for r in rows if r["Kind"] == "ingress-gateway" for lst in r.get("Listeners") or []
+             for svc in lst.get("Services") or []}
+    linked = "*" in names and a["name"] in _wildcard_names(s)  # a wildcard links only the catalog's services
     gateways = [r["Name"] for r in rows if r["Kind"] == "ingress-gateway" and any(
-        svc.get("Name") in (a["name"], "*") for lst in r.get("Listeners") or [] for svc in lst.get("Services") or [])]
+        svc.get("Name") == a["name"] or (svc.get("Name") == "*" and linked)
+        for lst in r.get("Listeners") or [] for svc in lst.get("Services") or [])]
     idx = s.table_index("config_entries", st.NODES, st.SERVICES, st.CHECKS)
     out = []
     for gw in sorted(gateways):

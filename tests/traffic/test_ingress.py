@@ -233,6 +233,8 @@ def test_wildcard_listener_exposes_every_http_service_and_logs_requests(mesh: di
                  message="web through the wildcard")
         assert curl(port, f"api.ingress.mesh:{port}")[1]["backend"] == "api"
         assert curl(port, "db.ingress.mesh")[0] == 404, "db is tcp: not on an http listener"
+        assert [e["Service"]["Service"] for e in agent.get("/v1/health/ingress/web")[1]] == ["ig"]
+        assert agent.get("/v1/health/ingress/web-sidecar-proxy")[1] == [], "the wildcard links no proxy"
         assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extra", "Protocol": "http"})[0] == 200
         assert agent.put("/v1/agent/service/register", {"Name": "extra", "Port": mesh["backends"].http("extra"),
                                                         "Connect": {"SidecarService": {}}})[0] == 200
