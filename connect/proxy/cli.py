@@ -1,8 +1,9 @@
 """Running a proxy from the command line: `proconsul connect proxy` and `python -m proconsul.connect.proxy`.
 
 Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`; for gateways
-`consul connect envoy`'s `-gateway ingress|terminating|mesh -service NAME -register -address HOST:PORT -wan-address HOST:PORT
--deregister-after-critical 6h`; `proconsul connect gateway -ingress|-terminating|-mesh` is the same run), with our
+`consul connect envoy`'s `-gateway ingress|terminating|mesh -service NAME -register -address HOST:PORT
+-wan-address HOST:PORT -deregister-after-critical 6h`; `proconsul connect gateway -ingress|-terminating|-mesh`
+is the same run), with our
 `-admin-bind` for the metrics listener (by default where the registration says, see admin_address.py:
 Envoy's habit of 127.0.0.1:19000 for the first sidecar). Errors are one line on stderr and exit status 1.
 """
@@ -115,6 +116,9 @@ def gateway_plan(opts: Options) -> GatewayPlan:
         raise ProxyCLIError(f"{kind} gateways need -service NAME (the name of their config entry)")
     if kind != "mesh" and (opts.wan_address or opts.capture_file):
         raise ProxyCLIError(f"-wan-address and -capture-file are for mesh gateways, not {kind}")
+    if kind == "mesh" and opts.admin_bind not in ("", "off"):
+        raise ProxyCLIError("-admin-bind: a mesh gateway has no admin listener (its access-log lines and its "
+                            "gateway-link probes show its traffic)")
     service = opts.service or "mesh-gateway"
     gateway_id = opts.proxy_id or service
     host, port = _host_port("-address", opts.address or "127.0.0.1:8443")
