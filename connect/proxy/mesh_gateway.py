@@ -75,7 +75,8 @@ class GatewayInbound(Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.started = time.monotonic()
-        self.peer_address = peer_address(transport)
+        if self.gw.access.log is not None:  # nothing looked up for the log while it is off
+            self.peer_address = peer_address(transport)
         self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._too_slow)
         self.gw.stats["connections"] += 1
 

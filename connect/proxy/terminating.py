@@ -93,7 +93,8 @@ class TerminatingInbound(Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.started = time.monotonic()
-        self.peer_address = peer_address(transport)
+        if self.gw.access.log is not None:  # nothing looked up for the log while it is off
+            self.peer_address = peer_address(transport)
         gw = self.gw
         sslobj = transport.get_extra_info("ssl_object")
         linked = gw.linked.get(getattr(sslobj.context, "proconsul_service", ""))
