@@ -217,6 +217,8 @@ def test_wildcard_listener_exposes_every_http_service_and_logs_requests(mesh: di
     """Consul's `Services = [{ Name = "*" }]`: every service with the listener's protocol by Host
     `<service>.ingress.*` (a tcp service is not on an http listener), services registered later included;
     gateway-services lists what the wildcard links; the gateway writes an access-log line per request."""
+    import shutil
+
     agent, gw, port = mesh["agent"], mesh["gw"], mesh["http"]
     log_path = Path(gw.log_path).parent / "access-l7.log"
     assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
@@ -235,6 +237,9 @@ def test_wildcard_listener_exposes_every_http_service_and_logs_requests(mesh: di
         assert curl(port, "db.ingress.mesh")[0] == 404, "db is tcp: not on an http listener"
         assert [e["Service"]["Service"] for e in agent.get("/v1/health/ingress/web")[1]] == ["ig"]
         assert agent.get("/v1/health/ingress/web-sidecar-proxy")[1] == [], "the wildcard links no proxy"
+        if shutil.which("dig"):
+            wait_for(lambda: dig_a(agent, "web.ingress.mesh") == ["127.0.0.1"], 10, message="DNS through the wildcard")
+            assert dig_a(agent, "nobody.ingress.mesh") == [], "the wildcard stands for the catalog's services only"
         assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extra", "Protocol": "http"})[0] == 200
         assert agent.put("/v1/agent/service/register", {"Name": "extra", "Port": mesh["backends"].http("extra"),
                                                         "Connect": {"SidecarService": {}}})[0] == 200
