@@ -50,11 +50,6 @@ TCP_CONNECTION = 7  # SYN, SYN-ACK, ACK, and FIN/ACK both ways: segments without
 _NEWS = c.SUSPECT  # message types from here on are news (see codec.py); below, probe traffic
 _UDP, _TIMER, _REQ, _REP, _FAIL, _PAUSE, _CALL = range(7)
 _log = math.log
-# The event queue is a calendar: one heap per 10 ms of simulated time, and a heap of those slots. Pops
-# come out in exactly the (time, sequence) order of one big heap (a slot holds only times that floor
-# to it), but a pool of thousands holds millions of pending events — every view's suspicion timers
-# wait up to 6 × 4 × log10(n) s — and one heap that size costs ~22 cache-missing comparisons a pop.
-_SLOTS_PER_S = 100.0
 
 
 @dataclass
@@ -116,6 +111,9 @@ class Stats:
     false_pairs: int = 0  # (observer, healthy member) "failed" verdicts
     false_incidents: set[tuple[str, int]] = field(default_factory=set)  # (member, incarnation) falsely failed
     false_slow: int = 0  # of false_incidents, members that were slow
+    # of the healthy members' false_incidents, those a member that is not slow declared too (the rest
+    # were verdicts only in slow observers' own views, which the others' views did not follow)
+    false_seen_by_healthy: set[tuple[str, int]] = field(default_factory=set)
     suspicions: int = 0
     refutes: int = 0
     events: int = 0
@@ -137,8 +135,7 @@ class Sim:
         self.net = network or Network()
         self.label = label
         self.now = 0.0
-        self._slots: dict[int, list[tuple[Any, ...]]] = {}  # slot -> heap of (time, seq, kind, i, a, b)
-        self._keys: list[int] = []  # heap of the slots that hold events
+        self._heap: list[tuple[Any, ...]] = []
         self._seq = 0
         self.members: list[SimMember] = []
         self.by_addr: dict[tuple[str, int], int] = {}
@@ -205,16 +202,7 @@ class Sim:
     # ------------------------------------------------------------------ scheduling
     def _push(self, when: float, kind: int, i: int, a: Any = None, b: Any = None) -> None:
         self._seq += 1
-        self._enqueue((when, self._seq, kind, i, a, b))
-
-    def _enqueue(self, ev: tuple[Any, ...]) -> None:
-        k = int(ev[0] * _SLOTS_PER_S)
-        slot = self._slots.get(k)
-        if slot is None:
-            self._slots[k] = [ev]
-            heapq.heappush(self._keys, k)
-        else:
-            heapq.heappush(slot, ev)
+        heapq.heappush(self._heap, (when, self._seq, kind, i, a, b))
 
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Run `fn` at simulated time `when` (scenario steps)."""
@@ -222,22 +210,14 @@ class Sim:
 
     def run(self, until: float) -> None:
         """Process every event up to simulated time `until`."""
-        keys = self._keys
-        slots = self._slots
+        heap = self._heap
         pop = heapq.heappop
-        enqueue = self._enqueue
+        push = heapq.heappush
         members = self.members
         rnd = self.rng.random
         trace = self._trace
-        while keys:
-            k = keys[0]
-            slot = slots[k]
-            if slot[0][0] > until:
-                break
-            ev = pop(slot)
-            if not slot:
-                del slots[k]
-                pop(keys)
+        while heap and heap[0][0] <= until:
+            ev = pop(heap)
             t, _, kind, i, a, b = ev
             if kind >= _PAUSE:
                 self.now = t
@@ -251,7 +231,7 @@ class Sim:
             if core is None or m.crashed:
                 continue
             if m.paused_until > t:
-                enqueue((m.paused_until, rnd() - 2.0, kind, i, a, b))
+                push(heap, (m.paused_until, rnd() - 2.0, kind, i, a, b))
                 continue
             self.now = t
             if trace is not None:
@@ -286,10 +266,10 @@ class Sim:
         if core.timers:
             timers = core.timers
             core.timers = []
-            enqueue = self._enqueue
+            heap = self._heap
             for when, kind, tok in timers:
                 self._seq += 1
-                enqueue((when, self._seq, _TIMER, i, kind, tok))
+                heapq.heappush(heap, (when, self._seq, _TIMER, i, kind, tok))
         if core.streams:
             streams = core.streams
             core.streams = []
@@ -345,7 +325,7 @@ class Sim:
         elif target.backlog > when:  # ... and works through the backlog after the episode ends
             when = target.backlog
         self._seq += 1
-        self._enqueue((when, self._seq, _UDP, j, data, None))
+        heapq.heappush(self._heap, (when, self._seq, _UDP, j, data, None))
 
     def _tcp_cost(self, i: int, body: bytes, connection: bool = False) -> None:
         size = len(body) + 4
@@ -430,6 +410,8 @@ class Sim:
                         st.false_incidents.add((name, inc))
                         if target.slow is not None:
                             st.false_slow += 1
+                    if target.slow is None and m.slow is None:
+                        st.false_seen_by_healthy.add((name, inc))
             elif kind == SUSPECTED:
                 st.suspicions += 1
             elif kind == REFUTED:
