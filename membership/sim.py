@@ -111,6 +111,9 @@ class Stats:
     false_pairs: int = 0  # (observer, healthy member) "failed" verdicts
     false_incidents: set[tuple[str, int]] = field(default_factory=set)  # (member, incarnation) falsely failed
     false_slow: int = 0  # of false_incidents, members that were slow
+    # of the healthy members' false_incidents, those a member that is not slow declared too (the rest
+    # were verdicts only in slow observers' own views, which the others' views did not follow)
+    false_seen_by_healthy: set[tuple[str, int]] = field(default_factory=set)
     suspicions: int = 0
     refutes: int = 0
     events: int = 0
@@ -407,6 +410,8 @@ class Sim:
                         st.false_incidents.add((name, inc))
                         if target.slow is not None:
                             st.false_slow += 1
+                    if target.slow is None and m.slow is None:
+                        st.false_seen_by_healthy.add((name, inc))
             elif kind == SUSPECTED:
                 st.suspicions += 1
             elif kind == REFUTED:
