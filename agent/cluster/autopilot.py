@@ -4,7 +4,8 @@ Consul's rules: a server is healthy when its membership status is alive, the lea
 `LastContactThreshold`, and its log is within `MaxTrailingLogs` of the leader's. New servers join as
 non-voters and are promoted once they have been healthy for `ServerStabilizationTime`; with
 `CleanupDeadServers`, failed servers are removed from the Raft configuration — only while fewer than
-half of the servers are failed and at least `MinQuorum` voters stay. Time is an argument; the leader's
+half of the servers are failed and at least `MinQuorum` voters stay, and (our addition) only once the
+leader has not heard from them over Raft for `LastContactThreshold` either. Time is an argument; the leader's
 reconcile loop (agent/cluster/cluster.py) feeds the inputs and applies the plan.
 """
 
@@ -107,7 +108,11 @@ def plan(servers: list[ServerView], leader_index: int, cfg: Settings, stable_sin
             actions.append(Action("promote", s.id, s.address, s.name,
                                   f"healthy for {now - since:.0f}s (server_stabilization_time)"))
     if cfg.cleanup_dead_servers:
-        failed = [s for s in servers if s.serf_status == "failed" and not s.leader]
+        # Dead is failed in gossip *and* silent in Raft: a server the leader still hears from is replicating
+        # (a gossip flap, or a suspicion this leader raised while it was cut off itself) — removing it
+        # could cost the quorum. Stricter than Consul, which goes by gossip alone.
+        failed = [s for s in servers if s.serf_status == "failed" and not s.leader
+                  and s.last_contact > cfg.last_contact_threshold]
         voters = [s for s in servers if s.voter]
         if failed and len(failed) * 2 < len(servers):
             remaining_voters = len(voters) - sum(1 for s in failed if s.voter)
