@@ -13,6 +13,10 @@ run (A B C D, ≥ 3 rounds, medians):
                 place of the client sidecar, through the same chain
   haproxy       HAProxy in HTTP mode on both sides, mTLS between them, the same path route and an
                 80/20 weighted split (the peer the issue names)
+  grpc-direct / grpc-chain / h1-chain-h2load   gRPC-shaped unary calls (POST, application/grpc, a 5-byte
+                message) by h2load (-c4 -m4: 16 streams in flight) straight to an nginx h2c server, and
+                through the same router + splitter chain with `Protocol = "grpc"` (sidecars parse HTTP/2 on
+                both sides); the peer: h2load --h1 (16 connections) through the HTTP/1.1 chain to nginx
 For each: keep-alive requests/s, p50/p99 (`wrk -t1 -c16`), and the arm's CPU seconds per 1,000
 requests over all its processes. Goals: chain ≥ 0.9× plain; access logs ≥ 0.95× without; tracing at
 100% ≥ 0.85× and at 1% ≥ 0.97× without; ≥ 1.0× HAProxy's requests/s with p99 ≤ HAProxy's.
@@ -22,13 +26,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import AgentProcess, Arm, Background, alternate, free_port, need, pinned, report, wait_for
+from common import (
+    AgentProcess,
+    Arm,
+    Background,
+    CpuMeter,
+    alternate,
+    free_port,
+    need,
+    pinned,
+    report,
+    wait_for,
+)
 from proxy_bench import _curl, _pair, measure, nginx, pems
 
 
@@ -36,13 +53,13 @@ class ChainArm:
     """A dev agent; nginx registered twice (Meta version v1 and v2, each with a sidecar); a client whose
     sidecar has the upstream; with `chain`, the router and splitter written as config entries."""
 
-    def __init__(self, tmp: Path, app: int, cpus: int | None, chain: bool) -> None:
-        self.agent = AgentProcess(tmp / f"agent-{chain}", args=["--log-level", "warn"])
+    def __init__(self, tmp: Path, app: int, cpus: int | None, chain: bool, protocol: str = "http") -> None:
+        self.agent = AgentProcess(tmp / f"agent-{chain}-{protocol}", args=["--log-level", "warn"])
         self.agent.start()
         self.front = free_port()
         self.log_path = tmp / "access.log"
         a = self.agent
-        entries = [{"Kind": "service-defaults", "Name": n, "Protocol": "http"} for n in ("shop", "shop-admin")]
+        entries = [{"Kind": "service-defaults", "Name": n, "Protocol": protocol} for n in ("shop", "shop-admin")]
         for e in entries + [
             {"Kind": "service-resolver", "Name": "shop", "Subsets": {
                 "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}},
@@ -67,10 +84,11 @@ class ChainArm:
                                          "-sidecar-for", sid, "-http-addr", a.addr, "-admin-bind", "off",
                                          "-log-level", "warn"], cpus)) for sid in (*ids, "client")]
         wait_for(lambda: len(a.get("/v1/health/connect/shop?passing")[1]) == 2, 20, message="both sidecars healthy")
-        wait_for(lambda: _curl(f"http://127.0.0.1:{self.front}/") == "ok\n", 20, message="traffic through the chain")
+        curl = _curl if protocol == "http" else _curl_h2
+        wait_for(lambda: curl(f"http://127.0.0.1:{self.front}/") == "ok\n", 20, message="traffic through the chain")
         self.ingress_port = 0
         self.gateway: Background | None = None
-        if chain:
+        if chain and protocol == "http":
             self.ingress_port = free_port()
             assert a.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
                 {"Port": self.ingress_port, "Protocol": "http", "Services": [{"Name": "shop"}]}]})[0] == 200
@@ -137,8 +155,61 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
+def _curl_h2(url: str) -> str:
+    try:
+        return subprocess.run(["curl", "-s", "--max-time", "2", "--http2-prior-knowledge", url],
+                              capture_output=True, text=True).stdout
+    except OSError:
+        return ""
+
+
+def nginx_h2c(tmp: Path, port: int, cpus: int | None) -> Background:
+    """nginx answering every request (a POST too) with 200 "ok" over cleartext HTTP/2 (prior knowledge)."""
+    need("nginx", "nginx-light")
+    conf = tmp / "nginx-h2c.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; pid {tmp}/nginx-h2c.pid; error_log {tmp}/nginx-h2c-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  client_body_temp_path {tmp}/h2body; proxy_temp_path {tmp}/h2proxy; fastcgi_temp_path {tmp}/h2fcgi;
+  uwsgi_temp_path {tmp}/h2uwsgi; scgi_temp_path {tmp}/h2scgi;
+  server {{ listen 127.0.0.1:{port} http2; location / {{ return 200 "ok\n"; }} }}
+}}""")
+    return Background(pinned(["nginx", "-c", str(conf)], cpus))
+
+
+GRPC_CALL = b"\x00\x00\x00\x00\x05hello"  # one uncompressed 5-byte gRPC message
+
+
+def measure_h2load(port: int, pids: list[int], duration: float, cpus: int | None, body: Path,
+                   h1: bool = False) -> dict[str, float]:
+    """h2load's requests/s and mean latency for gRPC-shaped calls (or, with `h1`, the same POSTs over
+    HTTP/1.1 keep-alive), and the CPU seconds per 1,000 of the arm's processes."""
+    need("h2load", "nghttp2-client")
+    conc = ["-c", "16", "-m", "1", "--h1"] if h1 else ["-c", "4", "-m", "4"]
+    meter = CpuMeter(pids)
+    meter.start()
+    out = subprocess.run(pinned(["h2load", "-D", str(max(1, round(duration))), "-t", "1", *conc, "-d", str(body),
+                                 "-H", "content-type: application/grpc", "-H", "te: trailers",
+                                 f"http://127.0.0.1:{port}/"], cpus),
+                         capture_output=True, text=True, timeout=duration + 60).stdout
+    cpu = meter.stop()
+    finished = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    ok = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    assert finished is not None and ok is not None and mean is not None, f"h2load said:\n{out}"
+    rps = float(finished.group(1))
+    total, succeeded = int(ok.group(1)), int(ok.group(2))
+    assert succeeded >= 0.99 * total, f"{total - succeeded} of {total} requests failed:\n{out}"
+    unit = mean.group(1)
+    mean_ms = float(unit[:-2]) if unit.endswith("ms") else float(unit[:-2]) / 1000 if unit.endswith("us") \
+        else float(unit[:-1]) * 1000
+    return {"rps": rps, "mean_ms": mean_ms, "cpu_s_per_1k": cpu / max(1.0, rps * duration) * 1000}
+
+
 def measure_host(port: int, host: str, pids: list[int], duration: float, cpus: int | None) -> dict[str, float]:
-    from common import CpuMeter, wrk
+    from common import wrk
 
     meter = CpuMeter(pids)
     meter.start()
@@ -220,6 +291,14 @@ def main() -> None:
         chain = ChainArm(tmp, app, args.cpus, chain=True)
         hp = haproxy_l7(tmp, certs, hp_front, app, args.cpus)
         wait_for(lambda: _curl(f"http://127.0.0.1:{hp_front}/") == "ok\n", 10, message="haproxy")
+        wanted = set(args.arms.split(",")) if args.arms else None
+        grpc_arms = wanted is None or bool(wanted & {"grpc-direct", "grpc-chain", "h1-chain-h2load"})
+        h2app, grpc, body = free_port(), None, tmp / "grpc-call.bin"
+        body.write_bytes(GRPC_CALL)
+        h2web = nginx_h2c(tmp, h2app, args.cpus) if grpc_arms else None
+        if grpc_arms:
+            wait_for(lambda: _curl_h2(f"http://127.0.0.1:{h2app}/") == "ok\n", 10, message="nginx h2c")
+            grpc = ChainArm(tmp, h2app, args.cpus, chain=True, protocol="grpc")
         sink_port = free_port()
         sink = Background([sys.executable, "-c", SINK, str(sink_port)])
         sink_url = f"http://127.0.0.1:{sink_port}/v1/traces"
@@ -246,6 +325,14 @@ def main() -> None:
                     Arm("ingress", lambda: measure_host(chain.ingress_port, "shop.ingress.mesh", chain.ingress_pids,
                                                         args.duration, args.cpus)),
                     Arm("haproxy", lambda: measure(hp_front, hp.pids, args.duration, args.cpus, False))]
+            if grpc is not None and h2web is not None:
+                g, nginx_pid = grpc, h2web.proc.pid
+                arms += [Arm("grpc-direct", lambda: measure_h2load(h2app, [nginx_pid], args.duration, args.cpus,
+                                                                   body)),
+                         Arm("grpc-chain", lambda: measure_h2load(g.front, [*g.pids, nginx_pid], args.duration,
+                                                                  args.cpus, body)),
+                         Arm("h1-chain-h2load", lambda: measure_h2load(chain.front, [*chain.pids, web.proc.pid],
+                                                                       args.duration, args.cpus, body, h1=True))]
             if args.arms:
                 arms = [a for a in arms if a.name in args.arms.split(",")]
             alternate(arms, args.rounds)
@@ -256,6 +343,10 @@ def main() -> None:
             hp.stop()
             sink.stop()
             web.stop()
+            if grpc is not None:
+                grpc.stop()
+            if h2web is not None:
+                h2web.stop()
     ratios = {  # name: (arm, its peer, the figure)
         "chain_vs_plain_rps": ("l7-chain", "l7-plain", "rps"),
         "chain_cpu_per_1k_vs_plain": ("l7-chain", "l7-plain", "cpu_s_per_1k"),
@@ -268,6 +359,9 @@ def main() -> None:
         "ingress_hop_vs_sidecar_hop_rps": ("ingress", "l7-chain", "rps"),
         "chain_vs_haproxy_rps": ("l7-chain", "haproxy", "rps"),
         "chain_p99_vs_haproxy": ("l7-chain", "haproxy", "p99_ms"),
+        "grpc_chain_vs_direct_rps": ("grpc-chain", "grpc-direct", "rps"),
+        "grpc_chain_vs_h1_chain_rps": ("grpc-chain", "h1-chain-h2load", "rps"),
+        "grpc_chain_cpu_per_1k_vs_h1_chain": ("grpc-chain", "h1-chain-h2load", "cpu_s_per_1k"),
     }
     summary = {name: results[a][k] / results[b][k] for name, (a, b, k) in ratios.items()
                if a in results and b in results}

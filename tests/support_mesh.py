@@ -222,3 +222,34 @@ def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, Any
 
 __all__ = ["Backends", "ProxyProcess", "exchange", "http_get", "wait_passing", "passing_instances", "sys", "ws_echo",
            "sidecar_with_metrics"]
+
+
+class OTLPReceiver:
+    """An OTLP/HTTP traces endpoint inside the test (on the backends' loop), decoding with opentelemetry-proto."""
+
+    def __init__(self, backends: Backends) -> None:
+        from aiohttp import web
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list[tuple[str, Any]] = []  # (service.name, Span)
+        self.port = free_port()
+
+        async def traces(request: web.Request) -> web.Response:
+            req = ExportTraceServiceRequest.FromString(await request.read())
+            for rs in req.resource_spans:
+                svc = next(a.value.string_value for a in rs.resource.attributes if a.key == "service.name")
+                self.spans += [(svc, s) for ss in rs.scope_spans for s in ss.spans]
+            return web.Response(body=b"", content_type="application/x-protobuf")
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/traces", traces)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            backends._runners.append(runner)
+
+        backends._call(start())
+
+    def of_trace(self, trace_id: bytes) -> list[tuple[str, Any]]:
+        return [(svc, s) for svc, s in self.spans if s.trace_id == trace_id]

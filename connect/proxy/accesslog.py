@@ -24,7 +24,8 @@ BUFFER_MAX = 64 * 1024
 DEFAULT_FIELDS = ("start_time", "route_name", "method", "path", "protocol", "response_code", "response_flags",
                   "response_code_details", "bytes_received", "bytes_sent", "duration", "user_agent", "request_id",
                   "authority", "x_forwarded_for", "upstream_host", "upstream_cluster", "upstream_service",
-                  "upstream_instance", "split", "downstream_remote_address", "downstream_peer_uri_san")
+                  "upstream_instance", "split", "downstream_remote_address", "downstream_peer_uri_san",
+                  "grpc_status")
 _KEYS = {k: f'"{k}":' for k in DEFAULT_FIELDS}
 _AFTER_START = DEFAULT_FIELDS[1:]  # start_time is first and always set (a float, written as ISO 8601)
 _HEADER_FIELDS = {b"user-agent": "user_agent", b"x-request-id": "request_id", b"host": "authority",
@@ -42,6 +43,7 @@ _SIMPLE = {
     "BYTES_RECEIVED": "bytes_received", "BYTES_SENT": "bytes_sent", "DURATION": "duration",
     "UPSTREAM_HOST": "upstream_host", "UPSTREAM_CLUSTER": "upstream_cluster", "ROUTE_NAME": "route_name",
     "DOWNSTREAM_REMOTE_ADDRESS": "downstream_remote_address", "DOWNSTREAM_PEER_URI_SAN": "downstream_peer_uri_san",
+    "GRPC_STATUS_NUMBER": "grpc_status",
 }
 _REQ = {":method": "method", ":path": "path", "x-envoy-original-path?:path": "path", ":authority": "authority",
         "user-agent": "user_agent", "x-request-id": "request_id", "x-forwarded-for": "x_forwarded_for"}

@@ -9,6 +9,7 @@ back the queued request that may go now. Nothing waits without bound: the queue 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from proconsul.connect.proxy.config import Limits
@@ -56,6 +57,20 @@ class Breaker(Generic[T]):
             self.peak = max(self.peak, self.active)
             return self.pending.popleft()
         return None
+
+    def leave(self, item: T, admitted: bool | None, wanted: Callable[[T], bool]) -> T | None:
+        """`item` is over: it no longer counts — in flight (`admitted` True), queued (False) or neither (None).
+        Returns the queued item that may go now (counted in flight), passing over those `wanted` refuses
+        (their caller went away)."""
+        if admitted is None:
+            return None
+        if not admitted:
+            self.forget(item)
+            return None
+        nxt = self.release()
+        while nxt is not None and not wanted(nxt):
+            nxt = self.release()
+        return nxt
 
     def forget(self, item: T) -> bool:
         """A queued request whose caller went away."""

@@ -27,7 +27,7 @@ from proconsul.connect.proxy.config import (
 @dataclass(frozen=True, slots=True)
 class IngressListener:
     port: int
-    protocol: str  # "http" or "tcp"
+    protocol: str  # "http", "http2", "grpc" or "tcp"
     routes: tuple[tuple[tuple[str, ...], str], ...]  # ((host patterns…), upstream key) in the entry's order
     tls: ListenerTLS | None = None  # served with the gateway's leaf (its DNS SANs) when set
 
@@ -77,9 +77,9 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
     defaults = entry.get("Defaults") or {}
     for lst in entry.get("Listeners") or []:
         port, proto = int(lst["Port"]), (lst.get("Protocol") or "tcp").lower()
-        if proto not in ("http", "tcp"):
+        if proto not in ("http", "http2", "grpc", "tcp"):
             raise ProxyConfigError(f"ingress-gateway {name!r}: listener {port} has protocol {proto!r}; this gateway "
-                                   "serves http and tcp listeners")
+                                   "serves http, http2, grpc and tcp listeners")
         routes = []
         raws = []
         for svc in lst.get("Services") or []:

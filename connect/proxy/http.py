@@ -26,10 +26,9 @@ import logging
 import ssl
 import time
 from collections import deque
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from proconsul.connect.proxy import h1
+from proconsul.connect.proxy import h1, l7
 from proconsul.connect.proxy.accesslog import DETAILS
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.breaker import REFUSE, SEND
@@ -44,16 +43,8 @@ if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
 
 log = logging.getLogger("proconsul.proxy")
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_QUEUED = 16  # pipelined requests read ahead of the one being served
 HIGH_WATER = 256 * 1024
-
-
-def may_retry(method: bytes, status: int, held: bool, retry_on_5xx: bool) -> bool:
-    """Whether a response is worth another instance (pure): a 502/503/504 to an idempotent request
-    whose body we still hold."""
-    return retry_on_5xx and held and status in RETRY_STATUSES and method in IDEMPOTENT
 
 
 # ---------------------------------------------------------------------- the connection we send requests on
@@ -558,24 +549,10 @@ class Front(asyncio.Protocol):
     def done(self, ex: Exchange) -> None:
         now = time.monotonic()
         self.link.link.latency.observe(now - ex.started)
-        rt = self.rt
-        tap = rt.tap  # None unless someone watches (`proconsul connect tap`): then this costs nothing
-        if rt.access_log is not None or tap is not None or (ex.trace is not None and ex.trace.sampled):
-            rec = self.log_record(ex, now)
-            if rt.access_log is not None:
-                rt.access_log.request(rec)
-            if tap is not None:
-                rec["latency_ms"] = round((now - ex.started) * 1000, 3)
-                tap.offer(rec, self.link.inbound, now)
-            if ex.trace is not None and rt.tracer is not None:
-                rt.tracer.finish(ex.trace, f"{rec['method']} {rec.get('upstream_service', '')}", ex.status, {
-                    "http.request.method": rec["method"], "url.path": rec["path"],
-                    "http.response.status_code": ex.status, "peer.service": rec.get("upstream_service"),
-                    "server.address": rec.get("upstream_host"), "proconsul.route": rec.get("route_name"),
-                    "proconsul.upstream_cluster": rec.get("upstream_cluster"),
-                    "proconsul.upstream_instance": rec.get("upstream_instance"),
-                    "proconsul.source": rec.get("downstream_peer_uri_san"),
-                    "proconsul.response_flags": ex.flag if ex.flag != "-" else None})
+        # nobody reads the record (no access log, no tap watcher, no sampled span): not even built
+        if l7.wants_record(self.rt, ex.trace):
+            l7.publish(self.rt, self.log_record(ex, now), ex.started, now, self.link.inbound, ex.trace, ex.status,
+                       ex.flag)
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         """The access-log fields of `ex` (Envoy's names) this side knows."""
@@ -636,12 +613,11 @@ class UpstreamFront(Front):
     """The application's connection on an upstream's local port: each request goes to a healthy instance,
     chosen through the upstream's discovery chain when it has one (route, split, subset, failover)."""
 
-    __slots__ = ("up", "pool", "conns")
+    __slots__ = ("up", "conns")
 
     def __init__(self, rt: Runtime, up: Upstream) -> None:
         super().__init__(rt)
         self.up = up
-        self.pool: UpstreamPool | None = rt.pools.get(up.key)
         self.conns: h1.InstanceConnections = rt.http_connections
         self.link = _Counts(rt.metrics.upstream_link(up.destination_name), inbound=False)
         self.host = up.destination_name.encode()
@@ -688,38 +664,15 @@ class UpstreamFront(Front):
 
     def _pick(self, ex: Exchange) -> tuple[UpstreamPool, Instance]:
         """An instance for the next attempt: the route's target, else its failover targets in order."""
-        rt, d = self.rt, ex.decision
-        now = time.monotonic()
-        if d is None:
-            if self.pool is None:
-                raise NoHealthyInstance(f"upstream {self.up.destination_name!r} is not known yet")
-            return self.pool, self.pool.pick(now, rt.rng, ex.tried)
-        leg = d.leg
+        d = ex.decision
         key = None
-        if leg.lb.hash_policies:
+        if d is not None and d.leg.lb.hash_policies:
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-            key = leg.lb.hash_key(ex.head.headers, ex.head.target, peer[0] if peer else "")
-        error: NoHealthyInstance | None = None
-        for target in (leg.target, *leg.failover):
-            pool = rt.pool_for(self.up, target)
-            if pool is None:
-                continue
-            try:
-                return pool, pool.pick(now, rt.rng, ex.tried, key)
-            except NoHealthyInstance as e:
-                error = error or e
-        raise error or NoHealthyInstance(f"upstream {self.up.destination_name!r}: target {leg.target.id} has no "
-                                         "instances known yet")
+            key = d.leg.lb.hash_key(ex.head.headers, ex.head.target, peer[0] if peer else "")
+        return l7.pick(self.rt, self.up, d, ex.tried, key, time.monotonic())
 
     def _timeout(self, ex: Exchange) -> float:
-        d = ex.decision
-        t = d.timeout if d is not None else None
-        return t if t is not None else self.up.request_timeout
-
-    def _retries(self, ex: Exchange) -> int:
-        d = ex.decision
-        n = d.route.retry.num_retries if d is not None else None
-        return n if n is not None else self.rt.config.retry.num_retries
+        return l7.request_timeout(self.up, ex.decision)
 
     def send(self, ex: Exchange) -> None:
         rt = self.rt
@@ -756,13 +709,7 @@ class UpstreamFront(Front):
 
     async def _dial(self, ex: Exchange, inst: Instance) -> None:
         link = self.link.link
-        up = self.up
-        d = ex.decision
-        if d is not None:
-            target = d.leg.target if inst.service == d.leg.target.service else next(
-                (t for t in d.leg.failover if t.service == inst.service), d.leg.target)
-            if target.connect_timeout is not None and target.connect_timeout != up.connect_timeout:
-                up = replace(up, connect_timeout=target.connect_timeout)
+        up = l7.dial_settings(self.up, ex.decision, inst)
         try:
             back = await dial(self.rt, up, inst, link, lambda ctx, key: Back(link, key, ctx))
         except (OSError, TimeoutError, ssl.SSLError, DialRefused) as e:
@@ -779,17 +726,10 @@ class UpstreamFront(Front):
         ex.send_on(back, [], self._timeout(ex))
 
     def should_retry(self, ex: Exchange, status: int) -> bool:
-        rt = self.rt
         d = ex.decision
-        statuses = d.route.retry.statuses if d is not None else None
-        if statuses is not None:
-            if status not in statuses or not ex.retryable_body:
-                return False
-        elif not may_retry(ex.head.method, status, ex.retryable_body, rt.config.retry.retry_on_5xx):
-            return False
-        if ex.attempt + 1 > self._retries(ex) or not rt.budget.try_retry(time.monotonic()):
-            return False
-        return True
+        return l7.retry_on_response(d, self.rt.config.retry.retry_on_5xx, ex.head.method, status,
+                                    ex.retryable_body) and \
+            l7.another_attempt(self.rt, d, ex.attempt, time.monotonic())
 
     def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
         inst, pool = ex.inst, ex.pool
@@ -828,7 +768,7 @@ class UpstreamFront(Front):
             self._failed(pool, inst)
         rt = self.rt
         d = ex.decision
-        if not ex.streaming and ex.attempt < self._retries(ex) and (d is None or d.route.retry.on_connect_failure):
+        if not ex.streaming and ex.attempt < l7.num_retries(rt, d) and l7.retry_on_failure(d):
             if rt.budget.try_retry(time.monotonic()):
                 ex.attempt += 1
                 self.link.link.retries += 1
@@ -849,37 +789,15 @@ class UpstreamFront(Front):
     def _release(self, ex: Exchange) -> None:
         """`ex` no longer counts against the circuit breaker: the next queued request goes."""
         breaker = self.rt.breakers.get(self.up.key)
-        if breaker is None or ex.admitted is None:
-            return
-        if ex.admitted is False:
-            breaker.forget(ex)
-            ex.admitted = None
-            return
-        ex.admitted = None
-        nxt = breaker.release()
-        while nxt is not None:
+        admitted, ex.admitted = ex.admitted, None
+        nxt = breaker.leave(ex, admitted, _waits) if breaker is not None else None
+        if nxt is not None:
             nxt.admitted = True
-            front = nxt.front
-            if not front.closed:
-                front.send(nxt)
-                return
-            nxt.admitted = None
-            nxt = breaker.release()
+            nxt.front.send(nxt)
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         rec = super().log_record(ex, now)
-        d, inst = ex.decision, ex.inst
-        rec["upstream_service"] = inst.service if inst is not None else self.up.destination_name
-        rec["upstream_instance"] = inst.id if inst is not None else ""
-        rec["upstream_host"] = f"{inst.address}:{inst.port}" if inst is not None else ""
-        if d is not None:
-            target = d.leg.target if inst is None or inst.service == d.leg.target.service else next(
-                (t for t in d.leg.failover if t.service == inst.service), d.leg.target)
-            rec["upstream_cluster"] = target.id
-            rec["route_name"] = f"{self.up.destination_name}/{d.route.index}"
-            rec["split"] = d.leg.name
-        else:
-            rec["upstream_cluster"] = self.up.destination_name
+        l7.upstream_fields(rec, self.up, ex.decision, ex.inst)
         return rec
 
     def _failed(self, pool: UpstreamPool, inst: Instance) -> None:
@@ -910,12 +828,17 @@ class UpstreamFront(Front):
             self.reply(ex, 504, "upstream request timeout", "UT")
 
 
+def _waits(ex: Exchange) -> bool:
+    """A queued request whose caller is still there."""
+    return not ex.front.closed
+
+
 # ---------------------------------------------------------------------- inbound: public listener → app
 class InboundFront(Front):
     """A peer sidecar's mTLS connection on the public listener: each request is checked, then sent to
     the local application on one kept-alive connection."""
 
-    __slots__ = ("uri", "source", "app", "_xfcc", "_policy", "_per_request")
+    __slots__ = ("uri", "source", "app", "_xfcc", "_gate")
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
@@ -923,8 +846,7 @@ class InboundFront(Front):
         self.source = ""
         self.app: Back | None = None
         self._xfcc = b""
-        self._policy: Any = None
-        self._per_request = False
+        self._gate = l7.IntentionGate()
         self.host = rt.config.service.encode()
 
     def describe(self) -> str:
@@ -955,19 +877,9 @@ class InboundFront(Front):
             self.rt.inbound_closed(self)
 
     def admit(self, ex: Exchange) -> None:
-        policy = self.rt.policy
-        if policy is None:
-            return
-        if policy is not self._policy:  # new intentions: decide again whether requests need a check
-            self._policy = policy
-            self._per_request = policy.needs_requests(self.uri) or not policy.connection(self.uri).allowed
-        if self._per_request:
-            head = ex.head
-            d = policy.request(self.uri, head.method.decode(), head.path,
-                               {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers})
-            if not d.allowed:
-                self.rt.refused(d.source, f"{head.method.decode()} {head.target.decode('latin-1')}: {d.reason}")
-                ex.denied = True
+        head = ex.head
+        if self._gate.denies(self.rt, self.uri, head.method, head.path, head.target, head.headers):
+            ex.denied = True
 
     def send(self, ex: Exchange) -> None:
         tracer = self.rt.tracer
@@ -1011,11 +923,7 @@ class InboundFront(Front):
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         rec = super().log_record(ex, now)
-        cfg = self.rt.config
-        rec.update({"downstream_peer_uri_san": self.uri, "upstream_cluster": "local_app",
-                    "upstream_service": cfg.service, "upstream_host": f"{cfg.local_address}:{cfg.local_port}"})
-        if ex.denied:
-            rec["response_code_details"] = "rbac_access_denied_matched_policy[none]"
+        l7.inbound_fields(rec, self.rt, self.uri, ex.denied)
         return rec
 
     def attempt_failed(self, ex: Exchange, why: str) -> None:

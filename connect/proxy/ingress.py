@@ -21,6 +21,7 @@ from proconsul.connect.proxy import listeners
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.config import ProxyConfig, ProxyConfigError, Upstream
 from proconsul.connect.proxy.gateway import IngressListener, host_matches, ingress_config
+from proconsul.connect.proxy.h2relay import H2Stream, H2UpstreamFront
 from proconsul.connect.proxy.http import Exchange, UpstreamFront, _Counts
 from proconsul.connect.proxy.proxy import Proxy, credentials
 from proconsul.connect.proxy.runtime import Runtime
@@ -51,8 +52,29 @@ class IngressFront(UpstreamFront):
             if up is None:
                 self.reply(ex, 404, f"no service for host {host!r} on listener {self.listener.port}", "NR")
                 return
-            self.up, self.pool, self.host = up, self.rt.pools.get(up.key), up.destination_name.encode()
+            self.up, self.host = up, up.destination_name.encode()
         super().send(ex)
+
+
+ALPN = {"http": ("http/1.1",), "http2": ("h2",), "grpc": ("h2",)}  # what a TLS listener offers by protocol
+
+
+class H2IngressFront(H2UpstreamFront):
+    """An outside client's HTTP/2 connection on an http2/grpc listener (h2c with prior knowledge, or h2 by
+    ALPN over TLS): each stream's authority picks the service, then it goes as a sidecar's stream goes."""
+
+    def __init__(self, rt: Runtime, listener: IngressListener) -> None:
+        super().__init__(rt, rt.upstreams[listener.routes[0][1]])
+        self.listener = listener
+        self.link = rt.metrics.upstream_link(f"ingress:{listener.port}")
+
+    def describe(self) -> str:
+        return f"ingress listener {self.listener.port}"
+
+    def upstream_of(self, s: H2Stream) -> Upstream | None:
+        host = s.authority.rsplit(":", 1)[0].lower()
+        key = next((k for patterns, k in self.listener.routes if host_matches(host, patterns)), None)
+        return self.rt.upstreams.get(key) if key is not None else None
 
 
 class _Refuse(asyncio.Protocol):
@@ -142,7 +164,7 @@ class IngressGateway(Proxy):
             try:
                 built[lst.port] = gateway_server_context(creds, lst.tls.min_version, lst.tls.max_version,
                                                          lst.tls.cipher_suites,
-                                                         ("http/1.1",) if lst.protocol == "http" else ())
+                                                         ALPN.get(lst.protocol, ()))
             except MeshTLSError as e:
                 log.error("ingress listener %d: TLS cannot be served, refusing connections: %s", lst.port, e)
         self._listener_ctx = built
@@ -192,10 +214,13 @@ class IngressGateway(Proxy):
         def http_front(listener: IngressListener = lst) -> IngressFront:
             return IngressFront(rt, listener)
 
+        def h2_front(listener: IngressListener = lst) -> H2IngressFront:
+            return H2IngressFront(rt, listener)
+
         def tcp_side() -> asyncio.Protocol:
             return listeners.UpstreamSide(rt, rt.upstreams.get(up.key, up))
 
-        plain = http_front if lst.protocol == "http" else tcp_side
+        plain = http_front if lst.protocol == "http" else h2_front if lst.protocol in ("http2", "grpc") else tcp_side
 
         def tls_front(port: int = lst.port) -> asyncio.BaseProtocol:
             ctx = self._listener_ctx.get(port)

@@ -514,7 +514,7 @@ class Proxy:
         rt = self.rt
         assert rt is not None
         rt.set_policy(IntentionPolicy(rt.config.service, rt.trust_domain, intentions, self._default_allow,
-                                      http=rt.config.protocol == "http"))
+                                      http=rt.config.protocol in ("http", "http2", "grpc")))
 
     def _check_loaded(self) -> None:
         rt = self.rt
@@ -569,11 +569,12 @@ class Proxy:
         old = self._servers.pop("public", None) if replace else None
         if old is not None:
             old.close()  # open connections stay; new ones go to the new address
-        l4, l7 = listeners.inbound_factory(rt), http.inbound_factory(rt)
+        l4, l7, h2 = listeners.inbound_factory(rt), http.inbound_factory(rt), h2relay.inbound_factory(rt)
         listening = self._server_ctx.listening
 
         def protocol() -> TLSProtocol:
-            app = l7() if rt.config.protocol == "http" else l4()
+            mode = rt.config.protocol
+            app = l7() if mode == "http" else h2() if mode in ("http2", "grpc") else l4()
             return TLSProtocol(listening, app, server_side=True, handshake_timeout=rt.config.handshake_timeout,
                                on_failure=rt.handshake_failed, scratch=rt.tls_scratch)
 

@@ -16,6 +16,9 @@ from urllib.parse import parse_qsl
 
 from proconsul.connect.chain import durations
 
+# service-router RetryOn's gRPC conditions: retry when a trailers-only response carries this grpc-status
+GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
+
 
 class ChainFormatError(ValueError):
     """The agent's chain has a shape this proxy cannot apply (a bug or a newer agent): the upstream keeps its
@@ -124,6 +127,7 @@ class RetryPolicy:
     on_connect_failure: bool = True
     statuses: frozenset[int] | None = None  # None: the proxy's default (502, 503, 504 to idempotent requests)
     any_method: bool = False  # RetryOn/RetryOnStatusCodes set explicitly: the route's owner chose to retry
+    grpc_statuses: frozenset[int] = frozenset()  # RetryOn's gRPC conditions (cancelled, unavailable, …) as codes
 
 
 @dataclass(slots=True)
@@ -341,12 +345,16 @@ def _route(i: int, d: dict[str, Any], legs: list[Leg], weights: list[int]) -> Ro
             s |= set(range(500, 600))
         if "gateway-error" in retry_on:
             s |= {502, 503, 504}
+        if "retriable-4xx" in retry_on:
+            s.add(409)
         statuses = frozenset(s)
-    on_connect = bool(dest.get("RetryOnConnectFailure")) or "connect-failure" in retry_on or "reset" in retry_on
+    on_connect = bool(dest.get("RetryOnConnectFailure")) or any(
+        c in retry_on for c in ("connect-failure", "reset", "refused-stream"))
     retry = RetryPolicy(num_retries=dest.get("NumRetries") if "NumRetries" in dest else None,
                         on_connect_failure=on_connect if (dest.get("RetryOnConnectFailure") is not None or retry_on)
                         else True,
-                        statuses=statuses, any_method=statuses is not None)
+                        statuses=statuses, any_method=statuses is not None,
+                        grpc_statuses=frozenset(GRPC_RETRY_ON[c] for c in retry_on if c in GRPC_RETRY_ON))
     return Route(
         index=i, path_exact=http.get("PathExact", ""), path_prefix=http.get("PathPrefix", ""),
         path_regex=re.compile(http["PathRegex"]) if http.get("PathRegex") else None,

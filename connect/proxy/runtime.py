@@ -76,6 +76,7 @@ class Runtime:
         self.tracer: Tracer | None = None  # proxy-defaults Config.tracing
         self.tap: Tap | None = None  # live tap watchers (tap.py); None while nobody watches
         self.h2_backs: dict[str, Any] = {}  # instance key -> the HTTP/2 connection to it (h2relay.py)
+        self.h2_dialing: dict[str, Any] = {}  # instance key -> the dial of that connection under way
         self._tracer_task: asyncio.Task[Any] | None = None
         self.chains: dict[str, RouteTable] = {}  # HTTP upstreams: the discovery chain applied per request
         self.target_pools: dict[tuple[str, str], UpstreamPool] = {}  # (upstream key, chain target id)

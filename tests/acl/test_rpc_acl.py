@@ -124,6 +124,7 @@ def test_client_agent_forwards_the_callers_token(acl_cluster, tmp_path: Path):
         tok = mgmt.acl.token.create(policies_id=[writer["ID"]])["SecretID"]
         assert consul.Consul(port=client.http_port, token=tok).kv.put("x", "y")
         # A listing through the client agent keeps Consul's header although the server did the cutting.
+        assert mgmt.kv.put("not-x", "hidden")  # something the token cannot see, whatever ran before
         status, headers = _get(client.http_port, "/v1/kv/?recurse", tok)
         assert status == 200 and headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
         # ACL endpoints on a client agent are served by the leader (login, bootstrap and writes run there).

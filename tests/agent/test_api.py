@@ -19,7 +19,7 @@ def agent(shared_dev_agent: AgentProcess) -> AgentProcess:
 
 def test_headers_on_reads(agent: AgentProcess) -> None:
     status, body, headers = agent.request("GET", "/v1/catalog/nodes")
-    assert status == 200 and body[0]["Node"] == "dev"
+    assert status == 200 and "dev" in [n["Node"] for n in body]  # other tests add nodes
     assert int(headers["X-Consul-Index"]) >= 1
     assert headers["X-Consul-KnownLeader"] == "true" and headers["X-Consul-LastContact"] == "0"
     _, _, h = agent.request("GET", "/v1/kv/never-written-key-x")
@@ -92,18 +92,18 @@ def test_catalog_register_deregister(agent: AgentProcess) -> None:
 
 
 def test_kv_endpoints(agent: AgentProcess) -> None:
-    assert agent.put("/v1/kv/t/a?flags=7", raw=b"hello") == (200, True)
-    entry = agent.get("/v1/kv/t/a")[1][0]
+    assert agent.put("/v1/kv/kvt/a?flags=7", raw=b"hello") == (200, True)
+    entry = agent.get("/v1/kv/kvt/a")[1][0]
     assert base64.b64decode(entry["Value"]) == b"hello" and entry["Flags"] == 7 and "Session" not in entry
-    status, raw, headers = agent.request("GET", "/v1/kv/t/a?raw")
+    status, raw, headers = agent.request("GET", "/v1/kv/kvt/a?raw")
     assert raw == "hello"
-    assert agent.put(f"/v1/kv/t/a?cas={entry['ModifyIndex'] + 1}", raw=b"x") == (200, False)
-    assert agent.put(f"/v1/kv/t/a?cas={entry['ModifyIndex']}", raw=b"y") == (200, True)
-    agent.put("/v1/kv/t/b/c", raw=b"")
-    assert agent.get("/v1/kv/t/?keys&separator=/")[1] == ["t/a", "t/b/"]
-    assert [e["Key"] for e in agent.get("/v1/kv/t?recurse")[1]] == ["t/a", "t/b/c"]
-    assert agent.request("DELETE", "/v1/kv/t?recurse")[1] is True
-    assert agent.get("/v1/kv/t/a")[0] == 404
+    assert agent.put(f"/v1/kv/kvt/a?cas={entry['ModifyIndex'] + 1}", raw=b"x") == (200, False)
+    assert agent.put(f"/v1/kv/kvt/a?cas={entry['ModifyIndex']}", raw=b"y") == (200, True)
+    agent.put("/v1/kv/kvt/b/c", raw=b"")
+    assert agent.get("/v1/kv/kvt/?keys&separator=/")[1] == ["kvt/a", "kvt/b/"]
+    assert [e["Key"] for e in agent.get("/v1/kv/kvt?recurse")[1]] == ["kvt/a", "kvt/b/c"]
+    assert agent.request("DELETE", "/v1/kv/kvt?recurse")[1] is True
+    assert agent.get("/v1/kv/kvt/a")[0] == 404
     status, text = agent.put("/v1/kv/big", raw=b"x" * (512 * 1024 + 1))
     assert status == 413 and "too large" in text
 

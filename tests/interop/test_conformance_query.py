@@ -222,7 +222,9 @@ def test_dns_answers_from_the_executed_query(c: consul.Consul, agent: AgentProce
     assert sorted(r[4] for r in answer) == ["10.8.0.1", "10.8.0.2"] and {r[1] for r in answer} == {"42"}
     srv = dig("pq-dns.query.dc1.mesh", "SRV")
     assert sorted((r[6], r[7]) for r in srv) == [("5432", "pq-a.node.dc1.mesh."), ("5432", "pq-b.node.dc1.mesh.")]
-    assert sorted(r[4] for r in dig("geo-db-orders-b.query.mesh", "A")) == ["10.8.0.2"]  # a template
+    create(agent, {"Name": "dnsgeo", "Template": {"Type": "name_prefix_match", "Regexp": "^dnsgeo-(.*?)-([^\\-]+?)$"},
+                   "Service": {"Service": "geo-db-${match(1)}", "Tags": ["${match(2)}"]}})
+    assert sorted(r[4] for r in dig("dnsgeo-orders-b.query.mesh", "A")) == ["10.8.0.2"]  # a template
     out = subprocess.run(["dig", "@127.0.0.1", "-p", str(agent.dns_port), "+time=3", "+tries=1",
                           "no-such-query.query.mesh", "A"], capture_output=True, text=True, timeout=20).stdout
     assert "status: NXDOMAIN" in out

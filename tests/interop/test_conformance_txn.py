@@ -28,21 +28,21 @@ def rolled_back(agent: AgentProcess, ops: list[dict]) -> list[dict]:
 
 
 def test_kv_verbs_and_results(c: consul.Consul) -> None:
-    out = c.txn.put([{"KV": {"Verb": "set", "Key": "tx/a", "Value": b64("1"), "Flags": 7}},
-                     {"KV": {"Verb": "get", "Key": "tx/a"}},
-                     {"KV": {"Verb": "get-or-empty", "Key": "tx/none"}},
-                     {"KV": {"Verb": "check-not-exists", "Key": "tx/none"}}])
+    out = c.txn.put([{"KV": {"Verb": "set", "Key": "txv/a", "Value": b64("1"), "Flags": 7}},
+                     {"KV": {"Verb": "get", "Key": "txv/a"}},
+                     {"KV": {"Verb": "get-or-empty", "Key": "txv/none"}},
+                     {"KV": {"Verb": "check-not-exists", "Key": "txv/none"}}])
     assert out["Errors"] is None
     written, read, empty = out["Results"]  # check-not-exists adds no result
     assert written["KV"]["Value"] is None and written["KV"]["Flags"] == 7  # writes come back without values
     assert base64.b64decode(read["KV"]["Value"]) == b"1"
-    assert empty["KV"]["Key"] == "tx/none" and empty["KV"]["Value"] is None
+    assert empty["KV"]["Key"] == "txv/none" and empty["KV"]["Value"] is None
     index = read["KV"]["ModifyIndex"]
-    out = c.txn.put([{"KV": {"Verb": "check-index", "Key": "tx/a", "Index": index}},
-                     {"KV": {"Verb": "cas", "Key": "tx/a", "Index": index, "Value": b64("2")}},
-                     {"KV": {"Verb": "get-tree", "Key": "tx/"}}])
-    assert [r["KV"]["Key"] for r in out["Results"]] == ["tx/a", "tx/a", "tx/a"]
-    assert c.kv.get("tx/a")[1]["Value"] == b"2"
+    out = c.txn.put([{"KV": {"Verb": "check-index", "Key": "txv/a", "Index": index}},
+                     {"KV": {"Verb": "cas", "Key": "txv/a", "Index": index, "Value": b64("2")}},
+                     {"KV": {"Verb": "get-tree", "Key": "txv/"}}])
+    assert [r["KV"]["Key"] for r in out["Results"]] == ["txv/a", "txv/a", "txv/a"]
+    assert c.kv.get("txv/a")[1]["Value"] == b"2"
 
 
 def test_rolled_back_transactions_name_each_failing_op_as_consul_does(c: consul.Consul,

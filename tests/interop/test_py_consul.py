@@ -17,19 +17,19 @@ def c(shared_dev_agent: AgentProcess) -> consul.Consul:
 
 
 def test_kv(c: consul.Consul) -> None:
-    assert c.kv.put("py/a", "1", flags=5) is True
-    index, data = c.kv.get("py/a")
+    assert c.kv.put("pykv/a", "1", flags=5) is True
+    index, data = c.kv.get("pykv/a")
     assert data["Value"] == b"1" and data["Flags"] == 5 and int(index) > 0
-    assert c.kv.put("py/a", "2", cas=data["ModifyIndex"] + 1000) is False
-    assert c.kv.put("py/a", "2", cas=data["ModifyIndex"]) is True
-    c.kv.put("py/b/c", "3")
-    _, keys = c.kv.get("py/", keys=True, separator="/")
-    assert keys == ["py/a", "py/b/"]
-    _, items = c.kv.get("py/", recurse=True)
-    assert [i["Key"] for i in items] == ["py/a", "py/b/c"]
-    assert c.kv.get("py/missing") [1] is None
-    assert c.kv.delete("py/", recurse=True) is True
-    assert c.kv.get("py/a")[1] is None
+    assert c.kv.put("pykv/a", "2", cas=data["ModifyIndex"] + 1000) is False
+    assert c.kv.put("pykv/a", "2", cas=data["ModifyIndex"]) is True
+    c.kv.put("pykv/b/c", "3")
+    _, keys = c.kv.get("pykv/", keys=True, separator="/")
+    assert keys == ["pykv/a", "pykv/b/"]
+    _, items = c.kv.get("pykv/", recurse=True)
+    assert [i["Key"] for i in items] == ["pykv/a", "pykv/b/c"]
+    assert c.kv.get("pykv/missing") [1] is None
+    assert c.kv.delete("pykv/", recurse=True) is True
+    assert c.kv.get("pykv/a")[1] is None
 
 
 def test_kv_blocking_get(c: consul.Consul) -> None:

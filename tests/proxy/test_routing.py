@@ -74,3 +74,28 @@ def test_ring_hash_and_maglev_are_sticky_and_move_little() -> None:
         moved = sum(1 for k in before if before[k] != after[k])
         assert moved < 400 * 0.35, (policy, moved)  # ~1/5 should move to the new instance
     assert len(build_maglev(["a", "b"], 13)) == 13
+
+
+def test_grpc_retry_conditions_and_the_proxys_own_grpc_answers() -> None:
+    from proconsul.connect.proxy import l7
+
+    t = table([{"Kind": "service-defaults", "Name": "api", "Protocol": "grpc"},
+               {"Kind": "service-router", "Name": "api", "Routes": [
+                   {"Match": {"HTTP": {"PathExact": "/p.S/Flaky"}},
+                    "Destination": {"NumRetries": 2, "RetryOn": ["unavailable", "cancelled", "refused-stream"]}},
+                   {"Match": {"HTTP": {"PathExact": "/p.S/Codes"}},
+                    "Destination": {"RetryOnStatusCodes": [429], "RetryOn": ["retriable-4xx"]}}]}])
+    flaky = t.decide(b"POST", b"/p.S/Flaky", [], 0.1)
+    policy = flaky.route.retry
+    assert policy.grpc_statuses == frozenset({14, 1}) and policy.statuses == frozenset() and policy.num_retries == 2
+    assert policy.on_connect_failure, "refused-stream: a reset before the response is retried"
+    assert l7.retry_on_response(flaky, True, b"POST", 200, True, grpc_status=14)
+    assert not l7.retry_on_response(flaky, True, b"POST", 200, True, grpc_status=5), "NOT_FOUND is an answer"
+    assert not l7.retry_on_response(flaky, True, b"POST", 200, False, grpc_status=14), "the body is not held"
+    assert not l7.retry_on_response(flaky, True, b"POST", 503, True), "no HTTP status asked for"
+    codes = t.decide(b"POST", b"/p.S/Codes", [], 0.1)
+    assert codes.route.retry.statuses == frozenset({429, 409}) and not codes.route.retry.on_connect_failure
+    plain = t.decide(b"POST", b"/p.S/Other", [], 0.1)
+    assert not l7.retry_on_response(plain, True, b"POST", 503, True), "default: only idempotent methods"
+    assert l7.retry_on_response(plain, True, b"GET", 503, True) and l7.retry_on_failure(plain)
+    assert [l7.grpc_status_for(s) for s in (504, 503, 502, 429, 403, 404, 401, 500)] == [4, 14, 14, 14, 7, 12, 16, 2]

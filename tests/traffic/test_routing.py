@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, ProxyProcess, wait_passing
+from support_mesh import Backends, OTLPReceiver, ProxyProcess, wait_passing
 
 pytestmark = pytest.mark.xdist_group("traffic")
 
@@ -358,37 +358,6 @@ def test_rate_limit_answers_429(mesh: Mesh) -> None:
         assert limited >= codes[429]
     finally:
         mesh.write({"Kind": "service-defaults", "Name": "admin", "Protocol": "http"})
-
-
-class OTLPReceiver:
-    """An OTLP/HTTP traces endpoint inside the test (on the backends' loop), decoding with opentelemetry-proto."""
-
-    def __init__(self, backends: Backends) -> None:
-        from aiohttp import web
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-        self.spans: list[tuple[str, Any]] = []  # (service.name, Span)
-        self.port = free_port()
-
-        async def traces(request: web.Request) -> web.Response:
-            req = ExportTraceServiceRequest.FromString(await request.read())
-            for rs in req.resource_spans:
-                svc = next(a.value.string_value for a in rs.resource.attributes if a.key == "service.name")
-                self.spans += [(svc, s) for ss in rs.scope_spans for s in ss.spans]
-            return web.Response(body=b"", content_type="application/x-protobuf")
-
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_post("/v1/traces", traces)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            backends._runners.append(runner)
-
-        backends._call(start())
-
-    def of_trace(self, trace_id: bytes) -> list[tuple[str, Any]]:
-        return [(svc, s) for svc, s in self.spans if s.trace_id == trace_id]
 
 
 def test_one_trace_across_the_hop_with_parent_links(mesh: Mesh) -> None:
