@@ -12,7 +12,7 @@ BENCHES = {"http": "http_bench.py", "blocking": "blocking_bench.py", "scale": "s
            "dns": "dns_bench.py", "checks": "checks_bench.py", "connect": "connect_bench.py", "raft": "raft_bench.py",
            "failover": "failover_bench.py", "ui": "ui_bench.py", "ui_metrics": "ui_metrics_bench.py",
            "membership": "membership_bench.py", "gossip-encryption": "gossip_encryption_bench.py",
-           "traffic": "traffic_bench.py",
+           "traffic": "traffic_bench.py", "gateway-log": "gateway_log_bench.py",
            "federation": "federation_bench.py", "k8s_sync": "k8s_sync_bench.py",
            "k8s_sync_federation": "k8s_sync_federation_bench.py", "coordinates": "coordinates_bench.py"}
 

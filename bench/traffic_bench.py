@@ -13,6 +13,8 @@ run (A B C D, ≥ 3 rounds, medians):
                 place of the client sidecar, through the same chain
   haproxy       HAProxy in HTTP mode on both sides, mTLS between them, the same path route and an
                 80/20 weighted split (the peer the issue names)
+  base:…        with `--base GIT_REF`: the chain arms again with the sidecars of another checkout (e.g.
+                main), each run next to its counterpart (the A/B of a change, in the same run)
   grpc-direct / grpc-chain / h1-chain-h2load   gRPC-shaped unary calls (POST, application/grpc, a 5-byte
                 message) by h2load (-c4 -m4: 16 streams in flight) straight to an nginx h2c server, and
                 through the same router + splitter chain with `Protocol = "grpc"` (sidecars parse HTTP/2 on
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,6 +43,7 @@ from common import (
     Background,
     CpuMeter,
     alternate,
+    code_at,
     free_port,
     need,
     pinned,
@@ -53,11 +57,14 @@ class ChainArm:
     """A dev agent; nginx registered twice (Meta version v1 and v2, each with a sidecar); a client whose
     sidecar has the upstream; with `chain`, the router and splitter written as config entries."""
 
-    def __init__(self, tmp: Path, app: int, cpus: int | None, chain: bool, protocol: str = "http") -> None:
-        self.agent = AgentProcess(tmp / f"agent-{chain}-{protocol}", args=["--log-level", "warn"])
+    def __init__(self, tmp: Path, app: int, cpus: int | None, chain: bool, protocol: str = "http",
+                 env: dict[str, str] | None = None, label: str = "", ingress: bool = True) -> None:
+        """`env`: the environment of the sidecars (another checkout's code, see common.code_at)."""
+        self.agent = AgentProcess(tmp / f"agent-{chain}-{protocol}{label}", args=["--log-level", "warn"])
         self.agent.start()
         self.front = free_port()
-        self.log_path = tmp / "access.log"
+        self.log_path = tmp / f"access{label}.log"
+        kw = {"env": {**os.environ, **env}} if env else {}
         a = self.agent
         entries = [{"Kind": "service-defaults", "Name": n, "Protocol": protocol} for n in ("shop", "shop-admin")]
         for e in entries + [
@@ -82,13 +89,13 @@ class ChainArm:
                      )[0] == 200
         self.procs = [Background(pinned([sys.executable, "-m", "proconsul.agent.cli", "connect", "proxy",
                                          "-sidecar-for", sid, "-http-addr", a.addr, "-admin-bind", "off",
-                                         "-log-level", "warn"], cpus)) for sid in (*ids, "client")]
+                                         "-log-level", "warn"], cpus), **kw) for sid in (*ids, "client")]
         wait_for(lambda: len(a.get("/v1/health/connect/shop?passing")[1]) == 2, 20, message="both sidecars healthy")
         curl = _curl if protocol == "http" else _curl_h2
         wait_for(lambda: curl(f"http://127.0.0.1:{self.front}/") == "ok\n", 20, message="traffic through the chain")
         self.ingress_port = 0
         self.gateway: Background | None = None
-        if chain and protocol == "http":
+        if chain and ingress and protocol == "http":
             self.ingress_port = free_port()
             assert a.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
                 {"Port": self.ingress_port, "Protocol": "http", "Services": [{"Name": "shop"}]}]})[0] == 200
@@ -277,6 +284,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=None, help="pin every process to the first N cores")
     ap.add_argument("--arms", default="", help="comma-separated arm names to run (default: all)")
+    ap.add_argument("--base", metavar="GIT_REF", default="",
+                    help="also run the chain arms (l7-chain, -log, -trace100, -trace1) with the sidecars of GIT_REF "
+                         "(e.g. main), as arms named base:…, alternated with the rest (A/B of a change)")
     args = ap.parse_args()
     need("curl", "curl")
     load_before = open("/proc/loadavg").read().split()[:3]
@@ -289,6 +299,8 @@ def main() -> None:
         hp_front = free_port()
         plain = ChainArm(tmp, app, args.cpus, chain=False)
         chain = ChainArm(tmp, app, args.cpus, chain=True)
+        base = ChainArm(tmp, app, args.cpus, chain=True, env=code_at(args.base, tmp), label="-base",
+                        ingress=False) if args.base else None
         hp = haproxy_l7(tmp, certs, hp_front, app, args.cpus)
         wait_for(lambda: _curl(f"http://127.0.0.1:{hp_front}/") == "ok\n", 10, message="haproxy")
         wanted = set(args.arms.split(",")) if args.arms else None
@@ -304,24 +316,29 @@ def main() -> None:
         sink_url = f"http://127.0.0.1:{sink_port}/v1/traces"
         results: dict[str, Any] = {}
         try:
-            def chain_arm(logs: bool, trace: float = 0.0) -> dict[str, float]:
+            def chain_arm(arm: ChainArm, logs: bool, trace: float = 0.0) -> dict[str, float]:
                 if logs:
-                    chain.access_logs(True)
+                    arm.access_logs(True)
                 if trace:
-                    chain.tracing(sink_url, trace)
+                    arm.tracing(sink_url, trace)
                 try:
-                    return measure(chain.front, chain.pids, args.duration, args.cpus, False)
+                    return measure(arm.front, arm.pids, args.duration, args.cpus, False)
                 finally:
                     if logs:
-                        chain.access_logs(False)
+                        arm.access_logs(False)
                     if trace:
-                        chain.tracing("", 0)
+                        arm.tracing("", 0)
 
+            def chain_arms(arm: ChainArm, prefix: str = "") -> list[Arm]:
+                return [Arm(prefix + "l7-chain", lambda: chain_arm(arm, False)),
+                        Arm(prefix + "l7-chain-log", lambda: chain_arm(arm, True)),
+                        Arm(prefix + "l7-chain-trace100", lambda: chain_arm(arm, False, 100.0)),
+                        Arm(prefix + "l7-chain-trace1", lambda: chain_arm(arm, False, 1.0))]
+
+            ours = chain_arms(chain)
+            theirs = chain_arms(base, "base:") if base is not None else []
             arms = [Arm("l7-plain", lambda: measure(plain.front, plain.pids, args.duration, args.cpus, False)),
-                    Arm("l7-chain", lambda: chain_arm(False)),
-                    Arm("l7-chain-log", lambda: chain_arm(True)),
-                    Arm("l7-chain-trace100", lambda: chain_arm(False, 100.0)),
-                    Arm("l7-chain-trace1", lambda: chain_arm(False, 1.0)),
+                    *[a for i, arm in enumerate(ours) for a in (arm, *theirs[i:i + 1])],  # each next to its base
                     Arm("ingress", lambda: measure_host(chain.ingress_port, "shop.ingress.mesh", chain.ingress_pids,
                                                         args.duration, args.cpus)),
                     Arm("haproxy", lambda: measure(hp_front, hp.pids, args.duration, args.cpus, False))]
@@ -340,6 +357,8 @@ def main() -> None:
         finally:
             plain.stop()
             chain.stop()
+            if base is not None:
+                base.stop()
             hp.stop()
             sink.stop()
             web.stop()
@@ -359,6 +378,15 @@ def main() -> None:
         "ingress_hop_vs_sidecar_hop_rps": ("ingress", "l7-chain", "rps"),
         "chain_vs_haproxy_rps": ("l7-chain", "haproxy", "rps"),
         "chain_p99_vs_haproxy": ("l7-chain", "haproxy", "p99_ms"),
+        "base_chain_vs_haproxy_rps": ("base:l7-chain", "haproxy", "rps"),
+        "base_access_log_cpu_per_1k_vs_off": ("base:l7-chain-log", "base:l7-chain", "cpu_s_per_1k"),
+        "base_tracing100_cpu_per_1k_vs_off": ("base:l7-chain-trace100", "base:l7-chain", "cpu_s_per_1k"),
+        "base_tracing100_vs_off_rps": ("base:l7-chain-trace100", "base:l7-chain", "rps"),
+        "base_tracing1_cpu_per_1k_vs_off": ("base:l7-chain-trace1", "base:l7-chain", "cpu_s_per_1k"),
+        **{f"{a}_cpu_per_1k_vs_base": (a, f"base:{a}", "cpu_s_per_1k") for a in
+           ("l7-chain", "l7-chain-log", "l7-chain-trace100", "l7-chain-trace1")},
+        **{f"{a}_rps_vs_base": (a, f"base:{a}", "rps") for a in
+           ("l7-chain", "l7-chain-log", "l7-chain-trace100", "l7-chain-trace1")},
         "grpc_chain_vs_direct_rps": ("grpc-chain", "grpc-direct", "rps"),
         "grpc_chain_vs_h1_chain_rps": ("grpc-chain", "h1-chain-h2load", "rps"),
         "grpc_chain_cpu_per_1k_vs_h1_chain": ("grpc-chain", "h1-chain-h2load", "cpu_s_per_1k"),

@@ -144,12 +144,17 @@ def _health_connect(s: StateStore, a: Args) -> tuple[int, Any]:
     gateways whose config entry links it (a mesh service reaches an outside service through them)."""
     idx, out = _health_service(s, {**a, "connect": True})
     _, rows = s.table_list("config_entries")
-    gateways = sorted(r["Name"] for r in rows if r["Kind"] == "terminating-gateway" and any(
-        svc.get("Name") == a["name"] for svc in r.get("Services") or []))
+    gateways = sorted(r["Name"] for r in rows if r["Kind"] == "terminating-gateway" and _links(s, r, a["name"]))
     for gw in gateways:
         out += [e for e in _health_service(s, {**a, "name": gw, "connect": False})[1]
                 if e["Service"].get("Kind") == "terminating-gateway"]
     return max(idx, s.table_index("config_entries")), out
+
+
+def _links(s: StateStore, entry: dict[str, Any], name: str) -> bool:
+    """Whether a terminating-gateway entry links service `name`: by name, or through its wildcard `*`."""
+    names = {svc.get("Name") for svc in entry.get("Services") or []}
+    return name in names or ("*" in names and name in _wildcard_names(s))
 
 
 def _gateway_entry(s: StateStore, name: str) -> dict[str, Any] | None:
@@ -160,9 +165,17 @@ def _gateway_entry(s: StateStore, name: str) -> dict[str, Any] | None:
     return None
 
 
+def _wildcard_names(s: StateStore) -> list[str]:
+    """What a gateway's wildcard `*` links, as Consul's catalog does: every service with a typical instance
+    (no proxies, no gateways), except `consul`."""
+    return [n for n in s.service_names() if n != "consul"
+            and any(not svc.get("Kind") or svc["Kind"] == "typical" for _, svc in s.service_instances(n)[1])]
+
+
 def _gateway_services(s: StateStore, a: Args) -> tuple[int, Any]:
     """Consul's /v1/catalog/gateway-services/:gateway: the services an ingress or terminating gateway's
-    config entry routes to (a wildcard `*` stands for every service of the catalog)."""
+    config entry routes to (a wildcard `*` stands for every typical service of the catalog, `FromWildcard`,
+    except those the listener names itself)."""
     idx = s.table_index("config_entries", st.SERVICES)
     entry = _gateway_entry(s, a["gateway"])
     if entry is None:
@@ -171,8 +184,10 @@ def _gateway_services(s: StateStore, a: Args) -> tuple[int, Any]:
     out = []
     if entry["Kind"] == "ingress-gateway":
         for lst in entry.get("Listeners") or []:
+            named = {svc.get("Name") for svc in lst.get("Services") or []}
             for svc in lst.get("Services") or []:
-                names = sorted(s.service_names()) if svc.get("Name") == "*" else [svc.get("Name", "")]
+                names = [n for n in _wildcard_names(s) if n not in named] if svc.get("Name") == "*" \
+                    else [svc.get("Name", "")]
                 for name in names:
                     out.append({"Gateway": gateway, "Service": {"Name": name, "Namespace": "default",
                                                                 "Partition": "default"},
@@ -180,12 +195,16 @@ def _gateway_services(s: StateStore, a: Args) -> tuple[int, Any]:
                                 "Protocol": lst.get("Protocol", "tcp"), "Hosts": svc.get("Hosts"),
                                 "FromWildcard": svc.get("Name") == "*"})
     else:
+        named = {svc.get("Name") for svc in entry.get("Services") or []}
         for svc in entry.get("Services") or []:
-            out.append({"Gateway": gateway, "Service": {"Name": svc.get("Name", ""), "Namespace": "default",
-                                                        "Partition": "default"},
-                        "GatewayKind": "terminating-gateway", "CAFile": svc.get("CAFile", ""),
-                        "CertFile": svc.get("CertFile", ""), "KeyFile": svc.get("KeyFile", ""),
-                        "SNI": svc.get("SNI", "")})
+            names = [n for n in _wildcard_names(s) if n not in named] if svc.get("Name") == "*" \
+                else [svc.get("Name", "")]
+            for name in names:
+                out.append({"Gateway": gateway, "Service": {"Name": name, "Namespace": "default",
+                                                            "Partition": "default"},
+                            "GatewayKind": "terminating-gateway", "CAFile": svc.get("CAFile", ""),
+                            "CertFile": svc.get("CertFile", ""), "KeyFile": svc.get("KeyFile", ""),
+                            "SNI": svc.get("SNI", ""), "FromWildcard": svc.get("Name") == "*"})
     return idx, out
 
 
@@ -193,8 +212,12 @@ def _health_ingress(s: StateStore, a: Args) -> tuple[int, Any]:
     """Consul's /v1/health/ingress/:service: the ingress gateways (their instances and checks) that expose
     `name`, per the ingress-gateway config entries."""
     _, rows = s.table_list("config_entries")
+    names = {svc.get("Name") for r in rows if r["Kind"] == "ingress-gateway" for lst in r.get("Listeners") or []
+             for svc in lst.get("Services") or []}
+    linked = "*" in names and a["name"] in _wildcard_names(s)  # a wildcard links only the catalog's services
     gateways = [r["Name"] for r in rows if r["Kind"] == "ingress-gateway" and any(
-        svc.get("Name") in (a["name"], "*") for lst in r.get("Listeners") or [] for svc in lst.get("Services") or [])]
+        svc.get("Name") == a["name"] or (svc.get("Name") == "*" and linked)
+        for lst in r.get("Listeners") or [] for svc in lst.get("Services") or [])]
     idx = s.table_index("config_entries", st.NODES, st.SERVICES, st.CHECKS)
     out = []
     for gw in sorted(gateways):

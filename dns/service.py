@@ -129,8 +129,12 @@ class StoreView:
             if len(self._ingress) >= MAX_MEMO:
                 self._ingress.clear()
             _, rows = self.store.table_list("config_entries")
+            # A wildcard listener stands for the catalog's typical services (Consul's gateway-services), not for
+            # any name asked.
+            typical = key != "consul" and any(not svc.get("Kind") or svc["Kind"] == "typical"
+                                              for _, svc in self.store.service_instances(key)[1])
             gateways = sorted(r["Name"] for r in rows if r.get("Kind") == "ingress-gateway" and any(
-                str(svc.get("Name", "")).lower() in (key, "*")
+                str(svc.get("Name", "")).lower() == key or (svc.get("Name") == "*" and typical)
                 for lst in r.get("Listeners") or [] for svc in lst.get("Services") or []))
             found: list[Instance] = []
             for gw in gateways:

@@ -159,7 +159,7 @@ class AgentProcess:
                 if attempt == 2 or not exited or "address already in use" not in self.log()[log_start:]:
                     raise
                 self.http_port, self.dns_port = free_port(), free_port()
-                self.server_port, self.serf_lan_port = free_port(), free_port()
+                self.server_port, self.serf_lan_port, self.serf_wan_port = free_port(), free_port(), free_port()
 
     def start_background(self) -> None:
         """Start the process without waiting (for clusters whose members need each other to be ready)."""

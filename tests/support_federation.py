@@ -90,13 +90,15 @@ def start_two(a: AgentProcess, b: AgentProcess) -> None:
 
 
 class Gateway:
-    """`proconsul connect proxy -mesh-gateway -register` as a child process."""
+    """`proconsul connect gateway -mesh -register` as a child process; dc1's is started with Consul's older
+    spelling `connect proxy -mesh-gateway`, which must keep working."""
 
     def __init__(self, agent: AgentProcess, workdir: Path, name: str) -> None:
         self.port = free_port()
         self.capture = workdir / f"{name}.capture"
         self.log_path = workdir / f"{name}.log"
-        self.cmd = [*CLI, "connect", "proxy", "-mesh-gateway", "-register", "-address", f"127.0.0.1:{self.port}",
+        kind = ["proxy", "-mesh-gateway"] if name.endswith("dc1") else ["gateway", "-mesh"]
+        self.cmd = [*CLI, "connect", *kind, "-register", "-address", f"127.0.0.1:{self.port}",
                     "-wan-address", f"127.0.0.1:{self.port}", "-capture-file", str(self.capture),
                     "-http-addr", agent.addr, "-log-level", "debug"]
         self.proc: subprocess.Popen[bytes] | None = None

@@ -119,18 +119,19 @@ class ProxyProcess:
         name = sidecar_for or proxy_id
         self.log_path = Path(workdir) / f"proxy-{name}.log"
         self.args = ["-sidecar-for", sidecar_for] if sidecar_for else ["-proxy-id", proxy_id]
+        self.command = "proxy"  # `connect gateway` for gateways started with the spelling
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> ProxyProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         admin = ["-admin-bind", f"127.0.0.1:{self.admin_port}"] if self.admin_flag else []
-        self.proc = subprocess.Popen([*CLI, "connect", "proxy", *self.args, "-http-addr", self.agent.addr, *admin,
+        self.proc = subprocess.Popen([*CLI, "connect", self.command, *self.args, "-http-addr", self.agent.addr, *admin,
                                       "-log-level", "debug"],
                                      stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      start_new_session=True)
         log.close()
-        wait_for(self.ready, timeout, message=f"proxy {self.args[1]} to be ready")
+        wait_for(self.ready, timeout, message=f"proxy {' '.join(self.args[:2])} to be ready")
         return self
 
     def ready(self) -> bool:

@@ -89,3 +89,21 @@ def test_coordinates_bench_runs(tmp_path: Path) -> None:
     result = json.loads((REPO / "bench" / "results" / "coordinates.json").read_text())
     assert result["ack_bytes"]["with_coordinate"] > result["ack_bytes"]["without"]
     assert result["median_relative_error"]["probe"] < 0.5  # the estimates have converged
+
+
+def test_l7_path_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "l7_path_bench.py"), str(REPO), "--rounds", "1",
+                          "--requests", "300"], capture_output=True, text=True, timeout=120, cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((REPO / "bench" / "results" / "l7_path.json").read_text())
+    arms = result["us_per_request"][str(REPO)]
+    assert set(arms) == {"plain", "log", "trace100", "log+trace100"} and all(a["both"] > 0 for a in arms.values())
+
+
+def test_gateway_log_bench_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gateway_log_bench.py"), "--duration", "0.5",
+                          "--rounds", "1", "--concurrency", "2"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((REPO / "bench" / "results" / "gateway_log.json").read_text())
+    assert result["off"]["conns_per_s"] > 0 and result["on"]["cpu_s_per_1k"] > 0 and result["lines"] > 0

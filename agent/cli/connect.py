@@ -1,4 +1,4 @@
-"""`proconsul connect …`: the service mesh's certificate authority."""
+"""`proconsul connect …`: the service mesh — its certificate authority, the sidecar proxy and the gateways, tap."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from proconsul.agent.cli.client import CLIError, Format, HttpAddr
-from proconsul.agent.cli.output import check_format, client, print_json, run, table
+from proconsul.agent.cli.output import check_format, client, fail, print_json, run, table
 from proconsul.connect.proxy.admin_address import ADMIN_HELP
 
-connect_app = typer.Typer(help="Connect: the service mesh's certificate authority.", no_args_is_help=True)
+connect_app = typer.Typer(help="Connect: the service mesh — its CA, sidecar proxies, gateways and tap.", no_args_is_help=True)
 ca_app = typer.Typer(help="Read and change the Connect CA's configuration.", no_args_is_help=True)
 connect_app.add_typer(ca_app, name="ca")
 
@@ -46,38 +46,104 @@ def register(app: typer.Typer) -> None:
     app.add_typer(connect_app, name="connect")
 
 
+# Flags `connect proxy` and `connect gateway` share (Consul's `consul connect envoy` spellings).
+HttpAddrFlag = Annotated[str, typer.Option("-http-addr", "--http-addr", help="The local agent's HTTP address.")]
+TokenFlag = Annotated[str, typer.Option("-token", "--token", help="ACL token (or CONSUL_HTTP_TOKEN).")]
+AdminBindFlag = Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)]
+LogLevelFlag = Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")]
+ProxyIdFlag = Annotated[str, typer.Option("-proxy-id", "--proxy-id",
+                                          help="ID of the proxy's (gateway's) registration; a gateway's defaults "
+                                               "to -service.")]
+ServiceFlag = Annotated[str, typer.Option("-service", "--service",
+                                          help="The gateway's service name (mesh: default mesh-gateway).")]
+RegisterFlag = Annotated[bool, typer.Option("-register", "--register",
+                                            help="Register the gateway service with the agent first.")]
+AddressFlag = Annotated[str, typer.Option("-address", "--address",
+                                          help="The gateway's HOST:PORT (default 127.0.0.1:8443); its listeners "
+                                               "bind HOST.")]
+WanAddressFlag = Annotated[str, typer.Option("-wan-address", "--wan-address",
+                                             help="Mesh gateway: HOST:PORT other datacenters reach it at "
+                                                  "(default -address).")]
+DeregisterFlag = Annotated[str, typer.Option("-deregister-after-critical", "--deregister-after-critical",
+                                             help="With -register: how long the gateway's check may stay critical "
+                                                  "before the agent deregisters it (terminating, mesh).")]
+CaptureFlag = Annotated[str, typer.Option("-capture-file", "--capture-file",
+                                          help="Mesh gateway, audit aid: append every byte it forwards here.")]
+
+
+def _run_proxy(**options: Any) -> None:
+    from proconsul.connect.proxy.cli import Options, execute
+
+    raise typer.Exit(execute(Options(**options)))
+
+
 @connect_app.command("proxy")
 def proxy(
     sidecar_for: Annotated[str, typer.Option("-sidecar-for", "--sidecar-for",
                                              help="ID of the service whose sidecar proxy to run.")] = "",
-    proxy_id: Annotated[str, typer.Option("-proxy-id", "--proxy-id", help="ID of the connect-proxy registration.")] = "",
-    http_addr: Annotated[str, typer.Option("-http-addr", "--http-addr", help="The local agent's HTTP address.")] = "",
-    token: Annotated[str, typer.Option("-token", "--token", help="ACL token (or CONSUL_HTTP_TOKEN).")] = "",
-    admin_bind: Annotated[str, typer.Option("-admin-bind", "--admin-bind", help=ADMIN_HELP)] = "",
-    log_level: Annotated[str, typer.Option("-log-level", "--log-level", help="trace, debug, info, warn, error.")] = "info",
+    proxy_id: ProxyIdFlag = "",
+    http_addr: HttpAddrFlag = "",
+    token: TokenFlag = "",
+    admin_bind: AdminBindFlag = "",
+    log_level: LogLevelFlag = "info",
     gateway: Annotated[str, typer.Option("-gateway", "--gateway",
-                                         help="Run a gateway of this kind instead of a sidecar: ingress, terminating or mesh.")] = "",
+                                         help="Run a gateway of this kind instead of a sidecar: ingress, terminating "
+                                              "or mesh (the same as `connect gateway -KIND`).")] = "",
     mesh_gateway: Annotated[bool, typer.Option("-mesh-gateway", "--mesh-gateway",
                                                help="Consul's older spelling of -gateway mesh.")] = False,
-    service: Annotated[str, typer.Option("-service", "--service",
-                                         help="The gateway's service name (mesh: mesh-gateway).")] = "",
-    register_: Annotated[bool, typer.Option("-register", "--register",
-                                            help="Register the gateway service with the agent first.")] = False,
-    address: Annotated[str, typer.Option("-address", "--address",
-                                         help="The gateway's HOST:PORT; its listeners bind HOST.")] = "",
-    wan_address: Annotated[str, typer.Option("-wan-address", "--wan-address",
-                                             help="Mesh gateway: HOST:PORT other datacenters reach it at.")] = "",
-    capture_file: Annotated[str, typer.Option("-capture-file", "--capture-file",
-                                              help="Mesh gateway, audit aid: append every byte it forwards here.")] = "",
+    service: ServiceFlag = "",
+    register_: RegisterFlag = False,
+    address: AddressFlag = "",
+    wan_address: WanAddressFlag = "",
+    deregister_after_critical: DeregisterFlag = "6h",
+    capture_file: CaptureFlag = "",
 ) -> None:
     """Run the built-in sidecar proxy (mTLS in front of the service, upstream listeners for its dependencies),
     or with -gateway ingress|terminating|mesh a gateway (as `consul connect envoy -gateway=...`)."""
-    from proconsul.connect.proxy.cli import Options, execute
+    _run_proxy(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token, admin_bind=admin_bind,
+               log_level=log_level, gateway=gateway, mesh_gateway=mesh_gateway, service=service, register=register_,
+               address=address, wan_address=wan_address, deregister_after_critical=deregister_after_critical,
+               capture_file=capture_file)
 
-    raise typer.Exit(execute(Options(http_addr=http_addr, proxy_id=proxy_id, sidecar_for=sidecar_for, token=token,
-                                     admin_bind=admin_bind, log_level=log_level, gateway=gateway,
-                                     mesh_gateway=mesh_gateway, service=service, register=register_, address=address,
-                                     wan_address=wan_address, capture_file=capture_file)))
+
+@connect_app.command("gateway")
+def gateway(
+    ingress: Annotated[bool, typer.Option("-ingress", "--ingress",
+                                          help="An ingress gateway: outside traffic into the mesh, by Host (http) "
+                                               "or port (tcp), as its ingress-gateway config entry says.")] = False,
+    terminating: Annotated[bool, typer.Option("-terminating", "--terminating",
+                                              help="A terminating gateway: mesh services reach the services outside "
+                                                   "the mesh its terminating-gateway config entry links.")] = False,
+    mesh: Annotated[bool, typer.Option("-mesh", "--mesh",
+                                       help="A mesh gateway: traffic between datacenters, routed by SNI without "
+                                            "terminating TLS.")] = False,
+    service: ServiceFlag = "",
+    register_: RegisterFlag = False,
+    address: AddressFlag = "",
+    wan_address: WanAddressFlag = "",
+    proxy_id: ProxyIdFlag = "",
+    http_addr: HttpAddrFlag = "",
+    token: TokenFlag = "",
+    admin_bind: AdminBindFlag = "",
+    deregister_after_critical: DeregisterFlag = "6h",
+    log_level: LogLevelFlag = "info",
+    capture_file: CaptureFlag = "",
+) -> None:
+    """Run a gateway: exactly one of -ingress, -terminating or -mesh (Consul: `consul connect envoy
+    -gateway=KIND`; `connect proxy -gateway KIND` is the same command).
+
+    \b
+    proconsul connect gateway -ingress -service ingress-gw -register -address 127.0.0.1:8443
+    proconsul connect gateway -terminating -service tgw -register -address 127.0.0.1:8444
+    proconsul connect gateway -mesh -register -address 10.0.0.5:8443 -wan-address 203.0.113.10:8443
+    """
+    kinds = [k for k, on in (("ingress", ingress), ("terminating", terminating), ("mesh", mesh)) if on]
+    if len(kinds) != 1:
+        raise fail("give exactly one of -ingress, -terminating or -mesh"
+                   + (f" (not {' and '.join('-' + k for k in kinds)})" if kinds else ""))
+    _run_proxy(http_addr=http_addr, proxy_id=proxy_id, token=token, admin_bind=admin_bind, log_level=log_level,
+               gateway=kinds[0], service=service, register=register_, address=address, wan_address=wan_address,
+               deregister_after_critical=deregister_after_critical, capture_file=capture_file)
 
 
 def _ms(seconds: float) -> str:

@@ -494,9 +494,6 @@ def _terminating_gateway(e: dict[str, Any], check: _Check) -> None:
         name = svc.get("Name", "")
         if not name:
             raise check.fail(f"{where}.Name", "Service name cannot be blank.")
-        if name == "*":
-            raise check.fail(f"{where}.Name", "the wildcard service \"*\" is not supported by this gateway yet; name "
-                                              "the services")
         if name in seen:
             raise check.fail(f"{where}.Name", f"Service {name!r} was specified more than once within a namespace")
         seen.add(name)

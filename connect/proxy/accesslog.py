@@ -222,3 +222,18 @@ class AccessLog:
 
 def _text(v: Any) -> str:
     return "-" if v in (None, "") else str(v)
+
+
+def follow(current: AccessLog | None, settings: dict[str, Any] | None) -> AccessLog | None:
+    """The log for proxy-defaults' AccessLogs `settings` as they now are: `current` when they did not change,
+    else a new one (the old destination flushed and closed, the new one opened so a bad path is said now)."""
+    before = current.settings if current is not None else None
+    if (settings or None) == before or (not (settings or {}).get("Enabled") and current is None):
+        return current
+    if current is not None:
+        current.close()
+    new = AccessLog.from_entry(settings)
+    if new is not None:
+        new.open()
+    log.info("access logs: %s", "off" if new is None else f"{new.kind}{' ' + new.path if new.path else ''}")
+    return new

@@ -140,6 +140,18 @@ class UpstreamPool:
     def pick(self, now: float, rng: Rng, exclude: set[str] | None = None, hash_key: bytes | None = None) -> Instance:
         """The instance for the next connection; `exclude` holds those this attempt already tried;
         `hash_key` places the request on the ring (ring_hash, maglev; without one they pick at random)."""
+        if not exclude and self.policy == "round_robin":
+            # The common case (a first attempt, round robin): the next instance in order that is not ejected,
+            # without building the list of those available (what the general path below does, same choice).
+            order, states = self._order, self._states
+            n = len(order)
+            start = self._next
+            for step in range(n):
+                st = states[order[(start + step) % n]]
+                if st.ejected_until <= now:
+                    self._next = (start + step + 1) % n
+                    self.stats.picks += 1
+                    return st.instance
         exclude = exclude or set()
         ready = self._available(now, exclude)
         if not ready:

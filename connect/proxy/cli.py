@@ -1,7 +1,9 @@
 """Running a proxy from the command line: `proconsul connect proxy` and `python -m proconsul.connect.proxy`.
 
 Flags are Consul's (`-sidecar-for`, `-proxy-id`, `-http-addr`, `-token`, `-log-level`; for gateways
-`consul connect envoy`'s `-gateway ingress|terminating -service NAME -register -address HOST:PORT`), with our
+`consul connect envoy`'s `-gateway ingress|terminating|mesh -service NAME -register -address HOST:PORT
+-wan-address HOST:PORT -deregister-after-critical 6h`; `proconsul connect gateway -ingress|-terminating|-mesh`
+is the same run), with our
 `-admin-bind` for the metrics listener (by default where the registration says, see admin_address.py:
 Envoy's habit of 127.0.0.1:19000 for the first sidecar). Errors are one line on stderr and exit status 1.
 """
@@ -15,9 +17,11 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from proconsul.connect.proxy.admin_address import ADMIN_HELP
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
+from proconsul.connect.proxy.durations import parse_seconds
 from proconsul.connect.proxy.proxy import Proxy, ProxyError
 
 log = logging.getLogger("proconsul.proxy")
@@ -35,13 +39,14 @@ class Options:
     token: str = ""
     admin_bind: str = ""  # "": from the registration (admin_address.py); "off": no admin listener
     log_level: str = "info"
-    gateway: str = ""  # "ingress" or "mesh": run a gateway instead of a sidecar
+    gateway: str = ""  # "ingress", "terminating" or "mesh": run a gateway instead of a sidecar
     mesh_gateway: bool = False  # Consul's older spelling of -gateway mesh
     service: str = ""  # the gateway's service name (and ID); a mesh gateway's defaults to "mesh-gateway"
     register: bool = False  # register the gateway service with the agent first
     address: str = ""  # the gateway's address (listeners bind its host), HOST:PORT
     wan_address: str = ""  # mesh gateway: where other datacenters reach it (default: address)
     capture_file: str = ""  # mesh gateway: audit aid, forwarded bytes appended here
+    deregister_after_critical: str = "6h"  # -register: the check's DeregisterCriticalServiceAfter (Consul's default)
 
 
 def http_address(flag: str) -> str:
@@ -81,58 +86,92 @@ def _host_port(flag: str, value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def run_gateway(opts: Options, api: AgentAPI, stop: asyncio.Event) -> None:
-    """`-gateway mesh`: optionally register it (Kind mesh-gateway, LAN and WAN addresses), then route."""
-    if opts.proxy_id or opts.sidecar_for:
-        raise ProxyCLIError("-gateway mesh runs a gateway, not a sidecar: drop -sidecar-for/-proxy-id")
-    if not opts.address:
-        raise ProxyCLIError("-gateway mesh needs -address HOST:PORT to listen on")
-    service = opts.service or "mesh-gateway"
-    host, port = _host_port("-address", opts.address)
-    wan_host, wan_port = _host_port("-wan-address", opts.wan_address or opts.address)
-    if opts.register:
-        await api.put("/v1/agent/service/register", {
-            "ID": service, "Name": service, "Kind": "mesh-gateway", "Address": host, "Port": port,
-            "TaggedAddresses": {"lan": {"Address": host, "Port": port}, "wan": {"Address": wan_host, "Port": wan_port}},
-            "Check": {"Name": "Mesh gateway listening", "TCP": f"{host}:{port}", "Interval": "10s",
-                      "DeregisterCriticalServiceAfter": "72h"}})
-        log.info("registered mesh gateway %s (LAN %s:%d, WAN %s:%d)", service, host, port, wan_host, wan_port)
-    from proconsul.connect.proxy.mesh_gateway import MeshGateway
-
-    try:
-        await MeshGateway(api, bind=host, port=port, service=service, capture_file=opts.capture_file).run(stop)
-    except OSError as e:
-        raise ProxyCLIError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-
-
 GATEWAY_KINDS = ("ingress", "terminating", "mesh")
+_KIND = {"ingress": "ingress-gateway", "terminating": "terminating-gateway", "mesh": "mesh-gateway"}
+_CHECKED = {"terminating": "Terminating gateway listening", "mesh": "Mesh gateway listening"}
 
 
-def _gateway_address(address: str) -> tuple[str, int]:
-    host, _, port = (address or "127.0.0.1:8443").rpartition(":")
+@dataclass(frozen=True)
+class GatewayPlan:
+    """What `-gateway KIND` (or `connect gateway -KIND`) runs: checked flags, its ID, addresses, registration."""
+
+    kind: str
+    service: str
+    gateway_id: str
+    host: str
+    port: int
+    registration: dict[str, Any] | None  # the body for /v1/agent/service/register when -register
+
+
+def gateway_plan(opts: Options) -> GatewayPlan:
+    """Check a gateway's flags (one line naming the flag when wrong) and build its registration (Consul's
+    `connect envoy -register`: Kind, address, the mesh gateway's LAN/WAN tagged addresses, and for the kinds
+    that listen on -address a TCP check deregistered after -deregister-after-critical)."""
+    kind = "mesh" if opts.mesh_gateway else opts.gateway
+    if kind not in GATEWAY_KINDS:
+        raise ProxyCLIError(f"-gateway {kind!r}: must be one of {', '.join(GATEWAY_KINDS)}")
+    if opts.sidecar_for:
+        raise ProxyCLIError(f"{kind} gateways are not sidecars: drop -sidecar-for")
+    if kind != "mesh" and not opts.service:
+        raise ProxyCLIError(f"{kind} gateways need -service NAME (the name of their config entry)")
+    if kind != "mesh" and (opts.wan_address or opts.capture_file):
+        raise ProxyCLIError(f"-wan-address and -capture-file are for mesh gateways, not {kind}")
+    if kind == "mesh" and opts.admin_bind not in ("", "off"):
+        raise ProxyCLIError("-admin-bind: a mesh gateway has no admin listener (its access-log lines and its "
+                            "gateway-link probes show its traffic)")
+    service = opts.service or "mesh-gateway"
+    gateway_id = opts.proxy_id or service
+    host, port = _host_port("-address", opts.address or "127.0.0.1:8443")
     try:
-        return host or "127.0.0.1", int(port)
-    except ValueError:
-        raise ProxyCLIError(f"-address {address!r} must be HOST:PORT") from None
+        parse_seconds(opts.deregister_after_critical)
+    except ValueError as e:
+        raise ProxyCLIError(f"-deregister-after-critical: {e}") from None
+    body: dict[str, Any] | None = None
+    if opts.register:
+        body = {"Kind": _KIND[kind], "Name": service, "ID": gateway_id, "Address": host, "Port": port}
+        if kind == "mesh":
+            wan_host, wan_port = _host_port("-wan-address", opts.wan_address or opts.address or "127.0.0.1:8443")
+            body["TaggedAddresses"] = {"lan": {"Address": host, "Port": port},
+                                       "wan": {"Address": wan_host, "Port": wan_port}}
+        if kind in _CHECKED:
+            body["Check"] = {"Name": _CHECKED[kind], "TCP": f"{host}:{port}", "Interval": "10s",
+                             "DeregisterCriticalServiceAfter": opts.deregister_after_critical}
+    return GatewayPlan(kind, service, gateway_id, host, port, body)
+
+
+async def run_gateway(plan: GatewayPlan, opts: Options, api: AgentAPI, stop: asyncio.Event, admin_host: str,
+                      admin_port: int | None) -> None:
+    """Register the gateway when asked, then run its kind until `stop`."""
+    if plan.registration is not None:
+        await api.put("/v1/agent/service/register", plan.registration)
+        log.info("registered %s gateway %s (%s:%d%s)", plan.kind, plan.gateway_id, plan.host, plan.port,
+                 ", WAN {Address}:{Port}".format(**plan.registration["TaggedAddresses"]["wan"])
+                 if plan.kind == "mesh" else "")
+    try:
+        if plan.kind == "mesh":
+            from proconsul.connect.proxy.mesh_gateway import MeshGateway
+
+            await MeshGateway(api, bind=plan.host, port=plan.port, service=plan.service,
+                              capture_file=opts.capture_file).run(stop)
+        elif plan.kind == "terminating":
+            from proconsul.connect.proxy.terminating import TerminatingGateway
+
+            await TerminatingGateway(api, plan.gateway_id, bind=plan.host, port=plan.port, admin_address=admin_host,
+                                     admin_port=-1 if admin_port is None else admin_port).run(stop)
+        else:
+            from proconsul.connect.proxy.ingress import IngressGateway
+
+            await IngressGateway(api, plan.gateway_id, bind_host=plan.host, admin_address=admin_host,
+                                 admin_port=admin_port).run(stop)
+    except OSError as e:
+        raise ProxyCLIError(f"cannot listen on {plan.host}:{plan.port}: {e.strerror or e}") from None
 
 
 async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
     """Run one proxy until `stop` (or SIGINT/SIGTERM when `stop` is not given)."""
-    if opts.mesh_gateway or opts.gateway == "mesh":
-        api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
-        stop = stop or _signals_stop()
-        try:
-            await run_gateway(opts, api, stop)
-        except AgentAPIError as e:
-            raise ProxyCLIError(str(e)) from None
-        finally:
-            await api.close()
-        return
-    if opts.gateway:
-        if opts.gateway not in GATEWAY_KINDS:
-            raise ProxyCLIError(f"-gateway {opts.gateway!r}: must be one of {', '.join(GATEWAY_KINDS)}")
-        if not opts.service or opts.sidecar_for:
-            raise ProxyCLIError("-gateway needs -service NAME (and no -sidecar-for)")
+    plan = None
+    if opts.gateway or opts.mesh_gateway:
+        plan = gateway_plan(opts)
     elif opts.register or opts.service:
         raise ProxyCLIError("-register and -service are for gateways: add -gateway ingress|terminating|mesh")
     elif bool(opts.proxy_id) == bool(opts.sidecar_for):
@@ -141,19 +180,8 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
     api = AgentAPI(http_address(opts.http_addr), opts.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
     stop = stop or _signals_stop()
     try:
-        if opts.gateway == "terminating":
-            await run_terminating(opts, api, stop, host, port)
-            return
-        if opts.gateway:
-            from proconsul.connect.proxy.ingress import IngressGateway
-
-            gw_host, gw_port = _gateway_address(opts.address)
-            gw_id = opts.proxy_id or opts.service
-            if opts.register:
-                await api.put("/v1/agent/service/register", {"Kind": "ingress-gateway", "Name": opts.service,
-                                                             "ID": gw_id, "Address": gw_host, "Port": gw_port})
-                log.info("registered ingress gateway %s (%s:%d)", gw_id, gw_host, gw_port)
-            await IngressGateway(api, gw_id, bind_host=gw_host, admin_address=host, admin_port=port).run(stop)
+        if plan is not None:
+            await run_gateway(plan, opts, api, stop, host, port)
             return
         proxy_id = opts.proxy_id or await sidecar_proxy_id(api, opts.sidecar_for)
         await Proxy(api, proxy_id, admin_address=host, admin_port=port).run(stop)
@@ -163,27 +191,6 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> None:
         raise ProxyCLIError(str(e)) from None
     finally:
         await api.close()
-
-
-async def run_terminating(opts: Options, api: AgentAPI, stop: asyncio.Event, admin_host: str,
-                          admin_port: int | None) -> None:
-    """`-gateway terminating`: optionally register it (Kind terminating-gateway), then serve its linked services."""
-    from proconsul.connect.proxy.terminating import TerminatingGateway
-
-    gw_host, gw_port = _gateway_address(opts.address)
-    gw_id = opts.proxy_id or opts.service
-    if opts.register:
-        await api.put("/v1/agent/service/register", {
-            "Kind": "terminating-gateway", "Name": opts.service, "ID": gw_id, "Address": gw_host, "Port": gw_port,
-            "Check": {"Name": "Terminating gateway listening", "TCP": f"{gw_host}:{gw_port}", "Interval": "10s",
-                      "DeregisterCriticalServiceAfter": "72h"}})
-        log.info("registered terminating gateway %s (%s:%d)", gw_id, gw_host, gw_port)
-    gateway = TerminatingGateway(api, gw_id, bind=gw_host, port=gw_port, admin_address=admin_host,
-                                 admin_port=-1 if admin_port is None else admin_port)
-    try:
-        await gateway.run(stop)
-    except OSError as e:
-        raise ProxyCLIError(f"cannot listen on {gw_host}:{gw_port}: {e.strerror or e}") from None
 
 
 def _signals_stop() -> asyncio.Event:
@@ -232,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
             (("-token", "--token"), "token", "ACL token"),
             (("-admin-bind", "--admin-bind"), "admin_bind", ADMIN_HELP),
             (("-log-level", "--log-level"), "log_level", "trace, debug, info, warn, error"),
-            (("-gateway", "--gateway"), "gateway", "run a gateway of this kind (ingress, mesh)"),
+            (("-gateway", "--gateway"), "gateway", "run a gateway of this kind (ingress, terminating, mesh)"),
+            (("-deregister-after-critical", "--deregister-after-critical"), "deregister_after_critical",
+             "-register: how long the gateway's check may stay critical before it is deregistered"),
             (("-service", "--service"), "service", "the gateway's service name (mesh: mesh-gateway)"),
             (("-address", "--address"), "address", "the gateway's HOST:PORT (listeners bind HOST)"),
             (("-wan-address", "--wan-address"), "wan_address", "mesh gateway: HOST:PORT for other datacenters"),

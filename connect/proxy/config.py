@@ -68,10 +68,12 @@ class Upstream:
     mesh_gateway: str = ""  # for another datacenter: "local" (through our gateway), "remote" (theirs), "none"/""
     limits: Limits = field(default_factory=Limits)
     outlier: OutlierSettings | None = None  # None: the proxy's Proxy.Config.passive_health_check
+    # "name:address:port", the runtime's key for the upstream's pool, chain and breaker: looked up several
+    # times a request in HTTP mode, so made once (a property formatted it each time)
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.destination_name}:{self.local_bind_address}:{self.local_bind_port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.destination_name}:{self.local_bind_address}:{self.local_bind_port}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,9 @@ class Side(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()  # half-close: the other direction may still flow…
+            if peer._eof:  # …unless it has ended too: both sockets are done, close them (else they linger open)
+                peer.close()
+                return False
             # …unless this side is TLS: asyncio closes a TLS transport on EOF whatever we answer.
             return None if self.transport is None or self.transport.get_extra_info("sslcontext") else True
         self.close()

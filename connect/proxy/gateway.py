@@ -5,7 +5,8 @@ A terminating gateway fronts the services its `terminating-gateway` entry links 
 An ingress gateway is a proxy without a public listener whose "upstreams" are the services its
 `ingress-gateway` config entry exposes: one per (listener port, service). HTTP listeners pick the service by
 the request's Host (`Hosts`, default `<service>.ingress.*`) and then apply that service's discovery chain
-like any HTTP upstream; a TCP listener carries its one service's bytes.
+like any HTTP upstream; a TCP listener carries its one service's bytes. The wildcard service `*` on an HTTP
+listener stands for every service the catalog links through it whose protocol is the listener's.
 """
 
 from __future__ import annotations
@@ -64,9 +65,40 @@ def _limits(svc: dict[str, Any], defaults: dict[str, Any]) -> tuple[Limits, Outl
     return limits, outlier, {"Config": raw}
 
 
-def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_host: str) -> tuple[
+def wildcard_ports(entry: dict[str, Any]) -> dict[int, str]:
+    """The listeners (port → protocol) whose services include Consul's wildcard `*`."""
+    return {int(lst["Port"]): (lst.get("Protocol") or "tcp").lower() for lst in entry.get("Listeners") or []
+            if any(svc.get("Name") == "*" for svc in lst.get("Services") or [])}
+
+
+def wildcard_services(entry: dict[str, Any], linked: list[str], protocols: dict[str, str],
+                      default_protocol: str) -> dict[int, tuple[str, ...]]:
+    """What each wildcard listener exposes (Consul: every service with the listener's protocol): `linked` are
+    the services the catalog links through the wildcard (/v1/catalog/gateway-services, FromWildcard), their
+    protocols from service-defaults, else proxy-defaults' `default_protocol`, else tcp."""
+    def protocol(name: str) -> str:
+        return (protocols.get(name) or default_protocol or "tcp").lower()
+
+    return {port: tuple(sorted(n for n in set(linked) if protocol(n) == proto))
+            for port, proto in wildcard_ports(entry).items()}
+
+
+def _expand(services: list[dict[str, Any]], wildcard: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A listener's services with the wildcard replaced by the services it stands for (after the named ones,
+    with the wildcard's limits, Consul's default hosts; a service the listener names is not repeated)."""
+    named = [svc for svc in services if svc.get("Name") != "*"]
+    star = next((svc for svc in services if svc.get("Name") == "*"), None)
+    if star is None:
+        return named
+    names = {svc.get("Name") for svc in named}
+    return named + [{**star, "Name": n} for n in wildcard if n not in names]
+
+
+def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_host: str,
+                   wildcard: dict[int, tuple[str, ...]] | None = None) -> tuple[
         ProxyConfig, tuple[IngressListener, ...]]:
-    """The proxy settings and listeners of an ingress gateway (ProxyConfigError names what is missing)."""
+    """The proxy settings and listeners of an ingress gateway (ProxyConfigError names what is missing).
+    `wildcard`: per listener port, the services its wildcard `*` exposes now (`wildcard_services`)."""
     if registration.get("Kind") != "ingress-gateway":
         raise ProxyConfigError(f"service {registration.get('ID')!r} is not an ingress gateway (Kind "
                                f"{registration.get('Kind')!r})")
@@ -82,10 +114,7 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
                                    "serves http, http2, grpc and tcp listeners")
         routes = []
         raws = []
-        for svc in lst.get("Services") or []:
-            if svc.get("Name") == "*":
-                raise ProxyConfigError(f"ingress-gateway {name!r}: listener {port}: the wildcard service \"*\" is "
-                                       "not supported by this gateway yet; name the services")
+        for svc in _expand(list(lst.get("Services") or []), (wildcard or {}).get(port, ())):
             limits, outlier, raw = _limits(svc, defaults)
             raws.append(raw)
             up = Upstream(destination_name=svc["Name"], local_bind_port=port, local_bind_address=bind_host,
@@ -93,7 +122,8 @@ def ingress_config(registration: dict[str, Any], entry: dict[str, Any], bind_hos
             upstreams.append(up)
             hosts = tuple(svc.get("Hosts") or ()) or (f"{svc['Name']}.ingress.*",)
             routes.append((hosts, up.key))
-        listeners.append(IngressListener(port, proto, tuple(routes), listener_tls(entry, lst)))
+        if routes:  # a wildcard listener with no service of its protocol yet opens with the first one
+            listeners.append(IngressListener(port, proto, tuple(routes), listener_tls(entry, lst)))
         upstream_raw.extend(raws)
     cfg = ProxyConfig(proxy_id=str(registration.get("ID") or name), proxy_name=name, service=name,
                       service_id=str(registration.get("ID") or name), bind_address=bind_host, bind_port=0,
@@ -117,12 +147,17 @@ class LinkedService:
         return bool(self.ca_file)
 
 
-def terminating_services(entry: dict[str, Any] | None) -> dict[str, LinkedService]:
-    """The services a `terminating-gateway` config entry links, by name (validated on write)."""
-    out = {}
-    for svc in (entry or {}).get("Services") or []:
-        name = str(svc.get("Name") or "")
-        if name and name != "*":
-            out[name] = LinkedService(name, str(svc.get("CAFile") or ""), str(svc.get("CertFile") or ""),
-                                      str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""))
+def terminating_services(entry: dict[str, Any] | None, wildcard: list[str] | tuple[str, ...] = ()) -> dict[
+        str, LinkedService]:
+    """The services a `terminating-gateway` config entry links, by name (validated on write). Its wildcard `*`
+    links `wildcard` (the catalog's services, /v1/catalog/gateway-services FromWildcard) with the wildcard's
+    settings; a service the entry names keeps its own (Consul: the wildcard's options are defaults)."""
+    def linked(name: str, svc: dict[str, Any]) -> LinkedService:
+        return LinkedService(name, str(svc.get("CAFile") or ""), str(svc.get("CertFile") or ""),
+                             str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""))
+
+    services = (entry or {}).get("Services") or []
+    out = {str(svc["Name"]): linked(str(svc["Name"]), svc) for svc in services if svc.get("Name") not in (None, "", "*")}
+    for star in (svc for svc in services if svc.get("Name") == "*"):
+        out.update({name: linked(name, star) for name in wildcard if name not in out})
     return out

@@ -18,6 +18,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"content-length", b"expect"})
 POOL_IDLE_MAX = 32  # idle connections kept per upstream instance
 NO_BODY_STATUS = frozenset({204, 304})
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 class Pooled(Protocol):
@@ -74,6 +75,7 @@ class Head:
     chunked: bool
     length: int  # Content-Length, -1 when absent
     upgrade: bool = False
+    expect_continue: bool = False  # a request with `Expect: 100-continue`
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -143,20 +145,21 @@ class _Reader:
             raise BadMessage(str(e) or type(e).__name__) from None
         return None
 
-    def _head_fields(self) -> tuple[bytes, bool, bool, int]:
-        version = self._parser.get_http_version().encode()
-        keep_alive = self._parser.should_keep_alive()
-        chunked = False
+    def _head_fields(self) -> tuple[bytes, bool, bool, int, dict[bytes, bytes]]:
+        """Version, keep-alive, chunked, Content-Length and the headers by name (the first of each name)."""
+        parser = self._parser
+        version = parser.get_http_version()
+        by_name = dict(reversed(self._headers))  # in C, not a loop over the headers per message
+        chunked = b"transfer-encoding" in by_name and any(
+            k == b"transfer-encoding" and b"chunked" in v.lower() for k, v in self._headers)
         length = -1
-        for k, v in self._headers:
-            if k == b"transfer-encoding" and b"chunked" in v.lower():
-                chunked = True
-            elif k == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    raise BadMessage("bad Content-Length") from None
-        return version, keep_alive, chunked, length
+        cl = by_name.get(b"content-length")
+        if cl is not None:  # llhttp refuses differing duplicates
+            try:
+                length = int(cl)
+            except ValueError:
+                raise BadMessage("bad Content-Length") from None
+        return _VERSIONS.get(version) or version.encode(), parser.should_keep_alive(), chunked, length, by_name
 
 
 class RequestReader(_Reader):
@@ -166,10 +169,10 @@ class RequestReader(_Reader):
         return httptools.HttpRequestParser(self)
 
     def on_headers_complete(self) -> None:
-        version, keep_alive, chunked, length = self._head_fields()
+        version, keep_alive, chunked, length, by_name = self._head_fields()
         upgrade = self._parser.should_upgrade()
         self.sink.on_head(Head(self._parser.get_method(), self._target, 0, b"", version, self._headers, keep_alive,
-                               chunked, length, upgrade))
+                               chunked, length, upgrade, by_name.get(b"expect") == b"100-continue"))
 
 
 class ResponseReader(_Reader):
@@ -188,7 +191,7 @@ class ResponseReader(_Reader):
         self._head_request = True
 
     def on_headers_complete(self) -> None:
-        version, keep_alive, chunked, length = self._head_fields()
+        version, keep_alive, chunked, length, _ = self._head_fields()
         status = self._parser.get_status_code()
         head = Head(b"", b"", status, self._reason, version, self._headers, keep_alive, chunked, length,
                     status == 101)

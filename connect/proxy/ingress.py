@@ -20,7 +20,13 @@ from urllib.parse import quote
 from proconsul.connect.proxy import listeners
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.config import ProxyConfig, ProxyConfigError, Upstream
-from proconsul.connect.proxy.gateway import IngressListener, host_matches, ingress_config
+from proconsul.connect.proxy.gateway import (
+    IngressListener,
+    host_matches,
+    ingress_config,
+    wildcard_ports,
+    wildcard_services,
+)
 from proconsul.connect.proxy.h2relay import H2Stream, H2UpstreamFront
 from proconsul.connect.proxy.http import Exchange, UpstreamFront, _Counts
 from proconsul.connect.proxy.proxy import Proxy, credentials
@@ -91,6 +97,7 @@ class IngressGateway(Proxy):
         self.listeners: tuple[IngressListener, ...] = ()
         self._registration_body: dict[str, Any] | None = None
         self._entry: dict[str, Any] | None = None
+        self._wildcard: dict[int, tuple[str, ...]] = {}  # wildcard listener port -> the services it exposes
         self._listener_ctx: dict[int, ssl.SSLContext] = {}  # TLS listeners' contexts (the leaf with its DNS SANs)
 
     # ------------------------------------------------------------------ configuration
@@ -112,7 +119,8 @@ class IngressGateway(Proxy):
                 entry = await self._config_entry("ingress-gateway", str(reg.get("Service") or self.proxy_id))
                 if entry is not None:
                     self._registration_body, self._entry = reg, entry
-                    cfg, self.listeners = ingress_config(reg, entry, self.bind_host)
+                    self._wildcard = await self._wildcard_services(entry)
+                    cfg, self.listeners = ingress_config(reg, entry, self.bind_host, self._wildcard)
                     return cfg
                 if not said_entry:
                     log.warning("no ingress-gateway config entry named %r yet; waiting for it (proconsul config "
@@ -123,7 +131,27 @@ class IngressGateway(Proxy):
         return None
 
     def _extra_watches(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
-        return [self.api.watch("/v1/config/ingress-gateway", {}, self._on_ingress_entries, stop)]
+        return [self.api.watch("/v1/config/ingress-gateway", {}, self._on_ingress_entries, stop),
+                self.api.watch(f"/v1/catalog/gateway-services/{quote(self._service_name(), safe='')}", {},
+                               self._on_gateway_services, stop)]
+
+    async def _on_gateway_services(self, _: Any) -> None:
+        """The catalog's services changed: a wildcard listener exposes the new set (nothing to do without one)."""
+        if self._entry is not None and wildcard_ports(self._entry):
+            await self._reconfigure(only_if_changed=True)
+
+    async def _wildcard_services(self, entry: dict[str, Any]) -> dict[int, tuple[str, ...]]:
+        """What the entry's wildcard listeners expose now: the services the catalog links through the wildcard
+        whose protocol (service-defaults, else proxy-defaults) is the listener's."""
+        if not wildcard_ports(entry):
+            return {}
+        rows, _ = await self.api.get(f"/v1/catalog/gateway-services/{quote(self._service_name(), safe='')}")
+        linked = [r["Service"]["Name"] for r in rows or [] if r.get("FromWildcard")]
+        defaults, _ = await self.api.get("/v1/config/service-defaults")
+        protocols = {str(e.get("Name")): str(e.get("Protocol") or "") for e in defaults or []}
+        proxy_defaults = await self._config_entry("proxy-defaults", "global") or {}
+        return wildcard_services(entry, linked, protocols, str((proxy_defaults.get("Config") or {}).get("protocol")
+                                                                or ""))
 
     async def _on_ingress_entries(self, rows: list[dict[str, Any]]) -> None:
         name = str((self._registration_body or {}).get("Service") or self.proxy_id)
@@ -187,7 +215,8 @@ class IngressGateway(Proxy):
         if rt is None or self._registration_body is None or self._entry is None:
             return
         try:
-            cfg, lsts = ingress_config(self._registration_body, self._entry, self.bind_host)
+            self._wildcard = await self._wildcard_services(self._entry)
+            cfg, lsts = ingress_config(self._registration_body, self._entry, self.bind_host, self._wildcard)
             cfg = await self._resolve(cfg)
         except (ProxyConfigError, AgentAPIError) as e:
             log.error("the ingress gateway's configuration changed but cannot be used (keeping the previous "

@@ -116,7 +116,7 @@ class InboundSide(Side):
             rt = self.rt
             if rt.access_log is not None:
                 cfg = rt.config
-                rt.access_log.connection(_connection_record(
+                rt.access_log.connection(connection_record(
                     self.started, self.received, self.sent, self.transport, "local_app", cfg.service,
                     f"{cfg.local_address}:{cfg.local_port}", peer_uri=self.uri,
                     flag="-" if self.app is not None else "UF"))
@@ -289,14 +289,14 @@ class UpstreamSide(Side):
                 breaker.release()
         if rt.access_log is not None:
             inst = self.instance
-            rt.access_log.connection(_connection_record(
+            rt.access_log.connection(connection_record(
                 self.started, self.received, self.sent, self.transport, self.target or self.upstream.destination_name,
                 inst.service if inst is not None else self.upstream.destination_name,
                 f"{inst.address}:{inst.port}" if inst is not None else "", instance=inst.id if inst else "",
                 flag=self.flag))
 
 
-def _connection_record(started: float, received: int, sent: int, transport: object, cluster: str, service: str,
+def connection_record(started: float, received: int, sent: int, transport: object, cluster: str, service: str,
                        host: str, *, peer_uri: str = "", instance: str = "", flag: str = "-") -> dict[str, object]:
     """An L4 access-log record (Envoy's TCP fields): one per connection, written when it closes."""
     now = time.monotonic()

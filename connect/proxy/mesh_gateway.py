@@ -14,6 +14,8 @@ untouched (the same `Side` protocols as the sidecar's L4 path): the gateway hold
 read the traffic; the two sidecars authenticate each other end to end and the destination checks
 intentions. A target that refuses is skipped for the next one. Anything that is not a ClientHello
 with a name we route is closed. Targets are followed with blocking queries, started on first use.
+With proxy-defaults' AccessLogs on, each connection gets a line when it closes (gateway_log.py):
+`upstream_cluster` is the server name, `upstream_host` the sidecar or gateway it went to.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +31,7 @@ from typing import Any, BinaryIO
 from proconsul.connect.proxy.addresses import mesh_gateway_address, tagged_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.forward import Side
+from proconsul.connect.proxy.gateway_log import GatewayAccessLog, peer_address
 from proconsul.connect.proxy.sni import (
     MAX_HELLO,
     Incomplete,
@@ -54,7 +58,8 @@ class _Targets:
 class GatewayInbound(Side):
     """A connection to the gateway: held until its ClientHello names a target, then spliced."""
 
-    __slots__ = ("gw", "_hello", "_routing", "_timer")
+    __slots__ = ("gw", "_hello", "_routing", "_timer", "started", "peer_address", "received", "sent", "flag", "sni",
+                 "service", "host")
 
     def __init__(self, gw: MeshGateway) -> None:
         super().__init__()
@@ -62,19 +67,31 @@ class GatewayInbound(Side):
         self._hello = b""
         self._routing = False
         self._timer: asyncio.TimerHandle | None = None
+        self.started = 0.0
+        self.peer_address = self.sni = self.service = self.host = ""  # for the access-log line
+        self.received = self.sent = 0
+        self.flag = "-"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.started = time.monotonic()
+        if self.gw.access.log is not None:  # nothing looked up for the log while it is off
+            self.peer_address = peer_address(transport)
         self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._too_slow)
         self.gw.stats["connections"] += 1
 
     def _too_slow(self) -> None:
         if not self._routing:
-            self.gw.stats["refused"] += 1
-            self.abort()
+            self.refuse()
+
+    def refuse(self, flag: str = "NR") -> None:
+        self.gw.stats["refused"] += 1
+        self.flag = flag
+        self.abort()
 
     def data_received(self, data: bytes) -> None:
         self.gw.capture(data)
+        self.received += len(data)
         if self._routing:
             return super().data_received(data)
         self._hello += data
@@ -82,15 +99,14 @@ class GatewayInbound(Side):
             sni = client_hello_sni(self._hello)
         except Incomplete:
             if len(self._hello) > MAX_HELLO:
-                self.gw.stats["refused"] += 1
-                self.abort()
+                self.refuse()
             return
         except NotClientHello as e:
             log.info("mesh gateway: dropped a connection: %s", e)
-            self.gw.stats["refused"] += 1
-            self.abort()
+            self.refuse()
             return
         self._routing = True
+        self.sni = sni or ""
         if self._timer is not None:
             self._timer.cancel()
         self._pending.append(self._hello)
@@ -100,9 +116,18 @@ class GatewayInbound(Side):
         self.gw.tasks.add(task)
         task.add_done_callback(self.gw.tasks.discard)
 
+    def count_sent(self, n: int) -> None:
+        self.sent += n
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.gw is not None:
+            unrouted = not self.host  # refused, or closed before a ClientHello named a target (a TCP check)
+            self.gw.access.connection(self.started, received=self.received, sent=self.sent, peer=self.peer_address,
+                                      cluster=self.sni, service=self.service, host=self.host,
+                                      flag="NR" if unrouted and self.flag == "-" else self.flag,
+                                      listener=unrouted and not self.sni)
         self.gw = None  # type: ignore[assignment]  # no cycle through the gateway once closed
         super().connection_lost(exc)
 
@@ -137,6 +162,7 @@ class MeshGateway:
         self._stop = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"connections": 0, "routed_local": 0, "routed_remote": 0, "refused": 0, "dial_failures": 0}
+        self.access = GatewayAccessLog()  # proxy-defaults' AccessLogs: a line per connection
         self._capture: BinaryIO | None = open(Path(capture_file), "ab") if capture_file else None  # noqa: SIM115
 
     def capture(self, data: bytes) -> None:
@@ -159,6 +185,7 @@ class MeshGateway:
         watch = asyncio.get_running_loop().create_task(self.api.watch("/v1/agent/connect/ca/roots", {}, on_roots,
                                                                       stop))
         self.tasks.add(watch)
+        self.tasks.add(asyncio.get_running_loop().create_task(self.access.watch(self.api, stop)))
         await _either(roots_ready, stop)
         server = await asyncio.get_running_loop().create_server(lambda: GatewayInbound(self), self.bind, self.port)
         log.info("mesh gateway for %s listening on %s:%d (trust domain %s)", self.datacenter, self.bind,
@@ -171,14 +198,15 @@ class MeshGateway:
                 task.cancel()
             if self._capture is not None:
                 self._capture.close()
+            self.access.close()
 
     async def route(self, inbound: GatewayInbound, sni: str) -> None:
         target = parse_sni_name(sni, self.trust_domain)
         if target is None:
             log.info("mesh gateway: no route for server name %r", sni)
-            self.stats["refused"] += 1
-            inbound.abort()
+            inbound.refuse("NR")
             return
+        inbound.service = target.service
         local = target.datacenter == self.datacenter
         if local and target.subset:
             addresses = await self._subset_addresses(target.service, target.subset)
@@ -203,12 +231,13 @@ class MeshGateway:
                 continue
             self._failed.pop((host, port), None)
             self.stats["routed_local" if local else "routed_remote"] += 1
+            inbound.host = f"{host}:{port}"
+            outbound.on_bytes = inbound.count_sent
             inbound.join(outbound)
             return
         log.warning("mesh gateway: nowhere to send %s (%s)", sni,
                     "no healthy instance here" if local else f"no reachable gateway in {target.datacenter}")
-        self.stats["refused"] += 1
-        inbound.abort()
+        inbound.refuse("UF" if order else "UH")
 
     async def _subset_addresses(self, service: str, subset: str) -> list[tuple[str, int]]:
         """A subset of a service here (`v2.web.default.<our dc>…`): its sidecars that pass the subset's

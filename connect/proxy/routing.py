@@ -213,6 +213,9 @@ class RouteTable:
     routes: list[Route]
     targets: dict[str, Target]
     default: bool = True
+    # the Decisions of a route without PrefixRewrite, one per leg, made on first use (a Decision depends on the
+    # route and leg only, so each request of such a route reuses one instead of building it and its HeaderOps)
+    _fixed: dict[int, tuple[Decision, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def decide(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], draw: float) -> Decision | None:
         """The first route that matches and the split leg `draw` (uniform in [0, 1)) falls in; None when no
@@ -220,21 +223,24 @@ class RouteTable:
         raw_path, _, raw_query = target.partition(b"?")
         path = raw_path.decode("latin-1")
         query = raw_query.decode("latin-1")
-        for route in self.routes:
+        for i, route in enumerate(self.routes):
             if route.matches(method, path, query, headers):
                 legs = route.legs
-                if len(legs) == 1:
-                    leg = legs[0]
-                else:
-                    leg = legs[min(bisect.bisect_right(route.cumulative, int(draw * 10000)), len(legs) - 1)]
-                new_target = None
-                if route.prefix_rewrite is not None:
-                    prefix = route.path_prefix or route.path_exact
-                    rest = path[len(prefix):]
-                    new_path = route.prefix_rewrite + rest
-                    if not new_path.startswith("/"):
-                        new_path = "/" + new_path
-                    new_target = new_path.encode("latin-1") + (b"?" + raw_query if raw_query else b"")
+                n = 0 if len(legs) == 1 else min(bisect.bisect_right(route.cumulative, int(draw * 10000)),
+                                                 len(legs) - 1)
+                if route.prefix_rewrite is None:
+                    fixed = self._fixed.get(i)
+                    if fixed is None:
+                        fixed = self._fixed[i] = tuple(
+                            Decision(route, leg, None, _both(route.request_headers, leg.request_headers),
+                                     _both(route.response_headers, leg.response_headers)) for leg in legs)
+                    return fixed[n]
+                leg = legs[n]
+                prefix = route.path_prefix or route.path_exact
+                new_path = route.prefix_rewrite + path[len(prefix):]
+                if not new_path.startswith("/"):
+                    new_path = "/" + new_path
+                new_target = new_path.encode("latin-1") + (b"?" + raw_query if raw_query else b"")
                 return Decision(route, leg, new_target, _both(route.request_headers, leg.request_headers),
                                 _both(route.response_headers, leg.response_headers))
         return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proconsul.connect.errors import InvalidSpiffeID
-from proconsul.connect.proxy.accesslog import AccessLog
+from proconsul.connect.proxy.accesslog import AccessLog, follow
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
 from proconsul.connect.proxy.breaker import Breaker
@@ -120,16 +120,7 @@ class Runtime:
 
     def set_access_log(self, settings: dict[str, Any] | None) -> None:
         """proxy-defaults' AccessLogs, applied at once (the old destination is flushed and closed)."""
-        current = self.access_log.settings if self.access_log is not None else None
-        if (settings or None) == current or (not (settings or {}).get("Enabled") and current is None):
-            return
-        if self.access_log is not None:
-            self.access_log.close()
-        self.access_log = AccessLog.from_entry(settings)
-        if self.access_log is not None:
-            self.access_log.open()
-        log.info("access logs: %s", "off" if self.access_log is None else
-                 f"{self.access_log.kind}{' ' + self.access_log.path if self.access_log.path else ''}")
+        self.access_log = follow(self.access_log, settings)
 
     def watch(self, sub: Subscriber) -> None:
         """A tap watcher starts: requests are offered to it from the next one on."""

@@ -28,6 +28,7 @@ import logging
 import ssl
 import time
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -35,6 +36,7 @@ from proconsul.connect.proxy.agent_api import AgentAPI
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
+from proconsul.connect.proxy.gateway_log import DENIED, GatewayAccessLog, peer_address
 from proconsul.connect.proxy.proxy import ProxyError, credentials
 from proconsul.connect.proxy.sni import parse_sni_name
 from proconsul.connect.proxy.tls import MeshTLSError, peer_cert, server_context
@@ -46,7 +48,12 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 class GatewayDialError(Exception):
-    """No instance of the outside service could be reached (or its TLS settings cannot be used)."""
+    """No instance of the outside service could be reached (or its TLS settings cannot be used); `flag` is
+    Envoy's response flag for the access log (UH: no passing instance, UF: none could be connected to)."""
+
+    def __init__(self, message: str, flag: str = "UF") -> None:
+        super().__init__(message)
+        self.flag = flag
 
 
 class _Linked:
@@ -70,16 +77,24 @@ class _Linked:
 class TerminatingInbound(Side):
     """A sidecar's mTLS connection to the gateway: decided, then spliced to the outside service."""
 
-    __slots__ = ("gw", "linked", "uri")
+    __slots__ = ("gw", "linked", "uri", "started", "peer_address", "service", "host", "flag", "details", "received",
+                 "sent")
 
     def __init__(self, gw: TerminatingGateway) -> None:
         super().__init__()
         self.gw = gw
         self.linked: _Linked | None = None
         self.uri = ""
+        self.started = 0.0
+        self.peer_address = self.service = self.host = self.details = ""  # for the access-log line
+        self.flag = "-"
+        self.received = self.sent = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.started = time.monotonic()
+        if self.gw.access.log is not None:  # nothing looked up for the log while it is off
+            self.peer_address = peer_address(transport)
         gw = self.gw
         sslobj = transport.get_extra_info("ssl_object")
         linked = gw.linked.get(getattr(sslobj.context, "proconsul_service", ""))
@@ -90,11 +105,14 @@ class TerminatingInbound(Side):
             self.abort()
             return
         decision = self._decide(linked, cert)
+        self.service = linked.spec.name
         if not decision.allowed:
             gw.refused(linked, decision.source, decision.reason)
+            self.details = DENIED
             self.abort()
             return
         self.linked = linked
+        self.on_bytes = self._count_in
         linked.open.add(self)
         linked.stats["Connections"] += 1
         transport.pause_reading()
@@ -109,20 +127,33 @@ class TerminatingInbound(Side):
 
     async def _connect(self, linked: _Linked) -> None:
         try:
-            out = await self.gw.dial(linked)
+            out, self.host = await self.gw.dial(linked)
         except GatewayDialError as e:
             log.warning("terminating gateway: %s: %s", linked.spec.name, e)
+            self.flag = e.flag
             self.abort()
             return
         if self.closed:
             out.close()
             return
+        out.on_bytes = self._count_out
         out.join(self)
+
+    def _count_in(self, n: int) -> None:
+        self.received += n
+
+    def _count_out(self, n: int) -> None:
+        self.sent += n
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.linked is not None:
             self.linked.open.discard(self)
         super().connection_lost(exc)
+        if self.service:
+            self.gw.access.connection(self.started, received=self.received, sent=self.sent, peer=self.peer_address,
+                                      cluster=f"{self.service}.default.default.{self.gw.datacenter}",
+                                      service=self.service, host=self.host, peer_uri=self.uri, flag=self.flag,
+                                      details=self.details)
 
 
 class TerminatingGateway:
@@ -143,6 +174,9 @@ class TerminatingGateway:
         self._stop = asyncio.Event()
         self._admin: web.AppRunner | None = None
         self._listening = self._listening_context("")
+        self.access = GatewayAccessLog()  # proxy-defaults' AccessLogs: a line per connection
+        self._entry: dict[str, Any] | None = None  # the terminating-gateway config entry
+        self._wildcard: list[str] = []  # what its wildcard `*` links now (the catalog's gateway-services)
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
@@ -155,6 +189,9 @@ class TerminatingGateway:
             return
         self.spawn(self.api.watch("/v1/agent/connect/ca/roots", {}, self._on_roots, stop))
         self.spawn(self.api.watch("/v1/config/terminating-gateway", {}, self._on_entries, stop))
+        self.spawn(self.api.watch(f"/v1/catalog/gateway-services/{quote(self.service, safe='')}", {},
+                                  self._on_gateway_services, stop))
+        self.spawn(self.access.watch(self.api, stop))
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: TLSProtocol(self._listening, TerminatingInbound(self), server_side=True,
@@ -175,6 +212,7 @@ class TerminatingGateway:
                 task.cancel()
             if self._admin is not None:
                 await self._admin.cleanup()
+            self.access.close()
 
     async def _wait_registered(self, stop: asyncio.Event) -> None:
         said = False
@@ -235,7 +273,18 @@ class TerminatingGateway:
         if entry is None and not self.linked:
             log.warning("no terminating-gateway config entry named %r yet; waiting for it (proconsul config "
                         "write …)", self.service)
-        wanted = terminating_services(entry)
+        self._entry = entry
+        self._relink()
+
+    def _on_gateway_services(self, rows: list[dict[str, Any]]) -> None:
+        """The catalog's view of what the entry links: the services its wildcard `*` stands for now."""
+        wildcard = sorted(r["Service"]["Name"] for r in rows or [] if r.get("FromWildcard"))
+        if wildcard != self._wildcard:
+            self._wildcard = wildcard
+            self._relink()
+
+    def _relink(self) -> None:
+        wanted = terminating_services(self._entry, self._wildcard)
         for name in [n for n in self.linked if n not in wanted or wanted[n] != self.linked[n].spec]:
             old = self.linked.pop(name)
             for w in old.watches:
@@ -327,13 +376,14 @@ class TerminatingGateway:
         log.warning("terminating gateway: refused connection from %s to %s: %s", source,
                     linked.spec.name if linked is not None else "?", reason)
 
-    async def dial(self, linked: _Linked) -> Side:
-        """A connection to a passing instance of the outside service (TLS when the entry says so)."""
+    async def dial(self, linked: _Linked) -> tuple[Side, str]:
+        """A connection to a passing instance of the outside service (TLS when the entry says so), and the
+        instance's `host:port`."""
         spec = linked.spec
         if spec.tls and linked.origination is None:
             raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
         if not linked.instances:
-            raise GatewayDialError("no passing instance in the catalog")
+            raise GatewayDialError("no passing instance in the catalog", "UH")
         loop = asyncio.get_running_loop()
         n = len(linked.instances)
         start, linked.next = linked.next % n, linked.next + 1
@@ -347,7 +397,7 @@ class TerminatingGateway:
                                                                ssl_handshake_timeout=DIAL_TIMEOUT)
                     else:
                         _, side = await loop.create_connection(Side, host, port)
-                return side
+                return side, f"{host}:{port}"
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 linked.stats["DialFailures"] += 1
                 errors.append(f"{host}:{port}: {e or 'timed out'}")

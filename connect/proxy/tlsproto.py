@@ -236,11 +236,13 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._backlog.append(bytes(data))
             return
         sslobj = self.sslobj
-        view = memoryview(data)
         try:
-            while view:
-                n = sslobj.write(view)
-                view = view[n:]
+            n = sslobj.write(data)  # all of it, unless it is more than a record's worth: then the rest in turn
+            if n < len(data):
+                view = memoryview(data)[n:]
+                while view:
+                    n = sslobj.write(view)
+                    view = view[n:]
         except ssl.SSLError as e:
             log.debug("TLS write failed: %s", e)
             self.abort()

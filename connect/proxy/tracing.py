@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from binascii import hexlify
 from collections import deque
@@ -112,9 +113,9 @@ class Tracer:
     settings: TracingSettings
     rng: Rng
     queue: deque[_Span] = field(default_factory=deque)
-    # Encoded attributes by (key, type, value): a proxy's spans repeat the same few values (method, status,
-    # peer, route, cluster, instance), so most attributes are encoded once (cleared when ATTR_CACHE_MAX).
-    attr_cache: dict[tuple[str, type, Any], bytes] = field(default_factory=dict)
+    # Encoded span names and attribute sets (by their keys and values): a proxy's spans repeat the same few
+    # (method, status, peer, route, cluster, instance), so most are encoded once (cleared past ATTR_CACHE_MAX).
+    attr_cache: dict[Any, bytes] = field(default_factory=dict)
     exported: int = 0
     dropped: int = 0
     failures: int = 0
@@ -128,11 +129,13 @@ class Tracer:
         parent = None
         b3 = False
         maybe_b3 = False
+        found = False
         for k, v in headers:
             if k == b"traceparent":
                 parent = parse_traceparent(v)
+                found = True
                 break
-            if k[:5] == b"x-b3-":
+            if k[0] == 120 and k.startswith(b"x-b3-"):  # 120: "x", no slice made for every other header
                 maybe_b3 = True
         if parent is None and maybe_b3:
             got = _b3(headers)
@@ -140,14 +143,20 @@ class Tracer:
                 b3 = True
                 sampled = got[2] if got[2] is not None else self._draw()
                 parent = (got[0], got[1], sampled)
+        rng = self.rng
+        span_bits = rng.getrandbits(64) or 1
+        span_id = span_bits.to_bytes(8, "big")
         if parent is None:
-            trace_id, parent_id, sampled = self.rng.getrandbits(128).to_bytes(16, "big"), b"", self._draw()
+            trace_bits = rng.getrandbits(128) or 1
+            trace_id, parent_id, sampled = trace_bits.to_bytes(16, "big"), b"", self._draw()
+            traceparent = b"00-%032x-%016x-%s" % (trace_bits, span_bits, b"01" if sampled else b"00")
         else:
             trace_id, parent_id, sampled = parent
-        span_id = self.rng.getrandbits(64).to_bytes(8, "big") or b"\x00" * 7 + b"\x01"
+            traceparent = b"00-%s-%016x-%s" % (hexlify(trace_id), span_bits, b"01" if sampled else b"00")
         ctx = TraceContext(trace_id, span_id, parent_id, sampled, kind, now_ns or time.time_ns(), b3)
-        traceparent = b"00-" + hexlify(trace_id) + b"-" + hexlify(span_id) + (b"-01" if sampled else b"-00")
         if not b3:  # the common case: one header replaced (or added)
+            if not found:
+                return ctx, [*headers, (b"traceparent", traceparent)]
             out = [h for h in headers if h[0] != b"traceparent"]
             out.append((b"traceparent", traceparent))
             return ctx, out
@@ -271,20 +280,27 @@ _KIND = {SERVER: b"\x30\x02", CLIENT: b"\x30\x03"}
 _ERROR = b"\x7a\x02\x18\x02"  # field 15 (Status), 2 bytes: code (3) = STATUS_CODE_ERROR (2)
 
 
-def _span(s: _Span, cache: dict[tuple[str, type, Any], bytes]) -> bytes:
+_TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (field 7) and end_time_unix_nano (field 8), fixed64
+
+
+def _span(s: _Span, cache: dict[Any, bytes]) -> bytes:
     ctx = s.ctx
-    parts = [b"\x0a\x10", ctx.trace_id, b"\x12\x08", ctx.span_id]
-    if ctx.parent_id:
-        parts += [b"\x22\x08", ctx.parent_id]
-    parts += [_field(5, s.name.encode()), _KIND.get(ctx.kind) or b"\x30" + _varint(ctx.kind),
-              b"\x39", ctx.start_ns.to_bytes(8, "little"), b"\x41", s.end_ns.to_bytes(8, "little")]
-    for k, v in s.attributes.items():
-        if v is not None and v != "":
-            key = (k, v.__class__, v)
-            enc = cache.get(key)
-            if enc is None:
-                enc = cache[key] = _field(9, _kv(k, v))
-            parts.append(enc)
-    if s.status >= 500 or s.status == 0:
-        parts.append(_ERROR)
-    return b"".join(parts)
+    # A proxy's spans repeat a few names and attribute sets (method, status, peer, route, cluster, instance):
+    # each is encoded once and found again by one lookup (the whole set's keys and values as the key).
+    name = cache.get(s.name)
+    if name is None:
+        name = cache[s.name] = _field(5, s.name.encode())
+    attrs = s.attributes
+    try:
+        key: Any = (tuple(attrs), tuple(attrs.values()))
+        block = cache.get(key)
+    except TypeError:  # an unhashable value: encoded every time
+        key, block = None, None
+    if block is None:
+        block = b"".join([_field(9, _kv(k, v)) for k, v in attrs.items() if v is not None and v != ""])
+        if key is not None:
+            cache[key] = block
+    return b"".join([b"\x0a\x10", ctx.trace_id, b"\x12\x08", ctx.span_id,
+                     b"\x22\x08" + ctx.parent_id if ctx.parent_id else b"", name,
+                     _KIND.get(ctx.kind) or b"\x30" + _varint(ctx.kind), _TIMES.pack(0x39, ctx.start_ns, 0x41, s.end_ns),
+                     block, _ERROR if s.status >= 500 or s.status == 0 else b""])

@@ -65,3 +65,42 @@ def test_tls_ca_and_certs_verify_with_openssl(tmp_path: Path) -> None:
     again = env_run("tls", "ca", "create")
     assert again.returncode == 1 and "already exists" in again.stderr
     assert env_run("tls", "cert", "create").returncode == 1
+
+
+def test_connect_gateway_flags_and_registration(agent: AgentProcess, tmp_path: Path) -> None:
+    """`connect gateway -KIND`: exactly one kind, bad flags one line (every flag check: test_gateway_config.py);
+    -register as Consul's `connect envoy -register` (a real gateway process, its registration read back)."""
+    import os
+    import signal
+
+    from support import free_port
+
+    for args, words in ((["-service", "x"], "exactly one of -ingress, -terminating or -mesh"),
+                        (["-ingress", "-mesh", "-service", "x"], "(not -ingress and -mesh)"),
+                        (["-mesh", "-admin-bind", "127.0.0.1:1"], "a mesh gateway has no admin listener")):
+        assert words in one_line_error(run(agent, "connect", "gateway", *args)), args
+    assert "are for gateways" in one_line_error(run(agent, "connect", "proxy", "-service", "x", "-register"))
+    usage = ok(None, "connect", "gateway", "--help", env={"COLUMNS": "200"})
+    assert all(f in usage for f in ("-ingress", "-terminating", "-mesh", "-register", "-wan-address",
+                                    "-deregister-after-critical"))
+
+    port, wan = free_port(), free_port()
+    env = dict(os.environ, PROCONSUL_HTTP_ADDR=agent.addr)
+    with open(tmp_path / "gw.log", "wb") as log:
+        proc = subprocess.Popen([*CLI, "connect", "gateway", "-mesh", "-service", "cli-mgw", "-register", "-address",
+                                 f"127.0.0.1:{port}", "-wan-address", f"127.0.0.1:{wan}",
+                                 "-deregister-after-critical", "90m"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: agent.get("/v1/agent/service/cli-mgw")[0] == 200, 20, message="the gateway registered")
+        svc = agent.get("/v1/agent/service/cli-mgw")[1]
+        assert svc["Kind"] == "mesh-gateway" and svc["Port"] == port
+        assert svc["TaggedAddresses"]["wan"] == {"Address": "127.0.0.1", "Port": wan}
+        checks = [c for c in agent.get("/v1/agent/checks")[1].values() if c["ServiceID"] == "cli-mgw"]
+        assert [c["Name"] for c in checks] == ["Mesh gateway listening"]
+        wait_for(lambda: agent.get("/v1/agent/checks")[1][checks[0]["CheckID"]]["Status"] == "passing", 20,
+                 message="the gateway's TCP check to pass (it listens on -address)")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        agent.request("PUT", "/v1/agent/service/deregister/cli-mgw")

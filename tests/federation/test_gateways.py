@@ -116,6 +116,42 @@ def test_intentions_are_checked_in_the_destination_datacenter(dcs: TwoDCs) -> No
     wait_for(lambda: http_get(dcs.local_up, "/again")[0] == 200, 10, message="traffic allowed again")
 
 
+def test_access_log_lines_at_both_gateways(dcs: TwoDCs) -> None:
+    """proxy-defaults AccessLogs (written in dc1, replicated to dc2): each gateway writes a line per connection —
+    the server name as upstream_cluster, where it sent it as upstream_host — and NR for what it cannot route."""
+    import json
+    import socket
+
+    log_path = dcs.tmp / "mesh-access.log"
+    defaults = {"Kind": "proxy-defaults", "Name": "global", "MeshGateway": {"Mode": "local"}}
+    assert dcs.a.put("/v1/config", {**defaults, "AccessLogs": {"Enabled": True, "Type": "file",
+                                                               "Path": str(log_path)}})[0] == 200
+
+    def lines() -> list[dict]:
+        return [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+
+    try:
+        for gw in (dcs.gw1, dcs.gw2):
+            wait_for(lambda gw=gw: "access logs: file" in gw.log_path.read_text(), 15,
+                     message="access logs on in both gateways")
+        assert http_get(dcs.local_up, "/logged")[0] == 200
+        db_sidecar = dcs.b.get("/v1/health/connect/db?passing")[1][0]["Service"]["Port"]
+        hops = {f"127.0.0.1:{dcs.gw2.port}": "dc1's gateway to dc2's", f"127.0.0.1:{db_sidecar}": "dc2's to db"}
+        for host, hop in hops.items():
+            wait_for(lambda host=host: [x for x in lines() if x.get("upstream_host") == host
+                                        and x.get("upstream_cluster", "").startswith("db.default.dc2.internal.")
+                                        and x["upstream_service"] == "db" and x["response_flags"] == "-"
+                                        and x["bytes_sent"] > 0 and x["bytes_received"] > 0], 10,
+                     message=f"the line of {hop}")
+        with socket.create_connection(("127.0.0.1", dcs.gw1.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert s.recv(10) == b""
+        wait_for(lambda: [x for x in lines() if x["response_flags"] == "NR" and x["bytes_received"] == 18], 5,
+                 message="the line of a connection that was not TLS (NR)")
+    finally:
+        assert dcs.a.put("/v1/config", defaults)[0] == 200
+
+
 def test_a_dead_gateway_is_skipped(dcs: TwoDCs) -> None:
     dead = free_port()  # nothing listens there
     assert dcs.b.put("/v1/agent/service/register", {

@@ -1,4 +1,4 @@
-"""The ingress gateway end to end: `proconsul connect proxy -gateway ingress -service ig -register` as a real
+"""The ingress gateway end to end: `proconsul connect gateway -ingress -service ig -register` as a real
 process, HTTP listeners routed by Host into the mesh (over mTLS, with the gateway's identity, through the
 services' discovery chains), a TCP listener, and curl as the outside client."""
 
@@ -29,7 +29,8 @@ def curl(port: int, host: str, path: str = "/") -> tuple[int, Any]:
 class Gateway(ProxyProcess):
     def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
         super().__init__(agent, workdir, proxy_id=name)
-        self.args = ["-gateway", "ingress", "-service", name, "-register", "-address", address]
+        self.command = "gateway"
+        self.args = ["-ingress", "-service", name, "-register", "-address", address]
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +211,55 @@ def test_tcp_max_connections_at_the_gateway(mesh: dict[str, Any]) -> None:
     finally:
         held.close()
     wait_for(lambda: exchange(mesh["tcp"], b"third", timeout=3) == b"third", 5, message="the place given back")
+
+
+def test_wildcard_listener_exposes_every_http_service_and_logs_requests(mesh: dict[str, Any]) -> None:
+    """Consul's `Services = [{ Name = "*" }]`: every service with the listener's protocol by Host
+    `<service>.ingress.*` (a tcp service is not on an http listener), services registered later included;
+    gateway-services lists what the wildcard links; the gateway writes an access-log line per request."""
+    import shutil
+
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["http"]
+    log_path = Path(gw.log_path).parent / "access-l7.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": port, "Protocol": "http", "Services": [{"Name": "*"}]},
+        {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+    extra = None
+    try:
+        rows = agent.get("/v1/catalog/gateway-services/ig")[1]
+        assert {(r["Service"]["Name"], r["Port"], r["FromWildcard"]) for r in rows} == {
+            ("web", port, True), ("api", port, True), ("db", port, True), ("db", mesh["tcp"], False)}
+        wait_for(lambda: curl(port, "web.ingress.mesh")[1].get("backend") == "web", 10,
+                 message="web through the wildcard")
+        assert curl(port, f"api.ingress.mesh:{port}")[1]["backend"] == "api"
+        assert curl(port, "db.ingress.mesh")[0] == 404, "db is tcp: not on an http listener"
+        assert [e["Service"]["Service"] for e in agent.get("/v1/health/ingress/web")[1]] == ["ig"]
+        assert agent.get("/v1/health/ingress/web-sidecar-proxy")[1] == [], "the wildcard links no proxy"
+        if shutil.which("dig"):
+            wait_for(lambda: dig_a(agent, "web.ingress.mesh") == ["127.0.0.1"], 10, message="DNS through the wildcard")
+            assert dig_a(agent, "nobody.ingress.mesh") == [], "the wildcard stands for the catalog's services only"
+        assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extra", "Protocol": "http"})[0] == 200
+        assert agent.put("/v1/agent/service/register", {"Name": "extra", "Port": mesh["backends"].http("extra"),
+                                                        "Connect": {"SidecarService": {}}})[0] == 200
+        extra = ProxyProcess(agent, Path(gw.log_path).parent, sidecar_for="extra").start()
+        wait_for(lambda: curl(port, "extra.ingress.mesh", "/new")[1].get("backend") == "extra", 15,
+                 message="a service registered later, exposed by the wildcard")
+
+        def gateway_lines() -> list[dict[str, Any]]:
+            text = log_path.read_text() if log_path.exists() else ""
+            return [x for x in map(json.loads, text.splitlines()) if x.get("upstream_cluster") != "local_app"]
+
+        wait_for(lambda: any(x.get("authority") == "extra.ingress.mesh" and x.get("path") == "/new"
+                             and x.get("response_code") == 200 and x.get("upstream_service") == "extra"
+                             for x in gateway_lines()), 5, message="the gateway's line for the request")
+        wait_for(lambda: any(x.get("authority") == "db.ingress.mesh" and x.get("response_code") == 404
+                             and x.get("response_flags") == "NR" for x in gateway_lines()), 5,
+                 message="the gateway's line for the unrouted Host (NR)")
+    finally:
+        if extra is not None:
+            extra.stop()
+        agent.request("PUT", "/v1/agent/service/deregister/extra")
+        agent.request("DELETE", "/v1/config/service-defaults/extra")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")

@@ -1,4 +1,4 @@
-"""The terminating gateway end to end: `proconsul connect proxy -gateway terminating -service tgw -register` as a
+"""The terminating gateway end to end: `proconsul connect gateway -terminating -service tgw -register` as a
 real process; services outside the mesh registered in the catalog on a node without an agent (a plain HTTP
 server, an HTTPS server with a certificate made by openssl, one that also asks for a client certificate); a
 sidecar's upstreams reach them through the gateway over mTLS; intentions are enforced at the gateway."""
@@ -52,7 +52,8 @@ def curl(port: int, path: str = "/") -> tuple[int, Any]:
 class TerminatingGatewayProcess(ProxyProcess):
     def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
         super().__init__(agent, workdir, proxy_id=name)
-        self.args = ["-gateway", "terminating", "-service", name, "-register", "-address", address]
+        self.command = "gateway"
+        self.args = ["-terminating", "-service", name, "-register", "-address", address]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             assert agent.put("/v1/catalog/register", {
                 "Node": f"outside-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
                 "Service": {"Service": name, "Port": port}})[0] == 200
-        ports = {name: free_port() for name in outside}
+        ports = {name: free_port() for name in (*outside, "extnone")}  # extnone: linked, no instance anywhere
         assert agent.put("/v1/agent/service/register", {"Name": "web", "Port": backends.http("web"), "Connect": {
             "SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": n, "LocalBindPort": p}
                                                        for n, p in ports.items()]}}}})[0] == 200
@@ -91,12 +92,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             {"Name": "ext"},
             {"Name": "exts", "CAFile": pki["ca"], "SNI": "exts.example.com"},
             {"Name": "extm", "CAFile": pki["ca"], "CertFile": pki["client"], "KeyFile": pki["client-key"]},
-            {"Name": "extbad", "CAFile": pki["other-ca"]}]})
+            {"Name": "extbad", "CAFile": pki["other-ca"]}, {"Name": "extnone"}]})
         assert status == 200, body
         gw = TerminatingGatewayProcess(agent, tmp, "tgw", f"127.0.0.1:{free_port()}").start()
         procs.append(gw)
         wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
-        yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki}
+        yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki,
+               "outside": outside}
     finally:
         for p in procs:
             p.stop()
@@ -117,7 +119,7 @@ def test_health_connect_answers_with_the_gateway(mesh: dict[str, Any]) -> None:
     assert status == 200 and [r["Service"]["Kind"] for r in rows] == ["terminating-gateway"]
     assert rows[0]["Service"]["Service"] == "tgw"
     status, rows = agent.get("/v1/catalog/gateway-services/tgw")
-    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad"}
+    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad", "extnone"}
     assert {r["GatewayKind"] for r in rows} == {"terminating-gateway"}
     assert agent.get("/v1/health/connect/web?passing")[1][0]["Service"]["Kind"] == "connect-proxy"
 
@@ -158,6 +160,71 @@ def test_intentions_are_enforced_at_the_gateway(mesh: dict[str, Any]) -> None:
     finally:
         agent.request("DELETE", "/v1/connect/intentions/exact?source=web&destination=ext")
     wait_for(lambda: curl(port)[0] == 200, 10, message="allowed again once the intention is gone")
+
+
+def test_access_log_lines_at_the_gateway(mesh: dict[str, Any]) -> None:
+    """proxy-defaults AccessLogs: one line per connection at the gateway, with Envoy's flags (UF: the outside
+    service could not be connected to, UH: no instance) and the RBAC details for a caller an intention denies."""
+    agent, gw, ports = mesh["agent"], mesh["gw"], mesh["ports"]
+    log_path = Path(gw.log_path).parent / "tgw-access.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+
+    def lines(service: str) -> list[dict[str, Any]]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [x for x in map(json.loads, text.splitlines()) if x.get("upstream_service") == service
+                and "downstream_peer_uri_san" in x]  # the gateway's lines (web's sidecar logs to the same file)
+
+    try:
+        wait_for(lambda: "access logs: file" in gw.log(), 10, message="access logs on in the gateway")
+        assert curl(ports["ext"], "/logged")[0] == 200
+        wait_for(lambda: lines("ext"), 5, message="the connection's line")
+        line = lines("ext")[-1]
+        assert line["protocol"] == "TCP" and line["response_flags"] == "-"
+        assert line["upstream_host"] == f"127.0.0.1:{mesh['outside']['ext']}"
+        assert line["upstream_cluster"] == "ext.default.default.dc1"
+        assert line["downstream_peer_uri_san"].endswith("/svc/web") and line["bytes_received"] > 0
+        assert line["bytes_sent"] > len("/logged") and line["downstream_remote_address"].startswith("127.0.0.1:")
+        assert curl(ports["extbad"])[0] != 200 and curl(ports["extnone"])[0] != 200
+        wait_for(lambda: lines("extbad") and lines("extnone"), 5, message="the failed connections' lines")
+        assert lines("extbad")[-1]["response_flags"] == "UF" and lines("extnone")[-1]["response_flags"] == "UH"
+        status, _ = agent.put("/v1/connect/intentions/exact?source=web&destination=ext", {"Action": "deny"})
+        assert status == 200
+        wait_for(lambda: curl(ports["ext"])[0] != 200, 10, message="the deny to take effect at the gateway")
+        wait_for(lambda: lines("ext")[-1].get("response_code_details") == "rbac_access_denied_matched_policy[none]",
+                 5, message="the denied connection's line")
+        assert lines("ext")[-1]["bytes_sent"] == 0
+    finally:
+        agent.request("DELETE", "/v1/connect/intentions/exact?source=web&destination=ext")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_wildcard_links_every_service_and_one_registered_later(mesh: dict[str, Any]) -> None:
+    """Consul's `Services = [{ Name = "*" }]` (OSS: the default namespace): every typical service of the catalog
+    is linked, named ones keep their own settings; an outside service registered later is served at once."""
+    agent, gw, ports, pki = mesh["agent"], mesh["gw"], mesh["ports"], mesh["pki"]
+    entry = agent.get("/v1/config/terminating-gateway/tgw")[1]
+    named = [svc for svc in entry["Services"] if svc["Name"] != "extnone"]
+    assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw",
+                                    "Services": [*named, {"Name": "*"}]})[0] == 200
+    try:
+        assert curl(ports["extnone"])[0] != 200, "no instance of extnone yet: the wildcard does not link it"
+        assert agent.put("/v1/catalog/register", {
+            "Node": "outside-extnone", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
+            "Service": {"Service": "extnone", "Port": mesh["backends"].http("extnone")}})[0] == 200
+        wait_for(lambda: curl(ports["extnone"], "/late")[1], 15, message="extnone through the wildcard")
+        status, body = curl(ports["extnone"], "/late")
+        assert status == 200 and body["backend"] == "extnone" and body["path"] == "/late"
+        rows = {r["Service"]["Name"]: r for r in agent.get("/v1/catalog/gateway-services/tgw")[1]}
+        assert rows["extnone"]["FromWildcard"] and rows["web"]["FromWildcard"], "every typical service"
+        assert not rows["exts"]["FromWildcard"] and rows["exts"]["CAFile"] == pki["ca"], "named: its own settings"
+        assert "web-sidecar-proxy" not in rows and "tgw" not in rows, "proxies and gateways are not linked"
+        assert curl(ports["exts"])[0] == 200 and "exts.example.com" in mesh["sni"], "named: still TLS with SNI"
+        assert gw.admin("/stats")["Services"]["extnone"]["Connections"] >= 1
+    finally:
+        agent.put("/v1/catalog/deregister", {"Node": "outside-extnone"})
+        restored = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex", "Hash")}
+        assert agent.put("/v1/config", restored)[0] == 200
 
 
 @pytest.mark.parametrize(("service", "message"), [
