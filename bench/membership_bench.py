@@ -142,6 +142,7 @@ def _fp_figures(sim: Sim, n: int, seed: int, seconds: float, lifeguard: bool, ki
     return {"n": n, "seed": seed, "lifeguard": lifeguard, "seconds": seconds, "member_hours": member_hours,
             "kind": kind, "delay": delay, "length": length, "every": list(every),
             "incidents": len(st.false_incidents), "healthy_incidents": healthy, "slow_incidents": st.false_slow,
+            "healthy_seen_by_healthy": len(st.false_seen_by_healthy),
             "pairs": st.false_pairs, "per_member_hour": len(st.false_incidents) / member_hours,
             "healthy_per_member_hour": healthy / member_hours, "suspicions": st.suspicions,
             "refutes": st.refutes, "cpu_s": cpu, "cpu_per_member_s": cpu / (n * seconds)}
@@ -307,7 +308,8 @@ def main() -> int:
                            args.lag_length, progress=args.progress)
                 arms[arm].append(f)
                 print(f"  n={n} {args.slow_kind} {args.delay:g}s lifeguard={arm} seed={f['seed']}: "
-                      f"{f['incidents']} false incidents ({f['healthy_incidents']} of healthy members) "
+                      f"{f['incidents']} false incidents ({f['healthy_incidents']} of healthy members, "
+                      f"{f['healthy_seen_by_healthy']} of them declared by a member that was not slow) "
                       f"({f['pairs']} verdicts) in {f['member_hours']:.0f} member-hours, {f['suspicions']} "
                       f"suspicions, {f['refutes']} refutes; cpu {f['cpu_s']:.1f} s "
                       f"({f['cpu_per_member_s'] * 1e6:.1f} µs per member-second); load {load()}", flush=True)
@@ -319,6 +321,7 @@ def main() -> int:
                 "per_member_hour": statistics.median(x["per_member_hour"] for x in runs),
                 "incidents": sum(x["incidents"] for x in runs), "pairs": sum(x["pairs"] for x in runs),
                 "healthy_incidents": sum(x["healthy_incidents"] for x in runs),
+                "healthy_seen_by_healthy": sum(x.get("healthy_seen_by_healthy", 0) for x in runs),
                 "slow_incidents": sum(x["slow_incidents"] for x in runs),
                 "healthy_per_member_hour": statistics.median(x["healthy_per_member_hour"] for x in runs),
                 "kind": args.slow_kind, "delay": args.delay, "length": args.lag_length,

@@ -357,7 +357,11 @@ class Membership:
         seq = self._seq
         t = self.t
         node = rec.node
+        # Lifeguard (memberlist's probeNode): local health stretches the whole probe — its deadline for
+        # indirect acks and nacks and for the TCP ping — but not the wait for the direct ack (probe_timeout).
         interval = self.health.scale(t.probe_interval) if t.lifeguard else t.probe_interval
+        if interval > t.probe_interval:
+            self.count("probes_degraded")
         self.probe = _Probe(seq, node, now, now + interval)
         msgs = [c.ping(seq, node.name, self.name, self.addr, self.port)]
         if rec.state == SUSPECT and t.lifeguard:  # buddy system: tell it first
@@ -515,14 +519,19 @@ class Membership:
         elif rec.state == SUSPECT:
             self.events.append((RECOVERED, name, inc))
 
-    def _on_suspect(self, now: float, inc: int, name: str, frm: str) -> None:
+    def _on_suspect(self, now: float, inc: int, name: str, frm: str | None) -> None:
+        """A suspicion of `name` from `frm` (a suspect message, or our own failed probe), or from nobody
+        known (None: a push-pull record said suspect or dead). Only a named member's suspicion is gossiped
+        on and can confirm one we hold: a record heard in a push-pull is someone's accusation echoed, and
+        taking it as ours (memberlist's mergeState does) let a slow observer's own accusation, spread and
+        echoed back, confirm itself and pull its timeout down (docs/membership.md, "False positives")."""
         view = self.view
         rec = view.get(name)
         if rec is None or inc < rec.inc:
             return
         s = self.suspicions.get(name)
         if s is not None:
-            if s.confirm(frm):
+            if frm is not None and s.confirm(frm):
                 self._broadcast(now, name, c.suspect(inc, name, frm))
                 self.timers.append((max(now, s.deadline), T_SUSPICION, s))
             return
@@ -532,7 +541,10 @@ class Membership:
             self.count("refuted_suspect")
             self._refute(now, inc)
             return
-        self._broadcast(now, name, c.suspect(inc, name, frm))
+        if frm is None:
+            self.count("suspect_from_push_pull")
+        else:
+            self._broadcast(now, name, c.suspect(inc, name, frm))
         view.put(Rec(rec.node, inc, SUSPECT, now))
         t = self.t
         n = self.estimated_size()
@@ -830,11 +842,12 @@ class Membership:
 
     def _merge(self, now: float, records: list[list[Any]]) -> None:
         """Records from a push-pull, under the same rules as gossip (a peer's 'dead' is only a suspicion
-        here: we give the member its chance to refute)."""
+        here: we give the member its chance to refute). A suspect or dead record names no accuser: it
+        starts a suspicion here that nobody is counted for, and confirms none (see `_on_suspect`)."""
         for name, addr, port, tags, inc, state in records:
             if state == ALIVE:
                 self._on_alive(now, inc, name, addr, port, tags)
             elif state == LEFT:
                 self._on_dead(now, inc, name, name)
             else:
-                self._on_suspect(now, inc, name, self.name)
+                self._on_suspect(now, inc, name, None)

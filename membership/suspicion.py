@@ -4,6 +4,11 @@ A member suspected by one peer waits `hi` (suspicion_max_timeout_mult times the 
 is declared dead; each independent confirmation (a suspect message from another member) pulls the
 deadline in, reaching `lo` after `k` confirmations, on memberlist's logarithmic curve. With `k` of 0 (too
 few members to confirm, or Lifeguard off) the timeout is `lo` from the start.
+
+Only independent suspicions count (Lifeguard: "confirmations from independent members"): each member
+once, never the accuser. A suspicion learned from a push-pull record has no known accuser (`frm` None):
+the first member named afterwards is taken as the accuser, not as a confirmation — it is most likely the
+accuser's own gossip arriving after the record it caused.
 """
 
 from __future__ import annotations
@@ -25,22 +30,33 @@ class Suspicion:
 
     __slots__ = ("name", "k", "lo", "hi", "start", "deadline", "_from")
 
-    def __init__(self, name: str, frm: str, k: int, lo: float, hi: float, start: float) -> None:
+    def __init__(self, name: str, frm: str | None, k: int, lo: float, hi: float, start: float) -> None:
         self.name = name
         self.k = k
         self.lo = lo
         self.hi = hi
         self.start = start
-        self._from = {frm}  # the accuser and every confirmer: each counts once
+        self._from = {frm} if frm is not None else set()  # the accuser and every confirmer: each counts once
         self.deadline = start + timeout_after(0, k, lo, hi)
 
     @property
     def confirmations(self) -> int:
-        return len(self._from) - 1
+        return max(0, len(self._from) - 1)
+
+    @property
+    def accusers(self) -> frozenset[str]:
+        """The accuser and the members that confirmed (for logs and tests)."""
+        return frozenset(self._from)
 
     def confirm(self, frm: str) -> bool:
-        """An independent suspicion from `frm`: True if it counted (the deadline may have moved in)."""
-        if self.confirmations >= self.k or frm in self._from:
+        """A suspicion from `frm`: True if it was news (the accuser of a suspicion learned without one, or
+        an independent confirmation, which may move the deadline in)."""
+        if frm in self._from:
+            return False
+        if not self._from:  # learned from a push-pull: this is the accuser, heard late
+            self._from.add(frm)
+            return True
+        if self.confirmations >= self.k:
             return False
         self._from.add(frm)
         self.deadline = self.start + timeout_after(self.confirmations, self.k, self.lo, self.hi)

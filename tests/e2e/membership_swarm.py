@@ -1,6 +1,7 @@
 """Lightweight LAN members for the end-to-end membership test: N gossip pools (the agent's own
 `LANGossip`, nothing else) in one process, joined through one address. Every membership event is
-printed as a JSON line `[observer, kind, member]`; SIGTERM makes every pool leave gracefully.
+printed as a JSON line `[observer, kind, member, monotonic seconds]`; SIGTERM makes every pool leave
+gracefully.
 
     python membership_swarm.py --join 127.0.0.1:8301 --prefix w --count 17
 """
@@ -13,6 +14,7 @@ import json
 import random
 import signal
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -31,7 +33,7 @@ async def main() -> int:
     def printer(observer: str) -> Any:
         def on_event(kind: str, name: str, detail: Any) -> None:
             if kind not in ("rtt", "unreached"):  # per probe: too many to print
-                print(json.dumps([observer, kind, name]), flush=True)
+                print(json.dumps([observer, kind, name, round(time.monotonic(), 3)]), flush=True)
         return on_event
 
     for i in range(args.count):

@@ -340,6 +340,91 @@ def test_suspicion_confirmations_bring_the_deadline_in_unless_lifeguard_is_off()
         assert m.view.get("m5").state == DEAD and m.events[-1][:2] == (k.FAILED, "m5")
 
 
+def _pool_of(n: int, timings: Timings = LAN) -> Membership:
+    m = core(0, timings)
+    m.running = True
+    for i in range(1, n):
+        m.on_packet(0.0, packet(c.alive(0, f"m{i}", "127.0.0.1", 9000 + i, {})))
+    m.queue = type(m.queue)()  # forget the join news: only what follows is looked at
+    return m
+
+
+def _push_pull_records(m: Membership, now: float, *records: list[Any]) -> None:
+    m.on_stream(now, m.codec.body(c.pp_records(list(records), [])))
+
+
+def _gossiped_suspects(m: Membership) -> list[list[Any]]:
+    return [msg for msg in (msgpack.unpackb(b) for b in m.queue.take(1 << 20, 99)) if msg[0] == c.SUSPECT]
+
+
+def test_a_suspect_record_from_a_push_pull_is_nobodys_confirmation_and_not_gossiped_as_ours() -> None:
+    """The slow-observer false positives at 1,000 members (docs/membership.md): a slow observer's
+    accusation, echoed back through push-pulls, must not confirm itself. A push-pull record names no
+    accuser, so it neither confirms a suspicion we hold nor goes out as a suspicion from us (memberlist's
+    mergeState does both: it takes the record as a suspicion from the receiver)."""
+    n = 10
+    m = _pool_of(n)
+    m.on_packet(10.0, packet(c.suspect(0, "m5", "m1")))  # the (slow) accuser
+    s = m.suspicions["m5"]
+    deadline = s.deadline
+    assert deadline == pytest.approx(10.0 + LAN.suspicion_max(n))
+    for t in (11.0, 12.0):  # the same accusation, echoed back in push-pulls: still unconfirmed
+        _push_pull_records(m, t, ["m5", "127.0.0.1", 9005, {}, 0, SUSPECT], ["m5", "127.0.0.1", 9005, {}, 0, DEAD])
+    assert s.confirmations == 0 and s.deadline == deadline
+    assert [x[3] for x in _gossiped_suspects(m)] == ["m1"]  # only the accuser's own message goes on
+    m.on_packet(13.0, packet(c.suspect(0, "m5", "m2")))  # an independent suspicion counts
+    assert s.confirmations == 1 and s.deadline < deadline
+
+    # Learned first from a push-pull: a suspicion with no accuser, not gossiped; the first member named
+    # afterwards is the accuser (its own gossip, arriving after the record it caused), the next confirms.
+    m = _pool_of(n)
+    _push_pull_records(m, 10.0, ["m5", "127.0.0.1", 9005, {}, 0, SUSPECT])
+    s = m.suspicions["m5"]
+    assert m.view.get("m5").state == SUSPECT and s.deadline == pytest.approx(10.0 + LAN.suspicion_max(n))
+    assert not _gossiped_suspects(m) and m.stats["suspect_from_push_pull"] == 1
+    m.on_packet(11.0, packet(c.suspect(0, "m5", "m1")))
+    assert s.confirmations == 0 and s.accusers == {"m1"}
+    assert [x[3] for x in _gossiped_suspects(m)] == ["m1"]  # the named accusation is relayed
+    m.on_packet(12.0, packet(c.suspect(0, "m5", "m2")))
+    assert s.confirmations == 1 and s.deadline < 10.0 + LAN.suspicion_max(n)
+
+    # Our own failed probe of a member we hold as suspect is an independent suspicion: it counts.
+    m = _pool_of(n)
+    m.on_packet(10.0, packet(c.suspect(0, "m5", "m1")))
+    m._on_suspect(11.0, 0, "m5", m.name)
+    assert m.suspicions["m5"].confirmations == 1
+
+
+def test_a_dead_message_about_an_older_incarnation_is_ignored_after_the_refutation() -> None:
+    """A slow observer reads the refutation after its timer fired and declares the member dead at the
+    incarnation it suspected: everyone who has the refutation ignores that dead message."""
+    m = _pool_of(5)
+    m.on_packet(1.0, packet(c.suspect(0, "m3", "m1")))
+    m.on_packet(1.5, packet(c.alive(1, "m3", "127.0.0.1", 9003, {})))  # refuted
+    m.on_packet(20.0, packet(c.dead(0, "m3", "m1")))
+    assert m.view.get("m3").state == ALIVE and m.view.get("m3").inc == 1
+    assert not [e for e in m.events if e[0] == k.FAILED]
+    m.on_packet(21.0, packet(c.dead(1, "m3", "m1")))  # about the current incarnation: believed
+    assert m.view.get("m3").state == DEAD
+
+
+def test_local_health_stretches_the_probe_deadline_not_the_direct_ack_timeout() -> None:
+    """memberlist's probeNode: probeInterval := awareness.ScaleTimeout(ProbeInterval) is the deadline of
+    the whole probe (the ack handler, the indirect acks and nacks, the TCP ping's deadline); the wait for
+    the direct ack is ProbeTimeout, unscaled. Plain SWIM (no Lifeguard) scales nothing."""
+    for timings, mult in ((LAN, 4), (LAN.plain_swim(), 1)):
+        m = _pool_of(6, timings)
+        m.health.apply(3)
+        m.on_timer(0.0, k.T_PROBE, m._tick_gen)
+        p = m.probe
+        assert p is not None and p.deadline == pytest.approx(mult * timings.probe_interval)
+        assert (timings.probe_timeout, k.T_PROBE_TIMEOUT, p.seq) in m.timers
+        m.on_timer(timings.probe_timeout, k.T_PROBE_TIMEOUT, p.seq)
+        assert (p.deadline, k.T_PROBE_DEADLINE, p.seq) in m.timers
+        assert [s[4] for s in m.streams if s[0] == k.S_PING] == [p.deadline]
+        assert m.stats.get("probes_degraded", 0) == (1 if mult > 1 else 0)
+
+
 # ---------------------------------------------------------------------------------------- dissemination
 def test_news_fills_datagrams_to_the_buffer_size_and_is_sent_a_limited_number_of_times() -> None:
     net = Net(5)
