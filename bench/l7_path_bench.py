@@ -30,19 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shop_chain import chain_entries
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 04 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\n"
             b"Content-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
-ENTRIES = [
-    *({"Kind": "service-defaults", "Name": n, "Protocol": "http"} for n in ("shop", "shop-admin")),
-    {"Kind": "service-resolver", "Name": "shop", "Subsets": {
-        "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}},
-    {"Kind": "service-splitter", "Name": "shop", "Splits": [{"Weight": 80, "ServiceSubset": "v1"},
-                                                            {"Weight": 20, "ServiceSubset": "v2"}]},
-    {"Kind": "service-router", "Name": "shop", "Routes": [
-        {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": "shop-admin"}},
-        {"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}}, "Destination": {"ServiceSubset": "v2"}}]},
-]
+ENTRIES = chain_entries("http")
 ARMS = ("plain", "log", "trace100", "log+trace100")
 
 

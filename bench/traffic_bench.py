@@ -51,6 +51,7 @@ from common import (
     wait_for,
 )
 from proxy_bench import _curl, _pair, measure, nginx, pems
+from shop_chain import chain_entries
 
 
 class ChainArm:
@@ -66,17 +67,8 @@ class ChainArm:
         self.log_path = tmp / f"access{label}.log"
         kw = {"env": {**os.environ, **env}} if env else {}
         a = self.agent
-        entries = [{"Kind": "service-defaults", "Name": n, "Protocol": protocol} for n in ("shop", "shop-admin")]
-        for e in entries + [
-            {"Kind": "service-resolver", "Name": "shop", "Subsets": {
-                "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}},
-            {"Kind": "service-splitter", "Name": "shop", "Splits": [{"Weight": 80, "ServiceSubset": "v1"},
-                                                                    {"Weight": 20, "ServiceSubset": "v2"}]},
-            {"Kind": "service-router", "Name": "shop", "Routes": [
-                {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": "shop-admin"}},
-                {"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
-                 "Destination": {"ServiceSubset": "v2"}}]},
-        ] * chain:
+        entries = chain_entries(protocol)
+        for e in entries[:2] + entries[2:] * chain:
             assert a.put("/v1/config", e)[0] == 200, e
         ids = []
         for v in ("v1", "v2"):
