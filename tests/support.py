@@ -283,10 +283,16 @@ class ServerCluster:
             self.servers.append(a)
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start every server and wait for each to know a leader; if one does not, stop them all (a test
+        that calls this before its own try/finally would otherwise leave them running)."""
         for a in self.servers:
             a.start_background()
-        for a in self.servers:
-            a.wait_ready(timeout)
+        try:
+            for a in self.servers:
+                a.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         for a in self.servers:
