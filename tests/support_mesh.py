@@ -165,6 +165,15 @@ class ProxyProcess:
             self.proc.wait(5)
 
 
+class GatewayProcess(ProxyProcess):
+    """`proconsul connect gateway -KIND -service NAME -register -address ADDRESS` (ingress or terminating)."""
+
+    def __init__(self, agent: AgentProcess, workdir: Path, kind: str, name: str, address: str) -> None:
+        super().__init__(agent, workdir, proxy_id=name)
+        self.command = "gateway"
+        self.args = [f"-{kind}", "-service", name, "-register", "-address", address]
+
+
 def sidecar_with_metrics(agent: AgentProcess, workdir: Path, name: str, port: int,
                          upstreams: dict[str, int] | None = None, service_id: str = "") -> ProxyProcess:
     """Register `name` (on `port`) with a sidecar whose admin listener is named in its registration
@@ -176,6 +185,16 @@ def sidecar_with_metrics(agent: AgentProcess, workdir: Path, name: str, port: in
             "Config": {"envoy_prometheus_bind_addr": f"127.0.0.1:{admin}"}}}}})
     assert status == 200, body
     return ProxyProcess(agent, workdir, sidecar_for=sid, registered_admin_port=admin).start()
+
+
+def mesh_service(agent: AgentProcess, workdir: Path, name: str, port: int, protocol: str = "") -> ProxyProcess:
+    """Register `name` (on `port`) with a default sidecar (and, given `protocol`, its service-defaults
+    Protocol), and run that sidecar."""
+    if protocol:
+        assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": protocol})[0] == 200
+    assert agent.put("/v1/agent/service/register", {"Name": name, "Port": port,
+                                                    "Connect": {"SidecarService": {}}})[0] == 200
+    return ProxyProcess(agent, workdir, sidecar_for=name).start()
 
 
 def passing_instances(agent: AgentProcess, service: str) -> int:

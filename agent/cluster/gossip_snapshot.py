@@ -100,7 +100,8 @@ class SnapshotFile:
         self.path = path
         self.compact_min = compact_min
         self.state = Remembered()
-        self._size = 0
+        self._size = 0  # bytes in the file
+        self._live = 0  # bytes of its alive lines in compact form (kept as they change: no render per append)
         self._file: TextIO | None = None
 
     def load(self) -> Remembered:
@@ -119,12 +120,17 @@ class SnapshotFile:
         return remembered
 
     def alive(self, name: str, addr: str) -> None:
-        if self.state.alive.get(name) != addr:
+        old = self.state.alive.get(name)
+        if old != addr:
             self.state.alive[name] = addr
-            self._append(f"alive: {name} {addr}")
+            line = f"alive: {name} {addr}"
+            self._live += len(line) + 1 - (len(f"alive: {name} {old}\n") if old is not None else 0)
+            self._append(line)
 
     def gone(self, name: str) -> None:
-        if self.state.alive.pop(name, None) is not None:
+        old = self.state.alive.pop(name, None)
+        if old is not None:
+            self._live -= len(f"alive: {name} {old}\n")
             self._append(f"not-alive: {name}")
 
     def event_clock(self, ltime: int) -> None:
@@ -155,7 +161,7 @@ class SnapshotFile:
         except OSError:
             return  # a full disk costs us the rejoin list, never the pool
         self._size += len(data)
-        if self._size > max(self.compact_min, COMPACT_FACTOR * len(render(self.state))):
+        if self._size > max(self.compact_min, COMPACT_FACTOR * (self._live + 64)):  # 64: the clock and leave lines
             try:
                 self._rewrite()
             except OSError:
@@ -172,3 +178,4 @@ class SnapshotFile:
         os.replace(tmp, self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # kept open for appends
         self._size = len(text)
+        self._live = sum(len(f"alive: {name} {addr}\n") for name, addr in self.state.alive.items())

@@ -8,6 +8,7 @@ callback, so a change in the catalog reaches the proxy within one round trip; er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -132,3 +133,22 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         pass
+
+
+async def wait_registered(api: AgentAPI, service_id: str, stop: asyncio.Event, waiting: str,
+                          logger: logging.Logger = log) -> dict[str, Any] | None:
+    """The agent's registration of `service_id` (`/v1/agent/service/:id`), asked for every second until it
+    exists; `waiting` is logged once meanwhile. None when `stop` is set first."""
+    said = False
+    while not stop.is_set():
+        try:
+            return await api.service(service_id)
+        except AgentAPIError as e:
+            if e.status != 404:
+                raise
+        if not said:
+            logger.warning("%s", waiting)
+            said = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    return None

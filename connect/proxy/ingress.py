@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from proconsul.connect.proxy import listeners
-from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
+from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError, wait_registered
 from proconsul.connect.proxy.config import ProxyConfig, ProxyConfigError, Upstream
 from proconsul.connect.proxy.gateway import (
     IngressListener,
@@ -103,18 +103,11 @@ class IngressGateway(Proxy):
     # ------------------------------------------------------------------ configuration
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
         """Wait for the gateway's registration and its config entry (either may come later)."""
-        said_reg = said_entry = False
+        said_entry = False
+        waiting = (f"ingress gateway {self.proxy_id!r} is not registered with the agent yet; waiting for it (start "
+                   "with -register, or register a service with Kind \"ingress-gateway\")")
         while not stop.is_set():
-            try:
-                reg = await self.api.service(self.proxy_id)
-            except AgentAPIError as e:
-                if e.status != 404:
-                    raise
-                if not said_reg:
-                    log.warning("ingress gateway %r is not registered with the agent yet; waiting for it (start "
-                                "with -register, or register a service with Kind \"ingress-gateway\")", self.proxy_id)
-                    said_reg = True
-                reg = None
+            reg = await wait_registered(self.api, self.proxy_id, stop, waiting)
             if reg is not None:
                 entry = await self._config_entry("ingress-gateway", str(reg.get("Service") or self.proxy_id))
                 if entry is not None:

@@ -11,7 +11,6 @@ allow, a health change replaces an upstream's instance set. An admin listener se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -25,7 +24,7 @@ from aiohttp import web
 from proconsul.connect.proxy import h2relay, http, listeners
 from proconsul.connect.proxy.addresses import mesh_gateway_address
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
-from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
+from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError, wait_registered
 from proconsul.connect.proxy.authz import IntentionPolicy
 from proconsul.connect.proxy.balancer import Instance
 from proconsul.connect.proxy.config import (
@@ -130,24 +129,15 @@ class Proxy:
     # ------------------------------------------------------------------ start-up
     async def _registration(self, stop: asyncio.Event) -> ProxyConfig | None:
         """Wait for this proxy's registration (the agent may still be registering it)."""
-        said = False
-        while not stop.is_set():
-            try:
-                body = await self.api.service(self.proxy_id)
-                cfg = from_registration(body)
-                if self.admin_port is None:
-                    self._admin_where = admin_address(body)
-                return cfg
-            except AgentAPIError as e:
-                if e.status != 404:
-                    raise
-                if not said:
-                    log.warning("proxy %r is not registered with the agent yet; waiting for it (register the "
-                                "service with a sidecar_service, or a Kind connect-proxy service)", self.proxy_id)
-                    said = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-        return None
+        body = await wait_registered(self.api, self.proxy_id, stop,
+                                     f"proxy {self.proxy_id!r} is not registered with the agent yet; waiting for it "
+                                     "(register the service with a sidecar_service, or a Kind connect-proxy service)")
+        if body is None:
+            return None
+        cfg = from_registration(body)
+        if self.admin_port is None:
+            self._admin_where = admin_address(body)
+        return cfg
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop

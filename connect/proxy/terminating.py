@@ -23,7 +23,6 @@ turns to deny closes the connections it no longer allows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -32,7 +31,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from proconsul.connect.proxy.agent_api import AgentAPI
+from proconsul.connect.proxy.agent_api import AgentAPI, wait_registered
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
@@ -215,22 +214,14 @@ class TerminatingGateway:
             self.access.close()
 
     async def _wait_registered(self, stop: asyncio.Event) -> None:
-        said = False
-        while not stop.is_set():
-            services = await self.api.services()
-            reg = services.get(self.service_id)
-            if reg is not None:
-                if reg.get("Kind") != "terminating-gateway":
-                    raise ProxyError(f"service {self.service_id!r} is not a terminating gateway (Kind "
-                                           f"{reg.get('Kind')!r})")
-                self.service = str(reg.get("Service") or self.service_id)
-                return
-            if not said:
-                log.warning("terminating gateway %r is not registered with the agent yet; waiting for it (start "
-                            "with -register)", self.service_id)
-                said = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+        reg = await wait_registered(self.api, self.service_id, stop,
+                                    f"terminating gateway {self.service_id!r} is not registered with the agent yet; "
+                                    "waiting for it (start with -register)", log)
+        if reg is None:
+            return
+        if reg.get("Kind") != "terminating-gateway":
+            raise ProxyError(f"service {self.service_id!r} is not a terminating gateway (Kind {reg.get('Kind')!r})")
+        self.service = str(reg.get("Service") or self.service_id)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

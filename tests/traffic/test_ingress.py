@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, ProxyProcess, exchange, wait_passing
+from support_mesh import Backends, GatewayProcess, ProxyProcess, exchange, mesh_service, wait_passing
 
 pytestmark = pytest.mark.xdist_group("traffic-ingress")
 
@@ -26,13 +26,6 @@ def curl(port: int, host: str, path: str = "/") -> tuple[int, Any]:
         return int(code or 0), body
 
 
-class Gateway(ProxyProcess):
-    def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
-        super().__init__(agent, workdir, proxy_id=name)
-        self.command = "gateway"
-        self.args = ["-ingress", "-service", name, "-register", "-address", address]
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("ingress")
@@ -41,17 +34,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     try:
         agent.start()
         for name in ("web", "api"):
-            assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": "http"})[0] == 200
-            assert agent.put("/v1/agent/service/register", {"Name": name, "Port": backends.http(name),
-                                                            "Connect": {"SidecarService": {}}})[0] == 200
-        assert agent.put("/v1/agent/service/register", {"Name": "db", "Port": backends.tcp_echo(),
-                                                        "Connect": {"SidecarService": {}}})[0] == 200
-        for sid in ("web", "api", "db"):
-            procs.append(ProxyProcess(agent, tmp, sidecar_for=sid).start())
+            procs.append(mesh_service(agent, tmp, name, backends.http(name), "http"))
+        procs.append(mesh_service(agent, tmp, "db", backends.tcp_echo()))
         for sid in ("web", "api", "db"):
             wait_passing(agent, sid)
         http_port, tcp_port = free_port(), free_port()
-        gw = Gateway(agent, tmp, "ig", "127.0.0.1:8443")
+        gw = GatewayProcess(agent, tmp, "ingress", "ig", "127.0.0.1:8443")
         gw.log_path.parent.mkdir(parents=True, exist_ok=True)
         proc_start = gw.start
         import threading

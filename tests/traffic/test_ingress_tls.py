@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, ProxyProcess, wait_passing
+from support_mesh import Backends, ProxyProcess, mesh_service, wait_passing
 
 pytestmark = pytest.mark.xdist_group("traffic-ingress-tls")
 
@@ -48,10 +48,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     try:
         agent.start()
         for name in ("web", "api"):
-            assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": "http"})[0] == 200
-            assert agent.put("/v1/agent/service/register", {"Name": name, "Port": backends.http(name),
-                                                            "Connect": {"SidecarService": {}}})[0] == 200
-            procs.append(ProxyProcess(agent, tmp, sidecar_for=name).start())
+            procs.append(mesh_service(agent, tmp, name, backends.http(name), "http"))
             wait_passing(agent, name)
         http, strict = free_port(), free_port()
         status, body = agent.put("/v1/config", entry(http, strict, ["web.example.com"]))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from support import AgentProcess, free_port, wait_for
-from support_mesh import Backends, ProxyProcess, wait_passing
+from support_mesh import Backends, GatewayProcess, ProxyProcess, wait_passing
 
 pytestmark = pytest.mark.xdist_group("traffic-terminating")
 
@@ -47,13 +47,6 @@ def curl(port: int, path: str = "/") -> tuple[int, Any]:
         return int(code), json.loads(body)
     except ValueError:
         return int(code or 0), body
-
-
-class TerminatingGatewayProcess(ProxyProcess):
-    def __init__(self, agent: AgentProcess, workdir: Path, name: str, address: str) -> None:
-        super().__init__(agent, workdir, proxy_id=name)
-        self.command = "gateway"
-        self.args = ["-terminating", "-service", name, "-register", "-address", address]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +87,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             {"Name": "extm", "CAFile": pki["ca"], "CertFile": pki["client"], "KeyFile": pki["client-key"]},
             {"Name": "extbad", "CAFile": pki["other-ca"]}, {"Name": "extnone"}]})
         assert status == 200, body
-        gw = TerminatingGatewayProcess(agent, tmp, "tgw", f"127.0.0.1:{free_port()}").start()
+        gw = GatewayProcess(agent, tmp, "terminating", "tgw", f"127.0.0.1:{free_port()}").start()
         procs.append(gw)
         wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
         yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki,
