@@ -500,6 +500,10 @@ class StateStore:
         out.sort(key=lambda x: (x["Node"], x["CheckID"]))
         return self.service_index(lname), out
 
+    def nodes_with_check(self, check_id: str) -> list[str]:
+        """The names of the nodes that have a check of this ID (the leader's reap looks for `serfHealth`)."""
+        return sorted(checks[check_id]["Node"] for checks in self._checks.values() if check_id in checks)
+
     def checks_in_state(self, state: str) -> tuple[int, list[dict[str, Any]]]:
         out = [chk for checks in self._checks.values() for chk in checks.values()
                if state == "any" or chk["Status"] == state]

@@ -37,7 +37,7 @@ from proconsul.agent.cluster.host import ClusterHost
 from proconsul.agent.cluster.keyring import GossipKeys, Target
 from proconsul.agent.cluster.lan import LANGossip, lan_timings
 from proconsul.agent.cluster.membership import STATUS_CODES, Member
-from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
+from proconsul.agent.cluster.reconcile import SERF_CHECK_ID, catalog_plan, raft_plan, reaped_plan
 from proconsul.agent.cluster.replication import TableReplicator
 from proconsul.agent.cluster.rpc import (
     MUX_RAFT,
@@ -70,6 +70,9 @@ from proconsul.membership.view import SUSPECT as REC_SUSPECT
 log = logging.getLogger("proconsul.cluster")
 
 RECONCILE_INTERVAL = 5.0
+# A node the pool does not know is reaped only after this long up: a restarted server re-joins the members it
+# knew (its gossip snapshot) and learns the rest by push-pull first. A dev agent keeps no catalog across runs.
+REAP_GRACE = 30.0
 FORWARD_TIMEOUT_SLACK = 30.0  # an RPC waits the query's own wait plus this much
 
 
@@ -158,6 +161,7 @@ class Cluster:
         self._reconcile_wanted = asyncio.Event()
         self.leading = asyncio.Event()  # set while this server is the leader
         self._bootstrapped = False
+        self._reap_from = time.monotonic() + (0.0 if cfg.dev else REAP_GRACE)
         self.autopilot: AutopilotDriver | None = None
         if host.server is not None:
             self.autopilot = AutopilotDriver(host.server.store, cfg.autopilot, self.members.members, cfg.node_id,
@@ -747,6 +751,12 @@ class Cluster:
                 log.info("member %s left: deregistering its node", cmd.node)
             elif cmd.checks and cmd.checks[0]["Status"] == CRITICAL:
                 log.warning("member %s is failed: marking its serfHealth critical", cmd.node["Node"])
+            await server.apply(cmd)
+        reaped = (reaped_plan(members, store.nodes_with_check(SERF_CHECK_ID), self.config.node_name)
+                  if time.monotonic() >= self._reap_from else [])
+        for cmd in reaped:
+            log.info("node %s has serfHealth but is no member of the LAN pool (reaped): deregistering it",
+                     cmd.node)
             await server.apply(cmd)
         for change in raft_plan(members, {s.id for s in self.raft.configuration()}, self.raft.id,
                                 self.config.datacenter):

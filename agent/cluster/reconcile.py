@@ -2,7 +2,8 @@
 to agree with the LAN pool. No I/O — `Cluster.reconcile` applies the plan through Raft.
 
 Consul's rules: an alive member is a catalog node with a passing `serfHealth` check; a failed one
-keeps its node with `serfHealth` critical; a member that left is deregistered. Servers carry the
+keeps its node with `serfHealth` critical; a member that left is deregistered, and so is a node with
+`serfHealth` whose member the pool no longer knows (reaped after `reconnect_timeout`). Servers carry the
 `consul` service. An alive server of our datacenter missing from the Raft configuration is added as
 a voter; a server that left is removed (never the leader itself).
 """
@@ -60,6 +61,15 @@ def catalog_plan(members: list[tuple[Member, str]], lookup: NodeLookup, datacent
     return plan
 
 
+def reaped_plan(members: list[tuple[Member, str]], serf_nodes: list[str], me: str) -> list[c.Command]:
+    """Consul's reconcileReaped: a catalog node with a `serfHealth` check whose member the pool no longer
+    knows at all (reaped after `reconnect_timeout`, or a leave that never reached us) is deregistered.
+    Nodes without `serfHealth` (registered through the catalog API) are not the pool's to remove."""
+    known = {m.name.lower() for m, _ in members}
+    return [c.Deregister(node=name) for name in serf_nodes
+            if name.lower() not in known and name.lower() != me.lower()]
+
+
 def raft_plan(members: list[tuple[Member, str]], configuration: set[str], my_id: str,
               datacenter: str) -> list[RaftChange]:
     """Servers to add (alive, not configured) and to remove (left, configured, not us)."""
@@ -77,4 +87,4 @@ def raft_plan(members: list[tuple[Member, str]], configuration: set[str], my_id:
     return plan
 
 
-__all__ = ["RaftChange", "catalog_plan", "raft_plan"]
+__all__ = ["RaftChange", "catalog_plan", "raft_plan", "reaped_plan"]

@@ -244,3 +244,20 @@ def test_txn_catalog_operations(agent: AgentProcess) -> None:
     assert status == 400 and "Txn[0].Service.Service.Port must be a non-negative number" in text
     status, out = agent.put("/v1/txn", [{"Service": {"Verb": "delete", "Node": "ext", "Service": {"ID": "db-1"}}}])
     assert status == 200 and agent.get("/v1/health/service/db")[1] == []
+
+
+def test_a_node_with_serf_health_that_no_member_has_is_reaped_and_an_external_node_kept(agent: AgentProcess) -> None:
+    # Consul's reconcileReaped: serfHealth is the pool's check, so a node carrying it that the pool does not
+    # know (reaped after reconnect_timeout) is deregistered by the leader; a node without it is the catalog API's.
+    ghost = {"Node": "reap-ghost", "Address": "10.9.9.9",
+             "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing"}}
+    external = {"Node": "reap-external", "Address": "10.9.9.8", "Service": {"Service": "reap-ext", "Port": 1}}
+    assert agent.put("/v1/catalog/register", ghost)[0] == 200
+    assert agent.put("/v1/catalog/register", external)[0] == 200
+
+    def nodes() -> set[str]:
+        return {n["Node"] for n in agent.get("/v1/catalog/nodes")[1]}
+
+    wait_for(lambda: "reap-ghost" not in nodes(), timeout=20.0, message="the leader reaps reap-ghost")
+    assert {"reap-external", "dev"} <= nodes()
+    agent.put("/v1/catalog/deregister", {"Node": "reap-external"})

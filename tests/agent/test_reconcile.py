@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proconsul.agent.cluster.membership import ALIVE, FAILED, LEFT, Member
-from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan
+from proconsul.agent.cluster.reconcile import catalog_plan, raft_plan, reaped_plan
 from proconsul.catalog import commands as c
 
 
@@ -56,3 +56,10 @@ def test_raft_plan_adds_alive_servers_and_removes_servers_that_left_but_never_it
     plan = raft_plan(members, {"id-s1", "id-s3", "id-s4", "id-me"}, "id-me", "dc1")
     assert [(ch.action, ch.server_id) for ch in plan] == [("add_nonvoter", "id-s2"), ("remove", "id-s3")]
     assert plan[0].address == "10.0.0.1:8300"
+
+
+def test_nodes_with_serf_health_that_the_pool_does_not_know_are_reaped_but_never_the_leader() -> None:
+    members = [(member("web-1"), ALIVE), (member("Gone-Failed"), FAILED), (member("left"), LEFT)]
+    plan = reaped_plan(members, ["gone-failed", "left", "me", "reaped-1", "web-1"], "Me")
+    assert plan == [c.Deregister(node="reaped-1")]  # names compare case-insensitively, as the catalog's
+    assert reaped_plan(members, [], "me") == []
