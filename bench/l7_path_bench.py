@@ -6,7 +6,7 @@ the proxy's request path in-process instead — the client side (`UpstreamFront`
 with router and 80/20 splitter, pick, pooled connection, re-framing) and the server side (`InboundFront`:
 parse, XFCC, to the application) — with transports that only keep what is written, and feeds each request
 and its response straight through: what is left is the Python work per request, with access logs and/or
-tracing (spans encoded as the exporter would) on or off. TLS, the kernel and the event loop are not in it.
+tracing (at 100% or 1% sampling; spans encoded as the exporter would) on or off. TLS, the kernel and the event loop are not in it.
 
 Each checkout runs in its own process (its code loaded as `proconsul` from that tree, see
 common.tree_env), arms alternated A B A B, `--rounds` rounds (in each, every arm three times, its least CPU kept),
@@ -36,7 +36,7 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 04 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\n"
             b"Content-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
 ENTRIES = chain_entries("http")
-ARMS = ("plain", "log", "trace100", "log+trace100")
+ARMS = ("plain", "log", "trace100", "trace1", "log+trace100")
 
 
 class Sink:
@@ -83,7 +83,8 @@ def _runtime(service: str, upstreams: tuple[Any, ...], arm: str, log_path: str) 
     if "log" in arm:
         rt.access_log = AccessLog({"Enabled": True, "Type": "file", "Path": log_path})
     if "trace" in arm:
-        rt.tracer = Tracer(service, TracingSettings("http://127.0.0.1:1/v1/traces", 100.0), rt.rng)
+        pct = 100.0 if "trace100" in arm else 1.0
+        rt.tracer = Tracer(service, TracingSettings("http://127.0.0.1:1/v1/traces", pct), rt.rng)
     return rt
 
 

@@ -3,8 +3,12 @@ connection (L4), JSON with Envoy's field names by default, or the user's JSONFor
 with Envoy's command operators (`%START_TIME%`, `%REQ(:METHOD)%`, `%RESPONSE_CODE%`, …).
 
 Lines go to stdout, stderr or a file (`Type`, `Path`), gathered and written at most every
-FLUSH_EVERY seconds or BUFFER_MAX bytes, so a busy proxy does one write per batch. A path that
-cannot be written is logged once and logging stops; traffic is never affected.
+FLUSH_EVERY seconds or BUFFER_MAX bytes (PENDING_MAX HTTP requests), so a busy proxy does one write per
+batch; a proxy that crashes loses at most the last FLUSH_EVERY seconds of lines. An HTTP request's line
+in the default format is not even formatted in the request's path: its fields are kept (`later`) and the
+batch's lines made in one loop when it is written, the fields its connection decides formatted once per
+connection, route and instance. A path that cannot be written is logged once and logging stops; traffic
+is never affected.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, TextIO
 log = logging.getLogger("proconsul.proxy")
 FLUSH_EVERY = 0.25
 BUFFER_MAX = 64 * 1024
+PENDING_MAX = 256  # HTTP requests whose lines are made at the next flush (`AccessLog.later`)
 DEFAULT_FIELDS = ("start_time", "route_name", "method", "path", "protocol", "response_code", "response_flags",
                   "response_code_details", "bytes_received", "bytes_sent", "duration", "user_agent", "request_id",
                   "authority", "x_forwarded_for", "upstream_host", "upstream_cluster", "upstream_service",
@@ -53,21 +58,51 @@ class _Clock:
     """ISO 8601 UTC with milliseconds, Envoy's START_TIME; the seconds part is formatted once per second
     (datetime formatting costs ~10 µs a call, more than the rest of a log line)."""
 
-    __slots__ = ("second", "prefix")
+    __slots__ = ("second", "prefix", "ms", "last")
 
     def __init__(self) -> None:
         self.second = -1
         self.prefix = ""
+        self.ms = -1
+        self.last = ""
 
     def iso(self, t: float) -> str:
         sec = int(t)
+        ms = int((t - sec) * 1000)
+        if ms == self.ms and sec == self.second:  # a busy proxy logs many requests a millisecond
+            return self.last
         if sec != self.second:
             self.second = sec
             self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self.prefix}.{int((t - sec) * 1000):03d}Z"
+        self.ms = ms
+        self.last = f"{self.prefix}.{ms:03d}Z"
+        return self.last
 
 
 _iso = _Clock().iso
+# The fields a connection decides (the route and split it took, where it went, who called): formatted once
+_FIXED_TAIL = DEFAULT_FIELDS[DEFAULT_FIELDS.index("upstream_host"):]
+_HEAD_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+_OUTCOME: dict[tuple[str, str], str] = {}
+_FROM_HEADER_TEXT: dict[tuple[tuple[str, bytes], ...], str] = {}
+
+
+def _fields(rec: dict[str, Any], names: Any) -> str:
+    """The default line's text of the fields `names` (in that order) that `rec` has: `,"name":value` each,
+    left out as in `AccessLog.format` when None or an empty string."""
+    out = []
+    for k in names:
+        v = rec.get(k)
+        if v is None or v == "":
+            continue
+        out.append(_KEYS[k] + (_quote(v) if v.__class__ is str else str(v)))
+    return "," + ",".join(out) if out else ""
+
+
+def fixed_fields(rec: dict[str, Any]) -> tuple[str, str]:
+    """A connection's fields (`route_name`, and `upstream_host` … `grpc_status`) as `later` writes
+    them: made once per connection, route and instance, not per request."""
+    return _fields(rec, ("route_name",)), _fields(rec, _FIXED_TAIL)
 
 
 def _value(op: str, rec: dict[str, Any]) -> Any:
@@ -100,6 +135,7 @@ class AccessLog:
         self._open = open_file or (lambda p: open(p, "a", encoding="utf-8"))  # noqa: SIM115 - kept open, closed in close()
         self._out: TextIO | None = None
         self._buf: list[str] = []
+        self._pending: list[tuple[Any, ...]] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self.broken = False
@@ -172,8 +208,71 @@ class AccessLog:
                 add(keys[k] + str_(v))
         return ",".join(parts) + "}\n"
 
+    @property
+    def default_format(self) -> bool:
+        """Lines in the default JSON shape (what `later` writes)."""
+        return not self.text_format and self.json_format is None
+
+    def later(self, entry: tuple[Any, ...]) -> None:
+        """An HTTP request's line in the default format (`default_format`), kept as its fields and written
+        as `request` writes its record (the same text) when the batch is flushed: `entry` is `(start time,
+        its connection's fields formatted once (`fixed_fields`), method, request target, HTTP version, status,
+        response flag, bytes received, bytes sent, duration in ms, request headers)`, nothing of it
+        formatted in the request's path."""
+        if self.broken:
+            return
+        pending = self._pending
+        pending.append(entry)
+        self.lines += 1
+        if len(pending) >= PENDING_MAX:
+            self.flush()
+        elif self._timer is None:
+            self._arm()
+
+    def _format_pending(self) -> None:
+        """The kept entries' lines, in one loop (to the buffer, in order)."""
+        pending, self._pending = self._pending, []
+        header_field, quote, iso = _HEADER_FIELDS.get, _quote, _iso
+        heads, outcomes, texts = _HEAD_FIELDS, _OUTCOME, _FROM_HEADER_TEXT
+        add = self._buf.append
+        size = 0
+        for start, fixed, method, path, version, status, flag, bytes_in, bytes_out, duration, headers in pending:
+            found: dict[str, bytes] = {}
+            for n, h in headers:
+                k = header_field(n)
+                if k is not None and k not in found:
+                    found[k] = h
+            from_headers = ""
+            if found:  # a client sends the same few headers again and again: their text is made once
+                key = tuple(found.items())
+                from_headers = texts.get(key)
+                if from_headers is None:
+                    if len(texts) >= 1024:
+                        texts.clear()
+                    from_headers = texts[key] = _fields({k: v.decode("latin-1") for k, v in key}, _FROM_HEADERS)
+            head = heads.get((method, version))
+            if head is None:
+                protocol = {"protocol": "HTTP/" + version.decode()}
+                head = heads[(method, version)] = (_fields({"method": method.decode("latin-1")}, ("method",)),
+                                                   _fields(protocol, ("protocol",)))
+            outcome = outcomes.get((flag, status != 0))
+            if outcome is None:
+                details = DETAILS.get(flag, "via_upstream" if status else "")
+                outcome = outcomes[(flag, status != 0)] = _fields(
+                    {"response_flags": flag, "response_code_details": details},
+                    ("response_flags", "response_code_details"))
+            line = (f'{{"start_time":"{iso(start)}"{fixed[0]}{head[0]}'
+                    f'{"," + _KEYS["path"] + quote(path.decode("latin-1")) if path else ""}{head[1]},'
+                    f'"response_code":{status:d}{outcome},"bytes_received":{bytes_in:d},"bytes_sent":{bytes_out:d},'
+                    f'"duration":{duration:d}{from_headers}{fixed[1]}}}\n')
+            size += len(line)
+            add(line)
+        self._size += size
+
     # ------------------------------------------------------------------ writing
     def request(self, rec: dict[str, Any]) -> None:
+        if self._pending:  # lines stay in the order of their requests
+            self._format_pending()
         self._add(self.format(rec))
 
     connection = request
@@ -187,15 +286,20 @@ class AccessLog:
         if self._size >= BUFFER_MAX:
             self.flush()
         elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
-            except RuntimeError:  # no loop (a test, a shutdown): write now
-                self.flush()
+            self._arm()
+
+    def _arm(self) -> None:
+        try:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+        except RuntimeError:  # no loop (a test, a shutdown): write now
+            self.flush()
 
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._pending:
+            self._format_pending()
         if not self._buf:
             return
         data, self._buf, self._size = "".join(self._buf), [], 0

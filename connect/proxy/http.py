@@ -361,7 +361,7 @@ class Front(asyncio.Protocol):
     """A connection that sends us requests; subclasses decide where they go."""
 
     __slots__ = ("rt", "transport", "reader", "queue", "link", "closed", "paused_by_back", "_paused", "tunnel_back",
-                 "bad", "out", "host", "peer")
+                 "bad", "out", "host", "peer", "fixed")
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -377,6 +377,7 @@ class Front(asyncio.Protocol):
         self.out: list[bytes] = []  # response bytes gathered while a Back's input is parsed, written at once
         self.host = b""  # Host for an HTTP/1.0 request without one
         self.peer = ""  # "address:port" of the caller, for access logs (looked up on first use)
+        self.fixed: dict[tuple[int, int, int], l7.Fixed] = {}  # per route and instance, for logs and spans
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -576,25 +577,50 @@ class Front(asyncio.Protocol):
     def done(self, ex: Exchange) -> None:
         now = time.monotonic()
         self.link.link.latency.observe(now - ex.started)
-        # nobody reads the record (no access log, no tap watcher, no sampled span): not even built
-        if l7.wants_record(self.rt, ex.trace):
-            l7.publish(self.rt, self.log_record(ex, now), ex.started, now, self.link.inbound, ex.trace, ex.status,
-                       ex.flag)
+        rt = self.rt
+        trace = ex.trace
+        sampled = trace is not None and trace.sampled
+        alog = rt.access_log
+        if alog is None and not sampled and rt.tap is None:
+            return  # nobody reads the record (no access log, no tap watcher, no sampled span): not even built
+        if rt.tap is None and not ex.denied and (alog is None or alog.default_format):
+            # The common case, without the record: what the connection, its route and instance decide is made
+            # once (l7.Fixed), the line and the span's attributes from the exchange itself.
+            fixed = l7.Fixed.of(self.fixed, ex.decision, ex.inst, self.scope(), lambda: self.fixed_fields(ex))
+            head, status, flag = ex.head, ex.status, ex.flag
+            if alog is not None:
+                took = now - ex.started
+                alog.later((time.time() - took, fixed.log, head.method, head.target, head.version, status, flag,
+                            ex.bytes_in, ex.bytes_out, int(took * 1000), head.headers))
+            tracer = rt.tracer
+            if sampled and tracer is not None:
+                tracer.finish_encoded(trace, status, tracer.request_block(head.method, head.target, status, flag,
+                                                                          fixed.service, fixed.span))
+            return
+        l7.publish(rt, self.log_record(ex, now), ex.started, now, self.link.inbound, trace, ex.status, ex.flag)
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         """The access-log fields of `ex` (Envoy's names) this side knows."""
         head = ex.head
-        if not self.peer and self.transport is not None:
-            peer = self.transport.get_extra_info("peername")
-            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
         return {"start_time": time.time() - (now - ex.started), "method": head.method.decode("latin-1"),
                 "path": head.target.decode("latin-1"), "protocol": "HTTP/" + head.version.decode(),
                 "response_code": ex.status, "response_flags": ex.flag,
                 "response_code_details": DETAILS.get(ex.flag, "via_upstream" if ex.status else ""),
                 "bytes_received": ex.bytes_in,
                 "bytes_sent": ex.bytes_out, "duration": int((now - ex.started) * 1000),
-                "downstream_remote_address": self.peer,
-                "headers": head.headers}
+                "headers": head.headers, **self.fixed_fields(ex)}
+
+    def fixed_fields(self, ex: Exchange) -> dict[str, Any]:
+        """The access-log fields the connection, the request's route and its instance decide (the same for
+        every request of the connection that took that route to that instance)."""
+        if not self.peer and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+        return {"downstream_remote_address": self.peer}
+
+    def scope(self) -> object:
+        """What `fixed_fields` reads besides the route and the instance (a new one makes them again)."""
+        return self.rt.config
 
     def abandon(self, ex: Exchange) -> None:
         """The caller went away while `ex` was in flight (accounting)."""
@@ -822,10 +848,13 @@ class UpstreamFront(Front):
             nxt.admitted = True
             nxt.front.send(nxt)
 
-    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
-        rec = super().log_record(ex, now)
+    def fixed_fields(self, ex: Exchange) -> dict[str, Any]:
+        rec = super().fixed_fields(ex)
         l7.upstream_fields(rec, self.up, ex.decision, ex.inst)
         return rec
+
+    def scope(self) -> object:
+        return self.up
 
     def _failed(self, pool: UpstreamPool, inst: Instance) -> None:
         if pool.failed(inst, time.monotonic(), self.rt.rng.random()):
@@ -950,7 +979,13 @@ class InboundFront(Front):
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         rec = super().log_record(ex, now)
-        l7.inbound_fields(rec, self.rt, self.uri, ex.denied)
+        if ex.denied:
+            rec["response_code_details"] = l7.DENIED_DETAILS
+        return rec
+
+    def fixed_fields(self, ex: Exchange) -> dict[str, Any]:
+        rec = super().fixed_fields(ex)
+        l7.inbound_fields(rec, self.rt, self.uri, False)
         return rec
 
     def attempt_failed(self, ex: Exchange, why: str) -> None:

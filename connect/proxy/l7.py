@@ -8,17 +8,20 @@ budget and pools what they count in). The modes keep their own framing and conne
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from proconsul.connect.proxy.accesslog import fixed_fields
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.config import Upstream
 from proconsul.connect.proxy.routing import Decision, Target
-from proconsul.connect.proxy.tracing import TraceContext
+from proconsul.connect.proxy.tracing import CONNECTION_ATTRIBUTES, TraceContext, connection_attributes
 
 if TYPE_CHECKING:
     from proconsul.connect.proxy.runtime import Runtime
 
+DENIED_DETAILS = "rbac_access_denied_matched_policy[none]"  # Envoy's response code details of a denied request
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -151,18 +154,40 @@ def publish(rt: Runtime, rec: dict[str, Any], started: float, now: float, inboun
     if tap is not None:
         rec["latency_ms"] = round((now - started) * 1000, 3)
         tap.offer(rec, inbound, now)
-    if trace is not None and rt.tracer is not None:
-        attributes = {
-            "http.request.method": rec["method"], "url.path": rec["path"],
-            "http.response.status_code": status, "peer.service": rec.get("upstream_service"),
-            "server.address": rec.get("upstream_host"), "proconsul.route": rec.get("route_name"),
-            "proconsul.upstream_cluster": rec.get("upstream_cluster"),
-            "proconsul.upstream_instance": rec.get("upstream_instance"),
-            "proconsul.source": rec.get("downstream_peer_uri_san"),
-            "proconsul.response_flags": flag if flag != "-" else None}
+    if trace is not None and trace.sampled and rt.tracer is not None:
+        attributes = {"http.request.method": rec["method"], "url.path": rec["path"], "http.response.status_code": status,
+                      **{attr: rec.get(name) for attr, name in CONNECTION_ATTRIBUTES},
+                      "proconsul.response_flags": flag if flag != "-" else None}
         if extra:
             attributes.update(extra)
         rt.tracer.finish(trace, f"{rec['method']} {rec.get('upstream_service', '')}", status, attributes)
+
+
+class Fixed:
+    """What is told about a connection's requests to one route and instance that is the same for all of them:
+    its access-log fields, formatted once, and its span's attributes, encoded once (`Fixed.of`)."""
+
+    __slots__ = ("decision", "inst", "scope", "service", "log", "span")
+
+    def __init__(self, decision: Decision | None, inst: Instance | None, scope: object, fields: dict[str, Any]) -> None:
+        self.decision, self.inst, self.scope = decision, inst, scope  # kept: what it was made for
+        self.service: str = fields.get("upstream_service") or ""
+        self.log = fixed_fields(fields)
+        self.span = connection_attributes(fields)
+
+    @staticmethod
+    def of(cache: dict[tuple[int, int, int], Fixed], d: Decision | None, inst: Instance | None, scope: object,
+           fields: Callable[[], dict[str, Any]]) -> Fixed:
+        """The entry of a connection's `cache` for (route decision, instance, `scope`: the upstream or the
+        config the fields come from), made by `fields()` when missing. The entry holds the objects its key's
+        ids belong to, so an id is never another object's."""
+        key = (id(d), id(inst), id(scope))
+        got = cache.get(key)
+        if got is None or got.decision is not d or got.inst is not inst or got.scope is not scope:
+            if len(cache) >= 64:
+                cache.clear()
+            got = cache[key] = Fixed(d, inst, scope, fields())
+        return got
 
 
 class IntentionGate:
@@ -200,4 +225,4 @@ def inbound_fields(rec: dict[str, Any], rt: Runtime, uri: str, denied: bool) -> 
     rec.update({"downstream_peer_uri_san": uri, "upstream_cluster": "local_app",
                 "upstream_service": cfg.service, "upstream_host": f"{cfg.local_address}:{cfg.local_port}"})
     if denied:
-        rec["response_code_details"] = "rbac_access_denied_matched_policy[none]"
+        rec["response_code_details"] = DENIED_DETAILS

@@ -67,3 +67,45 @@ def test_spans_encode_as_otlp_and_the_queue_is_bounded() -> None:
     for _ in range(tracing.QUEUE_MAX + 10):
         t.finish(ctx, "GET web", 200, {})
     assert len(t.queue) == tracing.QUEUE_MAX and t.dropped == 11
+
+
+def test_unsampled_requests_carry_context_and_nothing_else() -> None:
+    t = tracer(100)
+    unsampled = [(b"host", b"a"), (b"traceparent", TP[:-2] + b"00")]
+    ctx, headers = t.start(unsampled, SERVER)
+    assert not ctx.sampled and headers == unsampled, "the caller's context goes on unchanged: no span of ours"
+    t.finish(ctx, "GET a", 200, {})
+    assert not t.queue
+    zero = b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-00"  # not a valid context: a new (sampled) trace
+    ctx, headers = t.start([(b"traceparent", zero)], CLIENT)
+    assert ctx.sampled and ctx.parent_id == b"" and parse_traceparent(dict(headers)[b"traceparent"])[2]
+    upper = TP.upper()  # not the spec's lowercase: parsed the long way
+    ctx, headers = t.start([(b"traceparent", upper)], CLIENT)
+    assert ctx.trace_id.hex() == "4bf92f3577b34da6a3ce929d0e0e4736" and ctx.sampled
+    none = tracer(0)
+    for _ in range(50):  # a new trace that is not sampled: a valid traceparent saying so, nothing recorded
+        ctx, headers = none.start([(b"host", b"a")], CLIENT)
+        tp = dict(headers)[b"traceparent"]
+        got = parse_traceparent(tp)
+        assert not ctx.sampled and got is not None and not got[2] and len(tp) == 55
+    assert len({dict(none.start([], CLIENT)[1])[b"traceparent"] for _ in range(100)}) == 100
+
+
+def test_a_request_block_encodes_as_the_attribute_dict() -> None:
+    from proconsul.connect.proxy.tracing import CONNECTION_ATTRIBUTES, connection_attributes
+
+    fields = {"upstream_service": "api", "upstream_host": "127.0.0.1:21000", "route_name": "api/0",
+              "upstream_cluster": "v1.api.default.default.dc1", "upstream_instance": "", "downstream_peer_uri_san": None}
+    for status, flag in ((200, "-"), (503, "UH")):
+        t = tracer()
+        ctx, _ = t.start([(b"traceparent", TP)], CLIENT, now_ns=10)
+        attributes = {"http.request.method": "GET", "url.path": "/x?y", "http.response.status_code": status,
+                      **{attr: fields.get(name) for attr, name in CONNECTION_ATTRIBUTES},
+                      "proconsul.response_flags": flag if flag != "-" else None}
+        t.finish(ctx, "GET api", status, attributes, now_ns=20)
+        t.finish_encoded(ctx, status, t.request_block(b"GET", b"/x?y", status, flag, "api",
+                                                      connection_attributes(fields)), now_ns=20)
+        first, second = (ExportTraceServiceRequest.FromString(t.encode([s])) for s in t.queue)
+        assert first == second
+        span = first.resource_spans[0].scope_spans[0].spans[0]
+        assert span.name == "GET api" and {a.key for a in span.attributes} >= {"peer.service", "proconsul.route"}

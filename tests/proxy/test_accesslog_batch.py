@@ -1,0 +1,112 @@
+"""Access-log lines kept as fields and made at flush time (`AccessLog.later`), pure: the same text as the record's
+line, written on size and on the flush interval, in the order of the requests."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+from support import until
+
+from proconsul.connect.proxy import accesslog
+from proconsul.connect.proxy.accesslog import DETAILS, AccessLog, fixed_fields
+
+CLIENT_SIDE = {"downstream_remote_address": "127.0.0.1:40000", "upstream_service": "api",
+               "upstream_instance": "node/api-v1", "upstream_host": "127.0.0.1:21000",
+               "upstream_cluster": "v1.api.default.default.dc1", "route_name": "api/1", "split": "v1"}
+SERVER_SIDE = {"downstream_remote_address": "127.0.0.1:40001", "downstream_peer_uri_san": "spiffe://td/svc/web",
+               "upstream_cluster": "local_app", "upstream_service": "api", "upstream_host": "127.0.0.1:8080"}
+NO_INSTANCE = {"downstream_remote_address": "-", "upstream_service": "api", "upstream_instance": "",
+               "upstream_host": "", "upstream_cluster": "api"}
+
+
+def cases() -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
+    """(record as `request` takes it, the same request as `later` takes it) for a spread of requests."""
+    out = []
+    for i, (fixed, method, target, version, status, flag, headers) in enumerate([
+        (CLIENT_SIDE, b"GET", b"/", b"1.1", 200, "-", [(b"host", b"api"), (b"user-agent", b"wrk")]),
+        (SERVER_SIDE, b"POST", b"/orders?id=7&x=\"q\"", b"1.1", 201, "-",
+         [(b"user-agent", b"curl/8"), (b"x-request-id", b"r-1"), (b"host", b"a"), (b"user-agent", b"second"),
+          (b"x-forwarded-for", b"10.0.0.1")]),
+        (NO_INSTANCE, b"GET", b"/caf\xe9/\\", b"1.0", 503, "UH", []),
+        (CLIENT_SIDE, b"DELETE", b"/x", b"1.1", 0, "-", [(b"host", b"")]),  # no response: no details
+        (CLIENT_SIDE, b"GET", b"/slow", b"1.1", 504, "UT", [(b"accept", b"*/*")]),
+        (SERVER_SIDE, b"GET", b"", b"1.1", 429, "RL", [(b"x-request-id", b"\x01\"")]),
+    ]):
+        start, bytes_in, bytes_out, duration = 1_700_000_000.25 + i * 0.0013, i * 10, i * 100 + 3, i
+        rec = {"start_time": start, "method": method.decode("latin-1"), "path": target.decode("latin-1"),
+               "protocol": "HTTP/" + version.decode(), "response_code": status, "response_flags": flag,
+               "response_code_details": DETAILS.get(flag, "via_upstream" if status else ""),
+               "bytes_received": bytes_in, "bytes_sent": bytes_out, "duration": duration, "headers": headers,
+               **fixed}
+        out.append((rec, (start, fixed_fields(fixed), method, target, version, status, flag, bytes_in, bytes_out,
+                          duration, headers)))
+    return out
+
+
+class _Armed:
+    """Stands for a flush timer already armed (as in a running proxy), so nothing is written but by size or
+    an explicit flush."""
+
+    def cancel(self) -> None: ...
+
+
+def logged(buf: io.StringIO) -> list[str]:
+    return buf.getvalue().splitlines(keepends=True)
+
+
+def test_lines_kept_as_fields_are_the_records_lines() -> None:
+    buf = io.StringIO()
+    log = AccessLog({"Enabled": True, "Type": "file", "Path": "x"}, open_file=lambda _: buf)
+    assert log.default_format
+    log._timer = _Armed()  # type: ignore[assignment]
+    for _, entry in cases():
+        log.later(entry)
+    assert buf.getvalue() == "", "kept as fields, nothing formatted before the flush"
+    log.flush()
+    assert log.lines == len(cases())
+    assert logged(buf) == [log.format(rec) for rec, _ in cases()]
+    assert '"user_agent":"curl/8"' in logged(buf)[1] and '"response_code_details"' not in logged(buf)[3]
+
+
+def test_batches_are_written_on_size_and_keep_the_order_of_requests() -> None:
+    buf = io.StringIO()
+    log = AccessLog({"Enabled": True, "Type": "file", "Path": "x"}, open_file=lambda _: buf)
+    (rec, entry), (rec2, entry2) = cases()[:2]
+    log.later(entry)
+    log.request(rec2)  # a record's line (a tap watching, a denied request) after a kept one
+    log.flush()
+    assert logged(buf) == [log.format(rec), log.format(rec2)]
+    buf.seek(0)
+    buf.truncate()
+    # outside an event loop a line would be written at once; in a busy proxy a full batch is written by size
+    log._timer = _Armed()  # type: ignore[assignment]
+    for _ in range(accesslog.PENDING_MAX - 1):
+        log.later(entry)
+    assert buf.getvalue() == ""
+    log.later(entry)
+    assert len(logged(buf)) == accesslog.PENDING_MAX and set(logged(buf)) == {log.format(rec)}
+
+
+async def test_a_batch_is_written_on_the_flush_interval(monkeypatch: Any) -> None:
+    monkeypatch.setattr(accesslog, "FLUSH_EVERY", 0.05)
+    buf = io.StringIO()
+    log = AccessLog({"Enabled": True, "Type": "file", "Path": "x"}, open_file=lambda _: buf)
+    rec, entry = cases()[0]
+    t0 = time.monotonic()
+    log.later(entry)
+    assert buf.getvalue() == "" and log._pending, "kept as fields, nothing formatted before the flush"
+    await until(buf.getvalue, timeout=5, message="the batch written on the flush interval", interval=0.01)
+    assert logged(buf) == [log.format(rec)] and time.monotonic() - t0 >= 0.05
+    log.close()
+
+
+def test_an_unwritable_destination_keeps_nothing() -> None:
+    def refuse(_: str) -> io.StringIO:
+        raise PermissionError(13, "Permission denied")
+
+    log = AccessLog({"Enabled": True, "Type": "file", "Path": "/nope"}, open_file=refuse)
+    assert not log.open()
+    log.later(cases()[0][1])
+    assert not log._pending
