@@ -91,8 +91,9 @@ def _runtime(service: str, upstreams: tuple[Any, ...], arm: str, log_path: str) 
 def _drain(rt: Any) -> None:
     """What the exporter does with queued spans: encode them (the POST is not made)."""
     tr = rt.tracer
-    if tr is not None and len(tr.queue) >= 512:
-        tr.encode([tr.queue.popleft() for _ in range(512)])
+    batch = getattr(sys.modules[type(tr).__module__], "BATCH_MAX", 512) if tr is not None else 0
+    if tr is not None and len(tr.queue) >= batch:
+        tr.encode([tr.queue.popleft() for _ in range(batch)])
 
 
 async def _measure(arm: str, n: int, log_path: str) -> dict[str, float]:

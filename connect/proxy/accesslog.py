@@ -132,6 +132,7 @@ class AccessLog:
         self.text_format = settings.get("TextFormat") or ""
         self.json_format: dict[str, Any] | None = json.loads(settings["JSONFormat"]) if settings.get(
             "JSONFormat") else None
+        self.default_format = not self.text_format and self.json_format is None  # what `later` writes
         self._open = open_file or (lambda p: open(p, "a", encoding="utf-8"))  # noqa: SIM115 - kept open, closed in close()
         self._out: TextIO | None = None
         self._buf: list[str] = []
@@ -208,11 +209,6 @@ class AccessLog:
                 add(keys[k] + str_(v))
         return ",".join(parts) + "}\n"
 
-    @property
-    def default_format(self) -> bool:
-        """Lines in the default JSON shape (what `later` writes)."""
-        return not self.text_format and self.json_format is None
-
     def later(self, entry: tuple[Any, ...]) -> None:
         """An HTTP request's line in the default format (`default_format`), kept as its fields and written
         as `request` writes its record (the same text) when the batch is flushed: `entry` is `(start time,
@@ -236,7 +232,13 @@ class AccessLog:
         heads, outcomes, texts = _HEAD_FIELDS, _OUTCOME, _FROM_HEADER_TEXT
         add = self._buf.append
         size = 0
+        last_sec = last_ms = -1
+        stamp = ""
         for start, fixed, method, path, version, status, flag, bytes_in, bytes_out, duration, headers in pending:
+            sec = int(start)
+            ms = int((start - sec) * 1000)
+            if ms != last_ms or sec != last_sec:  # a batch holds many requests a millisecond
+                stamp, last_sec, last_ms = iso(start), sec, ms
             found: dict[str, bytes] = {}
             for n, h in headers:
                 k = header_field(n)
@@ -261,7 +263,7 @@ class AccessLog:
                 outcome = outcomes[(flag, status != 0)] = _fields(
                     {"response_flags": flag, "response_code_details": details},
                     ("response_flags", "response_code_details"))
-            line = (f'{{"start_time":"{iso(start)}"{fixed[0]}{head[0]}'
+            line = (f'{{"start_time":"{stamp}"{fixed[0]}{head[0]}'
                     f'{"," + _KEYS["path"] + quote(path.decode("latin-1")) if path else ""}{head[1]},'
                     f'"response_code":{status:d}{outcome},"bytes_received":{bytes_in:d},"bytes_sent":{bytes_out:d},'
                     f'"duration":{duration:d}{from_headers}{fixed[1]}}}\n')

@@ -586,7 +586,7 @@ class Front(asyncio.Protocol):
         if rt.tap is None and not ex.denied and (alog is None or alog.default_format):
             # The common case, without the record: what the connection, its route and instance decide is made
             # once (l7.Fixed), the line and the span's attributes from the exchange itself.
-            fixed = l7.Fixed.of(self.fixed, ex.decision, ex.inst, self.scope(), lambda: self.fixed_fields(ex))
+            fixed = l7.Fixed.of(self.fixed, ex.decision, ex.inst, self.scope(), self.fixed_fields, ex)
             head, status, flag = ex.head, ex.status, ex.flag
             if alog is not None:
                 took = now - ex.started

@@ -177,16 +177,16 @@ class Fixed:
 
     @staticmethod
     def of(cache: dict[tuple[int, int, int], Fixed], d: Decision | None, inst: Instance | None, scope: object,
-           fields: Callable[[], dict[str, Any]]) -> Fixed:
+           fields: Callable[[Any], dict[str, Any]], ex: Any) -> Fixed:
         """The entry of a connection's `cache` for (route decision, instance, `scope`: the upstream or the
-        config the fields come from), made by `fields()` when missing. The entry holds the objects its key's
+        config the fields come from), made by `fields(ex)` when missing. The entry holds the objects its key's
         ids belong to, so an id is never another object's."""
         key = (id(d), id(inst), id(scope))
         got = cache.get(key)
         if got is None or got.decision is not d or got.inst is not inst or got.scope is not scope:
             if len(cache) >= 64:
                 cache.clear()
-            got = cache[key] = Fixed(d, inst, scope, fields())
+            got = cache[key] = Fixed(d, inst, scope, fields(ex))
         return got
 
 
