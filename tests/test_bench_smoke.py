@@ -96,7 +96,7 @@ def test_coordinates_bench_runs(tmp_path: Path) -> None:
 def test_l7_path_bench_runs(tmp_path: Path) -> None:
     result = bench("l7_path_bench.py", str(REPO), "--rounds", "1", "--requests", "300", results="l7_path")
     arms = result["us_per_request"][str(REPO)]
-    assert set(arms) == {"plain", "log", "trace100", "log+trace100"} and all(a["both"] > 0 for a in arms.values())
+    assert set(arms) == {"plain", "log", "trace100", "trace1", "log+trace100"} and all(a["both"] > 0 for a in arms.values())
 
 
 def test_gateway_log_bench_runs(tmp_path: Path) -> None:
