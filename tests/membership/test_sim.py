@@ -193,21 +193,30 @@ def membership_fingerprint(sim: Sim) -> tuple[Any, ...]:
             st.suspicions, st.refutes, st.events)
 
 
-def test_skipping_news_that_changes_nothing_is_the_same_run_membership_event_for_event() -> None:
+def _fingerprint_sim(skip: bool) -> Sim:
+    return Sim(200, seed=11, network=Network(loss=0.01), encode=False, skip_noop=skip, events_trace=True)
+
+
+@pytest.fixture(scope="module")
+def skipping_run() -> Sim:
+    """The fixed-seed scenario with skip_noop, run straight through (shared by two tests)."""
+    sim = _fingerprint_sim(True)
+    fingerprint_scenario(sim)
+    return sim
+
+
+def test_skipping_news_that_changes_nothing_is_the_same_run_membership_event_for_event(skipping_run: Sim) -> None:
     """skip_noop (docs/membership.md, "Simulator: skipping news that changes nothing") hands no member
     news it is certain to ignore: the fingerprint scenario gives the same membership events, states,
     traffic and counters, with a good part of the deliveries gone."""
-    runs = {}
-    for skip in (False, True):
-        sim = Sim(200, seed=11, network=Network(loss=0.01), encode=False, skip_noop=skip, events_trace=True)
-        fingerprint_scenario(sim)
-        runs[skip] = sim
-    plain, skipping = runs[False], runs[True]
+    plain = _fingerprint_sim(False)
+    fingerprint_scenario(plain)
+    skipping = skipping_run
     assert membership_fingerprint(plain) == membership_fingerprint(skipping)
-    assert plain.stats.suspicions > 0 and plain.stats.refutes > 0 and plain.stats.false_slow >= 0
+    assert plain.stats.suspicions > 0 and plain.stats.refutes > 0
     assert plain.stats.skipped_datagrams == plain.stats.skipped_messages == 0
     assert plain.stats.datagrams == skipping.stats.datagrams
-    assert skipping.stats.skipped_datagrams > plain.stats.datagrams // 10, skipping.stats
+    assert skipping.stats.skipped_datagrams > plain.stats.datagrams // 3, skipping.stats
     assert skipping.stats.skipped_messages > skipping.stats.skipped_datagrams
 
 
@@ -216,23 +225,18 @@ def test_skip_noop_needs_the_decoded_path() -> None:
         Sim(3, encode=True, skip_noop=True)
 
 
-def test_a_checkpointed_run_resumes_to_the_same_run() -> None:
+def test_a_checkpointed_run_resumes_to_the_same_run(skipping_run: Sim) -> None:
     """Pickled after 21 simulated seconds and loaded again, the Sim goes on to the same run (membership
     events, states, traffic, deliveries) as one that ran straight through."""
     import pickle
 
-    def build() -> Sim:
-        return Sim(200, seed=11, network=Network(loss=0.01), encode=False, skip_noop=True, events_trace=True)
-
-    straight = build()
-    fingerprint_scenario(straight)
-    first = build()
+    first = _fingerprint_sim(True)
     fingerprint_scenario(first, until=21.0)
     resumed = pickle.loads(pickle.dumps(first, protocol=pickle.HIGHEST_PROTOCOL))
     del first
     fingerprint_scenario(resumed, until=42.0, start=21.0)
-    assert membership_fingerprint(resumed) == membership_fingerprint(straight)
-    assert (resumed.stats.datagrams, resumed.stats.skipped_datagrams) == (
-        straight.stats.datagrams, straight.stats.skipped_datagrams)
+    assert membership_fingerprint(resumed) == membership_fingerprint(skipping_run)
+    assert (resumed.stats.datagrams, resumed.stats.skipped_datagrams, resumed.stats.skipped_messages) == (
+        skipping_run.stats.datagrams, skipping_run.stats.skipped_datagrams, skipping_run.stats.skipped_messages)
     with pytest.raises(TypeError, match="events_trace"):
         pickle.dumps(Sim(3, trace=True))
