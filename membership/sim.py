@@ -33,6 +33,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import filterfalse
 from typing import Any
 
 from . import codec as c
@@ -432,9 +433,7 @@ class Sim:
             dec.clear()
         is_stale = core.stale
         kept = []
-        for msg in data:
-            if msg in stale:
-                continue
+        for msg in filterfalse(stale.__contains__, data):
             if msg[1] < _NEWS:
                 kept.append(unpack_one(msg))
                 continue
