@@ -422,35 +422,27 @@ class Sim:
             return self._decode(data)
         if stale.issuperset(data):
             st.skipped_messages += len(data)
-            if target.slow is None or target.slow.kind != "stall":
-                st.skipped_datagrams += 1
-                if when > target.skipped_until:
-                    target.skipped_until = when
-                return None
-            return []
-        dec = self._decoded
-        if len(dec) > 100_000:
-            dec.clear()
+            return self._nothing_for(target, when)
+        rest = list(filterfalse(stale.__contains__, data))
         is_stale = core.stale
         kept = []
-        for msg in filterfalse(stale.__contains__, data):
-            if msg[1] < _NEWS:
-                kept.append(unpack_one(msg))
-                continue
-            m = dec.get(msg)
-            if m is None:
-                m = dec[msg] = unpack_one(msg)
-            if is_stale(now, m, valid_until):
+        for msg, m in zip(rest, self._decode(rest), strict=True):
+            if msg[1] >= _NEWS and is_stale(now, m, valid_until):
                 stale.add(msg)
                 continue
             kept.append(m)
         st.skipped_messages += len(data) - len(kept)
-        if not kept and (target.slow is None or target.slow.kind != "stall"):
-            st.skipped_datagrams += 1
-            if when > target.skipped_until:
-                target.skipped_until = when
-            return None
-        return kept
+        return kept if kept else self._nothing_for(target, when)
+
+    def _nothing_for(self, target: SimMember, when: float) -> list[Any] | None:
+        """A datagram with nothing left for `target`: not delivered (None), unless `target` stalls —
+        then it still arrives, empty, so its deferral draws as before."""
+        if target.slow is not None and target.slow.kind == "stall":
+            return []
+        self.stats.skipped_datagrams += 1
+        if when > target.skipped_until:
+            target.skipped_until = when
+        return None
 
     def _tcp_cost(self, i: int, body: bytes, connection: bool = False) -> None:
         size = len(body) + 4

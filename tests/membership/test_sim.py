@@ -152,23 +152,9 @@ def fingerprint(sim: Sim) -> str:
 GOLDEN = "6e8c57bf942f778c0a8f355b6607f337"  # re-recorded after merging swimfp (protocol changes)
 
 
-def test_a_fixed_seed_run_with_slow_members_is_the_same_event_for_event() -> None:
-    sim = Sim(200, seed=11, network=Network(loss=0.01), trace=True, encode=False)
-    for i in range(0, 200, 20):
-        sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
-    for i in (7, 77):
-        sim.slow(i, SlowPattern(seconds=8.0, every=(5.0, 10.0), kind="lag", length=10.0))
-    sim.at(4.0, lambda: sim.crash(33))
-    sim.at(6.0, lambda: sim.join(via=5))
-    for step in range(1, 7):  # in steps, as the benchmark's --progress runs it
-        sim.run(7.0 * step)
-    assert sim.stats.suspicions > 0 and sim.stats.refutes > 0
-    fp = fingerprint(sim)
-    assert fp == GOLDEN, f"the run changed: fingerprint {fp} (see GOLDEN)"
-
-
 def fingerprint_scenario(sim: Sim, until: float = 42.0, start: float = 0.0) -> None:
-    """The fixed-seed scenario above (stalling and lagging members, a crash and a join), run in steps."""
+    """The fixed-seed scenario (stalling and lagging members, a crash and a join), run in steps of 7
+    simulated seconds as the benchmark's --progress runs it; from `start` if it is resumed."""
     if start == 0.0:
         for i in range(0, 200, 20):
             sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
@@ -181,6 +167,14 @@ def fingerprint_scenario(sim: Sim, until: float = 42.0, start: float = 0.0) -> N
     while t < until:
         t = min(until, t + step)
         sim.run(t)
+
+
+def test_a_fixed_seed_run_with_slow_members_is_the_same_event_for_event() -> None:
+    sim = Sim(200, seed=11, network=Network(loss=0.01), trace=True, encode=False)
+    fingerprint_scenario(sim)
+    assert sim.stats.suspicions > 0 and sim.stats.refutes > 0
+    fp = fingerprint(sim)
+    assert fp == GOLDEN, f"the run changed: fingerprint {fp} (see GOLDEN)"
 
 
 def membership_fingerprint(sim: Sim) -> tuple[Any, ...]:
