@@ -314,6 +314,40 @@ class Membership:
             else:
                 self.count("dropped_unexpected")
 
+    def stale(self, now: float, m: list[Any], until: float) -> bool:
+        """Whether the decoded news message `m` (suspect, alive or dead), handed to `on_messages` here at
+        any time from `now` to `until` and whatever else happens here meanwhile, is certain to change
+        nothing: not the view, suspicions, gossip queue, timers, events, counters, health or random draws,
+        then or later. The simulator skips such deliveries (`Sim(skip_noop=True)`); the argument is in
+        docs/membership.md, "Simulator: skipping news that changes nothing". Reads only."""
+        t = m[0]
+        if (t != c.SUSPECT and t != c.ALIVE and t != c.DEAD) or len(m) < 4 or type(m[1]) is not int \
+                or type(m[2]) is not str:
+            return False
+        name = m[2]
+        rec = self.view.get(name)
+        if rec is None:  # unknown: a join (alive), a leave intent (dead), or ignored until it is known
+            return False
+        inc = m[1]
+        if inc > rec.inc:
+            return False
+        if inc == rec.inc:
+            if t == c.ALIVE:
+                if name == self.name and not self.left and not rec.node.same(m[3], m[4], m[5]):
+                    return False
+            elif t == c.SUSPECT:
+                s = self.suspicions.get(name)
+                if (rec.state == ALIVE) if s is None else s.news(m[3]):
+                    return False
+            elif rec.state < DEAD or name in self.suspicions or (rec.state == DEAD and m[3] == name):
+                return False
+            if (t != c.ALIVE or name == self.name) and not c.valid(m):
+                return False  # on_messages would count it as malformed
+        # Only reaping forgets a record (then alive news is a join again): not before `until` for this
+        # record, nor for one that dies from now on (its `since` is then at least `now`).
+        reap = min(self.t.reconnect_timeout, self.t.tombstone_timeout)
+        return until < now + reap and (rec.state < DEAD or rec.since + reap > until)
+
     # ------------------------------------------------------------------ input: timers
     def on_timer(self, now: float, kind: int, token: Any) -> None:
         if not self.running:

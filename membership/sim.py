@@ -33,6 +33,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import filterfalse
 from typing import Any
 
 from . import codec as c
@@ -50,6 +51,10 @@ TCP_CONNECTION = 7  # SYN, SYN-ACK, ACK, and FIN/ACK both ways: segments without
 _NEWS = c.SUSPECT  # message types from here on are news (see codec.py); below, probe traffic
 _UDP, _TIMER, _REQ, _REP, _FAIL, _PAUSE, _CALL = range(7)
 _log = math.log
+# skip_noop: how long a member remembers the news it was found certain to ignore (then it is looked at
+# again), and how late after its epoch a datagram may be handled for that memory to count
+STALE_EPOCH = 10.0
+STALE_SLACK = 600.0
 
 
 @dataclass
@@ -78,7 +83,7 @@ class SlowPattern:
 
 class SimMember:
     __slots__ = ("index", "name", "addr", "core", "crashed", "paused_until", "slow", "left", "pauses", "lag",
-                 "backlog")
+                 "backlog", "skipped_until", "stale", "stale_until")
 
     def __init__(self, index: int, name: str, addr: tuple[str, int], core: Membership) -> None:
         self.index = index
@@ -92,6 +97,11 @@ class SimMember:
         self.pauses = 0
         self.lag = 0.0  # extra delay of every datagram it receives (a "lag" episode)
         self.backlog = 0.0  # when it will have handled the last datagram of its lagged inbound queue
+        self.skipped_until = 0.0  # the latest arrival time of a datagram to it that skip_noop dropped
+        # skip_noop: encoded news messages found certain to be ignored here if handled by stale_until +
+        # STALE_SLACK; forgotten at stale_until (the end of a STALE_EPOCH)
+        self.stale: set[bytes] = set()
+        self.stale_until = 0.0
 
 
 def consul_tags(rng: random.Random, server: bool = False) -> dict[str, str]:
@@ -117,14 +127,51 @@ class Stats:
     suspicions: int = 0
     refutes: int = 0
     events: int = 0
+    # datagrams put on the network to a running member (lost ones not counted), and of them those that
+    # skip_noop did not deliver at all; news messages it took out of datagrams (delivered or not)
+    datagrams: int = 0
+    skipped_datagrams: int = 0
+    skipped_messages: int = 0
+
+
+class Digest:
+    """A running digest of text lines that can be pickled (hashlib's objects cannot): lines are hashed
+    in chunks of a fixed count, so the digest does not depend on when a run was checkpointed."""
+
+    CHUNK = 4096
+
+    def __init__(self) -> None:
+        self.h = b""
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= self.CHUNK:
+            self.h = self._fold()
+            self.lines = []
+
+    def _fold(self) -> bytes:
+        return hashlib.blake2b(self.h + "\n".join(self.lines).encode(), digest_size=16).digest()
+
+    def hexdigest(self) -> str:
+        return (self._fold() if self.lines else self.h).hex()
 
 
 class Sim:
     """n members that already know each other (a settled pool), on a simulated network."""
 
     def __init__(self, n: int, *, seed: int = 0, timings: Timings = LAN, network: Network | None = None,
-                 label: str = "lan:dc1", fold_every: float = 5.0, trace: bool = False, encode: bool = True) -> None:
+                 label: str = "lan:dc1", fold_every: float = 5.0, trace: bool = False, encode: bool = True,
+                 skip_noop: bool = False, events_trace: bool = False) -> None:
         self.seed = seed
+        # skip_noop: news a receiver is certain to ignore (`Membership.stale`) is not handed to it, and a
+        # datagram of nothing else is not delivered at all — the same run, membership event for
+        # membership event, with fewer deliveries (docs/membership.md, "Simulator: skipping news that
+        # changes nothing"). It needs the decoded path (encode=False).
+        if skip_noop and encode:
+            raise ValueError("skip_noop needs encode=False (news is judged in its decoded form)")
+        self.skip_noop = skip_noop
+        self._max_stall = 0.0  # the longest stall of any slow member (bounds how late a datagram is handled)
         # encode=False: datagrams travel as their members' encoded messages (core.pack = tuple), each
         # message decoded once and the decoded form handed to every receiver (`on_messages`): the same
         # run, event for event, without a msgpack decode per delivery. Streams are always encoded.
@@ -151,6 +198,9 @@ class Sim:
         self.stats = Stats()
         self.fold_every = fold_every
         self._trace = hashlib.blake2b(digest_size=16) if trace else None
+        # events_trace: every timer firing, stream step and membership event with its time — what
+        # trace=True records minus the datagram deliveries, so a run with skip_noop compares equal
+        self._etrace = Digest() if events_trace else None
         tags_rng = random.Random(seed ^ 0x5EED)
         recs = []
         for i in range(n):
@@ -169,6 +219,18 @@ class Sim:
             self._drain(m)
         if fold_every:
             self.at(fold_every, self._fold)
+
+    # ------------------------------------------------------------------ checkpoints
+    def __getstate__(self) -> dict[str, Any]:
+        """A checkpoint: `pickle` the Sim between two `run` calls and load it (in this process or
+        another) to go on with the same run, event for event. Pending scenario steps (`at`) must be
+        picklable: bound methods and module-level functions, not lambdas. The delivery trace
+        (trace=True) is a hashlib object and cannot be pickled; events_trace can."""
+        if self._trace is not None:
+            raise TypeError("a Sim with trace=True cannot be checkpointed (hashlib state): use events_trace=True")
+        state = self.__dict__.copy()
+        state["_decoded"] = {}  # a cache of decoded messages: rebuilt as they come
+        return state
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -216,6 +278,7 @@ class Sim:
         members = self.members
         rnd = self.rng.random
         trace = self._trace
+        etrace = self._etrace
         while heap and heap[0][0] <= until:
             ev = pop(heap)
             t, _, kind, i, a, b = ev
@@ -236,6 +299,8 @@ class Sim:
             self.now = t
             if trace is not None:
                 trace.update(f"{t:.9f} {kind} {i}".encode())
+            if etrace is not None and kind != _UDP:
+                etrace.add(f"{t:.9f} {kind} {i}")
             if kind == _UDP:
                 if type(a) is bytes:
                     core.on_packet(t, a)
@@ -295,23 +360,6 @@ class Sim:
         loss = self.link_loss.get((i, j), net.loss) if self.link_loss else net.loss
         if loss and rnd() < loss:
             return
-        if type(data) is not bytes:
-            # News (suspect, alive, dead, user events) is sent many times over: decoded once, shared.
-            # Probes, acks and nacks are one-offs: decoded as they come (msg[1] is the type after a
-            # one-byte array header).
-            dec = self._decoded
-            if len(dec) > 100_000:
-                dec.clear()
-            msgs = []
-            for msg in data:
-                if msg[1] < _NEWS:
-                    msgs.append(unpack_one(msg))
-                    continue
-                m = dec.get(msg)
-                if m is None:
-                    m = dec[msg] = unpack_one(msg)
-                msgs.append(m)
-            data = msgs  # type: ignore[assignment]
         share = self.share
         target = self.members[j]
         when = self.now + share[i] + share[j]
@@ -324,8 +372,77 @@ class Sim:
             target.backlog = when
         elif target.backlog > when:  # ... and works through the backlog after the episode ends
             when = target.backlog
+        self.stats.datagrams += 1
+        if type(data) is not bytes:
+            data = self._decode(data) if not self.skip_noop else self._strip(target, data, when)  # type: ignore
+            if data is None:
+                return
         self._seq += 1
         heapq.heappush(self._heap, (when, self._seq, _UDP, j, data, None))
+
+    def _decode(self, data: tuple[bytes, ...]) -> list[Any]:
+        """News (suspect, alive, dead, user events) is sent many times over: decoded once, shared.
+        Probes, acks and nacks are one-offs: decoded as they come (msg[1] is the type after a one-byte
+        array header)."""
+        dec = self._decoded
+        if len(dec) > 100_000:
+            dec.clear()
+        msgs = []
+        for msg in data:
+            if msg[1] < _NEWS:
+                msgs.append(unpack_one(msg))
+                continue
+            m = dec.get(msg)
+            if m is None:
+                m = dec[msg] = unpack_one(msg)
+            msgs.append(m)
+        return msgs
+
+    def _strip(self, target: SimMember, data: tuple[bytes, ...], when: float) -> list[Any] | None:
+        """skip_noop: the datagram's messages decoded, without the news `target` is certain to ignore
+        when it handles them — at `when`, or up to one stall later if it is paused then (`Membership.stale`).
+        None: deliver nothing (a crashed member; or only such news, to a member that cannot stall: a
+        stalled member's deferred datagrams draw from the network's random stream, which must stay as it
+        was). What a member is certain to ignore stays so (docs/membership.md): each member remembers
+        the encoded messages found stale for `STALE_EPOCH` simulated seconds, so most copies cost a set
+        lookup, not a look at its state."""
+        st = self.stats
+        core = target.core
+        if core is None or target.crashed:  # dropped on arrival anyway, without a draw
+            st.skipped_datagrams += 1
+            st.skipped_messages += len(data)
+            return None
+        stale = target.stale
+        now = self.now
+        if now >= target.stale_until:  # a new epoch: forget, look again
+            stale.clear()
+            target.stale_until = (now // STALE_EPOCH + 1) * STALE_EPOCH
+        valid_until = target.stale_until + STALE_SLACK  # what is in `stale` is stale up to then
+        if when + self._max_stall > valid_until:  # it may be handled later than that: no skipping
+            return self._decode(data)
+        if stale.issuperset(data):
+            st.skipped_messages += len(data)
+            return self._nothing_for(target, when)
+        rest = list(filterfalse(stale.__contains__, data))
+        is_stale = core.stale
+        kept = []
+        for msg, m in zip(rest, self._decode(rest), strict=True):
+            if msg[1] >= _NEWS and is_stale(now, m, valid_until):
+                stale.add(msg)
+                continue
+            kept.append(m)
+        st.skipped_messages += len(data) - len(kept)
+        return kept if kept else self._nothing_for(target, when)
+
+    def _nothing_for(self, target: SimMember, when: float) -> list[Any] | None:
+        """A datagram with nothing left for `target`: not delivered (None), unless `target` stalls —
+        then it still arrives, empty, so its deferral draws as before."""
+        if target.slow is not None and target.slow.kind == "stall":
+            return []
+        self.stats.skipped_datagrams += 1
+        if when > target.skipped_until:
+            target.skipped_until = when
+        return None
 
     def _tcp_cost(self, i: int, body: bytes, connection: bool = False) -> None:
         size = len(body) + 4
@@ -393,8 +510,11 @@ class Sim:
         st.events += len(events)
         trace = self._trace
         for kind, name, inc in events:
+            line = f"{self.now:.9f} {m.index} {kind} {name} {inc}"
             if trace is not None:
-                trace.update(f"{self.now:.9f} {m.index} {kind} {name} {inc}".encode())
+                trace.update(line.encode())
+            if self._etrace is not None:
+                self._etrace.add(line)
             if kind == FAILED:
                 if name == m.name:
                     raise InvariantViolation(f"{m.name} declared itself dead")
@@ -445,6 +565,8 @@ class Sim:
         period (as if it had been pausing all along), later ones every uniform(*every) seconds."""
         m = self.members[i]
         m.slow = pattern or SlowPattern()
+        if m.slow.kind == "stall":
+            self._max_stall = max(self._max_stall, m.slow.seconds)
         self._push(self.now + m.slow.every[1] * self.rng.random(), _PAUSE, i)
 
     def _pause(self, m: SimMember, t: float) -> None:
@@ -460,6 +582,9 @@ class Sim:
             self._push(t + p.length, _PAUSE, m.index)
             return
         else:
+            if m.skipped_until > t:  # a datagram skip_noop dropped might have been deferred (and drawn for)
+                raise InvariantViolation(f"{m.name} stalls at {t:.3f} s with a skipped datagram due at "
+                                         f"{m.skipped_until:.3f} s: make members slow before the run starts")
             m.paused_until = end = t + p.seconds
             m.pauses += 1
         lo, hi = p.every
@@ -575,6 +700,29 @@ class Sim:
     def trace_digest(self) -> str:
         assert self._trace is not None, "build the Sim with trace=True"
         return self._trace.hexdigest()
+
+    def events_digest(self) -> str:
+        assert self._etrace is not None, "build the Sim with events_trace=True"
+        return self._etrace.hexdigest()
+
+    def state_digest(self) -> str:
+        """Every running core's state: its view's records, suspicions (accusers, deadlines), gossip
+        queue (items and their transmit counts), probe, relays, health, counters and random state."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(sorted((n, r.inc, r.state, r.since) for n, r in self.baseline.records.items())).encode())
+        for m in self.members:
+            core = m.core
+            if core is None:
+                continue
+            p = core.probe
+            part = (m.index, sorted((n, None if r is None else (r.inc, r.state, r.since, r.node.addr))
+                                    for n, r in core.view.differences()),
+                    sorted((n, sorted(s.accusers), s.deadline, s.k) for n, s in core.suspicions.items()),
+                    sorted(core.queue._items), None if p is None else (p.seq, p.node.name, p.nacks, p.indirect),
+                    sorted(core.relays.items()), core.health.score, sorted(core.stats.items()),
+                    core.rng.getstate(), core._seq, core._tick_time, core._gossip_pending, m.backlog)
+            h.update(repr(part).encode())
+        return h.hexdigest()
 
     def counters(self) -> dict[str, int]:
         total: dict[str, int] = {}

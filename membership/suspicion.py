@@ -48,6 +48,11 @@ class Suspicion:
         """The accuser and the members that confirmed (for logs and tests)."""
         return frozenset(self._from)
 
+    def news(self, frm: str) -> bool:
+        """Whether a suspicion from `frm` would be news (`confirm` would return True); reads only."""
+        f = self._from
+        return frm not in f and (not f or len(f) - 1 < self.k)
+
     def confirm(self, frm: str) -> bool:
         """A suspicion from `frm`: True if it was news (the accuser of a suspicion learned without one, or
         an independent confirmation, which may move the deadline in)."""

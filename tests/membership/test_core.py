@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proconsul.membership import codec as c
@@ -625,3 +625,100 @@ def test_force_leave_of_an_unreachable_member_takes_alive_ones_only_when_asked()
     assert m.force_leave(0.0, "m1") is False  # alive: the LAN rule
     assert m.force_leave(0.0, "m1", unreachable=True) is True
     assert m.view.get("m1").state == LEFT and m.events[-1][:2] == (k.LEFT_EVENT, "m1")
+
+
+# ------------------------------------------------------------------- the simulator's no-op rule
+_NAMES = ["m0", "a", "b"]  # m0 is the core itself
+
+
+def _news(kind: int, inc: int, name: str, frm: str) -> list[Any]:
+    if kind == c.ALIVE:
+        addr = "127.0.0.1" if name == "m0" else "10.0.0." + str(_NAMES.index(name))
+        tags = {"role": "node", "i": "0"} if name == "m0" else {}
+        return msgpack.unpackb(c.alive(inc, name, addr, 9000 if name == "m0" else 8301, tags))
+    return msgpack.unpackb((c.suspect if kind == c.SUSPECT else c.dead)(inc, name, frm))
+
+
+_FROM = ["x", "y", "a"]
+_ALL_NEWS = [_news(kind, inc, name, frm) for kind in (c.SUSPECT, c.ALIVE, c.DEAD) for inc in range(3)
+             for name in _NAMES for frm in _FROM]
+_news_st = st.sampled_from(_ALL_NEWS)
+_step_st = st.one_of(_news_st, st.sampled_from(["reap", "timers", "leave"]))
+
+
+def _state(m: Membership) -> Any:
+    return (sorted((r.node.name, r.inc, r.state, r.since, r.node.addr, r.node.port, sorted(r.node.tags.items()))
+                   for r in m.view), sorted((n, sorted(s.accusers), s.deadline) for n, s in m.suspicions.items()),
+            sorted(m.queue._items), m.out, m.timers, m.streams, m.events, sorted(m.stats.items()), m.health.score,
+            m.rng.getstate(), m.left, sorted(m.intents.items()), m.me)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(_news_st, max_size=6), st.lists(_step_st, max_size=6), st.booleans())
+# a suspicion's accuser again, but about a newer incarnation: a no-op now, and a new suspicion once
+# that incarnation is alive here (why `stale` wants the incarnation it holds, not a newer one)
+@example([_news(c.SUSPECT, 0, "a", "x")], [_news(c.ALIVE, 1, "a", "")], False)
+# left long enough ago to be reaped before `until` (alive news is a join again)
+@example([_news(c.DEAD, 0, "a", "a")], ["reap"], True)
+def test_news_the_core_calls_stale_changes_nothing_then_or_after_anything_else(
+        before: list[Any], between: list[Any], short_reap: bool) -> None:
+    """`Membership.stale` (what Sim(skip_noop=True) skips, docs/membership.md): whatever state news
+    built, every message it calls stale (of all news about three members, one the core itself) changes
+    nothing when it is handled — after any other news, reaping, suspicion timeouts and a leave in
+    between, up to `until` (with reap timeouts short enough to matter, and Consul's)."""
+    import copy
+
+    t = Timings(reconnect_timeout=20.0, tombstone_timeout=10.0) if short_reap else LAN
+    core0 = core(0, t)
+    core0.running = True
+    for i, name in enumerate(["m1", "m2", "m3", "m4", "a", "b"]):  # enough members to wait for confirmations
+        core0.on_messages(0.0, [_news(c.ALIVE, 0, name, "")] if name in _NAMES else
+                          [msgpack.unpackb(c.alive(0, name, "10.1.0.1", 8301 + i, {}))])
+    now = 0.0
+    for msg in before:
+        now += 1.0
+        core0.on_messages(now, [msg])
+    until = now + 15.0
+    for m in _ALL_NEWS:
+        if not core0.stale(now, m, until):
+            continue
+        r = copy.deepcopy(core0)
+        for k_, step in enumerate(between):
+            at = now + (until - now) * (k_ + 1) / len(between)
+            if step == "reap":
+                r._reap(at)
+            elif step == "timers":
+                for when, kind, tok in sorted(r.timers, key=lambda x: x[0]):
+                    if when <= at and kind == k.T_SUSPICION:
+                        r.on_timer(when, kind, tok)
+            elif step == "leave":
+                r.leave(at)
+            else:
+                r.on_messages(at, [step])
+        before_m = _state(r)
+        r.on_messages(until, [m])
+        assert _state(r) == before_m, m
+
+
+def test_stale_news_by_case() -> None:
+    m = core(0)
+    m.running = True
+    for i in range(1, 6):  # enough members for Lifeguard to wait for confirmations
+        m.on_messages(0.0, [msgpack.unpackb(c.alive(0, f"m{i}", "10.1.0.1", 8301 + i, {}))])
+    m.on_messages(1.0, [_news(c.ALIVE, 2, "a", "")])
+    assert m.stale(1.0, _news(c.ALIVE, 2, "a", ""), 2.0) and m.stale(1.0, _news(c.SUSPECT, 1, "a", "x"), 2.0)
+    assert not m.stale(1.0, _news(c.ALIVE, 3, "a", ""), 2.0)
+    assert not m.stale(1.0, _news(c.SUSPECT, 2, "a", "x"), 2.0)  # starts a suspicion
+    assert not m.stale(1.0, _news(c.ALIVE, 0, "b", ""), 2.0)  # unknown: a join
+    assert not m.stale(1.0, _news(c.SUSPECT, 0, "b", "x"), 2.0)  # unknown: ignored now, not for good
+    m.on_messages(1.0, [_news(c.SUSPECT, 2, "a", "x")])
+    assert m.stale(1.0, _news(c.SUSPECT, 2, "a", "x"), 2.0)  # the accuser again
+    assert not m.stale(1.0, _news(c.SUSPECT, 2, "a", "y"), 2.0)  # a new accuser confirms
+    assert not m.stale(1.0, _news(c.DEAD, 2, "a", "y"), 2.0)
+    assert not m.stale(1.0, _news(c.SUSPECT, 0, "m0", "x"), 2.0)  # about itself: it refutes
+    assert m.stale(1.0, _news(c.ALIVE, 0, "m0", ""), 2.0)  # its own alive news, back
+    m.on_messages(1.0, [_news(c.DEAD, 2, "a", "y")])
+    assert m.stale(1.0, _news(c.DEAD, 2, "a", "z"), 2.0) and m.stale(1.0, _news(c.SUSPECT, 2, "a", "z"), 2.0)
+    assert not m.stale(1.0, _news(c.DEAD, 2, "a", "a"), 2.0)  # failed, then it says it left
+    assert not m.stale(1.0, _news(c.ALIVE, 2, "a", ""), 1.0 + m.t.tombstone_timeout)  # could be reaped by then
+    assert not m.stale(1.0, [c.PING, 1, "m0", "a", "10.0.0.1", 8301], 2.0)
