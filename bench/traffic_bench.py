@@ -27,6 +27,7 @@ requests over all its processes. Goals: chain ≥ 0.9× plain; access logs ≥ 0
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,7 @@ class ChainArm:
         self.agent.start()
         self.front = free_port()
         self.log_path = tmp / f"access{label}.log"
+        self._tracing_sink = ""  # the sink's /count while tracing was last on
         kw = {"env": {**os.environ, **env}} if env else {}
         a = self.agent
         entries = chain_entries(protocol)
@@ -99,14 +102,26 @@ class ChainArm:
                      message="traffic through the ingress gateway")
 
     def tracing(self, endpoint: str, percent: float) -> None:
-        """Tracing on (to `endpoint`, sampling `percent`) or off (empty endpoint); waits for a span to arrive."""
+        """Tracing on (to `endpoint`, sampling `percent`): returns once the sink has had a batch of spans sent
+        after the change. Off (empty endpoint): returns once requests stop producing batches."""
         if endpoint:
+            sink = self._tracing_sink = endpoint.rsplit("/v1/", 1)[0] + "/count"
+            before = _posts(sink)
             assert self.agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "Config": {"tracing": {
                 "otlp_endpoint": endpoint, "sampling_percent": percent}}})[0] == 200
-            time.sleep(1.0)  # the proxies learn it by blocking query; no observable signal without an admin port
+            # The exporters post once a second: enough requests for a few sampled ones, then wait for the POST.
+            wait_for(lambda: _requests(self.front, max(20, int(300 / percent))) and _posts(sink) > before, 20,
+                     message="spans reach the sink")
         else:
             self.agent.request("DELETE", "/v1/config/proxy-defaults/global")
-            time.sleep(1.0)
+            wait_for(lambda: self._tracing_sink == "" or self._no_spans(self._tracing_sink), 20,
+                     message="tracing off")
+
+    def _no_spans(self, sink: str) -> bool:
+        _requests(self.front, 300)
+        before = _posts(sink)
+        time.sleep(1.5)  # the exporter's interval (1 s): a span made before now would have been posted by then
+        return _posts(sink) == before
 
     def access_logs(self, on: bool) -> None:
         if on:
@@ -145,13 +160,35 @@ class ChainArm:
 SINK = """
 import sys
 from aiohttp import web
+posts = [0]
 async def ok(request):
     await request.read()
+    posts[0] += 1
     return web.Response()
+async def count(request):
+    return web.Response(text=str(posts[0]))
 app = web.Application(client_max_size=64 << 20)
 app.router.add_post("/v1/traces", ok)
+app.router.add_get("/count", count)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
+
+
+def _posts(count_url: str) -> int:
+    with urllib.request.urlopen(count_url, timeout=5) as r:
+        return int(r.read())
+
+
+def _requests(port: int, n: int) -> bool:
+    """`n` keep-alive GETs through the chain's front (quicker than curl for the 1% arm's hundreds)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        for _ in range(n):
+            conn.request("GET", "/")
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    return True
 
 
 def _curl_h2(url: str) -> str:
