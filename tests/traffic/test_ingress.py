@@ -251,3 +251,39 @@ def test_wildcard_listener_exposes_every_http_service_and_logs_requests(mesh: di
         agent.request("PUT", "/v1/agent/service/deregister/extra")
         agent.request("DELETE", "/v1/config/service-defaults/extra")
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_wildcard_links_a_service_registered_later_within_a_second(mesh: dict[str, Any]) -> None:
+    """The gateway follows /v1/catalog/gateway-services with a blocking query: a service registered after the
+    gateway started is on the wildcard listener within ~1 s, and routed as soon as its sidecar passes — no
+    restart (same process, the open listener keeps serving)."""
+    import time
+
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["http"]
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": port, "Protocol": "http", "Services": [{"Name": "*"}]},
+        {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+    wait_for(lambda: curl(port, "web.ingress.mesh")[1].get("backend") == "web", 10, message="the wildcard entry")
+    pid, late = gw.proc.pid, None
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "late", "Protocol": "http"})[0] == 200
+    try:
+        started = time.monotonic()
+        assert agent.put("/v1/agent/service/register", {"Name": "late", "Port": mesh["backends"].http("late"),
+                                                        "Connect": {"SidecarService": {}}})[0] == 200
+        wait_for(lambda: "late" in gw.admin("/stats")["CircuitBreakers"], 3, interval=0.02,
+                 message="the gateway to link the new service")
+        linked = time.monotonic() - started
+        late = ProxyProcess(agent, Path(gw.log_path).parent, sidecar_for="late").start()
+        wait_passing(agent, "late")
+        passing = time.monotonic()
+        wait_for(lambda: curl(port, "late.ingress.mesh", "/late")[1].get("backend") == "late", 3,
+                 message="the new service routed by the wildcard")
+        routed = time.monotonic() - passing
+        assert linked < 1.0, f"linked after {linked:.2f}s"
+        assert routed < 1.0, f"routed {routed:.2f}s after its sidecar passed"
+        assert gw.proc.pid == pid and gw.proc.poll() is None, "no restart"
+    finally:
+        if late is not None:
+            late.stop()
+        agent.request("PUT", "/v1/agent/service/deregister/late")
+        agent.request("DELETE", "/v1/config/service-defaults/late")
