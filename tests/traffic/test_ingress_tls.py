@@ -54,7 +54,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         status, body = agent.put("/v1/config", entry(http, strict, ["web.example.com"]))
         assert status == 200, body
         gw = ProxyProcess(agent, tmp, proxy_id="igt")
-        gw.args = ["-gateway", "ingress", "-service", "igt", "-register", "-address", "127.0.0.1:8443"]
+        gw.args = ["-gateway", "ingress", "-service", "igt", "-register", "-address", f"127.0.0.1:{free_port()}"]
         procs.append(gw.start())
         roots = agent.get("/v1/connect/ca/roots")[1]
         ca = tmp / "ca.pem"
