@@ -276,7 +276,10 @@ class IngressGateway(Proxy):
             if ctx is None:  # no usable certificate (yet): refuse rather than answer in plain text
                 return _Refuse()
             return TLSProtocol(ctx, plain(), server_side=True, handshake_timeout=rt.config.handshake_timeout,
-                               scratch=rt.tls_scratch)
+                               on_failure=failed, scratch=rt.tls_scratch)
+
+        def failed(tls: TLSProtocol, exc: Exception, port: int = lst.port) -> None:
+            rt.handshake_failed(tls, exc, cluster=f"ingress:{port}")
 
         try:
             server = await asyncio.get_running_loop().create_server(

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from proconsul.connect.proxy.accesslog import handshake_failure_reason
 from proconsul.connect.proxy.agent_api import AgentAPI, wait_registered
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.forward import Side
@@ -169,6 +170,7 @@ class TerminatingGateway:
         self.linked: dict[str, _Linked] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"Handshakes": 0, "HandshakeFailures": 0, "Refused": 0}
+        self.handshake_reasons: dict[str, int] = {}  # failed handshakes by reason (/stats)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._admin: web.AppRunner | None = None
@@ -356,8 +358,18 @@ class TerminatingGateway:
         ssl_obj.context = linked.ctx
         return None
 
-    def _handshake_failed(self, _tls: Any, exc: Exception) -> None:
+    def _handshake_failed(self, tls: Any, exc: Exception) -> None:
+        """A caller that did not complete mTLS (a foreign or missing certificate, a server name not linked):
+        counted by reason and one listener-level access-log line naming the service its SNI chose, if any."""
         self.stats["HandshakeFailures"] += 1
+        reason = handshake_failure_reason(exc)
+        service = str(getattr(tls.sslobj.context, "proconsul_service", ""))
+        if not service and reason == "CALLBACK_FAILED":  # the SNI callback (_pick) found no linked service
+            reason = "UNRECOGNIZED_NAME"
+        self.handshake_reasons[reason] = self.handshake_reasons.get(reason, 0) + 1
+        self.access.handshake_failed(tls.opened, peer_address(tls.raw), reason,
+                                     f"{service}.default.default.{self.datacenter}" if service else "", service,
+                                     "-" if service or reason != "UNRECOGNIZED_NAME" else "NR")
         log.debug("terminating gateway: handshake failed: %s", exc)
 
     def refused(self, linked: _Linked | None, source: str, reason: str) -> None:
@@ -396,7 +408,8 @@ class TerminatingGateway:
 
     # ------------------------------------------------------------------ admin
     def snapshot(self) -> dict[str, Any]:
-        return {**self.stats, "Service": self.service, "Services": {
+        return {**self.stats, "HandshakeFailureReasons": dict(self.handshake_reasons), "Service": self.service,
+                "Services": {
             name: {**ln.stats, "Open": len(ln.open), "Instances": len(ln.instances), "TLS": ln.spec.tls,
                    "Ready": ln.ctx is not None and ln.policy is not None,
                    **({"Error": ln.origination_error} if ln.origination_error else {})}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -109,10 +110,12 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._on_failure = on_failure
         self._heard = False  # any bytes from the peer yet (a TCP health check sends none)
+        self.opened = 0.0  # time.monotonic() at connection_made (a failed handshake's access-log line)
 
     # ------------------------------------------------------------------ the TCP side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw = transport
+        self.opened = time.monotonic()
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
         self._handshake_step()
 

@@ -80,7 +80,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         assert agent.put("/v1/agent/service/register", {"Name": "web", "Port": backends.http("web"), "Connect": {
             "SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": n, "LocalBindPort": p}
                                                        for n, p in ports.items()]}}}})[0] == 200
-        procs.append(ProxyProcess(agent, tmp, sidecar_for="web").start())
+        web = ProxyProcess(agent, tmp, sidecar_for="web").start()
+        procs.append(web)
         wait_passing(agent, "web")
         status, body = agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
             {"Name": "ext"},
@@ -92,7 +93,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         procs.append(gw)
         wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
         yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki,
-               "outside": outside}
+               "outside": outside, "web": web}
     finally:
         for p in procs:
             p.stop()
@@ -239,3 +240,50 @@ def test_bad_entries_are_refused_naming_the_field(mesh: dict[str, Any], service:
                                                     "Services": [service]})
     assert status == 400 and message in str(body) and "terminating-gateway 'bad'" in str(body)
     assert mesh["agent"].get("/v1/config/terminating-gateway/bad")[0] == 404
+
+
+def test_failed_tls_handshakes_are_logged_and_counted(mesh: dict[str, Any]) -> None:
+    """openssl s_client with a certificate made by openssl (not the Connect CA), or with none, at web's sidecar
+    public listener, and at the gateway also with a server name it does not link: one listener-level access-log
+    line per connection (Envoy's DOWNSTREAM_TRANSPORT_FAILURE_REASON) and a count by reason in the metrics."""
+    agent, gw, web, pki = mesh["agent"], mesh["gw"], mesh["web"], mesh["pki"]
+    log_path = Path(gw.log_path).parent / "handshakes-access.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    public = agent.get("/v1/agent/service/web-sidecar-proxy")[1]["Port"]
+    gw_port = int(gw.args[gw.args.index("-address") + 1].rsplit(":", 1)[1])
+    td = agent.get("/v1/connect/ca/roots")[1]["TrustDomain"]
+    foreign = ("-cert", pki["client"], "-key", str(Path(pki["client"]).with_name("client.key")))
+
+    def s_client(port: int, *args: str) -> None:
+        subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args], input="",
+                       capture_output=True, text=True, timeout=10)
+
+    def failures() -> list[tuple[str, str, str]]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [(x.get("upstream_cluster", ""), x.get("upstream_service", ""), x["downstream_transport_failure_reason"])
+                for x in map(json.loads, text.splitlines())
+                if x.get("response_code_details") == "downstream_tls_handshake_failed"]
+
+    try:
+        wait_for(lambda: "access logs: file" in gw.log() and "access logs: file" in web.log(), 10,
+                 message="access logs on in the gateway and the sidecar")
+        s_client(public, *foreign)
+        s_client(public)
+        s_client(gw_port, "-servername", f"ext.default.dc1.internal.{td}", *foreign)
+        s_client(gw_port, "-servername", "nope.example.com", *foreign)
+        wait_for(lambda: len(failures()) >= 4, 5, message="a line per failed handshake")
+        lines = failures()
+        assert ("local_app", "web", "CERTIFICATE_VERIFY_FAILED") in lines
+        assert ("local_app", "web", "PEER_DID_NOT_RETURN_A_CERTIFICATE") in lines
+        assert ("ext.default.default.dc1", "ext", "CERTIFICATE_VERIFY_FAILED") in lines, "the SNI chose ext"
+        assert ("", "", "UNRECOGNIZED_NAME") in lines, "a server name the gateway does not link"
+        assert len(lines) == 4, lines
+        metrics = web.admin("/metrics")
+        assert 'proconsul_proxy_tls_handshake_failures_total{service="web",reason="CERTIFICATE_VERIFY_FAILED"} 1' \
+            in metrics
+        stats = gw.admin("/stats")
+        assert stats["HandshakeFailures"] >= 2 and stats["HandshakeFailureReasons"]["CERTIFICATE_VERIFY_FAILED"] >= 1
+        assert curl(mesh["ports"]["ext"])[0] == 200, "the mesh's own traffic is unaffected"
+    finally:
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
