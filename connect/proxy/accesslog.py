@@ -25,7 +25,7 @@ DEFAULT_FIELDS = ("start_time", "route_name", "method", "path", "protocol", "res
                   "response_code_details", "bytes_received", "bytes_sent", "duration", "user_agent", "request_id",
                   "authority", "x_forwarded_for", "upstream_host", "upstream_cluster", "upstream_service",
                   "upstream_instance", "split", "downstream_remote_address", "downstream_peer_uri_san",
-                  "downstream_transport_failure_reason", "grpc_status")
+                  "downstream_transport_failure_reason", "intention", "grpc_status")
 _KEYS = {k: f'"{k}":' for k in DEFAULT_FIELDS}
 _AFTER_START = DEFAULT_FIELDS[1:]  # start_time is first and always set (a float, written as ISO 8601)
 _HEADER_FIELDS = {b"user-agent": "user_agent", b"x-request-id": "request_id", b"host": "authority",

@@ -40,9 +40,10 @@ class GatewayAccessLog:
         self.log: AccessLog | None = None
 
     async def watch(self, api: AgentAPI, stop: asyncio.Event) -> None:
-        await api.watch("/v1/config/proxy-defaults", {}, self._on_entries, stop)
+        await api.watch("/v1/config/proxy-defaults", {}, self.apply, stop)
 
-    def _on_entries(self, rows: list[dict[str, Any]] | None) -> None:
+    def apply(self, rows: list[dict[str, Any]] | None) -> None:
+        """The proxy-defaults entries (the `global` one's AccessLogs)."""
         entry = next((r for r in rows or [] if r.get("Name") == "global"), None)
         self.log = follow(self.log, (entry or {}).get("AccessLogs") or None)
 

@@ -8,9 +8,11 @@ connection the gateway:
 
 1. picks the linked service from the SNI and presents **that service's** leaf certificate (the sidecar
    checks it is talking to the service it asked for), asking for the caller's;
-2. decides the caller's SPIFFE ID against the intentions whose destination is that service (L4; an
-   intention with L7 permissions cannot allow a bare connection here) — a denied caller is closed
-   before a byte reaches the outside service;
+2. decides the caller's SPIFFE ID against the intentions whose destination is that service — a denied
+   caller is closed before a byte reaches the outside service. When the service's protocol
+   (service-defaults, else proxy-defaults) is `http`, the connection is handed to the sidecar's inbound
+   HTTP front (`TerminatingFront`): each request is decided by the L7 intentions (403 when denied), gets
+   its access-log line, and goes to the outside service on a kept-alive connection;
 3. connects to a passing instance of the service from the catalog (registered on a node without an
    agent), in plain TCP, or with TLS when the entry gives a `CAFile` (one-way TLS; with `CertFile` and
    `KeyFile` mutual TLS; `SNI` is sent and the server certificate's name checked against it), and
@@ -31,13 +33,17 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from proconsul.connect.proxy import l7
 from proconsul.connect.proxy.accesslog import handshake_failure_reason
 from proconsul.connect.proxy.agent_api import AgentAPI, wait_registered
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
+from proconsul.connect.proxy.config import ProxyConfig
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
 from proconsul.connect.proxy.gateway_log import DENIED, GatewayAccessLog, peer_address
+from proconsul.connect.proxy.http import Back, Exchange, Front, InboundFront
 from proconsul.connect.proxy.proxy import ProxyError, credentials
+from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.sni import parse_sni_name
 from proconsul.connect.proxy.tls import MeshTLSError, peer_cert, server_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
@@ -70,8 +76,14 @@ class _Linked:
         self.origination: ssl.SSLContext | None = None
         self.origination_error = ""
         self.watches: list[asyncio.Task[None]] = []
-        self.open: set[TerminatingInbound] = set()
+        self.open: set[Any] = set()  # TerminatingInbound (L4) and TerminatingFront (http) connections
         self.stats = {"Connections": 0, "Refused": 0, "DialFailures": 0}
+        self.protocol = "tcp"  # service-defaults' Protocol, else proxy-defaults' Config.protocol
+        self.rt: Runtime | None = None  # http: the sidecar runtime its TerminatingFronts share
+
+    @property
+    def cluster(self) -> str:
+        return f"{self.spec.name}.default.default.{self.rt.datacenter if self.rt is not None else ''}"
 
 
 class TerminatingInbound(Side):
@@ -110,6 +122,10 @@ class TerminatingInbound(Side):
             gw.refused(linked, decision.source, decision.reason)
             self.details = DENIED
             self.abort()
+            return
+        if linked.rt is not None:  # http: the sidecar's L7 front decides, forwards and logs each request
+            self.service = ""  # no connection line: the requests get theirs
+            transport.hand_over(TerminatingFront(gw, linked))  # type: ignore[attr-defined]
             return
         self.linked = linked
         self.on_bytes = self._count_in
@@ -156,6 +172,65 @@ class TerminatingInbound(Side):
                                       details=self.details)
 
 
+class TerminatingFront(InboundFront):
+    """A caller's connection to a linked `http` service: the sidecar's inbound HTTP front (L7 intentions per
+    request, 403 when denied, access-log lines, tap, x-forwarded-client-cert), whose "application" is an
+    instance of the outside service, dialed as the L4 path dials it (round robin, TLS origination)."""
+
+    __slots__ = ("gw", "linked", "upstream_host", "dial_flag")
+
+    def __init__(self, gw: TerminatingGateway, linked: _Linked) -> None:
+        assert linked.rt is not None
+        super().__init__(linked.rt)
+        self.gw, self.linked = gw, linked
+        self.upstream_host = ""
+        self.dial_flag = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self.closed:
+            self.linked.open.add(self)
+            self.linked.stats["Connections"] += 1
+
+    def lost(self) -> None:
+        super().lost()
+        self.linked.open.discard(self)
+
+    def describe(self) -> str:
+        return f"terminating gateway: {self.linked.spec.name} from {self.source or self.uri or 'unknown'}"
+
+    async def _dial_app(self, ex: Exchange) -> None:
+        try:
+            app, self.upstream_host = await self.gw.dial(self.linked, lambda: Back(None))
+        except GatewayDialError as e:
+            if not self.closed:
+                self.dial_flag = e.flag
+                ex.back_failed(str(e))
+            return
+        if self.closed:
+            app.close()
+            return
+        self.app = app  # type: ignore[assignment]
+        ex.send_on(app, [self._xfcc], self.rt.config.local_request_timeout)  # type: ignore[arg-type]
+
+    def attempt_failed(self, ex: Exchange, why: str) -> None:
+        self.link.link.failed += 1
+        log.warning("terminating gateway: %s %s from %s to %s: %s", ex.head.method.decode(),
+                    ex.head.target.decode("latin-1"), self.source, self.linked.spec.name, why)
+        self.app = None
+        flag, self.dial_flag = self.dial_flag or "UF", ""
+        if flag == "UH":
+            self.reply(ex, 503, "no healthy upstream", "UH")
+        else:
+            self.reply(ex, 502, "upstream connect error or disconnect/reset before headers", "UF")
+
+    def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
+        rec = Front.log_record(self, ex, now)
+        l7.inbound_fields(rec, self.rt, self.uri, ex.denied, ex.why, cluster=self.linked.cluster,
+                          host=self.upstream_host)
+        return rec
+
+
 class TerminatingGateway:
     def __init__(self, api: AgentAPI, service_id: str, *, bind: str, port: int, admin_address: str = "127.0.0.1",
                  admin_port: int = -1) -> None:
@@ -178,6 +253,8 @@ class TerminatingGateway:
         self.access = GatewayAccessLog()  # proxy-defaults' AccessLogs: a line per connection
         self._entry: dict[str, Any] | None = None  # the terminating-gateway config entry
         self._wildcard: list[str] = []  # what its wildcard `*` links now (the catalog's gateway-services)
+        self._protocols: dict[str, str] = {}  # service-defaults' Protocol by service
+        self._default_protocol = ""  # proxy-defaults' Config.protocol
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
@@ -192,7 +269,8 @@ class TerminatingGateway:
         self.spawn(self.api.watch("/v1/config/terminating-gateway", {}, self._on_entries, stop))
         self.spawn(self.api.watch(f"/v1/catalog/gateway-services/{quote(self.service, safe='')}", {},
                                   self._on_gateway_services, stop))
-        self.spawn(self.access.watch(self.api, stop))
+        self.spawn(self.api.watch("/v1/config/proxy-defaults", {}, self._on_proxy_defaults, stop))
+        self.spawn(self.api.watch("/v1/config/service-defaults", {}, self._on_service_defaults, stop))
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: TLSProtocol(self._listening, TerminatingInbound(self), server_side=True,
@@ -269,6 +347,47 @@ class TerminatingGateway:
         self._entry = entry
         self._relink()
 
+    def _on_proxy_defaults(self, rows: list[dict[str, Any]] | None) -> None:
+        self.access.apply(rows)
+        entry = next((r for r in rows or [] if r.get("Name") == "global"), None) or {}
+        self._default_protocol = str((entry.get("Config") or {}).get("protocol") or "").lower()
+        self._apply_protocols()
+
+    def _on_service_defaults(self, rows: list[dict[str, Any]] | None) -> None:
+        self._protocols = {str(r.get("Name")): str(r.get("Protocol") or "").lower() for r in rows or []}
+        self._apply_protocols()
+
+    def _protocol(self, name: str) -> str:
+        return self._protocols.get(name) or self._default_protocol or "tcp"
+
+    def _apply_protocols(self) -> None:
+        """Each linked service's protocol; one that becomes (or stops being) http gets (or loses) its L7 runtime,
+        for new connections. Every runtime writes to the current access log."""
+        for linked in self.linked.values():
+            protocol = self._protocol(linked.spec.name)
+            if protocol != linked.protocol:
+                linked.protocol = protocol
+                self._set_runtime(linked)
+                self._set_policy(linked)
+            if linked.rt is not None:
+                linked.rt.access_log = self.access.log
+
+    def _set_runtime(self, linked: _Linked) -> None:
+        """An `http` service's L7 runtime (the sidecar's: intentions per request, access-log lines, metrics);
+        http2 and grpc services stay L4 here (see docs/traffic-management.md)."""
+        if linked.protocol != "http":
+            linked.rt = None
+            return
+        name = linked.spec.name
+        cfg = ProxyConfig(proxy_id=self.service_id, proxy_name=self.service, service=name, service_id=name,
+                          bind_address=self.bind, bind_port=self.port, local_address="", local_port=0,
+                          protocol="http")
+        rt = Runtime(cfg, datacenter=self.datacenter)
+        rt.trust_domain = self.trust_domain
+        rt.access_log = self.access.log
+        linked.rt = rt
+        log.info("terminating gateway: %s is http: L7 intentions and a log line per request", name)
+
     def _on_gateway_services(self, rows: list[dict[str, Any]]) -> None:
         """The catalog's view of what the entry links: the services its wildcard `*` stands for now."""
         wildcard = sorted(r["Service"]["Name"] for r in rows or [] if r.get("FromWildcard"))
@@ -291,6 +410,8 @@ class TerminatingGateway:
 
     def _link(self, spec: LinkedService) -> None:
         linked = self.linked[spec.name] = _Linked(spec)
+        linked.protocol = self._protocol(spec.name)
+        self._set_runtime(linked)
         if spec.tls:
             try:
                 linked.origination = origination_context(spec)
@@ -338,7 +459,11 @@ class TerminatingGateway:
     def _set_policy(self, linked: _Linked) -> None:
         if not self.trust_domain:
             return
-        linked.policy = IntentionPolicy(linked.spec.name, self.trust_domain, linked.intentions, self.default_allow)
+        linked.policy = IntentionPolicy(linked.spec.name, self.trust_domain, linked.intentions, self.default_allow,
+                                        http=linked.rt is not None)
+        if linked.rt is not None:
+            linked.rt.trust_domain = self.trust_domain
+            linked.rt.set_policy(linked.policy)  # its HTTP connections: decided per request from now on
         for side in list(linked.open):  # connections an intention no longer allows are closed
             if not linked.policy.connection(side.uri).allowed:
                 log.warning("terminating gateway: closing a connection from %s to %s: no longer allowed",
@@ -379,9 +504,9 @@ class TerminatingGateway:
         log.warning("terminating gateway: refused connection from %s to %s: %s", source,
                     linked.spec.name if linked is not None else "?", reason)
 
-    async def dial(self, linked: _Linked) -> tuple[Side, str]:
-        """A connection to a passing instance of the outside service (TLS when the entry says so), and the
-        instance's `host:port`."""
+    async def dial(self, linked: _Linked, factory: Any = Side) -> tuple[Any, str]:
+        """A connection to a passing instance of the outside service (TLS when the entry says so), with the
+        protocol `factory` makes (a Side to splice, or an HTTP Back), and the instance's `host:port`."""
         spec = linked.spec
         if spec.tls and linked.origination is None:
             raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
@@ -395,11 +520,11 @@ class TerminatingGateway:
             try:
                 async with asyncio.timeout(DIAL_TIMEOUT):
                     if linked.origination is not None:
-                        _, side = await loop.create_connection(Side, host, port, ssl=linked.origination,
+                        _, side = await loop.create_connection(factory, host, port, ssl=linked.origination,
                                                                server_hostname=spec.sni or host,
                                                                ssl_handshake_timeout=DIAL_TIMEOUT)
                     else:
-                        _, side = await loop.create_connection(Side, host, port)
+                        _, side = await loop.create_connection(factory, host, port)
                 return side, f"{host}:{port}"
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 linked.stats["DialFailures"] += 1
@@ -411,6 +536,8 @@ class TerminatingGateway:
         return {**self.stats, "HandshakeFailureReasons": dict(self.handshake_reasons), "Service": self.service,
                 "Services": {
             name: {**ln.stats, "Open": len(ln.open), "Instances": len(ln.instances), "TLS": ln.spec.tls,
+                   "Protocol": ln.protocol,
+                   **({"HTTP": ln.rt.metrics.snapshot()["Inbound"]} if ln.rt is not None else {}),
                    "Ready": ln.ctx is not None and ln.policy is not None,
                    **({"Error": ln.origination_error} if ln.origination_error else {})}
             for name, ln in self.linked.items()}}

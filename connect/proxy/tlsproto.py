@@ -73,6 +73,12 @@ class TLSTransport(asyncio.Transport):
             return tls.sslobj.getpeercert()
         return tls.raw.get_extra_info(name, default) if tls.raw is not None else default
 
+    def hand_over(self, app: asyncio.Protocol) -> None:
+        """Give the connection to another application protocol, from the first one's `connection_made`
+        (before any application byte was read): the terminating gateway picks L4 or HTTP per service."""
+        self._tls.app = app
+        app.connection_made(self)
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if self._tls.raw is not None:
             self._tls.raw.set_write_buffer_limits(high, low)

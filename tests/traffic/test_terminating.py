@@ -287,3 +287,55 @@ def test_failed_tls_handshakes_are_logged_and_counted(mesh: dict[str, Any]) -> N
         assert curl(mesh["ports"]["ext"])[0] == 200, "the mesh's own traffic is unaffected"
     finally:
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any]) -> None:
+    """service-defaults Protocol http for outside services: the gateway decides each request by the L7
+    intentions (403 for a denied path, nothing reaches the outside service) and writes a line per request
+    naming the deciding intention — the sidecar's shared L7 code; TLS origination still applies (exts)."""
+    agent, gw, ports, backends = mesh["agent"], mesh["gw"], mesh["ports"], mesh["backends"]
+    log_path = Path(gw.log_path).parent / "l7-access.log"
+    for name in ("ext", "exts"):
+        assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": "http"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-intentions", "Name": "ext", "Sources": [
+        {"Name": "web", "Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/secret"}},
+                                        {"Action": "allow", "HTTP": {"PathPrefix": "/"}}]}]})[0] == 200
+
+    def lines() -> list[dict[str, Any]]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [x for x in map(json.loads, text.splitlines())
+                if x.get("upstream_service") in ("ext", "exts") and "downstream_peer_uri_san" in x]  # the gateway's
+
+    try:
+        wait_for(lambda: curl(ports["ext"], "/secret/x")[0] == 403, 10, message="the L7 intention at the gateway")
+        hits = backends.hits.get("ext", 0)
+        status, body = curl(ports["ext"], "/secret/y")
+        assert status == 403 and "RBAC: access denied" in str(body)
+        assert backends.hits.get("ext", 0) == hits, "a denied request never reaches the outside service"
+        status, body = curl(ports["ext"], "/public")
+        assert status == 200 and body["backend"] == "ext" and body["path"] == "/public"
+        assert body["headers"]["x-forwarded-client-cert"].endswith("/svc/web"), "the caller, as a sidecar says it"
+        status, body = curl(ports["exts"], "/over-tls")
+        assert status == 200 and body["backend"] == "exts", "http with TLS origination"
+        wait_for(lambda: {x["path"] for x in lines()} >= {"/secret/y", "/public", "/over-tls"}, 5,
+                 message="a line per request at the gateway")
+        denied = next(x for x in lines() if x["path"] == "/secret/y")
+        assert denied["response_code"] == 403 and denied["upstream_cluster"] == "ext.default.default.dc1"
+        assert denied["response_code_details"] == "rbac_access_denied_matched_policy[none]"
+        assert denied["intention"].startswith("Matched L7 intention: web => ext") and "permission 0: deny" in \
+            denied["intention"]
+        ok = next(x for x in lines() if x["path"] == "/public")
+        assert ok["response_code"] == 200 and ok["method"] == "GET" and ok["protocol"] == "HTTP/1.1"
+        assert ok["upstream_host"] == f"127.0.0.1:{mesh['outside']['ext']}"
+        assert ok["downstream_peer_uri_san"].endswith("/svc/web") and "intention" not in ok
+        stats = gw.admin("/stats")["Services"]["ext"]
+        assert stats["Protocol"] == "http" and stats["HTTP"]["web"]["Requests"] >= 2
+        assert "GET /secret/y: Matched L7 intention" in gw.log()
+    finally:
+        agent.request("DELETE", "/v1/config/service-intentions/ext")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
+        for name in ("ext", "exts"):
+            agent.request("DELETE", f"/v1/config/service-defaults/{name}")
+    wait_for(lambda: gw.admin("/stats")["Services"]["ext"]["Protocol"] == "tcp", 5, message="back to L4")
