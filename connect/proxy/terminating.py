@@ -41,6 +41,7 @@ from proconsul.connect.proxy.config import ProxyConfig
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
 from proconsul.connect.proxy.gateway_log import DENIED, GatewayAccessLog, peer_address
+from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream, connection
 from proconsul.connect.proxy.http import Back, Exchange, Front, InboundFront
 from proconsul.connect.proxy.proxy import ProxyError, credentials
 from proconsul.connect.proxy.runtime import Runtime
@@ -74,6 +75,8 @@ class _Linked:
         self.instances: list[tuple[str, int]] = []
         self.next = 0
         self.origination: ssl.SSLContext | None = None
+        self.origination_h2: ssl.SSLContext | None = None  # the same, offering ALPN h2 (http2/grpc services)
+        self.h2_host = ""  # the instance the shared HTTP/2 connection goes to (http2/grpc)
         self.origination_error = ""
         self.watches: list[asyncio.Task[None]] = []
         self.open: set[Any] = set()  # TerminatingInbound (L4) and TerminatingFront (http) connections
@@ -123,9 +126,10 @@ class TerminatingInbound(Side):
             self.details = DENIED
             self.abort()
             return
-        if linked.rt is not None:  # http: the sidecar's L7 front decides, forwards and logs each request
+        if linked.rt is not None:  # http-like: the sidecar's L7 front decides, forwards and logs each request
             self.service = ""  # no connection line: the requests get theirs
-            transport.hand_over(TerminatingFront(gw, linked))  # type: ignore[attr-defined]
+            front = TerminatingFront(gw, linked) if linked.protocol == "http" else TerminatingH2Front(gw, linked)
+            transport.hand_over(front)  # type: ignore[attr-defined]
             return
         self.linked = linked
         self.on_bytes = self._count_in
@@ -228,6 +232,65 @@ class TerminatingFront(InboundFront):
         rec = Front.log_record(self, ex, now)
         l7.inbound_fields(rec, self.rt, self.uri, ex.denied, ex.why, cluster=self.linked.cluster,
                           host=self.upstream_host)
+        return rec
+
+
+class TerminatingH2Front(H2InboundFront):
+    """A caller's HTTP/2 connection to a linked `http2`/`grpc` service: the sidecar's inbound HTTP/2 front
+    (each stream decided by the L7 intentions, PERMISSION_DENIED / 403 when denied, a line per stream), relayed
+    to the outside service over one shared HTTP/2 connection (h2c, or TLS with ALPN h2 when originating)."""
+
+    def __init__(self, gw: TerminatingGateway, linked: _Linked) -> None:
+        assert linked.rt is not None
+        super().__init__(linked.rt)
+        self.gw, self.linked = gw, linked
+        self.dial_flag = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.link is not None:
+            self.linked.open.add(self)
+            self.linked.stats["Connections"] += 1
+
+    def lost(self) -> None:
+        super().lost()
+        self.linked.open.discard(self)
+
+    def describe(self) -> str:
+        return f"terminating gateway: {self.linked.spec.name} (HTTP/2) from {self.source or self.uri or 'unknown'}"
+
+    async def _dial_app(self, s: H2Stream) -> None:
+        rt, linked = self.rt, self.linked
+
+        async def dial() -> H2Back:
+            back, linked.h2_host = await self.gw.dial(linked, lambda: H2Back(rt, LOCAL_APP), h2=True)
+            return back  # type: ignore[no-any-return]
+
+        try:
+            back = await connection(rt, LOCAL_APP, dial)
+        except GatewayDialError as e:
+            if not s.done:
+                self.dial_flag = e.flag
+                self.attempt_failed(s, str(e))
+            return
+        if not self.closed and not s.done:
+            back.open(s)
+
+    def attempt_failed(self, s: H2Stream, why: str) -> None:
+        assert self.link is not None
+        self.link.failed += 1
+        log.warning("terminating gateway: %s %s from %s to %s: %s", s.method.decode("latin-1"),
+                    s.path.decode("latin-1"), self.source, self.linked.spec.name, why)
+        flag, self.dial_flag = self.dial_flag or "UF", ""
+        if flag == "UH":
+            self.fail(s, 503, "no healthy upstream", "UH")
+        else:
+            self.fail(s, 502, "upstream connect error or disconnect/reset before headers", "UF")
+
+    def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
+        rec = super(H2InboundFront, self).log_record(s, now)
+        l7.inbound_fields(rec, self.rt, self.uri, s.denied, s.why, cluster=self.linked.cluster,
+                          host=self.linked.h2_host)
         return rec
 
 
@@ -373,20 +436,20 @@ class TerminatingGateway:
                 linked.rt.access_log = self.access.log
 
     def _set_runtime(self, linked: _Linked) -> None:
-        """An `http` service's L7 runtime (the sidecar's: intentions per request, access-log lines, metrics);
-        http2 and grpc services stay L4 here (see docs/traffic-management.md)."""
-        if linked.protocol != "http":
+        """An http, http2 or grpc service's L7 runtime (the sidecar's: intentions per request, access-log
+        lines, metrics); other protocols are L4 here."""
+        if linked.protocol not in ("http", "http2", "grpc"):
             linked.rt = None
             return
         name = linked.spec.name
         cfg = ProxyConfig(proxy_id=self.service_id, proxy_name=self.service, service=name, service_id=name,
                           bind_address=self.bind, bind_port=self.port, local_address="", local_port=0,
-                          protocol="http")
+                          protocol=linked.protocol)
         rt = Runtime(cfg, datacenter=self.datacenter)
         rt.trust_domain = self.trust_domain
         rt.access_log = self.access.log
         linked.rt = rt
-        log.info("terminating gateway: %s is http: L7 intentions and a log line per request", name)
+        log.info("terminating gateway: %s is %s: L7 intentions and a log line per request", name, linked.protocol)
 
     def _on_gateway_services(self, rows: list[dict[str, Any]]) -> None:
         """The catalog's view of what the entry links: the services its wildcard `*` stands for now."""
@@ -415,6 +478,8 @@ class TerminatingGateway:
         if spec.tls:
             try:
                 linked.origination = origination_context(spec)
+                linked.origination_h2 = origination_context(spec)
+                linked.origination_h2.set_alpn_protocols(["h2"])
             except (OSError, ssl.SSLError, ValueError) as e:
                 linked.origination_error = f"cannot load its TLS files (CAFile, CertFile, KeyFile): {e}"
                 log.error("terminating gateway: %s: %s; connections to it are refused until the entry changes",
@@ -504,9 +569,10 @@ class TerminatingGateway:
         log.warning("terminating gateway: refused connection from %s to %s: %s", source,
                     linked.spec.name if linked is not None else "?", reason)
 
-    async def dial(self, linked: _Linked, factory: Any = Side) -> tuple[Any, str]:
-        """A connection to a passing instance of the outside service (TLS when the entry says so), with the
-        protocol `factory` makes (a Side to splice, or an HTTP Back), and the instance's `host:port`."""
+    async def dial(self, linked: _Linked, factory: Any = Side, h2: bool = False) -> tuple[Any, str]:
+        """A connection to a passing instance of the outside service (TLS when the entry says so, offering ALPN
+        h2 with `h2`), with the protocol `factory` makes (a Side to splice, an HTTP Back, an HTTP/2 back), and
+        the instance's `host:port`."""
         spec = linked.spec
         if spec.tls and linked.origination is None:
             raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
@@ -520,7 +586,8 @@ class TerminatingGateway:
             try:
                 async with asyncio.timeout(DIAL_TIMEOUT):
                     if linked.origination is not None:
-                        _, side = await loop.create_connection(factory, host, port, ssl=linked.origination,
+                        ctx = linked.origination_h2 if h2 else linked.origination
+                        _, side = await loop.create_connection(factory, host, port, ssl=ctx,
                                                                server_hostname=spec.sni or host,
                                                                ssl_handshake_timeout=DIAL_TIMEOUT)
                     else:

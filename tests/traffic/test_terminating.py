@@ -50,6 +50,22 @@ def curl(port: int, path: str = "/") -> tuple[int, Any]:
         return int(code or 0), body
 
 
+def grpc_server(servers: list[Any]) -> int:
+    """A grpcio server answering demo.Echo/Say and /Admin with `outside:<request>`, on a free port."""
+    from concurrent import futures
+
+    import grpc
+
+    handler = grpc.method_handlers_generic_handler("demo.Echo", {
+        m: grpc.unary_unary_rpc_method_handler(lambda req, _ctx: b"outside:" + req) for m in ("Say", "Admin")})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=(handler,))
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    servers.append(server)
+    return port
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("terminating")
@@ -67,11 +83,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     agent, backends = AgentProcess(tmp / "agent"), Backends()
     procs: list[ProxyProcess] = []
+    servers: list[Any] = []
     try:
         agent.start()
         outside = {"ext": backends.http("ext"), "exts": backends.http("exts", ssl_context=server_ctx()),
                    "extm": backends.http("extm", ssl_context=server_ctx(client_ca=pki["ca"]))}
         outside["extbad"] = outside["exts"]  # the HTTPS server, but the gateway is told to trust another CA
+        outside["extg"] = grpc_server(servers)  # a gRPC server outside the mesh (h2c)
         for name, port in outside.items():  # outside the mesh: a node without an agent, no sidecar
             assert agent.put("/v1/catalog/register", {
                 "Node": f"outside-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
@@ -87,7 +105,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             {"Name": "ext"},
             {"Name": "exts", "CAFile": pki["ca"], "SNI": "exts.example.com"},
             {"Name": "extm", "CAFile": pki["ca"], "CertFile": pki["client"], "KeyFile": pki["client-key"]},
-            {"Name": "extbad", "CAFile": pki["other-ca"]}, {"Name": "extnone"}]})
+            {"Name": "extbad", "CAFile": pki["other-ca"]}, {"Name": "extnone"}, {"Name": "extg"}]})
         assert status == 200, body
         gw = GatewayProcess(agent, tmp, "terminating", "tgw", f"127.0.0.1:{free_port()}").start()
         procs.append(gw)
@@ -97,6 +115,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     finally:
         for p in procs:
             p.stop()
+        for server in servers:
+            server.stop(0)
         agent.stop()
         backends.close()
 
@@ -114,7 +134,8 @@ def test_health_connect_answers_with_the_gateway(mesh: dict[str, Any]) -> None:
     assert status == 200 and [r["Service"]["Kind"] for r in rows] == ["terminating-gateway"]
     assert rows[0]["Service"]["Service"] == "tgw"
     status, rows = agent.get("/v1/catalog/gateway-services/tgw")
-    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad", "extnone"}
+    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad", "extnone",
+                                                                      "extg"}
     assert {r["GatewayKind"] for r in rows} == {"terminating-gateway"}
     assert agent.get("/v1/health/connect/web?passing")[1][0]["Service"]["Kind"] == "connect-proxy"
 
@@ -339,3 +360,47 @@ def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any
         for name in ("ext", "exts"):
             agent.request("DELETE", f"/v1/config/service-defaults/{name}")
     wait_for(lambda: gw.admin("/stats")["Services"]["ext"]["Protocol"] == "tcp", 5, message="back to L4")
+
+
+def test_l7_intentions_per_grpc_method_for_a_grpc_service(mesh: dict[str, Any]) -> None:
+    """Protocol grpc for an outside gRPC server: the gateway relays HTTP/2 streams with the sidecar's inbound
+    HTTP/2 front, deciding each call by the L7 intentions (PERMISSION_DENIED for a method not allowed) and
+    writing a line per call."""
+    import grpc
+
+    agent, gw, ports = mesh["agent"], mesh["gw"], mesh["ports"]
+    log_path = Path(gw.log_path).parent / "grpc-access.log"
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extg", "Protocol": "grpc"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-intentions", "Name": "extg", "Sources": [
+        {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathExact": "/demo.Echo/Say"}}]}]})[0] == 200
+
+    def call(ch: grpc.Channel, method: str) -> tuple[grpc.StatusCode, Any]:
+        try:
+            return grpc.StatusCode.OK, ch.unary_unary(f"/demo.Echo/{method}")(b"hi", timeout=5)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+
+    try:
+        wait_for(lambda: gw.admin("/stats")["Services"]["extg"]["Protocol"] == "grpc", 5, message="grpc at the gateway")
+        with grpc.insecure_channel(f"127.0.0.1:{ports['extg']}") as ch:
+            wait_for(lambda: call(ch, "Admin")[0] == grpc.StatusCode.PERMISSION_DENIED, 10,
+                     message="the L7 intention per gRPC method at the gateway")
+            assert call(ch, "Say") == (grpc.StatusCode.OK, b"outside:hi")
+
+        def lines() -> list[dict[str, Any]]:
+            text = log_path.read_text() if log_path.exists() else ""
+            return [x for x in map(json.loads, text.splitlines())
+                    if x.get("upstream_service") == "extg" and "downstream_peer_uri_san" in x]
+
+        wait_for(lambda: {x["path"] for x in lines()} >= {"/demo.Echo/Admin", "/demo.Echo/Say"}, 5,
+                 message="a line per call at the gateway")
+        admin = next(x for x in lines() if x["path"] == "/demo.Echo/Admin")
+        assert admin["intention"].startswith("Matched L7 intention: web => extg")
+        say = next(x for x in lines() if x["path"] == "/demo.Echo/Say" and x.get("response_code") == 200)
+        assert say["upstream_host"] == f"127.0.0.1:{mesh['outside']['extg']}" and say.get("grpc_status") == 0
+    finally:
+        agent.request("DELETE", "/v1/config/service-intentions/extg")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
+        agent.request("DELETE", "/v1/config/service-defaults/extg")
