@@ -176,7 +176,33 @@ class TerminatingInbound(Side):
                                       details=self.details)
 
 
-class TerminatingFront(InboundFront):
+def _unreachable(flag: str) -> tuple[int, str, str]:
+    """The answer to a request the outside service could not take (Envoy's local replies): status, text, flag."""
+    if flag == "UH":
+        return 503, "no healthy upstream", "UH"
+    return 502, "upstream connect error or disconnect/reset before headers", "UF"
+
+
+class _Tracked:
+    """What both L7 fronts of the gateway keep: an admitted connection is counted and held in its linked
+    service's open set (closed when the service is unlinked or an intention no longer allows it)."""
+
+    __slots__ = ()
+    linked: _Linked
+    link: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if self.link is not None:
+            self.linked.open.add(self)
+            self.linked.stats["Connections"] += 1
+
+    def lost(self) -> None:
+        super().lost()  # type: ignore[misc]
+        self.linked.open.discard(self)
+
+
+class TerminatingFront(_Tracked, InboundFront):
     """A caller's connection to a linked `http` service: the sidecar's inbound HTTP front (L7 intentions per
     request, 403 when denied, access-log lines, tap, x-forwarded-client-cert), whose "application" is an
     instance of the outside service, dialed as the L4 path dials it (round robin, TLS origination)."""
@@ -189,16 +215,6 @@ class TerminatingFront(InboundFront):
         self.gw, self.linked = gw, linked
         self.upstream_host = ""
         self.dial_flag = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if not self.closed:
-            self.linked.open.add(self)
-            self.linked.stats["Connections"] += 1
-
-    def lost(self) -> None:
-        super().lost()
-        self.linked.open.discard(self)
 
     def describe(self) -> str:
         return f"terminating gateway: {self.linked.spec.name} from {self.source or self.uri or 'unknown'}"
@@ -223,10 +239,7 @@ class TerminatingFront(InboundFront):
                     ex.head.target.decode("latin-1"), self.source, self.linked.spec.name, why)
         self.app = None
         flag, self.dial_flag = self.dial_flag or "UF", ""
-        if flag == "UH":
-            self.reply(ex, 503, "no healthy upstream", "UH")
-        else:
-            self.reply(ex, 502, "upstream connect error or disconnect/reset before headers", "UF")
+        self.reply(ex, *_unreachable(flag))
 
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         rec = Front.log_record(self, ex, now)
@@ -235,7 +248,7 @@ class TerminatingFront(InboundFront):
         return rec
 
 
-class TerminatingH2Front(H2InboundFront):
+class TerminatingH2Front(_Tracked, H2InboundFront):
     """A caller's HTTP/2 connection to a linked `http2`/`grpc` service: the sidecar's inbound HTTP/2 front
     (each stream decided by the L7 intentions, PERMISSION_DENIED / 403 when denied, a line per stream), relayed
     to the outside service over one shared HTTP/2 connection (h2c, or TLS with ALPN h2 when originating)."""
@@ -245,16 +258,6 @@ class TerminatingH2Front(H2InboundFront):
         super().__init__(linked.rt)
         self.gw, self.linked = gw, linked
         self.dial_flag = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.link is not None:
-            self.linked.open.add(self)
-            self.linked.stats["Connections"] += 1
-
-    def lost(self) -> None:
-        super().lost()
-        self.linked.open.discard(self)
 
     def describe(self) -> str:
         return f"terminating gateway: {self.linked.spec.name} (HTTP/2) from {self.source or self.uri or 'unknown'}"
@@ -282,10 +285,7 @@ class TerminatingH2Front(H2InboundFront):
         log.warning("terminating gateway: %s %s from %s to %s: %s", s.method.decode("latin-1"),
                     s.path.decode("latin-1"), self.source, self.linked.spec.name, why)
         flag, self.dial_flag = self.dial_flag or "UF", ""
-        if flag == "UH":
-            self.fail(s, 503, "no healthy upstream", "UH")
-        else:
-            self.fail(s, 502, "upstream connect error or disconnect/reset before headers", "UF")
+        self.fail(s, *_unreachable(flag))
 
     def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super(H2InboundFront, self).log_record(s, now)
