@@ -350,6 +350,8 @@ class TerminatingGateway:
             for linked in self.linked.values():
                 for w in linked.watches:
                     w.cancel()
+                if linked.rt is not None:
+                    await linked.rt.cancel_tasks()  # its dials in progress
             for task in list(self.tasks):
                 task.cancel()
             if self._admin is not None:
