@@ -316,7 +316,7 @@ def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any
     naming the deciding intention — the sidecar's shared L7 code; TLS origination still applies (exts)."""
     agent, gw, ports, backends = mesh["agent"], mesh["gw"], mesh["ports"], mesh["backends"]
     log_path = Path(gw.log_path).parent / "l7-access.log"
-    for name in ("ext", "exts"):
+    for name in ("ext", "exts", "extnone"):
         assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": "http"})[0] == 200
     assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
         "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
@@ -327,7 +327,7 @@ def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any
     def lines() -> list[dict[str, Any]]:
         text = log_path.read_text() if log_path.exists() else ""
         return [x for x in map(json.loads, text.splitlines())
-                if x.get("upstream_service") in ("ext", "exts") and "downstream_peer_uri_san" in x]  # the gateway's
+                if x.get("upstream_service") in ("ext", "exts", "extnone") and "downstream_peer_uri_san" in x]
 
     try:
         wait_for(lambda: curl(ports["ext"], "/secret/x")[0] == 403, 10, message="the L7 intention at the gateway")
@@ -340,8 +340,10 @@ def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any
         assert body["headers"]["x-forwarded-client-cert"].endswith("/svc/web"), "the caller, as a sidecar says it"
         status, body = curl(ports["exts"], "/over-tls")
         assert status == 200 and body["backend"] == "exts", "http with TLS origination"
-        wait_for(lambda: {x["path"] for x in lines()} >= {"/secret/y", "/public", "/over-tls"}, 5,
+        assert curl(ports["extnone"], "/nobody")[0] == 503, "no passing instance: 503 at once"
+        wait_for(lambda: {x["path"] for x in lines()} >= {"/secret/y", "/public", "/over-tls", "/nobody"}, 5,
                  message="a line per request at the gateway")
+        assert {x["response_flags"] for x in lines() if x["path"] == "/nobody"} == {"UH"}
         denied = next(x for x in lines() if x["path"] == "/secret/y")
         assert denied["response_code"] == 403 and denied["upstream_cluster"] == "ext.default.default.dc1"
         assert denied["response_code_details"] == "rbac_access_denied_matched_policy[none]"
@@ -357,7 +359,7 @@ def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any
     finally:
         agent.request("DELETE", "/v1/config/service-intentions/ext")
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
-        for name in ("ext", "exts"):
+        for name in ("ext", "exts", "extnone"):
             agent.request("DELETE", f"/v1/config/service-defaults/{name}")
     wait_for(lambda: gw.admin("/stats")["Services"]["ext"]["Protocol"] == "tcp", 5, message="back to L4")
 
