@@ -38,6 +38,7 @@ from proconsul.connect.proxy.accesslog import handshake_failure_reason
 from proconsul.connect.proxy.agent_api import AgentAPI, wait_registered
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.config import ProxyConfig
+from proconsul.connect.proxy.durations import parse_seconds
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
 from proconsul.connect.proxy.gateway_log import DENIED, GatewayAccessLog, peer_address
@@ -51,6 +52,7 @@ from proconsul.connect.proxy.tlsproto import TLSProtocol
 
 log = logging.getLogger("proconsul.gateway")
 DIAL_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 15.0  # http services: Envoy's default route timeout
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -82,6 +84,7 @@ class _Linked:
         self.open: set[Any] = set()  # TerminatingInbound (L4) and TerminatingFront (http) connections
         self.stats = {"Connections": 0, "Refused": 0, "DialFailures": 0}
         self.protocol = "tcp"  # service-defaults' Protocol, else proxy-defaults' Config.protocol
+        self.connect_timeout, self.request_timeout = DIAL_TIMEOUT, REQUEST_TIMEOUT  # from its service-resolver
         self.rt: Runtime | None = None  # http: the sidecar runtime its TerminatingFronts share
 
     @property
@@ -318,6 +321,7 @@ class TerminatingGateway:
         self._wildcard: list[str] = []  # what its wildcard `*` links now (the catalog's gateway-services)
         self._protocols: dict[str, str] = {}  # service-defaults' Protocol by service
         self._default_protocol = ""  # proxy-defaults' Config.protocol
+        self._resolvers: dict[str, dict[str, Any]] = {}  # service-resolver entries by service
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
@@ -334,6 +338,7 @@ class TerminatingGateway:
                                   self._on_gateway_services, stop))
         self.spawn(self.api.watch("/v1/config/proxy-defaults", {}, self._on_proxy_defaults, stop))
         self.spawn(self.api.watch("/v1/config/service-defaults", {}, self._on_service_defaults, stop))
+        self.spawn(self.api.watch("/v1/config/service-resolver", {}, self._on_resolvers, stop))
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: TLSProtocol(self._listening, TerminatingInbound(self), server_side=True,
@@ -422,6 +427,10 @@ class TerminatingGateway:
         self._protocols = {str(r.get("Name")): str(r.get("Protocol") or "").lower() for r in rows or []}
         self._apply_protocols()
 
+    def _on_resolvers(self, rows: list[dict[str, Any]] | None) -> None:
+        self._resolvers = {str(r.get("Name")): r for r in rows or []}
+        self._apply_protocols()
+
     def _protocol(self, name: str) -> str:
         return self._protocols.get(name) or self._default_protocol or "tcp"
 
@@ -433,6 +442,11 @@ class TerminatingGateway:
             if protocol != linked.protocol:
                 linked.protocol = protocol
                 self._set_runtime(linked)
+                self._set_policy(linked)
+            timeouts = resolver_timeouts(self._resolvers.get(linked.spec.name))
+            if timeouts != (linked.connect_timeout, linked.request_timeout):
+                linked.connect_timeout, linked.request_timeout = timeouts
+                self._set_runtime(linked)  # new connections use the new timeouts
                 self._set_policy(linked)
             if linked.rt is not None:
                 linked.rt.access_log = self.access.log
@@ -446,7 +460,8 @@ class TerminatingGateway:
         name = linked.spec.name
         cfg = ProxyConfig(proxy_id=self.service_id, proxy_name=self.service, service=name, service_id=name,
                           bind_address=self.bind, bind_port=self.port, local_address="", local_port=0,
-                          protocol=linked.protocol)
+                          protocol=linked.protocol, local_connect_timeout=linked.connect_timeout,
+                          local_request_timeout=linked.request_timeout)
         rt = Runtime(cfg, datacenter=self.datacenter)
         rt.trust_domain = self.trust_domain
         rt.access_log = self.access.log
@@ -476,6 +491,7 @@ class TerminatingGateway:
     def _link(self, spec: LinkedService) -> None:
         linked = self.linked[spec.name] = _Linked(spec)
         linked.protocol = self._protocol(spec.name)
+        linked.connect_timeout, linked.request_timeout = resolver_timeouts(self._resolvers.get(spec.name))
         self._set_runtime(linked)
         if spec.tls:
             try:
@@ -586,12 +602,12 @@ class TerminatingGateway:
         errors = []
         for host, port in linked.instances[start:] + linked.instances[:start]:
             try:
-                async with asyncio.timeout(DIAL_TIMEOUT):
+                async with asyncio.timeout(linked.connect_timeout):
                     if linked.origination is not None:
                         ctx = linked.origination_h2 if h2 else linked.origination
                         _, side = await loop.create_connection(factory, host, port, ssl=ctx,
                                                                server_hostname=spec.sni or host,
-                                                               ssl_handshake_timeout=DIAL_TIMEOUT)
+                                                               ssl_handshake_timeout=linked.connect_timeout)
                     else:
                         _, side = await loop.create_connection(factory, host, port)
                 return side, f"{host}:{port}"
@@ -628,6 +644,22 @@ class TerminatingGateway:
         site = web.TCPSite(self._admin, self.admin_address, self.admin_port or 0, reuse_address=True)
         await site.start()
         log.info("terminating gateway admin (stats) on http://%s:%d", self.admin_address, self.admin_port)
+
+
+def resolver_timeouts(entry: dict[str, Any] | None) -> tuple[float, float]:
+    """(connect, request) timeouts in seconds a linked service's `service-resolver` sets at the gateway
+    (Consul: ConnectTimeout on the service's cluster, RequestTimeout on its route); DIAL_TIMEOUT and
+    REQUEST_TIMEOUT when unset or unreadable (the agent validated the entry)."""
+    def seconds(value: Any, default: float) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return value / 1e9  # nanoseconds, Go's time.Duration
+        try:
+            return parse_seconds(value) if isinstance(value, str) and value else default
+        except ValueError:
+            return default
+
+    entry = entry or {}
+    return seconds(entry.get("ConnectTimeout"), DIAL_TIMEOUT), seconds(entry.get("RequestTimeout"), REQUEST_TIMEOUT)
 
 
 def origination_context(spec: LinkedService) -> ssl.SSLContext:

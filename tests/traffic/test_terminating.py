@@ -406,3 +406,37 @@ def test_l7_intentions_per_grpc_method_for_a_grpc_service(mesh: dict[str, Any]) 
         agent.request("DELETE", "/v1/config/service-intentions/extg")
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
         agent.request("DELETE", "/v1/config/service-defaults/extg")
+
+
+def test_resolver_request_timeout_applies_at_the_gateway(mesh: dict[str, Any]) -> None:
+    """Consul's gateway puts the linked service's service-resolver RequestTimeout on its route: the caller's
+    router gives /slow 5s, the resolver 300ms — the gateway answers 504 after ~300ms (routers are the
+    caller's, the resolver's timeout the gateway's)."""
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["ext"]
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "ext", "Protocol": "http"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "ext", "RequestTimeout": "300ms"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-router", "Name": "ext", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/slow"}}, "Destination": {"RequestTimeout": "5s"}}]})[0] == 200
+    try:
+        wait_for(lambda: gw.admin("/stats")["Services"]["ext"]["Protocol"] == "http", 5, message="http at the gateway")
+        wait_for(lambda: curl(port, "/fast")[0] == 200, 5, message="ext through the gateway")
+        started = time.monotonic()  # a POST: the caller's sidecar does not retry it (a GET's 504 it would)
+        out = subprocess.run(["curl", "-s", "-m", "10", "-X", "POST", "-w", "\n%{http_code}",
+                              f"http://127.0.0.1:{port}/slow?ms=3000"], capture_output=True, text=True, timeout=15)
+        took = time.monotonic() - started
+        body, _, status = out.stdout.rpartition("\n")
+        assert status == "504" and "upstream request timeout" in body, out.stdout
+        assert 0.25 < took < 2.0, f"answered after {took:.2f}s"
+    finally:
+        agent.request("DELETE", "/v1/config/service-router/ext")
+        agent.request("DELETE", "/v1/config/service-resolver/ext")
+        agent.request("DELETE", "/v1/config/service-defaults/ext")
+
+
+def test_resolver_timeouts_read_as_consul_writes_them() -> None:
+    from proconsul.connect.proxy.terminating import DIAL_TIMEOUT, REQUEST_TIMEOUT, resolver_timeouts
+
+    assert resolver_timeouts(None) == (DIAL_TIMEOUT, REQUEST_TIMEOUT)
+    assert resolver_timeouts({"ConnectTimeout": "2s", "RequestTimeout": "1m30s"}) == (2.0, 90.0)
+    assert resolver_timeouts({"ConnectTimeout": 250_000_000}) == (0.25, REQUEST_TIMEOUT), "Go nanoseconds"
+    assert resolver_timeouts({"RequestTimeout": "0s"}) == (DIAL_TIMEOUT, REQUEST_TIMEOUT), "unset"
