@@ -28,6 +28,7 @@ import asyncio
 import logging
 import ssl
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -443,11 +444,14 @@ class TerminatingGateway:
                 linked.protocol = protocol
                 self._set_runtime(linked)
                 self._set_policy(linked)
+                for side in list(linked.open):  # served in the old mode (a caller's pooled connection): closed,
+                    side.close()                # as Envoy drains a filter chain that changed
             timeouts = resolver_timeouts(self._resolvers.get(linked.spec.name))
             if timeouts != (linked.connect_timeout, linked.request_timeout):
                 linked.connect_timeout, linked.request_timeout = timeouts
-                self._set_runtime(linked)  # new connections use the new timeouts
-                self._set_policy(linked)
+                if linked.rt is not None:  # open connections too: each request reads the runtime's config
+                    linked.rt.config = replace(linked.rt.config, local_connect_timeout=timeouts[0],
+                                               local_request_timeout=timeouts[1])
             if linked.rt is not None:
                 linked.rt.access_log = self.access.log
 
