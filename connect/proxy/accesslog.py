@@ -30,7 +30,7 @@ DEFAULT_FIELDS = ("start_time", "route_name", "method", "path", "protocol", "res
                   "response_code_details", "bytes_received", "bytes_sent", "duration", "user_agent", "request_id",
                   "authority", "x_forwarded_for", "upstream_host", "upstream_cluster", "upstream_service",
                   "upstream_instance", "split", "downstream_remote_address", "downstream_peer_uri_san",
-                  "grpc_status")
+                  "downstream_transport_failure_reason", "intention", "grpc_status")
 _KEYS = {k: f'"{k}":' for k in DEFAULT_FIELDS}
 _AFTER_START = DEFAULT_FIELDS[1:]  # start_time is first and always set (a float, written as ISO 8601)
 _HEADER_FIELDS = {b"user-agent": "user_agent", b"x-request-id": "request_id", b"host": "authority",
@@ -48,10 +48,40 @@ _SIMPLE = {
     "BYTES_RECEIVED": "bytes_received", "BYTES_SENT": "bytes_sent", "DURATION": "duration",
     "UPSTREAM_HOST": "upstream_host", "UPSTREAM_CLUSTER": "upstream_cluster", "ROUTE_NAME": "route_name",
     "DOWNSTREAM_REMOTE_ADDRESS": "downstream_remote_address", "DOWNSTREAM_PEER_URI_SAN": "downstream_peer_uri_san",
-    "GRPC_STATUS_NUMBER": "grpc_status",
+    "GRPC_STATUS_NUMBER": "grpc_status", "DOWNSTREAM_TRANSPORT_FAILURE_REASON": "downstream_transport_failure_reason",
 }
+HANDSHAKE_FAILED = "downstream_tls_handshake_failed"  # response_code_details of a failed downstream handshake
 _REQ = {":method": "method", ":path": "path", "x-envoy-original-path?:path": "path", ":authority": "authority",
         "user-agent": "user_agent", "x-request-id": "request_id", "x-forwarded-for": "x_forwarded_for"}
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A failed downstream TLS handshake's reason, as a short bounded label (a metric label too): OpenSSL's
+    reason code (`CERTIFICATE_VERIFY_FAILED`, `PEER_DID_NOT_RETURN_A_CERTIFICATE`, `WRONG_VERSION_NUMBER`, …),
+    `handshake_timeout`, or `connection_closed`."""
+    if isinstance(exc, TimeoutError):
+        return "handshake_timeout"
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return str(reason)
+    return "connection_closed" if isinstance(exc, ConnectionError) else type(exc).__name__
+
+
+def handshake_failure_record(started: float, peer: str, reason: str, cluster: str, service: str,
+                             flag: str = "-") -> dict[str, Any]:
+    """The listener-level line of a connection whose TLS handshake failed (`started`: time.monotonic() at
+    accept). Envoy has no response flag for a failed handshake (it writes DOWNSTREAM_TRANSPORT_FAILURE_REASON);
+    `NR` when the server name matched nothing (Envoy's no filter chain match)."""
+    now = time.monotonic()
+    return {"start_time": time.time() - (now - started), "protocol": "TCP", "response_flags": flag,
+            "response_code_details": HANDSHAKE_FAILED, "downstream_transport_failure_reason": reason,
+            "duration": int((now - started) * 1000), "upstream_cluster": cluster, "upstream_service": service,
+            "downstream_remote_address": peer}
+
+
+def wants_listener_lines(log: AccessLog | None) -> bool:
+    """Whether listener-level lines (refused before reaching a service) are written (not DisableListenerLogs)."""
+    return log is not None and not log.settings.get("DisableListenerLogs")
 
 
 class _Clock:

@@ -88,7 +88,6 @@ def _host_port(flag: str, value: str) -> tuple[str, int]:
 
 GATEWAY_KINDS = ("ingress", "terminating", "mesh")
 _KIND = {"ingress": "ingress-gateway", "terminating": "terminating-gateway", "mesh": "mesh-gateway"}
-_CHECKED = {"terminating": "Terminating gateway listening", "mesh": "Mesh gateway listening"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,8 @@ class GatewayPlan:
 def gateway_plan(opts: Options) -> GatewayPlan:
     """Check a gateway's flags (one line naming the flag when wrong) and build its registration (Consul's
     `connect envoy -register`: Kind, address, the mesh gateway's LAN/WAN tagged addresses, and for the kinds
-    that listen on -address a TCP check deregistered after -deregister-after-critical)."""
+    -address, and Consul's TCP check `<kind> listening` on it, deregistered after -deregister-after-critical —
+    for every kind: an ingress gateway answers it with its ready listener on -address, as Consul's Envoy does)."""
     kind = "mesh" if opts.mesh_gateway else opts.gateway
     if kind not in GATEWAY_KINDS:
         raise ProxyCLIError(f"-gateway {kind!r}: must be one of {', '.join(GATEWAY_KINDS)}")
@@ -133,9 +133,8 @@ def gateway_plan(opts: Options) -> GatewayPlan:
             wan_host, wan_port = _host_port("-wan-address", opts.wan_address or opts.address or "127.0.0.1:8443")
             body["TaggedAddresses"] = {"lan": {"Address": host, "Port": port},
                                        "wan": {"Address": wan_host, "Port": wan_port}}
-        if kind in _CHECKED:
-            body["Check"] = {"Name": _CHECKED[kind], "TCP": f"{host}:{port}", "Interval": "10s",
-                             "DeregisterCriticalServiceAfter": opts.deregister_after_critical}
+        body["Check"] = {"Name": f"{_KIND[kind]} listening", "TCP": f"{host}:{port}", "Interval": "10s",
+                         "DeregisterCriticalServiceAfter": opts.deregister_after_critical}
     return GatewayPlan(kind, service, gateway_id, host, port, body)
 
 
@@ -161,7 +160,8 @@ async def run_gateway(plan: GatewayPlan, opts: Options, api: AgentAPI, stop: asy
         else:
             from proconsul.connect.proxy.ingress import IngressGateway
 
-            await IngressGateway(api, plan.gateway_id, bind_host=plan.host, admin_address=admin_host,
+            ready = plan.port if plan.registration is not None or opts.address else 0
+            await IngressGateway(api, plan.gateway_id, bind_host=plan.host, ready_port=ready, admin_address=admin_host,
                                  admin_port=admin_port).run(stop)
     except OSError as e:
         raise ProxyCLIError(f"cannot listen on {plan.host}:{plan.port}: {e.strerror or e}") from None

@@ -15,7 +15,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proconsul.connect.proxy.accesslog import AccessLog, follow
+from proconsul.connect.proxy.accesslog import (
+    AccessLog,
+    follow,
+    handshake_failure_record,
+    wants_listener_lines,
+)
 from proconsul.connect.proxy.agent_api import AgentAPI
 from proconsul.connect.proxy.listeners import connection_record
 
@@ -35,9 +40,10 @@ class GatewayAccessLog:
         self.log: AccessLog | None = None
 
     async def watch(self, api: AgentAPI, stop: asyncio.Event) -> None:
-        await api.watch("/v1/config/proxy-defaults", {}, self._on_entries, stop)
+        await api.watch("/v1/config/proxy-defaults", {}, self.apply, stop)
 
-    def _on_entries(self, rows: list[dict[str, Any]] | None) -> None:
+    def apply(self, rows: list[dict[str, Any]] | None) -> None:
+        """The proxy-defaults entries (the `global` one's AccessLogs)."""
         entry = next((r for r in rows or [] if r.get("Name") == "global"), None)
         self.log = follow(self.log, (entry or {}).get("AccessLogs") or None)
 
@@ -54,6 +60,13 @@ class GatewayAccessLog:
         if details:
             rec["response_code_details"] = details
         self.log.connection(rec)
+
+    def handshake_failed(self, started: float, peer: str, reason: str, cluster: str, service: str,
+                         flag: str = "-") -> None:
+        """A caller whose TLS handshake failed (listener-level: left out with DisableListenerLogs)."""
+        if wants_listener_lines(self.log):
+            self.log.connection(handshake_failure_record(started, peer, reason, cluster, service,  # type: ignore[union-attr]
+                                                         flag))
 
     def close(self) -> None:
         if self.log is not None:

@@ -65,7 +65,7 @@ class H2Stream:
     __slots__ = ("front", "fsid", "back", "bsid", "waiting", "held", "held_size", "req_ended", "responded",
                  "grpc", "method", "path", "headers", "decision", "attempt", "tried", "inst", "pool",
                  "timer", "admitted", "status", "grpc_status", "flag", "bytes_in", "bytes_out", "started",
-                 "trace", "done", "denied", "up", "authority")
+                 "trace", "done", "denied", "why", "up", "authority")
 
     def __init__(self, front: _H2Front, fsid: int, method: bytes, path: bytes, headers: Headers,
                  grpc: bool) -> None:
@@ -95,6 +95,7 @@ class H2Stream:
         self.trace: TraceContext | None = None
         self.done = False
         self.denied = False
+        self.why = ""  # the intention that denied it
         self.up: Upstream | None = None  # caller's side: the upstream the stream goes to
         self.authority = ""
 
@@ -811,7 +812,7 @@ class H2InboundFront(_H2Front):
         if rt.tracer is not None:
             s.trace, s.headers = rt.tracer.start(s.headers, SERVER)
         if self._gate.denies(rt, self.uri, s.method, s.path.split(b"?", 1)[0].decode("latin-1"), s.path, plain):
-            s.denied = True
+            s.denied, s.why = True, self._gate.reason
             return self.fail(s, 403, "RBAC: access denied")
         limiter = rt.rate_limiter
         if limiter is not None and not limiter.allow(s.path.split(b"?", 1)[0].decode("latin-1"), time.monotonic()):
@@ -851,7 +852,7 @@ class H2InboundFront(_H2Front):
 
     def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super().log_record(s, now)
-        l7.inbound_fields(rec, self.rt, self.uri, s.denied)
+        l7.inbound_fields(rec, self.rt, self.uri, s.denied, s.why)
         return rec
 
 

@@ -189,7 +189,7 @@ class Exchange:
     __slots__ = ("front", "head", "held", "held_size", "streaming", "request_done", "back", "attempt", "tried",
                  "inst", "deadline", "responded", "draining", "resp_chunked", "started", "close_after", "denied",
                  "dispatched", "pending_tunnel", "interim", "until_close", "decision", "pool",
-                 "admitted", "status", "flag", "bytes_in", "bytes_out", "trace")
+                 "admitted", "status", "flag", "bytes_in", "bytes_out", "trace", "why")
 
     def __init__(self, front: Front, head: h1.Head) -> None:
         self.front = front
@@ -209,6 +209,7 @@ class Exchange:
         self.started = time.monotonic()
         self.close_after = not head.keep_alive
         self.denied = False
+        self.why = ""  # the intention that denied it
         self.dispatched = False
         self.pending_tunnel = b""
         self.interim = False  # a 1xx before the real response
@@ -935,7 +936,7 @@ class InboundFront(Front):
     def admit(self, ex: Exchange) -> None:
         head = ex.head
         if self._gate.denies(self.rt, self.uri, head.method, head.path, head.target, head.headers):
-            ex.denied = True
+            ex.denied, ex.why = True, self._gate.reason
 
     def send(self, ex: Exchange) -> None:
         tracer = self.rt.tracer
@@ -980,7 +981,7 @@ class InboundFront(Front):
     def log_record(self, ex: Exchange, now: float) -> dict[str, Any]:
         rec = super().log_record(ex, now)
         if ex.denied:
-            rec["response_code_details"] = l7.DENIED_DETAILS
+            l7.denied_fields(rec, ex.why)
         return rec
 
     def fixed_fields(self, ex: Exchange) -> dict[str, Any]:

@@ -90,10 +90,28 @@ class _Refuse(asyncio.Protocol):
         transport.abort()  # type: ignore[attr-defined]
 
 
+class _Ready(asyncio.Protocol):
+    """The ready listener on the gateway's -address (Consul's Envoy binds one for an ingress gateway so its
+    registration's TCP check passes): a TCP probe connects and leaves; an HTTP request gets `200 ready`."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\nconnection: close\r\n\r\nready\n"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(self.ANSWER)
+        self.transport.close()
+
+
 class IngressGateway(Proxy):
-    def __init__(self, api: AgentAPI, service_id: str, *, bind_host: str = "127.0.0.1", **kw: Any) -> None:
+    def __init__(self, api: AgentAPI, service_id: str, *, bind_host: str = "127.0.0.1", ready_port: int = 0,
+                 **kw: Any) -> None:
+        """`ready_port`: where the ready listener answers the registration's check (bind_host:ready_port, the
+        gateway's -address); 0: none."""
         super().__init__(api, service_id, **kw)
         self.bind_host = bind_host
+        self.ready_port = ready_port
         self.listeners: tuple[IngressListener, ...] = ()
         self._registration_body: dict[str, Any] | None = None
         self._entry: dict[str, Any] | None = None
@@ -226,7 +244,16 @@ class IngressGateway(Proxy):
 
     # ------------------------------------------------------------------ listeners
     async def _open_public(self, rt: Runtime, replace: bool = False) -> None:
-        """A gateway has no public mTLS listener: callers come from outside the mesh."""
+        """A gateway has no public mTLS listener (callers come from outside the mesh); in its place the ready
+        listener on -address, open while the gateway's listeners are (its registration's check follows it)."""
+        if not self.ready_port or (not replace and "public" in self._servers):
+            return
+        old = self._servers.pop("public", None)
+        if old is not None:
+            old.close()
+        self._servers["public"] = await asyncio.get_running_loop().create_server(
+            _Ready, self.bind_host, self.ready_port, reuse_address=True)
+        self.public_port = self.ready_port
 
     async def _open_upstream(self, rt: Runtime, up: Upstream, fatal: bool = True) -> None:
         lst = next((x for x in self.listeners if any(k == up.key for _, k in x.routes)), None)
@@ -249,7 +276,10 @@ class IngressGateway(Proxy):
             if ctx is None:  # no usable certificate (yet): refuse rather than answer in plain text
                 return _Refuse()
             return TLSProtocol(ctx, plain(), server_side=True, handshake_timeout=rt.config.handshake_timeout,
-                               scratch=rt.tls_scratch)
+                               on_failure=failed, scratch=rt.tls_scratch)
+
+        def failed(tls: TLSProtocol, exc: Exception, port: int = lst.port) -> None:
+            rt.handshake_failed(tls, exc, cluster=f"ingress:{port}")
 
         try:
             server = await asyncio.get_running_loop().create_server(

@@ -195,11 +195,12 @@ class IntentionGate:
     intention with Permissions governs its source, or the connection alone would be denied) is worked out
     again only when the policy object changes."""
 
-    __slots__ = ("policy", "per_request")
+    __slots__ = ("policy", "per_request", "reason")
 
     def __init__(self) -> None:
         self.policy: Any = None
         self.per_request = False
+        self.reason = ""  # the intention that denied the last request denied (for its access-log line)
 
     def denies(self, rt: Runtime, uri: str, method: bytes, path: str, target: bytes,
                headers: list[tuple[bytes, bytes]]) -> bool:
@@ -215,14 +216,25 @@ class IntentionGate:
         d = policy.request(uri, method.decode(), path, {k.decode("latin-1"): v.decode("latin-1") for k, v in headers})
         if d.allowed:
             return False
+        self.reason = d.reason
         rt.refused(d.source, f"{method.decode()} {target.decode('latin-1')}: {d.reason}")
         return True
 
 
-def inbound_fields(rec: dict[str, Any], rt: Runtime, uri: str, denied: bool) -> None:
-    """The access-log fields of the inbound side: the caller's identity and the local application."""
+def inbound_fields(rec: dict[str, Any], rt: Runtime, uri: str, denied: bool, intention: str = "",
+                   cluster: str = "local_app", host: str | None = None) -> None:
+    """The access-log fields of the inbound side: the caller's identity and where the request went (the
+    local application; at a terminating gateway the outside service's `cluster` and instance `host`). A
+    denied request names the deciding `intention`."""
     cfg = rt.config
-    rec.update({"downstream_peer_uri_san": uri, "upstream_cluster": "local_app",
-                "upstream_service": cfg.service, "upstream_host": f"{cfg.local_address}:{cfg.local_port}"})
+    rec.update({"downstream_peer_uri_san": uri, "upstream_cluster": cluster, "upstream_service": cfg.service,
+                "upstream_host": f"{cfg.local_address}:{cfg.local_port}" if host is None else host})
     if denied:
-        rec["response_code_details"] = DENIED_DETAILS
+        denied_fields(rec, intention)
+
+
+def denied_fields(rec: dict[str, Any], intention: str) -> None:
+    """A denied request's fields: Envoy's response code details and the `intention` that decided it."""
+    rec["response_code_details"] = DENIED_DETAILS
+    if intention:
+        rec["intention"] = intention

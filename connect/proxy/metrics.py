@@ -94,6 +94,7 @@ class ProxyMetrics:
         self.service = service
         self.inbound: dict[str, Link] = {}  # by source service (or "unknown")
         self.upstreams: dict[str, Link] = {}  # by destination service
+        self.handshake_failures: dict[str, int] = {}  # downstream TLS handshakes that failed, by reason
 
     def inbound_link(self, source: str) -> Link:
         link = self.inbound.get(source)
@@ -110,7 +111,8 @@ class ProxyMetrics:
     def snapshot(self) -> dict[str, Any]:
         return {"Service": self.service, "LatencyBounds": list(BOUNDS),  # LatencyCounts: one more, for +Inf
                 "Inbound": {k: v.snapshot() for k, v in sorted(self.inbound.items())},
-                "Upstreams": {k: v.snapshot() for k, v in sorted(self.upstreams.items())}}
+                "Upstreams": {k: v.snapshot() for k, v in sorted(self.upstreams.items())},
+                "TLSHandshakeFailures": dict(sorted(self.handshake_failures.items()))}
 
     def prometheus(self) -> str:
         """Prometheus text exposition (version 0.0.4)."""
@@ -141,6 +143,12 @@ class ProxyMetrics:
             for cls in ("2xx", "3xx", "4xx", "5xx"):
                 out.append(f'proconsul_proxy_responses_total{{service="{_esc(self.service)}",direction="{direction}",'
                            f'{label}="{_esc(peer)}",code_class="{cls}"}} {getattr(link, "responses_" + cls)}')
+        out.append("# HELP proconsul_proxy_tls_handshake_failures_total Downstream TLS handshakes that failed "
+                   "(a foreign or missing client certificate, an unknown server name, plain text, a timeout).")
+        out.append("# TYPE proconsul_proxy_tls_handshake_failures_total counter")
+        for reason, n in sorted(self.handshake_failures.items()):
+            out.append(f'proconsul_proxy_tls_handshake_failures_total{{service="{_esc(self.service)}",'
+                       f'reason="{_esc(reason)}"}} {n}')
         out.append("# HELP proconsul_proxy_latency_seconds Request time (http) or connection setup time (tcp).")
         out.append("# TYPE proconsul_proxy_latency_seconds histogram")
         for direction, label, peer, link in links:

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proconsul.connect.errors import InvalidSpiffeID
-from proconsul.connect.proxy.accesslog import AccessLog, follow
+from proconsul.connect.proxy.accesslog import (
+    AccessLog,
+    follow,
+    handshake_failure_reason,
+    handshake_failure_record,
+    wants_listener_lines,
+)
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.balancer import UpstreamPool
 from proconsul.connect.proxy.breaker import Breaker
@@ -263,11 +269,18 @@ class Runtime:
             link.resumed += 1
         return link
 
-    def handshake_failed(self, tls: Any, exc: Exception) -> None:
-        """A client on the public listener did not complete mTLS (a foreign or expired certificate,
-        plain text, garbage, a timeout): counted and logged like any refusal."""
+    def handshake_failed(self, tls: Any, exc: Exception, cluster: str = "local_app", service: str = "") -> None:
+        """A client on the public listener (or an ingress TLS listener) did not complete the TLS handshake (a
+        foreign, missing or expired certificate, plain text, garbage, a timeout): counted by reason, one
+        listener-level access-log line, and logged like any refusal (at most once a second)."""
         peer = tls.raw.get_extra_info("peername") if tls.raw is not None else None
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
+        label = handshake_failure_reason(exc)
+        failures = self.metrics.handshake_failures
+        failures[label] = failures.get(label, 0) + 1
+        if wants_listener_lines(self.access_log):
+            self.access_log.connection(handshake_failure_record(  # type: ignore[union-attr]
+                tls.opened, where if peer else "", label, cluster, service or self.config.service))
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         now = time.monotonic()
         loud = now - self._last_handshake_log >= 1.0  # a flood of garbage logs once a second, not per connection

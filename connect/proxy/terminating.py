@@ -8,9 +8,11 @@ connection the gateway:
 
 1. picks the linked service from the SNI and presents **that service's** leaf certificate (the sidecar
    checks it is talking to the service it asked for), asking for the caller's;
-2. decides the caller's SPIFFE ID against the intentions whose destination is that service (L4; an
-   intention with L7 permissions cannot allow a bare connection here) — a denied caller is closed
-   before a byte reaches the outside service;
+2. decides the caller's SPIFFE ID against the intentions whose destination is that service — a denied
+   caller is closed before a byte reaches the outside service. When the service's protocol
+   (service-defaults, else proxy-defaults) is `http`, the connection is handed to the sidecar's inbound
+   HTTP front (`TerminatingFront`): each request is decided by the L7 intentions (403 when denied), gets
+   its access-log line, and goes to the outside service on a kept-alive connection;
 3. connects to a passing instance of the service from the catalog (registered on a node without an
    agent), in plain TCP, or with TLS when the entry gives a `CAFile` (one-way TLS; with `CertFile` and
    `KeyFile` mutual TLS; `SNI` is sent and the server certificate's name checked against it), and
@@ -26,23 +28,32 @@ import asyncio
 import logging
 import ssl
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
+from proconsul.connect.proxy import l7
+from proconsul.connect.proxy.accesslog import handshake_failure_reason
 from proconsul.connect.proxy.agent_api import AgentAPI, wait_registered
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
+from proconsul.connect.proxy.config import ProxyConfig
+from proconsul.connect.proxy.durations import parse_seconds
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
 from proconsul.connect.proxy.gateway_log import DENIED, GatewayAccessLog, peer_address
+from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream, connection
+from proconsul.connect.proxy.http import Back, Exchange, Front, InboundFront
 from proconsul.connect.proxy.proxy import ProxyError, credentials
+from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.sni import parse_sni_name
 from proconsul.connect.proxy.tls import MeshTLSError, peer_cert, server_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
 
 log = logging.getLogger("proconsul.gateway")
 DIAL_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 15.0  # http services: Envoy's default route timeout
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -67,10 +78,19 @@ class _Linked:
         self.instances: list[tuple[str, int]] = []
         self.next = 0
         self.origination: ssl.SSLContext | None = None
+        self.origination_h2: ssl.SSLContext | None = None  # the same, offering ALPN h2 (http2/grpc services)
+        self.h2_host = ""  # the instance the shared HTTP/2 connection goes to (http2/grpc)
         self.origination_error = ""
         self.watches: list[asyncio.Task[None]] = []
-        self.open: set[TerminatingInbound] = set()
+        self.open: set[Any] = set()  # TerminatingInbound (L4) and TerminatingFront (http) connections
         self.stats = {"Connections": 0, "Refused": 0, "DialFailures": 0}
+        self.protocol = "tcp"  # service-defaults' Protocol, else proxy-defaults' Config.protocol
+        self.connect_timeout, self.request_timeout = DIAL_TIMEOUT, REQUEST_TIMEOUT  # from its service-resolver
+        self.rt: Runtime | None = None  # http: the sidecar runtime its TerminatingFronts share
+
+    @property
+    def cluster(self) -> str:
+        return f"{self.spec.name}.default.default.{self.rt.datacenter if self.rt is not None else ''}"
 
 
 class TerminatingInbound(Side):
@@ -109,6 +129,11 @@ class TerminatingInbound(Side):
             gw.refused(linked, decision.source, decision.reason)
             self.details = DENIED
             self.abort()
+            return
+        if linked.rt is not None:  # http-like: the sidecar's L7 front decides, forwards and logs each request
+            self.service = ""  # no connection line: the requests get theirs
+            front = TerminatingFront(gw, linked) if linked.protocol == "http" else TerminatingH2Front(gw, linked)
+            transport.hand_over(front)  # type: ignore[attr-defined]
             return
         self.linked = linked
         self.on_bytes = self._count_in
@@ -155,6 +180,126 @@ class TerminatingInbound(Side):
                                       details=self.details)
 
 
+def _unreachable(flag: str) -> tuple[int, str, str]:
+    """The answer to a request the outside service could not take (Envoy's local replies): status, text, flag."""
+    if flag == "UH":
+        return 503, "no healthy upstream", "UH"
+    return 502, "upstream connect error or disconnect/reset before headers", "UF"
+
+
+class _Tracked:
+    """What both L7 fronts of the gateway keep: an admitted connection is counted and held in its linked
+    service's open set (closed when the service is unlinked or an intention no longer allows it)."""
+
+    __slots__ = ()
+    linked: _Linked
+    link: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if self.link is not None:
+            self.linked.open.add(self)
+            self.linked.stats["Connections"] += 1
+
+    def lost(self) -> None:
+        super().lost()  # type: ignore[misc]
+        self.linked.open.discard(self)
+
+
+class TerminatingFront(_Tracked, InboundFront):
+    """A caller's connection to a linked `http` service: the sidecar's inbound HTTP front (L7 intentions per
+    request, 403 when denied, access-log lines, tap, x-forwarded-client-cert), whose "application" is an
+    instance of the outside service, dialed as the L4 path dials it (round robin, TLS origination)."""
+
+    __slots__ = ("gw", "linked", "upstream_host", "dial_flag")
+
+    def __init__(self, gw: TerminatingGateway, linked: _Linked) -> None:
+        assert linked.rt is not None
+        super().__init__(linked.rt)
+        self.gw, self.linked = gw, linked
+        self.upstream_host = ""
+        self.dial_flag = ""
+
+    def describe(self) -> str:
+        return f"terminating gateway: {self.linked.spec.name} from {self.source or self.uri or 'unknown'}"
+
+    async def _dial_app(self, ex: Exchange) -> None:
+        try:
+            app, self.upstream_host = await self.gw.dial(self.linked, lambda: Back(None))
+        except GatewayDialError as e:
+            if not self.closed:
+                self.dial_flag = e.flag
+                ex.back_failed(str(e))
+            return
+        if self.closed:
+            app.close()
+            return
+        self.app = app  # type: ignore[assignment]
+        ex.send_on(app, [self._xfcc], self.rt.config.local_request_timeout)  # type: ignore[arg-type]
+
+    def attempt_failed(self, ex: Exchange, why: str) -> None:
+        self.link.link.failed += 1
+        log.warning("terminating gateway: %s %s from %s to %s: %s", ex.head.method.decode(),
+                    ex.head.target.decode("latin-1"), self.source, self.linked.spec.name, why)
+        self.app = None
+        flag, self.dial_flag = self.dial_flag or "UF", ""
+        self.reply(ex, *_unreachable(flag))
+
+    def fixed_fields(self, ex: Exchange) -> dict[str, Any]:
+        rec = Front.fixed_fields(self, ex)
+        l7.inbound_fields(rec, self.rt, self.uri, False, cluster=self.linked.cluster, host=self.upstream_host)
+        return rec
+
+    def scope(self) -> object:
+        return self.upstream_host  # the fields name the outside instance this connection reached
+
+
+class TerminatingH2Front(_Tracked, H2InboundFront):
+    """A caller's HTTP/2 connection to a linked `http2`/`grpc` service: the sidecar's inbound HTTP/2 front
+    (each stream decided by the L7 intentions, PERMISSION_DENIED / 403 when denied, a line per stream), relayed
+    to the outside service over one shared HTTP/2 connection (h2c, or TLS with ALPN h2 when originating)."""
+
+    def __init__(self, gw: TerminatingGateway, linked: _Linked) -> None:
+        assert linked.rt is not None
+        super().__init__(linked.rt)
+        self.gw, self.linked = gw, linked
+        self.dial_flag = ""
+
+    def describe(self) -> str:
+        return f"terminating gateway: {self.linked.spec.name} (HTTP/2) from {self.source or self.uri or 'unknown'}"
+
+    async def _dial_app(self, s: H2Stream) -> None:
+        rt, linked = self.rt, self.linked
+
+        async def dial() -> H2Back:
+            back, linked.h2_host = await self.gw.dial(linked, lambda: H2Back(rt, LOCAL_APP), h2=True)
+            return back  # type: ignore[no-any-return]
+
+        try:
+            back = await connection(rt, LOCAL_APP, dial)
+        except GatewayDialError as e:
+            if not s.done:
+                self.dial_flag = e.flag
+                self.attempt_failed(s, str(e))
+            return
+        if not self.closed and not s.done:
+            back.open(s)
+
+    def attempt_failed(self, s: H2Stream, why: str) -> None:
+        assert self.link is not None
+        self.link.failed += 1
+        log.warning("terminating gateway: %s %s from %s to %s: %s", s.method.decode("latin-1"),
+                    s.path.decode("latin-1"), self.source, self.linked.spec.name, why)
+        flag, self.dial_flag = self.dial_flag or "UF", ""
+        self.fail(s, *_unreachable(flag))
+
+    def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
+        rec = super(H2InboundFront, self).log_record(s, now)
+        l7.inbound_fields(rec, self.rt, self.uri, s.denied, s.why, cluster=self.linked.cluster,
+                          host=self.linked.h2_host)
+        return rec
+
+
 class TerminatingGateway:
     def __init__(self, api: AgentAPI, service_id: str, *, bind: str, port: int, admin_address: str = "127.0.0.1",
                  admin_port: int = -1) -> None:
@@ -169,6 +314,7 @@ class TerminatingGateway:
         self.linked: dict[str, _Linked] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"Handshakes": 0, "HandshakeFailures": 0, "Refused": 0}
+        self.handshake_reasons: dict[str, int] = {}  # failed handshakes by reason (/stats)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._admin: web.AppRunner | None = None
@@ -176,6 +322,9 @@ class TerminatingGateway:
         self.access = GatewayAccessLog()  # proxy-defaults' AccessLogs: a line per connection
         self._entry: dict[str, Any] | None = None  # the terminating-gateway config entry
         self._wildcard: list[str] = []  # what its wildcard `*` links now (the catalog's gateway-services)
+        self._protocols: dict[str, str] = {}  # service-defaults' Protocol by service
+        self._default_protocol = ""  # proxy-defaults' Config.protocol
+        self._resolvers: dict[str, dict[str, Any]] = {}  # service-resolver entries by service
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
@@ -190,7 +339,9 @@ class TerminatingGateway:
         self.spawn(self.api.watch("/v1/config/terminating-gateway", {}, self._on_entries, stop))
         self.spawn(self.api.watch(f"/v1/catalog/gateway-services/{quote(self.service, safe='')}", {},
                                   self._on_gateway_services, stop))
-        self.spawn(self.access.watch(self.api, stop))
+        self.spawn(self.api.watch("/v1/config/proxy-defaults", {}, self._on_proxy_defaults, stop))
+        self.spawn(self.api.watch("/v1/config/service-defaults", {}, self._on_service_defaults, stop))
+        self.spawn(self.api.watch("/v1/config/service-resolver", {}, self._on_resolvers, stop))
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: TLSProtocol(self._listening, TerminatingInbound(self), server_side=True,
@@ -207,6 +358,8 @@ class TerminatingGateway:
             for linked in self.linked.values():
                 for w in linked.watches:
                     w.cancel()
+                if linked.rt is not None:
+                    await linked.rt.cancel_tasks()  # its dials in progress
             for task in list(self.tasks):
                 task.cancel()
             if self._admin is not None:
@@ -267,6 +420,60 @@ class TerminatingGateway:
         self._entry = entry
         self._relink()
 
+    def _on_proxy_defaults(self, rows: list[dict[str, Any]] | None) -> None:
+        self.access.apply(rows)
+        entry = next((r for r in rows or [] if r.get("Name") == "global"), None) or {}
+        self._default_protocol = str((entry.get("Config") or {}).get("protocol") or "").lower()
+        self._apply_protocols()
+
+    def _on_service_defaults(self, rows: list[dict[str, Any]] | None) -> None:
+        self._protocols = {str(r.get("Name")): str(r.get("Protocol") or "").lower() for r in rows or []}
+        self._apply_protocols()
+
+    def _on_resolvers(self, rows: list[dict[str, Any]] | None) -> None:
+        self._resolvers = {str(r.get("Name")): r for r in rows or []}
+        self._apply_protocols()
+
+    def _protocol(self, name: str) -> str:
+        return self._protocols.get(name) or self._default_protocol or "tcp"
+
+    def _apply_protocols(self) -> None:
+        """Each linked service's protocol; one that becomes (or stops being) http gets (or loses) its L7 runtime,
+        for new connections. Every runtime writes to the current access log."""
+        for linked in self.linked.values():
+            protocol = self._protocol(linked.spec.name)
+            if protocol != linked.protocol:
+                linked.protocol = protocol
+                self._set_runtime(linked)
+                self._set_policy(linked)
+                for side in list(linked.open):  # served in the old mode (a caller's pooled connection): closed,
+                    side.close()                # as Envoy drains a filter chain that changed
+            timeouts = resolver_timeouts(self._resolvers.get(linked.spec.name))
+            if timeouts != (linked.connect_timeout, linked.request_timeout):
+                linked.connect_timeout, linked.request_timeout = timeouts
+                if linked.rt is not None:  # open connections too: each request reads the runtime's config
+                    linked.rt.config = replace(linked.rt.config, local_connect_timeout=timeouts[0],
+                                               local_request_timeout=timeouts[1])
+            if linked.rt is not None:
+                linked.rt.access_log = self.access.log
+
+    def _set_runtime(self, linked: _Linked) -> None:
+        """An http, http2 or grpc service's L7 runtime (the sidecar's: intentions per request, access-log
+        lines, metrics); other protocols are L4 here."""
+        if linked.protocol not in ("http", "http2", "grpc"):
+            linked.rt = None
+            return
+        name = linked.spec.name
+        cfg = ProxyConfig(proxy_id=self.service_id, proxy_name=self.service, service=name, service_id=name,
+                          bind_address=self.bind, bind_port=self.port, local_address="", local_port=0,
+                          protocol=linked.protocol, local_connect_timeout=linked.connect_timeout,
+                          local_request_timeout=linked.request_timeout)
+        rt = Runtime(cfg, datacenter=self.datacenter)
+        rt.trust_domain = self.trust_domain
+        rt.access_log = self.access.log
+        linked.rt = rt
+        log.info("terminating gateway: %s is %s: L7 intentions and a log line per request", name, linked.protocol)
+
     def _on_gateway_services(self, rows: list[dict[str, Any]]) -> None:
         """The catalog's view of what the entry links: the services its wildcard `*` stands for now."""
         wildcard = sorted(r["Service"]["Name"] for r in rows or [] if r.get("FromWildcard"))
@@ -289,9 +496,14 @@ class TerminatingGateway:
 
     def _link(self, spec: LinkedService) -> None:
         linked = self.linked[spec.name] = _Linked(spec)
+        linked.protocol = self._protocol(spec.name)
+        linked.connect_timeout, linked.request_timeout = resolver_timeouts(self._resolvers.get(spec.name))
+        self._set_runtime(linked)
         if spec.tls:
             try:
                 linked.origination = origination_context(spec)
+                linked.origination_h2 = origination_context(spec)
+                linked.origination_h2.set_alpn_protocols(["h2"])
             except (OSError, ssl.SSLError, ValueError) as e:
                 linked.origination_error = f"cannot load its TLS files (CAFile, CertFile, KeyFile): {e}"
                 log.error("terminating gateway: %s: %s; connections to it are refused until the entry changes",
@@ -336,7 +548,11 @@ class TerminatingGateway:
     def _set_policy(self, linked: _Linked) -> None:
         if not self.trust_domain:
             return
-        linked.policy = IntentionPolicy(linked.spec.name, self.trust_domain, linked.intentions, self.default_allow)
+        linked.policy = IntentionPolicy(linked.spec.name, self.trust_domain, linked.intentions, self.default_allow,
+                                        http=linked.rt is not None)
+        if linked.rt is not None:
+            linked.rt.trust_domain = self.trust_domain
+            linked.rt.set_policy(linked.policy)  # its HTTP connections: decided per request from now on
         for side in list(linked.open):  # connections an intention no longer allows are closed
             if not linked.policy.connection(side.uri).allowed:
                 log.warning("terminating gateway: closing a connection from %s to %s: no longer allowed",
@@ -356,8 +572,18 @@ class TerminatingGateway:
         ssl_obj.context = linked.ctx
         return None
 
-    def _handshake_failed(self, _tls: Any, exc: Exception) -> None:
+    def _handshake_failed(self, tls: Any, exc: Exception) -> None:
+        """A caller that did not complete mTLS (a foreign or missing certificate, a server name not linked):
+        counted by reason and one listener-level access-log line naming the service its SNI chose, if any."""
         self.stats["HandshakeFailures"] += 1
+        reason = handshake_failure_reason(exc)
+        service = str(getattr(tls.sslobj.context, "proconsul_service", ""))
+        if not service and reason == "CALLBACK_FAILED":  # the SNI callback (_pick) found no linked service
+            reason = "UNRECOGNIZED_NAME"
+        self.handshake_reasons[reason] = self.handshake_reasons.get(reason, 0) + 1
+        self.access.handshake_failed(tls.opened, peer_address(tls.raw), reason,
+                                     f"{service}.default.default.{self.datacenter}" if service else "", service,
+                                     "-" if service or reason != "UNRECOGNIZED_NAME" else "NR")
         log.debug("terminating gateway: handshake failed: %s", exc)
 
     def refused(self, linked: _Linked | None, source: str, reason: str) -> None:
@@ -367,9 +593,10 @@ class TerminatingGateway:
         log.warning("terminating gateway: refused connection from %s to %s: %s", source,
                     linked.spec.name if linked is not None else "?", reason)
 
-    async def dial(self, linked: _Linked) -> tuple[Side, str]:
-        """A connection to a passing instance of the outside service (TLS when the entry says so), and the
-        instance's `host:port`."""
+    async def dial(self, linked: _Linked, factory: Any = Side, h2: bool = False) -> tuple[Any, str]:
+        """A connection to a passing instance of the outside service (TLS when the entry says so, offering ALPN
+        h2 with `h2`), with the protocol `factory` makes (a Side to splice, an HTTP Back, an HTTP/2 back), and
+        the instance's `host:port`."""
         spec = linked.spec
         if spec.tls and linked.origination is None:
             raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
@@ -381,13 +608,14 @@ class TerminatingGateway:
         errors = []
         for host, port in linked.instances[start:] + linked.instances[:start]:
             try:
-                async with asyncio.timeout(DIAL_TIMEOUT):
+                async with asyncio.timeout(linked.connect_timeout):
                     if linked.origination is not None:
-                        _, side = await loop.create_connection(Side, host, port, ssl=linked.origination,
+                        ctx = linked.origination_h2 if h2 else linked.origination
+                        _, side = await loop.create_connection(factory, host, port, ssl=ctx,
                                                                server_hostname=spec.sni or host,
-                                                               ssl_handshake_timeout=DIAL_TIMEOUT)
+                                                               ssl_handshake_timeout=linked.connect_timeout)
                     else:
-                        _, side = await loop.create_connection(Side, host, port)
+                        _, side = await loop.create_connection(factory, host, port)
                 return side, f"{host}:{port}"
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 linked.stats["DialFailures"] += 1
@@ -396,8 +624,11 @@ class TerminatingGateway:
 
     # ------------------------------------------------------------------ admin
     def snapshot(self) -> dict[str, Any]:
-        return {**self.stats, "Service": self.service, "Services": {
+        return {**self.stats, "HandshakeFailureReasons": dict(self.handshake_reasons), "Service": self.service,
+                "Services": {
             name: {**ln.stats, "Open": len(ln.open), "Instances": len(ln.instances), "TLS": ln.spec.tls,
+                   "Protocol": ln.protocol,
+                   **({"HTTP": ln.rt.metrics.snapshot()["Inbound"]} if ln.rt is not None else {}),
                    "Ready": ln.ctx is not None and ln.policy is not None,
                    **({"Error": ln.origination_error} if ln.origination_error else {})}
             for name, ln in self.linked.items()}}
@@ -419,6 +650,22 @@ class TerminatingGateway:
         site = web.TCPSite(self._admin, self.admin_address, self.admin_port or 0, reuse_address=True)
         await site.start()
         log.info("terminating gateway admin (stats) on http://%s:%d", self.admin_address, self.admin_port)
+
+
+def resolver_timeouts(entry: dict[str, Any] | None) -> tuple[float, float]:
+    """(connect, request) timeouts in seconds a linked service's `service-resolver` sets at the gateway
+    (Consul: ConnectTimeout on the service's cluster, RequestTimeout on its route); DIAL_TIMEOUT and
+    REQUEST_TIMEOUT when unset or unreadable (the agent validated the entry)."""
+    def seconds(value: Any, default: float) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return value / 1e9  # nanoseconds, Go's time.Duration
+        try:
+            return parse_seconds(value) if isinstance(value, str) and value else default
+        except ValueError:
+            return default
+
+    entry = entry or {}
+    return seconds(entry.get("ConnectTimeout"), DIAL_TIMEOUT), seconds(entry.get("RequestTimeout"), REQUEST_TIMEOUT)
 
 
 def origination_context(spec: LinkedService) -> ssl.SSLContext:

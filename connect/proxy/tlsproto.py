@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,12 @@ class TLSTransport(asyncio.Transport):
             return tls.sslobj.getpeercert()
         return tls.raw.get_extra_info(name, default) if tls.raw is not None else default
 
+    def hand_over(self, app: asyncio.Protocol) -> None:
+        """Give the connection to another application protocol, from the first one's `connection_made`
+        (before any application byte was read): the terminating gateway picks L4 or HTTP per service."""
+        self._tls.app = app
+        app.connection_made(self)
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if self._tls.raw is not None:
             self._tls.raw.set_write_buffer_limits(high, low)
@@ -109,10 +116,12 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._on_failure = on_failure
         self._heard = False  # any bytes from the peer yet (a TCP health check sends none)
+        self.opened = 0.0  # time.monotonic() at connection_made (a failed handshake's access-log line)
 
     # ------------------------------------------------------------------ the TCP side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw = transport
+        self.opened = time.monotonic()
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
         self._handshake_step()
 

@@ -97,7 +97,7 @@ def test_connect_gateway_flags_and_registration(agent: AgentProcess, tmp_path: P
         assert svc["Kind"] == "mesh-gateway" and svc["Port"] == port
         assert svc["TaggedAddresses"]["wan"] == {"Address": "127.0.0.1", "Port": wan}
         checks = [c for c in agent.get("/v1/agent/checks")[1].values() if c["ServiceID"] == "cli-mgw"]
-        assert [c["Name"] for c in checks] == ["Mesh gateway listening"]
+        assert [c["Name"] for c in checks] == ["mesh-gateway listening"]
         wait_for(lambda: agent.get("/v1/agent/checks")[1][checks[0]["CheckID"]]["Status"] == "passing", 20,
                  message="the gateway's TCP check to pass (it listens on -address)")
     finally:

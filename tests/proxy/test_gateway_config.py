@@ -59,12 +59,15 @@ def test_gateway_registrations_as_consuls_connect_envoy_register() -> None:
         "Kind": "mesh-gateway", "Name": "mesh-gateway", "ID": "mesh-gateway", "Address": "10.0.0.5", "Port": 8443,
         "TaggedAddresses": {"lan": {"Address": "10.0.0.5", "Port": 8443},
                             "wan": {"Address": "203.0.113.10", "Port": 443}},
-        "Check": {"Name": "Mesh gateway listening", "TCP": "10.0.0.5:8443", "Interval": "10s",
+        "Check": {"Name": "mesh-gateway listening", "TCP": "10.0.0.5:8443", "Interval": "10s",
                   "DeregisterCriticalServiceAfter": "90m"}}
     tgw = gateway_plan(Options(gateway="terminating", service="tgw", proxy_id="tgw-1", register=True))
     assert (tgw.registration or {})["Kind"] == "terminating-gateway" and tgw.gateway_id == "tgw-1"
     assert (tgw.registration or {})["Check"]["DeregisterCriticalServiceAfter"] == "6h", "Consul's default"
     assert (tgw.host, tgw.port) == ("127.0.0.1", 8443)
     ig = gateway_plan(Options(gateway="ingress", service="ig", register=True, address="127.0.0.1:9000"))
-    assert (ig.registration or {}).get("Check") is None and (ig.registration or {})["Kind"] == "ingress-gateway"
+    assert (ig.registration or {})["Kind"] == "ingress-gateway"
+    assert (ig.registration or {})["Check"] == {"Name": "ingress-gateway listening", "TCP": "127.0.0.1:9000",
+                                                "Interval": "10s", "DeregisterCriticalServiceAfter": "6h"}
+    assert (tgw.registration or {})["Check"]["Name"] == "terminating-gateway listening"
     assert gateway_plan(Options(gateway="ingress", service="ig")).registration is None, "without -register"

@@ -14,7 +14,7 @@ def test_lines_follow_proxy_defaults_and_disable_listener_logs(tmp_path: Path) -
     path = tmp_path / "gw.log"
     gw = GatewayAccessLog()
     gw.connection(time.monotonic(), received=1, sent=1, peer="127.0.0.1:1", cluster="c", service="s")  # off: nothing
-    gw._on_entries([{"Kind": "proxy-defaults", "Name": "global",
+    gw.apply([{"Kind": "proxy-defaults", "Name": "global",
                      "AccessLogs": {"Enabled": True, "Type": "file", "Path": str(path)}}])
     gw.connection(time.monotonic() - 0.05, received=10, sent=20, peer="127.0.0.1:5000", cluster="api.default.default.dc1",
                   service="api", host="10.0.0.1:443", peer_uri="spiffe://td/ns/default/dc/dc1/svc/web")
@@ -29,12 +29,12 @@ def test_lines_follow_proxy_defaults_and_disable_listener_logs(tmp_path: Path) -
     assert denied["response_code_details"] == "rbac_access_denied_matched_policy[none]"
     assert no_route["response_flags"] == "NR" and "upstream_cluster" not in no_route
 
-    gw._on_entries([{"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+    gw.apply([{"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
         "Enabled": True, "Type": "file", "Path": str(path), "DisableListenerLogs": True}}])
     gw.connection(time.monotonic(), received=18, sent=0, peer="127.0.0.1:5003", cluster="", service="", flag="NR",
                   listener=True)
     gw.connection(time.monotonic(), received=0, sent=0, peer="127.0.0.1:5004", cluster="x", service="x", flag="UH")
     assert [json.loads(x)["response_flags"] for x in path.read_text().splitlines()][3:] == ["UH"]
-    gw._on_entries([])  # the entry deleted: logging stops
+    gw.apply([])  # the entry deleted: logging stops
     assert gw.log is None
     gw.close()

@@ -286,3 +286,42 @@ def test_l7_intention_per_grpc_method(mesh: dict[str, Any]) -> None:
         assert any("/demo.Echo/Admin" in p.log() for p in mesh["procs"][:2]), "the refusal names the method"
     finally:
         agent.request("DELETE", "/v1/connect/intentions/exact?source=web&destination=api")
+
+
+def test_ingress_grpc_listener_over_tls_alpn_h2(mesh: dict[str, Any]) -> None:
+    """A grpc listener with TLS offers ALPN h2: curl --http2 (nghttp2) negotiates HTTP/2 over TLS, verifies the
+    gateway's Connect CA leaf for the entry's host and gets the gRPC answer through the mesh; a grpcio client
+    over TLS does the same; a client that offers only http/1.1 gets no answer in HTTP/1.1."""
+    import subprocess
+
+    agent, port, tmp = mesh["agent"], free_port(), mesh["tmp"]
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "igs", "Listeners": [
+        {"Port": port, "Protocol": "grpc", "TLS": {"Enabled": True},
+         "Services": [{"Name": "api", "Hosts": ["api.example.com"]}]}]})[0] == 200
+    gw = ProxyProcess(agent, tmp, proxy_id="igs")
+    gw.args = ["-gateway", "ingress", "-service", "igs", "-register", "-address", f"127.0.0.1:{free_port()}"]
+    ca = tmp / "igs-ca.pem"
+    ca.write_text("\n".join(r["RootCert"] for r in agent.get("/v1/connect/ca/roots")[1]["Roots"]))
+    (tmp / "grpc-frame").write_bytes(b"\x00" + len(b"curl").to_bytes(4, "big") + b"curl")
+
+    def curl(*flags: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["curl", "-s", "-m", "5", "--cacert", str(ca), "--resolve",
+                               f"api.example.com:{port}:127.0.0.1", *flags, "-H", "content-type: application/grpc",
+                               "-H", "te: trailers", "--data-binary", f"@{tmp / 'grpc-frame'}", "-w",
+                               "\n%{http_version} %{http_code}", f"https://api.example.com:{port}/demo.Echo/Say"],
+                              capture_output=True, timeout=10)
+
+    try:
+        gw.start()
+        wait_for(lambda: curl("--http2").stdout.endswith(b"\n2 200"), 15, message="curl --http2 over TLS")
+        out = curl("--http2").stdout
+        assert out.endswith(b"\n2 200") and (b"a:curl" in out or b"b:curl" in out), out
+        assert not curl("--http1.1").stdout.endswith(b" 200"), "ALPN h2 only: no HTTP/1.1 answer"
+        creds = grpc.ssl_channel_credentials(ca.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                                 options=[("grpc.ssl_target_name_override", "api.example.com")]) as ch:
+            wait_for(lambda: call(ch, "Say", b"tls")[0] == grpc.StatusCode.OK, 10, message="grpcio over TLS")
+            assert call(ch, "Say", b"tls")[1] in (b"a:tls", b"b:tls")
+    finally:
+        gw.stop()
+        agent.request("DELETE", "/v1/config/ingress-gateway/igs")

@@ -38,8 +38,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         procs.append(mesh_service(agent, tmp, "db", backends.tcp_echo()))
         for sid in ("web", "api", "db"):
             wait_passing(agent, sid)
-        http_port, tcp_port = free_port(), free_port()
-        gw = GatewayProcess(agent, tmp, "ingress", "ig", "127.0.0.1:8443")
+        http_port, tcp_port, gw_port = free_port(), free_port(), free_port()
+        gw = GatewayProcess(agent, tmp, "ingress", "ig", f"127.0.0.1:{gw_port}")
         gw.log_path.parent.mkdir(parents=True, exist_ok=True)
         proc_start = gw.start
         import threading
@@ -55,7 +55,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         started.join()
         procs.append(gw)
         wait_for(lambda: curl(http_port, "web.example.com")[0] == 200, 10, message="HTTP through the gateway")
-        yield {"agent": agent, "gw": gw, "http": http_port, "tcp": tcp_port, "backends": backends}
+        yield {"agent": agent, "gw": gw, "http": http_port, "tcp": tcp_port, "backends": backends, "gw_port": gw_port}
     finally:
         for p in procs:
             p.stop()
@@ -251,3 +251,85 @@ def test_wildcard_listener_exposes_every_http_service_and_logs_requests(mesh: di
         agent.request("PUT", "/v1/agent/service/deregister/extra")
         agent.request("DELETE", "/v1/config/service-defaults/extra")
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_wildcard_links_a_service_registered_later_within_a_second(mesh: dict[str, Any]) -> None:
+    """The gateway follows /v1/catalog/gateway-services with a blocking query: a service registered after the
+    gateway started is on the wildcard listener within ~1 s, and routed as soon as its sidecar passes — no
+    restart (same process, the open listener keeps serving)."""
+    import time
+
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["http"]
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+        {"Port": port, "Protocol": "http", "Services": [{"Name": "*"}]},
+        {"Port": mesh["tcp"], "Protocol": "tcp", "Services": [{"Name": "db"}]}]})[0] == 200
+    wait_for(lambda: curl(port, "web.ingress.mesh")[1].get("backend") == "web", 10, message="the wildcard entry")
+    pid, late = gw.proc.pid, None
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "late", "Protocol": "http"})[0] == 200
+    try:
+        started = time.monotonic()
+        assert agent.put("/v1/agent/service/register", {"Name": "late", "Port": mesh["backends"].http("late"),
+                                                        "Connect": {"SidecarService": {}}})[0] == 200
+        wait_for(lambda: "late" in gw.admin("/stats")["CircuitBreakers"], 3, interval=0.02,
+                 message="the gateway to link the new service")
+        linked = time.monotonic() - started
+        late = ProxyProcess(agent, Path(gw.log_path).parent, sidecar_for="late").start()
+        wait_passing(agent, "late")
+        passing = time.monotonic()
+        wait_for(lambda: curl(port, "late.ingress.mesh", "/late")[1].get("backend") == "late", 3,
+                 message="the new service routed by the wildcard")
+        routed = time.monotonic() - passing
+        assert linked < 1.0, f"linked after {linked:.2f}s"
+        assert routed < 1.0, f"routed {routed:.2f}s after its sidecar passed"
+        assert gw.proc.pid == pid and gw.proc.poll() is None, "no restart"
+    finally:
+        if late is not None:
+            late.stop()
+        agent.request("PUT", "/v1/agent/service/deregister/late")
+        agent.request("DELETE", "/v1/config/service-defaults/late")
+
+
+def health_of(agent: AgentProcess, path: str) -> list[tuple[str, str]]:
+    """(service ID, its `<kind> listening` check's status) of each row of a /v1/health/… answer."""
+    return [(r["Service"]["ID"], next((c["Status"] for c in r["Checks"] if c["Name"].endswith("listening")), "none"))
+            for r in agent.get(path)[1]]
+
+
+def test_registration_has_consuls_check_answered_by_the_ready_listener(mesh: dict[str, Any]) -> None:
+    """`-register` adds Consul's check (`ingress-gateway listening`, TCP on -address, 10s, deregistered after
+    critical for 6h); the gateway answers it with its ready listener on -address, so the gateway is passing in
+    /v1/health/service/ig and /v1/health/ingress/<svc>?passing lists it."""
+    agent = mesh["agent"]
+    checks = [c for c in agent.get("/v1/agent/checks")[1].values() if c["ServiceID"] == "ig"]
+    assert [(c["Name"], c["Type"]) for c in checks] == [("ingress-gateway listening", "tcp")]
+    wait_for(lambda: health_of(agent, "/v1/health/service/ig") == [("ig", "passing")], 15,
+             message="the gateway's check to pass")
+    assert health_of(agent, "/v1/health/ingress/api?passing") == [("ig", "passing")]
+
+    def ready() -> str:
+        return subprocess.run(["curl", "-s", f"http://127.0.0.1:{mesh['gw_port']}/ready"], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    wait_for(lambda: ready() == "ready\n", 5, message="the ready listener on -address (re-opened with the listeners)")
+
+
+@pytest.mark.slow
+def test_a_stopped_gateway_turns_critical_in_health_ingress(mesh: dict[str, Any], tmp_path: Path) -> None:
+    """Consul's check follows the gateway: stopped, it is critical within an interval (10s) and
+    /v1/health/ingress/<svc>?passing no longer lists it (the registration stays, as Consul's does)."""
+    agent, port = mesh["agent"], free_port()
+    assert agent.put("/v1/config", {"Kind": "ingress-gateway", "Name": "ig2", "Listeners": [
+        {"Port": free_port(), "Protocol": "http", "Services": [{"Name": "api"}]}]})[0] == 200
+    gw = GatewayProcess(agent, tmp_path, "ingress", "ig2", f"127.0.0.1:{port}").start()
+    try:
+        wait_for(lambda: ("ig2", "passing") in health_of(agent, "/v1/health/ingress/api?passing"), 15,
+                 message="the second gateway passing")
+        gw.stop()
+        wait_for(lambda: health_of(agent, "/v1/health/service/ig2") == [("ig2", "critical")], 15,
+                 message="the stopped gateway's check critical")
+        assert ("ig2", "critical") in health_of(agent, "/v1/health/ingress/api")
+        assert health_of(agent, "/v1/health/ingress/api?passing") == [("ig", "passing")]
+    finally:
+        gw.stop()
+        agent.request("PUT", "/v1/agent/service/deregister/ig2")
+        agent.request("DELETE", "/v1/config/ingress-gateway/ig2")

@@ -54,7 +54,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         status, body = agent.put("/v1/config", entry(http, strict, ["web.example.com"]))
         assert status == 200, body
         gw = ProxyProcess(agent, tmp, proxy_id="igt")
-        gw.args = ["-gateway", "ingress", "-service", "igt", "-register", "-address", "127.0.0.1:8443"]
+        gw.args = ["-gateway", "ingress", "-service", "igt", "-register", "-address", f"127.0.0.1:{free_port()}"]
         procs.append(gw.start())
         roots = agent.get("/v1/connect/ca/roots")[1]
         ca = tmp / "ca.pem"
@@ -100,6 +100,9 @@ def test_versions_and_cipher_suites(mesh: dict[str, Any]) -> None:
     ok = s_client(strict, ca, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
     assert ok.returncode == 0 and "ECDHE-ECDSA-AES128-GCM-SHA256" in ok.stdout
     assert s_client(strict, ca, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384").returncode != 0
+    failed = [x for x in mesh["gw"].admin("/metrics").splitlines()
+              if x.startswith('proconsul_proxy_tls_handshake_failures_total{service="igt"')]
+    assert sum(int(x.rsplit(" ", 1)[1]) for x in failed) >= 3, "the refused handshakes are counted by reason"
 
 
 def test_new_hosts_get_a_new_certificate(mesh: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,22 @@ def curl(port: int, path: str = "/") -> tuple[int, Any]:
         return int(code or 0), body
 
 
+def grpc_server(servers: list[Any]) -> int:
+    """A grpcio server answering demo.Echo/Say and /Admin with `outside:<request>`, on a free port."""
+    from concurrent import futures
+
+    import grpc
+
+    handler = grpc.method_handlers_generic_handler("demo.Echo", {
+        m: grpc.unary_unary_rpc_method_handler(lambda req, _ctx: b"outside:" + req) for m in ("Say", "Admin")})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=(handler,))
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    servers.append(server)
+    return port
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("terminating")
@@ -66,11 +83,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     agent, backends = AgentProcess(tmp / "agent"), Backends()
     procs: list[ProxyProcess] = []
+    servers: list[Any] = []
     try:
         agent.start()
         outside = {"ext": backends.http("ext"), "exts": backends.http("exts", ssl_context=server_ctx()),
                    "extm": backends.http("extm", ssl_context=server_ctx(client_ca=pki["ca"]))}
         outside["extbad"] = outside["exts"]  # the HTTPS server, but the gateway is told to trust another CA
+        outside["extg"] = grpc_server(servers)  # a gRPC server outside the mesh (h2c)
         for name, port in outside.items():  # outside the mesh: a node without an agent, no sidecar
             assert agent.put("/v1/catalog/register", {
                 "Node": f"outside-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
@@ -79,22 +98,25 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         assert agent.put("/v1/agent/service/register", {"Name": "web", "Port": backends.http("web"), "Connect": {
             "SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": n, "LocalBindPort": p}
                                                        for n, p in ports.items()]}}}})[0] == 200
-        procs.append(ProxyProcess(agent, tmp, sidecar_for="web").start())
+        web = ProxyProcess(agent, tmp, sidecar_for="web").start()
+        procs.append(web)
         wait_passing(agent, "web")
         status, body = agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
             {"Name": "ext"},
             {"Name": "exts", "CAFile": pki["ca"], "SNI": "exts.example.com"},
             {"Name": "extm", "CAFile": pki["ca"], "CertFile": pki["client"], "KeyFile": pki["client-key"]},
-            {"Name": "extbad", "CAFile": pki["other-ca"]}, {"Name": "extnone"}]})
+            {"Name": "extbad", "CAFile": pki["other-ca"]}, {"Name": "extnone"}, {"Name": "extg"}]})
         assert status == 200, body
         gw = GatewayProcess(agent, tmp, "terminating", "tgw", f"127.0.0.1:{free_port()}").start()
         procs.append(gw)
         wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
         yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki,
-               "outside": outside}
+               "outside": outside, "web": web}
     finally:
         for p in procs:
             p.stop()
+        for server in servers:
+            server.stop(0)
         agent.stop()
         backends.close()
 
@@ -112,7 +134,8 @@ def test_health_connect_answers_with_the_gateway(mesh: dict[str, Any]) -> None:
     assert status == 200 and [r["Service"]["Kind"] for r in rows] == ["terminating-gateway"]
     assert rows[0]["Service"]["Service"] == "tgw"
     status, rows = agent.get("/v1/catalog/gateway-services/tgw")
-    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad", "extnone"}
+    assert status == 200 and {r["Service"]["Name"] for r in rows} == {"ext", "exts", "extm", "extbad", "extnone",
+                                                                      "extg"}
     assert {r["GatewayKind"] for r in rows} == {"terminating-gateway"}
     assert agent.get("/v1/health/connect/web?passing")[1][0]["Service"]["Kind"] == "connect-proxy"
 
@@ -202,10 +225,16 @@ def test_wildcard_links_every_service_and_one_registered_later(mesh: dict[str, A
                                     "Services": [*named, {"Name": "*"}]})[0] == 200
     try:
         assert curl(ports["extnone"])[0] != 200, "no instance of extnone yet: the wildcard does not link it"
+        backend, pid = mesh["backends"].http("extnone"), gw.proc.pid
+        started = time.monotonic()
         assert agent.put("/v1/catalog/register", {
             "Node": "outside-extnone", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
-            "Service": {"Service": "extnone", "Port": mesh["backends"].http("extnone")}})[0] == 200
-        wait_for(lambda: curl(ports["extnone"], "/late")[1], 15, message="extnone through the wildcard")
+            "Service": {"Service": "extnone", "Port": backend}})[0] == 200
+        wait_for(lambda: curl(ports["extnone"], "/late")[0] == 200, 5, interval=0.02,
+                 message="extnone through the wildcard")
+        took = time.monotonic() - started
+        assert took < 1.0, f"a service registered later served after {took:.2f}s (blocking-query watch: ~at once)"
+        assert gw.proc.pid == pid, "no restart"
         status, body = curl(ports["extnone"], "/late")
         assert status == 200 and body["backend"] == "extnone" and body["path"] == "/late"
         rows = {r["Service"]["Name"]: r for r in agent.get("/v1/catalog/gateway-services/tgw")[1]}
@@ -232,3 +261,182 @@ def test_bad_entries_are_refused_naming_the_field(mesh: dict[str, Any], service:
                                                     "Services": [service]})
     assert status == 400 and message in str(body) and "terminating-gateway 'bad'" in str(body)
     assert mesh["agent"].get("/v1/config/terminating-gateway/bad")[0] == 404
+
+
+def test_failed_tls_handshakes_are_logged_and_counted(mesh: dict[str, Any]) -> None:
+    """openssl s_client with a certificate made by openssl (not the Connect CA), or with none, at web's sidecar
+    public listener, and at the gateway also with a server name it does not link: one listener-level access-log
+    line per connection (Envoy's DOWNSTREAM_TRANSPORT_FAILURE_REASON) and a count by reason in the metrics."""
+    agent, gw, web, pki = mesh["agent"], mesh["gw"], mesh["web"], mesh["pki"]
+    log_path = Path(gw.log_path).parent / "handshakes-access.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    public = agent.get("/v1/agent/service/web-sidecar-proxy")[1]["Port"]
+    gw_port = int(gw.args[gw.args.index("-address") + 1].rsplit(":", 1)[1])
+    td = agent.get("/v1/connect/ca/roots")[1]["TrustDomain"]
+    foreign = ("-cert", pki["client"], "-key", str(Path(pki["client"]).with_name("client.key")))
+
+    def s_client(port: int, *args: str) -> None:
+        subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args], input="",
+                       capture_output=True, text=True, timeout=10)
+
+    def failures() -> list[tuple[str, str, str]]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [(x.get("upstream_cluster", ""), x.get("upstream_service", ""), x["downstream_transport_failure_reason"])
+                for x in map(json.loads, text.splitlines())
+                if x.get("response_code_details") == "downstream_tls_handshake_failed"]
+
+    try:
+        wait_for(lambda: "access logs: file" in gw.log() and "access logs: file" in web.log(), 10,
+                 message="access logs on in the gateway and the sidecar")
+        s_client(public, *foreign)
+        s_client(public)
+        s_client(gw_port, "-servername", f"ext.default.dc1.internal.{td}", *foreign)
+        s_client(gw_port, "-servername", "nope.example.com", *foreign)
+        wait_for(lambda: len(failures()) >= 4, 5, message="a line per failed handshake")
+        lines = failures()
+        assert ("local_app", "web", "CERTIFICATE_VERIFY_FAILED") in lines
+        assert ("local_app", "web", "PEER_DID_NOT_RETURN_A_CERTIFICATE") in lines
+        assert ("ext.default.default.dc1", "ext", "CERTIFICATE_VERIFY_FAILED") in lines, "the SNI chose ext"
+        assert ("", "", "UNRECOGNIZED_NAME") in lines, "a server name the gateway does not link"
+        assert len(lines) == 4, lines
+        metrics = web.admin("/metrics")
+        assert 'proconsul_proxy_tls_handshake_failures_total{service="web",reason="CERTIFICATE_VERIFY_FAILED"} 1' \
+            in metrics
+        stats = gw.admin("/stats")
+        assert stats["HandshakeFailures"] >= 2 and stats["HandshakeFailureReasons"]["CERTIFICATE_VERIFY_FAILED"] >= 1
+        assert curl(mesh["ports"]["ext"])[0] == 200, "the mesh's own traffic is unaffected"
+    finally:
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any]) -> None:
+    """service-defaults Protocol http for outside services: the gateway decides each request by the L7
+    intentions (403 for a denied path, nothing reaches the outside service) and writes a line per request
+    naming the deciding intention — the sidecar's shared L7 code; TLS origination still applies (exts)."""
+    agent, gw, ports, backends = mesh["agent"], mesh["gw"], mesh["ports"], mesh["backends"]
+    log_path = Path(gw.log_path).parent / "l7-access.log"
+    for name in ("ext", "exts", "extnone"):
+        assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": name, "Protocol": "http"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-intentions", "Name": "ext", "Sources": [
+        {"Name": "web", "Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/secret"}},
+                                        {"Action": "allow", "HTTP": {"PathPrefix": "/"}}]}]})[0] == 200
+
+    def lines() -> list[dict[str, Any]]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [x for x in map(json.loads, text.splitlines())
+                if x.get("upstream_service") in ("ext", "exts", "extnone") and "downstream_peer_uri_san" in x]
+
+    try:
+        wait_for(lambda: curl(ports["ext"], "/secret/x")[0] == 403, 10, message="the L7 intention at the gateway")
+        hits = backends.hits.get("ext", 0)
+        status, body = curl(ports["ext"], "/secret/y")
+        assert status == 403 and "RBAC: access denied" in str(body)
+        assert backends.hits.get("ext", 0) == hits, "a denied request never reaches the outside service"
+        status, body = curl(ports["ext"], "/public")
+        assert status == 200 and body["backend"] == "ext" and body["path"] == "/public"
+        assert body["headers"]["x-forwarded-client-cert"].endswith("/svc/web"), "the caller, as a sidecar says it"
+        status, body = curl(ports["exts"], "/over-tls")
+        assert status == 200 and body["backend"] == "exts", "http with TLS origination"
+        assert curl(ports["extnone"], "/nobody")[0] == 503, "no passing instance: 503 at once"
+        wait_for(lambda: {x["path"] for x in lines()} >= {"/secret/y", "/public", "/over-tls", "/nobody"}, 5,
+                 message="a line per request at the gateway")
+        assert {x["response_flags"] for x in lines() if x["path"] == "/nobody"} == {"UH"}
+        denied = next(x for x in lines() if x["path"] == "/secret/y")
+        assert denied["response_code"] == 403 and denied["upstream_cluster"] == "ext.default.default.dc1"
+        assert denied["response_code_details"] == "rbac_access_denied_matched_policy[none]"
+        assert denied["intention"].startswith("Matched L7 intention: web => ext") and "permission 0: deny" in \
+            denied["intention"]
+        ok = next(x for x in lines() if x["path"] == "/public")
+        assert ok["response_code"] == 200 and ok["method"] == "GET" and ok["protocol"] == "HTTP/1.1"
+        assert ok["upstream_host"] == f"127.0.0.1:{mesh['outside']['ext']}"
+        assert ok["downstream_peer_uri_san"].endswith("/svc/web") and "intention" not in ok
+        stats = gw.admin("/stats")["Services"]["ext"]
+        assert stats["Protocol"] == "http" and stats["HTTP"]["web"]["Requests"] >= 2
+        assert "GET /secret/y: Matched L7 intention" in gw.log()
+    finally:
+        agent.request("DELETE", "/v1/config/service-intentions/ext")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
+        for name in ("ext", "exts", "extnone"):
+            agent.request("DELETE", f"/v1/config/service-defaults/{name}")
+    wait_for(lambda: gw.admin("/stats")["Services"]["ext"]["Protocol"] == "tcp", 5, message="back to L4")
+
+
+def test_l7_intentions_per_grpc_method_for_a_grpc_service(mesh: dict[str, Any]) -> None:
+    """Protocol grpc for an outside gRPC server: the gateway relays HTTP/2 streams with the sidecar's inbound
+    HTTP/2 front, deciding each call by the L7 intentions (PERMISSION_DENIED for a method not allowed) and
+    writing a line per call."""
+    import grpc
+
+    agent, gw, ports = mesh["agent"], mesh["gw"], mesh["ports"]
+    log_path = Path(gw.log_path).parent / "grpc-access.log"
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extg", "Protocol": "grpc"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-intentions", "Name": "extg", "Sources": [
+        {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathExact": "/demo.Echo/Say"}}]}]})[0] == 200
+
+    def call(ch: grpc.Channel, method: str) -> tuple[grpc.StatusCode, Any]:
+        try:
+            return grpc.StatusCode.OK, ch.unary_unary(f"/demo.Echo/{method}")(b"hi", timeout=5)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+
+    try:
+        wait_for(lambda: gw.admin("/stats")["Services"]["extg"]["Protocol"] == "grpc", 5, message="grpc at the gateway")
+        with grpc.insecure_channel(f"127.0.0.1:{ports['extg']}") as ch:
+            wait_for(lambda: call(ch, "Admin")[0] == grpc.StatusCode.PERMISSION_DENIED, 10,
+                     message="the L7 intention per gRPC method at the gateway")
+            assert call(ch, "Say") == (grpc.StatusCode.OK, b"outside:hi")
+
+        def lines() -> list[dict[str, Any]]:
+            text = log_path.read_text() if log_path.exists() else ""
+            return [x for x in map(json.loads, text.splitlines())
+                    if x.get("upstream_service") == "extg" and "downstream_peer_uri_san" in x]
+
+        wait_for(lambda: {x["path"] for x in lines()} >= {"/demo.Echo/Admin", "/demo.Echo/Say"}, 5,
+                 message="a line per call at the gateway")
+        admin = next(x for x in lines() if x["path"] == "/demo.Echo/Admin")
+        assert admin["intention"].startswith("Matched L7 intention: web => extg")
+        say = next(x for x in lines() if x["path"] == "/demo.Echo/Say" and x.get("response_code") == 200)
+        assert say["upstream_host"] == f"127.0.0.1:{mesh['outside']['extg']}" and say.get("grpc_status") == 0
+    finally:
+        agent.request("DELETE", "/v1/config/service-intentions/extg")
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
+        agent.request("DELETE", "/v1/config/service-defaults/extg")
+
+
+def test_resolver_request_timeout_applies_at_the_gateway(mesh: dict[str, Any]) -> None:
+    """Consul's gateway puts the linked service's service-resolver RequestTimeout on its route: the caller's
+    router gives /slow 5s, the resolver 300ms — the gateway answers 504 after ~300ms (routers are the
+    caller's, the resolver's timeout the gateway's)."""
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["ext"]
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "ext", "Protocol": "http"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "ext", "RequestTimeout": "300ms"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-router", "Name": "ext", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/slow"}}, "Destination": {"RequestTimeout": "5s"}}]})[0] == 200
+    try:
+        wait_for(lambda: gw.admin("/stats")["Services"]["ext"]["Protocol"] == "http", 5, message="http at the gateway")
+        wait_for(lambda: curl(port, "/fast")[0] == 200, 5, message="ext through the gateway")
+        started = time.monotonic()  # a POST: the caller's sidecar does not retry it (a GET's 504 it would)
+        out = subprocess.run(["curl", "-s", "-m", "10", "-X", "POST", "-w", "\n%{http_code}",
+                              f"http://127.0.0.1:{port}/slow?ms=3000"], capture_output=True, text=True, timeout=15)
+        took = time.monotonic() - started
+        body, _, status = out.stdout.rpartition("\n")
+        assert status == "504" and "upstream request timeout" in body, out.stdout
+        assert 0.25 < took < 2.0, f"answered after {took:.2f}s"
+    finally:
+        agent.request("DELETE", "/v1/config/service-router/ext")
+        agent.request("DELETE", "/v1/config/service-resolver/ext")
+        agent.request("DELETE", "/v1/config/service-defaults/ext")
+
+
+def test_resolver_timeouts_read_as_consul_writes_them() -> None:
+    from proconsul.connect.proxy.terminating import DIAL_TIMEOUT, REQUEST_TIMEOUT, resolver_timeouts
+
+    assert resolver_timeouts(None) == (DIAL_TIMEOUT, REQUEST_TIMEOUT)
+    assert resolver_timeouts({"ConnectTimeout": "2s", "RequestTimeout": "1m30s"}) == (2.0, 90.0)
+    assert resolver_timeouts({"ConnectTimeout": 250_000_000}) == (0.25, REQUEST_TIMEOUT), "Go nanoseconds"
+    assert resolver_timeouts({"RequestTimeout": "0s"}) == (DIAL_TIMEOUT, REQUEST_TIMEOUT), "unset"
