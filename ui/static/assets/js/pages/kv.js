@@ -168,7 +168,7 @@ function Editor({ dc, keyName, creating, folder }) {
           <span class=${`validity ${check.valid ? "ok" : "bad"}`} role="status" aria-live="polite">
             ${check.checking ? "checking…" : check.valid ? (format === "plain" ? "plain text" : `✓ valid ${format.toUpperCase()}`) : `✕ ${format.toUpperCase()}`}</span></div>
         <textarea id="kv-value" ref=${area} spellcheck="false" rows=${Math.min(30, Math.max(8, text.split("\n").length + 1))}
-          aria-invalid=${!check.valid} aria-describedby="kv-check" value=${text} onInput=${(e) => setText(e.currentTarget.value)}></textarea>
+          aria-invalid=${!check.valid} aria-describedby="kv-check" value=${text} onInput=${(e) => { setText(e.currentTarget.value); if (status?.kind === "saved") setStatus(null); }}></textarea>
         <p id="kv-check" class=${check.valid ? "hint" : "hint bad"}>${check.valid ? (format === "plain" ? "Saved as it is." : `Checked as ${format.toUpperCase()} before saving.`)
           : html`${check.line ? html`<button type="button" class="link" onClick=${() => goToLine(check.line)}>line ${check.line}</button>: ` : ""}${check.error}`}</p>
       </div>`}
