@@ -24,7 +24,6 @@ import gc
 import json
 import math
 import os
-import pickle
 import statistics
 import sys
 import time
@@ -111,54 +110,24 @@ def slow_down(sim: Sim, pattern: SlowPattern) -> None:
 
 def fp_run(n: int, seed: int, seconds: float, lifeguard: bool, every: tuple[float, float] = PAUSE_EVERY,
            kind: str = "stall", delay: float = 2.0, length: float = 10.0,
-           progress: Path | None = None, skip_noop: bool = False, checkpoint: Path | None = None,
-           checkpoint_every: float = 300.0) -> dict[str, Any]:
+           progress: Path | None = None, skip_noop: bool = False) -> dict[str, Any]:
     """False positives with 1% loss and 5% of members slow now and then: kind "stall" (they stop for
     `delay` seconds), or "lag" (for `length` seconds they handle every datagram `delay` seconds late,
     acks of their own probes included, while their timers keep time: slow observers).
 
     With `progress`, the figures so far are written beside it (one file per arm) as JSON every 20
     simulated seconds: a long run that cannot finish still reports the span it covered (running in
-    steps is the same run, event for event).
-
-    With `checkpoint`, the whole simulation is pickled beside it (PATH-n<n>-<on|off>-s<seed><suffix>) every
-    `checkpoint_every` simulated seconds, and an arm whose file is there resumes from it (the same run
-    as one that never stopped: tests/membership/test_sim.py), so a simulated hour can be accumulated
-    across sessions."""
+    steps is the same run, event for event)."""
     cpu0 = time.process_time()
-    arm_name = f"n{n}-{'on' if lifeguard else 'off'}"
-    key = [n, seed, lifeguard, kind, delay, length, list(every), skip_noop]
-    cp = None if checkpoint is None else checkpoint.with_name(f"{checkpoint.stem}-{arm_name}-s{seed}{checkpoint.suffix}")
-    if cp is not None and cp.exists():
-        with cp.open("rb") as f:
-            saved = pickle.load(f)
-        if saved["key"] != key:
-            raise SystemExit(f"{cp} is another run ({saved['key']}), not {key}")
-        sim = saved["sim"]
-        cpu0 -= saved["cpu_s"]
-        print(f"  resumed {cp} at {sim.now:.0f} simulated seconds ({saved['cpu_s']:.0f} CPU s so far)", flush=True)
-    else:
-        timings = LAN if lifeguard else LAN.plain_swim()
-        sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False, skip_noop=skip_noop)
-        slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
-    last_cp = sim.now
+    timings = LAN if lifeguard else LAN.plain_swim()
+    sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False, skip_noop=skip_noop)
+    slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
 
     def report() -> None:  # one file per arm: <stem>-n<n>-<on|off><suffix>
-        nonlocal last_cp
         if progress is not None:
             part = _fp_figures(sim, n, seed, sim.now, lifeguard, kind, delay, length, every, cpu0)
-            arm = progress.with_name(f"{progress.stem}-{arm_name}{progress.suffix}")
+            arm = progress.with_name(f"{progress.stem}-n{n}-{'on' if lifeguard else 'off'}{progress.suffix}")
             arm.write_text(json.dumps({"partial": part, "load": load()}, indent=1))
-        if cp is not None and sim.now >= last_cp + checkpoint_every:
-            last_cp = sim.now
-            tmp = cp.with_name(cp.name + ".tmp")
-            try:
-                with tmp.open("wb") as f:
-                    pickle.dump({"key": key, "sim": sim, "cpu_s": time.process_time() - cpu0}, f,
-                                protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(tmp, cp)
-            except (OSError, pickle.PicklingError, MemoryError) as e:  # the run goes on without it
-                print(f"  checkpoint {cp} at {sim.now:.0f} s failed: {e}", flush=True)
 
     run_sim(sim, seconds, each=report)
     return _fp_figures(sim, n, seed, seconds, lifeguard, kind, delay, length, every, cpu0)
@@ -309,10 +278,6 @@ def main() -> int:
     ap.add_argument("--skip-noop", action="store_true",
                     help="false-positive arms: do not hand members news they are certain to ignore (the same run, "
                          "fewer deliveries: docs/membership.md)")
-    ap.add_argument("--checkpoint", type=Path, default=None,
-                    help="pickle each false-positive arm's simulation beside this path (PATH-n<n>-<arm>-s<seed>) every "
-                         "--checkpoint-every simulated seconds; an arm whose file exists resumes from it")
-    ap.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS")
     ap.add_argument("--speed-slow", action="store_true", help="with --speed: 5%% of members pausing as in the FP runs")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only print the table and draw the plot from the --json files of earlier runs")
@@ -349,8 +314,7 @@ def main() -> int:
                 if args.arm not in ("both", arm):
                     continue
                 f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every), args.slow_kind, args.delay,
-                           args.lag_length, progress=args.progress, skip_noop=args.skip_noop,
-                           checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+                           args.lag_length, progress=args.progress, skip_noop=args.skip_noop)
                 arms[arm].append(f)
                 print(f"  n={n} {args.slow_kind} {args.delay:g}s lifeguard={arm} seed={f['seed']}: "
                       f"{f['incidents']} false incidents ({f['healthy_incidents']} of healthy members, "

@@ -134,29 +134,6 @@ class Stats:
     skipped_messages: int = 0
 
 
-class Digest:
-    """A running digest of text lines that can be pickled (hashlib's objects cannot): lines are hashed
-    in chunks of a fixed count, so the digest does not depend on when a run was checkpointed."""
-
-    CHUNK = 4096
-
-    def __init__(self) -> None:
-        self.h = b""
-        self.lines: list[str] = []
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if len(self.lines) >= self.CHUNK:
-            self.h = self._fold()
-            self.lines = []
-
-    def _fold(self) -> bytes:
-        return hashlib.blake2b(self.h + "\n".join(self.lines).encode(), digest_size=16).digest()
-
-    def hexdigest(self) -> str:
-        return (self._fold() if self.lines else self.h).hex()
-
-
 class Sim:
     """n members that already know each other (a settled pool), on a simulated network."""
 
@@ -200,7 +177,7 @@ class Sim:
         self._trace = hashlib.blake2b(digest_size=16) if trace else None
         # events_trace: every timer firing, stream step and membership event with its time — what
         # trace=True records minus the datagram deliveries, so a run with skip_noop compares equal
-        self._etrace = Digest() if events_trace else None
+        self._etrace = hashlib.blake2b(digest_size=16) if events_trace else None
         tags_rng = random.Random(seed ^ 0x5EED)
         recs = []
         for i in range(n):
@@ -219,18 +196,6 @@ class Sim:
             self._drain(m)
         if fold_every:
             self.at(fold_every, self._fold)
-
-    # ------------------------------------------------------------------ checkpoints
-    def __getstate__(self) -> dict[str, Any]:
-        """A checkpoint: `pickle` the Sim between two `run` calls and load it (in this process or
-        another) to go on with the same run, event for event. Pending scenario steps (`at`) must be
-        picklable: bound methods and module-level functions, not lambdas. The delivery trace
-        (trace=True) is a hashlib object and cannot be pickled; events_trace can."""
-        if self._trace is not None:
-            raise TypeError("a Sim with trace=True cannot be checkpointed (hashlib state): use events_trace=True")
-        state = self.__dict__.copy()
-        state["_decoded"] = {}  # a cache of decoded messages: rebuilt as they come
-        return state
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -300,7 +265,7 @@ class Sim:
             if trace is not None:
                 trace.update(f"{t:.9f} {kind} {i}".encode())
             if etrace is not None and kind != _UDP:
-                etrace.add(f"{t:.9f} {kind} {i}")
+                etrace.update(b"%.9f %d %d" % (t, kind, i))
             if kind == _UDP:
                 if type(a) is bytes:
                     core.on_packet(t, a)
@@ -514,7 +479,7 @@ class Sim:
             if trace is not None:
                 trace.update(line.encode())
             if self._etrace is not None:
-                self._etrace.add(line)
+                self._etrace.update(line.encode())
             if kind == FAILED:
                 if name == m.name:
                     raise InvariantViolation(f"{m.name} declared itself dead")

@@ -152,21 +152,17 @@ def fingerprint(sim: Sim) -> str:
 GOLDEN = "6e8c57bf942f778c0a8f355b6607f337"  # re-recorded after merging swimfp (protocol changes)
 
 
-def fingerprint_scenario(sim: Sim, until: float = 42.0, start: float = 0.0) -> None:
+def fingerprint_scenario(sim: Sim) -> None:
     """The fixed-seed scenario (stalling and lagging members, a crash and a join), run in steps of 7
-    simulated seconds as the benchmark's --progress runs it; from `start` if it is resumed."""
-    if start == 0.0:
-        for i in range(0, 200, 20):
-            sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
-        for i in (7, 77):
-            sim.slow(i, SlowPattern(seconds=8.0, every=(5.0, 10.0), kind="lag", length=10.0))
-        sim.at(4.0, lambda: sim.crash(33))
-        sim.at(6.0, lambda: sim.join(via=5))
-    step = 7.0
-    t = start
-    while t < until:
-        t = min(until, t + step)
-        sim.run(t)
+    simulated seconds as the benchmark's --progress runs it."""
+    for i in range(0, 200, 20):
+        sim.slow(i, SlowPattern(seconds=2.0, every=(5.0, 15.0)))
+    for i in (7, 77):
+        sim.slow(i, SlowPattern(seconds=8.0, every=(5.0, 10.0), kind="lag", length=10.0))
+    sim.at(4.0, lambda: sim.crash(33))
+    sim.at(6.0, lambda: sim.join(via=5))
+    for step in range(1, 7):
+        sim.run(7.0 * step)
 
 
 def test_a_fixed_seed_run_with_slow_members_is_the_same_event_for_event() -> None:
@@ -191,21 +187,14 @@ def _fingerprint_sim(skip: bool) -> Sim:
     return Sim(200, seed=11, network=Network(loss=0.01), encode=False, skip_noop=skip, events_trace=True)
 
 
-@pytest.fixture(scope="module")
-def skipping_run() -> Sim:
-    """The fixed-seed scenario with skip_noop, run straight through (shared by two tests)."""
-    sim = _fingerprint_sim(True)
-    fingerprint_scenario(sim)
-    return sim
-
-
-def test_skipping_news_that_changes_nothing_is_the_same_run_membership_event_for_event(skipping_run: Sim) -> None:
+def test_skipping_news_that_changes_nothing_is_the_same_run_membership_event_for_event() -> None:
     """skip_noop (docs/membership.md, "Simulator: skipping news that changes nothing") hands no member
     news it is certain to ignore: the fingerprint scenario gives the same membership events, states,
     traffic and counters, with a good part of the deliveries gone."""
     plain = _fingerprint_sim(False)
     fingerprint_scenario(plain)
-    skipping = skipping_run
+    skipping = _fingerprint_sim(True)
+    fingerprint_scenario(skipping)
     assert membership_fingerprint(plain) == membership_fingerprint(skipping)
     assert plain.stats.suspicions > 0 and plain.stats.refutes > 0
     assert plain.stats.skipped_datagrams == plain.stats.skipped_messages == 0
@@ -217,20 +206,3 @@ def test_skipping_news_that_changes_nothing_is_the_same_run_membership_event_for
 def test_skip_noop_needs_the_decoded_path() -> None:
     with pytest.raises(ValueError, match="encode=False"):
         Sim(3, encode=True, skip_noop=True)
-
-
-def test_a_checkpointed_run_resumes_to_the_same_run(skipping_run: Sim) -> None:
-    """Pickled after 21 simulated seconds and loaded again, the Sim goes on to the same run (membership
-    events, states, traffic, deliveries) as one that ran straight through."""
-    import pickle
-
-    first = _fingerprint_sim(True)
-    fingerprint_scenario(first, until=21.0)
-    resumed = pickle.loads(pickle.dumps(first, protocol=pickle.HIGHEST_PROTOCOL))
-    del first
-    fingerprint_scenario(resumed, until=42.0, start=21.0)
-    assert membership_fingerprint(resumed) == membership_fingerprint(skipping_run)
-    assert (resumed.stats.datagrams, resumed.stats.skipped_datagrams, resumed.stats.skipped_messages) == (
-        skipping_run.stats.datagrams, skipping_run.stats.skipped_datagrams, skipping_run.stats.skipped_messages)
-    with pytest.raises(TypeError, match="events_trace"):
-        pickle.dumps(Sim(3, trace=True))
