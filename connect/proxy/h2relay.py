@@ -825,23 +825,30 @@ class H2InboundFront(_H2Front):
         else:
             rt.spawn(self._dial_app(s))
 
-    async def _dial_app(self, s: H2Stream) -> None:
-        rt, cfg = self.rt, self.rt.config
-        async def dial_app() -> H2Back:
-            async with asyncio.timeout(cfg.local_connect_timeout):
-                _, back = await asyncio.get_running_loop().create_connection(
-                    lambda: H2Back(rt, LOCAL_APP), cfg.local_address, cfg.local_port)
-            return back
+    # What a failed `_dial_local` raises (a subclass dialing elsewhere names its own).
+    DIAL_ERRORS: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
+    async def _dial_app(self, s: H2Stream) -> None:
         try:
-            back = await connection(rt, LOCAL_APP, dial_app)
-        except (OSError, TimeoutError) as e:
+            back = await connection(self.rt, LOCAL_APP, self._dial_local)
+        except self.DIAL_ERRORS as e:
             if not s.done:
-                self.attempt_failed(s, f"cannot reach the local application at {cfg.local_address}:"
-                                       f"{cfg.local_port}: {e or 'timed out'}")
+                self.attempt_failed(s, self._dial_failure(e))
             return
         if not self.closed and not s.done:
             back.open(s)
+
+    async def _dial_local(self) -> H2Back:
+        """The HTTP/2 connection the streams are relayed to: the local application's."""
+        rt, cfg = self.rt, self.rt.config
+        async with asyncio.timeout(cfg.local_connect_timeout):
+            _, back = await asyncio.get_running_loop().create_connection(
+                lambda: H2Back(rt, LOCAL_APP), cfg.local_address, cfg.local_port)
+        return back
+
+    def _dial_failure(self, e: Exception) -> str:
+        cfg = self.rt.config
+        return f"cannot reach the local application at {cfg.local_address}:{cfg.local_port}: {e or 'timed out'}"
 
     def attempt_failed(self, s: H2Stream, why: str) -> None:
         assert self.link is not None

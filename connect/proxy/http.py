@@ -580,10 +580,9 @@ class Front(asyncio.Protocol):
         self.link.link.latency.observe(now - ex.started)
         rt = self.rt
         trace = ex.trace
-        sampled = trace is not None and trace.sampled
-        alog = rt.access_log
-        if alog is None and not sampled and rt.tap is None:
+        if not l7.wants_record(rt, trace):
             return  # nobody reads the record (no access log, no tap watcher, no sampled span): not even built
+        alog = rt.access_log
         if rt.tap is None and not ex.denied and (alog is None or alog.default_format):
             # The common case, without the record: what the connection, its route and instance decide is made
             # once (l7.Fixed), the line and the span's attributes from the exchange itself.
@@ -594,7 +593,7 @@ class Front(asyncio.Protocol):
                 alog.later((time.time() - took, fixed.log, head.method, head.target, head.version, status, flag,
                             ex.bytes_in, ex.bytes_out, int(took * 1000), head.headers))
             tracer = rt.tracer
-            if sampled and tracer is not None:
+            if trace is not None and trace.sampled and tracer is not None:
                 tracer.finish_encoded(trace, status, tracer.request_block(head.method, head.target, status, flag,
                                                                           fixed.service, fixed.span))
             return

@@ -43,7 +43,7 @@ from proconsul.connect.proxy.durations import parse_seconds
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
 from proconsul.connect.proxy.gateway_log import DENIED, GatewayAccessLog, peer_address
-from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream, connection
+from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream
 from proconsul.connect.proxy.http import Back, Exchange, Front, InboundFront
 from proconsul.connect.proxy.proxy import ProxyError, credentials
 from proconsul.connect.proxy.runtime import Runtime
@@ -268,22 +268,17 @@ class TerminatingH2Front(_Tracked, H2InboundFront):
     def describe(self) -> str:
         return f"terminating gateway: {self.linked.spec.name} (HTTP/2) from {self.source or self.uri or 'unknown'}"
 
-    async def _dial_app(self, s: H2Stream) -> None:
+    DIAL_ERRORS = (GatewayDialError,)
+
+    async def _dial_local(self) -> H2Back:
+        """The shared HTTP/2 connection to an instance of the outside service (not a local application)."""
         rt, linked = self.rt, self.linked
+        back, linked.h2_host = await self.gw.dial(linked, lambda: H2Back(rt, LOCAL_APP), h2=True)
+        return back  # type: ignore[no-any-return]
 
-        async def dial() -> H2Back:
-            back, linked.h2_host = await self.gw.dial(linked, lambda: H2Back(rt, LOCAL_APP), h2=True)
-            return back  # type: ignore[no-any-return]
-
-        try:
-            back = await connection(rt, LOCAL_APP, dial)
-        except GatewayDialError as e:
-            if not s.done:
-                self.dial_flag = e.flag
-                self.attempt_failed(s, str(e))
-            return
-        if not self.closed and not s.done:
-            back.open(s)
+    def _dial_failure(self, e: Exception) -> str:
+        self.dial_flag = getattr(e, "flag", "UF")
+        return str(e)
 
     def attempt_failed(self, s: H2Stream, why: str) -> None:
         assert self.link is not None
