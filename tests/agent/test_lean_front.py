@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import re
 import socket
+import uuid
 
 import consul
 import pytest
@@ -200,7 +201,7 @@ def acl_agent(tmp_path_factory: pytest.TempPathFactory):
 
 def token(agent: AgentProcess, rules: str, **extra: str) -> str:
     """A new token with one new policy of `rules`."""
-    code, policy = agent.put(f"/v1/acl/policy?token={MGMT}", {"Name": f"p-{len(agent.log())}-{id(extra)}",
+    code, policy = agent.put(f"/v1/acl/policy?token={MGMT}", {"Name": f"p-{uuid.uuid4().hex[:12]}",
                                                               "Rules": rules})
     assert code == 200, policy
     code, body = agent.put(f"/v1/acl/token?token={MGMT}", {"Policies": [{"ID": policy["ID"]}], **extra})

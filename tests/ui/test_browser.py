@@ -247,8 +247,11 @@ def test_kv_create_edit_conflict_delete(page: Page, agent: AgentProcess) -> None
     page.get_by_role("button", name="Create").click()
     page.wait_for_url("**/kv/app/config.json")
     assert kv_value(agent, "app/config.json") == '{"replicas": 2}'
-    # Edit and save (check-and-set with the index the editor loaded).
+    # Edit and save (check-and-set with the index the editor loaded). The key's own editor (its button says
+    # Save, the new-key editor's Create) shows its textarea only once the stored value is in it.
+    page.get_by_role("button", name="Save").wait_for()
     value = page.get_by_label("Value")
+    assert value.input_value() == '{"replicas": 2}'
     value.fill('{"replicas": 3}')
     page.get_by_role("button", name="Save").click()
     page.get_by_text("Saved.").wait_for()

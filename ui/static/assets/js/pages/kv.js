@@ -137,7 +137,9 @@ function Editor({ dc, keyName, creating, folder }) {
     return html`<${Crumbs} dc=${dc} path=${keyName} /><${PageHeader} title=${keyName.split("/").at(-1)} />
       <${Empty}>The key <code>${keyName}</code> does not exist (any more).</${Empty}>`;
   }
-  if (!creating && !row) return html`<${Crumbs} dc=${dc} path=${keyName} /><${ErrorBox} error=${remote.error} /><${Loading} what="Loading key" />`;
+  // Until the loaded value is in the editor's state (the effect above runs after the first render with a row),
+  // show no textarea: text typed into an empty editor would be overwritten by the value arriving.
+  if (!creating && (!row || base === null)) return html`<${Crumbs} dc=${dc} path=${keyName} /><${ErrorBox} error=${remote.error} /><${Loading} what="Loading key" />`;
 
   return html`
     <${Crumbs} dc=${dc} path=${creating ? folder : keyName} />
