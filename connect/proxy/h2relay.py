@@ -666,7 +666,10 @@ class H2UpstreamFront(_H2Front):
         if not l7.retry_on_response(d, self.rt.config.retry.retry_on_5xx, s.method, status, s.held is not None,
                                     grpc_status):
             return False
-        if not l7.another_attempt(self.rt, d, s.attempt, time.monotonic()):
+        now = time.monotonic()
+        assert s.up is not None
+        if not l7.another_instance(self.rt, s.up, d, s.tried, now) or not l7.another_attempt(self.rt, d, s.attempt,
+                                                                                              now):
             return False
         self._retry(s, f"{s.inst.id if s.inst else '?'} answered {status}"
                        f"{f' (grpc-status {grpc_status})' if grpc_status is not None else ''}")
@@ -676,8 +679,11 @@ class H2UpstreamFront(_H2Front):
         """A connect failure, or the stream reset or its connection lost before the response: another
         instance if the request is still held, the route retries such failures and the budget allows."""
         d = s.decision
-        retryable = s.held is not None and l7.retry_on_failure(d)
-        if retryable and l7.another_attempt(self.rt, d, s.attempt, time.monotonic()):
+        assert s.up is not None
+        now = time.monotonic()
+        retryable = s.held is not None and l7.retry_on_failure(d) and l7.another_instance(self.rt, s.up, d, s.tried,
+                                                                                          now)
+        if retryable and l7.another_attempt(self.rt, d, s.attempt, now):
             return self._retry(s, why)
         self._ended_on_instance(s, failed=True)
         if retryable and s.attempt < l7.num_retries(self.rt, d):
