@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from proconsul.membership import checkpoint as ck
 from proconsul.membership.config import LAN
 from proconsul.membership.sim import Network, Sim, SlowPattern
 
@@ -110,27 +111,49 @@ def slow_down(sim: Sim, pattern: SlowPattern) -> None:
 
 def fp_run(n: int, seed: int, seconds: float, lifeguard: bool, every: tuple[float, float] = PAUSE_EVERY,
            kind: str = "stall", delay: float = 2.0, length: float = 10.0,
-           progress: Path | None = None, skip_noop: bool = False) -> dict[str, Any]:
+           progress: Path | None = None, skip_noop: bool = False, checkpoint: Path | None = None,
+           checkpoint_every: float = 60.0, resume: Path | None = None) -> dict[str, Any]:
     """False positives with 1% loss and 5% of members slow now and then: kind "stall" (they stop for
     `delay` seconds), or "lag" (for `length` seconds they handle every datagram `delay` seconds late,
     acks of their own probes included, while their timers keep time: slow observers).
 
     With `progress`, the figures so far are written beside it (one file per arm) as JSON every 20
     simulated seconds: a long run that cannot finish still reports the span it covered (running in
-    steps is the same run, event for event)."""
-    cpu0 = time.process_time()
-    timings = LAN if lifeguard else LAN.plain_swim()
-    sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False, skip_noop=skip_noop)
-    slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
+    steps is the same run, event for event). With `checkpoint`, the whole run is saved there (msgpack,
+    membership/checkpoint.py) every `checkpoint_every` simulated seconds and at the end; `resume`
+    continues a saved run — the same run as if it had never stopped, its CPU seconds carried over."""
+    cpu = [time.process_time()]  # the simulator's CPU is process_time() - cpu[0] (checkpointing not counted)
+    run = {"bench": "membership fp", "n": n, "seed": seed, "lifeguard": lifeguard, "kind": kind, "delay": delay,
+           "length": length, "every": list(every), "skip_noop": skip_noop}
+    if resume is not None:
+        sim, meta = ck.load(resume, expect=run)
+        cpu[0] -= meta["cpu_s"]
+    else:
+        timings = LAN if lifeguard else LAN.plain_swim()
+        sim = Sim(n, seed=seed, timings=timings, network=Network(loss=0.01), encode=False, skip_noop=skip_noop)
+        slow_down(sim, SlowPattern(seconds=delay, every=every, kind=kind, length=length))
+    saved = [sim.now]
 
-    def report() -> None:  # one file per arm: <stem>-n<n>-<on|off><suffix>
-        if progress is not None:
-            part = _fp_figures(sim, n, seed, sim.now, lifeguard, kind, delay, length, every, cpu0)
+    def save(path: Path) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        size = ck.save(sim, path, {**run, "cpu_s": c0 - cpu[0]})
+        cpu[0] += time.process_time() - c0
+        saved[0] = sim.now
+        print(f"  checkpoint at {sim.now:.0f} simulated s: {path} ({size / 2**20:.1f} MiB, "
+              f"{time.perf_counter() - t0:.1f} s)", flush=True)
+
+    def each() -> None:
+        if progress is not None:  # one file per arm: <stem>-n<n>-<on|off><suffix>
+            part = _fp_figures(sim, n, seed, sim.now, lifeguard, kind, delay, length, every, cpu[0])
             arm = progress.with_name(f"{progress.stem}-n{n}-{'on' if lifeguard else 'off'}{progress.suffix}")
             arm.write_text(json.dumps({"partial": part, "load": load()}, indent=1))
+        if checkpoint is not None and sim.now >= saved[0] + checkpoint_every:
+            save(checkpoint)
 
-    run_sim(sim, seconds, each=report)
-    return _fp_figures(sim, n, seed, seconds, lifeguard, kind, delay, length, every, cpu0)
+    run_sim(sim, seconds, each=each)
+    if checkpoint is not None and saved[0] < sim.now:
+        save(checkpoint)
+    return _fp_figures(sim, n, seed, seconds, lifeguard, kind, delay, length, every, cpu[0])
 
 
 def _fp_figures(sim: Sim, n: int, seed: int, seconds: float, lifeguard: bool, kind: str, delay: float,
@@ -279,9 +302,24 @@ def main() -> int:
                     help="false-positive arms: do not hand members news they are certain to ignore (the same run, "
                          "fewer deliveries: docs/membership.md)")
     ap.add_argument("--speed-slow", action="store_true", help="with --speed: 5%% of members pausing as in the FP runs")
+    ap.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
+                    help="false-positive arm: save the whole run to PATH (msgpack) every --checkpoint-every simulated "
+                         "seconds and at the end (one size, one arm, one round)")
+    ap.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                    help="simulated seconds between checkpoints (default 60)")
+    ap.add_argument("--resume", type=Path, default=None, metavar="PATH",
+                    help="continue the false-positive run saved in PATH (the same run as if it had not stopped); "
+                         "checkpoints go on to PATH unless --checkpoint says otherwise")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only print the table and draw the plot from the --json files of earlier runs")
     args = ap.parse_args()
+    if args.resume is not None and args.checkpoint is None:
+        args.checkpoint = args.resume
+    if args.checkpoint is not None and (len(args.sizes) != 1 or args.arm not in ("on", "off") or not args.no_scale
+                                        or (args.rounds or 1) != 1 or args.speed or args.merge):
+        print("membership_bench: --checkpoint/--resume need one size, --arm on or off, --no-scale and one round",
+              file=sys.stderr)
+        return 1
     print(f"load {load()}; {os.cpu_count()} CPUs", flush=True)
     if args.speed:
         res = [speed_run(n, args.speed, args.rounds or 2, args.speed_slow, args.speed_arms) for n in args.sizes]
@@ -307,14 +345,20 @@ def main() -> int:
                   f"crash known by 99.9% in {_fmt(r['detect_999_s'])}, 100% in {_fmt(r['detect_100_s'])}; "
                   f"join by 99.9% in {_fmt(r['join_999_s'])}; cpu {r['cpu_s']:.1f} s; load {load()}", flush=True)
         seconds = args.fp_seconds or DEFAULT_FP_SECONDS.get(n, 600.0)
-        rounds = 0 if args.arm == "none" else args.rounds or (3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1)
+        rounds = 0 if args.arm == "none" else args.rounds or (1 if args.checkpoint else 3 if n * seconds <= 1000 * 3600 and n <= 1000 else 1)
         arms: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         for k in range(rounds):  # A B A B: Lifeguard, then plain SWIM, same seed per round
             for arm, lg in (("on", True), ("off", False)):
                 if args.arm not in ("both", arm):
                     continue
-                f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every), args.slow_kind, args.delay,
-                           args.lag_length, progress=args.progress, skip_noop=args.skip_noop)
+                try:
+                    f = fp_run(n, args.seed + k, seconds, lg, tuple(args.pause_every), args.slow_kind, args.delay,
+                               args.lag_length, progress=args.progress, skip_noop=args.skip_noop,
+                               checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                               resume=args.resume)
+                except ck.CheckpointError as e:
+                    print(f"membership_bench: {e}", file=sys.stderr)
+                    return 1
                 arms[arm].append(f)
                 print(f"  n={n} {args.slow_kind} {args.delay:g}s lifeguard={arm} seed={f['seed']}: "
                       f"{f['incidents']} false incidents ({f['healthy_incidents']} of healthy members, "

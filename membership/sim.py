@@ -104,6 +104,24 @@ class SimMember:
         self.stale_until = 0.0
 
 
+class Action:
+    """A scenario step by name (a Sim method and its arguments, `Sim.call`): unlike a lambda it can be
+    checkpointed (membership/checkpoint.py)."""
+
+    __slots__ = ("sim", "method", "args")
+
+    def __init__(self, sim: Sim, method: str, args: tuple[Any, ...]) -> None:
+        self.sim = sim
+        self.method = method
+        self.args = args
+
+    def __call__(self) -> None:
+        getattr(self.sim, self.method)(*self.args)
+
+    def __repr__(self) -> str:
+        return f"Action({self.method}{self.args!r})"
+
+
 def consul_tags(rng: random.Random, server: bool = False) -> dict[str, str]:
     """Tags of the size a Consul client agent gossips (so byte counts are realistic)."""
     node_id = "-".join(f"{rng.getrandbits(b * 4):0{b}x}" for b in (8, 4, 4, 4, 12))
@@ -234,6 +252,13 @@ class Sim:
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Run `fn` at simulated time `when` (scenario steps)."""
         self._push(when, _CALL, -1, fn)
+
+    def call(self, when: float, method: str, *args: Any) -> None:
+        """Call the Sim's public `method` with `args` at simulated time `when` — a scenario step that,
+        unlike `at(when, lambda: ...)`, can be checkpointed (`crash`, `join`, `heal`, `partition`, ...)."""
+        if method.startswith("_") or not callable(getattr(self, method, None)):
+            raise ValueError(f"Sim has no public method {method!r}")
+        self._push(when, _CALL, -1, Action(self, method, args))
 
     def run(self, until: float) -> None:
         """Process every event up to simulated time `until`."""
