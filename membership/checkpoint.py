@@ -13,8 +13,9 @@ strings, bytes or tuples of them, whose order changes with every process's hash 
 
 Callables: the heap's scenario steps must be `Action`s (a Sim method by name and its arguments,
 `Sim.call`) or the Sim's own `_fold`; a core's `pack` is `tuple` or its codec's `packet`. Anything else
-(a lambda, a closure such as `Sim.leave`'s check) is refused with `CheckpointError`, as is a Sim with a
-trace digest on (a blake2b object's state cannot be read: a resumed run could not continue it).
+(a lambda, a closure such as `Sim.leave`'s check) is refused with `CheckpointError`, as is a Sim with the
+delivery trace on (`trace=True`: a blake2b object's state cannot be read, so a resumed run could not
+continue it; the events trace is a `ChainDigest`, whose lines and chained digest are saved).
 The decode cache is not saved (it is rebuilt as datagrams come; decoding is pure).
 
 The file: msgpack of [MAGIC, VERSION, meta, blake2b digest of the body, body], written to a temporary
@@ -38,7 +39,7 @@ from .codec import Codec
 from .config import Timings
 from .core import Membership, _Probe
 from .health import LocalHealth
-from .sim import Action, Network, Sim, SimMember, SlowPattern, Stats
+from .sim import Action, ChainDigest, Network, Sim, SimMember, SlowPattern, Stats
 from .suspicion import Suspicion
 from .view import Baseline, Node, Rec, View
 
@@ -46,10 +47,10 @@ MAGIC = "proconsul-sim-checkpoint"
 VERSION = 1
 
 _CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
-    Sim, SimMember, SlowPattern, Network, Stats, Action, Membership, _Probe, Suspicion, BroadcastQueue,
+    Sim, SimMember, SlowPattern, ChainDigest, Network, Stats, Action, Membership, _Probe, Suspicion, BroadcastQueue,
     LocalHealth, View, Baseline, Node, Rec, Codec, Timings)}
 _SIM_METHODS = frozenset({"_fold"})  # bound methods of the Sim a heap entry may hold
-_SKIP = {Sim: {"_trace": None, "_etrace": None}}  # fields checked and written apart
+_SKIP = {Sim: ("_trace",)}  # fields that must be off (None) to checkpoint
 _EMPTY = {Sim: ("_decoded",)}  # caches written as empty
 
 # tags of the first element of an encoded container
@@ -122,7 +123,7 @@ class _Encoder:
         for f in skip:
             if getattr(x, f) is not None:
                 raise CheckpointError(f"cannot checkpoint a Sim with {f.lstrip('_')} on: a blake2b digest's state "
-                                      f"cannot be saved (build it with trace=False, events_trace=False)")
+                                      f"cannot be saved (build it with trace=False; events_trace can be saved)")
         empty = _EMPTY.get(t, ())
         slots = _SLOTS[t]
         items = ((f, getattr(x, f)) for f in slots if hasattr(x, f)) if slots is not None else x.__dict__.items()

@@ -104,6 +104,31 @@ class SimMember:
         self.stale_until = 0.0
 
 
+class ChainDigest:
+    """The events trace's digest, in a form a checkpoint can hold (a blake2b object's state cannot be
+    read): lines are kept and folded into a chained blake2b every `CHUNK` lines, so the digest is the
+    same however often the run was saved and resumed."""
+
+    __slots__ = ("digest", "lines")
+    CHUNK = 4096
+
+    def __init__(self) -> None:
+        self.digest = b""
+        self.lines: list[bytes] = []
+
+    def update(self, line: bytes) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= self.CHUNK:
+            self.digest = self._fold()
+            self.lines = []
+
+    def _fold(self) -> bytes:
+        return hashlib.blake2b(self.digest + b"\x00".join(self.lines), digest_size=16).digest()
+
+    def hexdigest(self) -> str:
+        return self._fold().hex()
+
+
 class Action:
     """A scenario step by name (a Sim method and its arguments, `Sim.call`): unlike a lambda it can be
     checkpointed (membership/checkpoint.py)."""
@@ -194,8 +219,9 @@ class Sim:
         self.fold_every = fold_every
         self._trace = hashlib.blake2b(digest_size=16) if trace else None
         # events_trace: every timer firing, stream step and membership event with its time — what
-        # trace=True records minus the datagram deliveries, so a run with skip_noop compares equal
-        self._etrace = hashlib.blake2b(digest_size=16) if events_trace else None
+        # trace=True records minus the datagram deliveries, so a run with skip_noop compares equal (a
+        # chained digest, which checkpoints keep: membership/checkpoint.py)
+        self._etrace = ChainDigest() if events_trace else None
         tags_rng = random.Random(seed ^ 0x5EED)
         recs = []
         for i in range(n):
