@@ -15,6 +15,11 @@ The old heartbeat protocol's figures (issue 20) are printed beside them for comp
 
     .venv/bin/python bench/membership_bench.py                      # 100, 1,000, 5,000, 10,000
     .venv/bin/python bench/membership_bench.py --sizes 100 1000 --fp-seconds 600
+    # one long false-positive arm across sessions: saved every 60 simulated seconds, resumed later
+    .venv/bin/python bench/membership_bench.py --sizes 10000 --no-scale --arm on --fp-seconds 3600 --skip-noop \
+        --progress runs/progress.json --checkpoint runs/fp-on.ckpt
+    .venv/bin/python bench/membership_bench.py --sizes 10000 --no-scale --arm on --fp-seconds 3600 --skip-noop \
+        --progress runs/progress.json --resume runs/fp-on.ckpt
 """
 
 from __future__ import annotations
