@@ -49,7 +49,7 @@ VERSION = 1
 _CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
     Sim, SimMember, SlowPattern, ChainDigest, Network, Stats, Action, Membership, _Probe, Suspicion, BroadcastQueue,
     LocalHealth, View, Baseline, Node, Rec, Codec, Timings)}
-_SIM_METHODS = frozenset({"_fold"})  # bound methods of the Sim a heap entry may hold
+_METHODS = {Sim: frozenset({"_fold"}), Codec: frozenset({"packet"})}  # bound methods a checkpoint may hold
 _SKIP = {Sim: ("_trace",)}  # fields that must be off (None) to checkpoint
 _EMPTY = {Sim: ("_decoded",)}  # caches written as empty
 
@@ -108,7 +108,7 @@ class _Encoder:
             return self._obj(k, t, x)
         if t.__name__ == "method" and callable(x):
             owner, name = x.__self__, x.__name__
-            if (type(owner) is Sim and name in _SIM_METHODS) or (type(owner) is Codec and name == "packet"):
+            if name in _METHODS.get(type(owner), ()):
                 return [_METHOD, k, self.enc(owner), name]
         for name, b in _BUILTINS.items():
             if x is b:
@@ -171,11 +171,18 @@ class _Decoder:
             out = self.objs[k] = object.__new__(cls)
             setattr_ = object.__setattr__
             for i in range(3, len(x), 2):
-                setattr_(out, x[i], dec(x[i + 1]))
+                f = x[i]
+                if type(f) is not str or f.startswith("__"):
+                    raise CheckpointError(f"bad field name {f!r} of a {x[2]} in the checkpoint")
+                setattr_(out, f, dec(x[i + 1]))
+            if cls is Action and (type(out.method) is not str or out.method.startswith("_")):
+                raise CheckpointError(f"a scenario step calls {out.method!r}, not a public Sim method")
             for f in _SKIP.get(cls, {}):
                 setattr_(out, f, None)
         elif tag == _METHOD:
             owner = dec(x[2])
+            if x[3] not in _METHODS.get(type(owner), ()):
+                raise CheckpointError(f"a checkpoint may not hold the method {x[3]!r} of a {type(owner).__name__}")
             out = self.objs[k] = getattr(owner, x[3])
         elif tag == _BUILTIN:
             out = self.objs[k] = _BUILTINS[x[2]]

@@ -5,6 +5,7 @@ again; bad checkpoint files are refused with one clear error."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -138,6 +139,14 @@ def test_bad_checkpoint_files_are_refused_with_one_clear_line(tmp_path: Path) ->
     refused(good, "another run: seed is 3 there, 4 here", expect={"seed": 4})
     refused(None, "another simulation: seed is 3 there, 5 here", expect_sim=ck.sim_meta(Sim(20, seed=5)))
     refused(None, "another simulation: initial_n is 20 there, 21 here", expect_sim=ck.sim_meta(Sim(21, seed=3)))
+    # a well-formed file naming what a checkpoint may not hold: nothing is called or built from it
+    for tree, why in (([7, 0, [5, 1, "Codec"], "why_not_ours"], "may not hold the method 'why_not_ours'"),
+                      ([5, 0, "Action", "sim", None, "method", "_fold", "args", [2]], "not a public Sim method"),
+                      ([5, 0, "Sim", "__class__", None], "bad field name"), ([5, 0, "Popen"], "unknown class"),
+                      ([5, 0, "Stats"], "does not hold a simulator")):
+        body = msgpack.packb(tree, use_bin_type=True)
+        refused(msgpack.packb([ck.MAGIC, ck.VERSION, {}, hashlib.blake2b(body, digest_size=32).digest(), body],
+                              use_bin_type=True), why)
     path.unlink()
     refused(None, "cannot read checkpoint")
 
