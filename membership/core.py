@@ -131,6 +131,9 @@ class Membership:
         self.health = LocalHealth(timings.awareness_max_multiplier)
         self.queue = BroadcastQueue()
         self.suspicions: dict[str, Suspicion] = {}
+        # The one suspicion timer armed (its time), for the earliest deadline: a timer per suspicion would
+        # stay pending long after its suspicion was refuted (up to suspicion_max: 96 s at 10,000 members).
+        self._suspicion_timer: float | None = None
         self.relays: dict[int, tuple[str, int, int, bool]] = {}
         self.probe: _Probe | None = None
         self.left = False
@@ -173,6 +176,9 @@ class Membership:
             self._gossip_soon(now)
         self.timers.append((now + self.rng.random() * t.push_pull_interval, T_PUSH_PULL, None))
         self.timers.append((now + self.rng.random() * t.reconnect_interval, T_RECONNECT, None))
+        self._suspicion_timer = None  # a driver that stopped us dropped our timers
+        if self.suspicions:
+            self._arm_suspicion(min(s.deadline for s in self.suspicions.values()))
 
     def stop(self) -> None:
         """Stop reacting to timers (the driver stops calling; stale timers are ignored)."""
@@ -370,7 +376,10 @@ class Membership:
         elif kind == T_GOSSIP:
             self._gossip(now)
         elif kind == T_SUSPICION:
-            self._on_suspicion_timeout(now, token)
+            armed = self._suspicion_timer
+            if armed is None or now >= armed:  # else one superseded by an earlier deadline
+                self._suspicion_timer = None
+                self._suspicions_due(now)
         elif kind == T_PUSH_PULL:
             self.timers.append((now + self.t.push_pull_period(self.estimated_size()), T_PUSH_PULL, None))
             peer = self._k_random(1, now, self._alive_peer)
@@ -567,7 +576,7 @@ class Membership:
         if s is not None:
             if frm is not None and s.confirm(frm):
                 self._broadcast(now, name, c.suspect(inc, name, frm))
-                self.timers.append((max(now, s.deadline), T_SUSPICION, s))
+                self._arm_suspicion(max(now, s.deadline))
             return
         if rec.state != ALIVE:
             return
@@ -591,12 +600,30 @@ class Membership:
         else:
             s = Suspicion(name, frm, 0, lo, lo, now)
         self.suspicions[name] = s
-        self.timers.append((s.deadline, T_SUSPICION, s))
+        self._arm_suspicion(s.deadline)
         self.events.append((SUSPECTED, name, inc))
 
+    def _arm_suspicion(self, when: float) -> None:
+        """A suspicion timer at `when` unless one is armed no later."""
+        armed = self._suspicion_timer
+        if armed is None or when < armed:
+            self._suspicion_timer = when
+            self.timers.append((when, T_SUSPICION, None))
+
+    def _suspicions_due(self, now: float) -> None:
+        """The armed suspicion timer fired: every suspicion whose deadline has come, in deadline order, then
+        the timer for the next deadline."""
+        due = sorted((s.deadline, s.start, s.name) for s in self.suspicions.values() if s.deadline <= now)
+        for _, _, name in due:
+            s = self.suspicions.get(name)
+            if s is not None and s.deadline <= now:
+                self._on_suspicion_timeout(now, s)
+                if self.suspicions.get(name) is s:  # not settled (cannot happen): never re-armed in the past
+                    del self.suspicions[name]
+        if self.suspicions:
+            self._arm_suspicion(min(s.deadline for s in self.suspicions.values()))
+
     def _on_suspicion_timeout(self, now: float, s: Suspicion) -> None:
-        if self.suspicions.get(s.name) is not s or now < s.deadline:
-            return  # refuted, or confirmed since (an earlier timer fired), or a later deadline
         rec = self.view.get(s.name)
         if rec is None or rec.state != SUSPECT:
             del self.suspicions[s.name]

@@ -137,6 +137,11 @@ class UpstreamPool:
     def _available(self, now: float, exclude: set[str]) -> list[str]:
         return [i for i in self._order if i not in exclude and self._states[i].ejected_until <= now]
 
+    def has_ready(self, now: float, exclude: set[str]) -> bool:
+        """Whether `pick` with `exclude` would find an instance (none ejected at `now` and not excluded)."""
+        states = self._states
+        return any(i not in exclude and states[i].ejected_until <= now for i in self._order)
+
     def pick(self, now: float, rng: Rng, exclude: set[str] | None = None, hash_key: bytes | None = None) -> Instance:
         """The instance for the next connection; `exclude` holds those this attempt already tried;
         `hash_key` places the request on the ring (ring_hash, maglev; without one they pick at random)."""

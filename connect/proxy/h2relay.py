@@ -509,6 +509,27 @@ class _H2Front(_H2Side):
             l7.publish(self.rt, rec, s.started, now, self.inbound, s.trace, s.status, s.flag,
                        {"rpc.system": "grpc", "rpc.grpc.status_code": s.grpc_status} if s.grpc else None)
 
+    def _timed_out(self, s: H2Stream) -> None:
+        """`s`'s timer fired (the route's timeout outbound, the application's inbound): 504 with Envoy's `UT`,
+        or, once the response has begun, the stream reset."""
+        s.timer = None
+        if s.done:
+            return
+        assert self.link is not None
+        self.link.failed += 1
+        log.warning("%s", self.timeout_warning(s))
+        if s.back is not None:
+            s.back.detach(s)
+        if s.responded:
+            s.flag = "UT"
+            self.reset(s.fsid, h2.errors.ErrorCodes.CANCEL)
+            self.finish(s)
+        else:
+            self.fail(s, 504, "upstream request timeout", "UT")
+
+    def timeout_warning(self, s: H2Stream) -> str:
+        raise NotImplementedError
+
     def _cancelled(self, s: H2Stream) -> None:
         """The caller reset its stream."""
         self.streams.pop(s.fsid, None)
@@ -666,7 +687,10 @@ class H2UpstreamFront(_H2Front):
         if not l7.retry_on_response(d, self.rt.config.retry.retry_on_5xx, s.method, status, s.held is not None,
                                     grpc_status):
             return False
-        if not l7.another_attempt(self.rt, d, s.attempt, time.monotonic()):
+        now = time.monotonic()
+        assert s.up is not None
+        if not l7.another_instance(self.rt, s.up, d, s.tried, now) or not l7.another_attempt(self.rt, d, s.attempt,
+                                                                                              now):
             return False
         self._retry(s, f"{s.inst.id if s.inst else '?'} answered {status}"
                        f"{f' (grpc-status {grpc_status})' if grpc_status is not None else ''}")
@@ -676,8 +700,11 @@ class H2UpstreamFront(_H2Front):
         """A connect failure, or the stream reset or its connection lost before the response: another
         instance if the request is still held, the route retries such failures and the budget allows."""
         d = s.decision
-        retryable = s.held is not None and l7.retry_on_failure(d)
-        if retryable and l7.another_attempt(self.rt, d, s.attempt, time.monotonic()):
+        assert s.up is not None
+        now = time.monotonic()
+        retryable = s.held is not None and l7.retry_on_failure(d) and l7.another_instance(self.rt, s.up, d, s.tried,
+                                                                                          now)
+        if retryable and l7.another_attempt(self.rt, d, s.attempt, now):
             return self._retry(s, why)
         self._ended_on_instance(s, failed=True)
         if retryable and s.attempt < l7.num_retries(self.rt, d):
@@ -728,24 +755,10 @@ class H2UpstreamFront(_H2Front):
         else:
             self.fail(s, 502, "upstream connect error or disconnect/reset before headers", "UF")
 
-    def _timed_out(self, s: H2Stream) -> None:
-        s.timer = None
-        if s.done:
-            return
-        assert self.link is not None
-        self.link.failed += 1
+    def timeout_warning(self, s: H2Stream) -> str:
         assert s.up is not None
-        timeout = l7.request_timeout(s.up, s.decision)
-        log.warning("%s: %s timed out after %.1fs", self.describe(), s.path.decode("latin-1"),
-                    timeout)
-        if s.back is not None:
-            s.back.detach(s)
-        if s.responded:
-            s.flag = "UT"
-            self.reset(s.fsid, h2.errors.ErrorCodes.CANCEL)
-            self.finish(s)
-        else:
-            self.fail(s, 504, "upstream request timeout", "UT")
+        return f"{self.describe()}: {s.path.decode('latin-1')} timed out after " \
+               f"{l7.request_timeout(s.up, s.decision):.1f}s"
 
     def released(self, s: H2Stream) -> None:
         if s.inst is not None and s.pool is not None:
@@ -819,6 +832,10 @@ class H2InboundFront(_H2Front):
             return self.fail(s, 429, "local_rate_limited", "RL")
         s.headers = [h for h in s.headers if h[0] != b"x-forwarded-client-cert"] + \
             [(b"x-forwarded-client-cert", self._xfcc)]
+        # The application's time to answer (local_request_timeout_ms, as Envoy's route timeout to local_app:
+        # the whole exchange, a streamed response included; at a terminating gateway the linked service's
+        # resolver RequestTimeout).
+        s.timer = asyncio.get_running_loop().call_later(rt.config.local_request_timeout, self._timed_out, s)
         back = rt.h2_backs.get(LOCAL_APP)
         if back is not None and back.usable():
             back.open(s)
@@ -856,6 +873,10 @@ class H2InboundFront(_H2Front):
         log.warning("inbound %s %s from %s: %s", s.method.decode("latin-1"), s.path.decode("latin-1"), self.source,
                     why)
         self.fail(s, 502, "upstream connect error or disconnect/reset before headers")
+
+    def timeout_warning(self, s: H2Stream) -> str:
+        return f"inbound {s.method.decode('latin-1')} {s.path.decode('latin-1')} from {self.source}: the " \
+               f"application did not answer within {self.rt.config.local_request_timeout:.1f}s"
 
     def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super().log_record(s, now)

@@ -780,9 +780,10 @@ class UpstreamFront(Front):
 
     def should_retry(self, ex: Exchange, status: int) -> bool:
         d = ex.decision
+        now = time.monotonic()
         return l7.retry_on_response(d, self.rt.config.retry.retry_on_5xx, ex.head.method, status,
                                     ex.retryable_body) and \
-            l7.another_attempt(self.rt, d, ex.attempt, time.monotonic())
+            l7.another_instance(self.rt, self.up, d, ex.tried, now) and l7.another_attempt(self.rt, d, ex.attempt, now)
 
     def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
         inst, pool = ex.inst, ex.pool
@@ -821,8 +822,10 @@ class UpstreamFront(Front):
             self._failed(pool, inst)
         rt = self.rt
         d = ex.decision
-        if not ex.streaming and ex.attempt < l7.num_retries(rt, d) and l7.retry_on_failure(d):
-            if rt.budget.try_retry(time.monotonic()):
+        now = time.monotonic()
+        if not ex.streaming and ex.attempt < l7.num_retries(rt, d) and l7.retry_on_failure(d) and \
+                l7.another_instance(rt, self.up, d, ex.tried, now):
+            if rt.budget.try_retry(now):
                 ex.attempt += 1
                 self.link.link.retries += 1
                 self.send(ex)
@@ -1001,9 +1004,10 @@ class InboundFront(Front):
         log.warning("inbound %s %s from %s: the application did not answer within %.1fs", ex.head.method.decode(),
                     ex.head.target.decode("latin-1"), self.source, self.rt.config.local_request_timeout)
         if ex.responded:
+            ex.flag = "UT"
             self.abort()
         else:
-            self.reply(ex, 504, "upstream request timeout")
+            self.reply(ex, 504, "upstream request timeout", "UT")
 
 
 def inbound_factory(rt: Runtime) -> Any:

@@ -126,6 +126,20 @@ def pick(rt: Runtime, up: Upstream, d: Decision | None, tried: set[str], hash_ke
                                      "instances known yet")
 
 
+def another_instance(rt: Runtime, up: Upstream, d: Decision | None, tried: set[str], now: float) -> bool:
+    """Whether a retry would find an instance this request has not tried (`pick`'s targets, in its order).
+    When none is left the last answer or failure stands: a retry would only turn it into "no healthy
+    upstream"."""
+    if d is None:
+        pool = rt.pools.get(up.key)
+        return pool is not None and pool.has_ready(now, tried)
+    for target in (d.leg.target, *d.leg.failover):
+        pool = rt.pool_for(up, target)
+        if pool is not None and pool.has_ready(now, tried):
+            return True
+    return False
+
+
 def upstream_fields(rec: dict[str, Any], up: Upstream, d: Decision | None, inst: Instance | None) -> None:
     """The access-log fields of the upstream side: service, instance, cluster (chain target), route, split."""
     rec["upstream_service"] = inst.service if inst is not None else up.destination_name

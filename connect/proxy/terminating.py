@@ -622,7 +622,7 @@ class TerminatingGateway:
         return {**self.stats, "HandshakeFailureReasons": dict(self.handshake_reasons), "Service": self.service,
                 "Services": {
             name: {**ln.stats, "Open": len(ln.open), "Instances": len(ln.instances), "TLS": ln.spec.tls,
-                   "Protocol": ln.protocol,
+                   "Protocol": ln.protocol, "ConnectTimeout": ln.connect_timeout, "RequestTimeout": ln.request_timeout,
                    **({"HTTP": ln.rt.metrics.snapshot()["Inbound"]} if ln.rt is not None else {}),
                    "Ready": ln.ctx is not None and ln.policy is not None,
                    **({"Error": ln.origination_error} if ln.origination_error else {})}

@@ -334,10 +334,38 @@ def test_suspicion_confirmations_bring_the_deadline_in_unless_lifeguard_is_off()
         assert s.deadline == pytest.approx(10.0 + start_timeout)
         m.on_packet(11.0, packet(c.suspect(0, "m5", "m2"), c.suspect(0, "m5", "m3")))
         assert s.deadline == pytest.approx(10.0 + LAN.suspicion_min(n))
-        m.on_timer(10.0 + LAN.suspicion_min(n) - 0.001, k.T_SUSPICION, s)  # early firing: ignored
+        m.on_timer(10.0 + LAN.suspicion_min(n) - 0.001, k.T_SUSPICION, None)  # early firing: ignored
         assert m.view.get("m5").state == SUSPECT
-        m.on_timer(s.deadline, k.T_SUSPICION, s)
+        m.on_timer(s.deadline, k.T_SUSPICION, None)
         assert m.view.get("m5").state == DEAD and m.events[-1][:2] == (k.FAILED, "m5")
+
+
+def test_one_suspicion_timer_is_armed_for_the_earliest_deadline() -> None:
+    """A timer per suspicion would stay pending long after its suspicion was refuted (up to 96 s at 10,000
+    members, millions of them across a simulated pool); the core arms one, for the earliest deadline."""
+    m = _pool_of(10)
+
+    def armed() -> list[float]:
+        out = sorted(t for t, kind, _ in m.timers if kind == k.T_SUSPICION)
+        m.timers.clear()
+        return out
+
+    for i in range(1, 5):
+        m.on_packet(float(i), packet(c.suspect(0, f"m{i}", "m9")))
+    first = m.suspicions["m1"].deadline
+    assert armed() == [first], "later deadlines wait behind the first"
+    m.on_packet(5.0, packet(c.suspect(0, "m4", "m7"), c.suspect(0, "m4", "m8")))
+    m4 = m.suspicions["m4"].deadline
+    got = armed()  # each confirmation brought m4's deadline forward past the armed one: armed at each
+    assert m4 < first and len(got) == 2 and min(got) == m4, got
+    m.on_packet(6.0, packet(*(c.alive(1, f"m{i}", "127.0.0.1", 9000 + i, {}) for i in (1, 2, 3))))
+    assert sorted(m.suspicions) == ["m4"]
+    m.on_timer(m4, k.T_SUSPICION, None)
+    assert m.view.get("m4").state == DEAD and not m.suspicions and armed() == [], "nothing left to arm"
+    m.on_timer(first, k.T_SUSPICION, None)  # the superseded timer: changes nothing
+    assert [m.view.get(f"m{i}").state for i in range(1, 5)] == [ALIVE, ALIVE, ALIVE, DEAD] and armed() == []
+    m.on_packet(first + 1, packet(c.suspect(1, "m2", "m9")))  # a new suspicion after all that: armed again
+    assert armed() == [m.suspicions["m2"].deadline]
 
 
 def _pool_of(n: int, timings: Timings = LAN) -> Membership:

@@ -170,6 +170,20 @@ def test_no_instance_is_a_clear_error() -> None:
         p.pick(0, random.Random(0), exclude={only.id})
 
 
+@pytest.mark.parametrize("policy", ["round_robin", "least_request", "random", "ring_hash", "maglev"])
+def test_has_ready_says_whether_pick_would_find_an_instance(policy: str) -> None:
+    p, rng = pool_of(3, policy, max_failures=1, max_ejection_percent=100), random.Random(3)
+    a, b, c = p.instances()
+    assert p.failed(a, 0.0)  # ejected for 30 s
+    for now, exclude in [(1.0, set()), (1.0, {b.id}), (1.0, {b.id, c.id}), (40.0, {b.id, c.id}), (1.0, {a.id, b.id, c.id})]:
+        try:
+            p.pick(now, rng, set(exclude), b"key")
+            found = True
+        except NoHealthyInstance:
+            found = False
+        assert p.has_ready(now, exclude) is found, (now, exclude)
+
+
 def test_health_updates_keep_counters_of_instances_that_stay() -> None:
     p = pool_of(3, max_failures=1, max_ejection_percent=100)
     a = p.instances()[0]

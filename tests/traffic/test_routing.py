@@ -40,9 +40,11 @@ class Mesh:
         for name in ("api", "admin", "flaky", "legacy"):
             self.write({"Kind": "service-defaults", "Name": name, "Protocol": "http"})
         for sid, (name, meta) in INSTANCES.items():
+            # admin's sidecars wait 1 s for their application (Consul's local_request_timeout_ms)
+            sidecar = {"Proxy": {"Config": {"local_request_timeout_ms": 1000}}} if name == "admin" else {}
             assert a.put("/v1/agent/service/register", {
                 "Name": name, "ID": sid, "Port": self.backends.http(sid), "Meta": meta,
-                "Connect": {"SidecarService": {}}})[0] == 200
+                "Connect": {"SidecarService": sidecar}})[0] == 200
         assert a.put("/v1/agent/service/register", {
             "Name": "web", "Port": free_port(), "Connect": {"SidecarService": {"Proxy": {
                 "Upstreams": [{"DestinationName": "api", "LocalBindPort": self.port}]}}}})[0] == 200
@@ -328,6 +330,17 @@ def test_access_logs_in_envoys_fields(mesh: Mesh) -> None:
     assert inn["downstream_peer_uri_san"].endswith("/svc/web") and inn["upstream_service"] == "api"
     wait_for(lambda: any(x.get("response_flags") == "UT" and x["response_code"] == 504 for x in lines()), 5,
              message="the timeout's line")
+    # The application behind a sidecar answers later than its local_request_timeout_ms (admin's: 1 s; the
+    # route's own timeout is the default 15 s, and a POST is not retried): the inbound sidecar answers 504
+    # and its line says UT, as the caller's does.
+    assert mesh.get("/admin/slow?ms=3000", method="POST", body=b"x")[0] == 504
+    wait_for(lambda: any(x.get("upstream_cluster") == "local_app" and x["method"] == "POST" and
+                         x["response_code"] == 504 and x.get("response_flags") == "UT" for x in lines()), 5,
+             message="the inbound timeout's line")
+    # A GET is retried on the other instance (the proxy's default retry on 504); when no instance is left
+    # untried the caller gets the last answer, the 504 — not "no healthy upstream".
+    status, body, _ = mesh.get("/admin/slow?ms=3000")
+    assert status == 504 and "no healthy upstream" not in body.get("text", ""), (status, body)
 
     mesh.write({"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
         "Enabled": True, "Type": "file", "Path": "/proc/no-such-dir/access.log"}})

@@ -56,8 +56,13 @@ def grpc_server(servers: list[Any]) -> int:
 
     import grpc
 
+    def answer(req: bytes, _ctx: Any) -> bytes:
+        if req.startswith(b"sleep:"):  # sleep:<ms>, then answer
+            time.sleep(int(req[6:]) / 1000)
+        return b"outside:" + req
+
     handler = grpc.method_handlers_generic_handler("demo.Echo", {
-        m: grpc.unary_unary_rpc_method_handler(lambda req, _ctx: b"outside:" + req) for m in ("Say", "Admin")})
+        m: grpc.unary_unary_rpc_method_handler(answer) for m in ("Say", "Admin")})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=(handler,))
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -366,8 +371,9 @@ def test_l7_intentions_and_request_lines_for_an_http_service(mesh: dict[str, Any
 
 def test_l7_intentions_per_grpc_method_for_a_grpc_service(mesh: dict[str, Any]) -> None:
     """Protocol grpc for an outside gRPC server: the gateway relays HTTP/2 streams with the sidecar's inbound
-    HTTP/2 front, deciding each call by the L7 intentions (PERMISSION_DENIED for a method not allowed) and
-    writing a line per call."""
+    HTTP/2 front, deciding each call by the L7 intentions (PERMISSION_DENIED for a method not allowed),
+    timing calls out by the linked service's resolver RequestTimeout (DEADLINE_EXCEEDED) and writing a line
+    per call."""
     import grpc
 
     agent, gw, ports = mesh["agent"], mesh["gw"], mesh["ports"]
@@ -378,9 +384,9 @@ def test_l7_intentions_per_grpc_method_for_a_grpc_service(mesh: dict[str, Any]) 
     assert agent.put("/v1/config", {"Kind": "service-intentions", "Name": "extg", "Sources": [
         {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathExact": "/demo.Echo/Say"}}]}]})[0] == 200
 
-    def call(ch: grpc.Channel, method: str) -> tuple[grpc.StatusCode, Any]:
+    def call(ch: grpc.Channel, method: str, request: bytes = b"hi") -> tuple[grpc.StatusCode, Any]:
         try:
-            return grpc.StatusCode.OK, ch.unary_unary(f"/demo.Echo/{method}")(b"hi", timeout=5)
+            return grpc.StatusCode.OK, ch.unary_unary(f"/demo.Echo/{method}")(request, timeout=5)
         except grpc.RpcError as e:
             return e.code(), e.details()
 
@@ -390,6 +396,18 @@ def test_l7_intentions_per_grpc_method_for_a_grpc_service(mesh: dict[str, Any]) 
             wait_for(lambda: call(ch, "Admin")[0] == grpc.StatusCode.PERMISSION_DENIED, 10,
                      message="the L7 intention per gRPC method at the gateway")
             assert call(ch, "Say") == (grpc.StatusCode.OK, b"outside:hi")
+            # the caller's router gives the call 5s, the resolver 300ms: the gateway times it out (the
+            # resolver's timeout is the gateway's; without a route's own the caller's sidecar would use it too,
+            # so the router is written first: no state the caller sees has the resolver without it)
+            assert agent.put("/v1/config", {"Kind": "service-router", "Name": "extg", "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/demo.Echo/"}}, "Destination": {"RequestTimeout": "5s"}}]})[0] == 200
+            assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extg",
+                                            "RequestTimeout": "300ms"})[0] == 200
+            wait_for(lambda: gw.admin("/stats")["Services"]["extg"].get("RequestTimeout") == 0.3, 5,
+                     message="the resolver's RequestTimeout at the gateway")
+            started = time.monotonic()
+            assert call(ch, "Say", b"sleep:3000") == (grpc.StatusCode.DEADLINE_EXCEEDED, "upstream request timeout")
+            assert time.monotonic() - started < 2.0, "the gateway's 300ms, not the caller's default 15s"
 
         def lines() -> list[dict[str, Any]]:
             text = log_path.read_text() if log_path.exists() else ""
@@ -402,7 +420,11 @@ def test_l7_intentions_per_grpc_method_for_a_grpc_service(mesh: dict[str, Any]) 
         assert admin["intention"].startswith("Matched L7 intention: web => extg")
         say = next(x for x in lines() if x["path"] == "/demo.Echo/Say" and x.get("response_code") == 200)
         assert say["upstream_host"] == f"127.0.0.1:{mesh['outside']['extg']}" and say.get("grpc_status") == 0
+        wait_for(lambda: any(x["path"] == "/demo.Echo/Say" and x["response_flags"] == "UT" and
+                             x.get("grpc_status") == 4 for x in lines()), 5, message="the timeout's line at the gateway")
     finally:
+        agent.request("DELETE", "/v1/config/service-resolver/extg")
+        agent.request("DELETE", "/v1/config/service-router/extg")
         agent.request("DELETE", "/v1/config/service-intentions/extg")
         agent.request("DELETE", "/v1/config/proxy-defaults/global")
         agent.request("DELETE", "/v1/config/service-defaults/extg")
@@ -414,13 +436,16 @@ def test_resolver_request_timeout_applies_at_the_gateway(mesh: dict[str, Any]) -
     caller's, the resolver's timeout the gateway's)."""
     agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["ext"]
     assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "ext", "Protocol": "http"})[0] == 200
-    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "ext", "RequestTimeout": "300ms"})[0] == 200
+    # the router first: no state the caller's sidecar sees has the resolver's 300ms without the route's 5s
     assert agent.put("/v1/config", {"Kind": "service-router", "Name": "ext", "Routes": [
         {"Match": {"HTTP": {"PathPrefix": "/slow"}}, "Destination": {"RequestTimeout": "5s"}}]})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "ext", "RequestTimeout": "300ms"})[0] == 200
     try:
         wait_for(lambda: gw.admin("/stats")["Services"]["ext"]["Protocol"] == "http", 5, message="http at the gateway")
         wait_for(lambda: curl(port, "/fast")[0] == 200, 5, message="ext through the gateway")
-        started = time.monotonic()  # a POST: the caller's sidecar does not retry it (a GET's 504 it would)
+        wait_for(lambda: gw.admin("/stats")["Services"]["ext"].get("RequestTimeout") == 0.3, 5,
+                 message="the resolver's RequestTimeout at the gateway")
+        started = time.monotonic()  # a POST: never retried by the caller's sidecar
         out = subprocess.run(["curl", "-s", "-m", "10", "-X", "POST", "-w", "\n%{http_code}",
                               f"http://127.0.0.1:{port}/slow?ms=3000"], capture_output=True, text=True, timeout=15)
         took = time.monotonic() - started
@@ -428,8 +453,8 @@ def test_resolver_request_timeout_applies_at_the_gateway(mesh: dict[str, Any]) -
         assert status == "504" and "upstream request timeout" in body, out.stdout
         assert 0.25 < took < 2.0, f"answered after {took:.2f}s"
     finally:
-        agent.request("DELETE", "/v1/config/service-router/ext")
         agent.request("DELETE", "/v1/config/service-resolver/ext")
+        agent.request("DELETE", "/v1/config/service-router/ext")
         agent.request("DELETE", "/v1/config/service-defaults/ext")
 
 
