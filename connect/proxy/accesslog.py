@@ -112,8 +112,8 @@ class _Clock:
 _iso = _Clock().iso
 # The fields a connection decides (the route and split it took, where it went, who called): formatted once
 _FIXED_TAIL = DEFAULT_FIELDS[DEFAULT_FIELDS.index("upstream_host"):]
-_HEAD_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
-_OUTCOME: dict[tuple[str, str], str] = {}
+_HEAD_FIELDS: dict[tuple[bytes, bytes, bytes], str] = {}  # (method, path, version): their fields' text
+_OUTCOME: dict[tuple[str, int], str] = {}  # (flag, status): response_code, _flags, _code_details
 _FROM_HEADER_TEXT: dict[tuple[tuple[str, bytes], ...], str] = {}
 
 
@@ -258,7 +258,7 @@ class AccessLog:
     def _format_pending(self) -> None:
         """The kept entries' lines, in one loop (to the buffer, in order)."""
         pending, self._pending = self._pending, []
-        header_field, quote, iso = _HEADER_FIELDS.get, _quote, _iso
+        header_field, iso = _HEADER_FIELDS.get, _iso
         heads, outcomes, texts = _HEAD_FIELDS, _OUTCOME, _FROM_HEADER_TEXT
         add = self._buf.append
         size = 0
@@ -282,21 +282,21 @@ class AccessLog:
                     if len(texts) >= 1024:
                         texts.clear()
                     from_headers = texts[key] = _fields({k: v.decode("latin-1") for k, v in key}, _FROM_HEADERS)
-            head = heads.get((method, version))
+            head = heads.get((method, path, version))  # a service's requests repeat a few methods and paths
             if head is None:
-                protocol = {"protocol": "HTTP/" + version.decode()}
-                head = heads[(method, version)] = (_fields({"method": method.decode("latin-1")}, ("method",)),
-                                                   _fields(protocol, ("protocol",)))
-            outcome = outcomes.get((flag, status != 0))
+                if len(heads) >= 1024:
+                    heads.clear()
+                head = heads[(method, path, version)] = _fields(
+                    {"method": method.decode("latin-1"), "path": path.decode("latin-1"),
+                     "protocol": "HTTP/" + version.decode()}, ("method", "path", "protocol"))
+            outcome = outcomes.get((flag, status))
             if outcome is None:
                 details = DETAILS.get(flag, "via_upstream" if status else "")
-                outcome = outcomes[(flag, status != 0)] = _fields(
+                outcome = outcomes[(flag, status)] = f',"response_code":{status:d}' + _fields(
                     {"response_flags": flag, "response_code_details": details},
                     ("response_flags", "response_code_details"))
-            line = (f'{{"start_time":"{stamp}"{fixed[0]}{head[0]}'
-                    f'{"," + _KEYS["path"] + quote(path.decode("latin-1")) if path else ""}{head[1]},'
-                    f'"response_code":{status:d}{outcome},"bytes_received":{bytes_in:d},"bytes_sent":{bytes_out:d},'
-                    f'"duration":{duration:d}{from_headers}{fixed[1]}}}\n')
+            line = (f'{{"start_time":"{stamp}"{fixed[0]}{head}{outcome},"bytes_received":{bytes_in:d},'
+                    f'"bytes_sent":{bytes_out:d},"duration":{duration:d}{from_headers}{fixed[1]}}}\n')
             size += len(line)
             add(line)
         self._size += size
