@@ -177,8 +177,7 @@ class Membership:
         self.timers.append((now + self.rng.random() * t.push_pull_interval, T_PUSH_PULL, None))
         self.timers.append((now + self.rng.random() * t.reconnect_interval, T_RECONNECT, None))
         self._suspicion_timer = None  # a driver that stopped us dropped our timers
-        if self.suspicions:
-            self._arm_suspicion(min(s.deadline for s in self.suspicions.values()))
+        self._arm_earliest()
 
     def stop(self) -> None:
         """Stop reacting to timers (the driver stops calling; stale timers are ignored)."""
@@ -620,6 +619,10 @@ class Membership:
                 self._on_suspicion_timeout(now, s)
                 if self.suspicions.get(name) is s:  # not settled (cannot happen): never re-armed in the past
                     del self.suspicions[name]
+        self._arm_earliest()
+
+    def _arm_earliest(self) -> None:
+        """The suspicion timer for the earliest deadline of those held, if any."""
         if self.suspicions:
             self._arm_suspicion(min(s.deadline for s in self.suspicions.values()))
 

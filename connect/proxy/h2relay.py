@@ -875,8 +875,7 @@ class H2InboundFront(_H2Front):
         self.fail(s, 502, "upstream connect error or disconnect/reset before headers")
 
     def timeout_warning(self, s: H2Stream) -> str:
-        return f"inbound {s.method.decode('latin-1')} {s.path.decode('latin-1')} from {self.source}: the " \
-               f"application did not answer within {self.rt.config.local_request_timeout:.1f}s"
+        return l7.app_timeout_warning(s.method, s.path, self.source, self.rt.config.local_request_timeout)
 
     def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super().log_record(s, now)

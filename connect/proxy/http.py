@@ -1001,8 +1001,8 @@ class InboundFront(Front):
     def timed_out(self, ex: Exchange) -> None:
         self.link.link.failed += 1
         self.app = None
-        log.warning("inbound %s %s from %s: the application did not answer within %.1fs", ex.head.method.decode(),
-                    ex.head.target.decode("latin-1"), self.source, self.rt.config.local_request_timeout)
+        log.warning("%s", l7.app_timeout_warning(ex.head.method, ex.head.target, self.source,
+                                                 self.rt.config.local_request_timeout))
         if ex.responded:
             ex.flag = "UT"
             self.abort()

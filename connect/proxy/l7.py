@@ -140,6 +140,12 @@ def another_instance(rt: Runtime, up: Upstream, d: Decision | None, tried: set[s
     return False
 
 
+def app_timeout_warning(method: bytes, target: bytes, source: str, timeout: float) -> str:
+    """The inbound side's log line when its application did not answer within local_request_timeout_ms."""
+    return (f"inbound {method.decode('latin-1')} {target.decode('latin-1')} from {source}: the application did not "
+            f"answer within {timeout:.1f}s")
+
+
 def upstream_fields(rec: dict[str, Any], up: Upstream, d: Decision | None, inst: Instance | None) -> None:
     """The access-log fields of the upstream side: service, instance, cluster (chain target), route, split."""
     rec["upstream_service"] = inst.service if inst is not None else up.destination_name

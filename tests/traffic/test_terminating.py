@@ -57,7 +57,7 @@ def grpc_server(servers: list[Any]) -> int:
     import grpc
 
     def answer(req: bytes, _ctx: Any) -> bytes:
-        if req.startswith(b"sleep:"):  # sleep:<ms>, then answer
+        if req.startswith(b"sleep:"):  # a slow outside service (the fault under test): answer after <ms>
             time.sleep(int(req[6:]) / 1000)
         return b"outside:" + req
 
