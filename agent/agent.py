@@ -84,7 +84,7 @@ class Agent:
             resolver = self.acl
 
             async def acl_resolve(args: dict[str, Any]) -> Any:
-                return list(await resolver.bundle(str(args.get("secret") or "")))
+                return list(await resolver.bundle(str(args.get("secret") or ""), not args.get("from_follower")))
             self.cluster.rpc.register("acl.resolve", acl_resolve)
         self.node = {
             "ID": config.node_id,
@@ -169,10 +169,20 @@ class Agent:
         def fetch_local(secret: str) -> tuple[int, dict[str, Any]]:
             return query.run(store, {"secret": secret})  # a server resolves from its own replica
 
+        async def fetch_leader(secret: str) -> tuple[int, dict[str, Any]] | None:
+            leader = self.cluster.leader_address()
+            if self.cluster.is_leader() or not leader:
+                return None
+            with acting_as(secret):  # a follower's replica may lag a token the leader has just written
+                index, bundle = await self.cluster.forward(leader, "acl.resolve",
+                                                         {"secret": secret, "from_follower": True}, 5.0)
+            return index, bundle
+
         resolver = Resolver(default_allow=cfg.default_policy == "allow", down_policy=cfg.down_policy,
                             datacenter=self.config.datacenter, token_ttl=cfg.token_ttl, fetch=fetch,
                             clock=time.monotonic, wall=time.time, fetch_local=fetch_local if store is not None else None,
-                            fetch_remote=fetch_remote if self.cluster.secondary else None)
+                            fetch_remote=fetch_remote if self.cluster.secondary else None,
+                            fetch_leader=fetch_leader if store is not None and not self.cluster.secondary else None)
         if store is not None:
             acl_tables = frozenset(ACL_TABLES)
 

@@ -4,7 +4,8 @@ On a server, a cached authorizer stays valid while the ACL tables have not chang
 the cache's key), so a changed policy takes effect on the next request. On a client agent, which reads
 tokens from a server, entries live `token_ttl`; when no server answers, `down_policy` decides
 (Consul's extend-cache / async-cache keep using what is cached, then deny; allow; deny). A secondary
-datacenter's server resolves from its replica what replication brought, and asks the primary for the rest.
+datacenter's server resolves from its replica what replication brought, and asks the primary for the rest;
+a follower asks its leader for a token its replica lacks (one just written may not have reached it yet).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Resolver:
 
     def __init__(self, *, default_allow: bool, down_policy: str, datacenter: str, token_ttl: float,
                  fetch: FetchBundle, clock: Callable[[], float], wall: Callable[[], float],
-                 fetch_local: FetchLocal | None = None, fetch_remote: FetchBundle | None = None) -> None:
+                 fetch_local: FetchLocal | None = None, fetch_remote: FetchBundle | None = None,
+                 fetch_leader: Callable[[str], Awaitable[tuple[int, dict[str, Any]] | None]] | None = None) -> None:
         self.default_allow = default_allow
         self.down_policy = down_policy
         self.datacenter = datacenter
@@ -64,6 +66,9 @@ class Resolver:
         # A secondary datacenter's server: tokens its replica lacks (global ones, without token replication)
         # are read from the primary and live token_ttl; when the primary is unreachable, down_policy decides.
         self._fetch_remote = fetch_remote
+        # A primary datacenter's server: a token its replica lacks may be one the leader has just written (a
+        # follower applies it a moment later); the leader is asked (None from it: this server leads).
+        self._fetch_leader = fetch_leader
         self._generation = 0  # bumped by changed(): entries of an older generation are stale
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._parsed: dict[tuple[str, int], Rules] = {}
@@ -86,9 +91,9 @@ class Resolver:
             return None
         return entry.authz
 
-    async def resolve(self, secret: str) -> Authorizer:
+    async def resolve(self, secret: str, ask_leader: bool = True) -> Authorizer:
         """The authorizer of `secret` (anonymous for ""); raises ACLNotFound for an unknown secret."""
-        return (await self.resolve_with_token(secret))[0]
+        return (await self.resolve_with_token(secret, ask_leader))[0]
 
     def _hit(self, secret: str) -> _Entry | None:
         entry = self._cache.get(secret)
@@ -96,36 +101,52 @@ class Resolver:
             return entry
         return None
 
-    async def resolve_with_token(self, secret: str) -> tuple[Authorizer, dict[str, Any]]:
+    async def resolve_with_token(self, secret: str, ask_leader: bool = True) -> tuple[Authorizer, dict[str, Any]]:
         secret = secret or ANONYMOUS_SECRET
         hit = self._hit(secret)
         if hit is not None:
             return hit.authz, hit.token
         try:
-            entry = await self._load(secret)
+            entry = await self._load(secret, ask_leader)
         except ACLNotFound:
             raise
         except Exception as e:  # no server (or primary) answers: the down policy decides
             return self._down(secret, self._cache.get(secret), e)
         return entry.authz, entry.token
 
-    async def _load(self, secret: str) -> _Entry:
+    async def _load(self, secret: str, ask_leader: bool = True) -> _Entry:
         if self._fetch_local is None:
             return self._build(secret, *await self._fetch(secret), remote=True)
         index, bundle = self._fetch_local(secret)
-        if bundle.get("Token") is None and secret != ANONYMOUS_SECRET and self._fetch_remote is not None:
-            return self._build(secret, *await self._fetch_remote(secret), remote=True)
+        if bundle.get("Token") is None and secret != ANONYMOUS_SECRET:
+            if self._fetch_remote is not None:
+                return self._build(secret, *await self._fetch_remote(secret), remote=True)
+            if self._fetch_leader is not None and ask_leader:
+                from_leader = await self._ask_leader(secret)
+                if from_leader is not None:
+                    return self._build(secret, *from_leader, remote=True)
         return self._build(secret, index, bundle)
 
-    async def bundle(self, secret: str) -> tuple[int, dict[str, Any]]:
+    async def _ask_leader(self, secret: str) -> tuple[int, dict[str, Any]] | None:
+        """A follower's replica may not have applied a token the leader has just acknowledged: the leader's
+        answer, or None when this server leads or no leader answers (then the replica's answer stands)."""
+        assert self._fetch_leader is not None
+        try:
+            return await self._fetch_leader(secret)
+        except Exception as e:
+            log.debug("the leader did not answer for a token this replica lacks (%s): not found", e)
+            return None
+
+    async def bundle(self, secret: str, ask_leader: bool = True) -> tuple[int, dict[str, Any]]:
         """What resolving `secret` read (the token, policies and roles), for a client agent asking this server;
         ACLUnavailable when it could not be read and nothing usable is cached (the client's down_policy then
-        decides), ACLNotFound for an unknown secret."""
+        decides), ACLNotFound for an unknown secret. A follower asking its leader passes `ask_leader=False`, so
+        two servers that each believe the other leads (an election) do not ask each other in a circle."""
         secret = secret or ANONYMOUS_SECRET
         entry = self._hit(secret)
         if entry is None:
             try:
-                entry = await self._load(secret)
+                entry = await self._load(secret, ask_leader)
             except ACLNotFound:
                 raise
             except Exception as e:

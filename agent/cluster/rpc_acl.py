@@ -267,7 +267,10 @@ class RPCGuard:
 
     async def __call__(self, method: str, args: dict[str, Any]) -> Post:
         token = str(args.get(TOKEN_ARG) or "")
-        authz = self.resolver.cached(token) or await self.resolver.resolve(token)
+        # A follower asking for a token its replica lacks: answered from this replica only (two servers that
+        # each believe the other leads must not ask each other in a circle).
+        authz = self.resolver.cached(token) or await self.resolver.resolve(
+            token, not (method == "acl.resolve" and args.get("from_follower")))
         if method == "catalog.query":
             return _query(authz, args, self.view, token)
         if method == "acl.resolve":  # whoever holds a secret may resolve it

@@ -137,3 +137,39 @@ def test_a_secondary_asks_the_primary_and_follows_down_policy_without_it(down_po
 
         with pytest.raises(ACLUnavailable):
             run(r.bundle("s"))
+
+
+def test_a_follower_asks_its_leader_for_a_token_its_replica_has_not_applied_yet():
+    """The leader acknowledged a new token; a follower that has not applied it yet asks the leader instead of
+    answering "ACL not found". A server that leads (the leader answers None) or no leader: the replica stands."""
+    now = [1000.0]
+    leader = Source()
+    leader.tokens["new"] = {"AccessorID": "n", "SecretID": "new", "Policies": [{"ID": "p"}]}
+    asked: list[str] = []
+    leads = [False]
+
+    def local(secret: str):
+        return 1, {"Token": None, "Policies": POLICIES, "Roles": {}}
+
+    async def fetch_leader(secret: str):
+        asked.append(secret)
+        return None if leads[0] else await leader.fetch(secret)
+
+    async def never(secret: str):
+        raise AssertionError("a server reads its own replica, not another server")
+
+    r = Resolver(default_allow=False, down_policy="extend-cache", datacenter="dc1", token_ttl=30.0, fetch=never,
+                 clock=lambda: now[0], wall=lambda: now[0], fetch_local=local, fetch_leader=fetch_leader)
+    assert run(r.resolve("new")).allowed("key", "x", "read") and asked == ["new"]
+    with pytest.raises(ACLNotFound):
+        run(r.resolve("nope"))  # the leader does not know it either
+    with pytest.raises(ACLNotFound):  # a leader's question from a follower is answered from its replica only
+        run(r.bundle("other", ask_leader=False))
+    assert asked == ["new", "nope"]
+    leads[0] = True
+    with pytest.raises(ACLNotFound):
+        run(r.resolve("gone"))
+    leader.down = True
+    leads[0] = False
+    with pytest.raises(ACLNotFound):  # no leader answers: the replica's "not found" stands, never down_policy
+        run(r.resolve("unreachable"))
