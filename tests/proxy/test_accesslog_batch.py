@@ -11,6 +11,7 @@ from support import until
 
 from proconsul.connect.proxy import accesslog
 from proconsul.connect.proxy.accesslog import DETAILS, AccessLog, fixed_fields
+from proconsul.connect.proxy.h1 import Head
 
 CLIENT_SIDE = {"downstream_remote_address": "127.0.0.1:40000", "upstream_service": "api",
                "upstream_instance": "node/api-v1", "upstream_host": "127.0.0.1:21000",
@@ -40,9 +41,23 @@ def cases() -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
                "response_code_details": DETAILS.get(flag, "via_upstream" if status else ""),
                "bytes_received": bytes_in, "bytes_sent": bytes_out, "duration": duration, "headers": headers,
                **fixed}
-        out.append((rec, (start, fixed_fields(fixed), method, target, version, status, flag, bytes_in, bytes_out,
-                          duration, headers)))
+        head = Head(method, target, 0, b"", version, headers, True, False, -1)
+        took = duration / 1000
+        out.append((rec, (start + took, took, head, status, flag, bytes_in, bytes_out, _Source(fixed), None, None,
+                          None)))
     return out
+
+
+class _Source:
+    """A connection's fixed part as a Front gives it at flush time (`fixed_of`), made from its fields."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.log = fixed_fields(fields)
+        self.asked: list[tuple[Any, Any, Any]] = []
+
+    def fixed_of(self, d: Any, inst: Any, scope: Any) -> _Source:
+        self.asked.append((d, inst, scope))
+        return self
 
 
 class _Armed:

@@ -6,6 +6,7 @@ import random
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from proconsul.connect.proxy.h1 import Head
 from proconsul.connect.proxy.tracing import CLIENT, SERVER, Tracer, TracingSettings, parse_traceparent
 
 TP = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -91,6 +92,18 @@ def test_unsampled_requests_carry_context_and_nothing_else() -> None:
     assert len({dict(none.start([], CLIENT)[1])[b"traceparent"] for _ in range(100)}) == 100
 
 
+class _Source:
+    """A connection's fixed part as a Front gives it to the exporter (`fixed_of`)."""
+
+    def __init__(self, service: str, span: bytes) -> None:
+        self.service, self.span = service, span
+        self.asked: list[tuple[str, str, str]] = []
+
+    def fixed_of(self, d: str, inst: str, scope: str) -> _Source:
+        self.asked.append((d, inst, scope))
+        return self
+
+
 def test_a_request_block_encodes_as_the_attribute_dict() -> None:
     from proconsul.connect.proxy.tracing import CONNECTION_ATTRIBUTES, connection_attributes
 
@@ -105,7 +118,11 @@ def test_a_request_block_encodes_as_the_attribute_dict() -> None:
         t.finish(ctx, "GET api", status, attributes, now_ns=20)
         t.finish_encoded(ctx, status, t.request_block(b"GET", b"/x?y", status, flag, "api",
                                                       connection_attributes(fields)), now_ns=20)
-        first, second = (ExportTraceServiceRequest.FromString(t.encode([s])) for s in t.queue)
-        assert first == second
+        source = _Source("api", connection_attributes(fields))
+        head = Head(b"GET", b"/x?y", 0, b"", b"1.1", [], True, False, -1)
+        t.later((ctx, 20, status, flag, head, source, "route", "instance", "scope"))  # as a request's path keeps it
+        first, second, third = (ExportTraceServiceRequest.FromString(t.encode([s])) for s in t.queue)
+        assert first == second == third
+        assert source.asked == [("route", "instance", "scope")], "its connection's part looked up in the batch"
         span = first.resource_spans[0].scope_spans[0].spans[0]
         assert span.name == "GET api" and {a.key for a in span.attributes} >= {"peer.service", "proconsul.route"}
