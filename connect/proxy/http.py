@@ -596,8 +596,9 @@ class Front(asyncio.Protocol):
                 alog.later((time.time(), now - ex.started, ex.head, ex.status, ex.flag, ex.bytes_in, ex.bytes_out,
                             self, ex.decision, ex.inst, scope))
             if sampled:
-                tracer.later((trace, time.time_ns(), ex.status, ex.flag, ex.head, self, ex.decision, ex.inst,  # type: ignore[union-attr]
-                              scope))
+                head = ex.head  # its method and target only: the span keeps nothing else of the request
+                tracer.later((trace, time.time_ns(), ex.status, ex.flag, head.method, head.target,  # type: ignore[union-attr]
+                              self, ex.decision, ex.inst, scope))
             return
         l7.publish(rt, self.log_record(ex, now), ex.started, now, self.link.inbound, trace, ex.status, ex.flag)
 

@@ -144,7 +144,7 @@ UNSAMPLED = TraceContext(b"00-%s-%s-00" % (_ZERO_TRACE, _ZERO_SPAN), b"", False,
 # a proxy's spans repeat them). A tuple: one is made per sampled request.
 _Span = tuple[TraceContext, int, int, tuple[bytes, bytes]]
 # An HTTP request's span as its path kept it (`Tracer.later`): encoded name and attributes found at export.
-_Kept = tuple[TraceContext, int, int, str, Any, Any, Any, Any, Any]
+_Kept = tuple[TraceContext, int, int, str, bytes, bytes, Any, Any, Any, Any]
 
 
 @dataclass
@@ -245,11 +245,12 @@ class Tracer:
     def later(self, span: _Span | _Kept) -> None:
         """Queue a finished sampled span (a full queue drops it, counted): `(context, end time in ns, status,
         encoded name and attributes)`, or an HTTP request's span kept as what its request's path has at hand,
-        `(context, end time in ns, status, response flag, its request head (method, target: not changed after
-        the request ends), its connection's fixed part (`source.fixed_of(decision, instance, scope)`: `service`
-        and the encoded `span` attributes), decision, instance, scope)`, its name and attributes found in the
-        exporter's batch (`request_block`): measured, a µs of Python in the request's path costs the whole proxy
-        2–3 µs, in a batch's loop about its loop figure."""
+        `(context, end time in ns, status, response flag, the request's method and target, its connection's
+        fixed part (`source.fixed_of(decision, instance, scope)`: `service` and the encoded `span` attributes),
+        decision, instance, scope)`, its name and attributes found in the exporter's batch (`request_block`):
+        measured, a µs of Python in the request's path costs the whole proxy 2–3 µs, in a batch's loop about its
+        loop figure. Nothing else of the request is kept (its head and headers would live until the batch goes:
+        more for the garbage collector to walk)."""
         queue = self.queue
         if len(queue) >= QUEUE_MAX:
             self.dropped += 1
@@ -311,9 +312,9 @@ class Tracer:
             if len(span) == 4:
                 ctx, end_ns, status, block = span
             else:
-                ctx, end_ns, status, flag, head, source, decision, inst, scope = span
+                ctx, end_ns, status, flag, method, target, source, decision, inst, scope = span
                 fixed = source.fixed_of(decision, inst, scope)
-                block = request_block(head.method, head.target, status, flag, fixed.service, fixed.span)
+                block = request_block(method, target, status, flag, fixed.service, fixed.span)
             error = status >= 500 or status == 0
             got = parts.get(block)  # a block is (nearly always) one kind and one status: checked, not keyed
             if got is None or got[0] != ctx.kind or got[1] is not error:

@@ -6,7 +6,6 @@ import random
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from proconsul.connect.proxy.h1 import Head
 from proconsul.connect.proxy.tracing import CLIENT, SERVER, Tracer, TracingSettings, parse_traceparent
 
 TP = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -119,8 +118,7 @@ def test_a_request_block_encodes_as_the_attribute_dict() -> None:
         t.finish_encoded(ctx, status, t.request_block(b"GET", b"/x?y", status, flag, "api",
                                                       connection_attributes(fields)), now_ns=20)
         source = _Source("api", connection_attributes(fields))
-        head = Head(b"GET", b"/x?y", 0, b"", b"1.1", [], True, False, -1)
-        t.later((ctx, 20, status, flag, head, source, "route", "instance", "scope"))  # as a request's path keeps it
+        t.later((ctx, 20, status, flag, b"GET", b"/x?y", source, "route", "instance", "scope"))  # as a request's path keeps it
         first, second, third = (ExportTraceServiceRequest.FromString(t.encode([s])) for s in t.queue)
         assert first == second == third
         assert source.asked == [("route", "instance", "scope")], "its connection's part looked up in the batch"
