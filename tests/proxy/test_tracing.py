@@ -124,3 +124,30 @@ def test_a_request_block_encodes_as_the_attribute_dict() -> None:
         assert source.asked == [("route", "instance", "scope")], "its connection's part looked up in the batch"
         span = first.resource_spans[0].scope_spans[0].spans[0]
         assert span.name == "GET api" and {a.key for a in span.attributes} >= {"peer.service", "proconsul.route"}
+
+
+class _Draws:
+    """An rng whose draws are given: `random()` always `r`, `getrandbits` the next of `bits`."""
+
+    def __init__(self, r: float, bits: list[int]) -> None:
+        self.r, self.bits = r, bits
+
+    def random(self) -> float:
+        return self.r
+
+    def getrandbits(self, k: int) -> int:
+        return self.bits.pop(0)
+
+
+def test_a_new_traces_ids_are_its_draw_and_never_all_zero() -> None:
+    M = (1 << 64) - 1
+    for pct, r, draw, want in ((100, 0.5, (0xabc << 64) | 0xdef, (0xabc, 0xdef, b"01")),
+                               (1, 0.5, (1 << 191) | M, ((1 << 191) >> 64, M, b"00")),  # not sampled
+                               (100, 0.0, 0, (1, 1, b"01")), (100, 0.0, 5 << 64, (5, 1, b"01")),
+                               (1, 0.001, 7, (1, 7, b"01"))):  # sampled: 0.1 < 1%
+        t = Tracer("web", TracingSettings("http://127.0.0.1:1/v1/traces", pct), _Draws(r, [draw]))  # type: ignore[arg-type]
+        ctx, headers = t.start([(b"host", b"a")], CLIENT)
+        tp = b"00-%032x-%016x-%s" % want
+        assert headers == [(b"host", b"a"), (b"traceparent", tp)] and ctx.sampled == (want[2] == b"01")
+        if ctx.sampled:
+            assert ctx.sent == tp and ctx.trace_id == want[0].to_bytes(16, "big") and ctx.parent_id == b""
