@@ -5,9 +5,10 @@ with Envoy's command operators (`%START_TIME%`, `%REQ(:METHOD)%`, `%RESPONSE_COD
 Lines go to stdout, stderr or a file (`Type`, `Path`), gathered and written at most every
 FLUSH_EVERY seconds or BUFFER_MAX bytes (PENDING_MAX HTTP requests), so a busy proxy does one write per
 batch; a proxy that crashes loses at most the last FLUSH_EVERY seconds of lines. An HTTP request's line
-in the default format is not even formatted in the request's path: its fields are kept (`later`) and the
-batch's lines made in one loop when it is written, the fields its connection decides formatted once per
-connection, route and instance. A path that cannot be written is logged once and logging stops; traffic
+in the default format is not even formatted in the request's path: what the path has at hand is kept
+(`later`: times, the request's head, outcome, and what its connection's fixed part is made from) and the
+batch's lines made in one loop when it is written, the fields its connection decides looked up there and
+formatted once per connection, route and instance. A path that cannot be written is logged once and logging stops; traffic
 is never affected.
 """
 

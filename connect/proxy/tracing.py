@@ -8,7 +8,8 @@ application calls out, a server span where a peer's request comes in), exported 
 A request without trace context gets a new trace; one with context keeps its trace id and sampling
 decision (parent-based); `sampling_percent` decides for new traces. Spans wait in a bounded queue and are
 sent in batches by one asyncio task: a collector that is down or slow costs requests nothing, and what
-cannot be queued or sent is counted as dropped. With tracing off the proxy does one `is None` test per
+cannot be queued or sent is counted as dropped. An HTTP/1.1 request's span is queued as what its path has at
+hand (`Tracer.later`); its name and attributes are found in the exporter's batch. With tracing off the proxy does one `is None` test per
 request; an unsampled request costs only its `traceparent` (made from one random draw when it has none,
 passed on unchanged when its caller's says "not sampled": nothing is recorded here, so the caller's span
 stays the parent).
