@@ -13,10 +13,11 @@ connection the gateway:
    (service-defaults, else proxy-defaults) is `http`, the connection is handed to the sidecar's inbound
    HTTP front (`TerminatingFront`): each request is decided by the L7 intentions (403 when denied), gets
    its access-log line, and goes to the outside service on a kept-alive connection;
-3. connects to a passing instance of the service from the catalog (registered on a node without an
-   agent), in plain TCP, or with TLS when the entry gives a `CAFile` (one-way TLS; with `CertFile` and
-   `KeyFile` mutual TLS; `SNI` is sent and the server certificate's name checked against it), and
-   splices the bytes.
+3. connects to a healthy instance of the service from the catalog (registered on a node without an
+   agent) — of the subset of its service-resolver the SNI names (else its DefaultSubset), chosen by the
+   resolver's LoadBalancer (`gateway_resolver.py`; per request for http) — in plain TCP, or with TLS when
+   the entry gives a `CAFile` (one-way TLS; with `CertFile` and `KeyFile` mutual TLS; `SNI` is sent and
+   the server certificate's name checked against it), and splices the bytes.
 
 Leaves, roots, intentions, instances and the entry are followed with blocking queries; an intention that
 turns to deny closes the connections it no longer allows.
@@ -305,7 +306,7 @@ class TerminatingFront(_Tracked, InboundFront):
 
     def _send(self, ex: Exchange, back: Back, inst: Instance, pool: UpstreamPool | None) -> None:
         self.upstream_host = f"{inst.address}:{inst.port}"
-        host = host_rewrite(inst.address)
+        host = host_rewrite(inst.address) if self.linked.spec.host_rewrite else ""
         if host:  # Envoy's auto_host_rewrite for a hostname address (Consul's LOGICAL_DNS cluster)
             ex.head.headers = [(k, v) for k, v in ex.head.headers if k != b"host"] + [(b"host", host.encode())]
         ex.inst, ex.pool = inst, pool

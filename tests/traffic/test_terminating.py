@@ -500,6 +500,11 @@ def backend_of(port: int, path: str = "/", headers: dict[str, str] | None = None
     return body["backend"] if status == 200 and isinstance(body, dict) else f"status {status}: {body}"
 
 
+def host_seen(port: int) -> str:
+    status, body = curl(port, "/host")
+    return body["headers"].get("host", "") if status == 200 and isinstance(body, dict) else f"status {status}"
+
+
 def test_resolver_subsets_at_the_gateway_and_the_callers_router(mesh: dict[str, Any], versions: Any) -> None:
     """Consul's terminating gateway serves a subset of a linked service's resolver when the caller's SNI names it:
     the caller's router sends `x-version: v2` to subset v2 and the rest to the DefaultSubset v1; the caller dials
@@ -563,7 +568,8 @@ def test_load_balancer_hash_policy_at_the_gateway(mesh: dict[str, Any], versions
 
 def test_a_hostname_address_gets_its_host(mesh: dict[str, Any], versions: Any) -> None:
     """An http linked service whose outside instance is registered by hostname: the gateway sets Host to that
-    hostname (Envoy's auto_host_rewrite on Consul's LOGICAL_DNS cluster); an IP address keeps the caller's."""
+    hostname (Envoy's auto_host_rewrite on Consul's LOGICAL_DNS cluster); an IP address keeps the caller's, and
+    so does a hostname once the entry says DisableAutoHostRewrite."""
     agent, backends, ports = mesh["agent"], mesh["backends"], mesh["ports"]
     entry = agent.get("/v1/config/terminating-gateway/tgw")[1]
     assert agent.put("/v1/catalog/register", {
@@ -578,6 +584,10 @@ def test_a_hostname_address_gets_its_host(mesh: dict[str, Any], versions: Any) -
         assert status == 200 and body["backend"] == "exth" and body["headers"]["host"] == "localhost"
         status, body = curl(ports["extv"], "/by-ip")
         assert status == 200 and body["headers"]["host"] == f"127.0.0.1:{ports['extv']}", "an IP: the caller's Host"
+        assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
+            *entry["Services"], {"Name": "exth", "DisableAutoHostRewrite": True}]})[0] == 200  # Consul 1.19's switch
+        wait_for(lambda: host_seen(ports["exth"]) == f"127.0.0.1:{ports['exth']}", 10,
+                 message="the caller's Host kept with DisableAutoHostRewrite")
     finally:
         agent.put("/v1/catalog/deregister", {"Node": "outside-exth"})
         agent.request("DELETE", "/v1/config/service-defaults/exth")
