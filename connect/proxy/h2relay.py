@@ -837,11 +837,15 @@ class H2InboundFront(_H2Front):
         # the whole exchange, a streamed response included; at a terminating gateway the linked service's
         # resolver RequestTimeout).
         s.timer = asyncio.get_running_loop().call_later(rt.config.local_request_timeout, self._timed_out, s)
-        back = rt.h2_backs.get(self.app_key)
+        self.to_app(s)
+
+    def to_app(self, s: H2Stream) -> None:
+        """Relay an admitted stream to the application's shared connection (dialed when there is none)."""
+        back = self.rt.h2_backs.get(self.app_key)
         if back is not None and back.usable():
             back.open(s)
         else:
-            rt.spawn(self._dial_app(s))
+            self.rt.spawn(self._dial_app(s))
 
     # What a failed `_dial_local` raises (a subclass dialing elsewhere names its own).
     DIAL_ERRORS: tuple[type[Exception], ...] = (OSError, TimeoutError)

@@ -51,7 +51,7 @@ from proconsul.connect.proxy.gateway_resolver import (
     host_rewrite,
     parse_resolver,
 )
-from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream
+from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream, connection
 from proconsul.connect.proxy.http import Back, Exchange, Front, InboundFront
 from proconsul.connect.proxy.proxy import ProxyError, credentials
 from proconsul.connect.proxy.runtime import Runtime
@@ -86,7 +86,6 @@ class _Linked:
         self.pools: dict[str, UpstreamPool] = {}  # by subset ("": the whole service)
         self.origination: ssl.SSLContext | None = None
         self.origination_h2: ssl.SSLContext | None = None  # the same, offering ALPN h2 (http2/grpc services)
-        self.h2_hosts: dict[str, str] = {}  # by subset: the instance its shared HTTP/2 connection goes to
         self.origination_error = ""
         self.watches: list[asyncio.Task[None]] = []
         self.open: set[Any] = set()  # TerminatingInbound (L4) and TerminatingFront (http) connections
@@ -354,34 +353,69 @@ class TerminatingFront(_Tracked, InboundFront):
 
 class TerminatingH2Front(_Tracked, H2InboundFront):
     """A caller's HTTP/2 connection to a linked `http2`/`grpc` service: the sidecar's inbound HTTP/2 front
-    (each stream decided by the L7 intentions, PERMISSION_DENIED / 403 when denied, a line per stream), relayed
-    to the outside service over one shared HTTP/2 connection (h2c, or TLS with ALPN h2 when originating)."""
+    (each stream decided by the L7 intentions, PERMISSION_DENIED / 403 when denied, a line per stream), each
+    stream placed on an outside instance (of the SNI's subset) by the resolver's LoadBalancer and relayed over
+    that instance's shared HTTP/2 connection (h2c, or TLS with ALPN h2 when originating); `:authority` becomes
+    the instance's address when that is a hostname."""
 
     def __init__(self, gw: TerminatingGateway, linked: _Linked, subset: str = "") -> None:
         assert linked.rt is not None
         super().__init__(linked.rt)
         self.gw, self.linked, self.subset = gw, linked, subset
         self.dial_flag = ""
-        self.app_key = f"{LOCAL_APP}|{subset}"  # one shared connection per subset (the whole service: "")
 
     def describe(self) -> str:
         return f"terminating gateway: {self.linked.spec.name} (HTTP/2) from {self.source or self.uri or 'unknown'}"
 
-    DIAL_ERRORS = (GatewayDialError,)
+    def to_app(self, s: H2Stream, tried: set[str] | None = None, error: str = "") -> None:
+        """Place the stream on an instance (not one in `tried`: those could not be connected to, `error` the
+        last reason) and relay it on that instance's shared connection."""
+        linked = self.linked
+        pool = linked.pools.get(self.subset)
+        key = linked.hash_key([h for h in s.headers if not h[0].startswith(b":")], s.path, self.transport)
+        try:
+            if pool is None:
+                raise NoHealthyInstance(f"subset {self.subset!r} is no longer defined")
+            inst = pool.pick(time.monotonic(), self.gw.rng, tried, key)
+        except NoHealthyInstance:
+            self.dial_flag = "UF" if tried else "UH"
+            self.attempt_failed(s, error or "no passing instance in the catalog" + (
+                f" in subset {self.subset}" if self.subset else ""))
+            return
+        s.inst, s.pool = inst, pool
+        pool.started(inst)
+        host = host_rewrite(inst.address) if linked.spec.host_rewrite else ""
+        if host:  # Envoy's auto_host_rewrite for a hostname address (Consul's LOGICAL_DNS cluster)
+            s.headers = [(b":authority", host.encode()) if k == b":authority" else (k, v) for k, v in s.headers]
+        app_key = f"{LOCAL_APP}|{inst.id}"  # one shared connection per outside instance
+        back = self.rt.h2_backs.get(app_key)
+        if back is not None and back.usable():
+            back.open(s)
+        else:
+            self.rt.spawn(self._dial_instance(s, inst, app_key, tried or set()))
 
-    async def _dial_local(self) -> H2Back:
-        """The shared HTTP/2 connection to an instance of the outside service (of the SNI's subset), picked by
-        the resolver's LoadBalancer once per connection (its source-IP hash policy applies; header ones need a
-        request, and the connection is shared by many)."""
-        rt, linked, key = self.rt, self.linked, self.app_key
-        back, inst = await self.gw.dial(linked, self.subset, lambda: H2Back(rt, key), h2=True,
-                                        hash_key=linked.hash_key([], b"", self.transport))
-        linked.h2_hosts[self.subset] = f"{inst.address}:{inst.port}"
-        return back  # type: ignore[no-any-return]
+    async def _dial_instance(self, s: H2Stream, inst: Instance, app_key: str, tried: set[str]) -> None:
+        rt, linked = self.rt, self.linked
 
-    def _dial_failure(self, e: Exception) -> str:
-        self.dial_flag = getattr(e, "flag", "UF")
-        return str(e)
+        async def make() -> H2Back:
+            back, _ = await self.gw.dial(linked, self.subset, lambda: H2Back(rt, app_key), h2=True, first=inst,
+                                         only_first=True)
+            return back  # type: ignore[no-any-return]
+
+        try:
+            back = await connection(rt, app_key, make)
+        except GatewayDialError as e:
+            if not self.closed and not s.done:
+                self.released(s)
+                self.to_app(s, tried | {inst.id}, str(e))  # the policy's next instance
+            return
+        if not self.closed and not s.done:
+            back.open(s)
+
+    def released(self, s: H2Stream) -> None:
+        if s.inst is not None and s.pool is not None:
+            s.pool.finished(s.inst)
+            s.pool = None  # counted once
 
     def attempt_failed(self, s: H2Stream, why: str) -> None:
         assert self.link is not None
@@ -394,7 +428,7 @@ class TerminatingH2Front(_Tracked, H2InboundFront):
     def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super(H2InboundFront, self).log_record(s, now)
         l7.inbound_fields(rec, self.rt, self.uri, s.denied, s.why, cluster=self.linked.cluster,
-                          host=self.linked.h2_hosts.get(self.subset, ""))
+                          host=f"{s.inst.address}:{s.inst.port}" if s.inst is not None else "")
         return rec
 
 
@@ -712,11 +746,12 @@ class TerminatingGateway:
                     linked.spec.name if linked is not None else "?", reason)
 
     async def dial(self, linked: _Linked, subset: str = "", factory: Any = Side, h2: bool = False, *,
-                   hash_key: bytes | None = None, first: Instance | None = None) -> tuple[Any, Instance]:
+                   hash_key: bytes | None = None, first: Instance | None = None,
+                   only_first: bool = False) -> tuple[Any, Instance]:
         """A connection to a healthy instance of the outside service in `subset` ("": any), chosen by its
         resolver's LoadBalancer (`first` when the caller already chose; the next choice on a connect or TLS
-        failure), TLS when the entry says so (offering ALPN h2 with `h2`), with the protocol `factory` makes
-        (a Side to splice, an HTTP Back, an HTTP/2 back), and the instance."""
+        failure unless `only_first`), TLS when the entry says so (offering ALPN h2 with `h2`), with the
+        protocol `factory` makes (a Side to splice, an HTTP Back, an HTTP/2 back), and the instance."""
         spec = linked.spec
         if spec.tls and linked.origination is None:
             raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
@@ -749,6 +784,8 @@ class TerminatingGateway:
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 linked.stats["DialFailures"] += 1
                 errors.append(f"{host}:{port}: {e or 'timed out'}")
+                if only_first:
+                    break
                 inst = None
         raise GatewayDialError("; ".join(errors) or "no passing instance in the catalog", "UF" if errors else "UH")
 

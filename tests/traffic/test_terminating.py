@@ -51,8 +51,8 @@ def curl(port: int, path: str = "/", headers: dict[str, str] | None = None) -> t
         return int(code or 0), body
 
 
-def grpc_server(servers: list[Any]) -> int:
-    """A grpcio server answering demo.Echo/Say and /Admin with `outside:<request>`, on a free port."""
+def grpc_server(servers: list[Any], name: str = "outside") -> int:
+    """A grpcio server answering demo.Echo/Say and /Admin with `<name>:<request>`, on a free port."""
     from concurrent import futures
 
     import grpc
@@ -60,7 +60,7 @@ def grpc_server(servers: list[Any]) -> int:
     def answer(req: bytes, _ctx: Any) -> bytes:
         if req.startswith(b"sleep:"):  # a slow outside service (the fault under test): answer after <ms>
             time.sleep(int(req[6:]) / 1000)
-        return b"outside:" + req
+        return name.encode() + b":" + req
 
     handler = grpc.method_handlers_generic_handler("demo.Echo", {
         m: grpc.unary_unary_rpc_method_handler(answer) for m in ("Say", "Admin")})
@@ -100,8 +100,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             assert agent.put("/v1/catalog/register", {
                 "Node": f"outside-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
                 "Service": {"Service": name, "Port": port}})[0] == 200
-        # extnone: linked, no instance anywhere; extv, exth: linked and registered by the resolver tests
-        ports = {name: free_port() for name in (*outside, "extnone", "extv", "exth")}
+        # extnone: linked, no instance anywhere; extv, exth, extgv: linked and registered by the resolver tests
+        ports = {name: free_port() for name in (*outside, "extnone", "extv", "exth", "extgv")}
         assert agent.put("/v1/agent/service/register", {"Name": "web", "Port": backends.http("web"), "Connect": {
             "SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": n, "LocalBindPort": p}
                                                        for n, p in ports.items()]}}}})[0] == 200
@@ -118,7 +118,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         procs.append(gw)
         wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
         yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki,
-               "outside": outside, "web": web}
+               "outside": outside, "web": web, "servers": servers}
     finally:
         for p in procs:
             p.stop()
@@ -591,3 +591,51 @@ def test_a_hostname_address_gets_its_host(mesh: dict[str, Any], versions: Any) -
     finally:
         agent.put("/v1/catalog/deregister", {"Node": "outside-exth"})
         agent.request("DELETE", "/v1/config/service-defaults/exth")
+
+
+def test_grpc_streams_are_balanced_one_by_one_within_a_subset(mesh: dict[str, Any]) -> None:
+    """A grpc linked service: each call (an HTTP/2 stream) is placed by the resolver's LoadBalancer — maglev on
+    the x-user metadata — so one caller connection's calls spread over the instances of the subset the SNI
+    names (the caller's DefaultSubset), each user's on one instance; an instance of another subset never."""
+    import grpc
+
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["extgv"]
+    entry = agent.get("/v1/config/terminating-gateway/tgw")[1]
+    for name, version in (("g1", "blue"), ("g2", "blue"), ("g3", "green")):
+        assert agent.put("/v1/catalog/register", {
+            "Node": f"outside-extgv-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
+            "Service": {"Service": "extgv", "Port": grpc_server(mesh["servers"], name),
+                        "Meta": {"version": version}}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extgv", "Protocol": "grpc"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extgv", "DefaultSubset": "blue",
+                                    "Subsets": {"blue": {"Filter": "Service.Meta.version == blue"},
+                                                "green": {"Filter": "Service.Meta.version == green"}},
+                                    "LoadBalancer": {"Policy": "maglev", "HashPolicies": [
+                                        {"Field": "header", "FieldValue": "x-user"}]}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
+        *entry["Services"], {"Name": "extgv"}]})[0] == 200
+
+    def call(ch: grpc.Channel, user: str) -> str:
+        try:
+            return ch.unary_unary("/demo.Echo/Say")(b"hi", timeout=5, metadata=(("x-user", user),)).decode()
+        except grpc.RpcError as e:
+            return f"{e.code()}: {e.details()}"
+
+    try:
+        wait_for(lambda: gw.admin("/stats")["Services"].get("extgv", {}).get("Subsets") == {"blue": 2, "green": 1},
+                 10, message="extgv's subsets at the gateway")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            wait_for(lambda: call(ch, "probe").endswith(":hi"), 10, message="extgv through the gateway")
+            seen = {}
+            for user in (f"user-{i}" for i in range(24)):
+                answers = {call(ch, user) for _ in range(2)}
+                assert len(answers) == 1, f"{user} reached {answers}"
+                seen[user] = answers.pop()
+        assert set(seen.values()) == {"g1:hi", "g2:hi"}, f"both blue instances, never green: {seen}"
+    finally:
+        for name in ("g1", "g2", "g3"):
+            agent.put("/v1/catalog/deregister", {"Node": f"outside-extgv-{name}"})
+        for kind in ("service-resolver", "service-defaults"):
+            agent.request("DELETE", f"/v1/config/{kind}/extgv")
+        restored = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex", "Hash")}
+        assert agent.put("/v1/config", restored)[0] == 200
