@@ -509,7 +509,8 @@ def test_resolver_subsets_at_the_gateway_and_the_callers_router(mesh: dict[str, 
     """Consul's terminating gateway serves a subset of a linked service's resolver when the caller's SNI names it:
     the caller's router sends `x-version: v2` to subset v2 and the rest to the DefaultSubset v1; the caller dials
     the gateway (its instances are not filtered by the subset's filter) with the subset's SNI, and the gateway
-    chooses only the outside instances matching the subset's filter. A resolver change applies live."""
+    chooses only the outside instances matching the subset's filter. A splitter to a subset works alike; a
+    resolver change applies live at the gateway."""
     agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["extv"]
     assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v1", "Subsets": {
         "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
@@ -525,10 +526,18 @@ def test_resolver_subsets_at_the_gateway_and_the_callers_router(mesh: dict[str, 
     assert stats["Instances"] == 2 and stats["DefaultSubset"] == "v1" and stats["LoadBalancer"]["Policy"] == \
         "round_robin"
     pid = gw.proc.pid
-    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v2", "Subsets": {
-        "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
-    wait_for(lambda: backend_of(port, "/c") == "extv-v2", 10, message="the new DefaultSubset, live")
-    assert {backend_of(port, "/d") for _ in range(4)} == {"extv-v2"} and gw.proc.pid == pid
+    # the caller's splitter (behind the router's default route) sends everything else to subset v2
+    assert agent.put("/v1/config", {"Kind": "service-splitter", "Name": "extv", "Splits": [
+        {"Weight": 100, "ServiceSubset": "v2"}]})[0] == 200
+    wait_for(lambda: backend_of(port, "/c") == "extv-v2", 10, message="the split to v2")
+    assert {backend_of(port, "/d") for _ in range(4)} == {"extv-v2"}
+    agent.request("DELETE", "/v1/config/service-splitter/extv")
+    wait_for(lambda: backend_of(port, "/e") == "extv-v1", 10, message="back to the default subset")
+    # the gateway follows the resolver live: subset v1 now means version v2 (the caller still sends v1's SNI)
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v1", "Subsets": {
+        "v1": {"Filter": "Service.Meta.version == v2"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
+    wait_for(lambda: backend_of(port, "/f") == "extv-v2", 10, message="subset v1's new filter at the gateway")
+    assert {backend_of(port, "/g") for _ in range(4)} == {"extv-v2"} and gw.proc.pid == pid
 
 
 def test_an_sni_naming_a_subset_that_does_not_exist_is_refused(mesh: dict[str, Any], versions: Any) -> None:
@@ -639,3 +648,21 @@ def test_grpc_streams_are_balanced_one_by_one_within_a_subset(mesh: dict[str, An
             agent.request("DELETE", f"/v1/config/{kind}/extgv")
         restored = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex", "Hash")}
         assert agent.put("/v1/config", restored)[0] == 200
+
+
+def test_tcp_service_subset_and_source_ip_hash(mesh: dict[str, Any], versions: Any) -> None:
+    """At L4 (a tcp linked service) the subset the SNI names (here the caller's DefaultSubset) and the
+    LoadBalancer apply per connection: a SourceIP hash sends every connection of the caller to one instance."""
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["extv"]
+    agent.request("DELETE", "/v1/config/service-defaults/extv")
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v2", "Subsets": {
+        "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
+    wait_for(lambda: gw.admin("/stats")["Services"].get("extv", {}).get("Protocol") == "tcp", 10, message="L4")
+    wait_for(lambda: backend_of(port, "/a") == "extv-v2", 10, message="the default subset over L4")
+    assert {backend_of(port, "/b") for _ in range(6)} == {"extv-v2"}, "a connection each, subset v2 only"
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "LoadBalancer": {
+        "Policy": "maglev", "HashPolicies": [{"SourceIP": True}]}})[0] == 200
+    wait_for(lambda: gw.admin("/stats")["Services"]["extv"]["LoadBalancer"]["Policy"] == "maglev", 10,
+             message="maglev at the gateway")
+    wait_for(lambda: backend_of(port, "/c").startswith("extv-"), 10, message="the whole service over L4")
+    assert len({backend_of(port, "/d") for _ in range(8)}) == 1, "one caller address: one instance"
