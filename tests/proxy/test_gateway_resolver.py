@@ -99,3 +99,4 @@ def test_callers_keep_the_gateway_rows_of_a_subset() -> None:
     assert subset_rows([gateway, sidecar, other], pred) == [gateway, sidecar]
     assert subset_rows([gateway, other], None) == [gateway, other]
     assert subset_filter("") is None
+
