@@ -141,6 +141,7 @@ class LinkedService:
     cert_file: str = ""
     key_file: str = ""
     sni: str = ""
+    host_rewrite: bool = True  # an http request to a hostname address gets that Host (DisableAutoHostRewrite off)
 
     @property
     def tls(self) -> bool:
@@ -154,7 +155,8 @@ def terminating_services(entry: dict[str, Any] | None, wildcard: list[str] | tup
     settings; a service the entry names keeps its own (Consul: the wildcard's options are defaults)."""
     def linked(name: str, svc: dict[str, Any]) -> LinkedService:
         return LinkedService(name, str(svc.get("CAFile") or ""), str(svc.get("CertFile") or ""),
-                             str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""))
+                             str(svc.get("KeyFile") or ""), str(svc.get("SNI") or ""),
+                             not svc.get("DisableAutoHostRewrite"))
 
     services = (entry or {}).get("Services") or []
     out = {str(svc["Name"]): linked(str(svc["Name"]), svc) for svc in services if svc.get("Name") not in (None, "", "*")}

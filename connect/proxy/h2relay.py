@@ -789,6 +789,7 @@ class H2InboundFront(_H2Front):
     (L7 intentions, rate limits) and relayed to the local application's HTTP/2 connection."""
 
     inbound = True
+    app_key = LOCAL_APP  # the rt.h2_backs key of the shared connection its streams are relayed on
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt, None)
@@ -836,18 +837,22 @@ class H2InboundFront(_H2Front):
         # the whole exchange, a streamed response included; at a terminating gateway the linked service's
         # resolver RequestTimeout).
         s.timer = asyncio.get_running_loop().call_later(rt.config.local_request_timeout, self._timed_out, s)
-        back = rt.h2_backs.get(LOCAL_APP)
+        self.to_app(s)
+
+    def to_app(self, s: H2Stream) -> None:
+        """Relay an admitted stream to the application's shared connection (dialed when there is none)."""
+        back = self.rt.h2_backs.get(self.app_key)
         if back is not None and back.usable():
             back.open(s)
         else:
-            rt.spawn(self._dial_app(s))
+            self.rt.spawn(self._dial_app(s))
 
     # What a failed `_dial_local` raises (a subclass dialing elsewhere names its own).
     DIAL_ERRORS: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
     async def _dial_app(self, s: H2Stream) -> None:
         try:
-            back = await connection(self.rt, LOCAL_APP, self._dial_local)
+            back = await connection(self.rt, self.app_key, self._dial_local)
         except self.DIAL_ERRORS as e:
             if not s.done:
                 self.attempt_failed(s, self._dial_failure(e))
@@ -860,7 +865,7 @@ class H2InboundFront(_H2Front):
         rt, cfg = self.rt, self.rt.config
         async with asyncio.timeout(cfg.local_connect_timeout):
             _, back = await asyncio.get_running_loop().create_connection(
-                lambda: H2Back(rt, LOCAL_APP), cfg.local_address, cfg.local_port)
+                lambda: H2Back(rt, self.app_key), cfg.local_address, cfg.local_port)
         return back
 
     def _dial_failure(self, e: Exception) -> str:

@@ -964,6 +964,10 @@ class InboundFront(Front):
         if limiter is not None and not limiter.allow(ex.head.path, time.monotonic()):
             self.reply(ex, 429, "local_rate_limited", "RL")
             return
+        self.to_app(ex)
+
+    def to_app(self, ex: Exchange) -> None:
+        """Send an admitted request on to the application (its kept-alive connection, or a new one)."""
         app = self.app
         if app is not None and app.reusable():
             ex.send_on(app, [self._xfcc], self.rt.config.local_request_timeout)

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
+from proconsul.catalog.filter import Predicate
 from proconsul.connect.proxy import h2relay, http, listeners
 from proconsul.connect.proxy.addresses import mesh_gateway_address
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
@@ -36,6 +37,7 @@ from proconsul.connect.proxy.config import (
     with_protocols,
     with_upstream_config,
 )
+from proconsul.connect.proxy.gateway_resolver import subset_filter
 from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tap import Subscriber, TapError, TapFilter, parse_rate
@@ -75,6 +77,15 @@ def healthy_instances(entries: list[dict[str, Any]], destination: str, datacente
         out.append(Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
                             service=destination, datacenter=node.get("Datacenter") or datacenter, sni=sni))
     return out
+
+
+def subset_rows(entries: list[dict[str, Any]], predicate: Predicate | None) -> list[dict[str, Any]]:
+    """The rows of `/v1/health/connect/<svc>` that serve a subset whose Filter is `predicate`: the service's
+    own instances that match it, and every terminating gateway that links the service — the gateway applies
+    the subset itself (the SNI names it), so its instances are never filtered by the service's metadata."""
+    if predicate is None:
+        return entries
+    return [e for e in entries if (e.get("Service") or {}).get("Kind") == "terminating-gateway" or predicate(e)]
 
 
 def gateway_instances(entries: list[dict[str, Any]], *, local: bool, destination: str, datacenter: str,
@@ -413,8 +424,7 @@ class Proxy:
         MeshGateway, else the chain's: service-defaults, proxy-defaults) is local or remote, else directly;
         either way the TLS handshake names the target's SNI and expects its service's identity."""
         params = {"passing": "1"}
-        if target.filter:
-            params["filter"] = target.filter
+        predicate = subset_filter(target.filter)  # applied here, not by the agent: see subset_rows
         if target.datacenter and self.rt is not None and target.datacenter != self.rt.datacenter:
             params["dc"] = target.datacenter
         mode = self._target_path(up, target)
@@ -439,7 +449,8 @@ class Proxy:
         def update(entries: list[dict[str, Any]]) -> None:
             rt = self.rt
             if rt is not None:
-                apply(healthy_instances(entries, target.service, target.datacenter or rt.datacenter, target.sni))
+                apply(healthy_instances(subset_rows(entries, predicate), target.service,
+                                        target.datacenter or rt.datacenter, target.sni))
 
         await self.api.watch(f"/v1/health/connect/{quote(target.service, safe='')}", params, update, stop)
 

@@ -100,7 +100,9 @@ class Runtime:
         (instances, ejections), and open connections are left alone."""
         pools = {}
         for u in config.upstreams:
-            pool = self.pools.get(u.key) or UpstreamPool(u.destination_name, u.lb_policy, u.outlier or config.outlier)
+            pool = self.pools.get(u.key)  # not `or`: an empty pool is falsy, and its watch feeds that very object
+            if pool is None:
+                pool = UpstreamPool(u.destination_name, u.lb_policy, u.outlier or config.outlier)
             pool.policy, pool.outlier = u.lb_policy, u.outlier or config.outlier
             pools[u.key] = pool
             breaker = self.breakers.get(u.key)

@@ -13,10 +13,11 @@ connection the gateway:
    (service-defaults, else proxy-defaults) is `http`, the connection is handed to the sidecar's inbound
    HTTP front (`TerminatingFront`): each request is decided by the L7 intentions (403 when denied), gets
    its access-log line, and goes to the outside service on a kept-alive connection;
-3. connects to a passing instance of the service from the catalog (registered on a node without an
-   agent), in plain TCP, or with TLS when the entry gives a `CAFile` (one-way TLS; with `CertFile` and
-   `KeyFile` mutual TLS; `SNI` is sent and the server certificate's name checked against it), and
-   splices the bytes.
+3. connects to a healthy instance of the service from the catalog (registered on a node without an
+   agent) — of the subset of its service-resolver the SNI names (else its DefaultSubset), chosen by the
+   resolver's LoadBalancer (`gateway_resolver.py`; per request for http) — in plain TCP, or with TLS when
+   the entry gives a `CAFile` (one-way TLS; with `CertFile` and `KeyFile` mutual TLS; `SNI` is sent and
+   the server certificate's name checked against it), and splices the bytes.
 
 Leaves, roots, intentions, instances and the entry are followed with blocking queries; an intention that
 turns to deny closes the connections it no longer allows.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 import time
 from dataclasses import replace
@@ -38,12 +40,18 @@ from proconsul.connect.proxy import l7
 from proconsul.connect.proxy.accesslog import handshake_failure_reason
 from proconsul.connect.proxy.agent_api import AgentAPI, wait_registered
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
+from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
 from proconsul.connect.proxy.config import ProxyConfig
-from proconsul.connect.proxy.durations import parse_seconds
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway import LinkedService, terminating_services
 from proconsul.connect.proxy.gateway_log import DENIED, GatewayAccessLog, peer_address
-from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream
+from proconsul.connect.proxy.gateway_resolver import (
+    GatewayResolver,
+    UnknownSubset,
+    host_rewrite,
+    parse_resolver,
+)
+from proconsul.connect.proxy.h2relay import LOCAL_APP, H2Back, H2InboundFront, H2Stream, connection
 from proconsul.connect.proxy.http import Back, Exchange, Front, InboundFront
 from proconsul.connect.proxy.proxy import ProxyError, credentials
 from proconsul.connect.proxy.runtime import Runtime
@@ -52,8 +60,6 @@ from proconsul.connect.proxy.tls import MeshTLSError, peer_cert, server_context
 from proconsul.connect.proxy.tlsproto import TLSProtocol
 
 log = logging.getLogger("proconsul.gateway")
-DIAL_TIMEOUT = 5.0
-REQUEST_TIMEOUT = 15.0  # http services: Envoy's default route timeout
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -67,7 +73,8 @@ class GatewayDialError(Exception):
 
 
 class _Linked:
-    """What the gateway knows of one linked service: its leaf, its intentions, its instances."""
+    """What the gateway knows of one linked service: its leaf, its intentions, its instances (balanced per
+    subset of its service-resolver: `pools[""]` is the whole service)."""
 
     def __init__(self, spec: LinkedService) -> None:
         self.spec = spec
@@ -75,29 +82,53 @@ class _Linked:
         self.ctx: ssl.SSLContext | None = None  # the server context presenting this service's leaf
         self.policy: IntentionPolicy | None = None
         self.intentions: list[dict[str, Any]] = []
-        self.instances: list[tuple[str, int]] = []
-        self.next = 0
+        self.rows: list[dict[str, Any]] = []  # its catalog rows (/v1/health/service/<name>, every health state)
+        self.pools: dict[str, UpstreamPool] = {}  # by subset ("": the whole service)
         self.origination: ssl.SSLContext | None = None
         self.origination_h2: ssl.SSLContext | None = None  # the same, offering ALPN h2 (http2/grpc services)
-        self.h2_host = ""  # the instance the shared HTTP/2 connection goes to (http2/grpc)
         self.origination_error = ""
         self.watches: list[asyncio.Task[None]] = []
         self.open: set[Any] = set()  # TerminatingInbound (L4) and TerminatingFront (http) connections
-        self.stats = {"Connections": 0, "Refused": 0, "DialFailures": 0}
+        self.stats = {"Connections": 0, "Refused": 0, "DialFailures": 0, "UnknownSubset": 0}
         self.protocol = "tcp"  # service-defaults' Protocol, else proxy-defaults' Config.protocol
-        self.connect_timeout, self.request_timeout = DIAL_TIMEOUT, REQUEST_TIMEOUT  # from its service-resolver
+        self.resolver = GatewayResolver()  # its service-resolver: subsets, LoadBalancer, timeouts
         self.rt: Runtime | None = None  # http: the sidecar runtime its TerminatingFronts share
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.resolver.connect_timeout
 
     @property
     def cluster(self) -> str:
         return f"{self.spec.name}.default.default.{self.rt.datacenter if self.rt is not None else ''}"
+
+    def refresh_pools(self) -> None:
+        """Each subset's instances (and the whole service's) from the catalog rows and the resolver."""
+        r, name = self.resolver, self.spec.name
+        wanted = ("", *(s.name for s in r.subsets))
+        for subset in [k for k in self.pools if k not in wanted]:
+            del self.pools[subset]
+        for subset in wanted:
+            pool = self.pools.get(subset)
+            if pool is None:
+                pool = self.pools[subset] = UpstreamPool(name + (f"[{subset}]" if subset else ""), r.policy)
+            pool.policy = r.policy
+            pool.set_instances(r.instances(self.rows, name, subset))
+
+    def hash_key(self, headers: list[tuple[bytes, bytes]], target: bytes, transport: Any) -> bytes | None:
+        """The key ring_hash/maglev place a connection (no headers) or request by: the resolver's HashPolicies
+        (a source-IP policy reads the caller's address from `transport`)."""
+        lb = self.resolver.lb
+        if not lb.hash_policies or self.resolver.policy not in ("ring_hash", "maglev"):
+            return None
+        return lb.hash_key(headers, target, peer_address(transport).rsplit(":", 1)[0])
 
 
 class TerminatingInbound(Side):
     """A sidecar's mTLS connection to the gateway: decided, then spliced to the outside service."""
 
     __slots__ = ("gw", "linked", "uri", "started", "peer_address", "service", "host", "flag", "details", "received",
-                 "sent")
+                 "sent", "inst", "pool")
 
     def __init__(self, gw: TerminatingGateway) -> None:
         super().__init__()
@@ -108,6 +139,8 @@ class TerminatingInbound(Side):
         self.peer_address = self.service = self.host = self.details = ""  # for the access-log line
         self.flag = "-"
         self.received = self.sent = 0
+        self.inst: Instance | None = None  # the outside instance it reached, and the pool that chose it
+        self.pool: UpstreamPool | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -130,9 +163,11 @@ class TerminatingInbound(Side):
             self.details = DENIED
             self.abort()
             return
+        subset = str(getattr(sslobj, "proconsul_subset", ""))  # what the SNI callback chose
         if linked.rt is not None:  # http-like: the sidecar's L7 front decides, forwards and logs each request
             self.service = ""  # no connection line: the requests get theirs
-            front = TerminatingFront(gw, linked) if linked.protocol == "http" else TerminatingH2Front(gw, linked)
+            front = TerminatingFront(gw, linked, subset) if linked.protocol == "http" else \
+                TerminatingH2Front(gw, linked, subset)
             transport.hand_over(front)  # type: ignore[attr-defined]
             return
         self.linked = linked
@@ -140,7 +175,7 @@ class TerminatingInbound(Side):
         linked.open.add(self)
         linked.stats["Connections"] += 1
         transport.pause_reading()
-        gw.spawn(self._connect(linked))
+        gw.spawn(self._connect(linked, subset, transport))
 
     def _decide(self, linked: _Linked, cert: Any) -> Decision:
         if cert is not None and cert.not_after <= time.time():
@@ -149,17 +184,21 @@ class TerminatingInbound(Side):
             return Decision(False, self.uri or "unknown", "intentions are not loaded yet")
         return linked.policy.connection(self.uri)
 
-    async def _connect(self, linked: _Linked) -> None:
+    async def _connect(self, linked: _Linked, subset: str, transport: asyncio.BaseTransport) -> None:
         try:
-            out, self.host = await self.gw.dial(linked)
+            out, inst = await self.gw.dial(linked, subset, hash_key=linked.hash_key([], b"", transport))
         except GatewayDialError as e:
-            log.warning("terminating gateway: %s: %s", linked.spec.name, e)
+            log.warning("terminating gateway: %s%s: %s", linked.spec.name, f" (subset {subset})" if subset else "", e)
             self.flag = e.flag
             self.abort()
             return
         if self.closed:
             out.close()
             return
+        self.host = f"{inst.address}:{inst.port}"
+        self.inst, self.pool = inst, linked.pools.get(subset)
+        if self.pool is not None:
+            self.pool.started(inst)  # least_request counts the connections open to each instance
         out.on_bytes = self._count_out
         out.join(self)
 
@@ -172,6 +211,9 @@ class TerminatingInbound(Side):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.linked is not None:
             self.linked.open.discard(self)
+        if self.pool is not None and self.inst is not None:
+            self.pool.finished(self.inst)
+            self.pool = None
         super().connection_lost(exc)
         if self.service:
             self.gw.access.connection(self.started, received=self.received, sent=self.sent, peer=self.peer_address,
@@ -209,23 +251,44 @@ class _Tracked:
 class TerminatingFront(_Tracked, InboundFront):
     """A caller's connection to a linked `http` service: the sidecar's inbound HTTP front (L7 intentions per
     request, 403 when denied, access-log lines, tap, x-forwarded-client-cert), whose "application" is an
-    instance of the outside service, dialed as the L4 path dials it (round robin, TLS origination)."""
+    instance of the outside service (of the subset the SNI chose), picked per request by the resolver's
+    LoadBalancer (its hash policies read the request), on a kept-alive connection per instance, dialed as the
+    L4 path dials it (TLS origination); `Host` becomes the instance's address when that is a hostname."""
 
-    __slots__ = ("gw", "linked", "upstream_host", "dial_flag")
+    __slots__ = ("gw", "linked", "subset", "upstream_host", "dial_flag", "apps")
 
-    def __init__(self, gw: TerminatingGateway, linked: _Linked) -> None:
+    def __init__(self, gw: TerminatingGateway, linked: _Linked, subset: str = "") -> None:
         assert linked.rt is not None
         super().__init__(linked.rt)
-        self.gw, self.linked = gw, linked
+        self.gw, self.linked, self.subset = gw, linked, subset
         self.upstream_host = ""
         self.dial_flag = ""
+        self.apps: dict[str, Back] = {}  # kept-alive connections to the outside instances, by instance id
 
     def describe(self) -> str:
         return f"terminating gateway: {self.linked.spec.name} from {self.source or self.uri or 'unknown'}"
 
-    async def _dial_app(self, ex: Exchange) -> None:
+    def to_app(self, ex: Exchange) -> None:
+        linked = self.linked
+        pool = linked.pools.get(self.subset)
+        key = linked.hash_key(ex.head.headers, ex.head.target, self.transport)
         try:
-            app, self.upstream_host = await self.gw.dial(self.linked, lambda: Back(None))
+            if pool is None:
+                raise NoHealthyInstance(f"subset {self.subset!r} is no longer defined")
+            inst = pool.pick(time.monotonic(), self.gw.rng, None, key)
+        except NoHealthyInstance:
+            self.dial_flag = "UH"
+            ex.back_failed("no passing instance in the catalog" + (f" in subset {self.subset}" if self.subset else ""))
+            return
+        back = self.apps.get(inst.id)
+        if back is not None and back.reusable():
+            self._send(ex, back, inst, pool)
+        else:
+            self.rt.spawn(self._dial_app(ex, inst, key))
+
+    async def _dial_app(self, ex: Exchange, first: Instance, key: bytes | None) -> None:  # type: ignore[override]
+        try:
+            app, inst = await self.gw.dial(self.linked, self.subset, lambda: Back(None), first=first, hash_key=key)
         except GatewayDialError as e:
             if not self.closed:
                 self.dial_flag = e.flag
@@ -234,10 +297,44 @@ class TerminatingFront(_Tracked, InboundFront):
         if self.closed:
             app.close()
             return
-        self.app = app  # type: ignore[assignment]
-        ex.send_on(app, [self._xfcc], self.rt.config.local_request_timeout)  # type: ignore[arg-type]
+        old = self.apps.get(inst.id)
+        if old is not None and old is not app:
+            old.close()
+        self.apps[inst.id] = app
+        self._send(ex, app, inst, self.linked.pools.get(self.subset))
+
+    def _send(self, ex: Exchange, back: Back, inst: Instance, pool: UpstreamPool | None) -> None:
+        self.upstream_host = f"{inst.address}:{inst.port}"
+        host = host_rewrite(inst.address) if self.linked.spec.host_rewrite else ""
+        if host:  # Envoy's auto_host_rewrite for a hostname address (Consul's LOGICAL_DNS cluster)
+            ex.head.headers = [(k, v) for k, v in ex.head.headers if k != b"host"] + [(b"host", host.encode())]
+        ex.inst, ex.pool = inst, pool
+        if pool is not None:
+            pool.started(inst)
+        ex.send_on(back, [self._xfcc], self.rt.config.local_request_timeout)
+
+    def _done_with(self, ex: Exchange) -> None:
+        if ex.pool is not None and ex.inst is not None:
+            ex.pool.finished(ex.inst)
+            ex.pool = None
+
+    def release(self, back: Back, ex: Exchange, reusable: bool) -> None:
+        self._done_with(ex)
+        if not reusable:
+            back.close()
+
+    def timed_out(self, ex: Exchange) -> None:
+        self._done_with(ex)
+        super().timed_out(ex)
+
+    def lost(self) -> None:
+        for back in self.apps.values():
+            back.close()
+        self.apps.clear()
+        super().lost()
 
     def attempt_failed(self, ex: Exchange, why: str) -> None:
+        self._done_with(ex)
         self.link.link.failed += 1
         log.warning("terminating gateway: %s %s from %s to %s: %s", ex.head.method.decode(),
                     ex.head.target.decode("latin-1"), self.source, self.linked.spec.name, why)
@@ -256,29 +353,69 @@ class TerminatingFront(_Tracked, InboundFront):
 
 class TerminatingH2Front(_Tracked, H2InboundFront):
     """A caller's HTTP/2 connection to a linked `http2`/`grpc` service: the sidecar's inbound HTTP/2 front
-    (each stream decided by the L7 intentions, PERMISSION_DENIED / 403 when denied, a line per stream), relayed
-    to the outside service over one shared HTTP/2 connection (h2c, or TLS with ALPN h2 when originating)."""
+    (each stream decided by the L7 intentions, PERMISSION_DENIED / 403 when denied, a line per stream), each
+    stream placed on an outside instance (of the SNI's subset) by the resolver's LoadBalancer and relayed over
+    that instance's shared HTTP/2 connection (h2c, or TLS with ALPN h2 when originating); `:authority` becomes
+    the instance's address when that is a hostname."""
 
-    def __init__(self, gw: TerminatingGateway, linked: _Linked) -> None:
+    def __init__(self, gw: TerminatingGateway, linked: _Linked, subset: str = "") -> None:
         assert linked.rt is not None
         super().__init__(linked.rt)
-        self.gw, self.linked = gw, linked
+        self.gw, self.linked, self.subset = gw, linked, subset
         self.dial_flag = ""
 
     def describe(self) -> str:
         return f"terminating gateway: {self.linked.spec.name} (HTTP/2) from {self.source or self.uri or 'unknown'}"
 
-    DIAL_ERRORS = (GatewayDialError,)
+    def to_app(self, s: H2Stream, tried: set[str] | None = None, error: str = "") -> None:
+        """Place the stream on an instance (not one in `tried`: those could not be connected to, `error` the
+        last reason) and relay it on that instance's shared connection."""
+        linked = self.linked
+        pool = linked.pools.get(self.subset)
+        key = linked.hash_key([h for h in s.headers if not h[0].startswith(b":")], s.path, self.transport)
+        try:
+            if pool is None:
+                raise NoHealthyInstance(f"subset {self.subset!r} is no longer defined")
+            inst = pool.pick(time.monotonic(), self.gw.rng, tried, key)
+        except NoHealthyInstance:
+            self.dial_flag = "UF" if tried else "UH"
+            self.attempt_failed(s, error or "no passing instance in the catalog" + (
+                f" in subset {self.subset}" if self.subset else ""))
+            return
+        s.inst, s.pool = inst, pool
+        pool.started(inst)
+        host = host_rewrite(inst.address) if linked.spec.host_rewrite else ""
+        if host:  # Envoy's auto_host_rewrite for a hostname address (Consul's LOGICAL_DNS cluster)
+            s.headers = [(b":authority", host.encode()) if k == b":authority" else (k, v) for k, v in s.headers]
+        app_key = f"{LOCAL_APP}|{inst.id}"  # one shared connection per outside instance
+        back = self.rt.h2_backs.get(app_key)
+        if back is not None and back.usable():
+            back.open(s)
+        else:
+            self.rt.spawn(self._dial_instance(s, inst, app_key, tried or set()))
 
-    async def _dial_local(self) -> H2Back:
-        """The shared HTTP/2 connection to an instance of the outside service (not a local application)."""
+    async def _dial_instance(self, s: H2Stream, inst: Instance, app_key: str, tried: set[str]) -> None:
         rt, linked = self.rt, self.linked
-        back, linked.h2_host = await self.gw.dial(linked, lambda: H2Back(rt, LOCAL_APP), h2=True)
-        return back  # type: ignore[no-any-return]
 
-    def _dial_failure(self, e: Exception) -> str:
-        self.dial_flag = getattr(e, "flag", "UF")
-        return str(e)
+        async def make() -> H2Back:
+            back, _ = await self.gw.dial(linked, self.subset, lambda: H2Back(rt, app_key), h2=True, first=inst,
+                                         only_first=True)
+            return back  # type: ignore[no-any-return]
+
+        try:
+            back = await connection(rt, app_key, make)
+        except GatewayDialError as e:
+            if not self.closed and not s.done:
+                self.released(s)
+                self.to_app(s, tried | {inst.id}, str(e))  # the policy's next instance
+            return
+        if not self.closed and not s.done:
+            back.open(s)
+
+    def released(self, s: H2Stream) -> None:
+        if s.inst is not None and s.pool is not None:
+            s.pool.finished(s.inst)
+            s.pool = None  # counted once
 
     def attempt_failed(self, s: H2Stream, why: str) -> None:
         assert self.link is not None
@@ -291,7 +428,7 @@ class TerminatingH2Front(_Tracked, H2InboundFront):
     def log_record(self, s: H2Stream, now: float) -> dict[str, Any]:
         rec = super(H2InboundFront, self).log_record(s, now)
         l7.inbound_fields(rec, self.rt, self.uri, s.denied, s.why, cluster=self.linked.cluster,
-                          host=self.linked.h2_host)
+                          host=f"{s.inst.address}:{s.inst.port}" if s.inst is not None else "")
         return rec
 
 
@@ -315,6 +452,7 @@ class TerminatingGateway:
         self._admin: web.AppRunner | None = None
         self._listening = self._listening_context("")
         self.access = GatewayAccessLog()  # proxy-defaults' AccessLogs: a line per connection
+        self.rng = random.Random()  # the balancers' randomness (random, least_request ties, maglev/ring misses)
         self._entry: dict[str, Any] | None = None  # the terminating-gateway config entry
         self._wildcard: list[str] = []  # what its wildcard `*` links now (the catalog's gateway-services)
         self._protocols: dict[str, str] = {}  # service-defaults' Protocol by service
@@ -443,14 +581,24 @@ class TerminatingGateway:
                 self._set_policy(linked)
                 for side in list(linked.open):  # served in the old mode (a caller's pooled connection): closed,
                     side.close()                # as Envoy drains a filter chain that changed
-            timeouts = resolver_timeouts(self._resolvers.get(linked.spec.name))
-            if timeouts != (linked.connect_timeout, linked.request_timeout):
-                linked.connect_timeout, linked.request_timeout = timeouts
-                if linked.rt is not None:  # open connections too: each request reads the runtime's config
-                    linked.rt.config = replace(linked.rt.config, local_connect_timeout=timeouts[0],
-                                               local_request_timeout=timeouts[1])
+            resolver = parse_resolver(self._resolvers.get(linked.spec.name))
+            if resolver != linked.resolver:
+                self._set_resolver(linked, resolver)
             if linked.rt is not None:
                 linked.rt.access_log = self.access.log
+
+    def _set_resolver(self, linked: _Linked, resolver: GatewayResolver) -> None:
+        """A linked service's service-resolver changed: its subsets' instances, balancing and timeouts apply to
+        new connections and to the next request of open ones."""
+        old, linked.resolver = linked.resolver, resolver
+        if linked.rt is not None and (old.connect_timeout, old.request_timeout) != \
+                (resolver.connect_timeout, resolver.request_timeout):  # each request reads the runtime's config
+            linked.rt.config = replace(linked.rt.config, local_connect_timeout=resolver.connect_timeout,
+                                       local_request_timeout=resolver.request_timeout)
+        linked.refresh_pools()
+        log.info("terminating gateway: %s: service-resolver applied: %s, %s", linked.spec.name,
+                 f"subsets {', '.join(s.name for s in resolver.subsets)}" if resolver.subsets else "no subsets",
+                 f"LoadBalancer {resolver.policy}")
 
     def _set_runtime(self, linked: _Linked) -> None:
         """An http, http2 or grpc service's L7 runtime (the sidecar's: intentions per request, access-log
@@ -461,8 +609,8 @@ class TerminatingGateway:
         name = linked.spec.name
         cfg = ProxyConfig(proxy_id=self.service_id, proxy_name=self.service, service=name, service_id=name,
                           bind_address=self.bind, bind_port=self.port, local_address="", local_port=0,
-                          protocol=linked.protocol, local_connect_timeout=linked.connect_timeout,
-                          local_request_timeout=linked.request_timeout)
+                          protocol=linked.protocol, local_connect_timeout=linked.resolver.connect_timeout,
+                          local_request_timeout=linked.resolver.request_timeout)
         rt = Runtime(cfg, datacenter=self.datacenter)
         rt.trust_domain = self.trust_domain
         rt.access_log = self.access.log
@@ -492,7 +640,7 @@ class TerminatingGateway:
     def _link(self, spec: LinkedService) -> None:
         linked = self.linked[spec.name] = _Linked(spec)
         linked.protocol = self._protocol(spec.name)
-        linked.connect_timeout, linked.request_timeout = resolver_timeouts(self._resolvers.get(spec.name))
+        linked.resolver = parse_resolver(self._resolvers.get(spec.name))
         self._set_runtime(linked)
         if spec.tls:
             try:
@@ -515,14 +663,16 @@ class TerminatingGateway:
             self._set_policy(linked)
 
         def on_instances(entries: list[dict[str, Any]]) -> None:
-            linked.instances = [a for a in (_address(e) for e in entries or []) if a is not None]
-            log.info("terminating gateway: %s has %d passing instance(s)", name, len(linked.instances))
+            linked.rows = entries or []
+            linked.refresh_pools()
+            log.info("terminating gateway: %s has %d healthy instance(s)%s", name, len(linked.pools[""]),
+                     "".join(f"; subset {k}: {len(p)}" for k, p in linked.pools.items() if k))
 
         linked.watches = [
             self.spawn(self.api.watch(f"/v1/agent/connect/ca/leaf/{name}", {}, on_leaf, stop)),
             self.spawn(self.api.watch("/v1/connect/intentions/match", {"by": "destination", "name": name},
                                       on_intentions, stop)),
-            self.spawn(self.api.watch(f"/v1/health/service/{name}", {"passing": "1"}, on_instances, stop)),
+            self.spawn(self.api.watch(f"/v1/health/service/{quote(name, safe='')}", {}, on_instances, stop)),
         ]
         log.info("terminating gateway: linked %s (%s)", name,
                  "TLS origination" + (" with a client certificate" if spec.cert_file else "") if spec.tls
@@ -556,12 +706,19 @@ class TerminatingGateway:
 
     # ------------------------------------------------------------------ connections
     def _pick(self, ssl_obj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
-        """The SNI names the linked service: present its leaf (or end the handshake)."""
+        """The SNI names the linked service (and maybe a subset of its resolver): present its leaf (or end the
+        handshake: a name not linked, or a subset the resolver does not define — Envoy has no cluster for it)."""
         target = parse_sni_name(server_name or "", self.trust_domain)
         linked = self.linked.get(target.service) if target is not None and target.datacenter == self.datacenter \
             else None
-        if linked is None or linked.ctx is None:
+        if target is None or linked is None or linked.ctx is None:
             self.refused(None, "unknown", f"no linked service for server name {server_name!r}")
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        try:
+            ssl_obj.proconsul_subset = linked.resolver.subset_for(target.subset)
+        except UnknownSubset as e:
+            linked.stats["UnknownSubset"] += 1
+            self.refused(linked, "unknown", f"server name {server_name!r}: {e}")
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         self.stats["Handshakes"] += 1
         ssl_obj.context = linked.ctx
@@ -588,20 +745,32 @@ class TerminatingGateway:
         log.warning("terminating gateway: refused connection from %s to %s: %s", source,
                     linked.spec.name if linked is not None else "?", reason)
 
-    async def dial(self, linked: _Linked, factory: Any = Side, h2: bool = False) -> tuple[Any, str]:
-        """A connection to a passing instance of the outside service (TLS when the entry says so, offering ALPN
-        h2 with `h2`), with the protocol `factory` makes (a Side to splice, an HTTP Back, an HTTP/2 back), and
-        the instance's `host:port`."""
+    async def dial(self, linked: _Linked, subset: str = "", factory: Any = Side, h2: bool = False, *,
+                   hash_key: bytes | None = None, first: Instance | None = None,
+                   only_first: bool = False) -> tuple[Any, Instance]:
+        """A connection to a healthy instance of the outside service in `subset` ("": any), chosen by its
+        resolver's LoadBalancer (`first` when the caller already chose; the next choice on a connect or TLS
+        failure unless `only_first`), TLS when the entry says so (offering ALPN h2 with `h2`), with the
+        protocol `factory` makes (a Side to splice, an HTTP Back, an HTTP/2 back), and the instance."""
         spec = linked.spec
         if spec.tls and linked.origination is None:
             raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
-        if not linked.instances:
-            raise GatewayDialError("no passing instance in the catalog", "UH")
+        pool = linked.pools.get(subset)
+        if pool is None or not len(pool):
+            raise GatewayDialError("no passing instance in the catalog" + (f" in subset {subset}" if subset else ""),
+                                   "UH")
         loop = asyncio.get_running_loop()
-        n = len(linked.instances)
-        start, linked.next = linked.next % n, linked.next + 1
-        errors = []
-        for host, port in linked.instances[start:] + linked.instances[:start]:
+        errors: list[str] = []
+        tried: set[str] = set()
+        inst = first
+        while True:
+            if inst is None:
+                try:
+                    inst = pool.pick(time.monotonic(), self.rng, tried, hash_key)
+                except NoHealthyInstance:
+                    break
+            tried.add(inst.id)
+            host, port = inst.address, inst.port
             try:
                 async with asyncio.timeout(linked.connect_timeout):
                     if linked.origination is not None:
@@ -611,18 +780,22 @@ class TerminatingGateway:
                                                                ssl_handshake_timeout=linked.connect_timeout)
                     else:
                         _, side = await loop.create_connection(factory, host, port)
-                return side, f"{host}:{port}"
+                return side, inst
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 linked.stats["DialFailures"] += 1
                 errors.append(f"{host}:{port}: {e or 'timed out'}")
-        raise GatewayDialError("; ".join(errors))
+                if only_first:
+                    break
+                inst = None
+        raise GatewayDialError("; ".join(errors) or "no passing instance in the catalog", "UF" if errors else "UH")
 
     # ------------------------------------------------------------------ admin
     def snapshot(self) -> dict[str, Any]:
         return {**self.stats, "HandshakeFailureReasons": dict(self.handshake_reasons), "Service": self.service,
                 "Services": {
-            name: {**ln.stats, "Open": len(ln.open), "Instances": len(ln.instances), "TLS": ln.spec.tls,
-                   "Protocol": ln.protocol, "ConnectTimeout": ln.connect_timeout, "RequestTimeout": ln.request_timeout,
+            name: {**ln.stats, "Open": len(ln.open), "Instances": len(ln.pools.get("", ())), "TLS": ln.spec.tls,
+                   "Protocol": ln.protocol, **ln.resolver.snapshot(),
+                   **({"Subsets": {k: len(p) for k, p in ln.pools.items() if k}} if len(ln.pools) > 1 else {}),
                    **({"HTTP": ln.rt.metrics.snapshot()["Inbound"]} if ln.rt is not None else {}),
                    "Ready": ln.ctx is not None and ln.policy is not None,
                    **({"Error": ln.origination_error} if ln.origination_error else {})}
@@ -647,22 +820,6 @@ class TerminatingGateway:
         log.info("terminating gateway admin (stats) on http://%s:%d", self.admin_address, self.admin_port)
 
 
-def resolver_timeouts(entry: dict[str, Any] | None) -> tuple[float, float]:
-    """(connect, request) timeouts in seconds a linked service's `service-resolver` sets at the gateway
-    (Consul: ConnectTimeout on the service's cluster, RequestTimeout on its route); DIAL_TIMEOUT and
-    REQUEST_TIMEOUT when unset or unreadable (the agent validated the entry)."""
-    def seconds(value: Any, default: float) -> float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            return value / 1e9  # nanoseconds, Go's time.Duration
-        try:
-            return parse_seconds(value) if isinstance(value, str) and value else default
-        except ValueError:
-            return default
-
-    entry = entry or {}
-    return seconds(entry.get("ConnectTimeout"), DIAL_TIMEOUT), seconds(entry.get("RequestTimeout"), REQUEST_TIMEOUT)
-
-
 def origination_context(spec: LinkedService) -> ssl.SSLContext:
     """The client TLS context towards the outside service: its CA, a client certificate when given, and a
     name check against `SNI` when given (Envoy's behaviour: without SNI only the chain is verified)."""
@@ -671,9 +828,3 @@ def origination_context(spec: LinkedService) -> ssl.SSLContext:
     if spec.cert_file:
         ctx.load_cert_chain(spec.cert_file, spec.key_file)
     return ctx
-
-
-def _address(entry: dict[str, Any]) -> tuple[str, int] | None:
-    node, svc = entry.get("Node") or {}, entry.get("Service") or {}
-    address = svc.get("Address") or node.get("Address") or ""
-    return (address, int(svc["Port"])) if address and svc.get("Port") else None

@@ -233,3 +233,22 @@ def test_registration_changes_are_planned_without_a_restart_unless_the_service_c
     other = registration(Upstreams=base["Proxy"]["Upstreams"])
     other["Proxy"] = dict(other["Proxy"], DestinationServiceName="api")
     assert changes(old, from_registration(other)).restart
+
+
+def test_reconfigure_keeps_an_empty_upstream_pool() -> None:
+    """A new registration keeps each upstream's pool object — an empty one too (its instance watch feeds that
+    object: replacing it while empty left the upstream with no instance for good)."""
+    from proconsul.connect.proxy.config import from_registration
+    from proconsul.connect.proxy.runtime import Runtime
+
+    def reg(protocol: str) -> dict:
+        return {"ID": "web-sidecar-proxy", "Service": "web-sidecar-proxy", "Kind": "connect-proxy", "Port": 21000,
+                "Proxy": {"DestinationServiceName": "web", "LocalServicePort": 8080, "Upstreams": [
+                    {"DestinationName": "billing", "LocalBindPort": 9191, "Config": {"protocol": protocol}}]}}
+
+    rt = Runtime(from_registration(reg("http")), datacenter="dc1")
+    (key,) = rt.pools
+    empty = rt.pools[key]
+    assert len(empty) == 0
+    rt.reconfigure(from_registration(reg("tcp")))
+    assert rt.pools[key] is empty

@@ -40,8 +40,9 @@ def make_pki(d: Path) -> dict[str, str]:
         "server-key": str(d / "server.key"), "client-key": str(d / "client.key")}
 
 
-def curl(port: int, path: str = "/") -> tuple[int, Any]:
-    out = subprocess.run(["curl", "-s", "-m", "5", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"],
+def curl(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    extra = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run(["curl", "-s", "-m", "5", *extra, "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, timeout=10).stdout
     body, _, code = out.rpartition("\n")
     try:
@@ -50,8 +51,8 @@ def curl(port: int, path: str = "/") -> tuple[int, Any]:
         return int(code or 0), body
 
 
-def grpc_server(servers: list[Any]) -> int:
-    """A grpcio server answering demo.Echo/Say and /Admin with `outside:<request>`, on a free port."""
+def grpc_server(servers: list[Any], name: str = "outside") -> int:
+    """A grpcio server answering demo.Echo/Say and /Admin with `<name>:<request>`, on a free port."""
     from concurrent import futures
 
     import grpc
@@ -59,7 +60,7 @@ def grpc_server(servers: list[Any]) -> int:
     def answer(req: bytes, _ctx: Any) -> bytes:
         if req.startswith(b"sleep:"):  # a slow outside service (the fault under test): answer after <ms>
             time.sleep(int(req[6:]) / 1000)
-        return b"outside:" + req
+        return name.encode() + b":" + req
 
     handler = grpc.method_handlers_generic_handler("demo.Echo", {
         m: grpc.unary_unary_rpc_method_handler(answer) for m in ("Say", "Admin")})
@@ -99,7 +100,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
             assert agent.put("/v1/catalog/register", {
                 "Node": f"outside-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
                 "Service": {"Service": name, "Port": port}})[0] == 200
-        ports = {name: free_port() for name in (*outside, "extnone")}  # extnone: linked, no instance anywhere
+        # extnone: linked, no instance anywhere; extv, exth, extgv: linked and registered by the resolver tests
+        ports = {name: free_port() for name in (*outside, "extnone", "extv", "exth", "extgv")}
         assert agent.put("/v1/agent/service/register", {"Name": "web", "Port": backends.http("web"), "Connect": {
             "SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": n, "LocalBindPort": p}
                                                        for n, p in ports.items()]}}}})[0] == 200
@@ -116,7 +118,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
         procs.append(gw)
         wait_for(lambda: curl(ports["ext"])[0] == 200, 15, message="HTTP through the terminating gateway")
         yield {"agent": agent, "gw": gw, "ports": ports, "backends": backends, "sni": sni_seen, "pki": pki,
-               "outside": outside, "web": web}
+               "outside": outside, "web": web, "servers": servers}
     finally:
         for p in procs:
             p.stop()
@@ -459,9 +461,208 @@ def test_resolver_request_timeout_applies_at_the_gateway(mesh: dict[str, Any]) -
 
 
 def test_resolver_timeouts_read_as_consul_writes_them() -> None:
-    from proconsul.connect.proxy.terminating import DIAL_TIMEOUT, REQUEST_TIMEOUT, resolver_timeouts
+    from proconsul.connect.proxy.gateway_resolver import DIAL_TIMEOUT, REQUEST_TIMEOUT, resolver_timeouts
 
     assert resolver_timeouts(None) == (DIAL_TIMEOUT, REQUEST_TIMEOUT)
     assert resolver_timeouts({"ConnectTimeout": "2s", "RequestTimeout": "1m30s"}) == (2.0, 90.0)
     assert resolver_timeouts({"ConnectTimeout": 250_000_000}) == (0.25, REQUEST_TIMEOUT), "Go nanoseconds"
     assert resolver_timeouts({"RequestTimeout": "0s"}) == (DIAL_TIMEOUT, REQUEST_TIMEOUT), "unset"
+
+
+@pytest.fixture
+def versions(mesh: dict[str, Any]) -> Any:
+    """extv outside the mesh: two instances (Service.Meta.version v1 and v2, on two nodes without an agent), an
+    http service linked to the gateway; the entry, the nodes and extv's config entries are put back after."""
+    agent, backends = mesh["agent"], mesh["backends"]
+    entry = agent.get("/v1/config/terminating-gateway/tgw")[1]
+    ports = {}
+    for version in ("v1", "v2"):
+        ports[version] = backends.http(f"extv-{version}")
+        assert agent.put("/v1/catalog/register", {
+            "Node": f"outside-extv-{version}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
+            "Service": {"Service": "extv", "Port": ports[version], "Meta": {"version": version}}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extv", "Protocol": "http"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
+        *entry["Services"], {"Name": "extv"}]})[0] == 200
+    try:
+        yield ports
+    finally:
+        for kind in ("service-router", "service-splitter", "service-resolver", "service-defaults"):
+            agent.request("DELETE", f"/v1/config/{kind}/extv")
+        for version in ("v1", "v2"):
+            agent.put("/v1/catalog/deregister", {"Node": f"outside-extv-{version}"})
+        restored = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex", "Hash")}
+        assert agent.put("/v1/config", restored)[0] == 200
+
+
+def backend_of(port: int, path: str = "/", headers: dict[str, str] | None = None) -> str:
+    status, body = curl(port, path, headers)
+    return body["backend"] if status == 200 and isinstance(body, dict) else f"status {status}: {body}"
+
+
+def host_seen(port: int) -> str:
+    status, body = curl(port, "/host")
+    return body["headers"].get("host", "") if status == 200 and isinstance(body, dict) else f"status {status}"
+
+
+def test_resolver_subsets_at_the_gateway_and_the_callers_router(mesh: dict[str, Any], versions: Any) -> None:
+    """Consul's terminating gateway serves a subset of a linked service's resolver when the caller's SNI names it:
+    the caller's router sends `x-version: v2` to subset v2 and the rest to the DefaultSubset v1; the caller dials
+    the gateway (its instances are not filtered by the subset's filter) with the subset's SNI, and the gateway
+    chooses only the outside instances matching the subset's filter. A splitter to a subset works alike; a
+    resolver change applies live at the gateway."""
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["extv"]
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v1", "Subsets": {
+        "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-router", "Name": "extv", "Routes": [
+        {"Match": {"HTTP": {"Header": [{"Name": "x-version", "Exact": "v2"}]}},
+         "Destination": {"ServiceSubset": "v2"}}]})[0] == 200
+    wait_for(lambda: gw.admin("/stats")["Services"].get("extv", {}).get("Subsets") == {"v1": 1, "v2": 1}, 10,
+             message="extv's subsets at the gateway")
+    wait_for(lambda: backend_of(port, "/", {"x-version": "v2"}) == "extv-v2", 10, message="the v2 route")
+    assert {backend_of(port, "/a") for _ in range(6)} == {"extv-v1"}, "the default subset only"
+    assert {backend_of(port, "/b", {"x-version": "v2"}) for _ in range(6)} == {"extv-v2"}, "subset v2 only"
+    stats = gw.admin("/stats")["Services"]["extv"]
+    assert stats["Instances"] == 2 and stats["DefaultSubset"] == "v1" and stats["LoadBalancer"]["Policy"] == \
+        "round_robin"
+    pid = gw.proc.pid
+    # the caller's splitter (behind the router's default route) sends everything else to subset v2
+    assert agent.put("/v1/config", {"Kind": "service-splitter", "Name": "extv", "Splits": [
+        {"Weight": 100, "ServiceSubset": "v2"}]})[0] == 200
+    wait_for(lambda: backend_of(port, "/c") == "extv-v2", 10, message="the split to v2")
+    assert {backend_of(port, "/d") for _ in range(4)} == {"extv-v2"}
+    agent.request("DELETE", "/v1/config/service-splitter/extv")
+    wait_for(lambda: backend_of(port, "/e") == "extv-v1", 10, message="back to the default subset")
+    # the gateway follows the resolver live: subset v1 now means version v2 (the caller still sends v1's SNI)
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v1", "Subsets": {
+        "v1": {"Filter": "Service.Meta.version == v2"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
+    wait_for(lambda: backend_of(port, "/f") == "extv-v2", 10, message="subset v1's new filter at the gateway")
+    assert {backend_of(port, "/g") for _ in range(4)} == {"extv-v2"} and gw.proc.pid == pid
+
+
+def test_an_sni_naming_a_subset_that_does_not_exist_is_refused(mesh: dict[str, Any], versions: Any) -> None:
+    agent, gw = mesh["agent"], mesh["gw"]
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "Subsets": {
+        "v1": {"Filter": "Service.Meta.version == v1"}}})[0] == 200
+    wait_for(lambda: gw.admin("/stats")["Services"].get("extv", {}).get("Subsets") == {"v1": 1}, 10,
+             message="extv's subset at the gateway")
+    gw_port = int(gw.args[gw.args.index("-address") + 1].rsplit(":", 1)[1])
+    td = agent.get("/v1/connect/ca/roots")[1]["TrustDomain"]
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gw_port}", "-servername",
+                          f"v9.extv.default.dc1.internal.{td}"], input="", capture_output=True, text=True, timeout=10)
+    assert "unrecognized name" in out.stdout + out.stderr, out.stdout + out.stderr
+    wait_for(lambda: gw.admin("/stats")["Services"]["extv"]["UnknownSubset"] >= 1, 5, message="counted")
+    assert "refused connection from unknown to extv: server name" in gw.log()
+    assert "its service-resolver has no subset named 'v9'" in gw.log()
+
+
+def test_load_balancer_hash_policy_at_the_gateway(mesh: dict[str, Any], versions: Any) -> None:
+    """The resolver's LoadBalancer applies when the gateway picks an outside instance for each request: maglev
+    on the x-user header sends every request of one user to the same instance, and the users over both."""
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["extv"]
+    for policy in ("maglev", "ring_hash"):
+        assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "LoadBalancer": {
+            "Policy": policy, "HashPolicies": [{"Field": "header", "FieldValue": "x-user"}]}})[0] == 200
+        wait_for(lambda p=policy: gw.admin("/stats")["Services"].get("extv", {}).get("LoadBalancer", {})
+                 .get("Policy") == p, 10, message=f"{policy} at the gateway")
+        wait_for(lambda: backend_of(port).startswith("extv-"), 10, message="extv through the gateway")
+        seen = {}
+        for user in (f"user-{i}" for i in range(24)):
+            answers = {backend_of(port, "/", {"x-user": user}) for _ in range(2)}
+            assert len(answers) == 1, f"{policy}: {user} reached {answers}"
+            seen[user] = answers.pop()
+        assert set(seen.values()) == {"extv-v1", "extv-v2"}, f"{policy}: every user on one instance: {seen}"
+        assert gw.admin("/stats")["Services"]["extv"]["LoadBalancer"]["HashPolicies"][0]["FieldValue"] == "x-user"
+
+
+def test_a_hostname_address_gets_its_host(mesh: dict[str, Any], versions: Any) -> None:
+    """An http linked service whose outside instance is registered by hostname: the gateway sets Host to that
+    hostname (Envoy's auto_host_rewrite on Consul's LOGICAL_DNS cluster); an IP address keeps the caller's, and
+    so does a hostname once the entry says DisableAutoHostRewrite."""
+    agent, backends, ports = mesh["agent"], mesh["backends"], mesh["ports"]
+    entry = agent.get("/v1/config/terminating-gateway/tgw")[1]
+    assert agent.put("/v1/catalog/register", {
+        "Node": "outside-exth", "Address": "localhost", "NodeMeta": {"external-node": "true"},
+        "Service": {"Service": "exth", "Port": backends.http("exth")}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "exth", "Protocol": "http"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
+        *entry["Services"], {"Name": "exth"}]})[0] == 200
+    try:
+        wait_for(lambda: curl(ports["exth"])[0] == 200, 10, message="exth through the gateway")
+        status, body = curl(ports["exth"], "/named")
+        assert status == 200 and body["backend"] == "exth" and body["headers"]["host"] == "localhost"
+        status, body = curl(ports["extv"], "/by-ip")
+        assert status == 200 and body["headers"]["host"] == f"127.0.0.1:{ports['extv']}", "an IP: the caller's Host"
+        assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
+            *entry["Services"], {"Name": "exth", "DisableAutoHostRewrite": True}]})[0] == 200  # Consul 1.19's switch
+        wait_for(lambda: host_seen(ports["exth"]) == f"127.0.0.1:{ports['exth']}", 10,
+                 message="the caller's Host kept with DisableAutoHostRewrite")
+    finally:
+        agent.put("/v1/catalog/deregister", {"Node": "outside-exth"})
+        agent.request("DELETE", "/v1/config/service-defaults/exth")
+
+
+def test_grpc_streams_are_balanced_one_by_one_within_a_subset(mesh: dict[str, Any]) -> None:
+    """A grpc linked service: each call (an HTTP/2 stream) is placed by the resolver's LoadBalancer — maglev on
+    the x-user metadata — so one caller connection's calls spread over the instances of the subset the SNI
+    names (the caller's DefaultSubset), each user's on one instance; an instance of another subset never."""
+    import grpc
+
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["extgv"]
+    entry = agent.get("/v1/config/terminating-gateway/tgw")[1]
+    for name, version in (("g1", "blue"), ("g2", "blue"), ("g3", "green")):
+        assert agent.put("/v1/catalog/register", {
+            "Node": f"outside-extgv-{name}", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
+            "Service": {"Service": "extgv", "Port": grpc_server(mesh["servers"], name),
+                        "Meta": {"version": version}}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "extgv", "Protocol": "grpc"})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extgv", "DefaultSubset": "blue",
+                                    "Subsets": {"blue": {"Filter": "Service.Meta.version == blue"},
+                                                "green": {"Filter": "Service.Meta.version == green"}},
+                                    "LoadBalancer": {"Policy": "maglev", "HashPolicies": [
+                                        {"Field": "header", "FieldValue": "x-user"}]}})[0] == 200
+    assert agent.put("/v1/config", {"Kind": "terminating-gateway", "Name": "tgw", "Services": [
+        *entry["Services"], {"Name": "extgv"}]})[0] == 200
+
+    def call(ch: grpc.Channel, user: str) -> str:
+        try:
+            return ch.unary_unary("/demo.Echo/Say")(b"hi", timeout=5, metadata=(("x-user", user),)).decode()
+        except grpc.RpcError as e:
+            return f"{e.code()}: {e.details()}"
+
+    try:
+        wait_for(lambda: gw.admin("/stats")["Services"].get("extgv", {}).get("Subsets") == {"blue": 2, "green": 1},
+                 10, message="extgv's subsets at the gateway")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            wait_for(lambda: call(ch, "probe").endswith(":hi"), 10, message="extgv through the gateway")
+            seen = {}
+            for user in (f"user-{i}" for i in range(24)):
+                answers = {call(ch, user) for _ in range(2)}
+                assert len(answers) == 1, f"{user} reached {answers}"
+                seen[user] = answers.pop()
+        assert set(seen.values()) == {"g1:hi", "g2:hi"}, f"both blue instances, never green: {seen}"
+    finally:
+        for name in ("g1", "g2", "g3"):
+            agent.put("/v1/catalog/deregister", {"Node": f"outside-extgv-{name}"})
+        for kind in ("service-resolver", "service-defaults"):
+            agent.request("DELETE", f"/v1/config/{kind}/extgv")
+        restored = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex", "Hash")}
+        assert agent.put("/v1/config", restored)[0] == 200
+
+
+def test_tcp_service_subset_and_source_ip_hash(mesh: dict[str, Any], versions: Any) -> None:
+    """At L4 (a tcp linked service) the subset the SNI names (here the caller's DefaultSubset) and the
+    LoadBalancer apply per connection: a SourceIP hash sends every connection of the caller to one instance."""
+    agent, gw, port = mesh["agent"], mesh["gw"], mesh["ports"]["extv"]
+    agent.request("DELETE", "/v1/config/service-defaults/extv")
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v2", "Subsets": {
+        "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
+    wait_for(lambda: gw.admin("/stats")["Services"].get("extv", {}).get("Protocol") == "tcp", 10, message="L4")
+    wait_for(lambda: backend_of(port, "/a") == "extv-v2", 10, message="the default subset over L4")
+    assert {backend_of(port, "/b") for _ in range(6)} == {"extv-v2"}, "a connection each, subset v2 only"
+    assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "LoadBalancer": {
+        "Policy": "maglev", "HashPolicies": [{"SourceIP": True}]}})[0] == 200
+    wait_for(lambda: gw.admin("/stats")["Services"]["extv"]["LoadBalancer"]["Policy"] == "maglev", 10,
+             message="maglev at the gateway")
+    wait_for(lambda: backend_of(port, "/c").startswith("extv-"), 10, message="the whole service over L4")
+    assert len({backend_of(port, "/d") for _ in range(8)}) == 1, "one caller address: one instance"
