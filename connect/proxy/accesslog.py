@@ -273,10 +273,15 @@ class AccessLog:
         last_sec = last_ms = -1
         stamp = ""
         self._lines += len(pending)
+        # A connection's fixed part, once per batch: the batch holds the objects, so their ids are theirs
+        fixed_parts: dict[tuple[int, int, int, int], tuple[str, str]] = {}
         for end, took, head, status, flag, bytes_in, bytes_out, source, decision, inst, scope in pending:
             start = end - took
             method, path, version, headers = head.method, head.target, head.version, head.headers
-            fixed = source.fixed_of(decision, inst, scope).log
+            key = (id(source), id(decision), id(inst), id(scope))
+            fixed = fixed_parts.get(key)
+            if fixed is None:
+                fixed = fixed_parts[key] = source.fixed_of(decision, inst, scope).log
             sec = int(start)
             ms = int((start - sec) * 1000)
             if ms != last_ms or sec != last_sec:  # a batch holds many requests a millisecond

@@ -310,12 +310,16 @@ class Tracer:
         out: list[bytes] = []
         add = out.append
         request_block = self.request_block
+        fixed_parts: dict[tuple[int, int, int, int], Any] = {}  # once per batch (it holds the objects of the ids)
         for span in spans:
             if len(span) == 4:
                 ctx, end_ns, status, block = span
             else:
                 ctx, end_ns, status, flag, method, target, source, decision, inst, scope = span
-                fixed = source.fixed_of(decision, inst, scope)
+                key = (id(source), id(decision), id(inst), id(scope))
+                fixed = fixed_parts.get(key)
+                if fixed is None:
+                    fixed = fixed_parts[key] = source.fixed_of(decision, inst, scope)
                 block = request_block(method, target, status, flag, fixed.service, fixed.span)
             error = status >= 500 or status == 0
             got = parts.get(block)  # a block is (nearly always) one kind and one status: checked, not keyed
