@@ -391,15 +391,18 @@ class Proxy:
             except (ChainFormatError, KeyError, TypeError) as e:
                 log.error("upstream %s: keeping the previous routes: %s", up.destination_name, e)
                 return
-            warming = []
-            for t in rt.set_chain(up.key, table, activate=False):
+            tg = self._tg
+
+            def watch(t: Target) -> asyncio.Event:
                 key = f"{up.key}|target|{t.id}"
                 old = self._upstream_watches.pop(key, None)
                 if old is not None:
                     old.cancel()
                 known = self._target_known[(up.key, t.id)] = asyncio.Event()
-                warming.append(known.wait())
-                self._upstream_watches[key] = self._tg.create_task(self._watch_target(up, t, stop))
+                self._upstream_watches[key] = tg.create_task(self._watch_target(up, t, stop))
+                return known
+
+            warming = [watch(t).wait() for t in rt.set_chain(up.key, table, activate=False)]
             if warming:  # new targets: switch once their instances are known (or after WARMING_MAX), never to
                 try:     # a target the proxy has not heard about yet (that would answer 503 for nothing)
                     await asyncio.wait_for(asyncio.gather(*warming), WARMING_MAX)
@@ -408,7 +411,8 @@ class Proxy:
                                 up.destination_name)
             if self.rt is not rt:
                 return
-            rt.set_chain(up.key, table)
+            for t in rt.set_chain(up.key, table):  # a pool gone while warming (the upstream was reconfigured)
+                watch(t)                            # gets a watch of its own again, never an unfed pool
             live = {f"{up.key}|target|{tid}" for (k, tid) in rt.target_pools if k == up.key}
             for key in [k for k in self._upstream_watches if k.startswith(f"{up.key}|target|") and k not in live]:
                 self._upstream_watches.pop(key).cancel()

@@ -124,7 +124,9 @@ class Runtime:
         for key in [k for k in self.chains if k not in self.upstreams]:
             self.set_chain(key, None)
         for key, table in self.chains.items():
-            self.set_chain(key, table)  # the upstream's lb_policy may have changed under the chain's
+            # The upstream's lb_policy may have changed under the chain's. Only policies: pruning here would
+            # drop the pools of a chain that is warming (not active yet), and their watches feed those objects.
+            self._chain_policies(self.upstreams[key], table)
 
     def set_access_log(self, settings: dict[str, Any] | None) -> None:
         """proxy-defaults' AccessLogs, applied at once (the old destination is flushed and closed)."""
@@ -185,31 +187,39 @@ class Runtime:
             for k in [k for k in self.target_pools if k[0] == key]:
                 del self.target_pools[k]
             return []
+        wanted = self._chain_policies(up, table)
+        new = []
+        for tid, (t, policy) in wanted.items():
+            if (key, tid) not in self.target_pools:
+                self.target_pools[(key, tid)] = UpstreamPool(t.service + (f"[{tid}]" if t.filter else ""), policy,
+                                                             up.outlier or self.config.outlier)
+                new.append(t)
+        if not activate:
+            return new
+        for k in [k for k in self.target_pools if k[0] == key and k[1] not in wanted]:
+            del self.target_pools[k]
+        self.chains[key] = table
+        return new
+
+    def _chain_policies(self, up: Upstream, table: RouteTable) -> dict[str, tuple[Target, str]]:
+        """Set the balancing policy of the pools `table` routes to (the upstream's own, the targets' that
+        exist); the targets that need a pool of their own, with their policy."""
         policies: dict[str, str] = {}
         for route in table.routes:
             for leg in route.legs:
                 for t in (leg.target, *leg.failover):
                     policies.setdefault(t.id, leg.lb.policy or up.lb_policy)
-        wanted = {tid: t for tid, t in table.targets.items() if tid in policies and not self.owns_target(up, t)}
-        new = []
-        for tid, t in wanted.items():
-            pool = self.target_pools.get((key, tid))
-            if pool is None:
-                pool = UpstreamPool(t.service + (f"[{tid}]" if t.filter else ""), policies[tid],
-                                    up.outlier or self.config.outlier)
-                self.target_pools[(key, tid)] = pool
-                new.append(t)
-            pool.policy = policies[tid]
-        if not activate:
-            return new
-        for k in [k for k in self.target_pools if k[0] == key and k[1] not in wanted]:
-            del self.target_pools[k]
-        own = self.pools.get(key)
+        wanted = {tid: (t, policies[tid]) for tid, t in table.targets.items()
+                  if tid in policies and not self.owns_target(up, t)}
+        for tid, (_, policy) in wanted.items():
+            pool = self.target_pools.get((up.key, tid))
+            if pool is not None:
+                pool.policy = policy
+        own = self.pools.get(up.key)
         if own is not None:
             own.policy = next((policies[tid] for tid, t in table.targets.items()
                                if tid in policies and self.owns_target(up, t)), up.lb_policy)
-        self.chains[key] = table
-        return new
+        return wanted
 
     # ------------------------------------------------------------------ tasks
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

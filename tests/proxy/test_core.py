@@ -252,3 +252,40 @@ def test_reconfigure_keeps_an_empty_upstream_pool() -> None:
     assert len(empty) == 0
     rt.reconfigure(from_registration(reg("tcp")))
     assert rt.pools[key] is empty
+
+
+def test_reconfigure_keeps_the_pools_of_a_chain_that_is_warming() -> None:
+    """A new chain's target pools are made before it is applied (warming, while their instances are asked for).
+    A registration change then must not drop them: their watches feed those very objects (dropping them left a
+    subset without instances for good — 503 "no healthy upstream" — once the chain was applied). A pool that is
+    missing when the chain is applied is reported, so the proxy watches it."""
+    from proconsul.connect.chain import compiler, entries
+    from proconsul.connect.proxy.config import from_registration
+    from proconsul.connect.proxy.routing import RouteTable
+    from proconsul.connect.proxy.runtime import Runtime
+
+    def reg(policy: str) -> dict:
+        return {"ID": "web-sidecar-proxy", "Service": "web-sidecar-proxy", "Kind": "connect-proxy", "Port": 21000,
+                "Proxy": {"DestinationServiceName": "web", "LocalServicePort": 8080, "Upstreams": [
+                    {"DestinationName": "api", "LocalBindPort": 9191,
+                     "Config": {"protocol": "http", "lb_policy": policy}}]}}
+
+    def table(es: list[dict]) -> RouteTable:
+        idx = compiler.index_entries([entries.validate(dict(e)) for e in es])
+        return RouteTable.from_chain(compiler.compile_chain(idx, "api", datacenter="dc1", trust_domain="td"))
+
+    http = {"Kind": "service-defaults", "Name": "api", "Protocol": "http"}
+    subsets = {"Kind": "service-resolver", "Name": "api", "DefaultSubset": "v1",
+               "Subsets": {"v1": {"Filter": "Service.Meta.v == 1"}}}
+    rt = Runtime(from_registration(reg("round_robin")), datacenter="dc1")
+    (key,) = rt.pools
+    assert rt.set_chain(key, table([http])) == []  # the default chain: the upstream's own pool
+    warming = table([http, subsets])
+    (new,) = rt.set_chain(key, warming, activate=False)
+    pool = rt.target_pools[(key, new.id)]
+    rt.reconfigure(from_registration(reg("least_request")))  # e.g. proxy-defaults changed while warming
+    assert rt.target_pools.get((key, new.id)) is pool, "the warming chain's pool survives a reconfigure"
+    assert rt.pools[key].policy == "least_request"
+    assert rt.set_chain(key, warming) == [] and rt.chains[key] is warming
+    del rt.target_pools[(key, new.id)]  # however it went: applying the chain says the pool is new (to be watched)
+    assert [t.id for t in rt.set_chain(key, warming)] == [new.id]

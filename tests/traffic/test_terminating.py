@@ -500,6 +500,14 @@ def backend_of(port: int, path: str = "/", headers: dict[str, str] | None = None
     return body["backend"] if status == 200 and isinstance(body, dict) else f"status {status}: {body}"
 
 
+def answered_by(port: int, want: str, path: str = "/", headers: dict[str, str] | None = None) -> bool:
+    """For wait_for: whether `want` answered; else raises what did (wait_for reports the last one)."""
+    got = backend_of(port, path, headers)
+    if got != want:
+        raise AssertionError(f"{path} answered by {got}")
+    return True
+
+
 def host_seen(port: int) -> str:
     status, body = curl(port, "/host")
     return body["headers"].get("host", "") if status == 200 and isinstance(body, dict) else f"status {status}"
@@ -519,7 +527,7 @@ def test_resolver_subsets_at_the_gateway_and_the_callers_router(mesh: dict[str, 
          "Destination": {"ServiceSubset": "v2"}}]})[0] == 200
     wait_for(lambda: gw.admin("/stats")["Services"].get("extv", {}).get("Subsets") == {"v1": 1, "v2": 1}, 10,
              message="extv's subsets at the gateway")
-    wait_for(lambda: backend_of(port, "/", {"x-version": "v2"}) == "extv-v2", 10, message="the v2 route")
+    wait_for(lambda: answered_by(port, "extv-v2", "/", {"x-version": "v2"}), 10, message="the v2 route")
     assert {backend_of(port, "/a") for _ in range(6)} == {"extv-v1"}, "the default subset only"
     assert {backend_of(port, "/b", {"x-version": "v2"}) for _ in range(6)} == {"extv-v2"}, "subset v2 only"
     stats = gw.admin("/stats")["Services"]["extv"]
@@ -529,14 +537,14 @@ def test_resolver_subsets_at_the_gateway_and_the_callers_router(mesh: dict[str, 
     # the caller's splitter (behind the router's default route) sends everything else to subset v2
     assert agent.put("/v1/config", {"Kind": "service-splitter", "Name": "extv", "Splits": [
         {"Weight": 100, "ServiceSubset": "v2"}]})[0] == 200
-    wait_for(lambda: backend_of(port, "/c") == "extv-v2", 10, message="the split to v2")
+    wait_for(lambda: answered_by(port, "extv-v2", "/c"), 10, message="the split to v2")
     assert {backend_of(port, "/d") for _ in range(4)} == {"extv-v2"}
     agent.request("DELETE", "/v1/config/service-splitter/extv")
-    wait_for(lambda: backend_of(port, "/e") == "extv-v1", 10, message="back to the default subset")
+    wait_for(lambda: answered_by(port, "extv-v1", "/e"), 10, message="back to the default subset")
     # the gateway follows the resolver live: subset v1 now means version v2 (the caller still sends v1's SNI)
     assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v1", "Subsets": {
         "v1": {"Filter": "Service.Meta.version == v2"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
-    wait_for(lambda: backend_of(port, "/f") == "extv-v2", 10, message="subset v1's new filter at the gateway")
+    wait_for(lambda: answered_by(port, "extv-v2", "/f"), 10, message="subset v1's new filter at the gateway")
     assert {backend_of(port, "/g") for _ in range(4)} == {"extv-v2"} and gw.proc.pid == pid
 
 
@@ -658,7 +666,7 @@ def test_tcp_service_subset_and_source_ip_hash(mesh: dict[str, Any], versions: A
     assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "DefaultSubset": "v2", "Subsets": {
         "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}})[0] == 200
     wait_for(lambda: gw.admin("/stats")["Services"].get("extv", {}).get("Protocol") == "tcp", 10, message="L4")
-    wait_for(lambda: backend_of(port, "/a") == "extv-v2", 10, message="the default subset over L4")
+    wait_for(lambda: answered_by(port, "extv-v2", "/a"), 10, message="the default subset over L4")
     assert {backend_of(port, "/b") for _ in range(6)} == {"extv-v2"}, "a connection each, subset v2 only"
     assert agent.put("/v1/config", {"Kind": "service-resolver", "Name": "extv", "LoadBalancer": {
         "Policy": "maglev", "HashPolicies": [{"SourceIP": True}]}})[0] == 200
