@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from proconsul.connect.proxy.accesslog import fixed_fields
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
-from proconsul.connect.proxy.config import Upstream
+from proconsul.connect.proxy.config import ProxyConfig, Upstream
 from proconsul.connect.proxy.routing import Decision, Target
 from proconsul.connect.proxy.tracing import CONNECTION_ATTRIBUTES, TraceContext, connection_attributes
 
@@ -197,16 +197,16 @@ class Fixed:
 
     @staticmethod
     def of(cache: dict[tuple[int, int, int], Fixed], d: Decision | None, inst: Instance | None, scope: object,
-           fields: Callable[[Any], dict[str, Any]], ex: Any) -> Fixed:
+           fields: Callable[[Decision | None, Instance | None, object], dict[str, Any]]) -> Fixed:
         """The entry of a connection's `cache` for (route decision, instance, `scope`: the upstream or the
-        config the fields come from), made by `fields(ex)` when missing. The entry holds the objects its key's
-        ids belong to, so an id is never another object's."""
+        config the fields come from), made by `fields(d, inst, scope)` when missing. The entry holds the objects
+        its key's ids belong to, so an id is never another object's."""
         key = (id(d), id(inst), id(scope))
         got = cache.get(key)
         if got is None or got.decision is not d or got.inst is not inst or got.scope is not scope:
             if len(cache) >= 64:
                 cache.clear()
-            got = cache[key] = Fixed(d, inst, scope, fields(ex))
+            got = cache[key] = Fixed(d, inst, scope, fields(d, inst, scope))
         return got
 
 
@@ -242,11 +242,11 @@ class IntentionGate:
 
 
 def inbound_fields(rec: dict[str, Any], rt: Runtime, uri: str, denied: bool, intention: str = "",
-                   cluster: str = "local_app", host: str | None = None) -> None:
+                   cluster: str = "local_app", host: str | None = None, cfg: ProxyConfig | None = None) -> None:
     """The access-log fields of the inbound side: the caller's identity and where the request went (the
     local application; at a terminating gateway the outside service's `cluster` and instance `host`). A
-    denied request names the deciding `intention`."""
-    cfg = rt.config
+    denied request names the deciding `intention`. `cfg`: the proxy's config the request saw (default: now)."""
+    cfg = cfg if cfg is not None else rt.config
     rec.update({"downstream_peer_uri_san": uri, "upstream_cluster": cluster, "upstream_service": cfg.service,
                 "upstream_host": f"{cfg.local_address}:{cfg.local_port}" if host is None else host})
     if denied:

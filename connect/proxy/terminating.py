@@ -342,9 +342,9 @@ class TerminatingFront(_Tracked, InboundFront):
         flag, self.dial_flag = self.dial_flag or "UF", ""
         self.reply(ex, *_unreachable(flag))
 
-    def fixed_fields(self, ex: Exchange) -> dict[str, Any]:
-        rec = Front.fixed_fields(self, ex)
-        l7.inbound_fields(rec, self.rt, self.uri, False, cluster=self.linked.cluster, host=self.upstream_host)
+    def fixed_fields(self, d: Any, inst: Any, scope: object) -> dict[str, Any]:
+        rec = Front.fixed_fields(self, d, inst, scope)
+        l7.inbound_fields(rec, self.rt, self.uri, False, cluster=self.linked.cluster, host=scope)  # type: ignore[arg-type]
         return rec
 
     def scope(self) -> object:

@@ -11,6 +11,7 @@ from support import until
 
 from proconsul.connect.proxy import accesslog
 from proconsul.connect.proxy.accesslog import DETAILS, AccessLog, fixed_fields
+from proconsul.connect.proxy.h1 import Head
 
 CLIENT_SIDE = {"downstream_remote_address": "127.0.0.1:40000", "upstream_service": "api",
                "upstream_instance": "node/api-v1", "upstream_host": "127.0.0.1:21000",
@@ -40,9 +41,23 @@ def cases() -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
                "response_code_details": DETAILS.get(flag, "via_upstream" if status else ""),
                "bytes_received": bytes_in, "bytes_sent": bytes_out, "duration": duration, "headers": headers,
                **fixed}
-        out.append((rec, (start, fixed_fields(fixed), method, target, version, status, flag, bytes_in, bytes_out,
-                          duration, headers)))
+        head = Head(method, target, 0, b"", version, headers, True, False, -1)
+        took = duration / 1000
+        out.append((rec, (start + took, took, head, status, flag, bytes_in, bytes_out, _Source(fixed), None, None,
+                          None)))
     return out
+
+
+class _Source:
+    """A connection's fixed part as a Front gives it at flush time (`fixed_of`), made from its fields."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.log = fixed_fields(fields)
+        self.asked: list[tuple[Any, Any, Any]] = []
+
+    def fixed_of(self, d: Any, inst: Any, scope: Any) -> _Source:
+        self.asked.append((d, inst, scope))
+        return self
 
 
 class _Armed:
@@ -110,3 +125,73 @@ def test_an_unwritable_destination_keeps_nothing() -> None:
     assert not log.open()
     log.later(cases()[0][1])
     assert not log._pending
+
+
+class _Transport:
+    """Keeps what is written; says its peer until closed (as a closed TLS transport may no longer)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40001) if name == "peername" and not self.closed else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_a_line_kept_until_the_flush_says_what_its_request_saw() -> None:
+    """An inbound request's line is made at flush time: a connection closed and a config changed meanwhile do
+    not change it (the peer and the config are taken in the request's path), and nothing else is held."""
+    import dataclasses
+    import json
+    import random
+
+    from proconsul.connect.proxy import http
+    from proconsul.connect.proxy.config import ProxyConfig
+    from proconsul.connect.proxy.runtime import Runtime
+
+    cfg = ProxyConfig(proxy_id="api-sidecar-proxy", proxy_name="api-sidecar-proxy", service="api", service_id="api",
+                      bind_address="127.0.0.1", bind_port=1, local_address="127.0.0.1", local_port=8080,
+                      upstreams=(), protocol="http")
+    rt = Runtime(cfg, datacenter="dc1", rng=random.Random(7))
+    buf = io.StringIO()
+    rt.access_log = AccessLog({"Enabled": True, "Type": "file", "Path": "x"}, open_file=lambda _: buf)
+    rt.access_log._timer = _Armed()  # type: ignore[assignment]
+    front = http.InboundFront(rt)
+    front.transport = _Transport()
+    front.uri = front.source = "spiffe://td/ns/default/dc/dc1/svc/web"
+    front.link = http._Counts(rt.metrics.inbound_link(front.source), inbound=True)
+    app = http.Back(None)
+    app.connection_made(_Transport())
+    front.app = app
+    front.data_received(b"GET /a?b=1 HTTP/1.1\r\nHost: api\r\nUser-Agent: t/1\r\n\r\n")
+    app.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+    assert b"ok\n" in b"".join(front.transport.data) and rt.access_log.lines == 1 and buf.getvalue() == ""
+    front.transport.close()  # the caller went away and the config changed before the batch was written
+    rt.config = dataclasses.replace(cfg, local_port=9090)
+    rt.access_log.flush()
+    line = json.loads(buf.getvalue())
+    assert line["downstream_remote_address"] == "127.0.0.1:40001" and line["upstream_host"] == "127.0.0.1:8080"
+    assert (line["method"], line["path"], line["response_code"], line["bytes_sent"], line["user_agent"]) == \
+        ("GET", "/a?b=1", 200, 3, "t/1")
+    assert line["downstream_peer_uri_san"] == front.uri and line["upstream_cluster"] == "local_app"
+    assert not rt.access_log._pending, "nothing kept past the flush"

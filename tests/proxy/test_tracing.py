@@ -91,6 +91,18 @@ def test_unsampled_requests_carry_context_and_nothing_else() -> None:
     assert len({dict(none.start([], CLIENT)[1])[b"traceparent"] for _ in range(100)}) == 100
 
 
+class _Source:
+    """A connection's fixed part as a Front gives it to the exporter (`fixed_of`)."""
+
+    def __init__(self, service: str, span: bytes) -> None:
+        self.service, self.span = service, span
+        self.asked: list[tuple[str, str, str]] = []
+
+    def fixed_of(self, d: str, inst: str, scope: str) -> _Source:
+        self.asked.append((d, inst, scope))
+        return self
+
+
 def test_a_request_block_encodes_as_the_attribute_dict() -> None:
     from proconsul.connect.proxy.tracing import CONNECTION_ATTRIBUTES, connection_attributes
 
@@ -105,7 +117,37 @@ def test_a_request_block_encodes_as_the_attribute_dict() -> None:
         t.finish(ctx, "GET api", status, attributes, now_ns=20)
         t.finish_encoded(ctx, status, t.request_block(b"GET", b"/x?y", status, flag, "api",
                                                       connection_attributes(fields)), now_ns=20)
-        first, second = (ExportTraceServiceRequest.FromString(t.encode([s])) for s in t.queue)
-        assert first == second
+        source = _Source("api", connection_attributes(fields))
+        t.later((ctx, 20, status, flag, b"GET", b"/x?y", source, "route", "instance", "scope"))  # as a request's path keeps it
+        first, second, third = (ExportTraceServiceRequest.FromString(t.encode([s])) for s in t.queue)
+        assert first == second == third
+        assert source.asked == [("route", "instance", "scope")], "its connection's part looked up in the batch"
         span = first.resource_spans[0].scope_spans[0].spans[0]
         assert span.name == "GET api" and {a.key for a in span.attributes} >= {"peer.service", "proconsul.route"}
+
+
+class _Draws:
+    """An rng whose draws are given: `random()` always `r`, `getrandbits` the next of `bits`."""
+
+    def __init__(self, r: float, bits: list[int]) -> None:
+        self.r, self.bits = r, bits
+
+    def random(self) -> float:
+        return self.r
+
+    def getrandbits(self, k: int) -> int:
+        return self.bits.pop(0)
+
+
+def test_a_new_traces_ids_are_its_draw_and_never_all_zero() -> None:
+    M = (1 << 64) - 1
+    for pct, r, draw, want in ((100, 0.5, (0xabc << 64) | 0xdef, (0xabc, 0xdef, b"01")),
+                               (1, 0.5, (1 << 191) | M, ((1 << 191) >> 64, M, b"00")),  # not sampled
+                               (100, 0.0, 0, (1, 1, b"01")), (100, 0.0, 5 << 64, (5, 1, b"01")),
+                               (1, 0.001, 7, (1, 7, b"01"))):  # sampled: 0.1 < 1%
+        t = Tracer("web", TracingSettings("http://127.0.0.1:1/v1/traces", pct), _Draws(r, [draw]))  # type: ignore[arg-type]
+        ctx, headers = t.start([(b"host", b"a")], CLIENT)
+        tp = b"00-%032x-%016x-%s" % want
+        assert headers == [(b"host", b"a"), (b"traceparent", tp)] and ctx.sampled == (want[2] == b"01")
+        if ctx.sampled:
+            assert ctx.sent == tp and ctx.trace_id == want[0].to_bytes(16, "big") and ctx.parent_id == b""
