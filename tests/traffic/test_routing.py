@@ -127,8 +127,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
             {"Match": {"HTTP": {"PathPrefix": "/flaky"}},
              "Destination": {"Service": "flaky", "NumRetries": 3, "RetryOnStatusCodes": [503]}},
         ]})
-        wait_for(lambda: m.get("/", headers={"x-canary": "1"})[1].get("backend") == "api-v2", 5,
-                 message="the router to reach web's sidecar")
+        # The whole chain, not a lucky answer: before web's sidecar applies it (a new chain warms first), its
+        # requests go round robin over every api instance, so "x-canary → api-v2" alone can pass by chance.
+        # Only the router sends /legacy to admin, and only the splitter sets x-split.
+        wait_for(lambda: m.backend("/legacy").startswith("admin-") and m.get("/")[2].get("x-split") in ("v1", "v2"),
+                 10, message="the router and the splitter to reach web's sidecar")
         yield m
     finally:
         m.stop()
