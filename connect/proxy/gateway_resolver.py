@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proconsul.catalog.filter import FilterError, Predicate, compile_filter
+from proconsul.connect.chain import durations
 from proconsul.connect.proxy.balancer import Instance
-from proconsul.connect.proxy.durations import parse_seconds
 from proconsul.connect.proxy.routing import LoadBalancer
 
 DIAL_TIMEOUT = 5.0
@@ -111,12 +111,12 @@ def host_rewrite(address: str) -> str:
 
 
 def _seconds(value: Any, default: float) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return value / 1e9  # nanoseconds, Go's time.Duration
+    """A Go duration (a string or integer nanoseconds); `default` when unset, zero or unreadable."""
     try:
-        return parse_seconds(value) if isinstance(value, str) and value else default
+        seconds = durations.parse(value) if value not in (None, "") else 0.0
     except ValueError:
         return default
+    return seconds if seconds > 0 else default
 
 
 def parse_resolver(entry: dict[str, Any] | None) -> GatewayResolver:

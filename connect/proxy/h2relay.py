@@ -583,6 +583,13 @@ class _H2Front(_H2Side):
     def released(self, s: H2Stream) -> None:
         """`s` no longer holds an instance or a breaker's place."""
 
+    @staticmethod
+    def let_go(s: H2Stream) -> None:
+        """`s` no longer counts on its instance (least_request's count; done once)."""
+        if s.inst is not None and s.pool is not None:
+            s.pool.finished(s.inst)
+            s.pool = None
+
     def lost(self) -> None:
         """The connection is gone (accounting)."""
 
@@ -761,9 +768,7 @@ class H2UpstreamFront(_H2Front):
                f"{l7.request_timeout(s.up, s.decision):.1f}s"
 
     def released(self, s: H2Stream) -> None:
-        if s.inst is not None and s.pool is not None:
-            s.pool.finished(s.inst)
-            s.pool = None  # counted once
+        self.let_go(s)
         breaker = self.rt.breakers.get(s.up.key) if s.up is not None else None
         admitted, s.admitted = s.admitted, None
         nxt = breaker.leave(s, admitted, _waits) if breaker is not None else None
@@ -789,7 +794,6 @@ class H2InboundFront(_H2Front):
     (L7 intentions, rate limits) and relayed to the local application's HTTP/2 connection."""
 
     inbound = True
-    app_key = LOCAL_APP  # the rt.h2_backs key of the shared connection its streams are relayed on
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt, None)
@@ -841,21 +845,20 @@ class H2InboundFront(_H2Front):
 
     def to_app(self, s: H2Stream) -> None:
         """Relay an admitted stream to the application's shared connection (dialed when there is none)."""
-        back = self.rt.h2_backs.get(self.app_key)
+        back = self.rt.h2_backs.get(LOCAL_APP)
         if back is not None and back.usable():
             back.open(s)
         else:
             self.rt.spawn(self._dial_app(s))
 
-    # What a failed `_dial_local` raises (a subclass dialing elsewhere names its own).
-    DIAL_ERRORS: tuple[type[Exception], ...] = (OSError, TimeoutError)
-
     async def _dial_app(self, s: H2Stream) -> None:
         try:
-            back = await connection(self.rt, self.app_key, self._dial_local)
-        except self.DIAL_ERRORS as e:
+            back = await connection(self.rt, LOCAL_APP, self._dial_local)
+        except (OSError, TimeoutError) as e:
             if not s.done:
-                self.attempt_failed(s, self._dial_failure(e))
+                cfg = self.rt.config
+                self.attempt_failed(s, f"cannot reach the local application at {cfg.local_address}:"
+                                       f"{cfg.local_port}: {e or 'timed out'}")
             return
         if not self.closed and not s.done:
             back.open(s)
@@ -865,12 +868,8 @@ class H2InboundFront(_H2Front):
         rt, cfg = self.rt, self.rt.config
         async with asyncio.timeout(cfg.local_connect_timeout):
             _, back = await asyncio.get_running_loop().create_connection(
-                lambda: H2Back(rt, self.app_key), cfg.local_address, cfg.local_port)
+                lambda: H2Back(rt, LOCAL_APP), cfg.local_address, cfg.local_port)
         return back
-
-    def _dial_failure(self, e: Exception) -> str:
-        cfg = self.rt.config
-        return f"cannot reach the local application at {cfg.local_address}:{cfg.local_port}: {e or 'timed out'}"
 
     def attempt_failed(self, s: H2Stream, why: str) -> None:
         assert self.link is not None

@@ -115,6 +115,11 @@ class _Linked:
             pool.policy = r.policy
             pool.set_instances(r.instances(self.rows, name, subset))
 
+    def host_for(self, inst: Instance) -> bytes:
+        """The Host (`:authority`) a request to `inst` gets: its address when that is a hostname (Envoy's
+        auto_host_rewrite on Consul's LOGICAL_DNS cluster) unless DisableAutoHostRewrite; b"" keeps the caller's."""
+        return host_rewrite(inst.address).encode() if self.spec.host_rewrite else b""
+
     def hash_key(self, headers: list[tuple[bytes, bytes]], target: bytes, transport: Any) -> bytes | None:
         """The key ring_hash/maglev place a connection (no headers) or request by: the resolver's HashPolicies
         (a source-IP policy reads the caller's address from `transport`)."""
@@ -278,7 +283,7 @@ class TerminatingFront(_Tracked, InboundFront):
             inst = pool.pick(time.monotonic(), self.gw.rng, None, key)
         except NoHealthyInstance:
             self.dial_flag = "UH"
-            ex.back_failed("no passing instance in the catalog" + (f" in subset {self.subset}" if self.subset else ""))
+            ex.back_failed(no_instance(self.subset))
             return
         back = self.apps.get(inst.id)
         if back is not None and back.reusable():
@@ -305,9 +310,9 @@ class TerminatingFront(_Tracked, InboundFront):
 
     def _send(self, ex: Exchange, back: Back, inst: Instance, pool: UpstreamPool | None) -> None:
         self.upstream_host = f"{inst.address}:{inst.port}"
-        host = host_rewrite(inst.address) if self.linked.spec.host_rewrite else ""
-        if host:  # Envoy's auto_host_rewrite for a hostname address (Consul's LOGICAL_DNS cluster)
-            ex.head.headers = [(k, v) for k, v in ex.head.headers if k != b"host"] + [(b"host", host.encode())]
+        host = self.linked.host_for(inst)
+        if host:
+            ex.head.headers = [(k, v) for k, v in ex.head.headers if k != b"host"] + [(b"host", host)]
         ex.inst, ex.pool = inst, pool
         if pool is not None:
             pool.started(inst)
@@ -379,14 +384,13 @@ class TerminatingH2Front(_Tracked, H2InboundFront):
             inst = pool.pick(time.monotonic(), self.gw.rng, tried, key)
         except NoHealthyInstance:
             self.dial_flag = "UF" if tried else "UH"
-            self.attempt_failed(s, error or "no passing instance in the catalog" + (
-                f" in subset {self.subset}" if self.subset else ""))
+            self.attempt_failed(s, error or no_instance(self.subset))
             return
         s.inst, s.pool = inst, pool
         pool.started(inst)
-        host = host_rewrite(inst.address) if linked.spec.host_rewrite else ""
-        if host:  # Envoy's auto_host_rewrite for a hostname address (Consul's LOGICAL_DNS cluster)
-            s.headers = [(b":authority", host.encode()) if k == b":authority" else (k, v) for k, v in s.headers]
+        host = linked.host_for(inst)
+        if host:
+            s.headers = [(b":authority", host) if k == b":authority" else (k, v) for k, v in s.headers]
         app_key = f"{LOCAL_APP}|{inst.id}"  # one shared connection per outside instance
         back = self.rt.h2_backs.get(app_key)
         if back is not None and back.usable():
@@ -413,9 +417,7 @@ class TerminatingH2Front(_Tracked, H2InboundFront):
             back.open(s)
 
     def released(self, s: H2Stream) -> None:
-        if s.inst is not None and s.pool is not None:
-            s.pool.finished(s.inst)
-            s.pool = None  # counted once
+        self.let_go(s)
 
     def attempt_failed(self, s: H2Stream, why: str) -> None:
         assert self.link is not None
@@ -757,8 +759,7 @@ class TerminatingGateway:
             raise GatewayDialError(linked.origination_error or "its TLS settings are not loaded")
         pool = linked.pools.get(subset)
         if pool is None or not len(pool):
-            raise GatewayDialError("no passing instance in the catalog" + (f" in subset {subset}" if subset else ""),
-                                   "UH")
+            raise GatewayDialError(no_instance(subset), "UH")
         loop = asyncio.get_running_loop()
         errors: list[str] = []
         tried: set[str] = set()
@@ -787,7 +788,7 @@ class TerminatingGateway:
                 if only_first:
                     break
                 inst = None
-        raise GatewayDialError("; ".join(errors) or "no passing instance in the catalog", "UF" if errors else "UH")
+        raise GatewayDialError("; ".join(errors) or no_instance(subset), "UF" if errors else "UH")
 
     # ------------------------------------------------------------------ admin
     def snapshot(self) -> dict[str, Any]:
@@ -818,6 +819,10 @@ class TerminatingGateway:
         site = web.TCPSite(self._admin, self.admin_address, self.admin_port or 0, reuse_address=True)
         await site.start()
         log.info("terminating gateway admin (stats) on http://%s:%d", self.admin_address, self.admin_port)
+
+
+def no_instance(subset: str) -> str:
+    return "no passing instance in the catalog" + (f" in subset {subset}" if subset else "")
 
 
 def origination_context(spec: LinkedService) -> ssl.SSLContext:
