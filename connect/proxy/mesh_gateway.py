@@ -4,8 +4,9 @@
 TLS record, takes the ClientHello's server name (`sni.py`) and, for Consul's service names
 `<svc>.default.<dc>.internal.<trust-domain>`:
 
-- `<dc>` is ours: dials a healthy sidecar of `<svc>` here (`/v1/health/connect/<svc>?passing`); for a
-  subset's name, `<subset>.<svc>.default.<dc>…`, only the sidecars its service-resolver Filter selects;
+- `<dc>` is ours: dials a healthy sidecar of `<svc>` here (`/v1/health/connect/<svc>`: none with a critical
+  check; a warning one too only with the subset's `OnlyPassing`, as Consul's); for a subset's name,
+  `<subset>.<svc>.default.<dc>…`, only the sidecars its service-resolver Filter selects;
 - `<dc>` is another: dials a healthy mesh gateway of that datacenter at its WAN address
   (`/v1/health/service/<gateway-name>?passing&dc=<dc>`, `TaggedAddresses.wan`).
 
@@ -32,6 +33,7 @@ from proconsul.connect.proxy.addresses import mesh_gateway_address, tagged_addre
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway_log import GatewayAccessLog, peer_address
+from proconsul.connect.proxy.gateway_resolver import healthy
 from proconsul.connect.proxy.sni import (
     MAX_HELLO,
     Incomplete,
@@ -156,7 +158,7 @@ class MeshGateway:
         self.rng = rng or random.Random()
         self.datacenter = ""
         self.trust_domain = ""
-        self._targets: dict[tuple[str, str, str], _Targets] = {}  # (service, dc, filter)
+        self._targets: dict[tuple[str, str, str, bool], _Targets] = {}  # (service, dc, filter, only passing)
         self._resolvers: dict[str, tuple[float, dict[str, Any]]] = {}  # service -> (loop time read, its resolver)
         self._failed: dict[tuple[str, int], float] = {}  # target -> loop time it last refused
         self._stop = asyncio.Event()
@@ -256,19 +258,24 @@ class MeshGateway:
         if spec is None:
             log.info("mesh gateway: service %s has no subset %r", service, subset)
             return []
-        return await self._addresses(service, "", True, str(spec.get("Filter") or ""))
+        return await self._addresses(service, "", True, str(spec.get("Filter") or ""), bool(spec.get("OnlyPassing")))
 
-    async def _addresses(self, service: str, datacenter: str, local: bool, filter_: str = "") -> list[tuple[str, int]]:
-        key = (service, datacenter, filter_)
+    async def _addresses(self, service: str, datacenter: str, local: bool, filter_: str = "",
+                         only_passing: bool = False) -> list[tuple[str, int]]:
+        """Where to send for `service` here (its sidecars: as Consul's gateways, one with a critical check is left
+        out, one with a warning check only with `only_passing`), or for another datacenter (its passing mesh
+        gateways)."""
+        key = (service, datacenter, filter_, only_passing)
         entry = self._targets.get(key)
         if entry is None:
             entry = self._targets[key] = _Targets()
             path = f"/v1/health/connect/{service}" if local else f"/v1/health/service/{service}"
-            params = {"passing": "1", **({"dc": datacenter} if datacenter else {}),
+            params = {**({} if local else {"passing": "1"}), **({"dc": datacenter} if datacenter else {}),
                       **({"filter": filter_} if filter_ else {})}
 
             def update(body: list[dict[str, Any]], entry: _Targets = entry) -> None:
-                entry.addresses = [a for a in (_address(e, wan=not local) for e in body or []) if a is not None]
+                rows = [e for e in body or [] if not local or healthy(e.get("Checks") or [], only_passing)]
+                entry.addresses = [a for a in (_address(e, wan=not local) for e in rows) if a is not None]
                 entry.ready.set()
 
             task = asyncio.get_running_loop().create_task(self.api.watch(path, params, update, self._stop))

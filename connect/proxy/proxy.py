@@ -37,7 +37,7 @@ from proconsul.connect.proxy.config import (
     with_protocols,
     with_upstream_config,
 )
-from proconsul.connect.proxy.gateway_resolver import subset_filter
+from proconsul.connect.proxy.gateway_resolver import healthy, subset_filter
 from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tap import Subscriber, TapError, TapFilter, parse_rate
@@ -66,13 +66,15 @@ def credentials(leaf: dict[str, Any], roots: dict[str, Any]) -> Credentials:
 
 
 def healthy_instances(entries: list[dict[str, Any]], destination: str, datacenter: str,
-                      sni: str = "") -> list[Instance]:
-    """Instances from `/v1/health/connect/:svc?passing`: each sidecar's (or native service's) public address."""
+                      sni: str = "", only_passing: bool = False) -> list[Instance]:
+    """The instances to send to from `/v1/health/connect/:svc` (every health state): each sidecar's (or native
+    service's) public address. As Consul's proxies do, an instance with a critical check (its node's included)
+    is left out, and one with a warning check only when the resolver's subset says `OnlyPassing`."""
     out = []
     for e in entries:
         node, svc = e.get("Node") or {}, e.get("Service") or {}
         address = svc.get("Address") or node.get("Address") or ""
-        if not address or not svc.get("Port"):
+        if not address or not svc.get("Port") or not healthy(e.get("Checks") or [], only_passing):
             continue
         out.append(Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
                             service=destination, datacenter=node.get("Datacenter") or datacenter, sni=sni))
@@ -344,7 +346,7 @@ class Proxy:
     async def _watch_upstream(self, up: Upstream, stop: asyncio.Event) -> None:
         assert self.rt is not None
         pool = self.rt.pools[up.key]
-        params = {"passing": "1"}
+        params: dict[str, str] = {}  # every health state: `healthy_instances` leaves out what Consul's would
         mode = up.mesh_gateway or self.gateway_default  # the upstream's (or the proxy's), else proxy-defaults'
         if up.datacenter and up.datacenter != self.rt.datacenter and mode in ("local", "remote"):
             return await self._watch_gateways(up, mode == "local", pool, stop)
@@ -423,11 +425,11 @@ class Proxy:
         await self.api.watch(f"/v1/discovery-chain/{quote(up.destination_name, safe='')}", params, update, stop)
 
     async def _watch_target(self, up: Upstream, target: Target, stop: asyncio.Event) -> None:
-        """The passing instances of one chain target (a subset through its Filter, another service or dc).
-        A target in another datacenter is reached through mesh gateways when its mode (the upstream's own
+        """The healthy instances of one chain target (a subset through its Filter and OnlyPassing, another
+        service or dc). A target in another datacenter is reached through mesh gateways when its mode (the upstream's own
         MeshGateway, else the chain's: service-defaults, proxy-defaults) is local or remote, else directly;
         either way the TLS handshake names the target's SNI and expects its service's identity."""
-        params = {"passing": "1"}
+        params: dict[str, str] = {}  # every health state: `healthy_instances` applies the subset's OnlyPassing
         predicate = subset_filter(target.filter)  # applied here, not by the agent: see subset_rows
         if target.datacenter and self.rt is not None and target.datacenter != self.rt.datacenter:
             params["dc"] = target.datacenter
@@ -454,7 +456,7 @@ class Proxy:
             rt = self.rt
             if rt is not None:
                 apply(healthy_instances(subset_rows(entries, predicate), target.service,
-                                        target.datacenter or rt.datacenter, target.sni))
+                                        target.datacenter or rt.datacenter, target.sni, target.only_passing))
 
         await self.api.watch(f"/v1/health/connect/{quote(target.service, safe='')}", params, update, stop)
 

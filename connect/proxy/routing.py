@@ -30,7 +30,8 @@ class Target:
     id: str
     service: str
     datacenter: str
-    filter: str = ""  # the subset's Filter, passed to the agent's health query
+    filter: str = ""  # the subset's Filter, applied by the proxy to the target's health rows
+    only_passing: bool = False  # the subset's OnlyPassing: an instance with a warning check is left out too
     connect_timeout: float | None = None  # the resolver's ConnectTimeout (None: no resolver entry, the upstream's)
     sni: str = ""  # Consul's SNI for the target, `[<subset>.]<svc>.default.<dc>.internal.<trust-domain>`
     mesh_gateway: str = ""  # in another datacenter: "local" or "remote" (through mesh gateways), else direct
@@ -274,6 +275,7 @@ def _build(chain: dict[str, Any]) -> RouteTable:
         resolver = (nodes.get(f"resolver:{tid}") or {}).get("Resolver") or {"Default": True}
         targets[tid] = Target(id=tid, service=t["Service"], datacenter=t.get("Datacenter", ""),
                               filter=(t.get("Subset") or {}).get("Filter", ""),
+                              only_passing=bool((t.get("Subset") or {}).get("OnlyPassing")),
                               connect_timeout=None if resolver.get("Default") else _seconds(t.get("ConnectTimeout")),
                               sni=str(t.get("SNI") or ""),
                               mesh_gateway=str((t.get("MeshGateway") or {}).get("Mode") or "").lower())

@@ -99,3 +99,24 @@ def test_grpc_retry_conditions_and_the_proxys_own_grpc_answers() -> None:
     assert not l7.retry_on_response(plain, True, b"POST", 503, True), "default: only idempotent methods"
     assert l7.retry_on_response(plain, True, b"GET", 503, True) and l7.retry_on_failure(plain)
     assert [l7.grpc_status_for(s) for s in (504, 503, 502, 429, 403, 404, 401, 500)] == [4, 14, 14, 14, 7, 12, 16, 2]
+
+
+def test_a_subsets_only_passing_reaches_its_target_and_decides_which_instances_count() -> None:
+    from proconsul.connect.proxy.proxy import healthy_instances
+
+    def resolver(default: str) -> dict[str, Any]:
+        return {"Kind": "service-resolver", "Name": "api", "DefaultSubset": default,
+                "Subsets": {"strict": {"Filter": "Service.Meta.v == 1", "OnlyPassing": True},
+                            "loose": {"Filter": "Service.Meta.v == 1"}}}
+
+    assert table([*HTTP, resolver("strict")]).targets["strict.api.default.default.dc1"].only_passing
+    assert not table([*HTTP, resolver("loose")]).targets["loose.api.default.default.dc1"].only_passing
+
+    def row(sid: str, *statuses: str) -> dict[str, Any]:
+        return {"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": sid, "Port": 21000},
+                "Checks": [{"CheckID": f"c{i}", "Status": s} for i, s in enumerate(statuses)]}
+
+    rows = [row("ok", "passing", "passing"), row("warn", "passing", "warning"), row("down", "warning", "critical"),
+            row("bare")]
+    assert [i.id for i in healthy_instances(rows, "api", "dc1")] == ["n1/ok", "n1/warn", "n1/bare"]
+    assert [i.id for i in healthy_instances(rows, "api", "dc1", only_passing=True)] == ["n1/ok", "n1/bare"]

@@ -414,3 +414,36 @@ def test_one_trace_across_the_hop_with_parent_links(mesh: Mesh) -> None:
                  message="dropped spans counted")
     finally:
         mesh.agent.request("DELETE", "/v1/config/proxy-defaults/global")
+
+
+def test_warning_instances_take_traffic_unless_the_subset_says_only_passing(mesh: Mesh) -> None:
+    """As Consul's proxies: an instance whose checks warn still gets requests, a critical one none, and a
+    resolver subset with `OnlyPassing` leaves the warning one out too (admin-2's own TTL check; its sidecar's
+    alias check follows it into /v1/health/connect/admin)."""
+    a = mesh.agent
+
+    def healthy_in_web(target: str) -> int:
+        return (mesh.proxies["web"].admin("/stats")["ChainTargets"].get(target) or {}).get("Healthy", -1)
+
+    assert a.put("/v1/agent/check/register", {"ID": "admin-2-ttl", "Name": "admin-2 TTL", "ServiceID": "admin-2",
+                                              "TTL": "10m", "Status": "critical"})[0] == 200
+    try:
+        wait_for(lambda: healthy_in_web("admin.default.default.dc1") == 1, 10, message="admin-2 critical: left out")
+        assert {mesh.backend("/admin/x") for _ in range(10)} == {"admin-1"}
+        assert a.put("/v1/agent/check/warn/admin-2-ttl")[0] == 200
+        wait_for(lambda: healthy_in_web("admin.default.default.dc1") == 2, 10,
+                 message="admin-2 warning: back in web's pool (Consul's proxies send to warning instances)")
+        assert {mesh.backend("/admin/x") for _ in range(20)} == {"admin-1", "admin-2"}
+
+        mesh.write({"Kind": "service-resolver", "Name": "admin", "DefaultSubset": "strict",
+                    "Subsets": {"strict": {"OnlyPassing": True}}})
+        wait_for(lambda: healthy_in_web("strict.admin.default.default.dc1") == 1, 10,
+                 message="the OnlyPassing subset in web's sidecar, without admin-2")
+        assert {mesh.backend("/admin/x") for _ in range(10)} == {"admin-1"}, "OnlyPassing: the warning one is out"
+        assert a.put("/v1/agent/check/pass/admin-2-ttl")[0] == 200
+        wait_for(lambda: healthy_in_web("strict.admin.default.default.dc1") == 2, 10,
+                 message="admin-2 passing: in the OnlyPassing subset again")
+    finally:
+        a.request("DELETE", "/v1/config/service-resolver/admin")
+        a.put("/v1/agent/check/deregister/admin-2-ttl")
+    wait_for(lambda: healthy_in_web("admin.default.default.dc1") == 2, 10, message="admin as it was")
