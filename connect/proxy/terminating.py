@@ -720,6 +720,7 @@ class TerminatingGateway:
             ssl_obj.proconsul_subset = linked.resolver.subset_for(target.subset)
         except UnknownSubset as e:
             linked.stats["UnknownSubset"] += 1
+            ssl_obj.proconsul_unknown_subset = (linked.spec.name, target.subset)  # for the access-log line
             self.refused(linked, "unknown", f"server name {server_name!r}: {e}")
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         self.stats["Handshakes"] += 1
@@ -728,16 +729,20 @@ class TerminatingGateway:
 
     def _handshake_failed(self, tls: Any, exc: Exception) -> None:
         """A caller that did not complete mTLS (a foreign or missing certificate, a server name not linked):
-        counted by reason and one listener-level access-log line naming the service its SNI chose, if any."""
+        counted by reason and one listener-level access-log line naming the service its SNI chose, if any (and
+        the subset, `NR`, when that service's resolver has no such subset: Envoy would have no cluster for it)."""
         self.stats["HandshakeFailures"] += 1
         reason = handshake_failure_reason(exc)
         service = str(getattr(tls.sslobj.context, "proconsul_service", ""))
-        if not service and reason == "CALLBACK_FAILED":  # the SNI callback (_pick) found no linked service
+        cluster = f"{service}.default.default.{self.datacenter}" if service else ""
+        unknown = getattr(tls.sslobj, "proconsul_unknown_subset", None)  # set by _pick: (service, subset)
+        if unknown is not None:
+            service, cluster = unknown[0], f"{unknown[1]}.{unknown[0]}.default.default.{self.datacenter}"
+        if unknown is not None or (not service and reason == "CALLBACK_FAILED"):  # _pick ended the handshake
             reason = "UNRECOGNIZED_NAME"
+        flag = "NR" if reason == "UNRECOGNIZED_NAME" and (unknown is not None or not service) else "-"
         self.handshake_reasons[reason] = self.handshake_reasons.get(reason, 0) + 1
-        self.access.handshake_failed(tls.opened, peer_address(tls.raw), reason,
-                                     f"{service}.default.default.{self.datacenter}" if service else "", service,
-                                     "-" if service or reason != "UNRECOGNIZED_NAME" else "NR")
+        self.access.handshake_failed(tls.opened, peer_address(tls.raw), reason, cluster, service, flag)
         log.debug("terminating gateway: handshake failed: %s", exc)
 
     def refused(self, linked: _Linked | None, source: str, reason: str) -> None:

@@ -556,12 +556,31 @@ def test_an_sni_naming_a_subset_that_does_not_exist_is_refused(mesh: dict[str, A
              message="extv's subset at the gateway")
     gw_port = int(gw.args[gw.args.index("-address") + 1].rsplit(":", 1)[1])
     td = agent.get("/v1/connect/ca/roots")[1]["TrustDomain"]
-    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gw_port}", "-servername",
-                          f"v9.extv.default.dc1.internal.{td}"], input="", capture_output=True, text=True, timeout=10)
-    assert "unrecognized name" in out.stdout + out.stderr, out.stdout + out.stderr
-    wait_for(lambda: gw.admin("/stats")["Services"]["extv"]["UnknownSubset"] >= 1, 5, message="counted")
-    assert "refused connection from unknown to extv: server name" in gw.log()
-    assert "its service-resolver has no subset named 'v9'" in gw.log()
+    log_path = Path(gw.log_path).parent / "unknown-subset-access.log"
+    assert agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", "AccessLogs": {
+        "Enabled": True, "Type": "file", "Path": str(log_path)}})[0] == 200
+    try:
+        wait_for(lambda: f"access logs: file {log_path}" in gw.log(), 10,
+                 message="the gateway's access log on")
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gw_port}", "-servername",
+                              f"v9.extv.default.dc1.internal.{td}"], input="", capture_output=True, text=True,
+                             timeout=10)
+        assert "unrecognized name" in out.stdout + out.stderr, out.stdout + out.stderr
+        wait_for(lambda: gw.admin("/stats")["Services"]["extv"]["UnknownSubset"] >= 1, 5, message="counted")
+        assert "refused connection from unknown to extv: server name" in gw.log()
+        assert "its service-resolver has no subset named 'v9'" in gw.log()
+
+        def line() -> dict[str, Any]:
+            text = log_path.read_text() if log_path.exists() else ""
+            return next(x for x in map(json.loads, text.splitlines())
+                        if x.get("response_code_details") == "downstream_tls_handshake_failed")
+
+        got = wait_for(line, 5, message="the refused handshake's access-log line")
+        assert (got["upstream_service"], got["upstream_cluster"], got["response_flags"],
+                got["downstream_transport_failure_reason"]) == \
+            ("extv", "v9.extv.default.default.dc1", "NR", "UNRECOGNIZED_NAME"), got
+    finally:
+        agent.request("DELETE", "/v1/config/proxy-defaults/global")
 
 
 def test_load_balancer_hash_policy_at_the_gateway(mesh: dict[str, Any], versions: Any) -> None:
