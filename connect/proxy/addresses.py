@@ -1,9 +1,29 @@
 """Where to dial a catalog entry (pure): a service's tagged address (`lan`, `wan`), else its own address,
-else its node's. One rule for the sidecars, the mesh gateways and the servers' gateway probes."""
+else its node's; and which entries may be sent to at all (`healthy`, `dialable`). One rule for the sidecars,
+the gateways and the servers' gateway probes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+
+def healthy(checks: list[dict[str, Any]], only_passing: bool) -> bool:
+    """Envoy's view of an instance's checks as Consul gives it: any critical one (maintenance included) makes
+    it unhealthy; a warning one too only with OnlyPassing."""
+    statuses = {c.get("Status") for c in checks}
+    return "critical" not in statuses and not (only_passing and "warning" in statuses)
+
+
+def dialable(entries: Iterable[dict[str, Any]], only_passing: bool = False
+             ) -> Iterator[tuple[dict[str, Any], dict[str, Any], str]]:
+    """(node, service, address) of each health entry `{Node, Service, Checks}` that has an address (the
+    service's, else its node's) and a port, and whose checks are `healthy`."""
+    for e in entries:
+        node, svc = e.get("Node") or {}, e.get("Service") or {}
+        address = svc.get("Address") or node.get("Address") or ""
+        if address and svc.get("Port") and healthy(e.get("Checks") or [], only_passing):
+            yield node, svc, address
 
 
 def tagged_address(entry: dict[str, Any], tag: str) -> tuple[str, int] | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from proconsul.catalog.filter import FilterError, Predicate, compile_filter
 from proconsul.connect.chain import durations
+from proconsul.connect.proxy.addresses import dialable
 from proconsul.connect.proxy.balancer import Instance
 from proconsul.connect.proxy.routing import LoadBalancer
 
@@ -73,17 +74,9 @@ class GatewayResolver:
         spec = self.subset(subset) if subset else None
         only_passing = spec is not None and spec.only_passing
         pred = spec.predicate if spec is not None else None
-        out = []
-        for row in rows:
-            node, svc = row.get("Node") or {}, row.get("Service") or {}
-            address = svc.get("Address") or node.get("Address") or ""
-            if not address or not svc.get("Port") or not healthy(row.get("Checks") or [], only_passing):
-                continue
-            if pred is not None and not pred(row):
-                continue
-            out.append(Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address,
-                                port=int(svc["Port"]), service=service))
-        return out
+        return [Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
+                         service=service)
+                for node, svc, address in dialable(rows if pred is None else filter(pred, rows), only_passing)]
 
     def snapshot(self) -> dict[str, Any]:
         """What /stats shows of it."""
@@ -91,13 +84,6 @@ class GatewayResolver:
                 "LoadBalancer": {"Policy": self.policy,
                                  **({"HashPolicies": list(self.lb.hash_policies)} if self.lb.hash_policies else {})},
                 **({"DefaultSubset": self.default_subset} if self.default_subset else {})}
-
-
-def healthy(checks: list[dict[str, Any]], only_passing: bool) -> bool:
-    """Envoy's view of an instance's checks as Consul gives it: any critical one (maintenance included) makes
-    it unhealthy; a warning one too only with OnlyPassing."""
-    statuses = {c.get("Status") for c in checks}
-    return "critical" not in statuses and not (only_passing and "warning" in statuses)
 
 
 def host_rewrite(address: str) -> str:
@@ -150,9 +136,3 @@ def subset_filter(expression: str) -> Predicate | None:
 
 def _nothing(_row: Any) -> bool:
     return False
-
-
-def resolver_timeouts(entry: dict[str, Any] | None) -> tuple[float, float]:
-    """(connect, request) timeouts in seconds a linked service's `service-resolver` sets at the gateway."""
-    r = parse_resolver(entry)
-    return r.connect_timeout, r.request_timeout

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from proconsul.connect.proxy.addresses import mesh_gateway_address, tagged_address
+from proconsul.connect.proxy.addresses import healthy, mesh_gateway_address, tagged_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway_log import GatewayAccessLog, peer_address
-from proconsul.connect.proxy.gateway_resolver import healthy
 from proconsul.connect.proxy.sni import (
     MAX_HELLO,
     Incomplete,

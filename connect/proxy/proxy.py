@@ -23,7 +23,7 @@ from aiohttp import web
 
 from proconsul.catalog.filter import Predicate
 from proconsul.connect.proxy import h2relay, http, listeners
-from proconsul.connect.proxy.addresses import mesh_gateway_address
+from proconsul.connect.proxy.addresses import dialable, mesh_gateway_address
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError, wait_registered
 from proconsul.connect.proxy.authz import IntentionPolicy
@@ -37,7 +37,7 @@ from proconsul.connect.proxy.config import (
     with_protocols,
     with_upstream_config,
 )
-from proconsul.connect.proxy.gateway_resolver import healthy, subset_filter
+from proconsul.connect.proxy.gateway_resolver import subset_filter
 from proconsul.connect.proxy.routing import ChainFormatError, RouteTable, Target
 from proconsul.connect.proxy.runtime import Runtime
 from proconsul.connect.proxy.tap import Subscriber, TapError, TapFilter, parse_rate
@@ -70,15 +70,9 @@ def healthy_instances(entries: list[dict[str, Any]], destination: str, datacente
     """The instances to send to from `/v1/health/connect/:svc` (every health state): each sidecar's (or native
     service's) public address. As Consul's proxies do, an instance with a critical check (its node's included)
     is left out, and one with a warning check only when the resolver's subset says `OnlyPassing`."""
-    out = []
-    for e in entries:
-        node, svc = e.get("Node") or {}, e.get("Service") or {}
-        address = svc.get("Address") or node.get("Address") or ""
-        if not address or not svc.get("Port") or not healthy(e.get("Checks") or [], only_passing):
-            continue
-        out.append(Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
-                            service=destination, datacenter=node.get("Datacenter") or datacenter, sni=sni))
-    return out
+    return [Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
+                     service=destination, datacenter=node.get("Datacenter") or datacenter, sni=sni)
+            for node, svc, address in dialable(entries, only_passing)]
 
 
 def subset_rows(entries: list[dict[str, Any]], predicate: Predicate | None) -> list[dict[str, Any]]:

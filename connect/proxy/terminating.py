@@ -115,6 +115,15 @@ class _Linked:
             pool.policy = r.policy
             pool.set_instances(r.instances(self.rows, name, subset))
 
+    def pick(self, subset: str, rng: random.Random, tried: set[str] | None, key: bytes | None
+             ) -> tuple[UpstreamPool, Instance]:
+        """An instance of `subset` for the next request or stream, by the resolver's LoadBalancer (not one in
+        `tried`), and its pool; NoHealthyInstance when there is none (or the subset is gone)."""
+        pool = self.pools.get(subset)
+        if pool is None:
+            raise NoHealthyInstance(f"subset {subset!r} is no longer defined")
+        return pool, pool.pick(time.monotonic(), rng, tried, key)
+
     def host_for(self, inst: Instance) -> bytes:
         """The Host (`:authority`) a request to `inst` gets: its address when that is a hostname (Envoy's
         auto_host_rewrite on Consul's LOGICAL_DNS cluster) unless DisableAutoHostRewrite; b"" keeps the caller's."""
@@ -275,12 +284,9 @@ class TerminatingFront(_Tracked, InboundFront):
 
     def to_app(self, ex: Exchange) -> None:
         linked = self.linked
-        pool = linked.pools.get(self.subset)
         key = linked.hash_key(ex.head.headers, ex.head.target, self.transport)
         try:
-            if pool is None:
-                raise NoHealthyInstance(f"subset {self.subset!r} is no longer defined")
-            inst = pool.pick(time.monotonic(), self.gw.rng, None, key)
+            pool, inst = linked.pick(self.subset, self.gw.rng, None, key)
         except NoHealthyInstance:
             self.dial_flag = "UH"
             ex.back_failed(no_instance(self.subset))
@@ -376,12 +382,9 @@ class TerminatingH2Front(_Tracked, H2InboundFront):
         """Place the stream on an instance (not one in `tried`: those could not be connected to, `error` the
         last reason) and relay it on that instance's shared connection."""
         linked = self.linked
-        pool = linked.pools.get(self.subset)
         key = linked.hash_key([h for h in s.headers if not h[0].startswith(b":")], s.path, self.transport)
         try:
-            if pool is None:
-                raise NoHealthyInstance(f"subset {self.subset!r} is no longer defined")
-            inst = pool.pick(time.monotonic(), self.gw.rng, tried, key)
+            pool, inst = linked.pick(self.subset, self.gw.rng, tried, key)
         except NoHealthyInstance:
             self.dial_flag = "UF" if tried else "UH"
             self.attempt_failed(s, error or no_instance(self.subset))

@@ -461,7 +461,11 @@ def test_resolver_request_timeout_applies_at_the_gateway(mesh: dict[str, Any]) -
 
 
 def test_resolver_timeouts_read_as_consul_writes_them() -> None:
-    from proconsul.connect.proxy.gateway_resolver import DIAL_TIMEOUT, REQUEST_TIMEOUT, resolver_timeouts
+    from proconsul.connect.proxy.gateway_resolver import DIAL_TIMEOUT, REQUEST_TIMEOUT, parse_resolver
+
+    def resolver_timeouts(entry: dict[str, Any] | None) -> tuple[float, float]:
+        r = parse_resolver(entry)
+        return r.connect_timeout, r.request_timeout
 
     assert resolver_timeouts(None) == (DIAL_TIMEOUT, REQUEST_TIMEOUT)
     assert resolver_timeouts({"ConnectTimeout": "2s", "RequestTimeout": "1m30s"}) == (2.0, 90.0)
