@@ -1,29 +1,40 @@
 """Where to dial a catalog entry (pure): a service's tagged address (`lan`, `wan`), else its own address,
-else its node's; and which entries may be sent to at all (`healthy`, `dialable`). One rule for the sidecars,
-the gateways and the servers' gateway probes."""
+else its node's; and which entries may be sent to at all, and how much (`weight`, `dialable`). One rule for
+the sidecars, the gateways and the servers' gateway probes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+MAX_WEIGHT = 128  # Envoy's limit, as Consul clamps it
 
-def healthy(checks: list[dict[str, Any]], only_passing: bool) -> bool:
-    """Envoy's view of an instance's checks as Consul gives it: any critical one (maintenance included) makes
-    it unhealthy; a warning one too only with OnlyPassing."""
+
+def weight(svc: dict[str, Any], checks: list[dict[str, Any]], only_passing: bool) -> int:
+    """An instance's load-balancing weight as Consul gives it to its proxies, 0 for one not to send to: any
+    critical check (maintenance included) leaves it out, a warning one too with OnlyPassing. Otherwise its
+    `Weights.Passing` (1 without Weights), or `Weights.Warning` when a check warns; a weight below 1 leaves
+    it out (Warning 0 is how an operator says "no traffic while warning"), one above 128 counts as 128."""
     statuses = {c.get("Status") for c in checks}
-    return "critical" not in statuses and not (only_passing and "warning" in statuses)
+    if "critical" in statuses or (only_passing and "warning" in statuses):
+        return 0
+    weights = svc.get("Weights") or {}
+    w = weights.get("Warning" if "warning" in statuses and weights else "Passing", 1)
+    w = w if isinstance(w, int) and not isinstance(w, bool) else 1
+    return min(w, MAX_WEIGHT) if w >= 1 else 0
 
 
 def dialable(entries: Iterable[dict[str, Any]], only_passing: bool = False
-             ) -> Iterator[tuple[dict[str, Any], dict[str, Any], str]]:
-    """(node, service, address) of each health entry `{Node, Service, Checks}` that has an address (the
-    service's, else its node's) and a port, and whose checks are `healthy`."""
+             ) -> Iterator[tuple[dict[str, Any], dict[str, Any], str, int]]:
+    """(node, service, address, weight) of each health entry `{Node, Service, Checks}` that has an address
+    (the service's, else its node's) and a port, and a `weight` above 0."""
     for e in entries:
         node, svc = e.get("Node") or {}, e.get("Service") or {}
         address = svc.get("Address") or node.get("Address") or ""
-        if address and svc.get("Port") and healthy(e.get("Checks") or [], only_passing):
-            yield node, svc, address
+        if address and svc.get("Port"):
+            w = weight(svc, e.get("Checks") or [], only_passing)
+            if w:
+                yield node, svc, address, w
 
 
 def tagged_address(entry: dict[str, Any], tag: str) -> tuple[str, int] | None:

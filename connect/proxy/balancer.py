@@ -1,8 +1,10 @@
 """Which upstream instance gets the next connection (pure: time and randomness are arguments).
 
-An `UpstreamPool` holds the healthy instances of one upstream (from the agent's `?passing` view),
-picks one by round robin, least requests, at random, or by a request's hash key on a consistent-hash ring
-(`ring_hash`) or a Maglev table (`maglev`), and does passive outlier detection: an
+An `UpstreamPool` holds the instances of one upstream that may be sent to, each with its weight (Consul's
+`Weights`, as `addresses.weight` reads them), picks one by (weighted) round robin, least requests weighted
+by each instance's weight, at random (unweighted, as Envoy's), or by a request's hash key on a consistent-hash
+ring (`ring_hash`) or a Maglev table (`maglev`), both with shares in proportion to the weights, and does
+passive outlier detection: an
 instance that fails `max_failures` connects (or, in HTTP mode, 5xx answers) in a row is ejected for
 `base_ejection` × the number of times it was ejected in a row, never more than
 `max_ejection_percent` of the pool at once; it comes back by itself when its time is up.
@@ -13,9 +15,11 @@ from __future__ import annotations
 import bisect
 import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from proconsul.connect.proxy.config import OutlierSettings
+
+T = TypeVar("T")
 
 
 class Rng(Protocol):
@@ -34,6 +38,7 @@ class Instance:
     service: str  # the destination service whose identity the peer must present
     datacenter: str = ""
     sni: str = ""  # the TLS server name to send ("": Consul's name of `service` in `datacenter`)
+    weight: int = 1  # its share of the picks against the pool's others (Consul's Weights, 1..128)
 
 
 @dataclass(slots=True)
@@ -43,6 +48,7 @@ class _State:
     failures: int = 0  # consecutive failures
     ejections: int = 0  # consecutive ejections (reset by a success after coming back)
     ejected_until: float = 0.0
+    current: int = 0  # smooth weighted round robin's running credit
 
 
 @dataclass(slots=True)
@@ -53,7 +59,8 @@ class PoolStats:
     ejected_now: list[str] = field(default_factory=list)
 
 
-RING_POINTS = 100  # virtual points per instance on the ring_hash ring
+RING_POINTS = 100  # points on the ring_hash ring for each of the lightest instances' weight
+MAX_RING_POINTS = 100_000  # the whole ring at most (weights far apart are scaled down to fit)
 MAGLEV_SIZE = 65537  # a prime, Envoy's default (built in ~25 ms, once per membership change)
 
 
@@ -61,17 +68,29 @@ def _h(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def build_ring(ids: list[str]) -> tuple[list[int], list[str]]:
-    """A consistent-hash ring: RING_POINTS points per instance, sorted (points, owners)."""
-    points = sorted((_h(f"{i}#{n}".encode()), i) for i in ids for n in range(RING_POINTS))
+def build_ring(ids: list[str], weights: list[int] | None = None) -> tuple[list[int], list[str]]:
+    """A consistent-hash ring, sorted (points, owners): RING_POINTS points for an instance of the lightest
+    weight, in proportion for heavier ones (equal weights: RING_POINTS each), so an instance keeps its
+    points while others come and go (unless the lightest weight changes) and few keys move."""
+    if not ids:
+        return [], []
+    w = weights or [1] * len(ids)
+    per_unit = min(RING_POINTS / min(w), MAX_RING_POINTS / sum(w))
+    counts = [max(1, round(wi * per_unit)) for wi in w]
+    points = sorted((_h(f"{i}#{n}".encode()), i) for i, c in zip(ids, counts, strict=True) for n in range(c))
     return [p for p, _ in points], [i for _, i in points]
 
 
-def build_maglev(ids: list[str], size: int = MAGLEV_SIZE) -> list[str]:
+def build_maglev(ids: list[str], size: int = MAGLEV_SIZE, weights: list[int] | None = None) -> list[str]:
     """Maglev's lookup table (Eisenbud et al., 2016): each instance fills slots in its own permutation
-    order, taking turns, so every instance owns about size/n slots and a membership change moves few."""
+    order, taking turns, so every instance owns a share of the slots in proportion to its weight (size/n
+    with equal weights) and a membership change moves few. An instance of weight w takes a turn in w of
+    every max-weight rounds."""
     if not ids:
         return []
+    w = weights or [1] * len(ids)
+    top = max(w)
+    credit = [0] * len(ids)
     perms = []
     for i in ids:
         offset = _h(b"o" + i.encode()) % size
@@ -82,6 +101,10 @@ def build_maglev(ids: list[str], size: int = MAGLEV_SIZE) -> list[str]:
     filled = 0
     while True:
         for k, i in enumerate(ids):
+            credit[k] += w[k]
+            if credit[k] < top:
+                continue
+            credit[k] -= top
             offset, skip = perms[k]
             c = (offset + nxt[k] * skip) % size
             while table[c] is not None:
@@ -92,6 +115,15 @@ def build_maglev(ids: list[str], size: int = MAGLEV_SIZE) -> list[str]:
             filled += 1
             if filled == size:
                 return [t for t in table if t is not None]
+
+
+def weighted_order(weighted: list[tuple[T, int]], rng: Rng) -> list[T]:
+    """The items in a random order in which an item of weight w comes first w times as often as one of
+    weight 1 (Efraimidis and Spirakis' weighted sampling without replacement: each draws u^(1/w), highest
+    first). Equal weights: a plain shuffle's distribution."""
+    keyed = [(rng.random() ** (1.0 / w), k) for k, (_, w) in enumerate(weighted)]
+    keyed.sort(reverse=True)
+    return [weighted[k][0] for _, k in keyed]
 
 
 class NoHealthyInstance(Exception):
@@ -109,6 +141,8 @@ class UpstreamPool:
         self.stats = PoolStats()
         self._ring: tuple[list[int], list[str]] | None = None
         self._maglev: list[str] | None = None
+        self._weights: list[int] = []  # in `_order`
+        self._uniform = True  # every weight equal: plain round robin and least request
 
     # ------------------------------------------------------------------ membership
     def set_instances(self, instances: list[Instance]) -> None:
@@ -122,13 +156,20 @@ class UpstreamPool:
             else:
                 states[inst.id] = _State(inst)
         self._states = states
-        if sorted(states) != self._order:
+        order = sorted(states)
+        weights = [states[i].instance.weight for i in order]
+        if order != self._order or weights != self._weights:
             self._ring = self._maglev = None  # rebuilt on the next hashed pick
-        self._order = sorted(states)
+        self._order, self._weights = order, weights
+        self._uniform = len(set(weights)) <= 1
         self._next %= max(1, len(self._order))
 
     def instances(self) -> list[Instance]:
         return [self._states[i].instance for i in self._order]
+
+    def weights(self) -> dict[str, int]:
+        """Each instance's weight, by id (what /stats shows)."""
+        return dict(zip(self._order, self._weights, strict=True))
 
     def __len__(self) -> int:
         return len(self._order)
@@ -145,7 +186,7 @@ class UpstreamPool:
     def pick(self, now: float, rng: Rng, exclude: set[str] | None = None, hash_key: bytes | None = None) -> Instance:
         """The instance for the next connection; `exclude` holds those this attempt already tried;
         `hash_key` places the request on the ring (ring_hash, maglev; without one they pick at random)."""
-        if not exclude and self.policy == "round_robin":
+        if not exclude and self.policy == "round_robin" and self._uniform:
             # The common case (a first attempt, round robin): the next instance in order that is not ejected,
             # without building the list of those available (what the general path below does, same choice).
             order, states = self._order, self._states
@@ -166,12 +207,17 @@ class UpstreamPool:
         if self.policy in ("ring_hash", "maglev") and hash_key is not None:
             chosen = self._hashed(hash_key, set(ready))
         elif self.policy == "least_request":
-            # Fewest in flight; ties go to a random one of them (two random choices would do too).
-            low = min(self._states[i].active for i in ready)
-            best = [i for i in ready if self._states[i].active == low]
+            # Envoy's weighted least request: the highest weight / (in flight + 1) (with equal weights: the
+            # fewest in flight); ties go to a random one of them.
+            states = self._states
+            score = {i: states[i].instance.weight / (states[i].active + 1) for i in ready}
+            high = max(score.values())
+            best = [i for i in ready if score[i] == high]
             chosen = best[rng.randrange(len(best))] if len(best) > 1 else best[0]
         elif self.policy in ("random", "ring_hash", "maglev"):
             chosen = ready[rng.randrange(len(ready))]
+        elif not self._uniform:
+            chosen = self._weighted_round_robin(ready)
         else:
             # Round robin over the whole order, skipping what is not ready, so ejection keeps the rhythm.
             n = len(self._order)
@@ -185,12 +231,28 @@ class UpstreamPool:
         self.stats.picks += 1
         return self._states[chosen].instance
 
+    def _weighted_round_robin(self, ready: list[str]) -> str:
+        """Smooth weighted round robin (nginx's): every ready instance gains its weight in credit, the richest
+        is chosen and pays the round's total. Over any run of sum-of-weights picks each instance gets its
+        weight's worth, spread out rather than in bursts; an ejected or excluded one sits the rounds out."""
+        states = self._states
+        total, best = 0, None
+        for i in ready:
+            st = states[i]
+            st.current += st.instance.weight
+            total += st.instance.weight
+            if best is None or st.current > best.current:
+                best = st
+        assert best is not None
+        best.current -= total
+        return best.instance.id
+
     def _hashed(self, key: bytes, ready: set[str]) -> str:
         """The instance owning `key`; when it is not ready (ejected, already tried) the next one along."""
         h = _h(key)
         if self.policy == "maglev":
             if self._maglev is None:
-                self._maglev = build_maglev(self._order)
+                self._maglev = build_maglev(self._order, weights=self._weights)
             table = self._maglev
             start = h % len(table)
             for step in range(len(table)):
@@ -199,7 +261,7 @@ class UpstreamPool:
                     return cand
         else:
             if self._ring is None:
-                self._ring = build_ring(self._order)
+                self._ring = build_ring(self._order, self._weights)
             points, owners = self._ring
             start = bisect.bisect_left(points, h)
             for step in range(len(points)):

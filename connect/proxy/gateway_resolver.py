@@ -75,8 +75,8 @@ class GatewayResolver:
         only_passing = spec is not None and spec.only_passing
         pred = spec.predicate if spec is not None else None
         return [Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
-                         service=service)
-                for node, svc, address in dialable(rows if pred is None else filter(pred, rows), only_passing)]
+                         service=service, weight=w)
+                for node, svc, address, w in dialable(rows if pred is None else filter(pred, rows), only_passing)]
 
     def snapshot(self) -> dict[str, Any]:
         """What /stats shows of it."""

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from proconsul.connect.proxy.addresses import healthy, mesh_gateway_address, tagged_address
+from proconsul.connect.proxy.addresses import mesh_gateway_address, tagged_address, weight
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
+from proconsul.connect.proxy.balancer import weighted_order
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway_log import GatewayAccessLog, peer_address
 from proconsul.connect.proxy.sni import (
@@ -52,7 +53,7 @@ RESOLVER_TTL = 5.0  # a service-resolver's subsets are read again after this lon
 
 @dataclass
 class _Targets:
-    addresses: list[tuple[str, int]] = field(default_factory=list)
+    addresses: list[tuple[tuple[str, int], int]] = field(default_factory=list)  # ((host, port), weight)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -215,8 +216,7 @@ class MeshGateway:
             addresses = await self._addresses(target.service if local else self.service,
                                               "" if local else target.datacenter, local)
         loop = asyncio.get_running_loop()
-        order = list(addresses)
-        self.rng.shuffle(order)
+        order = weighted_order(addresses, self.rng)
         now = loop.time()
         order.sort(key=lambda a: now - self._failed.get(a, -FAILED_FOR) < FAILED_FOR)  # recently refused: last
         for host, port in order:
@@ -240,7 +240,7 @@ class MeshGateway:
                     "no healthy instance here" if local else f"no reachable gateway in {target.datacenter}")
         inbound.refuse("UF" if order else "UH")
 
-    async def _subset_addresses(self, service: str, subset: str) -> list[tuple[str, int]]:
+    async def _subset_addresses(self, service: str, subset: str) -> list[tuple[tuple[str, int], int]]:
         """A subset of a service here (`v2.web.default.<our dc>…`): its sidecars that pass the subset's
         Filter in the service's service-resolver (replicated from the primary), as Consul's gateways do.
         An unknown subset has no instances: the connection is closed, never sent to the whole service."""
@@ -260,10 +260,10 @@ class MeshGateway:
         return await self._addresses(service, "", True, str(spec.get("Filter") or ""), bool(spec.get("OnlyPassing")))
 
     async def _addresses(self, service: str, datacenter: str, local: bool, filter_: str = "",
-                         only_passing: bool = False) -> list[tuple[str, int]]:
+                         only_passing: bool = False) -> list[tuple[tuple[str, int], int]]:
         """Where to send for `service` here (its sidecars: as Consul's gateways, one with a critical check is left
         out, one with a warning check only with `only_passing`), or for another datacenter (its passing mesh
-        gateways)."""
+        gateways), each with its weight (`addresses.weight`)."""
         key = (service, datacenter, filter_, only_passing)
         entry = self._targets.get(key)
         if entry is None:
@@ -273,8 +273,9 @@ class MeshGateway:
                       **({"filter": filter_} if filter_ else {})}
 
             def update(body: list[dict[str, Any]], entry: _Targets = entry) -> None:
-                rows = [e for e in body or [] if not local or healthy(e.get("Checks") or [], only_passing)]
-                entry.addresses = [a for a in (_address(e, wan=not local) for e in rows) if a is not None]
+                weighed = ((_address(e, wan=not local), weight(e.get("Service") or {}, e.get("Checks") or [],
+                                                                 only_passing)) for e in body or [])
+                entry.addresses = [(a, w) for a, w in weighed if a is not None and w]
                 entry.ready.set()
 
             task = asyncio.get_running_loop().create_task(self.api.watch(path, params, update, self._stop))

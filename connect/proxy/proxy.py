@@ -23,7 +23,7 @@ from aiohttp import web
 
 from proconsul.catalog.filter import Predicate
 from proconsul.connect.proxy import h2relay, http, listeners
-from proconsul.connect.proxy.addresses import dialable, mesh_gateway_address
+from proconsul.connect.proxy.addresses import dialable, mesh_gateway_address, weight
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError, wait_registered
 from proconsul.connect.proxy.authz import IntentionPolicy
@@ -69,10 +69,11 @@ def healthy_instances(entries: list[dict[str, Any]], destination: str, datacente
                       sni: str = "", only_passing: bool = False) -> list[Instance]:
     """The instances to send to from `/v1/health/connect/:svc` (every health state): each sidecar's (or native
     service's) public address. As Consul's proxies do, an instance with a critical check (its node's included)
-    is left out, and one with a warning check only when the resolver's subset says `OnlyPassing`."""
+    is left out, and one with a warning check only when the resolver's subset says `OnlyPassing`; each weighs
+    what its `Weights` say (`addresses.weight`)."""
     return [Instance(id=f"{node.get('Node', '')}/{svc.get('ID', '')}", address=address, port=int(svc["Port"]),
-                     service=destination, datacenter=node.get("Datacenter") or datacenter, sni=sni)
-            for node, svc, address in dialable(entries, only_passing)]
+                     service=destination, datacenter=node.get("Datacenter") or datacenter, sni=sni, weight=w)
+            for node, svc, address, w in dialable(entries, only_passing)]
 
 
 def subset_rows(entries: list[dict[str, Any]], predicate: Predicate | None) -> list[dict[str, Any]]:
@@ -88,14 +89,16 @@ def gateway_instances(entries: list[dict[str, Any]], *, local: bool, destination
                       sni: str = "") -> list[Instance]:
     """Mesh gateways from `/v1/health/service/<gateway>?passing` as the instances to dial for a destination
     in another datacenter: ours at their LAN address (mode local) or the destination's at their WAN
-    address (mode remote). The peer must still present `destination`'s identity: the gateways only splice."""
+    address (mode remote), weighted by their `Weights`. The peer must still present `destination`'s identity:
+    the gateways only splice."""
     out = []
     for e in entries:
         where = mesh_gateway_address(e, local=local)
-        if where is not None:
-            node, svc = e.get("Node") or {}, e.get("Service") or {}
+        node, svc = e.get("Node") or {}, e.get("Service") or {}
+        w = weight(svc, e.get("Checks") or [], False)
+        if where is not None and w:
             out.append(Instance(id=f"gateway/{node.get('Node', '')}/{svc.get('ID', '')}", address=where[0],
-                                port=where[1], service=destination, datacenter=datacenter, sni=sni))
+                                port=where[1], service=destination, datacenter=datacenter, sni=sni, weight=w))
     return out
 
 
@@ -682,9 +685,10 @@ class Proxy:
             "RetryBudgetRefused": rt.budget.refused,
             "LeafSerial": (self._leaf or {}).get("SerialNumber", ""),
             "RootIDs": [r["ID"] for r in (self._roots or {}).get("Roots") or []],
-            "UpstreamInstances": {p.name: {"Healthy": len(p), "Ejected": p.ejected(now)}
+            "UpstreamInstances": {p.name: {"Healthy": len(p), "Ejected": p.ejected(now), "Weights": p.weights()}
                                   for p in rt.pools.values()},
             "ChainTargets": {tid: {"Healthy": len(p), "Ejected": p.ejected(now), "Policy": p.policy,
+                                   "Weights": p.weights(),
                                    **self._target_stats(key, tid)}
                              for (key, tid), p in rt.target_pools.items()},
             "UpstreamPolicies": {p.name: p.policy for p in [*rt.pools.values(), *rt.target_pools.values()]},

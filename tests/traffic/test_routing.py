@@ -447,3 +447,37 @@ def test_warning_instances_take_traffic_unless_the_subset_says_only_passing(mesh
         a.request("DELETE", "/v1/config/service-resolver/admin")
         a.put("/v1/agent/check/deregister/admin-2-ttl")
     wait_for(lambda: healthy_in_web("admin.default.default.dc1") == 2, 10, message="admin as it was")
+
+
+def test_service_weights_share_requests_and_warning_zero_takes_an_instance_out(mesh: Mesh) -> None:
+    """Consul's `Weights` on a sidecar's registration reach the proxies that send to it (Consul gives them to
+    Envoy as endpoint weights): Passing 3 gives admin-2 three requests in four under round robin, and
+    Warning 0 takes it out of the pool while one of its checks warns."""
+    a = mesh.agent
+    status, reg, _ = a.request("GET", "/v1/agent/service/admin-2")
+    assert status == 200, reg
+    plain = {"Name": "admin", "ID": "admin-2", "Port": reg["Port"], "Meta": reg.get("Meta") or {},
+             "Connect": {"SidecarService": {"Proxy": {"Config": {"local_request_timeout_ms": 1000}}}}}
+    weighted = json.loads(json.dumps(plain))
+    weighted["Connect"]["SidecarService"]["Weights"] = {"Passing": 3, "Warning": 0}
+    target = "admin.default.default.dc1"
+
+    def weights_in_web() -> dict[str, int]:
+        return (mesh.proxies["web"].admin("/stats")["ChainTargets"].get(target) or {}).get("Weights") or {}
+
+    assert a.put("/v1/agent/service/register", weighted)[0] == 200
+    try:
+        wait_for(lambda: sorted(weights_in_web().values()) == [1, 3], 10, message="admin-2's weight 3 in web's pool")
+        served = collections.Counter(mesh.backend("/admin/x") for _ in range(40))
+        assert 27 <= served["admin-2"] <= 33 and served["admin-2"] + served["admin-1"] == 40, served
+
+        assert a.put("/v1/agent/check/register", {"ID": "admin-2-ttl", "Name": "admin-2 TTL", "ServiceID": "admin-2",
+                                                  "TTL": "10m", "Status": "warning"})[0] == 200
+        wait_for(lambda: len(weights_in_web()) == 1, 10, message="admin-2 warning with Warning 0: out of web's pool")
+        assert {mesh.backend("/admin/x") for _ in range(10)} == {"admin-1"}
+        assert a.put("/v1/agent/check/pass/admin-2-ttl")[0] == 200
+        wait_for(lambda: sorted(weights_in_web().values()) == [1, 3], 10, message="admin-2 passing: back, weight 3")
+    finally:
+        a.put("/v1/agent/check/deregister/admin-2-ttl")
+        assert a.put("/v1/agent/service/register", plain)[0] == 200
+    wait_for(lambda: sorted(weights_in_web().values()) == [1, 1], 10, message="admin as it was")
