@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from proconsul.connect.proxy.config import OutlierSettings
 
@@ -39,6 +39,22 @@ class Instance:
     datacenter: str = ""
     sni: str = ""  # the TLS server name to send ("": Consul's name of `service` in `datacenter`)
     weight: int = 1  # its share of the picks against the pool's others (Consul's Weights, 1..128)
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """A resolver's `LoadBalancer.RingHashConfig` and `LeastRequestConfig` (0: not set)."""
+
+    min_ring_size: int = 0  # ring_hash: at least this many points on the ring
+    max_ring_size: int = 0  # ring_hash: at most this many
+    choice_count: int = 0  # least_request with equal weights: compare this many instances drawn at random
+
+    @classmethod
+    def from_entry(cls, lb: dict[str, Any]) -> Sizing:
+        ring, least = lb.get("RingHashConfig") or {}, lb.get("LeastRequestConfig") or {}
+        return cls(min_ring_size=max(0, int(ring.get("MinimumRingSize") or 0)),
+                   max_ring_size=max(0, int(ring.get("MaximumRingSize") or 0)),
+                   choice_count=max(0, int(least.get("ChoiceCount") or 0)))
 
 
 @dataclass(slots=True)
@@ -68,14 +84,17 @@ def _h(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def build_ring(ids: list[str], weights: list[int] | None = None) -> tuple[list[int], list[str]]:
+def build_ring(ids: list[str], weights: list[int] | None = None, sizing: Sizing = Sizing()
+               ) -> tuple[list[int], list[str]]:
     """A consistent-hash ring, sorted (points, owners): RING_POINTS points for an instance of the lightest
     weight, in proportion for heavier ones (equal weights: RING_POINTS each), so an instance keeps its
-    points while others come and go (unless the lightest weight changes) and few keys move."""
+    points while others come and go (unless the lightest weight changes) and few keys move. `sizing`'s
+    MinimumRingSize / MaximumRingSize bound the whole ring's points (MAX_RING_POINTS without one)."""
     if not ids:
         return [], []
     w = weights or [1] * len(ids)
-    per_unit = min(RING_POINTS / min(w), MAX_RING_POINTS / sum(w))
+    per_unit = max(RING_POINTS / min(w), sizing.min_ring_size / sum(w))
+    per_unit = min(per_unit, (sizing.max_ring_size or MAX_RING_POINTS) / sum(w))
     counts = [max(1, round(wi * per_unit)) for wi in w]
     points = sorted((_h(f"{i}#{n}".encode()), i) for i, c in zip(ids, counts, strict=True) for n in range(c))
     return [p for p, _ in points], [i for _, i in points]
@@ -131,9 +150,11 @@ class NoHealthyInstance(Exception):
 
 
 class UpstreamPool:
-    def __init__(self, name: str, policy: str = "round_robin", outlier: OutlierSettings | None = None) -> None:
+    def __init__(self, name: str, policy: str = "round_robin", outlier: OutlierSettings | None = None,
+                 sizing: Sizing = Sizing()) -> None:
         self.name = name
         self.policy = policy
+        self.sizing = sizing
         self.outlier = outlier or OutlierSettings()
         self._states: dict[str, _State] = {}
         self._order: list[str] = []
@@ -163,6 +184,12 @@ class UpstreamPool:
         self._order, self._weights = order, weights
         self._uniform = len(set(weights)) <= 1
         self._next %= max(1, len(self._order))
+
+    def tune(self, policy: str, sizing: Sizing) -> None:
+        """A new policy and sizing (a changed chain); a new ring size rebuilds the ring on the next pick."""
+        if sizing != self.sizing:
+            self._ring = None
+        self.policy, self.sizing = policy, sizing
 
     def instances(self) -> list[Instance]:
         return [self._states[i].instance for i in self._order]
@@ -206,9 +233,14 @@ class UpstreamPool:
                                     + (" (all ejected after failures)" if self._order and not exclude else ""))
         if self.policy in ("ring_hash", "maglev") and hash_key is not None:
             chosen = self._hashed(hash_key, set(ready))
+        elif self.policy == "least_request" and self.sizing.choice_count and self._uniform:
+            # ChoiceCount set (equal weights): Envoy's "power of k choices", k draws with replacement, the
+            # fewest in flight of them (the first drawn on a tie).
+            drawn = [ready[rng.randrange(len(ready))] for _ in range(self.sizing.choice_count)]
+            chosen = min(drawn, key=lambda i: self._states[i].active)
         elif self.policy == "least_request":
-            # Envoy's weighted least request: the highest weight / (in flight + 1) (with equal weights: the
-            # fewest in flight); ties go to a random one of them.
+            # Envoy's weighted least request: the highest weight / (in flight + 1) (with equal weights and no
+            # ChoiceCount, every instance compared: the fewest in flight); ties go to a random one of them.
             states = self._states
             score = {i: states[i].instance.weight / (states[i].active + 1) for i in ready}
             high = max(score.values())
@@ -261,7 +293,7 @@ class UpstreamPool:
                     return cand
         else:
             if self._ring is None:
-                self._ring = build_ring(self._order, self._weights)
+                self._ring = build_ring(self._order, self._weights, self.sizing)
             points, owners = self._ring
             start = bisect.bisect_left(points, h)
             for step in range(len(points)):

@@ -115,12 +115,10 @@ def parse_resolver(entry: dict[str, Any] | None) -> GatewayResolver:
         raw = raw or {}
         flt = str(raw.get("Filter") or "")
         subsets.append(Subset(name, flt, bool(raw.get("OnlyPassing")), subset_filter(flt)))
-    lb = entry.get("LoadBalancer") or {}
     return GatewayResolver(connect_timeout=_seconds(entry.get("ConnectTimeout"), DIAL_TIMEOUT),
                            request_timeout=_seconds(entry.get("RequestTimeout"), REQUEST_TIMEOUT),
                            subsets=tuple(subsets), default_subset=str(entry.get("DefaultSubset") or ""),
-                           lb=LoadBalancer(policy=str(lb.get("Policy") or ""),
-                                           hash_policies=tuple(lb.get("HashPolicies") or ())))
+                           lb=LoadBalancer.from_entry(entry.get("LoadBalancer")))
 
 
 def subset_filter(expression: str) -> Predicate | None:

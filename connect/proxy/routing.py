@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from proconsul.connect.chain import durations
+from proconsul.connect.proxy.balancer import Sizing
 
 # service-router RetryOn's gRPC conditions: retry when a trailers-only response carries this grpc-status
 GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
@@ -73,6 +74,14 @@ class HeaderOps:
 class LoadBalancer:
     policy: str = ""  # "" = the upstream's own lb_policy
     hash_policies: tuple[dict[str, Any], ...] = ()
+    sizing: Sizing = Sizing()
+
+    @classmethod
+    def from_entry(cls, lb: dict[str, Any] | None) -> LoadBalancer:
+        """A resolver's (validated) `LoadBalancer` block."""
+        lb = lb or {}
+        return cls(policy=str(lb.get("Policy") or ""), hash_policies=tuple(lb.get("HashPolicies") or ()),
+                   sizing=Sizing.from_entry(lb))
 
     def hash_key(self, headers: list[tuple[bytes, bytes]], target: bytes, source_ip: str) -> bytes | None:
         """The request's hash key for ring_hash/maglev (Envoy's rule: policies in order, a Terminal one that
@@ -314,11 +323,10 @@ def _build(chain: dict[str, Any]) -> RouteTable:
 
 def _leg(node: dict[str, Any], targets: dict[str, Target]) -> Leg:
     r = node["Resolver"]
-    lb = node.get("LoadBalancer") or {}
     return Leg(target=targets[r["Target"]],
                failover=tuple(targets[t] for t in (r.get("Failover") or {}).get("Targets") or []),
                request_timeout=_seconds(r.get("RequestTimeout")),
-               lb=LoadBalancer(policy=lb.get("Policy", ""), hash_policies=tuple(lb.get("HashPolicies") or ())),
+               lb=LoadBalancer.from_entry(node.get("LoadBalancer")),
                name=node["Name"])
 
 

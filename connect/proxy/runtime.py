@@ -25,7 +25,7 @@ from proconsul.connect.proxy.accesslog import (
     wants_listener_lines,
 )
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
-from proconsul.connect.proxy.balancer import UpstreamPool
+from proconsul.connect.proxy.balancer import Sizing, UpstreamPool
 from proconsul.connect.proxy.breaker import Breaker
 from proconsul.connect.proxy.budget import RetryBudget
 from proconsul.connect.proxy.config import ProxyConfig, Upstream
@@ -189,10 +189,10 @@ class Runtime:
             return []
         wanted = self._chain_policies(up, table)
         new = []
-        for tid, (t, policy) in wanted.items():
+        for tid, (t, policy, sizing) in wanted.items():
             if (key, tid) not in self.target_pools:
                 self.target_pools[(key, tid)] = UpstreamPool(t.service + (f"[{tid}]" if t.filter else ""), policy,
-                                                             up.outlier or self.config.outlier)
+                                                             up.outlier or self.config.outlier, sizing)
                 new.append(t)
         if not activate:
             return new
@@ -201,24 +201,24 @@ class Runtime:
         self.chains[key] = table
         return new
 
-    def _chain_policies(self, up: Upstream, table: RouteTable) -> dict[str, tuple[Target, str]]:
-        """Set the balancing policy of the pools `table` routes to (the upstream's own, the targets' that
-        exist); the targets that need a pool of their own, with their policy."""
-        policies: dict[str, str] = {}
+    def _chain_policies(self, up: Upstream, table: RouteTable) -> dict[str, tuple[Target, str, Sizing]]:
+        """Set the balancing policy (and ring / choice sizing) of the pools `table` routes to (the upstream's
+        own, the targets' that exist); the targets that need a pool of their own, with their policy."""
+        policies: dict[str, tuple[str, Sizing]] = {}
         for route in table.routes:
             for leg in route.legs:
                 for t in (leg.target, *leg.failover):
-                    policies.setdefault(t.id, leg.lb.policy or up.lb_policy)
-        wanted = {tid: (t, policies[tid]) for tid, t in table.targets.items()
+                    policies.setdefault(t.id, (leg.lb.policy or up.lb_policy, leg.lb.sizing))
+        wanted = {tid: (t, *policies[tid]) for tid, t in table.targets.items()
                   if tid in policies and not self.owns_target(up, t)}
-        for tid, (_, policy) in wanted.items():
+        for tid, (_, policy, sizing) in wanted.items():
             pool = self.target_pools.get((up.key, tid))
             if pool is not None:
-                pool.policy = policy
+                pool.tune(policy, sizing)
         own = self.pools.get(up.key)
         if own is not None:
-            own.policy = next((policies[tid] for tid, t in table.targets.items()
-                               if tid in policies and self.owns_target(up, t)), up.lb_policy)
+            own.tune(*next((policies[tid] for tid, t in table.targets.items()
+                            if tid in policies and self.owns_target(up, t)), (up.lb_policy, Sizing())))
         return wanted
 
     # ------------------------------------------------------------------ tasks

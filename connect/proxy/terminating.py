@@ -112,7 +112,7 @@ class _Linked:
             pool = self.pools.get(subset)
             if pool is None:
                 pool = self.pools[subset] = UpstreamPool(name + (f"[{subset}]" if subset else ""), r.policy)
-            pool.policy = r.policy
+            pool.tune(r.policy, r.lb.sizing)
             pool.set_instances(r.instances(self.rows, name, subset))
 
     def pick(self, subset: str, rng: random.Random, tried: set[str] | None, key: bytes | None

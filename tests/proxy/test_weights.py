@@ -1,6 +1,7 @@
 """Consul's service `Weights` in the proxies (pure): which weight a catalog row gets, and how each balancing
 policy shares its picks by weight (Envoy's behaviour: weighted round robin, weighted least request, ring
-hash and Maglev in proportion, random unweighted)."""
+hash and Maglev in proportion, random unweighted); and a resolver's `RingHashConfig` and
+`LeastRequestConfig`, from the config entry to the pool."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from typing import Any
 import pytest
 
 from proconsul.connect.proxy.addresses import weight
-from proconsul.connect.proxy.balancer import Instance, UpstreamPool, build_maglev, build_ring, weighted_order
+from proconsul.connect.proxy.balancer import (
+    Instance,
+    Sizing,
+    UpstreamPool,
+    build_maglev,
+    build_ring,
+    weighted_order,
+)
 from proconsul.connect.proxy.proxy import gateway_instances, healthy_instances
 
 
@@ -119,3 +127,52 @@ def test_weighted_order_puts_heavier_items_first_in_proportion() -> None:
     firsts = collections.Counter(weighted_order([("a", 1), ("b", 3)], rng)[0] for _ in range(8000))
     assert 0.72 <= firsts["b"] / 8000 <= 0.78, firsts
     assert sorted(weighted_order([("a", 1), ("b", 1), ("c", 2)], rng)) == ["a", "b", "c"], "every item, once"
+
+
+def test_ring_hash_config_bounds_the_rings_points() -> None:
+    ids = [f"i{k}" for k in range(4)]
+    assert len(build_ring(ids)[0]) == 400, "without RingHashConfig: 100 points an instance"
+    assert len(build_ring(ids, sizing=Sizing(min_ring_size=4096))[0]) == 4096
+    assert len(build_ring(ids, sizing=Sizing(max_ring_size=64))[0]) == 64
+    assert len(build_ring(ids, [1, 1, 1, 5], Sizing(min_ring_size=1024, max_ring_size=2048))[0]) == 1024
+
+
+def test_least_request_choice_count_compares_that_many_drawn_at_random() -> None:
+    def busy_share(sizing: Sizing) -> float:
+        p = UpstreamPool("api", "least_request", sizing=sizing)
+        p.set_instances([Instance(i, "127.0.0.1", 1000 + k, "api") for k, i in enumerate("abc")])
+        for _ in range(5):
+            p.started(Instance("a", "127.0.0.1", 1000, "api"))
+        rng = random.Random(7)
+        return sum(p.pick(0, rng).id == "a" for _ in range(3000)) / 3000
+
+    assert busy_share(Sizing()) == 0, "every instance compared: the busy one never wins"
+    assert 0.28 <= busy_share(Sizing(choice_count=1)) <= 0.38, "one draw: a plain random pick"
+    assert 0.07 <= busy_share(Sizing(choice_count=2)) <= 0.15, "two draws: busy only when drawn twice (1/9)"
+
+
+def test_a_resolvers_load_balancer_sizing_reaches_the_chains_pools() -> None:
+    from proconsul.connect.chain import compiler, entries
+    from proconsul.connect.proxy.config import from_registration
+    from proconsul.connect.proxy.gateway_resolver import parse_resolver
+    from proconsul.connect.proxy.routing import RouteTable
+    from proconsul.connect.proxy.runtime import Runtime
+
+    lb = {"Policy": "ring_hash", "RingHashConfig": {"MinimumRingSize": 2048, "MaximumRingSize": 4096},
+          "HashPolicies": [{"Field": "header", "FieldValue": "x-user"}]}
+    resolver = {"Kind": "service-resolver", "Name": "api", "DefaultSubset": "v1",
+                "Subsets": {"v1": {"Filter": "Service.Meta.v == 1"}}, "LoadBalancer": lb}
+    idx = compiler.index_entries([entries.validate(dict(e)) for e in (
+        {"Kind": "service-defaults", "Name": "api", "Protocol": "http"}, resolver)])
+    table = RouteTable.from_chain(compiler.compile_chain(idx, "api", datacenter="dc1", trust_domain="td"))
+    rt = Runtime(from_registration({
+        "ID": "web-sidecar-proxy", "Service": "web-sidecar-proxy", "Kind": "connect-proxy", "Port": 21000,
+        "Proxy": {"DestinationServiceName": "web", "LocalServicePort": 8080,
+                  "Upstreams": [{"DestinationName": "api", "LocalBindPort": 9191, "Config": {"protocol": "http"}}]}}),
+        datacenter="dc1")
+    (key,) = rt.pools
+    (target,) = rt.set_chain(key, table)
+    pool = rt.target_pools[(key, target.id)]
+    assert (pool.policy, pool.sizing) == ("ring_hash", Sizing(min_ring_size=2048, max_ring_size=4096))
+    least = {**resolver, "LoadBalancer": {"Policy": "least_request", "LeastRequestConfig": {"ChoiceCount": 3}}}
+    assert parse_resolver(least).lb.sizing == Sizing(choice_count=3), "the terminating gateway reads it too"
