@@ -20,7 +20,7 @@ from proconsul.agent.api.body import fold_keys, json_body, want_dict
 from proconsul.agent.api.errors import BadRequest, HTTPError, NotFoundHTTP
 from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import blocking_params, check_common, filter_rows, primary_owned
-from proconsul.agent.api.responses import json_response
+from proconsul.agent.api.responses import consul_headers, json_response
 from proconsul.agent.cluster.rpc import register_error
 from proconsul.agent.connect.base import ConnectBase, iso_time
 from proconsul.agent.connect.client import ClientConnect
@@ -71,7 +71,33 @@ async def ca_roots(request: web.Request) -> web.Response:
     if b.index:
         await conn.wait_roots(b.index, b.wait)
     idx, body = conn.roots_body()
+    if _pem_wanted(request):
+        return web.Response(text=pem_chain(body), content_type="application/pem-certificate-chain",
+                            headers=consul_headers(request, idx))
     return json_response(request, body, index=idx)
+
+
+GO_BOOLS = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
+            "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
+
+
+def _pem_wanted(request: web.Request) -> bool:
+    """Consul's `?pem=<bool>` (Go's ParseBool; an empty value is false)."""
+    raw = request.query.get("pem", "")
+    if raw == "":
+        return False
+    if raw not in GO_BOOLS:
+        raise BadRequest(f"The 'pem' query parameter must be a boolean value, not {raw!r}")
+    return GO_BOOLS[raw]
+
+
+def pem_chain(roots: dict[str, Any]) -> str:
+    """Every root certificate, each followed by its intermediates, as one PEM bundle (what `?pem=true`
+    answers: a file applications can trust mesh certificates with)."""
+    pems = []
+    for r in roots.get("Roots") or []:
+        pems.extend([r.get("RootCert") or "", *(r.get("IntermediateCerts") or [])])
+    return "".join(p if p.endswith("\n") else p + "\n" for p in pems if p.strip())
 
 
 @routes.get("/v1/connect/ca/configuration")

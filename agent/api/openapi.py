@@ -49,6 +49,8 @@ EXTRA_PARAMS: dict[str, dict[str, Any]] = {
     "/v1/event/fire/": {"node": _STR, "service": _STR, "tag": _STR},
     "/v1/event/list": {"name": _STR},
     "/v1/config": {"cas": {"type": "integer", "minimum": 0}},
+    "/v1/connect/ca/roots": {"pem": {"type": "boolean", "description": "answer a PEM bundle of every root and "
+                                                                        "intermediate (Go's ParseBool values)"}},
     "/v1/discovery-chain/": {"compile-dc": _STR},
     "/v1/operator/raft/peer": {"id": _STR, "address": _STR},
     "/v1/agent/debug/profile": {"seconds": {"type": "integer", "minimum": 1, "maximum": 60}},

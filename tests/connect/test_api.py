@@ -42,6 +42,30 @@ def test_leaf_is_cached_and_verifies(agent: AgentProcess) -> None:
     assert ca.verify_signed_by(leaf["CertPEM"], root["RootCert"])
 
 
+def test_roots_as_a_pem_bundle_that_openssl_verifies_a_leaf_with(agent: AgentProcess, tmp_path) -> None:  # noqa: ANN001
+    """`?pem=true` (Consul's): every root and intermediate as `application/pem-certificate-chain`, the file an
+    application trusts mesh certificates with; `openssl verify` accepts a leaf against it."""
+    import shutil
+    import subprocess
+
+    status, bundle, headers = agent.request("GET", "/v1/connect/ca/roots?pem=true")
+    assert status == 200 and headers["Content-Type"].startswith("application/pem-certificate-chain"), headers
+    assert int(headers["X-Consul-Index"]) >= 1
+    roots = agent.get("/v1/connect/ca/roots")[1]["Roots"]
+    assert bundle.count("BEGIN CERTIFICATE") == sum(1 + len(r.get("IntermediateCerts") or []) for r in roots)
+    assert all(r["RootCert"].strip() in bundle for r in roots) and "PRIVATE KEY" not in bundle
+    assert agent.request("GET", "/v1/connect/ca/roots?pem=0")[2]["Content-Type"].startswith("application/json")
+    status, body, _ = agent.request("GET", "/v1/connect/ca/roots?pem=maybe")
+    assert status == 400 and "'pem'" in body, body
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian openssl)")
+    (tmp_path / "ca.pem").write_text(bundle)
+    (tmp_path / "leaf.pem").write_text(agent.get("/v1/agent/connect/ca/leaf/web")[1]["CertPEM"])
+    verified = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0 and ": OK" in verified.stdout, verified.stdout + verified.stderr
+
+
 def test_rotation_wakes_leaf_watchers_and_cross_signs(agent: AgentProcess) -> None:
     leaf = agent.get("/v1/agent/connect/ca/leaf/rot")[1]
     old_active = agent.get("/v1/connect/ca/roots")[1]["ActiveRootID"]
