@@ -79,6 +79,7 @@ class Instance:
     weight_warning: int = 1
     node_tagged: Mapping[str, str] = field(default_factory=dict)  # lan_ipv4, lan_ipv6, wan, …
     service_tagged: Mapping[str, str] = field(default_factory=dict)  # tag -> address
+    wan_port: int = 0  # the service's TaggedAddresses.wan port (0: none), for translate_wan_addrs
 
 
 @dataclass(frozen=True, slots=True)

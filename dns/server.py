@@ -26,6 +26,7 @@ from .answer import Answerer, CatalogView, QueryAnswer
 from .cache import WireCache
 from .errors import BadRecursor, ListenError, RemoteDNSError, ViewUnavailable
 from .mmsg import SLOT, BatchSocket
+from .wan_view import WanView
 
 log = logging.getLogger("proconsul.dns")
 
@@ -71,7 +72,7 @@ def parse_recursor(text: str) -> tuple[str, int]:
 
 
 # Asks another datacenter's servers: (datacenter, question, udp) -> their answer; raises RemoteDNSError.
-Remote = Callable[[str, bytes, bool], Awaitable[bytes | None]]
+Remote = Callable[[str, bytes, bool, str], Awaitable[bytes | None]]  # (datacenter, packet, udp, wan_for)
 # Runs a prepared query's definition in its failover datacenters: the first answer with instances, or None.
 QueryFailover = Callable[[Mapping[str, Any]], Awaitable[QueryAnswer | None]]
 
@@ -95,8 +96,12 @@ class DNSHandler:
 
     def __init__(self, answerer: Answerer, view: CatalogView, recursors: list[tuple[str, int]],
                  recursor_timeout: float = 2.0, rng: random.Random | None = None,
-                 remote: Remote | None = None, query_failover: QueryFailover | None = None) -> None:
+                 remote: Remote | None = None, query_failover: QueryFailover | None = None,
+                 wan_for: str = "") -> None:
         self.remote = remote
+        # translate_wan_addrs: answers for an agent of this datacenter about another one carry WAN addresses
+        # ("" = off). Questions relayed from other agents carry their own (`handle`/`recurse` argument).
+        self.wan_for = wan_for
         self.query_failover = query_failover
         self.answerer = answerer
         self.view = view
@@ -114,11 +119,15 @@ class DNSHandler:
         self.udp_cache.invalidate(services)
         self.tcp_cache.invalidate(services)
 
-    def handle(self, packet: bytes, udp: bool) -> tuple[bytes | None, bool]:
-        """(response or None to drop, whether to relay the packet to a recursor instead)."""
+    def handle(self, packet: bytes, udp: bool, wan_for: str | None = None) -> tuple[bytes | None, bool]:
+        """(response or None to drop, whether to relay the packet to a recursor instead). `wan_for` names the
+        asking agent's datacenter when it translates WAN addresses (None: this handler's own setting); an
+        asker of another datacenter gets WAN addresses, answered without the wire cache."""
         packet = bytes(packet)
+        wan_for = self.wan_for if wan_for is None else wan_for
+        translate = bool(wan_for) and wan_for.lower() != self.view.datacenter.lower()
         cache = self.udp_cache if udp else self.tcp_cache
-        hit = cache.get(packet)
+        hit = None if translate else cache.get(packet)
         if hit is not None:
             return hit, False
         if len(packet) < 12 or packet[2] & 0x80:  # no header, or a response: never answer those
@@ -142,11 +151,12 @@ class DNSHandler:
                                         flags="do" if opt[0].ttl & 0x8000 else "")] * len(opt))
             canon.header.ar = len(opt)
             key = bytes(canon.pack())[2:]
-            hit = cache.lookup_key(key, packet[:2])
+            hit = None if translate else cache.lookup_key(key, packet[:2])
             if hit is not None:
                 return hit, False
+        view = WanView(self.view) if translate else self.view
         try:
-            outcome = self.answerer.answer(request, self.view, self.rng, udp, bool(self.recursors))
+            outcome = self.answerer.answer(request, view, self.rng, udp, bool(self.recursors))
             if outcome.recurse or (outcome.remote and self.remote is not None) or (
                     outcome.failover is not None and self.query_failover is not None):  # answered by `recurse`
                 return None, True
@@ -161,11 +171,11 @@ class DNSHandler:
             self.stats["servfail"] += 1
             return error_reply(packet, RCODE.SERVFAIL), False
         self.stats["answered"] += 1
-        if outcome.cacheable:
+        if outcome.cacheable and not translate:
             cache.add(key, data, outcome.depends, outcome.shuffled)
         return data, False
 
-    async def recurse(self, packet: bytes, tcp: bool = False) -> bytes | None:
+    async def recurse(self, packet: bytes, tcp: bool = False, wan_for: str | None = None) -> bytes | None:
         """Answer what `handle` could not at once: a question for another datacenter goes to its servers
         (NXDOMAIN for a datacenter nobody knows, SERVFAIL when none of its servers answers); anything
         else is relayed to the recursors in order, SERVFAIL when none answers within the timeout."""
@@ -188,7 +198,7 @@ class DNSHandler:
         if outcome.remote and self.remote is not None:
             self.stats["remote"] += 1
             try:
-                answer = await self.remote(outcome.remote, packet, not tcp)
+                answer = await self.remote(outcome.remote, packet, not tcp, self.wan_for if wan_for is None else wan_for)
             except RemoteDNSError as e:
                 log.info("DNS: datacenter %s did not answer: %s", outcome.remote, e)
                 if e.rcode == RCODE.NXDOMAIN and outcome.response is not None:

@@ -20,6 +20,7 @@ from typing import Any
 from proconsul.catalog import prepared_query as pq
 from proconsul.catalog.errors import NotFound
 from proconsul.catalog.store import ACL_TABLES, CHECKS, NODES, PASSING, SERVICES, StateStore, aggregate_status
+from proconsul.catalog.translate import service_port
 
 from .answer import Answerer, DNSSettings, Instance, Node, QueryAnswer
 from .errors import DNSServiceError, ListenError, RemoteDNSError
@@ -49,7 +50,8 @@ def _instance(node: dict[str, Any], svc: dict[str, Any], checks: list[dict[str, 
         port=int(svc.get("Port") or 0), tags=tuple(svc.get("Tags") or ()),
         status=aggregate_status(checks), weight_passing=int(weights.get("Passing", 1)),
         weight_warning=int(weights.get("Warning", 1)), node_tagged=_str_map(node.get("TaggedAddresses")),
-        service_tagged=_str_map(svc.get("TaggedAddresses")))
+        service_tagged=_str_map(svc.get("TaggedAddresses")),
+        wan_port=service_port(0, svc.get("TaggedAddresses") or {}))
 
 
 class StoreView:
@@ -236,10 +238,10 @@ def _remote_asker(agent: Any) -> Callable[[str, bytes, bool], Any]:
     from proconsul.agent.cluster.errors import ClusterError, NoPathToDatacenter
     from proconsul.agent.cluster.rpc import RPCError
 
-    async def ask(datacenter: str, packet: bytes, udp: bool) -> bytes | None:
+    async def ask(datacenter: str, packet: bytes, udp: bool, wan_for: str) -> bytes | None:
+        args = {"packet": packet, "udp": udp, **({"wan_for": wan_for} if wan_for else {})}
         try:
-            return await agent.cluster.forward_dc(datacenter, "dns.query", {"packet": packet, "udp": udp},
-                                                  timeout=5.0, idempotent=True)
+            return await agent.cluster.forward_dc(datacenter, "dns.query", args, timeout=5.0, idempotent=True)
         except NoPathToDatacenter as e:
             raise RemoteDNSError(str(e), RCODE.NXDOMAIN) from None
         except (ClusterError, RPCError) as e:
@@ -280,7 +282,8 @@ def attach(agent: Any) -> None:
         view = StoreView(agent.store, cfg.node_name, parse_duration) if agent.acl is None else StoreView(
             agent.store, cfg.node_name, parse_duration, agent.dns_may_read, extra_tables=ACL_TABLES)
         handler = DNSHandler(Answerer(settings_from_config(cfg)), view, recursors, cfg.dns.recursor_timeout,
-                             remote=_remote_asker(agent), query_failover=_query_failover(agent, view))
+                             remote=_remote_asker(agent), query_failover=_query_failover(agent, view),
+                             wan_for=cfg.datacenter if cfg.translate_wan_addrs else "")
     agent.dns_handler = handler
 
     sockets: list[tuple[socket.socket, socket.socket]] = []

@@ -19,12 +19,14 @@ COMPONENTS = {"agent": "agent", "catalog": "catalog", "consensus": "consensus", 
 
 # Pure cores (DESIGN.md §6): time and randomness come in as arguments; no clock, randomness, event loop,
 # sockets, threads, processes or files. A folder name means every module below it.
-PURE = ["consensus/core.py", "consensus/progress.py", "consensus/log.py", "dns/answer.py", "agent/cluster/vivaldi.py",
+PURE = ["consensus/core.py", "consensus/progress.py", "consensus/log.py", "dns/answer.py", "dns/wan_view.py",
+        "agent/cluster/vivaldi.py",
         "connect/intentions.py", "catalog", "membership/core.py", "membership/view.py", "membership/codec.py",
         "membership/config.py", "membership/suspicion.py", "membership/health.py", "membership/broadcast.py",
         "membership/errors.py", "agent/cluster/coordinates.py", "connect/chain/compiler.py",
         "connect/chain/canary.py", "connect/chain/entries.py", "agent/acl/authorizer.py", "agent/acl/rules.py",
-        "agent/acl/enforce.py", "connect/proxy/gateway_resolver.py"]
+        "agent/acl/enforce.py", "connect/proxy/gateway_resolver.py", "connect/proxy/balancer.py",
+        "connect/proxy/addresses.py"]
 BANNED_MODULES = {"time", "random", "asyncio", "socket", "selectors", "threading", "subprocess", "os", "pathlib",
                   "shutil", "tempfile", "io", "datetime", "uuid", "secrets", "ssl"}
 BANNED_CALLS = {"open", "input", "print"}

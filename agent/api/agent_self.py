@@ -82,6 +82,7 @@ def self_body(agent: Any) -> dict[str, Any]:
                         "DefaultIntentionPolicy": "allow" if cfg.intention_default_allow else "deny",
                         "LogLevel": cfg.log_level.upper(), "LogJSON": cfg.log_json, "NodeMeta": dict(cfg.node_meta),
                         "RetryJoinLAN": list(cfg.retry_join), "BootstrapExpect": cfg.bootstrap_expect,
+                        "TranslateWANAddrs": cfg.translate_wan_addrs,
                         "ACLsEnabled": False, "RaftProtocol": 3, "Revision": "proconsul",
                         "Version": CONSUL_COMPAT_VERSION},
         "Coord": agent.cluster.lan.coordinates.coord.to_json(),  # measured from the LAN probes

@@ -17,12 +17,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 from yarl import URL
 
 from proconsul.agent.api.keys import AGENT
 from proconsul.agent.cluster.errors import ClusterError
 from proconsul.agent.config.duration import DurationError, parse_duration
+from proconsul.catalog.translate import HEADER as TRANSLATE_HEADER
+from proconsul.catalog.translate import shape_of, translate_body
 
 log = logging.getLogger("proconsul.forward")
 
@@ -68,7 +71,22 @@ async def forward_request(request: web.Request, datacenter: str) -> web.Response
     timeout = _timeout(request)
     status, out_headers, out_body = await agent.cluster.forward_dc(
         datacenter, "http.serve", args, timeout, idempotent=request.method in ("GET", "HEAD"))
+    if agent.config.translate_wan_addrs:
+        out_headers = {**out_headers, TRANSLATE_HEADER: "true"}
+        shape = shape_of(request.path)
+        if shape and status == 200 and request.method == "GET" and datacenter != agent.config.datacenter.lower():
+            out_body = translated(out_body, shape, "pretty" in request.query)
     return web.Response(status=status, body=out_body, headers=out_headers)
+
+
+def translated(body: bytes, shape: str, pretty: bool) -> bytes:
+    """A forwarded answer about another datacenter with its nodes and services at their WAN addresses
+    (`translate_wan_addrs`, the endpoints Consul translates)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    return orjson.dumps(translate_body(shape, data), option=orjson.OPT_INDENT_2 if pretty else 0)
 
 
 def on_leader(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]

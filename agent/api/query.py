@@ -27,6 +27,7 @@ from proconsul.agent.config.duration import DurationError, parse_duration
 from proconsul.catalog import commands as c
 from proconsul.catalog import prepared_query as pq
 from proconsul.catalog.errors import InvalidRequest
+from proconsul.catalog.translate import QUERY_RESULT, translate_body
 
 log = logging.getLogger("proconsul.query")
 routes = web.RouteTableDef()
@@ -217,6 +218,9 @@ async def execute(request: web.Request) -> web.Response:
     coords = await coordinates(agent) if near else {}
     result["Nodes"] = pq.order(result["Nodes"], agent.rng, near, limit,
                                lambda rows: sort_by_distance(rows, lambda r: r["Node"]["Node"], coords, near))
+    if agent.config.translate_wan_addrs and (result.get("Datacenter") or agent.config.datacenter) != \
+            agent.config.datacenter:  # a failover datacenter answered: its addresses as seen from here
+        translate_body(QUERY_RESULT, result)
     return json_response(request, result, index=idx)
 
 

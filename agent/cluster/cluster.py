@@ -771,7 +771,9 @@ class Cluster:
             await self.autopilot.run_once(self.raft)
 
     async def dns_forward(self, packet: bytes, udp: bool) -> bytes | None:
-        return await self.call_any_server("dns.query", {"packet": packet, "udp": udp}, timeout=5.0)
+        cfg = self.config
+        return await self.call_any_server("dns.query", {"packet": packet, "udp": udp, **(
+            {"wan_for": cfg.datacenter} if cfg.translate_wan_addrs else {})}, timeout=5.0)
 
     async def on_leader(self, method: str, args: dict[str, Any], local: Callable[[], Any], *,
                         idempotent: bool = False) -> Any:

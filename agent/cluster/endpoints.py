@@ -128,9 +128,10 @@ class ServerEndpoints:
         if handler is None or not hasattr(handler, "answerer") or not isinstance(packet, bytes):
             raise ClusterError("this server does not answer DNS (dns port -1)" if handler is None
                                else "dns.query needs a packet")
-        response, recurse = handler.handle(packet, bool(args.get("udp", True)))
+        wan_for = str(args.get("wan_for") or "")  # the asker translates WAN addresses (translate_wan_addrs)
+        response, recurse = handler.handle(packet, bool(args.get("udp", True)), wan_for)
         if recurse:  # a question for another datacenter: this server asks it
-            return await handler.recurse(packet, not args.get("udp", True))
+            return await handler.recurse(packet, not args.get("udp", True), wan_for)
         return response
 
     async def _rpc_snapshot_save(self, args: dict[str, Any]) -> Any:

@@ -124,6 +124,7 @@ class AgentConfig:
     auto_encrypt_dns_san: list[str] = field(default_factory=list)
     auto_encrypt_ip_san: list[str] = field(default_factory=list)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
+    translate_wan_addrs: bool = False  # other datacenters' nodes and services at their WAN addresses
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
     raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader
     raft_election_ticks: int = 8

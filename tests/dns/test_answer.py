@@ -358,3 +358,30 @@ def test_bad_questions() -> None:
     v1.add_ar(EDNS0(version=1))
     r = a.answer(v1, VIEW, random.Random(0), True, False).response
     assert r.header.rcode == 0 and (r.ar[0].ttl >> 24) == 1  # BADVERS = extended rcode 16
+
+
+def test_an_asker_of_another_datacenter_that_translates_gets_wan_addresses() -> None:
+    """`translate_wan_addrs`: a question relayed from dc2's agent (`wan_for="dc2"`) about dc1 is answered from
+    WAN addresses and ports, bypassing the wire cache; dc1's own askers keep the LAN ones."""
+    from proconsul.dns.server import DNSHandler
+
+    tagged = {"lan": "10.0.0.1", "lan_ipv4": "10.0.0.1", "wan": "198.51.100.1", "wan_ipv4": "198.51.100.1"}
+    view = View({"api": [inst("a", "10.0.0.1", 8443, svc_addr="10.0.0.6", node_tagged=tagged,
+                              service_tagged={"wan": "198.51.100.6"}, wan_port=9443),
+                         inst("b", "10.0.0.2", 8443, node_tagged={"wan": "198.51.100.2"})]},
+                nodes={"a": Node("a", "10.0.0.1", tagged)})
+    handler = DNSHandler(Answerer(DNSSettings()), view, [], rng=random.Random(1))  # type: ignore[arg-type]
+
+    def ask(name: str, qtype: str, wan_for: str | None = None) -> list[str]:
+        packet = DNSRecord.question(name, qtype).pack()
+        data, recurse = handler.handle(packet, True, wan_for)
+        assert data is not None and not recurse
+        return sorted(str(rr.rdata) for rr in DNSRecord.parse(data).rr)
+
+    assert ask("api.service.mesh", "A") == ["10.0.0.2", "10.0.0.6"]
+    assert ask("api.service.mesh", "A", "dc2") == ["198.51.100.2", "198.51.100.6"]
+    assert ask("api.service.mesh", "A") == ["10.0.0.2", "10.0.0.6"], "the translated answer was not cached"
+    assert ask("api.service.mesh", "A", "dc1") == ["10.0.0.2", "10.0.0.6"], "an asker of our own datacenter"
+    assert ask("a.node.mesh", "A", "dc2") == ["198.51.100.1"]
+    srv = ask("api.service.mesh", "SRV", "dc2")
+    assert sorted(s.split()[2] for s in srv) == ["8443", "9443"], srv
