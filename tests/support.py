@@ -76,6 +76,15 @@ def free_port_block(n: int = 16) -> int:
     return _PORT_BLOCKS.take(n)
 
 
+def get_text(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of one GET, an HTTP error status included (an admin or readiness endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
              message: str = "condition") -> T:
     """Poll `condition` until it returns something truthy; fail with `message` after `timeout`."""

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import CLI, AgentProcess, ServerCluster, free_port, wait_for
+from support import CLI, AgentProcess, ServerCluster, free_port, get_text, wait_for
 
 # Fast WAN failure detection for tests: a silent server is failed after 5 × 200 ms.
 WAN_FAST = {"gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms", "suspicion_mult": 5}, "enable_debug": True}
@@ -94,13 +94,13 @@ class Gateway:
     spelling `connect proxy -mesh-gateway`, which must keep working."""
 
     def __init__(self, agent: AgentProcess, workdir: Path, name: str) -> None:
-        self.port = free_port()
+        self.port, self.admin_port = free_port(), free_port()
         self.capture = workdir / f"{name}.capture"
         self.log_path = workdir / f"{name}.log"
         kind = ["proxy", "-mesh-gateway"] if name.endswith("dc1") else ["gateway", "-mesh"]
         self.cmd = [*CLI, "connect", *kind, "-register", "-address", f"127.0.0.1:{self.port}",
                     "-wan-address", f"127.0.0.1:{self.port}", "-capture-file", str(self.capture),
-                    "-http-addr", agent.addr, "-log-level", "debug"]
+                    "-admin-bind", f"127.0.0.1:{self.admin_port}", "-http-addr", agent.addr, "-log-level", "debug"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Gateway:
@@ -115,6 +115,10 @@ class Gateway:
 
         wait_for(listening, 20, message="the mesh gateway to listen")
         return self
+
+    def admin(self, path: str) -> tuple[int, str]:
+        """(status, body) of a GET on the gateway's admin listener."""
+        return get_text(f"http://127.0.0.1:{self.admin_port}{path}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -116,9 +116,6 @@ def gateway_plan(opts: Options) -> GatewayPlan:
         raise ProxyCLIError(f"{kind} gateways need -service NAME (the name of their config entry)")
     if kind != "mesh" and (opts.wan_address or opts.capture_file):
         raise ProxyCLIError(f"-wan-address and -capture-file are for mesh gateways, not {kind}")
-    if kind == "mesh" and opts.admin_bind not in ("", "off"):
-        raise ProxyCLIError("-admin-bind: a mesh gateway has no admin listener (its access-log lines and its "
-                            "gateway-link probes show its traffic)")
     service = opts.service or "mesh-gateway"
     gateway_id = opts.proxy_id or service
     host, port = _host_port("-address", opts.address or "127.0.0.1:8443")
@@ -151,7 +148,8 @@ async def run_gateway(plan: GatewayPlan, opts: Options, api: AgentAPI, stop: asy
             from proconsul.connect.proxy.mesh_gateway import MeshGateway
 
             await MeshGateway(api, bind=plan.host, port=plan.port, service=plan.service,
-                              capture_file=opts.capture_file).run(stop)
+                              capture_file=opts.capture_file, admin_address=admin_host,
+                              admin_port=-1 if admin_port is None else admin_port).run(stop)
         elif plan.kind == "terminating":
             from proconsul.connect.proxy.terminating import TerminatingGateway
 

@@ -29,11 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from aiohttp import web
+
 from proconsul.connect.proxy.addresses import mesh_gateway_address, tagged_address, weight
+from proconsul.connect.proxy.admin_http import json_route, prometheus_route, ready_route, start_admin
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError
 from proconsul.connect.proxy.balancer import weighted_order
 from proconsul.connect.proxy.forward import Side
 from proconsul.connect.proxy.gateway_log import GatewayAccessLog, peer_address
+from proconsul.connect.proxy.gateway_metrics import GatewayCounters
 from proconsul.connect.proxy.sni import (
     MAX_HELLO,
     Incomplete,
@@ -61,7 +65,7 @@ class GatewayInbound(Side):
     """A connection to the gateway: held until its ClientHello names a target, then spliced."""
 
     __slots__ = ("gw", "_hello", "_routing", "_timer", "started", "peer_address", "received", "sent", "flag", "sni",
-                 "service", "host")
+                 "service", "host", "datacenter")
 
     def __init__(self, gw: MeshGateway) -> None:
         super().__init__()
@@ -71,6 +75,7 @@ class GatewayInbound(Side):
         self._timer: asyncio.TimerHandle | None = None
         self.started = 0.0
         self.peer_address = self.sni = self.service = self.host = ""  # for the access-log line
+        self.datacenter = ""  # the destination's, once the ClientHello named it
         self.received = self.sent = 0
         self.flag = "-"
 
@@ -80,14 +85,13 @@ class GatewayInbound(Side):
         if self.gw.access.log is not None:  # nothing looked up for the log while it is off
             self.peer_address = peer_address(transport)
         self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._too_slow)
-        self.gw.stats["connections"] += 1
+        self.gw.counters.opened()
 
     def _too_slow(self) -> None:
         if not self._routing:
             self.refuse()
 
     def refuse(self, flag: str = "NR") -> None:
-        self.gw.stats["refused"] += 1
         self.flag = flag
         self.abort()
 
@@ -126,10 +130,11 @@ class GatewayInbound(Side):
             self._timer.cancel()
         if self.gw is not None:
             unrouted = not self.host  # refused, or closed before a ClientHello named a target (a TCP check)
+            flag = "NR" if unrouted and self.flag == "-" else self.flag
             self.gw.access.connection(self.started, received=self.received, sent=self.sent, peer=self.peer_address,
-                                      cluster=self.sni, service=self.service, host=self.host,
-                                      flag="NR" if unrouted and self.flag == "-" else self.flag,
+                                      cluster=self.sni, service=self.service, host=self.host, flag=flag,
                                       listener=unrouted and not self.sni)
+            self.gw.counters.closed(self.datacenter, self.received, self.sent, flag)
         self.gw = None  # type: ignore[assignment]  # no cycle through the gateway once closed
         super().connection_lost(exc)
 
@@ -150,7 +155,8 @@ class CapturingSide(Side):
 
 class MeshGateway:
     def __init__(self, api: AgentAPI, *, bind: str, port: int, service: str = "mesh-gateway",
-                 capture_file: str = "", rng: random.Random | None = None) -> None:
+                 capture_file: str = "", rng: random.Random | None = None, admin_address: str = "",
+                 admin_port: int = -1) -> None:
         self.api = api
         self.bind = bind
         self.port = port
@@ -163,7 +169,10 @@ class MeshGateway:
         self._failed: dict[tuple[str, int], float] = {}  # target -> loop time it last refused
         self._stop = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.stats = {"connections": 0, "routed_local": 0, "routed_remote": 0, "refused": 0, "dial_failures": 0}
+        self.counters = GatewayCounters(service)
+        self.admin_address, self.admin_port = admin_address or "127.0.0.1", admin_port
+        self._admin: web.AppRunner | None = None
+        self.ready = asyncio.Event()
         self.access = GatewayAccessLog()  # proxy-defaults' AccessLogs: a line per connection
         self._capture: BinaryIO | None = open(Path(capture_file), "ab") if capture_file else None  # noqa: SIM115
 
@@ -175,6 +184,18 @@ class MeshGateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
+        if self.admin_port != -1:
+            self._admin, self.admin_port = await start_admin(self.admin_address, self.admin_port, {
+                "/stats": json_route(self.counters.snapshot), "/metrics": prometheus_route(self.counters.prometheus),
+                "/ready": ready_route(self.ready)})
+            log.info("mesh gateway admin (metrics, stats) on http://%s:%d", self.admin_address, self.admin_port)
+        try:
+            await self._serve(stop)
+        finally:
+            if self._admin is not None:
+                await self._admin.cleanup()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         info = await self.api.self_info()
         self.datacenter = info["Config"]["Datacenter"]
         roots_ready = asyncio.Event()
@@ -192,6 +213,7 @@ class MeshGateway:
         server = await asyncio.get_running_loop().create_server(lambda: GatewayInbound(self), self.bind, self.port)
         log.info("mesh gateway for %s listening on %s:%d (trust domain %s)", self.datacenter, self.bind,
                  self.port, self.trust_domain)
+        self.ready.set()
         try:
             await stop.wait()
         finally:
@@ -209,6 +231,7 @@ class MeshGateway:
             inbound.refuse("NR")
             return
         inbound.service = target.service
+        inbound.datacenter = target.datacenter
         local = target.datacenter == self.datacenter
         if local and target.subset:
             addresses = await self._subset_addresses(target.service, target.subset)
@@ -226,12 +249,15 @@ class MeshGateway:
                 async with asyncio.timeout(DIAL_TIMEOUT):
                     _, outbound = await loop.create_connection(lambda: CapturingSide(self), host, port)
             except (OSError, TimeoutError) as e:
-                self.stats["dial_failures"] += 1
+                self.counters.dial_failures += 1
                 self._failed[(host, port)] = loop.time()
                 log.info("mesh gateway: %s:%d (for %s) did not answer: %s; trying the next", host, port, sni, e)
                 continue
             self._failed.pop((host, port), None)
-            self.stats["routed_local" if local else "routed_remote"] += 1
+            if local:
+                self.counters.routed_local += 1
+            else:
+                self.counters.routed_remote += 1
             inbound.host = f"{host}:{port}"
             outbound.on_bytes = inbound.count_sent
             inbound.join(outbound)

@@ -135,24 +135,24 @@ class ProxyMetrics:
             out.append(f"# HELP proconsul_proxy_{name} {help_}")
             out.append(f"# TYPE proconsul_proxy_{name} {kind}")
             for direction, label, peer, link in links:
-                out.append(f'proconsul_proxy_{name}{{service="{_esc(self.service)}",direction="{direction}",'
-                           f'{label}="{_esc(peer)}"}} {getattr(link, attr)}')
+                out.append(f'proconsul_proxy_{name}{{service="{label_value(self.service)}",direction="{direction}",'
+                           f'{label}="{label_value(peer)}"}} {getattr(link, attr)}')
         out.append("# HELP proconsul_proxy_responses_total HTTP responses by status class.")
         out.append("# TYPE proconsul_proxy_responses_total counter")
         for direction, label, peer, link in links:
             for cls in ("2xx", "3xx", "4xx", "5xx"):
-                out.append(f'proconsul_proxy_responses_total{{service="{_esc(self.service)}",direction="{direction}",'
-                           f'{label}="{_esc(peer)}",code_class="{cls}"}} {getattr(link, "responses_" + cls)}')
+                out.append(f'proconsul_proxy_responses_total{{service="{label_value(self.service)}",direction="{direction}",'
+                           f'{label}="{label_value(peer)}",code_class="{cls}"}} {getattr(link, "responses_" + cls)}')
         out.append("# HELP proconsul_proxy_tls_handshake_failures_total Downstream TLS handshakes that failed "
                    "(a foreign or missing client certificate, an unknown server name, plain text, a timeout).")
         out.append("# TYPE proconsul_proxy_tls_handshake_failures_total counter")
         for reason, n in sorted(self.handshake_failures.items()):
-            out.append(f'proconsul_proxy_tls_handshake_failures_total{{service="{_esc(self.service)}",'
-                       f'reason="{_esc(reason)}"}} {n}')
+            out.append(f'proconsul_proxy_tls_handshake_failures_total{{service="{label_value(self.service)}",'
+                       f'reason="{label_value(reason)}"}} {n}')
         out.append("# HELP proconsul_proxy_latency_seconds Request time (http) or connection setup time (tcp).")
         out.append("# TYPE proconsul_proxy_latency_seconds histogram")
         for direction, label, peer, link in links:
-            base = f'service="{_esc(self.service)}",direction="{direction}",{label}="{_esc(peer)}"'
+            base = f'service="{label_value(self.service)}",direction="{direction}",{label}="{label_value(peer)}"'
             cum = 0
             for bound, count in zip(BOUNDS, link.latency.counts, strict=False):
                 cum += count
@@ -163,5 +163,5 @@ class ProxyMetrics:
         return "\n".join(out) + "\n"
 
 
-def _esc(value: str) -> str:
+def label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -25,6 +25,7 @@ from proconsul.catalog.filter import Predicate
 from proconsul.connect.proxy import h2relay, http, listeners
 from proconsul.connect.proxy.addresses import dialable, mesh_gateway_address, weight
 from proconsul.connect.proxy.admin_address import AdminAddress, admin_address
+from proconsul.connect.proxy.admin_http import json_route, prometheus_route, ready_route, start_admin
 from proconsul.connect.proxy.agent_api import AgentAPI, AgentAPIError, wait_registered
 from proconsul.connect.proxy.authz import IntentionPolicy
 from proconsul.connect.proxy.balancer import Instance
@@ -632,46 +633,20 @@ class Proxy:
                 except OSError as e:
                     log.warning("no admin listener (metrics, stats): the default %s is taken (%s); set "
                                 "Proxy.Config.envoy_prometheus_bind_addr or -admin-bind", where, e.strerror or e)
-                    if self._admin is not None:
-                        await self._admin.cleanup()
-                        self._admin = None
                     self.admin_port = -1
                 return
-        app = web.Application()
 
         def current() -> Runtime:  # the runtime of the moment (a restart makes a new one)
             assert self.rt is not None
             return self.rt
 
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(text=current().metrics.prometheus(), content_type="text/plain", charset="utf-8",
-                                headers={"X-Content-Type-Options": "nosniff"})
-
-        async def stats(_: web.Request) -> web.Response:
-            return web.json_response(self.stats())
-
-        async def refusals(_: web.Request) -> web.Response:
-            return web.json_response([r.to_json() for r in current().refusals])
-
-        async def ready(_: web.Request) -> web.Response:
-            return web.Response(text="ready\n" if self.ready.is_set() else "starting\n",
-                                status=200 if self.ready.is_set() else 503)
-
         async def tap(request: web.Request) -> web.StreamResponse:
             return await stream_tap(request, current, lambda rt: self.rt is not rt or self._admin is None)
 
-        app.router.add_get("/tap", tap)
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/stats", stats)
-        app.router.add_get("/refusals", refusals)
-        app.router.add_get("/ready", ready)
-        self._admin = web.AppRunner(app, access_log=None)
-        await self._admin.setup()
-        site = web.TCPSite(self._admin, self.admin_address, self.admin_port, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.admin_port = server.sockets[0].getsockname()[1]
+        self._admin, self.admin_port = await start_admin(self.admin_address, self.admin_port, {
+            "/tap": tap, "/metrics": prometheus_route(lambda: current().metrics.prometheus()),
+            "/stats": json_route(self.stats), "/refusals": json_route(lambda: [r.to_json() for r in current().refusals]),
+            "/ready": ready_route(self.ready)})
         log.info("proxy admin (metrics, stats) on http://%s:%d", self.admin_address, self.admin_port)
 
     def stats(self) -> dict[str, Any]:

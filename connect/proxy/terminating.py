@@ -38,6 +38,7 @@ from aiohttp import web
 
 from proconsul.connect.proxy import l7
 from proconsul.connect.proxy.accesslog import handshake_failure_reason
+from proconsul.connect.proxy.admin_http import json_route, ready_route, start_admin
 from proconsul.connect.proxy.agent_api import AgentAPI, wait_registered
 from proconsul.connect.proxy.authz import Decision, IntentionPolicy
 from proconsul.connect.proxy.balancer import Instance, NoHealthyInstance, UpstreamPool
@@ -811,21 +812,8 @@ class TerminatingGateway:
             for name, ln in self.linked.items()}}
 
     async def _start_admin(self) -> None:
-        app = web.Application()
-
-        async def stats(_: web.Request) -> web.Response:
-            return web.json_response(self.snapshot())
-
-        async def ready(_: web.Request) -> web.Response:
-            return web.Response(text="ready\n" if self.ready.is_set() else "starting\n",
-                                status=200 if self.ready.is_set() else 503)
-
-        app.router.add_get("/stats", stats)
-        app.router.add_get("/ready", ready)
-        self._admin = web.AppRunner(app, access_log=None)
-        await self._admin.setup()
-        site = web.TCPSite(self._admin, self.admin_address, self.admin_port or 0, reuse_address=True)
-        await site.start()
+        self._admin, self.admin_port = await start_admin(self.admin_address, self.admin_port or 0, {
+            "/stats": json_route(self.snapshot), "/ready": ready_route(self.ready)})
         log.info("terminating gateway admin (stats) on http://%s:%d", self.admin_address, self.admin_port)
 
 

@@ -77,7 +77,7 @@ def test_connect_gateway_flags_and_registration(agent: AgentProcess, tmp_path: P
 
     for args, words in ((["-service", "x"], "exactly one of -ingress, -terminating or -mesh"),
                         (["-ingress", "-mesh", "-service", "x"], "(not -ingress and -mesh)"),
-                        (["-mesh", "-admin-bind", "127.0.0.1:1"], "a mesh gateway has no admin listener")):
+                        (["-mesh", "-admin-bind", "nowhere"], "-admin-bind 'nowhere' must be HOST:PORT")):
         assert words in one_line_error(run(agent, "connect", "gateway", *args)), args
     assert "are for gateways" in one_line_error(run(agent, "connect", "proxy", "-service", "x", "-register"))
     usage = ok(None, "connect", "gateway", "--help", env={"COLUMNS": "200"})

@@ -183,3 +183,47 @@ def test_the_link_view_shows_each_datacenters_gateways_as_probed(dcs: TwoDCs) ->
     assert [g["Port"] for g in gws["dc1"]["Gateways"]] == [dcs.gw1.port]
     row = next(line for line in ok(dcs.a, "operator", "federation").splitlines() if "dc2" in line)
     assert "/3" in row or "/2" in row  # answering/listed gateways in the table
+
+
+def test_each_gateways_admin_listener_counts_its_traffic(dcs: TwoDCs, tmp_path: Path) -> None:
+    """`-admin-bind`: `/ready`, `/stats` (JSON) and `/metrics` (Prometheus text that promtool accepts) — dc1's
+    gateway sends to dc2's (remote), dc2's to db's sidecar (local); bytes by destination datacenter; a
+    connection that names nothing routable is counted as NR."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+
+    assert dcs.gw1.admin("/ready") == (200, "ready\n")
+
+    def stats(gw: Gateway) -> dict:
+        return json.loads(gw.admin("/stats")[1])
+
+    before1, before2 = stats(dcs.gw1), stats(dcs.gw2)
+    for i in range(3):
+        assert http_get(dcs.local_up, f"/counted-{i}")[0] == 200
+
+    def dc2_counted() -> dict:
+        s1, s2 = stats(dcs.gw1), stats(dcs.gw2)
+        grew = (s1["Datacenters"].get("dc2", {}).get("Connections", 0)
+                > before1["Datacenters"].get("dc2", {}).get("Connections", 0)
+                and s2["RoutedLocal"] > before2["RoutedLocal"])
+        return s1 if grew else {}
+
+    s1 = wait_for(dc2_counted, 10, message="both gateways to count the connections (counted when they close)")
+    assert s1["RoutedRemote"] >= 1 and s1["Datacenters"]["dc2"]["ReceivedBytes"] > 0
+    assert s1["Datacenters"]["dc2"]["SentBytes"] > 0 and s1["Connections"] >= s1["Open"] >= 0
+    with socket.create_connection(("127.0.0.1", dcs.gw2.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        assert s.recv(10) == b""
+    wait_for(lambda: stats(dcs.gw2)["NotRouted"].get("NR", 0) > before2["NotRouted"].get("NR", 0), 5,
+             message="the plain-text connection counted as NR")
+    status, text = dcs.gw1.admin("/metrics")
+    assert status == 200 and 'proconsul_mesh_gateway_received_bytes_total{gateway="mesh-gateway",' \
+                             'destination_datacenter="dc2"}' in text
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian prometheus; make test installs it as root)")
+    (tmp_path / "metrics.txt").write_text(text)
+    with open(tmp_path / "metrics.txt", "rb") as f:
+        checked = subprocess.run(["promtool", "check", "metrics"], stdin=f, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -6,15 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from kube import KubeApi  # noqa: E402
-from support import AgentProcess, free_port, wait_for  # noqa: E402
+from support import AgentProcess, free_port, get_text, wait_for  # noqa: E402
 
 
 class SyncerProcess:
@@ -38,11 +36,7 @@ class SyncerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def _get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return get_text(f"http://127.0.0.1:{self.port}{path}")
 
     def is_ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -43,7 +43,6 @@ def test_a_wildcard_listener_with_nothing_to_expose_is_not_opened_yet() -> None:
     (Options(gateway="terminating", service="t", sidecar_for="web"), "drop -sidecar-for"),
     (Options(gateway="terminating", service="t", wan_address="127.0.0.1:1"), "are for mesh gateways"),
     (Options(gateway="mesh", address="nowhere"), "-address 'nowhere' must be HOST:PORT"),
-    (Options(mesh_gateway=True, admin_bind="127.0.0.1:1"), "a mesh gateway has no admin listener"),
     (Options(gateway="mesh", deregister_after_critical="soon"), "-deregister-after-critical: 'soon' is not a"),
 ])
 def test_gateway_flags_are_checked_naming_the_flag(opts: Options, words: str) -> None:
