@@ -16,8 +16,10 @@ METHOD_FIELDS = ("Name", "Type", "DisplayName", "Description", "MaxTokenTTL", "T
 RULE_FIELDS = ("ID", "Description", "AuthMethod", "Selector", "BindType", "BindName", "BindVars", "Namespace",
                "Partition", "CreateIndex", "ModifyIndex")
 BIND_TYPES = ("service", "node", "role", "policy", "templated-policy")
-JWT_CONFIG_KEYS = ("JWTValidationPubKeys", "BoundIssuer", "BoundAudiences", "ClaimMappings", "ListClaimMappings",
-                   "JWTSupportedAlgs", "ClockSkewLeeway", "ExpirationLeeway", "NotBeforeLeeway")
+KEY_SOURCES = ("JWTValidationPubKeys", "JWKSURL", "OIDCDiscoveryURL")
+JWT_CONFIG_KEYS = (*KEY_SOURCES, "JWKSCACert", "OIDCDiscoveryCACert", "BoundIssuer", "BoundAudiences",
+                   "ClaimMappings", "ListClaimMappings", "JWTSupportedAlgs", "ClockSkewLeeway", "ExpirationLeeway",
+                   "NotBeforeLeeway")
 _VAR = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -29,8 +31,7 @@ def auth_method_row(body: Any, existing: dict[str, Any] | None, parse_duration: 
                                "are allowed")
     kind = m.get("Type") or (existing or {}).get("Type")
     if kind != "jwt":
-        raise InvalidACLObject(f"Invalid Auth Method: Type {kind!r} is not supported here (only \"jwt\", with "
-                               "static JWTValidationPubKeys)")
+        raise InvalidACLObject(f"Invalid Auth Method: Type {kind!r} is not supported here (only \"jwt\")")
     if existing is not None and existing.get("Type") != kind:
         raise InvalidACLObject("Invalid Auth Method: the Type of an existing method cannot change")
     config = m.get("Config") or {}
@@ -41,16 +42,10 @@ def auth_method_row(body: Any, existing: dict[str, Any] | None, parse_duration: 
     for k, v in config.items():
         key = known.get(str(k).lower())
         if key is None:
-            raise InvalidACLObject(f"Invalid Auth Method: Config.{k} is not supported (only static keys: "
+            raise InvalidACLObject(f"Invalid Auth Method: Config.{k} is not supported (the jwt type's keys: "
                                    f"{', '.join(JWT_CONFIG_KEYS)})")
         cfg[key] = v
-    pems = cfg.get("JWTValidationPubKeys") or []
-    if not isinstance(pems, list) or not pems:
-        raise InvalidACLObject("Invalid Auth Method: Config.JWTValidationPubKeys must list at least one PEM key")
-    try:
-        load_public_keys(pems)
-    except Exception as e:
-        raise InvalidACLObject(f"Invalid Auth Method: {e}") from None
+    _key_source(cfg)
     algs = cfg.get("JWTSupportedAlgs") or ["RS256"]
     if not isinstance(algs, list) or any(a not in ALGORITHMS for a in algs):
         raise InvalidACLObject(f"Invalid Auth Method: Config.JWTSupportedAlgs must be among {', '.join(ALGORITHMS)}")
@@ -69,6 +64,43 @@ def auth_method_row(body: Any, existing: dict[str, Any] | None, parse_duration: 
     return {"Name": name, "Type": kind, "DisplayName": str(m.get("DisplayName") or ""),
             "Description": str(m.get("Description") or ""), "MaxTokenTTL": str(ttl), "TokenLocality": locality,
             "Config": cfg}
+
+
+def _key_source(cfg: dict[str, Any]) -> None:
+    """Exactly one of the key sources (Consul's rule), each well formed; a CA certificate only with its URL."""
+    given = [k for k in KEY_SOURCES if cfg.get(k)]
+    if len(given) != 1:
+        raise InvalidACLObject("Invalid Auth Method: exactly one of Config.JWTValidationPubKeys, Config.JWKSURL or "
+                               f"Config.OIDCDiscoveryURL must be set (given: {', '.join(given) or 'none'})")
+    for ca, url in (("JWKSCACert", "JWKSURL"), ("OIDCDiscoveryCACert", "OIDCDiscoveryURL")):
+        if cfg.get(ca) and not cfg.get(url):
+            raise InvalidACLObject(f"Invalid Auth Method: Config.{ca} is only for Config.{url}")
+        if cfg.get(ca):
+            try:
+                load_certificates(cfg[ca])
+            except ValueError as e:
+                raise InvalidACLObject(f"Invalid Auth Method: Config.{ca} is not a PEM CA certificate: {e}") from None
+    if given[0] == "JWTValidationPubKeys":
+        pems = cfg["JWTValidationPubKeys"]
+        if not isinstance(pems, list):
+            raise InvalidACLObject("Invalid Auth Method: Config.JWTValidationPubKeys must list PEM keys")
+        try:
+            load_public_keys(pems)
+        except Exception as e:
+            raise InvalidACLObject(f"Invalid Auth Method: {e}") from None
+        return
+    url = cfg[given[0]]
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) < 10:
+        raise InvalidACLObject(f"Invalid Auth Method: Config.{given[0]} must be an http(s) URL")
+
+
+def load_certificates(pem: Any) -> list[Any]:
+    """PEM CA certificates (one or more) → certificate objects; ValueError when there is none or one is bad."""
+    from cryptography import x509
+
+    if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
+        raise ValueError("no PEM certificate")
+    return x509.load_pem_x509_certificates(pem.encode())
 
 
 def binding_rule_row(body: Any, *, new_id: str, existing: dict[str, Any] | None, method_exists: Any

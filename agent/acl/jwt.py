@@ -1,7 +1,8 @@
-"""JWT verification for the `jwt` auth method with static public keys (Consul's `JWTValidationPubKeys`).
+"""JWT verification for the `jwt` auth method: with static public keys (Consul's `JWTValidationPubKeys`) or a
+JSON Web Key Set (RFC 7517, fetched from `JWKSURL` or found by OIDC discovery, `agent/acl/keysets.py`).
 
-Pure: the caller gives the time. RS256/384/512, PS256/384/512 and ES256/384/512 with PEM public keys
-(the `cryptography` package does the signature maths); `exp`, `nbf` with leeways, `iss`, `aud`.
+Pure: the caller gives the time and the keys. RS256/384/512, PS256/384/512 and ES256/384/512 (the
+`cryptography` package does the signature maths); `exp`, `nbf` with leeways, `iss`, `aud`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,57 @@ def load_public_keys(pems: list[str]) -> list[Any]:
         except (ValueError, TypeError) as e:
             raise JWTError(f"JWTValidationPubKeys[{i}] is not a PEM public key: {e}") from None
     return keys
+
+
+_CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+
+
+def _b64int(value: Any, what: str) -> int:
+    if not isinstance(value, str) or not value:
+        raise JWTError(f"the key set's {what} must be a base64url string")
+    try:
+        return int.from_bytes(_b64(value), "big")
+    except (ValueError, TypeError):
+        raise JWTError(f"the key set's {what} is not base64url") from None
+
+
+def jwk_keys(doc: Any) -> dict[str, Any]:
+    """A JSON Web Key Set's signing keys by `kid` (a key without one is keyed `#<position>`). RSA and EC
+    (P-256/384/521) keys are read; others, and keys marked for encryption (`"use": "enc"`), are left out.
+    A document that is not a key set, or has no usable key, is an error."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise JWTError("the JWKS document is not a JSON Web Key Set (an object with a \"keys\" list)")
+    out: dict[str, Any] = {}
+    for i, jwk in enumerate(doc["keys"]):
+        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+            continue
+        kid = jwk.get("kid") if isinstance(jwk.get("kid"), str) and jwk.get("kid") else f"#{i}"
+        if jwk.get("kty") == "RSA":
+            try:
+                out[kid] = rsa.RSAPublicNumbers(_b64int(jwk.get("e"), f"key {kid} e"),
+                                                _b64int(jwk.get("n"), f"key {kid} n")).public_key()
+            except ValueError as e:
+                raise JWTError(f"the key set's key {kid} is not an RSA public key: {e}") from None
+        elif jwk.get("kty") == "EC" and jwk.get("crv") in _CURVES:
+            try:
+                out[kid] = ec.EllipticCurvePublicNumbers(
+                    _b64int(jwk.get("x"), f"key {kid} x"), _b64int(jwk.get("y"), f"key {kid} y"),
+                    _CURVES[jwk["crv"]]).public_key()
+            except ValueError as e:
+                raise JWTError(f"the key set's key {kid} is not a point on {jwk['crv']}: {e}") from None
+    if not out:
+        raise JWTError("the JWKS has no RSA or EC signing key")
+    return out
+
+
+def token_kid(token: str) -> str:
+    """The `kid` in a JWT's header ("" when it has none or the token is malformed: `verify` says why)."""
+    try:
+        header = json.loads(_b64(token.strip().split(".")[0]))
+    except (ValueError, TypeError, IndexError):
+        return ""
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else ""
 
 
 def _b64(part: str) -> bytes:

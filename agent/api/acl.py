@@ -26,7 +26,7 @@ from proconsul.agent.acl.tokens import TYPE_ALIASES, TYPES
 from proconsul.agent.api.authz import authorizer, effective_token, request_token
 from proconsul.agent.api.body import json_body
 from proconsul.agent.api.errors import BadRequest
-from proconsul.agent.api.keys import AGENT
+from proconsul.agent.api.keys import AGENT, KEYSETS
 from proconsul.agent.api.responses import json_response
 from proconsul.agent.config.duration import DurationError, parse_duration
 
@@ -512,7 +512,8 @@ async def login(request: web.Request) -> web.Response:
     method = await _row(agent, METHODS, name)
     cfg = method["Config"]
     try:
-        claims = jwt.verify(bearer, jwt.load_public_keys(cfg["JWTValidationPubKeys"]), now=time.time(),
+        keys = await request.app[KEYSETS].keys_for(cfg, bearer)
+        claims = jwt.verify(bearer, keys, now=time.time(),
                             algorithms=cfg.get("JWTSupportedAlgs"), bound_issuer=cfg.get("BoundIssuer") or "",
                             bound_audiences=cfg.get("BoundAudiences"),
                             leeway=_seconds(cfg.get("ClockSkewLeeway"), 60.0),

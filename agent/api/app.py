@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.agent.acl.keysets import KeySets
 from proconsul.agent.api import acl as api_acl
 from proconsul.agent.api import agent as api_agent
 from proconsul.agent.api import catalog as api_catalog
@@ -24,7 +25,7 @@ from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guar
 from proconsul.agent.api.authz import GUARD_RAN, authorizer, effective_token
 from proconsul.agent.api.errors import Handler, error_boundary
 from proconsul.agent.api.forward import on_leader
-from proconsul.agent.api.keys import AGENT, TELEMETRY
+from proconsul.agent.api.keys import AGENT, KEYSETS, TELEMETRY
 from proconsul.agent.api.params import datacenter_guard
 from proconsul.agent.cluster.caller import set_caller_token
 
@@ -37,6 +38,7 @@ def build_app(agent: Any) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[AGENT] = agent
     app[TELEMETRY] = HTTPCounters(agent.telemetry)
+    app[KEYSETS] = KeySets()
     for module in ROUTE_MODULES:
         add_routes(app, module.routes)
     for routes in agent.http_routes:

@@ -8,3 +8,4 @@ from aiohttp import web
 
 AGENT: web.AppKey[Any] = web.AppKey("agent")  # the Agent serving this API
 TELEMETRY: web.AppKey[Any] = web.AppKey("telemetry")  # its HTTPCounters (agent/api/app.py)
+KEYSETS: web.AppKey[Any] = web.AppKey("keysets")  # the jwt auth methods' fetched key sets (agent/acl/keysets.py)

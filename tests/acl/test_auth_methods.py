@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -126,9 +127,163 @@ def test_login_and_logout_through_binding_rules(agent: AgentProcess, tmp_path: P
 
 def test_bad_auth_method_configs_are_400s(agent: AgentProcess):
     mgmt = consul.Consul(port=agent.http_port, token=MGMT)
-    for config, says in [({}, "JWTValidationPubKeys"), ({"JWTValidationPubKeys": ["nope"]}, "not a PEM"),
-                         ({"JWTValidationPubKeys": [pem(RSA)], "OIDCDiscoveryURL": "https://x"}, "not supported")]:
-        with pytest.raises(consul.ConsulException, match=says):
+    for config, says in [({}, "exactly one of Config.JWTValidationPubKeys"),
+                         ({"JWTValidationPubKeys": ["nope"]}, "not a PEM"),
+                         ({"JWTValidationPubKeys": [pem(RSA)], "OIDCDiscoveryURL": "https://x.example"},
+                          "given: JWTValidationPubKeys, OIDCDiscoveryURL"),
+                         ({"JWKSURL": "ftp://keys.example/jwks"}, "JWKSURL must be an http(s) URL"),
+                         ({"JWKSURL": "https://keys.example/jwks", "JWKSCACert": "nope"}, "not a PEM CA certificate"),
+                         ({"JWTValidationPubKeys": [pem(RSA)], "JWKSCACert": "x"}, "JWKSCACert is only for"),
+                         ({"JWKSURL": "https://keys.example/jwks", "Audience": "x"}, "Config.Audience is not supported")]:
+        with pytest.raises(consul.ConsulException, match=re.escape(says)):
             mgmt.acl.auth_method.create("bad", "jwt", config=config)
     with pytest.raises(consul.ConsulException, match="only \\\\\"jwt\\\\\"|only \"jwt\""):
         mgmt.acl.auth_method.create("k8s", "kubernetes", config={})
+
+
+# ---------------------------------------------------------------------- JWKS and OIDC discovery
+def jwk(key, kid: str) -> dict:
+    """A public key as a JWK, written by hand from its numbers (RFC 7518), not by our own parser."""
+    nums = key.public_key().public_numbers()
+    if isinstance(key, rsa.RSAPrivateKey):
+        return {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64(nums.n.to_bytes(256, "big")),
+                "e": b64(nums.e.to_bytes(3, "big"))}
+    return {"kty": "EC", "kid": kid, "crv": "P-256", "x": b64(nums.x.to_bytes(32, "big")),
+            "y": b64(nums.y.to_bytes(32, "big"))}
+
+
+def signed(key, claims: dict, kid: str, alg: str = "RS256") -> str:
+    head = b64(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode()) + "." + b64(json.dumps(claims).encode())
+    if alg == "RS256":
+        sig = key.sign(head.encode(), padding.PKCS1v15(), hashes.SHA256())
+    else:
+        r, s = decode_dss_signature(key.sign(head.encode(), ec.ECDSA(hashes.SHA256())))
+        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return head + "." + b64(sig)
+
+
+def test_jwk_sets_are_read_by_kid_and_bad_ones_named():
+    from proconsul.agent.acl.jwt import jwk_keys
+
+    keys = jwk_keys({"keys": [jwk(RSA, "r1"), jwk(EC, "e1"), {"kty": "OKP", "kid": "ed"},
+                              dict(jwk(OTHER, "enc"), use="enc")]})
+    assert sorted(keys) == ["e1", "r1"], "OKP and encryption keys are left out"
+    now = time.time()
+    assert verify(signed(EC, {"sub": "x"}, "e1", "ES256"), [keys["e1"]], now=now, algorithms=["ES256"])["sub"] == "x"
+    assert verify(signed(RSA, {"sub": "y"}, "r1"), [keys["r1"]], now=now)["sub"] == "y"
+    for doc, says in [([], "not a JSON Web Key Set"), ({"keys": [{"kty": "OKP"}]}, "no RSA or EC signing key"),
+                      ({"keys": [{"kty": "RSA", "kid": "k", "n": 5, "e": "AQAB"}]}, "key k n must be"),
+                      ({"keys": [dict(jwk(EC, "p"), x=b64(b"\x01" * 32))]}, "key p is not a point on P-256")]:
+        with pytest.raises(JWTError, match=says):
+            jwk_keys(doc)
+
+
+class KeyServer:
+    """A real HTTPS server on 127.0.0.1 with an `openssl req -x509` certificate, serving a JWKS and an OIDC
+    discovery document that the test changes as it goes."""
+
+    def __init__(self, tmp: Path) -> None:
+        import http.server
+        import shutil
+        import ssl
+        import subprocess
+        import threading
+
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed (Debian openssl)")
+        key, cert = tmp / "key.pem", tmp / "cert.pem"
+        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                               "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=keys",
+                               "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        self.ca = cert.read_text()
+        self.docs: dict[str, dict] = {}
+        docs = self.docs
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 — http.server's name
+                body = json.dumps(docs[self.path]).encode() if self.path in docs else b"{}"
+                self.send_response(200 if self.path in docs else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_login_with_keys_from_a_jwks_url_and_oidc_discovery(agent: AgentProcess, tmp_path: Path):
+    """Consul's JWKSURL (with JWKSCACert) and OIDCDiscoveryURL: the keys are fetched over real HTTPS checked
+    against the given CA, a rotated key (a new kid) is fetched again, a discovery document naming another
+    issuer and a server the CA does not vouch for are refused with a line naming the URL."""
+    server = KeyServer(tmp_path)
+    mgmt = consul.Consul(port=agent.http_port, token=MGMT)
+    anon = consul.Consul(port=agent.http_port)
+    claims = {"iss": "nomad", "service": "batch", "exp": time.time() + 60}
+    try:
+        server.docs["/jwks.json"] = {"keys": [jwk(RSA, "k1")]}
+        mgmt.acl.auth_method.create("jwks", "jwt", config={"JWKSURL": server.url + "/jwks.json",
+                                                           "JWKSCACert": server.ca, "BoundIssuer": "nomad",
+                                                           "ClaimMappings": {"service": "service"}})
+        mgmt.acl.binding_rule.create("jwks", "service", "${value.service}")
+        token = anon.acl.login("jwks", signed(RSA, claims, "k1"))
+        assert token["ServiceIdentities"] == [{"ServiceName": "batch"}]
+        with pytest.raises(consul.ACLPermissionDenied, match="signature"):
+            anon.acl.login("jwks", signed(OTHER, claims, "k1"))  # the right kid, another key
+
+        server.docs["/jwks.json"] = {"keys": [jwk(EC, "k2")]}  # rotated: a new kid, fetched again when seen
+        mgmt.acl.auth_method.update("jwks", "jwt", config={"JWKSURL": server.url + "/jwks.json",
+                                                           "JWKSCACert": server.ca, "BoundIssuer": "nomad",
+                                                           "JWTSupportedAlgs": ["RS256", "ES256"],
+                                                           "ClaimMappings": {"service": "service"}})
+        rotated = wait_for(lambda: _login(anon, "jwks", signed(EC, claims, "k2", "ES256")), 15,
+                           message="the rotated key (kid k2) to be fetched")
+        assert rotated["ServiceIdentities"] == [{"ServiceName": "batch"}]
+
+        server.docs["/.well-known/openid-configuration"] = {"issuer": server.url,
+                                                            "jwks_uri": server.url + "/jwks.json"}
+        mgmt.acl.auth_method.create("oidc", "jwt", config={"OIDCDiscoveryURL": server.url,
+                                                           "OIDCDiscoveryCACert": server.ca,
+                                                           "JWTSupportedAlgs": ["ES256"],
+                                                           "ClaimMappings": {"service": "service"}})
+        mgmt.acl.binding_rule.create("oidc", "service", "${value.service}")
+        assert anon.acl.login("oidc", signed(EC, claims, "k2", "ES256"))["ServiceIdentities"] == [
+            {"ServiceName": "batch"}]
+
+        server.docs["/other/.well-known/openid-configuration"] = {"issuer": "https://elsewhere.example",
+                                                                  "jwks_uri": server.url + "/jwks.json"}
+        mgmt.acl.auth_method.create("liar", "jwt", config={"OIDCDiscoveryURL": server.url + "/other",
+                                                           "OIDCDiscoveryCACert": server.ca,
+                                                           "JWTSupportedAlgs": ["ES256"]})
+        with pytest.raises(consul.ACLPermissionDenied, match="names another issuer"):
+            anon.acl.login("liar", signed(EC, claims, "k2", "ES256"))
+        mgmt.acl.auth_method.create("untrusted", "jwt", config={"JWKSURL": server.url + "/jwks.json"})
+        with pytest.raises(consul.ACLPermissionDenied, match=re.escape(f"could not fetch the JWKS from {server.url}")):
+            anon.acl.login("untrusted", signed(EC, claims, "k2", "ES256"))
+    finally:
+        server.close()
+        for name in ("jwks", "oidc", "liar", "untrusted"):
+            try:
+                mgmt.acl.auth_method.delete(name)
+            except consul.ConsulException:
+                pass
+
+
+def _login(client: consul.Consul, method: str, bearer: str) -> dict | None:
+    try:
+        return client.acl.login(method, bearer)
+    except consul.ACLPermissionDenied:
+        return None
