@@ -27,8 +27,9 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def sign(key, claims: dict, alg: str = "RS256") -> str:
-    head = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+def sign(key, claims: dict, alg: str = "RS256", kid: str = "") -> str:
+    header = {"alg": alg, "typ": "JWT", **({"kid": kid} if kid else {})}
+    head = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
     if alg == "RS256":
         sig = key.sign(head.encode(), padding.PKCS1v15(), hashes.SHA256())
     else:
@@ -152,16 +153,6 @@ def jwk(key, kid: str) -> dict:
             "y": b64(nums.y.to_bytes(32, "big"))}
 
 
-def signed(key, claims: dict, kid: str, alg: str = "RS256") -> str:
-    head = b64(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode()) + "." + b64(json.dumps(claims).encode())
-    if alg == "RS256":
-        sig = key.sign(head.encode(), padding.PKCS1v15(), hashes.SHA256())
-    else:
-        r, s = decode_dss_signature(key.sign(head.encode(), ec.ECDSA(hashes.SHA256())))
-        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return head + "." + b64(sig)
-
-
 def test_jwk_sets_are_read_by_kid_and_bad_ones_named():
     from proconsul.agent.acl.jwt import jwk_keys
 
@@ -169,8 +160,8 @@ def test_jwk_sets_are_read_by_kid_and_bad_ones_named():
                               dict(jwk(OTHER, "enc"), use="enc")]})
     assert sorted(keys) == ["e1", "r1"], "OKP and encryption keys are left out"
     now = time.time()
-    assert verify(signed(EC, {"sub": "x"}, "e1", "ES256"), [keys["e1"]], now=now, algorithms=["ES256"])["sub"] == "x"
-    assert verify(signed(RSA, {"sub": "y"}, "r1"), [keys["r1"]], now=now)["sub"] == "y"
+    assert verify(sign(EC, {"sub": "x"}, "ES256", kid="e1"), [keys["e1"]], now=now, algorithms=["ES256"])["sub"] == "x"
+    assert verify(sign(RSA, {"sub": "y"}, kid="r1"), [keys["r1"]], now=now)["sub"] == "y"
     for doc, says in [([], "not a JSON Web Key Set"), ({"keys": [{"kty": "OKP"}]}, "no RSA or EC signing key"),
                       ({"keys": [{"kty": "RSA", "kid": "k", "n": 5, "e": "AQAB"}]}, "key k n must be"),
                       ({"keys": [dict(jwk(EC, "p"), x=b64(b"\x01" * 32))]}, "key p is not a point on P-256")]:
@@ -239,17 +230,17 @@ def test_login_with_keys_from_a_jwks_url_and_oidc_discovery(agent: AgentProcess,
                                                            "JWKSCACert": server.ca, "BoundIssuer": "nomad",
                                                            "ClaimMappings": {"service": "service"}})
         mgmt.acl.binding_rule.create("jwks", "service", "${value.service}")
-        token = anon.acl.login("jwks", signed(RSA, claims, "k1"))
+        token = anon.acl.login("jwks", sign(RSA, claims, kid="k1"))
         assert token["ServiceIdentities"] == [{"ServiceName": "batch"}]
         with pytest.raises(consul.ACLPermissionDenied, match="signature"):
-            anon.acl.login("jwks", signed(OTHER, claims, "k1"))  # the right kid, another key
+            anon.acl.login("jwks", sign(OTHER, claims, kid="k1"))  # the right kid, another key
 
         server.docs["/jwks.json"] = {"keys": [jwk(EC, "k2")]}  # rotated: a new kid, fetched again when seen
         mgmt.acl.auth_method.update("jwks", "jwt", config={"JWKSURL": server.url + "/jwks.json",
                                                            "JWKSCACert": server.ca, "BoundIssuer": "nomad",
                                                            "JWTSupportedAlgs": ["RS256", "ES256"],
                                                            "ClaimMappings": {"service": "service"}})
-        rotated = wait_for(lambda: _login(anon, "jwks", signed(EC, claims, "k2", "ES256")), 15,
+        rotated = wait_for(lambda: _login(anon, "jwks", sign(EC, claims, "ES256", kid="k2")), 15,
                            message="the rotated key (kid k2) to be fetched")
         assert rotated["ServiceIdentities"] == [{"ServiceName": "batch"}]
 
@@ -260,7 +251,7 @@ def test_login_with_keys_from_a_jwks_url_and_oidc_discovery(agent: AgentProcess,
                                                            "JWTSupportedAlgs": ["ES256"],
                                                            "ClaimMappings": {"service": "service"}})
         mgmt.acl.binding_rule.create("oidc", "service", "${value.service}")
-        assert anon.acl.login("oidc", signed(EC, claims, "k2", "ES256"))["ServiceIdentities"] == [
+        assert anon.acl.login("oidc", sign(EC, claims, "ES256", kid="k2"))["ServiceIdentities"] == [
             {"ServiceName": "batch"}]
 
         server.docs["/other/.well-known/openid-configuration"] = {"issuer": "https://elsewhere.example",
@@ -269,10 +260,10 @@ def test_login_with_keys_from_a_jwks_url_and_oidc_discovery(agent: AgentProcess,
                                                            "OIDCDiscoveryCACert": server.ca,
                                                            "JWTSupportedAlgs": ["ES256"]})
         with pytest.raises(consul.ACLPermissionDenied, match="names another issuer"):
-            anon.acl.login("liar", signed(EC, claims, "k2", "ES256"))
+            anon.acl.login("liar", sign(EC, claims, "ES256", kid="k2"))
         mgmt.acl.auth_method.create("untrusted", "jwt", config={"JWKSURL": server.url + "/jwks.json"})
         with pytest.raises(consul.ACLPermissionDenied, match=re.escape(f"could not fetch the JWKS from {server.url}")):
-            anon.acl.login("untrusted", signed(EC, claims, "k2", "ES256"))
+            anon.acl.login("untrusted", sign(EC, claims, "ES256", kid="k2"))
     finally:
         server.close()
         for name in ("jwks", "oidc", "liar", "untrusted"):
