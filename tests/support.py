@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -337,3 +338,41 @@ class ServerCluster:
     def followers(self) -> list[AgentProcess]:
         lead = self.leader()
         return [a for a in self.running() if a is not lead]
+
+
+# ---------------------------------------------------------------------- raw HTTP/1.1 (the lean front)
+class Conn:
+    """One keep-alive HTTP/1.1 connection, written and read as raw bytes."""
+
+    def __init__(self, agent: AgentProcess) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", agent.http_port), timeout=10)
+        self.buf = b""
+
+    def send(self, data: bytes, answers: int = 1) -> list[bytes]:
+        self.sock.sendall(data)
+        out: list[bytes] = []
+        while len(out) < answers:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                m = re.search(rb"(?i)\r\nContent-Length: (\d+)", self.buf[:end])
+                size = end + 4 + (int(m.group(1)) if m else 0)
+                if len(self.buf) >= size:
+                    out.append(self.buf[:size])
+                    self.buf = self.buf[size:]
+                    continue
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                break
+            self.buf += chunk
+        return out
+
+    def get(self, target: str, headers: str = "") -> bytes:
+        return self.send(f"GET {target} HTTP/1.1\r\nHost: t\r\n{headers}\r\n".encode())[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def lean_answers(agent: AgentProcess, token: str = "") -> int:
+    _, metrics = agent.get(f"/v1/agent/metrics?token={token}" if token else "/v1/agent/metrics")
+    return int(sum(c["Count"] for c in metrics["Counters"] if c["Name"].endswith("http.lean_answers")))

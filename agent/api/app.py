@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -25,9 +26,12 @@ from proconsul.agent.api.acl_guards import INSIDE, MANAGEMENT, NONE, Guard, guar
 from proconsul.agent.api.authz import GUARD_RAN, authorizer, effective_token
 from proconsul.agent.api.errors import Handler, error_boundary
 from proconsul.agent.api.forward import on_leader
-from proconsul.agent.api.keys import AGENT, KEYSETS, TELEMETRY
+from proconsul.agent.api.http_policy import HTTPPolicy
+from proconsul.agent.api.keys import AGENT, HTTP_POLICY, KEYSETS, TELEMETRY
 from proconsul.agent.api.params import datacenter_guard
 from proconsul.agent.cluster.caller import set_caller_token
+
+log = logging.getLogger("proconsul.http")
 
 ROUTE_MODULES = [api_acl, api_agent, api_catalog, api_config, api_coordinate, api_discovery_chain, api_health,
                  api_kv, api_operator, api_query, api_session, api_snapshot, api_status, api_tap]
@@ -39,6 +43,12 @@ def build_app(agent: Any) -> web.Application:
     app[AGENT] = agent
     app[TELEMETRY] = HTTPCounters(agent.telemetry)
     app[KEYSETS] = KeySets()
+    policy = app[HTTP_POLICY] = HTTPPolicy.from_config(agent.config)
+    if policy.headers:  # on every answer, streams and errors included, before its headers leave
+        async def add_headers(_: web.Request, response: web.StreamResponse) -> None:
+            response.headers.update(policy.headers)
+
+        app.on_response_prepare.append(add_headers)
     for module in ROUTE_MODULES:
         add_routes(app, module.routes)
     for routes in agent.http_routes:
@@ -55,7 +65,25 @@ def add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
             if route.path.startswith("/v1/acl/"):
                 handler = on_leader(handler)
             handler = acl_guarded(handler, guard_for(route.method, route.path) or MANAGEMENT)
-        app.router.add_route(route.method, route.path, error_boundary(handler), **route.kwargs)
+        app.router.add_route(route.method, route.path, refused_by_policy(error_boundary(handler), app[HTTP_POLICY]),
+                             **route.kwargs)
+
+
+def refused_by_policy(handler: Handler, policy: HTTPPolicy) -> Handler:
+    """http_config's block_endpoints and allow_write_http_from, before anything else runs (Consul's order)."""
+    if not (policy.blocked_prefixes or policy.writers):
+        return handler
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        why = policy.refusal(request.method, request.path, request.remote)
+        if why:
+            log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+            return web.Response(status=403, text=why)
+        return await handler(request)
+
+    checked.__name__ = getattr(handler, "__name__", "handler")
+    checked.__doc__ = handler.__doc__
+    return checked
 
 
 def acl_guarded(handler: Handler, guard: Guard) -> Handler:

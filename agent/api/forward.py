@@ -71,8 +71,9 @@ async def forward_request(request: web.Request, datacenter: str) -> web.Response
     timeout = _timeout(request)
     status, out_headers, out_body = await agent.cluster.forward_dc(
         datacenter, "http.serve", args, timeout, idempotent=request.method in ("GET", "HEAD"))
+    # Whether addresses are translated is this agent's setting (http_policy.py sets the header), not theirs.
+    out_headers = {k: v for k, v in out_headers.items() if k != TRANSLATE_HEADER}
     if agent.config.translate_wan_addrs:
-        out_headers = {**out_headers, TRANSLATE_HEADER: "true"}
         shape = shape_of(request.path)
         if shape and status == 200 and request.method == "GET" and datacenter != agent.config.datacenter.lower():
             out_body = translated(out_body, shape, "pretty" in request.query)

@@ -31,7 +31,7 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.web_protocol import RequestHandler
 
 from proconsul.agent.api.compress import GZIP_MIN
-from proconsul.agent.api.keys import AGENT, TELEMETRY
+from proconsul.agent.api.keys import AGENT, HTTP_POLICY, TELEMETRY
 from proconsul.agent.api.read_cache import HEAD_TAIL, may_answer_cached
 
 # Targets whose aiohttp `path_qs` (the cache key) is the target itself: no percent-encoding, no dot or
@@ -47,6 +47,8 @@ class LeanFront:
     def __init__(self, app: web.Application) -> None:
         self.agent = app[AGENT]
         self.http_counters = app[TELEMETRY]
+        extra = "".join(f"{k}: {v}\r\n" for k, v in app[HTTP_POLICY].headers.items()).encode("latin-1")
+        self.tail = HEAD_TAIL[:2] + extra + HEAD_TAIL[2:]  # http_config.response_headers, as on the full path
         self.counters = self.agent.telemetry.counters
 
     def answer(self, data: bytes) -> tuple[bytes, bytes] | None:
@@ -104,7 +106,7 @@ class LeanFront:
             return None
         self.http_counters.incr("GET")
         self.counters["http.lean_answers"] += 1
-        return hit.head + rfc822_formatted_time().encode() + HEAD_TAIL, hit.body
+        return hit.head + rfc822_formatted_time().encode() + self.tail, hit.body
 
 
 def _param_names(qs: str) -> set[str]:

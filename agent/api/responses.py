@@ -10,7 +10,6 @@ from aiohttp import web
 
 from proconsul.agent.api.keys import AGENT
 from proconsul.agent.api.params import consistency_mode
-from proconsul.catalog.translate import HEADER as TRANSLATE_HEADER
 
 
 def dumps(data: Any, pretty: bool = False) -> bytes:
@@ -42,6 +41,4 @@ def consul_headers(request: web.Request, index: int | None) -> dict[str, str]:
         h["X-Consul-KnownLeader"] = "true" if agent.known_leader() else "false"
         h["X-Consul-LastContact"] = str(int(agent.last_contact() * 1000))
         h["X-Consul-Effective-Consistency"] = consistency_mode(request)
-        if agent.config.translate_wan_addrs:
-            h[TRANSLATE_HEADER] = "true"
     return h

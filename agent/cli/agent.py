@@ -66,6 +66,7 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
     log_file: Annotated[str, Opt("--log-file", help="Also log to this file (or directory).")] = "",
     pid_file: Annotated[str, Opt("--pid-file", help="Write the agent's PID to this file.")] = "",
     enable_script_checks: Annotated[bool, Opt("--enable-script-checks", help="Allow script checks.")] = False,
+    allow_write_http_from: Annotated[list[str] | None, Opt("--allow-write-http-from", help="Only allow HTTP API writes from this network, CIDR (repeatable; http_config.allow_write_http_from).")] = None,
     enable_local_script_checks: Annotated[bool, Opt("--enable-local-script-checks",
                                                     help="Allow script checks from config files only.")] = False,
     recursor: Annotated[list[str] | None, Opt("--recursor", help="Upstream DNS server for names outside the domain (repeatable).")] = None,
@@ -111,6 +112,8 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
             put(key, value)
         if node_meta:
             flags["node_meta"] = _node_meta(node_meta)
+        if allow_write_http_from:
+            flags["http_config"] = {"allow_write_http_from": allow_write_http_from}
         if recursor:
             cfg.recursors = []  # flags replace the files' recursors, as Consul's do
         merge_file_data(cfg, flags, "command-line flags")

@@ -223,6 +223,44 @@ def _at_least_one(key: str, value: Any, src: str) -> int:
     return n
 
 
+def _http_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's `http_config`: `response_headers` (on every API and UI answer), `block_endpoints` (path
+    prefixes answered 403), `allow_write_http_from` (CIDRs allowed to write); `use_cache` and
+    `max_header_bytes` are accepted with a warning."""
+    import ipaddress
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: http_config must be an object")
+    for k, v in value.items():
+        where = f"http_config.{k}"
+        if k == "response_headers":
+            if not isinstance(v, dict) or not all(isinstance(x, str) and isinstance(y, str | int | float)
+                                                  for x, y in v.items()):
+                raise ConfigError(f"{src}: {where} must map header names to values")
+            for name, text in v.items():
+                if not name or any(c in name for c in " :\r\n") or any(c in str(text) for c in "\r\n"):
+                    raise ConfigError(f"{src}: {where}: {name!r} is not a valid header (name or value)")
+                cfg.http_response_headers[name] = str(text)
+        elif k == "block_endpoints":
+            prefixes = as_str_list(where, v, src)
+            if any(not p.startswith("/") for p in prefixes):
+                raise ConfigError(f"{src}: {where} lists path prefixes such as \"/v1/acl\"")
+            cfg.http_block_endpoints = prefixes
+        elif k == "allow_write_http_from":
+            cidrs = as_str_list(where, v, src)
+            for c in cidrs:
+                try:
+                    ipaddress.ip_network(c, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{src}: {where}: {c!r} is not a CIDR such as 127.0.0.0/8") from None
+            cfg.allow_write_http_from = cidrs
+        elif k in ("use_cache", "max_header_bytes"):
+            _warn(cfg, src, where, "the agent has no HTTP cache to switch, and aiohttp's header limits apply")
+        else:
+            raise ConfigError(f"{src}: unknown key {where} (known: response_headers, block_endpoints, "
+                              "allow_write_http_from, use_cache, max_header_bytes)")
+
+
 def _dns_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     _merge_dns(cfg, value, src)
 
@@ -540,6 +578,7 @@ KEYS: dict[str, Setter] = {
     "domain": _set("domain", _fqdn),
     "alt_domain": _set("alt_domain", _fqdn),
     "dns_config": _dns_config,
+    "http_config": _http_config,
     "service": _services,
     "services": _services,
     "check": _checks,
@@ -607,7 +646,6 @@ KEYS: dict[str, Setter] = {
     "protocol": _silently,
     **{k: _no_effect(why) for k, why in {
         "limits": "there are no per-client HTTP or RPC rate limits",
-        "http_config": "no extra HTTP response headers or TLS for the API",
         "cache": "the agent cache has no rate limits to tune",
         "enable_syslog": "logs go to stderr and log_file",
         "syslog_facility": "logs go to stderr and log_file",
