@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from . import codec as c
@@ -101,8 +102,12 @@ class Pool:
     """One gossip pool member on a real network: `start`, `join`, `leave`, `stop`."""
 
     def __init__(self, core: Membership, bind: str, port: int, *, on_events: Callable[[list[Event]], None],
-                 sealer: Sealer | None = None, on_request: RequestHandler | None = None) -> None:
+                 sealer: Sealer | None = None, on_request: RequestHandler | None = None,
+                 allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
         self.core = core
+        # serf_lan_allowed_cidrs / serf_wan_allowed_cidrs: packets and connections from elsewhere are dropped
+        # (counted as dropped_cidr) before anything reads them; empty: from anywhere.
+        self.allowed = tuple(allowed)
         self.bind = bind
         self.port = port
         self.on_events = on_events
@@ -246,8 +251,26 @@ class Pool:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ UDP in
+    def _refused_source(self, addr: tuple[Any, ...]) -> bool:
+        """Whether `addr` is outside the allowed networks (counted and, now and then, logged)."""
+        if not self.allowed:
+            return False
+        try:
+            ip = ipaddress.ip_address(str(addr[0]).split("%")[0])
+        except ValueError:
+            ip = None
+        if ip is not None and any(ip in net for net in self.allowed):
+            return False
+        self.core.count("dropped_cidr")
+        now = self.now()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            self._last_drop_log = now
+            log.warning("gossip: dropped traffic from %s:%s, outside the allowed networks (%s)", addr[0], addr[1],
+                        ", ".join(str(n) for n in self.allowed))
+        return True
+
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if (addr[0], addr[1]) in self.blocked:
+        if (addr[0], addr[1]) in self.blocked or (self.allowed and self._refused_source(addr)):
             return
         if self.sealer is not None:
             try:
@@ -351,7 +374,8 @@ class Pool:
         peer = writer.get_extra_info("peername") or ("", 0)
         core = self.core
         try:
-            if len(self._conns) >= MAX_STREAMS or (peer[0], peer[1]) in self.blocked:
+            if len(self._conns) >= MAX_STREAMS or (peer[0], peer[1]) in self.blocked or (
+                    self.allowed and self._refused_source(peer)):
                 return
             self._conns.add(writer)
             deadline = self.now() + core.t.tcp_timeout

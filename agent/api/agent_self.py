@@ -58,8 +58,10 @@ def _serf_lan(agent: Any) -> dict[str, str]:
             "health_score": "0", "encrypted": str(agent.cluster.keys.enabled).lower(), "event_queue": "0",
             "event_time": "1",
             "intent_queue": "0", "member_time": "1", "query_queue": "0", "query_time": "1",
-            # Ours: gossip frames dropped because they did not open (wrong key) or were plaintext.
-            **{k: str(stats.get(k, 0)) for k in ("dropped_key", "dropped_plaintext", "dropped_encrypted")}}
+            # Ours: gossip frames dropped because they did not open (wrong key) or were plaintext, and
+            # packets and connections from outside serf_lan_allowed_cidrs.
+            **{k: str(stats.get(k, 0)) for k in ("dropped_key", "dropped_plaintext", "dropped_encrypted",
+                                                 "dropped_cidr")}}
 
 
 def self_body(agent: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import time
@@ -155,6 +156,7 @@ class Cluster:
                              on_change=self.membership_changed, sealer=self.keys.lan_sealer,
                              on_request=self.keys.handle, snapshot=self._gossip_snapshot("local.snapshot"),
                              rejoin_after_leave=cfg.rejoin_after_leave)
+        self.lan.pool.allowed = _networks(cfg.serf_lan_allowed_cidrs)
         self.members = self.lan.members
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
@@ -271,6 +273,7 @@ class Cluster:
                            local_servers=self._local_wan_servers, sealer=self.keys.wan_sealer,
                            on_request=self.keys.handle, snapshot=self._gossip_snapshot("remote.snapshot"),
                            rejoin_after_leave=cfg.rejoin_after_leave)
+        self.wan.pool.allowed = _networks(cfg.serf_wan_allowed_cidrs)
         self.router = Router(self.wan, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
 
@@ -825,3 +828,8 @@ async def _wait_either(wanted: asyncio.Event, stop: asyncio.Event, timeout: floa
     finally:
         for w in waiters:
             w.cancel()
+
+
+def _networks(cidrs: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """serf_*_allowed_cidrs as networks (checked when the config was read)."""
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)

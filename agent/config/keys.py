@@ -223,11 +223,23 @@ def _at_least_one(key: str, value: Any, src: str) -> int:
     return n
 
 
+def _cidrs(key: str, value: Any, src: str) -> list[str]:
+    """A list of networks in CIDR form (an address alone is its /32 or /128)."""
+    import ipaddress
+
+    cidrs = as_str_list(key, value, src)
+    for c in cidrs:
+        try:
+            ipaddress.ip_network(c, strict=False)
+        except ValueError:
+            raise ConfigError(f"{src}: {key}: {c!r} is not a CIDR such as 127.0.0.0/8") from None
+    return cidrs
+
+
 def _http_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     """Consul's `http_config`: `response_headers` (on every API and UI answer), `block_endpoints` (path
     prefixes answered 403), `allow_write_http_from` (CIDRs allowed to write); `use_cache` and
     `max_header_bytes` are accepted with a warning."""
-    import ipaddress
 
     if not isinstance(value, dict):
         raise ConfigError(f"{src}: http_config must be an object")
@@ -247,13 +259,7 @@ def _http_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
                 raise ConfigError(f"{src}: {where} lists path prefixes such as \"/v1/acl\"")
             cfg.http_block_endpoints = prefixes
         elif k == "allow_write_http_from":
-            cidrs = as_str_list(where, v, src)
-            for c in cidrs:
-                try:
-                    ipaddress.ip_network(c, strict=False)
-                except ValueError:
-                    raise ConfigError(f"{src}: {where}: {c!r} is not a CIDR such as 127.0.0.0/8") from None
-            cfg.allow_write_http_from = cidrs
+            cfg.allow_write_http_from = _cidrs(where, v, src)
         elif k in ("use_cache", "max_header_bytes"):
             _warn(cfg, src, where, "the agent has no HTTP cache to switch, and aiohttp's header limits apply")
         else:
@@ -689,8 +695,8 @@ KEYS: dict[str, Setter] = {
     "ca_path": _refused("a directory of CAs is not supported: give one bundle with ca_file"),
     "serf_wan": _set("serf_wan_addr", _text),
     "serf_lan": _set("serf_lan_addr", _text),
-    "serf_lan_allowed_cidrs": _refused("the LAN port does not filter by CIDR yet"),
-    "serf_wan_allowed_cidrs": _refused("the WAN port does not filter by CIDR yet"),
+    "serf_lan_allowed_cidrs": _set("serf_lan_allowed_cidrs", _cidrs),
+    "serf_wan_allowed_cidrs": _set("serf_wan_allowed_cidrs", _cidrs),
     "unix_sockets": _refused("the API does not listen on unix sockets"),
     "peering": _refused("cluster peering is not built", _off),
     "cloud": _refused("HCP is not supported", lambda v: not v),

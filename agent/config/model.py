@@ -128,6 +128,8 @@ class AgentConfig:
     http_response_headers: dict[str, str] = field(default_factory=dict)  # http_config.response_headers
     http_block_endpoints: list[str] = field(default_factory=list)  # http_config.block_endpoints
     allow_write_http_from: list[str] = field(default_factory=list)  # http_config.allow_write_http_from
+    serf_lan_allowed_cidrs: list[str] = field(default_factory=list)  # empty: gossip from anywhere
+    serf_wan_allowed_cidrs: list[str] = field(default_factory=list)
     retry_interval: float = 30.0  # between rounds of --retry-join attempts (Consul's default)
     raft_tick: float = 0.1  # Raft timing: elections after 8-16 ticks (0.8-1.6 s) without a leader
     raft_election_ticks: int = 8

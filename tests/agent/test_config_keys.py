@@ -59,7 +59,7 @@ def test_a_consul_style_config_loads_with_warnings_for_what_has_no_effect() -> N
     ({"acl": {"tokens": {"master_key": "x"}}}, "unknown key acl.tokens.master_key"),
     ({"auto_encrypt": {"tls": True, "verify": True}}, "unknown key auto_encrypt.verify"),
     ({"tls": {"rpc": {"cert_file": "c.pem"}}}, "unknown key tls.rpc"),
-    ({"serf_wan_allowed_cidrs": ["10.0.0.0/8"]}, "serf_wan_allowed_cidrs cannot be honoured"),
+    ({"serf_wan_allowed_cidrs": ["10.0.0.0/88"]}, "serf_wan_allowed_cidrs: '10.0.0.0/88' is not a CIDR"),
     ({"primary_datacenter": "dc9", "ports": {"serf_wan": -1}}, "primary_datacenter 'dc9' cannot be honoured"),
     ({"raft_protocol": 2}, "raft_protocol 2 is not supported"),
     ({"reconnect_timeout": "1h"}, "reconnect_timeout must be at least 8h"),
