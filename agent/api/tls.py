@@ -1,11 +1,12 @@
 """The HTTPS listener's TLS context (Consul's `ports.https` with `tls.https` / `tls.defaults`): TLS 1.2 or
-newer, the agent's certificate, and with `verify_incoming` only clients whose certificate the CA signed.
+newer (`tls_min_version`, `tls_cipher_suites`), the agent's certificate, and with `verify_incoming` only clients whose certificate the CA signed.
 Files that cannot be used stop the agent with one line naming the setting."""
 
 from __future__ import annotations
 
 import ssl
 
+from proconsul.agent.config import tls_policy
 from proconsul.agent.config.model import TLSSettings
 
 
@@ -15,7 +16,7 @@ class HTTPSConfigError(Exception):
 
 def https_context(t: TLSSettings) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls_policy.apply(ctx, t.tls_min_version, t.tls_cipher_suites)
     try:
         ctx.load_cert_chain(t.cert_file, t.key_file)
     except FileNotFoundError as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
+from proconsul.agent.config import tls_policy
 from proconsul.agent.config.model import AgentConfig
 
 
@@ -65,14 +66,14 @@ def rpc_tls(cfg: AgentConfig) -> RPCTLS:
     try:
         if cfg.server:
             server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            server_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            tls_policy.apply(server_ctx, t.tls_min_version, t.tls_cipher_suites)
             server_ctx.load_cert_chain(t.cert_file, t.key_file)
             if t.ca_file:
                 server_ctx.load_verify_locations(t.ca_file)
             server_ctx.verify_mode = ssl.CERT_REQUIRED if t.verify_incoming and not cfg.auto_encrypt_allow_tls \
                 else ssl.CERT_OPTIONAL if t.ca_file or cfg.auto_encrypt_allow_tls else ssl.CERT_NONE
         client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=t.ca_file or None)
-        client_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls_policy.apply(client_ctx, t.tls_min_version, t.tls_cipher_suites)
         client_ctx.check_hostname = t.verify_server_hostname
         client_ctx.verify_mode = ssl.CERT_REQUIRED if t.ca_file else ssl.CERT_NONE
         if t.cert_file:

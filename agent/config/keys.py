@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proconsul.agent.cluster import autopilot
+from proconsul.agent.config import tls_policy
 from proconsul.agent.config.model import (
     ACL_TOKEN_ALIASES,
     ACL_TOKEN_TYPES,
@@ -196,7 +197,7 @@ def _ae_interval(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
 def _legacy_tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     """Consul's older top-level TLS keys apply to every listener: the server port and HTTPS."""
     _merge_tls(cfg.tls, {key: value}, src, "")
-    if key in ("ca_file", "cert_file", "key_file", "verify_incoming"):
+    if key in ("ca_file", "cert_file", "key_file", "verify_incoming", "tls_min_version", "tls_cipher_suites"):
         _merge_tls(cfg.https_tls, {key: value}, src, "")
 
 
@@ -661,8 +662,6 @@ KEYS: dict[str, Setter] = {
         "retry_max": "retry_join tries until it succeeds",
         "retry_max_wan": "retry_join_wan tries until it succeeds",
         "discovery_max_stale": "client agents forward DNS to servers, answered from their replica",
-        "tls_min_version": "the server port uses TLS 1.2 or newer; set tls.defaults instead",
-        "tls_cipher_suites": "Python's default cipher suites are used",
         "tls_prefer_server_cipher_suites": "Python's default cipher suites are used",
         "raft_snapshot_interval": "snapshots follow raft_snapshot_threshold",
         "check_deregister_interval_min": "an internal knob", "check_reap_interval": "an internal knob",
@@ -725,6 +724,10 @@ def _merge_tls(tls: TLSSettings, value: Any, src: str, prefix: str) -> None:
             setattr(tls, k, v)
         elif k in ("verify_incoming", "verify_outgoing", "verify_server_hostname"):
             setattr(tls, k, as_bool(prefix + k, v, src))
+        elif k == "tls_min_version":
+            tls.tls_min_version = tls_policy.min_version(prefix + k, v, src)
+        elif k == "tls_cipher_suites":
+            tls.tls_cipher_suites = tls_policy.cipher_suites(prefix + k, v, src)
         else:
             raise ConfigError(f"{src}: {prefix}{k} is not supported (known: {', '.join(TLS_KEYS)})")
 

@@ -12,6 +12,7 @@ import os
 import uuid
 from pathlib import Path
 
+from proconsul.agent.config import tls_policy
 from proconsul.agent.config.files import config_dir_files, load_file, parse_text
 from proconsul.agent.config.keys import merge_file_data
 from proconsul.agent.config.model import AgentConfig, ConfigError
@@ -106,6 +107,8 @@ def _refuse_missing_listeners(cfg: AgentConfig) -> None:
                           "tls.https (or tls.defaults) cert_file and key_file")
     if cfg.https_port >= 0 and t.verify_incoming and not t.ca_file:
         raise ConfigError("tls.https.verify_incoming needs ca_file (the CA that signs client certificates)")
+    for where, tls in (("tls.internal_rpc", cfg.tls), ("tls.https", cfg.https_tls)):
+        tls_policy.check(tls.tls_min_version, tls.tls_cipher_suites, where)
     if cfg.grpc_tls_port >= 0:
         raise ConfigError(f"ports.grpc_tls = {cfg.grpc_tls_port} cannot be honoured: there is no gRPC TLS "
                           "listener; set it to -1 (or remove it)")

@@ -38,6 +38,8 @@ class TLSSettings:
     verify_incoming: bool = False
     verify_outgoing: bool = False
     verify_server_hostname: bool = False
+    tls_min_version: str = "TLSv1_2"  # Consul's names (agent/config/tls_policy.py)
+    tls_cipher_suites: str = ""  # OpenSSL's cipher string for TLS 1.2 ("": Python's defaults)
 
     @property
     def enabled(self) -> bool:
@@ -65,7 +67,8 @@ class ACLConfig:
     tokens: dict[str, str] = field(default_factory=dict)
 
 
-TLS_KEYS = ("ca_file", "cert_file", "key_file", "verify_incoming", "verify_outgoing", "verify_server_hostname")
+TLS_KEYS = ("ca_file", "cert_file", "key_file", "verify_incoming", "verify_outgoing", "verify_server_hostname",
+            "tls_min_version", "tls_cipher_suites")
 
 
 @dataclass

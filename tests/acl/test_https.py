@@ -119,3 +119,47 @@ def test_unusable_certificate_stops_the_agent_with_one_line(tmp_path, pki):
               "-dns-port", "-1", "-server-port", str(free_port()), "-serf-lan-port", str(free_port()))
     line = one_line_error(res)
     assert "tls.https" in line and "key does not match" in line
+
+
+def _handshake(port: int, pki: Path, *args: str) -> bool:
+    """Whether `openssl s_client` completes a handshake with these options (and the client certificate)."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(pki / "ca.pem"),
+                          "-cert", str(pki / "client.pem"), "-key", str(pki / "client.key"), "-verify_return_error",
+                          *args], input="", capture_output=True, text=True, timeout=20)
+    return out.returncode == 0 and "Cipher is (NONE)" not in out.stdout
+
+
+@pytest.mark.parametrize(("tls", "allowed", "refused"), [
+    ({"tls_min_version": "TLSv1_3"}, ["-tls1_3"], ["-tls1_2"]),
+    ({"tls_cipher_suites": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"},
+     ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"], ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]),
+])
+def test_tls_min_version_and_cipher_suites_as_openssl_sees_them(tmp_path, pki, tls, allowed, refused):
+    """`tls.defaults.tls_min_version` / `tls_cipher_suites` (Consul's names) reach the HTTPS listener."""
+    port = free_port()
+    conf = _config(tmp_path, pki, port)
+    data = json.loads(conf.read_text())
+    data["tls"]["defaults"].update(tls)
+    conf.write_text(json.dumps(data))
+    a = AgentProcess(tmp_path / "agent", args=["-config-file", str(conf), "-http-port=-1"])
+    a.start_background()
+    try:
+        wait_for(lambda: _handshake(port, pki, *allowed), 20, message=f"a handshake with {allowed}")
+        assert not _handshake(port, pki, *refused), f"{refused} must be refused under {tls}"
+    finally:
+        a.stop()
+
+
+@pytest.mark.parametrize(("tls", "says"), [
+    ({"tls_min_version": "TLSv1_0"}, "tls.defaults.tls_min_version 'TLSv1_0' cannot be honoured"),
+    ({"tls_min_version": "tls14"}, "must be TLSv1_2 or TLSv1_3"),
+    ({"tls_cipher_suites": "TLS_RSA_WITH_RC4_128_SHA"}, "TLS_RSA_WITH_RC4_128_SHA is not a supported cipher suite"),
+    ({"tls_min_version": "TLSv1_3", "tls_cipher_suites": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"},
+     "tls_cipher_suites cannot be set with tls_min_version TLSv1_3"),
+])
+def test_tls_versions_and_suites_that_cannot_be_honoured_stop_the_agent(tmp_path, pki, tls, says):
+    conf = _config(tmp_path, pki, free_port())
+    data = json.loads(conf.read_text())
+    data["tls"]["defaults"].update(tls)
+    conf.write_text(json.dumps(data))
+    assert says in one_line_error(run(None, "agent", "-dev", "-config-file", str(conf), "-http-port=-1"))
