@@ -138,6 +138,7 @@ class Agent:
         if self.server is not None:
             self.server.observe = self._observe_write
         self._stop = asyncio.Event()
+        self.fatal = ""  # why the agent stopped itself (give_up); "" for a normal stop
         self._local_changed = asyncio.Event()
         self._leaving = False
         self._config_services: set[str] = set()
@@ -695,6 +696,12 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
+    def give_up(self, reason: str) -> None:
+        """Stop the agent because something it must do cannot be done (`run_agent` exits with `reason`)."""
+        log.error("%s: stopping the agent", reason)
+        self.fatal = reason
+        self._stop.set()
+
 
 def _tune_gc() -> None:
     """Everything allocated while starting lives for the whole run: move it out of the collector's
@@ -780,6 +787,8 @@ async def run_agent(config: AgentConfig) -> None:
     finally:
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
+    if agent.fatal:
+        raise AgentError(agent.fatal)
 
 
 def _write_pid_file(path: str) -> Any:

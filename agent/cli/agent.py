@@ -68,6 +68,8 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
     enable_script_checks: Annotated[bool, Opt("--enable-script-checks", help="Allow script checks.")] = False,
     serf_lan_allowed_cidrs: Annotated[list[str] | None, Opt("--serf-lan-allowed-cidrs", help="Only accept LAN gossip from this network, CIDR (repeatable).")] = None,
     serf_wan_allowed_cidrs: Annotated[list[str] | None, Opt("--serf-wan-allowed-cidrs", help="Only accept WAN gossip from this network, CIDR (repeatable).")] = None,
+    retry_max: Annotated[int | None, Opt("--retry-max", help="Failed --retry-join rounds before the agent gives up and exits (0: never).")] = None,
+    retry_max_wan: Annotated[int | None, Opt("--retry-max-wan", help="Failed --retry-join-wan rounds before the agent gives up and exits (0: never).")] = None,
     allow_write_http_from: Annotated[list[str] | None, Opt("--allow-write-http-from", help="Only allow HTTP API writes from this network, CIDR (repeatable; http_config.allow_write_http_from).")] = None,
     enable_local_script_checks: Annotated[bool, Opt("--enable-local-script-checks",
                                                     help="Allow script checks from config files only.")] = False,
@@ -111,7 +113,8 @@ def agent(  # noqa: PLR0913 - Consul's agent takes this many flags; each maps to
                            ("domain", domain), ("alt_domain", alt_domain), ("ui", ui),
                            ("ui_content_path", ui_content_path), ("encrypt", encrypt),
                            ("raft_protocol", raft_protocol), ("serf_lan_allowed_cidrs", serf_lan_allowed_cidrs),
-                           ("serf_wan_allowed_cidrs", serf_wan_allowed_cidrs)):
+                           ("serf_wan_allowed_cidrs", serf_wan_allowed_cidrs), ("retry_max", retry_max),
+                           ("retry_max_wan", retry_max_wan)):
             put(key, value)
         if node_meta:
             flags["node_meta"] = _node_meta(node_meta)

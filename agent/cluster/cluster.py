@@ -157,6 +157,7 @@ class Cluster:
                              on_request=self.keys.handle, snapshot=self._gossip_snapshot("local.snapshot"),
                              rejoin_after_leave=cfg.rejoin_after_leave)
         self.lan.pool.allowed = _networks(cfg.serf_lan_allowed_cidrs)
+        self.lan.retry_max, self.lan.on_give_up = cfg.retry_max, host.give_up
         self.members = self.lan.members
         self.gossip: LANGossip | None = None
         self._bootstrap_wanted = asyncio.Event()  # one event per waiting loop: neither clears the other's
@@ -274,6 +275,7 @@ class Cluster:
                            on_request=self.keys.handle, snapshot=self._gossip_snapshot("remote.snapshot"),
                            rejoin_after_leave=cfg.rejoin_after_leave)
         self.wan.pool.allowed = _networks(cfg.serf_wan_allowed_cidrs)
+        self.wan.retry_max, self.wan.on_give_up = cfg.retry_max_wan, self.host.give_up
         self.router = Router(self.wan, cfg.datacenter, self.pool.call, random.Random(self.rng.getrandbits(64)),
                              blocked=lambda: self.wan.blocked if self.wan else set())
 

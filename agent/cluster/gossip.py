@@ -57,6 +57,10 @@ class GossipMember:
         self.log = logging.getLogger(f"proconsul.{what.lower()}")
         self.retry_join = list(retry_join or [])
         self.retry_interval = retry_interval
+        # Consul's retry_max / retry_max_wan: after that many failed retry-join rounds (0: never) the agent
+        # gives up — `on_give_up(reason)` stops it with that line.
+        self.retry_max = 0
+        self.on_give_up: Callable[[str], None] | None = None
         self.on_change = on_change or (lambda names: None)
         self.on_event = on_event
         self.pool = Pool(self.core, bind, port, on_events=self._events, sealer=sealer, on_request=on_request)
@@ -124,12 +128,18 @@ class GossipMember:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Retry-join until a peer answers (Consul's -retry-join), then wait for shutdown."""
+        failed = 0
         while not stop.is_set():
             if self.retry_join and self.core.alive_peers() == 0:
                 try:
                     await self.join(self.retry_join)
                 except JoinError as e:
-                    self.log.warning("retry-join: %s; retrying in %.0fs", e, self.retry_interval)
+                    failed += 1
+                    if self.retry_max and failed >= self.retry_max and self.on_give_up is not None:
+                        self.on_give_up(f"could not join the {self.what} pool after {failed} attempts "
+                                        f"(retry_max{'_wan' if self.what == 'WAN' else ''} = {self.retry_max}): {e}")
+                        return
+                    self.log.warning("retry-join: %s; retrying in %gs", e, self.retry_interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.retry_interval if self.retry_join else 3600.0)
 

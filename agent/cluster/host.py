@@ -31,6 +31,10 @@ class ClusterHost(Protocol):
 
     def user_event(self, event: dict[str, Any]) -> bool: ...
 
+    def give_up(self, reason: str) -> None:
+        """Stop the agent: something it must do cannot be done (retry_max spent); it exits with `reason`."""
+        ...
+
 
 class ClusterOps(Protocol):
     """What the server's RPC endpoints need of the cluster."""

@@ -217,6 +217,13 @@ def _tls(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
             raise ConfigError(f"{src}: unknown key tls.{section} (known: defaults, internal_rpc, https, grpc)")
 
 
+def _at_least_zero(key: str, value: Any, src: str) -> int:
+    n = as_int(key, value, src)
+    if n < 0:
+        raise ConfigError(f"{src}: {key} must be 0 (no limit) or more")
+    return n
+
+
 def _at_least_one(key: str, value: Any, src: str) -> int:
     n = as_int(key, value, src)
     if n < 1:
@@ -577,6 +584,8 @@ KEYS: dict[str, Setter] = {
     "retry_join_wan": _join_wan,
     "start_join_wan": _join_wan,
     "retry_interval_wan": _set("retry_interval_wan", as_duration),
+    "retry_max": _set("retry_max", _at_least_zero),
+    "retry_max_wan": _set("retry_max_wan", _at_least_zero),
     "start_join": _join,
     "log_level": _set("log_level", _lower),
     "enable_script_checks": _set("enable_script_checks", as_bool),
@@ -659,8 +668,6 @@ KEYS: dict[str, Setter] = {
         "server_name": "the server port's TLS checks names with verify_server_hostname",
         "enable_agent_tls_for_checks": "HTTP and gRPC checks use their own TLS settings",
         "disable_http_unprintable_char_filter": "keys and names are not filtered",
-        "retry_max": "retry_join tries until it succeeds",
-        "retry_max_wan": "retry_join_wan tries until it succeeds",
         "discovery_max_stale": "client agents forward DNS to servers, answered from their replica",
         "tls_prefer_server_cipher_suites": "Python's default cipher suites are used",
         "raft_snapshot_interval": "snapshots follow raft_snapshot_threshold",

@@ -160,6 +160,8 @@ class AgentConfig:
     primary_datacenter: str = ""
     retry_join_wan: list[str] = field(default_factory=list)  # servers of other datacenters to join over the WAN
     retry_interval_wan: float = 30.0
+    retry_max: int = 0  # failed retry_join rounds before the agent gives up (0: never)
+    retry_max_wan: int = 0
     serf_wan_addr: str = ""  # serf_wan: the WAN pool's bind address (default: bind_addr)
     gossip_lan: dict[str, Any] = field(default_factory=dict)
     gossip_wan: dict[str, Any] = field(default_factory=dict)

@@ -146,3 +146,16 @@ def test_a_malformed_gossip_key_stops_the_agent_with_one_line_naming_it(tmp_path
     (tmp_path / "enc.hcl").write_text('encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7C"\n')
     line = one_line_error(run(None, "agent", "--dev", "--config-file", str(tmp_path / "enc.hcl")))
     assert "encrypt: decodes to 30 bytes; a gossip key must be 16, 24 or 32 bytes" in line
+
+
+def test_retry_max_gives_up_with_one_line_and_status_1(tmp_path: Path) -> None:
+    """Consul's -retry-max: a client whose retry-join never answers exits after that many rounds."""
+    from support import free_port
+
+    nobody = free_port()  # nothing listens there
+    res = run(None, "agent", "--node", "lonely", "--data-dir", str(tmp_path / "d"), "--http-port", "0",
+              "--dns-port", "-1", "--serf-lan-port", "0", "--retry-join", f"127.0.0.1:{nobody}",
+              "--retry-interval", "100ms", "--retry-max", "2")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    line = res.stderr.strip().splitlines()[-1]  # after the agent's own log lines, the error it exits with
+    assert line.startswith("Error: ") and "could not join the LAN pool after 2 attempts (retry_max = 2)" in line and str(nobody) in line
