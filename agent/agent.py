@@ -24,6 +24,7 @@ from proconsul.agent.acl.state import ACLState, leader_setup
 from proconsul.agent.acl.tokens import load_agent_tokens, save_agent_tokens
 from proconsul.agent.api.read_cache import ReadCache
 from proconsul.agent.api.tls import HTTPSConfigError, https_context
+from proconsul.agent.checks.agent_tls import CONTEXT_KEY as AGENT_TLS
 from proconsul.agent.checks.kinds import standard_kinds
 from proconsul.agent.checks.manager import CheckManager
 from proconsul.agent.checks.runner import DEFAULT_OUTPUT_MAX
@@ -106,6 +107,8 @@ class Agent:
                                 cluster_size=lambda: len(self.members()))
         self.checks = CheckManager(self._check_result, standard_kinds(), self.rng)
         self.checks.context["agent"] = self
+        if config.enable_agent_tls_for_checks:  # HTTP/TCP+TLS/gRPC checks present the agent's certificate
+            self.checks.context[AGENT_TLS] = config.tls
         self.events = EventBuffer(config.node_name)
         self.cluster.lan.on_event = self._membership_event
         self.http_routes: list[web.RouteTableDef] = []  # routes of optional components (Connect, UI)

@@ -16,6 +16,7 @@ import h2.config
 import h2.connection
 import h2.events
 
+from proconsul.agent.checks.agent_tls import check_context
 from proconsul.agent.checks.runner import IntervalRunner, ResultSink, RunnerHost
 from proconsul.catalog.store import CRITICAL, PASSING
 
@@ -67,13 +68,8 @@ def health_status(payload: bytes) -> int:
     return 0
 
 
-def _tls(defn: dict[str, Any], skip_key: str = "TLSSkipVerify") -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.set_alpn_protocols(["h2"])
-    if defn.get(skip_key):
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+def _tls(defn: dict[str, Any], manager: RunnerHost) -> ssl.SSLContext:
+    return check_context(manager.context, bool(defn.get("TLSSkipVerify")), alpn=["h2"])
 
 
 class _H2:
@@ -122,7 +118,7 @@ class GRPCRunner(IntervalRunner):
         super().__init__(check_id, defn, sink, rng)
         self.target = defn["GRPC"]
         self.host, self.port, self.service = _split(self.target)
-        self.tls = _tls(defn) if defn.get("GRPCUseTLS") else None
+        self.tls = _tls(defn, manager) if defn.get("GRPCUseTLS") else None
 
     async def probe(self) -> tuple[str, str]:
         try:
@@ -181,7 +177,7 @@ class H2PingRunner(IntervalRunner):
         host, _, port = self.target.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         use_tls = defn.get("H2PingUseTLS")
-        self.tls = _tls(defn) if use_tls is None or use_tls else None
+        self.tls = _tls(defn, manager) if use_tls is None or use_tls else None
 
     async def probe(self) -> tuple[str, str]:
         try:

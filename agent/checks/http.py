@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
+from proconsul.agent.checks.agent_tls import check_context, uses_agent_tls
 from proconsul.agent.checks.runner import (
     DEFAULT_OUTPUT_MAX,
     IntervalRunner,
@@ -43,9 +44,11 @@ def session_for(manager: RunnerHost) -> aiohttp.ClientSession:
     return session
 
 
-def _ssl_for(defn: dict[str, Any]) -> ssl.SSLContext | bool | None:
+def _ssl_for(defn: dict[str, Any], manager: RunnerHost) -> ssl.SSLContext | bool | None:
     if not defn["HTTP"].startswith("https://"):
         return None
+    if uses_agent_tls(manager.context):  # enable_agent_tls_for_checks: the agent's certificate and CA
+        return check_context(manager.context, bool(defn.get("TLSSkipVerify")))
     if defn.get("TLSSkipVerify"):
         return False
     return None  # aiohttp's default verifying context
@@ -72,7 +75,7 @@ class HTTPRunner(IntervalRunner):
         self.kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=self.timeout),
                                        "allow_redirects": not defn.get("DisableRedirects"),
                                        "headers": self.headers, "data": self.body}
-        tls = _ssl_for(defn)
+        tls = _ssl_for(defn, manager)
         if tls is not None:
             self.kwargs["ssl"] = tls
         if defn.get("TLSServerName") and self.url.startswith("https://"):

@@ -13,6 +13,7 @@ import random
 import ssl
 from typing import Any
 
+from proconsul.agent.checks.agent_tls import check_context
 from proconsul.agent.checks.runner import IntervalRunner, ResultSink, RunnerHost
 from proconsul.agent.config.duration import format_duration
 from proconsul.catalog.store import CRITICAL, PASSING
@@ -31,10 +32,7 @@ class TCPRunner(IntervalRunner):
         self.host, self.port = _split(self.target)
         self.tls: ssl.SSLContext | None = None
         if defn.get("TCPUseTLS"):
-            self.tls = ssl.create_default_context()
-            if defn.get("TLSSkipVerify"):
-                self.tls.check_hostname = False
-                self.tls.verify_mode = ssl.CERT_NONE
+            self.tls = check_context(manager.context, bool(defn.get("TLSSkipVerify")))
 
     async def probe(self) -> tuple[str, str]:
         try:

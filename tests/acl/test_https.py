@@ -163,3 +163,52 @@ def test_tls_versions_and_suites_that_cannot_be_honoured_stop_the_agent(tmp_path
     data["tls"]["defaults"].update(tls)
     conf.write_text(json.dumps(data))
     assert says in one_line_error(run(None, "agent", "-dev", "-config-file", str(conf), "-http-port=-1"))
+
+
+def test_enable_agent_tls_for_checks_presents_the_agents_certificate(tmp_path, pki):
+    """A health endpoint that demands mutual TLS (openssl-made CA): with `enable_agent_tls_for_checks` the
+    agent's HTTP check presents its certificate from tls.defaults and passes; without it, it is refused."""
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 — http.server's name
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    ctx.load_verify_locations(str(pki / "ca.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/health"
+    agents = []
+    try:
+        for on in (True, False):
+            conf = tmp_path / f"checks-{on}.json"
+            conf.write_text(json.dumps({"enable_agent_tls_for_checks": on, "tls": {"defaults": {
+                "ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "client.pem"),
+                "key_file": str(pki / "client.key")}}}))
+            a = AgentProcess(tmp_path / f"agent-{on}", args=["-config-file", str(conf)])
+            a.start()
+            agents.append(a)
+            assert a.put("/v1/agent/check/register", {"Name": "mtls", "HTTP": url, "Interval": "1s"})[0] == 200
+
+        def status(a: AgentProcess) -> tuple[str, str]:
+            check = a.get("/v1/agent/checks")[1].get("mtls") or {}
+            return check.get("Status", ""), check.get("Output", "")
+
+        wait_for(lambda: status(agents[0])[0] == "passing", 15, message="the check with the agent's certificate")
+        wait_for(lambda: status(agents[1])[0] == "critical" and status(agents[1])[1], 15,
+                 message="the check without it to be refused")
+        assert "200" in status(agents[0])[1]
+    finally:
+        for a in agents:
+            a.stop()
+        httpd.shutdown()
