@@ -23,6 +23,7 @@ request, and it moves aiohttp's keep-alive deadline as aiohttp would.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -38,6 +39,8 @@ from proconsul.agent.api.read_cache import HEAD_TAIL, may_answer_cached
 # empty segments (checked apart), nothing a URL parser would rewrite.
 PLAIN_TARGET = re.compile(rb"/v1/[A-Za-z0-9_~./-]*(?:\?[A-Za-z0-9_~.=&,:-]*)?")
 REQUEST_END = b"\r\n\r\n"
+TOO_MANY = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+            b"Your IP is issuing too many concurrent connections, please rate limit your calls\n")
 HANDED_ON = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")  # these go to aiohttp
 
 
@@ -47,6 +50,8 @@ class LeanFront:
     def __init__(self, app: web.Application) -> None:
         self.agent = app[AGENT]
         self.http_counters = app[TELEMETRY]
+        self.conn_limit = self.agent.config.http_max_conns_per_client  # 0: none
+        self.open_conns: dict[str, int] = {}  # client address -> open connections (with a limit only)
         extra = "".join(f"{k}: {v}\r\n" for k, v in app[HTTP_POLICY].headers.items()).encode("latin-1")
         self.tail = HEAD_TAIL[:2] + extra + HEAD_TAIL[2:]  # http_config.response_headers, as on the full path
         self.counters = self.agent.telemetry.counters
@@ -116,12 +121,43 @@ def _param_names(qs: str) -> set[str]:
 class LeanRequestHandler(RequestHandler):
     """aiohttp's connection handler, with the lean front before its parser."""
 
-    __slots__ = ("_front", "_at_boundary")
+    __slots__ = ("_front", "_at_boundary", "_client", "_refused")
 
     def __init__(self, manager: web.Server, front: LeanFront, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._front = front
         self._at_boundary = True  # aiohttp's parser holds no partial request
+        self._client: str | None = None  # counted against limits.http_max_conns_per_client
+        self._refused = False  # over that limit: answered 429 and closed; aiohttp never saw it
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        limit = self._front.conn_limit
+        if limit:
+            peer = transport.get_extra_info("peername")
+            client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            open_ = self._front.open_conns
+            if open_.get(client, 0) >= limit:  # Consul's connlimit answer, then the connection is closed
+                transport.write(TOO_MANY)  # type: ignore[attr-defined]
+                transport.close()
+                self._refused = True
+                self._front.counters["http.conn_limit_refused"] += 1
+                return
+            open_[client] = open_.get(client, 0) + 1
+            self._client = client
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            return
+        if self._client is not None:
+            open_ = self._front.open_conns
+            left = open_.get(self._client, 1) - 1
+            if left > 0:
+                open_[self._client] = left
+            else:
+                open_.pop(self._client, None)
+            self._client = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if (self._at_boundary and self._waiter is not None and not self._messages and not self._request_in_progress

@@ -244,6 +244,18 @@ def _cidrs(key: str, value: Any, src: str) -> list[str]:
     return cidrs
 
 
+def _limits(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
+    """Consul's `limits`: `http_max_conns_per_client` is enforced; the RPC rate limits are accepted with a
+    warning (agents' RPCs are not rate limited)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{src}: limits must be an object")
+    for k, v in value.items():
+        if k == "http_max_conns_per_client":
+            cfg.http_max_conns_per_client = _at_least_zero(f"limits.{k}", v, src)
+        else:
+            _warn(cfg, src, f"limits.{k}", "RPC and request rate limits are not enforced")
+
+
 def _http_config(cfg: AgentConfig, key: str, value: Any, src: str) -> None:
     """Consul's `http_config`: `response_headers` (on every API and UI answer), `block_endpoints` (path
     prefixes answered 403), `allow_write_http_from` (CIDRs allowed to write); `use_cache` and
@@ -595,6 +607,7 @@ KEYS: dict[str, Setter] = {
     "alt_domain": _set("alt_domain", _fqdn),
     "dns_config": _dns_config,
     "http_config": _http_config,
+    "limits": _limits,
     "service": _services,
     "services": _services,
     "check": _checks,
@@ -662,7 +675,6 @@ KEYS: dict[str, Setter] = {
     "snapshot_agent": _silently,  # Consul documents it as a placeholder for the snapshot agent's config
     "protocol": _silently,
     **{k: _no_effect(why) for k, why in {
-        "limits": "there are no per-client HTTP or RPC rate limits",
         "cache": "the agent cache has no rate limits to tune",
         "enable_syslog": "logs go to stderr and log_file",
         "syslog_facility": "logs go to stderr and log_file",

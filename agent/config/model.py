@@ -131,6 +131,7 @@ class AgentConfig:
     enable_agent_tls_for_checks: bool = False  # checks present the agent's TLS certificate (agent/checks/agent_tls.py)
     http_response_headers: dict[str, str] = field(default_factory=dict)  # http_config.response_headers
     http_block_endpoints: list[str] = field(default_factory=list)  # http_config.block_endpoints
+    http_max_conns_per_client: int = 0  # limits.http_max_conns_per_client (0: no limit; Consul's default 200)
     allow_write_http_from: list[str] = field(default_factory=list)  # http_config.allow_write_http_from
     serf_lan_allowed_cidrs: list[str] = field(default_factory=list)  # empty: gossip from anywhere
     serf_wan_allowed_cidrs: list[str] = field(default_factory=list)
