@@ -16,7 +16,7 @@ from proconsul.agent.config.model import AgentConfig, ConfigError
 CONSUL_STYLE = {
     "datacenter": "dc1", "addresses": {"http": "127.0.0.1", "dns": "127.0.0.1"}, "advertise_addr_wan": "127.0.0.1",
     "log_json": False, "disable_update_check": True, "performance": {"raft_multiplier": 1, "leave_drain_time": "5s"},
-    "limits": {"http_max_conns_per_client": 200}, "autopilot": {"cleanup_dead_servers": True},
+    "limits": {"http_max_conns_per_client": 200, "rpc_rate": 100}, "autopilot": {"cleanup_dead_servers": True},
     "reconnect_timeout": "72h", "rejoin_after_leave": True, "raft_protocol": 3, "server_name": "server.dc1.mesh",
     "telemetry": {"prometheus_retention_time": "60s", "statsd_address": "127.0.0.1:8125"},
     "translate_wan_addrs": False, "ports": {"grpc": -1, "grpc_tls": -1, "https": -1},
@@ -42,7 +42,7 @@ def test_a_consul_style_config_loads_with_warnings_for_what_has_no_effect() -> N
         ("127.0.0.1", "127.0.0.1", 72 * 3600.0, 5.0)
     assert cfg.check_output_max_size == 8192 and cfg.rejoin_after_leave and cfg.autopilot["cleanup_dead_servers"]
     warned = " | ".join(cfg.warnings)
-    for key in ("limits", "performance.leave_drain_time", "server_name", "telemetry.statsd_address",
+    for key in ("limits.rpc_rate", "performance.leave_drain_time", "server_name", "telemetry.statsd_address",
                 "dns_config.use_cache"):
         assert f"{key} has no effect in Proconsul" in warned, key
     assert "disable_update_check" not in warned  # already true here: nothing to say
@@ -121,7 +121,7 @@ def test_honoured_keys_take_effect(tmp_path: Path) -> None:
     pid, log_file = tmp_path / "agent.pid", tmp_path / "logs" / "agent.log"
     conf = tmp_path / "extra.json"
     conf.write_text(json.dumps({"pid_file": str(pid), "log_file": str(log_file), "log_json": True,
-                                "limits": {"http_max_conns_per_client": 10},
+                                "limits": {"http_max_conns_per_client": 10, "rpc_max_burst": 5},
                                 "config_entries": {"bootstrap": [
                                     {"kind": "proxy-defaults", "name": "global", "config": {"protocol": "http"}}]},
                                 "tagged_addresses": {"lan_custom": "10.1.2.3"}}))
@@ -135,7 +135,7 @@ def test_honoured_keys_take_effect(tmp_path: Path) -> None:
         assert node["TaggedAddresses"]["lan_custom"] == "10.1.2.3"
         lines = [json.loads(ln) for ln in log_file.read_text().splitlines() if ln.strip()]
         assert all({"@level", "@message", "@module", "@timestamp"} <= set(ln) for ln in lines)
-        assert any("limits has no effect" in ln["@message"] for ln in lines)
+        assert any("limits.rpc_max_burst has no effect" in ln["@message"] for ln in lines)
     finally:
         agent.stop()
     assert not pid.exists()

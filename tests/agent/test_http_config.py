@@ -24,7 +24,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory):
     (tmp / "http.json").write_text(json.dumps({"http_config": {
         "response_headers": {"Access-Control-Allow-Origin": "*", "X-Frame-Options": "DENY"},
         "block_endpoints": ["/v1/operator", "/v1/kv/secret"],
-        "allow_write_http_from": ["10.0.0.0/8"]}, "limits": {"http_max_conns_per_client": 4}}))
+        "allow_write_http_from": ["10.0.0.0/8"]}}))
     a = AgentProcess(tmp / "agent", dev=True, args=["--config-file", str(tmp / "http.json")])
     a.start()
     yield a
@@ -75,21 +75,24 @@ def test_bad_http_config_names_the_key(http_config: dict, says: str) -> None:
         merge_file_data(AgentConfig(dev=True), {"http_config": http_config}, "test.json")
 
 
-def test_a_client_over_http_max_conns_per_client_gets_429_and_a_closed_connection(agent: AgentProcess) -> None:
+def test_a_client_over_http_max_conns_per_client_gets_429_and_a_closed_connection(tmp_path: Path) -> None:
     import socket
 
-    held = [Conn(agent) for _ in range(4)]
+    a = AgentProcess(tmp_path / "limited", dev=True, args=["-hcl", "limits { http_max_conns_per_client = 4 }"])
+    a.start()  # its readiness checks close their connections: none is held when the test starts
+    held = [Conn(a) for _ in range(4)]
     try:
         assert all(c.get("/v1/status/leader").startswith(b"HTTP/1.1 200") for c in held)
-        with socket.create_connection(("127.0.0.1", agent.http_port), timeout=5) as extra:
+        with socket.create_connection(("127.0.0.1", a.http_port), timeout=5) as extra:
             answer = b""
             while chunk := extra.recv(4096):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 429 Too Many Requests")
         assert answer.endswith(b"Your IP is issuing too many concurrent connections, please rate limit your calls\n")
         held.pop().close()
-        wait_for(lambda: agent.request("GET", "/v1/status/leader")[0] == 200, 5,
+        wait_for(lambda: a.request("GET", "/v1/status/leader")[0] == 200, 5,
                  message="a connection again once one of the four closed")
     finally:
         for c in held:
             c.close()
+        a.stop()
