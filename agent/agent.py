@@ -40,9 +40,12 @@ from proconsul.agent.connect import entry_graph
 from proconsul.agent.local import sidecar
 from proconsul.agent.local.definitions import DefinitionError
 from proconsul.agent.local.events import EventBuffer, accepts
+from proconsul.agent.local.remote_exec import EVENT_NAME as REXEC_EVENT
+from proconsul.agent.local.remote_exec import Runner as RemoteExecRunner
 from proconsul.agent.local.state import LocalState, service_row
 from proconsul.agent.observe.logs import LogMonitor, level_number
 from proconsul.agent.observe.telemetry import Telemetry
+from proconsul.catalog.commands import KVOp
 from proconsul.catalog.queries import get_query
 from proconsul.catalog.store import ACL_TABLES, CRITICAL, StateStore
 
@@ -142,6 +145,7 @@ class Agent:
             self.server.observe = self._observe_write
         self._stop = asyncio.Event()
         self.fatal = ""  # why the agent stopped itself (give_up); "" for a normal stop
+        self._exec_tasks: set[asyncio.Task[Any]] = set()  # remote exec jobs running here
         self._local_changed = asyncio.Event()
         self._leaving = False
         self._config_services: set[str] = set()
@@ -319,7 +323,34 @@ class Agent:
         kept = self.events.receive(event)
         if kept:
             log.info("user event %r (%s) received", event["Name"], event["ID"])
+            if event["Name"] == REXEC_EVENT:
+                self._remote_exec(event)
         return kept
+
+    def _remote_exec(self, event: dict[str, Any]) -> None:
+        """A `consul exec` job for this node (agent/local/remote_exec.py), unless disable_remote_exec."""
+        if self.config.disable_remote_exec:
+            log.info("remote exec event %s ignored: disable_remote_exec is true (the default)", event["ID"])
+            return
+        token = self.own_token()
+
+        async def get(key: str) -> bytes | None:
+            with acting_as(token):
+                _, rows = await self.backend.query("kv.get", {"key": key}, 0, 0.0, "default")
+            return (rows[0]["Value"] or b"") if rows else None
+
+        async def put(key: str, value: bytes, session: str) -> bool:
+            try:
+                with acting_as(token):
+                    return bool(await self.backend.apply(KVOp(verb="lock", key=key, value=value, session=session)))
+            except Exception as e:  # the session may be gone (the CLI gave up): stop uploading
+                log.warning("remote exec: cannot write %s: %s", key, e)
+                return False
+
+        task = asyncio.get_running_loop().create_task(RemoteExecRunner(self.config.node_name, get, put).run(
+            bytes(event.get("Payload") or b"")))
+        self._exec_tasks.add(task)
+        task.add_done_callback(self._exec_tasks.discard)
 
     async def fire_event(self, event: dict[str, Any]) -> dict[str, Any]:
         """Fire a user event: gossiped to every member of the LAN pool (delivered here too, through the

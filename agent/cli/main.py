@@ -22,6 +22,7 @@ from proconsul.agent.cli import (
     connect,
     debug,
     event,
+    exec_cmd,
     intention,
     k8s_sync,
     keyring,
@@ -52,7 +53,7 @@ app = typer.Typer(
 )
 
 for _group in (acl, agent, members, monitor, debug, lock, watch, maint, validate, operator, catalog, services, kv,
-               config_entries, snapshot, event, rtt, intention, connect, canary, tls, troubleshoot, k8s_sync,
+               config_entries, snapshot, event, exec_cmd, rtt, intention, connect, canary, tls, troubleshoot, k8s_sync,
                keyring):
     _group.register(app)
 
@@ -62,7 +63,8 @@ _SINGLE_DASH_LONG = re.compile(r"^-[A-Za-z][A-Za-z0-9_-]+(=.*)?$", re.S)
 
 # Commands that end with a child command line: (positionals before it, their flags that take no value).
 _CHILD_COMMANDS = {"lock": (1, {"child-exit-code", "verbose", "shell", "pass-stdin"}),
-                   "watch": (0, {"stale", "passingonly"})}
+                   "watch": (0, {"stale", "passingonly"}),
+                   "exec": (0, {"verbose"})}
 
 
 def consul_spelling(argv: list[str]) -> list[str]:

@@ -669,7 +669,7 @@ KEYS: dict[str, Setter] = {
     # Already what Proconsul does: nothing to change.
     "disable_update_check": _silently,  # Proconsul never phones home
     "disable_host_node_id": _silently,  # node IDs are random UUIDs, kept in the data dir
-    "disable_remote_exec": _silently,  # there is no remote exec
+    "disable_remote_exec": _set("disable_remote_exec", as_bool),
     "disable_anonymous_signature": _silently,
     "enable_central_service_config": _silently,  # proxies read service-defaults and proxy-defaults
     "snapshot_agent": _silently,  # Consul documents it as a placeholder for the snapshot agent's config

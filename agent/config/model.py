@@ -128,6 +128,7 @@ class AgentConfig:
     auto_encrypt_ip_san: list[str] = field(default_factory=list)
     enable_debug: bool = False  # /v1/agent/debug/* (fault injection for tests and drills)
     translate_wan_addrs: bool = False  # other datacenters' nodes and services at their WAN addresses
+    disable_remote_exec: bool = True  # Consul's default: `exec` jobs are not run here unless set to false
     enable_agent_tls_for_checks: bool = False  # checks present the agent's TLS certificate (agent/checks/agent_tls.py)
     http_response_headers: dict[str, str] = field(default_factory=dict)  # http_config.response_headers
     http_block_endpoints: list[str] = field(default_factory=list)  # http_config.block_endpoints

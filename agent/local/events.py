@@ -45,7 +45,7 @@ def new_event(name: str, payload: bytes, node_filter: str = "", service_filter: 
     """A new event in Consul's shape (LTime is stamped by the buffer that first keeps it)."""
     if not name:
         raise EventError("User event missing name")
-    if name.startswith("_"):
+    if name.startswith("_") and name != "_rexec":  # _rexec is `exec`'s (agent/local/remote_exec.py)
         raise EventError(f"User event name {name!r} starts with an underscore: those are reserved for Consul")
     if tag_filter and not service_filter:
         raise EventError("Cannot provide tag filter without service filter")

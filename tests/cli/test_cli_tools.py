@@ -52,9 +52,9 @@ def test_maint_validate_keygen(agent: AgentProcess, tmp_path: Path) -> None:
     ok(agent, "maint", "-disable")
     assert "Nothing is in maintenance mode" in ok(agent, "maint")
     good = tmp_path / "good.hcl"
-    good.write_text('datacenter = "dc1"\nlimits { http_max_conns_per_client = 10 }\n')
+    good.write_text('datacenter = "dc1"\nlimits { rpc_rate = 10 }\n')
     out = ok(None, "validate", str(good))
-    assert "Configuration is valid!" in out and "limits has no effect" in out
+    assert "Configuration is valid!" in out and "limits.rpc_rate has no effect" in out
     bad = tmp_path / "bad.json"
     bad.write_text('{"ports": {"https": 8501}}')
     assert "cannot be honoured without a certificate" in one_line_error(run(None, "validate", str(bad)))
