@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography import x509
 
+from proconsul.agent.stopping import until_stopped
 from proconsul.connect import ca
 from proconsul.connect.spiffe import AgentID
 
@@ -66,15 +67,8 @@ async def trust_connect_roots(connect: Any, server_ctx: ssl.SSLContext, stop: as
                 server_ctx.load_verify_locations(cadata=root["RootCert"])
                 loaded.add(root["ID"])
                 log.info("auto_encrypt: the server port trusts Connect root %s", root["ID"])
-        waiter = asyncio.ensure_future(connect.wait_roots(index, 300.0))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not waiter.done():
-                waiter.cancel()
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+        waiter = await until_stopped(connect.wait_roots(index, 300.0), stop)
+        if waiter is not None and waiter.exception() is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
         index = connect.roots_body()[0]

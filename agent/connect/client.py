@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proconsul.agent.connect.base import ConnectBase, ConnectHost, intentions_of
+from proconsul.agent.stopping import until_stopped
 from proconsul.connect.errors import CANotReady
 
 log = logging.getLogger("proconsul.connect")
@@ -116,14 +117,8 @@ class ClientConnect(ConnectBase):
                       convert: Callable[[Any], Any], stop: asyncio.Event) -> None:
         delay = 0.1
         while not stop.is_set():
-            query = asyncio.ensure_future(self.agent.backend.query(name, args, into.index, 300.0))
-            stopping = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({query, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if not query.done():
-                query.cancel()
+            query = await until_stopped(self.agent.backend.query(name, args, into.index, 300.0), stop)
+            if query is None:
                 return
             try:
                 idx, value = query.result()

@@ -16,16 +16,16 @@ run out, as Consul's check state files). `<h>` is a hash of the ID, which may ho
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from proconsul.agent.local.persist import EntryFiles
+from proconsul.agent.stopping import until_stopped
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import CRITICAL, PASSING, WARNING
 
@@ -325,13 +325,18 @@ class LocalState:
             try:
                 if full:
                     self._full_next = False
-                    if not await _unless_stopped(self.sync_full(), stop):
+                    done = await until_stopped(self.sync_full(), stop)
+                    if done is None:
                         return
+                    done.result()
                     # Consul: interval + a random stagger of up to interval × the cluster-size factor
                     period = ae_scale(self.sync_interval, self._cluster_size())
                     next_full = time.monotonic() + self.sync_interval + self._rng.random() * period
-                elif not await _unless_stopped(self.sync_changes(), stop):
-                    return
+                else:
+                    done = await until_stopped(self.sync_changes(), stop)
+                    if done is None:
+                        return
+                    done.result()
             except Exception as e:  # the servers may be unreachable: retry soon, never die
                 log.warning("anti-entropy sync failed, retrying: %s", e)
                 self._full_next = True
@@ -441,24 +446,6 @@ def _service_matches(local: dict[str, Any], remote: dict[str, Any]) -> bool:
 
 def _check_matches(local: dict[str, Any], remote: dict[str, Any]) -> bool:
     return all(local.get(k) == remote.get(k) for k in _CHECK_COMPARE)
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, Any], stop: asyncio.Event) -> bool:
-    """Run `work` until it ends (True; its exception is raised) or `stop` is set (False: it is cancelled — a
-    sync waiting for servers that are not there must not hold a shutdown for the RPC hold timeout)."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        return False
-    task.result()
-    return True
 
 
 async def _wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
