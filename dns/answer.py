@@ -295,6 +295,12 @@ class Answerer:
             return min(MAX_UDP_ANSWER_LIMIT, self.s.udp_answer_limit) + 1
         return min(edns_size or MAX_UDP_NO_EDNS, MAX_UDP_DATAGRAM) // 16 + 1
 
+    def zone_of(self, name: str) -> str | None:
+        """Our zone `name` is in (domain or alt_domain), None for a name outside them."""
+        lower = [x.lower() for x in name.rstrip(".").split(".") if x]
+        match = self._match_domain(lower)
+        return match[0] if match else None
+
     def _match_domain(self, lower: list[str]) -> tuple[str, int] | None:
         for zone, dlabels in self._domains:
             n = len(dlabels)

@@ -125,7 +125,7 @@ class DNSHandler:
         asker of another datacenter gets WAN addresses, answered without the wire cache."""
         packet = bytes(packet)
         wan_for = self.wan_for if wan_for is None else wan_for
-        translate = bool(wan_for) and wan_for.lower() != self.view.datacenter.lower()
+        translate = self._translates(wan_for)
         cache = self.udp_cache if udp else self.tcp_cache
         hit = None if translate else cache.get(packet)
         if hit is not None:
@@ -160,6 +160,8 @@ class DNSHandler:
             if outcome.recurse or (outcome.remote and self.remote is not None) or (
                     outcome.failover is not None and self.query_failover is not None):  # answered by `recurse`
                 return None, True
+            if self.recursors and outcome.response is not None and self._foreign_cnames(outcome.response):
+                return None, True  # `recurse` adds the addresses of the hostnames it points to
             assert outcome.response is not None
             data = bytes(outcome.response.pack())
         except ViewUnavailable as e:
@@ -175,13 +177,54 @@ class DNSHandler:
             cache.add(key, data, outcome.depends, outcome.shuffled)
         return data, False
 
+    def _translates(self, wan_for: str) -> bool:
+        """Whether an asker of datacenter `wan_for` (translate_wan_addrs; "" = off) gets WAN addresses."""
+        return bool(wan_for) and wan_for.lower() != self.view.datacenter.lower()
+
+    def _foreign_cnames(self, response: DNSRecord) -> list[str]:
+        """The hostnames outside our domains that an A/AAAA answer points to with a CNAME (a service registered
+        by hostname): Consul resolves them through its recursors and adds their addresses."""
+        q = response.questions[0] if response.questions else None
+        if q is None or q.qtype not in (QTYPE.A, QTYPE.AAAA):
+            return []
+        return [str(rr.rdata.label) for rr in response.rr if rr.rtype == QTYPE.CNAME
+                and self.answerer.zone_of(str(rr.rdata.label)) is None]
+
+    async def _chase(self, response: DNSRecord, udp: bool) -> bytes:
+        """`response` with the A/AAAA records of each foreign CNAME target, as the recursors give them (a
+        target they cannot resolve keeps its CNAME alone). Not cached: the recursors' answers have their own
+        lifetimes."""
+        qtype = response.questions[0].qtype
+        self.stats["cname_chased"] = self.stats.get("cname_chased", 0) + 1
+        original = list(response.rr)
+        for target in dict.fromkeys(self._foreign_cnames(response)):
+            query = DNSRecord.question(target, QTYPE[qtype])
+            data = await relay_to_recursors(self.recursors, self.recursor_timeout, bytes(query.pack()))
+            try:
+                found = DNSRecord.parse(data) if data else None
+            except Exception:  # a malformed answer from a recursor: keep the CNAME alone
+                found = None
+            if found is None or found.header.rcode != RCODE.NOERROR:
+                continue
+            for rr in found.rr:
+                if rr.rtype in (QTYPE.A, QTYPE.AAAA, QTYPE.CNAME):
+                    response.add_answer(rr)
+        data = bytes(response.pack())
+        opt = [r for r in response.ar if r.rtype == QTYPE.OPT]
+        if udp and len(data) > max(512, opt[0].rclass if opt else 512):
+            response.rr = original  # the addresses do not fit a datagram: the CNAMEs alone, as before
+            data = bytes(response.pack())
+        return data
+
     async def recurse(self, packet: bytes, tcp: bool = False, wan_for: str | None = None) -> bytes | None:
         """Answer what `handle` could not at once: a question for another datacenter goes to its servers
         (NXDOMAIN for a datacenter nobody knows, SERVFAIL when none of its servers answers); anything
         else is relayed to the recursors in order, SERVFAIL when none answers within the timeout."""
         packet = bytes(packet)
         request = DNSRecord.parse(packet)
-        outcome = self.answerer.answer(request, self.view, self.rng, not tcp, bool(self.recursors))
+        wan_for = self.wan_for if wan_for is None else wan_for
+        view = WanView(self.view) if self._translates(wan_for) else self.view
+        outcome = self.answerer.answer(request, view, self.rng, not tcp, bool(self.recursors))
         if outcome.failover is not None and self.query_failover is not None:
             self.stats["failover"] += 1
             try:
@@ -195,10 +238,12 @@ class DNSHandler:
             there = self.answerer.answer(request, _FailedOver(self.view, found), self.rng,  # type: ignore[arg-type]
                                          not tcp, bool(self.recursors))
             return bytes(there.response.pack()) if there.response is not None else error_reply(packet, RCODE.SERVFAIL)
+        if self.recursors and outcome.response is not None and self._foreign_cnames(outcome.response):
+            return await self._chase(outcome.response, not tcp)
         if outcome.remote and self.remote is not None:
             self.stats["remote"] += 1
             try:
-                answer = await self.remote(outcome.remote, packet, not tcp, self.wan_for if wan_for is None else wan_for)
+                answer = await self.remote(outcome.remote, packet, not tcp, wan_for)
             except RemoteDNSError as e:
                 log.info("DNS: datacenter %s did not answer: %s", outcome.remote, e)
                 if e.rcode == RCODE.NXDOMAIN and outcome.response is not None:

@@ -303,3 +303,23 @@ async def test_a_burst_of_hits_misses_and_bad_packets_answers_each_sender(catalo
         finally:
             for transport, _ in clients:
                 transport.close()
+
+
+async def test_a_service_registered_by_hostname_gets_its_addresses_from_the_recursors(catalog: Catalog) -> None:
+    """As Consul: `ext.service` whose address is a hostname answers the CNAME and, with recursors, the
+    addresses they give for it (a real UDP recursor on 127.0.0.1); without recursors the CNAME alone."""
+    catalog.apply(c.Register(node={"Node": "x", "Address": "10.0.0.9"},
+                             service={"ID": "ext", "Service": "ext", "Port": 443, "Address": "db.example.com"}))
+    loop = asyncio.get_running_loop()
+    up_transport, _ = await loop.create_datagram_endpoint(_Upstream, local_addr=("127.0.0.1", 0))
+    try:
+        async with serving(make_handler(catalog, [("127.0.0.1", up_transport.get_extra_info("sockname")[1])])) as port:
+            out = DNSRecord.parse(await udp_ask(port, query("ext.service.mesh")))
+            assert [(QTYPE[rr.rtype], str(rr.rname), str(rr.rdata)) for rr in out.rr] == [
+                ("CNAME", "ext.service.mesh.", "db.example.com."), ("A", "db.example.com.", "192.0.2.1")]
+            assert addresses(await udp_ask(port, query("db.service.mesh"))) == ["10.0.0.3"], "IPs: unchanged"
+        async with serving(make_handler(catalog)) as port:
+            out = DNSRecord.parse(await udp_ask(port, query("ext.service.mesh")))
+            assert [QTYPE[rr.rtype] for rr in out.rr] == ["CNAME"]
+    finally:
+        up_transport.close()
