@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography import x509
 
-from proconsul.agent.stopping import until_stopped
+from proconsul.agent.local.stopping import until_stopped
 from proconsul.connect import ca
 from proconsul.connect.spiffe import AgentID
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proconsul.agent.connect.base import ConnectBase, ConnectHost, intentions_of
-from proconsul.agent.stopping import until_stopped
+from proconsul.agent.local.stopping import until_stopped
 from proconsul.connect.errors import CANotReady
 
 log = logging.getLogger("proconsul.connect")

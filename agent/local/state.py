@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proconsul.agent.local.persist import EntryFiles
-from proconsul.agent.stopping import until_stopped
+from proconsul.agent.local.stopping import until_stopped
 from proconsul.catalog import commands as c
 from proconsul.catalog.store import CRITICAL, PASSING, WARNING
 

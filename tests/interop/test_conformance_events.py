@@ -69,7 +69,7 @@ def test_filters_decide_who_keeps_an_event(c: consul.Consul, shared_dev_agent: A
     ("/v1/event/fire/x?tag=v1", "Cannot provide tag filter without service filter"),
     ("/v1/event/fire/x?node=(", "Invalid node filter"),
     ("/v1/event/fire/x?service=web&tag=[", "Invalid tag filter"),
-    ("/v1/event/fire/_rexec", "reserved for Consul"),
+    ("/v1/event/fire/_internal", "reserved for Consul"),  # _rexec alone is let through: exec fires it
 ])
 def test_refusals_are_400s_with_consuls_words(shared_dev_agent: AgentProcess, path: str, error: str) -> None:
     status, text, _ = shared_dev_agent.request("PUT", path, raw=b"")
