@@ -190,14 +190,14 @@ class DNSHandler:
         return [str(rr.rdata.label) for rr in response.rr if rr.rtype == QTYPE.CNAME
                 and self.answerer.zone_of(str(rr.rdata.label)) is None]
 
-    async def _chase(self, response: DNSRecord, udp: bool) -> bytes:
+    async def _chase(self, response: DNSRecord, targets: list[str], udp: bool) -> bytes:
         """`response` with the A/AAAA records of each foreign CNAME target, as the recursors give them (a
         target they cannot resolve keeps its CNAME alone). Not cached: the recursors' answers have their own
         lifetimes."""
         qtype = response.questions[0].qtype
         self.stats["cname_chased"] = self.stats.get("cname_chased", 0) + 1
         original = list(response.rr)
-        for target in dict.fromkeys(self._foreign_cnames(response)):
+        for target in dict.fromkeys(targets):
             query = DNSRecord.question(target, QTYPE[qtype])
             data = await relay_to_recursors(self.recursors, self.recursor_timeout, bytes(query.pack()))
             try:
@@ -238,8 +238,9 @@ class DNSHandler:
             there = self.answerer.answer(request, _FailedOver(self.view, found), self.rng,  # type: ignore[arg-type]
                                          not tcp, bool(self.recursors))
             return bytes(there.response.pack()) if there.response is not None else error_reply(packet, RCODE.SERVFAIL)
-        if self.recursors and outcome.response is not None and self._foreign_cnames(outcome.response):
-            return await self._chase(outcome.response, not tcp)
+        targets = self._foreign_cnames(outcome.response) if self.recursors and outcome.response is not None else []
+        if targets:
+            return await self._chase(outcome.response, targets, not tcp)
         if outcome.remote and self.remote is not None:
             self.stats["remote"] += 1
             try:

@@ -71,8 +71,6 @@ async def forward_request(request: web.Request, datacenter: str) -> web.Response
     timeout = _timeout(request)
     status, out_headers, out_body = await agent.cluster.forward_dc(
         datacenter, "http.serve", args, timeout, idempotent=request.method in ("GET", "HEAD"))
-    # Whether addresses are translated is this agent's setting (http_policy.py sets the header), not theirs.
-    out_headers = {k: v for k, v in out_headers.items() if k != TRANSLATE_HEADER}
     if agent.config.translate_wan_addrs:
         shape = shape_of(request.path)
         if shape and status == 200 and request.method == "GET" and datacenter != agent.config.datacenter.lower():
@@ -211,7 +209,9 @@ class LoopbackClient:
         hdrs = {k: v for k, v in headers.items() if type(k) is str and type(v) is str and k in REQUEST_HEADERS}
         async with self._session.request(method, url, data=body or None, headers=hdrs) as resp:
             data = await resp.read()
-            keep = {k: v for k, v in resp.headers.items() if k.startswith("X-Consul-") or k == "Content-Type"}
+            # X-Consul-Translate-Addresses is the asking agent's to set (http_policy.py), not this one's.
+            keep = {k: v for k, v in resp.headers.items()
+                    if (k.startswith("X-Consul-") and k != TRANSLATE_HEADER) or k == "Content-Type"}
             return [resp.status, keep, data]
 
     async def close(self) -> None:

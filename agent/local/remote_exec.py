@@ -135,16 +135,11 @@ class Runner:
                     f.write(job.script)
                 os.chmod(script_path, 0o750)
             log.info("remote exec %r (session %s)", job.args or script_path or job.command, session)
+            argv = job.args or ("/bin/sh", "-c", script_path or job.command)
             try:
-                if job.args:
-                    proc = await asyncio.create_subprocess_exec(*job.args, stdin=asyncio.subprocess.DEVNULL,
-                                                                stdout=asyncio.subprocess.PIPE,
-                                                                stderr=asyncio.subprocess.STDOUT)
-                else:
-                    proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", script_path or job.command,
-                                                                stdin=asyncio.subprocess.DEVNULL,
-                                                                stdout=asyncio.subprocess.PIPE,
-                                                                stderr=asyncio.subprocess.STDOUT)
+                proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                            stdout=asyncio.subprocess.PIPE,
+                                                            stderr=asyncio.subprocess.STDOUT)
             except OSError as e:
                 log.warning("remote exec: cannot start %r: %s", job.args or job.command, e)
                 return 255

@@ -242,9 +242,13 @@ class UpstreamPool:
             # Envoy's weighted least request: the highest weight / (in flight + 1) (with equal weights and no
             # ChoiceCount, every instance compared: the fewest in flight); ties go to a random one of them.
             states = self._states
-            score = {i: states[i].instance.weight / (states[i].active + 1) for i in ready}
-            high = max(score.values())
-            best = [i for i in ready if score[i] == high]
+            if self._uniform:  # equal weights: the order of weight / (in flight + 1) is that of in flight
+                low = min(states[i].active for i in ready)
+                best = [i for i in ready if states[i].active == low]
+            else:
+                score = {i: states[i].instance.weight / (states[i].active + 1) for i in ready}
+                high = max(score.values())
+                best = [i for i in ready if score[i] == high]
             chosen = best[rng.randrange(len(best))] if len(best) > 1 else best[0]
         elif self.policy in ("random", "ring_hash", "maglev"):
             chosen = ready[rng.randrange(len(ready))]
